@@ -1,0 +1,38 @@
+# Every target bootstraps .venv itself: a fresh machine needs only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: embedded Postgres + migrations + API + worker + Studio with examples/quickstart
+run: $(STAMP)
+	$(BIN)/hogsend dev --seed-demo
+
+## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations)
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+## bench: every benchmark in bench/, JSON results into bench/results/
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .hogsend .mypy_cache .ruff_cache

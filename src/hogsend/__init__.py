@@ -1,0 +1,45 @@
+"""hogsend: a code-first customer-lifecycle engine on Postgres.
+
+This module is the public authoring API. Importing it pulls in no database, HTTP or
+durable-execution library: definitions are inert until a process launches the app.
+"""
+
+from hogsend.app import Hogsend as Hogsend
+from hogsend.app import load_app as load_app
+from hogsend.core.contact import Contact as Contact
+from hogsend.core.contact import Event as Event
+from hogsend.core.definitions import BucketDefinition as BucketDefinition
+from hogsend.core.definitions import JourneyDefinition as JourneyDefinition
+from hogsend.core.definitions import ListDefinition as ListDefinition
+from hogsend.core.definitions import define_bucket as define_bucket
+from hogsend.core.definitions import define_journey as define_journey
+from hogsend.core.definitions import define_list as define_list
+from hogsend.core.durations import days as days
+from hogsend.core.durations import hours as hours
+from hogsend.core.durations import minutes as minutes
+from hogsend.core.durations import seconds as seconds
+from hogsend.core.durations import weeks as weeks
+from hogsend.core.journey_context import JourneyContext as JourneyContext
+from hogsend.errors import HogsendError as HogsendError
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BucketDefinition",
+    "Contact",
+    "Event",
+    "Hogsend",
+    "HogsendError",
+    "JourneyContext",
+    "JourneyDefinition",
+    "ListDefinition",
+    "days",
+    "define_bucket",
+    "define_journey",
+    "define_list",
+    "hours",
+    "load_app",
+    "minutes",
+    "seconds",
+    "weeks",
+]

@@ -1,0 +1,260 @@
+"""The Hogsend app object: the one composition root of a user's project.
+
+Every process (API, worker, CLI) loads the same object by dotted path, so the journeys,
+buckets and lists they know can never drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hogsend.core.definitions import BucketDefinition, JourneyDefinition, ListDefinition
+from hogsend.core.identifiers import duplicates
+from hogsend.errors import AppLoadError, DefinitionError, RegistrationClosedError
+
+if TYPE_CHECKING:
+    from hogsend.settings import Settings
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Problem:
+    """One thing ``hogsend check`` found wrong with an app."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class Hogsend:
+    """Compose journeys, buckets, lists and templates into one app.
+
+    Args:
+        journeys: journey definitions (from ``@define_journey``).
+        buckets: bucket definitions (from ``define_bucket``).
+        lists: list definitions (from ``define_list``).
+        templates: directory of email templates (``<key>.html`` with optional ``<key>.txt``).
+        settings: explicit settings; by default each process builds them from the environment.
+        name: a label for logs and Studio.
+
+    Raises:
+        DefinitionError: duplicate ids, or an object of the wrong kind in a list.
+    """
+
+    def __init__(
+        self,
+        *,
+        journeys: Sequence[JourneyDefinition] = (),
+        buckets: Sequence[BucketDefinition] = (),
+        lists: Sequence[ListDefinition] = (),
+        templates: str | Path | None = None,
+        settings: Settings | None = None,
+        name: str = "hogsend",
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.template_dir = Path(templates) if templates is not None else None
+        self._journeys: list[JourneyDefinition] = []
+        self._buckets: list[BucketDefinition] = []
+        self._lists: list[ListDefinition] = []
+        self._launched = False
+        for journey in journeys:
+            self.add_journey(journey)
+        for bucket in buckets:
+            self.add_bucket(bucket)
+        for item in lists:
+            self.add_list(item)
+
+    # -- registration (closed after launch) --------------------------------------------
+
+    def add_journey(self, journey: JourneyDefinition) -> None:
+        """Register a journey; raises once the app is launched or on a duplicate id."""
+        self._register(journey, JourneyDefinition, self._journeys, "journey")
+
+    def add_bucket(self, bucket: BucketDefinition) -> None:
+        """Register a bucket; raises once the app is launched or on a duplicate id."""
+        self._register(bucket, BucketDefinition, self._buckets, "bucket")
+
+    def add_list(self, item: ListDefinition) -> None:
+        """Register a list; raises once the app is launched or on a duplicate id."""
+        self._register(item, ListDefinition, self._lists, "list")
+
+    def _register(
+        self,
+        item: JourneyDefinition | BucketDefinition | ListDefinition,
+        kind: type,
+        into: list[JourneyDefinition] | list[BucketDefinition] | list[ListDefinition],
+        label: str,
+    ) -> None:
+        if self._launched:
+            raise RegistrationClosedError(
+                f"cannot register {label} {getattr(item, 'id', item)!r}: the app is launched; "
+                "register everything before the app starts"
+            )
+        if not isinstance(item, kind):
+            hint = f"define_{label}" if label != "journey" else "@define_journey"
+            raise DefinitionError(f"expected a {label} definition from {hint}, got {item!r}")
+        if any(existing.id == item.id for existing in into):
+            raise DefinitionError(f"duplicate {label} id {item.id!r}")
+        into.append(item)  # type: ignore[arg-type]
+
+    def launch(self) -> None:
+        """Close registration; called by the runtime when a process starts serving."""
+        self._launched = True
+
+    @property
+    def launched(self) -> bool:
+        """Whether registration is closed."""
+        return self._launched
+
+    # -- read access -------------------------------------------------------------------
+
+    @property
+    def journeys(self) -> tuple[JourneyDefinition, ...]:
+        """Registered journeys, in registration order."""
+        return tuple(self._journeys)
+
+    @property
+    def buckets(self) -> tuple[BucketDefinition, ...]:
+        """Registered buckets, in registration order."""
+        return tuple(self._buckets)
+
+    @property
+    def lists(self) -> tuple[ListDefinition, ...]:
+        """Registered lists, in registration order."""
+        return tuple(self._lists)
+
+    def template_keys(self) -> frozenset[str]:
+        """Keys of the templates in the template directory (``<key>.html`` files)."""
+        if self.template_dir is None or not self.template_dir.is_dir():
+            return frozenset()
+        return frozenset(path.stem for path in self.template_dir.glob("*.html"))
+
+    # -- validation --------------------------------------------------------------------
+
+    def check(self) -> list[Problem]:
+        """Validate the whole app; an empty list means it is ready to launch."""
+        problems: list[Problem] = []
+        for label, ids in (
+            ("journey", [j.id for j in self._journeys]),
+            ("bucket", [b.id for b in self._buckets]),
+            ("list", [x.id for x in self._lists]),
+        ):
+            problems += [
+                Problem(where=f"{label} {i}", message="duplicate id") for i in duplicates(ids)
+            ]
+        if self.template_dir is not None and not self.template_dir.is_dir():
+            problems.append(
+                Problem(where="templates", message=f"directory {self.template_dir} does not exist")
+            )
+        known = self.template_keys()
+        for journey in self._journeys:
+            for key in sorted(_literal_template_keys(journey)):
+                if key not in known:
+                    problems.append(
+                        Problem(
+                            where=f"journey {journey.id}",
+                            message=f"sends unknown template {key!r} "
+                            f"(no {key}.html in {self.template_dir or 'the template directory'})",
+                        )
+                    )
+        bucket_ids = {b.id for b in self._buckets}
+        for journey in self._journeys:
+            trigger = journey.trigger
+            if isinstance(trigger, str) and trigger.startswith("bucket:"):
+                parts = trigger.split(":")
+                if len(parts) < 3 or parts[2] not in bucket_ids:
+                    problems.append(
+                        Problem(
+                            where=f"journey {journey.id}",
+                            message=f"trigger {trigger!r} names no registered bucket",
+                        )
+                    )
+        for bucket in self._buckets:
+            if bucket.kind == "criteria" and not _is_condition(bucket.criteria):
+                problems.append(
+                    Problem(
+                        where=f"bucket {bucket.id}",
+                        message=f"criteria {bucket.criteria!r} is not a condition built with where",
+                    )
+                )
+        return problems
+
+
+def _is_condition(value: object) -> bool:
+    # The conditions engine defines ``to_json``; anything else cannot be evaluated.
+    return callable(getattr(value, "to_json", None))
+
+
+def _literal_template_keys(journey: JourneyDefinition) -> set[str]:
+    """Template keys passed as string literals to ``send_email(template=...)`` in a body."""
+    try:
+        source = textwrap.dedent(inspect.getsource(journey.body))
+    except (OSError, TypeError):
+        return set()
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name != "send_email":
+            continue
+        for kw in node.keywords:
+            value = kw.value
+            if (
+                kw.arg == "template"
+                and isinstance(value, ast.Constant)
+                and isinstance(value.value, str)
+            ):
+                keys.add(value.value)
+    return keys
+
+
+def load_app(path: str, *, search: Iterable[str | Path] = (".",)) -> Hogsend:
+    """Import ``package.module:attribute`` and return the Hogsend object it names.
+
+    Raises:
+        AppLoadError: with a message saying what is wrong and how to fix it.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppLoadError(
+            f"--app {path!r} must look like 'package.module:attribute', e.g. 'myapp.hogsend:app'"
+        )
+    for entry in search:
+        entry_str = str(Path(entry).resolve())
+        if entry_str not in sys.path:
+            sys.path.insert(0, entry_str)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise AppLoadError(
+                f"cannot import module {module_name!r} named by --app {path!r}: {exc}. "
+                "Run from your project's root or install your package."
+            ) from exc
+        raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
+    except DefinitionError as exc:
+        raise AppLoadError(f"{module_name!r} defines something invalid: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise AppLoadError(
+            f"module {module_name!r} has no attribute {attr!r} (named by --app {path!r})"
+        ) from None
+    if not isinstance(obj, Hogsend):
+        raise AppLoadError(
+            f"{path!r} is a {type(obj).__name__}, not a Hogsend app; "
+            "point --app at the object created with Hogsend(...)"
+        )
+    return obj

@@ -1,0 +1,1 @@
+"""Pure domain code: definitions, durations, validation. No I/O, no framework imports."""

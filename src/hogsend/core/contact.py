@@ -1,0 +1,39 @@
+"""The contact and event values a journey body sees."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contact:
+    """One person, as stored: identities, properties and timestamps.
+
+    ``key`` is the resolved key (user id, else anonymous id, else the contact id)
+    that events, memberships and journey runs are stored under.
+    """
+
+    id: UUID
+    key: str
+    user_id: str | None = None
+    email: str | None = None
+    anonymous_id: str | None = None
+    timezone: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    first_seen_at: datetime | None = None
+    last_seen_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One stored event."""
+
+    id: UUID
+    name: str
+    contact_key: str
+    occurred_at: datetime
+    properties: Mapping[str, Any] = field(default_factory=dict)

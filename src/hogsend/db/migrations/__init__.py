@@ -1,0 +1,1 @@
+"""Alembic migration chain of hogsend's schema, shipped inside the package."""

@@ -1,0 +1,203 @@
+"""Settings: every knob hogsend reads from the environment, validated once at boot.
+
+Settings are built at the edge (the CLI, a test fixture) and passed down; no other
+module reads ``os.environ``. Every field maps to an ``HOGSEND_<NAME>`` variable.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hogsend.errors import ConfigurationError
+
+EmailProvider = Literal["smtp", "resend", "outbox"]
+LogFormat = Literal["json", "console"]
+Environment = Literal["dev", "test", "prod"]
+
+_DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://")
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-worker"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration.
+
+    Attributes are documented in ``docs/configuration.md``; each one is set with the
+    environment variable ``HOGSEND_<ATTRIBUTE>`` (upper case).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOGSEND_",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    env: Environment = Field(
+        default="prod",
+        description="dev relaxes secrets and turns test mode on; prod requires a secret key.",
+    )
+    app: str | None = Field(
+        default=None,
+        description="Dotted path `package.module:attribute` of the Hogsend app object.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres URL. Unset: `hogsend dev` starts embedded Postgres in data_dir.",
+    )
+    data_dir: Path = Field(
+        default=Path(".hogsend"),
+        description="Where embedded Postgres and local state live.",
+    )
+    public_url: str = Field(
+        default="http://localhost:8000",
+        description="Base URL people and mailbox providers reach this API on.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key signing unsubscribe/tracking tokens; at least 32 characters.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface the API server binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the API server binds.")
+
+    email_provider: EmailProvider = Field(default="outbox", description="smtp, resend or outbox.")
+    email_from: str = Field(
+        default="Hogsend <hello@example.com>", description="Default From header."
+    )
+    smtp_host: str = Field(default="localhost", description="SMTP server host.")
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP server port.")
+    smtp_username: str | None = Field(default=None, description="SMTP auth user.")
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP auth password.")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        default="starttls", description="none, starttls (port 587) or tls (port 465)."
+    )
+    resend_api_key: SecretStr | None = Field(default=None, description="Resend API key.")
+    resend_webhook_secret: SecretStr | None = Field(
+        default=None, description="Svix signing secret of the Resend webhook."
+    )
+
+    test_mode: bool = Field(
+        default=False, description="Redirect every send to test_mode_recipient or the outbox."
+    )
+    test_mode_recipient: str | None = Field(
+        default=None, description="Where test-mode sends go; unset: the outbox."
+    )
+
+    rate_limit_data_plane: int = Field(
+        default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."
+    )
+    rate_limit_emails: int = Field(
+        default=600, ge=0, description="POST /v1/emails per key per minute (0 = off)."
+    )
+    rate_limit_admin: int = Field(
+        default=600, ge=0, description="Admin requests per key per minute (0 = off)."
+    )
+    rate_limit_window_seconds: int = Field(
+        default=60, ge=1, le=3600, description="Length of the rate-limit window."
+    )
+
+    worker_id: str = Field(
+        default_factory=_default_worker_id,
+        min_length=1,
+        max_length=100,
+        description="Stable identity of this worker (DBOS executor id, heartbeat row).",
+    )
+    application_version: str = Field(
+        default="hogsend-1",
+        min_length=1,
+        description="DBOS application version, pinned for the life of the install.",
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="How often a worker writes its heartbeat."
+    )
+    worker_stale_seconds: float = Field(
+        default=30.0, gt=0, description="A worker silent this long counts as dead."
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="SQL pool per process.")
+
+    log_format: LogFormat | None = Field(
+        default=None, description="json or console; default console in dev, json otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Minimum log level."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest accepted request body."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(_DATABASE_SCHEMES):
+            raise ValueError(
+                "must be a Postgres URL such as postgresql://user:pass@host:5432/dbname"
+            )
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (try: openssl rand -hex 32)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Settings:
+        if self.env == "prod" and self.secret_key is None:
+            raise ValueError(
+                "HOGSEND_SECRET_KEY is required when HOGSEND_ENV=prod "
+                "(generate one with: openssl rand -hex 32)"
+            )
+        if self.email_provider == "resend" and self.resend_api_key is None:
+            raise ValueError(
+                "HOGSEND_RESEND_API_KEY is required when HOGSEND_EMAIL_PROVIDER=resend"
+            )
+        if self.worker_stale_seconds <= self.heartbeat_seconds:
+            raise ValueError("HOGSEND_WORKER_STALE_SECONDS must exceed HOGSEND_HEARTBEAT_SECONDS")
+        return self
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        """The log format to use: the explicit setting, or console in dev and json elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.env == "dev" else "json"
+
+    @property
+    def pgdata_dir(self) -> Path:
+        """Directory of the embedded Postgres cluster."""
+        return self.data_dir / "pgdata"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides.
+
+    Raises:
+        ConfigurationError: naming each invalid ``HOGSEND_*`` variable and why.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(part) for part in err["loc"])
+            name = f"HOGSEND_{loc.upper()}" if loc else "settings"
+            message = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"  {name}: {message}")
+        raise ConfigurationError("invalid configuration:\n" + "\n".join(lines)) from None

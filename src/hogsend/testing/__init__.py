@@ -1,0 +1,1 @@
+"""Test support for hogsend's own tests and users' projects."""

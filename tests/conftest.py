@@ -1,0 +1,34 @@
+"""Fixtures shared by every test directory: one embedded Postgres per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from hogsend.testing.postgres import TestPostgres
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TestPostgres]:
+    """The session's embedded Postgres server (started lazily by the first test needing it)."""
+    server = TestPostgres()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server: TestPostgres) -> Iterator[str]:
+    """A fresh database at the migration head, dropped after the test."""
+    url = pg_server.fresh_database()
+    yield url
+    pg_server.drop(url)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: TestPostgres) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    url = pg_server.fresh_database(migrated=False)
+    yield url
+    pg_server.drop(url)
