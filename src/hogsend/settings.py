@@ -42,7 +42,7 @@ class Settings(BaseSettings):
 
     env: Environment = Field(
         default="prod",
-        description="dev relaxes secrets and turns test mode on; prod requires a secret key.",
+        description="dev, test or prod; prod requires a secret key, dev logs for people.",
     )
     app: str | None = Field(
         default=None,
