@@ -18,7 +18,8 @@ run: $(STAMP)
 
 ## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations)
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
