@@ -1,0 +1,74 @@
+"""Build the DBOS configuration from hogsend settings, and launch or destroy DBOS.
+
+DBOS keeps its state in the ``dbos`` schema of the same Postgres as hogsend's own
+tables, so one database (and one backup) holds everything. Its application version is
+pinned from settings: DBOS only recovers workflows of the running version, so a version
+that changed with every deploy would strand every waiting journey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dbos import DBOS, DBOSConfig
+
+from hogsend.db.engine import libpq_url
+from hogsend.settings import Settings
+
+DBOS_APP_NAME = "hogsend"
+DBOS_SCHEMA = "dbos"
+# Async workflows hop to threads for every database write; unbounded, the pool grew to
+# thousands of threads under load (see DESIGN.md), so cap it.
+MAX_EXECUTOR_THREADS = 32
+# DBOS's system-database pool, on top of hogsend's own pool: keep the per-process
+# connection budget small so many workers fit in one Postgres.
+SYSTEM_DB_POOL_SIZE = 5
+
+Registration = Callable[[], None]
+"""A hook that registers workflows (``DBOS.workflow(name=...)``) before launch."""
+
+
+def dbos_config(settings: Settings, database_url: str) -> DBOSConfig:
+    """The DBOS configuration of one hogsend process.
+
+    Args:
+        settings: the process settings (version, worker id, log level).
+        database_url: hogsend's Postgres; DBOS uses its ``dbos`` schema.
+    """
+    return {
+        "name": DBOS_APP_NAME,
+        "system_database_url": libpq_url(database_url),
+        "dbos_system_schema": DBOS_SCHEMA,
+        "application_version": settings.application_version,
+        "executor_id": settings.worker_id,
+        "max_executor_threads": MAX_EXECUTOR_THREADS,
+        "sys_db_pool_size": SYSTEM_DB_POOL_SIZE,
+        "run_migrations": True,
+        "enable_otlp": False,
+        # DBOS logs its own lifecycle at INFO through stdlib logging; our structured
+        # logs already say when the worker starts, so keep DBOS to warnings.
+        "log_level": "DEBUG" if settings.log_level == "debug" else "WARNING",
+    }
+
+
+def launch_dbos(
+    settings: Settings, database_url: str, *, registrations: Sequence[Registration] = ()
+) -> None:
+    """Create the process's DBOS instance, run every registration hook, and launch it.
+
+    Called on the thread that runs the process's event loop, DBOS adopts that loop:
+    async workflows then share it (and its database engine) with the rest of the worker.
+    """
+    DBOS(config=dbos_config(settings, database_url))
+    for register in registrations:
+        register()
+    DBOS.launch()
+
+
+def destroy_dbos(*, drain_seconds: int = 0) -> None:
+    """Stop dequeuing, wait up to ``drain_seconds`` for running workflows, and tear down.
+
+    Workflows still running afterwards stay PENDING in the database and are recovered
+    by the next process with the same executor id and application version.
+    """
+    DBOS.destroy(workflow_completion_timeout_sec=drain_seconds)

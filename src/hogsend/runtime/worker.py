@@ -1,0 +1,210 @@
+"""The worker: DBOS launched on hogsend's Postgres, queues declared, a heartbeat row.
+
+A worker's life::
+
+    start()  configure logs → launch DBOS (recovering this executor's pending workflows)
+             → declare queues → close app registration → first heartbeat → heartbeat loop
+    stop()   stop the heartbeat → DBOS stops dequeuing and drains running workflows for a
+             few seconds → mark the heartbeat row stopped → release the database
+
+``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
+``hogsend dev`` calls :meth:`Worker.start` and :meth:`Worker.stop` itself around the
+API server in the same process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hogsend.app import Hogsend
+from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.repos import workers as worker_repo
+from hogsend.errors import ConfigurationError
+from hogsend.logs import configure_logging
+from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
+from hogsend.runtime.queues import declare_queues
+from hogsend.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Worker:
+    """One worker process's durable-execution side.
+
+    Args:
+        app: the user's app; its registration closes when the worker starts.
+        settings: settings with ``database_url`` set (the CLI resolves embedded Postgres).
+        engine: an engine to share (``hogsend dev`` shares the API's); the worker makes
+            and disposes its own when omitted.
+        registrations: hooks run before DBOS launches, each registering workflows.
+        drain_seconds: how long a graceful stop waits for running workflows.
+
+    Raises:
+        ConfigurationError: when ``settings.database_url`` is unset.
+    """
+
+    def __init__(
+        self,
+        app: Hogsend,
+        settings: Settings,
+        *,
+        engine: AsyncEngine | None = None,
+        registrations: Sequence[Registration] = (),
+        drain_seconds: int = 5,
+    ) -> None:
+        if settings.database_url is None:
+            raise ConfigurationError(
+                "the worker needs a database: set HOGSEND_DATABASE_URL "
+                "(hogsend dev starts an embedded Postgres for you)"
+            )
+        self.app = app
+        self.settings = settings
+        self.database_url = settings.database_url
+        self.registrations = tuple(registrations)
+        self.drain_seconds = drain_seconds
+        self.queue_names: list[str] = []
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._started_at: datetime | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`start` completed and :meth:`stop` has not run yet."""
+        return self._running
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine for hogsend's tables (after :meth:`start`)."""
+        if self._engine is None:
+            raise RuntimeError("the worker is not started")
+        return self._engine
+
+    async def start(self) -> None:
+        """Launch DBOS, declare queues, close registration and start heartbeating."""
+        configure_logging(self.settings)
+        if self._engine is None:
+            self._engine = make_async_engine(
+                self.database_url, pool_size=self.settings.db_pool_size
+            )
+        # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
+        # it must run on this thread so that DBOS adopts this event loop.
+        launch_dbos(self.settings, self.database_url, registrations=self.registrations)
+        self.queue_names = await declare_queues()
+        self.app.launch()
+        self._started_at = datetime.now(UTC)
+        await self._beat()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="hogsend-heartbeat")
+        self._running = True
+        log.info(
+            "worker started",
+            worker_id=self.settings.worker_id,
+            application_version=self.settings.application_version,
+            queues=self.queue_names,
+        )
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop gracefully (safe to call from a signal handler)."""
+        self._stop_requested.set()
+
+    async def stop(self) -> None:
+        """Stop taking work, drain briefly, mark the heartbeat row stopped, release the DB."""
+        if not self._running:
+            return
+        self._running = False
+        log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        loop = asyncio.get_running_loop()
+        # DBOS waits for running workflows with time.sleep, and those workflows run on
+        # this loop: destroy on a separate thread so the loop keeps serving them.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hogsend-stop") as pool:
+            await loop.run_in_executor(pool, lambda: destroy_dbos(drain_seconds=self.drain_seconds))
+        # DBOS made its (now shut down) executor this loop's default; give it a live one.
+        loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
+        try:
+            async with make_sessionmaker(self.engine)() as session, session.begin():
+                await worker_repo.mark_stopped(session, self.settings.worker_id)
+        except Exception:
+            log.exception("could not mark the worker stopped")
+        if self._owns_engine and self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+        log.info("worker stopped", worker_id=self.settings.worker_id)
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Start, wait for a stop request (SIGTERM/SIGINT by default), then stop."""
+        if handle_signals:
+            install_stop_handlers(self.request_stop)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+            if handle_signals:
+                remove_stop_handlers()
+
+    # -- heartbeat ----------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        assert self._started_at is not None
+        async with make_sessionmaker(self.engine)() as session, session.begin():
+            await worker_repo.beat(
+                session,
+                worker_id=self.settings.worker_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                application_version=self.settings.application_version,
+                started_at=self._started_at,
+                info={"queues": self.queue_names},
+            )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self._beat()
+            except Exception:
+                # A database blip must not kill the worker; a long one makes it look
+                # dead to /v1/health, which is the truth.
+                log.warning("heartbeat failed", exc_info=True)
+
+
+def install_stop_handlers(on_stop: Callable[[], None]) -> None:
+    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+
+    def handle(signum: int) -> None:
+        if seen:
+            log.warning("second signal: exiting without a graceful stop")
+            os._exit(128 + signum)
+        seen.append(signum)
+        log.info("stop signal received", signal=signal.Signals(signum).name)
+        on_stop()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, handle, signum)
+
+
+def remove_stop_handlers() -> None:
+    """Undo :func:`install_stop_handlers` on the running loop."""
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.remove_signal_handler(signum)
