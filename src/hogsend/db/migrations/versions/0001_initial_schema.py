@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 18:35:20.552399
+Create Date: 2026-11-28 18:42:16.547304
 """
 
 from __future__ import annotations
@@ -122,6 +122,311 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_table(
+        "bucket_configs",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("bucket_id", sa.Text(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=True),
+        sa.Column("criteria_hash", sa.Text(), nullable=True),
+        sa.Column("backfill_status", sa.Text(), nullable=True),
+        sa.Column("backfill_mode", sa.Text(), nullable=True),
+        sa.Column("backfill_criteria_hash", sa.Text(), nullable=True),
+        sa.Column("backfill_started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("backfill_finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("backfill_heartbeat_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("backfill_cursor", sa.Text(), nullable=True),
+        sa.Column("backfill_total", sa.Integer(), nullable=True),
+        sa.Column("backfill_processed", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("backfill_error", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "backfill_mode IS NULL OR backfill_mode IN ('initial','reeval')",
+            name=op.f("ck_bucket_configs_backfill_mode_known"),
+        ),
+        sa.CheckConstraint(
+            "backfill_status IS NULL OR backfill_status IN ('pending','running','completed','failed')",
+            name=op.f("ck_bucket_configs_backfill_status_known"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_bucket_configs")),
+        sa.UniqueConstraint("bucket_id", name=op.f("uq_bucket_configs_bucket_id")),
+    )
+    op.create_table(
+        "bucket_memberships",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("user_email", sa.Text(), nullable=True),
+        sa.Column("bucket_id", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), server_default=sa.text("'active'"), nullable=False),
+        sa.Column(
+            "entered_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("left_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("left_reason", sa.Text(), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("max_dwell_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_evaluated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("entry_count", sa.Integer(), server_default=sa.text("1"), nullable=False),
+        sa.Column("source", sa.Text(), nullable=True),
+        sa.Column(
+            "context",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "dwell_state",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("dwell_anchor_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "source IS NULL OR source IN ('event','reconcile','backfill','manual')",
+            name=op.f("ck_bucket_memberships_source_known"),
+        ),
+        sa.CheckConstraint(
+            "status = 'active' OR left_at IS NOT NULL",
+            name=op.f("ck_bucket_memberships_left_has_left_at"),
+        ),
+        sa.CheckConstraint(
+            "status IN ('active','left')", name=op.f("ck_bucket_memberships_status_known")
+        ),
+        sa.CheckConstraint(
+            "entry_count >= 1", name=op.f("ck_bucket_memberships_entry_count_positive")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_bucket_memberships")),
+    )
+    op.create_index(
+        "ix_bucket_memberships_bucket_id_status_entered_at",
+        "bucket_memberships",
+        ["bucket_id", "status", "entered_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_bucket_memberships_bucket_id_status_id",
+        "bucket_memberships",
+        ["bucket_id", "status", "id"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_bucket_memberships_bucket_id_status_last_evaluated_at",
+        "bucket_memberships",
+        ["bucket_id", "status", "last_evaluated_at"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_bucket_memberships_contact_id"), "bucket_memberships", ["contact_id"], unique=False
+    )
+    op.create_index(
+        "ix_bucket_memberships_expires_at_active",
+        "bucket_memberships",
+        ["expires_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_bucket_memberships_max_dwell_at_active",
+        "bucket_memberships",
+        ["max_dwell_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.create_index(
+        "ix_bucket_memberships_user_id_bucket_id",
+        "bucket_memberships",
+        ["user_id", "bucket_id"],
+        unique=False,
+    )
+    op.create_index(
+        "uq_bucket_memberships_user_bucket_active",
+        "bucket_memberships",
+        ["user_id", "bucket_id"],
+        unique=True,
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.create_table(
+        "campaigns",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), server_default=sa.text("'queued'"), nullable=False),
+        sa.Column("audience_kind", sa.Text(), nullable=False),
+        sa.Column("audience", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("template_key", sa.Text(), nullable=False),
+        sa.Column(
+            "props",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("from_email", sa.Text(), nullable=True),
+        sa.Column("subject", sa.Text(), nullable=True),
+        sa.Column("send_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("local_time", sa.Text(), nullable=True),
+        sa.Column("throttle_per_second", sa.DOUBLE_PRECISION(), nullable=True),
+        sa.Column("idempotency_key", sa.Text(), nullable=True),
+        sa.Column("workflow_id", sa.Text(), nullable=True),
+        sa.Column("total_recipients", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("sent_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("skipped_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("failed_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "skip_reasons",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("cursor", sa.Text(), nullable=True),
+        sa.Column("snapshot_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("paused_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("last_progress_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_by", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "audience_kind IN ('list','bucket','criteria')",
+            name=op.f("ck_campaigns_audience_kind_known"),
+        ),
+        sa.CheckConstraint(
+            "local_time IS NULL OR local_time ~ '^([01][0-9]|2[0-3]):[0-5][0-9]$'",
+            name=op.f("ck_campaigns_local_time_format"),
+        ),
+        sa.CheckConstraint(
+            "status IN ('queued','scheduled','sending','paused','sent','cancelled','failed')",
+            name=op.f("ck_campaigns_status_known"),
+        ),
+        sa.CheckConstraint(
+            "throttle_per_second IS NULL OR throttle_per_second > 0",
+            name=op.f("ck_campaigns_throttle_positive"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_campaigns")),
+    )
+    op.create_index("ix_campaigns_created_at", "campaigns", ["created_at"], unique=False)
+    op.create_index(
+        "ix_campaigns_last_progress_at_sending",
+        "campaigns",
+        ["last_progress_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'sending'"),
+    )
+    op.create_index("ix_campaigns_status_send_at", "campaigns", ["status", "send_at"], unique=False)
+    op.create_index(
+        "uq_campaigns_idempotency_key",
+        "campaigns",
+        ["idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.create_table(
+        "contacts",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("external_id", sa.Text(), nullable=True),
+        sa.Column("email", sa.Text(), nullable=True),
+        sa.Column("anonymous_id", sa.Text(), nullable=True),
+        sa.Column("timezone", sa.Text(), nullable=True),
+        sa.Column(
+            "properties",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "first_seen_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "last_seen_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "erased_at IS NULL OR deleted_at IS NOT NULL",
+            name=op.f("ck_contacts_erased_is_deleted"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
+    )
+    op.create_index("ix_contacts_created_at_id", "contacts", ["created_at", "id"], unique=False)
+    op.create_index("ix_contacts_email", "contacts", ["email"], unique=False)
+    op.create_index(
+        "uq_contacts_anonymous_id_live",
+        "contacts",
+        ["anonymous_id"],
+        unique=True,
+        postgresql_where=sa.text("anonymous_id IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.create_index(
+        "uq_contacts_email_live",
+        "contacts",
+        [sa.literal_column("lower(email)")],
+        unique=True,
+        postgresql_where=sa.text("email IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.create_index(
+        "uq_contacts_external_id_live",
+        "contacts",
+        ["external_id"],
+        unique=True,
+        postgresql_where=sa.text("external_id IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.create_table(
         "dead_letter_queue",
         sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
         sa.Column("source", sa.Text(), nullable=False),
@@ -160,6 +465,270 @@ def upgrade() -> None:
         op.f("ix_dead_letter_queue_status"), "dead_letter_queue", ["status"], unique=False
     )
     op.create_table(
+        "email_suppressions",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("email", sa.Text(), nullable=False),
+        sa.Column("suppressed", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("suppressed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("bounce_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("last_bounce_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_bounce_type", sa.Text(), nullable=True),
+        sa.Column("complaint_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("last_complaint_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "reason IS NULL OR reason IN ('hard_bounce','soft_bounce','complaint','manual','import')",
+            name=op.f("ck_email_suppressions_reason_known"),
+        ),
+        sa.CheckConstraint(
+            "NOT suppressed OR (reason IS NOT NULL AND suppressed_at IS NOT NULL)",
+            name=op.f("ck_email_suppressions_suppressed_has_reason"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_email_suppressions")),
+    )
+    op.create_index(
+        "ix_email_suppressions_suppressed_at",
+        "email_suppressions",
+        ["suppressed_at"],
+        unique=False,
+        postgresql_where=sa.text("suppressed"),
+    )
+    op.create_index(
+        "uq_email_suppressions_email",
+        "email_suppressions",
+        [sa.literal_column("lower(email)")],
+        unique=True,
+    )
+    op.create_table(
+        "event_outbox",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("event_id", sa.UUID(), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("contact_key", sa.Text(), nullable=False),
+        sa.Column("event", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "next_attempt_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("claimed_by", sa.Text(), nullable=True),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("dead_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_event_outbox")),
+        sa.UniqueConstraint("event_id", name=op.f("uq_event_outbox_event_id")),
+    )
+    op.create_index(
+        "ix_event_outbox_pending",
+        "event_outbox",
+        ["id"],
+        unique=False,
+        postgresql_where=sa.text("processed_at IS NULL AND dead_at IS NULL"),
+    )
+    op.create_index(
+        "ix_event_outbox_pending_contact",
+        "event_outbox",
+        ["contact_id", "id"],
+        unique=False,
+        postgresql_where=sa.text("processed_at IS NULL AND dead_at IS NULL"),
+    )
+    op.create_index("ix_event_outbox_processed_at", "event_outbox", ["processed_at"], unique=False)
+    op.create_table(
+        "import_jobs",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("file_name", sa.Text(), nullable=True),
+        sa.Column("format", sa.Text(), nullable=False),
+        sa.Column("source_uri", sa.Text(), nullable=True),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "mapping",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("dry_run", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("status", sa.Text(), server_default=sa.text("'pending'"), nullable=False),
+        sa.Column("workflow_id", sa.Text(), nullable=True),
+        sa.Column("total_rows", sa.Integer(), nullable=True),
+        sa.Column("processed_rows", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("failed_rows", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("created_contacts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("updated_contacts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column(
+            "errors",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'[]'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("cursor", sa.Text(), nullable=True),
+        sa.Column("created_by", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint("format IN ('csv','jsonl')", name=op.f("ck_import_jobs_format_known")),
+        sa.CheckConstraint(
+            "status IN ('pending','validating','processing','completed','failed','cancelled')",
+            name=op.f("ck_import_jobs_status_known"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_import_jobs")),
+    )
+    op.create_index("ix_import_jobs_created_at", "import_jobs", ["created_at"], unique=False)
+    op.create_index("ix_import_jobs_status", "import_jobs", ["status"], unique=False)
+    op.create_table(
+        "journey_configs",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("journey_id", sa.Text(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=True),
+        sa.Column("updated_by", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_journey_configs")),
+        sa.UniqueConstraint("journey_id", name=op.f("uq_journey_configs_journey_id")),
+    )
+    op.create_table(
+        "journey_states",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("user_email", sa.Text(), nullable=True),
+        sa.Column("journey_id", sa.Text(), nullable=False),
+        sa.Column("workflow_id", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), server_default=sa.text("'enrolled'"), nullable=False),
+        sa.Column("entry_count", sa.Integer(), server_default=sa.text("1"), nullable=False),
+        sa.Column("current_step", sa.Text(), nullable=True),
+        sa.Column("next_wake_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("waiting_for_event", sa.Text(), nullable=True),
+        sa.Column("exit_reason", sa.Text(), nullable=True),
+        sa.Column("trigger_event_id", sa.UUID(), nullable=True),
+        sa.Column(
+            "context",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("error_message", sa.Text(), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("exited_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "status <> 'completed' OR completed_at IS NOT NULL",
+            name=op.f("ck_journey_states_completed_at_set"),
+        ),
+        sa.CheckConstraint(
+            "status <> 'exited' OR exited_at IS NOT NULL",
+            name=op.f("ck_journey_states_exited_at_set"),
+        ),
+        sa.CheckConstraint(
+            "status <> 'failed' OR failed_at IS NOT NULL",
+            name=op.f("ck_journey_states_failed_at_set"),
+        ),
+        sa.CheckConstraint(
+            "status IN ('enrolled','active','waiting','completed','exited','failed')",
+            name=op.f("ck_journey_states_status_known"),
+        ),
+        sa.CheckConstraint("entry_count >= 1", name=op.f("ck_journey_states_entry_count_positive")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_journey_states")),
+        sa.UniqueConstraint("workflow_id", name=op.f("uq_journey_states_workflow_id")),
+    )
+    op.create_index(
+        op.f("ix_journey_states_contact_id"), "journey_states", ["contact_id"], unique=False
+    )
+    op.create_index(
+        "ix_journey_states_journey_id_status",
+        "journey_states",
+        ["journey_id", "status"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_journey_states_next_wake_at_waiting",
+        "journey_states",
+        ["next_wake_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'waiting' AND next_wake_at IS NOT NULL"),
+    )
+    op.create_index("ix_journey_states_status", "journey_states", ["status"], unique=False)
+    op.create_index(
+        "ix_journey_states_user_id_journey_id_created_at",
+        "journey_states",
+        ["user_id", "journey_id", "created_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_journey_states_waiters",
+        "journey_states",
+        ["user_id", "waiting_for_event"],
+        unique=False,
+        postgresql_where=sa.text("status = 'waiting' AND waiting_for_event IS NOT NULL"),
+    )
+    op.create_index(
+        "uq_journey_states_user_journey_running",
+        "journey_states",
+        ["user_id", "journey_id"],
+        unique=True,
+        postgresql_where=sa.text(
+            "status IN ('enrolled','active','waiting') AND deleted_at IS NULL"
+        ),
+    )
+    op.create_table(
         "rate_limit_counters",
         sa.Column("bucket", sa.Text(), nullable=False),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
@@ -195,6 +764,63 @@ def upgrade() -> None:
     )
     op.create_index(
         "uq_studio_users_email", "studio_users", [sa.literal_column("lower(email)")], unique=True
+    )
+    op.create_table(
+        "user_events",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("event", sa.Text(), nullable=False),
+        sa.Column(
+            "properties",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("idempotency_key", sa.Text(), nullable=True),
+        sa.Column("source", sa.Text(), nullable=True),
+        sa.Column(
+            "occurred_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "received_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_user_events")),
+    )
+    op.create_index(
+        "ix_user_events_contact_id_event_occurred_at",
+        "user_events",
+        ["contact_id", "event", "occurred_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_user_events_contact_id_occurred_at",
+        "user_events",
+        ["contact_id", "occurred_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_user_events_event_occurred_at", "user_events", ["event", "occurred_at"], unique=False
+    )
+    op.create_index("ix_user_events_occurred_at", "user_events", ["occurred_at"], unique=False)
+    op.create_index(
+        "ix_user_events_user_id_event_occurred_at",
+        "user_events",
+        ["user_id", "event", "occurred_at"],
+        unique=False,
+    )
+    op.create_index(
+        "uq_user_events_idempotency_key",
+        "user_events",
+        ["idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     )
     op.create_table(
         "worker_heartbeats",
@@ -255,6 +881,350 @@ def upgrade() -> None:
     )
     op.create_index("ix_alert_history_created_at", "alert_history", ["created_at"], unique=False)
     op.create_table(
+        "campaign_recipients",
+        sa.Column("campaign_id", sa.UUID(), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("email", sa.Text(), nullable=False),
+        sa.Column("send_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("status", sa.Text(), server_default=sa.text("'pending'"), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("email_send_id", sa.UUID(), nullable=True),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "status IN ('pending','sent','skipped','failed')",
+            name=op.f("ck_campaign_recipients_status_known"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["campaigns.id"],
+            name=op.f("fk_campaign_recipients_campaign_id_campaigns"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("campaign_id", "contact_id", name=op.f("pk_campaign_recipients")),
+    )
+    op.create_index(
+        "ix_campaign_recipients_campaign_id_status",
+        "campaign_recipients",
+        ["campaign_id", "status"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_campaign_recipients_pending",
+        "campaign_recipients",
+        ["campaign_id", "send_at", "contact_id"],
+        unique=False,
+        postgresql_where=sa.text("status = 'pending'"),
+    )
+    op.create_table(
+        "contact_aliases",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("alias_kind", sa.Text(), nullable=False),
+        sa.Column("alias_value", sa.Text(), nullable=False),
+        sa.Column("from_contact_id", sa.UUID(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "alias_kind IN ('email','external','anonymous')",
+            name=op.f("ck_contact_aliases_alias_kind_known"),
+        ),
+        sa.CheckConstraint(
+            "reason IN ('merge','promote')", name=op.f("ck_contact_aliases_reason_known")
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"],
+            ["contacts.id"],
+            name=op.f("fk_contact_aliases_contact_id_contacts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_aliases")),
+    )
+    op.create_index(
+        op.f("ix_contact_aliases_contact_id"), "contact_aliases", ["contact_id"], unique=False
+    )
+    op.create_index(
+        "uq_contact_aliases_kind_value",
+        "contact_aliases",
+        ["alias_kind", "alias_value"],
+        unique=True,
+    )
+    op.create_table(
+        "email_preferences",
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column(
+            "unsubscribed_all", sa.Boolean(), server_default=sa.text("false"), nullable=False
+        ),
+        sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("resubscribed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("source", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"],
+            ["contacts.id"],
+            name=op.f("fk_email_preferences_contact_id_contacts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("contact_id", name=op.f("pk_email_preferences")),
+    )
+    op.create_table(
+        "email_sends",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=True),
+        sa.Column("user_id", sa.Text(), nullable=True),
+        sa.Column("user_email", sa.Text(), nullable=True),
+        sa.Column("journey_state_id", sa.UUID(), nullable=True),
+        sa.Column("journey_id", sa.Text(), nullable=True),
+        sa.Column("campaign_id", sa.UUID(), nullable=True),
+        sa.Column("template_key", sa.Text(), nullable=True),
+        sa.Column("category", sa.Text(), nullable=True),
+        sa.Column("from_email", sa.Text(), nullable=False),
+        sa.Column("to_email", sa.Text(), nullable=False),
+        sa.Column("redirected_to", sa.Text(), nullable=True),
+        sa.Column("subject", sa.Text(), nullable=True),
+        sa.Column("status", sa.Text(), server_default=sa.text("'queued'"), nullable=False),
+        sa.Column("decision", sa.Text(), server_default=sa.text("'queued'"), nullable=False),
+        sa.Column("decision_detail", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("duplicate_of_id", sa.UUID(), nullable=True),
+        sa.Column("idempotency_key", sa.Text(), nullable=True),
+        sa.Column("provider", sa.Text(), nullable=True),
+        sa.Column("provider_message_id", sa.Text(), nullable=True),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("opened_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("clicked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("bounced_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("complained_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("open_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("click_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("bounce_type", sa.Text(), nullable=True),
+        sa.Column("bounce_reason", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "(status = 'skipped') = (decision IN ('duplicate','skipped_deleted','suppressed','unsubscribed','capped','deferred'))",
+            name=op.f("ck_email_sends_skipped_iff_gated"),
+        ),
+        sa.CheckConstraint(
+            "decision IN ('sent','duplicate','skipped_deleted','suppressed','unsubscribed','capped','deferred','redirected','provider_error','queued')",
+            name=op.f("ck_email_sends_decision_known"),
+        ),
+        sa.CheckConstraint(
+            "idempotency_key IS NULL OR decision IN ('queued','sent','redirected')",
+            name=op.f("ck_email_sends_key_held_by_outgoing"),
+        ),
+        sa.CheckConstraint(
+            "status IN ('queued','sent','delivered','opened','clicked','bounced','complained','failed','skipped')",
+            name=op.f("ck_email_sends_status_known"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"],
+            ["campaigns.id"],
+            name=op.f("fk_email_sends_campaign_id_campaigns"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["duplicate_of_id"],
+            ["email_sends.id"],
+            name=op.f("fk_email_sends_duplicate_of_id_email_sends"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["journey_state_id"],
+            ["journey_states.id"],
+            name=op.f("fk_email_sends_journey_state_id_journey_states"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_email_sends")),
+    )
+    op.create_index(
+        op.f("ix_email_sends_campaign_id"), "email_sends", ["campaign_id"], unique=False
+    )
+    op.create_index(
+        "ix_email_sends_contact_id_created_at",
+        "email_sends",
+        ["contact_id", "created_at"],
+        unique=False,
+    )
+    op.create_index("ix_email_sends_created_at", "email_sends", ["created_at"], unique=False)
+    op.create_index(
+        op.f("ix_email_sends_journey_state_id"), "email_sends", ["journey_state_id"], unique=False
+    )
+    op.create_index("ix_email_sends_status", "email_sends", ["status"], unique=False)
+    op.create_index(
+        op.f("ix_email_sends_template_key"), "email_sends", ["template_key"], unique=False
+    )
+    op.create_index(
+        "ix_email_sends_to_email_created_at_category",
+        "email_sends",
+        ["to_email", "created_at", "category"],
+        unique=False,
+    )
+    op.create_index("ix_email_sends_user_id", "email_sends", ["user_id"], unique=False)
+    op.create_index(
+        "uq_email_sends_idempotency_key",
+        "email_sends",
+        ["idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.create_index(
+        "uq_email_sends_provider_message_id",
+        "email_sends",
+        ["provider", "provider_message_id"],
+        unique=True,
+        postgresql_where=sa.text("provider_message_id IS NOT NULL"),
+    )
+    op.create_table(
+        "import_errors",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("import_job_id", sa.UUID(), nullable=False),
+        sa.Column("line_number", sa.Integer(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("raw", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["import_job_id"],
+            ["import_jobs.id"],
+            name=op.f("fk_import_errors_import_job_id_import_jobs"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_import_errors")),
+    )
+    op.create_index(
+        "ix_import_errors_import_job_id_line_number",
+        "import_errors",
+        ["import_job_id", "line_number"],
+        unique=False,
+    )
+    op.create_table(
+        "journey_logs",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("journey_state_id", sa.UUID(), nullable=True),
+        sa.Column("journey_id", sa.Text(), nullable=False),
+        sa.Column("contact_id", sa.UUID(), nullable=True),
+        sa.Column("user_id", sa.Text(), nullable=True),
+        sa.Column("step", sa.Text(), nullable=True),
+        sa.Column("action", sa.Text(), nullable=False),
+        sa.Column(
+            "detail",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("duration_ms", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["journey_state_id"],
+            ["journey_states.id"],
+            name=op.f("fk_journey_logs_journey_state_id_journey_states"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_journey_logs")),
+    )
+    op.create_index(
+        "ix_journey_logs_contact_id_started_at",
+        "journey_logs",
+        ["contact_id", "started_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_journey_logs_journey_id_started_at",
+        "journey_logs",
+        ["journey_id", "started_at"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_journey_logs_journey_state_id_id",
+        "journey_logs",
+        ["journey_state_id", "id"],
+        unique=False,
+    )
+    op.create_table(
+        "list_subscriptions",
+        sa.Column("contact_id", sa.UUID(), nullable=False),
+        sa.Column("list_id", sa.Text(), nullable=False),
+        sa.Column("subscribed", sa.Boolean(), nullable=False),
+        sa.Column("source", sa.Text(), nullable=True),
+        sa.Column("subscribed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["contact_id"],
+            ["contacts.id"],
+            name=op.f("fk_list_subscriptions_contact_id_contacts"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("contact_id", "list_id", name=op.f("pk_list_subscriptions")),
+    )
+    op.create_index(
+        "ix_list_subscriptions_list_id_subscribed",
+        "list_subscriptions",
+        ["list_id", "subscribed", "contact_id"],
+        unique=False,
+    )
+    op.create_table(
         "studio_sessions",
         sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
         sa.Column("user_id", sa.UUID(), nullable=False),
@@ -290,27 +1260,290 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_studio_sessions_user_id"), "studio_sessions", ["user_id"], unique=False
     )
+    op.create_table(
+        "outbox_messages",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("email_send_id", sa.UUID(), nullable=True),
+        sa.Column("to_email", sa.Text(), nullable=False),
+        sa.Column("from_email", sa.Text(), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column(
+            "headers",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default=sa.text("'{}'::jsonb"),
+            nullable=False,
+        ),
+        sa.Column("html", sa.Text(), nullable=True),
+        sa.Column("text", sa.Text(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["email_send_id"],
+            ["email_sends.id"],
+            name=op.f("fk_outbox_messages_email_send_id_email_sends"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox_messages")),
+    )
+    op.create_index(
+        op.f("ix_outbox_messages_created_at"), "outbox_messages", ["created_at"], unique=False
+    )
+    op.create_index(
+        op.f("ix_outbox_messages_email_send_id"), "outbox_messages", ["email_send_id"], unique=False
+    )
+    op.create_index("ix_outbox_messages_to_email", "outbox_messages", ["to_email"], unique=False)
+    op.create_table(
+        "tracked_links",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("email_send_id", sa.UUID(), nullable=False),
+        sa.Column("original_url", sa.Text(), nullable=False),
+        sa.Column("click_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("first_clicked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["email_send_id"],
+            ["email_sends.id"],
+            name=op.f("fk_tracked_links_email_send_id_email_sends"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_tracked_links")),
+    )
+    op.create_index(
+        op.f("ix_tracked_links_email_send_id"), "tracked_links", ["email_send_id"], unique=False
+    )
+    op.create_table(
+        "link_clicks",
+        sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("tracked_link_id", sa.UUID(), nullable=False),
+        sa.Column("email_send_id", sa.UUID(), nullable=False),
+        sa.Column("ip_address", sa.Text(), nullable=True),
+        sa.Column("user_agent", sa.Text(), nullable=True),
+        sa.Column("is_bot", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("bot_reason", sa.Text(), nullable=True),
+        sa.Column(
+            "clicked_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["email_send_id"],
+            ["email_sends.id"],
+            name=op.f("fk_link_clicks_email_send_id_email_sends"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tracked_link_id"],
+            ["tracked_links.id"],
+            name=op.f("fk_link_clicks_tracked_link_id_tracked_links"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_link_clicks")),
+    )
+    op.create_index(op.f("ix_link_clicks_clicked_at"), "link_clicks", ["clicked_at"], unique=False)
+    op.create_index(
+        op.f("ix_link_clicks_email_send_id"), "link_clicks", ["email_send_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_link_clicks_tracked_link_id"), "link_clicks", ["tracked_link_id"], unique=False
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_index(op.f("ix_link_clicks_tracked_link_id"), table_name="link_clicks")
+    op.drop_index(op.f("ix_link_clicks_email_send_id"), table_name="link_clicks")
+    op.drop_index(op.f("ix_link_clicks_clicked_at"), table_name="link_clicks")
+    op.drop_table("link_clicks")
+    op.drop_index(op.f("ix_tracked_links_email_send_id"), table_name="tracked_links")
+    op.drop_table("tracked_links")
+    op.drop_index("ix_outbox_messages_to_email", table_name="outbox_messages")
+    op.drop_index(op.f("ix_outbox_messages_email_send_id"), table_name="outbox_messages")
+    op.drop_index(op.f("ix_outbox_messages_created_at"), table_name="outbox_messages")
+    op.drop_table("outbox_messages")
     op.drop_index(op.f("ix_studio_sessions_user_id"), table_name="studio_sessions")
     op.drop_index(op.f("ix_studio_sessions_expires_at"), table_name="studio_sessions")
     op.drop_table("studio_sessions")
+    op.drop_index("ix_list_subscriptions_list_id_subscribed", table_name="list_subscriptions")
+    op.drop_table("list_subscriptions")
+    op.drop_index("ix_journey_logs_journey_state_id_id", table_name="journey_logs")
+    op.drop_index("ix_journey_logs_journey_id_started_at", table_name="journey_logs")
+    op.drop_index("ix_journey_logs_contact_id_started_at", table_name="journey_logs")
+    op.drop_table("journey_logs")
+    op.drop_index("ix_import_errors_import_job_id_line_number", table_name="import_errors")
+    op.drop_table("import_errors")
+    op.drop_index(
+        "uq_email_sends_provider_message_id",
+        table_name="email_sends",
+        postgresql_where=sa.text("provider_message_id IS NOT NULL"),
+    )
+    op.drop_index(
+        "uq_email_sends_idempotency_key",
+        table_name="email_sends",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.drop_index("ix_email_sends_user_id", table_name="email_sends")
+    op.drop_index("ix_email_sends_to_email_created_at_category", table_name="email_sends")
+    op.drop_index(op.f("ix_email_sends_template_key"), table_name="email_sends")
+    op.drop_index("ix_email_sends_status", table_name="email_sends")
+    op.drop_index(op.f("ix_email_sends_journey_state_id"), table_name="email_sends")
+    op.drop_index("ix_email_sends_created_at", table_name="email_sends")
+    op.drop_index("ix_email_sends_contact_id_created_at", table_name="email_sends")
+    op.drop_index(op.f("ix_email_sends_campaign_id"), table_name="email_sends")
+    op.drop_table("email_sends")
+    op.drop_table("email_preferences")
+    op.drop_index("uq_contact_aliases_kind_value", table_name="contact_aliases")
+    op.drop_index(op.f("ix_contact_aliases_contact_id"), table_name="contact_aliases")
+    op.drop_table("contact_aliases")
+    op.drop_index(
+        "ix_campaign_recipients_pending",
+        table_name="campaign_recipients",
+        postgresql_where=sa.text("status = 'pending'"),
+    )
+    op.drop_index("ix_campaign_recipients_campaign_id_status", table_name="campaign_recipients")
+    op.drop_table("campaign_recipients")
     op.drop_index("ix_alert_history_created_at", table_name="alert_history")
     op.drop_index(op.f("ix_alert_history_alert_rule_id"), table_name="alert_history")
     op.drop_table("alert_history")
     op.drop_index(op.f("ix_worker_heartbeats_last_seen_at"), table_name="worker_heartbeats")
     op.drop_table("worker_heartbeats")
+    op.drop_index(
+        "uq_user_events_idempotency_key",
+        table_name="user_events",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.drop_index("ix_user_events_user_id_event_occurred_at", table_name="user_events")
+    op.drop_index("ix_user_events_occurred_at", table_name="user_events")
+    op.drop_index("ix_user_events_event_occurred_at", table_name="user_events")
+    op.drop_index("ix_user_events_contact_id_occurred_at", table_name="user_events")
+    op.drop_index("ix_user_events_contact_id_event_occurred_at", table_name="user_events")
+    op.drop_table("user_events")
     op.drop_index("uq_studio_users_email", table_name="studio_users")
     op.drop_table("studio_users")
     op.drop_index("ix_rate_limit_counters_window_start", table_name="rate_limit_counters")
     op.drop_table("rate_limit_counters")
+    op.drop_index(
+        "uq_journey_states_user_journey_running",
+        table_name="journey_states",
+        postgresql_where=sa.text(
+            "status IN ('enrolled','active','waiting') AND deleted_at IS NULL"
+        ),
+    )
+    op.drop_index(
+        "ix_journey_states_waiters",
+        table_name="journey_states",
+        postgresql_where=sa.text("status = 'waiting' AND waiting_for_event IS NOT NULL"),
+    )
+    op.drop_index("ix_journey_states_user_id_journey_id_created_at", table_name="journey_states")
+    op.drop_index("ix_journey_states_status", table_name="journey_states")
+    op.drop_index(
+        "ix_journey_states_next_wake_at_waiting",
+        table_name="journey_states",
+        postgresql_where=sa.text("status = 'waiting' AND next_wake_at IS NOT NULL"),
+    )
+    op.drop_index("ix_journey_states_journey_id_status", table_name="journey_states")
+    op.drop_index(op.f("ix_journey_states_contact_id"), table_name="journey_states")
+    op.drop_table("journey_states")
+    op.drop_table("journey_configs")
+    op.drop_index("ix_import_jobs_status", table_name="import_jobs")
+    op.drop_index("ix_import_jobs_created_at", table_name="import_jobs")
+    op.drop_table("import_jobs")
+    op.drop_index("ix_event_outbox_processed_at", table_name="event_outbox")
+    op.drop_index(
+        "ix_event_outbox_pending_contact",
+        table_name="event_outbox",
+        postgresql_where=sa.text("processed_at IS NULL AND dead_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_event_outbox_pending",
+        table_name="event_outbox",
+        postgresql_where=sa.text("processed_at IS NULL AND dead_at IS NULL"),
+    )
+    op.drop_table("event_outbox")
+    op.drop_index("uq_email_suppressions_email", table_name="email_suppressions")
+    op.drop_index(
+        "ix_email_suppressions_suppressed_at",
+        table_name="email_suppressions",
+        postgresql_where=sa.text("suppressed"),
+    )
+    op.drop_table("email_suppressions")
     op.drop_index(op.f("ix_dead_letter_queue_status"), table_name="dead_letter_queue")
     op.drop_index(op.f("ix_dead_letter_queue_source"), table_name="dead_letter_queue")
     op.drop_index("ix_dead_letter_queue_created_at", table_name="dead_letter_queue")
     op.drop_table("dead_letter_queue")
+    op.drop_index(
+        "uq_contacts_external_id_live",
+        table_name="contacts",
+        postgresql_where=sa.text("external_id IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "uq_contacts_email_live",
+        table_name="contacts",
+        postgresql_where=sa.text("email IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "uq_contacts_anonymous_id_live",
+        table_name="contacts",
+        postgresql_where=sa.text("anonymous_id IS NOT NULL AND deleted_at IS NULL"),
+    )
+    op.drop_index("ix_contacts_email", table_name="contacts")
+    op.drop_index("ix_contacts_created_at_id", table_name="contacts")
+    op.drop_table("contacts")
+    op.drop_index(
+        "uq_campaigns_idempotency_key",
+        table_name="campaigns",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
+    op.drop_index("ix_campaigns_status_send_at", table_name="campaigns")
+    op.drop_index(
+        "ix_campaigns_last_progress_at_sending",
+        table_name="campaigns",
+        postgresql_where=sa.text("status = 'sending'"),
+    )
+    op.drop_index("ix_campaigns_created_at", table_name="campaigns")
+    op.drop_table("campaigns")
+    op.drop_index(
+        "uq_bucket_memberships_user_bucket_active",
+        table_name="bucket_memberships",
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.drop_index("ix_bucket_memberships_user_id_bucket_id", table_name="bucket_memberships")
+    op.drop_index(
+        "ix_bucket_memberships_max_dwell_at_active",
+        table_name="bucket_memberships",
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.drop_index(
+        "ix_bucket_memberships_expires_at_active",
+        table_name="bucket_memberships",
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+    op.drop_index(op.f("ix_bucket_memberships_contact_id"), table_name="bucket_memberships")
+    op.drop_index(
+        "ix_bucket_memberships_bucket_id_status_last_evaluated_at", table_name="bucket_memberships"
+    )
+    op.drop_index("ix_bucket_memberships_bucket_id_status_id", table_name="bucket_memberships")
+    op.drop_index(
+        "ix_bucket_memberships_bucket_id_status_entered_at", table_name="bucket_memberships"
+    )
+    op.drop_table("bucket_memberships")
+    op.drop_table("bucket_configs")
     op.drop_index("ix_audit_logs_resource_resource_id", table_name="audit_logs")
     op.drop_index("ix_audit_logs_created_at", table_name="audit_logs")
     op.drop_index(op.f("ix_audit_logs_actor"), table_name="audit_logs")

@@ -1,0 +1,251 @@
+"""Email: every send attempt with its decision, preferences, suppressions, tracking, dev outbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hogsend.db.tables.base import Base, Timestamps, uuid_pk
+
+SEND_STATUSES = (
+    "queued",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "complained",
+    "failed",
+    "skipped",
+)
+SEND_DECISIONS = (
+    "sent",
+    "duplicate",
+    "skipped_deleted",
+    "suppressed",
+    "unsubscribed",
+    "capped",
+    "deferred",
+    "redirected",
+    "provider_error",
+    "queued",
+)
+# Decisions taken by a gate before the provider: the message never left.
+GATE_DECISIONS = (
+    "duplicate",
+    "skipped_deleted",
+    "suppressed",
+    "unsubscribed",
+    "capped",
+    "deferred",
+)
+SUPPRESSION_REASONS = ("hard_bounce", "soft_bounce", "complaint", "manual", "import")
+
+
+class EmailSend(Timestamps, Base):
+    """One send attempt and the mailer's decision about it: the send-decision log.
+
+    Every attempt writes exactly one row, whether a gate stopped it (``status`` =
+    ``skipped``) or it went to the provider; see docs/decisions/0001-schema.md.
+    """
+
+    __tablename__ = "email_sends"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    # No foreign key: merges rewrite it; NULL for an address that has no contact.
+    contact_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    user_id: Mapped[str | None] = mapped_column(Text)
+    user_email: Mapped[str | None] = mapped_column(Text)
+    # SET NULL (the reference had NO ACTION): deleting a run must never fail a merge.
+    journey_state_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("journey_states.id", ondelete="SET NULL"), index=True
+    )
+    journey_id: Mapped[str | None] = mapped_column(Text)
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("campaigns.id", ondelete="SET NULL"), index=True
+    )
+    template_key: Mapped[str | None] = mapped_column(Text, index=True)
+    category: Mapped[str | None] = mapped_column(Text)
+    from_email: Mapped[str] = mapped_column(Text)
+    to_email: Mapped[str] = mapped_column(Text)
+    # Test mode: where the message really went (NULL when it went to the dev outbox).
+    redirected_to: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    decision: Mapped[str] = mapped_column(Text, server_default=text("'queued'"))
+    # Facts behind the decision: the cap that hit, the window deferred to, the provider error ...
+    decision_detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    duplicate_of_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="SET NULL")
+    )
+    # Held only by the attempt that went (or is going) out; released on provider error.
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    opened_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
+    bounced_at: Mapped[datetime | None]
+    complained_at: Mapped[datetime | None]
+    open_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    click_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    bounce_type: Mapped[str | None] = mapped_column(Text)
+    bounce_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "uq_email_sends_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index(
+            "uq_email_sends_provider_message_id",
+            "provider",
+            "provider_message_id",
+            unique=True,
+            postgresql_where=text("provider_message_id IS NOT NULL"),
+        ),
+        # Frequency caps count recent sends per address (and per category).
+        Index("ix_email_sends_to_email_created_at_category", "to_email", "created_at", "category"),
+        Index("ix_email_sends_contact_id_created_at", "contact_id", "created_at"),
+        Index("ix_email_sends_user_id", "user_id"),
+        Index("ix_email_sends_status", "status"),
+        Index("ix_email_sends_created_at", "created_at"),
+        CheckConstraint(
+            "status IN ('queued','sent','delivered','opened','clicked','bounced','complained',"
+            "'failed','skipped')",
+            name="status_known",
+        ),
+        CheckConstraint(
+            "decision IN ('sent','duplicate','skipped_deleted','suppressed','unsubscribed',"
+            "'capped','deferred','redirected','provider_error','queued')",
+            name="decision_known",
+        ),
+        CheckConstraint(
+            "(status = 'skipped') = (decision IN ('duplicate','skipped_deleted','suppressed',"
+            "'unsubscribed','capped','deferred'))",
+            name="skipped_iff_gated",
+        ),
+        CheckConstraint(
+            "idempotency_key IS NULL OR decision IN ('queued','sent','redirected')",
+            name="key_held_by_outgoing",
+        ),
+    )
+
+
+class EmailPreference(Timestamps, Base):
+    """A contact's global email choice; per-list choices live in ``list_subscriptions``."""
+
+    __tablename__ = "email_preferences"
+
+    contact_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    unsubscribed_all: Mapped[bool] = mapped_column(server_default=text("false"))
+    unsubscribed_at: Mapped[datetime | None]
+    resubscribed_at: Mapped[datetime | None]
+    # preference_center, one_click, api, admin, import, merge ...
+    source: Mapped[str | None] = mapped_column(Text)
+
+
+class EmailSuppression(Timestamps, Base):
+    """Health of one email address, keyed on the address itself (not on a contact).
+
+    A row exists as soon as the address bounces or complains, so soft bounces are counted
+    even for addresses nobody has a preference row for; ``suppressed`` blocks every send.
+    """
+
+    __tablename__ = "email_suppressions"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    email: Mapped[str] = mapped_column(Text)
+    suppressed: Mapped[bool] = mapped_column(server_default=text("false"))
+    reason: Mapped[str | None] = mapped_column(Text)
+    suppressed_at: Mapped[datetime | None]
+    bounce_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_bounce_at: Mapped[datetime | None]
+    last_bounce_type: Mapped[str | None] = mapped_column(Text)
+    complaint_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_complaint_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("uq_email_suppressions_email", func.lower(email), unique=True),
+        Index(
+            "ix_email_suppressions_suppressed_at",
+            "suppressed_at",
+            postgresql_where=text("suppressed"),
+        ),
+        CheckConstraint(
+            "reason IS NULL"
+            " OR reason IN ('hard_bounce','soft_bounce','complaint','manual','import')",
+            name="reason_known",
+        ),
+        CheckConstraint(
+            "NOT suppressed OR (reason IS NOT NULL AND suppressed_at IS NOT NULL)",
+            name="suppressed_has_reason",
+        ),
+    )
+
+
+class TrackedLink(Timestamps, Base):
+    """One http(s) URL of one sent message; a click redirects only to ``original_url``."""
+
+    __tablename__ = "tracked_links"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    email_send_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="CASCADE"), index=True
+    )
+    original_url: Mapped[str] = mapped_column(Text)
+    click_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    first_clicked_at: Mapped[datetime | None]
+
+
+class LinkClick(Base):
+    """One hit on a tracked link, flagged when it looks like a scanner rather than a person."""
+
+    __tablename__ = "link_clicks"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    tracked_link_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("tracked_links.id", ondelete="CASCADE"), index=True
+    )
+    email_send_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="CASCADE"), index=True
+    )
+    ip_address: Mapped[str | None] = mapped_column(Text)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    is_bot: Mapped[bool] = mapped_column(server_default=text("false"))
+    bot_reason: Mapped[str | None] = mapped_column(Text)
+    clicked_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+class OutboxMessage(Base):
+    """A message "sent" by the dev outbox provider: stored whole, shown in Studio."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    email_send_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="SET NULL"), index=True
+    )
+    to_email: Mapped[str] = mapped_column(Text)
+    from_email: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text)
+    headers: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    html: Mapped[str | None] = mapped_column(Text)
+    # Declared after every use of sqlalchemy's ``text()`` in this class body: it shadows it.
+    text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+    __table_args__ = (Index("ix_outbox_messages_to_email", "to_email"),)
