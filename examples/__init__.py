@@ -1,0 +1,1 @@
+"""Example hogsend projects (importable from the repository root)."""

@@ -1,0 +1,1 @@
+"""The quickstart project: what `hogsend dev` runs by default."""

@@ -1,0 +1,1 @@
+"""The ``hogsend`` command line (Typer): dev, serve, worker, db, check, keys."""

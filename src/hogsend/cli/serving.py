@@ -1,0 +1,180 @@
+"""Running the API server and the worker inside one asyncio loop.
+
+``hogsend dev``, ``hogsend serve`` and ``hogsend worker`` all end up here: an optional
+uvicorn server (with Studio mounted) and an optional worker, sharing one engine, and
+stopped together on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import structlog
+import typer
+
+from hogsend.app import Hogsend
+from hogsend.cli.context import (
+    cli_state,
+    database,
+    load_user_app,
+    resolve_app_path,
+    server_settings,
+)
+from hogsend.db.engine import make_async_engine
+from hogsend.logs import configure_logging
+from hogsend.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# FastAPI, uvicorn and DBOS are imported inside the functions that need them, so that
+# one-off commands (check, db, keys) start fast.
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Processes:
+    """What one command runs in its process."""
+
+    api: bool
+    worker: bool
+
+
+def build_api(app: Hogsend, settings: Settings, engine: AsyncEngine) -> FastAPI:
+    """The API with Studio mounted, as served by ``dev`` and ``serve``."""
+    from hogsend.api import create_api
+    from hogsend.studio import mount_studio
+
+    api = create_api(app, settings, engine=engine)
+    mount_studio(api)
+    return api
+
+
+async def run_processes(
+    app: Hogsend,
+    settings: Settings,
+    processes: Processes,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    before_start: Callable[[AsyncEngine], Awaitable[None]] | None = None,
+) -> None:
+    """Run the API server and/or the worker until a stop signal, then stop both.
+
+    Args:
+        app: the user's app.
+        settings: settings with ``database_url`` resolved.
+        processes: which parts to run.
+        on_ready: called once everything accepts work (prints the dev banner).
+        before_start: awaited with the engine before anything starts (dev seeding).
+    """
+    import uvicorn
+
+    from hogsend.runtime.worker import Worker, install_stop_handlers, remove_stop_handlers
+
+    class Server(uvicorn.Server):
+        """uvicorn without its own signal handling: our handler stops server and worker."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    assert settings.database_url is not None
+    engine = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
+    stop = asyncio.Event()
+    server: Server | None = None
+    worker: Worker | None = None
+
+    def request_stop() -> None:
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+
+    install_stop_handlers(request_stop)
+    try:
+        if before_start is not None:
+            await before_start(engine)
+        if processes.worker:
+            worker = Worker(app, settings, engine=engine)
+            await worker.start()
+        else:
+            app.launch()
+        serving: asyncio.Task[None] | None = None
+        if processes.api:
+            config = uvicorn.Config(
+                build_api(app, settings, engine),
+                host=settings.host,
+                port=settings.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+            )
+            server = Server(config)
+            serving = asyncio.create_task(server.serve(), name="hogsend-api")
+            while not server.started:
+                done, _ = await asyncio.wait({serving}, timeout=0.05)
+                if done:
+                    serving.result()  # re-raises a failed startup (port in use...)
+                    return
+        if on_ready is not None and not stop.is_set():
+            on_ready()
+        if serving is not None:
+            await serving
+        else:
+            await stop.wait()
+    finally:
+        if worker is not None:
+            await worker.stop()
+        await engine.dispose()
+        remove_stop_handlers()
+
+
+HostOption = Annotated[str | None, typer.Option(help="Interface to bind (default: 127.0.0.1).")]
+PortOption = Annotated[int | None, typer.Option(help="Port to bind (default: 8000).")]
+
+
+def serve(ctx: typer.Context, host: HostOption = None, port: PortOption = None) -> None:
+    """Run the HTTP API (and Studio) only; run workers with `hogsend worker`."""
+    settings = server_settings(host=host, port=port)
+    configure_logging(settings)
+    app = load_user_app(resolve_app_path(cli_state(ctx), settings))
+    with database(settings) as url:
+        settings = server_settings(host=host, port=port, database_url=url)
+        asyncio.run(
+            run_processes(
+                app,
+                settings,
+                Processes(api=True, worker=False),
+                on_ready=lambda: _announce(f"serving on http://{settings.host}:{settings.port}"),
+            )
+        )
+
+
+def worker(ctx: typer.Context, host: HostOption = None, port: PortOption = None) -> None:
+    """Run a worker only: journeys, queues, heartbeats. Stops gracefully on SIGTERM."""
+    # --host/--port are accepted for symmetry with the other server commands; the
+    # worker serves no HTTP, so they only end up in its settings.
+    settings = server_settings(host=host, port=port)
+    configure_logging(settings)
+    app = load_user_app(resolve_app_path(cli_state(ctx), settings))
+    with database(settings) as url:
+        settings = server_settings(host=host, port=port, database_url=url)
+        asyncio.run(
+            run_processes(
+                app,
+                settings,
+                Processes(api=False, worker=True),
+                on_ready=lambda: _announce(f"worker {settings.worker_id} is running"),
+            )
+        )
+
+
+def _announce(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
