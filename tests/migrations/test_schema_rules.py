@@ -223,3 +223,31 @@ def test_migration_matches_the_tables_exactly(database_url: str, empty_database_
         declared.dispose()
     assert from_migration["indexes"] == from_tables["indexes"]
     assert from_migration["constraints"] == from_tables["constraints"]
+
+
+@pytest.mark.parametrize("table", ["event_outbox", "journey_logs", "import_errors"])
+def test_bigint_ids_come_from_a_sequence(engine: Engine, table: str) -> None:
+    with engine.connect() as conn:
+        default = conn.execute(
+            text(
+                "SELECT column_default FROM information_schema.columns"
+                " WHERE table_schema = 'public' AND table_name = :t AND column_name = 'id'"
+            ),
+            {"t": table},
+        ).scalar_one()
+    assert default == f"nextval('{table}_id_seq'::regclass)"
+
+
+def test_outbox_ids_follow_insert_order(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for n in range(3):
+            _insert(
+                conn,
+                "event_outbox",
+                event_id=uuid.uuid4(),
+                contact_id=uuid.UUID(int=1),
+                contact_key="u1",
+                event=f"e{n}",
+            )
+        events = conn.execute(text("SELECT event FROM event_outbox ORDER BY id")).scalars().all()
+    assert events == ["e0", "e1", "e2"]
