@@ -147,7 +147,7 @@ def _print_banner(
     lines = [
         "",
         f"hogsend dev is running the app {app.name!r} "
-        f"({len(app.journeys)} journeys, {len(app.buckets)} buckets, {len(app.lists)} lists)",
+        f"(journeys: {len(app.journeys)}, buckets: {len(app.buckets)}, lists: {len(app.lists)})",
         f"  API        {base}",
         f"  health     {base}/v1/health",
         f"  API docs   {base}/docs",
