@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     rate_limit_window_seconds: int = Field(
         default=60, ge=1, le=3600, description="Length of the rate-limit window."
     )
+    rate_limit_backend: Literal["postgres", "memory"] = Field(
+        default="postgres",
+        description="Where rate-limit counters live: postgres (shared by every API process) "
+        "or memory (per process; limits multiply by the number of processes).",
+    )
 
     worker_id: str = Field(
         default_factory=_default_worker_id,

@@ -1,0 +1,227 @@
+"""Rate limits per API key and route group, in Postgres or in process memory.
+
+Algorithm: a **fixed window** of ``rate_limit_window_seconds``, aligned to the epoch,
+counting per ``<key id>:<group>``. Chosen over a sliding-window approximation because
+
+* the count is one statement (``INSERT .. ON CONFLICT DO UPDATE .. WHERE hits < limit
+  RETURNING hits``) touching one row, with no read of the previous window;
+* ``RateLimit-Reset`` and ``Retry-After`` are then exact: the whole budget comes back
+  when the window ends, and that instant is known;
+* rejected requests are simply not counted (the ``WHERE`` fails), so a client that kept
+  retrying while limited gets its full budget in the next window.
+
+The price is the boundary burst: a client may spend a full budget at the end of one
+window and another at the start of the next (at most twice the limit over any span of
+one window length). For an abuse guard per key that is acceptable; it is not a meter.
+
+Groups: ``admin`` for ``/v1/admin/*``, ``emails`` for ``/v1/emails*``, ``data`` for the
+rest of the authenticated data plane. A limit of 0 disables a group (no headers either).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hogsend.api.middleware import response_headers_of
+from hogsend.db.repos import rate_limits
+from hogsend.db.repos.api_keys import Principal
+from hogsend.errors import RateLimited
+from hogsend.settings import Settings
+
+RouteGroup = Literal["data", "emails", "admin"]
+Clock = Callable[[], float]
+
+
+def route_group(path: str) -> RouteGroup:
+    """The rate-limit group of a request path."""
+    if path.startswith("/v1/admin/") or path == "/v1/admin":
+        return "admin"
+    if path == "/v1/emails" or path.startswith("/v1/emails/"):
+        return "emails"
+    return "data"
+
+
+def group_limit(settings: Settings, group: RouteGroup) -> int:
+    """Requests per window allowed in ``group`` (0 = unlimited)."""
+    if group == "admin":
+        return settings.rate_limit_admin
+    if group == "emails":
+        return settings.rate_limit_emails
+    return settings.rate_limit_data_plane
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitDecision:
+    """The outcome of counting one request."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+    window_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-*`` headers describing the bucket after this request."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+            "RateLimit-Policy": f"{self.limit};w={self.window_seconds}",
+        }
+
+
+class RateLimiter(Protocol):
+    """Counts requests in buckets; both backends share the fixed-window semantics."""
+
+    window_seconds: int
+
+    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
+        """Count a request in ``bucket`` unless its window already holds ``limit``."""
+        ...
+
+    async def prune(self) -> int:
+        """Forget windows that ended; returns how many counters were dropped."""
+        ...
+
+
+def _window(now: float, window_seconds: int) -> tuple[float, int]:
+    start = math.floor(now / window_seconds) * window_seconds
+    # ceil keeps it >= 1 while the window is open: "come back in 0 s" would be a lie.
+    reset = max(1, math.ceil(start + window_seconds - now))
+    return start, reset
+
+
+def _decision(hits: int | None, *, limit: int, reset: int, window: int) -> RateLimitDecision:
+    if hits is None:
+        return RateLimitDecision(
+            allowed=False, limit=limit, remaining=0, reset_seconds=reset, window_seconds=window
+        )
+    return RateLimitDecision(
+        allowed=True,
+        limit=limit,
+        remaining=max(0, limit - hits),
+        reset_seconds=reset,
+        window_seconds=window,
+    )
+
+
+class PostgresRateLimiter:
+    """Counters in ``rate_limit_counters``, shared by every API process on the database.
+
+    Args:
+        sessions: an **autocommit** sessionmaker, so each count is durable on its own and
+            not tied to the fate of the request's transaction.
+        window_seconds: the window length.
+        clock: seconds since the epoch; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        window_seconds: int,
+        clock: Clock = time.time,
+    ) -> None:
+        self.sessions = sessions
+        self.window_seconds = window_seconds
+        self.clock = clock
+
+    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
+        start, reset = _window(self.clock(), self.window_seconds)
+        async with self.sessions() as session:
+            hits = await rate_limits.hit(
+                session,
+                bucket=bucket,
+                window_start=datetime.fromtimestamp(start, UTC),
+                limit=limit,
+            )
+        return _decision(hits, limit=limit, reset=reset, window=self.window_seconds)
+
+    async def prune(self) -> int:
+        start, _ = _window(self.clock(), self.window_seconds)
+        async with self.sessions() as session:
+            return await rate_limits.prune(session, before=datetime.fromtimestamp(start, UTC))
+
+
+class MemoryRateLimiter:
+    """Counters in this process only: each API process enforces the limit on its own.
+
+    Keeps one counter per bucket (the current window's); a bucket seen in a new window
+    starts over, and :meth:`prune` drops buckets idle since an earlier window.
+    """
+
+    def __init__(self, *, window_seconds: int, clock: Clock = time.time) -> None:
+        self.window_seconds = window_seconds
+        self.clock = clock
+        self._counters: dict[str, tuple[float, int]] = {}
+
+    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
+        start, reset = _window(self.clock(), self.window_seconds)
+        window_start, hits = self._counters.get(bucket, (start, 0))
+        if window_start != start:
+            hits = 0
+        if hits >= limit:
+            return _decision(None, limit=limit, reset=reset, window=self.window_seconds)
+        hits += 1
+        self._counters[bucket] = (start, hits)
+        return _decision(hits, limit=limit, reset=reset, window=self.window_seconds)
+
+    def current_hits(self, bucket: str) -> int:
+        """Requests counted in ``bucket``'s current window (for tests and debugging)."""
+        start, _ = _window(self.clock(), self.window_seconds)
+        window_start, hits = self._counters.get(bucket, (start, 0))
+        return hits if window_start == start else 0
+
+    async def prune(self) -> int:
+        start, _ = _window(self.clock(), self.window_seconds)
+        stale = [bucket for bucket, (began, _) in self._counters.items() if began < start]
+        for bucket in stale:
+            del self._counters[bucket]
+        return len(stale)
+
+
+def make_rate_limiter(
+    settings: Settings, autocommit_sessions: async_sessionmaker[AsyncSession]
+) -> RateLimiter:
+    """The limiter ``settings.rate_limit_backend`` asks for."""
+    window = settings.rate_limit_window_seconds
+    if settings.rate_limit_backend == "memory":
+        return MemoryRateLimiter(window_seconds=window)
+    return PostgresRateLimiter(autocommit_sessions, window_seconds=window)
+
+
+async def enforce_rate_limit(
+    request: Request,
+    principal: Principal,
+    *,
+    settings: Settings,
+    limiter: RateLimiter,
+    path: str,
+) -> None:
+    """Count this request against the key's budget for the route's group.
+
+    Adds the ``RateLimit-*`` headers to the response whatever it ends up being.
+
+    Raises:
+        RateLimited: the window is full; carries ``Retry-After``.
+    """
+    group = route_group(path)
+    limit = group_limit(settings, group)
+    if limit <= 0:
+        return
+    decision = await limiter.hit(f"{principal.key_id}:{group}", limit=limit)
+    response_headers_of(request.scope).update(decision.headers())
+    if not decision.allowed:
+        raise RateLimited(
+            f"This key may make {limit} {group} requests per {decision.window_seconds} s; "
+            f"retry in {decision.reset_seconds} s",
+            headers={"Retry-After": str(decision.reset_seconds)},
+        )

@@ -1,0 +1,1 @@
+"""Admin API (``/v1/admin/*``): every route needs an admin scope; mutations are audited."""

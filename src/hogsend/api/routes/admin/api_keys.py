@@ -1,0 +1,105 @@
+"""/v1/admin/api-keys: list (admin:read), mint and revoke (full-admin only)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from hogsend.api.audit import AdminChange, audited
+from hogsend.api.auth import require_scope
+from hogsend.api.deps import DbSession
+from hogsend.api.errors import problem_responses
+from hogsend.api.schemas.api_keys import (
+    ApiKeyOut,
+    ApiKeyPage,
+    CreateApiKey,
+    CreatedApiKey,
+    RevokedApiKey,
+)
+from hogsend.api.schemas.common import MAX_OFFSET, MAX_PAGE_SIZE
+from hogsend.db.repos import api_keys
+from hogsend.db.repos.api_keys import ApiKeyInfo
+from hogsend.errors import NotFound
+
+router = APIRouter(prefix="/v1/admin", tags=["admin: api keys"])
+
+
+def _out(info: ApiKeyInfo) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=info.id,
+        name=info.name,
+        key_prefix=info.key_prefix,
+        scopes=list(info.scopes),
+        created_by=info.created_by,
+        last_used_at=info.last_used_at,
+        revoked_at=info.revoked_at,
+        expires_at=info.expires_at,
+        created_at=info.created_at,
+    )
+
+
+@router.get(
+    "/api-keys",
+    summary="List API keys",
+    dependencies=[require_scope("admin:read")],
+)
+async def list_api_keys(
+    session: DbSession,
+    limit: int = Query(50, ge=1, le=MAX_PAGE_SIZE),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
+    include_revoked: bool = Query(False, alias="includeRevoked"),
+) -> ApiKeyPage:
+    """Keys newest first; revoked ones only with ``includeRevoked=true``."""
+    keys, total = await api_keys.list_keys(
+        session, include_revoked=include_revoked, limit=limit, offset=offset
+    )
+    return ApiKeyPage(keys=[_out(k) for k in keys], total=total, limit=limit, offset=offset)
+
+
+@router.post("/api-keys", status_code=201, summary="Mint an API key")
+async def create_api_key(
+    body: CreateApiKey,
+    change: AdminChange = audited("full-admin", resource="api-keys", action="api-keys.create"),
+) -> CreatedApiKey:
+    """Mint a key. The response carries the secret ``key``, once; only its hash is kept."""
+    principal = change.principal
+    info, raw = await api_keys.create_key(
+        change.session,
+        name=body.name,
+        scopes=body.scopes,
+        expires_at=body.expires_at,
+        created_by=principal.name,
+        created_by_key_id=principal.key_id,
+    )
+    change.resource_id = str(info.id)
+    change.detail = {
+        "name": info.name,
+        "scopes": list(info.scopes),
+        "expiresAt": info.expires_at.isoformat() if info.expires_at else None,
+    }
+    return CreatedApiKey(
+        id=info.id,
+        name=info.name,
+        key=raw,
+        key_prefix=info.key_prefix,
+        scopes=list(info.scopes),
+        created_by=info.created_by,
+        expires_at=info.expires_at,
+        created_at=info.created_at,
+    )
+
+
+@router.delete(
+    "/api-keys/{id}",
+    summary="Revoke an API key",
+    responses=problem_responses(404),
+)
+async def revoke_api_key(
+    id: UUID,
+    change: AdminChange = audited("full-admin", resource="api-keys", action="api-keys.revoke"),
+) -> RevokedApiKey:
+    """Revoke a key; it is refused from the very next request. 404 if unknown or revoked."""
+    if not await api_keys.revoke_key(change.session, id):
+        raise NotFound(f"API key {id} does not exist or is already revoked")
+    return RevokedApiKey(revoked=True)

@@ -1,0 +1,153 @@
+"""The scope matrix: every route but an explicit allow-list refuses missing and weak keys.
+
+The routes are walked from the app itself, so a route added later without a scope
+declaration fails here (no key must give 401) without anyone updating this file.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hogsend.api import create_api
+from hogsend.api.audit import route_audit_action
+from hogsend.api.auth import ANY_KEY, SCOPES, has_scope, route_scope, scopes_satisfying
+from hogsend.api.routes import iter_api_routes
+from hogsend.app import Hogsend
+from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.repos import api_keys
+from hogsend.settings import Settings
+
+OPEN_ROUTES = {
+    ("GET", "/v1/health"),
+    ("GET", "/v1/ready"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+}
+"""Routes anyone may call. Adding to this set is a security decision: say why in review."""
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def api(engine: AsyncEngine, database_url: str) -> FastAPI:
+    return create_api(Hogsend(), Settings(env="test", database_url=database_url), engine=engine)
+
+
+@pytest.fixture
+async def client(api: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def mint(engine: AsyncEngine, scopes: list[str]) -> str:
+    async with make_sessionmaker(engine)() as session:
+        _, raw = await api_keys.create_key(session, name="-".join(scopes), scopes=scopes)
+        await session.commit()
+    return raw
+
+
+def every_route(api: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, API routes or plain Starlette ones."""
+    found = []
+    for route in api.routes:
+        methods = getattr(route, "methods", None)
+        path = getattr(route, "path", None)
+        if methods and path:
+            found += [(m, path) for m in methods if m != "HEAD"]
+    for mounted in iter_api_routes(api.routes):
+        found += [(m, mounted.path) for m in mounted.route.methods or () if m != "HEAD"]
+    return sorted(set(found))
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+
+
+def test_scope_algebra() -> None:
+    assert has_scope({"full-admin"}, "ingest")
+    assert has_scope({"admin:write"}, "admin:read")
+    assert not has_scope({"admin:read"}, "admin:write")
+    assert not has_scope({"admin:write"}, "full-admin")
+    assert not has_scope({"ingest"}, "read")
+    assert not has_scope({"read"}, "ingest")
+    assert scopes_satisfying(ANY_KEY) == frozenset(SCOPES)
+
+
+async def test_route_walk_covers_the_whole_openapi_document(
+    api: FastAPI, client: httpx.AsyncClient
+) -> None:
+    walked = set(every_route(api))
+    document = (await client.get("/openapi.json")).json()
+    for path, operations in document["paths"].items():
+        for method in operations:
+            assert (method.upper(), path) in walked
+
+
+async def test_every_route_refuses_a_missing_key(api: FastAPI, client: httpx.AsyncClient) -> None:
+    guarded = [r for r in every_route(api) if r not in OPEN_ROUTES]
+    assert guarded, "the walk found no guarded route"
+    for method, path in guarded:
+        response = await client.request(method, concrete(path))
+        assert response.status_code == 401, f"{method} {path} answered {response.status_code}"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_every_route_refuses_a_key_without_its_scope(
+    api: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    checked = 0
+    for mounted in iter_api_routes(api.routes):
+        required = route_scope(mounted.route)
+        for method in sorted(mounted.route.methods or ()):
+            if (method, mounted.path) in OPEN_ROUTES:
+                assert required is None
+                continue
+            assert required is not None, f"{method} {mounted.path} declares no scope"
+            weak = sorted(set(SCOPES) - scopes_satisfying(required))
+            if weak:
+                raw = await mint(engine, weak)
+                response = await client.request(
+                    method, concrete(mounted.path), headers={"Authorization": f"Bearer {raw}"}
+                )
+                assert response.status_code == 403, (
+                    f"{method} {mounted.path} with {weak} answered {response.status_code}"
+                )
+                assert response.headers["content-type"] == "application/problem+json"
+                checked += 1
+            # and the least scope that satisfies it is enough to get past the guard
+            least = [required] if required != ANY_KEY else ["read"]
+            raw = await mint(engine, least)
+            response = await client.request(
+                method, concrete(mounted.path), headers={"Authorization": f"Bearer {raw}"}
+            )
+            assert response.status_code not in (401, 403), f"{method} {mounted.path} with {least}"
+    assert checked > 0
+
+
+def test_admin_routes_need_admin_scopes_and_mutations_are_audited(api: FastAPI) -> None:
+    admin_scopes = {"admin:read", "admin:write", "full-admin"}
+    for mounted in iter_api_routes(api.routes):
+        if not mounted.path.startswith("/v1/admin"):
+            continue
+        assert route_scope(mounted.route) in admin_scopes, mounted.path
+        methods = mounted.route.methods or set()
+        if methods - {"GET", "HEAD"}:
+            assert route_scope(mounted.route) in {"admin:write", "full-admin"}, mounted.path
+            assert route_audit_action(mounted.route) is not None, f"{mounted.path} is not audited"
+        else:
+            assert route_audit_action(mounted.route) is None
