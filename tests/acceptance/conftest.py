@@ -146,13 +146,24 @@ class DevServer:
                 if body.get("status") == "healthy" and (
                     self.command != "dev" or body.get("workersAlive", 0) >= 1
                 ):
-                    return time.monotonic() - started, body
+                    elapsed = time.monotonic() - started
+                    if self.command == "dev":
+                        # The banner is printed just after the server starts answering.
+                        self.wait_for_output("Press Ctrl+C to stop.")
+                    return elapsed, body
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.2)
         pytest.fail(
             f"not healthy within {timeout:.0f}s (last body {body}):\n{self.last_run_output()}"
         )
+
+    def wait_for_output(self, text: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.last_run_output():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} never appeared in:\n{self.last_run_output()}")
+            time.sleep(0.05)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
