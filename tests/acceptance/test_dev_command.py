@@ -146,3 +146,15 @@ def test_dev_outside_the_repository_needs_an_app(tmp_path: Path, harness: Any) -
     assert "root of the hogsend repository" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "d" / "pgdata").exists()
+
+
+def test_dev_uses_hogsend_database_url_when_set(
+    dev_factory: DevFactory, harness: Any, database_url: str
+) -> None:
+    dev = dev_factory("external")
+    dev.start(env=harness.clean_env(HOGSEND_DATABASE_URL=database_url))
+    dev.wait_healthy()
+    assert "database   HOGSEND_DATABASE_URL" in dev.last_run_output()
+    assert not (dev.data_dir / "pgdata").exists()
+    dev.signal(signal.SIGTERM)
+    assert dev.wait_exit(60) == 0, dev.last_run_output()
