@@ -203,6 +203,7 @@ class Harness:
     """
 
     REPO = REPO
+    hogsend_command = staticmethod(hogsend_command)
     clean_env = staticmethod(clean_env)
     run_cli = staticmethod(run_cli)
     free_port = staticmethod(free_port)

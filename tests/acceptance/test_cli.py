@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.engine import make_sync_engine
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -268,3 +272,44 @@ def test_version_and_help(harness: Any) -> None:
     help_text = harness.run_cli("--help").stdout
     for command in ("dev", "serve", "worker", "check", "db", "keys"):
         assert command in help_text
+
+
+def test_worker_command_heartbeats_and_stops_on_sigterm(
+    harness: Any, database_url: str, tmp_path: Path
+) -> None:
+    env = harness.clean_env(
+        HOGSEND_DATABASE_URL=database_url,
+        HOGSEND_SECRET_KEY=SECRET,
+        HOGSEND_APP=QUICKSTART,
+        HOGSEND_WORKER_ID="cli-worker",
+    )
+    log = (tmp_path / "worker.log").open("w+")
+    proc = subprocess.Popen(
+        [*harness.hogsend_command(), "worker"],
+        cwd=harness.REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    engine = make_sync_engine(database_url)
+    query = text("SELECT stopped_at FROM worker_heartbeats WHERE worker_id = 'cli-worker'")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(query).first() is not None:
+                    break
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, "no heartbeat from hogsend worker"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, (tmp_path / "worker.log").read_text()
+        assert "worker cli-worker is running" in (tmp_path / "worker.log").read_text()
+        with engine.connect() as conn:
+            assert conn.execute(query).scalar_one() is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        engine.dispose()
+        log.close()
