@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hogsend.api import create_api
 from hogsend.api.audit import route_audit_action
 from hogsend.api.auth import ANY_KEY, SCOPES, has_scope, route_scope, scopes_satisfying
-from hogsend.api.routes import iter_api_routes
+from hogsend.api.routing import iter_api_routes
 from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys

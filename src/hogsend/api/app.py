@@ -24,7 +24,8 @@ from hogsend.api.auth import route_scope
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
 from hogsend.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from hogsend.api.ratelimit import make_rate_limiter
-from hogsend.api.routes import include_routes, iter_api_routes
+from hogsend.api.routes import include_routes
+from hogsend.api.routing import iter_api_routes
 from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.errors import ConfigurationError

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from hogsend.api.routing import allowed_methods
 from hogsend.errors import ApiError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -168,8 +169,12 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail else status_title(status)
     if status == 404 and detail == "Not Found":
         detail = f"No route matches {request.method} {request.url.path}"
-    elif status == 405:
+    headers = dict(exc.headers or {})
+    if status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+        allowed = allowed_methods(request.app.routes, request.url.path)
+        if allowed:
+            headers["Allow"] = ", ".join(sorted(allowed))
     elif status == 413:
         detail = "The request body is larger than this route accepts"
     return problem_response(
@@ -177,7 +182,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         status=status,
         code=status_code_slug(status),
         detail=detail,
-        headers=exc.headers,
+        headers=headers,
     )
 
 

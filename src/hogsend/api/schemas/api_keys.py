@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import Field, field_validator
 
-from hogsend.api.schemas.common import ApiModel, Page
+from hogsend.api.schemas.common import ApiModel, IsoDateTime, Page, PageQuery
 
 Scope = Literal["ingest", "read", "admin:read", "admin:write", "full-admin"]
 
@@ -37,6 +37,12 @@ class ApiKeyOut(ApiModel):
     created_at: datetime
 
 
+class ApiKeyQuery(PageQuery):
+    """Filters of the key listing."""
+
+    include_revoked: bool = Field(default=False, description="Also list revoked keys.")
+
+
 class ApiKeyPage(Page):
     """A page of API keys, newest first."""
 
@@ -59,7 +65,7 @@ class CreateApiKey(ApiModel):
     scopes: list[Scope] = Field(
         default_factory=_default_scopes, min_length=1, max_length=5, description="Granted scopes."
     )
-    expires_at: AwareDatetime | None = Field(
+    expires_at: IsoDateTime | None = Field(
         default=None, description="When the key stops working (with a UTC offset); null: never."
     )
 

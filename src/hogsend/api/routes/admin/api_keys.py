@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -13,11 +14,11 @@ from hogsend.api.errors import problem_responses
 from hogsend.api.schemas.api_keys import (
     ApiKeyOut,
     ApiKeyPage,
+    ApiKeyQuery,
     CreateApiKey,
     CreatedApiKey,
     RevokedApiKey,
 )
-from hogsend.api.schemas.common import MAX_OFFSET, MAX_PAGE_SIZE
 from hogsend.db.repos import api_keys
 from hogsend.db.repos.api_keys import ApiKeyInfo
 from hogsend.errors import NotFound
@@ -44,17 +45,14 @@ def _out(info: ApiKeyInfo) -> ApiKeyOut:
     summary="List API keys",
     dependencies=[require_scope("admin:read")],
 )
-async def list_api_keys(
-    session: DbSession,
-    limit: int = Query(50, ge=1, le=MAX_PAGE_SIZE),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
-    include_revoked: bool = Query(False, alias="includeRevoked"),
-) -> ApiKeyPage:
+async def list_api_keys(session: DbSession, query: Annotated[ApiKeyQuery, Query()]) -> ApiKeyPage:
     """Keys newest first; revoked ones only with ``includeRevoked=true``."""
     keys, total = await api_keys.list_keys(
-        session, include_revoked=include_revoked, limit=limit, offset=offset
+        session, include_revoked=query.include_revoked, limit=query.limit, offset=query.offset
     )
-    return ApiKeyPage(keys=[_out(k) for k in keys], total=total, limit=limit, offset=offset)
+    return ApiKeyPage(
+        keys=[_out(k) for k in keys], total=total, limit=query.limit, offset=query.offset
+    )
 
 
 @router.post("/api-keys", status_code=201, summary="Mint an API key")

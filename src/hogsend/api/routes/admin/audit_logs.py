@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from hogsend.api.auth import require_scope
 from hogsend.api.deps import DbSession
-from hogsend.api.schemas.audit_logs import AuditLogOut, AuditLogPage
-from hogsend.api.schemas.common import MAX_OFFSET, MAX_PAGE_SIZE, Text
+from hogsend.api.schemas.audit_logs import AuditLogOut, AuditLogPage, AuditLogQuery
 from hogsend.db.repos import audit
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: audit logs"])
@@ -20,27 +20,19 @@ router = APIRouter(prefix="/v1/admin", tags=["admin: audit logs"])
     dependencies=[require_scope("admin:read")],
 )
 async def list_audit_logs(
-    session: DbSession,
-    limit: int = Query(50, ge=1, le=MAX_PAGE_SIZE),
-    offset: int = Query(0, ge=0, le=MAX_OFFSET),
-    actor: Text | None = Query(None, max_length=200, description="Exact key name."),
-    action: Text | None = Query(None, max_length=200, description="Exact, e.g. api-keys.create."),
-    resource: Text | None = Query(None, max_length=200, description="Exact, e.g. api-keys."),
-    resource_id: Text | None = Query(None, alias="resourceId", max_length=200),
-    since: AwareDatetime | None = Query(None, alias="from", description="Inclusive lower bound."),
-    until: AwareDatetime | None = Query(None, alias="to", description="Inclusive upper bound."),
+    session: DbSession, query: Annotated[AuditLogQuery, Query()]
 ) -> AuditLogPage:
     """Entries newest first, filtered by every parameter given."""
     entries, total = await audit.list_entries(
         session,
-        actor=actor,
-        action=action,
-        resource=resource,
-        resource_id=resource_id,
-        since=since,
-        until=until,
-        limit=limit,
-        offset=offset,
+        actor=query.actor,
+        action=query.action,
+        resource=query.resource,
+        resource_id=query.resource_id,
+        since=query.since,
+        until=query.until,
+        limit=query.limit,
+        offset=query.offset,
     )
     return AuditLogPage(
         logs=[
@@ -60,6 +52,6 @@ async def list_audit_logs(
             for e in entries
         ],
         total=total,
-        limit=limit,
-        offset=offset,
+        limit=query.limit,
+        offset=query.offset,
     )
