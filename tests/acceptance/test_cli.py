@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -313,3 +314,18 @@ def test_worker_command_heartbeats_and_stops_on_sigterm(
             proc.wait()
         engine.dispose()
         log.close()
+
+
+def test_busy_port_is_a_clean_error(harness: Any, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = harness.clean_env(HOGSEND_DATA_DIR=str(tmp_path / "data"))
+        result = harness.run_cli("dev", "--port", str(port), env=env)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+    _no_traceback(result)
+    # Nothing was started for it.
+    assert not (tmp_path / "data" / "pgdata").exists()

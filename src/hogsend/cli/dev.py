@@ -24,7 +24,13 @@ from hogsend.cli.context import (
     resolve_app_path,
     settings_overrides,
 )
-from hogsend.cli.serving import Processes, run_processes
+from hogsend.cli.serving import (
+    HostOption,
+    PortOption,
+    Processes,
+    bind_api_socket,
+    run_processes,
+)
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import make_sessionmaker
@@ -69,10 +75,8 @@ def dev_settings(**given: object) -> Settings:
 
 def dev(
     ctx: typer.Context,
-    host: Annotated[
-        str | None, typer.Option(help="Interface to bind (default: 127.0.0.1).")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (default: 8000).")] = None,
+    host: HostOption = None,
+    port: PortOption = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -91,6 +95,7 @@ def dev(
     app = load_user_app(path, bundled_default=path == DEV_DEFAULT_APP and not state.app_path)
     for problem in app.check():
         typer.secho(f"warning: {problem}", fg="yellow", err=True)
+    api_socket = bind_api_socket(settings.host, settings.port)
 
     server: EmbeddedPostgres | None = None
     if settings.database_url is None:
@@ -106,6 +111,7 @@ def dev(
                 app,
                 settings,
                 Processes(api=True, worker=True),
+                api_socket=api_socket,
                 before_start=prepared.run,
                 on_ready=lambda: _print_banner(app, settings, server, prepared),
             )

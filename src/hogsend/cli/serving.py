@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from hogsend.cli.context import (
     server_settings,
 )
 from hogsend.db.engine import make_async_engine
+from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
 from hogsend.settings import Settings
 
@@ -47,6 +49,29 @@ class Processes:
     worker: bool
 
 
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """Bind the API's listening socket up front, so a busy port fails before anything starts.
+
+    Raises:
+        ConfigurationError: the address cannot be bound (in use, unknown host...).
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; "
+            "choose another port with --port or HOGSEND_PORT"
+        ) from None
+    return sock
+
+
 def build_api(app: Hogsend, settings: Settings, engine: AsyncEngine) -> FastAPI:
     """The API with Studio mounted, as served by ``dev`` and ``serve``."""
     from hogsend.api import create_api
@@ -62,6 +87,7 @@ async def run_processes(
     settings: Settings,
     processes: Processes,
     *,
+    api_socket: socket.socket | None = None,
     on_ready: Callable[[], None] | None = None,
     before_start: Callable[[AsyncEngine], Awaitable[None]] | None = None,
 ) -> None:
@@ -71,6 +97,8 @@ async def run_processes(
         app: the user's app.
         settings: settings with ``database_url`` resolved.
         processes: which parts to run.
+        api_socket: the bound socket to serve on (see :func:`bind_api_socket`); bound
+            here from settings.host/port when omitted.
         on_ready: called once everything accepts work (prints the dev banner).
         before_start: awaited with the engine before anything starts (dev seeding).
     """
@@ -116,11 +144,14 @@ async def run_processes(
                 lifespan="on",
             )
             server = Server(config)
-            serving = asyncio.create_task(server.serve(), name="hogsend-api")
+            server.should_exit = stop.is_set()  # a signal may have come during startup
+            if api_socket is None:
+                api_socket = bind_api_socket(settings.host, settings.port)
+            serving = asyncio.create_task(server.serve(sockets=[api_socket]), name="hogsend-api")
             while not server.started:
                 done, _ = await asyncio.wait({serving}, timeout=0.05)
                 if done:
-                    serving.result()  # re-raises a failed startup (port in use...)
+                    serving.result()  # re-raises a failed startup
                     return
         if on_ready is not None and not stop.is_set():
             on_ready()
@@ -144,6 +175,7 @@ def serve(ctx: typer.Context, host: HostOption = None, port: PortOption = None) 
     settings = server_settings(host=host, port=port)
     configure_logging(settings)
     app = load_user_app(resolve_app_path(cli_state(ctx), settings))
+    api_socket = bind_api_socket(settings.host, settings.port)
     with database(settings) as url:
         settings = server_settings(host=host, port=port, database_url=url)
         asyncio.run(
@@ -151,6 +183,7 @@ def serve(ctx: typer.Context, host: HostOption = None, port: PortOption = None) 
                 app,
                 settings,
                 Processes(api=True, worker=False),
+                api_socket=api_socket,
                 on_ready=lambda: _announce(f"serving on http://{settings.host}:{settings.port}"),
             )
         )
