@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Index, Integer, Text, func, text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hogsend.db.tables.base import Base, uuid_pk
@@ -76,6 +76,11 @@ class EventOutbox(Base):
     processed_at: Mapped[datetime | None]
     # Gave up after the last attempt; the error went to the dead-letter queue.
     dead_at: Mapped[datetime | None]
+    # Names of the consumers that already handled this event, so a retry skips them.
+    # Appended in the same transaction as each consumer's own writes.
+    consumers_done: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), server_default=text("'{}'::text[]")
+    )
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
     __table_args__ = (
@@ -83,4 +88,6 @@ class EventOutbox(Base):
         # "Is an earlier event of this contact still pending?" keeps per-contact order.
         Index("ix_event_outbox_pending_contact", "contact_id", "id", postgresql_where=_PENDING),
         Index("ix_event_outbox_processed_at", "processed_at"),
+        # Dead rows wait here for an operator (DLQ retry or discard); health counts them.
+        Index("ix_event_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
     )
