@@ -1,1 +1,2 @@
-"""Benchmarks; `make bench` runs every module listed in bench.__main__."""
+"""Benchmarks. ``make bench`` (``python -m bench``) runs every module here that defines
+``run() -> dict`` and writes its result to ``bench/results/<module>.json``."""

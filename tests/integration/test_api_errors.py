@@ -52,6 +52,7 @@ async def client(api: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
+    await api.state.driver_pool.close()
 
 
 async def mint(engine: AsyncEngine, *scopes: str) -> str:

@@ -28,6 +28,7 @@ async def serve(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
     finally:
+        await api.state.driver_pool.close()
         await engine.dispose()
 
 

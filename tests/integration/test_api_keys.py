@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.api import create_api
+from hogsend.api.deps import DriverPool
 from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys
@@ -31,6 +32,7 @@ async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[httpx.
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
+    await api.state.driver_pool.close()
 
 
 async def mint(engine: AsyncEngine, *scopes: str, name: str = "root") -> str:
@@ -180,6 +182,22 @@ async def test_revocation_takes_effect_on_the_next_request(
     assert again.json()["type"] == "urn:hogsend:problem:not-found"
 
 
+async def test_auth_survives_postgres_dropping_connections(
+    engine: AsyncEngine, client: httpx.AsyncClient
+) -> None:
+    raw = await mint(engine, "read")
+    assert (await client.get("/v1/whoami", headers=bearer(raw))).status_code == 200
+    async with engine.connect() as conn:
+        killed = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert killed
+    assert (await client.get("/v1/whoami", headers=bearer(raw))).status_code == 200
+
+
 async def test_unusable_credentials_get_401(engine: AsyncEngine, client: httpx.AsyncClient) -> None:
     raw = await mint(engine, "full-admin")
     for headers in (
@@ -291,4 +309,11 @@ async def test_repository_rejects_bad_input(engine: AsyncEngine) -> None:
             await api_keys.create_key(
                 session, name="x", scopes=["read"], expires_at=datetime(2999, 1, 1)
             )
-        assert await api_keys.authenticate(session, "nope") is None
+
+    pool = DriverPool.for_engine(engine, max_size=1)
+    try:
+        async with pool.connect() as conn:
+            assert await api_keys.authenticate(conn, "nope") is None
+            assert await api_keys.authenticate(conn, "hsk_" + "x" * 200) is None
+    finally:
+        await pool.close()

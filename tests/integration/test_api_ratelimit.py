@@ -75,9 +75,7 @@ def api(
     limiter: RateLimiter
     if backend == "postgres":
         assert isinstance(chosen, PostgresRateLimiter)
-        limiter = PostgresRateLimiter(
-            api.state.autocommit_sessionmaker, window_seconds=WINDOW, clock=clock
-        )
+        limiter = PostgresRateLimiter(api.state.driver_pool, window_seconds=WINDOW, clock=clock)
     else:
         assert isinstance(chosen, MemoryRateLimiter)
         limiter = MemoryRateLimiter(window_seconds=WINDOW, clock=clock)
@@ -90,6 +88,7 @@ async def client(api: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
+    await api.state.driver_pool.close()
 
 
 async def mint(engine: AsyncEngine, name: str = "k") -> tuple[str, dict[str, str]]:
@@ -193,6 +192,7 @@ async def test_zero_turns_a_group_off(engine: AsyncEngine, database_url: str) ->
             response = await client.get("/v1/whoami", headers=headers)
             assert response.status_code == 200
             assert "ratelimit-limit" not in response.headers
+    await api.state.driver_pool.close()
 
 
 async def test_concurrent_requests_never_exceed_the_limit(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import __version__
 from hogsend.api.auth import route_scope
+from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
 from hogsend.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from hogsend.api.ratelimit import make_rate_limiter
@@ -43,15 +44,15 @@ needs in `x-required-scope`. Errors are `application/problem+json`. Every respon
 
 
 def _attach_engine(api: FastAPI, settings: Settings, engine: AsyncEngine) -> None:
-    autocommit = make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    pool = DriverPool.for_engine(engine, max_size=max(2, settings.db_pool_size // 2))
     api.state.engine = engine
     api.state.sessionmaker = make_sessionmaker(engine)
-    api.state.autocommit_sessionmaker = autocommit
-    api.state.rate_limiter = make_rate_limiter(settings, autocommit)
+    api.state.driver_pool = pool
+    api.state.rate_limiter = make_rate_limiter(settings, pool)
 
 
 def _detach_engine(api: FastAPI) -> None:
-    for name in ("engine", "sessionmaker", "autocommit_sessionmaker", "rate_limiter"):
+    for name in ("engine", "sessionmaker", "driver_pool", "rate_limiter"):
         setattr(api.state, name, None)
 
 
@@ -105,6 +106,7 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
             pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
+            await api.state.driver_pool.close()
             if owned is not None:
                 _detach_engine(api)
                 await owned.dispose()

@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+import psycopg
 from fastapi import Depends, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hogsend.api.deps import autocommit_sessionmaker_of, rate_limiter_of, settings_of
+from hogsend.api.deps import DriverPool, driver_pool_of, rate_limiter_of, settings_of
 from hogsend.api.ratelimit import enforce_rate_limit
 from hogsend.db.repos.api_keys import Principal, authenticate
 from hogsend.db.tables.auth import API_SCOPES
@@ -94,28 +95,42 @@ class ScopeGuard:
                 "This route needs an API key: send `Authorization: Bearer <key>`",
                 invalid_token=False,
             )
-        async with autocommit_sessionmaker_of(request)() as session:
-            principal = await authenticate(session, credentials.credentials)
-        if principal is None:
-            raise _unauthorized("The API key is unknown, expired or revoked", invalid_token=True)
-        request.state.principal = principal
-        if not has_scope(principal.scopes, self.scope):
-            raise Forbidden(
-                f"This route needs the {self.scope!r} scope (or one implying it); "
-                f"the key has {', '.join(sorted(principal.scopes))}",
-                headers={
-                    "WWW-Authenticate": (
-                        f'Bearer realm="hogsend", error="insufficient_scope", scope="{self.scope}"'
-                    )
-                },
+        pool = driver_pool_of(request)
+        try:
+            return await self._check(request, credentials.credentials, pool)
+        except psycopg.OperationalError:
+            # Pooled connections die with a Postgres restart; drop them and try once more.
+            await pool.discard_broken()
+            return await self._check(request, credentials.credentials, pool)
+
+    async def _check(self, request: Request, raw: str, pool: DriverPool) -> Principal:
+        # One pooled connection serves the key lookup and the rate-limit count.
+        async with pool.connect() as conn:
+            principal = await authenticate(conn, raw)
+            if principal is None:
+                raise _unauthorized(
+                    "The API key is unknown, expired or revoked", invalid_token=True
+                )
+            request.state.principal = principal
+            if not has_scope(principal.scopes, self.scope):
+                raise Forbidden(
+                    f"This route needs the {self.scope!r} scope (or one implying it); "
+                    f"the key has {', '.join(sorted(principal.scopes))}",
+                    headers={
+                        "WWW-Authenticate": (
+                            f'Bearer realm="hogsend", error="insufficient_scope", '
+                            f'scope="{self.scope}"'
+                        )
+                    },
+                )
+            await enforce_rate_limit(
+                request,
+                principal,
+                settings=settings_of(request),
+                limiter=rate_limiter_of(request),
+                path=request.scope["path"],
+                conn=conn,
             )
-        await enforce_rate_limit(
-            request,
-            principal,
-            settings=settings_of(request),
-            limiter=rate_limiter_of(request),
-            path=request.scope["path"],
-        )
         return principal
 
 

@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+import psycopg
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hogsend.api.deps import DriverPool
 from hogsend.api.middleware import response_headers_of
 from hogsend.db.repos import rate_limits
 from hogsend.db.repos.api_keys import Principal
@@ -83,8 +84,18 @@ class RateLimiter(Protocol):
 
     window_seconds: int
 
-    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
-        """Count a request in ``bucket`` unless its window already holds ``limit``."""
+    async def hit(
+        self,
+        bucket: str,
+        *,
+        limit: int,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> RateLimitDecision:
+        """Count a request in ``bucket`` unless its window already holds ``limit``.
+
+        ``conn`` is a connection the caller already holds, which a database backend
+        reuses instead of checking out another.
+        """
         ...
 
     async def prune(self) -> int:
@@ -117,38 +128,47 @@ class PostgresRateLimiter:
     """Counters in ``rate_limit_counters``, shared by every API process on the database.
 
     Args:
-        sessions: an **autocommit** sessionmaker, so each count is durable on its own and
-            not tied to the fate of the request's transaction.
+        pool: **autocommit** connections, so each count is durable on its own and not
+            tied to the fate of the request's transaction.
         window_seconds: the window length.
         clock: seconds since the epoch; injectable for tests.
     """
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        pool: DriverPool,
         *,
         window_seconds: int,
         clock: Clock = time.time,
     ) -> None:
-        self.sessions = sessions
+        self.pool = pool
         self.window_seconds = window_seconds
         self.clock = clock
 
-    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
+    async def hit(
+        self,
+        bucket: str,
+        *,
+        limit: int,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> RateLimitDecision:
         start, reset = _window(self.clock(), self.window_seconds)
-        async with self.sessions() as session:
+        window_start = datetime.fromtimestamp(start, UTC)
+        if conn is not None:
             hits = await rate_limits.hit(
-                session,
-                bucket=bucket,
-                window_start=datetime.fromtimestamp(start, UTC),
-                limit=limit,
+                conn, bucket=bucket, window_start=window_start, limit=limit
             )
+        else:
+            async with self.pool.connect() as own:
+                hits = await rate_limits.hit(
+                    own, bucket=bucket, window_start=window_start, limit=limit
+                )
         return _decision(hits, limit=limit, reset=reset, window=self.window_seconds)
 
     async def prune(self) -> int:
         start, _ = _window(self.clock(), self.window_seconds)
-        async with self.sessions() as session:
-            return await rate_limits.prune(session, before=datetime.fromtimestamp(start, UTC))
+        async with self.pool.connect() as conn:
+            return await rate_limits.prune(conn, before=datetime.fromtimestamp(start, UTC))
 
 
 class MemoryRateLimiter:
@@ -163,7 +183,13 @@ class MemoryRateLimiter:
         self.clock = clock
         self._counters: dict[str, tuple[float, int]] = {}
 
-    async def hit(self, bucket: str, *, limit: int) -> RateLimitDecision:
+    async def hit(
+        self,
+        bucket: str,
+        *,
+        limit: int,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> RateLimitDecision:
         start, reset = _window(self.clock(), self.window_seconds)
         window_start, hits = self._counters.get(bucket, (start, 0))
         if window_start != start:
@@ -188,14 +214,12 @@ class MemoryRateLimiter:
         return len(stale)
 
 
-def make_rate_limiter(
-    settings: Settings, autocommit_sessions: async_sessionmaker[AsyncSession]
-) -> RateLimiter:
+def make_rate_limiter(settings: Settings, pool: DriverPool) -> RateLimiter:
     """The limiter ``settings.rate_limit_backend`` asks for."""
     window = settings.rate_limit_window_seconds
     if settings.rate_limit_backend == "memory":
         return MemoryRateLimiter(window_seconds=window)
-    return PostgresRateLimiter(autocommit_sessions, window_seconds=window)
+    return PostgresRateLimiter(pool, window_seconds=window)
 
 
 async def enforce_rate_limit(
@@ -205,6 +229,7 @@ async def enforce_rate_limit(
     settings: Settings,
     limiter: RateLimiter,
     path: str,
+    conn: psycopg.AsyncConnection[Any] | None = None,
 ) -> None:
     """Count this request against the key's budget for the route's group.
 
@@ -217,7 +242,7 @@ async def enforce_rate_limit(
     limit = group_limit(settings, group)
     if limit <= 0:
         return
-    decision = await limiter.hit(f"{principal.key_id}:{group}", limit=limit)
+    decision = await limiter.hit(f"{principal.key_id}:{group}", limit=limit, conn=conn)
     response_headers_of(request.scope).update(decision.headers())
     if not decision.allowed:
         raise RateLimited(

@@ -19,7 +19,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+import psycopg
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -165,30 +167,34 @@ async def revoke_key(session: AsyncSession, key_id: uuid.UUID) -> bool:
     return revoked is not None
 
 
-async def authenticate(session: AsyncSession, raw: str) -> Principal | None:
+_AUTHENTICATE = """
+SELECT id, name, key_prefix, key_hash, scopes, expires_at, revoked_at, last_used_at, now()
+FROM api_keys
+WHERE key_hash = %(key_hash)s
+"""
+
+# The WHERE repeats the age check so concurrent requests write once a minute, not N times.
+_TOUCH = """
+UPDATE api_keys
+SET last_used_at = now()
+WHERE id = %(id)s
+  AND (last_used_at IS NULL OR last_used_at < now() - %(resolution)s)
+"""
+
+
+async def authenticate(conn: psycopg.AsyncConnection[Any], raw: str) -> Principal | None:
     """The principal a raw key stands for, or None if it is unknown, expired or revoked.
 
-    Refreshes ``last_used_at`` when it is older than :data:`LAST_USED_RESOLUTION`; with a
-    transactional session the caller commits, with an autocommit one it is already stored.
+    This runs on every API request, so it is plain SQL on a psycopg connection (SQLAlchemy's
+    execution layer costs several times the query itself; see bench/auth.py). Refreshes
+    ``last_used_at`` when older than :data:`LAST_USED_RESOLUTION`; on an autocommit
+    connection that is stored at once, otherwise the caller commits.
     """
     if not raw.startswith(KEY_PREFIX) or len(raw) > _MAX_RAW_LENGTH:
         return None
     digest = hash_key(raw)
-    found = (
-        await session.execute(
-            select(
-                ApiKey.id,
-                ApiKey.name,
-                ApiKey.key_prefix,
-                ApiKey.key_hash,
-                ApiKey.scopes,
-                ApiKey.expires_at,
-                ApiKey.revoked_at,
-                ApiKey.last_used_at,
-                func.now(),
-            ).where(ApiKey.key_hash == digest)
-        )
-    ).one_or_none()
+    cursor = await conn.execute(_AUTHENTICATE, {"key_hash": digest})
+    found = await cursor.fetchone()
     if found is None:
         return None
     key_id, name, prefix, stored, scopes, expires_at, revoked_at, last_used_at, now = found
@@ -198,16 +204,7 @@ async def authenticate(session: AsyncSession, raw: str) -> Principal | None:
     if revoked_at is not None or (expires_at is not None and expires_at <= now):
         return None
     if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
-        # The WHERE repeats the check so concurrent requests write once per minute, not N times.
-        await session.execute(
-            update(ApiKey)
-            .where(
-                ApiKey.id == key_id,
-                (ApiKey.last_used_at.is_(None))
-                | (ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION),
-            )
-            .values(last_used_at=func.now())
-        )
+        await conn.execute(_TOUCH, {"id": key_id, "resolution": LAST_USED_RESOLUTION})
     return Principal(
         key_id=key_id,
         name=name,

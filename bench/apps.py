@@ -1,0 +1,28 @@
+"""ASGI app factories the HTTP benchmarks serve with uvicorn (``--factory``) in subprocesses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from hogsend.api import create_api
+from hogsend.app import Hogsend
+from hogsend.logs import configure_logging
+from hogsend.settings import load_settings
+
+
+def hogsend_api() -> FastAPI:
+    """The real API, configured from HOGSEND_* like ``hogsend serve`` (JSON logs included)."""
+    settings = load_settings()
+    configure_logging(settings)
+    return create_api(Hogsend(), settings)
+
+
+def bare_api() -> FastAPI:
+    """The ceiling: FastAPI with one trivial route, nothing else."""
+    api = FastAPI()
+
+    @api.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    return api
