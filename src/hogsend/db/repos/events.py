@@ -1,0 +1,659 @@
+"""Events: storing one event or a batch, with its contact, outbox row and list choices.
+
+Both entry points run inside the caller's transaction and never commit. What one
+stored event writes: the contact (resolved, created, linked or merged; its property
+patch), the ``user_events`` row, the ``event_outbox`` row the dispatcher consumes, and
+the event's list choices. A repeated idempotency key writes NOTHING and returns the
+original event (Hogsend 0.7 resolved the contact and applied properties and lists
+before noticing the duplicate).
+
+How a batch stays set-based: one query finds already-stored keys; one lookup finds the
+contacts of every identity; the contacts are locked in id order in one statement;
+brand-new contacts are inserted in one ``INSERT ... ON CONFLICT DO NOTHING``; then ONE
+statement inserts every event (``ON CONFLICT (idempotency_key) DO NOTHING``), their
+outbox rows, the contacts' property/last-seen updates and the list choices. Only the
+identities that need a link or a merge go through :func:`resolve_contact` one by one.
+
+Why duplicates change nothing even under concurrency: the event row claims the key.
+Contact writes that depend on the event (property patches, last seen, lists) run in
+the same statement as the claim and only for events that were inserted. Writes that
+must happen before (a new contact, a link, a merge) are undone when the claim loses:
+a link or merge runs in a savepoint that is rolled back, a contact created for nothing
+is deleted again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.contact import Contact
+from hogsend.core.identity import (
+    IdentityConflict,
+    IdentityKey,
+    merge_properties,
+    plan_resolution,
+)
+from hogsend.core.ingest import EventInput, IngestResult
+from hogsend.db.repos.contacts import (
+    NewContact,
+    ResolutionRace,
+    advisory_lock,
+    follow_contact,
+    insert_contacts,
+    lock_contacts,
+    lookup_contacts,
+    lookup_keys,
+    resolve_contact,
+    to_json,
+)
+
+# Postgres aborted the transaction (or savepoint) to break a tie; running it again works.
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+_MAX_ROUNDS = 8
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a deadlock or serialization failure: retry the whole transaction.
+
+    Concurrent writers touching the same contacts in different orders can, rarely,
+    deadlock; Postgres then aborts one transaction. The caller owns the transaction, so
+    the caller retries it (a fresh session, the same input: ingest is idempotent with
+    an idempotency key).
+    """
+    current: BaseException | None = exc
+    while current is not None:
+        orig = getattr(current, "orig", None)
+        for candidate in (current, orig):
+            if getattr(candidate, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+                return True
+        current = current.__cause__
+    return False
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def idempotency_lock_name(key: str) -> str:
+    """The advisory lock name of an idempotency key."""
+    return f"idempotency:{key}"
+
+
+@dataclass(eq=False, slots=True)
+class _Work:
+    """One item on its way through the pipeline."""
+
+    index: int
+    item: EventInput
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    result: IngestResult | None = None
+    contact: Contact | None = None
+    # For contact_id items: where the id led (a merged-away id moves to its survivor).
+    target_id: uuid.UUID | None = None
+    conflicts: tuple[IdentityConflict, ...] = ()
+    # The contact was inserted by this call with this item's patch already in it.
+    patch_applied: bool = False
+    created: bool = False
+    lost: bool = False
+
+    @property
+    def key(self) -> str | None:
+        return self.item.idempotency_key
+
+
+# --------------------------------------------------------------------------- SQL
+
+_ORIGINALS = text(
+    """
+    SELECT idempotency_key, id, contact_id, user_id FROM user_events
+    WHERE idempotency_key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+# Inserting an event claims its idempotency key; everything that must happen only for
+# a stored event hangs off the ``ins`` rows in the same statement.
+_CLAIM = text(
+    """
+    WITH v AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
+            ord int, id uuid, contact_id uuid, user_id text, event text, properties jsonb,
+            idempotency_key text, source text, occurred_at timestamptz)
+    ), ins AS (
+        INSERT INTO user_events (id, contact_id, user_id, event, properties, idempotency_key,
+                                 source, occurred_at, received_at)
+        SELECT id, contact_id, user_id, event, coalesce(properties, '{}'::jsonb),
+               idempotency_key, source, coalesce(occurred_at, CAST(:now AS timestamptz)),
+               CAST(:now AS timestamptz)
+        FROM v
+        ORDER BY idempotency_key NULLS LAST, ord
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id
+    ), outbox AS (
+        INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
+                                  next_attempt_at)
+        SELECT v.id, v.contact_id, v.user_id, v.event, CAST(:now AS timestamptz),
+               CAST(:now AS timestamptz)
+        FROM v JOIN ins ON ins.id = v.id
+        ORDER BY v.ord
+    ), lost AS (
+        SELECT v.contact_id FROM v WHERE v.id NOT IN (SELECT id FROM ins)
+    ), touched AS (
+        UPDATE contacts c SET
+            properties = coalesce(u.properties, c.properties),
+            last_seen_at = CASE WHEN u.seen_at IS NULL THEN c.last_seen_at
+                                ELSE greatest(c.last_seen_at, u.seen_at) END,
+            updated_at = CASE WHEN u.changed THEN CAST(:now AS timestamptz) ELSE c.updated_at END
+        FROM jsonb_to_recordset(CAST(:contacts AS jsonb))
+            AS u(id uuid, properties jsonb, seen_at timestamptz, changed boolean)
+        WHERE c.id = u.id AND u.id NOT IN (SELECT contact_id FROM lost)
+    ), lists AS (
+        INSERT INTO list_subscriptions AS s (contact_id, list_id, subscribed, source,
+                                             subscribed_at, unsubscribed_at, created_at,
+                                             updated_at)
+        SELECT DISTINCT ON (l.contact_id, l.list_id)
+               l.contact_id, l.list_id, l.subscribed, l.source,
+               CASE WHEN l.subscribed THEN CAST(:now AS timestamptz) END,
+               CASE WHEN NOT l.subscribed THEN CAST(:now AS timestamptz) END,
+               CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+        FROM jsonb_to_recordset(CAST(:lists AS jsonb))
+            AS l(ord int, event_id uuid, contact_id uuid, list_id text, subscribed boolean,
+                 source text)
+        JOIN ins ON ins.id = l.event_id
+        ORDER BY l.contact_id, l.list_id, l.ord DESC
+        ON CONFLICT (contact_id, list_id) DO UPDATE SET
+            subscribed = EXCLUDED.subscribed,
+            source = EXCLUDED.source,
+            subscribed_at = coalesce(EXCLUDED.subscribed_at, s.subscribed_at),
+            unsubscribed_at = coalesce(EXCLUDED.unsubscribed_at, s.unsubscribed_at),
+            updated_at = EXCLUDED.updated_at
+        WHERE s.subscribed IS DISTINCT FROM EXCLUDED.subscribed
+    )
+    SELECT id FROM ins
+    """
+)
+
+_UPDATE_CONTACTS = text(
+    """
+    UPDATE contacts c SET
+        properties = coalesce(u.properties, c.properties),
+        last_seen_at = CASE WHEN u.seen_at IS NULL THEN c.last_seen_at
+                            ELSE greatest(c.last_seen_at, u.seen_at) END,
+        updated_at = CASE WHEN u.changed THEN CAST(:now AS timestamptz) ELSE c.updated_at END
+    FROM jsonb_to_recordset(CAST(:contacts AS jsonb))
+        AS u(id uuid, properties jsonb, seen_at timestamptz, changed boolean)
+    WHERE c.id = u.id
+    """
+)
+
+_DELETE_UNUSED = text("DELETE FROM contacts WHERE id = ANY(CAST(:ids AS uuid[]))")
+
+
+class _ClaimLost(Exception):
+    """The event's idempotency key was taken by a concurrent transaction."""
+
+
+# --------------------------------------------------------------------------- claim
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ContactUpdate:
+    id: uuid.UUID
+    properties: dict[str, Any] | None
+    seen_at: datetime | None
+    changed: bool
+
+    def row(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "properties": self.properties,
+            "seen_at": self.seen_at,
+            "changed": self.changed,
+        }
+
+
+def _event_row(work: _Work, contact: Contact) -> dict[str, object]:
+    item = work.item
+    return {
+        "ord": work.index,
+        "id": work.event_id,
+        "contact_id": contact.id,
+        "user_id": contact.key,
+        "event": item.name,
+        "properties": dict(item.properties),
+        "idempotency_key": item.idempotency_key,
+        "source": item.source,
+        "occurred_at": item.occurred_at,
+    }
+
+
+def _list_rows(work: _Work, contact: Contact) -> list[dict[str, object]]:
+    return [
+        {
+            "ord": work.index,
+            "event_id": work.event_id,
+            "contact_id": contact.id,
+            "list_id": list_id,
+            "subscribed": subscribed,
+            "source": work.item.source,
+        }
+        for list_id, subscribed in (work.item.lists or {}).items()
+    ]
+
+
+async def _claim(
+    session: AsyncSession,
+    works: Sequence[_Work],
+    updates: Sequence[_ContactUpdate],
+    now: datetime,
+) -> set[uuid.UUID]:
+    """Insert the events (and what hangs off them); returns the ids actually stored."""
+    events: list[dict[str, object]] = []
+    lists: list[dict[str, object]] = []
+    for work in works:
+        assert work.contact is not None
+        events.append(_event_row(work, work.contact))
+        lists.extend(_list_rows(work, work.contact))
+    result = await session.execute(
+        _CLAIM,
+        {
+            "events": to_json(events),
+            "contacts": to_json([u.row() for u in updates]),
+            "lists": to_json(lists),
+            "now": now,
+        },
+    )
+    return {row[0] for row in result}
+
+
+def _contact_updates(works: Iterable[_Work], now: datetime) -> list[_ContactUpdate]:
+    """Per contact: its properties after the works' patches (in order), and last seen."""
+    contacts: dict[uuid.UUID, Contact] = {}
+    patched: dict[uuid.UUID, dict[str, Any]] = {}
+    seen: dict[uuid.UUID, bool] = {}
+    for work in works:
+        contact = work.contact
+        assert contact is not None
+        contacts.setdefault(contact.id, contact)
+        props = patched.setdefault(contact.id, dict(contact.properties))
+        if work.item.contact_properties and not work.patch_applied:
+            patched[contact.id] = merge_properties(props, work.item.contact_properties)
+        # Identified traffic means the person was seen; internal producers do not.
+        seen[contact.id] = seen.get(contact.id, False) or (
+            work.item.identity is not None and not work.created
+        )
+    updates = []
+    for contact_id, contact in contacts.items():
+        props = patched[contact_id]
+        changed = props != dict(contact.properties)
+        if changed or seen[contact_id]:
+            updates.append(
+                _ContactUpdate(
+                    id=contact_id,
+                    properties=props if changed else None,
+                    seen_at=now if seen[contact_id] else None,
+                    changed=changed,
+                )
+            )
+    return updates
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _identity_keys(works: Iterable[_Work]) -> list[IdentityKey]:
+    keys: list[IdentityKey] = []
+    for work in works:
+        if work.item.identity is not None:
+            keys.extend(work.item.identity.keys)
+    return list(dict.fromkeys(keys))
+
+
+def _stored(work: _Work, contact: Contact, conflicts: tuple[IdentityConflict, ...]) -> None:
+    work.result = IngestResult(
+        status="stored",
+        event_id=work.event_id,
+        contact_id=contact.id,
+        contact_key=contact.key,
+        conflicts=conflicts,
+    )
+
+
+def _rejected(work: _Work, reason: str) -> None:
+    work.result = IngestResult(status="rejected", reason=reason)
+
+
+async def _slow_one(session: AsyncSession, work: _Work, now: datetime) -> None:
+    """Link or merge, then claim, in a savepoint that is rolled back if the claim loses."""
+    identity = work.item.identity
+    assert identity is not None
+    try:
+        async with session.begin_nested():
+            resolution = await resolve_contact(
+                session, identity, properties=work.item.contact_properties, now=now
+            )
+            work.contact = Contact(id=resolution.contact_id, key=resolution.key)
+            if work.event_id not in await _claim(session, [work], [], now):
+                raise _ClaimLost
+    except _ClaimLost:
+        work.lost = True
+        return
+    except ResolutionRace:
+        _rejected(work, "the contact was being merged concurrently; retry")
+        return
+    except DBAPIError as exc:
+        if not is_transient_error(exc):
+            raise
+        _rejected(work, "a concurrent write to the same contact; retry")
+        return
+    _stored(work, work.contact, resolution.conflicts)
+
+
+async def _resolve_fast(
+    session: AsyncSession, works: list[_Work], now: datetime, slow: list[_Work]
+) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """Give every work a locked contact (or a result), creating new contacts in bulk.
+
+    Works that turn out to need a link or merge are appended to ``slow``. Returns the
+    ids of the contacts this call created, and of the ones it holds locks on.
+    """
+    created: set[uuid.UUID] = set()
+    locked: dict[uuid.UUID, Contact] = {}
+    pending = works
+    for round_ in range(_MAX_ROUNDS):
+        if not pending:
+            break
+        by_identity = [w for w in pending if w.item.identity is not None]
+        by_id = [w for w in pending if w.item.identity is None]
+        found = await lookup_keys(session, _identity_keys(by_identity))
+        wanted = set(found.values()) | {w.target_id for w in by_id if w.target_id is not None}
+        locked.update(await lock_contacts(session, wanted - set(locked)))
+        retry: list[_Work] = []
+
+        for work in by_id:
+            assert work.target_id is not None
+            contact = locked.get(work.target_id)
+            if contact is not None:
+                work.contact = contact
+                continue
+            survivor = await follow_contact(session, work.target_id)
+            if survivor is None:
+                _rejected(work, f"contact {work.item.contact_id} does not exist or was deleted")
+            else:
+                work.target_id = survivor.id
+                retry.append(work)
+
+        creates: dict[tuple[str | None, str | None, str | None], list[_Work]] = {}
+        for work in by_identity:
+            identity = work.item.identity
+            assert identity is not None
+            ids = {found[k] for k in identity.keys if k in found}
+            if not ids <= set(locked):
+                retry.append(work)  # merged away while we waited for the lock
+                continue
+            plan = plan_resolution(
+                identity, {k: locked[found[k]] for k in identity.keys if k in found}
+            )
+            if plan.action == "match":
+                work.contact = plan.target
+                work.conflicts = plan.conflicts
+            elif plan.action == "create":
+                creates.setdefault(identity.signature, []).append(work)
+            else:
+                slow.append(work)
+
+        if creates:
+            new: list[tuple[NewContact, list[_Work]]] = []
+            for group in creates.values():
+                props: dict[str, Any] = {}
+                for work in group:
+                    props = merge_properties(props, work.item.contact_properties)
+                identity = group[0].item.identity
+                assert identity is not None
+                new.append(
+                    (NewContact(identity=identity, properties=props, id=uuid.uuid4()), group)
+                )
+            inserted = await insert_contacts(session, [n for n, _ in new], now)
+            for candidate, group in new:
+                contact = inserted.get(candidate.id)
+                if contact is None:
+                    retry.extend(group)  # a concurrent insert won; the next lookup sees it
+                    continue
+                created.add(contact.id)
+                locked[contact.id] = contact
+                for work in group:
+                    work.contact = contact
+                    work.patch_applied = True
+                    work.created = True
+        pending = retry
+        if round_ == _MAX_ROUNDS - 1:
+            for work in pending:
+                _rejected(work, "the contact kept changing concurrently; retry")
+    return created, set(locked)
+
+
+async def _process(session: AsyncSession, works: list[_Work], now: datetime) -> None:
+    """Resolve and store works that are not known duplicates (at most one per key)."""
+    # Classify on an unlocked read; everything is re-checked under locks below.
+    seen_contacts = await lookup_contacts(session, _identity_keys(works))
+    fast: list[_Work] = []
+    slow: list[_Work] = []
+    for work in works:
+        identity = work.item.identity
+        if identity is None:
+            work.target_id = work.item.contact_id
+            fast.append(work)
+            continue
+        plan = plan_resolution(
+            identity, {k: seen_contacts[k] for k in identity.keys if k in seen_contacts}
+        )
+        (slow if plan.linked else fast).append(work)
+
+    if slow:
+        # All of their advisory locks at once, in hash order, before any row lock.
+        names = [k.lock_name for k in _identity_keys(slow)]
+        names += [idempotency_lock_name(w.key) for w in slow if w.key is not None]
+        await advisory_lock(session, names)
+        for work in slow:
+            await _slow_one(session, work, now)
+
+    late_slow: list[_Work] = []
+    created, _ = await _resolve_fast(session, fast, now, late_slow)
+    claims = [w for w in fast if w.result is None and w.contact is not None]
+    if claims:
+        updates = _contact_updates(claims, now)
+        stored = await _claim(session, claims, updates, now)
+        lost = [w for w in claims if w.event_id not in stored]
+        for work in claims:
+            if work.event_id in stored:
+                assert work.contact is not None
+                _stored(work, work.contact, work.conflicts)
+            else:
+                work.lost = True
+        if lost:
+            await _undo_for_lost(session, claims, stored, created, now)
+    for work in late_slow:
+        await _slow_one(session, work, now)
+
+
+async def _undo_for_lost(
+    session: AsyncSession,
+    claims: Sequence[_Work],
+    stored: set[uuid.UUID],
+    created: set[uuid.UUID],
+    now: datetime,
+) -> None:
+    """Repair contacts whose claims partly lost (a concurrent request stored the key).
+
+    The claim statement skipped their update; write it now from the stored works only.
+    A contact this call created holds its whole group's patches: rebuild it from the
+    stored ones, or delete it when no stored event uses it.
+    """
+    affected = {w.contact.id for w in claims if w.lost and w.contact is not None}
+    kept: dict[uuid.UUID, list[_Work]] = {}
+    for work in claims:
+        if work.event_id in stored and work.contact is not None:
+            kept.setdefault(work.contact.id, []).append(work)
+    unused = sorted((affected & created) - set(kept))
+    if unused:
+        await session.execute(_DELETE_UNUSED, {"ids": unused})
+    updates: list[_ContactUpdate] = []
+    for contact_id in sorted(affected & set(kept)):
+        works = kept[contact_id]
+        first = works[0].contact
+        assert first is not None
+        current = dict(first.properties)
+        props: dict[str, Any] = {} if contact_id in created else dict(current)
+        for work in works:
+            if contact_id in created or not work.patch_applied:
+                props = merge_properties(props, work.item.contact_properties)
+        changed = props != current
+        seen = any(w.item.identity is not None for w in works)
+        updates.append(
+            _ContactUpdate(
+                id=contact_id,
+                properties=props if changed else None,
+                seen_at=now if seen else None,
+                changed=changed,
+            )
+        )
+    if updates:
+        await session.execute(
+            _UPDATE_CONTACTS, {"contacts": to_json([u.row() for u in updates]), "now": now}
+        )
+
+
+async def _originals(session: AsyncSession, keys: Iterable[str]) -> dict[str, IngestResult]:
+    unique = sorted(set(keys))
+    if not unique:
+        return {}
+    rows = await session.execute(_ORIGINALS, {"keys": unique})
+    return {
+        row.idempotency_key: IngestResult(
+            status="duplicate", event_id=row.id, contact_id=row.contact_id, contact_key=row.user_id
+        )
+        for row in rows
+    }
+
+
+async def _ingest(
+    session: AsyncSession, items: Sequence[EventInput], now: datetime
+) -> list[IngestResult]:
+    works = [_Work(index=i, item=item) for i, item in enumerate(items)]
+    for work in works:
+        try:
+            to_json(dict(work.item.properties))
+            to_json(dict(work.item.contact_properties or {}))
+        except (TypeError, ValueError) as exc:
+            _rejected(work, f"properties are not JSON: {exc}")
+
+    originals = await _originals(session, (w.key for w in works if w.key and not w.result))
+    owners: dict[str, _Work] = {}
+    followers: list[_Work] = []
+    active: list[_Work] = []
+    for work in works:
+        if work.result is not None:
+            continue
+        if work.key is None:
+            active.append(work)
+        elif work.key in originals:
+            work.result = originals[work.key]
+        elif work.key in owners:
+            followers.append(work)  # same key earlier in this batch
+        else:
+            owners[work.key] = work
+            active.append(work)
+
+    await _process(session, active, now)
+
+    lost = [w for w in active if w.lost]
+    if lost:
+        # The key was stored by a concurrent transaction after our first look.
+        late = await _originals(session, (w.key for w in lost if w.key))
+        for work in lost:
+            work.result = late.get(work.key or "") or IngestResult(
+                status="rejected", reason="the idempotency key is in use by a concurrent request"
+            )
+
+    retry: list[_Work] = []
+    for work in followers:
+        owner = owners[work.key or ""]
+        assert owner.result is not None
+        if owner.result.status == "rejected":
+            retry.append(work)
+        else:
+            work.result = IngestResult(
+                status="duplicate",
+                event_id=owner.result.event_id,
+                contact_id=owner.result.contact_id,
+                contact_key=owner.result.contact_key,
+            )
+    if retry:
+        # The first of them takes the rejected owner's place.
+        again = await _ingest(session, [w.item for w in retry], now)
+        for work, result in zip(retry, again, strict=True):
+            work.result = result
+
+    results = []
+    for work in works:
+        assert work.result is not None
+        results.append(work.result)
+    return results
+
+
+# --------------------------------------------------------------------------- public
+
+
+async def ingest_event(
+    session: AsyncSession, item: EventInput, *, now: datetime | None = None
+) -> IngestResult:
+    """Store one event in the caller's transaction (the caller commits).
+
+    Takes advisory locks on the idempotency key and the identity's keys, so concurrent
+    requests about the same key or person queue. A key already stored returns
+    ``duplicate`` with the original event and contact ids, and writes nothing at all.
+    Otherwise the contact is resolved (created, linked or merged, see
+    :func:`~hogsend.db.repos.contacts.resolve_contact`), its property patch applied,
+    the event and its outbox row inserted and ``lists`` applied.
+
+    Returns:
+        ``stored`` or ``duplicate``; ``rejected`` only for a ``contact_id`` that does not
+        exist (or was deleted).
+    """
+    now = _now(now)
+    names: list[str] = []
+    if item.idempotency_key is not None:
+        names.append(idempotency_lock_name(item.idempotency_key))
+    if item.identity is not None:
+        names.extend(k.lock_name for k in item.identity.keys)
+    await advisory_lock(session, names)
+    [result] = await _ingest(session, [item], now)
+    return result
+
+
+async def ingest_batch(
+    session: AsyncSession, items: Sequence[EventInput], *, now: datetime | None = None
+) -> list[IngestResult]:
+    """Store many events in the caller's transaction, set-based; one result per item.
+
+    Items with a key stored before, or repeating a key earlier in the batch, are
+    ``duplicate`` (pointing at the original) and write nothing. Items that cannot be
+    stored (a ``contact_id`` that does not exist, properties that are not JSON, an
+    identity that kept changing under concurrent merges) are ``rejected`` with a reason;
+    the others are stored. Takes no advisory locks for ordinary items (a batch would
+    need thousands); unique indexes and the claim-then-write order keep it exact.
+    """
+    if not items:
+        return []
+    return await _ingest(session, list(items), _now(now))
