@@ -127,6 +127,45 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="SQL pool per process.")
 
+    dispatcher_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="Outbox rows a dispatcher claims at once."
+    )
+    dispatcher_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=200,
+        description="Contacts whose events one dispatcher processes at the same time.",
+    )
+    dispatcher_poll_seconds: float = Field(
+        default=0.2, gt=0, le=60, description="Idle dispatcher's wait between outbox polls."
+    )
+    dispatcher_listen: bool = Field(
+        default=True,
+        description="Also wake the dispatcher on Postgres NOTIFY hogsend_outbox.",
+    )
+    dispatcher_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a claim holds a row; a dead worker's rows return after it.",
+    )
+    dispatcher_max_attempts: int = Field(
+        default=12, ge=1, description="Failed attempts before a row goes to the dead-letter queue."
+    )
+    dispatcher_backoff_base_seconds: float = Field(
+        default=2.0, gt=0, description="Delay before the first retry; doubles per attempt."
+    )
+    dispatcher_backoff_max_seconds: float = Field(
+        default=600.0, gt=0, description="Longest delay between two attempts."
+    )
+    dispatcher_lag_threshold_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Oldest pending outbox row older than this degrades /v1/health.",
+    )
+    dispatcher_retention_seconds: float = Field(
+        default=86_400.0, ge=0, description="How long processed outbox rows are kept."
+    )
+
     log_format: LogFormat | None = Field(
         default=None, description="json or console; default console in dev, json otherwise."
     )
@@ -175,6 +214,11 @@ class Settings(BaseSettings):
             )
         if self.worker_stale_seconds <= self.heartbeat_seconds:
             raise ValueError("HOGSEND_WORKER_STALE_SECONDS must exceed HOGSEND_HEARTBEAT_SECONDS")
+        if self.dispatcher_backoff_max_seconds < self.dispatcher_backoff_base_seconds:
+            raise ValueError(
+                "HOGSEND_DISPATCHER_BACKOFF_MAX_SECONDS must be at least "
+                "HOGSEND_DISPATCHER_BACKOFF_BASE_SECONDS"
+            )
         return self
 
     @property

@@ -4,7 +4,9 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
-    stop()   stop the heartbeat → DBOS stops dequeuing and drains running workflows for a
+             → the event dispatcher (hogsend.runtime.dispatcher)
+    stop()   stop the dispatcher (rows in flight finish, the rest are released) → stop
+             the heartbeat → DBOS stops dequeuing and drains running workflows for a
              few seconds → mark the heartbeat row stopped → release the database
 
 ``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
@@ -32,6 +34,7 @@ from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
+from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
 
@@ -79,6 +82,7 @@ class Worker:
         self._owns_engine = engine is None
         self._started_at: datetime | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self.dispatcher: Dispatcher | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -109,6 +113,13 @@ class Worker:
         self._started_at = datetime.now(UTC)
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="hogsend-heartbeat")
+        self.dispatcher = Dispatcher(
+            self.engine,
+            self.settings,
+            build_consumers(self.app),
+            database_url=self.database_url,
+        )
+        await self.dispatcher.start()
         self._running = True
         log.info(
             "worker started",
@@ -127,6 +138,10 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.dispatcher is not None:
+            # Before DBOS goes away: consumers start and signal workflows.
+            await self.dispatcher.stop(timeout=self.drain_seconds)
+            self.dispatcher = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -50,6 +50,9 @@ class UserEvent(Base):
 
 
 _PENDING = text("processed_at IS NULL AND dead_at IS NULL")
+_BLOCKING = (
+    "processed_at IS NULL AND dead_at IS NULL AND (locked_until IS NOT NULL OR attempts > 0)"
+)
 
 
 class EventOutbox(Base):
@@ -88,6 +91,14 @@ class EventOutbox(Base):
         # "Is an earlier event of this contact still pending?" keeps per-contact order.
         Index("ix_event_outbox_pending_contact", "contact_id", "id", postgresql_where=_PENDING),
         Index("ix_event_outbox_processed_at", "processed_at"),
+        # Pending rows that can hold back their contact's other events: leased (maybe in
+        # flight) or retrying. Small, so the claim can ask "is this contact busy?" cheaply.
+        Index(
+            "ix_event_outbox_blocking",
+            "contact_id",
+            "id",
+            postgresql_where=text(_BLOCKING),
+        ),
         # Dead rows wait here for an operator (DLQ retry or discard); health counts them.
         Index("ix_event_outbox_dead", "id", postgresql_where=text("dead_at IS NOT NULL")),
     )

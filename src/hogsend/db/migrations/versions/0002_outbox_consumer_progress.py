@@ -1,4 +1,4 @@
-"""outbox: per-consumer progress and an index over dead rows
+"""outbox: per-consumer progress, indexes over blocking and dead rows
 
 Revision ID: 0002
 Revises: 0001
@@ -30,6 +30,15 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
+        "ix_event_outbox_blocking",
+        "event_outbox",
+        ["contact_id", "id"],
+        unique=False,
+        postgresql_where=sa.text(
+            "processed_at IS NULL AND dead_at IS NULL AND (locked_until IS NOT NULL OR attempts > 0)"
+        ),
+    )
+    op.create_index(
         "ix_event_outbox_dead",
         "event_outbox",
         ["id"],
@@ -43,5 +52,12 @@ def downgrade() -> None:
         "ix_event_outbox_dead",
         table_name="event_outbox",
         postgresql_where=sa.text("dead_at IS NOT NULL"),
+    )
+    op.drop_index(
+        "ix_event_outbox_blocking",
+        table_name="event_outbox",
+        postgresql_where=sa.text(
+            "processed_at IS NULL AND dead_at IS NULL AND (locked_until IS NOT NULL OR attempts > 0)"
+        ),
     )
     op.drop_column("event_outbox", "consumers_done")

@@ -1,0 +1,539 @@
+"""The dispatcher: hands every stored event to the engine's consumers, in order per contact.
+
+Ingest writes an event and its ``event_outbox`` row in one transaction and does nothing
+else. Every worker runs one :class:`Dispatcher`, which loops::
+
+    claim   up to dispatcher_batch_size due rows under a lease (see hogsend.db.repos.outbox)
+    process the rows of different contacts concurrently (dispatcher_concurrency), the
+            rows of one contact one after the other in id order; for each row, run the
+            consumers that have not handled it yet, in their fixed order
+    idle    when nothing was claimed: wait dispatcher_poll_seconds, or less when a
+            NOTIFY on hogsend_outbox (sent by ingest at commit) wakes it up
+
+Guarantees and the consumer contract:
+
+* **At least once.** A row is marked processed only after every consumer returned. A
+  worker that dies mid-row loses its lease after ``dispatcher_lease_seconds`` and the
+  row is delivered again, so **consumers must be idempotent**: handling the same event
+  twice must have the effect of handling it once (deterministic workflow ids, unique
+  keys with ``ON CONFLICT DO NOTHING``, upserts).
+* **One transaction per event.** Each consumer runs inside a savepoint of one
+  transaction that also records which consumers are done (``consumers_done``) and,
+  when all are, that the row is processed. A consumer's writes through the ``session``
+  it is given therefore commit together with its progress: a retry skips consumers that
+  already succeeded, and never sees half of a consumer's writes. Side effects outside
+  that session (DBOS calls, HTTP) are only at-least-once. A consumer must not commit or
+  roll back the session.
+* **Per-contact order.** A row is never processed while an earlier pending row of the
+  same contact is unprocessed: not while it is leased, waiting for a retry, or held in
+  this batch. A dead row (given up, in the dead-letter queue) no longer holds back the
+  rows after it.
+* **Retries.** A consumer raising an exception stops that row's attempt: the row gets
+  ``attempts + 1``, ``last_error`` and ``next_attempt_at = now + backoff`` (exponential
+  from ``dispatcher_backoff_base_seconds`` up to ``dispatcher_backoff_max_seconds``, with
+  jitter), and the contact's later rows in the batch are released to wait behind it.
+  After ``dispatcher_max_attempts`` attempts the row is marked dead and a
+  ``dead_letter_queue`` entry keeps the event, the consumer and the error.
+* **Retention.** Processed rows are deleted by a sweep once older than
+  ``dispatcher_retention_seconds``; the events themselves stay in ``user_events``.
+
+Consumers are registered in one fixed order: bucket membership → exits → wake-ups →
+triggers (each added by its own feature). :func:`build_consumers` is that registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import traceback
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import psycopg
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from hogsend.core.identifiers import check_id, duplicates
+from hogsend.db.engine import libpq_url, make_sessionmaker
+from hogsend.db.repos import outbox
+from hogsend.db.repos.outbox import OUTBOX_CHANNEL, ClaimedRow, ClaimToken
+from hogsend.errors import DefinitionError, RegistrationClosedError
+from hogsend.settings import Settings
+
+if TYPE_CHECKING:
+    from hogsend.app import Hogsend
+
+log = structlog.get_logger(__name__)
+
+SWEEP_INTERVAL_SECONDS = 60.0
+"""How often each dispatcher deletes processed rows past their retention."""
+
+STOP_TIMEOUT_SECONDS = 10.0
+"""How long a graceful stop lets the rows in flight finish before cancelling them."""
+
+_MAX_ERROR_CHARS = 2_000
+_MAX_TRACEBACK_CHARS = 8_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DispatchedEvent:
+    """One stored event, as consumers receive it.
+
+    Attributes:
+        outbox_id: the outbox row being processed.
+        event_id: the ``user_events`` id (stable across redeliveries: key effects on it).
+        contact_id: the contact the event belongs to.
+        contact_key: the contact's resolved key (``user_id`` of history tables).
+        name: the event name, e.g. ``signed_up`` or ``bucket:entered:trial``.
+        properties: the event's properties.
+        occurred_at: when it happened (timezone-aware UTC).
+        source: where it came from (api, batch, segment, bucket, ...), if known.
+        attempt: 1 on the first delivery, higher on retries and redeliveries.
+    """
+
+    outbox_id: int
+    event_id: uuid.UUID
+    contact_id: uuid.UUID
+    contact_key: str
+    name: str
+    properties: Mapping[str, Any]
+    occurred_at: datetime
+    source: str | None
+    attempt: int
+
+
+class EventConsumer(Protocol):
+    """Something that reacts to every dispatched event (buckets, exits, wake-ups, triggers).
+
+    ``name`` is a kebab-case id stored in ``event_outbox.consumers_done``: keep it stable.
+    ``consume`` gets the event and the transaction it runs in (see the module docstring
+    for what that promises); it must be idempotent and signal failure by raising.
+    """
+
+    @property
+    def name(self) -> str:
+        """Stable kebab-case id of the consumer."""
+        ...
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        """Handle one event; raise to have it retried later."""
+        ...
+
+
+_EXTRA_CONSUMERS_ATTRIBUTE = "_hogsend_extra_consumers"
+
+
+def add_extra_consumers(app: Hogsend, consumers: Sequence[EventConsumer]) -> None:
+    """Testing hook: make every worker loading ``app`` run ``consumers`` too.
+
+    They run after the built-in consumers, in the order given. This is how the test
+    suite puts a recording consumer into a real ``hogsend worker`` subprocess (its test
+    app module calls this); it is not a public API and may change with the features that
+    add real consumers.
+
+    Raises:
+        RegistrationClosedError: the app is already launched.
+    """
+    if app.launched:
+        raise RegistrationClosedError(
+            "cannot add consumers: the app is launched; add them before the worker starts"
+        )
+    existing: tuple[EventConsumer, ...] = getattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, ())
+    setattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, (*existing, *consumers))
+
+
+def build_consumers(app: Hogsend) -> tuple[EventConsumer, ...]:
+    """The consumers a worker runs for ``app``, in their fixed order.
+
+    Bucket membership, exits, wake-ups and triggers will come first, in that order, as
+    their features land; then anything added with :func:`add_extra_consumers`.
+    """
+    built_in: tuple[EventConsumer, ...] = ()
+    extra: tuple[EventConsumer, ...] = getattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, ())
+    return (*built_in, *extra)
+
+
+def backoff_seconds(
+    attempt: int, *, base: float, maximum: float, rng: random.Random | None = None
+) -> float:
+    """Delay before retrying after failed attempt number ``attempt`` (1-based).
+
+    ``base * 2**(attempt-1)`` capped at ``maximum``, then "equal jitter": a uniform pick
+    in the upper half, so retries of events that failed together spread out but none
+    comes back sooner than half the nominal delay.
+    """
+    nominal: float = min(maximum, base * 2.0 ** max(attempt - 1, 0))
+    uniform = rng.uniform if rng is not None else random.uniform
+    return nominal / 2 + uniform(0, nominal / 2)
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    DEAD = "dead"
+    LOST = "lost"
+
+
+class _ClaimLost(Exception):
+    """Our lease on a row expired and someone else claimed it: drop our attempt."""
+
+
+def _event_of(row: ClaimedRow) -> DispatchedEvent:
+    return DispatchedEvent(
+        outbox_id=row.id,
+        event_id=row.event_id,
+        contact_id=row.contact_id,
+        contact_key=row.contact_key,
+        name=row.event,
+        properties=row.properties,
+        occurred_at=row.occurred_at,
+        source=row.source,
+        attempt=row.attempts + 1,
+    )
+
+
+def _describe(consumer: str, exc: BaseException) -> str:
+    return f"{consumer}: {type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
+
+
+class Dispatcher:
+    """Claims outbox rows and runs the consumers on them; one per worker.
+
+    Args:
+        engine: the worker's engine (each contact in flight uses one pooled connection).
+        settings: ``dispatcher_*`` settings and ``worker_id``.
+        consumers: in the order they run (see :func:`build_consumers`).
+        worker_id: who claims (``claimed_by``); defaults to ``settings.worker_id``. Two
+            dispatchers must never share one while both run.
+        database_url: for the ``LISTEN`` connection; defaults to the engine's URL.
+        rng: randomness of the backoff jitter (tests pass a seeded one).
+
+    Raises:
+        DefinitionError: a consumer name is not kebab-case or is used twice.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        consumers: Sequence[EventConsumer] = (),
+        *,
+        worker_id: str | None = None,
+        database_url: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        names = [check_id("consumer", consumer.name) for consumer in consumers]
+        if dupes := duplicates(names):
+            raise DefinitionError(f"consumer names used twice: {', '.join(dupes)}")
+        self.consumers = tuple(consumers)
+        self.settings = settings
+        self.worker_id = worker_id or settings.worker_id
+        self.database_url = database_url or engine.url.render_as_string(hide_password=False)
+        self._sessions = make_sessionmaker(engine)
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self.listening = False
+        """Whether the LISTEN connection is up (tests and health checks read it)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take back this worker id's leases (its previous process is gone) and start."""
+        self._stopping = False
+        async with self._sessions() as session, session.begin():
+            released = await outbox.release_worker(session, self.worker_id)
+        if released:
+            log.info("dispatcher took back its leases", worker_id=self.worker_id, rows=released)
+        self._loop_task = asyncio.create_task(self._run(), name="hogsend-dispatcher")
+        self._side_tasks = [asyncio.create_task(self._sweep_loop(), name="hogsend-outbox-sweep")]
+        if self.settings.dispatcher_listen:
+            self._side_tasks.append(
+                asyncio.create_task(self._listen(), name="hogsend-outbox-listen")
+            )
+        log.info(
+            "dispatcher started",
+            worker_id=self.worker_id,
+            consumers=[c.name for c in self.consumers],
+        )
+
+    async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """Finish the rows in flight (up to ``timeout``), release the rest, and stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            done, _ = await asyncio.wait({self._loop_task}, timeout=timeout)
+            if not done:
+                log.warning("dispatcher did not finish in time; cancelling", timeout=timeout)
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for task in self._side_tasks:
+            task.cancel()
+        for task in self._side_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._side_tasks = []
+        try:
+            async with self._sessions() as session, session.begin():
+                await outbox.release_worker(session, self.worker_id)
+        except Exception:
+            log.warning("could not release the dispatcher's leases", exc_info=True)
+        log.info("dispatcher stopped", worker_id=self.worker_id)
+
+    def wake(self) -> None:
+        """Look at the outbox now instead of at the end of the idle wait."""
+        self._wake.set()
+
+    # -- one round -----------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Claim one batch and process it; returns how many rows were claimed."""
+        async with self._sessions() as session, session.begin():
+            rows = await outbox.claim(
+                session,
+                worker_id=self.worker_id,
+                batch_size=self.settings.dispatcher_batch_size,
+                lease_seconds=self.settings.dispatcher_lease_seconds,
+            )
+        if rows:
+            await self._process(rows)
+        return len(rows)
+
+    async def drain(self) -> int:
+        """Run rounds until one claims nothing; returns the rows claimed in all.
+
+        Rows waiting for a retry or leased elsewhere are not waited for.
+        """
+        total = 0
+        while claimed := await self.run_once():
+            total += claimed
+        return total
+
+    async def sweep(self) -> int:
+        """Delete processed rows past their retention now; returns how many."""
+        total = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                deleted = await outbox.sweep(
+                    session, retention_seconds=self.settings.dispatcher_retention_seconds
+                )
+            total += deleted
+            if deleted == 0 or self._stopping:
+                return total
+
+    # -- processing ----------------------------------------------------------------------
+
+    def _pending_consumers(self, row: ClaimedRow) -> list[EventConsumer]:
+        return [c for c in self.consumers if c.name not in row.consumers_done]
+
+    async def _process(self, rows: list[ClaimedRow]) -> None:
+        token = rows[0].token
+        nothing_to_do = [r.id for r in rows if not r.event_found or not self._pending_consumers(r)]
+        if nothing_to_do:
+            # No consumer will see these rows, so finishing them ahead of earlier rows of
+            # their contact has no visible effect on order.
+            async with self._sessions() as session, session.begin():
+                await outbox.complete_many(session, token, nothing_to_do)
+        skip = set(nothing_to_do)
+        by_contact: dict[uuid.UUID, list[ClaimedRow]] = {}
+        for row in rows:
+            if row.id not in skip:
+                by_contact.setdefault(row.contact_id, []).append(row)
+        if not by_contact:
+            return
+        renewer = asyncio.create_task(
+            self._renew_leases(token, [r.id for r in rows if r.id not in skip]),
+            name="hogsend-outbox-renew",
+        )
+        slots = asyncio.Semaphore(self.settings.dispatcher_concurrency)
+        try:
+            await asyncio.gather(
+                *(self._process_contact(group, slots) for group in by_contact.values())
+            )
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _process_contact(self, rows: list[ClaimedRow], slots: asyncio.Semaphore) -> None:
+        async with slots:
+            for index, row in enumerate(rows):
+                if self._stopping:
+                    await self._release(rows[index:])
+                    return
+                outcome = await self._process_row(row)
+                if outcome in (_Outcome.RETRY, _Outcome.LOST):
+                    # The contact's later events wait behind this one (a retry blocks
+                    # them by its due time; a lost row is someone else's now).
+                    await self._release(rows[index + 1 :])
+                    return
+
+    async def _release(self, rows: list[ClaimedRow]) -> None:
+        if not rows:
+            return
+        try:
+            async with self._sessions() as session, session.begin():
+                await outbox.release(session, rows[0].token, [r.id for r in rows])
+        except Exception:
+            log.warning("could not release rows; their lease will expire", exc_info=True)
+
+    async def _process_row(self, row: ClaimedRow) -> _Outcome:
+        event = _event_of(row)
+        done = list(row.consumers_done)
+        failure: tuple[str, Exception] | None = None
+        try:
+            async with self._sessions() as session, session.begin():
+                for consumer in self._pending_consumers(row):
+                    try:
+                        async with session.begin_nested():
+                            await consumer.consume(event, session)
+                    except Exception as exc:
+                        failure = (consumer.name, exc)
+                        break
+                    done.append(consumer.name)
+                if failure is None:
+                    if not await outbox.complete(session, row.token, row.id, consumers_done=done):
+                        raise _ClaimLost
+                    return _Outcome.DONE
+                outcome = await self._record_failure(session, row, done, *failure)
+                if outcome is None:
+                    raise _ClaimLost
+                return outcome
+        except _ClaimLost:
+            log.warning(
+                "outbox row was claimed by another dispatcher meanwhile; dropping this attempt",
+                outbox_id=row.id,
+                event_id=str(row.event_id),
+            )
+            return _Outcome.LOST
+        except Exception as exc:
+            # The transaction itself failed (say, the connection broke): none of this
+            # attempt's writes were kept, so record the failure against the old progress.
+            name, error = failure if failure is not None else ("dispatcher", exc)
+            try:
+                async with self._sessions() as session, session.begin():
+                    recorded = await self._record_failure(
+                        session, row, list(row.consumers_done), name, error
+                    )
+            except Exception:
+                log.exception("could not record a failed attempt", outbox_id=row.id)
+                return _Outcome.LOST
+            return recorded or _Outcome.LOST
+
+    async def _record_failure(
+        self,
+        session: AsyncSession,
+        row: ClaimedRow,
+        done: list[str],
+        consumer: str,
+        exc: Exception,
+    ) -> _Outcome | None:
+        settings = self.settings
+        attempt = row.attempts + 1
+        delay = backoff_seconds(
+            attempt,
+            base=settings.dispatcher_backoff_base_seconds,
+            maximum=settings.dispatcher_backoff_max_seconds,
+            rng=self._rng,
+        )
+        error = _describe(consumer, exc)
+        trace = "".join(traceback.format_exception(exc))[-_MAX_TRACEBACK_CHARS:]
+        failure = await outbox.fail(
+            session,
+            row,
+            consumers_done=done,
+            error=error,
+            retry_in_seconds=delay,
+            max_attempts=settings.dispatcher_max_attempts,
+            dead_letter_detail={"consumer": consumer, "traceback": trace},
+        )
+        if failure is None:
+            return None
+        context = {
+            "outbox_id": row.id,
+            "event_id": str(row.event_id),
+            "event_name": row.event,
+            "consumer": consumer,
+            "attempt": failure.attempts,
+            "error": error,
+        }
+        if failure.dead:
+            log.error("event gave up; written to the dead-letter queue", **context)
+            return _Outcome.DEAD
+        log.warning("consumer failed; event will be retried", retry_in=round(delay, 3), **context)
+        return _Outcome.RETRY
+
+    async def _renew_leases(self, token: ClaimToken, ids: list[int]) -> None:
+        every = self.settings.dispatcher_lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with self._sessions() as session, session.begin():
+                    await outbox.renew(
+                        session, token, ids, lease_seconds=self.settings.dispatcher_lease_seconds
+                    )
+            except Exception:
+                log.warning("could not renew outbox leases", exc_info=True)
+
+    # -- background loops ----------------------------------------------------------------
+
+    async def _idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _run(self) -> None:
+        poll = self.settings.dispatcher_poll_seconds
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                failures += 1
+                log.warning("dispatcher round failed", exc_info=True, failures=failures)
+                await self._idle(min(poll * 2**failures, 30.0))
+                continue
+            failures = 0
+            if claimed == 0:
+                await self._idle(poll)
+            # After a batch, look again at once: it may have unblocked later events.
+
+    async def _listen(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    libpq_url(self.database_url), autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    self.listening = True
+                    delay = 1.0
+                    self._wake.set()  # anything that arrived while we were not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("outbox LISTEN connection failed; polling only", exc_info=True)
+            finally:
+                self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                if deleted := await self.sweep():
+                    log.info("outbox swept", rows=deleted)
+            except Exception:
+                log.warning("outbox sweep failed", exc_info=True)
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
