@@ -14,12 +14,14 @@ from hogsend import __version__
 from hogsend.api.deps import engine_of, sessionmaker_of, settings_of
 from hogsend.api.schemas.health import (
     DatabaseHealth,
+    DispatcherHealth,
     HealthReport,
     MigrationHealth,
     Readiness,
     WorkerHealth,
 )
 from hogsend.db.migrate import status_of
+from hogsend.db.repos import outbox
 from hogsend.db.repos.workers import list_workers
 
 router = APIRouter(tags=["health"])
@@ -81,6 +83,19 @@ async def _workers(request: Request) -> list[WorkerHealth]:
     ]
 
 
+async def _dispatcher(request: Request) -> DispatcherHealth | None:
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+            async with sessionmaker_of(request)() as session:
+                lag = await outbox.outbox_lag(session)
+                dead = await outbox.dead_count(session)
+    except Exception:  # e.g. the outbox does not exist yet (migration pending)
+        return None
+    return DispatcherHealth(
+        pending=lag.pending, lag_seconds=lag.oldest_pending_age_seconds, dead=dead
+    )
+
+
 @router.get(
     "/v1/health",
     summary="Health of the API, its database, migrations and workers",
@@ -89,10 +104,13 @@ async def _workers(request: Request) -> list[WorkerHealth]:
 async def health(request: Request, response: Response) -> HealthReport:
     """200 when healthy; 503 with the same body when degraded or a migration is pending."""
     probe = await _probe(request)
-    workers = await _workers(request) if probe.database.status == "up" else []
+    up = probe.database.status == "up"
+    workers = await _workers(request) if up else []
+    dispatcher = await _dispatcher(request) if up else None
+    lag_limit = settings_of(request).dispatcher_lag_threshold_seconds
     if probe.migrations is not None and not probe.migrations.in_sync:
         status = "migration_pending"
-    elif probe.database.status == "down":
+    elif not up or (dispatcher is not None and dispatcher.lag_seconds > lag_limit):
         status = "degraded"
     else:
         status = "healthy"
@@ -106,6 +124,7 @@ async def health(request: Request, response: Response) -> HealthReport:
         migrations=probe.migrations,
         workers=workers,
         workers_alive=sum(1 for w in workers if w.alive),
+        dispatcher=dispatcher,
     )
 
 

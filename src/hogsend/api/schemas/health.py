@@ -42,13 +42,23 @@ class WorkerHealth(ApiModel):
     alive: bool = Field(description="Seen within worker_stale_seconds and not stopped.")
 
 
+class DispatcherHealth(ApiModel):
+    """The event outbox: how far the dispatchers are behind."""
+
+    pending: int = Field(description="Events not processed yet (including those retrying).")
+    lag_seconds: float = Field(description="Age of the oldest pending event; 0 when none.")
+    dead: int = Field(description="Events that gave up and wait in the dead-letter queue.")
+
+
 class HealthReport(ApiModel):
     """Health of the API and what it depends on."""
 
     status: HealthStatus = Field(
         description="`migration_pending` if the schema is behind or ahead of this build, "
-        "`degraded` if the database is unreachable, else `healthy`. Workers are reported "
-        "but never change the status: the API keeps accepting work while they are down."
+        "`degraded` if the database is unreachable or the dispatcher lags by more than "
+        "HOGSEND_DISPATCHER_LAG_THRESHOLD_SECONDS, else `healthy`. Workers are reported "
+        "but never change the status by themselves: the API keeps accepting work while they "
+        "are down (their backlog shows up as dispatcher lag)."
     )
     version: str
     timestamp: datetime
@@ -59,6 +69,9 @@ class HealthReport(ApiModel):
     )
     workers: list[WorkerHealth]
     workers_alive: int
+    dispatcher: DispatcherHealth | None = Field(
+        description="Null when the database could not be asked."
+    )
 
 
 class Readiness(ApiModel):
