@@ -133,9 +133,17 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
     api.add_middleware(BodySizeLimitMiddleware, default_limit=settings.max_body_bytes)
     api.add_middleware(RequestContextMiddleware)
 
+    built_for: list[object] = [None]
+
     def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
+        # Rebuilt when routes change (Studio, or a test, may add some after creation).
+        fingerprint = tuple(
+            (mounted.path, frozenset(mounted.route.methods or ()))
+            for mounted in iter_api_routes(api.routes)
+        )
+        if api.openapi_schema is None or built_for[0] != fingerprint:
             api.openapi_schema = build_openapi(api)
+            built_for[0] = fingerprint
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]

@@ -29,12 +29,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from hogsend.api.routing import allowed_methods
+from hogsend.api.schemas.common import ApiModel
 from hogsend.errors import ApiError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -64,17 +65,15 @@ class FieldError(BaseModel):
     message: str = Field(description="What is wrong with it.")
 
 
-class Problem(BaseModel):
+class Problem(ApiModel):
     """An error, as ``application/problem+json`` (RFC 9457)."""
-
-    model_config = ConfigDict(title="Problem")
 
     type: str = Field(description="`urn:hogsend:problem:<code>`; the code is stable.")
     title: str = Field(description="Short summary of the problem type (the HTTP reason).")
     status: int = Field(description="The HTTP status code.")
     detail: str = Field(description="What went wrong with this request, for people.")
     instance: str = Field(description="The request path.")
-    requestId: str | None = Field(  # noqa: N815 - the JSON contract is camelCase
+    request_id: str | None = Field(
         default=None, description="The request's `X-Request-Id`; quote it in bug reports."
     )
     errors: list[FieldError] | None = Field(
