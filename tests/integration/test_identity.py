@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from hogsend.core.identity import Identity, IdentityConflict, IdentityError
+from hogsend.core.identity import Identity, IdentityConflict, IdentityError, ResolutionPlan
 from hogsend.core.ingest import EventInput
-from hogsend.core.pagination import InvalidCursor
+from hogsend.core.pagination import InvalidCursor, encode_cursor
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import contacts as repo
-from hogsend.db.repos.events import ingest_event
+from hogsend.db.repos.events import ingest_batch, ingest_event
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -482,6 +482,127 @@ async def test_parallel_resolves_of_a_new_identity_create_one_contact(
     assert len(live) == 1
     assert {r.contact_id for r in results} == {live[0]["id"]}
     assert sum(r.created for r in results) == 1
+
+
+async def wait_for_lock_waiter(engine: AsyncEngine) -> None:
+    for _ in range(500):
+        waiting = await rows(
+            engine,
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'",
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nobody ever waited for the lock")
+
+
+async def test_a_resolve_racing_a_merge_through_another_key_finds_the_survivor(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    keep = await resolve(sessions, user_id="keep")
+    await resolve(sessions, email="drop@x.io", anonymous_id="drop")
+    async with sessions() as merging:
+        await merging.begin()
+        # Locks user:keep and email:drop@x.io, not anonymous:drop.
+        await repo.resolve_contact(merging, Identity(user_id="keep", email="drop@x.io"), now=T0)
+        racing = asyncio.create_task(resolve(sessions, anonymous_id="drop"))
+        await wait_for_lock_waiter(engine)
+        await merging.commit()
+    found = await racing
+    assert found.contact_id == keep.contact_id
+    assert not found.created
+
+
+async def test_a_resolve_losing_an_insert_race_to_a_batch_reuses_its_contact(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async with sessions() as first:
+        await first.begin()
+        # The bulk path takes no advisory locks; the unique index makes the resolve wait.
+        [stored] = await ingest_batch(
+            first, [EventInput(name="x", identity=Identity(user_id="z"))], now=T0
+        )
+        racing = asyncio.create_task(resolve(sessions, user_id="z"))
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    found = await racing
+    assert found.contact_id == stored.contact_id
+    assert not found.created
+
+
+async def test_resolution_gives_up_when_contacts_keep_vanishing(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await resolve(sessions, user_id="u")
+
+    async def vanish(session: AsyncSession, ids: object) -> dict[uuid.UUID, object]:
+        return {}
+
+    monkeypatch.setattr(repo, "lock_contacts", vanish)
+    with pytest.raises(repo.ResolutionRace):
+        await resolve(sessions, user_id="u")
+
+
+async def test_resolve_by_key_and_by_contact_id_never_create(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    user = await resolve(sessions, user_id="k-user", anonymous_id="k-anon-of-user")
+    anon = await resolve(sessions, anonymous_id="k-anon")
+    mail = await resolve(sessions, email="k@x.io")
+    gone = await resolve(sessions, user_id="k-gone")
+    merged = await resolve(sessions, now=T0 + timedelta(days=1), email="k2@x.io")
+    await resolve(sessions, email="k2@x.io", user_id="k-user")  # merged into user
+    async with sessions() as session, session.begin():
+        await repo.soft_delete_contacts(session, Identity(user_id="k-gone"))
+    async with sessions() as session:
+        expectations = {
+            "k-user": user.contact_id,
+            "k-anon": anon.contact_id,
+            str(mail.contact_id): mail.contact_id,
+            str(merged.contact_id): user.contact_id,
+            "k-anon-of-user": user.contact_id,  # a key it still holds (e.g. before promotion)
+            "k-gone": None,
+            str(uuid.uuid4()): None,
+        }
+        for key, expected in expectations.items():
+            found = await repo.resolve_by_key(session, key)
+            assert (found.contact_id if found else None) == expected, key
+        assert await repo.resolve_by_contact_id(session, uuid.uuid4()) is None
+        assert await repo.resolve_by_contact_id(session, gone.contact_id) is None
+        assert await repo.get_contact(session, gone.contact_id) is None
+        deleted = await repo.get_contact(session, gone.contact_id, include_deleted=True)
+        assert deleted is not None
+        assert deleted.deleted_at is not None
+        assert await repo.find_contacts(session, user_id="nobody") == []
+        assert await repo.resolve_by_key(session, "nobody") is None
+    async with sessions() as session, session.begin():
+        await repo.soft_delete_contacts(session, Identity(user_id="k-user"), erase=True)
+    async with sessions() as session:
+        assert await repo.resolve_by_contact_id(session, user.contact_id) is None
+        assert await repo.resolve_by_contact_id(session, merged.contact_id) is None
+
+
+async def test_misuse_is_refused(sessions: async_sessionmaker[AsyncSession]) -> None:
+    res = await resolve(sessions, user_id="u")
+    async with sessions() as session:
+        with pytest.raises(ValueError, match="timezone"):
+            await repo.resolve_contact(
+                session,
+                Identity(user_id="u"),
+                now=datetime(2026, 1, 1),
+            )
+        with pytest.raises(ValueError, match="cannot create"):
+            await repo.apply_plan(session, ResolutionPlan(action="create"), None, now=T0)
+        for cursor in (
+            encode_cursor("yesterday", str(res.contact_id)),
+            encode_cursor("2026-01-01T00:00:00", str(res.contact_id)),
+            encode_cursor("2026-01-01T00:00:00+00:00", "not-a-uuid"),
+        ):
+            with pytest.raises(InvalidCursor):
+                await repo.list_contacts(session, cursor=cursor)
+        await repo.set_list_subscriptions(session, res.contact_id, {}, source="api")
+        assert await repo.insert_contacts(session, [], T0) == {}
 
 
 # --------------------------------------------------------------------------- delete / erase

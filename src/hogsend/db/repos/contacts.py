@@ -384,7 +384,9 @@ async def resolve_by_key(session: AsyncSession, key: str) -> Resolution | None:
 
     For internal producers that only have a history row's ``user_id``: the key is
     matched as what it is (external id, anonymous id, or contact uuid), never treated as
-    a new ``userId``. Stale keys follow merges through aliases. Changes nothing.
+    a new ``userId``. A key that is no longer the contact's resolved key (its anonymous id
+    from before it was identified) or was merged away (through its alias, or a loser's
+    uuid) still finds the contact. Changes nothing.
     """
     as_uuid = _as_uuid(key)
     row = (await session.execute(_BY_RESOLVED_KEY, {"key": key, "uuid": as_uuid})).first()
@@ -752,24 +754,19 @@ async def _alias_losers(
     kinds: list[str] = []
     vals: list[str] = []
     from_ids: list[uuid.UUID] = []
-    seen: set[tuple[str, str]] = set()
+    # Live contacts never share a key (unique indexes), so the rows are distinct.
     for loser in losers:
         for kind in KEY_KINDS:
             value = contact_value(loser, kind)
             if value is None:
                 continue
-            dedup = (kind, value.lower() if kind == "email" else value)
-            if dedup in seen:
-                continue
-            seen.add(dedup)
             kinds.append(kind)
             vals.append(value)
             from_ids.append(loser.id)
-    if kinds:
-        await session.execute(
-            _ALIAS_LOSER_KEYS,
-            {"survivor": survivor, "kinds": kinds, "vals": vals, "from_ids": from_ids, "now": now},
-        )
+    await session.execute(
+        _ALIAS_LOSER_KEYS,
+        {"survivor": survivor, "kinds": kinds, "vals": vals, "from_ids": from_ids, "now": now},
+    )
 
 
 # --------------------------------------------------------------------------- lookups

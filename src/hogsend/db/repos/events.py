@@ -516,8 +516,8 @@ async def _undo_for_lost(
         current = dict(first.properties)
         props: dict[str, Any] = {} if contact_id in created else dict(current)
         for work in works:
-            if contact_id in created or not work.patch_applied:
-                props = merge_properties(props, work.item.contact_properties)
+            # Only works on contacts created here ever have patch_applied set.
+            props = merge_properties(props, work.item.contact_properties)
         changed = props != current
         seen = any(w.item.identity is not None for w in works)
         updates.append(

@@ -1,0 +1,626 @@
+"""Event ingest on real Postgres: one transaction, idempotency, batches, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from hogsend.core.identity import Identity, IdentityConflict
+from hogsend.core.ingest import EventInput, IngestResult
+from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import events as events_repo
+from hogsend.db.repos.events import ingest_batch, ingest_event, is_transient_error
+
+pytestmark = pytest.mark.timeout(120)
+
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_async_engine(database_url, pool_size=30)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessionmaker(engine)
+
+
+def event(name: str = "clicked", **kwargs: Any) -> EventInput:
+    identity_keys = {k: kwargs.pop(k) for k in ("user_id", "email", "anonymous_id") if k in kwargs}
+    identity = Identity(**identity_keys) if identity_keys else None
+    return EventInput(name=name, identity=identity, **kwargs)
+
+
+async def one(
+    sessions: async_sessionmaker[AsyncSession], item: EventInput, now: datetime = T0
+) -> IngestResult:
+    async with sessions() as session, session.begin():
+        return await ingest_event(session, item, now=now)
+
+
+async def batch(
+    sessions: async_sessionmaker[AsyncSession], items: Sequence[EventInput], now: datetime = T0
+) -> list[IngestResult]:
+    async with sessions() as session, session.begin():
+        return await ingest_batch(session, items, now=now)
+
+
+async def rows(engine: AsyncEngine, sql: str, **params: object) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+
+
+async def wait_for_lock_waiter(engine: AsyncEngine) -> None:
+    """Until some other backend of this database is blocked on a lock."""
+    for _ in range(500):
+        waiting = await rows(
+            engine,
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'",
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("nobody ever waited for the lock")
+
+
+# --------------------------------------------------------------------------- single
+
+
+async def test_an_event_is_stored_with_its_contact_outbox_row_and_lists(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    occurred = datetime(2026, 2, 28, 23, 0, tzinfo=UTC)
+    result = await one(
+        sessions,
+        event(
+            "signed_up",
+            user_id="u-1",
+            email="Sam@Example.com",
+            properties={"plan": "pro", "n": 2},
+            contact_properties={"name": "Sam"},
+            lists={"news": True, "offers": False},
+            idempotency_key="k-1",
+            occurred_at=occurred,
+            source="api",
+        ),
+    )
+    assert result.status == "stored"
+    assert result.contact_key == "u-1"
+    [stored] = await rows(engine, "SELECT * FROM user_events")
+    assert stored["id"] == result.event_id
+    assert stored["contact_id"] == result.contact_id
+    assert stored["user_id"] == "u-1"
+    assert stored["event"] == "signed_up"
+    assert stored["properties"] == {"plan": "pro", "n": 2}
+    assert stored["occurred_at"] == occurred
+    assert stored["received_at"] == T0
+    assert stored["source"] == "api"
+    [outbox] = await rows(engine, "SELECT * FROM event_outbox")
+    assert outbox["event_id"] == result.event_id
+    assert outbox["contact_key"] == "u-1"
+    assert outbox["processed_at"] is None
+    [contact] = await rows(engine, "SELECT * FROM contacts")
+    assert contact["email"] == "Sam@example.com"
+    assert contact["properties"] == {"name": "Sam"}
+    lists = await rows(engine, "SELECT list_id, subscribed, source FROM list_subscriptions")
+    assert sorted((r["list_id"], r["subscribed"], r["source"]) for r in lists) == [
+        ("news", True, "api"),
+        ("offers", False, "api"),
+    ]
+
+
+async def test_occurred_at_defaults_to_the_ingest_time(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(anonymous_id="a"))
+    [stored] = await rows(engine, "SELECT occurred_at, received_at FROM user_events")
+    assert stored == {"occurred_at": T0, "received_at": T0}
+
+
+async def test_a_duplicate_key_returns_the_original_and_changes_nothing(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    first = await one(
+        sessions,
+        event(user_id="u-1", contact_properties={"plan": "free"}, idempotency_key="dup"),
+    )
+    before = await rows(engine, "SELECT * FROM contacts")
+    later = T0 + timedelta(hours=2)
+    again = await one(
+        sessions,
+        event(
+            "other",
+            user_id="u-1",
+            email="new@x.io",
+            contact_properties={"plan": "pro"},
+            lists={"news": True},
+            idempotency_key="dup",
+        ),
+        now=later,
+    )
+    assert again.status == "duplicate"
+    assert again.event_id == first.event_id
+    assert again.contact_id == first.contact_id
+    assert await rows(engine, "SELECT * FROM contacts") == before  # properties, keys, times
+    assert len(await rows(engine, "SELECT id FROM user_events")) == 1
+    assert len(await rows(engine, "SELECT id FROM event_outbox")) == 1
+    assert await rows(engine, "SELECT 1 FROM list_subscriptions") == []
+    # A duplicate of an event whose contact merged since reports the survivor.
+    await contacts_repo_resolve(
+        sessions, now=T0 - timedelta(days=1), user_id="u-0", email="zed@x.io"
+    )
+    await contacts_repo_resolve(sessions, user_id="u-1", email="zed@x.io")
+    merged = await one(sessions, event(user_id="u-1", idempotency_key="dup"))
+    assert merged.status == "duplicate"
+    assert merged.event_id == first.event_id
+    assert merged.contact_key == "u-0"
+
+
+async def contacts_repo_resolve(
+    sessions: async_sessionmaker[AsyncSession], now: datetime = T0, **keys: str
+) -> None:
+    async with sessions() as session, session.begin():
+        await contacts_repo.resolve_contact(session, Identity(**keys), now=now)
+
+
+async def test_conflicts_are_reported_on_the_ingest_result(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await one(sessions, event(user_id="u-1", email="a@x.io"))
+    result = await one(sessions, event(user_id="u-2", email="a@x.io"))
+    assert result.status == "stored"
+    assert result.contact_key == "u-1"
+    assert result.conflicts == (IdentityConflict(kind="external", given="u-2", existing="u-1"),)
+
+
+async def test_internal_events_by_contact_id_never_create_or_stamp_keys(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """The reference's resolved-key feedback loop: re-ingesting by key minted contacts."""
+    email_only = await one(sessions, event(email="solo@x.io"))
+    assert email_only.contact_id is not None
+    [before] = await rows(engine, "SELECT * FROM contacts")
+    internal = await one(
+        sessions,
+        EventInput(
+            name="bucket:entered:trial",
+            contact_id=email_only.contact_id,
+            source="bucket",
+        ),
+        now=T0 + timedelta(days=1),
+    )
+    assert internal.status == "stored"
+    assert internal.contact_id == email_only.contact_id
+    assert internal.contact_key == str(email_only.contact_id)
+    assert await rows(engine, "SELECT * FROM contacts") == [before]  # not even last_seen_at
+
+    # After a merge, the loser's id leads to the survivor.
+    await one(sessions, event(user_id="boss", email="boss@x.io"))
+    await contacts_repo_resolve(sessions, user_id="boss", email="solo@x.io")
+    followed = await one(sessions, EventInput(name="tick", contact_id=email_only.contact_id))
+    assert followed.status == "stored"
+    assert followed.contact_key == "boss"
+    unknown = await one(sessions, EventInput(name="tick", contact_id=uuid.uuid4()))
+    assert unknown.status == "rejected"
+    assert unknown.reason is not None
+
+
+async def test_parallel_duplicates_store_exactly_one_event(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    results = await asyncio.gather(
+        *(
+            one(
+                sessions,
+                event(user_id="racer", contact_properties={"i": i}, idempotency_key="same"),
+            )
+            for i in range(20)
+        )
+    )
+    statuses = Counter(r.status for r in results)
+    assert statuses == {"stored": 1, "duplicate": 19}
+    assert len({r.event_id for r in results}) == 1
+    assert len(await rows(engine, "SELECT id FROM user_events")) == 1
+    assert len(await rows(engine, "SELECT id FROM event_outbox")) == 1
+    [winner] = [r for r in results if r.status == "stored"]
+    [contact] = await rows(engine, "SELECT properties FROM contacts")
+    assert contact["properties"] == {"i": results.index(winner)}  # only the winner's patch
+
+
+async def test_parallel_ingests_for_a_new_identity_create_one_contact(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    results = await asyncio.gather(
+        *(one(sessions, event(f"e{i}", user_id="newbie", email="newbie@x.io")) for i in range(20))
+    )
+    assert all(r.status == "stored" for r in results)
+    contacts = await rows(engine, "SELECT id FROM contacts")
+    assert len(contacts) == 1
+    assert {r.contact_id for r in results} == {contacts[0]["id"]}
+    assert len(await rows(engine, "SELECT id FROM user_events")) == 20
+
+
+# --------------------------------------------------------------------------- batch
+
+
+async def test_batch_with_new_existing_duplicate_and_in_batch_duplicate_items(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    old = await one(sessions, event(user_id="old", idempotency_key="seen"))
+    items = [
+        event("a", user_id="old", contact_properties={"x": 1}),  # existing contact
+        event("b", email="fresh@x.io", idempotency_key="k-b", lists={"news": True}),  # new
+        event("c", user_id="old", idempotency_key="seen"),  # stored before
+        event("d", email="FRESH@x.io", idempotency_key="k-b"),  # same key earlier in batch
+        event("e", email="fresh@x.io", contact_properties={"y": 2}),  # same new contact
+        event("f", anonymous_id="v", properties={"when": datetime(2026, 1, 1, tzinfo=UTC)}),
+        EventInput(name="g", contact_id=uuid.uuid4()),  # unknown contact
+        event("h", properties={"bad": object()}, user_id="old"),  # not JSON
+    ]
+    results = await batch(sessions, items)
+    statuses = [r.status for r in results]
+    assert statuses == [
+        "stored",
+        "stored",
+        "duplicate",
+        "duplicate",
+        "stored",
+        "stored",
+        "rejected",
+        "rejected",
+    ]
+    assert results[2].event_id == old.event_id
+    assert results[3].event_id == results[1].event_id
+    assert results[1].contact_id == results[4].contact_id
+    assert results[0].contact_id == old.contact_id
+    assert results[6].reason is not None
+    assert results[7].reason is not None
+    assert "JSON" in results[7].reason
+
+    names = [r["event"] for r in await rows(engine, "SELECT event FROM user_events")]
+    assert sorted(names) == ["a", "b", "clicked", "e", "f"]
+    outbox = await rows(engine, "SELECT event FROM event_outbox ORDER BY id")
+    assert [r["event"] for r in outbox] == ["clicked", "a", "b", "e", "f"]  # item order
+    contacts = {
+        r["id"]: r for r in await rows(engine, "SELECT id, email, properties FROM contacts")
+    }
+    assert len(contacts) == 3
+    assert contacts[results[0].contact_id]["properties"] == {"x": 1}
+    assert contacts[results[1].contact_id]["properties"] == {"y": 2}
+    [when] = await rows(engine, "SELECT properties FROM user_events WHERE event = 'f'")
+    assert when["properties"] == {"when": "2026-01-01T00:00:00+00:00"}
+    assert await rows(engine, "SELECT list_id FROM list_subscriptions") == [{"list_id": "news"}]
+
+
+async def test_batch_links_and_merges_through_the_slow_path(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(anonymous_id="visitor"))
+    await one(sessions, event(user_id="u-7", email="seven@x.io"))
+    results = await batch(
+        sessions,
+        [
+            event("link", anonymous_id="visitor", email="v@x.io"),  # fill-in link
+            event("seen", anonymous_id="visitor"),
+            event("merge", user_id="u-7", anonymous_id="visitor", idempotency_key="m"),
+            event("after", email="v@x.io"),
+        ],
+    )
+    assert [r.status for r in results] == ["stored"] * 4
+    # The merge folded the visitor into u-7; the earlier link attached v@x.io to the visitor.
+    assert results[2].contact_key == "u-7"
+    live = await rows(
+        engine, "SELECT id, external_id, email FROM contacts WHERE deleted_at IS NULL"
+    )
+    assert [(r["external_id"], r["email"]) for r in live] == [("u-7", "seven@x.io")]
+    keys = await rows(engine, "SELECT DISTINCT contact_id, user_id FROM user_events")
+    assert keys == [{"contact_id": live[0]["id"], "user_id": "u-7"}]
+    found = await one(sessions, event(email="v@x.io"))
+    assert found.contact_id == live[0]["id"]
+
+
+async def test_a_rejected_owner_lets_the_next_item_with_its_key_through(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    results = await batch(
+        sessions,
+        [
+            EventInput(name="x", contact_id=uuid.uuid4(), idempotency_key="shared"),
+            event("y", user_id="u", idempotency_key="shared"),
+            event("z", user_id="u", idempotency_key="shared"),
+        ],
+    )
+    assert [r.status for r in results] == ["rejected", "stored", "duplicate"]
+    assert results[2].event_id == results[1].event_id
+
+
+async def test_empty_batch(sessions: async_sessionmaker[AsyncSession]) -> None:
+    assert await batch(sessions, []) == []
+
+
+async def test_parallel_batches_with_overlapping_keys_and_people(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    def make_batch(seed: int) -> list[EventInput]:
+        items = []
+        for i in range(60):
+            person = (i * 7 + seed) % 12
+            items.append(
+                event(
+                    f"e{i % 5}",
+                    user_id=f"user-{person}",
+                    email=f"user-{person}@x.io" if person % 3 == 0 else None,
+                    contact_properties={"last": seed},
+                    idempotency_key=f"key-{(i + seed * 5) % 40}",
+                )
+            )
+        return items
+
+    async def run(seed: int) -> list[IngestResult]:
+        for _attempt in range(5):
+            try:
+                return await batch(sessions, make_batch(seed))
+            except Exception as exc:  # a deadlock between batches is retried by callers
+                if not is_transient_error(exc):
+                    raise
+        raise AssertionError("kept deadlocking")
+
+    all_results = await asyncio.gather(*(run(seed) for seed in range(6)))
+    flat = [r for results in all_results for r in results]
+    assert {r.status for r in flat} <= {"stored", "duplicate"}
+    stored_rows = await rows(engine, "SELECT idempotency_key, id FROM user_events")
+    keys = [r["idempotency_key"] for r in stored_rows]
+    assert len(keys) == len(set(keys)) == 40
+    by_key = {r["idempotency_key"]: r["id"] for r in stored_rows}
+    for seed, results in enumerate(all_results):
+        for item, result in zip(make_batch(seed), results, strict=True):
+            assert result.event_id == by_key[item.idempotency_key]
+    contacts = await rows(engine, "SELECT external_id FROM contacts WHERE deleted_at IS NULL")
+    assert sorted(r["external_id"] for r in contacts) == sorted(f"user-{p}" for p in range(12))
+    assert len(await rows(engine, "SELECT id FROM contacts")) == 12  # no deleted spares either
+    outbox = await rows(engine, "SELECT event_id FROM event_outbox")
+    assert sorted(r["event_id"] for r in outbox) == sorted(by_key.values())
+
+
+# --------------------------------------------------------------------------- lost claims
+
+
+async def test_a_batch_losing_a_claim_undoes_the_contact_it_created(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """A concurrent transaction stores the key after our duplicate check: we write nothing."""
+    async with sessions() as first:
+        await first.begin()
+        winner = await ingest_batch(first, [event(user_id="w", idempotency_key="race")], now=T0)
+        loser_task = asyncio.create_task(
+            batch(
+                sessions,
+                [
+                    event(
+                        user_id="l",
+                        contact_properties={"p": 1},
+                        lists={"news": True},
+                        idempotency_key="race",
+                    ),
+                    event("kept", user_id="k", contact_properties={"q": 1}),
+                    event("gone", user_id="k", contact_properties={"q": 2}, idempotency_key="r2"),
+                ],
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    # The loser's "r2" is not contested: it stays stored with its patch.
+    results = await loser_task
+    assert results[0].status == "duplicate"
+    assert results[0].event_id == winner[0].event_id
+    assert [r.status for r in results[1:]] == ["stored", "stored"]
+    contacts = await rows(engine, "SELECT external_id, properties FROM contacts ORDER BY 1")
+    assert contacts == [
+        {"external_id": "k", "properties": {"q": 2}},
+        {"external_id": "w", "properties": {}},
+    ]
+    assert await rows(engine, "SELECT 1 FROM list_subscriptions") == []
+
+
+async def test_a_batch_losing_a_claim_keeps_only_stored_patches_on_a_new_contact(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    async with sessions() as first:
+        await first.begin()
+        await ingest_batch(first, [event(user_id="w", idempotency_key="race")], now=T0)
+        loser_task = asyncio.create_task(
+            batch(
+                sessions,
+                [
+                    event(user_id="n", contact_properties={"a": 1}, idempotency_key="race"),
+                    event(user_id="n", contact_properties={"b": 2}),
+                ],
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    results = await loser_task
+    assert [r.status for r in results] == ["duplicate", "stored"]
+    [contact] = await rows(engine, "SELECT properties FROM contacts WHERE external_id = 'n'")
+    assert contact["properties"] == {"b": 2}
+
+
+async def test_a_link_whose_claim_loses_is_rolled_back(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(anonymous_id="anon"))
+    async with sessions() as first:
+        await first.begin()
+        await ingest_batch(first, [event(user_id="w", idempotency_key="race")], now=T0)
+        loser_task = asyncio.create_task(
+            batch(
+                sessions,
+                [event(anonymous_id="anon", user_id="would-link", idempotency_key="race")],
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    [result] = await loser_task
+    assert result.status == "duplicate"
+    [anon] = await rows(engine, "SELECT external_id FROM contacts WHERE anonymous_id = 'anon'")
+    assert anon["external_id"] is None
+    assert await rows(engine, "SELECT 1 FROM contact_aliases") == []
+
+
+async def test_a_single_ingest_racing_a_batch_for_a_key_changes_nothing(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(user_id="u", contact_properties={"v": 0}))
+    [before] = await rows(engine, "SELECT * FROM contacts")
+    async with sessions() as first:
+        await first.begin()
+        await ingest_batch(first, [event(anonymous_id="w", idempotency_key="race")], now=T0)
+        single = asyncio.create_task(
+            one(
+                sessions,
+                event(user_id="u", contact_properties={"v": 1}, idempotency_key="race"),
+                now=T0 + timedelta(hours=1),
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    result = await single
+    assert result.status == "duplicate"
+    assert await rows(engine, "SELECT * FROM contacts WHERE id = :id", id=before["id"]) == [before]
+
+
+async def test_a_batch_waits_for_a_concurrent_new_contact_and_then_links_it(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    """Both think the person is new; the second waits on the first's insert and reuses it."""
+    async with sessions() as first:
+        await first.begin()
+        created = await ingest_batch(first, [event(user_id="both")], now=T0)
+        second = asyncio.create_task(
+            batch(
+                sessions,
+                [
+                    event("plain", user_id="both", contact_properties={"x": 1}),
+                    event("link", user_id="both", email="both@x.io"),
+                ],
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    results = await second
+    assert [r.status for r in results] == ["stored", "stored"]
+    assert {r.contact_id for r in results} == {created[0].contact_id}
+    [contact] = await rows(engine, "SELECT email, properties FROM contacts")
+    assert contact == {"email": "both@x.io", "properties": {"x": 1}}
+
+
+async def test_an_event_for_a_contact_being_merged_lands_on_the_survivor(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(user_id="keep", email="keep@x.io"))
+    gone = await one(sessions, event(anonymous_id="drop"))
+    async with sessions() as merging:
+        await merging.begin()
+        await contacts_repo.resolve_contact(
+            merging, Identity(user_id="keep", anonymous_id="drop"), now=T0
+        )
+        late = asyncio.create_task(
+            batch(
+                sessions,
+                [
+                    event("late", anonymous_id="drop"),
+                    EventInput(name="i", contact_id=gone.contact_id),
+                ],
+            )
+        )
+        await wait_for_lock_waiter(engine)
+        await merging.commit()
+    results = await late
+    assert [r.contact_key for r in results] == ["keep", "keep"]
+    keys = await rows(engine, "SELECT DISTINCT user_id FROM user_events")
+    assert keys == [{"user_id": "keep"}]
+
+
+async def test_slow_path_failures_reject_only_that_item(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await one(sessions, event(anonymous_id="a1"))
+    await one(sessions, event(anonymous_id="a2"))
+    calls = iter(["race", "deadlock"])
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    async def failing(*args: object, **kwargs: object) -> None:
+        if next(calls) == "race":
+            raise events_repo.ResolutionRace("still moving")
+        raise DBAPIError("UPDATE ...", {}, Deadlock())
+
+    monkeypatch.setattr(events_repo, "resolve_contact", failing)
+    results = await batch(
+        sessions,
+        [
+            event("x", anonymous_id="a1", user_id="u1"),
+            event("y", anonymous_id="a2", user_id="u2"),
+            event("z", user_id="plain"),
+        ],
+    )
+    assert [r.status for r in results] == ["rejected", "rejected", "stored"]
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise DBAPIError("UPDATE ...", {}, RuntimeError("disk on fire"))
+
+    monkeypatch.setattr(events_repo, "resolve_contact", broken)
+    with pytest.raises(DBAPIError):
+        await batch(sessions, [event("x", anonymous_id="a1", user_id="u1")])
+
+
+async def test_items_whose_contact_never_settles_are_rejected(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await one(sessions, event(user_id="u"))
+
+    async def never(session: AsyncSession, ids: object) -> dict[uuid.UUID, object]:
+        return {}
+
+    monkeypatch.setattr(events_repo, "lock_contacts", never)
+    [result] = await batch(sessions, [EventInput(name="x", contact_id=stored.contact_id)])
+    assert result.status == "rejected"
+    assert result.reason is not None
+    assert "concurrently" in result.reason
+
+
+async def test_now_must_be_timezone_aware(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session:
+        with pytest.raises(ValueError, match="timezone"):
+            await ingest_event(session, event(user_id="u"), now=datetime(2026, 1, 1))
+        result = await ingest_event(session, event(user_id="u"))
+        assert result.status == "stored"
+
+
+def test_transient_errors_are_recognised() -> None:
+    class Orig(Exception):
+        sqlstate = "40P01"
+
+    class Wrapped(Exception):
+        orig = Orig()
+
+    assert is_transient_error(Wrapped())
+    chained = RuntimeError("outer")
+    chained.__cause__ = Wrapped()
+    assert is_transient_error(chained)
+    assert not is_transient_error(ValueError("nope"))
