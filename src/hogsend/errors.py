@@ -11,7 +11,7 @@
     └── ApiError                    mapped to problem+json by hogsend.api.errors
         ├── BadRequest (400)   ├── Unauthorized (401)   ├── Forbidden (403)
         ├── NotFound (404)     ├── Conflict (409)       ├── PayloadTooLarge (413)
-        └── RateLimited (429)
+        ├── RateLimited (429)  └── ServiceUnavailable (503)
 
 Each class carries a stable ``code`` string, which the API puts in the problem ``type``.
 Control-flow signals (a journey being exited) derive from ``BaseException`` so that a
@@ -120,3 +120,9 @@ class RateLimited(ApiError):
     status = 429
     code = "rate-limited"
     title = "Too Many Requests"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "service-unavailable"
+    title = "Service Unavailable"
