@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hogsend.core.identity import Identity, IdentityConflict, IdentityError, ResolutionPlan
@@ -536,12 +537,49 @@ async def test_resolution_gives_up_when_contacts_keep_vanishing(
 ) -> None:
     await resolve(sessions, user_id="u")
 
-    async def vanish(session: AsyncSession, ids: object) -> dict[uuid.UUID, object]:
-        return {}
+    async def vanish(*args: object) -> None:
+        return None
 
-    monkeypatch.setattr(repo, "lock_contacts", vanish)
+    monkeypatch.setattr(repo, "lock_matches", vanish)
     with pytest.raises(repo.ResolutionRace):
         await resolve(sessions, user_id="u")
+    async with sessions() as session:
+        with pytest.raises(repo.ResolutionRace):
+            await repo.soft_delete_contacts(session, Identity(user_id="u"))
+
+
+async def test_other_integrity_errors_while_linking_propagate(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await resolve(sessions, anonymous_id="v")
+
+    class ForeignKey(Exception):
+        sqlstate = "23503"
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise IntegrityError("UPDATE ...", {}, ForeignKey())
+
+    monkeypatch.setattr(repo, "apply_plan", broken)
+    with pytest.raises(IntegrityError):
+        await resolve(sessions, anonymous_id="v", user_id="u")
+
+
+async def test_a_link_racing_a_batch_that_creates_the_key_becomes_a_merge(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    visitor = await resolve(sessions, anonymous_id="visitor")
+    async with sessions() as first:
+        await first.begin()
+        [stored] = await ingest_batch(
+            first, [EventInput(name="x", identity=Identity(user_id="taken"))], now=T0
+        )
+        racing = asyncio.create_task(resolve(sessions, user_id="taken", anonymous_id="visitor"))
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    res = await racing
+    assert res.merged
+    assert res.contact_id == stored.contact_id
+    assert res.merged_contact_ids == (visitor.contact_id,)
 
 
 async def test_resolve_by_key_and_by_contact_id_never_create(
@@ -569,6 +607,9 @@ async def test_resolve_by_key_and_by_contact_id_never_create(
             found = await repo.resolve_by_key(session, key)
             assert (found.contact_id if found else None) == expected, key
         assert await repo.resolve_by_contact_id(session, uuid.uuid4()) is None
+        live = await repo.resolve_by_contact_id(session, anon.contact_id)
+        assert live is not None
+        assert live.key == "k-anon"
         assert await repo.resolve_by_contact_id(session, gone.contact_id) is None
         assert await repo.get_contact(session, gone.contact_id) is None
         deleted = await repo.get_contact(session, gone.contact_id, include_deleted=True)

@@ -131,6 +131,24 @@ async def test_occurred_at_defaults_to_the_ingest_time(
     assert stored == {"occurred_at": T0, "received_at": T0}
 
 
+async def test_last_seen_moves_in_minute_steps_and_updated_at_only_on_change(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    await one(sessions, event(user_id="s"))
+    [created] = await rows(engine, "SELECT last_seen_at, updated_at FROM contacts")
+    assert created["last_seen_at"] == T0
+    await one(sessions, event(user_id="s"), now=T0 + timedelta(seconds=30))
+    [soon] = await rows(engine, "SELECT last_seen_at, updated_at FROM contacts")
+    assert soon == created
+    later = T0 + timedelta(minutes=5)
+    await batch(sessions, [event(user_id="s")], now=later)
+    [moved] = await rows(engine, "SELECT last_seen_at, updated_at FROM contacts")
+    assert moved == {"last_seen_at": later, "updated_at": created["updated_at"]}
+    await one(sessions, event(user_id="s", contact_properties={"a": 1}), now=later)
+    [patched] = await rows(engine, "SELECT last_seen_at, updated_at FROM contacts")
+    assert patched == {"last_seen_at": later, "updated_at": later}
+
+
 async def test_a_duplicate_key_returns_the_original_and_changes_nothing(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
 ) -> None:
@@ -594,10 +612,10 @@ async def test_items_whose_contact_never_settles_are_rejected(
 ) -> None:
     stored = await one(sessions, event(user_id="u"))
 
-    async def never(session: AsyncSession, ids: object) -> dict[uuid.UUID, object]:
-        return {}
+    async def never(*args: object) -> None:
+        return None  # "a contact vanished while we waited": look again, forever
 
-    monkeypatch.setattr(events_repo, "lock_contacts", never)
+    monkeypatch.setattr(events_repo, "lock_matches", never)
     [result] = await batch(sessions, [EventInput(name="x", contact_id=stored.contact_id)])
     assert result.status == "rejected"
     assert result.reason is not None

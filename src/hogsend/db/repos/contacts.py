@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.core.contact import Contact, Event, TimelineEntry
@@ -50,6 +51,7 @@ MAX_PAGE_SIZE = 500
 # How often a resolution starts over because a matched contact was merged away or a
 # concurrent insert won; each round sees the other transaction's committed result.
 _MAX_ROUNDS = 8
+_UNIQUE_VIOLATION = "23505"
 
 
 class ResolutionRace(HogsendError):
@@ -132,28 +134,87 @@ async def advisory_lock(session: AsyncSession, names: Iterable[str]) -> None:
         await session.execute(_ADVISORY_LOCK, {"names": unique})
 
 
-_LOOKUP = text(
-    """
+# (key ordinal, direct?, contact id) for every live contact a key names: the contact
+# holding it, or the target of its alias. 0-ordinals are contact ids asked for as such.
+_MATCHES = """
     WITH k AS (
         SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:vals AS text[]))
             WITH ORDINALITY AS k(kind, value, ord)
+    ), m AS (
+        SELECT k.ord, true AS direct, c.id FROM k JOIN contacts c
+            ON k.kind = 'external' AND c.external_id = k.value AND c.deleted_at IS NULL
+        UNION ALL
+        SELECT k.ord, true, c.id FROM k JOIN contacts c
+            ON k.kind = 'email' AND lower(c.email) = lower(k.value)
+            AND c.email IS NOT NULL AND c.deleted_at IS NULL
+        UNION ALL
+        SELECT k.ord, true, c.id FROM k JOIN contacts c
+            ON k.kind = 'anonymous' AND c.anonymous_id = k.value AND c.deleted_at IS NULL
+        UNION ALL
+        SELECT k.ord, false, c.id FROM k
+            JOIN contact_aliases a ON a.alias_kind = k.kind
+                AND a.alias_value = CASE WHEN k.kind = 'email' THEN lower(k.value) ELSE k.value END
+            JOIN contacts c ON c.id = a.contact_id AND c.deleted_at IS NULL
+        UNION ALL
+        SELECT 0, true, t.id FROM unnest(CAST(:ids AS uuid[])) AS t(id)
     )
-    SELECT k.ord, true AS direct, c.* FROM k JOIN contacts c
-        ON k.kind = 'external' AND c.external_id = k.value AND c.deleted_at IS NULL
-    UNION ALL
-    SELECT k.ord, true, c.* FROM k JOIN contacts c
-        ON k.kind = 'email' AND lower(c.email) = lower(k.value)
-        AND c.email IS NOT NULL AND c.deleted_at IS NULL
-    UNION ALL
-    SELECT k.ord, true, c.* FROM k JOIN contacts c
-        ON k.kind = 'anonymous' AND c.anonymous_id = k.value AND c.deleted_at IS NULL
-    UNION ALL
-    SELECT k.ord, false, c.* FROM k
-        JOIN contact_aliases a ON a.alias_kind = k.kind
-            AND a.alias_value = CASE WHEN k.kind = 'email' THEN lower(k.value) ELSE k.value END
-        JOIN contacts c ON c.id = a.contact_id AND c.deleted_at IS NULL
+    SELECT m.ord, m.direct, c.* FROM m JOIN contacts c ON c.id = m.id
+"""
+
+_LOOKUP = text(_MATCHES)
+
+# Locks in id order. The join has no liveness condition on purpose: a row merged away
+# while we waited comes back with its new deleted_at, so the caller sees it vanished.
+_LOOKUP_LOCKED = text(_MATCHES + " ORDER BY c.id FOR NO KEY UPDATE OF c")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Matches:
+    """What :func:`lock_matches` found.
+
+    Attributes:
+        by_key: the live, locked contact each known key resolves to.
+        by_id: the contacts asked for by id, locked, as they are now (possibly deleted).
     """
-)
+
+    by_key: dict[IdentityKey, Contact]
+    by_id: dict[uuid.UUID, Contact]
+
+
+async def _matches(
+    session: AsyncSession,
+    keys: Sequence[IdentityKey],
+    ids: Iterable[uuid.UUID],
+    *,
+    lock: bool,
+) -> tuple[Matches, bool]:
+    unique = list(dict.fromkeys(keys))
+    wanted = sorted(set(ids))
+    if not unique and not wanted:
+        return Matches(by_key={}, by_id={}), False
+    rows = await session.execute(
+        _LOOKUP_LOCKED if lock else _LOOKUP,
+        {"kinds": [k.kind for k in unique], "vals": [k.value for k in unique], "ids": wanted},
+    )
+    by_key: dict[IdentityKey, Contact] = {}
+    by_id: dict[uuid.UUID, Contact] = {}
+    direct: set[IdentityKey] = set()
+    vanished = False
+    for row in rows:
+        contact = contact_from_row(row)
+        if row.ord == 0:
+            by_id[contact.id] = contact
+            continue
+        if contact.deleted_at is not None:
+            vanished = True
+            continue
+        key = unique[row.ord - 1]
+        if row.direct:
+            by_key[key] = contact
+            direct.add(key)
+        elif key not in direct:
+            by_key[key] = contact
+    return Matches(by_key=by_key, by_id=by_id), vanished
 
 
 async def lookup_contacts(
@@ -161,57 +222,23 @@ async def lookup_contacts(
 ) -> dict[IdentityKey, Contact]:
     """The live contact each key resolves to: the one holding it, else its alias's target.
 
-    Keys that resolve to nothing are absent from the result. Takes no row locks: lock
-    the contacts (:func:`lock_contacts`) before deciding anything on them.
+    Keys that resolve to nothing are absent from the result. Takes no row locks: use
+    :func:`lock_matches` before deciding anything on them.
     """
-    unique = list(dict.fromkeys(keys))
-    if not unique:
-        return {}
-    rows = await session.execute(
-        _LOOKUP, {"kinds": [k.kind for k in unique], "vals": [k.value for k in unique]}
-    )
-    found: dict[IdentityKey, Contact] = {}
-    direct: set[IdentityKey] = set()
-    for row in rows:
-        key = unique[row.ord - 1]
-        if row.direct:
-            found[key] = contact_from_row(row)
-            direct.add(key)
-        elif key not in direct:
-            found[key] = contact_from_row(row)
-    return found
+    matches, _ = await _matches(session, keys, (), lock=False)
+    return matches.by_key
 
 
-async def lookup_keys(
-    session: AsyncSession, keys: Sequence[IdentityKey]
-) -> dict[IdentityKey, uuid.UUID]:
-    """Like :func:`lookup_contacts`, only the contact ids."""
-    return {key: contact.id for key, contact in (await lookup_contacts(session, keys)).items()}
+async def lock_matches(
+    session: AsyncSession, keys: Sequence[IdentityKey], ids: Iterable[uuid.UUID] = ()
+) -> Matches | None:
+    """Look the keys (and contact ids) up and lock every contact found, in id order.
 
-
-_LOCK_CONTACTS = text(
-    f"""
-    SELECT {CONTACT_COLUMNS} FROM contacts
-    WHERE id = ANY(CAST(:ids AS uuid[])) AND deleted_at IS NULL
-    ORDER BY id
-    FOR NO KEY UPDATE
+    Returns None when a contact a key matched was merged away or deleted while we waited
+    for its lock: look again (the keys now lead to the survivor, or nowhere).
     """
-)
-
-
-async def lock_contacts(
-    session: AsyncSession, ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, Contact]:
-    """Lock the live contacts among ``ids`` (in id order) and return them.
-
-    A contact merged away or deleted while we waited for its lock is missing from the
-    result: Postgres re-checks ``deleted_at IS NULL`` on the latest row version.
-    """
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    rows = await session.execute(_LOCK_CONTACTS, {"ids": wanted})
-    return {contact.id: contact for contact in map(contact_from_row, rows)}
+    matches, vanished = await _matches(session, keys, ids, lock=True)
+    return None if vanished else matches
 
 
 _INSERT_CONTACTS = text(
@@ -330,13 +357,22 @@ async def resolve_contact(
     keys = identity.keys
     await advisory_lock(session, (k.lock_name for k in keys))
     for _ in range(_MAX_ROUNDS):
-        matches = await lookup_keys(session, keys)
-        locked = await lock_contacts(session, matches.values())
-        if len(locked) != len(set(matches.values())):
+        matches = await lock_matches(session, keys)
+        if matches is None:
             continue  # one was merged away meanwhile; its keys now lead to the survivor
-        plan = plan_resolution(identity, {k: locked[i] for k, i in matches.items()})
-        if plan.action != "create":
+        plan = plan_resolution(identity, matches.by_key)
+        if plan.action == "match":
             return await apply_plan(session, plan, properties, now=now)
+        if plan.action != "create":
+            try:
+                # A writer without our advisory locks (the bulk path creating a contact)
+                # may take a key we attach: the unique index refuses, and we look again.
+                async with session.begin_nested():
+                    return await apply_plan(session, plan, properties, now=now)
+            except IntegrityError as exc:
+                if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
+                    raise
+                continue
         new = NewContact(
             identity=identity, properties=merge_properties({}, properties), id=uuid.uuid4()
         )
@@ -393,12 +429,11 @@ async def resolve_by_key(session: AsyncSession, key: str) -> Resolution | None:
     if row is not None:
         contact = contact_from_row(row)
         return Resolution(contact_id=contact.id, key=contact.key)
-    found = await lookup_keys(
+    found = await lookup_contacts(
         session, [IdentityKey("external", key), IdentityKey("anonymous", key)]
     )
     if found:
-        contact_id = next(iter(found.values()))
-        survivor = await follow_contact(session, contact_id)
+        survivor: Contact | None = next(iter(found.values()))
     elif as_uuid is not None:
         survivor = await follow_contact(session, as_uuid)
     else:
@@ -785,10 +820,9 @@ async def get_contact(
     return contact
 
 
-_CONTACTS_BY_IDS = text(
-    f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = ANY(CAST(:ids AS uuid[]))"
-    " AND deleted_at IS NULL ORDER BY created_at, id"
-)
+def _age(contact: Contact) -> tuple[datetime, str]:
+    assert contact.created_at is not None  # always set on a contact read from a row
+    return (contact.created_at, str(contact.id))
 
 
 async def find_contacts(
@@ -804,11 +838,9 @@ async def find_contacts(
         IdentityError: neither is given (after trimming) or the email is invalid.
     """
     identity = Identity(user_id=user_id, email=email)
-    found = await lookup_keys(session, identity.keys)
-    if not found:
-        return []
-    rows = await session.execute(_CONTACTS_BY_IDS, {"ids": sorted(set(found.values()))})
-    return [contact_from_row(row) for row in rows]
+    found = await lookup_contacts(session, identity.keys)
+    unique = {contact.id: contact for contact in found.values()}
+    return sorted(unique.values(), key=_age)
 
 
 # --------------------------------------------------------------------------- delete & erase
@@ -916,9 +948,13 @@ async def soft_delete_contacts(
     now = _now(now)
     keys = identity.keys
     await advisory_lock(session, (k.lock_name for k in keys))
-    found = await lookup_keys(session, keys)
-    locked = await lock_contacts(session, found.values())
-    ids = sorted(locked)
+    for _ in range(_MAX_ROUNDS):
+        matches = await lock_matches(session, keys)
+        if matches is not None:
+            break
+    else:
+        raise ResolutionRace(f"could not settle the contacts of {identity!r}; retry")
+    ids = sorted({contact.id for contact in matches.by_key.values()})
     if not ids:
         return DeletedContacts()
     result = await session.execute(_END_RUNS, {"ids": ids, "now": now})

@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -38,19 +38,20 @@ from hogsend.core.contact import Contact
 from hogsend.core.identity import (
     IdentityConflict,
     IdentityKey,
+    ResolutionPlan,
     merge_properties,
     plan_resolution,
 )
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.db.repos.contacts import (
+    Matches,
     NewContact,
     ResolutionRace,
     advisory_lock,
     follow_contact,
     insert_contacts,
-    lock_contacts,
+    lock_matches,
     lookup_contacts,
-    lookup_keys,
     resolve_contact,
     to_json,
 )
@@ -58,6 +59,8 @@ from hogsend.db.repos.contacts import (
 # Postgres aborted the transaction (or savepoint) to break a tie; running it again works.
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
 _MAX_ROUNDS = 8
+LAST_SEEN_RESOLUTION = timedelta(minutes=1)
+"""Ingest moves a contact's ``last_seen_at`` only when it is at least this old."""
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -107,6 +110,8 @@ class _Work:
     patch_applied: bool = False
     created: bool = False
     lost: bool = False
+    plan: ResolutionPlan | None = None
+    properties_json: str = "{}"
 
     @property
     def key(self) -> str | None:
@@ -127,13 +132,16 @@ _ORIGINALS = text(
 _CLAIM = text(
     """
     WITH v AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
-            ord int, id uuid, contact_id uuid, user_id text, event text, properties jsonb,
+        SELECT r.*, CAST(p.properties AS jsonb) AS properties
+        FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS r(
+            pos int, ord int, id uuid, contact_id uuid, user_id text, event text,
             idempotency_key text, source text, occurred_at timestamptz)
+        JOIN unnest(CAST(:properties AS text[])) WITH ORDINALITY AS p(properties, pos)
+            USING (pos)
     ), ins AS (
         INSERT INTO user_events (id, contact_id, user_id, event, properties, idempotency_key,
                                  source, occurred_at, received_at)
-        SELECT id, contact_id, user_id, event, coalesce(properties, '{}'::jsonb),
+        SELECT id, contact_id, user_id, event, properties,
                idempotency_key, source, coalesce(occurred_at, CAST(:now AS timestamptz)),
                CAST(:now AS timestamptz)
         FROM v
@@ -223,15 +231,15 @@ class _ContactUpdate:
         }
 
 
-def _event_row(work: _Work, contact: Contact) -> dict[str, object]:
+def _event_row(work: _Work, contact: Contact, pos: int) -> dict[str, object]:
     item = work.item
     return {
+        "pos": pos,
         "ord": work.index,
         "id": work.event_id,
         "contact_id": contact.id,
         "user_id": contact.key,
         "event": item.name,
-        "properties": dict(item.properties),
         "idempotency_key": item.idempotency_key,
         "source": item.source,
         "occurred_at": item.occurred_at,
@@ -260,15 +268,18 @@ async def _claim(
 ) -> set[uuid.UUID]:
     """Insert the events (and what hangs off them); returns the ids actually stored."""
     events: list[dict[str, object]] = []
+    properties: list[str] = []
     lists: list[dict[str, object]] = []
-    for work in works:
+    for pos, work in enumerate(works, start=1):
         assert work.contact is not None
-        events.append(_event_row(work, work.contact))
+        events.append(_event_row(work, work.contact, pos))
+        properties.append(work.properties_json)
         lists.extend(_list_rows(work, work.contact))
     result = await session.execute(
         _CLAIM,
         {
             "events": to_json(events),
+            "properties": properties,
             "contacts": to_json([u.row() for u in updates]),
             "lists": to_json(lists),
             "now": now,
@@ -297,6 +308,12 @@ def _contact_updates(works: Iterable[_Work], now: datetime) -> list[_ContactUpda
     for contact_id, contact in contacts.items():
         props = patched[contact_id]
         changed = props != dict(contact.properties)
+        # last_seen_at moves in steps of LAST_SEEN_RESOLUTION: an active contact's
+        # events do not each rewrite its row.
+        fresh = contact.last_seen_at is not None and (
+            now - contact.last_seen_at < LAST_SEEN_RESOLUTION
+        )
+        seen[contact_id] = seen[contact_id] and not fresh
         if changed or seen[contact_id]:
             updates.append(
                 _ContactUpdate(
@@ -361,30 +378,45 @@ async def _slow_one(session: AsyncSession, work: _Work, now: datetime) -> None:
 
 
 async def _resolve_fast(
-    session: AsyncSession, works: list[_Work], now: datetime, slow: list[_Work]
-) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    session: AsyncSession,
+    works: list[_Work],
+    now: datetime,
+    slow: list[_Work],
+    first: Matches | None = None,
+) -> set[uuid.UUID]:
     """Give every work a locked contact (or a result), creating new contacts in bulk.
 
-    Works that turn out to need a link or merge are appended to ``slow``. Returns the
-    ids of the contacts this call created, and of the ones it holds locks on.
+    Each round looks every pending key and contact id up and locks what it finds in
+    one statement (``first`` may stand in for the first round's). Works that turn out
+    to need a link or merge are appended to ``slow``. Returns the ids of the contacts
+    this call created.
     """
     created: set[uuid.UUID] = set()
-    locked: dict[uuid.UUID, Contact] = {}
     pending = works
     for round_ in range(_MAX_ROUNDS):
         if not pending:
             break
         by_identity = [w for w in pending if w.item.identity is not None]
         by_id = [w for w in pending if w.item.identity is None]
-        found = await lookup_keys(session, _identity_keys(by_identity))
-        wanted = set(found.values()) | {w.target_id for w in by_id if w.target_id is not None}
-        locked.update(await lock_contacts(session, wanted - set(locked)))
+        matches = first
+        reuse = first is not None  # the plans made on these very rows still hold
+        first = None
+        if matches is None:
+            matches = await lock_matches(
+                session,
+                _identity_keys(by_identity),
+                [w.target_id for w in by_id if w.target_id is not None],
+            )
         retry: list[_Work] = []
+        if matches is None:
+            retry = pending  # a contact was merged away while we waited for its lock
+            by_identity, by_id = [], []
+            matches = Matches(by_key={}, by_id={})
 
         for work in by_id:
             assert work.target_id is not None
-            contact = locked.get(work.target_id)
-            if contact is not None:
+            contact = matches.by_id.get(work.target_id)
+            if contact is not None and contact.deleted_at is None:
                 work.contact = contact
                 continue
             survivor = await follow_contact(session, work.target_id)
@@ -398,13 +430,11 @@ async def _resolve_fast(
         for work in by_identity:
             identity = work.item.identity
             assert identity is not None
-            ids = {found[k] for k in identity.keys if k in found}
-            if not ids <= set(locked):
-                retry.append(work)  # merged away while we waited for the lock
-                continue
-            plan = plan_resolution(
-                identity, {k: locked[found[k]] for k in identity.keys if k in found}
-            )
+            plan = work.plan if reuse and work.plan is not None else None
+            if plan is None:
+                plan = plan_resolution(
+                    identity, {k: matches.by_key[k] for k in identity.keys if k in matches.by_key}
+                )
             if plan.action == "match":
                 work.contact = plan.target
                 work.conflicts = plan.conflicts
@@ -431,7 +461,6 @@ async def _resolve_fast(
                     retry.extend(group)  # a concurrent insert won; the next lookup sees it
                     continue
                 created.add(contact.id)
-                locked[contact.id] = contact
                 for work in group:
                     work.contact = contact
                     work.patch_applied = True
@@ -440,13 +469,26 @@ async def _resolve_fast(
         if round_ == _MAX_ROUNDS - 1:
             for work in pending:
                 _rejected(work, "the contact kept changing concurrently; retry")
-    return created, set(locked)
+    return created
 
 
-async def _process(session: AsyncSession, works: list[_Work], now: datetime) -> None:
-    """Resolve and store works that are not known duplicates (at most one per key)."""
-    # Classify on an unlocked read; everything is re-checked under locks below.
-    seen_contacts = await lookup_contacts(session, _identity_keys(works))
+async def _process(
+    session: AsyncSession, works: list[_Work], now: datetime, *, lock_first: bool = False
+) -> None:
+    """Resolve and store works that are not known duplicates (at most one per key).
+
+    ``lock_first``: the caller holds the advisory locks of every key (single ingest), so
+    the first lookup may lock rows at once; a batch classifies on an unlocked read and
+    takes the slow items' advisory locks before any row lock.
+    """
+    keys = _identity_keys(works)
+    ids = [w.item.contact_id for w in works if w.item.contact_id is not None]
+    # Look up and lock in one statement. A batch does it in a savepoint: should an item
+    # need a link or merge, rolling the savepoint back drops the row locks again, so
+    # the advisory locks of the slow path are never taken while holding row locks.
+    savepoint = None if lock_first else await session.begin_nested()
+    first = await lock_matches(session, keys, ids)
+    seen = first.by_key if first is not None else await lookup_contacts(session, keys)
     fast: list[_Work] = []
     slow: list[_Work] = []
     for work in works:
@@ -455,10 +497,14 @@ async def _process(session: AsyncSession, works: list[_Work], now: datetime) -> 
             work.target_id = work.item.contact_id
             fast.append(work)
             continue
-        plan = plan_resolution(
-            identity, {k: seen_contacts[k] for k in identity.keys if k in seen_contacts}
-        )
-        (slow if plan.linked else fast).append(work)
+        work.plan = plan_resolution(identity, {k: seen[k] for k in identity.keys if k in seen})
+        (slow if work.plan.linked else fast).append(work)
+    if slow or first is None:
+        first = None
+        if savepoint is not None:
+            await savepoint.rollback()
+    elif savepoint is not None:
+        await savepoint.commit()
 
     if slow:
         # All of their advisory locks at once, in hash order, before any row lock.
@@ -469,7 +515,7 @@ async def _process(session: AsyncSession, works: list[_Work], now: datetime) -> 
             await _slow_one(session, work, now)
 
     late_slow: list[_Work] = []
-    created, _ = await _resolve_fast(session, fast, now, late_slow)
+    created = await _resolve_fast(session, fast, now, late_slow, first)
     claims = [w for w in fast if w.result is None and w.contact is not None]
     if claims:
         updates = _contact_updates(claims, now)
@@ -548,13 +594,15 @@ async def _originals(session: AsyncSession, keys: Iterable[str]) -> dict[str, In
 
 
 async def _ingest(
-    session: AsyncSession, items: Sequence[EventInput], now: datetime
+    session: AsyncSession, items: Sequence[EventInput], now: datetime, *, lock_first: bool = False
 ) -> list[IngestResult]:
     works = [_Work(index=i, item=item) for i, item in enumerate(items)]
     for work in works:
         try:
-            to_json(dict(work.item.properties))
-            to_json(dict(work.item.contact_properties or {}))
+            # Serialised once here (it is also the check) and sent as is by the claim.
+            work.properties_json = to_json(dict(work.item.properties))
+            if work.item.contact_properties:
+                to_json(dict(work.item.contact_properties))
         except (TypeError, ValueError) as exc:
             _rejected(work, f"properties are not JSON: {exc}")
 
@@ -575,7 +623,7 @@ async def _ingest(
             owners[work.key] = work
             active.append(work)
 
-    await _process(session, active, now)
+    await _process(session, active, now, lock_first=lock_first)
 
     lost = [w for w in active if w.lost]
     if lost:
@@ -638,7 +686,7 @@ async def ingest_event(
     if item.identity is not None:
         names.extend(k.lock_name for k in item.identity.keys)
     await advisory_lock(session, names)
-    [result] = await _ingest(session, [item], now)
+    [result] = await _ingest(session, [item], now, lock_first=True)
     return result
 
 
