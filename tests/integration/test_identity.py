@@ -470,6 +470,93 @@ async def test_survivor_prefers_identified_then_oldest(
     assert res.key == "old"
 
 
+async def alias(
+    sessions: async_sessionmaker[AsyncSession], user_id: str, previous_id: str
+) -> repo.Resolution:
+    async with sessions() as session, session.begin():
+        return await repo.alias_contact(session, user_id=user_id, previous_id=previous_id, now=T0)
+
+
+async def test_segment_alias_of_an_anonymous_id_promotes_or_merges(
+    sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    visitor = await resolve(sessions, anonymous_id="anon-1")
+    promoted = await alias(sessions, "u-1", "anon-1")
+    assert promoted.contact_id == visitor.contact_id
+    assert promoted.linked
+    assert promoted.key == "u-1"
+
+    other = await resolve(sessions, anonymous_id="anon-2")
+    merged = await alias(sessions, "u-1", "anon-2")
+    assert merged.merged
+    assert merged.contact_id == visitor.contact_id
+    assert merged.merged_contact_ids == (other.contact_id,)
+
+    fresh = await alias(sessions, "u-new", "anon-new")
+    assert fresh.created
+    row = await contact_row(engine, fresh.contact_id)
+    assert (row["external_id"], row["anonymous_id"]) == ("u-new", "anon-new")
+
+
+async def test_segment_alias_between_two_user_ids_merges_them(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    old = await resolve(sessions, now=T0 - timedelta(days=1), user_id="old-id")
+    new = await resolve(sessions, user_id="new-id")
+    res = await alias(sessions, "new-id", "old-id")
+    assert res.merged
+    assert res.contact_id == old.contact_id  # identified both: the older survives
+    assert res.merged_contact_ids == (new.contact_id,)
+    assert (await resolve(sessions, user_id="new-id")).contact_id == old.contact_id
+    # A user id nobody holds yet joins the existing person the same way.
+    joined = await alias(sessions, "brand-new", "old-id")
+    assert joined.contact_id == old.contact_id
+    assert (await resolve(sessions, user_id="brand-new")).contact_id == old.contact_id
+    same = await alias(sessions, "old-id", "old-id")
+    assert same.contact_id == old.contact_id
+    assert not same.merged
+
+
+async def test_merge_contacts_follows_merges_and_refuses_unknown_ids(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    a = await resolve(sessions, user_id="a")
+    b = await resolve(sessions, email="b@x.io")
+    c = await resolve(sessions, anonymous_id="c")
+    async with sessions() as session, session.begin():
+        first = await repo.merge_contacts(session, [b.contact_id, a.contact_id], now=T0)
+        assert first is not None
+        assert first.contact_id == a.contact_id
+        assert first.merged
+        # b is gone: its id now means a; merging "b" and c merges c into a.
+        second = await repo.merge_contacts(session, [b.contact_id, c.contact_id], now=T0)
+        assert second is not None
+        assert second.contact_id == a.contact_id
+        assert second.merged_contact_ids == (c.contact_id,)
+        again = await repo.merge_contacts(session, [a.contact_id, c.contact_id], now=T0)
+        assert again is not None
+        assert not again.merged
+        assert await repo.merge_contacts(session, [a.contact_id, uuid.uuid4()]) is None
+    survivor = await resolve(sessions, email="b@x.io")
+    assert survivor.contact_id == a.contact_id
+    assert survivor.key == "a"
+
+
+async def test_merge_contacts_gives_up_when_contacts_keep_moving(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await resolve(sessions, user_id="a")
+    b = await resolve(sessions, user_id="b")
+
+    async def nothing_locked(*args: object) -> repo.Matches:
+        return repo.Matches(by_key={}, by_id={})
+
+    monkeypatch.setattr(repo, "lock_matches", nothing_locked)
+    async with sessions() as session:
+        with pytest.raises(repo.ResolutionRace):
+            await repo.merge_contacts(session, [a.contact_id, b.contact_id])
+
+
 # --------------------------------------------------------------------------- concurrency
 
 

@@ -26,6 +26,7 @@ from hogsend.core.identity import (
     normalize_email,
     normalize_id,
     order_for_merge,
+    plan_merge,
     plan_resolution,
     resolved_key,
 )
@@ -328,6 +329,19 @@ def test_conflicts_are_reported_in_merges_too() -> None:
     )
     assert plan.action == "merge"
     assert plan.conflicts == (IdentityConflict(kind="external", given="u-2", existing="u-1"),)
+
+
+def test_an_explicit_merge_plan_uses_the_survivor_rule_and_inherits_keys() -> None:
+    user = contact(user_id="u")
+    mail = contact(email="m@x.io", anonymous_id="a")
+    plan = plan_merge([mail, user, mail])
+    assert plan.action == "merge"
+    assert plan.target is user
+    assert plan.losers == (mail,)
+    assert plan.attach == (IdentityKey("email", "m@x.io"), IdentityKey("anonymous", "a"))
+    assert plan_merge([user, contact(user_id="v", first_seen=None)]).attach == ()
+    with pytest.raises(ValueError, match="two distinct"):
+        plan_merge([user, user])
 
 
 # --------------------------------------------------------------------------- ingest & pages

@@ -401,3 +401,25 @@ def plan_resolution(identity: Identity, matches: Mapping[IdentityKey, Contact]) 
         attach=tuple(attach),
         conflicts=tuple(conflicts),
     )
+
+
+def plan_merge(contacts: Sequence[Contact]) -> ResolutionPlan:
+    """A merge of ``contacts`` (at least two distinct) with no request keys involved.
+
+    The survivor rule picks the target (:func:`order_for_merge`); it fills each empty
+    slot with the best loser's value. Used for explicit merges (a Segment ``alias``, an
+    admin merging two people).
+    """
+    ordered = order_for_merge({c.id: c for c in contacts}.values())
+    if len(ordered) < 2:
+        raise ValueError("a merge needs at least two distinct contacts")
+    target, losers = ordered[0], tuple(ordered[1:])
+    attach = []
+    for kind in KEY_KINDS:
+        if contact_value(target, kind) is None:
+            inherited = next(
+                (v for loser in losers if (v := contact_value(loser, kind)) is not None), None
+            )
+            if inherited is not None:
+                attach.append(IdentityKey(kind, inherited))
+    return ResolutionPlan(action="merge", target=target, losers=losers, attach=tuple(attach))

@@ -41,6 +41,7 @@ from hogsend.core.identity import (
     fold_properties,
     merge_properties,
     order_for_merge,
+    plan_merge,
     plan_resolution,
     resolved_key,
 )
@@ -364,15 +365,10 @@ async def resolve_contact(
         if plan.action == "match":
             return await apply_plan(session, plan, properties, now=now)
         if plan.action != "create":
-            try:
-                # A writer without our advisory locks (the bulk path creating a contact)
-                # may take a key we attach: the unique index refuses, and we look again.
-                async with session.begin_nested():
-                    return await apply_plan(session, plan, properties, now=now)
-            except IntegrityError as exc:
-                if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
-                    raise
-                continue
+            resolution = await _apply_guarded(session, plan, properties, now)
+            if resolution is not None:
+                return resolution
+            continue
         new = NewContact(
             identity=identity, properties=merge_properties({}, properties), id=uuid.uuid4()
         )
@@ -381,6 +377,91 @@ async def resolve_contact(
             contact = inserted[new.id]
             return Resolution(contact_id=contact.id, key=contact.key, created=True)
     raise ResolutionRace(f"could not settle the contact for {identity!r}; retry")
+
+
+async def _apply_guarded(
+    session: AsyncSession,
+    plan: ResolutionPlan,
+    properties: Mapping[str, object] | None,
+    now: datetime,
+) -> Resolution | None:
+    """Carry out a link or merge in a savepoint; None if a key we attach was taken meanwhile.
+
+    A writer without our advisory locks (the bulk ingest path creating a contact) may
+    take a key we are attaching: the unique index refuses, and the caller looks again.
+    """
+    try:
+        async with session.begin_nested():
+            return await apply_plan(session, plan, properties, now=now)
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        return None
+
+
+async def merge_contacts(
+    session: AsyncSession, contact_ids: Sequence[uuid.UUID], *, now: datetime | None = None
+) -> Resolution | None:
+    """Merge the given contacts into one, whatever keys they hold (explicit merges).
+
+    For a Segment ``alias`` between two identified users or an admin merge. Ids that
+    were merged before follow their merge; the survivor rule picks who survives. The
+    result has ``merged=False`` when they already were one contact. None if any of them
+    does not exist or was deleted.
+
+    Raises:
+        ResolutionRace: concurrent merges kept moving the contacts (retry).
+    """
+    now = _now(now)
+    for _ in range(_MAX_ROUNDS):
+        current = [await follow_contact(session, cid) for cid in contact_ids]
+        if any(contact is None for contact in current):
+            return None
+        contacts = {c.id: c for c in current if c is not None}
+        names = [
+            IdentityKey(kind, value).lock_name
+            for contact in contacts.values()
+            for kind in KEY_KINDS
+            if (value := contact_value(contact, kind)) is not None
+        ]
+        await advisory_lock(session, names)
+        matches = await lock_matches(session, (), contacts)
+        assert matches is not None  # only keys can vanish; ids come back as they are
+        locked = list(matches.by_id.values())
+        if len(locked) != len(contacts) or any(c.deleted_at is not None for c in locked):
+            continue  # one was merged or deleted meanwhile: follow it again
+        if len(locked) == 1:
+            return Resolution(contact_id=locked[0].id, key=locked[0].key)
+        resolution = await _apply_guarded(session, plan_merge(locked), None, now)
+        if resolution is not None:
+            return resolution
+    raise ResolutionRace("could not settle the contacts to merge; retry")
+
+
+async def alias_contact(
+    session: AsyncSession, *, user_id: str, previous_id: str, now: datetime | None = None
+) -> Resolution:
+    """Segment's ``alias``: ``previous_id`` and ``user_id`` are the same person from now on.
+
+    ``previous_id`` is usually the visitor's anonymous id: then this is an ordinary
+    resolution of ``{userId, anonymousId}`` (promote, or merge into the user's contact).
+    When ``previous_id`` is a user id a contact holds, the contact of ``user_id`` (created
+    if new) and that one are merged; the survivor rule decides, and the other user id
+    keeps resolving through its alias.
+
+    Raises:
+        IdentityError: an id is blank or invalid.
+    """
+    identity = Identity(user_id=user_id, anonymous_id=previous_id)
+    previous = identity.anonymous_id
+    assert previous is not None
+    known = await lookup_contacts(session, [IdentityKey("external", previous)])
+    holder = known.get(IdentityKey("external", previous))
+    if holder is None or previous == identity.user_id:
+        return await resolve_contact(session, identity, now=now)
+    target = await resolve_contact(session, Identity(user_id=user_id), now=now)
+    merged = await merge_contacts(session, [holder.id, target.contact_id], now=now)
+    return merged if merged is not None else target
 
 
 async def resolve_by_contact_id(session: AsyncSession, contact_id: uuid.UUID) -> Resolution | None:
