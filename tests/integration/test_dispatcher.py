@@ -756,3 +756,39 @@ async def test_claims_take_turns(engine: AsyncEngine) -> None:
         assert not done, "a claim ran while another held the claim lock"
         await holder.commit()
     assert await asyncio.wait_for(waiting, 10) == 1
+
+
+async def test_a_consumer_that_breaks_the_connection_is_retried_like_any_failure(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    contacts = [uuid.uuid4(), uuid.uuid4()]
+    broken, fine = await insert_events(engine, contacts)
+    journal = Journal()
+    killed: list[int] = []
+
+    class Saboteur:
+        name = "saboteur"
+
+        async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+            if event.outbox_id == broken and not killed:
+                killed.append(event.outbox_id)
+                await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_concurrency=1),
+        [Saboteur(), Recorder("after", journal)],
+        worker_id="w",
+    )
+    await dispatcher.run_once()
+    rows = await outbox_rows(engine)
+    assert rows[broken]["attempts"] == 1
+    assert rows[broken]["last_error"].startswith("saboteur: ")
+    assert rows[fine]["processed_at"] is not None  # same lane, after the broken connection
+
+    async def drained() -> bool:
+        await dispatcher.drain()
+        return await processed_count(engine) == 2
+
+    await wait_until(drained, timeout=30)
+    assert sorted(c.outbox_id for c in journal.calls) == [broken, fine]

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine
+from hogsend.db.repos.outbox import NotifyThrottle
 from hogsend.errors import DefinitionError, RegistrationClosedError
 from hogsend.runtime.dispatcher import (
     DispatchedEvent,
@@ -66,3 +67,15 @@ def test_extra_consumers_come_after_the_built_in_ones_until_launch() -> None:
 def test_backoff_settings_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="BACKOFF_MAX_SECONDS"):
         Settings(env="test", dispatcher_backoff_base_seconds=10, dispatcher_backoff_max_seconds=1)
+
+
+def test_notify_throttle_lets_one_through_per_interval() -> None:
+    now = [100.0]
+    throttle = NotifyThrottle(0.05, clock=lambda: now[0])
+    assert throttle.due()
+    assert not throttle.due()
+    now[0] += 0.049
+    assert not throttle.due()
+    now[0] += 0.002
+    assert throttle.due()
+    assert not throttle.due()

@@ -49,6 +49,7 @@ import enum
 import random
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.core.identifiers import check_id, duplicates
 from hogsend.db.engine import libpq_url, make_sessionmaker
@@ -234,6 +235,7 @@ class Dispatcher:
         self.settings = settings
         self.worker_id = worker_id or settings.worker_id
         self.database_url = database_url or engine.url.render_as_string(hide_password=False)
+        self._engine = engine
         self._sessions = make_sessionmaker(engine)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
@@ -354,28 +356,33 @@ class Dispatcher:
             self._renew_leases(token, [r.id for r in rows if r.id not in skip]),
             name="hogsend-outbox-renew",
         )
-        slots = asyncio.Semaphore(self.settings.dispatcher_concurrency)
+        groups = deque(by_contact.values())
+        lanes = min(self.settings.dispatcher_concurrency, len(groups))
         try:
-            await asyncio.gather(
-                *(self._process_contact(group, slots) for group in by_contact.values())
-            )
+            await asyncio.gather(*(self._lane(groups) for _ in range(lanes)))
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
-    async def _process_contact(self, rows: list[ClaimedRow], slots: asyncio.Semaphore) -> None:
-        async with slots:
-            for index, row in enumerate(rows):
-                if self._stopping:
-                    await self._release(rows[index:])
-                    return
-                outcome = await self._process_row(row)
-                if outcome in (_Outcome.RETRY, _Outcome.LOST):
-                    # The contact's later events wait behind this one (a retry blocks
-                    # them by its due time; a lost row is someone else's now).
-                    await self._release(rows[index + 1 :])
-                    return
+    async def _lane(self, groups: deque[list[ClaimedRow]]) -> None:
+        # A lane keeps one connection for the whole batch and takes one contact at a
+        # time: no pool checkout (and ping) per event.
+        async with self._engine.connect() as conn:
+            while groups:
+                await self._process_contact(groups.popleft(), conn)
+
+    async def _process_contact(self, rows: list[ClaimedRow], conn: AsyncConnection) -> None:
+        for index, row in enumerate(rows):
+            if self._stopping:
+                await self._release(rows[index:])
+                return
+            outcome = await self._process_row(row, conn)
+            if outcome in (_Outcome.RETRY, _Outcome.LOST):
+                # The contact's later events wait behind this one (a retry blocks them
+                # by its due time; a lost row is someone else's now).
+                await self._release(rows[index + 1 :])
+                return
 
     async def _release(self, rows: list[ClaimedRow]) -> None:
         if not rows:
@@ -386,12 +393,15 @@ class Dispatcher:
         except Exception:
             log.warning("could not release rows; their lease will expire", exc_info=True)
 
-    async def _process_row(self, row: ClaimedRow) -> _Outcome:
+    async def _process_row(self, row: ClaimedRow, conn: AsyncConnection) -> _Outcome:
         event = _event_of(row)
         done = list(row.consumers_done)
         failure: tuple[str, Exception] | None = None
         try:
-            async with self._sessions() as session, session.begin():
+            async with (
+                AsyncSession(bind=conn, expire_on_commit=False) as session,
+                session.begin(),
+            ):
                 for consumer in self._pending_consumers(row):
                     try:
                         async with session.begin_nested():

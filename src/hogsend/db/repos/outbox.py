@@ -28,8 +28,9 @@ whose lease expired and whose rows were claimed again cannot finish them.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -41,6 +42,9 @@ from hogsend.db.repos import dead_letters
 
 OUTBOX_CHANNEL = "hogsend_outbox"
 """The ``LISTEN``/``NOTIFY`` channel that wakes idle dispatchers when events arrive."""
+
+NOTIFY_INTERVAL_SECONDS = 0.05
+"""Default shortest gap between two wake-up notifications from one process."""
 
 DISPATCHER_SOURCE = "dispatcher"
 """``dead_letter_queue.source`` of events the dispatcher gave up on."""
@@ -120,6 +124,12 @@ class OutboxStats:
 
 
 _PENDING = "processed_at IS NULL AND dead_at IS NULL"
+
+TAKE_CLAIM_LOCK = text(
+    # Losing a claim in a crash is harmless (its rows just become claimable again), so
+    # its commit need not wait for the WAL flush, which it would do holding the lock.
+    "SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(:key)"
+)
 
 _BLOCKING = (
     "processed_at IS NULL AND dead_at IS NULL AND (locked_until IS NOT NULL OR attempts > 0)"
@@ -300,7 +310,7 @@ async def claim(
     Run it in a transaction of its own and commit right away: the advisory lock it
     takes is held until then, and other dispatchers wait for it.
     """
-    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK})
+    await session.execute(TAKE_CLAIM_LOCK, {"key": CLAIM_LOCK})
     result = await session.execute(
         CLAIM,
         {"worker_id": worker_id, "batch_size": batch_size, "lease_seconds": lease_seconds},
@@ -489,11 +499,48 @@ async def delete_dead(session: AsyncSession, event_id: uuid.UUID) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def notify_outbox(session: AsyncSession) -> None:
+class NotifyThrottle:
+    """Lets through at most one outbox NOTIFY per ``interval_seconds`` (per process).
+
+    Every notifying transaction takes a database-wide lock at commit, which measurably
+    serialises ingest (see ``bench/dispatcher.py``), and only *idle* dispatchers listen:
+    a busy one claims its next batch right after the last. So one notification per short
+    interval wakes idle dispatchers just as fast while costing nothing under load; an
+    event that loses the race waits at most ``dispatcher_poll_seconds``.
+
+    Args:
+        interval_seconds: the shortest gap between two notifications.
+        clock: a monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        interval_seconds: float = NOTIFY_INTERVAL_SECONDS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_seconds = interval_seconds
+        self._clock = clock
+        self._next_at = float("-inf")
+
+    def due(self) -> bool:
+        """Whether this transaction should notify (and if so, start a new interval)."""
+        now = self._clock()
+        if now < self._next_at:
+            return False
+        self._next_at = now + self.interval_seconds
+        return True
+
+
+async def notify_outbox(session: AsyncSession, throttle: NotifyThrottle | None = None) -> bool:
     """Wake idle dispatchers once the current transaction commits.
 
-    Ingest calls this inside its transaction after inserting outbox rows; Postgres
-    delivers the notification at commit (never for a rollback) and folds repeats
-    within one transaction into one.
+    Ingest calls this inside its transaction after inserting outbox rows, with the
+    process's :class:`NotifyThrottle`. Postgres delivers the notification at commit
+    (never for a rollback) and folds repeats within one transaction into one. Returns
+    whether a notification was sent.
     """
+    if throttle is not None and not throttle.due():
+        return False
     await session.execute(NOTIFY)
+    return True
