@@ -297,9 +297,12 @@ def test_worker_command_heartbeats_and_stops_on_sigterm(
     try:
         deadline = time.monotonic() + 60
         while True:
+            # Wait for the banner too: it is printed after the first heartbeat, and a
+            # SIGTERM between the two would (correctly) stop the worker before it.
             with engine.connect() as conn:
-                if conn.execute(query).first() is not None:
-                    break
+                beating = conn.execute(query).first() is not None
+            if beating and "is running" in (tmp_path / "worker.log").read_text():
+                break
             assert proc.poll() is None, (tmp_path / "worker.log").read_text()
             assert time.monotonic() < deadline, "no heartbeat from hogsend worker"
             time.sleep(0.2)

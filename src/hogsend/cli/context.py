@@ -19,6 +19,7 @@ import typer
 from hogsend.app import Hogsend, load_app
 from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
 from hogsend.errors import AppLoadError, ConfigurationError
+from hogsend.logs import configure_logging
 from hogsend.settings import Settings, load_settings
 
 DEV_DEFAULT_APP = "examples.quickstart.app:app"
@@ -61,6 +62,15 @@ def one_off_settings(**overrides: object) -> Settings:
             return load_settings(**given, secret_key=secrets.token_hex(32))
         except ConfigurationError:
             raise strict_error from None
+
+
+def quiet_one_off_settings() -> Settings:
+    """One-off settings with logging configured to stay quiet unless debug was asked for."""
+    settings = one_off_settings()
+    if settings.log_level != "debug":
+        settings = one_off_settings(log_level="warning")
+    configure_logging(settings)
+    return settings
 
 
 def resolve_app_path(state: CliState, settings: Settings, *, default: str | None = None) -> str:

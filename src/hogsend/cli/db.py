@@ -6,10 +6,8 @@ from typing import Annotated
 
 import typer
 
-from hogsend.cli.context import database, one_off_settings
+from hogsend.cli.context import database, quiet_one_off_settings
 from hogsend.db import migrate
-from hogsend.logs import configure_logging
-from hogsend.settings import Settings
 
 db_cli = typer.Typer(
     name="db",
@@ -17,15 +15,6 @@ db_cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _settings() -> Settings:
-    settings = one_off_settings()
-    # One-off commands keep stderr quiet unless asked for debug output.
-    if settings.log_level != "debug":
-        settings = one_off_settings(log_level="warning")
-    configure_logging(settings)
-    return settings
 
 
 def _report(url: str) -> migrate.SchemaStatus:
@@ -44,7 +33,7 @@ def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations up to REVISION (default: the latest)."""
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         migrate.upgrade(url, revision)
         _report(url)
 
@@ -56,7 +45,7 @@ def downgrade(
     ],
 ) -> None:
     """Revert migrations down to REVISION."""
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         migrate.downgrade(url, revision)
         _report(url)
 
@@ -64,5 +53,5 @@ def downgrade(
 @db_cli.command()
 def current() -> None:
     """Show the applied revision, the packaged head and what is pending."""
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         _report(url)

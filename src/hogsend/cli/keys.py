@@ -15,12 +15,10 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from hogsend.cli.context import database, one_off_settings
+from hogsend.cli.context import database, quiet_one_off_settings
 from hogsend.db.engine import AsyncSession, make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys
 from hogsend.db.tables.auth import API_SCOPES
-from hogsend.logs import configure_logging
-from hogsend.settings import Settings
 
 T = TypeVar("T")
 
@@ -30,14 +28,6 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _settings() -> Settings:
-    settings = one_off_settings()
-    if settings.log_level != "debug":
-        settings = one_off_settings(log_level="warning")
-    configure_logging(settings)
-    return settings
 
 
 def _in_transaction(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -94,7 +84,7 @@ def create(
     if not name.strip():
         raise typer.BadParameter("must not be empty", param_hint="--name")
     expiry = _parse_expiry(expires_at)
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         info, raw = _in_transaction(
             url,
             lambda session: api_keys.create_key(
@@ -126,7 +116,7 @@ def list_(
             if not page or len(found) >= total:
                 return found
 
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         keys = _in_transaction(url, fetch)
     if not keys:
         typer.echo("no keys; create one with: hogsend keys create --scope full-admin")
@@ -167,7 +157,7 @@ def revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's i
         parsed = uuid.UUID(key_id)
     except ValueError:
         raise typer.BadParameter(f"{key_id!r} is not a key id (a UUID)", param_hint="ID") from None
-    with database(_settings()) as url:
+    with database(quiet_one_off_settings()) as url:
         revoked = _in_transaction(url, lambda session: api_keys.revoke_key(session, parsed))
     if not revoked:
         typer.echo(f"error: no active key with id {parsed}", err=True)
