@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest accepted request body."
     )
+    batch_max_body_bytes: int = Field(
+        default=10_485_760,
+        ge=1024,
+        description="Largest accepted body of a batch request (events and Segment batches).",
+    )
+    batch_max_events: int = Field(
+        default=1000, ge=1, le=100_000, description="Most events or messages in one batch request."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -23,7 +23,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hogsend.api import create_api
@@ -39,6 +39,22 @@ FULL_ADMIN_KEY = generate_key()
 # A new key's expiresAt must lie in the future, which JSON Schema cannot express: a
 # schema-valid past date is rightly a 422, so "valid data is accepted" is not checked there.
 FUTURE_ONLY = {"POST /v1/admin/api-keys"}
+# Acceptance of these depends on rules JSON Schema does not carry: at least one identity
+# key that is not blank after trimming, emails our normaliser accepts, list ids the app
+# registers, and Segment's per-type required fields. Their rejections are tested by hand.
+IDENTITY_RULES = {
+    "POST /v1/events",
+    "PUT /v1/contacts",
+    "DELETE /v1/contacts",
+    "GET /v1/contacts/find",
+    *(
+        f"POST /segment/v1/{kind}"
+        for kind in ("track", "identify", "alias", "page", "screen", "group")
+    ),
+}
+# Batches validate each item on their own and answer 200 with per-item rejections, so a
+# schema-violating item does not make the request a rejected one (by design).
+PER_ITEM = {"POST /v1/events/batch", "POST /segment/v1/batch"}
 # Status codes per operation, to prove the key worked (not every answer a 401).
 SEEN: dict[str, Counter[int]] = {}
 
@@ -116,7 +132,14 @@ def served(pg_server: TestPostgres) -> Iterator[None]:
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_openapi(case: Case, served: None) -> None:
-    excluded = [positive_data_acceptance] if case.operation.label in FUTURE_ONLY else []
+    label = case.operation.label
+    excluded = []
+    # A cursor is an opaque token this API handed out; a made-up one is rightly a 422.
+    made_up_cursor = bool(case.query and "cursor" in case.query)
+    if label in FUTURE_ONLY or label in IDENTITY_RULES or made_up_cursor:
+        excluded.append(positive_data_acceptance)
+    if label in PER_ITEM:
+        excluded.append(negative_data_rejection)
     response = case.call_and_validate(excluded_checks=excluded)
     assert response.status_code < 500
     SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1

@@ -23,12 +23,17 @@ from hogsend import __version__
 from hogsend.api.auth import route_scope
 from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
-from hogsend.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from hogsend.api.middleware import (
+    BodySizeLimitMiddleware,
+    GzipRequestMiddleware,
+    RequestContextMiddleware,
+)
 from hogsend.api.ratelimit import make_rate_limiter
 from hogsend.api.routes import include_routes
 from hogsend.api.routing import iter_api_routes
 from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.repos.outbox import NotifyThrottle
 from hogsend.errors import ConfigurationError
 from hogsend.settings import Settings
 
@@ -123,13 +128,17 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
     api.state.settings = settings
     api.state.app = app
     api.state.started_at = time.monotonic()
+    # At most one outbox NOTIFY per interval from this API (see NotifyThrottle).
+    api.state.outbox_notify = NotifyThrottle()
     _detach_engine(api)
     if engine is not None:
         _attach_engine(api, settings, engine)
 
     install_error_handlers(api)
     include_routes(api)
-    # Added innermost first: the request context wraps the body limit.
+    # Added innermost first: the request context wraps the body limit, which bounds the
+    # bytes on the wire; gzip decoding inside it bounds the decompressed size.
+    api.add_middleware(GzipRequestMiddleware, default_limit=settings.max_body_bytes)
     api.add_middleware(BodySizeLimitMiddleware, default_limit=settings.max_body_bytes)
     api.add_middleware(RequestContextMiddleware)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ from hogsend.api.errors import internal_error_response
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_BODY_BYTES_EXTRA = "x-max-body-bytes"
 """``openapi_extra`` key overriding the body size limit of one route, e.g.
-``@router.post("/v1/batch", openapi_extra={MAX_BODY_BYTES_EXTRA: 10_000_000})``."""
+``@router.post("/v1/batch", openapi_extra={MAX_BODY_BYTES_EXTRA: 10_000_000})``.
+The value may also name a :class:`~hogsend.settings.Settings` attribute
+(``"batch_max_body_bytes"``): the limit is then that setting of the serving API."""
 
 # A client's id is kept if it is short printable ASCII without spaces (safe to log).
 _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -114,6 +117,12 @@ def route_body_limit(scope: Scope, default: int) -> int:
         override = extra.get(MAX_BODY_BYTES_EXTRA)
         if isinstance(override, int):
             return override
+        if isinstance(override, str):
+            app = scope.get("app")
+            settings = getattr(getattr(app, "state", None), "settings", None)
+            value = getattr(settings, override, None)
+            if isinstance(value, int):
+                return value
     return default
 
 
@@ -153,3 +162,76 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, receive_within_limit, send)
+
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class GzipRequestMiddleware:
+    """Decompress request bodies sent with ``Content-Encoding: gzip``.
+
+    Segment-style clients gzip their batches (rudder-sdk-python does by default). The
+    body is inflated as it streams in, and the route's body limit applies to the
+    *decompressed* size as well, so a small compressed body cannot expand into a huge
+    one (each chunk is inflated at most up to the limit). Undecodable data is a 400;
+    an encoding other than ``gzip``/``identity`` is a 415. Placed inside
+    :class:`BodySizeLimitMiddleware`, which bounds the compressed size on the wire.
+    """
+
+    def __init__(self, app: ASGIApp, *, default_limit: int) -> None:
+        self.app = app
+        self.default_limit = default_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        encoding = (Headers(scope=scope).get("content-encoding") or "").strip().lower()
+        if encoding in ("", "identity"):
+            await self.app(scope, receive, send)
+            return
+        # Downstream sees a plain body: no encoding, and no (now wrong) length.
+        scope = dict(scope)
+        scope["headers"] = [
+            (name, value)
+            for name, value in scope["headers"]
+            if name not in (b"content-encoding", b"content-length")
+        ]
+        if encoding not in ("gzip", "x-gzip"):
+            unsupported = encoding
+
+            async def refuse() -> Message:
+                raise HTTPException(
+                    415, detail=f"Content-Encoding {unsupported!r} is not supported; use gzip"
+                )
+
+            await self.app(scope, refuse, send)
+            return
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        produced = 0
+        finished = False
+
+        async def receive_inflated() -> Message:
+            nonlocal produced, finished
+            message = await receive()
+            if message["type"] != "http.request" or finished:
+                return message
+            limit = route_body_limit(scope, self.default_limit)
+            try:
+                body = inflater.decompress(message.get("body", b""), limit - produced + 1)
+                if inflater.unconsumed_tail:
+                    raise HTTPException(413)
+                produced += len(body)
+                if produced > limit:
+                    raise HTTPException(413)
+                more = message.get("more_body", False)
+                if not more:
+                    body += inflater.flush()
+                    if not inflater.eof:
+                        raise HTTPException(400, detail="The gzip body is truncated")
+                    finished = True
+            except zlib.error as exc:
+                raise HTTPException(400, detail=f"The body is not valid gzip: {exc}") from exc
+            return {"type": "http.request", "body": body, "more_body": more}
+
+        await self.app(scope, receive_inflated, send)

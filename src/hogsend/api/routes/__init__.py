@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import health, whoami
+from hogsend.api.routes import contacts, events, health, segment, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
+from hogsend.api.routes.admin import contacts as admin_contacts
+from hogsend.api.routes.admin import events as admin_events
 
 
 def include_routes(api: FastAPI) -> None:
@@ -13,9 +15,14 @@ def include_routes(api: FastAPI) -> None:
     for router in (
         health.router,
         whoami.router,
+        events.router,
+        contacts.router,
+        segment.router,
         api_keys.router,
         audit_logs.router,
         metrics.router,
         dead_letters.router,
+        admin_contacts.router,
+        admin_events.router,
     ):
         api.include_router(router)

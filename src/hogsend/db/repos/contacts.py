@@ -907,18 +907,22 @@ def _age(contact: Contact) -> tuple[datetime, str]:
 
 
 async def find_contacts(
-    session: AsyncSession, *, email: str | None = None, user_id: str | None = None
+    session: AsyncSession,
+    *,
+    email: str | None = None,
+    user_id: str | None = None,
+    anonymous_id: str | None = None,
 ) -> list[Contact]:
-    """Live contacts holding ``email`` or ``user_id`` (either may match; both may differ).
+    """Live contacts holding ``email``, ``user_id`` or ``anonymous_id`` (any may match).
 
     Unlike Hogsend 0.7, a key that was merged away still finds its survivor (aliases are
     followed), so a caller looking up an old address finds the person it now belongs
-    to. Returns 0, 1 or 2 contacts, oldest first.
+    to. Returns 0 to 3 contacts, oldest first.
 
     Raises:
-        IdentityError: neither is given (after trimming) or the email is invalid.
+        IdentityError: none is given (after trimming) or the email is invalid.
     """
-    identity = Identity(user_id=user_id, email=email)
+    identity = Identity(user_id=user_id, email=email, anonymous_id=anonymous_id)
     found = await lookup_contacts(session, identity.keys)
     unique = {contact.id: contact for contact in found.values()}
     return sorted(unique.values(), key=_age)
@@ -1369,3 +1373,123 @@ async def timeline(
     )
     entries = [TimelineEntry(kind=row.kind, at=row.at, id=row.id, data=row.data) for row in rows]
     return page_of(entries, limit, lambda e: encode_cursor(e.at.isoformat(), e.kind, e.id))
+
+
+# --------------------------------------------------------------------------- details
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AliasRecord:
+    """A key a contact no longer holds in its own columns but still answers to."""
+
+    kind: KeyKind
+    value: str
+    reason: str
+    from_contact_id: uuid.UUID | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListSubscriptionRecord:
+    """A contact's explicit choice for one list."""
+
+    list_id: str
+    subscribed: bool
+    source: str | None
+    subscribed_at: datetime | None
+    unsubscribed_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SuppressionRecord:
+    """The health of the contact's address (kept per address, not per contact)."""
+
+    suppressed: bool
+    reason: str | None
+    suppressed_at: datetime | None
+    bounce_count: int
+    complaint_count: int
+    last_bounce_at: datetime | None
+    last_complaint_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContactDetails:
+    """What the admin contact page shows next to the contact itself."""
+
+    aliases: tuple[AliasRecord, ...] = ()
+    lists: tuple[ListSubscriptionRecord, ...] = ()
+    unsubscribed_all: bool = False
+    unsubscribed_at: datetime | None = None
+    suppression: SuppressionRecord | None = None
+
+
+_ALIASES_OF = text(
+    """
+    SELECT alias_kind, alias_value, reason, from_contact_id, created_at FROM contact_aliases
+    WHERE contact_id = :id ORDER BY created_at, alias_kind, alias_value
+    """
+)
+_LISTS_OF = text(
+    """
+    SELECT list_id, subscribed, source, subscribed_at, unsubscribed_at, updated_at
+    FROM list_subscriptions WHERE contact_id = :id ORDER BY list_id
+    """
+)
+_PREFERENCES_OF = text(
+    "SELECT unsubscribed_all, unsubscribed_at FROM email_preferences WHERE contact_id = :id"
+)
+_SUPPRESSION_OF = text(
+    """
+    SELECT suppressed, reason, suppressed_at, bounce_count, complaint_count, last_bounce_at,
+           last_complaint_at
+    FROM email_suppressions WHERE lower(email) = lower(CAST(:email AS text))
+    """
+)
+
+
+async def contact_details(session: AsyncSession, contact: Contact) -> ContactDetails:
+    """Aliases, list choices, global unsubscribe and the address's suppression state."""
+    aliases = tuple(
+        AliasRecord(
+            kind=row.alias_kind,
+            value=row.alias_value,
+            reason=row.reason,
+            from_contact_id=row.from_contact_id,
+            created_at=row.created_at,
+        )
+        for row in await session.execute(_ALIASES_OF, {"id": contact.id})
+    )
+    lists = tuple(
+        ListSubscriptionRecord(
+            list_id=row.list_id,
+            subscribed=row.subscribed,
+            source=row.source,
+            subscribed_at=row.subscribed_at,
+            unsubscribed_at=row.unsubscribed_at,
+            updated_at=row.updated_at,
+        )
+        for row in await session.execute(_LISTS_OF, {"id": contact.id})
+    )
+    prefs = (await session.execute(_PREFERENCES_OF, {"id": contact.id})).first()
+    suppression = None
+    if contact.email is not None:
+        row = (await session.execute(_SUPPRESSION_OF, {"email": contact.email})).first()
+        if row is not None:
+            suppression = SuppressionRecord(
+                suppressed=row.suppressed,
+                reason=row.reason,
+                suppressed_at=row.suppressed_at,
+                bounce_count=row.bounce_count,
+                complaint_count=row.complaint_count,
+                last_bounce_at=row.last_bounce_at,
+                last_complaint_at=row.last_complaint_at,
+            )
+    return ContactDetails(
+        aliases=aliases,
+        lists=lists,
+        unsubscribed_all=bool(prefs.unsubscribed_all) if prefs is not None else False,
+        unsubscribed_at=prefs.unsubscribed_at if prefs is not None else None,
+        suppression=suppression,
+    )

@@ -34,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hogsend.core.contact import Contact
+from hogsend.core.contact import Contact, Event
 from hogsend.core.identity import (
     IdentityConflict,
     IdentityKey,
@@ -43,6 +43,7 @@ from hogsend.core.identity import (
     plan_resolution,
 )
 from hogsend.core.ingest import EventInput, IngestResult
+from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
 from hogsend.db.repos.contacts import (
     Matches,
     NewContact,
@@ -705,3 +706,104 @@ async def ingest_batch(
     if not items:
         return []
     return await _ingest(session, list(items), _now(now))
+
+
+async def stored_event(session: AsyncSession, idempotency_key: str) -> IngestResult | None:
+    """The event already stored under ``idempotency_key`` (as a ``duplicate`` result), if any.
+
+    For callers that must do identity work of their own before ingesting (a Segment
+    ``alias``): take :func:`idempotency_lock_name`'s advisory lock first, then ask.
+    """
+    return (await _originals(session, [idempotency_key])).get(idempotency_key)
+
+
+# --------------------------------------------------------------------------- reads
+
+_EVENT_COLUMNS = (
+    "id, contact_id, user_id, event, properties, idempotency_key, source, occurred_at, received_at"
+)
+
+_LIST_EVENTS = text(
+    f"""
+    SELECT {_EVENT_COLUMNS} FROM user_events
+    WHERE (CAST(:event AS text) IS NULL OR event = CAST(:event AS text))
+      AND (CAST(:contact_id AS uuid) IS NULL OR contact_id = CAST(:contact_id AS uuid))
+      AND (CAST(:since AS timestamptz) IS NULL OR occurred_at >= CAST(:since AS timestamptz))
+      AND (CAST(:until AS timestamptz) IS NULL OR occurred_at <= CAST(:until AS timestamptz))
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (occurred_at, id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY occurred_at DESC, id DESC
+    LIMIT :limit
+    """
+)
+
+_GET_EVENT = text(f"SELECT {_EVENT_COLUMNS} FROM user_events WHERE id = :id")
+
+MAX_EVENT_PAGE_SIZE = 500
+
+
+def _event_from_row(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        name=row.event,
+        contact_key=row.user_id,
+        occurred_at=row.occurred_at,
+        properties=row.properties or {},
+        contact_id=row.contact_id,
+        idempotency_key=row.idempotency_key,
+        source=row.source,
+        received_at=row.received_at,
+    )
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    event: str | None = None,
+    contact_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[Event]:
+    """Stored events, newest ``occurred_at`` first, keyset-paged on ``(occurred_at, id)``.
+
+    Every given filter must match: the exact event name, the contact, and
+    ``since <= occurred_at <= until``.
+
+    Raises:
+        InvalidCursor: ``cursor`` is not one this listing handed out.
+        ValueError: ``limit`` outside 1..:data:`MAX_EVENT_PAGE_SIZE`.
+    """
+    if not 1 <= limit <= MAX_EVENT_PAGE_SIZE:
+        raise ValueError(f"limit must be between 1 and {MAX_EVENT_PAGE_SIZE}")
+    after_at: datetime | None = None
+    after_id: uuid.UUID | None = None
+    if cursor is not None:
+        at, ident = decode_cursor(cursor, 2)
+        try:
+            after_at, after_id = datetime.fromisoformat(at), uuid.UUID(ident)
+        except ValueError as exc:
+            raise InvalidCursor("cursor is not valid") from exc
+        if after_at.utcoffset() is None:
+            raise InvalidCursor("cursor is not valid")
+    rows = await session.execute(
+        _LIST_EVENTS,
+        {
+            "event": event,
+            "contact_id": contact_id,
+            "since": since,
+            "until": until,
+            "after_at": after_at,
+            "after_id": after_id,
+            "limit": limit + 1,
+        },
+    )
+    events = [_event_from_row(row) for row in rows]
+    return page_of(events, limit, lambda e: encode_cursor(e.occurred_at.isoformat(), str(e.id)))
+
+
+async def get_event(session: AsyncSession, event_id: uuid.UUID) -> Event | None:
+    """One stored event by id."""
+    row = (await session.execute(_GET_EVENT, {"id": event_id})).first()
+    return None if row is None else _event_from_row(row)

@@ -1,0 +1,230 @@
+"""POST /v1/events and /v1/events/batch: the data plane's front door (scope ``ingest``).
+
+A request only stores: one transaction resolves the contact, inserts the event and its
+outbox row and applies the list choices; the dispatcher in the worker does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.api.auth import require_scope
+from hogsend.api.deps import hogsend_of, settings_of
+from hogsend.api.errors import problem_responses
+from hogsend.api.middleware import MAX_BODY_BYTES_EXTRA
+from hogsend.api.routes.transactions import in_transaction, invalid_field, notify_throttle_of
+from hogsend.api.schemas.events import (
+    IDENTITY_MISSING,
+    BatchItemResult,
+    EventAccepted,
+    EventBatchIn,
+    EventBatchResult,
+    EventIn,
+    ItemError,
+    conflicts_out,
+)
+from hogsend.core.ingest import MAX_IDEMPOTENCY_KEY_LENGTH, EventInput, IngestResult
+from hogsend.db.repos import events, outbox
+from hogsend.errors import Conflict
+
+router = APIRouter(tags=["events"])
+
+
+def unknown_lists(request: Request, lists: Mapping[str, bool] | None) -> list[str]:
+    """The ids in ``lists`` that the app does not register, in the order given."""
+    if not lists:
+        return []
+    known = {item.id for item in hogsend_of(request).lists}
+    return [list_id for list_id in lists if list_id not in known]
+
+
+def error_field(loc: Sequence[int | str]) -> str:
+    """``("eventProperties", "a", 0)`` → ``eventProperties.a[0]``."""
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name
+
+
+def event_input(body: EventIn, *, idempotency_key: str | None, source: str) -> EventInput:
+    """The ingest input of a validated body that has an identity."""
+    identity = body.identity()
+    assert identity is not None
+    return EventInput(
+        name=body.name,
+        identity=identity,
+        properties=body.event_properties,
+        contact_properties=body.contact_properties,
+        lists=body.lists,
+        idempotency_key=idempotency_key or body.idempotency_key,
+        occurred_at=body.timestamp,
+        source=source,
+    )
+
+
+def accepted(result: IngestResult) -> EventAccepted:
+    """The 202 body of a single ingest."""
+    if result.status == "rejected" or result.event_id is None or result.contact_id is None:
+        raise Conflict(result.reason or "the event could not be stored; retry")
+    duplicate = result.status == "duplicate"
+    return EventAccepted(
+        stored=not duplicate,
+        event_id=result.event_id,
+        contact_id=result.contact_id,
+        duplicate=True if duplicate else None,
+        conflicts=conflicts_out(result.conflicts),
+    )
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    summary="Ingest one event",
+    response_model_exclude_none=True,
+    dependencies=[require_scope("ingest")],
+    responses=problem_responses(409, 503),
+)
+async def ingest_event(
+    body: EventIn,
+    request: Request,
+    idempotency_key_header: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
+            description="Wins over the body's `idempotencyKey`.",
+        ),
+    ] = None,
+) -> EventAccepted:
+    """Store an event about a person, creating, linking or merging their contact.
+
+    One transaction: resolve the contact from `userId` / `email` / `anonymousId`, apply
+    `contactProperties`, insert the event and its outbox row, apply `lists`. Journeys,
+    buckets and exits run later in the worker. A repeated idempotency key answers with
+    the original event (`stored: false, duplicate: true`) and changes nothing.
+    """
+    if body.identity() is None:
+        raise invalid_field(("body",), IDENTITY_MISSING)
+    unknown = unknown_lists(request, body.lists)
+    if unknown:
+        raise invalid_field(("body", "lists", unknown[0]), f"unknown list {unknown[0]!r}")
+    item = event_input(body, idempotency_key=idempotency_key_header, source="api")
+    throttle = notify_throttle_of(request)
+
+    async def store(session: AsyncSession) -> IngestResult:
+        result = await events.ingest_event(session, item)
+        if result.status == "stored":
+            await outbox.notify_outbox(session, throttle)
+        return result
+
+    return accepted(await in_transaction(request, store))
+
+
+def _item_errors(exc: ValidationError) -> list[ItemError]:
+    return [
+        ItemError(field=error_field(err["loc"]) or "item", message=err["msg"])
+        for err in exc.errors()
+    ]
+
+
+def validate_item(request: Request, raw: Any) -> EventInput | list[ItemError]:
+    """One batch item as ingest input, or what is wrong with it."""
+    if not isinstance(raw, dict):
+        return [ItemError(field="item", message="must be a JSON object")]
+    try:
+        body = EventIn.model_validate(raw)
+    except ValidationError as exc:
+        return _item_errors(exc)
+    if body.identity() is None:
+        return [ItemError(field="userId", message=IDENTITY_MISSING)]
+    unknown = unknown_lists(request, body.lists)
+    if unknown:
+        return [ItemError(field=f"lists.{u}", message=f"unknown list {u!r}") for u in unknown]
+    return event_input(body, idempotency_key=None, source="batch")
+
+
+def batch_result(
+    outcomes: Sequence[EventInput | list[ItemError]], results: Sequence[IngestResult]
+) -> EventBatchResult:
+    """Merge validation failures and ingest results back into request order."""
+    stored = iter(results)
+    items: list[BatchItemResult] = []
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, list):
+            items.append(BatchItemResult(index=index, status="rejected", errors=outcome))
+            continue
+        result = next(stored)
+        if result.status == "rejected":
+            reason = result.reason or "could not be stored"
+            items.append(
+                BatchItemResult(
+                    index=index,
+                    status="rejected",
+                    errors=[ItemError(field="item", message=reason)],
+                )
+            )
+        else:
+            items.append(
+                BatchItemResult(
+                    index=index,
+                    status=result.status,
+                    event_id=result.event_id,
+                    contact_id=result.contact_id,
+                    conflicts=conflicts_out(result.conflicts),
+                )
+            )
+    return EventBatchResult(
+        results=items,
+        stored=sum(1 for i in items if i.status == "stored"),
+        duplicates=sum(1 for i in items if i.status == "duplicate"),
+        rejected=sum(1 for i in items if i.status == "rejected"),
+    )
+
+
+async def store_batch(request: Request, inputs: Sequence[EventInput]) -> list[IngestResult]:
+    """Ingest ``inputs`` set-based in one transaction (nothing to do for none)."""
+    if not inputs:
+        return []
+    throttle = notify_throttle_of(request)
+
+    async def store(session: AsyncSession) -> list[IngestResult]:
+        results = await events.ingest_batch(session, inputs)
+        if any(r.status == "stored" for r in results):
+            await outbox.notify_outbox(session, throttle)
+        return results
+
+    return await in_transaction(request, store)
+
+
+@router.post(
+    "/v1/events/batch",
+    summary="Ingest a batch of events",
+    response_model_exclude_none=True,
+    dependencies=[require_scope("ingest")],
+    responses=problem_responses(503),
+    openapi_extra={MAX_BODY_BYTES_EXTRA: "batch_max_body_bytes"},
+)
+async def ingest_batch(body: EventBatchIn, request: Request) -> EventBatchResult:
+    """Store up to `HOGSEND_BATCH_MAX_EVENTS` events (default 1,000) in one transaction.
+
+    Each item is validated on its own: a bad one is `rejected` with its errors and the
+    others are still stored. Items repeating a stored idempotency key (or one earlier in
+    the batch) are `duplicate` and change nothing. Always 200 when the batch itself is
+    well-formed; read `results` (in request order) and the totals. The body may be up to
+    `HOGSEND_BATCH_MAX_BODY_BYTES` (default 10 MiB).
+    """
+    limit = settings_of(request).batch_max_events
+    if len(body.events) > limit:
+        raise invalid_field(("body", "events"), f"at most {limit} events per batch")
+    outcomes = [validate_item(request, raw) for raw in body.events]
+    inputs = [o for o in outcomes if isinstance(o, EventInput)]
+    return batch_result(outcomes, await store_batch(request, inputs))
