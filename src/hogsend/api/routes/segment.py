@@ -542,7 +542,8 @@ async def segment_batch(request: Request) -> SegmentBatchAck:
             else:
                 errors = [ItemError(field="message", message=result.reason or "not stored")]
         if errors is not None:
-            message_id = envelope.batch[index].get("messageId")
+            raw = envelope.batch[index]
+            message_id = raw.get("messageId") if isinstance(raw, dict) else None
             rejections.append(
                 SegmentRejection(
                     index=index,

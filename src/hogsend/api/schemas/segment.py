@@ -10,7 +10,14 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from hogsend.api.schemas.common import ApiModel
@@ -87,8 +94,8 @@ class SegmentBatch(ApiModel):
 
     model_config = ConfigDict(extra="allow")
 
-    batch: list[dict[str, Any]] = Field(
-        description="Messages, each validated on its own; a bad one never fails the rest."
+    batch: list[Annotated[Any, WithJsonSchema(SegmentMessage.model_json_schema(by_alias=True))]] = (
+        Field(description="Messages, each validated on its own; a bad one never fails the rest.")
     )
     sent_at: SegmentTime | None = None
     context: dict[str, Any] | None = None
