@@ -1,4 +1,4 @@
-"""A small hogsend project: two lists, two buckets, one welcome journey.
+"""A small hogsend project: two lists, two buckets, one welcome journey, seven templates.
 
 Run it from the repository root with ``hogsend dev`` (it is the default app), or point
 any command at it: ``hogsend --app examples.quickstart.app:app check``.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import BaseModel, HttpUrl
+
 from hogsend import (
     Contact,
     Hogsend,
@@ -16,6 +18,76 @@ from hogsend import (
     define_bucket,
     define_journey,
     define_list,
+)
+from hogsend.channels.templates import TemplateRegistry
+
+
+class TrialEndingProps(BaseModel):
+    """What the trial-ending email needs to know."""
+
+    plan: str = "Pro"
+    days_left: int
+    ends_on: str
+    upgrade_url: HttpUrl = HttpUrl("https://example.com/billing")
+
+
+class PaymentFailedProps(BaseModel):
+    """What the payment-failed email needs to know."""
+
+    amount: str
+    plan: str
+    retry_on: str
+    update_url: HttpUrl
+    card_last4: str | None = None
+
+
+class NewsletterItem(BaseModel):
+    heading: str
+    body: str
+    url: HttpUrl | None = None
+
+
+class NewsletterProps(BaseModel):
+    """One issue of the monthly newsletter."""
+
+    title: str
+    intro: str
+    items: list[NewsletterItem]
+
+
+templates = TemplateRegistry(
+    Path(__file__).parent / "templates",
+    props={
+        "trial-ending": TrialEndingProps,
+        "payment-failed": PaymentFailedProps,
+        "newsletter": NewsletterProps,
+    },
+    examples={
+        "trial-ending": {"days_left": 3, "ends_on": "March 14"},
+        "payment-failed": {
+            "amount": "$49.00",
+            "plan": "Pro",
+            "retry_on": "March 17",
+            "update_url": "https://example.com/billing/card",
+            "card_last4": "4242",
+        },
+        "win-back": {"offer": "Come back this month and get 20% off for a year."},
+        "newsletter": {
+            "title": "What's new in March",
+            "intro": "Faster dashboards, a Slack integration and smarter alerts.",
+            "items": [
+                {
+                    "heading": "Dashboards load in half the time",
+                    "body": "We rebuilt the query layer; big projects feel it most.",
+                    "url": "https://example.com/blog/faster-dashboards",
+                },
+                {
+                    "heading": "Alerts in Slack",
+                    "body": "Send any alert to a channel, with a link back to the chart.",
+                },
+            ],
+        },
+    },
 )
 
 product_updates = define_list(
@@ -54,5 +126,5 @@ app = Hogsend(
     journeys=[welcome],
     buckets=[trial_users, vip_customers],
     lists=[product_updates, tips],
-    templates=Path(__file__).parent / "templates",
+    templates=templates,
 )

@@ -18,9 +18,15 @@ from typing import TYPE_CHECKING
 
 from hogsend.core.definitions import BucketDefinition, JourneyDefinition, ListDefinition
 from hogsend.core.identifiers import duplicates
-from hogsend.errors import AppLoadError, DefinitionError, RegistrationClosedError
+from hogsend.errors import (
+    AppLoadError,
+    ConfigurationError,
+    DefinitionError,
+    RegistrationClosedError,
+)
 
 if TYPE_CHECKING:
+    from hogsend.channels.templates import TemplateRegistry
     from hogsend.settings import Settings
 
 
@@ -42,7 +48,9 @@ class Hogsend:
         journeys: journey definitions (from ``@define_journey``).
         buckets: bucket definitions (from ``define_bucket``).
         lists: list definitions (from ``define_list``).
-        templates: directory of email templates (``<key>.html`` with optional ``<key>.txt``).
+        templates: the email templates: a directory (``<key>.html`` or ``<key>.mjml``,
+            optional ``<key>.txt``; see docs/email.md) or a ``TemplateRegistry`` from
+            :mod:`hogsend.channels.templates` (for props models and preview examples).
         settings: explicit settings; by default each process builds them from the environment.
         name: a label for logs and Studio.
 
@@ -56,13 +64,22 @@ class Hogsend:
         journeys: Sequence[JourneyDefinition] = (),
         buckets: Sequence[BucketDefinition] = (),
         lists: Sequence[ListDefinition] = (),
-        templates: str | Path | None = None,
+        templates: str | Path | TemplateRegistry | None = None,
         settings: Settings | None = None,
         name: str = "hogsend",
     ) -> None:
         self.name = name
         self.settings = settings
-        self.template_dir = Path(templates) if templates is not None else None
+        self.templates: TemplateRegistry | None = None
+        if templates is not None:
+            # Imported here so `import hogsend` stays free of the template machinery.
+            from hogsend.channels.templates import TemplateRegistry
+
+            self.templates = (
+                templates
+                if isinstance(templates, TemplateRegistry)
+                else TemplateRegistry(templates)
+            )
         self._journeys: list[JourneyDefinition] = []
         self._buckets: list[BucketDefinition] = []
         self._lists: list[ListDefinition] = []
@@ -108,7 +125,19 @@ class Hogsend:
         into.append(item)  # type: ignore[arg-type]
 
     def launch(self) -> None:
-        """Close registration; called by the runtime when a process starts serving."""
+        """Close registration; called by the runtime when a process starts serving.
+
+        Raises:
+            ConfigurationError: a template does not compile, or a journey sends a
+                template that does not exist (``hogsend check`` lists the same).
+        """
+        if not self._launched:
+            problems = self._template_problems()
+            if problems:
+                raise ConfigurationError(
+                    "the app's templates are not ready:\n"
+                    + "\n".join(f"  {problem}" for problem in problems)
+                )
         self._launched = True
 
     @property
@@ -133,13 +162,34 @@ class Hogsend:
         """Registered lists, in registration order."""
         return tuple(self._lists)
 
+    @property
+    def template_dir(self) -> Path | None:
+        """The template directory, if the app has templates."""
+        return self.templates.directory if self.templates is not None else None
+
     def template_keys(self) -> frozenset[str]:
-        """Keys of the templates in the template directory (``<key>.html`` files)."""
-        if self.template_dir is None or not self.template_dir.is_dir():
-            return frozenset()
-        return frozenset(path.stem for path in self.template_dir.glob("*.html"))
+        """Keys of the app's templates (``<key>.html`` / ``<key>.mjml`` files)."""
+        return self.templates.keys() if self.templates is not None else frozenset()
 
     # -- validation --------------------------------------------------------------------
+
+    def _template_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        if self.templates is not None:
+            problems += [Problem(where=p.where, message=p.message) for p in self.templates.check()]
+        known = self.template_keys()
+        for journey in self._journeys:
+            for key in sorted(_literal_template_keys(journey)):
+                if key not in known:
+                    problems.append(
+                        Problem(
+                            where=f"journey {journey.id}",
+                            message=f"sends unknown template {key!r} "
+                            f"(no {key}.html or {key}.mjml in "
+                            f"{self.template_dir or 'the template directory'})",
+                        )
+                    )
+        return problems
 
     def check(self) -> list[Problem]:
         """Validate the whole app; an empty list means it is ready to launch."""
@@ -152,21 +202,7 @@ class Hogsend:
             problems += [
                 Problem(where=f"{label} {i}", message="duplicate id") for i in duplicates(ids)
             ]
-        if self.template_dir is not None and not self.template_dir.is_dir():
-            problems.append(
-                Problem(where="templates", message=f"directory {self.template_dir} does not exist")
-            )
-        known = self.template_keys()
-        for journey in self._journeys:
-            for key in sorted(_literal_template_keys(journey)):
-                if key not in known:
-                    problems.append(
-                        Problem(
-                            where=f"journey {journey.id}",
-                            message=f"sends unknown template {key!r} "
-                            f"(no {key}.html in {self.template_dir or 'the template directory'})",
-                        )
-                    )
+        problems += self._template_problems()
         bucket_ids = {b.id for b in self._buckets}
         for journey in self._journeys:
             trigger = journey.trigger

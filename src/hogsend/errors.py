@@ -6,6 +6,12 @@
     ├── ConfigurationError          bad settings or a bad app object (fix and restart)
     │   └── AppLoadError            --app / HOGSEND_APP path cannot be imported
     ├── DefinitionError             a journey/bucket/list/template definition is invalid
+    ├── TemplateError               a template cannot be found, compiled or rendered
+    │   ├── TemplateNotFound        no template has that key
+    │   └── TemplatePropsError      props fail the template's pydantic model
+    ├── ProviderError               an email provider refused or failed a message
+    │   ├── TransientProviderError  worth retrying later (429, 5xx, SMTP 4xx, network)
+    │   └── PermanentProviderError  retrying will not help (HTTP 4xx, SMTP 5xx)
     ├── RegistrationClosedError     registering on a Hogsend app after launch
     ├── DatabaseError               embedded Postgres or migrations cannot be brought up
     └── ApiError                    mapped to problem+json by hogsend.api.errors
@@ -46,6 +52,104 @@ class DefinitionError(HogsendError):
     """A journey, bucket, list or template definition is invalid."""
 
     code = "definition"
+
+
+class TemplateError(HogsendError):
+    """A template is unknown, does not compile or fails to render.
+
+    Attributes:
+        key: the template key, when known.
+        line: the line in the template file (or the layout it extends), when known.
+        file: the file that line is in, when it is not the template's own.
+    """
+
+    code = "template"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        line: int | None = None,
+        file: str | None = None,
+    ) -> None:
+        self.message = message
+        self.key = key
+        self.line = line
+        self.file = file
+        where = ""
+        if key is not None:
+            where = f"template {key!r}"
+            if file is not None:
+                where += f" ({file}"
+                where += f", line {line})" if line is not None else ")"
+            elif line is not None:
+                where += f", line {line}"
+            where += ": "
+        super().__init__(where + message)
+
+
+class TemplateNotFound(TemplateError):
+    """No template is registered under the key."""
+
+    code = "template-not-found"
+
+
+class TemplatePropsError(TemplateError):
+    """The props of a send fail the template's pydantic model.
+
+    Attributes:
+        errors: one ``{"loc": ..., "msg": ...}`` mapping per invalid field.
+    """
+
+    code = "template-props"
+
+    def __init__(self, message: str, *, key: str, errors: Sequence[Mapping[str, Any]] = ()) -> None:
+        super().__init__(message, key=key)
+        self.errors = list(errors)
+
+
+class ProviderError(HogsendError):
+    """An email provider did not accept a message.
+
+    Attributes:
+        provider: ``smtp``, ``resend``, ``outbox`` ...
+        status: the SMTP reply code or HTTP status, when there was one.
+    """
+
+    code = "provider"
+
+    def __init__(self, message: str, *, provider: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: throttling, a server error, a dropped connection.
+
+    Attributes:
+        retry_after: seconds the provider asked us to wait, when it said.
+    """
+
+    code = "provider-transient"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """A refusal that retrying cannot fix: a rejected recipient, a malformed request."""
+
+    code = "provider-permanent"
 
 
 class RegistrationClosedError(HogsendError):

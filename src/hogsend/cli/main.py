@@ -19,6 +19,7 @@ from hogsend.cli.db import db_cli
 from hogsend.cli.dev import dev
 from hogsend.cli.keys import keys_cli
 from hogsend.cli.serving import serve, worker
+from hogsend.cli.templates import templates_cli
 from hogsend.errors import ConfigurationError, DatabaseError
 
 cli = typer.Typer(
@@ -62,6 +63,7 @@ cli.command()(worker)
 cli.command()(check)
 cli.add_typer(db_cli)
 cli.add_typer(keys_cli)
+cli.add_typer(templates_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Channels: email templates and providers (later: analytics, outgoing webhooks)."""

@@ -1,0 +1,468 @@
+"""Loading, checking and rendering the email templates of a user's project.
+
+A template directory holds, at its top level, one ``<key>.html`` (Jinja2 HTML) or
+``<key>.mjml`` (Jinja2 over MJML) per template, an optional ``<key>.txt`` for the
+plain-text part, and any number of layouts and partials: files whose name starts with
+``_`` or that sit in a subdirectory. A template starts with an optional metadata
+block (see :mod:`hogsend.core.templates`) and may ``{% extends "_layout.html" %}``.
+
+Rendering, in order: validate props (pydantic model, if registered) → render the
+subject and preheader → render the body (MJML compiled to HTML) → derive the text
+part unless a ``.txt`` exists → insert the hidden preheader → inline the CSS.
+
+The directory is read lazily, on first use, so building a registry at import time
+touches no file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+import jinja2.meta
+from pydantic import BaseModel, ValidationError
+
+from hogsend.channels.plaintext import html_to_text
+from hogsend.core.contact import Contact
+from hogsend.core.templates import (
+    EmailTemplate,
+    RenderedEmail,
+    TemplateFormat,
+    is_template_key,
+    parse_metadata,
+    render_variables,
+)
+from hogsend.errors import TemplateError, TemplateNotFound, TemplatePropsError
+
+_BODY_SUFFIXES: dict[str, TemplateFormat] = {".html": "html", ".mjml": "mjml"}
+_BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateProblem:
+    """One thing wrong with a template directory (reported by ``hogsend check``)."""
+
+    where: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    templates: dict[str, EmailTemplate]
+    problems: list[TemplateProblem]
+
+
+class TemplateRegistry:
+    """The email templates of an app, read from one directory.
+
+    Args:
+        directory: the template directory.
+        props: per template key, a pydantic model the send's props must validate
+            against; the template then sees the validated values (defaults filled in).
+        examples: per template key, sample props for previews (CLI, admin API, Studio).
+        inline_css: inline ``<style>`` rules into ``style=""`` attributes (HTML
+            templates; MJML inlines its own). Media queries stay in a ``<style>``.
+
+    ``Hogsend(templates="dir")`` builds ``TemplateRegistry("dir")``; pass a registry
+    yourself for props models or examples.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        props: Mapping[str, type[BaseModel]] | None = None,
+        examples: Mapping[str, Mapping[str, Any]] | None = None,
+        inline_css: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.props_models: dict[str, type[BaseModel]] = dict(props or {})
+        self.examples: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (examples or {}).items()}
+        self.inline_css = inline_css
+        self._env: jinja2.Environment | None = None
+        self._scan: _Scan | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TemplateRegistry({str(self.directory)!r})"
+
+    # -- discovery ---------------------------------------------------------------------
+
+    @property
+    def environment(self) -> jinja2.Environment:
+        """The Jinja2 environment: HTML/MJML autoescaped, undefined variables are errors."""
+        if self._env is None:
+            self._env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(self.directory),
+                autoescape=jinja2.select_autoescape(
+                    enabled_extensions=("html", "htm", "mjml", "xml"),
+                    default_for_string=False,
+                    default=False,
+                ),
+                undefined=jinja2.StrictUndefined,
+                keep_trailing_newline=True,
+                auto_reload=True,
+            )
+        return self._env
+
+    def refresh(self) -> None:
+        """Forget what was read from the directory (new or edited files are seen next use)."""
+        with self._lock:
+            self._scan = None
+
+    def _scanned(self) -> _Scan:
+        with self._lock:
+            if self._scan is None:
+                self._scan = self._read_directory()
+            return self._scan
+
+    def _read_directory(self) -> _Scan:
+        templates: dict[str, EmailTemplate] = {}
+        problems: list[TemplateProblem] = []
+        if not self.directory.is_dir():
+            return _Scan(templates, problems)
+        for path in sorted(self.directory.iterdir()):
+            fmt = _BODY_SUFFIXES.get(path.suffix)
+            if fmt is None or not path.is_file() or path.name.startswith("_"):
+                continue
+            key = path.stem
+            if not is_template_key(key):
+                problems.append(
+                    TemplateProblem(
+                        where=f"template file {path.name}",
+                        message="name is not a kebab-case key (e.g. trial-ending.html); "
+                        "start layouts and partials with '_'",
+                    )
+                )
+                continue
+            if key in templates:
+                problems.append(
+                    TemplateProblem(
+                        where=f"template {key}",
+                        message=f"both {templates[key].source} and {path.name} exist; keep one",
+                    )
+                )
+                continue
+            try:
+                meta = parse_metadata(path.read_text(encoding="utf-8"), key=key)
+            except TemplateError as exc:
+                problems.append(TemplateProblem(where=f"template {key}", message=str(exc)))
+                continue
+            text_path = self.directory / f"{key}.txt"
+            model = self.props_models.get(key)
+            templates[key] = EmailTemplate(
+                key=key,
+                format=fmt,
+                source=path.name,
+                text_source=text_path.name if text_path.is_file() else None,
+                meta=meta,
+                props_model=f"{model.__module__}.{model.__qualname__}" if model else None,
+            )
+        return _Scan(templates, problems)
+
+    def keys(self) -> frozenset[str]:
+        """The keys of every template in the directory."""
+        return frozenset(self._scanned().templates)
+
+    def templates(self) -> list[EmailTemplate]:
+        """Every template, sorted by key."""
+        scan = self._scanned()
+        return [scan.templates[key] for key in sorted(scan.templates)]
+
+    def get(self, key: str) -> EmailTemplate:
+        """The template called ``key``.
+
+        Raises:
+            TemplateNotFound: no such template (the message suggests close keys).
+        """
+        scan = self._scanned()
+        try:
+            return scan.templates[key]
+        except KeyError:
+            close = difflib.get_close_matches(key, list(scan.templates), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise TemplateNotFound(
+                f"no {key}.html or {key}.mjml in {self.directory}{hint}", key=key
+            ) from None
+
+    def preview_props(self, key: str) -> dict[str, Any]:
+        """The example props of ``key`` (empty when none were given)."""
+        return dict(self.examples.get(key, {}))
+
+    # -- checking ----------------------------------------------------------------------
+
+    def check(self) -> list[TemplateProblem]:
+        """Compile every file and report what would fail at send time.
+
+        Finds: a missing directory, badly named files, bad metadata, syntax errors
+        (in templates, layouts and partials, with their line), references to layouts
+        or partials that do not exist, props models or examples for unknown keys, and
+        examples that fail their template's props model.
+        """
+        if not self.directory.is_dir():
+            return [
+                TemplateProblem(
+                    where="templates", message=f"directory {self.directory} does not exist"
+                )
+            ]
+        self.refresh()
+        scan = self._scanned()
+        problems = list(scan.problems)
+        env = self.environment
+        names = set(env.list_templates())
+        for name in sorted(names):
+            if Path(name).suffix not in (".html", ".mjml", ".txt", ".htm", ".xml"):
+                continue
+            where = _where_for(name, scan.templates)
+            try:
+                source = (self.directory / name).read_text(encoding="utf-8")
+                tree = env.parse(source, name=name, filename=str(self.directory / name))
+                env.compile(tree, name=name, filename=str(self.directory / name))
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(
+                    TemplateProblem(where=where, message=f"line {exc.lineno}: {exc.message}")
+                )
+                continue
+            for ref in jinja2.meta.find_referenced_templates(tree):
+                if ref is not None and ref not in names:
+                    problems.append(
+                        TemplateProblem(where=where, message=f"uses missing template {ref!r}")
+                    )
+        for template in scan.templates.values():
+            for label, value in (
+                ("subject", template.meta.subject),
+                ("preheader", template.meta.preheader),
+            ):
+                if value is None:
+                    continue
+                try:
+                    env.parse(value)
+                except jinja2.TemplateSyntaxError as exc:
+                    problems.append(
+                        TemplateProblem(
+                            where=f"template {template.key}", message=f"{label}: {exc.message}"
+                        )
+                    )
+        for label, keys in (("props model", self.props_models), ("example", self.examples)):
+            for key in sorted(set(keys) - set(scan.templates)):
+                problems.append(
+                    TemplateProblem(
+                        where=f"template {key}", message=f"{label} given, but no such template"
+                    )
+                )
+        for key, example in sorted(self.examples.items()):
+            model = self.props_models.get(key)
+            if model is None or key not in scan.templates:
+                continue
+            try:
+                model.model_validate(example)
+            except ValidationError as exc:
+                problems.append(
+                    TemplateProblem(
+                        where=f"template {key}",
+                        message=f"example props fail {model.__name__}: {_summarise(exc)}",
+                    )
+                )
+        return problems
+
+    # -- rendering ---------------------------------------------------------------------
+
+    def validate_props(self, key: str, props: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The props a template sees: validated by its model (if any), else as given.
+
+        Raises:
+            TemplateNotFound: unknown key.
+            TemplatePropsError: the props fail the model; ``errors`` lists each field.
+        """
+        self.get(key)
+        given = dict(props or {})
+        model = self.props_models.get(key)
+        if model is None:
+            return given
+        try:
+            validated = model.model_validate(given)
+        except ValidationError as exc:
+            raise TemplatePropsError(
+                f"invalid props for {model.__name__}: {_summarise(exc)}",
+                key=key,
+                errors=[
+                    {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]}
+                    for err in exc.errors()
+                ],
+            ) from None
+        # Attributes, not model_dump(): nested models and their methods stay usable.
+        return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+    def render(
+        self,
+        key: str,
+        *,
+        contact: Contact,
+        props: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> RenderedEmail:
+        """Render template ``key`` for ``contact``.
+
+        Args:
+            key: the template key.
+            contact: the recipient; templates see it as ``contact``.
+            props: the send's props; templates see each one by name and all as ``props``.
+            subject: a literal subject replacing the template's (not a template).
+            extra: variables the engine adds (``unsubscribe_url``, ``preferences_url``
+                ...), not validated by the props model.
+
+        Raises:
+            TemplateNotFound: unknown key.
+            TemplatePropsError: props fail the template's model.
+            TemplateError: the template has no subject, does not compile, or fails while
+                rendering (an undefined variable ...), with the file and line.
+        """
+        template = self.get(key)
+        values = self.validate_props(key, props)
+        variables = render_variables(key=key, contact=contact, props=values, extra=extra)
+        preheader = None
+        if template.meta.preheader is not None:
+            preheader = self._render_string(key, "preheader", template.meta.preheader, variables)
+        variables["preheader"] = preheader
+        if subject is None:
+            if template.meta.subject is None:
+                raise TemplateError(
+                    "has no subject: add 'subject: ...' to its {#--- ---#} metadata block "
+                    "or pass subject=",
+                    key=key,
+                )
+            subject = self._render_string(key, "subject", template.meta.subject, variables)
+        subject = " ".join(subject.split())
+        body = self._render_file(key, template.source, variables)
+        if template.format == "mjml":
+            body = _mjml_to_html(key, body)
+        if template.text_source is not None:
+            text = self._render_file(key, template.text_source, variables).strip() + "\n"
+        else:
+            text = html_to_text(body)
+        if preheader:
+            body = _insert_preheader(body, preheader)
+        if self.inline_css and template.format == "html":
+            body = _inline_css(key, body)
+        return RenderedEmail(
+            key=key,
+            subject=subject,
+            html=body,
+            text=text,
+            preheader=preheader,
+            category=template.meta.category,
+        )
+
+    def _render_string(
+        self, key: str, label: str, source: str, variables: Mapping[str, Any]
+    ) -> str:
+        try:
+            return self.environment.from_string(source).render(variables)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{label}: {exc.message}", key=key) from None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"{label}: {_undefined_hint(exc)}", key=key) from None
+
+    def _render_file(self, key: str, name: str, variables: Mapping[str, Any]) -> str:
+        try:
+            return self.environment.get_template(name).render(variables)
+        except jinja2.TemplateSyntaxError as exc:
+            raise _located(key, name, exc.filename, exc.lineno, exc.message or str(exc)) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"uses missing template {exc.name!r} (looked in {self.directory})", key=key
+            ) from None
+        except jinja2.UndefinedError as exc:
+            file, line = self._template_frame(exc.__traceback__)
+            raise _located(key, name, file, line, _undefined_hint(exc)) from None
+        except (
+            TemplateError,
+            jinja2.TemplateError,
+            ArithmeticError,
+            LookupError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            file, line = self._template_frame(exc.__traceback__)
+            raise _located(key, name, file, line, f"{type(exc).__name__}: {exc}") from None
+
+    def _template_frame(self, tb: TracebackType | None) -> tuple[str | None, int | None]:
+        # Jinja2 rewrites tracebacks so template lines appear as frames of the file.
+        root = str(self.directory.resolve())
+        found: tuple[str | None, int | None] = (None, None)
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if filename.startswith(root) or filename.startswith(str(self.directory)):
+                found = (filename, tb.tb_lineno)
+            tb = tb.tb_next
+        return found
+
+
+def _where_for(name: str, templates: Mapping[str, EmailTemplate]) -> str:
+    stem = Path(name).stem
+    if stem in templates and "/" not in name:
+        return f"template {stem}"
+    return f"template file {name}"
+
+
+def _located(
+    key: str, own: str, filename: str | None, line: int | None, message: str
+) -> TemplateError:
+    file = Path(filename).name if filename else None
+    # Name the file only when the error is in a layout or partial, not in the template.
+    return TemplateError(message, key=key, line=line, file=None if file in (None, own) else file)
+
+
+def _undefined_hint(exc: jinja2.UndefinedError) -> str:
+    return (
+        f"{exc.message} (pass it in props, or write "
+        "{{ name | default('...') }} where it is optional)"
+    )
+
+
+def _summarise(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def _insert_preheader(html: str, preheader: str) -> str:
+    from markupsafe import escape
+
+    # Hidden text that inboxes show next to the subject; padded so body text doesn't follow.
+    block = (
+        '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all" aria-hidden="true">'
+        f"{escape(preheader)}{'&#847;&zwnj;&nbsp;' * 30}</div>"
+    )
+    match = _BODY_TAG.search(html)
+    if match is None:
+        return block + html
+    return html[: match.end()] + block + html[match.end() :]
+
+
+def _inline_css(key: str, html: str) -> str:
+    import css_inline
+
+    try:
+        return str(css_inline.inline(html, keep_at_rules=True, load_remote_stylesheets=False))
+    except ValueError as exc:
+        raise TemplateError(f"CSS could not be inlined: {exc}", key=key) from None
+
+
+def _mjml_to_html(key: str, source: str) -> str:
+    try:
+        import mjml
+    except ImportError:  # pragma: no cover - mjml-python is a dependency
+        raise TemplateError("MJML templates need the mjml-python package", key=key) from None
+    try:
+        return str(mjml.mjml2html(source))
+    except ValueError as exc:
+        raise TemplateError(f"MJML does not compile: {exc}", key=key) from None
