@@ -78,7 +78,20 @@ class Settings(BaseSettings):
     smtp_tls: Literal["none", "starttls", "tls"] = Field(
         default="starttls", description="none, starttls (port 587) or tls (port 465)."
     )
+    smtp_pool_size: int = Field(
+        default=4, ge=1, le=100, description="SMTP connections kept open and reused per process."
+    )
+    smtp_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="SMTP connect and per-command timeout."
+    )
     resend_api_key: SecretStr | None = Field(default=None, description="Resend API key.")
+    resend_base_url: str = Field(
+        default="https://api.resend.com",
+        description="Root of the Resend API (point it at a local server in tests).",
+    )
+    email_rate_per_second: float = Field(
+        default=0.0, ge=0, description="Most messages per second to the provider (0 = no limit)."
+    )
     resend_webhook_secret: SecretStr | None = Field(
         default=None, description="Svix signing secret of the Resend webhook."
     )

@@ -1,0 +1,93 @@
+"""What the mailer hands a provider, what it gets back, and the Protocol between them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import make_msgid, parseaddr
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutgoingEmail:
+    """One fully rendered message for one recipient.
+
+    Attributes:
+        from_email: the From header (``Name <addr>`` or a bare address).
+        to: the recipient's address.
+        subject: the Subject header.
+        html: the HTML part (None for a text-only message).
+        text: the plain-text part (None for an HTML-only message).
+        reply_to: the Reply-To header.
+        headers: extra headers, passed through verbatim (List-Unsubscribe,
+            List-Unsubscribe-Post, X-Hogsend-Original-To in test mode ...).
+        idempotency_key: the send's key; providers that support one (Resend) get it,
+            and SMTP derives the Message-ID from it so a resend carries the same id.
+        tags: name/value labels for providers that support them (Resend tags).
+        email_send_id: the ``email_sends`` row this message belongs to, if any.
+    """
+
+    from_email: str
+    to: str
+    subject: str
+    html: str | None = None
+    text: str | None = None
+    reply_to: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    email_send_id: UUID | None = None
+
+    def __post_init__(self) -> None:
+        if self.html is None and self.text is None:
+            raise ValueError("an email needs an HTML part, a text part or both")
+
+    def message_id(self) -> str:
+        """The Message-ID header: stable for an idempotency key, random otherwise."""
+        domain = parseaddr(self.from_email)[1].rpartition("@")[2] or "hogsend.local"
+        if self.idempotency_key is None:
+            return make_msgid(domain=domain)
+        digest = hashlib.sha256(self.idempotency_key.encode()).hexdigest()[:32]
+        return f"<{digest}@{domain}>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderResult:
+    """A provider accepted a message.
+
+    Attributes:
+        provider: ``smtp``, ``resend`` or ``outbox``.
+        message_id: the provider's id for it (Resend id, SMTP Message-ID, outbox row id),
+            which delivery webhooks later refer to.
+        accepted: whether the provider took it (False only for fakes that drop).
+        waited_seconds: time pacing held the message back (rate limit and back-off).
+        attempts: provider calls made, counting retries after a ``retry_after``.
+    """
+
+    provider: str
+    message_id: str
+    accepted: bool = True
+    waited_seconds: float = 0.0
+    attempts: int = 1
+
+
+@runtime_checkable
+class EmailProvider(Protocol):
+    """Something that delivers an :class:`OutgoingEmail`.
+
+    ``send`` returns a :class:`ProviderResult` or raises
+    :class:`~hogsend.errors.TransientProviderError` (retry later, maybe after
+    ``retry_after`` seconds) or :class:`~hogsend.errors.PermanentProviderError`.
+    """
+
+    name: str
+
+    async def send(self, message: OutgoingEmail) -> ProviderResult:
+        """Deliver one message."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the provider is not used afterwards."""
+        ...

@@ -1,0 +1,60 @@
+"""The outbox provider: nothing leaves the machine; each message is stored in Postgres."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hogsend.channels.email.message import OutgoingEmail, ProviderResult
+from hogsend.errors import TransientProviderError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+class OutboxProvider:
+    """Store messages in ``outbox_messages`` (the default of ``hogsend dev``).
+
+    Everything a real provider would get is kept: the headers (with Message-ID,
+    Reply-To and tags), the HTML and the text, so Studio can show the message as
+    sent. A database error is transient.
+    """
+
+    name = "outbox"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        from hogsend.db.engine import make_sessionmaker
+
+        self._sessions = make_sessionmaker(engine)
+
+    async def send(self, message: OutgoingEmail) -> ProviderResult:
+        """Store ``message``; its outbox row id is the message id."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from hogsend.db.repos import outbox_messages
+
+        headers: dict[str, object] = {"Message-ID": message.message_id()}
+        if message.reply_to:
+            headers["Reply-To"] = message.reply_to
+        headers.update(message.headers)
+        if message.tags:
+            headers["X-Hogsend-Tags"] = dict(message.tags)
+        if message.idempotency_key:
+            headers["X-Hogsend-Idempotency-Key"] = message.idempotency_key
+        try:
+            async with self._sessions() as session, session.begin():
+                row_id = await outbox_messages.add(
+                    session,
+                    to_email=message.to,
+                    from_email=message.from_email,
+                    subject=message.subject,
+                    headers=headers,
+                    html=message.html,
+                    text=message.text,
+                    email_send_id=message.email_send_id,
+                )
+        except SQLAlchemyError as exc:
+            raise TransientProviderError(f"outbox: {exc}", provider=self.name) from exc
+        return ProviderResult(provider=self.name, message_id=str(row_id))
+
+    async def aclose(self) -> None:
+        """Nothing to release: the engine belongs to the caller."""

@@ -1,0 +1,66 @@
+"""The outbox provider stores whole messages in Postgres; the repo lists and reads them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from hogsend.channels.email import OutboxProvider, OutgoingEmail, build_provider
+from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.repos import outbox_messages
+from hogsend.errors import ConfigurationError
+from hogsend.settings import Settings
+
+
+async def test_outbox_stores_and_lists(database_url: str) -> None:
+    engine = make_async_engine(database_url, pool_size=2)
+    try:
+        provider = build_provider(Settings(env="test", email_provider="outbox"), engine)
+        assert isinstance(provider.inner, OutboxProvider)
+        first = await provider.send(
+            OutgoingEmail(
+                from_email="Acme <hello@acme.test>",
+                to="ada@example.com",
+                subject="One",
+                html="<p>1</p>",
+                text="1\n",
+                reply_to="help@acme.test",
+                headers={"List-Unsubscribe": "<https://acme.test/u>"},
+                idempotency_key="wf:1",
+                tags={"template": "welcome"},
+            )
+        )
+        second = await provider.send(
+            OutgoingEmail(from_email="a@acme.test", to="bob@example.com", subject="Two", text="2")
+        )
+        assert first.provider == "outbox"
+        async with make_sessionmaker(engine)() as session:
+            assert await outbox_messages.count(session) == 2
+            newest, oldest = await outbox_messages.list_messages(session)
+            assert {newest.subject, oldest.subject} == {"One", "Two"}
+            stored = await outbox_messages.get(session, uuid.UUID(first.message_id))
+            assert stored is not None
+            assert stored.html == "<p>1</p>"
+            assert stored.text == "1\n"
+            assert stored.headers["List-Unsubscribe"] == "<https://acme.test/u>"
+            assert stored.headers["Reply-To"] == "help@acme.test"
+            assert stored.headers["X-Hogsend-Tags"] == {"template": "welcome"}
+            assert stored.headers["Message-ID"].endswith("@acme.test>")
+            only_bob = await outbox_messages.list_messages(session, to_email="BOB@example.com")
+            assert [m.id for m in only_bob] == [uuid.UUID(second.message_id)]
+            page = await outbox_messages.list_messages(session, limit=1)
+            rest = await outbox_messages.list_messages(
+                session, before=(page[0].created_at, page[0].id)
+            )
+            assert len(page) == 1
+            assert len(rest) == 1
+            assert rest[0].id != page[0].id
+            assert await outbox_messages.get(session, uuid.uuid4()) is None
+    finally:
+        await engine.dispose()
+
+
+def test_outbox_needs_an_engine() -> None:
+    with pytest.raises(ConfigurationError, match="engine"):
+        build_provider(Settings(env="test", email_provider="outbox"))

@@ -1,0 +1,154 @@
+"""The Resend provider against a live local HTTP server (uvicorn + Starlette)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from hogsend.channels.email import OutgoingEmail, ResendProvider, build_provider
+from hogsend.errors import PermanentProviderError, TransientProviderError
+from hogsend.settings import Settings
+
+received: list[dict[str, Any]] = []
+
+
+async def emails(request: Request) -> JSONResponse:
+    body = json.loads(await request.body())
+    received.append({"headers": dict(request.headers), "body": body})
+    to = body["to"][0]
+    if to.startswith("status429"):
+        return JSONResponse(
+            {"name": "rate_limit_exceeded", "message": "slow down"},
+            status_code=429,
+            headers={"Retry-After": "7"},
+        )
+    if to.startswith("status500"):
+        return JSONResponse({"name": "internal_server_error", "message": "x"}, status_code=500)
+    if to.startswith("status422"):
+        return JSONResponse(
+            {"name": "validation_error", "message": "Invalid `to` field."}, status_code=422
+        )
+    return JSONResponse({"id": f"re_{len(received)}"})
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = Starlette(routes=[Route("/emails", emails, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
+
+
+def message(to: str = "ada@example.com", **overrides: Any) -> OutgoingEmail:
+    values: dict[str, Any] = {
+        "from_email": "Acme <hello@acme.test>",
+        "to": to,
+        "subject": "Hi",
+        "html": "<p>Hi</p>",
+        "text": "Hi\n",
+        "reply_to": "support@acme.test",
+        "headers": {"List-Unsubscribe": "<https://acme.test/u>"},
+        "idempotency_key": "wf-9:2",
+        "tags": {"template": "welcome"},
+    }
+    values.update(overrides)
+    return OutgoingEmail(**values)
+
+
+async def test_send_posts_body_and_idempotency_key(base_url: str) -> None:
+    received.clear()
+    provider = ResendProvider(api_key="re_test_key", base_url=base_url)
+    result = await provider.send(message())
+    await provider.aclose()
+    assert result.provider == "resend"
+    assert result.message_id == "re_1"
+    ((request,),) = [received]
+    assert request["headers"]["idempotency-key"] == "wf-9:2"
+    assert request["headers"]["authorization"] == "Bearer re_test_key"
+    assert request["body"] == {
+        "from": "Acme <hello@acme.test>",
+        "to": ["ada@example.com"],
+        "subject": "Hi",
+        "html": "<p>Hi</p>",
+        "text": "Hi\n",
+        "reply_to": "support@acme.test",
+        "headers": {"List-Unsubscribe": "<https://acme.test/u>"},
+        "tags": [{"name": "template", "value": "welcome"}],
+    }
+
+
+async def test_no_key_no_header(base_url: str) -> None:
+    received.clear()
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    await provider.send(message(idempotency_key=None))
+    await provider.aclose()
+    assert "idempotency-key" not in received[0]["headers"]
+
+
+async def test_429_is_transient_with_retry_after(base_url: str) -> None:
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    with pytest.raises(TransientProviderError) as info:
+        await provider.send(message(to="status429@example.com"))
+    await provider.aclose()
+    assert info.value.status == 429
+    assert info.value.retry_after == 7
+
+
+async def test_500_is_transient(base_url: str) -> None:
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    with pytest.raises(TransientProviderError) as info:
+        await provider.send(message(to="status500@example.com"))
+    await provider.aclose()
+    assert info.value.status == 500
+    assert info.value.retry_after is None
+
+
+async def test_422_is_permanent(base_url: str) -> None:
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    with pytest.raises(PermanentProviderError, match="Invalid `to` field") as info:
+        await provider.send(message(to="status422@example.com"))
+    await provider.aclose()
+    assert info.value.status == 422
+
+
+async def test_unreachable_is_transient() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    provider = ResendProvider(api_key="k", base_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(TransientProviderError, match="unreachable"):
+        await provider.send(message())
+    await provider.aclose()
+
+
+async def test_factory_builds_a_paced_resend_provider(base_url: str) -> None:
+    settings = Settings(
+        env="test", email_provider="resend", resend_api_key="k", resend_base_url=base_url
+    )
+    provider = build_provider(settings)
+    assert provider.name == "resend"
+    result = await provider.send(message())
+    await provider.aclose()
+    assert result.message_id.startswith("re_")
+    assert result.attempts == 1

@@ -1,0 +1,225 @@
+"""The SMTP provider against a real aiosmtpd server: MIME, TLS, AUTH, pooling, error classes."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from hogsend.channels.email import OutgoingEmail, SmtpProvider
+from hogsend.errors import PermanentProviderError, TransientProviderError
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sink:
+    """An aiosmtpd handler that keeps every message and refuses chosen recipients."""
+
+    messages: list[tuple[tuple[str, int], EmailMessage]] = field(default_factory=list)
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        local = address.split("@")[0]
+        if local.startswith("reply"):
+            code = local.removeprefix("reply")
+            return f"{code} 4.7.0 refused by test ({code})"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.messages.append((session.peer, parsed))
+        return "250 Message accepted"
+
+
+@dataclass
+class Server:
+    sink: Sink
+    port: int
+    client_tls: ssl.SSLContext | None = None
+
+
+@pytest.fixture
+def plain() -> Iterator[Server]:
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    yield Server(sink, controller.port)
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"ada", b"s3cret")
+    return AuthResult(success=ok)
+
+
+@pytest.fixture
+def starttls(ca: trustme.CA) -> Iterator[Server]:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    sink = Sink()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        tls_context=server_ctx,
+        require_starttls=True,
+        authenticator=_authenticate,
+        auth_required=True,
+    )
+    controller.start()
+    yield Server(sink, controller.port, client_ctx)
+    controller.stop()
+
+
+def message(to: str = "ada@example.com", **overrides: Any) -> OutgoingEmail:
+    values: dict[str, Any] = {
+        "from_email": "Acme <hello@acme.test>",
+        "to": to,
+        "subject": "Welcome, Ada — café",
+        "html": "<p>Hello <b>Ada</b></p>",
+        "text": "Hello Ada\n",
+        "reply_to": "support@acme.test",
+        "headers": {
+            "List-Unsubscribe": "<https://acme.test/u?t=abc>, <mailto:u@acme.test>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "X-Custom": "yes",
+        },
+        "idempotency_key": "wf-1:3",
+    }
+    values.update(overrides)
+    return OutgoingEmail(**values)
+
+
+async def test_plain_send_has_both_parts_and_headers(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none")
+    result = await provider.send(message())
+    await provider.aclose()
+    ((_, received),) = plain.sink.messages
+    assert received.get_content_type() == "multipart/alternative"
+    parts = [part.get_content_type() for part in received.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    text_part = received.get_body(("plain",))
+    html_part = received.get_body(("html",))
+    assert text_part is not None
+    assert html_part is not None
+    assert text_part.get_content().rstrip() == "Hello Ada"
+    assert "<b>Ada</b>" in html_part.get_content()
+    assert received["Subject"] == "Welcome, Ada — café"
+    assert received["From"] == "Acme <hello@acme.test>"
+    assert received["To"] == "ada@example.com"
+    assert received["Reply-To"] == "support@acme.test"
+    assert received["List-Unsubscribe"] == "<https://acme.test/u?t=abc>, <mailto:u@acme.test>"
+    assert received["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert received["X-Custom"] == "yes"
+    assert received["Date"] is not None
+    # The Message-ID is what the provider reports, and stable for the idempotency key.
+    assert received["Message-ID"] == result.message_id
+    assert result.message_id.endswith("@acme.test>")
+    assert message().message_id() == result.message_id
+    assert result.provider == "smtp"
+
+
+async def test_text_only_message(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none")
+    await provider.send(message(html=None, idempotency_key=None))
+    await provider.aclose()
+    ((_, received),) = plain.sink.messages
+    assert received.get_content_type() == "text/plain"
+
+
+async def test_pool_reuses_connections(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=2)
+    for i in range(5):
+        await provider.send(message(to=f"user{i}@example.com", idempotency_key=f"k{i}"))
+    await provider.aclose()
+    assert len(plain.sink.messages) == 5
+    assert provider.connections_opened == 1
+    assert len({peer for peer, _ in plain.sink.messages}) == 1
+
+
+async def test_concurrent_sends_stay_within_the_pool(plain: Server) -> None:
+    import asyncio
+
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=3)
+    await asyncio.gather(
+        *(provider.send(message(to=f"u{i}@example.com", idempotency_key=None)) for i in range(12))
+    )
+    await provider.aclose()
+    assert len(plain.sink.messages) == 12
+    assert provider.connections_opened <= 3
+
+
+@pytest.mark.parametrize("code", [421, 450, 451, 452])
+async def test_4xx_is_transient(plain: Server, code: int) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none")
+    with pytest.raises(TransientProviderError) as info:
+        await provider.send(message(to=f"reply{code}@example.com"))
+    assert info.value.status == code
+    # The failed connection is dropped; the next send opens a fresh one and works.
+    await provider.send(message())
+    await provider.aclose()
+    assert len(plain.sink.messages) == 1
+
+
+@pytest.mark.parametrize("code", [550, 553])
+async def test_5xx_is_permanent(plain: Server, code: int) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none")
+    with pytest.raises(PermanentProviderError) as info:
+        await provider.send(message(to=f"reply{code}@example.com"))
+    assert info.value.status == code
+    await provider.aclose()
+
+
+async def test_unreachable_server_is_transient() -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=_free_port(), tls="none", timeout=5)
+    with pytest.raises(TransientProviderError, match="connection"):
+        await provider.send(message())
+
+
+async def test_starttls_with_auth(starttls: Server) -> None:
+    provider = SmtpProvider(
+        host="127.0.0.1",
+        port=starttls.port,
+        tls="starttls",
+        username="ada",
+        password="s3cret",
+        tls_context=starttls.client_tls,
+    )
+    await provider.send(message())
+    await provider.send(message(to="bob@example.com"))
+    await provider.aclose()
+    assert [m["To"] for _, m in starttls.sink.messages] == ["ada@example.com", "bob@example.com"]
+    assert provider.connections_opened == 1
+
+
+async def test_server_refuses_plain_when_starttls_is_required(starttls: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=starttls.port, tls="none")
+    with pytest.raises(PermanentProviderError):
+        await provider.send(message())
