@@ -315,3 +315,26 @@ def test_quickstart_templates_all_render() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert int(out.stdout) >= 7
+
+
+def test_cli_lists_and_previews_quickstart_templates(tmp_path: Path) -> None:
+    root = Path(__file__).parents[2]
+    props = tmp_path / "props.json"
+    props.write_text('{"days_left": 1, "ends_on": "May 2"}')
+    base = [sys.executable, "-m", "hogsend.cli.main", "--app", "examples.quickstart.app:app"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *args], cwd=root, capture_output=True, text=True)
+
+    listed = run("templates", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "trial-ending\thtml\tbilling" in listed.stdout
+    preview = run("templates", "preview", "trial-ending", "--props", str(props))
+    assert preview.returncode == 0, preview.stderr
+    assert preview.stdout.startswith("Subject: Your trial ends in 1 day\n")
+    html = run("templates", "preview", "welcome", "--format", "html", "-o", str(tmp_path / "w"))
+    assert html.returncode == 0, html.stderr
+    assert "<body" in (tmp_path / "w").read_text()
+    unknown = run("templates", "preview", "welcom")
+    assert unknown.returncode == 1
+    assert "did you mean 'welcome'" in unknown.stderr
