@@ -4,6 +4,8 @@ This module is the public authoring API. Importing it pulls in no database, HTTP
 durable-execution library: definitions are inert until a process launches the app.
 """
 
+from typing import TYPE_CHECKING
+
 from hogsend.app import Hogsend as Hogsend
 from hogsend.app import load_app as load_app
 from hogsend.core.contact import Contact as Contact
@@ -22,7 +24,19 @@ from hogsend.core.durations import weeks as weeks
 from hogsend.core.journey_context import JourneyContext as JourneyContext
 from hogsend.errors import HogsendError as HogsendError
 
+if TYPE_CHECKING:
+    from hogsend.channels.templates import TemplateRegistry as TemplateRegistry
+
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> object:
+    # TemplateRegistry pulls in Jinja2; load it only when someone asks for it.
+    if name == "TemplateRegistry":
+        from hogsend.channels.templates import TemplateRegistry
+
+        return TemplateRegistry
+    raise AttributeError(f"module 'hogsend' has no attribute {name!r}")
 
 __all__ = [
     "BucketDefinition",
@@ -33,6 +47,7 @@ __all__ = [
     "JourneyContext",
     "JourneyDefinition",
     "ListDefinition",
+    "TemplateRegistry",
     "days",
     "define_bucket",
     "define_journey",

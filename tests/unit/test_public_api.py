@@ -17,6 +17,7 @@ EXPECTED = [
     "JourneyContext",
     "JourneyDefinition",
     "ListDefinition",
+    "TemplateRegistry",
     "days",
     "define_bucket",
     "define_journey",
