@@ -103,6 +103,27 @@ class Settings(BaseSettings):
         default=None, description="Where test-mode sends go; unset: the outbox."
     )
 
+    frequency_cap_count: int = Field(
+        default=0,
+        ge=0,
+        description="Most non-transactional messages one address gets per cap window (0 = no cap).",
+    )
+    frequency_cap_window_seconds: int = Field(
+        default=86_400, ge=1, description="Length of the frequency-cap window."
+    )
+    mailer_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Provider calls per send before a transient error becomes provider_error.",
+    )
+    mailer_retry_base_seconds: float = Field(
+        default=1.0, ge=0, description="Wait before the mailer's first retry; doubles per retry."
+    )
+    mailer_retry_max_seconds: float = Field(
+        default=30.0, ge=0, description="Longest wait between two provider calls of one send."
+    )
+
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."
     )

@@ -1,0 +1,140 @@
+"""Signed tokens for the links in emails (one-click unsubscribe, preference centre). No I/O.
+
+A token is ``<payload>.<signature>``, both base64url without padding: the payload is
+compact JSON of :class:`TokenClaims`, the signature HMAC-SHA256 of the encoded payload
+under the secret key. Verification compares signatures in constant time, then checks
+the purpose (a preference token cannot unsubscribe) and the expiry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from hogsend.errors import HogsendError
+
+Purpose = Literal["unsubscribe", "preferences"]
+PURPOSES: tuple[Purpose, ...] = ("unsubscribe", "preferences")
+
+DEFAULT_TTL = timedelta(days=365)
+"""How long an emailed link keeps working: people unsubscribe from old messages too."""
+
+MAX_TOKEN_LENGTH = 2048
+
+
+class InvalidToken(HogsendError):
+    """A token that is malformed, forged, for another purpose, or expired."""
+
+    code = "invalid-token"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenClaims:
+    """What a token grants.
+
+    Attributes:
+        purpose: ``unsubscribe`` (one-click) or ``preferences`` (the preference centre).
+        contact_id: the contact, as text; None for an address no contact holds.
+        email: the recipient address the message went to.
+        list_id: the list or category to unsubscribe from; None means all email.
+        expires_at: Unix seconds after which the token is refused.
+    """
+
+    purpose: Purpose
+    contact_id: str | None
+    email: str | None
+    list_id: str | None
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _signature(encoded_payload: str, secret: bytes) -> bytes:
+    return hmac.new(secret, encoded_payload.encode(), hashlib.sha256).digest()
+
+
+def sign(claims: TokenClaims, secret: bytes) -> str:
+    """The token carrying ``claims``, signed with ``secret``."""
+    payload = {
+        "p": claims.purpose,
+        "c": claims.contact_id,
+        "e": claims.email,
+        "l": claims.list_id,
+        "x": claims.expires_at,
+    }
+    encoded = _b64(json.dumps(payload, separators=(",", ":")).encode())
+    return f"{encoded}.{_b64(_signature(encoded, secret))}"
+
+
+def issue(
+    *,
+    purpose: Purpose,
+    secret: bytes,
+    now: datetime,
+    contact_id: str | None,
+    email: str | None,
+    list_id: str | None = None,
+    ttl: timedelta = DEFAULT_TTL,
+) -> str:
+    """Sign a new token valid for ``ttl`` from ``now``."""
+    claims = TokenClaims(
+        purpose=purpose,
+        contact_id=contact_id,
+        email=email,
+        list_id=list_id,
+        expires_at=int((now + ttl).timestamp()),
+    )
+    return sign(claims, secret)
+
+
+def verify(token: str, secret: bytes, *, purpose: Purpose, now: datetime) -> TokenClaims:
+    """The claims of a genuine, unexpired ``token`` made for ``purpose``.
+
+    Raises:
+        InvalidToken: malformed, bad signature, another purpose, or expired.
+    """
+    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+        raise InvalidToken("malformed token")
+    encoded, signature = token.split(".")
+    try:
+        given = _unb64(signature)
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed token") from None
+    # compare_digest: the time taken must not reveal how much of a forgery matched.
+    if not hmac.compare_digest(given, _signature(encoded, secret)):
+        raise InvalidToken("bad token signature")
+    try:
+        payload = json.loads(_unb64(encoded))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed token payload") from None
+    if not isinstance(payload, dict) or payload.get("p") not in PURPOSES:
+        raise InvalidToken("malformed token payload")
+    expires_at = payload.get("x")
+    if not isinstance(expires_at, int):
+        raise InvalidToken("malformed token payload")
+    fields = (payload.get("c"), payload.get("e"), payload.get("l"))
+    if not all(value is None or isinstance(value, str) for value in fields):
+        raise InvalidToken("malformed token payload")
+    if payload["p"] != purpose:
+        raise InvalidToken(f"token is not for {purpose}")
+    if now.timestamp() >= expires_at:
+        raise InvalidToken("token has expired")
+    return TokenClaims(
+        purpose=payload["p"],
+        contact_id=fields[0],
+        email=fields[1],
+        list_id=fields[2],
+        expires_at=expires_at,
+    )
