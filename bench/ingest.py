@@ -1,0 +1,429 @@
+"""Ingest throughput: our event endpoints against the ceilings of the same machine.
+
+One embedded Postgres, one fresh database, one run. Scenarios, each served by uvicorn
+in a subprocess of its own (one at a time, so they do not compete for cores):
+
+* ``insert``: a plain FastAPI endpoint parsing a small JSON body and doing one durable
+  ``INSERT`` into ``user_events`` from a psycopg pool: the ceiling for single requests;
+* ``events``: our ``POST /v1/events`` (API key, scope, rate-limit count, contact
+  resolution, event + outbox row, one transaction), each request with its own
+  ``Idempotency-Key``; ``events-nokey`` the same without keys;
+* ``copy``: raw ``COPY`` of the same event rows into ``user_events`` from this process,
+  500 rows per transaction over 4 connections: the ceiling in events/s;
+* ``batch``: our ``POST /v1/events/batch`` with 500 events per request;
+* ``segment``: ``POST /segment/v1/batch`` with 500 ``track`` messages per request
+  (HTTP Basic write key, ``messageId`` on every message, as Segment clients send).
+
+Load: 50 keep-alive connections from this process (a separate process from the
+server), ~10 s each after a 1 s warm-up, with the minimal asyncio HTTP/1.1 client of
+``bench/auth.py`` extended to POST pre-built bodies (httpx would measure itself).
+Every request is distinct: users are drawn from a pool of 20,000, and idempotency keys
+and message ids are never repeated (``wrapped`` reports a connection that ran out of
+distinct bodies and repeated one). Run with ``python -m bench ingest``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, Field
+
+from bench.auth import _percentile, _serve
+from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
+from hogsend.db.repos import api_keys
+from hogsend.settings import load_settings
+from hogsend.testing.postgres import TestPostgres
+
+DURATION_S = 10.0
+WARMUP_S = 1.0
+CONCURRENCY = 50
+BATCH_SIZE = 500
+USERS = 20_000
+COPY_CONNECTIONS = 4
+SINGLE_BODIES_PER_CONNECTION = 600
+BATCH_BODIES_PER_CONNECTION = 6
+
+
+# --------------------------------------------------------------------------- ceiling app
+
+
+class _PlainEvent(BaseModel):
+    name: str = Field(min_length=1)
+    user_id: str = Field(alias="userId")
+    event_properties: dict[str, Any] = Field(default_factory=dict, alias="eventProperties")
+
+
+_INSERT = (
+    "INSERT INTO user_events (contact_id, user_id, event, properties)"
+    " VALUES (gen_random_uuid(), %s, %s, %s) RETURNING id"
+)
+
+
+def insert_api() -> FastAPI:
+    """The single-request ceiling: parse a body, one durable INSERT, answer 202."""
+    url = libpq_url(load_settings().database_url or "")
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        url, min_size=2, max_size=10, kwargs={"autocommit": True}, open=False
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        await pool.open()
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    api = FastAPI(lifespan=lifespan)
+
+    @api.get("/ready")
+    async def ready() -> dict[str, bool]:
+        return {"ok": True}
+
+    @api.post("/events", status_code=202)
+    async def store(body: _PlainEvent) -> dict[str, str]:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                _INSERT, (body.user_id, body.name, json.dumps(body.event_properties))
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return {"eventId": str(row[0])}
+
+    return api
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _request(host: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _worker(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    start: int,
+    deadline: float,
+    expect: int,
+    latencies: list[float],
+) -> tuple[int, int]:
+    """Send ``requests`` (from ``start``, cycling) until ``deadline``; returns (errors, sent)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    errors = sent = 0
+    try:
+        for index in itertools.count(start):
+            if time.perf_counter() >= deadline:
+                break
+            started = time.perf_counter()
+            writer.write(requests[index % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            sent += 1
+            if status == expect:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+    finally:
+        writer.close()
+    return errors, sent
+
+
+async def _drive(
+    base: str, per_connection: list[list[bytes]], expect: int, seconds: float, offsets: list[int]
+) -> dict[str, Any]:
+    host, port = base.removeprefix("http://").split(":")
+    latencies: list[float] = []
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    deadline = started + seconds
+    outcomes = await asyncio.gather(
+        *(
+            _worker(host, int(port), requests, offsets[i], deadline, expect, latencies)
+            for i, requests in enumerate(per_connection)
+        )
+    )
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
+    for i, (_, sent) in enumerate(outcomes):
+        offsets[i] += sent
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": sum(e for e, _ in outcomes),
+        "seconds": round(wall, 2),
+        "req_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "client_cpu": round(cpu / wall, 2),
+        "wrapped": any(offsets[i] > len(requests) for i, requests in enumerate(per_connection)),
+    }
+
+
+async def _load(
+    base: str,
+    probe: tuple[str, bytes, dict[str, str]],
+    per_connection: list[list[bytes]],
+    expect: int,
+) -> dict[str, Any]:
+    path, body, headers = probe
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            base + path, content=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        if response.status_code != expect:
+            raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
+    offsets = [0] * len(per_connection)
+    await _drive(base, per_connection, expect, WARMUP_S, offsets)
+    return await _drive(base, per_connection, expect, DURATION_S, offsets)
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def _event(serial: int, *, key: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "page_viewed",
+        "userId": f"user-{(serial * 7919) % USERS}",
+        "eventProperties": {"path": f"/docs/{serial % 50}", "ms": serial % 997, "ref": "bench"},
+    }
+    if key:
+        body["idempotencyKey"] = f"e-{serial}"
+    return body
+
+
+def _single_bodies(
+    host: str, headers: dict[str, str], *, key: bool, path: str
+) -> list[list[bytes]]:
+    serial = itertools.count()
+    per_connection = []
+    for _ in range(CONCURRENCY):
+        requests = []
+        for _ in range(SINGLE_BODIES_PER_CONNECTION):
+            n = next(serial)
+            event = _event(n, key=False)
+            extra = {"Idempotency-Key": f"single-{n}"} if key else {}
+            requests.append(_request(host, path, json.dumps(event).encode(), {**headers, **extra}))
+        per_connection.append(requests)
+    return per_connection
+
+
+def _batch_bodies(host: str, headers: dict[str, str], kind: str) -> list[list[bytes]]:
+    serial = itertools.count(10_000_000)
+    per_connection = []
+    for _ in range(CONCURRENCY):
+        requests = []
+        for _ in range(BATCH_BODIES_PER_CONNECTION):
+            events = [_event(next(serial), key=True) for _ in range(BATCH_SIZE)]
+            if kind == "batch":
+                body: dict[str, Any] = {"events": events}
+                path = "/v1/events/batch"
+            else:
+                body = {
+                    "batch": [
+                        {
+                            "type": "track",
+                            "event": e["name"],
+                            "userId": e["userId"],
+                            "properties": e["eventProperties"],
+                            "messageId": e["idempotencyKey"],
+                            "timestamp": "2026-01-31T12:00:00Z",
+                            "context": {"library": {"name": "bench", "version": "1"}},
+                        }
+                        for e in events
+                    ],
+                    "sentAt": "2026-01-31T12:00:01Z",
+                }
+                path = "/segment/v1/batch"
+            requests.append(_request(host, path, json.dumps(body).encode(), headers))
+        per_connection.append(requests)
+    return per_connection
+
+
+# --------------------------------------------------------------------------- COPY ceiling
+
+
+def _copy_rows(serial: itertools.count[int]) -> list[tuple[Any, ...]]:
+    rows = []
+    for _ in range(BATCH_SIZE):
+        event = _event(next(serial), key=True)
+        rows.append(
+            (
+                uuid.uuid4(),
+                event["userId"],
+                event["name"],
+                json.dumps(event["eventProperties"]),
+                event["idempotencyKey"],
+                "copy",
+            )
+        )
+    return rows
+
+
+async def _copy_stream(
+    url: str, serial: itertools.count[int], deadline: float, latencies: list[float]
+) -> int:
+    copied = 0
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        while time.perf_counter() < deadline:
+            rows = _copy_rows(serial)
+            started = time.perf_counter()
+            async with (
+                conn.transaction(),
+                conn.cursor() as cursor,
+                cursor.copy(
+                    "COPY user_events (contact_id, user_id, event, properties, idempotency_key,"
+                    " source) FROM STDIN"
+                ) as copy,
+            ):
+                for row in rows:
+                    await copy.write_row(row)
+            latencies.append(time.perf_counter() - started)
+            copied += len(rows)
+    return copied
+
+
+async def _copy_ceiling(url: str) -> dict[str, Any]:
+    serial = itertools.count(50_000_000)
+    conninfo = libpq_url(url)
+    for seconds, keep in ((WARMUP_S, False), (DURATION_S, True)):
+        latencies: list[float] = []
+        started = time.perf_counter()
+        copied = await asyncio.gather(
+            *(
+                _copy_stream(conninfo, serial, started + seconds, latencies)
+                for _ in range(COPY_CONNECTIONS)
+            )
+        )
+        wall = time.perf_counter() - started
+        if keep:
+            latencies.sort()
+            return {
+                "requests": len(latencies),
+                "events": sum(copied),
+                "seconds": round(wall, 2),
+                "req_per_s": round(len(latencies) / wall, 1),
+                "events_per_s": round(sum(copied) / wall, 1),
+                "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+                "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+                "connections": COPY_CONNECTIONS,
+            }
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- run
+
+
+async def _mint(url: str) -> str:
+    engine = make_async_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            _, raw = await api_keys.create_key(session, name="bench", scopes=["ingest"])
+            await session.commit()
+    finally:
+        await engine.dispose()
+    return raw
+
+
+def run() -> dict[str, Any]:
+    """Measure every scenario; print a table; return the numbers."""
+    server = TestPostgres()
+    server.start()
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        url = server.fresh_database()
+        key = asyncio.run(_mint(url))
+        bearer = {"Authorization": f"Bearer {key}"}
+        basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+        env = {
+            "HOGSEND_ENV": "test",
+            "HOGSEND_DATABASE_URL": url,
+            "HOGSEND_LOG_FORMAT": "json",
+            "HOGSEND_LOG_LEVEL": "info",
+            "HOGSEND_RATE_LIMIT_DATA_PLANE": str(10**9),  # counted, never reached
+        }
+        host = "127.0.0.1"
+        with _serve("bench.ingest:insert_api", env, "/ready") as base:
+            bodies = _single_bodies(host, {}, key=False, path="/events")
+            probe: tuple[str, bytes, dict[str, str]] = (
+                "/events",
+                json.dumps(_event(-1, key=False)).encode(),
+                {},
+            )
+            results["insert"] = asyncio.run(_load(base, probe, bodies, 202))
+        for name, with_key in (("events", True), ("events-nokey", False)):
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+                bodies = _single_bodies(host, bearer, key=with_key, path="/v1/events")
+                probe = ("/v1/events", json.dumps(_event(-2, key=False)).encode(), bearer)
+                results[name] = asyncio.run(_load(base, probe, bodies, 202))
+            results[name]["events_per_s"] = results[name]["req_per_s"]
+        results["insert"]["events_per_s"] = results["insert"]["req_per_s"]
+        results["copy"] = asyncio.run(_copy_ceiling(url))
+        for name, headers in (("batch", bearer), ("segment", basic)):
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+                bodies = _batch_bodies(host, headers, name)
+                path = "/v1/events/batch" if name == "batch" else "/segment/v1/batch"
+                empty = b'{"events": []}' if name == "batch" else b'{"batch": []}'
+                results[name] = asyncio.run(_load(base, (path, empty, headers), bodies, 200))
+            results[name]["events_per_s"] = round(results[name]["req_per_s"] * BATCH_SIZE, 1)
+    finally:
+        server.stop()
+
+    header = f"{'scenario':<14}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    print(header)
+    for name, r in results.items():
+        print(
+            f"{name:<14}{r['req_per_s']:>9}{r['events_per_s']:>11}{r['p50_ms']:>9}"
+            f"{r['p99_ms']:>9}{r.get('errors', 0):>8}"
+        )
+    ratios = {
+        "events_to_insert": round(
+            results["events"]["req_per_s"] / results["insert"]["req_per_s"], 3
+        ),
+        "events_nokey_to_insert": round(
+            results["events-nokey"]["req_per_s"] / results["insert"]["req_per_s"], 3
+        ),
+        "batch_to_copy": round(
+            results["batch"]["events_per_s"] / results["copy"]["events_per_s"], 3
+        ),
+        "segment_to_copy": round(
+            results["segment"]["events_per_s"] / results["copy"]["events_per_s"], 3
+        ),
+    }
+    for name, value in ratios.items():
+        print(f"ratio {name}: {value:.2f}")
+    return {
+        "concurrency": CONCURRENCY,
+        "duration_s": DURATION_S,
+        "batch_size": BATCH_SIZE,
+        "users": USERS,
+        "server": "uvicorn (1 process), embedded Postgres on the same machine",
+        "targets": {"events_to_insert": 0.7, "batch_to_copy": 0.25},
+        "results": results,
+        "ratios": ratios,
+    }
