@@ -6,6 +6,7 @@ declaration fails here (no key must give 401) without anyone updating this file.
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -152,3 +153,28 @@ def test_admin_routes_need_admin_scopes_and_mutations_are_audited(api: FastAPI) 
             assert route_audit_action(mounted.route) is not None, f"{mounted.path} is not audited"
         else:
             assert route_audit_action(mounted.route) is None
+
+
+async def test_segment_routes_take_the_write_key_as_basic_auth_with_the_same_scopes(
+    api: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Segment clients send the key as HTTP Basic; the scope rules are the same."""
+
+    def basic(key: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+    segment = [m for m in iter_api_routes(api.routes) if m.path.startswith("/segment/")]
+    assert len(segment) == 7
+    weak = await mint(engine, ["read", "admin:write"])
+    good = await mint(engine, ["ingest"])
+    for mounted in segment:
+        assert route_scope(mounted.route) == "ingest"
+        missing = await client.post(mounted.path, json={})
+        assert missing.status_code == 401
+        assert "Basic" in missing.headers["www-authenticate"]
+        unknown = await client.post(mounted.path, json={}, headers=basic("hsk_unknown"))
+        assert unknown.status_code == 401
+        refused = await client.post(mounted.path, json={}, headers=basic(weak))
+        assert refused.status_code == 403
+        allowed = await client.post(mounted.path, json={}, headers=basic(good))
+        assert allowed.status_code not in (401, 403), mounted.path

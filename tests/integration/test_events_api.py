@@ -394,3 +394,55 @@ async def test_a_batch_of_a_thousand_is_set_based_and_complete(
     again = await post_batch(client, ingest_key, events)
     assert again.json()["duplicates"] == 1000
     assert len(await fetch_all("SELECT id FROM user_events")) == 1000
+
+
+async def test_an_event_with_a_merged_away_key_lands_on_the_survivor(
+    client: httpx.AsyncClient, ingest_key: str, fetch_all: FetchAll
+) -> None:
+    user = await post_event(client, ingest_key, {"name": "a", "userId": "u-1"})
+    await post_event(client, ingest_key, {"name": "b", "email": "old@example.com"})
+    merged = await post_event(
+        client, ingest_key, {"name": "c", "userId": "u-1", "email": "old@example.com"}
+    )
+    assert merged.json()["contactId"] == user.json()["contactId"]
+    # The email now lives on u-1's contact; the merged-away contact's id is an alias.
+    later = await post_event(client, ingest_key, {"name": "d", "email": "OLD@example.com"})
+    assert later.json()["contactId"] == user.json()["contactId"]
+    owners = await fetch_all("SELECT DISTINCT contact_id FROM user_events")
+    assert owners == [{"contact_id": uuid.UUID(user.json()["contactId"])}]
+
+
+async def test_single_and_batch_racing_for_one_key_store_it_once(
+    client: httpx.AsyncClient, ingest_key: str, fetch_all: FetchAll
+) -> None:
+    async def race(i: int) -> list[httpx.Response]:
+        return list(
+            await asyncio.gather(
+                post_event(
+                    client,
+                    ingest_key,
+                    {"name": "x", "userId": f"a-{i}"},
+                    **{"Idempotency-Key": f"k-{i}"},
+                ),
+                post_batch(
+                    client,
+                    ingest_key,
+                    [{"name": "x", "userId": f"b-{i}", "idempotencyKey": f"k-{i}"}],
+                ),
+            )
+        )
+
+    for responses in await asyncio.gather(*(race(i) for i in range(10))):
+        single, batch = responses
+        assert single.status_code == 202
+        assert batch.status_code == 200
+        [item] = batch.json()["results"]
+        assert item["eventId"] == single.json()["eventId"]
+        assert {single.json()["stored"], item["status"] == "stored"} == {True, False}
+    assert len(await fetch_all("SELECT id FROM user_events")) == 10
+    # No contact was left behind by the loser of each race.
+    orphans = await fetch_all(
+        "SELECT id FROM contacts c WHERE NOT EXISTS"
+        " (SELECT 1 FROM user_events e WHERE e.contact_id = c.id)"
+    )
+    assert orphans == []

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hogsend.api.auth import require_scope
 from hogsend.api.deps import DbSession
 from hogsend.api.errors import problem_responses
-from hogsend.api.routes.events import unknown_lists
+from hogsend.api.routes.events import identity_of, unknown_lists
 from hogsend.api.routes.transactions import in_transaction, invalid_cursor, invalid_field
 from hogsend.api.schemas.contacts import (
     ContactDelete,
@@ -33,7 +33,7 @@ from hogsend.api.schemas.events import (
     conflicts_out,
     event_out,
 )
-from hogsend.core.identity import Identity, IdentityError, Resolution
+from hogsend.core.identity import IdentityError, Resolution
 from hogsend.core.pagination import InvalidCursor
 from hogsend.db.repos import contacts
 from hogsend.db.repos.contacts import DeletedContacts
@@ -59,9 +59,7 @@ async def upsert_contact(body: ContactUpsert, request: Request) -> ContactUpsert
     key that differs from the contact's is reported in `conflicts`. `properties` is a
     shallow patch (`null` deletes a key); `lists` records list choices.
     """
-    identity = body.identity()
-    if identity is None:
-        raise invalid_field(("body",), IDENTITY_MISSING)
+    identity = identity_of(body)
     unknown = unknown_lists(request, body.lists)
     if unknown:
         raise invalid_field(("body", "lists", unknown[0]), f"unknown list {unknown[0]!r}")
@@ -136,13 +134,10 @@ async def delete_contacts(body: ContactDelete, request: Request) -> ContactsDele
     properties and events are removed for good (suppressions of the address stay).
     404 when no live contact matches.
     """
-    identity = body.identity()
-    if identity is None:
-        raise invalid_field(("body",), IDENTITY_MISSING)
+    identity = identity_of(body)
     erase = body.erase
 
     async def delete(session: AsyncSession) -> DeletedContacts:
-        assert isinstance(identity, Identity)
         return await contacts.soft_delete_contacts(session, identity, erase=erase)
 
     deleted = await in_transaction(request, delete)
