@@ -38,6 +38,7 @@ def __getattr__(name: str) -> object:
         return TemplateRegistry
     raise AttributeError(f"module 'hogsend' has no attribute {name!r}")
 
+
 __all__ = [
     "BucketDefinition",
     "Contact",
