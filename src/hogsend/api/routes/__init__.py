@@ -8,6 +8,7 @@ from hogsend.api.routes import contacts, events, health, segment, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import sends as admin_sends
 
 
 def include_routes(api: FastAPI) -> None:
@@ -24,5 +25,6 @@ def include_routes(api: FastAPI) -> None:
         dead_letters.router,
         admin_contacts.router,
         admin_events.router,
+        admin_sends.router,
     ):
         api.include_router(router)

@@ -1,0 +1,671 @@
+"""The mailer: the one pipeline every sender (journeys, campaigns, the transactional API) uses.
+
+Each call to :meth:`Mailer.send` is one attempt and writes exactly one ``email_sends``
+row carrying its decision:
+
+1. facts are read and the gates of :mod:`hogsend.core.mailer_gates` decide, in one
+   transaction that also writes the row (final for a gated decision, ``queued`` for one
+   that goes out);
+2. the template is rendered with ``unsubscribe_url``/``preferences_url``, headers are
+   added (List-Unsubscribe + List-Unsubscribe-Post on every non-transactional message,
+   X-Hogsend-Original-To in test mode);
+3. the provider is called with the send's idempotency key, transient failures retried
+   with backoff up to ``mailer_max_attempts`` calls;
+4. the row becomes ``sent``/``redirected`` or ``provider_error``.
+
+Attempts sharing an idempotency key are serialised by a session-level advisory lock held
+from step 1 to step 4, so of ten concurrent calls one sends and nine record ``duplicate``.
+docs/email.md describes the at-least-once window between steps 3 and 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.core import tokens
+from hogsend.core.contact import Contact
+from hogsend.core.identity import normalize_email
+from hogsend.core.mailer_gates import (
+    TRANSACTIONAL_CATEGORY,
+    Decision,
+    GateResult,
+    SendFacts,
+    SendKind,
+    SendWindow,
+    decide,
+)
+from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import sends
+from hogsend.errors import (
+    ConfigurationError,
+    HogsendError,
+    ProviderError,
+    TemplateError,
+    TemplateNotFound,
+    TransientProviderError,
+)
+
+if TYPE_CHECKING:
+    from hogsend.app import Hogsend
+    from hogsend.channels.templates import TemplateRegistry
+    from hogsend.settings import Settings
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+ONE_CLICK_PATH = "/v1/email/one-click"
+PREFERENCES_PATH = "/v1/email/preferences"
+ORIGINAL_TO_HEADER = "X-Hogsend-Original-To"
+SEND_ID_HEADER = "X-Hogsend-Send-Id"
+# Outside prod (where a secret key is required) links are signed with this well-known
+# key so `hogsend dev` works out of the box; such links prove nothing.
+_DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
+
+
+class NoRecipient(HogsendError):
+    """A send names a contact that has no email address, and no ``to_email``."""
+
+    code = "no-recipient"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRequest:
+    """One message to send, as every sender describes it.
+
+    Attributes:
+        template: the template key.
+        contact_id: the recipient contact (its address, preferences and history).
+        to_email: the address; defaults to the contact's. Without a contact, only the
+            address's suppression and frequency cap apply.
+        props: the template's props.
+        subject: a literal subject replacing the template's.
+        from_email: the From header (default: ``HOGSEND_EMAIL_FROM``).
+        reply_to: the Reply-To header.
+        category: the send's category (default: the template's; ``transactional`` for a
+            transactional send without one).
+        list_id: the list whose subscription the send needs (default: the category).
+        kind: ``transactional`` (exempt from unsubscribes and caps), ``journey`` or
+            ``campaign``.
+        journey_id: the sending journey, for its ``suppress`` gap and the log.
+        journey_state_id: the journey run.
+        campaign_id: the sending campaign.
+        suppress_gap: the least time between two sends of ``journey_id`` to a contact.
+        send_window: when the message may go out; outside it the attempt is ``deferred``.
+        idempotency_key: a key naming this send; a second attempt with a key that went
+            out is a ``duplicate``. Journeys use ``<workflow id>:<step>``.
+        skip_preference_check: skip the unsubscribe and cap gates (admin test sends).
+    """
+
+    template: str
+    contact_id: uuid.UUID | None = None
+    to_email: str | None = None
+    props: Mapping[str, Any] = field(default_factory=dict)
+    subject: str | None = None
+    from_email: str | None = None
+    reply_to: str | None = None
+    category: str | None = None
+    list_id: str | None = None
+    kind: SendKind = "transactional"
+    journey_id: str | None = None
+    journey_state_id: uuid.UUID | None = None
+    campaign_id: uuid.UUID | None = None
+    suppress_gap: timedelta | None = None
+    send_window: SendWindow | None = None
+    idempotency_key: str | None = None
+    skip_preference_check: bool = False
+
+    def __post_init__(self) -> None:
+        if self.contact_id is None and self.to_email is None:
+            raise ValueError("a send needs a contact_id or a to_email")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOutcome:
+    """What became of one attempt.
+
+    Attributes:
+        send_id: the attempt's ``email_sends`` row.
+        decision: its reason code (see docs/email.md).
+        detail: the facts behind the decision (stored as ``decision_detail``).
+        deferred_until: for ``deferred``: when the send window opens; send again then.
+        duplicate_of: for ``duplicate``: the attempt that holds the key.
+        provider_message_id: the provider's id of a message that went out.
+    """
+
+    send_id: uuid.UUID
+    decision: Decision
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    deferred_until: datetime | None = None
+    duplicate_of: uuid.UUID | None = None
+    provider_message_id: str | None = None
+
+    @property
+    def went_out(self) -> bool:
+        """Whether a provider accepted the message (``sent`` or ``redirected``)."""
+        return self.decision in ("sent", "redirected")
+
+
+def signing_secret(settings: Settings) -> bytes:
+    """The key signing emailed links: ``HOGSEND_SECRET_KEY``, or a fixed one outside prod."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    if settings.env == "prod":
+        raise ConfigurationError("HOGSEND_SECRET_KEY is required to sign links in emails")
+    return _DEV_SECRET
+
+
+def effective_category(request: SendRequest, template_category: str | None) -> str | None:
+    """The caller's category, else the template's, else ``transactional`` for such sends."""
+    if request.category is not None:
+        return request.category
+    if template_category is not None:
+        return template_category
+    return TRANSACTIONAL_CATEGORY if request.kind == "transactional" else None
+
+
+async def gather_facts(
+    session: AsyncSession,
+    *,
+    app: Hogsend,
+    settings: Settings,
+    request: SendRequest,
+    contact_id: uuid.UUID | None,
+    contact_deleted: bool,
+    contact_timezone: str | None,
+    to_email: str,
+    list_id: str | None,
+    now: datetime,
+) -> tuple[SendFacts, sends.StoredFacts]:
+    """The gates' facts for ``request``, read in ``session``'s transaction."""
+    window = timedelta(seconds=settings.frequency_cap_window_seconds)
+    stored = await sends.read_facts(
+        session,
+        idempotency_key=request.idempotency_key,
+        contact_id=contact_id,
+        email=to_email,
+        list_id=list_id,
+        journey_id=request.journey_id,
+        since=now - window,
+    )
+    registered = {item.id: item for item in app.lists}
+    listed = registered.get(list_id) if list_id is not None else None
+    holder = stored.key_holder
+    facts = SendFacts(
+        now=now,
+        kind=request.kind,
+        list_id=list_id,
+        list_default_opt_in=listed.default_opt_in if listed is not None else None,
+        list_choice=stored.list_choice,
+        skip_preference_check=request.skip_preference_check,
+        duplicate_of=holder.id if holder is not None and holder.decision != "queued" else None,
+        contact_deleted=contact_deleted,
+        suppressed=stored.suppressed,
+        suppression_reason=stored.suppression_reason,
+        unsubscribed_all=stored.unsubscribed_all,
+        journey_last_sent_at=stored.journey_last_sent_at,
+        suppress_gap=request.suppress_gap,
+        recent_sends=stored.recent_sends,
+        frequency_cap_count=settings.frequency_cap_count,
+        frequency_cap_window=window,
+        send_window=request.send_window,
+        contact_timezone=contact_timezone,
+        test_mode=settings.test_mode,
+    )
+    return facts, stored
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Recipient:
+    contact: Contact | None
+    contact_id: uuid.UUID | None
+    deleted: bool
+    to_email: str
+
+
+async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
+    contact: Contact | None = None
+    deleted = False
+    address = normalize_email(request.to_email) if request.to_email is not None else None
+    if request.contact_id is not None:
+        contact = await contacts_repo.follow_contact(session, request.contact_id)
+        if contact is None:
+            deleted = True
+            gone = await contacts_repo.get_contact(
+                session, request.contact_id, include_deleted=True
+            )
+            # The row needs an address; an erased contact's is gone, so it stays blank.
+            address = address or (gone.email if gone is not None else None) or ""
+        elif address is None:
+            address = contact.email
+    if address is None:
+        raise NoRecipient(f"contact {request.contact_id} has no email address and no to_email")
+    contact_id = contact.id if contact is not None else request.contact_id
+    return _Recipient(contact=contact, contact_id=contact_id, deleted=deleted, to_email=address)
+
+
+class Mailer:
+    """Decide, log, render and send: the only way hogsend sends email.
+
+    Args:
+        app: the user's app (templates and lists).
+        settings: caps, retries, test mode, public URL, secret key, default From.
+        engine: the async engine of the hogsend database.
+        provider: where messages go (usually ``build_provider(settings, engine)``).
+        clock: the current instant (a fixed or virtual one in tests).
+        sleep: waits between provider retries (a fake one in tests).
+        test_provider: where test-mode sends go when ``test_mode_recipient`` is unset
+            (default: an outbox provider on ``engine``).
+    """
+
+    def __init__(
+        self,
+        app: Hogsend,
+        settings: Settings,
+        engine: AsyncEngine,
+        provider: EmailProvider,
+        *,
+        clock: Clock = _utcnow,
+        sleep: Sleep = asyncio.sleep,
+        test_provider: EmailProvider | None = None,
+    ) -> None:
+        if app.templates is None:
+            raise ConfigurationError("the mailer needs an app with templates")
+        self.app = app
+        self.settings = settings
+        self.engine = engine
+        self.provider = provider
+        self._templates: TemplateRegistry = app.templates
+        self._secret = signing_secret(settings)
+        self._clock = clock
+        self._sleep = sleep
+        self._test_provider = test_provider
+
+    # ------------------------------------------------------------------ entry point
+
+    async def send(self, request: SendRequest) -> SendOutcome:
+        """Make one attempt at ``request``; see the module docstring for the steps.
+
+        Raises:
+            TemplateNotFound: unknown template (nothing is written).
+            NoRecipient: no address to send to (nothing is written).
+            TemplateError: rendering failed (the row records ``provider_error``).
+        """
+        self._templates.get(request.template)
+        key = request.idempotency_key
+        if key is None:
+            return await self._attempt(request, None)
+        lock, unlock = sends.lock_key_sql()
+        async with self.engine.connect() as conn:
+            await conn.execute(lock, {"key": key})
+            await conn.commit()
+            try:
+                return await self._attempt(request, conn)
+            finally:
+                try:
+                    await conn.execute(unlock, {"key": key})
+                    await conn.commit()
+                except BaseException:
+                    # Closing the connection is the other way to release the lock.
+                    await conn.invalidate()
+                    raise
+
+    def _session(self, conn: AsyncConnection | None) -> AsyncSession:
+        return AsyncSession(bind=conn if conn is not None else self.engine, expire_on_commit=False)
+
+    async def _attempt(self, request: SendRequest, conn: AsyncConnection | None) -> SendOutcome:
+        template = self._templates.get(request.template)
+        category = effective_category(request, template.meta.category)
+        list_id = request.list_id or category
+        now = self._clock()
+        test_to = self.settings.test_mode_recipient if self.settings.test_mode else None
+        async with self._session(conn) as session, session.begin():
+            who = await _recipient(session, request)
+            if who.to_email:
+                await sends.lock_address(session, who.to_email)
+            facts, stored = await gather_facts(
+                session,
+                app=self.app,
+                settings=self.settings,
+                request=request,
+                contact_id=who.contact_id,
+                contact_deleted=who.deleted,
+                contact_timezone=who.contact.timezone if who.contact is not None else None,
+                to_email=who.to_email,
+                list_id=list_id,
+                now=now,
+            )
+            holder = stored.key_holder
+            if holder is not None and holder.decision == "queued":
+                # We hold the key's lock, so its attempt is not running: its process died
+                # between queueing and recording the outcome. Take over, same key.
+                await sends.abandon(session, holder.id)
+            result = decide(facts)
+            send_id = await sends.insert_attempt(
+                session,
+                decision=result.decision if not result.goes_out else "queued",
+                detail=dict(result.detail) or None,
+                contact_id=who.contact_id,
+                user_id=who.contact.key if who.contact is not None else None,
+                to_email=who.to_email,
+                from_email=request.from_email or self.settings.email_from,
+                subject=request.subject,
+                template_key=request.template,
+                category=category,
+                journey_id=request.journey_id,
+                journey_state_id=request.journey_state_id,
+                campaign_id=request.campaign_id,
+                idempotency_key=request.idempotency_key,
+                duplicate_of_id=result.duplicate_of,
+                redirected_to=test_to,
+            )
+        if not result.goes_out:
+            return SendOutcome(
+                send_id=send_id,
+                decision=result.decision,
+                detail=result.detail,
+                deferred_until=result.deferred_until,
+                duplicate_of=result.duplicate_of,
+            )
+        assert who.contact_id is None or who.contact is not None
+        return await self._deliver(
+            request, conn, send_id=send_id, result=result, who=who, list_id=list_id, now=now
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    def _links(self, who: _Recipient, list_id: str | None, now: datetime) -> dict[str, str]:
+        contact_id = str(who.contact_id) if who.contact_id is not None else None
+        base = self.settings.public_url
+        unsubscribe = tokens.issue(
+            purpose="unsubscribe",
+            secret=self._secret,
+            now=now,
+            contact_id=contact_id,
+            email=who.to_email,
+            list_id=list_id,
+        )
+        manage = tokens.issue(
+            purpose="preferences",
+            secret=self._secret,
+            now=now,
+            contact_id=contact_id,
+            email=who.to_email,
+        )
+        return {
+            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
+            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
+        }
+
+    def _render_contact(self, who: _Recipient) -> Contact:
+        if who.contact is not None:
+            return who.contact
+        # An address nobody holds: templates see a contact with only the email.
+        return Contact(
+            id=uuid.uuid5(uuid.NAMESPACE_URL, f"mailto:{who.to_email}"),
+            key=who.to_email,
+            email=who.to_email,
+        )
+
+    async def _deliver(
+        self,
+        request: SendRequest,
+        conn: AsyncConnection | None,
+        *,
+        send_id: uuid.UUID,
+        result: GateResult,
+        who: _Recipient,
+        list_id: str | None,
+        now: datetime,
+    ) -> SendOutcome:
+        marketing = request.kind != "transactional"
+        links = self._links(who, list_id, now) if marketing else {}
+        try:
+            rendered = self._templates.render(
+                request.template,
+                contact=self._render_contact(who),
+                props=request.props,
+                subject=request.subject,
+                extra=links,
+            )
+        except TemplateError as exc:
+            await self._finish(
+                conn,
+                send_id,
+                decision="provider_error",
+                detail={"gate": "provider_error", "stage": "render", "error": str(exc)},
+                attempts=0,
+                provider=None,
+                error=f"render: {exc}",
+            )
+            raise
+        headers = {SEND_ID_HEADER: str(send_id)}
+        if marketing:
+            headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        provider = self.provider
+        to = who.to_email
+        redirected = result.decision == "redirected"
+        if redirected:
+            headers[ORIGINAL_TO_HEADER] = who.to_email
+            if self.settings.test_mode_recipient is not None:
+                to = self.settings.test_mode_recipient
+            else:
+                provider = self._outbox()
+        message = OutgoingEmail(
+            from_email=request.from_email or self.settings.email_from,
+            to=to,
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            reply_to=request.reply_to,
+            headers=headers,
+            # Unkeyed sends still get a stable key per attempt: retries share a Message-ID.
+            idempotency_key=request.idempotency_key or f"hogsend-send:{send_id}",
+            tags={"template": request.template, "kind": request.kind},
+            email_send_id=send_id,
+        )
+        accepted, calls, error = await self._call_provider(provider, message)
+        if accepted is None:
+            assert error is not None
+            detail = {
+                "gate": "provider_error",
+                "provider": provider.name,
+                "error": str(error),
+                "transient": isinstance(error, TransientProviderError),
+                "status": error.status if isinstance(error, ProviderError) else None,
+                "providerCalls": calls,
+            }
+            await self._finish(
+                conn,
+                send_id,
+                decision="provider_error",
+                detail=detail,
+                attempts=calls,
+                provider=provider.name,
+                error=str(error),
+                subject=rendered.subject,
+            )
+            return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
+        detail = {
+            "gate": result.decision,
+            "provider": accepted.provider,
+            "providerCalls": calls,
+            "waitedSeconds": round(accepted.waited_seconds, 3),
+        }
+        if redirected:
+            detail["redirectedTo"] = to if provider is self.provider else "outbox"
+        await self._finish(
+            conn,
+            send_id,
+            decision=result.decision,
+            detail=detail,
+            attempts=calls,
+            provider=accepted.provider,
+            message_id=accepted.message_id,
+            subject=rendered.subject,
+        )
+        return SendOutcome(
+            send_id=send_id,
+            decision=result.decision,
+            detail=detail,
+            provider_message_id=accepted.message_id,
+        )
+
+    def _outbox(self) -> EmailProvider:
+        if self._test_provider is None:
+            from hogsend.channels.email.outbox import OutboxProvider
+
+            self._test_provider = OutboxProvider(self.engine)
+        return self._test_provider
+
+    async def _call_provider(
+        self, provider: EmailProvider, message: OutgoingEmail
+    ) -> tuple[ProviderResult | None, int, BaseException | None]:
+        """(result, provider calls, last error): transient errors retried with backoff."""
+        calls = 0
+        base = self.settings.mailer_retry_base_seconds
+        ceiling = self.settings.mailer_retry_max_seconds
+        for attempt in range(1, self.settings.mailer_max_attempts + 1):
+            try:
+                result = await provider.send(message)
+            except TransientProviderError as exc:
+                calls += 1
+                if attempt == self.settings.mailer_max_attempts:
+                    return None, calls, exc
+                delay = max(base * 2 ** (attempt - 1), exc.retry_after or 0.0)
+                await self._sleep(min(delay, ceiling))
+                continue
+            except ProviderError as exc:  # permanent: retrying cannot help
+                return None, calls + 1, exc
+            # A paced provider may have retried inside; count its calls too.
+            return result, calls + result.attempts, None
+        raise AssertionError("unreachable: mailer_max_attempts >= 1")
+
+    async def _finish(
+        self,
+        conn: AsyncConnection | None,
+        send_id: uuid.UUID,
+        *,
+        decision: str,
+        detail: dict[str, Any],
+        attempts: int,
+        provider: str | None,
+        message_id: str | None = None,
+        error: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        async with self._session(conn) as session, session.begin():
+            await sends.finish(
+                session,
+                send_id,
+                decision=decision,
+                detail=detail,
+                attempts=attempts,
+                provider=provider,
+                provider_message_id=message_id,
+                error=error,
+                subject=subject,
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Explanation:
+    """A dry run of the gates for one contact and template or journey, against current facts.
+
+    Attributes:
+        decision: what an attempt made now would be (``sent``/``redirected``: it would go).
+        detail: the facts behind it.
+        deferred_until: when the send window opens, for ``deferred``.
+        facts: the facts the gates saw.
+        recent: the latest attempts for that template or journey, newest first.
+    """
+
+    decision: Decision
+    detail: Mapping[str, Any]
+    deferred_until: datetime | None
+    facts: SendFacts
+    recent: tuple[sends.SendRecord, ...]
+
+
+async def explain(
+    session: AsyncSession,
+    *,
+    app: Hogsend,
+    settings: Settings,
+    contact: Contact,
+    template: str | None = None,
+    journey: str | None = None,
+    now: datetime | None = None,
+    recent_limit: int = 10,
+) -> Explanation:
+    """Would ``contact`` get a message now, and if not, why; plus the latest attempts.
+
+    ``template`` alone: a send of it (transactional when its category is
+    ``transactional``, else campaign-style to its category); ``journey`` alone: that
+    journey's next message (its ``suppress`` gap); both: that journey sending that
+    template; neither: any non-transactional email at all. Writes nothing.
+
+    Raises:
+        TemplateNotFound: unknown template.
+        KeyError: unknown journey.
+    """
+    kind: SendKind = "campaign"
+    category: str | None = None
+    gap: timedelta | None = None
+    if journey is not None:
+        found = {j.id: j for j in app.journeys}
+        if journey not in found:
+            raise KeyError(journey)
+        kind, gap = "journey", found[journey].suppress
+    if template is not None:
+        if app.templates is None:
+            raise TemplateNotFound("the app has no templates", key=template)
+        meta = app.templates.get(template).meta
+        if journey is None and meta.category == TRANSACTIONAL_CATEGORY:
+            kind = "transactional"
+        category = meta.category
+    request = SendRequest(
+        template=template or "",
+        contact_id=contact.id,
+        kind=kind,
+        category=category,
+        journey_id=journey,
+        suppress_gap=gap,
+    )
+    category = effective_category(request, category)
+    address = contact.email or ""
+    facts, _ = await gather_facts(
+        session,
+        app=app,
+        settings=settings,
+        request=request,
+        contact_id=contact.id,
+        contact_deleted=contact.deleted_at is not None,
+        contact_timezone=contact.timezone,
+        to_email=address,
+        list_id=category,
+        now=now or _utcnow(),
+    )
+    result = decide(facts)
+    page = await sends.list_sends(
+        session, contact.id, limit=recent_limit, template_key=template, journey_id=journey
+    )
+    return Explanation(
+        decision=result.decision,
+        detail=result.detail,
+        deferred_until=result.deferred_until,
+        facts=facts,
+        recent=page.items,
+    )

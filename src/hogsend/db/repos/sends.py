@@ -1,0 +1,369 @@
+"""Send attempts (``email_sends``): the facts the mailer's gates read, and its decision rows.
+
+Functions take the caller's session and never commit. The mailer serialises attempts
+that share an idempotency key with a session-level advisory lock
+(:func:`lock_key_sql`), and attempts to one address with a transaction-level one
+(:func:`lock_address`), so the duplicate check and the frequency-cap count see every
+earlier attempt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
+from hogsend.db.repos.contacts import to_json
+
+# Attempts that went out (or are on their way): what duplicates, gaps and caps count.
+OUTGOING = ("queued", "sent", "redirected")
+
+LOCK_KEY = text("SELECT pg_advisory_lock(hashtextextended('hogsend.send-key:' || :key, 0))")
+UNLOCK_KEY = text("SELECT pg_advisory_unlock(hashtextextended('hogsend.send-key:' || :key, 0))")
+
+
+def lock_key_sql() -> tuple[Any, Any]:
+    """The statements taking and releasing the session-level lock on an idempotency key.
+
+    Session-level, not transaction-level: it is held across the provider call, so a
+    concurrent attempt with the same key waits and then sees the outcome. A process
+    that dies releases it with its connection.
+    """
+    return LOCK_KEY, UNLOCK_KEY
+
+
+async def lock_address(session: AsyncSession, email: str) -> None:
+    """Serialise, until the transaction ends, attempts to one (case-insensitive) address."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended('hogsend.send-to:' || lower(:e), 0))"),
+        {"e": email},
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyHolder:
+    """The attempt holding an idempotency key."""
+
+    id: uuid.UUID
+    decision: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredFacts:
+    """What the database says about a prospective send (see ``SendFacts``)."""
+
+    key_holder: KeyHolder | None = None
+    suppressed: bool = False
+    suppression_reason: str | None = None
+    unsubscribed_all: bool = False
+    list_choice: bool | None = None
+    journey_last_sent_at: datetime | None = None
+    recent_sends: int = 0
+
+
+async def read_facts(
+    session: AsyncSession,
+    *,
+    idempotency_key: str | None,
+    contact_id: uuid.UUID | None,
+    email: str,
+    list_id: str | None,
+    journey_id: str | None,
+    since: datetime,
+) -> StoredFacts:
+    """Read every fact the gates need, in the caller's transaction."""
+    holder = None
+    if idempotency_key is not None:
+        row = (
+            await session.execute(
+                text("SELECT id, decision, status FROM email_sends WHERE idempotency_key = :k"),
+                {"k": idempotency_key},
+            )
+        ).first()
+        if row is not None:
+            holder = KeyHolder(id=row.id, decision=row.decision, status=row.status)
+    # Keyed on the address itself (lower-cased, like its unique index), never a contact.
+    suppression = (
+        await session.execute(
+            text(
+                "SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)"
+            ),
+            {"e": email},
+        )
+    ).first()
+    unsubscribed_all = False
+    choice: bool | None = None
+    last_sent: datetime | None = None
+    if contact_id is not None:
+        unsubscribed_all = bool(
+            await session.scalar(
+                text("SELECT unsubscribed_all FROM email_preferences WHERE contact_id = :c"),
+                {"c": contact_id},
+            )
+        )
+        if list_id is not None:
+            choice = await session.scalar(
+                text(
+                    "SELECT subscribed FROM list_subscriptions"
+                    " WHERE contact_id = :c AND list_id = :l"
+                ),
+                {"c": contact_id, "l": list_id},
+            )
+        if journey_id is not None:
+            last_sent = await session.scalar(
+                text(
+                    "SELECT max(created_at) FROM email_sends WHERE contact_id = :c"
+                    " AND journey_id = :j AND decision = ANY(CAST(:d AS text[]))"
+                ),
+                {"c": contact_id, "j": journey_id, "d": list(OUTGOING)},
+            )
+    recent = await session.scalar(
+        text(
+            "SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)"
+            " AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))"
+        ),
+        {"e": email, "since": since, "d": list(OUTGOING)},
+    )
+    return StoredFacts(
+        key_holder=holder,
+        suppressed=bool(suppression.suppressed) if suppression is not None else False,
+        suppression_reason=suppression.reason if suppression is not None else None,
+        unsubscribed_all=unsubscribed_all,
+        list_choice=choice,
+        journey_last_sent_at=last_sent,
+        recent_sends=int(recent or 0),
+    )
+
+
+_GATED = ("duplicate", "skipped_deleted", "suppressed", "unsubscribed", "capped", "deferred")
+
+
+async def insert_attempt(
+    session: AsyncSession,
+    *,
+    decision: str,
+    detail: dict[str, Any] | None,
+    contact_id: uuid.UUID | None,
+    user_id: str | None,
+    to_email: str,
+    from_email: str,
+    subject: str | None,
+    template_key: str | None,
+    category: str | None,
+    journey_id: str | None,
+    journey_state_id: uuid.UUID | None,
+    campaign_id: uuid.UUID | None,
+    idempotency_key: str | None,
+    duplicate_of_id: uuid.UUID | None = None,
+    redirected_to: str | None = None,
+) -> uuid.UUID:
+    """Write an attempt's decision row.
+
+    A gated decision is final (status ``skipped``, no key held); ``queued`` holds the
+    key while the message goes to the provider, and :func:`finish` records the outcome.
+    """
+    gated = decision in _GATED
+    row_id: uuid.UUID | None = await session.scalar(
+        text(
+            """
+            INSERT INTO email_sends (
+                contact_id, user_id, user_email, to_email, from_email, subject, template_key,
+                category, journey_id, journey_state_id, campaign_id, idempotency_key,
+                duplicate_of_id, redirected_to, status, decision, decision_detail
+            ) VALUES (
+                :contact_id, :user_id, :to_email, :to_email, :from_email, :subject,
+                :template_key, :category, :journey_id, :journey_state_id, :campaign_id,
+                :key, :duplicate_of_id, :redirected_to, :status, :decision,
+                CAST(:detail AS jsonb)
+            ) RETURNING id
+            """
+        ),
+        {
+            "contact_id": contact_id,
+            "user_id": user_id,
+            "to_email": to_email,
+            "from_email": from_email,
+            "subject": subject,
+            "template_key": template_key,
+            "category": category,
+            "journey_id": journey_id,
+            "journey_state_id": journey_state_id,
+            "campaign_id": campaign_id,
+            "key": None if gated else idempotency_key,
+            "duplicate_of_id": duplicate_of_id,
+            "redirected_to": redirected_to,
+            "status": "skipped" if gated else "queued",
+            "decision": decision,
+            "detail": None if detail is None else to_json(detail),
+        },
+    )
+    assert row_id is not None
+    return row_id
+
+
+async def finish(
+    session: AsyncSession,
+    send_id: uuid.UUID,
+    *,
+    decision: str,
+    detail: dict[str, Any] | None,
+    attempts: int,
+    provider: str | None,
+    provider_message_id: str | None = None,
+    error: str | None = None,
+    subject: str | None = None,
+) -> None:
+    """Record the provider's outcome on a ``queued`` attempt.
+
+    ``sent``/``redirected`` keep the idempotency key; ``provider_error`` releases it,
+    so a later retry of the same send can go out.
+    """
+    ok = decision in ("sent", "redirected")
+    await session.execute(
+        text(
+            """
+            UPDATE email_sends SET
+                decision = :decision,
+                status = CASE WHEN :ok THEN 'sent' ELSE 'failed' END,
+                idempotency_key = CASE WHEN :ok THEN idempotency_key END,
+                decision_detail = CAST(:detail AS jsonb),
+                attempts = :attempts,
+                provider = :provider,
+                provider_message_id = :message_id,
+                last_error = :error,
+                subject = coalesce(:subject, subject),
+                sent_at = CASE WHEN :ok THEN now() END,
+                updated_at = now()
+            WHERE id = :id
+            """
+        ),
+        {
+            "id": send_id,
+            "decision": decision,
+            "ok": ok,
+            "detail": None if detail is None else to_json(detail),
+            "attempts": attempts,
+            "provider": provider,
+            "message_id": provider_message_id,
+            "error": error,
+            "subject": subject,
+        },
+    )
+
+
+async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
+    """Close an attempt left ``queued`` by a process that died while it was out.
+
+    Whether the provider got the message is unknown; the row becomes ``provider_error``
+    and releases the key to the attempt taking over, which resends with the same key.
+    """
+    await session.execute(
+        text(
+            """
+            UPDATE email_sends SET decision = 'provider_error', status = 'failed',
+                idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
+                decision_detail = coalesce(decision_detail, '{}'::jsonb)
+                    || '{"gate": "provider_error", "interrupted": true}'::jsonb,
+                updated_at = now()
+            WHERE id = :id AND decision = 'queued'
+            """
+        ),
+        {"id": send_id},
+    )
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendRecord:
+    """One attempt as the admin API shows it."""
+
+    id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    decision: str
+    status: str
+    detail: dict[str, Any] | None
+    to_email: str
+    from_email: str
+    redirected_to: str | None
+    subject: str | None
+    template_key: str | None
+    category: str | None
+    journey_id: str | None
+    journey_state_id: uuid.UUID | None
+    campaign_id: uuid.UUID | None
+    duplicate_of_id: uuid.UUID | None
+    idempotency_key: str | None
+    provider: str | None
+    provider_message_id: str | None
+    attempts: int
+    last_error: str | None
+    sent_at: datetime | None
+
+
+_COLUMNS = (
+    "id, created_at, updated_at, decision, status, decision_detail, to_email, from_email,"
+    " redirected_to, subject, template_key, category, journey_id, journey_state_id,"
+    " campaign_id, duplicate_of_id, idempotency_key, provider, provider_message_id, attempts,"
+    " last_error, sent_at"
+)
+
+
+def _record(row: Any) -> SendRecord:
+    m = dict(row._mapping)
+    m["detail"] = m.pop("decision_detail")
+    return SendRecord(**m)
+
+
+def _cursor(record: SendRecord) -> str:
+    return encode_cursor(record.created_at.isoformat(), str(record.id))
+
+
+async def list_sends(
+    session: AsyncSession,
+    contact_id: uuid.UUID,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    template_key: str | None = None,
+    journey_id: str | None = None,
+) -> Page[SendRecord]:
+    """A contact's attempts, newest first, optionally for one template or journey.
+
+    Raises:
+        InvalidCursor: ``cursor`` is not one this listing handed out.
+    """
+    where = ["contact_id = :c"]
+    params: dict[str, Any] = {"c": contact_id, "limit": limit + 1}
+    if template_key is not None:
+        where.append("template_key = :t")
+        params["t"] = template_key
+    if journey_id is not None:
+        where.append("journey_id = :j")
+        params["j"] = journey_id
+    if cursor is not None:
+        at, last_id = decode_cursor(cursor, 2)
+        try:
+            params["at"] = datetime.fromisoformat(at)
+            params["id"] = uuid.UUID(last_id)
+        except ValueError:
+            raise InvalidCursor("cursor is not valid") from None
+        if params["at"].utcoffset() is None:
+            raise InvalidCursor("cursor is not valid")
+        where.append("(created_at, id) < (:at, :id)")
+    rows = await session.execute(
+        text(
+            f"SELECT {_COLUMNS} FROM email_sends WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id DESC LIMIT :limit"
+        ),
+        params,
+    )
+    return page_of([_record(row) for row in rows], limit, _cursor)

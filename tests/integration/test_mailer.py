@@ -1,0 +1,565 @@
+"""The mailer against a real aiosmtpd server and real Postgres: every decision, one row each."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hogsend import Hogsend, define_list
+from hogsend.api import create_api
+from hogsend.channels.email import SmtpProvider
+from hogsend.channels.mailer import Mailer, NoRecipient, SendRequest
+from hogsend.core import tokens
+from hogsend.core.mailer_gates import SendWindow
+from hogsend.settings import Settings
+
+FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
+MintKey = Callable[..., Awaitable[str]]
+SECRET = "s" * 40
+PUBLIC = "https://mail.example.test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sink:
+    """Keeps every message; answers DATA from ``script`` first (e.g. a 451), then 250."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    script: list[str] = field(default_factory=list)
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        if self.script:
+            return self.script.pop(0)
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        parsed["X-Test-Envelope-To"] = ",".join(envelope.rcpt_tos)
+        self.messages.append(parsed)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    handler = Sink()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    yield handler, controller.port
+    controller.stop()
+
+
+def api_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "test",
+        "database_url": database_url,
+        "rate_limit_admin": 1_000_000,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def make_app(tmp_path: Path) -> Hogsend:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "news.html").write_text(
+        "{#---\nsubject: News for {{ contact.email }}\ncategory: newsletter\n---#}\n"
+        '<p>Hello</p><p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>\n'
+    )
+    (templates / "receipt.html").write_text(
+        "{#---\nsubject: Your receipt\ncategory: transactional\n---#}\n<p>Paid: {{ amount }}</p>\n"
+    )
+    (templates / "nudge.html").write_text("{#---\nsubject: Still there?\n---#}\n<p>Hi</p>\n")
+    return Hogsend(
+        lists=[
+            define_list(id="newsletter", name="Newsletter", default_opt_in=True),
+            define_list(id="beta", name="Beta news"),
+        ],
+        templates=templates,
+    )
+
+
+@dataclass
+class Env:
+    mailer: Mailer
+    sink: Sink
+    sleeps: list[float]
+    engine: AsyncEngine
+    app: Hogsend
+    settings: Settings
+
+    def with_settings(self, **changes: object) -> Mailer:
+        settings = self.settings.model_copy(update=changes)
+        return Mailer(
+            self.app, settings, self.engine, self.mailer.provider, sleep=self.mailer._sleep
+        )
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path, engine: AsyncEngine, database_url: str, sink: tuple[Sink, int]
+) -> AsyncIterator[Env]:
+    handler, port = sink
+    app = make_app(tmp_path)
+    settings = api_settings(database_url, secret_key=SECRET, public_url=PUBLIC)
+    provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=4)
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    mailer = Mailer(app, settings, engine, provider, sleep=fake_sleep)
+    yield Env(mailer, handler, sleeps, engine, app, settings)
+    await provider.aclose()
+
+
+async def new_contact(engine: AsyncEngine, email_address: str, **columns: object) -> uuid.UUID:
+    names = ["email", *columns]
+    async with engine.begin() as conn:
+        contact_id = (
+            await conn.execute(
+                text(
+                    f"INSERT INTO contacts ({', '.join(names)}) "
+                    f"VALUES ({', '.join(':' + n for n in names)}) RETURNING id"
+                ),
+                {"email": email_address, **columns},
+            )
+        ).scalar_one()
+    assert isinstance(contact_id, uuid.UUID)
+    return contact_id
+
+
+async def execute(engine: AsyncEngine, sql: str, **params: object) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
+async def row(fetch_all: FetchAll, send_id: uuid.UUID) -> dict[str, Any]:
+    rows = await fetch_all("SELECT * FROM email_sends WHERE id = :id", id=send_id)
+    return rows[0]
+
+
+def news(contact_id: uuid.UUID, **changes: Any) -> SendRequest:
+    return SendRequest(template="news", contact_id=contact_id, kind="campaign", **changes)
+
+
+def receipt(contact_id: uuid.UUID, **changes: Any) -> SendRequest:
+    return SendRequest(template="receipt", contact_id=contact_id, props={"amount": 5}, **changes)
+
+
+# --------------------------------------------------------------------------- sent + headers
+
+
+async def test_sent_with_well_formed_unsubscribe_headers(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "ann@example.com")
+    outcome = await env.mailer.send(news(contact_id, idempotency_key="k-sent"))
+    assert outcome.decision == "sent"
+    stored = await row(fetch_all, outcome.send_id)
+    assert stored["decision"] == "sent"
+    assert stored["status"] == "sent"
+    assert stored["idempotency_key"] == "k-sent"
+    assert stored["provider"] == "smtp"
+    assert stored["provider_message_id"] == outcome.provider_message_id
+    assert stored["category"] == "newsletter"
+    assert stored["subject"] == "News for ann@example.com"
+    assert stored["sent_at"] is not None
+
+    [message] = env.sink.messages
+    assert message["To"] == "ann@example.com"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    header = message["List-Unsubscribe"]
+    assert header.startswith("<")
+    assert header.endswith(">")
+    url = urlparse(header[1:-1])
+    assert f"{url.scheme}://{url.netloc}" == PUBLIC
+    assert url.path == "/v1/email/one-click"
+    [token] = parse_qs(url.query)["token"]
+    claims = tokens.verify(token, SECRET.encode(), purpose="unsubscribe", now=datetime.now(UTC))
+    assert claims.contact_id == str(contact_id)
+    assert claims.list_id == "newsletter"
+    assert claims.email == "ann@example.com"
+    assert message["X-Hogsend-Send-Id"] == str(outcome.send_id)
+    html = message.get_body(("html",))
+    assert html is not None
+    assert header[1:-1] in html.get_content().replace("&amp;", "&")
+
+
+async def test_transactional_mail_has_no_unsubscribe_header(env: Env) -> None:
+    contact_id = await new_contact(env.engine, "tx@example.com")
+    outcome = await env.mailer.send(receipt(contact_id))
+    assert outcome.decision == "sent"
+    [message] = env.sink.messages
+    assert message["List-Unsubscribe"] is None
+    assert message["List-Unsubscribe-Post"] is None
+
+
+# --------------------------------------------------------------------------- duplicates
+
+
+async def test_duplicate_key_points_at_the_original(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "dup@example.com")
+    first = await env.mailer.send(news(contact_id, idempotency_key="k-dup"))
+    second = await env.mailer.send(news(contact_id, idempotency_key="k-dup"))
+    assert first.decision == "sent"
+    assert second.decision == "duplicate"
+    assert second.duplicate_of == first.send_id
+    stored = await row(fetch_all, second.send_id)
+    assert stored["duplicate_of_id"] == first.send_id
+    assert stored["status"] == "skipped"
+    assert stored["idempotency_key"] is None
+    assert len(env.sink.messages) == 1
+
+
+async def test_ten_concurrent_sends_with_one_key_send_once(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "race@example.com")
+    outcomes = await asyncio.gather(
+        *(env.mailer.send(news(contact_id, idempotency_key="k-race")) for _ in range(10))
+    )
+    decisions = sorted(o.decision for o in outcomes)
+    assert decisions == ["duplicate"] * 9 + ["sent"]
+    [winner] = [o for o in outcomes if o.decision == "sent"]
+    assert {o.duplicate_of for o in outcomes if o.decision == "duplicate"} == {winner.send_id}
+    assert len(env.sink.messages) == 1
+    rows = await fetch_all(
+        "SELECT count(*) AS n FROM email_sends WHERE contact_id = :c", c=contact_id
+    )
+    assert rows[0]["n"] == 10
+
+
+async def test_an_interrupted_attempt_is_taken_over_with_the_same_key(
+    env: Env, fetch_all: FetchAll
+) -> None:
+    contact_id = await new_contact(env.engine, "crash@example.com")
+    # What a process killed between queueing and recording the outcome leaves behind.
+    await execute(
+        env.engine,
+        "INSERT INTO email_sends (contact_id, to_email, from_email, status, decision,"
+        " idempotency_key) VALUES (:c, 'crash@example.com', 'x@example.com', 'queued',"
+        " 'queued', 'k-crash')",
+        c=contact_id,
+    )
+    outcome = await env.mailer.send(news(contact_id, idempotency_key="k-crash"))
+    assert outcome.decision == "sent"
+    orphan = await fetch_all(
+        "SELECT * FROM email_sends WHERE contact_id = :c AND id <> :id",
+        c=contact_id,
+        id=outcome.send_id,
+    )
+    assert orphan[0]["decision"] == "provider_error"
+    assert orphan[0]["decision_detail"]["interrupted"] is True
+    [message] = env.sink.messages
+    # Same key, same Message-ID: receivers and providers can drop the repeat.
+    assert message["Message-ID"] == outcome.provider_message_id
+
+
+# --------------------------------------------------------------------------- gates
+
+
+async def test_deleted_contact_is_skipped(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "gone@example.com", deleted_at=datetime.now(UTC))
+    outcome = await env.mailer.send(news(contact_id))
+    assert outcome.decision == "skipped_deleted"
+    stored = await row(fetch_all, outcome.send_id)
+    assert (stored["status"], stored["to_email"]) == ("skipped", "gone@example.com")
+    assert env.sink.messages == []
+
+
+async def test_suppressed_address_wins_over_unsubscribe(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "Bounce@example.com")
+    await execute(
+        env.engine,
+        "INSERT INTO email_suppressions (email, suppressed, reason, suppressed_at)"
+        " VALUES ('bounce@EXAMPLE.com', true, 'hard_bounce', now())",
+    )
+    await execute(
+        env.engine,
+        "INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)",
+        c=contact_id,
+    )
+    marketing = await env.mailer.send(news(contact_id))
+    transactional = await env.mailer.send(receipt(contact_id))
+    assert marketing.decision == "suppressed"
+    assert transactional.decision == "suppressed"
+    stored = await row(fetch_all, marketing.send_id)
+    assert stored["decision_detail"] == {"gate": "suppressed", "reason": "hard_bounce"}
+    assert env.sink.messages == []
+
+
+async def test_unsubscribed_globally_yet_transactional_still_goes(env: Env) -> None:
+    contact_id = await new_contact(env.engine, "quiet@example.com")
+    await execute(
+        env.engine,
+        "INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)",
+        c=contact_id,
+    )
+    marketing = await env.mailer.send(news(contact_id))
+    transactional = await env.mailer.send(receipt(contact_id))
+    assert marketing.decision == "unsubscribed"
+    assert marketing.detail["scope"] == "all"
+    assert transactional.decision == "sent"
+    assert [m["Subject"] for m in env.sink.messages] == ["Your receipt"]
+
+
+async def test_list_polarity(env: Env) -> None:
+    contact_id = await new_contact(env.engine, "lists@example.com")
+    # newsletter: default opt-in, explicit unsubscribe blocks it.
+    await execute(
+        env.engine,
+        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+        " VALUES (:c, 'newsletter', false)",
+        c=contact_id,
+    )
+    left = await env.mailer.send(news(contact_id))
+    assert left.decision == "unsubscribed"
+    assert left.detail["why"] == "unsubscribed"
+    # beta: opt-in list, needs an explicit subscribe.
+    never = await env.mailer.send(news(contact_id, list_id="beta"))
+    assert never.decision == "unsubscribed"
+    assert never.detail["why"] == "opt-in list, never subscribed"
+    await execute(
+        env.engine,
+        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+        " VALUES (:c, 'beta', true)",
+        c=contact_id,
+    )
+    joined = await env.mailer.send(news(contact_id, list_id="beta"))
+    assert joined.decision == "sent"
+    assert len(env.sink.messages) == 1
+
+
+async def test_frequency_cap_exempts_transactional(env: Env, fetch_all: FetchAll) -> None:
+    mailer = env.with_settings(frequency_cap_count=1)
+    contact_id = await new_contact(env.engine, "cap@example.com")
+    assert (await mailer.send(news(contact_id))).decision == "sent"
+    capped = await mailer.send(news(contact_id))
+    assert capped.decision == "capped"
+    assert capped.detail["rule"] == "frequency_cap"
+    assert (await row(fetch_all, capped.send_id))["status"] == "skipped"
+    assert (await mailer.send(receipt(contact_id))).decision == "sent"
+    assert len(env.sink.messages) == 2
+
+
+async def test_journey_suppress_gap(env: Env) -> None:
+    contact_id = await new_contact(env.engine, "gap@example.com")
+    request = SendRequest(
+        template="nudge",
+        contact_id=contact_id,
+        kind="journey",
+        journey_id="onboarding",
+        suppress_gap=timedelta(days=3),
+    )
+    assert (await env.mailer.send(request)).decision == "sent"
+    again = await env.mailer.send(request)
+    assert again.decision == "capped"
+    assert again.detail["rule"] == "journey_suppress"
+    other = SendRequest(template="nudge", contact_id=contact_id, kind="journey", journey_id="x")
+    assert (await env.mailer.send(other)).decision == "sent"
+    assert len(env.sink.messages) == 2
+
+
+async def test_outside_the_send_window_is_deferred(env: Env, fetch_all: FetchAll) -> None:
+    contact_id = await new_contact(env.engine, "later@example.com", timezone="Europe/Paris")
+    window = SendWindow(start=time(9), end=time(17))
+    friday_night = datetime(2026, 3, 6, 20, 0, tzinfo=UTC)  # 21:00 in Paris
+    mailer = Mailer(
+        env.app, env.settings, env.engine, env.mailer.provider, clock=lambda: friday_night
+    )
+    outcome = await mailer.send(news(contact_id, send_window=window, idempotency_key="k-later"))
+    assert outcome.decision == "deferred"
+    assert outcome.deferred_until == datetime(2026, 3, 7, 8, 0, tzinfo=UTC)  # 09:00 Paris
+    stored = await row(fetch_all, outcome.send_id)
+    assert stored["decision_detail"]["deferredUntil"] == "2026-03-07T08:00:00+00:00"
+    assert stored["idempotency_key"] is None  # the later attempt may use the key
+    assert env.sink.messages == []
+    inside = Mailer(
+        env.app,
+        env.settings,
+        env.engine,
+        env.mailer.provider,
+        clock=lambda: datetime(2026, 3, 7, 8, 30, tzinfo=UTC),
+    )
+    later = await inside.send(news(contact_id, send_window=window, idempotency_key="k-later"))
+    assert later.decision == "sent"
+
+
+async def test_test_mode_redirects_with_the_original_recipient(
+    env: Env, fetch_all: FetchAll
+) -> None:
+    mailer = env.with_settings(test_mode=True, test_mode_recipient="qa@example.com")
+    contact_id = await new_contact(env.engine, "real@example.com")
+    outcome = await mailer.send(news(contact_id))
+    assert outcome.decision == "redirected"
+    stored = await row(fetch_all, outcome.send_id)
+    assert (stored["decision"], stored["status"]) == ("redirected", "sent")
+    assert (stored["to_email"], stored["redirected_to"]) == ("real@example.com", "qa@example.com")
+    [message] = env.sink.messages
+    assert message["To"] == "qa@example.com"
+    assert message["X-Test-Envelope-To"] == "qa@example.com"
+    assert message["X-Hogsend-Original-To"] == "real@example.com"
+
+
+async def test_test_mode_without_recipient_goes_to_the_outbox(
+    env: Env, fetch_all: FetchAll
+) -> None:
+    mailer = env.with_settings(test_mode=True)
+    contact_id = await new_contact(env.engine, "box@example.com")
+    outcome = await mailer.send(receipt(contact_id))
+    assert outcome.decision == "redirected"
+    assert env.sink.messages == []
+    [stored] = await fetch_all(
+        "SELECT * FROM outbox_messages WHERE email_send_id = :id", id=outcome.send_id
+    )
+    assert stored["to_email"] == "box@example.com"
+    assert stored["headers"]["X-Hogsend-Original-To"] == "box@example.com"
+
+
+# --------------------------------------------------------------------------- provider errors
+
+
+async def test_transient_451_is_retried_then_sent(env: Env, fetch_all: FetchAll) -> None:
+    env.sink.script.append("451 4.3.0 try again later")
+    contact_id = await new_contact(env.engine, "retry@example.com")
+    outcome = await env.mailer.send(news(contact_id))
+    assert outcome.decision == "sent"
+    assert env.sleeps == [1.0]
+    stored = await row(fetch_all, outcome.send_id)
+    assert stored["attempts"] == 2
+    assert stored["decision_detail"]["providerCalls"] == 2
+    assert len(env.sink.messages) == 1
+
+
+async def test_transient_errors_give_up_after_max_attempts(env: Env, fetch_all: FetchAll) -> None:
+    env.sink.script.extend(["451 4.3.0 busy"] * 3)
+    contact_id = await new_contact(env.engine, "busy@example.com")
+    outcome = await env.mailer.send(news(contact_id, idempotency_key="k-busy"))
+    assert outcome.decision == "provider_error"
+    assert outcome.detail["transient"] is True
+    assert env.sleeps == [1.0, 2.0]
+    stored = await row(fetch_all, outcome.send_id)
+    assert (stored["status"], stored["attempts"]) == ("failed", 3)
+    assert stored["idempotency_key"] is None  # released: a later retry may send
+
+
+async def test_permanent_550_is_final_and_releases_the_key(env: Env, fetch_all: FetchAll) -> None:
+    env.sink.script.append("550 5.1.1 no such mailbox")
+    contact_id = await new_contact(env.engine, "nobody@example.com")
+    outcome = await env.mailer.send(news(contact_id, idempotency_key="k-550"))
+    assert outcome.decision == "provider_error"
+    assert outcome.detail["status"] == 550
+    assert env.sleeps == []
+    stored = await row(fetch_all, outcome.send_id)
+    assert "550" in stored["last_error"]
+    assert stored["idempotency_key"] is None
+    retry = await env.mailer.send(news(contact_id, idempotency_key="k-550"))
+    assert retry.decision == "sent"
+
+
+# --------------------------------------------------------------------------- admin API
+
+
+async def test_admin_sends_and_explain(env: Env, database_url: str, mint_key: MintKey) -> None:
+    contact_id = await new_contact(env.engine, "admin@example.com")
+    await env.mailer.send(news(contact_id, idempotency_key="k-a"))
+    await env.mailer.send(news(contact_id, idempotency_key="k-a"))
+    await env.mailer.send(receipt(contact_id))
+    api = create_api(env.app, api_settings(database_url, secret_key=SECRET), engine=env.engine)
+    raw = await mint_key("admin:read")
+    headers = {"Authorization": f"Bearer {raw}"}
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        first = await client.get(
+            f"/v1/admin/contacts/{contact_id}/sends", params={"limit": 2}, headers=headers
+        )
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert [s["templateKey"] for s in body["sends"]] == ["receipt", "news"]
+        assert body["sends"][1]["decision"] == "duplicate"
+        assert body["sends"][1]["duplicateOfId"] is not None
+        second = await client.get(
+            f"/v1/admin/contacts/{contact_id}/sends",
+            params={"cursor": body["nextCursor"]},
+            headers=headers,
+        )
+        assert [s["decision"] for s in second.json()["sends"]] == ["sent"]
+        assert second.json()["nextCursor"] is None
+        bad = await client.get(
+            f"/v1/admin/contacts/{contact_id}/sends", params={"cursor": "nope"}, headers=headers
+        )
+        assert bad.status_code == 422
+
+        await execute(
+            env.engine,
+            "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+            " VALUES (:c, 'newsletter', false)",
+            c=contact_id,
+        )
+        why = await client.get(
+            f"/v1/admin/contacts/{contact_id}/explain",
+            params={"template": "news"},
+            headers=headers,
+        )
+        assert why.status_code == 200, why.text
+        answer = why.json()
+        assert answer["wouldSend"] is False
+        assert answer["decision"] == "unsubscribed"
+        assert answer["facts"]["listChoice"] is False
+        assert [r["decision"] for r in answer["recent"]] == ["duplicate", "sent"]
+        receipt_ok = await client.get(
+            f"/v1/admin/contacts/{contact_id}/explain",
+            params={"template": "receipt"},
+            headers=headers,
+        )
+        assert receipt_ok.json()["wouldSend"] is True
+        assert receipt_ok.json()["facts"]["kind"] == "transactional"
+        for params in ({"template": "nope"}, {"journey": "nope"}):
+            missing = await client.get(
+                f"/v1/admin/contacts/{contact_id}/explain", params=params, headers=headers
+            )
+            assert missing.status_code == 404
+            assert missing.headers["content-type"] == "application/problem+json"
+        anything = await client.get(f"/v1/admin/contacts/{contact_id}/explain", headers=headers)
+        assert anything.status_code == 200
+        assert anything.json()["facts"]["kind"] == "campaign"
+        assert anything.json()["wouldSend"] is True
+        unknown = await client.get(f"/v1/admin/contacts/{uuid.uuid4()}/sends", headers=headers)
+        assert unknown.status_code == 404
+    await api.state.driver_pool.close()
+
+
+async def test_an_address_without_a_contact_and_a_contact_without_an_address(
+    env: Env, fetch_all: FetchAll
+) -> None:
+    outcome = await env.mailer.send(
+        SendRequest(template="news", to_email="Stranger@Example.com", kind="campaign")
+    )
+    assert outcome.decision == "sent"
+    stored = await row(fetch_all, outcome.send_id)
+    assert (stored["contact_id"], stored["to_email"]) == (None, "Stranger@example.com")
+    [message] = env.sink.messages
+    assert message["List-Unsubscribe"] is not None
+    contact_id = await new_contact(env.engine, "placeholder@example.com")
+    await execute(env.engine, "UPDATE contacts SET email = NULL WHERE id = :c", c=contact_id)
+    with pytest.raises(NoRecipient):
+        await env.mailer.send(news(contact_id))
+    with pytest.raises(ValueError, match="contact_id or a to_email"):
+        SendRequest(template="news")
