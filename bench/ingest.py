@@ -9,7 +9,8 @@ in a subprocess of its own (one at a time, so they do not compete for cores):
   resolution, event + outbox row, one transaction), each request with its own
   ``Idempotency-Key``; ``events-nokey`` the same without keys;
 * ``copy``: raw ``COPY`` of the same event rows into ``user_events`` from this process,
-  500 rows per transaction over 4 connections: the ceiling in events/s;
+  500 rows per transaction over 4 connections: the ceiling in events/s the ratios use
+  (``copy-1conn``, the same over one connection, is shown for scale);
 * ``batch``: our ``POST /v1/events/batch`` with 500 events per request;
 * ``segment``: ``POST /segment/v1/batch`` with 500 ``track`` messages per request
   (HTTP Basic write key, ``messageId`` on every message, as Segment clients send).
@@ -308,8 +309,8 @@ async def _copy_stream(
     return copied
 
 
-async def _copy_ceiling(url: str) -> dict[str, Any]:
-    serial = itertools.count(50_000_000)
+async def _copy_ceiling(url: str, connections: int, first_serial: int) -> dict[str, Any]:
+    serial = itertools.count(first_serial)
     conninfo = libpq_url(url)
     for seconds, keep in ((WARMUP_S, False), (DURATION_S, True)):
         latencies: list[float] = []
@@ -317,7 +318,7 @@ async def _copy_ceiling(url: str) -> dict[str, Any]:
         copied = await asyncio.gather(
             *(
                 _copy_stream(conninfo, serial, started + seconds, latencies)
-                for _ in range(COPY_CONNECTIONS)
+                for _ in range(connections)
             )
         )
         wall = time.perf_counter() - started
@@ -331,7 +332,7 @@ async def _copy_ceiling(url: str) -> dict[str, Any]:
                 "events_per_s": round(sum(copied) / wall, 1),
                 "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
                 "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
-                "connections": COPY_CONNECTIONS,
+                "connections": connections,
             }
     raise AssertionError("unreachable")
 
@@ -383,7 +384,8 @@ def run() -> dict[str, Any]:
                 results[name] = asyncio.run(_load(base, probe, bodies, 202))
             results[name]["events_per_s"] = results[name]["req_per_s"]
         results["insert"]["events_per_s"] = results["insert"]["req_per_s"]
-        results["copy"] = asyncio.run(_copy_ceiling(url))
+        results["copy"] = asyncio.run(_copy_ceiling(url, COPY_CONNECTIONS, 50_000_000))
+        results["copy-1conn"] = asyncio.run(_copy_ceiling(url, 1, 90_000_000))
         for name, headers in (("batch", bearer), ("segment", basic)):
             with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
                 bodies = _batch_bodies(host, headers, name)

@@ -185,10 +185,11 @@ def _traits(message: SegmentMessage, kind: SegmentType) -> dict[str, Any]:
         context_traits = {}
     if not isinstance(context_traits, dict):
         raise _fail("context.traits", "must be an object")
-    try:
-        SegmentMessage.model_validate({"traits": context_traits})
-    except ValidationError as exc:
-        raise _fail("context.traits", exc.errors()[0]["msg"]) from None
+    if context_traits:
+        try:
+            SegmentMessage.model_validate({"traits": context_traits})
+        except ValidationError as exc:
+            raise _fail("context.traits", exc.errors()[0]["msg"]) from None
     merged = dict(context_traits)
     if kind == "identify" and message.traits:
         merged.update(message.traits)

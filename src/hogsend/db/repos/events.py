@@ -135,11 +135,12 @@ _ORIGINALS = text(
 _CLAIM = text(
     """
     WITH v AS (
-        SELECT r.*, CAST(p.properties AS jsonb) AS properties
+        SELECT r.*, p.properties
         FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS r(
             pos int, ord int, id uuid, contact_id uuid, user_id text, event text,
             idempotency_key text, source text, occurred_at timestamptz)
-        JOIN unnest(CAST(:properties AS text[])) WITH ORDINALITY AS p(properties, pos)
+        JOIN jsonb_array_elements(CAST(:properties AS jsonb)) WITH ORDINALITY
+            AS p(properties, pos)
             USING (pos)
     ), ins AS (
         INSERT INTO user_events (id, contact_id, user_id, event, properties, idempotency_key,
@@ -282,7 +283,9 @@ async def _claim(
         _CLAIM,
         {
             "events": to_json(events),
-            "properties": properties,
+            # One JSON array of the pre-serialised objects: a text[] parameter made
+            # psycopg escape every element (a regex per item, ~10% of a batch's CPU).
+            "properties": "[" + ",".join(properties) + "]",
             "contacts": to_json([u.row() for u in updates]),
             "lists": to_json(lists),
             "now": now,
