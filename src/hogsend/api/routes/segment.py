@@ -4,8 +4,9 @@ Point a client's host (segment-analytics-python ``host``, rudder-sdk-python
 ``dataPlaneUrl``) at ``http://HOST:PORT/segment``: it posts to ``/segment/v1/batch``.
 The write key is an API key with the ``ingest`` scope, sent the way those clients send
 it (HTTP Basic, key as the username); a Bearer header or a ``writeKey`` field in the
-body work too. Gzip bodies are decoded by :class:`~hogsend.api.middleware.
-GzipRequestMiddleware`. docs/segment.md has the field mapping.
+body work too. Gzip bodies are decoded by the API's
+:class:`~hogsend.api.middleware.GzipRequestMiddleware`. docs/segment.md has the field
+mapping.
 
 Every message goes through the same ingest as ``POST /v1/events`` (``messageId`` is the
 idempotency key, prefixed ``segment:``); a batch is one transaction, and a bad message
