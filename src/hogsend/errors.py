@@ -12,12 +12,18 @@
     ├── ProviderError               an email provider refused or failed a message
     │   ├── TransientProviderError  worth retrying later (429, 5xx, SMTP 4xx, network)
     │   └── PermanentProviderError  retrying will not help (HTTP 4xx, SMTP 5xx)
+    ├── NoRecipient                 a send has no address to go to (nothing is written)
     ├── RegistrationClosedError     registering on a Hogsend app after launch
     ├── DatabaseError               embedded Postgres or migrations cannot be brought up
     └── ApiError                    mapped to problem+json by hogsend.api.errors
         ├── BadRequest (400)   ├── Unauthorized (401)   ├── Forbidden (403)
         ├── NotFound (404)     ├── Conflict (409)       ├── PayloadTooLarge (413)
         ├── RateLimited (429)  └── ServiceUnavailable (503)
+
+Defined beside the code that raises them (all subclasses of HogsendError):
+``hogsend.core.identity.IdentityError`` and ``hogsend.core.pagination.InvalidCursor``
+(also ValueErrors, so pydantic validators can raise them),
+``hogsend.core.tokens.InvalidToken`` and ``hogsend.db.repos.contacts.ResolutionRace``.
 
 Each class carries a stable ``code`` string, which the API puts in the problem ``type``.
 Control-flow signals (a journey being exited) derive from ``BaseException`` so that a
@@ -150,6 +156,12 @@ class PermanentProviderError(ProviderError):
     """A refusal that retrying cannot fix: a rejected recipient, a malformed request."""
 
     code = "provider-permanent"
+
+
+class NoRecipient(HogsendError):
+    """A send names a contact that has no email address, and no ``to_email``."""
+
+    code = "no-recipient"
 
 
 class RegistrationClosedError(HogsendError):

@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hogsend import Hogsend, define_list
 from hogsend.api import create_api
 from hogsend.channels.email import SmtpProvider
-from hogsend.channels.mailer import Mailer, NoRecipient, SendRequest
+from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.core import tokens
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.errors import NoRecipient
 from hogsend.settings import Settings
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]

@@ -46,7 +46,7 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import sends
 from hogsend.errors import (
     ConfigurationError,
-    HogsendError,
+    NoRecipient,
     ProviderError,
     TemplateError,
     TemplateNotFound,
@@ -68,12 +68,6 @@ SEND_ID_HEADER = "X-Hogsend-Send-Id"
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
-
-
-class NoRecipient(HogsendError):
-    """A send names a contact that has no email address, and no ``to_email``."""
-
-    code = "no-recipient"
 
 
 def _utcnow() -> datetime:
