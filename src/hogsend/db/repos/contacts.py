@@ -22,13 +22,14 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.core.clock import aware_now
 from hogsend.core.contact import Contact, Event, TimelineEntry
 from hogsend.core.identity import (
     KEY_KINDS,
@@ -72,14 +73,6 @@ def to_json(value: object) -> str:
         raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
     return json.dumps(value, default=default, separators=(",", ":"))
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
-    return now
 
 
 # --------------------------------------------------------------------------- rows
@@ -354,7 +347,7 @@ async def resolve_contact(
     Raises:
         ResolutionRace: concurrent merges kept invalidating the lookup (retry).
     """
-    now = _now(now)
+    now = aware_now(now)
     keys = identity.keys
     await advisory_lock(session, (k.lock_name for k in keys))
     for _ in range(_MAX_ROUNDS):
@@ -412,7 +405,7 @@ async def merge_contacts(
     Raises:
         ResolutionRace: concurrent merges kept moving the contacts (retry).
     """
-    now = _now(now)
+    now = aware_now(now)
     for _ in range(_MAX_ROUNDS):
         current = [await follow_contact(session, cid) for cid in contact_ids]
         if any(contact is None for contact in current):
@@ -1030,7 +1023,7 @@ async def soft_delete_contacts(
     logs and stays lose their key, email and context). Suppressions stay: they are keyed
     by address and must keep protecting it.
     """
-    now = _now(now)
+    now = aware_now(now)
     keys = identity.keys
     await advisory_lock(session, (k.lock_name for k in keys))
     for _ in range(_MAX_ROUNDS):
@@ -1136,7 +1129,7 @@ async def set_list_subscriptions(
             ListChoice(contact_id=contact_id, list_id=list_id, subscribed=sub, source=source)
             for list_id, sub in lists.items()
         ],
-        now=_now(now),
+        now=aware_now(now),
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -36,6 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.core.clock import aware_now
 from hogsend.core.contact import Contact, Event
 from hogsend.core.identity import (
     IdentityConflict,
@@ -82,14 +83,6 @@ def is_transient_error(exc: BaseException) -> bool:
                 return True
         current = current.__cause__
     return False
-
-
-def _now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.utcoffset() is None:
-        raise ValueError("now must be timezone-aware")
-    return now
 
 
 def idempotency_lock_name(key: str) -> str:
@@ -685,7 +678,7 @@ async def ingest_event(
         ``stored`` or ``duplicate``; ``rejected`` only for a ``contact_id`` that does not
         exist (or was deleted).
     """
-    now = _now(now)
+    now = aware_now(now)
     names: list[str] = []
     if item.idempotency_key is not None:
         names.append(idempotency_lock_name(item.idempotency_key))
@@ -710,7 +703,7 @@ async def ingest_batch(
     """
     if not items:
         return []
-    return await _ingest(session, list(items), _now(now))
+    return await _ingest(session, list(items), aware_now(now))
 
 
 async def stored_event(session: AsyncSession, idempotency_key: str) -> IngestResult | None:
@@ -952,7 +945,7 @@ async def ingest_event_fast(
         raise ValueError("the fast path is for events with an identity")
     if item.lists:
         return None  # rare enough to leave to the general path
-    now = _now(now)
+    now = aware_now(now)
     keys = identity.keys
     names = [k.lock_name for k in keys]
     if item.idempotency_key is not None:
