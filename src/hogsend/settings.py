@@ -123,6 +123,22 @@ class Settings(BaseSettings):
     mailer_retry_max_seconds: float = Field(
         default=30.0, ge=0, description="Longest wait between two provider calls of one send."
     )
+    track_opens: bool = Field(
+        default=True, description="Add an open-tracking pixel to the HTML part of every email."
+    )
+    track_clicks: bool = Field(
+        default=True,
+        description="Rewrite the http(s) links of the HTML part to signed click-tracking URLs.",
+    )
+    track_bot_click_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="A click sooner than this after the send is taken for a link scanner.",
+    )
+    track_bot_events: bool = Field(
+        default=False,
+        description="Also emit email.opened/email.clicked for hits flagged as bots.",
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

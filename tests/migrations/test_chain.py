@@ -30,6 +30,7 @@ TABLES = {
     "journey_logs",
     "journey_states",
     # email
+    "email_opens",
     "email_preferences",
     "email_sends",
     "email_suppressions",

@@ -6,7 +6,8 @@ row carrying its decision:
 1. facts are read and the gates of :mod:`hogsend.core.mailer_gates` decide, in one
    transaction that also writes the row (final for a gated decision, ``queued`` for one
    that goes out);
-2. the template is rendered with ``unsubscribe_url``/``preferences_url``, headers are
+2. the template is rendered with ``unsubscribe_url``/``preferences_url``, tracked
+   (:mod:`hogsend.channels.tracking`: pixel, signed click links), headers are
    added (List-Unsubscribe + List-Unsubscribe-Post on every non-transactional message,
    X-Hogsend-Original-To in test mode);
 3. the provider is called with the send's idempotency key, transient failures retried
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -44,6 +46,7 @@ from hogsend.core.mailer_gates import (
 )
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import sends
+from hogsend.db.repos import tracking as tracking_repo
 from hogsend.errors import (
     ConfigurationError,
     NoRecipient,
@@ -100,6 +103,8 @@ class SendRequest:
         idempotency_key: a key naming this send; a second attempt with a key that went
             out is a ``duplicate``. Journeys use ``<workflow id>:<step>``.
         skip_preference_check: skip the unsubscribe and cap gates (admin test sends).
+        track_opens: add the open pixel (default: ``HOGSEND_TRACK_OPENS``).
+        track_clicks: rewrite links to click-tracking URLs (default: ``HOGSEND_TRACK_CLICKS``).
     """
 
     template: str
@@ -119,6 +124,8 @@ class SendRequest:
     send_window: SendWindow | None = None
     idempotency_key: str | None = None
     skip_preference_check: bool = False
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
 
     def __post_init__(self) -> None:
         if self.contact_id is None and self.to_email is None:
@@ -444,6 +451,7 @@ class Mailer:
                 error=f"render: {exc}",
             )
             raise
+        html = await self._track(conn, request, send_id, rendered.html)
         headers = {SEND_ID_HEADER: str(send_id)}
         if marketing:
             headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
@@ -461,7 +469,7 @@ class Mailer:
             from_email=request.from_email or self.settings.email_from,
             to=to,
             subject=rendered.subject,
-            html=rendered.html,
+            html=html,
             text=rendered.text,
             reply_to=request.reply_to,
             headers=headers,
@@ -516,6 +524,34 @@ class Mailer:
             detail=detail,
             provider_message_id=accepted.message_id,
         )
+
+    async def _track(
+        self, conn: AsyncConnection | None, request: SendRequest, send_id: uuid.UUID, html: str
+    ) -> str:
+        """The tracking step: pixel and click links, the links committed before the provider.
+
+        A crash after this commit and before the provider leaves unused links on an
+        attempt the next one takes over; one after the provider accepted leaves links
+        that resolve, whichever attempt the delivered copy belongs to.
+        """
+        opens = self.settings.track_opens if request.track_opens is None else request.track_opens
+        clicks = (
+            self.settings.track_clicks if request.track_clicks is None else request.track_clicks
+        )
+        if not (opens or clicks):
+            return html
+        tracked = tracking.tracked_html(
+            settings=self.settings,
+            secret=self._secret,
+            send_id=send_id,
+            html=html,
+            opens=opens,
+            clicks=clicks,
+        )
+        if tracked.links:
+            async with self._session(conn) as session, session.begin():
+                await tracking_repo.insert_links(session, send_id, tracked.links)
+        return tracked.html
 
     def _outbox(self) -> EmailProvider:
         if self._test_provider is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import contacts, events, health, segment, whoami
+from hogsend.api.routes import contacts, events, health, segment, tracking, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
@@ -26,5 +26,6 @@ def include_routes(api: FastAPI) -> None:
         admin_contacts.router,
         admin_events.router,
         admin_sends.router,
+        tracking.router,
     ):
         api.include_router(router)

@@ -249,3 +249,21 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
 
     __table_args__ = (Index("ix_outbox_messages_to_email", "to_email"),)
+
+
+class EmailOpen(Base):
+    """One hit on a message's open pixel, flagged when it looks like a scanner or a HEAD probe."""
+
+    __tablename__ = "email_opens"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    email_send_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="CASCADE"), index=True
+    )
+    ip_address: Mapped[str | None] = mapped_column(Text)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    is_bot: Mapped[bool] = mapped_column(server_default=text("false"))
+    bot_reason: Mapped[str | None] = mapped_column(Text)
+    # The image proxy that fetched it for a person (google, yahoo), when one is known.
+    proxy: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)

@@ -1,0 +1,247 @@
+"""Tracked links, open and click hits, and the engagement counters of ``email_sends``.
+
+Functions take the caller's session and never commit. A hit locks its send's row
+(:func:`lock_send`) for the rest of its transaction, so hits on one message are
+recorded one after another: the first-open and first-click stamps, the counters and
+the all-links check each see every earlier hit.
+
+Counters (``email_sends.open_count``/``click_count``, ``tracked_links.click_count``),
+the ``opened_at``/``clicked_at``/``first_clicked_at`` stamps and the status progression
+(sent → opened → clicked) count people only; every hit, people's and bots', is a row of
+``email_opens`` or ``link_clicks`` with ``is_bot`` and ``bot_reason``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.tracking import TrackedLink
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrackedSend:
+    """What a hit needs to know about its message, read under the row lock.
+
+    Attributes:
+        now: the database's clock for this transaction (every stamp of the hit uses it,
+            so "seconds since the send" never mixes two machines' clocks).
+    """
+
+    id: uuid.UUID
+    contact_id: uuid.UUID | None
+    template_key: str | None
+    journey_id: str | None
+    campaign_id: uuid.UUID | None
+    status: str
+    sent_at: datetime | None
+    created_at: datetime
+    opened_at: datetime | None
+    clicked_at: datetime | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredLink:
+    """A ``tracked_links`` row: where a click on it goes."""
+
+    id: uuid.UUID
+    email_send_id: uuid.UUID
+    original_url: str
+
+
+async def insert_links(
+    session: AsyncSession, send_id: uuid.UUID, links: Sequence[TrackedLink]
+) -> None:
+    """Record the links of one message (ids chosen by the caller, URLs as sent)."""
+    if not links:
+        return
+    await session.execute(
+        text(
+            "INSERT INTO tracked_links (id, email_send_id, original_url)"
+            " SELECT l.id, :send_id, l.url"
+            " FROM unnest(CAST(:ids AS uuid[]), CAST(:urls AS text[])) AS l(id, url)"
+        ),
+        {"send_id": send_id, "ids": [link.id for link in links], "urls": [x.url for x in links]},
+    )
+
+
+async def lock_send(session: AsyncSession, send_id: uuid.UUID) -> TrackedSend | None:
+    """Lock a send's row until the transaction ends; None when there is no such send.
+
+    ``FOR NO KEY UPDATE``: hits on one message queue here, while inserts of rows that
+    reference the send (links, clicks, opens) are not blocked by it.
+    """
+    row = (
+        await session.execute(
+            text(
+                "SELECT id, contact_id, template_key, journey_id, campaign_id, status,"
+                " sent_at, created_at, opened_at, clicked_at, now() AS now"
+                " FROM email_sends WHERE id = :id FOR NO KEY UPDATE"
+            ),
+            {"id": send_id},
+        )
+    ).first()
+    return None if row is None else TrackedSend(**row._mapping)
+
+
+async def get_link(session: AsyncSession, link_id: uuid.UUID) -> StoredLink | None:
+    """The tracked link ``link_id``, if it exists."""
+    row = (
+        await session.execute(
+            text("SELECT id, email_send_id, original_url FROM tracked_links WHERE id = :id"),
+            {"id": link_id},
+        )
+    ).first()
+    return None if row is None else StoredLink(**row._mapping)
+
+
+async def message_link_ids(session: AsyncSession, send_id: uuid.UUID) -> frozenset[uuid.UUID]:
+    """Every tracked link of one message."""
+    rows = await session.execute(
+        text("SELECT id FROM tracked_links WHERE email_send_id = :s"), {"s": send_id}
+    )
+    return frozenset(row.id for row in rows)
+
+
+async def recent_clicks(
+    session: AsyncSession, send_id: uuid.UUID, since: datetime
+) -> tuple[tuple[uuid.UUID, datetime], ...]:
+    """(link id, when) of the message's clicks since ``since``, people's and bots'."""
+    rows = await session.execute(
+        text(
+            "SELECT tracked_link_id, clicked_at FROM link_clicks"
+            " WHERE email_send_id = :s AND clicked_at >= :since"
+        ),
+        {"s": send_id, "since": since},
+    )
+    return tuple((row.tracked_link_id, row.clicked_at) for row in rows)
+
+
+async def add_open(
+    session: AsyncSession,
+    send: TrackedSend,
+    *,
+    ip_address: str | None,
+    user_agent: str | None,
+    is_bot: bool,
+    bot_reason: str | None,
+    proxy: str | None,
+) -> None:
+    """Record one pixel hit; a person's also counts, stamps ``opened_at`` and moves status."""
+    await session.execute(
+        text(
+            "INSERT INTO email_opens (email_send_id, ip_address, user_agent, is_bot, bot_reason,"
+            " proxy, opened_at) VALUES (:s, :ip, :ua, :bot, :reason, :proxy, :at)"
+        ),
+        {
+            "s": send.id,
+            "ip": ip_address,
+            "ua": user_agent,
+            "bot": is_bot,
+            "reason": bot_reason,
+            "proxy": proxy,
+            "at": send.now,
+        },
+    )
+    if is_bot:
+        return
+    await session.execute(
+        text(
+            """
+            UPDATE email_sends SET
+                open_count = open_count + 1,
+                opened_at = coalesce(opened_at, :at),
+                status = CASE WHEN status IN ('sent', 'delivered') THEN 'opened' ELSE status END,
+                updated_at = :at
+            WHERE id = :s
+            """
+        ),
+        {"s": send.id, "at": send.now},
+    )
+
+
+async def add_click(
+    session: AsyncSession,
+    send: TrackedSend,
+    link: StoredLink,
+    *,
+    ip_address: str | None,
+    user_agent: str | None,
+    is_bot: bool,
+    bot_reason: str | None,
+) -> None:
+    """Record one click; a person's also counts on the link and the send, and moves status."""
+    await session.execute(
+        text(
+            "INSERT INTO link_clicks (tracked_link_id, email_send_id, ip_address, user_agent,"
+            " is_bot, bot_reason, clicked_at) VALUES (:l, :s, :ip, :ua, :bot, :reason, :at)"
+        ),
+        {
+            "l": link.id,
+            "s": send.id,
+            "ip": ip_address,
+            "ua": user_agent,
+            "bot": is_bot,
+            "reason": bot_reason,
+            "at": send.now,
+        },
+    )
+    if is_bot:
+        return
+    await session.execute(
+        text(
+            "UPDATE tracked_links SET click_count = click_count + 1,"
+            " first_clicked_at = coalesce(first_clicked_at, :at), updated_at = :at"
+            " WHERE id = :l"
+        ),
+        {"l": link.id, "at": send.now},
+    )
+    await session.execute(
+        text(
+            """
+            UPDATE email_sends SET
+                click_count = click_count + 1,
+                clicked_at = coalesce(clicked_at, :at),
+                status = CASE WHEN status IN ('sent', 'delivered', 'opened') THEN 'clicked'
+                              ELSE status END,
+                updated_at = :at
+            WHERE id = :s
+            """
+        ),
+        {"s": send.id, "at": send.now},
+    )
+
+
+# The clicks of a burst that were counted as people's before the burst was complete:
+# flag them and take them off the counters (the first-click stamp and event stay).
+_RELABEL_BURST = text(
+    """
+    WITH relabelled AS (
+        UPDATE link_clicks SET is_bot = true, bot_reason = 'all_links'
+        WHERE email_send_id = :s AND NOT is_bot AND clicked_at >= :since
+        RETURNING tracked_link_id
+    ), per_link AS (
+        SELECT tracked_link_id, count(*) AS n FROM relabelled GROUP BY tracked_link_id
+    ), links AS (
+        UPDATE tracked_links t SET click_count = greatest(t.click_count - p.n, 0)
+        FROM per_link p WHERE t.id = p.tracked_link_id
+        RETURNING t.id
+    )
+    UPDATE email_sends
+    SET click_count = greatest(click_count - (SELECT count(*) FROM relabelled), 0)
+    WHERE id = :s
+    RETURNING (SELECT count(*) FROM relabelled) AS n, (SELECT count(*) FROM links) AS links
+    """
+)
+
+
+async def relabel_burst(session: AsyncSession, send_id: uuid.UUID, since: datetime) -> int:
+    """Flag the message's people-counted clicks since ``since`` as ``all_links``; how many."""
+    row = (await session.execute(_RELABEL_BURST, {"s": send_id, "since": since})).first()
+    return 0 if row is None else int(row.n)

@@ -1,0 +1,210 @@
+"""Tracking tokens and the HTML rewrite (pure code)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hogsend.core import tracking
+from hogsend.core.tokens import InvalidToken
+from hogsend.core.tracking import TRACK_ATTRIBUTE, sign_id, track_html, verify_id
+
+SECRET = b"k" * 32
+BASE = "https://hs.example.test"
+
+
+def ids() -> Iterator[uuid.UUID]:
+    n = 0
+    while True:
+        n += 1
+        yield uuid.UUID(int=n)
+
+
+def rewrite(source: str, *, pixel: str | None = None, **kwargs: object) -> tracking.TrackedHtml:
+    counter = ids()
+    return track_html(
+        source,
+        click_url_of=lambda link_id: f"{BASE}/t/c/{link_id.int}",
+        pixel_url=pixel,
+        new_id=lambda: next(counter),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@given(st.uuids())
+def test_token_round_trip(ident: uuid.UUID) -> None:
+    for kind in ("open", "click"):
+        token = sign_id(kind, ident, SECRET)  # type: ignore[arg-type]
+        assert len(token) == tracking.TOKEN_LENGTH
+        assert verify_id(kind, token, SECRET) == ident  # type: ignore[arg-type]
+        assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_open_and_click_tokens_do_not_stand_in_for_each_other() -> None:
+    ident = uuid.uuid4()
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_id("click", sign_id("open", ident, SECRET), SECRET)
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_id("open", sign_id("click", ident, SECRET), SECRET)
+
+
+def test_another_key_is_refused() -> None:
+    token = sign_id("click", uuid.uuid4(), SECRET)
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_id("click", token, b"x" * 32)
+
+
+@given(st.uuids(), st.integers(min_value=0, max_value=tracking.TOKEN_LENGTH - 1), st.data())
+def test_changing_any_character_is_refused(ident: uuid.UUID, at: int, data: st.DataObject) -> None:
+    token = sign_id("click", ident, SECRET)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other = data.draw(st.sampled_from([c for c in alphabet if c != token[at]]))
+    with pytest.raises(InvalidToken):
+        verify_id("click", token[:at] + other + token[at + 1 :], SECRET)
+
+
+def test_an_id_swapped_under_a_genuine_signature_is_refused() -> None:
+    genuine = base64.urlsafe_b64decode(sign_id("click", uuid.uuid4(), SECRET) + "=")
+    forged = uuid.uuid4().bytes + genuine[16:]
+    token = base64.urlsafe_b64encode(forged).decode().rstrip("=")
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_id("click", token, SECRET)
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "short", "x" * 42, "x" * 44, "!" * 43, "a.b", "=" * 43, str(uuid.uuid4()) + "abcdefg"],
+)
+def test_malformed_tokens_are_refused(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        verify_id("open", token, SECRET)
+
+
+def test_urls() -> None:
+    ident = uuid.uuid4()
+    opened, clicked = sign_id("open", ident, SECRET), sign_id("click", ident, SECRET)
+    assert tracking.open_url(BASE, ident, SECRET) == f"{BASE}/t/o/{opened}"
+    assert tracking.click_url(BASE, ident, SECRET) == f"{BASE}/t/c/{clicked}"
+
+
+# --------------------------------------------------------------------------- rewrite
+
+
+def test_http_links_are_rewritten_one_id_per_distinct_url() -> None:
+    source = (
+        '<p><a href="https://example.com/a">A</a> <a href="http://example.com/b">B</a>'
+        ' <a class="x" href="https://example.com/a" title="again">A again</a></p>'
+    )
+    result = rewrite(source)
+    assert [(link.id.int, link.url) for link in result.links] == [
+        (1, "https://example.com/a"),
+        (2, "http://example.com/b"),
+    ]
+    assert result.html == (
+        f'<p><a href="{BASE}/t/c/1">A</a> <a href="{BASE}/t/c/2">B</a>'
+        f' <a class="x" href="{BASE}/t/c/1" title="again">A again</a></p>'
+    )
+
+
+def test_any_quoting_case_and_entities() -> None:
+    source = (
+        "<A HREF='https://example.com/q?a=1&amp;b=2'>q</A>"
+        "<a href=https://example.com/bare>bare</a>"
+        '<a href="  https://example.com/spaced  ">spaced</a>'
+        '<area shape="rect" href="https://example.com/area" />'
+    )
+    result = rewrite(source)
+    assert [link.url for link in result.links] == [
+        "https://example.com/q?a=1&b=2",  # what a browser would follow
+        "https://example.com/bare",
+        "https://example.com/spaced",
+        "https://example.com/area",
+    ]
+    assert "example.com" not in result.html
+    assert result.html.startswith(f'<A href="{BASE}/t/c/1">q</A>')
+    assert result.html.endswith(f'<area shape="rect" href="{BASE}/t/c/4" />')
+
+
+def test_what_is_left_alone() -> None:
+    source = (
+        '<a href="mailto:ann@example.com">mail</a><a href="tel:+331">call</a>'
+        '<a href="#top">top</a><a href="/relative">rel</a><a name="anchor">no href</a>'
+        '<a href="https://">empty</a><link href="https://example.com/style.css">'
+        '<img src="https://example.com/i.png">'
+        '<!--[if mso]><a href="https://example.com/mso">mso</a><![endif]-->'
+        '<a href="https://hs.example.test/v1/email/one-click?token=x">unsubscribe</a>'
+    )
+    result = rewrite(source, skip=lambda url: url.startswith(f"{BASE}/v1/email/"))
+    assert result.links == ()
+    assert result.html == source
+
+
+def test_links_marked_off_stay_and_lose_the_marker() -> None:
+    source = (
+        f'<a href="https://example.com/reset?t=secret" {TRACK_ATTRIBUTE}="off">reset</a>'
+        f'<a href="https://example.com/on" {TRACK_ATTRIBUTE}="on">on</a>'
+    )
+    result = rewrite(source)
+    assert [link.url for link in result.links] == ["https://example.com/on"]
+    assert result.html == (
+        f'<a href="https://example.com/reset?t=secret">reset</a><a href="{BASE}/t/c/1">on</a>'
+    )
+    # without click tracking the marker is still removed
+    untracked = track_html(source, click_url_of=None, pixel_url=None)
+    assert TRACK_ATTRIBUTE not in untracked.html
+    assert untracked.links == ()
+
+
+def test_other_attributes_keep_their_values() -> None:
+    source = (
+        '<a style="color: red; font-family: &quot;Helvetica&quot;" target=_blank download '
+        'href="https://example.com/x">x</a>'
+    )
+    result = rewrite(source)
+    assert result.html == (
+        '<a style="color: red; font-family: &quot;Helvetica&quot;" target="_blank" download '
+        f'href="{BASE}/t/c/1">x</a>'
+    )
+
+
+def test_multiline_source_positions() -> None:
+    source = '<html>\n<body>\n  <p>\n    <a\n      href="https://example.com/x"\n    >x</a>\n'
+    source += '  </p>\n<a href="https://example.com/y">y</a>\n</body>\n</html>\n'
+    result = rewrite(source)
+    assert [link.url for link in result.links] == ["https://example.com/x", "https://example.com/y"]
+    assert "example.com" not in result.html
+    assert result.html.count("/t/c/") == 2
+
+
+def test_pixel_goes_before_the_last_body_end_or_at_the_end() -> None:
+    with_body = rewrite("<html><body><p>hi</p></BODY></html>", pixel=f"{BASE}/t/o/tok")
+    assert with_body.html.startswith("<html><body><p>hi</p><img ")
+    assert with_body.html.endswith("</BODY></html>")
+    assert f'src="{BASE}/t/o/tok"' in with_body.html
+    assert 'width="1" height="1"' in with_body.html
+    fragment = rewrite("<p>hi</p>", pixel=f"{BASE}/t/o/tok")
+    assert fragment.html.startswith("<p>hi</p><img ")
+    assert rewrite("<p>hi</p>").html == "<p>hi</p>"
+
+
+def test_no_click_tracking_leaves_links() -> None:
+    source = '<a href="https://example.com/a">a</a>'
+    result = track_html(source, click_url_of=None, pixel_url=f"{BASE}/t/o/x")
+    assert result.links == ()
+    assert result.html.startswith(source)
+
+
+@given(st.text(max_size=300))
+def test_arbitrary_input_never_breaks(source: str) -> None:
+    result = rewrite(source, pixel=f"{BASE}/t/o/p")
+    assert f"{BASE}/t/o/p" in result.html
+    for link in result.links:
+        assert tracking.is_trackable(link.url)
