@@ -31,6 +31,12 @@ OPEN_ROUTES = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
+    # Tracking pixel and click redirect: opened by mail clients, which hold no key; the
+    # signed token in the path is the credential (see docs/email.md, Tracking).
+    ("GET", "/t/o/{token}"),
+    ("HEAD", "/t/o/{token}"),
+    ("GET", "/t/c/{token}"),
+    ("HEAD", "/t/c/{token}"),
 }
 """Routes anyone may call. Adding to this set is a security decision: say why in review."""
 

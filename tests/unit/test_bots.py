@@ -123,11 +123,11 @@ def test_too_soon_after_the_send() -> None:
 
 
 def test_all_links_within_the_span() -> None:
-    recent = ((B, LATER - timedelta(seconds=3)), (C, LATER - timedelta(seconds=1)))
+    recent = ((B, LATER - timedelta(seconds=3)), (C, LATER - timedelta(seconds=0.5)))
     assert classify(click(recent_clicks=recent)) == Verdict(is_bot=True, reason="all_links")
     # one link short, or one of them outside the span
     assert not classify(click(recent_clicks=recent[:1])).is_bot
-    stale = ((B, LATER - timedelta(seconds=11)), (C, LATER - timedelta(seconds=1)))
+    stale = ((B, LATER - timedelta(seconds=3.1)), (C, LATER - timedelta(seconds=1)))
     assert not classify(click(recent_clicks=stale)).is_bot
     # the same link again does not complete the set
     again = ((A, LATER - timedelta(seconds=1)), (B, LATER - timedelta(seconds=1)))

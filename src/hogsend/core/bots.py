@@ -95,7 +95,7 @@ class BotRules:
     """
 
     click_min_seconds: float = 5.0
-    all_links_span: timedelta = timedelta(seconds=10)
+    all_links_span: timedelta = timedelta(seconds=3)
     all_links_min: int = 2
 
 

@@ -980,6 +980,8 @@ _ERASE_STATEMENTS = (
     " (SELECT id FROM email_sends WHERE contact_id = ANY(CAST(:ids AS uuid[])))",
     "UPDATE link_clicks SET ip_address = NULL, user_agent = NULL WHERE email_send_id IN"
     " (SELECT id FROM email_sends WHERE contact_id = ANY(CAST(:ids AS uuid[])))",
+    "UPDATE email_opens SET ip_address = NULL, user_agent = NULL WHERE email_send_id IN"
+    " (SELECT id FROM email_sends WHERE contact_id = ANY(CAST(:ids AS uuid[])))",
     "UPDATE email_sends SET to_email = '', user_email = NULL, redirected_to = NULL,"
     " user_id = contact_id::text, updated_at = CAST(:now AS timestamptz)"
     " WHERE contact_id = ANY(CAST(:ids AS uuid[]))",
