@@ -3,6 +3,7 @@ messages' own tracking URLs requested through the API, everything checked in Pos
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -497,6 +498,22 @@ async def test_the_pixel_counts_opens_and_the_first_emits_one_event(env: Env) ->
     assert stored["opened_at"] == first_opened_at
     assert len(await events_named(env, "email.opened")) == 1
     assert len(await rows(env, "SELECT * FROM email_opens WHERE NOT is_bot")) == 3
+
+
+async def test_concurrent_first_hits_make_one_event(env: Env) -> None:
+    sent = await send(env)
+    assert sent.pixel is not None
+    await age(env.engine, sent.send_id)
+    pixel = sent.pixel
+    responses = await asyncio.gather(
+        *(env.client.get(pixel, headers=human()) for _ in range(10)),
+        *(env.client.get(sent.clicks[SALE], headers=human()) for _ in range(10)),
+    )
+    assert [r.status_code for r in responses] == [200] * 10 + [302] * 10
+    stored = await send_row(env, sent.send_id)
+    assert (stored["open_count"], stored["click_count"]) == (10, 10)
+    assert len(await events_named(env, "email.opened")) == 1
+    assert len(await events_named(env, "email.clicked")) == 1
 
 
 async def test_opens_of_a_message_to_an_address_without_a_contact_count_without_events(
