@@ -147,6 +147,29 @@ def test_what_is_left_alone() -> None:
     assert result.html == source
 
 
+def test_tags_in_raw_text_are_not_links_and_quoted_brackets_do_not_end_a_tag() -> None:
+    source = (
+        "<script>var s = '<a href=\"https://example.com/js\">';</script>"
+        '<style>a[href="https://example.com/css"] { color: red }</style>'
+        '<a title="a > b" href="https://example.com/gt">gt</a>'
+        '<a\n  href="https://example.com/nl"\n>nl</a><a/href="https://example.com/odd">odd</a>'
+        "<abbr href='https://example.com/abbr'>not a link tag</abbr>"
+        "<!-- unterminated <a href='https://example.com/comment'>"
+    )
+    result = rewrite(source)
+    assert [link.url for link in result.links] == [
+        "https://example.com/gt",
+        "https://example.com/nl",
+        "https://example.com/odd",
+    ]
+    assert result.html == source.replace(
+        '<a title="a > b" href="https://example.com/gt">',
+        f'<a title="a &gt; b" href="{BASE}/t/c/1">',
+    ).replace('<a\n  href="https://example.com/nl"\n>', f'<a href="{BASE}/t/c/2">').replace(
+        '<a/href="https://example.com/odd">', f'<a href="{BASE}/t/c/3">'
+    )
+
+
 def test_links_marked_off_stay_and_lose_the_marker() -> None:
     source = (
         f'<a href="https://example.com/reset?t=secret" {TRACK_ATTRIBUTE}="off">reset</a>'

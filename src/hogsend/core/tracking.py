@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import html as html_lib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ _TAGS: dict[TrackingKind, bytes] = {
     "open": b"hogsend.track.open:",
     "click": b"hogsend.track.click:",
 }
-_LINK_TAGS = frozenset({"a", "area"})
 
 
 def _b64(data: bytes) -> str:
@@ -119,30 +119,33 @@ class TrackedHtml:
     links: tuple[TrackedLink, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Tag:
-    start: int
-    text: str
-    attrs: list[tuple[str, str | None]]
+# One pass finds link start tags, stepping over the parts of a document whose "<a"
+# is not a tag: comments (Outlook's conditional blocks included) and raw-text elements.
+_SCAN = re.compile(
+    r"""(?P<opaque><!--.*?(?:-->|\Z)"""
+    r"""|<(?P<raw>script|style|textarea|title)(?=[\s/>]).*?(?:</(?P=raw)\s*>|\Z))"""
+    r"""|(?P<tag><(?:a|area)(?=[\s/>])(?:[^>"']|"[^"]*"|'[^']*')*>)""",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
-class _LinkTags(HTMLParser):
-    """Collects the ``<a>``/``<area>`` start tags and where they sit in the source."""
+class _TagAttributes(HTMLParser):
+    """Parses one start tag's attributes exactly as the standard library's parser does."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.tags: list[_Tag] = []
-        self._line_starts = [0]
-        self._line_starts += [i + 1 for i, char in enumerate(source) if char == "\n"]
+        self.name = ""
+        self.attrs: list[tuple[str, str | None]] = []
+
+    def read(self, tag: str) -> list[tuple[str, str | None]]:
+        self.reset()
+        self.name, self.attrs = "", []
+        self.feed(tag)
+        self.close()
+        return self.attrs
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _LINK_TAGS:
-            return
-        text = self.get_starttag_text()
-        if text is None:
-            return
-        line, column = self.getpos()
-        self.tags.append(_Tag(self._line_starts[line - 1] + column, text, attrs))
+        self.name, self.attrs = tag, attrs
 
     handle_startendtag = handle_starttag
 
@@ -184,14 +187,14 @@ def track_html(
     """
     links: dict[str, TrackedLink] = {}
     edits: list[tuple[int, int, str]] = []
-    if click_url_of is not None or TRACK_ATTRIBUTE in source:
-        finder = _LinkTags(source)
-        finder.feed(source)
-        finder.close()
-        for tag in finder.tags:
-            if source[tag.start : tag.start + len(tag.text)] != tag.text:
-                continue  # the parser lost its place (malformed markup): leave the tag
-            attrs = list(tag.attrs)
+    lowered = source.lower()
+    if (click_url_of is not None and "href" in lowered) or TRACK_ATTRIBUTE in lowered:
+        parser = _TagAttributes()
+        for match in _SCAN.finditer(source):
+            tag = match.group("tag")
+            if tag is None:
+                continue  # a comment or raw text: nothing in it is a link
+            attrs = parser.read(tag)
             marked = any(key == TRACK_ATTRIBUTE for key, _ in attrs)
             off = any(
                 key == TRACK_ATTRIBUTE and (value or "").strip().lower() == "off"
@@ -212,9 +215,9 @@ def track_html(
                         changed = True
                     break  # browsers follow the first href only
             if changed:
-                name = tag.text[1:].split(None, 1)[0].rstrip("/>")
-                rebuilt = _start_tag(name, attrs, tag.text.rstrip().endswith("/>"))
-                edits.append((tag.start, tag.start + len(tag.text), rebuilt))
+                name = tag[1:].split(None, 1)[0].split("/", 1)[0].rstrip(">")
+                rebuilt = _start_tag(name, attrs, tag.rstrip("> \t\r\n").endswith("/"))
+                edits.append((match.start(), match.end(), rebuilt))
     out: list[str] = []
     position = 0
     for start, end, replacement in edits:
@@ -223,7 +226,7 @@ def track_html(
     out.append(source[position:])
     result = "".join(out)
     if pixel_url is not None:
-        body_end = result.lower().rfind("</body")
+        body_end = (result.lower() if edits else lowered).rfind("</body")
         pixel = _pixel(pixel_url)
         if body_end == -1:
             result += pixel
