@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import contacts, events, health, segment, whoami
+from hogsend.api.routes import contacts, events, health, lists, preferences, segment, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
 
 
@@ -26,5 +27,8 @@ def include_routes(api: FastAPI) -> None:
         admin_contacts.router,
         admin_events.router,
         admin_sends.router,
+        lists.router,
+        preferences.router,
+        admin_preferences.router,
     ):
         api.include_router(router)
