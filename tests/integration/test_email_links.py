@@ -234,8 +234,18 @@ async def test_one_click_from_a_mailbox_provider_stops_that_list_only(env: Env) 
 async def test_one_click_without_a_list_unsubscribes_from_everything(env: Env) -> None:
     bob = await new_contact(env.engine, "bob@example.com")
     assert await env.send("nudge", bob, kind="journey") == "sent"
-    response = await as_mailbox_provider(env.client, env.last_links()["one_click"])
+    link = local(env.last_links()["one_click"])
+    # Some providers send the same field as multipart/form-data; a broken body is a 400.
+    broken = await env.client.post(
+        link, content=b"--x\r\n\r\nzz", headers={"Content-Type": "multipart/form-data"}
+    )
+    assert broken.status_code == 400
+    assert await env.fetch_all("SELECT * FROM email_preferences") == []
+    response = await env.client.post(
+        link, data={"List-Unsubscribe": "One-Click"}, files={"unused": ("a.txt", b"")}
+    )
     assert response.status_code == 200
+    assert response.request.headers["content-type"].startswith("multipart/form-data")
     [prefs] = await env.fetch_all("SELECT * FROM email_preferences")
     assert (prefs["contact_id"], prefs["unsubscribed_all"]) == (bob, True)
     assert prefs["source"] == "one_click"

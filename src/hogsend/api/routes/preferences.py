@@ -28,6 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
 from hogsend.api.deps import DbSession, hogsend_of, settings_of
 from hogsend.api.pages import SECURITY_HEADERS, render_page
@@ -189,7 +190,7 @@ def _wants_html(request: Request) -> bool:
 async def _form(request: Request) -> FormData | None:
     try:
         return await request.form()
-    except Exception:  # a malformed multipart body: the client's fault, not ours
+    except HTTPException:  # Starlette's answer to a malformed multipart body
         return None
 
 
