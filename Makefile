@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hogsend dev --seed-demo
 
-## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations)
-test: $(STAMP) lint typecheck
+## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations);
+## installs Debian's chromium first when missing (the browser tests drive it)
+test: $(STAMP) chromium lint typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+## chromium: Debian's /usr/bin/chromium for the Playwright tests (never `playwright install`)
+chromium:
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -37,6 +37,12 @@ OPEN_ROUTES = {
     ("HEAD", "/t/o/{token}"),
     ("GET", "/t/c/{token}"),
     ("HEAD", "/t/c/{token}"),
+    # Links in emails: the signed token in the URL (or form) is the credential, and
+    # RFC 8058 forbids requiring anything else of a one-click POST.
+    ("GET", "/v1/email/one-click"),
+    ("POST", "/v1/email/one-click"),
+    ("GET", "/v1/email/preferences"),
+    ("POST", "/v1/email/preferences"),
 }
 """Routes anyone may call. Adding to this set is a security decision: say why in review."""
 

@@ -47,6 +47,9 @@ IDENTITY_RULES = {
     "PUT /v1/contacts",
     "DELETE /v1/contacts",
     "GET /v1/contacts/find",
+    "POST /v1/lists/{id}/subscribe",
+    "POST /v1/lists/{id}/unsubscribe",
+    "PUT /v1/admin/contacts/{id}/preferences",
     *(
         f"POST /segment/v1/{kind}"
         for kind in ("track", "identify", "alias", "page", "screen", "group")

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import contacts, events, health, segment, tracking, whoami
+from hogsend.api.routes import (
+    contacts,
+    events,
+    health,
+    lists,
+    preferences,
+    segment,
+    tracking,
+    whoami,
+)
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
 
 
@@ -27,5 +37,8 @@ def include_routes(api: FastAPI) -> None:
         admin_events.router,
         admin_sends.router,
         tracking.router,
+        lists.router,
+        preferences.router,
+        admin_preferences.router,
     ):
         api.include_router(router)
