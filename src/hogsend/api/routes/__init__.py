@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import contacts, events, health, segment, whoami
+from hogsend.api.routes import contacts, events, health, segment, webhooks, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
 from hogsend.api.routes.admin import sends as admin_sends
+from hogsend.api.routes.admin import suppressions as admin_suppressions
 
 
 def include_routes(api: FastAPI) -> None:
@@ -26,5 +27,7 @@ def include_routes(api: FastAPI) -> None:
         admin_contacts.router,
         admin_events.router,
         admin_sends.router,
+        webhooks.router,
+        admin_suppressions.router,
     ):
         api.include_router(router)
