@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from svix.webhooks import Webhook, WebhookVerificationError as SvixVerificationError
+from svix.webhooks import Webhook
+from svix.webhooks import WebhookVerificationError as SvixVerificationError
 
 from hogsend.core.webhook_signatures import (
     SignedHeaders,

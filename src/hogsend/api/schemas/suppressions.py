@@ -82,7 +82,12 @@ class CreateSuppression(ApiModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: Text = Field(min_length=1, max_length=MAX_EMAIL_LENGTH, description="The address.")
+    email: Text = Field(
+        min_length=1,
+        max_length=MAX_EMAIL_LENGTH,
+        description="The address.",
+        json_schema_extra={"format": "email"},
+    )
     note: Text | None = Field(
         default=None, max_length=MAX_NOTE_LENGTH, description="Why (shown to other admins)."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -31,7 +31,7 @@ from hogsend.api.schemas.suppressions import (
     suppression_out,
 )
 from hogsend.core.clock import aware_now
-from hogsend.core.identity import IdentityError, normalize_email
+from hogsend.core.identity import MAX_EMAIL_LENGTH, IdentityError, normalize_email
 from hogsend.core.pagination import InvalidCursor
 from hogsend.core.suppression import AddressHealth, after_manual, lifted
 from hogsend.core.suppression_imports import ParsedImport, parse_import
@@ -94,12 +94,19 @@ async def add_suppression(
 
 
 @router.delete(
-    "/suppressions/{email:path}",
+    "/suppressions/{email}",
     summary="Unsuppress an address",
     responses=problem_responses(404),
 )
 async def remove_suppression(
-    email: str,
+    email: Annotated[
+        str,
+        Path(
+            max_length=MAX_EMAIL_LENGTH,
+            description="The address (matched case-insensitively).",
+            json_schema_extra={"format": "email"},
+        ),
+    ],
     change: AdminChange = audited(
         "admin:write", resource="suppressions", action="suppressions.delete"
     ),
