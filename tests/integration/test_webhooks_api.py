@@ -6,6 +6,7 @@ Sends are made by the real mailer: through a live local stand-in for Resend's HT
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import email.policy
@@ -688,3 +689,35 @@ async def test_generic_webhook_refuses_the_resend_secret(
     response = await client.post("/v1/webhooks/generic", content=raw, headers=headers)
     assert response.status_code == 401
     assert await counts(engine) == before
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+async def test_concurrent_redeliveries_and_concurrent_bounces_count_exactly(
+    client: httpx.AsyncClient, engine: AsyncEngine, fetch_all: FetchAll
+) -> None:
+    """Svix may deliver the same id twice at once; distinct bounces may race for a new row."""
+    soft = {"type": "Transient", "subType": "MailboxFull"}
+    same = resend_body("email.bounced", "re_same", "race@example.com", bounce=soft)
+    answers = await asyncio.gather(
+        *(post_resend(client, same, msg_id="msg_race") for _ in range(6))
+    )
+    assert sorted(a.json()["duplicate"] for a in answers) == [False] + [True] * 5
+    distinct = await asyncio.gather(
+        *(
+            post_resend(
+                client, resend_body("email.bounced", f"re_{i}", "new@example.com", bounce=soft)
+            )
+            for i in range(5)
+        )
+    )
+    assert all(a.status_code == 200 for a in distinct)
+    race = await suppression(fetch_all, "race@example.com")
+    new = await suppression(fetch_all, "new@example.com")
+    assert race is not None
+    assert new is not None
+    assert (race["bounce_count"], race["suppressed"]) == (1, False)
+    assert (new["bounce_count"], new["soft_bounce_streak"]) == (5, 5)
+    assert (new["suppressed"], new["reason"]) == (True, "soft_bounce")
+    assert sum(a.json()["suppressed"] for a in distinct) == 3  # the 3rd, 4th and 5th
