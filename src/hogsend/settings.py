@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hogsend.core.webhook_signatures import decode_secret
 from hogsend.errors import ConfigurationError
 
 EmailProvider = Literal["smtp", "resend", "outbox"]
@@ -94,6 +95,28 @@ class Settings(BaseSettings):
     )
     resend_webhook_secret: SecretStr | None = Field(
         default=None, description="Svix signing secret of the Resend webhook."
+    )
+    generic_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret (whsec_...) of POST /v1/webhooks/generic; unset: refused.",
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86_400,
+        description="Largest accepted age (or skew) of a signed webhook's timestamp.",
+    )
+    soft_bounce_threshold: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Soft bounces in a row (no delivery between) that suppress an address.",
+    )
+    suppression_import_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000,
+        description="Most rows one suppression CSV import may carry.",
     )
 
     test_mode: bool = Field(
@@ -251,6 +274,14 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("resend_webhook_secret", "generic_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        decode_secret(value.get_secret_value())
+        return value
 
     @field_validator("secret_key")
     @classmethod

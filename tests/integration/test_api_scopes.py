@@ -43,8 +43,14 @@ OPEN_ROUTES = {
     ("POST", "/v1/email/one-click"),
     ("GET", "/v1/email/preferences"),
     ("POST", "/v1/email/preferences"),
+    # Provider webhooks carry no API key: a signature over the body authenticates them
+    # (test_signed_webhooks_refuse_unsigned_requests below).
+    ("POST", "/v1/webhooks/resend"),
+    ("POST", "/v1/webhooks/generic"),
 }
 """Routes anyone may call. Adding to this set is a security decision: say why in review."""
+
+SIGNED_ROUTES = {("POST", "/v1/webhooks/resend"), ("POST", "/v1/webhooks/generic")}
 
 
 @pytest.fixture
@@ -190,3 +196,20 @@ async def test_segment_routes_take_the_write_key_as_basic_auth_with_the_same_sco
         assert refused.status_code == 403
         allowed = await client.post(mounted.path, json={}, headers=basic(good))
         assert allowed.status_code not in (401, 403), mounted.path
+
+
+async def test_signed_webhooks_refuse_unsigned_requests(
+    api: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """Open to API keys, but nothing gets past them without a valid signature."""
+    assert set(every_route(api)) >= SIGNED_ROUTES
+    key = await mint(engine, ["full-admin"])
+    for method, path in sorted(SIGNED_ROUTES):
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {key}"},
+            {"svix-id": "msg_1", "svix-timestamp": "1", "svix-signature": "v1,forged"},
+        ):
+            response = await client.request(method, path, json={}, headers=headers)
+            assert response.status_code == 401, f"{method} {path} with {headers}"
+            assert response.headers["content-type"] == "application/problem+json"

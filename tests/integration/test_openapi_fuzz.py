@@ -23,7 +23,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    unsupported_method,
+)
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hogsend.api import create_api
@@ -50,6 +55,9 @@ IDENTITY_RULES = {
     "POST /v1/lists/{id}/subscribe",
     "POST /v1/lists/{id}/unsubscribe",
     "PUT /v1/admin/contacts/{id}/preferences",
+    "POST /v1/admin/suppressions",
+    "DELETE /v1/admin/suppressions/{email}",
+    "POST /v1/admin/suppressions/import",
     *(
         f"POST /segment/v1/{kind}"
         for kind in ("track", "identify", "alias", "page", "screen", "group")
@@ -57,7 +65,18 @@ IDENTITY_RULES = {
 }
 # Batches validate each item on their own and answer 200 with per-item rejections, so a
 # schema-violating item does not make the request a rejected one (by design).
-PER_ITEM = {"POST /v1/events/batch", "POST /segment/v1/batch"}
+PER_ITEM = {
+    "POST /v1/events/batch",
+    "POST /segment/v1/batch",
+    "POST /v1/admin/suppressions/import",
+}
+# Provider webhooks answer 401 to anything not signed with their secret, which the
+# fuzzer cannot produce; tests/integration/test_webhooks_api.py signs real deliveries.
+SIGNED = {"POST /v1/webhooks/resend", "POST /v1/webhooks/generic"}
+# DELETE /v1/admin/suppressions/{email} also matches .../import (and answers 422: no @),
+# so DELETE there is not a 405 and a 405 there rightly allows DELETE, which the document
+# cannot say for that path.
+SHADOWED_BY_A_TEMPLATE = {"POST /v1/admin/suppressions/import"}
 # Status codes per operation, to prove the key worked (not every answer a 401).
 SEEN: dict[str, Counter[int]] = {}
 
@@ -143,6 +162,8 @@ def test_api_conforms_to_its_openapi(case: Case, served: None) -> None:
         excluded.append(positive_data_acceptance)
     if label in PER_ITEM:
         excluded.append(negative_data_rejection)
+    if label in SHADOWED_BY_A_TEMPLATE:
+        excluded += [allow_header_conformance, unsupported_method]
     response = case.call_and_validate(excluded_checks=excluded)
     assert response.status_code < 500
     SEEN.setdefault(case.operation.label, Counter())[response.status_code] += 1
@@ -153,6 +174,9 @@ def test_the_key_was_accepted_everywhere() -> None:
     if not SEEN:
         pytest.skip("the fuzz test did not run (deselected)")
     for label, statuses in SEEN.items():
+        if label in SIGNED:
+            assert set(statuses) <= {400, 401, 405, 413, 422}, (label, dict(statuses))
+            continue
         assert any(200 <= status < 300 or status == 404 for status in statuses), (
             f"{label} never got past auth: {dict(statuses)}"
         )

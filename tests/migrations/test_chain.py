@@ -37,6 +37,7 @@ TABLES = {
     "link_clicks",
     "outbox_messages",
     "tracked_links",
+    "webhook_receipts",
     # campaigns
     "campaign_recipients",
     "campaigns",

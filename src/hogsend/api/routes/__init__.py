@@ -12,6 +12,7 @@ from hogsend.api.routes import (
     preferences,
     segment,
     tracking,
+    webhooks,
     whoami,
 )
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
@@ -19,6 +20,7 @@ from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
 from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
+from hogsend.api.routes.admin import suppressions as admin_suppressions
 
 
 def include_routes(api: FastAPI) -> None:
@@ -40,5 +42,7 @@ def include_routes(api: FastAPI) -> None:
         lists.router,
         preferences.router,
         admin_preferences.router,
+        webhooks.router,
+        admin_suppressions.router,
     ):
         api.include_router(router)

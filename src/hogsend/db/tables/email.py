@@ -174,6 +174,8 @@ class EmailSuppression(Timestamps, Base):
     bounce_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_bounce_at: Mapped[datetime | None]
     last_bounce_type: Mapped[str | None] = mapped_column(Text)
+    # Soft bounces since the last delivery or unsuppress; the threshold suppresses on it.
+    soft_bounce_streak: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     complaint_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_complaint_at: Mapped[datetime | None]
     note: Mapped[str | None] = mapped_column(Text)
@@ -195,6 +197,27 @@ class EmailSuppression(Timestamps, Base):
             name="suppressed_has_reason",
         ),
     )
+
+
+class WebhookReceipt(Base):
+    """One provider webhook delivery that was acted on, so a redelivery changes nothing.
+
+    Keyed on the delivery id the provider signs (Svix's ``svix-id``): a replay of the
+    same delivery finds its row and is answered without touching anything. Reports that
+    are ignored (opens, clicks) leave no row.
+    """
+
+    __tablename__ = "webhook_receipts"
+
+    source: Mapped[str] = mapped_column(Text, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_type: Mapped[str] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(Text)
+    email: Mapped[str | None] = mapped_column(Text)
+    email_send_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="SET NULL")
+    )
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
 
 
 class TrackedLink(Timestamps, Base):
