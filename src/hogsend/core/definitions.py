@@ -243,8 +243,8 @@ def as_event_spec(value: object, where: str) -> EventSpec:
     condition = as_condition(value, where)
     if not isinstance(condition, EventCondition):
         raise DefinitionError(
-            f"{where}: expected an event name or where.event(...), got a "
-            f"{condition.to_dict()['type']} condition"
+            f"{where}: expected an event name or where.event(...), got an "
+            f"{condition.to_dict()['type']!r} condition"
         )
     return condition
 

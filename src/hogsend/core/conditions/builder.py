@@ -30,6 +30,7 @@ from hogsend.core.conditions.model import (
     NotCondition,
     PropertyCondition,
     Scalar,
+    check_property_filter,
 )
 
 
@@ -106,6 +107,7 @@ class EventMatcher:
         if not conditions:
             raise InvalidCondition("where(...) needs at least one condition", path=("where",))
         combined = conditions[0] if len(conditions) == 1 else AllCondition(conditions=conditions)
+        check_property_filter(combined, path=("where",))
         return replace(self, filter=combined)
 
     def _build(self, check: CountCheck, count: int | None = None) -> EventCondition:
