@@ -10,8 +10,8 @@ from hogsend import (
     Hogsend,
     JourneyContext,
     JourneyDefinition,
-    define_bucket,
     days,
+    define_bucket,
     define_journey,
     where,
 )
