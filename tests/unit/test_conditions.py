@@ -396,3 +396,13 @@ def test_node_types_validate_when_built_directly() -> None:
         condition_to_dict("x")  # type: ignore[arg-type]
     same = EventFact(name="e", occurred_at=NOW)
     assert evaluate(EventCondition(event="e"), ContactFacts(events=[same]), NOW)
+
+
+def test_the_docs_json_example_is_valid() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "conditions.md").read_text()
+    block = text.split("```json\n", 1)[1].split("```", 1)[0]
+    condition = condition_from_dict(json.loads(block))
+    assert isinstance(condition, AllCondition)
+    assert condition_to_dict(condition) == json.loads(block)
