@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from hogsend import (
@@ -13,6 +15,7 @@ from hogsend import (
     days,
     define_bucket,
     define_journey,
+    define_list,
     where,
 )
 from hogsend.errors import DefinitionError
@@ -96,3 +99,46 @@ def test_journey_triggers_and_exits_take_event_conditions() -> None:
 def test_bad_triggers_and_exits_name_the_journey(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
         define_journey(id="x", name="X", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: define_list(id="news", name=" "), "list 'news' needs a non-empty name"),
+        (lambda: define_bucket(id="b", name="B", kind="criteria"), "'b' needs criteria"),
+        (
+            lambda: define_bucket(id="b", name="B", kind="manual", criteria=where.all()),
+            "manual and cannot have criteria",
+        ),
+        (
+            lambda: define_bucket(id="b", name="B", criteria=LAPSED, min_dwell=timedelta(0)),
+            "min_dwell must be positive",
+        ),
+        (
+            lambda: define_bucket(
+                id="b", name="B", criteria=LAPSED, min_dwell=days(2), max_dwell=days(1)
+            ),
+            "max_dwell is shorter",
+        ),
+        (
+            lambda: define_bucket(id="b", name="B", criteria=LAPSED, entry_limit=0),
+            "entry_limit must be at least 1",
+        ),
+        (
+            lambda: define_journey(id="j", name="J", trigger="e", entry_limit="once_per_period"),
+            "needs entry_period",
+        ),
+        (
+            lambda: define_journey(id="j", name="J", trigger="e", entry_period=days(1)),
+            "only applies to once_per_period",
+        ),
+        (lambda: define_journey(id="j", name="J", trigger=" "), "trigger must name an event"),
+        (
+            lambda: define_journey(id="j", name="J", trigger="e", suppress=timedelta(0)),
+            "suppress must be positive",
+        ),
+    ],
+)
+def test_definition_rules(build: object, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        build()  # type: ignore[operator]

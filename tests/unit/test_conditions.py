@@ -394,6 +394,11 @@ def test_node_types_validate_when_built_directly() -> None:
         EventCondition(event="e", within=3600)  # type: ignore[arg-type]
     with pytest.raises(InvalidCondition, match="expected a condition"):
         condition_to_dict("x")  # type: ignore[arg-type]
+    listed = PropertyCondition(property="n", op="one_of", value=[1, "a"])  # type: ignore[arg-type]
+    assert listed.value == (1, "a")
+    assert AnyCondition(conditions=[where.all()]).conditions == (where.all(),)  # type: ignore[arg-type]
+    with pytest.raises(InvalidCondition, match="expected a property condition"):
+        matches_properties("plan = pro", {})  # type: ignore[arg-type]
     same = EventFact(name="e", occurred_at=NOW)
     assert evaluate(EventCondition(event="e"), ContactFacts(events=[same]), NOW)
 
