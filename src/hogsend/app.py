@@ -214,8 +214,8 @@ class Hogsend:
         problems += self._template_problems()
         bucket_ids = {b.id for b in self._buckets}
         for journey in self._journeys:
-            trigger = journey.trigger
-            if isinstance(trigger, str) and trigger.startswith("bucket:"):
+            trigger = journey.trigger if isinstance(journey.trigger, str) else journey.trigger.event
+            if trigger.startswith("bucket:"):
                 parts = trigger.split(":")
                 if len(parts) < 3 or parts[2] not in bucket_ids:
                     problems.append(

@@ -142,3 +142,13 @@ def test_bad_triggers_and_exits_name_the_journey(kwargs: dict[str, object], mess
 def test_definition_rules(build: object, message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
         build()  # type: ignore[operator]
+
+
+def test_check_follows_event_condition_triggers_to_their_bucket() -> None:
+    entered = where.event("bucket:entered:ghosts").exists()
+    journey = define_journey(id="haunt", name="Haunt", trigger=entered)(body)
+    (problem,) = Hogsend(journeys=[journey]).check()
+    assert problem.where == "journey haunt"
+    assert "'bucket:entered:ghosts' names no registered bucket" in problem.message
+    ghosts = define_bucket(id="ghosts", name="Ghosts", criteria=LAPSED)
+    assert Hogsend(journeys=[journey], buckets=[ghosts]).check() == []
