@@ -227,6 +227,15 @@ def test_fingerprint_ignores_key_order_but_not_value_types() -> None:
             "only test properties",
         ),
         ({"type": "email", "action": "read"}, "action", "unknown email action"),
+        ({"type": "email", "action": "sent", "template": "a\x00"}, "template", "NUL"),
+        ({"type": "event", "event": "\ud800"}, "event", "lone surrogate"),
+        ({"type": "property", "property": "\x00", "op": "is_set"}, "property", "NUL"),
+        (
+            {"type": "property", "property": "a", "op": "one_of", "value": ["ok", "\ud800"]},
+            "value[1]",
+            "lone surrogate",
+        ),
+        ({"type": "property", "property": "a", "op": "contains", "value": "\x00"}, "value", "NUL"),
         ({"type": "email", "action": "sent", "template": ""}, "template", "non-empty"),
         ({"type": "all", "conditions": {}}, "conditions", "list"),
         (

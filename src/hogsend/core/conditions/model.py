@@ -122,11 +122,33 @@ def is_scalar(value: object) -> bool:
     return isinstance(value, str | bool) or is_number(value)
 
 
+def storable_text(value: str) -> bool:
+    """Whether Postgres can hold ``value`` as text: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(value: str, what: str, path: tuple[str | int, ...]) -> None:
+    # Postgres text holds neither; refusing here keeps a query from failing later.
+    if not storable_text(value):
+        raise InvalidCondition(
+            f"{what} contains a NUL character or a lone surrogate, which cannot be stored",
+            path=path,
+        )
+
+
 def _check_scalar(value: object, what: str, *, path: tuple[str | int, ...] = ("value",)) -> None:
     if not is_scalar(value):
         raise InvalidCondition(
             f"{what} must be a string, a finite number or a boolean, got {value!r}", path=path
         )
+    if isinstance(value, str):
+        _check_text(value, what, path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -149,6 +171,7 @@ class PropertyCondition(_Node):
             raise InvalidCondition(
                 f"property must be a non-empty string, got {self.property!r}", path=("property",)
             )
+        _check_text(self.property, "property", ("property",))
         if self.op not in PROPERTY_OPS:
             raise InvalidCondition(
                 f"unknown operator {self.op!r}; expected one of {', '.join(PROPERTY_OPS)}",
@@ -236,6 +259,7 @@ class EventCondition(_Node):
             raise InvalidCondition(
                 f"event must be a non-empty string, got {self.event!r}", path=("event",)
             )
+        _check_text(self.event, "event", ("event",))
         _check_count(self.check, self.count)
         _check_within(self.within)
         if self.where is not None:
@@ -275,6 +299,8 @@ class EmailCondition(_Node):
                 f"template must be a non-empty string or null, got {self.template!r}",
                 path=("template",),
             )
+        if self.template is not None:
+            _check_text(self.template, "template", ("template",))
         _check_count(self.check, self.count)
         _check_within(self.within)
 
