@@ -72,13 +72,16 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"{text!r} is not an ISO 8601 duration like P7D or PT1H30M")
     parts = {k: v for k, v in match.groupdict().items() if v is not None}
     seconds = Decimal(parts.pop("seconds", "0"))
-    value = timedelta(
-        weeks=int(parts.get("weeks", 0)),
-        days=int(parts.get("days", 0)),
-        hours=int(parts.get("hours", 0)),
-        minutes=int(parts.get("minutes", 0)),
-        microseconds=int(seconds * 1_000_000),
-    )
+    try:
+        value = timedelta(
+            weeks=int(parts.get("weeks", 0)),
+            days=int(parts.get("days", 0)),
+            hours=int(parts.get("hours", 0)),
+            minutes=int(parts.get("minutes", 0)),
+            microseconds=int(seconds * 1_000_000),
+        )
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
     if value <= timedelta(0):
         raise ValueError(f"{text!r} is zero; a window must be positive")
     return value
@@ -176,7 +179,7 @@ def _decode(data: object, path: tuple[str | int, ...], depth: int) -> Condition:
         raise InvalidCondition(
             f"a condition needs a 'type': one of {', '.join(_KEYS)}", path=(*path, "type")
         )
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise InvalidCondition(
             f"unknown type {kind!r}; expected one of {', '.join(_KEYS)}", path=(*path, "type")
         )

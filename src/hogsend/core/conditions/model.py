@@ -38,6 +38,10 @@ EmailAction = Literal["sent", "opened", "clicked"]
 PROPERTY_OPS: tuple[PropertyOp, ...] = get_args(PropertyOp)
 COUNT_CHECKS: tuple[CountCheck, ...] = get_args(CountCheck)
 EMAIL_ACTIONS: tuple[EmailAction, ...] = get_args(EmailAction)
+MAX_COUNT = 1_000_000_000
+"""Largest ``at_least`` / ``at_most`` bound (it becomes a SQL OFFSET)."""
+MAX_WINDOW = timedelta(days=36_525)
+"""Longest ``within`` window, 100 years: ``now - within`` must stay a valid date."""
 _ORDERING_OPS = frozenset({"gt", "gte", "lt", "lte"})
 _VALUELESS_OPS = frozenset({"is_set", "is_not_set"})
 
@@ -219,6 +223,8 @@ def _check_count(check: object, count: object) -> None:
         raise InvalidCondition("at_least needs a count of 1 or more", path=("count",))
     if check == "at_most" and count < 0:
         raise InvalidCondition("at_most needs a count of 0 or more", path=("count",))
+    if count > MAX_COUNT:
+        raise InvalidCondition(f"count can be at most {MAX_COUNT:_}", path=("count",))
 
 
 def _check_within(within: object) -> None:
@@ -228,6 +234,8 @@ def _check_within(within: object) -> None:
         raise InvalidCondition(f"within must be a timedelta, got {within!r}", path=("within",))
     if within <= timedelta(0):
         raise InvalidCondition("within must be a positive duration", path=("within",))
+    if within > MAX_WINDOW:
+        raise InvalidCondition("within can be at most 100 years (P36525D)", path=("within",))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
