@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from hogsend.app import Hogsend as Hogsend
 from hogsend.app import load_app as load_app
+from hogsend.core.conditions import Condition as Condition
+from hogsend.core.conditions import where as where
 from hogsend.core.contact import Contact as Contact
 from hogsend.core.contact import Event as Event
 from hogsend.core.definitions import BucketDefinition as BucketDefinition
@@ -41,6 +43,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BucketDefinition",
+    "Condition",
     "Contact",
     "Event",
     "Hogsend",
@@ -58,4 +61,5 @@ __all__ = [
     "minutes",
     "seconds",
     "weeks",
+    "where",
 ]

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hogsend.core.definitions import BucketDefinition, JourneyDefinition, ListDefinition
+from hogsend.core.conditions import CONDITION_TYPES
+from hogsend.core.definitions import (
+    BucketDefinition,
+    JourneyDefinition,
+    ListDefinition,
+    check_conditions,
+)
 from hogsend.core.identifiers import duplicates
 from hogsend.errors import (
     AppLoadError,
@@ -55,7 +61,9 @@ class Hogsend:
         name: a label for logs and Studio.
 
     Raises:
-        DefinitionError: duplicate ids, or an object of the wrong kind in a list.
+        DefinitionError: duplicate ids, an object of the wrong kind in a list, or a
+            bucket / journey holding criteria, a trigger or an exit that is not a valid
+            condition (the message names the definition).
     """
 
     def __init__(
@@ -122,6 +130,7 @@ class Hogsend:
             raise DefinitionError(f"expected a {label} definition from {hint}, got {item!r}")
         if any(existing.id == item.id for existing in into):
             raise DefinitionError(f"duplicate {label} id {item.id!r}")
+        check_conditions(item)
         into.append(item)  # type: ignore[arg-type]
 
     def launch(self) -> None:
@@ -205,8 +214,8 @@ class Hogsend:
         problems += self._template_problems()
         bucket_ids = {b.id for b in self._buckets}
         for journey in self._journeys:
-            trigger = journey.trigger
-            if isinstance(trigger, str) and trigger.startswith("bucket:"):
+            trigger = journey.trigger if isinstance(journey.trigger, str) else journey.trigger.event
+            if trigger.startswith("bucket:"):
                 parts = trigger.split(":")
                 if len(parts) < 3 or parts[2] not in bucket_ids:
                     problems.append(
@@ -227,8 +236,7 @@ class Hogsend:
 
 
 def _is_condition(value: object) -> bool:
-    # The conditions engine defines ``to_json``; anything else cannot be evaluated.
-    return callable(getattr(value, "to_json", None))
+    return isinstance(value, CONDITION_TYPES)
 
 
 def _literal_template_keys(journey: JourneyDefinition) -> set[str]:

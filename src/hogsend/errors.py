@@ -24,8 +24,9 @@ Defined beside the code that raises them (all subclasses of HogsendError):
 ``hogsend.core.identity.IdentityError`` and ``hogsend.core.pagination.InvalidCursor``
 (also ValueErrors, so pydantic validators can raise them),
 ``hogsend.core.tokens.InvalidToken``, ``hogsend.db.repos.contacts.ResolutionRace``,
-``hogsend.core.webhook_signatures.WebhookVerificationError`` and
-``hogsend.channels.email.webhooks.WebhookPayloadError`` (also a ValueError).
+``hogsend.core.webhook_signatures.WebhookVerificationError``,
+``hogsend.channels.email.webhooks.WebhookPayloadError`` (also a ValueError) and
+``hogsend.core.conditions.InvalidCondition`` (a DefinitionError, also a ValueError).
 
 Each class carries a stable ``code`` string, which the API puts in the problem ``type``.
 Control-flow signals (a journey being exited) derive from ``BaseException`` so that a

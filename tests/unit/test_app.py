@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hogsend import (
+    BucketDefinition,
     Contact,
     Hogsend,
     JourneyContext,
@@ -100,11 +101,13 @@ def test_check_reports_a_missing_template_directory(tmp_path: Path) -> None:
     assert [p.where for p in problems] == ["templates"]
 
 
-def test_check_reports_criteria_that_are_not_conditions() -> None:
-    bucket = define_bucket(id="odd", name="Odd", criteria={"plan": "pro"})
-    (problem,) = Hogsend(buckets=[bucket]).check()
-    assert problem.where == "bucket odd"
-    assert "not a condition" in problem.message
+def test_criteria_that_are_not_conditions_are_rejected() -> None:
+    # A dict is read as the JSON form of a condition; this one has no "type".
+    with pytest.raises(DefinitionError, match=r"bucket 'odd': criteria at type: .*needs a 'type'"):
+        define_bucket(id="odd", name="Odd", criteria={"plan": "pro"})
+    hand_made = BucketDefinition(id="odd", name="Odd", criteria="plan = pro")  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="bucket 'odd': criteria: expected a condition"):
+        Hogsend(buckets=[hand_made])
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import hogsend
 
 EXPECTED = [
     "BucketDefinition",
+    "Condition",
     "Contact",
     "Event",
     "Hogsend",
@@ -27,6 +28,7 @@ EXPECTED = [
     "minutes",
     "seconds",
     "weeks",
+    "where",
 ]
 
 HEAVY = ("dbos", "fastapi", "sqlalchemy", "httpx", "starlette", "psycopg", "alembic", "uvicorn")

@@ -6,11 +6,19 @@ describes. The runtime reads these objects after the app is launched.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from hogsend.core.conditions import (
+    CONDITION_TYPES,
+    Condition,
+    EventCondition,
+    InvalidCondition,
+    condition_from_dict,
+    format_path,
+)
 from hogsend.core.identifiers import check_id
 from hogsend.errors import DefinitionError
 
@@ -21,6 +29,8 @@ if TYPE_CHECKING:
 JourneyBody: TypeAlias = "Callable[[Contact, JourneyContext], Awaitable[None]]"
 EntryLimit = Literal["once", "once_per_period", "unlimited"]
 BucketKind = Literal["criteria", "manual"]
+EventSpec: TypeAlias = str | EventCondition
+"""A journey trigger or exit: an event name, or ``where.event(name)[.where(...)]...``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,7 +50,7 @@ class BucketDefinition:
     id: str
     name: str
     kind: BucketKind = "criteria"
-    criteria: object | None = None
+    criteria: Condition | None = None
     enabled: bool = True
     time_based: bool | None = None
     min_dwell: timedelta | None = None
@@ -56,10 +66,10 @@ class JourneyDefinition:
     id: str
     name: str
     body: JourneyBody
-    trigger: str | object
+    trigger: EventSpec
     entry_limit: EntryLimit = "once"
     entry_period: timedelta | None = None
-    exit_on: tuple[str | object, ...] = ()
+    exit_on: tuple[EventSpec, ...] = ()
     suppress: timedelta | None = None
     enabled: bool = True
     description: str = field(default="")
@@ -86,7 +96,7 @@ def define_bucket(
     *,
     id: str,
     name: str,
-    criteria: object | None = None,
+    criteria: Condition | Mapping[str, Any] | None = None,
     kind: BucketKind | None = None,
     enabled: bool = True,
     time_based: bool | None = None,
@@ -100,7 +110,8 @@ def define_bucket(
     Args:
         id: kebab-case id, stable forever.
         name: shown in Studio.
-        criteria: a condition (``where...``) deciding membership; omit for manual buckets.
+        criteria: a condition (``where...``, or its JSON form) deciding membership; omit
+            for manual buckets.
         kind: ``"manual"`` for hand-managed buckets; inferred from ``criteria`` otherwise.
         enabled: code default of the enable switch (admins may override).
         time_based: whether membership can change with time alone.
@@ -110,6 +121,7 @@ def define_bucket(
         entry_limit: how many times one contact may enter (None = unlimited).
     """
     check_id("bucket", id)
+    condition = None if criteria is None else as_condition(criteria, f"bucket {id!r}: criteria")
     resolved: BucketKind = kind or ("manual" if criteria is None else "criteria")
     if resolved == "criteria" and criteria is None:
         raise DefinitionError(f"bucket {id!r} needs criteria (or kind='manual')")
@@ -126,7 +138,7 @@ def define_bucket(
         id=id,
         name=name,
         kind=resolved,
-        criteria=criteria,
+        criteria=condition,
         enabled=enabled,
         time_based=time_based,
         min_dwell=min_dwell,
@@ -140,10 +152,10 @@ def define_journey(
     *,
     id: str,
     name: str,
-    trigger: str | object,
+    trigger: EventSpec | Mapping[str, Any],
     entry_limit: EntryLimit = "once",
     entry_period: timedelta | None = None,
-    exit_on: Sequence[str | object] = (),
+    exit_on: Sequence[EventSpec | Mapping[str, Any]] = (),
     suppress: timedelta | None = None,
     enabled: bool = True,
     description: str = "",
@@ -153,7 +165,8 @@ def define_journey(
     Args:
         id: kebab-case id; the durable workflow name is ``hogsend.journey:<id>``.
         name: shown in Studio.
-        trigger: an event name, ``"bucket:entered:<bucket-id>"``, or an event condition.
+        trigger: an event name, ``"bucket:entered:<bucket-id>"``, or an event condition
+            (``where.event(name).where(...)``: the filter reads the event's properties).
         entry_limit: ``once``, ``once_per_period`` (with ``entry_period``) or ``unlimited``.
         entry_period: the period of ``once_per_period``.
         exit_on: events (names or conditions) that end a running enrollment.
@@ -168,6 +181,11 @@ def define_journey(
         raise DefinitionError(f"journey {id!r}: entry_period only applies to once_per_period")
     if isinstance(trigger, str) and not trigger.strip():
         raise DefinitionError(f"journey {id!r}: trigger must name an event")
+    trigger_spec = as_event_spec(trigger, f"journey {id!r}: trigger")
+    exits = tuple(
+        as_event_spec(item, f"journey {id!r}: exit_on[{index}]")
+        for index, item in enumerate(exit_on)
+    )
     if suppress is not None and suppress <= timedelta(0):
         raise DefinitionError(f"journey {id!r}: suppress must be positive")
 
@@ -180,13 +198,72 @@ def define_journey(
             id=id,
             name=name,
             body=body,
-            trigger=trigger,
+            trigger=trigger_spec,
             entry_limit=entry_limit,
             entry_period=entry_period,
-            exit_on=tuple(exit_on),
+            exit_on=exits,
             suppress=suppress,
             enabled=enabled,
             description=description or (inspect.getdoc(body) or ""),
         )
 
     return decorate
+
+
+def as_condition(value: object, where: str) -> Condition:
+    """``value`` as a condition: a condition is kept, its JSON form (a dict) is decoded.
+
+    Raises:
+        DefinitionError: naming ``where`` (e.g. ``bucket 'vips': criteria``) and the
+            path of the bad node.
+    """
+    if isinstance(value, CONDITION_TYPES):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return condition_from_dict(value)
+        except InvalidCondition as exc:
+            at = f" at {format_path(exc.path)}" if exc.path else ""
+            raise DefinitionError(f"{where}{at}: {exc.reason}") from exc
+    raise DefinitionError(
+        f"{where}: expected a condition built with where (or its JSON form), got {value!r}"
+    )
+
+
+def as_event_spec(value: object, where: str) -> EventSpec:
+    """A journey trigger or exit: an event name, or an event condition (or its JSON form).
+
+    Raises:
+        DefinitionError: naming ``where``.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise DefinitionError(f"{where}: an event name cannot be empty")
+        return value
+    condition = as_condition(value, where)
+    if not isinstance(condition, EventCondition):
+        raise DefinitionError(
+            f"{where}: expected an event name or where.event(...), got an "
+            f"{condition.to_dict()['type']!r} condition"
+        )
+    return condition
+
+
+def check_conditions(definition: object) -> None:
+    """Raise if a bucket or journey definition holds something that is not a condition.
+
+    Definitions made with ``define_*`` are checked there already; this catches ones
+    built directly from the dataclasses.
+
+    Raises:
+        DefinitionError: naming the definition and the field.
+    """
+    if isinstance(definition, BucketDefinition):
+        if definition.criteria is not None:
+            as_condition(definition.criteria, f"bucket {definition.id!r}: criteria")
+        elif definition.kind == "criteria":
+            raise DefinitionError(f"bucket {definition.id!r} needs criteria (or kind='manual')")
+    elif isinstance(definition, JourneyDefinition):
+        as_event_spec(definition.trigger, f"journey {definition.id!r}: trigger")
+        for index, item in enumerate(definition.exit_on):
+            as_event_spec(item, f"journey {definition.id!r}: exit_on[{index}]")
