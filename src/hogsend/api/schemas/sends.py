@@ -121,7 +121,7 @@ class ExplainQuery(ApiModel):
 class ExplainFacts(ApiModel):
     """The facts the gates saw."""
 
-    kind: Literal["transactional", "journey", "campaign"]
+    kind: Literal["transactional", "journey", "campaign", "test"]
     list_id: str | None = Field(description="The list or category the send needs.")
     list_default_opt_in: bool | None = Field(
         description="The list's polarity; null for an id no list registers (subscribed "
