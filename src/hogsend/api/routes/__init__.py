@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from hogsend.api.routes import contacts, events, health, segment, whoami
+from hogsend.api.routes import contacts, emails, events, health, segment, whoami
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import sends as admin_sends
+from hogsend.api.routes.admin import templates as admin_templates
 
 
 def include_routes(api: FastAPI) -> None:
@@ -26,5 +28,8 @@ def include_routes(api: FastAPI) -> None:
         admin_contacts.router,
         admin_events.router,
         admin_sends.router,
+        emails.router,
+        admin_templates.router,
+        admin_outbox.router,
     ):
         api.include_router(router)
