@@ -369,7 +369,8 @@ async def test_a_list_category_makes_it_a_marketing_send(
     await new_contact(env.engine, "in@example.com", external_id="u-in")
     await execute(
         env.engine,
-        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed) VALUES (:c, 'newsletter', false)",
+        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+        " VALUES (:c, 'newsletter', false)",
         c=out,
     )
     refused = await env.client.post(
