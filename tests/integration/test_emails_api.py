@@ -131,13 +131,18 @@ class Env:
         return await self.courier.run_once()
 
 
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
+def running_sink() -> Iterator[tuple[Sink, int]]:
+    """An aiosmtpd server on a free port, for the time the generator is alive."""
     handler = Sink()
     controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
     controller.start()
     yield handler, controller.port
     controller.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    yield from running_sink()
 
 
 async def _env(
