@@ -111,7 +111,21 @@ def _recipient(value: str | None) -> str | None:
 class EmailIn(ApiModel):
     """One transactional email to one person, from a template."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"to": "ada@example.com", "template": "welcome", "props": {"name": "Ada"}},
+                {
+                    "userId": "user-42",
+                    "template": "receipt",
+                    "props": {"amount": 42},
+                    "replyTo": "Support <help@example.com>",
+                    "idempotencyKey": "order-1234-receipt",
+                },
+            ]
+        },
+    )
 
     to: StoredText | None = Field(
         default=None,
@@ -212,7 +226,10 @@ class EmailAccepted(ApiModel):
 class SendTestIn(ApiModel):
     """A test send of a template to one address."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"to": "qa@example.com", "props": {"name": "Ada"}}]},
+    )
 
     to: StoredText = Field(max_length=MAX_EMAIL_LENGTH, description="Where the test goes.")
     props: JsonObject | None = Field(

@@ -14,7 +14,7 @@ import json
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from hogsend.api.audit import AdminChange, audited
@@ -47,6 +47,9 @@ from hogsend.errors import NotFound, TemplateNotFound
 router = APIRouter(prefix="/v1/admin", tags=["admin: templates"])
 
 TEST_SUBJECT_PREFIX = "[Test] "
+TemplateKey = Annotated[
+    str, Path(max_length=64, description="The template key.", examples=["welcome"])
+]
 
 
 def _registry(request: Request) -> TemplateRegistry | None:
@@ -141,7 +144,7 @@ _PREVIEW_CONTENT: dict[int | str, dict[str, Any]] = {
     response_model=TemplatePreviewOut,
 )
 async def preview_template(
-    key: str, query: Annotated[TemplatePreviewQuery, Query()], request: Request
+    key: TemplateKey, query: Annotated[TemplatePreviewQuery, Query()], request: Request
 ) -> Response:
     """Render with the template's example props, overridden by `props` (base64 of a JSON
     object), for a sample contact or `contactId`. Unsubscribe and preference links are
@@ -188,7 +191,7 @@ def _test_mailer(request: Request) -> Mailer:
     responses=problem_responses(404),
 )
 async def send_test(
-    key: str,
+    key: TemplateKey,
     body: SendTestIn,
     request: Request,
     change: AdminChange = audited("full-admin", resource="templates", action="templates.send-test"),
