@@ -693,3 +693,24 @@ async def test_the_emails_route_has_its_own_rate_limit(
         )
         assert event.status_code == 202
         assert event.headers["RateLimit-Limit"] == "1000000"
+
+
+async def test_test_mode_redirects_a_handed_off_send(
+    tmp_path: Path, engine: AsyncEngine, database_url: str, sink: tuple[Sink, int], ingest_key: str
+) -> None:
+    async for env in _env(
+        tmp_path, engine, database_url, sink, test_mode=True, test_mode_recipient="qa@acme.test"
+    ):
+        response = await env.client.post(
+            "/v1/emails",
+            json={"to": "real@example.com", "template": "receipt", "props": {"amount": 1}},
+            headers=bearer(ingest_key),
+        )
+        assert response.json()["status"] == "queued"
+        await env.deliver()
+        [message] = env.sink.messages
+        assert message["X-Test-Envelope-To"] == "qa@acme.test"
+        assert message["X-Hogsend-Original-To"] == "real@example.com"
+        [row] = await send_rows(env.engine)
+        assert row["decision"] == "redirected"
+        assert row["redirected_to"] == "qa@acme.test"
