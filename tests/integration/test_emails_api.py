@@ -415,6 +415,13 @@ async def test_a_list_category_makes_it_a_marketing_send(
         ("in@example.com", "sent"): "campaign",
         ("out@example.com", "sent"): "transactional",
     }
+    listing = await env.client.get(
+        f"/v1/admin/contacts/{out}/sends", headers=bearer(await mint_key("admin:read"))
+    )
+    assert sorted((a["kind"], a["decision"]) for a in listing.json()["sends"]) == [
+        ("campaign", "unsubscribed"),
+        ("transactional", "sent"),
+    ]
 
 
 # --------------------------------------------------------------------------- refusals
