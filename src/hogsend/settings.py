@@ -162,6 +162,15 @@ class Settings(BaseSettings):
         default=False,
         description="Also emit email.opened/email.clicked for hits flagged as bots.",
     )
+    email_queue_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Idle worker's wait between looks for handed-off sends (NOTIFY wakes it).",
+    )
+    email_queue_concurrency: int = Field(
+        default=4, ge=1, le=100, description="Handed-off sends one worker delivers at once."
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

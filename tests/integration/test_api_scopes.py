@@ -213,3 +213,45 @@ async def test_signed_webhooks_refuse_unsigned_requests(
             response = await client.request(method, path, json={}, headers=headers)
             assert response.status_code == 401, f"{method} {path} with {headers}"
             assert response.headers["content-type"] == "application/problem+json"
+
+
+EMAIL_ROUTE_SCOPES = {
+    ("POST", "/v1/emails"): "ingest",
+    ("GET", "/v1/admin/templates"): "admin:read",
+    ("GET", "/v1/admin/templates/{key}/preview"): "admin:read",
+    ("POST", "/v1/admin/templates/{key}/send-test"): "full-admin",
+    ("GET", "/v1/admin/outbox"): "admin:read",
+    ("GET", "/v1/admin/outbox/{id}"): "admin:read",
+    ("DELETE", "/v1/admin/outbox"): "admin:write",
+}
+"""The scopes of the email routes, pinned (the reference makes send-test full-admin)."""
+
+
+def test_email_routes_require_their_pinned_scopes(api: FastAPI) -> None:
+    found = {
+        (method, mounted.path): route_scope(mounted.route)
+        for mounted in iter_api_routes(api.routes)
+        for method in mounted.route.methods or ()
+        if (method, mounted.path) in EMAIL_ROUTE_SCOPES
+    }
+    assert found == EMAIL_ROUTE_SCOPES
+
+
+async def test_skip_preference_check_needs_full_admin_beyond_the_route_scope(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """A body flag raises the scope a request needs: ingest may send, not skip checks."""
+    body = {"to": "a@example.com", "template": "welcome", "skipPreferenceCheck": True}
+    for scopes in (["ingest"], ["ingest", "admin:write"], ["ingest", "read", "admin:read"]):
+        raw = await mint(engine, scopes)
+        response = await client.post(
+            "/v1/emails", json=body, headers={"Authorization": f"Bearer {raw}"}
+        )
+        assert response.status_code == 403, scopes
+        assert response.headers["content-type"] == "application/problem+json"
+        assert 'scope="full-admin"' in response.headers["www-authenticate"]
+    raw = await mint(engine, ["full-admin"])
+    allowed = await client.post("/v1/emails", json=body, headers={"Authorization": f"Bearer {raw}"})
+    # past the scope checks; this app registers no templates
+    assert allowed.status_code == 422
+    assert allowed.json()["errors"][0]["field"] == "body.template"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -62,6 +63,15 @@ IDENTITY_RULES = {
         f"POST /segment/v1/{kind}"
         for kind in ("track", "identify", "alias", "page", "screen", "group")
     ),
+}
+# These depend on the app's data: a registered template, addresses our normaliser accepts,
+# props its template renders with. tests/integration/test_emails_api.py and
+# test_admin_templates_api.py test their rejections by hand; the body's documented
+# example (a `welcome` send, which the fuzzed app has) is accepted here.
+APP_RULES = {
+    "POST /v1/emails",
+    "POST /v1/admin/templates/{key}/send-test",
+    "GET /v1/admin/templates/{key}/preview",
 }
 # Batches validate each item on their own and answer 200 with per-item rejections, so a
 # schema-violating item does not make the request a rejected one (by design).
@@ -137,12 +147,20 @@ class FullAdminKey:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
+def _app_with_templates(directory: Path) -> Hogsend:
+    (directory / "welcome.html").write_text(
+        "{#---\nsubject: Welcome, {{ name | default('there') }}\n---#}\n<p>Hi</p>\n"
+    )
+    return Hogsend(templates=directory)
+
+
 @pytest.fixture(scope="module")
-def served(pg_server: TestPostgres) -> Iterator[None]:
+def served(pg_server: TestPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Point the deferred app at a full API on a fresh database that knows the key."""
     url = pg_server.fresh_database()
     asyncio.run(_store_key(url))
-    deferred.target = create_api(Hogsend(), _settings(url))
+    app = _app_with_templates(tmp_path_factory.mktemp("templates"))
+    deferred.target = create_api(app, _settings(url))
     try:
         yield
     finally:
@@ -158,7 +176,7 @@ def test_api_conforms_to_its_openapi(case: Case, served: None) -> None:
     excluded = []
     # A cursor is an opaque token this API handed out; a made-up one is rightly a 422.
     made_up_cursor = bool(case.query and "cursor" in case.query)
-    if label in FUTURE_ONLY or label in IDENTITY_RULES or made_up_cursor:
+    if label in FUTURE_ONLY or label in IDENTITY_RULES or label in APP_RULES or made_up_cursor:
         excluded.append(positive_data_acceptance)
     if label in PER_ITEM:
         excluded.append(negative_data_rejection)

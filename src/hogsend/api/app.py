@@ -111,6 +111,10 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
             pruner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pruner
+            mailer = getattr(api.state, "mailer", None)
+            if mailer is not None:
+                api.state.mailer = None
+                await mailer.provider.aclose()
             await api.state.driver_pool.close()
             if owned is not None:
                 _detach_engine(api)

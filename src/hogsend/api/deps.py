@@ -22,6 +22,7 @@ from hogsend.settings import Settings
 if TYPE_CHECKING:
     from hogsend.api.ratelimit import RateLimiter
     from hogsend.app import Hogsend
+    from hogsend.channels.mailer import Mailer
 
 
 async def _configure_hot_path(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -136,6 +137,27 @@ def driver_pool_of(request: Request) -> DriverPool:
 def rate_limiter_of(request: Request) -> RateLimiter:
     """The rate limiter chosen by ``settings.rate_limit_backend``."""
     return cast("RateLimiter", _ready(request, "rate_limiter"))
+
+
+def mailer_of(request: Request) -> Mailer:
+    """The API's mailer, built on first use with the provider the settings name.
+
+    The lifespan closes its provider at shutdown.
+
+    Raises:
+        ConfigurationError: the app has no templates.
+    """
+    mailer = getattr(request.app.state, "mailer", None)
+    if mailer is None:
+        from hogsend.channels.email import build_provider
+        from hogsend.channels.mailer import Mailer
+
+        engine = engine_of(request)
+        settings = settings_of(request)
+        # No await between the check and the assignment: one mailer per API.
+        mailer = Mailer(hogsend_of(request), settings, engine, build_provider(settings, engine))
+        request.app.state.mailer = mailer
+    return cast("Mailer", mailer)
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:

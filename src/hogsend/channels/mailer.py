@@ -17,6 +17,11 @@ row carrying its decision:
 Attempts sharing an idempotency key are serialised by a session-level advisory lock held
 from step 1 to step 4, so of ten concurrent calls one sends and nine record ``duplicate``.
 docs/email.md describes the at-least-once window between steps 3 and 4.
+
+:meth:`Mailer.queue` stops after step 1: the ``queued`` row carries a ``handoff`` (what
+steps 2-4 need) and a worker's :class:`~hogsend.runtime.courier.Courier` runs them later
+through :meth:`Mailer.deliver_queued`. The transactional API sends this way, so a request
+never waits for a provider.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -138,7 +143,8 @@ class SendOutcome:
 
     Attributes:
         send_id: the attempt's ``email_sends`` row.
-        decision: its reason code (see docs/email.md).
+        decision: its reason code (see docs/email.md); ``queued`` from :meth:`Mailer.queue`
+            when it passed the gates and waits for a worker.
         detail: the facts behind the decision (stored as ``decision_detail``).
         deferred_until: for ``deferred``: when the send window opens; send again then.
         duplicate_of: for ``duplicate``: the attempt that holds the key.
@@ -146,7 +152,7 @@ class SendOutcome:
     """
 
     send_id: uuid.UUID
-    decision: Decision
+    decision: Decision | Literal["queued"]
     detail: Mapping[str, Any] = field(default_factory=dict)
     deferred_until: datetime | None = None
     duplicate_of: uuid.UUID | None = None
@@ -174,6 +180,20 @@ def effective_category(request: SendRequest, template_category: str | None) -> s
     if template_category is not None:
         return template_category
     return TRANSACTIONAL_CATEGORY if request.kind == "transactional" else None
+
+
+def handoff_payload(
+    request: SendRequest, result: GateResult, *, list_id: str | None
+) -> dict[str, Any]:
+    """What a worker needs, beyond the row's own columns, to deliver a queued attempt."""
+    return {
+        "props": dict(request.props),
+        "replyTo": request.reply_to,
+        "listId": list_id,
+        "kind": request.kind,
+        "decision": result.decision,
+        "skipPreferenceCheck": request.skip_preference_check,
+    }
 
 
 async def gather_facts(
@@ -210,7 +230,13 @@ async def gather_facts(
         list_default_opt_in=listed.default_opt_in if listed is not None else None,
         list_choice=stored.list_choice,
         skip_preference_check=request.skip_preference_check,
-        duplicate_of=holder.id if holder is not None and holder.decision != "queued" else None,
+        # A queued holder is a duplicate when it waits for a worker (handed off); one
+        # that is not was interrupted, and the attempt takes it over (see _attempt).
+        duplicate_of=(
+            holder.id
+            if holder is not None and (holder.decision != "queued" or holder.waiting)
+            else None
+        ),
         contact_deleted=contact_deleted,
         suppressed=stored.suppressed,
         suppression_reason=stored.suppression_reason,
@@ -303,16 +329,33 @@ class Mailer:
             NoRecipient: no address to send to (nothing is written).
             TemplateError: rendering failed (the row records ``provider_error``).
         """
+        return await self._locked_attempt(request, later=False)
+
+    async def queue(self, request: SendRequest) -> SendOutcome:
+        """Decide and log an attempt now; leave rendering and the provider to a worker.
+
+        Gated attempts are final as with :meth:`send`. One that passes every gate is
+        recorded ``queued`` with a hand-off, and ``NOTIFY`` wakes the couriers at commit;
+        the outcome's decision is then ``queued``. Attempts with the key of a waiting
+        hand-off are ``duplicate``.
+
+        Raises:
+            TemplateNotFound: unknown template (nothing is written).
+            NoRecipient: no address to send to (nothing is written).
+        """
+        return await self._locked_attempt(request, later=True)
+
+    async def _locked_attempt(self, request: SendRequest, *, later: bool) -> SendOutcome:
         self._templates.get(request.template)
         key = request.idempotency_key
         if key is None:
-            return await self._attempt(request, None)
+            return await self._attempt(request, None, later=later)
         lock, unlock = sends.lock_key_sql()
         async with self.engine.connect() as conn:
             await conn.execute(lock, {"key": key})
             await conn.commit()
             try:
-                return await self._attempt(request, conn)
+                return await self._attempt(request, conn, later=later)
             finally:
                 try:
                     await conn.execute(unlock, {"key": key})
@@ -325,7 +368,9 @@ class Mailer:
     def _session(self, conn: AsyncConnection | None) -> AsyncSession:
         return AsyncSession(bind=conn if conn is not None else self.engine, expire_on_commit=False)
 
-    async def _attempt(self, request: SendRequest, conn: AsyncConnection | None) -> SendOutcome:
+    async def _attempt(
+        self, request: SendRequest, conn: AsyncConnection | None, *, later: bool = False
+    ) -> SendOutcome:
         template = self._templates.get(request.template)
         category = effective_category(request, template.meta.category)
         list_id = request.list_id or category
@@ -348,7 +393,7 @@ class Mailer:
                 now=now,
             )
             holder = stored.key_holder
-            if holder is not None and holder.decision == "queued":
+            if holder is not None and holder.decision == "queued" and not holder.waiting:
                 # We hold the key's lock, so its attempt is not running: its process died
                 # between queueing and recording the outcome. Take over, same key.
                 await sends.abandon(session, holder.id)
@@ -370,7 +415,17 @@ class Mailer:
                 idempotency_key=request.idempotency_key,
                 duplicate_of_id=result.duplicate_of,
                 redirected_to=test_to,
+                kind=request.kind,
+                handoff=(
+                    handoff_payload(request, result, list_id=list_id)
+                    if later and result.goes_out
+                    else None
+                ),
             )
+            if later and result.goes_out:
+                await sends.notify_handoff(session)
+        if later and result.goes_out:
+            return SendOutcome(send_id=send_id, decision="queued", detail=result.detail)
         if not result.goes_out:
             return SendOutcome(
                 send_id=send_id,
@@ -382,6 +437,95 @@ class Mailer:
         assert who.contact_id is None or who.contact is not None
         return await self._deliver(
             request, conn, send_id=send_id, result=result, who=who, list_id=list_id, now=now
+        )
+
+    # ------------------------------------------------------------------ hand-off
+
+    async def deliver_queued(self, send_id: uuid.UUID) -> SendOutcome | None:
+        """Deliver one attempt :meth:`queue` handed off (steps 2-4 of the module docstring).
+
+        Holds a per-send advisory lock for the whole delivery, so concurrent workers
+        deliver each hand-off once. Before rendering, the two gates that must never be
+        crossed are checked again: a contact deleted or an address suppressed since the
+        attempt was queued closes it as ``skipped_deleted`` / ``suppressed``.
+
+        Returns:
+            The outcome, or None when another worker holds the send or it no longer
+            waits (already delivered).
+
+        Raises:
+            TemplateError: rendering failed (the row records ``provider_error``).
+        """
+        lock, unlock = sends.lock_delivery_sql()
+        async with self.engine.connect() as conn:
+            locked = (await conn.execute(lock, {"id": str(send_id)})).scalar()
+            await conn.commit()
+            if not locked:
+                return None
+            try:
+                return await self._deliver_handoff(conn, send_id)
+            finally:
+                try:
+                    await conn.execute(unlock, {"id": str(send_id)})
+                    await conn.commit()
+                except BaseException:
+                    await conn.invalidate()
+                    raise
+
+    async def _deliver_handoff(
+        self, conn: AsyncConnection, send_id: uuid.UUID
+    ) -> SendOutcome | None:
+        async with self._session(conn) as session, session.begin():
+            pending = await sends.load_handoff(session, send_id)
+            if pending is None:
+                return None
+            contact: Contact | None = None
+            if pending.contact_id is not None:
+                contact = await contacts_repo.follow_contact(session, pending.contact_id)
+            stopped: tuple[Decision, dict[str, Any]] | None = None
+            if (pending.contact_id is not None and contact is None) or not pending.to_email:
+                stopped = ("skipped_deleted", {"gate": "skipped_deleted", "atDelivery": True})
+            elif (reason := await sends.address_suppression(session, pending.to_email)) is not None:
+                stopped = (
+                    "suppressed",
+                    {"gate": "suppressed", "reason": reason, "atDelivery": True},
+                )
+            if stopped is not None:
+                await sends.close_handoff(session, send_id, decision=stopped[0], detail=stopped[1])
+                return SendOutcome(send_id=send_id, decision=stopped[0], detail=stopped[1])
+        payload = pending.payload
+        request = SendRequest(
+            template=pending.template_key,
+            contact_id=contact.id if contact is not None else None,
+            to_email=pending.to_email,
+            props=payload.get("props") or {},
+            subject=pending.subject,
+            from_email=pending.from_email,
+            reply_to=payload.get("replyTo"),
+            category=pending.category,
+            list_id=payload.get("listId"),
+            kind=payload.get("kind", pending.kind),
+            journey_id=pending.journey_id,
+            journey_state_id=pending.journey_state_id,
+            campaign_id=pending.campaign_id,
+            idempotency_key=pending.idempotency_key,
+            skip_preference_check=bool(payload.get("skipPreferenceCheck")),
+        )
+        decision: Decision = "redirected" if payload.get("decision") == "redirected" else "sent"
+        who = _Recipient(
+            contact=contact,
+            contact_id=contact.id if contact is not None else None,
+            deleted=False,
+            to_email=pending.to_email,
+        )
+        return await self._deliver(
+            request,
+            conn,
+            send_id=send_id,
+            result=GateResult(decision=decision),
+            who=who,
+            list_id=payload.get("listId"),
+            now=self._clock(),
         )
 
     # ------------------------------------------------------------------ delivery

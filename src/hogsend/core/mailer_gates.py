@@ -41,7 +41,8 @@ Decision = Literal[
     "sent",
     "provider_error",
 ]
-SendKind = Literal["transactional", "journey", "campaign"]
+SendKind = Literal["transactional", "journey", "campaign", "test"]
+"""Who sends: ``test`` is an admin test send (always with ``skip_preference_check``)."""
 
 GATE_ORDER: tuple[Decision, ...] = (
     "duplicate",
@@ -120,7 +121,7 @@ class SendFacts:
 
     Attributes:
         now: the instant of the decision.
-        kind: transactional, journey or campaign.
+        kind: transactional, journey, campaign or test.
         list_id: the list or category whose subscription the send needs (None: none).
         list_default_opt_in: the list's polarity; None for an id no list registers
             (built-in and free-form categories count as opt-out-by-choice, i.e.

@@ -4,10 +4,12 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
-             → the event dispatcher (hogsend.runtime.dispatcher)
-    stop()   stop the dispatcher (rows in flight finish, the rest are released) → stop
-             the heartbeat → DBOS stops dequeuing and drains running workflows for a
-             few seconds → mark the heartbeat row stopped → release the database
+             → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
+             handed-off sends (hogsend.runtime.courier), when the app has templates
+    stop()   stop the courier (sends in flight finish) → stop the dispatcher (rows in
+             flight finish, the rest are released) → stop the heartbeat → DBOS stops
+             dequeuing and drains running workflows for a few seconds → mark the
+             heartbeat row stopped → release the database
 
 ``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
 ``hogsend dev`` calls :meth:`Worker.start` and :meth:`Worker.stop` itself around the
@@ -29,10 +31,13 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.app import Hogsend
+from hogsend.channels.email import EmailProvider, build_provider
+from hogsend.channels.mailer import Mailer
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.queues import declare_queues
@@ -83,6 +88,8 @@ class Worker:
         self._started_at: datetime | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.dispatcher: Dispatcher | None = None
+        self.courier: Courier | None = None
+        self._email_provider: EmailProvider | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -120,6 +127,14 @@ class Worker:
             database_url=self.database_url,
         )
         await self.dispatcher.start()
+        if self.app.templates is not None:
+            self._email_provider = build_provider(self.settings, self.engine)
+            self.courier = Courier(
+                Mailer(self.app, self.settings, self.engine, self._email_provider),
+                poll_seconds=self.settings.email_queue_poll_seconds,
+                concurrency=self.settings.email_queue_concurrency,
+            )
+            await self.courier.start()
         self._running = True
         log.info(
             "worker started",
@@ -138,6 +153,12 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.courier is not None:
+            await self.courier.stop(timeout=self.drain_seconds)
+            self.courier = None
+        if self._email_provider is not None:
+            await self._email_provider.aclose()
+            self._email_provider = None
         if self.dispatcher is not None:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)

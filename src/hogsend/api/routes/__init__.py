@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from hogsend.api.routes import (
     contacts,
+    emails,
     events,
     health,
     lists,
@@ -18,9 +19,11 @@ from hogsend.api.routes import (
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
 from hogsend.api.routes.admin import suppressions as admin_suppressions
+from hogsend.api.routes.admin import templates as admin_templates
 
 
 def include_routes(api: FastAPI) -> None:
@@ -44,5 +47,8 @@ def include_routes(api: FastAPI) -> None:
         admin_preferences.router,
         webhooks.router,
         admin_suppressions.router,
+        emails.router,
+        admin_templates.router,
+        admin_outbox.router,
     ):
         api.include_router(router)

@@ -57,6 +57,10 @@ class SendAttemptOut(ApiModel):
     attempts: int = Field(description="Provider calls made, retries included.")
     last_error: str | None
     sent_at: datetime | None
+    kind: Literal["transactional", "journey", "campaign", "test"] = Field(
+        default="transactional",
+        description="Who sent it; transactional and test sends skip unsubscribes and the cap.",
+    )
 
 
 def send_attempt_out(record: SendRecord) -> SendAttemptOut:
@@ -84,6 +88,7 @@ def send_attempt_out(record: SendRecord) -> SendAttemptOut:
         attempts=record.attempts,
         last_error=record.last_error,
         sent_at=record.sent_at,
+        kind=record.kind,
     )
 
 
@@ -121,7 +126,7 @@ class ExplainQuery(ApiModel):
 class ExplainFacts(ApiModel):
     """The facts the gates saw."""
 
-    kind: Literal["transactional", "journey", "campaign"]
+    kind: Literal["transactional", "journey", "campaign", "test"]
     list_id: str | None = Field(description="The list or category the send needs.")
     list_default_opt_in: bool | None = Field(
         description="The list's polarity; null for an id no list registers (subscribed "

@@ -982,6 +982,10 @@ _ERASE_STATEMENTS = (
     " (SELECT id FROM email_sends WHERE contact_id = ANY(CAST(:ids AS uuid[])))",
     "UPDATE email_opens SET ip_address = NULL, user_agent = NULL WHERE email_send_id IN"
     " (SELECT id FROM email_sends WHERE contact_id = ANY(CAST(:ids AS uuid[])))",
+    # A handed-off send still waiting for a worker holds the props: it will never go now.
+    "UPDATE email_sends SET handoff = NULL, idempotency_key = NULL, status = 'skipped',"
+    " decision = 'skipped_deleted', updated_at = CAST(:now AS timestamptz)"
+    " WHERE handoff IS NOT NULL AND contact_id = ANY(CAST(:ids AS uuid[]))",
     "UPDATE email_sends SET to_email = '', user_email = NULL, redirected_to = NULL,"
     " user_id = contact_id::text, updated_at = CAST(:now AS timestamptz)"
     " WHERE contact_id = ANY(CAST(:ids AS uuid[]))",

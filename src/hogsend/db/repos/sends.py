@@ -10,6 +10,7 @@ earlier attempt.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,10 @@ from hogsend.db.repos.contacts import to_json
 
 # Attempts that went out (or are on their way): what duplicates, gaps and caps count.
 OUTGOING = ("queued", "sent", "redirected")
+# Kinds the frequency cap neither applies to nor counts.
+CAP_EXEMPT_KINDS = ("transactional", "test")
+HANDOFF_CHANNEL = "hogsend_sends"
+"""Channel of the ``NOTIFY`` a hand-off sends at commit, waking idle couriers."""
 
 LOCK_KEY = text("SELECT pg_advisory_lock(hashtextextended('hogsend.send-key:' || :key, 0))")
 UNLOCK_KEY = text("SELECT pg_advisory_unlock(hashtextextended('hogsend.send-key:' || :key, 0))")
@@ -52,6 +57,8 @@ class KeyHolder:
     id: uuid.UUID
     decision: str
     status: str
+    waiting: bool = False
+    """A ``queued`` attempt handed off to a worker: pending, not interrupted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,12 +89,17 @@ async def read_facts(
     if idempotency_key is not None:
         row = (
             await session.execute(
-                text("SELECT id, decision, status FROM email_sends WHERE idempotency_key = :k"),
+                text(
+                    "SELECT id, decision, status, handoff IS NOT NULL AS waiting"
+                    " FROM email_sends WHERE idempotency_key = :k"
+                ),
                 {"k": idempotency_key},
             )
         ).first()
         if row is not None:
-            holder = KeyHolder(id=row.id, decision=row.decision, status=row.status)
+            holder = KeyHolder(
+                id=row.id, decision=row.decision, status=row.status, waiting=row.waiting
+            )
     # Keyed on the address itself (lower-cased, like its unique index), never a contact.
     suppression = (
         await session.execute(
@@ -127,8 +139,9 @@ async def read_facts(
         text(
             "SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)"
             " AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))"
+            " AND kind <> ALL(CAST(:exempt AS text[]))"
         ),
-        {"e": email, "since": since, "d": list(OUTGOING)},
+        {"e": email, "since": since, "d": list(OUTGOING), "exempt": list(CAP_EXEMPT_KINDS)},
     )
     return StoredFacts(
         key_holder=holder,
@@ -162,11 +175,14 @@ async def insert_attempt(
     idempotency_key: str | None,
     duplicate_of_id: uuid.UUID | None = None,
     redirected_to: str | None = None,
+    kind: str = "transactional",
+    handoff: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     """Write an attempt's decision row.
 
     A gated decision is final (status ``skipped``, no key held); ``queued`` holds the
     key while the message goes to the provider, and :func:`finish` records the outcome.
+    ``handoff`` (``queued`` only) is what a worker needs to deliver it later.
     """
     gated = decision in _GATED
     row_id: uuid.UUID | None = await session.scalar(
@@ -175,12 +191,12 @@ async def insert_attempt(
             INSERT INTO email_sends (
                 contact_id, user_id, user_email, to_email, from_email, subject, template_key,
                 category, journey_id, journey_state_id, campaign_id, idempotency_key,
-                duplicate_of_id, redirected_to, status, decision, decision_detail
+                duplicate_of_id, redirected_to, status, decision, decision_detail, kind, handoff
             ) VALUES (
                 :contact_id, :user_id, :to_email, :to_email, :from_email, :subject,
                 :template_key, :category, :journey_id, :journey_state_id, :campaign_id,
                 :key, :duplicate_of_id, :redirected_to, :status, :decision,
-                CAST(:detail AS jsonb)
+                CAST(:detail AS jsonb), :kind, CAST(:handoff AS jsonb)
             ) RETURNING id
             """
         ),
@@ -201,6 +217,8 @@ async def insert_attempt(
             "status": "skipped" if gated else "queued",
             "decision": decision,
             "detail": None if detail is None else to_json(detail),
+            "kind": kind,
+            "handoff": None if handoff is None or gated else to_json(handoff),
         },
     )
     assert row_id is not None
@@ -239,6 +257,7 @@ async def finish(
                 last_error = :error,
                 subject = coalesce(:subject, subject),
                 sent_at = CASE WHEN :ok THEN now() END,
+                handoff = NULL,
                 updated_at = now()
             WHERE id = :id
             """
@@ -271,11 +290,127 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
                 decision_detail = coalesce(decision_detail, '{}'::jsonb)
                     || '{"gate": "provider_error", "interrupted": true}'::jsonb,
                 updated_at = now()
-            WHERE id = :id AND decision = 'queued'
+            WHERE id = :id AND decision = 'queued' AND handoff IS NULL
             """
         ),
         {"id": send_id},
     )
+
+
+# --------------------------------------------------------------------------- hand-off
+
+TRY_LOCK_DELIVERY = text(
+    "SELECT pg_try_advisory_lock(hashtextextended('hogsend.send-delivery:' || :id, 0))"
+)
+UNLOCK_DELIVERY = text(
+    "SELECT pg_advisory_unlock(hashtextextended('hogsend.send-delivery:' || :id, 0))"
+)
+
+
+def lock_delivery_sql() -> tuple[Any, Any]:
+    """The statements trying and releasing the session-level lock on delivering one send.
+
+    A worker holds it for the whole delivery of a handed-off send, so two workers never
+    deliver the same one; it dies with the connection of a worker that dies.
+    """
+    return TRY_LOCK_DELIVERY, UNLOCK_DELIVERY
+
+
+async def notify_handoff(session: AsyncSession) -> None:
+    """Wake idle couriers when the caller's transaction commits."""
+    await session.execute(text(f"SELECT pg_notify('{HANDOFF_CHANNEL}', '')"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handoff:
+    """A handed-off attempt waiting for a worker, with what delivering it needs."""
+
+    id: uuid.UUID
+    contact_id: uuid.UUID | None
+    to_email: str
+    from_email: str
+    subject: str | None
+    template_key: str
+    category: str | None
+    kind: str
+    journey_id: str | None
+    journey_state_id: uuid.UUID | None
+    campaign_id: uuid.UUID | None
+    idempotency_key: str | None
+    redirected_to: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+async def load_handoff(session: AsyncSession, send_id: uuid.UUID) -> Handoff | None:
+    """The attempt ``send_id`` if it still waits for delivery (else None)."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT id, contact_id, to_email, from_email, subject, template_key, category,
+                    kind, journey_id, journey_state_id, campaign_id, idempotency_key,
+                    redirected_to, handoff AS payload, created_at
+                FROM email_sends
+                WHERE id = :id AND decision = 'queued' AND handoff IS NOT NULL
+                """
+            ),
+            {"id": send_id},
+        )
+    ).first()
+    return Handoff(**row._mapping) if row is not None else None
+
+
+async def due_handoffs(
+    session: AsyncSession, *, limit: int, skip: Sequence[uuid.UUID] = ()
+) -> list[uuid.UUID]:
+    """Up to ``limit`` handed-off attempts, oldest first, leaving out ``skip``."""
+    rows = await session.execute(
+        text(
+            "SELECT id FROM email_sends WHERE handoff IS NOT NULL"
+            " AND id <> ALL(CAST(:skip AS uuid[])) ORDER BY created_at, id LIMIT :limit"
+        ),
+        {"skip": list(skip), "limit": limit},
+    )
+    return [row.id for row in rows]
+
+
+async def pending_handoffs(session: AsyncSession) -> int:
+    """How many handed-off attempts wait for a worker."""
+    count = await session.scalar(text("SELECT count(*) FROM email_sends WHERE handoff IS NOT NULL"))
+    return int(count or 0)
+
+
+async def close_handoff(
+    session: AsyncSession, send_id: uuid.UUID, *, decision: str, detail: dict[str, Any]
+) -> None:
+    """Stop a handed-off attempt with a gate's decision (it never reaches a provider)."""
+    await session.execute(
+        text(
+            """
+            UPDATE email_sends SET decision = :decision, status = 'skipped',
+                idempotency_key = NULL, handoff = NULL,
+                decision_detail = CAST(:detail AS jsonb), updated_at = now()
+            WHERE id = :id AND decision = 'queued'
+            """
+        ),
+        {"id": send_id, "decision": decision, "detail": to_json(detail)},
+    )
+
+
+async def address_suppression(session: AsyncSession, email: str) -> str | None:
+    """Why ``email`` is suppressed (``hard_bounce``, ``complaint`` ...), None when it is not."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)"
+            ),
+            {"e": email},
+        )
+    ).first()
+    if row is None or not row.suppressed:
+        return None
+    return str(row.reason or "suppressed")
 
 
 # --------------------------------------------------------------------------- listing
@@ -307,13 +442,14 @@ class SendRecord:
     attempts: int
     last_error: str | None
     sent_at: datetime | None
+    kind: str = "transactional"
 
 
 _COLUMNS = (
     "id, created_at, updated_at, decision, status, decision_detail, to_email, from_email,"
     " redirected_to, subject, template_key, category, journey_id, journey_state_id,"
     " campaign_id, duplicate_of_id, idempotency_key, provider, provider_message_id, attempts,"
-    " last_error, sent_at"
+    " last_error, sent_at, kind"
 )
 
 
@@ -367,3 +503,13 @@ async def list_sends(
         params,
     )
     return page_of([_record(row) for row in rows], limit, _cursor)
+
+
+async def get_send(session: AsyncSession, send_id: uuid.UUID) -> SendRecord | None:
+    """One attempt by id."""
+    row = (
+        await session.execute(
+            text(f"SELECT {_COLUMNS} FROM email_sends WHERE id = :id"), {"id": send_id}
+        )
+    ).first()
+    return _record(row) if row is not None else None

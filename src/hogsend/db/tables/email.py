@@ -45,6 +45,9 @@ GATE_DECISIONS = (
     "deferred",
 )
 SUPPRESSION_REASONS = ("hard_bounce", "soft_bounce", "complaint", "manual", "import")
+# Who sent it, which decides the gates: transactional and test sends are exempt from
+# unsubscribes and the frequency cap, and the cap does not count them.
+SEND_KINDS = ("transactional", "journey", "campaign", "test")
 
 
 class EmailSend(Timestamps, Base):
@@ -99,6 +102,10 @@ class EmailSend(Timestamps, Base):
     click_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     bounce_type: Mapped[str | None] = mapped_column(Text)
     bounce_reason: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text, server_default=text("'transactional'"))
+    # A send decided now and delivered by a worker: what the worker needs to render and
+    # send it. Set only while the row is ``queued``; cleared when the outcome is recorded.
+    handoff: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         Index(
@@ -120,6 +127,12 @@ class EmailSend(Timestamps, Base):
         Index("ix_email_sends_user_id", "user_id"),
         Index("ix_email_sends_status", "status"),
         Index("ix_email_sends_created_at", "created_at"),
+        # The worker's queue of handed-off sends, oldest first.
+        Index(
+            "ix_email_sends_handoff",
+            "created_at",
+            postgresql_where=text("handoff IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('queued','sent','delivered','opened','clicked','bounced','complained',"
             "'failed','skipped')",
@@ -139,6 +152,11 @@ class EmailSend(Timestamps, Base):
             "idempotency_key IS NULL OR decision IN ('queued','sent','redirected')",
             name="key_held_by_outgoing",
         ),
+        CheckConstraint(
+            "kind IN ('transactional','journey','campaign','test')",
+            name="kind_known",
+        ),
+        CheckConstraint("handoff IS NULL OR decision = 'queued'", name="handoff_only_queued"),
     )
 
 
