@@ -123,6 +123,15 @@ class Settings(BaseSettings):
     mailer_retry_max_seconds: float = Field(
         default=30.0, ge=0, description="Longest wait between two provider calls of one send."
     )
+    deferred_sweep_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often a worker sends the deferred sends whose window has opened.",
+    )
+    deferred_sweep_batch_size: int = Field(
+        default=200, ge=1, le=10_000, description="Deferred sends one sweep loads at once."
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

@@ -30,6 +30,7 @@ TABLES = {
     "journey_logs",
     "journey_states",
     # email
+    "deferred_sends",
     "email_preferences",
     "email_sends",
     "email_suppressions",

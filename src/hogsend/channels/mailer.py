@@ -21,10 +21,12 @@ docs/email.md describes the at-least-once window between steps 3 and 4.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -100,6 +102,10 @@ class SendRequest:
         idempotency_key: a key naming this send; a second attempt with a key that went
             out is a ``duplicate``. Journeys use ``<workflow id>:<step>``.
         skip_preference_check: skip the unsubscribe and cap gates (admin test sends).
+        resend_when_open: on a ``deferred`` decision, keep the request so the worker's
+            deferred-send sweep sends it again when the window opens. Senders that wait
+            and call again themselves with the same idempotency key (durable journeys)
+            pass False; if both resend, the key lets only one of them send.
     """
 
     template: str
@@ -119,6 +125,7 @@ class SendRequest:
     send_window: SendWindow | None = None
     idempotency_key: str | None = None
     skip_preference_check: bool = False
+    resend_when_open: bool = True
 
     def __post_init__(self) -> None:
         if self.contact_id is None and self.to_email is None:
@@ -345,7 +352,7 @@ class Mailer:
                 # We hold the key's lock, so its attempt is not running: its process died
                 # between queueing and recording the outcome. Take over, same key.
                 await sends.abandon(session, holder.id)
-            result = decide(facts)
+            result = _with_resend_note(request, decide(facts))
             send_id = await sends.insert_attempt(
                 session,
                 decision=result.decision if not result.goes_out else "queued",
@@ -364,6 +371,8 @@ class Mailer:
                 duplicate_of_id=result.duplicate_of,
                 redirected_to=test_to,
             )
+            if result.decision == "deferred" and request.resend_when_open:
+                await _keep_deferred(session, request, send_id, result)
         if not result.goes_out:
             return SendOutcome(
                 send_id=send_id,
@@ -662,4 +671,85 @@ async def explain(
         deferred_until=result.deferred_until,
         facts=facts,
         recent=page.items,
+    )
+
+
+# --------------------------------------------------------------------------- deferred sends
+
+DEFERRED_KEY_PREFIX = "hogsend-deferred:"
+"""Prefix of the key given to a deferred send that had none, so its resend is keyed."""
+
+_UUID_FIELDS = frozenset({"contact_id", "journey_state_id", "campaign_id"})
+
+
+def request_record(request: SendRequest) -> dict[str, Any]:
+    """``request`` as JSON-ready values, for ``deferred_sends.request``.
+
+    Props are stored as JSON: datetimes and UUIDs in them come back as strings.
+    :func:`request_from_record` reverses it.
+    """
+    record: dict[str, Any] = {}
+    for spec in dataclasses.fields(request):
+        value = getattr(request, spec.name)
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, timedelta):
+            value = value.total_seconds()
+        elif isinstance(value, SendWindow):
+            value = {
+                "start": value.start.isoformat(),
+                "end": value.end.isoformat(),
+                "weekdays": sorted(value.weekdays),
+                "timezone": value.timezone,
+            }
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        record[spec.name] = value
+    return record
+
+
+def request_from_record(record: Mapping[str, Any]) -> SendRequest:
+    """The :class:`SendRequest` a :func:`request_record` stored.
+
+    Names this version does not know (written by a newer one) are ignored.
+    """
+    known = {spec.name for spec in dataclasses.fields(SendRequest)}
+    values: dict[str, Any] = {k: v for k, v in record.items() if k in known}
+    for name in _UUID_FIELDS & values.keys():
+        if values[name] is not None:
+            values[name] = uuid.UUID(values[name])
+    if values.get("suppress_gap") is not None:
+        values["suppress_gap"] = timedelta(seconds=values["suppress_gap"])
+    window = values.get("send_window")
+    if window is not None:
+        values["send_window"] = SendWindow(
+            start=dt_time.fromisoformat(window["start"]),
+            end=dt_time.fromisoformat(window["end"]),
+            weekdays=frozenset(window["weekdays"]),
+            timezone=window["timezone"],
+        )
+    return SendRequest(**values)
+
+
+def _with_resend_note(request: SendRequest, result: GateResult) -> GateResult:
+    """A ``deferred`` result says who sends again: the sweep or the caller."""
+    if result.decision != "deferred":
+        return result
+    who = "sweep" if request.resend_when_open else "caller"
+    return dataclasses.replace(result, detail={**result.detail, "resend": who})
+
+
+async def _keep_deferred(
+    session: AsyncSession, request: SendRequest, send_id: uuid.UUID, result: GateResult
+) -> None:
+    """Store a deferred request (in the decision row's transaction) for the sweep."""
+    assert result.deferred_until is not None
+    if request.idempotency_key is None:
+        # A key makes the resend exactly-once even if the sweep dies around it.
+        request = dataclasses.replace(request, idempotency_key=f"{DEFERRED_KEY_PREFIX}{send_id}")
+    await sends.insert_deferred(
+        session,
+        email_send_id=send_id,
+        due_at=result.deferred_until,
+        request=request_record(request),
     )

@@ -4,8 +4,10 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
-             → the event dispatcher (hogsend.runtime.dispatcher)
-    stop()   stop the dispatcher (rows in flight finish, the rest are released) → stop
+             → the event dispatcher (hogsend.runtime.dispatcher) → the deferred-send
+             sweep (hogsend.runtime.deferred; only for an app with templates)
+    stop()   stop the sweep (resends in flight finish) → stop the dispatcher (rows in
+             flight finish, the rest are released) → stop
              the heartbeat → DBOS stops dequeuing and drains running workflows for a
              few seconds → mark the heartbeat row stopped → release the database
 
@@ -34,6 +36,7 @@ from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
+from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
@@ -83,6 +86,7 @@ class Worker:
         self._started_at: datetime | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.dispatcher: Dispatcher | None = None
+        self.deferred: DeferredSweep | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -120,6 +124,9 @@ class Worker:
             database_url=self.database_url,
         )
         await self.dispatcher.start()
+        if self.app.templates is not None:
+            self.deferred = DeferredSweep.from_settings(self.app, self.settings, self.engine)
+            await self.deferred.start()
         self._running = True
         log.info(
             "worker started",
@@ -138,6 +145,9 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.deferred is not None:
+            await self.deferred.stop(timeout=self.drain_seconds)
+            self.deferred = None
         if self.dispatcher is not None:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)

@@ -367,3 +367,103 @@ async def list_sends(
         params,
     )
     return page_of([_record(row) for row in rows], limit, _cursor)
+
+
+# --------------------------------------------------------------------------- deferred sends
+
+SWEEP_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('hogsend.deferred-sweep', 0))")
+SWEEP_UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('hogsend.deferred-sweep', 0))")
+
+
+def sweep_lock_sql() -> tuple[Any, Any]:
+    """The statements trying and releasing the session-level lock of the deferred-send sweep.
+
+    Held for a whole sweep, it lets one worker at a time resend; the others skip the
+    round. A worker that dies releases it with its connection.
+    """
+    return SWEEP_LOCK, SWEEP_UNLOCK
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferredRecord:
+    """A deferred send waiting for its window (``deferred_sends``).
+
+    Attributes:
+        id: the row.
+        email_send_id: the ``deferred`` attempt it came from.
+        due_at: when the window opens.
+        request: the stored request (``hogsend.channels.mailer.request_record``).
+        attempts: sweep rounds that failed on it so far.
+    """
+
+    id: uuid.UUID
+    email_send_id: uuid.UUID
+    due_at: datetime
+    request: dict[str, Any]
+    attempts: int
+
+
+async def insert_deferred(
+    session: AsyncSession,
+    *,
+    email_send_id: uuid.UUID,
+    due_at: datetime,
+    request: dict[str, Any],
+) -> uuid.UUID:
+    """Keep a deferred request until ``due_at``; written with its ``deferred`` row."""
+    row_id: uuid.UUID | None = await session.scalar(
+        text(
+            "INSERT INTO deferred_sends (email_send_id, due_at, request)"
+            " VALUES (:send, :due, CAST(:request AS jsonb)) RETURNING id"
+        ),
+        {"send": email_send_id, "due": due_at, "request": to_json(request)},
+    )
+    assert row_id is not None
+    return row_id
+
+
+async def due_deferred(session: AsyncSession, *, now: datetime, limit: int) -> list[DeferredRecord]:
+    """Pending deferred sends due at ``now``, the longest waiting first."""
+    rows = await session.execute(
+        text(
+            "SELECT id, email_send_id, due_at, request, attempts FROM deferred_sends"
+            " WHERE status = 'pending' AND due_at <= :now ORDER BY due_at, id LIMIT :limit"
+        ),
+        {"now": now, "limit": limit},
+    )
+    return [DeferredRecord(**dict(row._mapping)) for row in rows]
+
+
+async def finish_deferred(
+    session: AsyncSession,
+    deferred_id: uuid.UUID,
+    *,
+    resent_send_id: uuid.UUID,
+    resent_decision: str,
+) -> None:
+    """Record the attempt the sweep made for a deferred send; it is not sent again."""
+    await session.execute(
+        text(
+            "UPDATE deferred_sends SET status = 'done', resent_send_id = :sent,"
+            " resent_decision = :decision, updated_at = now()"
+            " WHERE id = :id AND status = 'pending'"
+        ),
+        {"id": deferred_id, "sent": resent_send_id, "decision": resent_decision},
+    )
+
+
+async def postpone_deferred(
+    session: AsyncSession, deferred_id: uuid.UUID, *, error: str, retry_at: datetime | None
+) -> None:
+    """A sweep round failed on a deferred send: try again at ``retry_at``, or give up (None)."""
+    await session.execute(
+        text(
+            "UPDATE deferred_sends SET attempts = attempts + 1, last_error = :error,"
+            " due_at = coalesce(CAST(:retry_at AS timestamptz), due_at),"
+            " status = CASE WHEN CAST(:retry_at AS timestamptz) IS NULL"
+            " THEN 'failed' ELSE status END,"
+            " updated_at = now()"
+            " WHERE id = :id AND status = 'pending'"
+        ),
+        {"id": deferred_id, "error": error, "retry_at": retry_at},
+    )

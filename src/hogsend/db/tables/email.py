@@ -249,3 +249,47 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
 
     __table_args__ = (Index("ix_outbox_messages_to_email", "to_email"),)
+
+
+DEFERRED_STATUSES = ("pending", "done", "failed")
+
+
+class DeferredSend(Timestamps, Base):
+    """A send the mailer deferred to its send window's opening, kept until it is sent again.
+
+    Written in the transaction of the ``deferred`` decision row, so a deferred send is
+    never lost; the worker's deferred-send sweep (hogsend.runtime.deferred) hands it back
+    to the mailer once ``due_at`` passes. Senders that wait and retry themselves (durable
+    journeys) leave no row here.
+    """
+
+    __tablename__ = "deferred_sends"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    # The attempt that was deferred; its row stays ``deferred`` (one row per attempt).
+    email_send_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("email_sends.id", ondelete="CASCADE"),
+        unique=True,
+    )
+    due_at: Mapped[datetime]
+    # The SendRequest to make again (hogsend.channels.mailer.request_record).
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    # Sweep rounds that failed before reaching a decision (database down, bad template).
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # The attempt the sweep made, and its decision (sent, unsubscribed, deferred again ...).
+    resent_send_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="SET NULL")
+    )
+    resent_decision: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "ix_deferred_sends_due",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        CheckConstraint("status IN ('pending','done','failed')", name="status_known"),
+    )
