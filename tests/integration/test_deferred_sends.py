@@ -428,3 +428,44 @@ def test_a_request_survives_its_record() -> None:
     assert request_from_record(record) == request
     # A field written by a newer version is ignored.
     assert request_from_record({**record, "future_field": 1}) == request
+
+
+@pytest.mark.timeout(120)
+async def test_the_worker_runs_the_sweep(env: Env, database_url: str, fetch_all: FetchAll) -> None:
+    from hogsend.runtime.worker import Worker
+
+    # Deferred "yesterday" to today's window (whole days, UTC), so it is due at real now.
+    now = datetime.now(UTC)
+    today_only = SendWindow(
+        start=time(0), end=time(0), weekdays=frozenset({now.weekday()}), timezone="UTC"
+    )
+    env.clock.now = now - timedelta(days=1)
+    contact_id = await new_contact(env.engine, "jo@example.com")
+    deferred = await env.mailer.send(digest(contact_id, send_window=today_only))
+    assert deferred.decision == "deferred"
+    assert deferred.deferred_until is not None
+    assert deferred.deferred_until <= now
+
+    # The worker's own mailer uses the default provider, the outbox.
+    settings = Settings(
+        env="test",
+        database_url=database_url,
+        worker_id="sweep-worker",
+        secret_key="k" * 40,
+        deferred_sweep_seconds=0.1,
+        log_format="console",
+    )
+    worker = Worker(env.app, settings)
+    await worker.start()
+    try:
+        assert worker.deferred is not None
+        for _ in range(200):
+            stored = await fetch_all("SELECT to_email, subject FROM outbox_messages")
+            if stored:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+    assert stored == [{"to_email": "jo@example.com", "subject": "Your digest, Ann"}]
+    [kept] = await fetch_all("SELECT status, resent_decision FROM deferred_sends")
+    assert kept == {"status": "done", "resent_decision": "sent"}
