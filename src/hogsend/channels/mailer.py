@@ -479,7 +479,8 @@ class Mailer:
             tags={"template": request.template, "kind": request.kind},
             email_send_id=send_id,
         )
-        accepted, calls, error = await self._call_provider(provider, message)
+        retries: list[dict[str, Any]] = []
+        accepted, calls, error = await self._call_provider(provider, message, retries)
         if accepted is None:
             assert error is not None
             detail = {
@@ -490,6 +491,8 @@ class Mailer:
                 "status": error.status if isinstance(error, ProviderError) else None,
                 "providerCalls": calls,
             }
+            if retries:
+                detail["retries"] = retries
             await self._finish(
                 conn,
                 send_id,
@@ -509,6 +512,8 @@ class Mailer:
         }
         if redirected:
             detail["redirectedTo"] = to if provider is self.provider else "outbox"
+        if retries:
+            detail["retries"] = retries
         await self._finish(
             conn,
             send_id,
@@ -534,9 +539,16 @@ class Mailer:
         return self._test_provider
 
     async def _call_provider(
-        self, provider: EmailProvider, message: OutgoingEmail
+        self,
+        provider: EmailProvider,
+        message: OutgoingEmail,
+        retries: list[dict[str, Any]] | None = None,
     ) -> tuple[ProviderResult | None, int, BaseException | None]:
-        """(result, provider calls, last error): transient errors retried with backoff."""
+        """(result, provider calls, last error): transient errors retried with backoff.
+
+        Each transient error followed by a wait is appended to ``retries`` (status,
+        error, seconds waited), for the decision row.
+        """
         calls = 0
         base = self.settings.mailer_retry_base_seconds
         ceiling = self.settings.mailer_retry_max_seconds
@@ -547,8 +559,12 @@ class Mailer:
                 calls += 1
                 if attempt == self.settings.mailer_max_attempts:
                     return None, calls, exc
-                delay = max(base * 2 ** (attempt - 1), exc.retry_after or 0.0)
-                await self._sleep(min(delay, ceiling))
+                delay = min(max(base * 2 ** (attempt - 1), exc.retry_after or 0.0), ceiling)
+                if retries is not None:
+                    retries.append(
+                        {"status": exc.status, "error": str(exc), "waitSeconds": round(delay, 3)}
+                    )
+                await self._sleep(delay)
                 continue
             except ProviderError as exc:  # permanent: retrying cannot help
                 return None, calls + 1, exc
