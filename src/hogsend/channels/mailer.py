@@ -49,6 +49,7 @@ from hogsend.db.repos import sends
 from hogsend.errors import (
     ConfigurationError,
     NoRecipient,
+    ProviderAlreadyAccepted,
     ProviderError,
     TemplateError,
     TemplateNotFound,
@@ -481,6 +482,10 @@ class Mailer:
         )
         retries: list[dict[str, Any]] = []
         accepted, calls, error = await self._call_provider(provider, message, retries)
+        if isinstance(error, ProviderAlreadyAccepted):
+            return await self._already_accepted(
+                conn, send_id, result=result, error=error, calls=calls, subject=rendered.subject
+            )
         if accepted is None:
             assert error is not None
             detail = {
@@ -530,6 +535,39 @@ class Mailer:
             detail=detail,
             provider_message_id=accepted.message_id,
         )
+
+    async def _already_accepted(
+        self,
+        conn: AsyncConnection | None,
+        send_id: uuid.UUID,
+        *,
+        result: GateResult,
+        error: ProviderAlreadyAccepted,
+        calls: int,
+        subject: str,
+    ) -> SendOutcome:
+        """The provider took this key before: an earlier attempt went out, so this one did.
+
+        That attempt died before recording it (or timed out after the provider took
+        it); the message left once, under an id the provider did not repeat.
+        """
+        detail = {
+            "gate": result.decision,
+            "provider": error.provider,
+            "providerCalls": calls,
+            "providerDuplicate": True,
+            "providerAnswer": str(error),
+        }
+        await self._finish(
+            conn,
+            send_id,
+            decision=result.decision,
+            detail=detail,
+            attempts=calls,
+            provider=error.provider,
+            subject=subject,
+        )
+        return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
 
     def _outbox(self) -> EmailProvider:
         if self._test_provider is None:
