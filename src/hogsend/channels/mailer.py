@@ -308,16 +308,16 @@ class Mailer:
         key = request.idempotency_key
         if key is None:
             return await self._attempt(request, None)
-        lock, unlock = sends.lock_key_sql()
+        _, unlock = sends.lock_key_sql()
         async with self.engine.connect() as conn:
-            await conn.execute(lock, {"key": key})
-            await conn.commit()
             try:
+                # Takes the key's lock first thing in its transaction (see _attempt).
                 return await self._attempt(request, conn)
             finally:
                 try:
+                    # One statement, no transaction around it: fewer round trips.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
                     await conn.execute(unlock, {"key": key})
-                    await conn.commit()
                 except BaseException:
                     # Closing the connection is the other way to release the lock.
                     await conn.invalidate()
@@ -333,6 +333,10 @@ class Mailer:
         now = self._clock()
         test_to = self.settings.test_mode_recipient if self.settings.test_mode else None
         async with self._session(conn) as session, session.begin():
+            if request.idempotency_key is not None:
+                # Session-level, so held past this commit until send() releases it; the
+                # reads below (READ COMMITTED) see whatever the previous holder wrote.
+                await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
             who = await _recipient(session, request)
             if who.to_email:
                 await sends.lock_address(session, who.to_email)

@@ -77,68 +77,64 @@ async def read_facts(
     journey_id: str | None,
     since: datetime,
 ) -> StoredFacts:
-    """Read every fact the gates need, in the caller's transaction."""
-    holder = None
-    if idempotency_key is not None:
-        row = (
-            await session.execute(
-                text("SELECT id, decision, status FROM email_sends WHERE idempotency_key = :k"),
-                {"k": idempotency_key},
-            )
-        ).first()
-        if row is not None:
-            holder = KeyHolder(id=row.id, decision=row.decision, status=row.status)
-    # Keyed on the address itself (lower-cased, like its unique index), never a contact.
-    suppression = (
+    """Read every fact the gates need, in the caller's transaction, in one statement.
+
+    Absent inputs (no key, contact, list or journey) read as "no fact": their
+    subqueries compare with NULL and find nothing.
+    """
+    row = (
         await session.execute(
-            text(
-                "SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)"
-            ),
-            {"e": email},
+            _FACTS,
+            {
+                "k": idempotency_key,
+                "c": contact_id,
+                "e": email,
+                "l": list_id,
+                "j": journey_id,
+                "since": since,
+                "d": list(OUTGOING),
+            },
         )
-    ).first()
-    unsubscribed_all = False
-    choice: bool | None = None
-    last_sent: datetime | None = None
-    if contact_id is not None:
-        unsubscribed_all = bool(
-            await session.scalar(
-                text("SELECT unsubscribed_all FROM email_preferences WHERE contact_id = :c"),
-                {"c": contact_id},
-            )
-        )
-        if list_id is not None:
-            choice = await session.scalar(
-                text(
-                    "SELECT subscribed FROM list_subscriptions"
-                    " WHERE contact_id = :c AND list_id = :l"
-                ),
-                {"c": contact_id, "l": list_id},
-            )
-        if journey_id is not None:
-            last_sent = await session.scalar(
-                text(
-                    "SELECT max(created_at) FROM email_sends WHERE contact_id = :c"
-                    " AND journey_id = :j AND decision = ANY(CAST(:d AS text[]))"
-                ),
-                {"c": contact_id, "j": journey_id, "d": list(OUTGOING)},
-            )
-    recent = await session.scalar(
-        text(
-            "SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)"
-            " AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))"
-        ),
-        {"e": email, "since": since, "d": list(OUTGOING)},
-    )
+    ).one()
+    holder = None
+    if row.holder_id is not None:
+        holder = KeyHolder(id=row.holder_id, decision=row.holder_decision, status=row.holder_status)
     return StoredFacts(
         key_holder=holder,
-        suppressed=bool(suppression.suppressed) if suppression is not None else False,
-        suppression_reason=suppression.reason if suppression is not None else None,
-        unsubscribed_all=unsubscribed_all,
-        list_choice=choice,
-        journey_last_sent_at=last_sent,
-        recent_sends=int(recent or 0),
+        suppressed=bool(row.suppressed),
+        suppression_reason=row.suppression_reason,
+        unsubscribed_all=bool(row.unsubscribed_all),
+        list_choice=row.list_choice,
+        journey_last_sent_at=row.journey_last_sent_at,
+        recent_sends=int(row.recent_sends or 0),
     )
+
+
+# One round trip instead of six: this runs for every attempt. Suppressions are keyed on
+# the address itself (lower-cased, like its unique index), never on a contact.
+_FACTS = text(
+    """
+    SELECT
+        holder.id AS holder_id, holder.decision AS holder_decision,
+        holder.status AS holder_status,
+        suppression.suppressed, suppression.reason AS suppression_reason,
+        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = :c)
+            AS unsubscribed_all,
+        (SELECT subscribed FROM list_subscriptions WHERE contact_id = :c AND list_id = :l)
+            AS list_choice,
+        (SELECT max(created_at) FROM email_sends WHERE contact_id = :c AND journey_id = :j
+            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
+        (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)
+            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))) AS recent_sends
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT id, decision, status FROM email_sends WHERE idempotency_key = :k
+    ) AS holder ON true
+    LEFT JOIN LATERAL (
+        SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)
+    ) AS suppression ON true
+    """
+)
 
 
 _GATED = ("duplicate", "skipped_deleted", "suppressed", "unsubscribed", "capped", "deferred")

@@ -116,6 +116,8 @@ class EmailSend(Timestamps, Base):
         ),
         # Frequency caps count recent sends per address (and per category).
         Index("ix_email_sends_to_email_created_at_category", "to_email", "created_at", "category"),
+        # The mailer counts them by lower-cased address (its facts query, every attempt).
+        Index("ix_email_sends_lower_to_email_created_at", func.lower(to_email), "created_at"),
         Index("ix_email_sends_contact_id_created_at", "contact_id", "created_at"),
         Index("ix_email_sends_user_id", "user_id"),
         Index("ix_email_sends_status", "status"),

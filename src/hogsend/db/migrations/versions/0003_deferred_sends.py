@@ -1,4 +1,4 @@
-"""deferred_sends: deferred attempts kept until the sweep sends them
+"""deferred_sends: deferred attempts kept until the sweep sends them; sends by lower(address)
 
 Revision ID: 0003_deferred_sends
 Revises: 0002
@@ -68,9 +68,16 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'pending'"),
     )
+    op.create_index(
+        "ix_email_sends_lower_to_email_created_at",
+        "email_sends",
+        [sa.text("lower(to_email)"), "created_at"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_email_sends_lower_to_email_created_at", table_name="email_sends")
     op.drop_index(
         "ix_deferred_sends_due",
         table_name="deferred_sends",
