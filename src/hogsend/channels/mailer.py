@@ -627,6 +627,10 @@ class Mailer:
         error: str | None = None,
         subject: str | None = None,
     ) -> None:
+        if conn is not None:
+            # sends.finish is one UPDATE, atomic by itself: autocommit spares the BEGIN
+            # and COMMIT round trips. Nothing on this connection needs a transaction now.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
         async with self._session(conn) as session, session.begin():
             await sends.finish(
                 session,
