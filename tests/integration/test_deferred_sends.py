@@ -25,13 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import Hogsend, define_list
 from hogsend.channels.email import OutgoingEmail, ProviderResult, SmtpProvider
-from hogsend.channels.mailer import (
-    DEFERRED_KEY_PREFIX,
-    Mailer,
-    SendRequest,
-    request_from_record,
-    request_record,
-)
+from hogsend.channels.mailer import DEFERRED_KEY_PREFIX, Mailer, SendRequest
 from hogsend.core.mailer_gates import SendWindow
 from hogsend.runtime.deferred import MAX_ROUNDS, DeferredSweep
 from hogsend.settings import Settings
@@ -397,37 +391,6 @@ async def test_a_template_gone_since_fails_at_once(env: Env, fetch_all: FetchAll
     [kept] = await fetch_all("SELECT status, attempts, last_error FROM deferred_sends")
     assert kept["status"] == "failed"
     assert kept["last_error"].startswith("TemplateNotFound")
-
-
-def test_a_request_survives_its_record() -> None:
-    request = SendRequest(
-        template="digest",
-        contact_id=uuid.uuid4(),
-        to_email="x@example.com",
-        props={"n": 1, "items": ["a", "b"], "nested": {"k": None}},
-        subject="S",
-        from_email="Me <me@example.com>",
-        reply_to="r@example.com",
-        category="newsletter",
-        list_id="newsletter",
-        kind="journey",
-        journey_id="onboarding",
-        journey_state_id=uuid.uuid4(),
-        campaign_id=uuid.uuid4(),
-        suppress_gap=timedelta(days=2, seconds=5),
-        send_window=SendWindow(
-            start=time(22, 30), end=time(6), weekdays=frozenset({0, 4}), timezone="Asia/Tokyo"
-        ),
-        idempotency_key="k",
-        skip_preference_check=True,
-        resend_when_open=False,
-    )
-    import json
-
-    record = json.loads(json.dumps(request_record(request)))
-    assert request_from_record(record) == request
-    # A field written by a newer version is ignored.
-    assert request_from_record({**record, "future_field": 1}) == request
 
 
 @pytest.mark.timeout(120)
