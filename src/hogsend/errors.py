@@ -12,6 +12,7 @@
     ├── ProviderError               an email provider refused or failed a message
     │   ├── TransientProviderError  worth retrying later (429, 5xx, SMTP 4xx, network)
     │   └── PermanentProviderError  retrying will not help (HTTP 4xx, SMTP 5xx)
+    │       └── ProviderAlreadyAccepted  sent before under the same idempotency key
     ├── NoRecipient                 a send has no address to go to (nothing is written)
     ├── RegistrationClosedError     registering on a Hogsend app after launch
     ├── DatabaseError               embedded Postgres or migrations cannot be brought up
@@ -159,6 +160,17 @@ class PermanentProviderError(ProviderError):
     """A refusal that retrying cannot fix: a rejected recipient, a malformed request."""
 
     code = "provider-permanent"
+
+
+class ProviderAlreadyAccepted(PermanentProviderError):
+    """The provider already accepted a message under this idempotency key; its id is unknown.
+
+    Resend answers so (409 ``invalid_idempotent_request``) when an earlier request with
+    the key had a different body, e.g. an attempt that went out and then died before
+    recording it. The mailer records such a send as gone out.
+    """
+
+    code = "provider-already-accepted"
 
 
 class NoRecipient(HogsendError):

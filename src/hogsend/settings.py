@@ -171,6 +171,15 @@ class Settings(BaseSettings):
     email_queue_concurrency: int = Field(
         default=4, ge=1, le=100, description="Handed-off sends one worker delivers at once."
     )
+    deferred_sweep_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often a worker sends the deferred sends whose window has opened.",
+    )
+    deferred_sweep_batch_size: int = Field(
+        default=200, ge=1, le=10_000, description="Deferred sends one sweep loads at once."
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

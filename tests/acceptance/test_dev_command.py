@@ -49,6 +49,7 @@ def test_dev_is_healthy_and_survives_crashes(
     assert body["database"]["status"] == "up"
     first = dev.last_run_output()
     assert "/studio" in first
+    assert "test mode: every send goes to the outbox" in first
     key = re.search(r"^\s+(hsk_\S+)\s*$", first, re.MULTILINE)
     assert key is not None, first
     studio = httpx.get(f"{dev.base_url}/studio", timeout=5)

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hogsend.channels.email import OutgoingEmail, ResendProvider, build_provider
-from hogsend.errors import PermanentProviderError, TransientProviderError
+from hogsend.errors import PermanentProviderError, ProviderAlreadyAccepted, TransientProviderError
 from hogsend.settings import Settings
 
 received: list[dict[str, Any]] = []
@@ -32,6 +32,19 @@ async def emails(request: Request) -> JSONResponse:
             {"name": "rate_limit_exceeded", "message": "slow down"},
             status_code=429,
             headers={"Retry-After": "7"},
+        )
+    if to.startswith("status409replay"):
+        return JSONResponse(
+            {
+                "name": "invalid_idempotent_request",
+                "message": "Same idempotency key used with a different request payload.",
+            },
+            status_code=409,
+        )
+    if to.startswith("status409busy"):
+        return JSONResponse(
+            {"name": "concurrent_idempotent_requests", "message": "in progress"},
+            status_code=409,
         )
     if to.startswith("status500"):
         return JSONResponse({"name": "internal_server_error", "message": "x"}, status_code=500)
@@ -152,3 +165,19 @@ async def test_factory_builds_a_paced_resend_provider(base_url: str) -> None:
     await provider.aclose()
     assert result.message_id.startswith("re_")
     assert result.attempts == 1
+
+
+async def test_a_key_reused_with_another_body_was_already_accepted(base_url: str) -> None:
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    with pytest.raises(ProviderAlreadyAccepted, match="invalid_idempotent_request") as info:
+        await provider.send(message(to="status409replay@example.com"))
+    await provider.aclose()
+    assert info.value.status == 409
+    assert isinstance(info.value, PermanentProviderError)
+
+
+async def test_a_concurrent_request_with_the_key_is_transient(base_url: str) -> None:
+    provider = ResendProvider(api_key="k", base_url=base_url)
+    with pytest.raises(TransientProviderError, match="concurrent_idempotent_requests"):
+        await provider.send(message(to="status409busy@example.com"))
+    await provider.aclose()

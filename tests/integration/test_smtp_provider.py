@@ -19,6 +19,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from hogsend.channels.email import OutgoingEmail, SmtpProvider
 from hogsend.errors import PermanentProviderError, TransientProviderError
 
+# The implicit-TLS server requires AUTH without aiosmtpd knowing its socket is TLS.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -31,6 +34,7 @@ class Sink:
     """An aiosmtpd handler that keeps every message and refuses chosen recipients."""
 
     messages: list[tuple[tuple[str, int], EmailMessage]] = field(default_factory=list)
+    tls_sessions: list[bool] = field(default_factory=list)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -48,6 +52,7 @@ class Sink:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append((session.peer, parsed))
+        self.tls_sessions.append(server.transport.get_extra_info("sslcontext") is not None)
         return "250 Message accepted"
 
 
@@ -74,7 +79,8 @@ def ca() -> trustme.CA:
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
     ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"ada", b"s3cret")
-    return AuthResult(success=ok)
+    # handled=False: aiosmtpd answers a failure itself (535); True would leave it unanswered.
+    return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture
@@ -223,3 +229,127 @@ async def test_server_refuses_plain_when_starttls_is_required(starttls: Server) 
     provider = SmtpProvider(host="127.0.0.1", port=starttls.port, tls="none")
     with pytest.raises(PermanentProviderError):
         await provider.send(message())
+
+
+@pytest.fixture
+def implicit_tls(ca: trustme.CA) -> Iterator[Server]:
+    """Port-465 style: TLS from the first byte, then AUTH."""
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    sink = Sink()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        ssl_context=server_ctx,
+        authenticator=_authenticate,
+        auth_required=True,
+        # aiosmtpd counts only STARTTLS as TLS for AUTH; this connection is TLS throughout.
+        auth_require_tls=False,
+    )
+    controller.start()
+    yield Server(sink, controller.port, client_ctx)
+    controller.stop()
+
+
+async def test_implicit_tls_with_auth(implicit_tls: Server) -> None:
+    provider = SmtpProvider(
+        host="127.0.0.1",
+        port=implicit_tls.port,
+        tls="tls",
+        username="ada",
+        password="s3cret",
+        tls_context=implicit_tls.client_tls,
+    )
+    await provider.send(message())
+    await provider.send(message(to="bob@example.com"))
+    await provider.aclose()
+    assert [m["To"] for _, m in implicit_tls.sink.messages] == [
+        "ada@example.com",
+        "bob@example.com",
+    ]
+    assert implicit_tls.sink.tls_sessions == [True, True]
+    assert provider.connections_opened == 1
+
+
+async def test_implicit_tls_from_settings(
+    implicit_tls: Server, ca: trustme.CA, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HOGSEND_SMTP_TLS=tls as deployed: the system trust store (here: the test CA)."""
+    from hogsend.channels.email import build_provider
+    from hogsend.settings import Settings
+
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    settings = Settings(
+        env="test",
+        email_provider="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=implicit_tls.port,
+        smtp_tls="tls",
+        smtp_username="ada",
+        smtp_password="s3cret",
+    )
+    provider = build_provider(settings)
+    result = await provider.send(message())
+    await provider.aclose()
+    [(_, received)] = implicit_tls.sink.messages
+    assert received["Message-ID"] == result.message_id
+    assert implicit_tls.sink.tls_sessions == [True]
+
+
+async def test_untrusted_certificate_is_permanent(implicit_tls: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=implicit_tls.port, tls="tls", timeout=5)
+    with pytest.raises(PermanentProviderError, match="CERTIFICATE_VERIFY_FAILED") as info:
+        await provider.send(message())
+    assert "HOGSEND_SMTP_TLS" in str(info.value)
+    assert implicit_tls.sink.messages == []
+
+
+async def test_tls_to_a_plain_port_is_permanent(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="tls", timeout=5)
+    with pytest.raises(PermanentProviderError, match="WRONG_VERSION_NUMBER"):
+        await provider.send(message())
+
+
+async def test_starttls_missing_on_the_server_is_permanent(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="starttls", timeout=5)
+    with pytest.raises(PermanentProviderError, match="STARTTLS extension not supported"):
+        await provider.send(message())
+    assert plain.sink.messages == []
+
+
+async def test_auth_missing_on_the_server_is_permanent(plain: Server) -> None:
+    provider = SmtpProvider(
+        host="127.0.0.1", port=plain.port, tls="none", username="ada", password="x", timeout=5
+    )
+    with pytest.raises(PermanentProviderError, match="AUTH extension is not supported"):
+        await provider.send(message())
+
+
+@pytest.mark.parametrize("fixture", ["starttls", "implicit_tls"])
+async def test_wrong_password_is_permanent_and_says_so(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    server: Server = request.getfixturevalue(fixture)
+    provider = SmtpProvider(
+        host="127.0.0.1",
+        port=server.port,
+        tls="starttls" if fixture == "starttls" else "tls",
+        username="ada",
+        password="wrong",
+        tls_context=server.client_tls,
+        timeout=5,
+    )
+    with pytest.raises(PermanentProviderError) as info:
+        await provider.send(message())
+    await provider.aclose()
+    assert info.value.status == 535
+    assert str(info.value) == (
+        "SMTP 535: authentication as 'ada' refused (5.7.8 Authentication credentials invalid);"
+        " check HOGSEND_SMTP_USERNAME and HOGSEND_SMTP_PASSWORD"
+    )
+    assert server.sink.messages == []

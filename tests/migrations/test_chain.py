@@ -31,6 +31,7 @@ TABLES = {
     "journey_states",
     # email
     "email_opens",
+    "deferred_sends",
     "email_preferences",
     "email_sends",
     "email_suppressions",

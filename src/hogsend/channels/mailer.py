@@ -27,10 +27,12 @@ never waits for a provider.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -55,6 +57,7 @@ from hogsend.db.repos import tracking as tracking_repo
 from hogsend.errors import (
     ConfigurationError,
     NoRecipient,
+    ProviderAlreadyAccepted,
     ProviderError,
     TemplateError,
     TemplateNotFound,
@@ -110,6 +113,10 @@ class SendRequest:
         skip_preference_check: skip the unsubscribe and cap gates (admin test sends).
         track_opens: add the open pixel (default: ``HOGSEND_TRACK_OPENS``).
         track_clicks: rewrite links to click-tracking URLs (default: ``HOGSEND_TRACK_CLICKS``).
+        resend_when_open: on a ``deferred`` decision, keep the request so the worker's
+            deferred-send sweep sends it again when the window opens. Senders that wait
+            and call again themselves with the same idempotency key (durable journeys)
+            pass False; if both resend, the key lets only one of them send.
     """
 
     template: str
@@ -131,6 +138,7 @@ class SendRequest:
     skip_preference_check: bool = False
     track_opens: bool | None = None
     track_clicks: bool | None = None
+    resend_when_open: bool = True
 
     def __post_init__(self) -> None:
         if self.contact_id is None and self.to_email is None:
@@ -350,16 +358,16 @@ class Mailer:
         key = request.idempotency_key
         if key is None:
             return await self._attempt(request, None, later=later)
-        lock, unlock = sends.lock_key_sql()
+        _, unlock = sends.lock_key_sql()
         async with self.engine.connect() as conn:
-            await conn.execute(lock, {"key": key})
-            await conn.commit()
             try:
+                # Takes the key's lock first thing in its transaction (see _attempt).
                 return await self._attempt(request, conn, later=later)
             finally:
                 try:
+                    # One statement, no transaction around it: fewer round trips.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
                     await conn.execute(unlock, {"key": key})
-                    await conn.commit()
                 except BaseException:
                     # Closing the connection is the other way to release the lock.
                     await conn.invalidate()
@@ -377,6 +385,10 @@ class Mailer:
         now = self._clock()
         test_to = self.settings.test_mode_recipient if self.settings.test_mode else None
         async with self._session(conn) as session, session.begin():
+            if request.idempotency_key is not None:
+                # Session-level, so held past this commit until send() releases it; the
+                # reads below (READ COMMITTED) see whatever the previous holder wrote.
+                await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
             who = await _recipient(session, request)
             if who.to_email:
                 await sends.lock_address(session, who.to_email)
@@ -397,7 +409,7 @@ class Mailer:
                 # We hold the key's lock, so its attempt is not running: its process died
                 # between queueing and recording the outcome. Take over, same key.
                 await sends.abandon(session, holder.id)
-            result = decide(facts)
+            result = _with_resend_note(request, decide(facts))
             send_id = await sends.insert_attempt(
                 session,
                 decision=result.decision if not result.goes_out else "queued",
@@ -424,6 +436,8 @@ class Mailer:
             )
             if later and result.goes_out:
                 await sends.notify_handoff(session)
+            if result.decision == "deferred" and request.resend_when_open:
+                await _keep_deferred(session, request, send_id, result)
         if later and result.goes_out:
             return SendOutcome(send_id=send_id, decision="queued", detail=result.detail)
         if not result.goes_out:
@@ -622,7 +636,12 @@ class Mailer:
             tags={"template": request.template, "kind": request.kind},
             email_send_id=send_id,
         )
-        accepted, calls, error = await self._call_provider(provider, message)
+        retries: list[dict[str, Any]] = []
+        accepted, calls, error = await self._call_provider(provider, message, retries)
+        if isinstance(error, ProviderAlreadyAccepted):
+            return await self._already_accepted(
+                conn, send_id, result=result, error=error, calls=calls, subject=rendered.subject
+            )
         if accepted is None:
             assert error is not None
             detail = {
@@ -633,6 +652,8 @@ class Mailer:
                 "status": error.status if isinstance(error, ProviderError) else None,
                 "providerCalls": calls,
             }
+            if retries:
+                detail["retries"] = retries
             await self._finish(
                 conn,
                 send_id,
@@ -652,6 +673,8 @@ class Mailer:
         }
         if redirected:
             detail["redirectedTo"] = to if provider is self.provider else "outbox"
+        if retries:
+            detail["retries"] = retries
         await self._finish(
             conn,
             send_id,
@@ -697,6 +720,39 @@ class Mailer:
                 await tracking_repo.insert_links(session, send_id, tracked.links)
         return tracked.html
 
+    async def _already_accepted(
+        self,
+        conn: AsyncConnection | None,
+        send_id: uuid.UUID,
+        *,
+        result: GateResult,
+        error: ProviderAlreadyAccepted,
+        calls: int,
+        subject: str,
+    ) -> SendOutcome:
+        """The provider took this key before: an earlier attempt went out, so this one did.
+
+        That attempt died before recording it (or timed out after the provider took
+        it); the message left once, under an id the provider did not repeat.
+        """
+        detail = {
+            "gate": result.decision,
+            "provider": error.provider,
+            "providerCalls": calls,
+            "providerDuplicate": True,
+            "providerAnswer": str(error),
+        }
+        await self._finish(
+            conn,
+            send_id,
+            decision=result.decision,
+            detail=detail,
+            attempts=calls,
+            provider=error.provider,
+            subject=subject,
+        )
+        return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
+
     def _outbox(self) -> EmailProvider:
         if self._test_provider is None:
             from hogsend.channels.email.outbox import OutboxProvider
@@ -705,9 +761,16 @@ class Mailer:
         return self._test_provider
 
     async def _call_provider(
-        self, provider: EmailProvider, message: OutgoingEmail
+        self,
+        provider: EmailProvider,
+        message: OutgoingEmail,
+        retries: list[dict[str, Any]] | None = None,
     ) -> tuple[ProviderResult | None, int, BaseException | None]:
-        """(result, provider calls, last error): transient errors retried with backoff."""
+        """(result, provider calls, last error): transient errors retried with backoff.
+
+        Each transient error followed by a wait is appended to ``retries`` (status,
+        error, seconds waited), for the decision row.
+        """
         calls = 0
         base = self.settings.mailer_retry_base_seconds
         ceiling = self.settings.mailer_retry_max_seconds
@@ -718,8 +781,12 @@ class Mailer:
                 calls += 1
                 if attempt == self.settings.mailer_max_attempts:
                     return None, calls, exc
-                delay = max(base * 2 ** (attempt - 1), exc.retry_after or 0.0)
-                await self._sleep(min(delay, ceiling))
+                delay = min(max(base * 2 ** (attempt - 1), exc.retry_after or 0.0), ceiling)
+                if retries is not None:
+                    retries.append(
+                        {"status": exc.status, "error": str(exc), "waitSeconds": round(delay, 3)}
+                    )
+                await self._sleep(delay)
                 continue
             except ProviderError as exc:  # permanent: retrying cannot help
                 return None, calls + 1, exc
@@ -740,6 +807,10 @@ class Mailer:
         error: str | None = None,
         subject: str | None = None,
     ) -> None:
+        if conn is not None:
+            # sends.finish is one UPDATE, atomic by itself: autocommit spares the BEGIN
+            # and COMMIT round trips. Nothing on this connection needs a transaction now.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
         async with self._session(conn) as session, session.begin():
             await sends.finish(
                 session,
@@ -842,4 +913,85 @@ async def explain(
         deferred_until=result.deferred_until,
         facts=facts,
         recent=page.items,
+    )
+
+
+# --------------------------------------------------------------------------- deferred sends
+
+DEFERRED_KEY_PREFIX = "hogsend-deferred:"
+"""Prefix of the key given to a deferred send that had none, so its resend is keyed."""
+
+_UUID_FIELDS = frozenset({"contact_id", "journey_state_id", "campaign_id"})
+
+
+def request_record(request: SendRequest) -> dict[str, Any]:
+    """``request`` as JSON-ready values, for ``deferred_sends.request``.
+
+    Props are stored as JSON: datetimes and UUIDs in them come back as strings.
+    :func:`request_from_record` reverses it.
+    """
+    record: dict[str, Any] = {}
+    for spec in dataclasses.fields(request):
+        value = getattr(request, spec.name)
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, timedelta):
+            value = value.total_seconds()
+        elif isinstance(value, SendWindow):
+            value = {
+                "start": value.start.isoformat(),
+                "end": value.end.isoformat(),
+                "weekdays": sorted(value.weekdays),
+                "timezone": value.timezone,
+            }
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        record[spec.name] = value
+    return record
+
+
+def request_from_record(record: Mapping[str, Any]) -> SendRequest:
+    """The :class:`SendRequest` a :func:`request_record` stored.
+
+    Names this version does not know (written by a newer one) are ignored.
+    """
+    known = {spec.name for spec in dataclasses.fields(SendRequest)}
+    values: dict[str, Any] = {k: v for k, v in record.items() if k in known}
+    for name in _UUID_FIELDS & values.keys():
+        if values[name] is not None:
+            values[name] = uuid.UUID(values[name])
+    if values.get("suppress_gap") is not None:
+        values["suppress_gap"] = timedelta(seconds=values["suppress_gap"])
+    window = values.get("send_window")
+    if window is not None:
+        values["send_window"] = SendWindow(
+            start=dt_time.fromisoformat(window["start"]),
+            end=dt_time.fromisoformat(window["end"]),
+            weekdays=frozenset(window["weekdays"]),
+            timezone=window["timezone"],
+        )
+    return SendRequest(**values)
+
+
+def _with_resend_note(request: SendRequest, result: GateResult) -> GateResult:
+    """A ``deferred`` result says who sends again: the sweep or the caller."""
+    if result.decision != "deferred":
+        return result
+    who = "sweep" if request.resend_when_open else "caller"
+    return dataclasses.replace(result, detail={**result.detail, "resend": who})
+
+
+async def _keep_deferred(
+    session: AsyncSession, request: SendRequest, send_id: uuid.UUID, result: GateResult
+) -> None:
+    """Store a deferred request (in the decision row's transaction) for the sweep."""
+    assert result.deferred_until is not None
+    if request.idempotency_key is None:
+        # A key makes the resend exactly-once even if the sweep dies around it.
+        request = dataclasses.replace(request, idempotency_key=f"{DEFERRED_KEY_PREFIX}{send_id}")
+    await sends.insert_deferred(
+        session,
+        email_send_id=send_id,
+        due_at=result.deferred_until,
+        request=request_record(request),
     )

@@ -89,6 +89,8 @@ class TemplateRegistry:
         self._env: jinja2.Environment | None = None
         self._scan: _Scan | None = None
         self._lock = threading.Lock()
+        # Subjects and preheaders, compiled once: compiling cost more than rendering.
+        self._strings: dict[str, jinja2.Template] = {}
 
     def __repr__(self) -> str:
         return f"TemplateRegistry({str(self.directory)!r})"
@@ -365,7 +367,10 @@ class TemplateRegistry:
         self, key: str, label: str, source: str, variables: Mapping[str, Any]
     ) -> str:
         try:
-            return self.environment.from_string(source).render(variables)
+            compiled = self._strings.get(source)
+            if compiled is None:
+                compiled = self._strings[source] = self.environment.from_string(source)
+            return compiled.render(variables)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"{label}: {exc.message}", key=key) from None
         except jinja2.UndefinedError as exc:

@@ -62,9 +62,15 @@ def dev_secret_key(data_dir: Path) -> str:
 
 
 def dev_settings(**given: object) -> Settings:
-    """Settings for ``hogsend dev``: env=dev, a persisted secret, public URL from host:port."""
+    """Settings for ``hogsend dev``: env=dev, a persisted secret, public URL from host:port.
+
+    Test mode is on unless ``HOGSEND_TEST_MODE`` says otherwise: a dev machine sends to
+    the outbox (or ``HOGSEND_TEST_MODE_RECIPIENT``), never to the real recipients.
+    """
     overrides = {"env": "dev", **settings_overrides(**given)}
     settings = load_settings(**overrides)
+    if "test_mode" not in settings.model_fields_set:
+        overrides["test_mode"] = True
     if settings.secret_key is None:
         overrides["secret_key"] = dev_secret_key(settings.data_dir)
     if "public_url" not in settings.model_fields_set:
@@ -160,6 +166,9 @@ def _print_banner(
         f"  Studio     {base}/studio",
         f"  database   {where}",
     ]
+    if settings.test_mode:
+        target = settings.test_mode_recipient or "the outbox"
+        lines.append(f"  email      test mode: every send goes to {target}")
     if prepared.seeded is not None:
         lines.append(
             f"  demo data  {prepared.seeded.contacts} contacts and {prepared.seeded.events} "

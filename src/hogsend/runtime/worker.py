@@ -5,11 +5,12 @@ A worker's life::
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
-             handed-off sends (hogsend.runtime.courier), when the app has templates
-    stop()   stop the courier (sends in flight finish) → stop the dispatcher (rows in
-             flight finish, the rest are released) → stop the heartbeat → DBOS stops
-             dequeuing and drains running workflows for a few seconds → mark the
-             heartbeat row stopped → release the database
+             handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
+             (hogsend.runtime.deferred), both only for an app with templates
+    stop()   stop the sweep and the courier (sends in flight finish) → stop the
+             dispatcher (rows in flight finish, the rest are released) → stop the
+             heartbeat → DBOS stops dequeuing and drains running workflows for a few
+             seconds → mark the heartbeat row stopped → release the database
 
 ``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
 ``hogsend dev`` calls :meth:`Worker.start` and :meth:`Worker.stop` itself around the
@@ -39,6 +40,7 @@ from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
+from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
@@ -90,6 +92,7 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.courier: Courier | None = None
         self._email_provider: EmailProvider | None = None
+        self.deferred: DeferredSweep | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -135,6 +138,8 @@ class Worker:
                 concurrency=self.settings.email_queue_concurrency,
             )
             await self.courier.start()
+            self.deferred = DeferredSweep.from_settings(self.app, self.settings, self.engine)
+            await self.deferred.start()
         self._running = True
         log.info(
             "worker started",
@@ -153,6 +158,9 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.deferred is not None:
+            await self.deferred.stop(timeout=self.drain_seconds)
+            self.deferred = None
         if self.courier is not None:
             await self.courier.stop(timeout=self.drain_seconds)
             self.courier = None

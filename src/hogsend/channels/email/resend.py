@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from hogsend.channels.email.message import OutgoingEmail, ProviderResult
-from hogsend.errors import PermanentProviderError, TransientProviderError
+from hogsend.errors import PermanentProviderError, ProviderAlreadyAccepted, TransientProviderError
 
 DEFAULT_BASE_URL = "https://api.resend.com"
 
@@ -25,7 +25,9 @@ class ResendProvider:
 
     429, 5xx and network errors raise TransientProviderError (``retry_after`` from the
     ``Retry-After`` header when sent); other 4xx raise PermanentProviderError, except
-    409 ``concurrent_idempotent_requests``, which is transient.
+    409 ``concurrent_idempotent_requests``, which is transient, and 409
+    ``invalid_idempotent_request`` (the key went out before, with another body), which
+    raises ProviderAlreadyAccepted.
     """
 
     name = "resend"
@@ -89,6 +91,8 @@ class ResendProvider:
             return ProviderResult(provider=self.name, message_id=message_id)
         detail = _json(response)
         text = f"Resend {status}: {detail.get('name', '')} {detail.get('message', response.text)}"
+        if status == 409 and detail.get("name") == "invalid_idempotent_request":
+            raise ProviderAlreadyAccepted(text.strip(), provider=self.name, status=status)
         if (
             status == 429
             or status >= 500

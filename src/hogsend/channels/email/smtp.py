@@ -54,7 +54,9 @@ class SmtpProvider:
         timeout: seconds for connecting and for each command.
         tls_context: the SSL context (e.g. trusting a private CA); default: system CAs.
 
-    Replies 4xx and lost connections raise TransientProviderError; 5xx replies raise
+    Replies 4xx, lost connections and timeouts raise TransientProviderError; 5xx replies
+    (535: bad credentials) and setups no retry can fix (no STARTTLS or AUTH on the
+    server, an unverifiable certificate, TLS to a plain port) raise
     PermanentProviderError. A connection that failed is closed, never reused.
     """
 
@@ -131,7 +133,7 @@ class SmtpProvider:
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if client is not None:
                     client.close()
-                raise _classify(exc) from exc
+                raise _classify(exc, username=self.username) from exc
             except BaseException:
                 if client is not None:
                     client.close()
@@ -150,7 +152,14 @@ class SmtpProvider:
                 client.close()
 
 
-def _classify(exc: BaseException) -> ProviderError:
+def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:
+    """Transient (retry later) or permanent (retrying cannot help), with a clear message.
+
+    Codes decide first: 4xx transient, 5xx permanent. Without a code, lost connections
+    and timeouts are transient, while what only new settings can fix is permanent: the
+    server lacks STARTTLS or AUTH, the certificate does not verify, or TLS spoke to a
+    plain port.
+    """
     code: int | None = None
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         code = exc.recipients[0].code
@@ -160,7 +169,29 @@ def _classify(exc: BaseException) -> ProviderError:
         text = exc.message
     else:
         text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        who = f" as {username!r}" if username is not None else ""
+        text = (
+            f"authentication{who} refused ({text}); "
+            "check HOGSEND_SMTP_USERNAME and HOGSEND_SMTP_PASSWORD"
+        )
     if code is not None and 500 <= code < 600:
         return PermanentProviderError(f"SMTP {code}: {text}", provider="smtp", status=code)
+    if code is None and _needs_new_settings(exc):
+        return PermanentProviderError(
+            f"SMTP setup: {text} (check HOGSEND_SMTP_TLS, HOGSEND_SMTP_PORT and the "
+            "credentials: 465 is usually tls, 587 starttls)",
+            provider="smtp",
+        )
     label = f"SMTP {code}: {text}" if code is not None else f"SMTP connection: {text}"
     return TransientProviderError(label, provider="smtp", status=code)
+
+
+def _needs_new_settings(exc: BaseException) -> bool:
+    # aiosmtplib raises the bare base class for a missing STARTTLS or AUTH extension.
+    if type(exc) is aiosmtplib.SMTPException or isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER"

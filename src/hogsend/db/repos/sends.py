@@ -84,74 +84,72 @@ async def read_facts(
     journey_id: str | None,
     since: datetime,
 ) -> StoredFacts:
-    """Read every fact the gates need, in the caller's transaction."""
-    holder = None
-    if idempotency_key is not None:
-        row = (
-            await session.execute(
-                text(
-                    "SELECT id, decision, status, handoff IS NOT NULL AS waiting"
-                    " FROM email_sends WHERE idempotency_key = :k"
-                ),
-                {"k": idempotency_key},
-            )
-        ).first()
-        if row is not None:
-            holder = KeyHolder(
-                id=row.id, decision=row.decision, status=row.status, waiting=row.waiting
-            )
-    # Keyed on the address itself (lower-cased, like its unique index), never a contact.
-    suppression = (
+    """Read every fact the gates need, in the caller's transaction, in one statement.
+
+    Absent inputs (no key, contact, list or journey) read as "no fact": their
+    subqueries compare with NULL and find nothing.
+    """
+    row = (
         await session.execute(
-            text(
-                "SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)"
-            ),
-            {"e": email},
+            _FACTS,
+            {
+                "k": idempotency_key,
+                "c": contact_id,
+                "e": email,
+                "l": list_id,
+                "j": journey_id,
+                "since": since,
+                "d": list(OUTGOING),
+                "exempt": list(CAP_EXEMPT_KINDS),
+            },
         )
-    ).first()
-    unsubscribed_all = False
-    choice: bool | None = None
-    last_sent: datetime | None = None
-    if contact_id is not None:
-        unsubscribed_all = bool(
-            await session.scalar(
-                text("SELECT unsubscribed_all FROM email_preferences WHERE contact_id = :c"),
-                {"c": contact_id},
-            )
+    ).one()
+    holder = None
+    if row.holder_id is not None:
+        holder = KeyHolder(
+            id=row.holder_id,
+            decision=row.holder_decision,
+            status=row.holder_status,
+            waiting=row.holder_waiting,
         )
-        if list_id is not None:
-            choice = await session.scalar(
-                text(
-                    "SELECT subscribed FROM list_subscriptions"
-                    " WHERE contact_id = :c AND list_id = :l"
-                ),
-                {"c": contact_id, "l": list_id},
-            )
-        if journey_id is not None:
-            last_sent = await session.scalar(
-                text(
-                    "SELECT max(created_at) FROM email_sends WHERE contact_id = :c"
-                    " AND journey_id = :j AND decision = ANY(CAST(:d AS text[]))"
-                ),
-                {"c": contact_id, "j": journey_id, "d": list(OUTGOING)},
-            )
-    recent = await session.scalar(
-        text(
-            "SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)"
-            " AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))"
-            " AND kind <> ALL(CAST(:exempt AS text[]))"
-        ),
-        {"e": email, "since": since, "d": list(OUTGOING), "exempt": list(CAP_EXEMPT_KINDS)},
-    )
     return StoredFacts(
         key_holder=holder,
-        suppressed=bool(suppression.suppressed) if suppression is not None else False,
-        suppression_reason=suppression.reason if suppression is not None else None,
-        unsubscribed_all=unsubscribed_all,
-        list_choice=choice,
-        journey_last_sent_at=last_sent,
-        recent_sends=int(recent or 0),
+        suppressed=bool(row.suppressed),
+        suppression_reason=row.suppression_reason,
+        unsubscribed_all=bool(row.unsubscribed_all),
+        list_choice=row.list_choice,
+        journey_last_sent_at=row.journey_last_sent_at,
+        recent_sends=int(row.recent_sends or 0),
     )
+
+
+# One round trip instead of six: this runs for every attempt. Suppressions are keyed on
+# the address itself (lower-cased, like its unique index), never on a contact.
+_FACTS = text(
+    """
+    SELECT
+        holder.id AS holder_id, holder.decision AS holder_decision,
+        holder.status AS holder_status, holder.waiting AS holder_waiting,
+        suppression.suppressed, suppression.reason AS suppression_reason,
+        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = :c)
+            AS unsubscribed_all,
+        (SELECT subscribed FROM list_subscriptions WHERE contact_id = :c AND list_id = :l)
+            AS list_choice,
+        (SELECT max(created_at) FROM email_sends WHERE contact_id = :c AND journey_id = :j
+            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
+        (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(:e)
+            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))
+            AND kind <> ALL(CAST(:exempt AS text[]))) AS recent_sends
+    FROM (SELECT 1) AS one
+    LEFT JOIN LATERAL (
+        SELECT id, decision, status, handoff IS NOT NULL AS waiting
+        FROM email_sends WHERE idempotency_key = :k
+    ) AS holder ON true
+    LEFT JOIN LATERAL (
+        SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(:e)
+    ) AS suppression ON true
+    """
+)
 
 
 _GATED = ("duplicate", "skipped_deleted", "suppressed", "unsubscribed", "capped", "deferred")
@@ -513,3 +511,103 @@ async def get_send(session: AsyncSession, send_id: uuid.UUID) -> SendRecord | No
         )
     ).first()
     return _record(row) if row is not None else None
+
+
+# --------------------------------------------------------------------------- deferred sends
+
+SWEEP_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended('hogsend.deferred-sweep', 0))")
+SWEEP_UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended('hogsend.deferred-sweep', 0))")
+
+
+def sweep_lock_sql() -> tuple[Any, Any]:
+    """The statements trying and releasing the session-level lock of the deferred-send sweep.
+
+    Held for a whole sweep, it lets one worker at a time resend; the others skip the
+    round. A worker that dies releases it with its connection.
+    """
+    return SWEEP_LOCK, SWEEP_UNLOCK
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeferredRecord:
+    """A deferred send waiting for its window (``deferred_sends``).
+
+    Attributes:
+        id: the row.
+        email_send_id: the ``deferred`` attempt it came from.
+        due_at: when the window opens.
+        request: the stored request (``hogsend.channels.mailer.request_record``).
+        attempts: sweep rounds that failed on it so far.
+    """
+
+    id: uuid.UUID
+    email_send_id: uuid.UUID
+    due_at: datetime
+    request: dict[str, Any]
+    attempts: int
+
+
+async def insert_deferred(
+    session: AsyncSession,
+    *,
+    email_send_id: uuid.UUID,
+    due_at: datetime,
+    request: dict[str, Any],
+) -> uuid.UUID:
+    """Keep a deferred request until ``due_at``; written with its ``deferred`` row."""
+    row_id: uuid.UUID | None = await session.scalar(
+        text(
+            "INSERT INTO deferred_sends (email_send_id, due_at, request)"
+            " VALUES (:send, :due, CAST(:request AS jsonb)) RETURNING id"
+        ),
+        {"send": email_send_id, "due": due_at, "request": to_json(request)},
+    )
+    assert row_id is not None
+    return row_id
+
+
+async def due_deferred(session: AsyncSession, *, now: datetime, limit: int) -> list[DeferredRecord]:
+    """Pending deferred sends due at ``now``, the longest waiting first."""
+    rows = await session.execute(
+        text(
+            "SELECT id, email_send_id, due_at, request, attempts FROM deferred_sends"
+            " WHERE status = 'pending' AND due_at <= :now ORDER BY due_at, id LIMIT :limit"
+        ),
+        {"now": now, "limit": limit},
+    )
+    return [DeferredRecord(**dict(row._mapping)) for row in rows]
+
+
+async def finish_deferred(
+    session: AsyncSession,
+    deferred_id: uuid.UUID,
+    *,
+    resent_send_id: uuid.UUID,
+    resent_decision: str,
+) -> None:
+    """Record the attempt the sweep made for a deferred send; it is not sent again."""
+    await session.execute(
+        text(
+            "UPDATE deferred_sends SET status = 'done', resent_send_id = :sent,"
+            " resent_decision = :decision, updated_at = now()"
+            " WHERE id = :id AND status = 'pending'"
+        ),
+        {"id": deferred_id, "sent": resent_send_id, "decision": resent_decision},
+    )
+
+
+async def postpone_deferred(
+    session: AsyncSession, deferred_id: uuid.UUID, *, error: str, retry_at: datetime | None
+) -> None:
+    """A sweep round failed on a deferred send: try again at ``retry_at``, or give up (None)."""
+    await session.execute(
+        text(
+            "UPDATE deferred_sends SET attempts = attempts + 1, last_error = :error,"
+            " due_at = coalesce(CAST(:retry_at AS timestamptz), due_at),"
+            " status = CASE WHEN CAST(:retry_at AS timestamptz) IS NULL"
+            " THEN 'failed' ELSE status END,"
+            " updated_at = now()"
+            " WHERE id = :id AND status = 'pending'"
+        ),
+        {"id": deferred_id, "error": error, "retry_at": retry_at},
+    )

@@ -123,6 +123,8 @@ class EmailSend(Timestamps, Base):
         ),
         # Frequency caps count recent sends per address (and per category).
         Index("ix_email_sends_to_email_created_at_category", "to_email", "created_at", "category"),
+        # The mailer counts them by lower-cased address (its facts query, every attempt).
+        Index("ix_email_sends_lower_to_email_created_at", func.lower(to_email), "created_at"),
         Index("ix_email_sends_contact_id_created_at", "contact_id", "created_at"),
         Index("ix_email_sends_user_id", "user_id"),
         Index("ix_email_sends_status", "status"),
@@ -308,3 +310,47 @@ class EmailOpen(Base):
     # The image proxy that fetched it for a person (google, yahoo), when one is known.
     proxy: Mapped[str | None] = mapped_column(Text)
     opened_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
+
+
+DEFERRED_STATUSES = ("pending", "done", "failed")
+
+
+class DeferredSend(Timestamps, Base):
+    """A send the mailer deferred to its send window's opening, kept until it is sent again.
+
+    Written in the transaction of the ``deferred`` decision row, so a deferred send is
+    never lost; the worker's deferred-send sweep (hogsend.runtime.deferred) hands it back
+    to the mailer once ``due_at`` passes. Senders that wait and retry themselves (durable
+    journeys) leave no row here.
+    """
+
+    __tablename__ = "deferred_sends"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    # The attempt that was deferred; its row stays ``deferred`` (one row per attempt).
+    email_send_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True),
+        ForeignKey("email_sends.id", ondelete="CASCADE"),
+        unique=True,
+    )
+    due_at: Mapped[datetime]
+    # The SendRequest to make again (hogsend.channels.mailer.request_record).
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    # Sweep rounds that failed before reaching a decision (database down, bad template).
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # The attempt the sweep made, and its decision (sent, unsubscribed, deferred again ...).
+    resent_send_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="SET NULL")
+    )
+    resent_decision: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(
+            "ix_deferred_sends_due",
+            "due_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        CheckConstraint("status IN ('pending','done','failed')", name="status_known"),
+    )

@@ -1,0 +1,336 @@
+"""Sending: the full mailer against a raw aiosmtplib pool, into the same local SMTP sink.
+
+One embedded Postgres (durable commits), one aiosmtpd sink in a process of its own (it
+accepts and counts every message), and two scenarios, each in a fresh process of its
+own so that its RSS is its own, run one after the other with the same concurrency:
+
+* ``raw``: the ceiling. ``CONCURRENCY`` aiosmtplib connections, each sending from a
+  shared queue of messages rendered, built into MIME and flattened to bytes before the
+  clock starts: the cost of SMTP alone from Python, into this sink.
+* ``mailer``: ``Mailer.send`` of the quickstart's ``trial-ending`` template (a layout,
+  CSS inlined, preheader, props validated by its pydantic model) as a marketing send
+  with an idempotency key, per contact: the key lock, the gates' facts and the decision
+  row in Postgres, render, unsubscribe links and headers, the SMTP provider (a pool of
+  ``CONCURRENCY``), and the outcome row. Whatever the mailer does when the bench runs
+  (link tracking included, once the mailer has it) is measured.
+
+Each sends ``WARMUP`` messages, then ``SENDS`` timed ones, ``CONCURRENCY`` in flight.
+Latency is one ``send`` call (for ``raw``: one ``sendmail``). RSS is the
+scenario process's resident memory at the end, and its peak. Every message must reach
+the sink, and every mailer attempt must be ``sent``. Run with ``python -m bench send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import resource
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from bench.auth import _percentile
+from hogsend.db import migrate
+from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.engine import libpq_url
+
+SENDS = 4000
+WARMUP = 300
+CONCURRENCY = 8
+TEMPLATE = "trial-ending"
+PROPS = {"days_left": 3, "ends_on": "March 14", "plan": "Pro"}
+TARGET_RATIO = 0.8
+FROM = "Quickstart <hello@quickstart.test>"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- the sink
+
+
+class _CountingSink:
+    def __init__(self, counter: Synchronized[int]) -> None:
+        self.counter = counter
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        with self.counter.get_lock():
+            self.counter.value += 1
+        return "250 Message accepted"
+
+
+def _sink_main(port: int, counter: Synchronized[int], ready: MpEvent, stop: MpEvent) -> None:
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(_CountingSink(counter), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    stop.wait()
+    controller.stop()
+
+
+@contextmanager
+def _sink() -> Iterator[tuple[int, Synchronized[int]]]:
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    counter: Synchronized[int] = ctx.Value("i", 0)  # type: ignore[assignment]
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(target=_sink_main, args=(port, counter, ready, stop), daemon=True)
+    process.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the SMTP sink did not start")
+        yield port, counter
+    finally:
+        stop.set()
+        process.join(10)
+
+
+# --------------------------------------------------------------------------- the load
+
+
+async def _drive(
+    send: Callable[[int], Awaitable[None]], indexes: range
+) -> tuple[list[float], float]:
+    """Send ``indexes`` with ``CONCURRENCY`` in flight; (sorted latencies, wall seconds)."""
+    pending = iter(indexes)
+    latencies: list[float] = []
+
+    async def lane() -> None:
+        for index in pending:
+            started = time.perf_counter()
+            await send(index)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(CONCURRENCY)))
+    return sorted(latencies), time.perf_counter() - started
+
+
+def _summary(latencies: list[float], wall: float, cpu: float) -> dict[str, Any]:
+    process = psutil.Process()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "sends": len(latencies),
+        "seconds": round(wall, 2),
+        "sends_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "cpu": round(cpu / wall, 2),
+        "rss_mb": round(process.memory_info().rss / 2**20, 1),
+        "peak_rss_mb": round(peak_kib / 1024, 1),
+    }
+
+
+def _app() -> Any:
+    from examples.quickstart.app import app
+
+    return app
+
+
+def _rendered_once() -> tuple[str, str, str]:
+    """Subject, HTML and text of the template, as the mailer renders it (for ``raw``)."""
+    from hogsend.core.contact import Contact
+
+    templates = _app().templates
+    contact = Contact(id=uuid.uuid4(), key="k", email="someone@example.com")
+    links = {
+        "unsubscribe_url": "https://mail.example.test/v1/email/one-click?token=" + "x" * 180,
+        "preferences_url": "https://mail.example.test/v1/email/preferences?token=" + "y" * 160,
+    }
+    rendered = templates.render(TEMPLATE, contact=contact, props=PROPS, extra=links)
+    return rendered.subject, rendered.html, rendered.text
+
+
+async def _raw(port: int) -> dict[str, Any]:
+    import aiosmtplib
+
+    from hogsend.channels.email.message import OutgoingEmail
+    from hogsend.channels.email.smtp import build_mime
+
+    subject, html, text = _rendered_once()
+    # Flattened to bytes up front: the clock sees nothing but SMTP.
+    messages = [
+        bytes(
+            build_mime(
+                OutgoingEmail(
+                    from_email=FROM,
+                    to=f"user{i}@example.com",
+                    subject=subject,
+                    html=html,
+                    text=text,
+                    headers={
+                        "List-Unsubscribe": "<https://mail.example.test/v1/email/one-click?t=x>",
+                        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                        "X-Hogsend-Send-Id": str(uuid.uuid4()),
+                    },
+                    idempotency_key=f"bench:{i}",
+                )
+            )
+        )
+        for i in range(WARMUP + SENDS)
+    ]
+    idle: list[aiosmtplib.SMTP] = []
+    for _ in range(CONCURRENCY):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        idle.append(client)
+
+    async def send(index: int) -> None:
+        client = idle.pop()
+        try:
+            await client.sendmail(FROM, [f"user{index}@example.com"], messages[index])
+        finally:
+            idle.append(client)
+
+    await _drive(send, range(WARMUP))
+    cpu = time.process_time()
+    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    result = _summary(latencies, wall, time.process_time() - cpu)
+    for client in idle:
+        await client.quit()
+    return result
+
+
+async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str, Any]:
+    from hogsend.channels.email import SmtpProvider
+    from hogsend.channels.mailer import Mailer, SendRequest
+    from hogsend.db.engine import make_async_engine
+    from hogsend.settings import Settings
+
+    settings = Settings(
+        env="test",
+        database_url=url,
+        secret_key="b" * 40,
+        public_url="https://mail.example.test",
+        email_from=FROM,
+    )
+    engine = make_async_engine(url, pool_size=CONCURRENCY + 2)
+    provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
+    mailer = Mailer(_app(), settings, engine, provider)
+    failures: list[str] = []
+
+    async def send(index: int) -> None:
+        outcome = await mailer.send(
+            SendRequest(
+                template=TEMPLATE,
+                contact_id=contact_ids[index],
+                kind="campaign",
+                props=PROPS,
+                idempotency_key=f"bench:{index}",
+            )
+        )
+        if outcome.decision != "sent":
+            failures.append(outcome.decision)
+
+    await _drive(send, range(WARMUP))
+    cpu = time.process_time()
+    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    result = _summary(latencies, wall, time.process_time() - cpu)
+    await provider.aclose()
+    await engine.dispose()
+    if failures:
+        raise RuntimeError(f"{len(failures)} sends were not sent: {sorted(set(failures))}")
+    return result
+
+
+def _scenario_main(name: str, port: int, url: str, ids: list[str], out: Any) -> None:
+    if name == "raw":
+        out.put(asyncio.run(_raw(port)))
+    else:
+        out.put(asyncio.run(_mailer(port, url, [uuid.UUID(i) for i in ids])))
+
+
+def _run_scenario(name: str, port: int, url: str, ids: list[uuid.UUID]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    process = ctx.Process(target=_scenario_main, args=(name, port, url, [str(i) for i in ids], out))
+    process.start()
+    result: dict[str, Any] = out.get(timeout=600)
+    process.join(30)
+    if process.exitcode != 0:
+        raise RuntimeError(f"scenario {name} exited with {process.exitcode}")
+    return result
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _contacts(url: str) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(WARMUP + SENDS)]
+    copy_sql = "COPY contacts (id, email, external_id, properties) FROM STDIN"
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for n, contact_id in enumerate(ids):
+            copy.write_row(
+                (contact_id, f"user{n}@example.com", f"user-{n}", '{"first_name": "Ada"}')
+            )
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE contacts")
+    return ids
+
+
+def run() -> dict[str, Any]:
+    """Measure both scenarios into one sink; print the table; return the numbers."""
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+            url = server.create_database("bench_send")
+            migrate.upgrade(url)
+            ids = _contacts(url)
+            with _sink() as (port, counter):
+                results: dict[str, dict[str, Any]] = {}
+                for name in ("raw", "mailer"):
+                    before = counter.value
+                    print(f"  {name} ...", flush=True)
+                    results[name] = _run_scenario(name, port, url, ids)
+                    received = counter.value - before
+                    if received != WARMUP + SENDS:
+                        raise RuntimeError(f"{name}: the sink got {received} messages")
+                    results[name]["sink_received"] = received
+        finally:
+            server.stop()
+
+    ratio = results["mailer"]["sends_per_s"] / results["raw"]["sends_per_s"]
+    print(
+        f"\n{SENDS:,} sends after {WARMUP} warm-up, {CONCURRENCY} in flight, "
+        f"template {TEMPLATE!r}, aiosmtpd sink in its own process, durable Postgres"
+    )
+    print(
+        f"{'scenario':<10}{'sends/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu':>7}"
+        f"{'RSS MB':>9}{'peak MB':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<10}{r['sends_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['cpu']:>7}"
+            f"{r['rss_mb']:>9}{r['peak_rss_mb']:>9}"
+        )
+    verdict = "meets" if ratio >= TARGET_RATIO else "below"
+    print(f"mailer / raw = {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
+    return {
+        "sends": SENDS,
+        "warmup": WARMUP,
+        "concurrency": CONCURRENCY,
+        "template": TEMPLATE,
+        "sink": "aiosmtpd in its own process, counting",
+        "postgres": "embedded, durable commits (fsync on)",
+        "target_ratio": TARGET_RATIO,
+        "ratio_mailer_to_raw": round(ratio, 3),
+        "results": results,
+    }
