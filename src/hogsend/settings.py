@@ -232,10 +232,7 @@ class Settings(BaseSettings):
     studio_login_attempts: int = Field(
         default=5,
         ge=1,
-        description="Studio sign-in attempts per client address and email per window.",
-    )
-    studio_login_window_seconds: int = Field(
-        default=60, ge=1, le=86_400, description="Length of the Studio sign-in rate-limit window."
+        description="Studio sign-in attempts per client address and email per rate-limit window.",
     )
 
     @field_validator("database_url")

@@ -68,13 +68,16 @@ async def test_demo_seed_has_every_decision_and_is_idempotent(
         assert decisions.get(decision, 0) > 0, decisions
     assert decisions.get("provider_error", 0) > 0, decisions
     assert all(v > 0 for v in engaged.values()), engaged
-    assert unsubscribed and suppressed
+    assert unsubscribed
+    assert suppressed
     async with make_sessionmaker(engine)() as session, session.begin():
         again = await demo.seed(session, now=NOW + timedelta(hours=3))
     assert again == demo.SeedResult(contacts=0, events=0, sends=0)
 
 
-async def test_series_and_rates_match_the_rows(engine: AsyncEngine, seeded: demo.SeedResult) -> None:
+async def test_series_and_rates_match_the_rows(
+    engine: AsyncEngine, seeded: demo.SeedResult
+) -> None:
     async with make_sessionmaker(engine)() as session:
         events = await reporting.events_per_day(session, days=30, now=NOW)
         sends = await reporting.sends_per_day(session, days=7, now=NOW)
@@ -88,8 +91,10 @@ async def test_series_and_rates_match_the_rows(engine: AsyncEngine, seeded: demo
         )
         live = await reporting.live_contacts(session)
     assert live == 200
-    assert len(events) == 30 and len(sends) == 7
-    assert events[-1].day == NOW.date() and events[0].day == NOW.date() - timedelta(days=29)
+    assert len(events) == 30
+    assert len(sends) == 7
+    assert events[-1].day == NOW.date()
+    assert events[0].day == NOW.date() - timedelta(days=29)
     expected = Counter(
         r["occurred_at"].astimezone(UTC).date()  # type: ignore[attr-defined]
         for r in event_rows
@@ -117,7 +122,9 @@ async def test_nothing_sent_means_no_rates(engine: AsyncEngine) -> None:
     async with make_sessionmaker(engine)() as session:
         engagement = await reporting.email_engagement(session, since=NOW)
         flat = await reporting.sends_per_day(session, days=3, now=NOW)
-    assert engagement.sent == 0 and engagement.rate(0) is None and engagement.gated == {}
+    assert engagement.sent == 0
+    assert engagement.rate(0) is None
+    assert engagement.gated == {}
     assert [p.count for p in flat] == [0, 0, 0]
 
 
@@ -142,7 +149,8 @@ async def test_property_search_pages_through_matches(
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-    assert len(seen) == len(set(seen)) == expected and expected > 7
+    assert len(seen) == len(set(seen)) == expected
+    assert expected > 7
 
 
 async def test_global_unsubscribe_round_trip(engine: AsyncEngine, seeded: demo.SeedResult) -> None:
@@ -170,5 +178,6 @@ async def test_global_unsubscribe_round_trip(engine: AsyncEngine, seeded: demo.S
             )
         )[0]
     assert row["unsubscribed_all"] is False
-    assert row["unsubscribed_at"] is not None and row["resubscribed_at"] is not None
+    assert row["unsubscribed_at"] is not None
+    assert row["resubscribed_at"] is not None
     assert row["source"] == "admin"
