@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean chromium screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,18 @@ run: $(STAMP)
 	$(BIN)/hogsend dev --seed-demo
 
 ## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations)
-test: $(STAMP) lint typecheck
+test: $(STAMP) chromium lint typecheck
 	$(BIN)/python -m pytest -p no:cacheprovider; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+## chromium: Debian's headless browser for the Studio browser tests (a system package)
+chromium:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+## screenshots: run the Studio browser test and keep its screenshots in docs/screenshots
+screenshots: $(STAMP) chromium
+	STUDIO_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider -q \
+		tests/acceptance/test_studio_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import date
 
 WIDTH = 720
-HEIGHT = 240
-_LEFT = 56  # room for the y tick labels and the axis title
-_RIGHT = 12
+HEIGHT = 260
+_LEFT = 68  # room for the y tick labels and the axis title
+_RIGHT = 30  # room for the last date label
 _TOP = 16
-_BOTTOM = 48  # room for the x tick labels and the axis title
+_BOTTOM = 56  # room for the x tick labels and the axis title
 _Y_TICKS = 4
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
 from starlette.datastructures import FormData
@@ -47,7 +48,7 @@ def _render(
     include_revoked: bool,
     created: tuple[ApiKeyInfo, str] | None = None,
     errors: dict[str, str] | None = None,
-    form: dict[str, object] | None = None,
+    form: KeyForm | None = None,
     status: int = 200,
 ) -> Response:
     return render(
@@ -64,7 +65,7 @@ def _render(
         scopes=API_SCOPES,
         created=created,
         errors=errors or {},
-        form=form or {"name": "", "scopes": [], "expires": ""},
+        form=form or KeyForm(),
         now=datetime.now(UTC),
         notice=_NOTICES.get(request.query_params.get("notice", "")),
     )
@@ -77,9 +78,18 @@ async def key_list(request: Request) -> Response:
     return _render(request, keys=keys, total=total, page=page, include_revoked=include_revoked)
 
 
-def _new_key_fields(form: FormData) -> tuple[dict[str, object], dict[str, str], datetime | None]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyForm:
+    """What the create-key form holds (shown again when it has errors)."""
+
+    name: str = ""
+    scopes: tuple[str, ...] = ()
+    expires: str = ""
+
+
+def _new_key_fields(form: FormData) -> tuple[KeyForm, dict[str, str], datetime | None]:
     name = str(form.get("name") or "").strip()
-    scopes = [str(s) for s in form.getlist("scopes")]
+    scopes = tuple(str(s) for s in form.getlist("scopes"))
     expires = str(form.get("expires") or "").strip()
     errors: dict[str, str] = {}
     if not name:
@@ -100,7 +110,7 @@ def _new_key_fields(form: FormData) -> tuple[dict[str, object], dict[str, str], 
         else:
             if expires_at <= datetime.now(UTC):
                 errors["expires"] = "must be in the future"
-    return {"name": name, "scopes": scopes, "expires": expires}, errors, expires_at
+    return KeyForm(name=name, scopes=scopes, expires=expires), errors, expires_at
 
 
 async def create_key(request: Request) -> Response:
@@ -111,8 +121,8 @@ async def create_key(request: Request) -> Response:
         if not errors:
             info, raw = await api_keys.create_key(
                 db,
-                name=str(values["name"]),
-                scopes=list(values["scopes"]),  # type: ignore[call-overload]
+                name=values.name,
+                scopes=values.scopes,
                 expires_at=expires_at,
                 created_by=f"studio:{me.user.email}",
             )
@@ -162,9 +172,9 @@ def _key_id(request: Request) -> uuid.UUID:
 
 async def confirm_revoke(request: Request) -> Response:
     """GET: which key, and the form that revokes it (admins only)."""
-    key_id = _key_id(request)
     async with database(request) as db:
         me = await require_viewer(request, db)
+        key_id = _key_id(request)
         if not me.user.is_admin:
             raise PageError(403, "Only admins can revoke keys; your role is viewer.")
         info = await api_keys.get_key(db, key_id)
@@ -175,9 +185,9 @@ async def confirm_revoke(request: Request) -> Response:
 
 async def revoke_key(request: Request) -> Response:
     """POST: revoke with the same function as ``DELETE /v1/admin/api-keys/{id}``."""
-    key_id = _key_id(request)
     async with database(request) as db:
         me, _ = await require_admin(request, db)
+        key_id = _key_id(request)
         info = await api_keys.get_key(db, key_id)
         if info is None or not await api_keys.revoke_key(db, key_id):
             raise PageError(404, f"API key {key_id} does not exist or is already revoked.")

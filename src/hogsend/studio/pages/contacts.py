@@ -29,7 +29,7 @@ from hogsend.studio.security import record_change, require_admin, require_viewer
 from hogsend.studio.state import database, studio_of
 
 PAGE_SIZE = 50
-TIMELINE_SIZE = 50
+TIMELINE_SIZE = 25
 SENDS_SIZE = 20
 _NOTICES = {
     "unsubscribed": "The contact is now unsubscribed from all non-transactional email.",
@@ -86,6 +86,13 @@ def _contact_id(request: Request) -> uuid.UUID:
         raise PageError(404, "That is not a contact id.") from None
 
 
+class _Moved(Exception):
+    """The contact was merged into another one: the page moves to the survivor."""
+
+    def __init__(self, contact_id: uuid.UUID) -> None:
+        self.contact_id = contact_id
+
+
 async def _live_contact(db: AsyncSession, request: Request) -> Contact:
     """The contact of the path; a merged-away id redirects to its survivor."""
     contact_id = _contact_id(request)
@@ -96,11 +103,6 @@ async def _live_contact(db: AsyncSession, request: Request) -> Contact:
     if survivor is not None:
         raise _Moved(survivor.id)
     raise PageError(404, f"Contact {contact_id} does not exist, or was deleted or erased.")
-
-
-class _Moved(Exception):
-    def __init__(self, contact_id: uuid.UUID) -> None:
-        self.contact_id = contact_id
 
 
 async def _explain(
@@ -263,9 +265,9 @@ def _action(request: Request) -> str:
 
 async def confirm_action(request: Request) -> Response:
     """GET: what the action will do, and the form that does it (admins only)."""
-    action = _action(request)
     async with database(request) as db:
         me = await require_viewer(request, db)
+        action = _action(request)
         if not me.user.is_admin:
             raise PageError(403, "Only admins can change contacts; your role is viewer.")
         try:
@@ -295,10 +297,10 @@ def _identity(contact: Contact) -> Identity:
 
 async def perform_action(request: Request) -> Response:
     """POST: carry the action out, audit it, and go back to the contact (or the list)."""
-    action = _action(request)
     studio = studio_of(request)
     async with database(request) as db:
         me, _ = await require_admin(request, db)
+        action = _action(request)
         try:
             contact = await _live_contact(db, request)
         except _Moved:

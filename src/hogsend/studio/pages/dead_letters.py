@@ -66,9 +66,9 @@ def _entry_id(request: Request) -> uuid.UUID:
 
 async def dead_letter_page(request: Request) -> Response:
     """One entry: its payload, error and attempts, and (for admins) its decisions."""
-    entry_id = _entry_id(request)
     async with database(request) as db:
         me = await require_viewer(request, db)
+        entry_id = _entry_id(request)
         entry = await dead_letters.get(db, entry_id)
     if entry is None:
         raise PageError(404, f"Dead-letter entry {entry_id} does not exist.")
@@ -78,6 +78,8 @@ async def dead_letter_page(request: Request) -> Response:
         title="Dead letter",
         current="dlq",
         entry=entry,
+        payload={k: v for k, v in entry.payload.items() if k != "traceback"},
+        traceback=entry.payload.get("traceback"),
         retryable=entry.source == outbox.DISPATCHER_SOURCE,
         can_change=me.user.is_admin and entry.status == "pending",
         notice=_NOTICES.get(request.query_params.get("notice", "")),
@@ -86,12 +88,12 @@ async def dead_letter_page(request: Request) -> Response:
 
 async def decide(request: Request) -> Response:
     """POST retry or discard, through the functions ``/v1/admin/dlq/{id}/...`` uses."""
-    entry_id = _entry_id(request)
-    verb = str(request.path_params["decision"])
-    if verb not in ("retry", "discard"):
-        raise PageError(404, "A dead-letter entry can be retried or discarded.")
     async with database(request) as db:
         me, _ = await require_admin(request, db)
+        entry_id = _entry_id(request)
+        verb = str(request.path_params["decision"])
+        if verb not in ("retry", "discard"):
+            raise PageError(404, "A dead-letter entry can be retried or discarded.")
         try:
             if verb == "retry":
                 retried = await dead_letter_decisions.retry(db, entry_id)
