@@ -368,6 +368,10 @@ async def test_an_expired_or_unknown_session_signs_out(
     expired = await browser.get("/studio/")
     assert expired.status_code == 303
     assert expired.headers["location"].startswith("/studio/login")
+    # the live tail's htmx request is told to load the sign-in page as a whole page
+    tail = await browser.get("/studio/events/rows", headers={"HX-Request": "true"})
+    assert tail.status_code == 204
+    assert tail.headers["hx-redirect"].startswith("/studio/login")
     browser.cookies.set("hogsend_studio", "made-up-token", path="/studio")
     assert (await browser.get("/studio/")).status_code == 303
 
@@ -714,3 +718,41 @@ async def test_studio_routes_stay_out_of_the_openapi_document(
     assert (await browser.get("/studio/nope")).headers["content-type"].startswith("text/html")
     missing = await browser.get("/v1/nope")
     assert missing.headers["content-type"] == "application/problem+json"
+
+
+async def test_pages_run_a_fixed_number_of_queries(
+    browser: httpx.AsyncClient, engine: AsyncEngine, seeded: None
+) -> None:
+    """No N+1: each page's query count is a small constant, whatever it lists (50 rows)."""
+    from sqlalchemy import event
+
+    await signed_in_admin(browser, engine)
+    contact_id = await demo_contact(engine)
+    counted = [0]
+
+    def count(*_: Any) -> None:
+        counted[0] += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        limits = {
+            "/studio/": 9,
+            "/studio/contacts": 2,
+            "/studio/contacts?prop=plan&value=free": 2,
+            f"/studio/contacts/{contact_id}": 8,
+            f"/studio/contacts/{contact_id}?explain=1&template=welcome": 13,
+            "/studio/events": 2,
+            "/studio/events/rows": 2,
+            "/studio/api-keys": 3,
+            "/studio/audit": 3,
+            "/studio/dlq": 3,
+        }
+        for path, limit in limits.items():
+            counted[0] = 0
+            page = await browser.get(path)
+            assert page.status_code == 200, path
+            assert counted[0] <= limit, f"{path} ran {counted[0]} queries"
+        listing = (await browser.get("/studio/events")).text
+        assert listing.count("<tr>") >= 50  # the constant held for a full page of rows
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)

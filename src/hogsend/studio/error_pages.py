@@ -87,6 +87,11 @@ def _next_target(request: Request) -> str:
 
 async def _login_required(request: Request, exc: Exception) -> Response:
     studio = studio_of(request)
+    if request.headers.get("HX-Request") == "true":
+        # An htmx request (the live tail) would swap the sign-in page into the table:
+        # ask htmx to load the sign-in page as a whole page instead.
+        target = studio.url("/login") + "?" + urlencode({"next": studio.url("/")})
+        return Response(status_code=204, headers={"HX-Redirect": target})
     query = "" if request.method != "GET" else "?" + urlencode({"next": _next_target(request)})
     return RedirectResponse(studio.url("/login") + query, status_code=303)
 

@@ -164,7 +164,6 @@ async def login(request: Request) -> Response:
                 return RedirectResponse(target, status_code=303)
             if await studio_users.count_users(db) == 0:
                 return RedirectResponse(studio.url("/setup"), status_code=303)
-            request.state.me = None
             return _login_form(request, next_target=request.query_params.get("next", ""))
         form = await read_form(request)
         check_form_token(request, form)
