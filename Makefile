@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean chromium
+.PHONY: run test lint typecheck unit bench clean chromium screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP) chromium lint typecheck
 ## chromium: Debian's /usr/bin/chromium for the Playwright tests (never `playwright install`)
 chromium:
 	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium)
+
+## screenshots: run the Studio browser test and keep its screenshots in docs/screenshots
+screenshots: $(STAMP) chromium
+	STUDIO_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider -q \
+		tests/acceptance/test_studio_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

@@ -275,6 +275,23 @@ class Settings(BaseSettings):
         default=1000, ge=1, le=100_000, description="Most events or messages in one batch request."
     )
 
+    studio_session_seconds: int = Field(
+        default=43_200,
+        ge=60,
+        le=2_592_000,
+        description="How long a Studio sign-in lasts before the password is asked again.",
+    )
+    studio_cookie_secure: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="Secure flag of Studio cookies: auto (when the request came over https), "
+        "always or never.",
+    )
+    studio_login_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Studio sign-in attempts per client address and email per rate-limit window.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:

@@ -255,3 +255,48 @@ async def test_skip_preference_check_needs_full_admin_beyond_the_route_scope(
     # past the scope checks; this app registers no templates
     assert allowed.status_code == 422
     assert allowed.json()["errors"][0]["field"] == "body.template"
+
+
+async def test_studio_routes_are_outside_the_key_matrix_and_behind_a_sign_in(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """Studio (mounted by the serving commands) authenticates people, not keys.
+
+    Its routes live in a Starlette mount the walk above does not descend into, stay out
+    of the OpenAPI document, and each one sends an anonymous visitor to the setup or
+    sign-in page (GET) or refuses the request (POST) instead of doing anything.
+    """
+    from starlette.routing import Mount, Route
+
+    from hogsend.studio import mount_studio
+
+    plain = create_api(Hogsend(), Settings(env="test", database_url=database_url), engine=engine)
+    api = create_api(Hogsend(), Settings(env="test", database_url=database_url), engine=engine)
+    mount_studio(api)
+    assert set(every_route(api)) - {("GET", "/studio")} == set(every_route(plain))
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        document = (await client.get("/openapi.json")).json()
+        assert not [path for path in document["paths"] if path.startswith("/studio")]
+        [studio] = [r for r in api.routes if isinstance(r, Mount) and r.path == "/studio"]
+        checked = 0
+        for route in studio.routes:
+            if not isinstance(route, Route):
+                continue  # the static files
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                path = "/studio" + concrete(route.path)
+                response = await client.request(method, path)
+                if route.path in ("/setup", "/login"):
+                    # the forms themselves: shown to anyone, posted only with their token
+                    expected = {"GET": (200, 303), "POST": (403,)}[method]
+                else:
+                    expected = (303,)
+                assert response.status_code in expected, f"{method} {path}"
+                if response.status_code == 303:
+                    assert response.headers["location"].startswith(
+                        ("/studio/setup", "/studio/login")
+                    )
+                checked += 1
+    assert checked > 20
+    await api.state.driver_pool.close()
+    await plain.state.driver_pool.close()

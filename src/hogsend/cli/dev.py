@@ -1,7 +1,7 @@
 """``hogsend dev``: everything in one process for local work.
 
 Embedded Postgres in the data dir (unless HOGSEND_DATABASE_URL is set) → migrations →
-optional demo data → worker + API + Studio placeholder, until Ctrl+C; then the worker
+optional demo data → worker + API + Studio, until Ctrl+C; then the worker
 stops gracefully and the embedded Postgres is shut down.
 """
 

@@ -19,6 +19,7 @@ from hogsend.cli.db import db_cli
 from hogsend.cli.dev import dev
 from hogsend.cli.keys import keys_cli
 from hogsend.cli.serving import serve, worker
+from hogsend.cli.studio import studio_cli
 from hogsend.cli.templates import templates_cli
 from hogsend.errors import ConfigurationError, DatabaseError
 
@@ -64,6 +65,7 @@ cli.command()(check)
 cli.add_typer(db_cli)
 cli.add_typer(keys_cli)
 cli.add_typer(templates_cli)
+cli.add_typer(studio_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Studio, the server-rendered admin UI. For now: a placeholder page at ``/studio``."""
+"""Studio, the server-rendered admin UI (Jinja2 + htmx), mounted at ``/studio``."""
 
 from hogsend.studio.mount import mount_studio as mount_studio
 

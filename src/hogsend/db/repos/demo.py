@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.db.repos import demo_email
 from hogsend.db.tables.contacts import Contact
 
 DEMO_SEED = 20_240_611
@@ -142,6 +143,7 @@ class SeedResult:
 
     contacts: int
     events: int
+    sends: int = 0
 
 
 def generate(*, now: datetime, contacts: int = 200, days: int = 60) -> DemoData:
@@ -238,8 +240,9 @@ _INSERT_EVENTS = text(
 
 
 async def seed(session: AsyncSession, *, now: datetime | None = None) -> SeedResult:
-    """Insert the demo contacts and events that are not there yet (two statements)."""
-    data = generate(now=now or datetime.now(UTC))
+    """Insert the demo contacts, events and email history that are not there yet."""
+    now = now or datetime.now(UTC)
+    data = generate(now=now)
     contacts = await session.execute(
         insert(Contact).values(data.contacts).on_conflict_do_nothing().returning(Contact.id)
     )
@@ -248,4 +251,5 @@ async def seed(session: AsyncSession, *, now: datetime | None = None) -> SeedRes
         _INSERT_EVENTS, {"rows": json.dumps(data.events), "source": DEMO_SOURCE}
     )
     inserted_events = events.rowcount if events.rowcount is not None else 0  # type: ignore[attr-defined]
-    return SeedResult(contacts=inserted_contacts, events=inserted_events)
+    inserted_sends = await demo_email.seed(session, data.contacts, now=now)
+    return SeedResult(contacts=inserted_contacts, events=inserted_events, sends=inserted_sends)

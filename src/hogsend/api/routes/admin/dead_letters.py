@@ -18,9 +18,9 @@ from hogsend.api.schemas.dead_letters import (
     DiscardedDeadLetter,
     RetriedDeadLetter,
 )
-from hogsend.db.repos import dead_letters, outbox
+from hogsend.db.repos import dead_letter_decisions, dead_letters
 from hogsend.db.repos.dead_letters import DeadLetterEntry
-from hogsend.errors import Conflict, NotFound
+from hogsend.errors import NotFound
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: dead letters"])
 
@@ -39,18 +39,6 @@ def _out(entry: DeadLetterEntry) -> DeadLetterOut:
         created_at=entry.created_at,
         updated_at=entry.updated_at,
     )
-
-
-async def _pending(change: AdminChange, id: UUID, verb: str) -> DeadLetterEntry:
-    entry = await dead_letters.get(change.session, id, for_update=True)
-    if entry is None:
-        raise NotFound(f"dead-letter entry {id} does not exist")
-    if entry.status != "pending":
-        raise Conflict(
-            f"dead-letter entry {id} is already {entry.status}; only pending entries can be {verb}"
-        )
-    change.detail = {"source": entry.source, "sourceId": entry.source_id}
-    return entry
 
 
 @router.get(
@@ -100,18 +88,12 @@ async def retry_dead_letter(
     for good again, a new entry is written. 409 when the entry is not pending, when its
     source has no retry, or when the event is no longer dead (processed or pending).
     """
-    entry = await _pending(change, id, "retried")
-    if entry.source != outbox.DISPATCHER_SOURCE:
-        raise Conflict(f"entries from {entry.source!r} cannot be retried; discard it instead")
-    outbox_id = await outbox.requeue_dead(change.session, entry.payload)
-    if outbox_id is None:
-        raise Conflict(
-            f"event {entry.source_id} is not dead any more (pending or processed); "
-            "discard this entry instead"
-        )
-    await dead_letters.resolve(change.session, id, status="retried")
-    await outbox.notify_outbox(change.session)
-    change.detail = {**(change.detail or {}), "outboxId": outbox_id}
+    retried = await dead_letter_decisions.retry(change.session, id)
+    change.detail = {
+        "source": retried.entry.source,
+        "sourceId": retried.entry.source_id,
+        "outboxId": retried.outbox_id,
+    }
     return RetriedDeadLetter(retried=True)
 
 
@@ -129,8 +111,6 @@ async def discard_dead_letter(
     For a ``dispatcher`` entry the event's dead outbox row is deleted (the event stays in
     the event log). 409 when the entry is not pending.
     """
-    entry = await _pending(change, id, "discarded")
-    if entry.source == outbox.DISPATCHER_SOURCE and entry.source_id is not None:
-        await outbox.delete_dead(change.session, UUID(entry.source_id))
-    await dead_letters.resolve(change.session, id, status="discarded")
+    entry = await dead_letter_decisions.discard(change.session, id)
+    change.detail = {"source": entry.source, "sourceId": entry.source_id}
     return DiscardedDeadLetter(discarded=True)
