@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.db.engine import make_async_engine, make_sessionmaker
-from hogsend.db.repos import contact_search, demo, reporting, unsubscribes
+from hogsend.db.repos import contact_search, demo, preferences, reporting
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -161,12 +161,12 @@ async def test_global_unsubscribe_round_trip(engine: AsyncEngine, seeded: demo.S
         await session.execute(
             text("DELETE FROM email_preferences WHERE contact_id = :c"), {"c": contact_id}
         )
-        assert await unsubscribes.set_unsubscribed_all(session, contact_id, True, source="admin")
-        assert not await unsubscribes.set_unsubscribed_all(
+        assert await preferences.set_unsubscribed_all(session, contact_id, True, source="admin")
+        assert not await preferences.set_unsubscribed_all(
             session, contact_id, True, source="admin"
         )
-        assert await unsubscribes.set_unsubscribed_all(session, contact_id, False, source="admin")
-        assert not await unsubscribes.set_unsubscribed_all(
+        assert await preferences.set_unsubscribed_all(session, contact_id, False, source="admin")
+        assert not await preferences.set_unsubscribed_all(
             session, contact_id, False, source="admin"
         )
         row = (

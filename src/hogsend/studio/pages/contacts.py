@@ -20,7 +20,7 @@ from hogsend.core.contact import Contact
 from hogsend.core.identity import Identity, IdentityError
 from hogsend.core.mailer_gates import is_subscribed
 from hogsend.core.pagination import InvalidCursor
-from hogsend.db.repos import contact_search, contacts, sends, unsubscribes
+from hogsend.db.repos import contact_search, contacts, preferences, sends
 from hogsend.db.repos.contacts import ResolutionRace
 from hogsend.errors import TemplateNotFound
 from hogsend.studio.error_pages import PageError
@@ -307,7 +307,7 @@ async def perform_action(request: Request) -> Response:
             raise PageError(409, "The contact was merged into another one meanwhile.") from None
         detail: dict[str, Any] = {"email": contact.email, "userId": contact.user_id}
         if action in ("unsubscribe", "resubscribe"):
-            changed = await unsubscribes.set_unsubscribed_all(
+            changed = await preferences.set_unsubscribed_all(
                 db, contact.id, action == "unsubscribe", source="admin"
             )
             if not changed:
