@@ -162,9 +162,7 @@ async def test_global_unsubscribe_round_trip(engine: AsyncEngine, seeded: demo.S
             text("DELETE FROM email_preferences WHERE contact_id = :c"), {"c": contact_id}
         )
         assert await preferences.set_unsubscribed_all(session, contact_id, True, source="admin")
-        assert not await preferences.set_unsubscribed_all(
-            session, contact_id, True, source="admin"
-        )
+        assert not await preferences.set_unsubscribed_all(session, contact_id, True, source="admin")
         assert await preferences.set_unsubscribed_all(session, contact_id, False, source="admin")
         assert not await preferences.set_unsubscribed_all(
             session, contact_id, False, source="admin"
