@@ -44,7 +44,8 @@ def test_once_per_period_counts_from_the_last_entry() -> None:
 
 def test_unlimited_still_allows_one_live_run_only() -> None:
     live = after_entry(NO_ENTRIES, NOW - DAY)
-    assert live.live and live.count == 1
+    assert live.live
+    assert live.count == 1
     assert entry_refusal("unlimited", live, NOW) == "already_active"
     assert entry_refusal("unlimited", ended(7, NOW - DAY), NOW) is None
     # A live run refuses even when the period has elapsed.

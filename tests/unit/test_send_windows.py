@@ -199,9 +199,12 @@ def test_next_open_is_open_and_not_early(
 class TestResolveTimezone:
     def test_order_of_candidates(self) -> None:
         props = {"$timezone": "Asia/Tokyo", "$geoip_time_zone": "Europe/Paris", "timezone": "UTC"}
-        assert resolve_timezone(
-            contact_timezone="America/Chicago", properties=props, app_default="Europe/Berlin"
-        ).source == "$timezone"
+        assert (
+            resolve_timezone(
+                contact_timezone="America/Chicago", properties=props, app_default="Europe/Berlin"
+            ).source
+            == "$timezone"
+        )
         del props["$timezone"]
         assert resolve_timezone(contact_timezone="America/Chicago", properties=props).name == (
             "Europe/Paris"

@@ -20,8 +20,7 @@ semantic choices.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,13 +121,30 @@ class StepLog:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Waiter:
+    """What a parked body waits for; yielded up to the harness through :class:`_Park`."""
+
     kind: Literal["sleep", "wait_for_event", "send_window"]
     wake_at: datetime
-    future: asyncio.Future[Event | None]
     event_name: str | None = None
     match: Mapping[str, Any] | None = None
+
+
+class _Park:
+    """The one thing a body awaits that suspends it: the harness resumes it by hand.
+
+    The harness steps the body's coroutine itself (``send``/``throw``) instead of
+    running it as an asyncio task, so virtual time needs no event loop trickery and
+    a body awaiting anything else (a real sleep, a socket) is caught at once.
+    """
+
+    def __init__(self, waiter: _Waiter) -> None:
+        self.waiter = waiter
+
+    def __await__(self) -> Generator[_Waiter, Event | None, Event | None]:
+        result = yield self.waiter
+        return result
 
 
 def make_contact(
@@ -340,8 +356,6 @@ class JourneyHarness:
         unsubscribed: the contact unsubscribed from all non-transactional email
             (every send is then ``unsubscribed``, as in the mailer).
         history: events the contact had before the test starts.
-        settle_timeout: real seconds a body may run without reaching a ctx operation
-            before the harness gives up (it awaited something that is not a ctx call).
 
     All driving methods are coroutines; call them from an async test.
     """
@@ -356,7 +370,6 @@ class JourneyHarness:
         default_timezone: str | None = None,
         unsubscribed: bool = False,
         history: Sequence[Event] = (),
-        settle_timeout: float = 5.0,
     ) -> None:
         if start_at.utcoffset() is None:
             raise ValueError("start_at must be timezone-aware")
@@ -368,14 +381,11 @@ class JourneyHarness:
         self._now = start_at.astimezone(UTC)
         self._default_timezone = default_timezone
         self._unsubscribed = unsubscribed
-        self._settle_timeout = settle_timeout
         self._contact: Contact | None = None
         self._prior: PriorEntries = NO_ENTRIES
-        self._task: asyncio.Task[None] | None = None
+        self._body: Coroutine[Any, Event | None, None] | None = None
         self._waiter: _Waiter | None = None
-        self._parked: asyncio.Future[None] | None = None
         self._last_sent_at: datetime | None = None
-        self._reported: BaseException | None = None
         self._recorded: list[tuple[str, dict[str, Any], datetime]] = []
         self.status: JourneyStatus = "not_started"
         self.exit_reason: str | None = None
@@ -501,12 +511,10 @@ class JourneyHarness:
         self.status = "running"
         self.exit_reason = None
         self.error = None
-        self._reported = None
         self._step("start", trigger=name, timezone=self.timezone.name)
         ctx = HarnessContext(self, event)
-        self._parked = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ctx), name=f"journey:{self.journey.id}")
-        await self._settle()
+        self._body = self.journey.body(contact, ctx)  # type: ignore[assignment]
+        self._resume(None)
         return None
 
     async def advance(self, duration: timedelta) -> None:
@@ -524,8 +532,7 @@ class JourneyHarness:
             raise ValueError("the clock only moves forward")
         while self._waiter is not None and self._waiter.wake_at <= target:
             self._now = max(self._now, self._waiter.wake_at)
-            self._wake(None)
-            await self._settle()
+            self._resume(None)
         self._now = target
 
     async def run_until_done(self, limit: timedelta = timedelta(days=365)) -> None:
@@ -554,8 +561,7 @@ class JourneyHarness:
             and waiter.event_name == name
             and _props_match(waiter.match, event)
         ):
-            self._wake(event)
-            await self._settle()
+            self._resume(event)
         return event
 
     def record(
@@ -613,87 +619,75 @@ class JourneyHarness:
         event_name: str | None = None,
         match: Mapping[str, Any] | None = None,
     ) -> Event | None:
-        if self._waiter is not None:
-            raise HarnessError("a journey body runs one ctx operation at a time; await each one")
-        future: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
-        self._waiter = _Waiter(
-            kind=kind, wake_at=wake_at, future=future, event_name=event_name, match=match
-        )
-        self.status = "waiting"
-        if self._parked is not None and not self._parked.done():
-            self._parked.set_result(None)
-        result = await future
+        waiter = _Waiter(kind=kind, wake_at=wake_at, event_name=event_name, match=match)
+        result = await _Park(waiter)
         self._check_live()
         return result
 
-    def _wake(self, result: Event | None, exit_reason: str | None = None) -> None:
-        waiter = self._waiter
-        assert waiter is not None
+    def _resume(self, result: Event | None, exit_reason: str | None = None) -> None:
+        """Run the body from its await point until it parks again or ends.
+
+        Whatever falls due at the current instant (a zero-length sleep, a window that
+        is open now) is woken too. A body failure is re-raised to the test.
+        """
+        body = self._body
+        assert body is not None
         self._waiter = None
-        self._parked = asyncio.get_running_loop().create_future()
-        if exit_reason is not None:
-            waiter.future.set_exception(JourneyExit(exit_reason))
-        else:
-            self.status = "running"
-            waiter.future.set_result(result)
+        throw: BaseException | None = None if exit_reason is None else JourneyExit(exit_reason)
+        while True:
+            if self.status != "exited":
+                self.status = "running"
+            try:
+                yielded = body.throw(throw) if throw is not None else body.send(result)
+            except StopIteration:
+                # A completion never overwrites an exit that landed first.
+                self._end("exited" if self.status == "exited" else "completed")
+                return
+            except JourneyExit as exc:
+                self.exit_reason = self.exit_reason or exc.reason
+                self._end("exited")
+                return
+            except Exception as exc:
+                if self.status == "exited":
+                    self._end("exited")
+                    return
+                self.error = exc
+                self._end("failed", error=repr(exc))
+                raise
+            throw, result = None, None
+            if yielded is None:
+                continue  # a bare yield (asyncio.sleep(0)): nothing to wait for
+            if not isinstance(yielded, _Waiter):
+                body.close()
+                self.error = HarnessError(
+                    f"the journey body awaited {yielded!r}, which is not a ctx operation: "
+                    "journey bodies only await ctx (no real sleeps, network or tasks)"
+                )
+                self._end("failed", error=str(self.error))
+                raise self.error
+            self._waiter = yielded
+            if self.status != "exited":
+                self.status = "waiting"
+            if yielded.wake_at > self._now:
+                return
+            self._waiter = None  # already due: wake it at once (timeouts return None)
+
+    def _end(self, status: JourneyStatus, **detail: Any) -> None:
+        self.status = status
+        self._waiter = None
+        self._body = None
+        self._prior = PriorEntries(
+            count=self._prior.count, last_entered_at=self._prior.last_entered_at, live=False
+        )
+        if status != "exited":
+            self._step(status, **detail)
 
     async def _exit(self, reason: str) -> None:
         self.status = "exited"
         self.exit_reason = reason
         self._step("exit", reason=reason)
-        if self._waiter is not None:
-            self._wake(None, exit_reason=reason)
-            await self._settle()
-
-    async def _settle(self) -> None:
-        """Let the body run until it parks or ends; fire what is due at the current instant."""
-        while True:
-            task, parked = self._task, self._parked
-            assert task is not None
-            assert parked is not None
-            if not task.done():
-                done, _ = await asyncio.wait(
-                    {task, parked},
-                    timeout=self._settle_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if not done:
-                    task.cancel()
-                    raise HarnessError(
-                        f"the journey body ran {self._settle_timeout}s of real time without "
-                        "reaching a ctx operation: it awaits something else (real sleep, "
-                        "network); journey bodies only await ctx"
-                    )
-            if task.done():
-                if self.error is not None and self._reported is not self.error:
-                    self._reported = self.error
-                    raise self.error
-                return
-            if self._waiter is not None and self._waiter.wake_at <= self._now:
-                self._wake(None)
-                continue
-            return
-
-    async def _run(self, ctx: HarnessContext) -> None:
-        try:
-            await self.journey.body(self.contact, ctx)
-        except JourneyExit as exc:
-            self.status = "exited"
-            self.exit_reason = self.exit_reason or exc.reason
-        except Exception as exc:
-            if self.status != "exited":
-                self.status = "failed"
-                self.error = exc
-                self._step("failed", error=repr(exc))
-        else:
-            # A completion never overwrites an exit that landed first.
-            if self.status != "exited":
-                self.status = "completed"
-                self._step("completed")
-        finally:
-            self._prior = PriorEntries(
-                count=self._prior.count, last_entered_at=self._prior.last_entered_at, live=False
-            )
+        if self._body is not None:
+            self._resume(None, exit_reason=reason)
 
     async def _send(
         self,
