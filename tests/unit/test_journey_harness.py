@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time as real_time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hogsend import Contact, Hogsend, JourneyContext, days, define_journey, hours, minutes, where
 from hogsend.errors import NoRecipient, TemplateNotFound
@@ -453,3 +455,42 @@ class TestAppTarget:
     def test_the_exit_signal_is_not_an_exception(self) -> None:
         assert issubclass(JourneyExit, BaseException)
         assert not issubclass(JourneyExit, Exception)
+
+
+class TestMatchAndChunking:
+    async def test_match_is_json_strict(self) -> None:
+        @define_journey(id="strict", name="Strict", trigger="go")
+        async def strict(contact: Contact, ctx: JourneyContext) -> None:
+            got = await ctx.wait_for_event("paid", timeout=days(1), match={"amount": 1})
+            await ctx.log("got", amount=None if got is None else got.properties["amount"])
+
+        h = JourneyHarness(strict)
+        await h.start(ada())
+        await h.emit("paid", {"amount": True})
+        await h.emit("paid", {"amount": "1"})
+        await h.emit("paid", {})
+        assert h.status == "waiting"
+        await h.emit("paid", {"amount": 1.0})
+        assert h.status == "completed"
+        assert h.logs[-2].detail == {"message": "got", "amount": 1.0}
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.lists(st.integers(min_value=1, max_value=60 * 60 * 30), min_size=1, max_size=40))
+async def test_how_time_is_advanced_does_not_change_what_happens(steps: list[int]) -> None:
+    # One jump or many small ones: every wake-up happens at its own instant.
+    whole = JourneyHarness(activation_welcome, start_at=FRIDAY_EVENING_BERLIN)
+    await whole.start(ada(id=UUID(int=1)), properties={"projectId": "p1"})
+    await whole.advance(days(10))
+    chunked = JourneyHarness(activation_welcome, start_at=FRIDAY_EVENING_BERLIN)
+    await chunked.start(ada(id=UUID(int=1)), properties={"projectId": "p1"})
+    for seconds in steps:
+        if chunked.now - FRIDAY_EVENING_BERLIN + timedelta(seconds=seconds) > days(10):
+            break
+        await chunked.advance(timedelta(seconds=seconds))
+    await chunked.advance_to(FRIDAY_EVENING_BERLIN + days(10))
+    assert chunked.sent_emails == whole.sent_emails
+    assert [(log.at, log.step) for log in chunked.logs] == [
+        (log.at, log.step) for log in whole.logs
+    ]
+    assert chunked.status == whole.status == "completed"
