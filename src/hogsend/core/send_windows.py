@@ -235,6 +235,10 @@ class SendWindowBuilder:
         return self.window().send_at(now, contact_timezone=tz)
 
 
+When = SendWindowBuilder
+"""The name journey code reads it by: ``ctx.when()`` returns one."""
+
+
 def when(timezone: str | None = None) -> SendWindowBuilder:
     """A window open all the time, read in ``timezone`` (None: the recipient's zone).
 
