@@ -52,7 +52,8 @@ def check_variants(
 
 def variant_point(test_id: str, contact_id: str) -> float:
     """Where the contact falls in ``[0, 1)`` for ``test_id``: uniform and stable."""
-    digest = hashlib.sha256(f"{test_id}\x00{contact_id}".encode()).digest()
+    # "<test id>:<contact id>": contact ids are UUIDs, so the colon cannot be ambiguous.
+    digest = hashlib.sha256(f"{test_id}:{contact_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / _SCALE
 
 
