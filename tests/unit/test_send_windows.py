@@ -233,3 +233,20 @@ class TestResolveTimezone:
         assert (found.name, found.source) == ("America/New_York", "explicit")
         with pytest.raises(ValueError, match="time zone"):
             resolve_timezone(explicit="Nowhere/Land")
+
+
+def test_recipient_timezone_reads_the_contact_as_the_mailer_does() -> None:
+    from uuid import uuid4
+
+    from hogsend.core.contact import Contact
+    from hogsend.core.send_windows import recipient_timezone
+
+    contact = Contact(id=uuid4(), key="k", timezone="America/New_York")
+    assert recipient_timezone(contact) == "America/New_York"
+    tagged = Contact(
+        id=uuid4(), key="k", timezone="America/New_York", properties={"$timezone": "Asia/Tokyo"}
+    )
+    assert recipient_timezone(tagged) == "Asia/Tokyo"
+    assert recipient_timezone(Contact(id=uuid4(), key="k", timezone="Bad/Zone")) == "UTC"
+    assert recipient_timezone(None) == "UTC"
+    assert recipient_timezone(None, app_default="Europe/Berlin") == "Europe/Berlin"

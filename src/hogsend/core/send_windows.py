@@ -21,8 +21,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from hogsend.core.contact import Contact
 
 WEEKDAY_NAMES: tuple[str, ...] = (
     "monday",
@@ -315,3 +318,16 @@ def resolve_timezone(
             return ResolvedTimezone(name=value, source=source, skipped=tuple(skipped))
         skipped.append(f"{source}={value!r}")
     return ResolvedTimezone(name="UTC", source="utc", skipped=tuple(skipped))
+
+
+def recipient_timezone(contact: Contact | None, *, app_default: str | None = None) -> str:
+    """The zone a send window without its own is read in, for ``contact``.
+
+    :func:`resolve_timezone` over the contact's properties and ``timezone`` field; UTC
+    (or ``app_default``) without a contact.
+    """
+    if contact is None:
+        return resolve_timezone(app_default=app_default).name
+    return resolve_timezone(
+        contact_timezone=contact.timezone, properties=contact.properties, app_default=app_default
+    ).name
