@@ -51,6 +51,7 @@ from hogsend.core.mailer_gates import (
     SendWindow,
     decide,
 )
+from hogsend.core.send_windows import recipient_timezone
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import sends
 from hogsend.db.repos import tracking as tracking_repo
@@ -399,7 +400,7 @@ class Mailer:
                 request=request,
                 contact_id=who.contact_id,
                 contact_deleted=who.deleted,
-                contact_timezone=who.contact.timezone if who.contact is not None else None,
+                contact_timezone=recipient_timezone(who.contact),
                 to_email=who.to_email,
                 list_id=list_id,
                 now=now,
@@ -898,7 +899,7 @@ async def explain(
         request=request,
         contact_id=contact.id,
         contact_deleted=contact.deleted_at is not None,
-        contact_timezone=contact.timezone,
+        contact_timezone=recipient_timezone(contact),
         to_email=address,
         list_id=category,
         now=now or _utcnow(),

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# SendWindow lives with the other window code; re-exported for the mailer's imports.
+from hogsend.core.send_windows import SendWindow as SendWindow
 
 Decision = Literal[
     "duplicate",
@@ -59,60 +61,6 @@ GATED: frozenset[Decision] = frozenset(GATE_ORDER) - {"redirected"}
 """Decisions after which nothing is handed to a provider."""
 
 TRANSACTIONAL_CATEGORY = "transactional"
-
-
-def _zone(name: str | None) -> ZoneInfo:
-    try:
-        return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SendWindow:
-    """When a send may go out: allowed weekdays and a local time range.
-
-    Attributes:
-        start: local opening time.
-        end: local closing time (exclusive). ``start == end`` opens the whole day;
-            ``start > end`` is an overnight window (22:00-06:00) that belongs to the
-            weekday it opens on.
-        weekdays: allowed days, 0 = Monday ... 6 = Sunday.
-        timezone: IANA zone of ``start``/``end``; None means the contact's zone (UTC
-            when the contact has none or an unknown one).
-    """
-
-    start: time
-    end: time
-    weekdays: frozenset[int] = frozenset(range(7))
-    timezone: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.weekdays or not self.weekdays <= frozenset(range(7)):
-            raise ValueError("weekdays must be a non-empty subset of 0 (Monday) .. 6 (Sunday)")
-
-    def next_open(self, now: datetime, *, contact_timezone: str | None = None) -> datetime | None:
-        """None when ``now`` is inside the window, else the instant it next opens (UTC)."""
-        if now.utcoffset() is None:
-            raise ValueError("now must be timezone-aware")
-        zone = _zone(self.timezone or contact_timezone)
-        local_day = now.astimezone(zone).date()
-        best: datetime | None = None
-        # Yesterday's overnight window may still be open; a week ahead always has a day.
-        for offset in range(-1, 9):
-            day = local_day + timedelta(days=offset)
-            if day.weekday() not in self.weekdays:
-                continue
-            # Through UTC and back: a wall time skipped by DST lands just after the gap.
-            opens = datetime.combine(day, self.start, zone).astimezone(UTC)
-            close_day = day if self.end > self.start else day + timedelta(days=1)
-            closes = datetime.combine(close_day, self.end, zone).astimezone(UTC)
-            if opens <= now < closes:
-                return None
-            if opens > now and (best is None or opens < best):
-                best = opens
-        assert best is not None  # some allowed weekday lies within the next 8 days
-        return best
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
