@@ -42,6 +42,7 @@ from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
+from hogsend.runtime.journeys import JourneyRuntime, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
 
@@ -93,6 +94,7 @@ class Worker:
         self.courier: Courier | None = None
         self._email_provider: EmailProvider | None = None
         self.deferred: DeferredSweep | None = None
+        self.journeys: JourneyRuntime | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -115,9 +117,18 @@ class Worker:
             self._engine = make_async_engine(
                 self.database_url, pool_size=self.settings.db_pool_size
             )
+        registrations = list(self.registrations)
+        if self.app.journeys:
+            # Before launch: recovered runs may send at once, so the mailer must exist.
+            mailer = None
+            if self.app.templates is not None:
+                self._email_provider = build_provider(self.settings, self.engine)
+                mailer = Mailer(self.app, self.settings, self.engine, self._email_provider)
+            self.journeys = JourneyRuntime(self.app, self.engine, mailer=mailer)
+            registrations.append(self.journeys.register)
         # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
         # it must run on this thread so that DBOS adopts this event loop.
-        launch_dbos(self.settings, self.database_url, registrations=self.registrations)
+        launch_dbos(self.settings, self.database_url, registrations=registrations)
         self.queue_names = await declare_queues()
         self.app.launch()
         self._started_at = datetime.now(UTC)
@@ -126,12 +137,16 @@ class Worker:
         self.dispatcher = Dispatcher(
             self.engine,
             self.settings,
-            build_consumers(self.app),
+            build_consumers(
+                self.app,
+                journeys=journey_consumers(self.journeys) if self.journeys is not None else (),
+            ),
             database_url=self.database_url,
         )
         await self.dispatcher.start()
         if self.app.templates is not None:
-            self._email_provider = build_provider(self.settings, self.engine)
+            if self._email_provider is None:
+                self._email_provider = build_provider(self.settings, self.engine)
             self.courier = Courier(
                 Mailer(self.app, self.settings, self.engine, self._email_provider),
                 poll_seconds=self.settings.email_queue_poll_seconds,
