@@ -61,15 +61,16 @@ async def slow(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="welcome")
     try:
         await ctx.sleep(timedelta(seconds=60))
-    except Exception:  # an exit is not an Exception: this must not swallow it
-        pass
+    except Exception:  # noqa: SIM105 - an exit is not an Exception: this cannot swallow it
+        await ctx.log("swallowed")
     await ctx.send_email(template="nudge")
 
 
 def _templates(directory: Path) -> Path:
     directory.mkdir()
     (directory / "welcome.html").write_text(
-        "{#---\nsubject: Welcome\ncategory: onboarding\n---#}\n<p>Hi {{ name | default('there') }}</p>\n"
+        "{#---\nsubject: Welcome\ncategory: onboarding\n---#}\n"
+        "<p>Hi {{ name | default('there') }}</p>\n"
     )
     (directory / "nudge.html").write_text(
         "{#---\nsubject: Try it\ncategory: onboarding\n---#}\n<p>Nudge</p>\n"
