@@ -61,7 +61,7 @@ async def slow(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="welcome")
     try:
         await ctx.sleep(timedelta(seconds=60))
-    except Exception:  # noqa: SIM105 - an exit is not an Exception: this cannot swallow it
+    except Exception:  # an exit is not an Exception: this cannot swallow it
         await ctx.log("swallowed")
     await ctx.send_email(template="nudge")
 
