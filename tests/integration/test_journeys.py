@@ -306,3 +306,124 @@ async def test_an_exit_mid_sleep_ends_the_run_at_once_and_nothing_more_is_sent(
 
 async def _count(env: Env, journey: str, n: int) -> bool:
     return len(await env.runs(journey)) == n
+
+
+def _auth(env: Env) -> dict[str, str]:
+    return {"Authorization": f"Bearer {env.key}"}
+
+
+async def test_admin_lists_pages_reads_and_cancels_a_run_mid_sleep(env: Env) -> None:
+    await env.event("trial.started", "fay")
+    await env.event("trial.started", "gus")
+
+    async def both_sleeping() -> bool:
+        runs = await env.runs("it-slow")
+        return len(runs) == 2 and all(r["status"] == "waiting" for r in runs)
+
+    await env.until(both_sleeping)
+    listed = (await env.client.get("/v1/admin/journeys", headers=_auth(env))).json()
+    by_id = {j["id"]: j for j in listed["journeys"]}
+    assert by_id["it-slow"]["counts"] == {"waiting": 2}
+    assert by_id["it-slow"]["enabled"] is True
+    assert by_id["it-welcome"]["trigger"] == "user.created"
+
+    first = (
+        await env.client.get(
+            "/v1/admin/journeys/runs",
+            params={"journeyId": "it-slow", "limit": 1},
+            headers=_auth(env),
+        )
+    ).json()
+    assert len(first["runs"]) == 1
+    second = (
+        await env.client.get(
+            "/v1/admin/journeys/runs",
+            params={"journeyId": "it-slow", "limit": 1, "cursor": first["nextCursor"]},
+            headers=_auth(env),
+        )
+    ).json()
+    assert second["nextCursor"] is None
+    run_id = second["runs"][0]["id"]
+    assert run_id != first["runs"][0]["id"]
+    bad = await env.client.get(
+        "/v1/admin/journeys/runs", params={"status": "sleeping"}, headers=_auth(env)
+    )
+    assert bad.status_code == 422
+    assert bad.headers["content-type"] == "application/problem+json"
+
+    cancelled = await env.client.post(
+        f"/v1/admin/journeys/runs/{run_id}/cancel", headers=_auth(env)
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "exited"
+    assert cancelled.json()["exitReason"] == "admin"
+    assert [s["action"] for s in cancelled.json()["steps"]][-1] == "exited"
+    again = await env.client.post(f"/v1/admin/journeys/runs/{run_id}/cancel", headers=_auth(env))
+    assert again.status_code == 409
+    # The exit sweep wakes the sleeping workflow: it ends now, not in a minute.
+    [workflow_id] = [r["workflow_id"] for r in await env.runs("it-slow") if str(r["id"]) == run_id]
+    await env.until(
+        lambda: env.rows(
+            "SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = :w AND status = 'SUCCESS'",
+            w=workflow_id,
+        ),
+        seconds=10,
+    )
+    assert _subjects(env.sink) == ["Welcome", "Welcome"]
+    [audit] = await env.rows("SELECT action, resource_id FROM audit_logs")
+    assert audit == {"action": "journey-runs.cancel", "resource_id": run_id}
+    detail = await env.client.get(f"/v1/admin/journeys/runs/{run_id}", headers=_auth(env))
+    assert detail.json()["status"] == "exited"
+    missing = await env.client.get(
+        "/v1/admin/journeys/runs/00000000-0000-0000-0000-000000000000", headers=_auth(env)
+    )
+    assert missing.status_code == 404
+
+
+async def test_a_disabled_journey_refuses_and_a_deleted_contact_exits_mid_wait(
+    env: Env,
+) -> None:
+    off = await env.client.put(
+        "/v1/admin/journeys/it-welcome/enabled", json={"enabled": False}, headers=_auth(env)
+    )
+    assert off.status_code == 200, off.text
+    assert off.json()["enabled"] is False
+    unknown = await env.client.put(
+        "/v1/admin/journeys/nope/enabled", json={"enabled": False}, headers=_auth(env)
+    )
+    assert unknown.status_code == 404
+    await env.event("user.created", "hal", plan="pro", projectId="p1")
+
+    async def refused() -> list[dict[str, Any]]:
+        return await env.rows("SELECT detail FROM journey_logs WHERE action = 'refused'")
+
+    [row] = await env.until(refused)
+    assert row["detail"]["reason"] == "disabled"
+    assert await env.runs("it-welcome") == []
+
+    await env.client.put(
+        "/v1/admin/journeys/it-welcome/enabled", json={"enabled": None}, headers=_auth(env)
+    )
+    await env.event("user.created", "ivy", plan="pro", projectId="p1")
+
+    async def waiting() -> bool:
+        runs = await env.runs("it-welcome")
+        return bool(runs) and runs[0]["waiting_for_event"] == "feature.used"
+
+    await env.until(waiting)
+    deleted = await env.client.request(
+        "DELETE", "/v1/contacts", json={"userId": "ivy"}, headers=_auth(env)
+    )
+    assert deleted.status_code == 200, deleted.text
+    [run] = await env.runs("it-welcome")
+    assert run["status"] == "exited"
+    assert run["exit_reason"] == "contact_deleted"
+    await env.until(
+        lambda: env.rows(
+            "SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = :w AND status = 'SUCCESS'",
+            w=run["workflow_id"],
+        ),
+        seconds=10,
+    )
+    await asyncio.sleep(0.3)
+    assert _subjects(env.sink) == ["Welcome"]  # the timeout's nudge never went

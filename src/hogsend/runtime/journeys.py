@@ -21,6 +21,8 @@ while it sends, so an exit either waits for a send in flight or prevents it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -50,6 +52,7 @@ from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit
+from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.queues import JOURNEYS
 
 if TYPE_CHECKING:
@@ -59,6 +62,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 TOPIC = "hogsend.journey"
+
+EXIT_SWEEP_SECONDS = 1.0
+"""How often a worker looks for runs exited elsewhere (API, Studio) that still run."""
 """The one DBOS message topic of a run: exit signals and awaited events."""
 
 T = TypeVar("T")
@@ -379,6 +385,48 @@ async def signal_exit(workflow_ids: Sequence[str], reason: str) -> None:
         except DBOSNonExistentWorkflowError:
             # Not started yet: its first step reads the row, which says exited.
             continue
+
+
+class ExitSweep:
+    """Wakes workflows whose runs were exited outside a worker (admin cancel, contact
+    deletion or merge in the API): their rows say ``exited``, their workflow still runs.
+
+    Every worker polls (the query is cheap) and sends the exit message; DBOS's
+    idempotency key makes sends from several workers one message.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every: float = EXIT_SWEEP_SECONDS) -> None:
+        self.sessions = make_sessionmaker(engine)
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Signal every exited run that still runs; returns how many."""
+        async with self.sessions() as session:
+            found = await repo.exited_still_running(session, dbos_schema=DBOS_SCHEMA)
+        for workflow_id, reason in found:
+            await signal_exit([workflow_id], reason)
+        return len(found)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("journey exit sweep failed", exc_info=True)
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-exits")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
 
 class _History(JourneyHistory):

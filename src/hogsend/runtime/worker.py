@@ -42,7 +42,7 @@ from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
-from hogsend.runtime.journeys import JourneyRuntime, journey_consumers
+from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
 
@@ -95,6 +95,7 @@ class Worker:
         self._email_provider: EmailProvider | None = None
         self.deferred: DeferredSweep | None = None
         self.journeys: JourneyRuntime | None = None
+        self.exit_sweep: ExitSweep | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -144,6 +145,9 @@ class Worker:
             database_url=self.database_url,
         )
         await self.dispatcher.start()
+        if self.journeys is not None:
+            self.exit_sweep = ExitSweep(self.engine)
+            self.exit_sweep.start()
         if self.app.templates is not None:
             if self._email_provider is None:
                 self._email_provider = build_provider(self.settings, self.engine)
@@ -182,6 +186,9 @@ class Worker:
         if self._email_provider is not None:
             await self._email_provider.aclose()
             self._email_provider = None
+        if self.exit_sweep is not None:
+            await self.exit_sweep.stop()
+            self.exit_sweep = None
         if self.dispatcher is not None:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)

@@ -569,3 +569,25 @@ async def refusals(
         {"j": journey_id, "c": contact_id},
     )
     return [JourneyLogEntry(**dict(r._mapping)) for r in rows]
+
+
+async def exited_still_running(
+    session: AsyncSession, *, dbos_schema: str, limit: int = 500
+) -> list[tuple[str, str]]:
+    """Runs marked exited whose DBOS workflow has not ended yet: (workflow id, reason).
+
+    Reads DBOS's ``workflow_status`` (same database, schema ``dbos_schema``): those
+    workflows still need their exit message. Only the last day is looked at; an exit
+    older than that has long been delivered.
+    """
+    rows = await session.execute(
+        text(
+            "SELECT j.workflow_id, coalesce(j.exit_reason, 'exited') AS reason"
+            f" FROM journey_states j JOIN {dbos_schema}.workflow_status w"
+            " ON w.workflow_uuid = j.workflow_id"
+            " WHERE j.status = 'exited' AND j.exited_at > now() - interval '1 day'"
+            " AND w.status IN ('PENDING', 'ENQUEUED') LIMIT :lim"
+        ),
+        {"lim": limit},
+    )
+    return [(r.workflow_id, r.reason) for r in rows]
