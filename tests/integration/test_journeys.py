@@ -66,6 +66,28 @@ async def slow(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="nudge")
 
 
+@define_journey(
+    id="it-gap",
+    name="Gap",
+    trigger="gap.test",
+    entry_limit="unlimited",
+    suppress=timedelta(hours=1),
+)
+async def gap(contact: Contact, ctx: JourneyContext) -> None:
+    seen = await ctx.history.count("gap.test")
+    last = await ctx.history.last("gap.test")
+    await ctx.log(
+        "history",
+        seen=seen,
+        has=await ctx.history.has_event("gap.test", within=timedelta(minutes=5)),
+        never=await ctx.history.has_event("never.happened"),
+        lastId=None if last is None else str(last.id),
+    )
+    await ctx.send_email(template="welcome")
+    await ctx.send_email(template="nudge")  # within the journey's suppress gap: capped
+    await ctx.enroll("it-slow", contact)
+
+
 def _templates(directory: Path) -> Path:
     directory.mkdir()
     (directory / "welcome.html").write_text(
@@ -162,7 +184,7 @@ async def env(
     sink: tuple[Sink, int],
     mint_key: Callable[..., Any],
 ) -> AsyncIterator[Env]:
-    async for built in _env(tmp_path, engine, database_url, sink, mint_key, [welcome, slow]):
+    async for built in _env(tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap]):
         yield built
 
 
@@ -427,3 +449,36 @@ async def test_a_disabled_journey_refuses_and_a_deleted_contact_exits_mid_wait(
     )
     await asyncio.sleep(0.3)
     assert _subjects(env.sink) == ["Welcome"]  # the timeout's nudge never went
+
+
+async def test_history_suppress_gap_and_enroll(env: Env) -> None:
+    event_id = await env.event("gap.test", "joe")
+
+    async def completed() -> bool:
+        runs = await env.runs("it-gap")
+        return bool(runs) and runs[0]["status"] == "completed"
+
+    await env.until(completed)
+    [run] = await env.runs("it-gap")
+    [history] = await env.rows(
+        "SELECT detail FROM journey_logs WHERE journey_state_id = :s AND action = 'log'",
+        s=run["id"],
+    )
+    assert history["detail"] == {
+        "message": "history",
+        "seen": 1,
+        "has": True,
+        "never": False,
+        "lastId": event_id,
+    }
+    sends = await env.rows(
+        "SELECT template_key, decision, decision_detail FROM email_sends ORDER BY created_at"
+    )
+    assert [(s["template_key"], s["decision"]) for s in sends[:2]] == [
+        ("welcome", "sent"),
+        ("nudge", "capped"),
+    ]
+    assert sends[1]["decision_detail"]["rule"] == "journey_suppress"
+    # ctx.enroll started the other journey for the same contact.
+    [slow_run] = await env.until(lambda: env.runs("it-slow"))
+    assert slow_run["contact_id"] == run["contact_id"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -351,8 +352,16 @@ class JourneyRuntime:
         workflow = self.workflows.get(definition.id)
         if workflow is None:
             raise ConfigurationError(f"journey {definition.id!r} is not registered with DBOS")
-        with SetWorkflowID(enrollment["workflowId"]):
-            await DBOS.enqueue_workflow_async(JOURNEYS.name, workflow, str(state_id), enrollment)
+
+        async def enqueue() -> None:
+            with SetWorkflowID(enrollment["workflowId"]):
+                await DBOS.enqueue_workflow_async(
+                    JOURNEYS.name, workflow, str(state_id), enrollment
+                )
+
+        # From a fresh context: called inside a step (ctx.enroll), DBOS would make the new
+        # run a child of that step, which it refuses; the run stands on its own.
+        await asyncio.get_running_loop().create_task(enqueue(), context=contextvars.Context())
 
     # -- exits -------------------------------------------------------------------------------
 
