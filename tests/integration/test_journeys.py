@@ -154,11 +154,12 @@ async def _env(
     sink: tuple[Sink, int],
     mint_key: Callable[..., Any],
     journeys: list[JourneyDefinition],
+    **overrides: object,
 ) -> AsyncIterator[Env]:
     handler, port = sink
     app = Hogsend(journeys=journeys, templates=_templates(tmp_path / "templates"))
     settings = settings_for(
-        database_url, port, worker_id="journeys-it", dispatcher_poll_seconds=0.05
+        database_url, port, worker_id="journeys-it", dispatcher_poll_seconds=0.05, **overrides
     )
     api = create_api(app, settings, engine=engine)
     worker = Worker(app, settings, engine=engine)

@@ -118,6 +118,7 @@ class JourneyRuntime:
         mailer: sends ``ctx.send_email``; None for an app without templates (sending
             then fails the run loudly).
         clock: the time source of ``ctx.now()`` and deadlines (tests inject one).
+        park_after: waits longer than this are parked (no coroutine until they are due).
     """
 
     def __init__(
@@ -127,11 +128,13 @@ class JourneyRuntime:
         *,
         mailer: Mailer | None = None,
         clock: Clock = utc_now,
+        park_after: timedelta = timedelta(minutes=10),
     ) -> None:
         self.app = app
         self.engine = engine
         self.mailer = mailer
         self.clock = clock
+        self.park_after = park_after
         self.sessions = make_sessionmaker(engine)
         self.definitions = {j.id: j for j in app.journeys}
         self.workflows: dict[str, Workflow] = {}
@@ -438,6 +441,55 @@ class ExitSweep:
             self._task = None
 
 
+class _Parked(BaseException):
+    """Ends a parked run's coroutine; its workflow is cancelled and resumed when due."""
+
+
+class ParkWaker:
+    """Resumes parked runs when they fall due, on the bounded journeys queue.
+
+    Every worker runs one; ``FOR UPDATE SKIP LOCKED`` shares the due runs among them.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every: float = 1.0, clock: Clock = utc_now) -> None:
+        self.sessions = make_sessionmaker(engine)
+        self.every = every
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Resume the runs due now; returns how many."""
+        total = 0
+        while True:
+            async with self.sessions() as session, session.begin():
+                ids = await repo.claim_due_parked(session, now=self.clock())
+                if ids:
+                    await DBOS.resume_workflows_async(ids, queue_name=JOURNEYS.name)
+            total += len(ids)
+            if len(ids) < 100:
+                return total
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("journey park waker failed", exc_info=True)
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-waker")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
 class _History(JourneyHistory):
     def __init__(self, ctx: DurableJourneyContext) -> None:
         self._ctx = ctx
@@ -587,7 +639,12 @@ class DurableJourneyContext:
         event (message of wait number ``wait``) returns, anything else is skipped."""
         while True:
             remaining = (deadline - await self._clock()).total_seconds()
-            if remaining <= 0:
+            if remaining > self.runtime.park_after.total_seconds():
+                if await self._park():
+                    # Resumed: the wait goes on for what is left (at least a tick, so a
+                    # message delivered while parked is read and step ids stay aligned).
+                    remaining = max((deadline - await self._clock()).total_seconds(), 0.001)
+            elif remaining <= 0:
                 return None
             message = await DBOS.recv_async(TOPIC, timeout_seconds=remaining)
             if message is None:
@@ -596,6 +653,33 @@ class DurableJourneyContext:
                 raise JourneyExit(str(message.get("reason") or "exited"))
             if wait is not None and message.get("kind") == "event" and message.get("wait") == wait:
                 return dict(message["event"])
+
+    async def _park(self) -> bool:
+        """Park the run: True once resumed; ends the coroutine when it just parked.
+
+        The step is recorded, so a resumed run replays it as "parked" and goes on; only
+        its first execution cancels the workflow and raises.
+        """
+        runtime = self.runtime
+        state_id = self.state_id
+        executed: list[bool] = []
+
+        async def park() -> bool:
+            async with runtime.sessions() as session, session.begin():
+                parked = await repo.park(session, state_id)
+            executed.append(parked)
+            return parked
+
+        parked = await DBOS.run_step_async({"name": "journey.park"}, park)
+        if parked and executed:
+            workflow_id = DBOS.workflow_id
+            assert workflow_id is not None
+            # From a fresh context, so the cancel takes no step id of this workflow.
+            await asyncio.get_running_loop().create_task(
+                DBOS.cancel_workflow_async(workflow_id), context=contextvars.Context()
+            )
+            raise _Parked
+        return parked
 
     async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
         runtime = self.runtime
@@ -663,7 +747,7 @@ class DurableJourneyContext:
         )
         if found is None:
             found = await self._wait(deadline, self._n)
-        await self._move(step, status="active", context={"wait": None})
+        await self._move(step, status="active", context={"wait": None, "pending": False})
         await self._log(
             step,
             "wait_for_event",
@@ -855,6 +939,7 @@ class JourneyWakeups:
         for waiter in await repo.waiters(session, event.contact_id, event.name):
             if not properties_match(waiter.match, event.properties):
                 continue
+            parked = await repo.flag_pending(session, waiter.state_id)
             try:
                 await DBOS.send_async(
                     waiter.workflow_id,
@@ -868,6 +953,8 @@ class JourneyWakeups:
                 )
             except DBOSNonExistentWorkflowError:
                 continue
+            if parked:
+                await DBOS.resume_workflows_async([waiter.workflow_id], queue_name=JOURNEYS.name)
 
 
 class JourneyTriggers:

@@ -591,3 +591,58 @@ async def exited_still_running(
         {"lim": limit},
     )
     return [(r.workflow_id, r.reason) for r in rows]
+
+
+# -- parking (docs/decisions/0003-parking.md) ------------------------------------------------------
+
+
+async def park(session: AsyncSession, state_id: uuid.UUID) -> bool:
+    """Mark a waiting run parked, unless a message for it is pending; whether it parked.
+
+    The row lock orders this against :func:`flag_pending`: a delivery that committed
+    first keeps the run awake; one that comes later finds it parked and resumes it.
+    """
+    row = (
+        await session.execute(
+            text(
+                "UPDATE journey_states SET context = context || '{\"parked\": true}'::jsonb"
+                " WHERE id = :id AND status = 'waiting'"
+                " AND NOT coalesce((context->>'pending')::boolean, false) RETURNING id"
+            ),
+            {"id": state_id},
+        )
+    ).first()
+    return row is not None
+
+
+async def flag_pending(session: AsyncSession, state_id: uuid.UUID) -> bool:
+    """Note that a message is on its way to the run; whether the run was parked (and is
+    now unparked: the caller resumes it)."""
+    row = (
+        await session.execute(
+            text(
+                "WITH old AS (SELECT id, coalesce((context->>'parked')::boolean, false) AS parked"
+                " FROM journey_states WHERE id = :id FOR UPDATE)"
+                " UPDATE journey_states j"
+                " SET context = (j.context - 'parked') || '{\"pending\": true}'::jsonb"
+                " FROM old WHERE j.id = old.id RETURNING old.parked"
+            ),
+            {"id": state_id},
+        )
+    ).first()
+    return bool(row is not None and row.parked)
+
+
+async def claim_due_parked(session: AsyncSession, *, now: datetime, limit: int = 100) -> list[str]:
+    """Unpark up to ``limit`` parked runs that are due, skipping rows others hold; their
+    workflow ids (resume them before committing, so a crash leaves them parked)."""
+    rows = await session.execute(
+        text(
+            "UPDATE journey_states SET context = context - 'parked' WHERE id IN ("
+            " SELECT id FROM journey_states WHERE status = 'waiting' AND next_wake_at <= :now"
+            " AND coalesce((context->>'parked')::boolean, false)"
+            " ORDER BY next_wake_at LIMIT :lim FOR UPDATE SKIP LOCKED) RETURNING workflow_id"
+        ),
+        {"now": now, "lim": limit},
+    )
+    return [r.workflow_id for r in rows]
