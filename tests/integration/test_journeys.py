@@ -88,6 +88,19 @@ async def gap(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.enroll("it-slow", contact)
 
 
+@define_journey(id="it-lookback", name="Lookback", trigger="lb.start", entry_limit="unlimited")
+async def lookback(contact: Contact, ctx: JourneyContext) -> None:
+    before = await ctx.wait_for_event(
+        "lb.prior", timeout=timedelta(seconds=2), match={"k": 1}, lookback=timedelta(hours=1)
+    )
+    without = await ctx.wait_for_event("lb.prior", timeout=timedelta(milliseconds=300))
+    await ctx.log(
+        "lookback",
+        found=None if before is None else before.properties["k"],
+        without=without is not None,
+    )
+
+
 def _templates(directory: Path) -> Path:
     directory.mkdir()
     (directory / "welcome.html").write_text(
@@ -185,7 +198,9 @@ async def env(
     sink: tuple[Sink, int],
     mint_key: Callable[..., Any],
 ) -> AsyncIterator[Env]:
-    async for built in _env(tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap]):
+    async for built in _env(
+        tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap, lookback]
+    ):
         yield built
 
 
@@ -483,3 +498,53 @@ async def test_history_suppress_gap_and_enroll(env: Env) -> None:
     # ctx.enroll started the other journey for the same contact.
     [slow_run] = await env.until(lambda: env.runs("it-slow"))
     assert slow_run["contact_id"] == run["contact_id"]
+
+
+async def test_wait_for_event_lookback_finds_an_earlier_matching_event(env: Env) -> None:
+    await env.event("lb.prior", "kit", k=2)
+    await env.event("lb.prior", "kit", k=1)
+    await env.event("lb.start", "kit")
+
+    async def done() -> list[dict[str, Any]]:
+        return await env.rows(
+            "SELECT l.detail FROM journey_logs l JOIN journey_states s"
+            " ON s.id = l.journey_state_id"
+            " WHERE s.journey_id = 'it-lookback' AND s.status = 'completed'"
+            " AND l.action = 'log'"
+        )
+
+    [row] = await env.until(done)
+    # The matching earlier event counts with lookback; without it, earlier ones do not.
+    assert row["detail"] == {"message": "lookback", "found": 1, "without": False}
+
+
+async def test_a_merge_exits_the_duplicate_run_and_ends_its_workflow(env: Env) -> None:
+    await env.event("trial.started", "max")
+    response = await env.client.post(
+        "/v1/events",
+        json={"name": "trial.started", "anonymousId": "anon-max"},
+        headers=_auth(env),
+    )
+    assert response.status_code == 202, response.text
+
+    async def both_sleeping() -> bool:
+        runs = await env.runs("it-slow")
+        return len(runs) == 2 and all(r["status"] == "waiting" for r in runs)
+
+    await env.until(both_sleeping)
+    merged = await env.client.put(
+        "/v1/contacts", json={"userId": "max", "anonymousId": "anon-max"}, headers=_auth(env)
+    )
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["merged"] is True
+    runs = await env.runs("it-slow")
+    [gone] = [r for r in runs if r["status"] == "exited"]
+    assert gone["exit_reason"] == "merged"
+    assert [r["status"] for r in runs if r is not gone] == ["waiting"]
+    await env.until(
+        lambda: env.rows(
+            "SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = :w AND status = 'SUCCESS'",
+            w=gone["workflow_id"],
+        ),
+        seconds=10,
+    )

@@ -52,7 +52,7 @@ from hogsend.core.mailer_gates import SendWindow
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
-from hogsend.errors import ConfigurationError, JourneyExit
+from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.queues import JOURNEYS
 
@@ -817,7 +817,19 @@ class DurableJourneyContext:
             if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
                 return None
             await repo.move(session, self.state_id, status="active", step=step)
-            outcome = await mailer.send(request)
+            detail: dict[str, Any] = {
+                "template": request.template,
+                "idempotencyKey": request.idempotency_key,
+            }
+            try:
+                outcome = await mailer.send(request)
+            except NoRecipient:
+                # A contact without an address (anonymous, say) skips the send; the
+                # journey goes on, as it would for an unsubscribed contact.
+                decision, deferred_until = "no_recipient", None
+            else:
+                decision, deferred_until = outcome.decision, outcome.deferred_until
+                detail["sendId"] = str(outcome.send_id)
             await repo.add_log(
                 session,
                 journey_id=self.definition.id,
@@ -826,16 +838,11 @@ class DurableJourneyContext:
                 contact_id=self.contact.id,
                 user_id=self.contact.key,
                 step=step,
-                detail={
-                    "template": request.template,
-                    "decision": outcome.decision,
-                    "sendId": str(outcome.send_id),
-                    "idempotencyKey": request.idempotency_key,
-                },
+                detail={**detail, "decision": decision},
                 started_at=started,
                 finished_at=runtime.clock(),
             )
-        return outcome.decision, outcome.deferred_until
+        return decision, deferred_until
 
     async def enroll(self, journey_id: str, contact: Contact) -> bool:
         """Enroll ``contact`` (its own identity) in ``journey_id``; the guards apply."""
