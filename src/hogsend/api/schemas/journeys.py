@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import ConfigDict, Field
 
-from hogsend.api.schemas.common import ApiModel
+from hogsend.api.schemas.common import ApiModel, Text
 from hogsend.api.schemas.events import CursorQuery
 from hogsend.db.repos.journeys import JourneyLogEntry, JourneyRun
 
@@ -38,7 +38,7 @@ class JourneyList(ApiModel):
 class JourneyRunQuery(CursorQuery):
     """Filters of the run listing; every given filter must match."""
 
-    journey_id: str | None = Field(default=None, max_length=200, description="One journey.")
+    journey_id: Text | None = Field(default=None, max_length=200, description="One journey.")
     status: RunStatus | None = Field(default=None, description="One status.")
     contact_id: UUID | None = Field(default=None, description="One contact's runs.")
 
