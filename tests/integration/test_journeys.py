@@ -183,11 +183,33 @@ async def _env(
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield Env(client, handler, engine, worker, key)
     finally:
+        await _end_running_runs(engine, worker)
         await worker.stop()
         mailer = getattr(api.state, "mailer", None)
         if mailer is not None:
             await mailer.provider.aclose()
         await api.state.driver_pool.close()
+
+
+async def _end_running_runs(engine: AsyncEngine, worker: Worker) -> None:
+    """Exit the runs still going, and let their workflows end, before the worker stops.
+
+    A workflow in ``DBOS.recv`` holds a thread that outlives the DBOS instance; once the
+    test database is dropped it would retry its read until the session ends.
+    """
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE journey_states SET status = 'exited', exited_at = now(),"
+                " exit_reason = 'test_teardown' WHERE status IN ('enrolled','active','waiting')"
+            )
+        )
+    if worker.exit_sweep is None:
+        return
+    for _ in range(100):
+        if await worker.exit_sweep.run_once() == 0:
+            return
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
