@@ -115,10 +115,16 @@ vip_customers = define_bucket(id="vip-customers", name="VIP customers")
     exit_on=["account_deleted"],
 )
 async def welcome(contact: Contact, ctx: JourneyContext) -> None:
-    """Greet a new sign-up, then follow up with getting-started tips two days later."""
+    """Greet a new sign-up, send getting-started tips two days later, and nudge those
+    who have not created a project within five more days (weekdays, office hours)."""
     await ctx.send_email(template="welcome")
     await ctx.sleep(days(2))
     await ctx.send_email(template="getting-started")
+    created = await ctx.wait_for_event("project_created", timeout=days(5), lookback=days(2))
+    if created is None:
+        await ctx.send_email(
+            template="nudge", send_window=ctx.when().weekdays().between("09:00", "17:00")
+        )
 
 
 app = Hogsend(

@@ -257,3 +257,18 @@ class ServiceUnavailable(ApiError):
     status = 503
     code = "service-unavailable"
     title = "Service Unavailable"
+
+
+class JourneyExit(BaseException):
+    """Raised inside a journey body when its run is exited (``exit_on``, admin, deletion).
+
+    A ``BaseException`` so that a body's ``except Exception`` cannot swallow it; the
+    runtime catches it, and nothing the body does after it is sent.
+
+    Attributes:
+        reason: why the run ended (``exit_on:<event>``, ``admin``, ``contact_deleted``...).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

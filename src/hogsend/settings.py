@@ -291,6 +291,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Studio sign-in attempts per client address and email per rate-limit window.",
     )
+    journey_park_after_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A journey run sleeping or waiting longer than this is parked: it holds "
+        "no coroutine until it is due or its event comes.",
+    )
 
     @field_validator("database_url")
     @classmethod

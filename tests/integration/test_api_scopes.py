@@ -300,3 +300,23 @@ async def test_studio_routes_are_outside_the_key_matrix_and_behind_a_sign_in(
     assert checked > 20
     await api.state.driver_pool.close()
     await plain.state.driver_pool.close()
+
+
+JOURNEY_ROUTE_SCOPES = {
+    ("GET", "/v1/admin/journeys"): "admin:read",
+    ("GET", "/v1/admin/journeys/runs"): "admin:read",
+    ("GET", "/v1/admin/journeys/runs/{id}"): "admin:read",
+    ("POST", "/v1/admin/journeys/runs/{id}/cancel"): "admin:write",
+    ("PUT", "/v1/admin/journeys/{id}/enabled"): "admin:write",
+}
+"""The scopes of the admin journeys routes, pinned."""
+
+
+def test_journey_routes_require_their_pinned_scopes(api: FastAPI) -> None:
+    found = {
+        (method, mounted.path): route_scope(mounted.route)
+        for mounted in iter_api_routes(api.routes)
+        for method in mounted.route.methods or ()
+        if (method, mounted.path) in JOURNEY_ROUTE_SCOPES
+    }
+    assert found == JOURNEY_ROUTE_SCOPES

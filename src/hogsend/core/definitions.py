@@ -15,6 +15,7 @@ from hogsend.core.conditions import (
     CONDITION_TYPES,
     Condition,
     EventCondition,
+    EventMatcher,
     InvalidCondition,
     condition_from_dict,
     format_path,
@@ -240,6 +241,9 @@ def as_event_spec(value: object, where: str) -> EventSpec:
         if not value.strip():
             raise DefinitionError(f"{where}: an event name cannot be empty")
         return value
+    if isinstance(value, EventMatcher):
+        # ``where.event(name)[.where(...)]`` without a count: "an event like this".
+        value = value.exists()
     condition = as_condition(value, where)
     if not isinstance(condition, EventCondition):
         raise DefinitionError(

@@ -1,12 +1,86 @@
-"""The interface a journey body talks to. The durable implementation lives in runtime/."""
+"""The interface a journey body talks to. The durable implementation lives in runtime/.
+
+:class:`JourneyContext` is the contract shared by the DBOS runtime
+(``hogsend.runtime.journeys``) and the test harness (``hogsend.testing``): a journey body
+only awaits these operations, and each one is a recorded, durable step.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from typing import Any, Protocol
 
-from hogsend.core.contact import Event
+from hogsend.core.contact import Contact, Event
+from hogsend.core.mailer_gates import SendWindow
+
+_WEEKDAYS = frozenset(range(5))
+_WEEKEND = frozenset({5, 6})
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A send window under construction: ``ctx.when().weekdays().between("09:00", "17:00")``.
+
+    Each method returns a new value; pass the result as ``send_window=`` to
+    ``ctx.send_email``. Times are the recipient's local time unless :meth:`in_timezone`
+    names a zone.
+    """
+
+    days: frozenset[int] = frozenset(range(7))
+    start: time = time(0)
+    end: time = time(0)
+    timezone: str | None = None
+
+    def weekdays(self) -> When:
+        """Monday to Friday only."""
+        return dataclasses.replace(self, days=_WEEKDAYS)
+
+    def weekends(self) -> When:
+        """Saturday and Sunday only."""
+        return dataclasses.replace(self, days=_WEEKEND)
+
+    def on(self, *days: int) -> When:
+        """Only these weekdays (0 = Monday ... 6 = Sunday)."""
+        return dataclasses.replace(self, days=frozenset(days))
+
+    def between(self, start: str, end: str) -> When:
+        """Between two local ``HH:MM`` times (``start > end`` spans midnight).
+
+        Raises:
+            ValueError: a time that is not ``HH:MM``.
+        """
+        return dataclasses.replace(
+            self, start=time.fromisoformat(start), end=time.fromisoformat(end)
+        )
+
+    def in_timezone(self, zone: str) -> When:
+        """Read the times in IANA ``zone`` instead of the recipient's zone."""
+        return dataclasses.replace(self, timezone=zone)
+
+    def window(self) -> SendWindow:
+        """The :class:`SendWindow` the mailer's gate checks."""
+        return SendWindow(
+            start=self.start, end=self.end, weekdays=self.days, timezone=self.timezone
+        )
+
+
+class JourneyHistory(Protocol):
+    """The contact's stored events, read durably (``ctx.history``)."""
+
+    async def has_event(self, name: str, *, within: timedelta | None = None) -> bool:
+        """Whether the contact has a ``name`` event (in the last ``within``)."""
+        ...
+
+    async def count(self, name: str, *, within: timedelta | None = None) -> int:
+        """How many ``name`` events the contact has (in the last ``within``)."""
+        ...
+
+    async def last(self, name: str) -> Event | None:
+        """The contact's latest ``name`` event, if any."""
+        ...
 
 
 class JourneyContext(Protocol):
@@ -17,8 +91,17 @@ class JourneyContext(Protocol):
         """The event that enrolled the contact."""
         ...
 
+    @property
+    def history(self) -> JourneyHistory:
+        """The contact's event history."""
+        ...
+
     def now(self) -> datetime:
         """The current time (virtual in the test harness), timezone-aware UTC."""
+        ...
+
+    def when(self) -> When:
+        """Start a send window (``ctx.when().weekdays().between("09:00", "17:00")``)."""
         ...
 
     async def sleep(self, duration: timedelta) -> None:
@@ -35,8 +118,12 @@ class JourneyContext(Protocol):
         template: str,
         props: Mapping[str, Any] | None = None,
         subject: str | None = None,
+        send_window: When | SendWindow | None = None,
     ) -> None:
-        """Send ``template`` to the contact through the gated mailer."""
+        """Send ``template`` to the contact through the gated mailer.
+
+        Outside ``send_window`` the run waits durably until it opens, then sends.
+        """
         ...
 
     async def wait_for_event(
@@ -47,7 +134,21 @@ class JourneyContext(Protocol):
         match: Mapping[str, Any] | None = None,
         lookback: timedelta | None = None,
     ) -> Event | None:
-        """Wait for the contact's next ``name`` event; None on timeout."""
+        """Wait for the contact's next ``name`` event; None on timeout.
+
+        ``match`` keeps only events whose properties have these values; ``lookback``
+        also accepts a matching event stored up to that long before the wait began.
+        """
+        ...
+
+    async def enroll(self, journey_id: str, contact: Contact) -> bool:
+        """Enroll ``contact`` in journey ``journey_id`` (guards apply); whether it started."""
+        ...
+
+    async def variant(
+        self, test_id: str, variants: Sequence[str], weights: Sequence[float] | None = None
+    ) -> str:
+        """The contact's variant of test ``test_id`` (deterministic, recorded in the log)."""
         ...
 
     async def log(self, message: str, **fields: Any) -> None:

@@ -148,15 +148,19 @@ def add_extra_consumers(app: Hogsend, consumers: Sequence[EventConsumer]) -> Non
     setattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, (*existing, *consumers))
 
 
-def build_consumers(app: Hogsend) -> tuple[EventConsumer, ...]:
+def build_consumers(
+    app: Hogsend, *, journeys: Sequence[EventConsumer] = ()
+) -> tuple[EventConsumer, ...]:
     """The consumers a worker runs for ``app``, in their fixed order.
 
     Bucket membership, exits, wake-ups and triggers will come first, in that order, as
     their features land; then anything added with :func:`add_extra_consumers`.
+    ``journeys`` are the journey consumers (exits, wake-ups, triggers) of the worker's
+    journey runtime (``hogsend.runtime.journeys.journey_consumers``).
     """
     built_in: tuple[EventConsumer, ...] = ()
     extra: tuple[EventConsumer, ...] = getattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, ())
-    return (*built_in, *extra)
+    return (*built_in, *journeys, *extra)
 
 
 def backoff_seconds(

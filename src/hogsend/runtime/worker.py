@@ -26,7 +26,7 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +42,7 @@ from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
+from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
 
@@ -93,6 +94,9 @@ class Worker:
         self.courier: Courier | None = None
         self._email_provider: EmailProvider | None = None
         self.deferred: DeferredSweep | None = None
+        self.journeys: JourneyRuntime | None = None
+        self.exit_sweep: ExitSweep | None = None
+        self.park_waker: ParkWaker | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -115,9 +119,23 @@ class Worker:
             self._engine = make_async_engine(
                 self.database_url, pool_size=self.settings.db_pool_size
             )
+        registrations = list(self.registrations)
+        if self.app.journeys:
+            # Before launch: recovered runs may send at once, so the mailer must exist.
+            mailer = None
+            if self.app.templates is not None:
+                self._email_provider = build_provider(self.settings, self.engine)
+                mailer = Mailer(self.app, self.settings, self.engine, self._email_provider)
+            self.journeys = JourneyRuntime(
+                self.app,
+                self.engine,
+                mailer=mailer,
+                park_after=timedelta(seconds=self.settings.journey_park_after_seconds),
+            )
+            registrations.append(self.journeys.register)
         # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
         # it must run on this thread so that DBOS adopts this event loop.
-        launch_dbos(self.settings, self.database_url, registrations=self.registrations)
+        launch_dbos(self.settings, self.database_url, registrations=registrations)
         self.queue_names = await declare_queues()
         self.app.launch()
         self._started_at = datetime.now(UTC)
@@ -126,12 +144,21 @@ class Worker:
         self.dispatcher = Dispatcher(
             self.engine,
             self.settings,
-            build_consumers(self.app),
+            build_consumers(
+                self.app,
+                journeys=journey_consumers(self.journeys) if self.journeys is not None else (),
+            ),
             database_url=self.database_url,
         )
         await self.dispatcher.start()
+        if self.journeys is not None:
+            self.exit_sweep = ExitSweep(self.engine)
+            self.exit_sweep.start()
+            self.park_waker = ParkWaker(self.engine)
+            self.park_waker.start()
         if self.app.templates is not None:
-            self._email_provider = build_provider(self.settings, self.engine)
+            if self._email_provider is None:
+                self._email_provider = build_provider(self.settings, self.engine)
             self.courier = Courier(
                 Mailer(self.app, self.settings, self.engine, self._email_provider),
                 poll_seconds=self.settings.email_queue_poll_seconds,
@@ -167,6 +194,12 @@ class Worker:
         if self._email_provider is not None:
             await self._email_provider.aclose()
             self._email_provider = None
+        if self.exit_sweep is not None:
+            await self.exit_sweep.stop()
+            self.exit_sweep = None
+        if self.park_waker is not None:
+            await self.park_waker.stop()
+            self.park_waker = None
         if self.dispatcher is not None:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)

@@ -19,6 +19,7 @@ from hogsend.api.routes import (
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import journeys as admin_journeys
 from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
@@ -50,5 +51,6 @@ def include_routes(api: FastAPI) -> None:
         emails.router,
         admin_templates.router,
         admin_outbox.router,
+        admin_journeys.router,
     ):
         api.include_router(router)

@@ -1,0 +1,1000 @@
+"""Durable journeys on DBOS: the workflow per journey, its context, and the dispatcher's part.
+
+Each journey is one DBOS async workflow named ``hogsend.journey:<id>``. A run's life::
+
+    trigger   the dispatcher's ``journey-triggers`` consumer checks the guards (enabled,
+              trigger filter, entry limit), inserts the ``journey_states`` row and
+              enqueues the workflow under the deterministic enrollment id
+    start     the first step makes sure the row exists (the dispatcher's transaction may
+              not have committed yet) and loads the contact
+    body      the user's ``async def`` awaits ``ctx.*``; every operation is one or more
+              DBOS steps, so a recovered run replays them without repeating side effects
+    waits     ``sleep`` and ``wait_for_event`` are ``DBOS.recv`` on one topic with a
+              timeout: an exit message or the awaited event ends them early
+    end       ``completed`` / ``failed`` never overwrite ``exited``
+
+Exits (``exit_on``, admin cancel, contact deletion or merge) set the row ``exited`` in
+the exiting transaction and send the run an exit message; the run raises
+:class:`~hogsend.errors.JourneyExit` at its next await. ``send_email`` share-locks the row
+while it sends, so an exit either waits for a send in flight or prevents it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time as monotonic_time
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from dbos import DBOS, SetWorkflowID
+from dbos._error import DBOSNonExistentWorkflowError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from hogsend.channels.mailer import Mailer, SendRequest
+from hogsend.core.contact import Contact, Event
+from hogsend.core.definitions import JourneyDefinition
+from hogsend.core.enrollment import (
+    enrollment_workflow_id,
+    entry_refusal,
+    pick_variant,
+    properties_match,
+    spec_event,
+    spec_matches,
+)
+from hogsend.core.identifiers import durable_name
+from hogsend.core.journey_context import JourneyHistory, When
+from hogsend.core.mailer_gates import SendWindow
+from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import journeys as repo
+from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
+from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+from hogsend.runtime.queues import JOURNEYS
+
+if TYPE_CHECKING:
+    from hogsend.app import Hogsend
+    from hogsend.runtime.dispatcher import DispatchedEvent
+
+log = structlog.get_logger(__name__)
+
+TOPIC = "hogsend.journey"
+
+EXIT_SWEEP_SECONDS = 1.0
+"""How often a worker looks for runs exited elsewhere (API, Studio) that still run."""
+"""The one DBOS message topic of a run: exit signals and awaited events."""
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+Workflow = Callable[[str, dict[str, Any]], Coroutine[Any, Any, str]]
+
+
+def utc_now() -> datetime:
+    """The real clock."""
+    return datetime.now(UTC)
+
+
+def journey_workflow_name(journey_id: str) -> str:
+    """The durable DBOS name of a journey's workflow."""
+    return durable_name("journey", journey_id)
+
+
+def event_message(event: Event) -> dict[str, Any]:
+    """An event as a DBOS message (plain JSON-able values)."""
+    return {
+        "id": str(event.id),
+        "name": event.name,
+        "contactKey": event.contact_key,
+        "contactId": None if event.contact_id is None else str(event.contact_id),
+        "occurredAt": event.occurred_at.isoformat(),
+        "properties": dict(event.properties),
+        "source": event.source,
+    }
+
+
+def event_from_message(data: Mapping[str, Any]) -> Event:
+    """The inverse of :func:`event_message`."""
+    return Event(
+        id=uuid.UUID(data["id"]),
+        name=data["name"],
+        contact_key=data["contactKey"],
+        contact_id=None if data.get("contactId") is None else uuid.UUID(data["contactId"]),
+        occurred_at=datetime.fromisoformat(data["occurredAt"]),
+        properties=data.get("properties") or {},
+        source=data.get("source"),
+    )
+
+
+class JourneyRuntime:
+    """Everything the journey workflows of one worker process share.
+
+    Args:
+        app: the user's app (its journeys).
+        engine: hogsend's database.
+        mailer: sends ``ctx.send_email``; None for an app without templates (sending
+            then fails the run loudly).
+        clock: the time source of ``ctx.now()`` and deadlines (tests inject one).
+        park_after: waits longer than this are parked (no coroutine until they are due).
+    """
+
+    def __init__(
+        self,
+        app: Hogsend,
+        engine: AsyncEngine,
+        *,
+        mailer: Mailer | None = None,
+        clock: Clock = utc_now,
+        park_after: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.app = app
+        self.engine = engine
+        self.mailer = mailer
+        self.clock = clock
+        self.park_after = park_after
+        self.sessions = make_sessionmaker(engine)
+        self.definitions = {j.id: j for j in app.journeys}
+        self.workflows: dict[str, Workflow] = {}
+
+    # -- registration ----------------------------------------------------------------------
+
+    def register(self) -> None:
+        """Register one DBOS workflow per journey (a hook run before ``DBOS.launch``)."""
+        for definition in self.definitions.values():
+            self.workflows[definition.id] = DBOS.workflow(
+                name=journey_workflow_name(definition.id)
+            )(self._workflow_for(definition))
+
+    def _workflow_for(self, definition: JourneyDefinition) -> Workflow:
+        runtime = self
+
+        async def run_journey(state_id: str, enrollment: dict[str, Any]) -> str:
+            return await runtime.run(definition, uuid.UUID(state_id), enrollment)
+
+        run_journey.__qualname__ = f"journey:{definition.id}"
+        return run_journey
+
+    # -- one run ---------------------------------------------------------------------------
+
+    async def run(
+        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> str:
+        """The body of every journey workflow; returns the run's final status."""
+        started = await DBOS.run_step_async(
+            {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
+        )
+        if started is None:
+            return "refused"
+        contact, status, now = started
+        if status not in repo.RUNNING:
+            return status
+        ctx = DurableJourneyContext(self, definition, state_id, contact, enrollment, now)
+        try:
+            await definition.body(contact, ctx)
+        except JourneyExit as exc:
+            await DBOS.run_step_async(
+                {"name": "journey.exited"}, self._exited_step, state_id, exc.reason
+            )
+            return "exited"
+        except Exception as exc:
+            await DBOS.run_step_async(
+                {"name": "journey.failed"},
+                self._finish_step,
+                definition.id,
+                state_id,
+                "failed",
+                f"{type(exc).__name__}: {exc}"[:2000],
+            )
+            raise
+        return str(
+            await DBOS.run_step_async(
+                {"name": "journey.completed"},
+                self._finish_step,
+                definition.id,
+                state_id,
+                "completed",
+                None,
+            )
+        )
+
+    async def _start_step(
+        self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> tuple[Contact, str, datetime] | None:
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            # Blocks until the enrolling transaction commits; inserts the row itself when
+            # that transaction rolled back after enqueueing (its retry will find the run).
+            await repo.insert_run(
+                session,
+                state_id=state_id,
+                journey_id=journey_id,
+                workflow_id=enrollment["workflowId"],
+                contact_id=uuid.UUID(enrollment["contactId"]),
+                user_id=enrollment["userId"],
+                user_email=enrollment.get("email"),
+                entry_count=enrollment["ordinal"],
+                trigger_event_id=uuid.UUID(enrollment["trigger"]["id"]),
+                context={},
+                now=now,
+            )
+            run = await repo.get_run(session, state_id)
+            if run is None:
+                return None
+            contact = await contacts_repo.get_contact(session, run.contact_id)
+            if contact is None and run.status in repo.RUNNING:
+                await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+                return None
+            status = await repo.move(session, state_id, status="active", step="start", now=now)
+        assert contact is not None
+        return contact, status or run.status, now
+
+    async def _exited_step(self, state_id: uuid.UUID, reason: str) -> None:
+        async with self.sessions() as session, session.begin():
+            # Usually a no-op: whoever exited the run marked it. This covers an exit
+            # message whose sender's transaction did not commit.
+            await repo.exit_runs(session, reason=reason, state_ids=[state_id], now=self.clock())
+
+    async def _finish_step(
+        self, journey_id: str, state_id: uuid.UUID, status: str, error: str | None
+    ) -> str:
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            ended = await repo.finish(session, state_id, status=status, error=error, now=now)
+            run = await repo.get_run(session, state_id)
+            if ended and run is not None:
+                await repo.add_log(
+                    session,
+                    journey_id=journey_id,
+                    action=status,
+                    state_id=state_id,
+                    contact_id=run.contact_id,
+                    user_id=run.user_id,
+                    detail={"error": error} if error else {},
+                    started_at=now,
+                    finished_at=now,
+                )
+        return status if ended else (run.status if run is not None else status)
+
+    # -- enrollment ------------------------------------------------------------------------
+
+    async def enroll(
+        self,
+        session: AsyncSession,
+        definition: JourneyDefinition,
+        *,
+        contact_id: uuid.UUID,
+        contact_key: str,
+        trigger: Event,
+    ) -> str | None:
+        """Run the guards and start a run; returns the workflow id, or None if refused.
+
+        Runs inside the caller's transaction (the dispatcher's); refusals are logged in
+        it. Idempotent per (journey, trigger event): a redelivered trigger finds its run.
+        """
+        now = self.clock()
+        existing = await repo.run_for_trigger(session, definition.id, trigger.id)
+        if existing is not None:
+            await self._enqueue(definition, existing.id, _enrollment_of(existing, trigger))
+            return existing.workflow_id
+
+        async def refuse(reason: str) -> None:
+            await repo.add_log(
+                session,
+                journey_id=definition.id,
+                action="refused",
+                contact_id=contact_id,
+                user_id=contact_key,
+                detail={"reason": reason, "eventId": str(trigger.id), "event": trigger.name},
+                started_at=now,
+                finished_at=now,
+            )
+
+        if not await repo.is_enabled(session, definition.id, default=definition.enabled):
+            await refuse("disabled")
+            return None
+        if not spec_matches(definition.trigger, trigger.name, trigger.properties):
+            await refuse("trigger_filter")
+            return None
+        await repo.lock_enrollment(session, contact_id, definition.id)
+        history = await repo.entry_history(session, contact_id, definition.id)
+        reason = entry_refusal(definition.entry_limit, definition.entry_period, history, now)
+        if reason is not None:
+            await refuse(reason)
+            return None
+        contact = await contacts_repo.get_contact(session, contact_id)
+        if contact is None:
+            await refuse("contact_deleted")
+            return None
+        ordinal = history.runs + 1
+        workflow_id = enrollment_workflow_id(definition.id, contact_id, ordinal)
+        state_id = uuid.uuid4()
+        enrollment = {
+            "workflowId": workflow_id,
+            "contactId": str(contact_id),
+            "userId": contact.key,
+            "email": contact.email,
+            "ordinal": ordinal,
+            "trigger": event_message(trigger),
+        }
+        inserted = await repo.insert_run(
+            session,
+            state_id=state_id,
+            journey_id=definition.id,
+            workflow_id=workflow_id,
+            contact_id=contact_id,
+            user_id=contact.key,
+            user_email=contact.email,
+            entry_count=ordinal,
+            trigger_event_id=trigger.id,
+            context={},
+            now=now,
+        )
+        if not inserted:
+            await refuse("already_running")
+            return None
+        await repo.add_log(
+            session,
+            journey_id=definition.id,
+            action="enrolled",
+            state_id=state_id,
+            contact_id=contact_id,
+            user_id=contact.key,
+            detail={"eventId": str(trigger.id), "event": trigger.name, "ordinal": ordinal},
+            started_at=now,
+            finished_at=now,
+        )
+        await self._enqueue(definition, state_id, enrollment)
+        return workflow_id
+
+    async def _enqueue(
+        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> None:
+        workflow = self.workflows.get(definition.id)
+        if workflow is None:
+            raise ConfigurationError(f"journey {definition.id!r} is not registered with DBOS")
+
+        async def enqueue() -> None:
+            with SetWorkflowID(enrollment["workflowId"]):
+                await DBOS.enqueue_workflow_async(
+                    JOURNEYS.name, workflow, str(state_id), enrollment
+                )
+
+        # From a fresh context: called inside a step (ctx.enroll), DBOS would make the new
+        # run a child of that step, which it refuses; the run stands on its own.
+        await asyncio.get_running_loop().create_task(enqueue(), context=contextvars.Context())
+
+    # -- exits -------------------------------------------------------------------------------
+
+    async def signal_exit(self, workflow_ids: Sequence[str], reason: str) -> None:
+        """Tell running workflows they were exited (their rows already say so)."""
+        await signal_exit(workflow_ids, reason)
+
+
+def _enrollment_of(run: repo.JourneyRun, trigger: Event) -> dict[str, Any]:
+    return {
+        "workflowId": run.workflow_id,
+        "contactId": str(run.contact_id),
+        "userId": run.user_id,
+        "email": None,
+        "ordinal": run.entry_count,
+        "trigger": event_message(trigger),
+    }
+
+
+async def signal_exit(workflow_ids: Sequence[str], reason: str) -> None:
+    """Send each workflow the exit message (from a process running DBOS)."""
+    for workflow_id in workflow_ids:
+        try:
+            await DBOS.send_async(
+                workflow_id,
+                {"kind": "exit", "reason": reason},
+                TOPIC,
+                idempotency_key=f"exit:{workflow_id}",
+            )
+        except DBOSNonExistentWorkflowError:
+            # Not started yet: its first step reads the row, which says exited.
+            continue
+
+
+class ExitSweep:
+    """Wakes workflows whose runs were exited outside a worker (admin cancel, contact
+    deletion or merge in the API): their rows say ``exited``, their workflow still runs.
+
+    Every worker polls (the query is cheap) and sends the exit message; DBOS's
+    idempotency key makes sends from several workers one message.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every: float = EXIT_SWEEP_SECONDS) -> None:
+        self.sessions = make_sessionmaker(engine)
+        self.every = every
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Signal every exited run that still runs; returns how many."""
+        async with self.sessions() as session:
+            found = await repo.exited_still_running(session, dbos_schema=DBOS_SCHEMA)
+        for workflow_id, reason in found:
+            await signal_exit([workflow_id], reason)
+        return len(found)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("journey exit sweep failed", exc_info=True)
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-exits")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class _Parked(BaseException):
+    """Ends a parked run's coroutine; its workflow is cancelled and resumed when due."""
+
+
+class ParkWaker:
+    """Resumes parked runs when they fall due, on the bounded journeys queue.
+
+    Every worker runs one; ``FOR UPDATE SKIP LOCKED`` shares the due runs among them.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, every: float = 1.0, clock: Clock = utc_now) -> None:
+        self.sessions = make_sessionmaker(engine)
+        self.every = every
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        """Resume the runs due now; returns how many."""
+        total = 0
+        while True:
+            async with self.sessions() as session, session.begin():
+                ids = await repo.claim_due_parked(session, now=self.clock())
+                if ids:
+                    await DBOS.resume_workflows_async(ids, queue_name=JOURNEYS.name)
+            total += len(ids)
+            if len(ids) < 100:
+                return total
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("journey park waker failed", exc_info=True)
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-waker")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class _History(JourneyHistory):
+    def __init__(self, ctx: DurableJourneyContext) -> None:
+        self._ctx = ctx
+
+    def _since(self, within: timedelta | None) -> datetime | None:
+        return None if within is None else self._ctx.now() - within
+
+    async def has_event(self, name: str, *, within: timedelta | None = None) -> bool:
+        return await self.count(name, within=within) > 0
+
+    async def count(self, name: str, *, within: timedelta | None = None) -> int:
+        ctx = self._ctx
+        since = self._since(within)
+
+        async def read() -> int:
+            async with ctx.runtime.sessions() as session:
+                return await repo.count_events(session, ctx.contact.id, name, since=since)
+
+        return await ctx.step("history.count", read)
+
+    async def last(self, name: str) -> Event | None:
+        ctx = self._ctx
+
+        async def read() -> dict[str, Any] | None:
+            async with ctx.runtime.sessions() as session:
+                found = await repo.contact_events(session, ctx.contact.id, name, limit=1)
+            return event_message(found[0]) if found else None
+
+        data = await ctx.step("history.last", read)
+        return None if data is None else event_from_message(data)
+
+
+class DurableJourneyContext:
+    """The :class:`~hogsend.core.journey_context.JourneyContext` of a run on DBOS.
+
+    Operations are numbered in the order the body awaits them; the number is part of
+    each send's idempotency key (``journey:<state id>:<n>``) and of the step log.
+    """
+
+    def __init__(
+        self,
+        runtime: JourneyRuntime,
+        definition: JourneyDefinition,
+        state_id: uuid.UUID,
+        contact: Contact,
+        enrollment: Mapping[str, Any],
+        now: datetime,
+    ) -> None:
+        self.runtime = runtime
+        self.definition = definition
+        self.state_id = state_id
+        self.contact = contact
+        self._trigger = event_from_message(enrollment["trigger"])
+        self._now = now
+        self._n = 0
+        self._history = _History(self)
+
+    # -- plain reads -------------------------------------------------------------------------
+
+    @property
+    def trigger_event(self) -> Event:
+        """The event that enrolled the contact."""
+        return self._trigger
+
+    @property
+    def history(self) -> JourneyHistory:
+        """The contact's stored events."""
+        return self._history
+
+    def now(self) -> datetime:
+        """The time of the run's latest durable operation (replays give the same value)."""
+        return self._now
+
+    def when(self) -> When:
+        """A new send window builder."""
+        return When()
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    def _next(self, action: str) -> str:
+        self._n += 1
+        return f"{self._n}:{action}"
+
+    async def step(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run ``func`` as one DBOS step named ``journey.<name>``."""
+        return await DBOS.run_step_async({"name": f"journey.{name}"}, func)
+
+    async def _clock(self) -> datetime:
+        self._now = await DBOS.run_step_async({"name": "journey.clock"}, self.runtime.clock)
+        return self._now
+
+    async def _move(
+        self,
+        step: str,
+        *,
+        status: str,
+        next_wake_at: datetime | None = None,
+        waiting_for_event: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        lookback: tuple[str, datetime, Mapping[str, Any] | None] | None = None,
+    ) -> dict[str, Any] | None:
+        """Record the run's position; raises JourneyExit when the run already ended.
+
+        With ``lookback`` (event name, since, match) also returns a matching stored event.
+        """
+        runtime = self.runtime
+        state_id = self.state_id
+
+        async def write() -> tuple[str | None, dict[str, Any] | None]:
+            async with runtime.sessions() as session, session.begin():
+                status_after = await repo.move(
+                    session,
+                    state_id,
+                    status=status,
+                    step=step,
+                    next_wake_at=next_wake_at,
+                    waiting_for_event=waiting_for_event,
+                    context=context,
+                    now=runtime.clock(),
+                )
+                found = None
+                if lookback is not None and status_after in repo.RUNNING:
+                    name, since, match = lookback
+                    for event in reversed(
+                        await repo.contact_events(session, self.contact.id, name, since=since)
+                    ):
+                        if properties_match(match, event.properties):
+                            found = event_message(event)
+                            break
+                return status_after, found
+
+        status_after, found = await DBOS.run_step_async({"name": "journey.move"}, write)
+        if status_after not in repo.RUNNING:
+            raise JourneyExit(await self._exit_reason())
+        return found
+
+    async def _exit_reason(self) -> str:
+        async def read() -> str:
+            async with self.runtime.sessions() as session:
+                run = await repo.get_run(session, self.state_id)
+            return (run.exit_reason if run is not None else None) or "exited"
+
+        return await DBOS.run_step_async({"name": "journey.exit-reason"}, read)
+
+    async def _wait(self, deadline: datetime, wait: int | None) -> dict[str, Any] | None:
+        """Receive on the run's topic until ``deadline``: an exit raises, the awaited
+        event (message of wait number ``wait``) returns, anything else is skipped."""
+        while True:
+            remaining = (deadline - await self._clock()).total_seconds()
+            if remaining > self.runtime.park_after.total_seconds():
+                if await self._park():
+                    # Resumed: the wait goes on for what is left (at least a tick, so a
+                    # message delivered while parked is read and step ids stay aligned).
+                    remaining = max((deadline - await self._clock()).total_seconds(), 0.001)
+            elif remaining <= 0:
+                return None
+            message = await DBOS.recv_async(TOPIC, timeout_seconds=remaining)
+            if message is None:
+                return None
+            if message.get("kind") == "exit":
+                raise JourneyExit(str(message.get("reason") or "exited"))
+            if wait is not None and message.get("kind") == "event" and message.get("wait") == wait:
+                return dict(message["event"])
+
+    async def _park(self) -> bool:
+        """Park the run: True once resumed; ends the coroutine when it just parked.
+
+        The step is recorded, so a resumed run replays it as "parked" and goes on; only
+        its first execution cancels the workflow and raises.
+        """
+        runtime = self.runtime
+        state_id = self.state_id
+        executed: list[bool] = []
+
+        async def park() -> bool:
+            async with runtime.sessions() as session, session.begin():
+                parked = await repo.park(session, state_id)
+            executed.append(parked)
+            return parked
+
+        parked = await DBOS.run_step_async({"name": "journey.park"}, park)
+        if parked and executed:
+            workflow_id = DBOS.workflow_id
+            assert workflow_id is not None
+            # From a fresh context, so the cancel takes no step id of this workflow.
+            await asyncio.get_running_loop().create_task(
+                DBOS.cancel_workflow_async(workflow_id), context=contextvars.Context()
+            )
+            raise _Parked
+        return parked
+
+    async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
+        runtime = self.runtime
+
+        async def write() -> None:
+            async with runtime.sessions() as session, session.begin():
+                await repo.add_log(
+                    session,
+                    journey_id=self.definition.id,
+                    action=action,
+                    state_id=self.state_id,
+                    contact_id=self.contact.id,
+                    user_id=self.contact.key,
+                    step=step,
+                    detail=detail,
+                    started_at=started,
+                    finished_at=runtime.clock(),
+                )
+
+        await DBOS.run_step_async({"name": "journey.log"}, write)
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def sleep(self, duration: timedelta) -> None:
+        """Wait durably for ``duration`` (an exit ends the wait at once)."""
+        started = await self._clock()
+        await self._sleep_to(started + duration, "sleep", started)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Wait durably until ``when`` (timezone-aware)."""
+        if when.utcoffset() is None:
+            raise ValueError("sleep_until needs a timezone-aware datetime")
+        started = await self._clock()
+        await self._sleep_to(when, "sleep", started)
+
+    async def _sleep_to(self, deadline: datetime, action: str, started: datetime) -> None:
+        step = self._next(action)
+        await self._move(step, status="waiting", next_wake_at=deadline)
+        await self._wait(deadline, None)
+        await self._move(step, status="active")
+        await self._log(step, action, started, until=deadline.isoformat())
+
+    async def wait_for_event(
+        self,
+        name: str,
+        *,
+        timeout: timedelta,
+        match: Mapping[str, Any] | None = None,
+        lookback: timedelta | None = None,
+    ) -> Event | None:
+        """Wait for the contact's next ``name`` event (see the Protocol)."""
+        started = await self._clock()
+        step = self._next(f"wait_for_event:{name}")
+        deadline = started + timeout
+        # Events stored since the wait began always count: one dispatched between that
+        # instant and the waiting row's commit would otherwise be missed.
+        since = started - (lookback or timedelta(0))
+        found = await self._move(
+            step,
+            status="waiting",
+            next_wake_at=deadline,
+            waiting_for_event=name,
+            context={"wait": {"step": self._n, "match": dict(match) if match else None}},
+            lookback=(name, since, match),
+        )
+        if found is None:
+            found = await self._wait(deadline, self._n)
+        await self._move(step, status="active", context={"wait": None, "pending": False})
+        await self._log(
+            step,
+            "wait_for_event",
+            started,
+            event=name,
+            outcome="timeout" if found is None else "event",
+            eventId=None if found is None else found["id"],
+        )
+        return None if found is None else event_from_message(found)
+
+    # -- effects ----------------------------------------------------------------------------------
+
+    async def send_email(
+        self,
+        *,
+        template: str,
+        props: Mapping[str, Any] | None = None,
+        subject: str | None = None,
+        send_window: When | SendWindow | None = None,
+    ) -> None:
+        """Send ``template`` through the mailer's gates (idempotent per run and step)."""
+        step = self._next(f"send_email:{template}")
+        key = f"journey:{self.state_id}:{self._n}"
+        window = send_window.window() if isinstance(send_window, When) else send_window
+        while True:
+            started = await self._clock()
+            outcome = await DBOS.run_step_async(
+                {"name": "journey.send_email"},
+                self._send_step,
+                step,
+                SendRequest(
+                    template=template,
+                    contact_id=self.contact.id,
+                    props=dict(props or {}),
+                    subject=subject,
+                    kind="journey",
+                    journey_id=self.definition.id,
+                    journey_state_id=self.state_id,
+                    suppress_gap=self.definition.suppress,
+                    send_window=window,
+                    idempotency_key=key,
+                    resend_when_open=False,
+                ),
+                started,
+            )
+            if outcome is None:
+                raise JourneyExit(await self._exit_reason())
+            decision, deferred_until = outcome
+            if decision == "deferred" and deferred_until is not None:
+                # Outside the send window: wait for it durably, then try again (same key).
+                await self._sleep_to(deadline=deferred_until, action="send_window", started=started)
+                continue
+            return
+
+    async def _send_step(
+        self, step: str, request: SendRequest, started: datetime
+    ) -> tuple[str, datetime | None] | None:
+        mailer = self.runtime.mailer
+        if mailer is None:
+            raise ConfigurationError(
+                f"journey {self.definition.id!r} sends email but the app has no templates"
+            )
+        runtime = self.runtime
+        async with runtime.sessions() as session, session.begin():
+            # Held through the send: an exit waits for this transaction, so it either
+            # happened before (nothing is sent) or after (the send counts).
+            if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
+                return None
+            await repo.move(session, self.state_id, status="active", step=step)
+            detail: dict[str, Any] = {
+                "template": request.template,
+                "idempotencyKey": request.idempotency_key,
+            }
+            try:
+                outcome = await mailer.send(request)
+            except NoRecipient:
+                # A contact without an address (anonymous, say) skips the send; the
+                # journey goes on, as it would for an unsubscribed contact.
+                decision, deferred_until = "no_recipient", None
+            else:
+                decision, deferred_until = outcome.decision, outcome.deferred_until
+                detail["sendId"] = str(outcome.send_id)
+            await repo.add_log(
+                session,
+                journey_id=self.definition.id,
+                action="send_email",
+                state_id=self.state_id,
+                contact_id=self.contact.id,
+                user_id=self.contact.key,
+                step=step,
+                detail={**detail, "decision": decision},
+                started_at=started,
+                finished_at=runtime.clock(),
+            )
+        return decision, deferred_until
+
+    async def enroll(self, journey_id: str, contact: Contact) -> bool:
+        """Enroll ``contact`` (its own identity) in ``journey_id``; the guards apply."""
+        definition = self.runtime.definitions.get(journey_id)
+        if definition is None:
+            raise ConfigurationError(f"ctx.enroll: no journey {journey_id!r} in the app")
+        step = self._next(f"enroll:{journey_id}")
+        # A stable id per (run, step): a retried step finds the run it started.
+        trigger = Event(
+            id=uuid.uuid5(self.state_id, step),
+            name=spec_event(definition.trigger),
+            contact_key=contact.key,
+            contact_id=contact.id,
+            occurred_at=self._now,
+            properties={"enrolledBy": self.definition.id},
+            source="journey",
+        )
+        runtime = self.runtime
+
+        async def start() -> bool:
+            async with runtime.sessions() as session, session.begin():
+                started = await runtime.enroll(
+                    session,
+                    definition,
+                    contact_id=contact.id,
+                    contact_key=contact.key,
+                    trigger=trigger,
+                )
+            return started is not None
+
+        started_run = await self.step("enroll", start)
+        await self._log(step, "enroll", self._now, journey=journey_id, enrolled=started_run)
+        return started_run
+
+    async def variant(
+        self, test_id: str, variants: Sequence[str], weights: Sequence[float] | None = None
+    ) -> str:
+        """The contact's variant of ``test_id``, recorded in the step log."""
+        chosen = pick_variant(self.contact.id, test_id, variants, weights)
+        step = self._next(f"variant:{test_id}")
+        await self._log(step, "variant", self._now, test=test_id, variant=chosen)
+        return chosen
+
+    async def log(self, message: str, **fields: Any) -> None:
+        """Record a line in the run's step log."""
+        step = self._next("log")
+        await self._log(step, "log", self._now, message=message, **fields)
+
+
+# -- the dispatcher's consumers ------------------------------------------------------------------
+
+
+def _event_of(event: DispatchedEvent) -> Event:
+    return Event(
+        id=event.event_id,
+        name=event.name,
+        contact_key=event.contact_key,
+        contact_id=event.contact_id,
+        occurred_at=event.occurred_at,
+        properties=event.properties,
+        source=event.source,
+    )
+
+
+class JourneyExits:
+    """Consumer: an event matching a journey's ``exit_on`` exits the contact's run of it."""
+
+    name = "journey-exits"
+
+    def __init__(self, runtime: JourneyRuntime) -> None:
+        self.runtime = runtime
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        """Exit matching runs in the dispatcher's transaction, then signal them."""
+        for definition in self.runtime.definitions.values():
+            spec = next(
+                (s for s in definition.exit_on if spec_matches(s, event.name, event.properties)),
+                None,
+            )
+            if spec is None:
+                continue
+            ended = await repo.exit_runs(
+                session,
+                reason=f"exit_on:{event.name}",
+                contact_id=event.contact_id,
+                journey_ids=[definition.id],
+            )
+            await signal_exit([wf for _, wf in ended], f"exit_on:{event.name}")
+
+
+class JourneyWakeups:
+    """Consumer: delivers an event to the contact's runs waiting for it."""
+
+    name = "journey-wakeups"
+
+    def __init__(self, runtime: JourneyRuntime) -> None:
+        self.runtime = runtime
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        """Send the event to each matching waiter (idempotent per event and run)."""
+        for waiter in await repo.waiters(session, event.contact_id, event.name):
+            if not properties_match(waiter.match, event.properties):
+                continue
+            parked = await repo.flag_pending(session, waiter.state_id)
+            try:
+                await DBOS.send_async(
+                    waiter.workflow_id,
+                    {
+                        "kind": "event",
+                        "wait": waiter.wait,
+                        "event": event_message(_event_of(event)),
+                    },
+                    TOPIC,
+                    idempotency_key=f"event:{event.event_id}:{waiter.workflow_id}:{waiter.wait}",
+                )
+            except DBOSNonExistentWorkflowError:
+                continue
+            if parked:
+                await DBOS.resume_workflows_async([waiter.workflow_id], queue_name=JOURNEYS.name)
+
+
+class JourneyTriggers:
+    """Consumer: starts the journeys an event triggers (guards, then the workflow)."""
+
+    name = "journey-triggers"
+
+    def __init__(self, runtime: JourneyRuntime) -> None:
+        self.runtime = runtime
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        """Enroll the contact in each journey whose trigger names this event."""
+        for definition in self.runtime.definitions.values():
+            if spec_event(definition.trigger) != event.name:
+                continue
+            started = monotonic_time.perf_counter()
+            workflow_id = await self.runtime.enroll(
+                session,
+                definition,
+                contact_id=event.contact_id,
+                contact_key=event.contact_key,
+                trigger=_event_of(event),
+            )
+            log.debug(
+                "journey trigger",
+                journey=definition.id,
+                workflow_id=workflow_id,
+                ms=round((monotonic_time.perf_counter() - started) * 1000, 2),
+            )
+
+
+def journey_consumers(
+    runtime: JourneyRuntime,
+) -> tuple[JourneyExits, JourneyWakeups, JourneyTriggers]:
+    """The journey consumers in their fixed order: exits → wake-ups → triggers."""
+    return (JourneyExits(runtime), JourneyWakeups(runtime), JourneyTriggers(runtime))

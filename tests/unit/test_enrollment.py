@@ -1,0 +1,122 @@
+"""Pure enrollment decisions: entry limits, workflow ids, variants, matches, send windows."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+
+from hogsend import define_journey, where
+from hogsend.core.enrollment import (
+    EntryHistory,
+    enrollment_workflow_id,
+    entry_refusal,
+    pick_variant,
+    properties_match,
+    spec_event,
+    spec_matches,
+)
+from hogsend.core.journey_context import When
+from hogsend.errors import JourneyExit
+
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("limit", "period", "history", "expected"),
+    [
+        ("once", None, EntryHistory(), None),
+        ("once", None, EntryHistory(runs=1, last_entered_at=NOW), "entry_limit_once"),
+        ("unlimited", None, EntryHistory(runs=5, last_entered_at=NOW), None),
+        ("unlimited", None, EntryHistory(runs=1, running=True), "already_running"),
+        (
+            "once_per_period",
+            timedelta(days=7),
+            EntryHistory(runs=1, last_entered_at=NOW - timedelta(days=6)),
+            "entry_limit_period",
+        ),
+        (
+            "once_per_period",
+            timedelta(days=7),
+            EntryHistory(runs=1, last_entered_at=NOW - timedelta(days=7)),
+            None,
+        ),
+        ("once_per_period", timedelta(days=7), EntryHistory(), None),
+    ],
+)
+def test_entry_limits(
+    limit: str, period: timedelta | None, history: EntryHistory, expected: str | None
+) -> None:
+    assert entry_refusal(limit, period, history, NOW) == expected  # type: ignore[arg-type]
+
+
+def test_workflow_ids_are_deterministic_per_contact_and_ordinal() -> None:
+    contact = uuid.UUID("00000000-0000-0000-0000-000000000001")
+    first = enrollment_workflow_id("welcome", contact, 1)
+    assert first == f"hogsend.journey:welcome:{contact}:1"
+    assert enrollment_workflow_id("welcome", contact, 1) == first
+    assert enrollment_workflow_id("welcome", contact, 2) != first
+
+
+def test_variants_are_stable_and_follow_the_weights() -> None:
+    contacts = [uuid.UUID(int=i) for i in range(4000)]
+    picks = [pick_variant(c, "subject", ["a", "b"], [3, 1]) for c in contacts]
+    assert picks == [pick_variant(c, "subject", ["a", "b"], [3, 1]) for c in contacts]
+    share = Counter(picks)["a"] / len(picks)
+    assert 0.70 < share < 0.80
+    # Another test splits the same contacts differently.
+    other = [pick_variant(c, "cta", ["a", "b"]) for c in contacts]
+    assert other != picks
+    for bad in ([], ["a"]):
+        with pytest.raises(ValueError, match="variant"):
+            pick_variant(contacts[0], "t", bad, [1, 1] if bad else None)
+    with pytest.raises(ValueError, match="positive"):
+        pick_variant(contacts[0], "t", ["a", "b"], [1, 0])
+
+
+def test_trigger_and_exit_specs_match_names_and_filters() -> None:
+    pro = where.event("user.created").where(where.property("plan").equals("pro")).exists()
+    assert spec_event(pro) == "user.created"
+    assert spec_matches(pro, "user.created", {"plan": "pro"})
+    assert not spec_matches(pro, "user.created", {"plan": "free"})
+    assert not spec_matches(pro, "user.deleted", {"plan": "pro"})
+    assert spec_matches("user.deleted", "user.deleted", {})
+    assert properties_match({"projectId": "p1"}, {"projectId": "p1", "x": 1})
+    assert not properties_match({"projectId": "p1"}, {"projectId": "p2"})
+    assert not properties_match({"projectId": "p1"}, {})
+    assert properties_match(None, {})
+
+
+def test_define_journey_takes_a_bare_event_matcher_as_trigger_and_exit() -> None:
+    @define_journey(
+        id="bare",
+        name="Bare",
+        trigger=where.event("plan.upgraded"),
+        exit_on=[where.event("user.deleted")],
+    )
+    async def body(contact: object, ctx: object) -> None:
+        return None
+
+    assert spec_event(body.trigger) == "plan.upgraded"
+    assert spec_matches(body.exit_on[0], "user.deleted", {})
+
+
+def test_when_builds_the_mailer_send_window() -> None:
+    window = When().weekdays().between("09:00", "17:00").window()
+    assert window.weekdays == frozenset(range(5))
+    assert (window.start, window.end) == (time(9), time(17))
+    assert window.timezone is None
+    saturday_noon = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
+    assert window.next_open(saturday_noon) == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
+    assert When().weekends().in_timezone("Europe/Paris").window().timezone == "Europe/Paris"
+    assert When().on(2).window().weekdays == frozenset({2})
+    with pytest.raises(ValueError, match="isoformat"):
+        When().between("9am", "5pm")
+
+
+def test_journey_exit_is_not_an_exception() -> None:
+    exit_signal = JourneyExit("admin")
+    assert not isinstance(exit_signal, Exception)
+    assert exit_signal.reason == "admin"
