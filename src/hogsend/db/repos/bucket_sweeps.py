@@ -915,3 +915,18 @@ async def dwell_fires(
     ]
     await emit(session, bucket, out, now)
     return out
+
+
+async def member_counts(session: AsyncSession) -> dict[str, tuple[int, int]]:
+    """Per bucket id: (active members, left rows), live contacts and rows only."""
+    rows = await session.execute(
+        text(
+            "SELECT m.bucket_id,"
+            " count(*) FILTER (WHERE m.status = 'active'),"
+            " count(*) FILTER (WHERE m.status = 'left')"
+            " FROM bucket_memberships m JOIN contacts c ON c.id = m.contact_id"
+            " WHERE m.deleted_at IS NULL AND c.deleted_at IS NULL"
+            " GROUP BY m.bucket_id"
+        )
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
