@@ -21,6 +21,7 @@ from hogsend.core.definitions import (
     BucketDefinition,
     JourneyDefinition,
     ListDefinition,
+    bucket_cycle,
     check_conditions,
 )
 from hogsend.core.identifiers import duplicates
@@ -147,6 +148,12 @@ class Hogsend:
                     "the app's templates are not ready:\n"
                     + "\n".join(f"  {problem}" for problem in problems)
                 )
+            if cycle := bucket_cycle(self._buckets):
+                raise DefinitionError(
+                    "buckets read each other's transition events in a cycle: " + " -> ".join(cycle)
+                )
+            for bucket in self._buckets:
+                bucket.close()
         self._launched = True
 
     @property
@@ -224,6 +231,13 @@ class Hogsend:
                             message=f"trigger {trigger!r} names no registered bucket",
                         )
                     )
+        if cycle := bucket_cycle(self._buckets):
+            problems.append(
+                Problem(
+                    where=f"bucket {cycle[0]}",
+                    message="criteria read transition events in a cycle: " + " -> ".join(cycle),
+                )
+            )
         for bucket in self._buckets:
             if bucket.kind == "criteria" and not _is_condition(bucket.criteria):
                 problems.append(

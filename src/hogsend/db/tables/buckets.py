@@ -56,6 +56,14 @@ class BucketMembership(Timestamps, Base):
             unique=True,
             postgresql_where=_ACTIVE,
         ),
+        # The writers key on the contact id (a contact's text key can change).
+        Index(
+            "uq_bucket_memberships_contact_bucket_active",
+            "contact_id",
+            "bucket_id",
+            unique=True,
+            postgresql_where=_ACTIVE,
+        ),
         Index("ix_bucket_memberships_user_id_bucket_id", "user_id", "bucket_id"),
         Index("ix_bucket_memberships_bucket_id_status_id", "bucket_id", "status", "id"),
         Index(
