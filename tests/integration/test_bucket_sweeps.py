@@ -17,6 +17,7 @@ from hogsend.core.definitions import BucketDefinition
 from hogsend.db.conditions import contacts, user_events
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import bucket_sweeps as sweeps
+from hogsend.db.repos import buckets as bucket_repo
 from hogsend.db.repos.bucket_sweeps import DwellSchedule, configs, memberships
 from hogsend.runtime.reconcile import BucketSweeper
 
@@ -289,7 +290,7 @@ async def test_max_dwell_leave(engine: AsyncEngine) -> None:
     assert (await s.run_once(now=T0 + 14 * DAY)).counts["left_max_dwell"] == 1
     [row] = await rows(engine, "trial")
     assert row.status == "left"
-    assert row.left_reason == "max_dwell"
+    assert row.left_reason == "maxDwell"
     async with engine.connect() as conn:
         props = (
             await conn.execute(
@@ -297,18 +298,17 @@ async def test_max_dwell_leave(engine: AsyncEngine) -> None:
             )
         ).scalar_one()
     assert props["reason"] == "maxDwell"
-    assert props["entryCount"] == 1
+    assert props["epoch"] == 1
     assert [e.idempotency_key for e in await events(engine)] == [f"bucket:left:trial:{cid}:1"]
 
 
-async def test_fast_expiry_deadline_leave_on_an_event_only_bucket(engine: AsyncEngine) -> None:
-    # Not time-based (explicitly): only members whose expires_at deadline passed are
-    # re-evaluated; the one whose window emptied leaves, the other's deadline is spent.
+async def test_fast_expiry_deadline_leave(engine: AsyncEngine) -> None:
+    # The backfill arms the window deadline; at the sweep after it, the member whose
+    # window emptied leaves and the other's spent deadline is cleared.
     bucket = define_bucket(
         id="fast",
         name="Fast",
         criteria=where.event("app.active").within(timedelta(days=1)).exists(),
-        time_based=False,
         fast_expiry=True,
     )
     gone = await add_contact(engine, active_ago=[timedelta(hours=1)])
@@ -323,14 +323,45 @@ async def test_fast_expiry_deadline_leave_on_an_event_only_bucket(engine: AsyncE
     assert by_contact[gone].status == "left"
     assert by_contact[stays].status == "active"
     assert by_contact[stays].expires_at is None
+    assert [e.idempotency_key for e in await events(engine)] == [f"bucket:left:fast:{gone}:1"]
+
+
+async def test_deferred_min_dwell_leave_of_an_event_only_bucket_is_finished(
+    engine: AsyncEngine,
+) -> None:
+    # A real-time leave inside min_dwell is deferred (expires_at = end of the stay);
+    # reconcile finishes it when due even though the bucket is not time-based.
+    bucket = define_bucket(
+        id="vip", name="VIP", criteria=where.property("plan").equals("vip"), min_dwell=2 * DAY
+    )
+    cid = await add_contact(engine, properties={"plan": "vip"})
+    s = sweeper(engine, bucket)
+    await s.run_once(now=T0)
+    async with make_sessionmaker(engine)() as session, session.begin():
+        await session.execute(
+            update(contacts).where(contacts.c.id == cid).values(properties={"plan": "free"})
+        )
+        assert (
+            await bucket_repo.leave(session, bucket, cid, reason="criteria", now=T0 + DAY) is None
+        )
+    assert (await s.run_once(now=T0 + DAY + DAY / 2)).counts["left_criteria"] == 0
+    assert (await s.run_once(now=T0 + 2 * DAY)).counts["left_criteria"] == 1
+    [row] = await rows(engine, "vip")
+    assert row.status == "left"
+    assert [e.idempotency_key for e in await events(engine)] == [f"bucket:left:vip:{cid}:1"]
 
 
 async def test_dwell_after_fires_once_per_membership_and_rejoin_resets_the_clock(
     engine: AsyncEngine,
 ) -> None:
-    after = DwellSchedule(label="after-3d", after=3 * DAY)
+    vip = define_bucket(id="vip", name="VIP", criteria=where.property("plan").equals("vip"))
+
+    @vip.on_dwell(after=3 * DAY)
+    async def nudge(contact: object, ctx: object) -> None:  # the schedule is what counts here
+        raise AssertionError("reactions run as journeys, not in the sweep")
+
     cid = await add_contact(engine, properties={"plan": "vip"})
-    s = sweeper(engine, VIP, dwell={"vip": [after]})
+    s = sweeper(engine, vip)  # the schedule comes from the definition's on_dwell
     await s.run_once(now=T0)
     assert (await s.run_once(now=T0 + 2 * DAY)).counts["dwell"] == 0
     assert (await s.run_once(now=T0 + 3 * DAY)).counts["dwell"] == 1
@@ -379,7 +410,7 @@ async def test_dwell_every_fires_per_interval_and_coalesces_after_an_outage(
         counts = list(
             await conn.execute(
                 text(
-                    "SELECT properties->>'dwellCount' FROM user_events"
+                    "SELECT properties->>'interval' FROM user_events"
                     " WHERE event = 'bucket:dwell:dormant:every-7d' ORDER BY occurred_at"
                 )
             )

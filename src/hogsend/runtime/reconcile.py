@@ -55,13 +55,10 @@ def _utcnow() -> datetime:
 
 
 def dwell_schedules(bucket: BucketDefinition) -> tuple[DwellSchedule, ...]:
-    """The bucket's dwell schedules (``on_dwell(after=|every=)`` registrations)."""
-    found = getattr(bucket, "dwell_schedules", ())
+    """The bucket's dwell schedules (its ``on_dwell(after=|every=)`` reactions)."""
     return tuple(
-        DwellSchedule(
-            label=s.label, after=getattr(s, "after", None), every=getattr(s, "every", None)
-        )
-        for s in found
+        DwellSchedule(label=r.label or "", after=r.after, every=r.every)
+        for r in bucket.dwell_schedules
     )
 
 

@@ -46,17 +46,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.core.buckets import Transition
 from hogsend.core.conditions import (
     AllCondition,
     Condition,
     EventCondition,
-    dependencies,
     fingerprint,
     leaves,
 )
 from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput
 from hogsend.db.conditions import compile_sql, contacts, user_events
+from hogsend.db.repos.buckets import TRANSITION_SOURCE, expires_at_for
 from hogsend.db.repos.events import ingest_batch
 from hogsend.db.tables.buckets import BucketConfig, BucketMembership
 
@@ -65,7 +66,6 @@ memberships: Table = BucketMembership.__table__  # type: ignore[assignment]
 configs: Table = BucketConfig.__table__  # type: ignore[assignment]
 
 BackfillMode = Literal["initial", "reeval"]
-TransitionKind = Literal["entered", "left", "dwell"]
 
 RECONCILE_LOCK = text(
     "SELECT pg_try_advisory_lock(hashtextextended('hogsend.bucket-reconcile', 0))"
@@ -102,34 +102,6 @@ class DwellSchedule:
         value = self.after if self.after is not None else self.every
         assert value is not None
         return value
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Transition:
-    """One membership change a pass made (and emitted, unless silent)."""
-
-    kind: TransitionKind
-    bucket_id: str
-    contact_id: uuid.UUID
-    epoch: int
-    reason: str | None = None
-    label: str | None = None
-    ordinal: int | None = None
-
-    @property
-    def event_name(self) -> str:
-        """``bucket:entered:<id>``, ``bucket:left:<id>`` or ``bucket:dwell:<id>:<label>``."""
-        if self.kind == "dwell":
-            return f"bucket:dwell:{self.bucket_id}:{self.label}"
-        return f"bucket:{self.kind}:{self.bucket_id}"
-
-    @property
-    def idempotency_key(self) -> str:
-        """Deterministic across producers: the same transition always has the same key."""
-        key = f"{self.event_name}:{self.contact_id}:{self.epoch}"
-        if self.kind == "dwell" and self.ordinal is not None:
-            key += f":{self.ordinal}"
-        return key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,9 +162,7 @@ def criteria_fingerprint(bucket: BucketDefinition) -> str | None:
 
 def is_time_based(bucket: BucketDefinition) -> bool:
     """Explicit ``time_based`` wins; otherwise inferred from a ``within`` window."""
-    if bucket.time_based is not None:
-        return bucket.time_based
-    return bucket.criteria is not None and dependencies(bucket.criteria).time_based
+    return bucket.is_time_based
 
 
 def is_enabled(bucket: BucketDefinition, state: BucketState | None) -> bool:
@@ -212,14 +182,6 @@ def _ts(value: datetime) -> ColumnElement[datetime]:
 
 def _epoch(value: timedelta) -> float:
     return value.total_seconds()
-
-
-def _expires_at(bucket: BucketDefinition, now: datetime) -> datetime | None:
-    # The first window's deadline, armed only where the definition asks for it.
-    if bucket.criteria is None or not (bucket.fast_expiry or bucket.time_based):
-        return None
-    windows = dependencies(bucket.criteria).windows
-    return now + windows[0] if windows else None
 
 
 def _max_dwell_at(bucket: BucketDefinition, now: datetime) -> datetime | None:
@@ -273,26 +235,14 @@ def _anchor_leg(criteria: Condition | None) -> EventCondition | None:
     return None
 
 
-def _transition_input(bucket: BucketDefinition, t: Transition, now: datetime) -> EventInput:
-    props: dict[str, object] = {
-        "bucketId": bucket.id,
-        "bucketName": bucket.name,
-        "transition": t.kind,
-        "source": "reconcile",
-        "entryCount": t.epoch,
-    }
-    if t.reason is not None:
-        props["reason"] = t.reason
-    if t.kind == "dwell":
-        props["dwellLabel"] = t.label
-        props["dwellCount"] = t.ordinal if t.ordinal is not None else 1
+def _transition_input(t: Transition, now: datetime) -> EventInput:
     return EventInput(
-        name=t.event_name,
+        name=t.event,
         contact_id=t.contact_id,
-        properties=props,
+        properties=t.properties(),
         idempotency_key=t.idempotency_key,
         occurred_at=now,
-        source="bucket",
+        source=TRANSITION_SOURCE,
     )
 
 
@@ -301,7 +251,7 @@ async def emit(
 ) -> None:
     """Ingest the transitions as events (set-based; the keys make repeats duplicates)."""
     if items:
-        await ingest_batch(session, [_transition_input(bucket, t, now) for t in items], now=now)
+        await ingest_batch(session, [_transition_input(t, now) for t in items], now=now)
 
 
 def _active(m: Any, bucket_id: str) -> list[ColumnElement[bool]]:
@@ -617,7 +567,7 @@ async def _insert_members(
             literal(bucket.id, Text),
             literal("active", Text),
             _ts(now),
-            literal(_expires_at(bucket, now), DateTime(timezone=True)),
+            literal(expires_at_for(bucket, now), DateTime(timezone=True)),
             literal(_max_dwell_at(bucket, now), DateTime(timezone=True)),
             _ts(now),
             (prior_count + 1).cast(Integer),
@@ -651,11 +601,14 @@ async def _insert_members(
             chosen,
         )
         .on_conflict_do_nothing()
-        .returning(m.c.contact_id, m.c.entry_count)
+        .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
     )
     rows = (await session.execute(stmt)).all()
     return [
-        Transition(kind="entered", bucket_id=bucket.id, contact_id=r[0], epoch=r[1]) for r in rows
+        Transition(
+            kind="entered", bucket_id=bucket.id, contact_id=r[0], epoch=r[1], entered_at=r[2]
+        )
+        for r in rows
     ]
 
 
@@ -712,11 +665,16 @@ async def criteria_leaves(
                 last_evaluated_at=now,
                 updated_at=func.now(),
             )
-            .returning(m.c.contact_id, m.c.entry_count)
+            .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
         )
         out = [
             Transition(
-                kind="left", bucket_id=bucket.id, contact_id=r[0], epoch=r[1], reason="criteria"
+                kind="left",
+                bucket_id=bucket.id,
+                contact_id=r[0],
+                epoch=r[1],
+                entered_at=r[2],
+                reason="criteria",
             )
             for r in flipped
         ]
@@ -821,14 +779,21 @@ async def max_dwell_leaves(
         .values(
             status="left",
             left_at=now,
-            left_reason="max_dwell",
+            left_reason="maxDwell",
             last_evaluated_at=now,
             updated_at=func.now(),
         )
-        .returning(m.c.contact_id, m.c.entry_count)
+        .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
     )
     out = [
-        Transition(kind="left", bucket_id=bucket.id, contact_id=r[0], epoch=r[1], reason="maxDwell")
+        Transition(
+            kind="left",
+            bucket_id=bucket.id,
+            contact_id=r[0],
+            epoch=r[1],
+            entered_at=r[2],
+            reason="maxDwell",
+        )
         for r in flipped
     ]
     await emit(session, bucket, out, now)
@@ -868,7 +833,7 @@ _DWELL = text(
         updated_at = now()
     FROM todo
     WHERE m.id = todo.id AND m.status = 'active'
-    RETURNING m.contact_id, m.entry_count, todo.n
+    RETURNING m.contact_id, m.entry_count, m.entered_at, todo.n
     """
 )
 
@@ -908,8 +873,9 @@ async def dwell_fires(
             bucket_id=bucket.id,
             contact_id=r[0],
             epoch=r[1],
+            entered_at=r[2],
             label=schedule.label,
-            ordinal=r[2] if schedule.every is not None else None,
+            interval=r[3] if schedule.every is not None else None,
         )
         for r in rows
     ]
