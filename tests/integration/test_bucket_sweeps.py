@@ -248,11 +248,17 @@ async def test_absence_join_for_a_dormancy_bucket(engine: AsyncEngine) -> None:
     assert (await sweeper(engine, DORMANT).run_once(now=later + DAY)).counts["joined"] == 0
 
 
-async def test_time_based_criteria_leave(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("watermark", [True, False], ids=["incremental", "full-scan"])
+async def test_time_based_criteria_leave(engine: AsyncEngine, watermark: bool) -> None:
     cid = await add_contact(engine, active_ago=[2 * DAY])
     s = sweeper(engine, ACTIVE)
     await s.run_once(now=T0)
     assert [r.status for r in await rows(engine, "active-week")] == ["active"]
+    async with engine.begin() as conn:
+        stored = await conn.scalar(select(configs.c.reconciled_at))
+        assert stored == T0  # the sweep (after the backfill started at T0) recorded T0
+        if not watermark:  # as after a crash before the first sweep completed
+            await conn.execute(update(configs).values(reconciled_at=None))
     report = await s.run_once(now=T0 + 5 * DAY + timedelta(seconds=1))
     assert report.counts["left_criteria"] == 1
     [row] = await rows(engine, "active-week")

@@ -123,8 +123,6 @@ class BucketSweeper:
         self._dwell = dict(dwell or {})
         self._clock = clock
         self._sessions = make_sessionmaker(engine)
-        # Per bucket: the instant of this process's last finished join pass (see absence_joins).
-        self._joined_until: dict[str, tuple[str, datetime]] = {}
         self._stopping = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -241,20 +239,19 @@ class BucketSweeper:
     ) -> None:
         instant = now or self._clock()
         settled = sweeps.settled(bucket, state)
-        # (a) criteria leaves: every member of a time-based bucket, due deadlines elsewhere.
+        # Only what time changed since the previous complete sweep (shared by workers).
+        since = sweeps.reconciled_since(bucket, state)
+        # (a) criteria leaves: time-based buckets, and due deadlines everywhere.
         while not self._stopping:
             async with self._sessions() as session, session.begin():
                 left, seen = await sweeps.criteria_leaves(
-                    session, bucket, instant, batch_size=self.batch_size
+                    session, bucket, instant, since=since, batch_size=self.batch_size
                 )
             counts["left_criteria"] += len(left)
             if seen < self.batch_size:
                 break
         # (b) absence joins, once the silent backfill has claimed the historical cohort.
         if settled and sweeps.is_time_based(bucket):
-            fp = sweeps.criteria_fingerprint(bucket) or ""
-            known = self._joined_until.get(bucket.id)
-            since = known[1] if known is not None and known[0] == fp else None
             after: uuid.UUID | None = None
             while not self._stopping:
                 async with self._sessions() as session, session.begin():
@@ -268,8 +265,10 @@ class BucketSweeper:
                     )
                 counts["joined"] += len(joined)
                 if after is None:
-                    self._joined_until[bucket.id] = (fp, instant)
                     break
+        if settled and not self._stopping:
+            async with self._sessions() as session, session.begin():
+                await sweeps.mark_reconciled(session, bucket, instant)
         # (c) max-dwell leaves.
         if bucket.max_dwell is not None:
             while not self._stopping:

@@ -150,6 +150,7 @@ class BucketState:
     backfill_heartbeat_at: datetime | None
     backfill_processed: int
     backfill_total: int | None
+    reconciled_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -272,6 +273,7 @@ async def bucket_states(session: AsyncSession) -> dict[str, BucketState]:
             configs.c.backfill_heartbeat_at,
             configs.c.backfill_processed,
             configs.c.backfill_total,
+            configs.c.reconciled_at,
         )
     )
     return {
@@ -283,6 +285,7 @@ async def bucket_states(session: AsyncSession) -> dict[str, BucketState]:
             backfill_heartbeat_at=r.backfill_heartbeat_at,
             backfill_processed=r.backfill_processed,
             backfill_total=r.backfill_total,
+            reconciled_at=r.reconciled_at,
         )
         for r in rows
     }
@@ -303,6 +306,25 @@ def settled(bucket: BucketDefinition, state: BucketState | None) -> bool:
     """Whether the current criteria's backfill finished (the first-deploy quiet window
     is over): absence joins and dwell fires wait for it."""
     return state is not None and state.criteria_hash == criteria_fingerprint(bucket)
+
+
+def reconciled_since(bucket: BucketDefinition, state: BucketState | None) -> datetime | None:
+    """Up to when every member and candidate of the current criteria was evaluated (the
+    previous sweep or the backfill), or None: the next sweep looks at everyone."""
+    return state.reconciled_at if state is not None and settled(bucket, state) else None
+
+
+async def mark_reconciled(session: AsyncSession, bucket: BucketDefinition, at: datetime) -> None:
+    """Record that a sweep evaluated every member and candidate of ``bucket`` as of ``at``
+    (only for the criteria the membership was computed with)."""
+    await session.execute(
+        update(configs)
+        .where(
+            configs.c.bucket_id == bucket.id,
+            configs.c.criteria_hash == criteria_fingerprint(bucket),
+        )
+        .values(reconciled_at=at)
+    )
 
 
 async def request_backfill(session: AsyncSession, bucket_id: str) -> None:
@@ -457,6 +479,8 @@ async def backfill_chunk(
             .values(
                 backfill_status="completed",
                 criteria_hash=claim.fingerprint,
+                # Every contact was evaluated at or after the run's start.
+                reconciled_at=configs.c.backfill_started_at,
                 backfill_finished_at=now,
                 backfill_cursor=None,
                 updated_at=func.now(),
@@ -616,14 +640,21 @@ async def _insert_members(
 
 
 async def criteria_leaves(
-    session: AsyncSession, bucket: BucketDefinition, now: datetime, *, batch_size: int
+    session: AsyncSession,
+    bucket: BucketDefinition,
+    now: datetime,
+    *,
+    since: datetime | None = None,
+    batch_size: int,
 ) -> tuple[list[Transition], int]:
     """Re-evaluate one batch of members, oldest-evaluated first; leave those that stopped
     matching (outside ``min_dwell``) and emit ``bucket:left`` (reason ``criteria``).
 
-    Time-based buckets re-evaluate every member once per sweep (a member served at
-    ``now`` is not served again by the same sweep); other buckets only the members whose
-    ``expires_at`` deadline passed (a deferred min-dwell leave, a fast-expiry deadline).
+    Candidates (each served once per sweep: one evaluated at ``now`` is not taken again):
+    members whose ``expires_at`` deadline passed (a deferred min-dwell leave, a fast-
+    expiry deadline) and, for a time-based bucket, the members whose windowed legs time
+    may have changed since the previous sweep at ``since`` (an event left its window),
+    or every member when there is no ``since``.
 
     Returns:
         The leaves and how many members the batch looked at (0: the pass is done).
@@ -632,8 +663,12 @@ async def criteria_leaves(
     c, m = contacts, memberships
     conds = [*_active(m, bucket.id), c.c.deleted_at.is_(None)]
     conds.append(or_(m.c.last_evaluated_at.is_(None), m.c.last_evaluated_at < _ts(now)))
-    if not is_time_based(bucket):
-        conds.append(m.c.expires_at <= _ts(now))
+    legs = _windowed_legs(bucket)
+    due = m.c.expires_at <= _ts(now)
+    if not is_time_based(bucket) or (since is not None and not legs):
+        conds.append(due)
+    elif since is not None:
+        conds.append(or_(due, m.c.contact_id.in_(_crossed(legs, since, now))))
     matches = compile_sql(bucket.criteria, now, contact_id=c.c.id, properties=c.c.properties)
     may_leave: ColumnElement[bool] = true()
     if bucket.min_dwell is not None:
@@ -708,6 +743,28 @@ def _windowed_legs(bucket: BucketDefinition) -> list[EventCondition]:
     ]
 
 
+def _crossed(legs: Sequence[EventCondition], since: datetime | None, now: datetime) -> Any:
+    """Contact ids whose value of a windowed leg time alone may have changed since ``since``:
+    an event of the leg's name left its window between the two sweeps (``since`` None:
+    any contact that ever had such an event)."""
+    e = user_events
+    if since is None:
+        where: ColumnElement[bool] = e.c.event.in_(sorted({leg.event for leg in legs}))
+    else:
+        parts = []
+        for leg in legs:
+            assert leg.within is not None
+            parts.append(
+                and_(
+                    e.c.event == leg.event,
+                    e.c.occurred_at > _ts(since - leg.within),
+                    e.c.occurred_at <= _ts(now - leg.within),
+                )
+            )
+        where = or_(*parts)
+    return select(e.c.contact_id).where(where)
+
+
 async def absence_joins(
     session: AsyncSession,
     bucket: BucketDefinition,
@@ -732,22 +789,8 @@ async def absence_joins(
     legs = _windowed_legs(bucket)
     if not legs:
         return [], None
-    c, e = contacts, user_events
-    if since is None:
-        crossed: ColumnElement[bool] = e.c.event.in_(sorted({leg.event for leg in legs}))
-    else:
-        parts = []
-        for leg in legs:
-            assert leg.within is not None
-            parts.append(
-                and_(
-                    e.c.event == leg.event,
-                    e.c.occurred_at > _ts(since - leg.within),
-                    e.c.occurred_at <= _ts(now - leg.within),
-                )
-            )
-        crossed = or_(*parts)
-    where: list[ColumnElement[bool]] = [c.c.id.in_(select(e.c.contact_id).where(crossed))]
+    c = contacts
+    where: list[ColumnElement[bool]] = [c.c.id.in_(_crossed(legs, since, now))]
     if after is not None:
         where.append(c.c.id > after)
     joined = await _insert_members(

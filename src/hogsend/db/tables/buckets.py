@@ -113,6 +113,9 @@ class BucketConfig(Timestamps, Base):
     backfill_total: Mapped[int | None] = mapped_column(Integer)
     backfill_processed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     backfill_error: Mapped[str | None] = mapped_column(Text)
+    # Reconcile (or the backfill) evaluated every member and candidate as of this instant
+    # for the current criteria; later sweeps only look at what time changed since.
+    reconciled_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(
