@@ -17,6 +17,7 @@ from hogsend.api.routes import (
     whoami,
 )
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
+from hogsend.api.routes.admin import buckets as admin_buckets
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
 from hogsend.api.routes.admin import outbox as admin_outbox
@@ -50,5 +51,6 @@ def include_routes(api: FastAPI) -> None:
         emails.router,
         admin_templates.router,
         admin_outbox.router,
+        admin_buckets.router,
     ):
         api.include_router(router)
