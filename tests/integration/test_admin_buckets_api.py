@@ -243,7 +243,7 @@ async def test_preview_counts_without_saving(
         await ingest(client, keys["ingest"], userId=f"p{n}", contactProperties={"plan": plan})
     criteria = {"type": "property", "property": "plan", "op": "equals", "value": "vip"}
     response = await client.get(
-        "/v1/admin/buckets/preview",
+        "/v1/admin/criteria/preview",
         params={"criteria": json.dumps(criteria), "sample": 1},
         headers=keys["read"],
     )
@@ -253,7 +253,7 @@ async def test_preview_counts_without_saving(
     assert [s["userId"] for s in body["sample"]] in (["p0"], ["p1"])
     assert await fetch_all("SELECT id FROM bucket_memberships") == []
     bad = await client.get(
-        "/v1/admin/buckets/preview",
+        "/v1/admin/criteria/preview",
         params={
             "criteria": json.dumps({"type": "property", "property": "n", "op": "gt", "value": "x"})
         },
@@ -262,6 +262,6 @@ async def test_preview_counts_without_saving(
     assert bad.status_code == 422
     assert "criteria" in bad.text
     not_json = await client.get(
-        "/v1/admin/buckets/preview", params={"criteria": "{"}, headers=keys["read"]
+        "/v1/admin/criteria/preview", params={"criteria": "{"}, headers=keys["read"]
     )
     assert not_json.status_code == 422

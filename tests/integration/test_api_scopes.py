@@ -304,7 +304,7 @@ async def test_studio_routes_are_outside_the_key_matrix_and_behind_a_sign_in(
 
 BUCKET_ROUTE_SCOPES = {
     ("GET", "/v1/admin/buckets"): "admin:read",
-    ("GET", "/v1/admin/buckets/preview"): "admin:read",
+    ("GET", "/v1/admin/criteria/preview"): "admin:read",
     ("GET", "/v1/admin/buckets/{id}"): "admin:read",
     ("PATCH", "/v1/admin/buckets/{id}"): "admin:write",
     ("GET", "/v1/admin/buckets/{id}/members"): "admin:read",

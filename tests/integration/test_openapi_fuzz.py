@@ -75,7 +75,7 @@ APP_RULES = {
 }
 # A criteria is a JSON document with rules of its own (docs/conditions.md), carried in
 # a query string; tests/integration/test_admin_buckets_api.py tests its rejections.
-CONDITION_RULES = {"GET /v1/admin/buckets/preview"}
+CONDITION_RULES = {"GET /v1/admin/criteria/preview"}
 # Batches validate each item on their own and answer 200 with per-item rejections, so a
 # schema-violating item does not make the request a rejected one (by design).
 PER_ITEM = {

@@ -131,7 +131,7 @@ async def list_buckets(request: Request, session: DbSession) -> BucketList:
 
 
 @router.get(
-    "/buckets/preview",
+    "/criteria/preview",
     summary="Preview a criteria",
     dependencies=[require_scope("admin:read")],
     responses=problem_responses(422),
