@@ -183,3 +183,21 @@ def test_dwell_interval_coalesces() -> None:
     assert dwell_interval(at, at + days(6), days(7)) == 0
     assert dwell_interval(at, at + days(7), days(7)) == 1
     assert dwell_interval(at, at + days(30), days(7)) == 4
+
+
+def test_reaction_ids_must_not_clash_with_journeys() -> None:
+    from hogsend import define_journey
+
+    bucket = active()
+    bucket.on_enter()(handler)
+
+    @define_journey(id="bucket-active-on-enter", name="Clash", trigger="x")
+    async def clash(contact: object, ctx: object) -> None:
+        return None
+
+    app = Hogsend(buckets=[bucket], journeys=[clash])
+    assert [str(p) for p in app.check()] == [
+        "journey bucket-active-on-enter: id also used by a bucket reaction"
+    ]
+    with pytest.raises(DefinitionError, match="bucket-active-on-enter"):
+        app.launch()

@@ -155,6 +155,11 @@ def build_consumers(app: Hogsend) -> tuple[EventConsumer, ...]:
     their features land; then anything added with :func:`add_extra_consumers`.
     """
     built_in: tuple[EventConsumer, ...] = ()
+    if any(bucket.kind == "criteria" for bucket in app.buckets):
+        # Imported here: the consumer module imports this one (DispatchedEvent).
+        from hogsend.runtime.bucket_membership import BucketMembershipConsumer
+
+        built_in += (BucketMembershipConsumer(app.buckets),)
     extra: tuple[EventConsumer, ...] = getattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, ())
     return (*built_in, *extra)
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.core.buckets import (
@@ -36,10 +36,12 @@ from hogsend.core.buckets import (
     Transition,
     TransitionKind,
 )
+from hogsend.core.conditions import Condition
 from hogsend.core.conditions.analysis import dependencies
 from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, decode_cursor, encode_cursor
+from hogsend.db.conditions import contacts, matching_contacts
 from hogsend.db.repos.events import ingest_event
 
 TRANSITION_SOURCE = "bucket"
@@ -511,3 +513,39 @@ async def set_enabled(
         ),
         {"bucket_id": bucket_id, "enabled": enabled, "now": now},
     )
+
+
+# --------------------------------------------------------------------------- preview
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreviewMatch:
+    """A live contact matching a previewed criteria."""
+
+    contact_id: uuid.UUID
+    external_id: str | None
+    email: str | None
+
+
+async def preview(
+    session: AsyncSession, condition: Condition, *, now: datetime, sample: int = 10
+) -> tuple[int, list[PreviewMatch]]:
+    """How many live contacts match ``condition`` at ``now``, and up to ``sample`` of them
+    (newest first). Reads only."""
+    matching = matching_contacts(condition, now).subquery()
+    count = int((await session.execute(select(func.count()).select_from(matching))).scalar_one())
+    rows = []
+    if sample > 0 and count:
+        rows = list(
+            (
+                await session.execute(
+                    select(contacts.c.id, contacts.c.external_id, contacts.c.email)
+                    .where(contacts.c.id.in_(select(matching.c.id)))
+                    .order_by(contacts.c.first_seen_at.desc(), contacts.c.id.desc())
+                    .limit(sample)
+                )
+            ).all()
+        )
+    return count, [
+        PreviewMatch(contact_id=r.id, external_id=r.external_id, email=r.email) for r in rows
+    ]
