@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import Hogsend, define_bucket, where
 from hogsend.core.definitions import BucketDefinition
-from hogsend.db.conditions import contacts, user_events
+from hogsend.db.conditions import contacts, email_sends, user_events
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import bucket_sweeps as sweeps
 from hogsend.db.repos import buckets as bucket_repo
@@ -483,3 +483,36 @@ async def test_two_reconcilers_at_once_produce_each_transition_once(engine: Asyn
     assert len({e.idempotency_key for e in got}) == len(got) == 30
     active = [r for r in await rows(engine, "dormant") if r.status == "active"]
     assert len(active) == 30
+
+
+async def test_email_windows_drive_incremental_leaves_and_joins(engine: AsyncEngine) -> None:
+    # "Opened something, but nothing in the last 14 days": joins when the last open
+    # leaves the window; the sweep finds it through the open's crossing, not an event.
+    bucket = define_bucket(
+        id="lapsed-reader",
+        name="Lapsed reader",
+        criteria=where.all(
+            where.email().opened(), where.not_(where.email().within(14 * DAY).opened())
+        ),
+    )
+    cid = await add_contact(engine, email="reader@example.com")
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(email_sends).values(
+                contact_id=cid,
+                user_id=str(cid),
+                template_key="welcome",
+                from_email="team@example.com",
+                to_email="reader@example.com",
+                status="sent",
+                sent_at=T0 - 12 * DAY,
+                opened_at=T0 - 12 * DAY,
+            )
+        )
+    s = sweeper(engine, bucket)
+    assert (await s.run_once(now=T0)).backfills[0].joined == 0
+    assert (await s.run_once(now=T0 + DAY)).counts["joined"] == 0
+    assert (await s.run_once(now=T0 + 2 * DAY + timedelta(minutes=1))).counts["joined"] == 1
+    assert [e.idempotency_key for e in await events(engine)] == [
+        f"bucket:entered:lapsed-reader:{cid}:1"
+    ]

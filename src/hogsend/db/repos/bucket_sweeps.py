@@ -41,6 +41,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -50,13 +51,14 @@ from hogsend.core.buckets import Transition
 from hogsend.core.conditions import (
     AllCondition,
     Condition,
+    EmailCondition,
     EventCondition,
     fingerprint,
     leaves,
 )
 from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput
-from hogsend.db.conditions import compile_sql, contacts, user_events
+from hogsend.db.conditions import compile_sql, contacts, email_sends, user_events
 from hogsend.db.repos.buckets import TRANSITION_SOURCE, expires_at_for
 from hogsend.db.repos.events import ingest_batch
 from hogsend.db.tables.buckets import BucketConfig, BucketMembership
@@ -299,7 +301,7 @@ def backfill_needed(bucket: BucketDefinition, state: BucketState | None) -> bool
         return False
     if state is None:
         return True
-    return state.criteria_hash != fp or state.backfill_status in ("pending", "running")
+    return state.criteria_hash != fp or state.backfill_status in ("pending", "running", "failed")
 
 
 def settled(bucket: BucketDefinition, state: BucketState | None) -> bool:
@@ -734,35 +736,42 @@ async def criteria_leaves(
     return out, len(rows)
 
 
-def _windowed_legs(bucket: BucketDefinition) -> list[EventCondition]:
+def _windowed_legs(bucket: BucketDefinition) -> list[EventCondition | EmailCondition]:
     assert bucket.criteria is not None
     return [
         leaf
         for leaf in leaves(bucket.criteria)
-        if isinstance(leaf, EventCondition) and leaf.within is not None
+        if isinstance(leaf, EventCondition | EmailCondition) and leaf.within is not None
     ]
 
 
-def _crossed(legs: Sequence[EventCondition], since: datetime | None, now: datetime) -> Any:
+def _crossed(
+    legs: Sequence[EventCondition | EmailCondition], since: datetime | None, now: datetime
+) -> Any:
     """Contact ids whose value of a windowed leg time alone may have changed since ``since``:
-    an event of the leg's name left its window between the two sweeps (``since`` None:
-    any contact that ever had such an event)."""
-    e = user_events
-    if since is None:
-        where: ColumnElement[bool] = e.c.event.in_(sorted({leg.event for leg in legs}))
-    else:
-        parts = []
-        for leg in legs:
-            assert leg.within is not None
-            parts.append(
-                and_(
-                    e.c.event == leg.event,
-                    e.c.occurred_at > _ts(since - leg.within),
-                    e.c.occurred_at <= _ts(now - leg.within),
-                )
-            )
-        where = or_(*parts)
-    return select(e.c.contact_id).where(where)
+    an event (or email open/click/send) of the leg left its window between the two sweeps
+    (``since`` None: any contact that ever had one)."""
+    e, s = user_events, email_sends
+    event_parts: list[ColumnElement[bool]] = []
+    email_parts: list[ColumnElement[bool]] = []
+    for leg in legs:
+        assert leg.within is not None
+        if isinstance(leg, EventCondition):
+            at = e.c.occurred_at
+            parts, base = event_parts, e.c.event == leg.event
+        else:
+            at = s.c[f"{leg.action}_at"]
+            parts, base = email_parts, at.is_not(None)
+        if since is None:
+            parts.append(base)
+        else:
+            parts.append(and_(base, at > _ts(since - leg.within), at <= _ts(now - leg.within)))
+    queries: list[Any] = []
+    if event_parts:
+        queries.append(select(e.c.contact_id).where(or_(*event_parts)))
+    if email_parts:
+        queries.append(select(s.c.contact_id).where(or_(*email_parts)))
+    return queries[0] if len(queries) == 1 else union_all(*queries)
 
 
 async def absence_joins(
