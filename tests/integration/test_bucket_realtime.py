@@ -126,6 +126,8 @@ async def test_event_bucket_joins_on_its_event_only(
     assert [b.id for b in consumer.candidates("page.viewed")] == ["vip"]
     assert [b.id for b in consumer.candidates("order.placed")] == ["vip", "buyers"]
     assert [b.id for b in consumer.candidates("bucket:left:vip")] == ["vip", "vip-alumni"]
+    # Transition events patch no properties: only the buckets counting them are checked.
+    assert [b.id for b in consumer.candidates("bucket:left:vip", source="bucket")] == ["vip-alumni"]
 
 
 async def test_a_bucket_reacts_to_another_buckets_event(
