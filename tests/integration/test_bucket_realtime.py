@@ -126,6 +126,8 @@ async def test_event_bucket_joins_on_its_event_only(
     assert [b.id for b in consumer.candidates("page.viewed")] == ["vip"]
     assert [b.id for b in consumer.candidates("order.placed")] == ["vip", "buyers"]
     assert [b.id for b in consumer.candidates("bucket:left:vip")] == ["vip", "vip-alumni"]
+    # Transition events patch no properties: only the buckets counting them are checked.
+    assert [b.id for b in consumer.candidates("bucket:left:vip", source="bucket")] == ["vip-alumni"]
 
 
 async def test_a_bucket_reacts_to_another_buckets_event(
@@ -270,3 +272,40 @@ def test_the_worker_runs_the_consumer_only_with_criteria_buckets() -> None:
     assert [c.name for c in build_consumers(Hogsend(buckets=[VIP]))] == ["bucket-membership"]
     manual = define_bucket(id="hand", name="By hand")
     assert build_consumers(Hogsend(buckets=[manual])) == ()
+
+
+async def test_a_failure_mid_transition_rolls_back_and_the_retry_emits_once(
+    engine: AsyncEngine,
+    database_url: str,
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_emit = repo.emit_transition
+    calls = 0
+
+    async def flaky_emit(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await real_emit(*args, **kwargs)
+        if calls == 1:
+            raise RuntimeError("worker died after the join")
+        return result
+
+    monkeypatch.setattr(repo, "emit_transition", flaky_emit)
+    hal = await send(sessions, "hal@x.test", props={"plan": "vip"})
+    dispatcher = Dispatcher(
+        engine,
+        settings(database_url).model_copy(
+            update={"dispatcher_backoff_base_seconds": 0.01, "dispatcher_backoff_max_seconds": 0.01}
+        ),
+        [BucketMembershipConsumer([VIP])],
+        worker_id="t",
+    )
+    await dispatcher.drain()
+    await asyncio.sleep(0.05)
+    await dispatcher.drain()
+    assert calls == 2
+    assert [k for _, k, _ in await transitions(sessions)] == [f"bucket:entered:vip:{hal}:1"]
+    async with sessions() as session:
+        [row] = await repo.contact_memberships(session, hal)
+    assert row.entry_count == 1

@@ -8,8 +8,9 @@ for the event's contact, and the contact joins or leaves them:
    events of email legs and other buckets' transition events), or when its criteria
    test contact properties: ingest applies an event's property patch to the contact
    and keeps no record of which keys it changed, so any event of the contact may have
-   changed them. Criteria reading neither events nor properties (``where.all()``)
-   are candidates for every event. Manual buckets never are.
+   changed them (transition events, which patch nothing, are the exception).
+   Criteria reading neither events nor properties (``where.all()``) are treated the
+   same way. Manual buckets are never candidates.
 2. **The switch.** Buckets disabled (the admin override in ``bucket_configs``, else
    the code's ``enabled``) are dropped; the override is read on every event, so
    flipping it takes effect at once, on every worker.
@@ -65,8 +66,8 @@ class _Index:
                 self.by_event.setdefault(name, []).append(bucket)
         self.order = {b.id: index for index, b in enumerate(buckets)}
 
-    def candidates(self, event_name: str) -> list[BucketDefinition]:
-        found = {b.id: b for b in self.always}
+    def candidates(self, event_name: str, *, properties_changed: bool) -> list[BucketDefinition]:
+        found = {b.id: b for b in self.always} if properties_changed else {}
         for bucket in self.by_event.get(event_name, ()):
             found[bucket.id] = bucket
         return sorted(found.values(), key=lambda b: self.order[b.id])
@@ -91,14 +92,17 @@ class BucketMembershipConsumer:
         self._index = _Index(buckets)
         self._clock = clock
 
-    def candidates(self, event_name: str) -> list[BucketDefinition]:
-        """The criteria buckets an event called ``event_name`` can change (before the
-        enable switch is applied)."""
-        return self._index.candidates(event_name)
+    def candidates(self, event_name: str, *, source: str | None = None) -> list[BucketDefinition]:
+        """The criteria buckets an event called ``event_name`` from ``source`` can
+        change (before the enable switch is applied)."""
+        # Transition events carry no property patch: only buckets counting them care.
+        return self._index.candidates(
+            event_name, properties_changed=source != repo.TRANSITION_SOURCE
+        )
 
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Evaluate the candidate buckets for the event's contact; join / leave them."""
-        candidates = self._index.candidates(event.name)
+        candidates = self.candidates(event.name, source=event.source)
         if not candidates:
             return
         candidates = await repo.enabled_buckets(session, candidates)

@@ -131,7 +131,9 @@ class PreviewQuery(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     criteria: Text = Field(
-        max_length=65_536, description="The condition's JSON form (docs/conditions.md)."
+        max_length=65_536,
+        description="The condition's JSON form (docs/conditions.md).",
+        examples=['{"type": "event", "event": "signed_up", "check": "exists"}'],
     )
     sample: int = Field(default=10, ge=0, le=100, description="How many matches to show.")
 
