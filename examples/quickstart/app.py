@@ -1,4 +1,4 @@
-"""A small hogsend project: two lists, two buckets, one welcome journey, seven templates.
+"""A small hogsend project: two lists, four buckets, one welcome journey, seven templates.
 
 Run it from the repository root with ``hogsend dev`` (it is the default app), or point
 any command at it: ``hogsend --app examples.quickstart.app:app check``.
@@ -18,6 +18,7 @@ from hogsend import (
     define_bucket,
     define_journey,
     define_list,
+    where,
 )
 from hogsend.channels.templates import TemplateRegistry
 
@@ -103,9 +104,49 @@ tips = define_list(
     description="Short emails on getting more out of the product.",
 )
 
-# Manual buckets for now: criteria arrive with the conditions engine.
-trial_users = define_bucket(id="trial-users", name="Trial users")
-vip_customers = define_bucket(id="vip-customers", name="VIP customers")
+# Everyone on a trial plan (the app sends `contactProperties: {"plan": "trial"}`).
+trial_users = define_bucket(
+    id="trial-users",
+    name="Trial users",
+    criteria=where.property("plan").equals("trial"),
+    max_dwell=days(30),
+)
+
+# Used the app on 5+ days this week; a member stays at least 3 days, so one quiet
+# day does not bounce them out and back in.
+power_users = define_bucket(
+    id="power-users",
+    name="Power users",
+    criteria=where.event("app.opened").within(days(7)).at_least(5),
+    min_dwell=days(3),
+)
+
+# Were active once, but not in the last 14 days.
+lapsed = define_bucket(
+    id="lapsed",
+    name="Lapsed users",
+    criteria=where.all(
+        where.event("app.opened").exists(),
+        where.event("app.opened").within(days(14)).not_exists(),
+    ),
+)
+
+# Hand-picked in Studio or through the admin API.
+vip_customers = define_bucket(id="vip-customers", name="VIP customers", kind="manual")
+
+
+@lapsed.on_enter()
+async def win_back(contact: Contact, ctx: JourneyContext) -> None:
+    """Someone went quiet: one win-back email."""
+    await ctx.send_email(
+        template="win-back", props={"offer": "Come back this month and get 20% off for a year."}
+    )
+
+
+@power_users.on_dwell(after=days(14))
+async def ask_for_review(contact: Contact, ctx: JourneyContext) -> None:
+    """Two weeks as a power user: a good moment for a nudge."""
+    await ctx.send_email(template="nudge")
 
 
 @define_journey(
@@ -130,7 +171,7 @@ async def welcome(contact: Contact, ctx: JourneyContext) -> None:
 app = Hogsend(
     name="quickstart",
     journeys=[welcome],
-    buckets=[trial_users, vip_customers],
+    buckets=[trial_users, power_users, lapsed, vip_customers],
     lists=[product_updates, tips],
     templates=templates,
 )

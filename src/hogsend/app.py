@@ -21,6 +21,7 @@ from hogsend.core.definitions import (
     BucketDefinition,
     JourneyDefinition,
     ListDefinition,
+    bucket_cycle,
     check_conditions,
 )
 from hogsend.core.identifiers import duplicates
@@ -139,6 +140,8 @@ class Hogsend:
         Raises:
             ConfigurationError: a template does not compile, or a journey sends a
                 template that does not exist (``hogsend check`` lists the same).
+            DefinitionError: buckets read each other's transitions in a cycle, or a
+                bucket reaction's journey id is a journey's id.
         """
         if not self._launched:
             problems = self._template_problems()
@@ -147,6 +150,17 @@ class Hogsend:
                     "the app's templates are not ready:\n"
                     + "\n".join(f"  {problem}" for problem in problems)
                 )
+            if cycle := bucket_cycle(self._buckets):
+                raise DefinitionError(
+                    "buckets read each other's transition events in a cycle: " + " -> ".join(cycle)
+                )
+            if clashes := self._journey_id_clashes():
+                raise DefinitionError(
+                    "journey ids used by both a journey and a bucket reaction: "
+                    + ", ".join(clashes)
+                )
+            for bucket in self._buckets:
+                bucket.close()
         self._launched = True
 
     @property
@@ -200,6 +214,11 @@ class Hogsend:
                     )
         return problems
 
+    def _journey_id_clashes(self) -> list[str]:
+        """Ids a user journey shares with a bucket reaction (both run as journeys)."""
+        reactions = [r.journey_id for b in self._buckets for r in b.reactions]
+        return duplicates([j.id for j in self._journeys] + reactions)
+
     def check(self) -> list[Problem]:
         """Validate the whole app; an empty list means it is ready to launch."""
         problems: list[Problem] = []
@@ -224,6 +243,17 @@ class Hogsend:
                             message=f"trigger {trigger!r} names no registered bucket",
                         )
                     )
+        if cycle := bucket_cycle(self._buckets):
+            problems.append(
+                Problem(
+                    where=f"bucket {cycle[0]}",
+                    message="criteria read transition events in a cycle: " + " -> ".join(cycle),
+                )
+            )
+        problems += [
+            Problem(where=f"journey {i}", message="id also used by a bucket reaction")
+            for i in self._journey_id_clashes()
+        ]
         for bucket in self._buckets:
             if bucket.kind == "criteria" and not _is_condition(bucket.criteria):
                 problems.append(

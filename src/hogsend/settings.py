@@ -180,6 +180,23 @@ class Settings(BaseSettings):
     deferred_sweep_batch_size: int = Field(
         default=200, ge=1, le=10_000, description="Deferred sends one sweep loads at once."
     )
+    bucket_reconcile_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How often the bucket reconcile sweep runs (one worker at a time).",
+    )
+    bucket_sweep_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, description="Memberships one reconcile batch handles."
+    )
+    bucket_backfill_chunk_size: int = Field(
+        default=2000, ge=1, le=100_000, description="Contacts one backfill chunk handles."
+    )
+    bucket_backfill_lease_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A backfill silent this long is taken over by another runner.",
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

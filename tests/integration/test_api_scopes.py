@@ -320,3 +320,26 @@ def test_journey_routes_require_their_pinned_scopes(api: FastAPI) -> None:
         if (method, mounted.path) in JOURNEY_ROUTE_SCOPES
     }
     assert found == JOURNEY_ROUTE_SCOPES
+
+
+BUCKET_ROUTE_SCOPES = {
+    ("GET", "/v1/admin/buckets"): "admin:read",
+    ("GET", "/v1/admin/criteria/preview"): "admin:read",
+    ("GET", "/v1/admin/buckets/{id}"): "admin:read",
+    ("PATCH", "/v1/admin/buckets/{id}"): "admin:write",
+    ("GET", "/v1/admin/buckets/{id}/members"): "admin:read",
+    ("POST", "/v1/admin/buckets/{id}/members"): "admin:write",
+    ("DELETE", "/v1/admin/buckets/{id}/members/{contact_id}"): "admin:write",
+    ("GET", "/v1/admin/contacts/{id}/buckets"): "admin:read",
+}
+"""The scopes of the bucket admin routes, pinned."""
+
+
+def test_bucket_routes_require_their_pinned_scopes(api: FastAPI) -> None:
+    found = {
+        (method, mounted.path): route_scope(mounted.route)
+        for mounted in iter_api_routes(api.routes)
+        for method in mounted.route.methods or ()
+        if (method, mounted.path) in BUCKET_ROUTE_SCOPES
+    }
+    assert found == BUCKET_ROUTE_SCOPES

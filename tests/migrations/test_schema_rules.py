@@ -99,7 +99,7 @@ def test_journey_state_terminal_status_needs_its_timestamp(engine: Engine) -> No
 
 def _membership(user: str, status: str, **extra: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "contact_id": uuid.UUID(int=1),
+        "contact_id": uuid.uuid5(uuid.NAMESPACE_URL, user),
         "user_id": user,
         "bucket_id": "power-users",
         "status": status,
@@ -115,6 +115,11 @@ def test_bucket_memberships_one_active_many_left(engine: Engine) -> None:
     assert not _refused(engine, "bucket_memberships", **_membership("u1", "active"))
     assert _refused(engine, "bucket_memberships", **_membership("u1", "active"))
     assert not _refused(engine, "bucket_memberships", **_membership("u2", "active"))
+    # One active stay per contact too, even under another key (the contact's key changed).
+    same_contact = _membership(
+        "u1-renamed", "active", contact_id=uuid.uuid5(uuid.NAMESPACE_URL, "u1")
+    )
+    assert _refused(engine, "bucket_memberships", **same_contact)
     assert not _refused(
         engine,
         "bucket_memberships",

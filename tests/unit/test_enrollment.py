@@ -112,7 +112,7 @@ def test_when_builds_the_mailer_send_window() -> None:
     assert window.next_open(saturday_noon) == datetime(2026, 3, 9, 9, 0, tzinfo=UTC)
     assert When().weekends().in_timezone("Europe/Paris").window().timezone == "Europe/Paris"
     assert When().on(2).window().weekdays == frozenset({2})
-    with pytest.raises(ValueError, match="isoformat"):
+    with pytest.raises(ValueError, match="not H:mm or HH:mm"):
         When().between("9am", "5pm")
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from hogsend import __version__
+from hogsend.cli.buckets import buckets_cli
 from hogsend.cli.check import check
 from hogsend.cli.context import CliState
 from hogsend.cli.db import db_cli
@@ -66,6 +67,7 @@ cli.add_typer(db_cli)
 cli.add_typer(keys_cli)
 cli.add_typer(templates_cli)
 cli.add_typer(studio_cli)
+cli.add_typer(buckets_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,8 +20,9 @@ from hogsend.core.conditions import (
     condition_from_dict,
     format_path,
 )
+from hogsend.core.conditions.analysis import dependencies, is_time_based
 from hogsend.core.identifiers import check_id
-from hogsend.errors import DefinitionError
+from hogsend.errors import DefinitionError, RegistrationClosedError
 
 if TYPE_CHECKING:
     from hogsend.core.contact import Contact
@@ -44,9 +45,102 @@ class ListDefinition:
     default_opt_in: bool = False
 
 
+ReactionKind = Literal["enter", "leave", "dwell"]
+LeaveReason = Literal["criteria", "maxDwell", "manual"]
+LEAVE_REASONS: tuple[LeaveReason, ...] = ("criteria", "maxDwell", "manual")
+ReactionHandler: TypeAlias = "Callable[[Contact, JourneyContext], Awaitable[None]]"
+
+ENTERED_PREFIX = "bucket:entered:"
+LEFT_PREFIX = "bucket:left:"
+DWELL_PREFIX = "bucket:dwell:"
+
+
+def entered_event(bucket_id: str) -> str:
+    """Name of the event emitted when a contact joins ``bucket_id``."""
+    return f"{ENTERED_PREFIX}{bucket_id}"
+
+
+def left_event(bucket_id: str) -> str:
+    """Name of the event emitted when a contact leaves ``bucket_id``."""
+    return f"{LEFT_PREFIX}{bucket_id}"
+
+
+def dwell_event(bucket_id: str, label: str) -> str:
+    """Name of the event emitted when a member has stayed as long as a dwell schedule says."""
+    return f"{DWELL_PREFIX}{bucket_id}:{label}"
+
+
+def duration_label(value: timedelta) -> str:
+    """A short stable label for a duration: ``3d``, ``36h``, ``90m``, ``45s``."""
+    total = value.total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if total >= size and total % size == 0:
+            return f"{int(total // size)}{unit}"
+    if total == int(total):
+        return f"{int(total)}s"
+    return f"{round(total * 1000)}ms"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BucketReaction:
+    """Something to run when a contact enters, leaves or has dwelt in a bucket.
+
+    The journeys feature runs ``handler`` durably, as a journey triggered by
+    :attr:`event` (id :attr:`journey_id`); this object only describes it.
+
+    Attributes:
+        bucket_id: the bucket.
+        kind: ``enter``, ``leave`` or ``dwell``.
+        handler: ``async def handler(contact, ctx)``.
+        label: the dwell schedule's label (``after-3d`` by default); None otherwise.
+        after: dwell once, this long after the contact joined.
+        every: dwell every this long while the contact stays.
+        reasons: for ``leave``: only these reasons (empty = every reason).
+        first_entry_only: for ``enter``: only the contact's first entry.
+    """
+
+    bucket_id: str
+    kind: ReactionKind
+    handler: ReactionHandler
+    label: str | None = None
+    after: timedelta | None = None
+    every: timedelta | None = None
+    reasons: tuple[LeaveReason, ...] = ()
+    first_entry_only: bool = False
+
+    @property
+    def event(self) -> str:
+        """The transition event that triggers this reaction."""
+        if self.kind == "enter":
+            return entered_event(self.bucket_id)
+        if self.kind == "leave":
+            return left_event(self.bucket_id)
+        return dwell_event(self.bucket_id, self.label or "")
+
+    @property
+    def journey_id(self) -> str:
+        """The id of the journey this reaction runs as (durable name ``hogsend.journey:<id>``)."""
+        suffix = f"dwell-{self.label}" if self.kind == "dwell" else self.kind
+        return f"bucket-{self.bucket_id}-on-{suffix}"
+
+
+class _ReactionBook:
+    """The mutable part of a frozen bucket definition: its reactions, until launch."""
+
+    __slots__ = ("closed", "items")
+
+    def __init__(self) -> None:
+        self.items: list[BucketReaction] = []
+        self.closed = False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BucketDefinition:
-    """A real-time segment: who matches ``criteria`` now (or who was added by hand)."""
+    """A real-time segment: who matches ``criteria`` now (or who was added by hand).
+
+    Reactions are registered with :meth:`on_enter`, :meth:`on_leave` and :meth:`on_dwell`
+    before the app launches; after that the definition is closed.
+    """
 
     id: str
     name: str
@@ -58,6 +152,121 @@ class BucketDefinition:
     max_dwell: timedelta | None = None
     fast_expiry: bool = False
     entry_limit: int | None = None
+    description: str = ""
+    _book: _ReactionBook = field(default_factory=_ReactionBook, compare=False, repr=False)
+
+    @property
+    def entered(self) -> str:
+        """``bucket:entered:<id>``: the event emitted on each join."""
+        return entered_event(self.id)
+
+    @property
+    def left(self) -> str:
+        """``bucket:left:<id>``: the event emitted on each leave."""
+        return left_event(self.id)
+
+    @property
+    def reactions(self) -> tuple[BucketReaction, ...]:
+        """The registered reactions, in registration order."""
+        return tuple(self._book.items)
+
+    @property
+    def dwell_schedules(self) -> tuple[BucketReaction, ...]:
+        """The dwell reactions (their ``label``, ``after`` / ``every``)."""
+        return tuple(r for r in self._book.items if r.kind == "dwell")
+
+    @property
+    def is_time_based(self) -> bool:
+        """Whether time alone can change membership: ``time_based``, else inferred from
+        the criteria's ``within`` windows."""
+        if self.time_based is not None:
+            return self.time_based
+        return self.criteria is not None and is_time_based(self.criteria)
+
+    def close(self) -> None:
+        """Refuse further reactions (called when the app launches)."""
+        self._book.closed = True
+
+    def on_enter(
+        self, *, first_entry_only: bool = False
+    ) -> Callable[[ReactionHandler], ReactionHandler]:
+        """Decorate ``async def handler(contact, ctx)`` to run when a contact joins.
+
+        Args:
+            first_entry_only: skip re-entries (``entry_count`` > 1).
+        """
+        return self._reaction("enter", first_entry_only=first_entry_only)
+
+    def on_leave(
+        self, *, reason: LeaveReason | Sequence[LeaveReason] | None = None
+    ) -> Callable[[ReactionHandler], ReactionHandler]:
+        """Decorate ``async def handler(contact, ctx)`` to run when a contact leaves.
+
+        Args:
+            reason: only leaves for this reason (or these): ``criteria``, ``maxDwell``
+                or ``manual``; every leave by default.
+        """
+        reasons: tuple[str, ...] = (
+            () if reason is None else (reason,) if isinstance(reason, str) else tuple(reason)
+        )
+        for item in reasons:
+            if item not in LEAVE_REASONS:
+                raise DefinitionError(
+                    f"bucket {self.id!r}: on_leave reason {item!r} is not one of "
+                    f"{', '.join(LEAVE_REASONS)}"
+                )
+        return self._reaction("leave", reasons=reasons)
+
+    def on_dwell(
+        self,
+        *,
+        after: timedelta | None = None,
+        every: timedelta | None = None,
+        label: str | None = None,
+    ) -> Callable[[ReactionHandler], ReactionHandler]:
+        """Decorate ``async def handler(contact, ctx)`` to run while a contact stays.
+
+        Exactly one of ``after`` (once per stay, that long after joining) and ``every``
+        (once per interval of the stay; missed intervals coalesce into one) is needed.
+
+        Args:
+            after: once per membership, this long after it began.
+            every: every this long during a membership.
+            label: names the schedule in the event ``bucket:dwell:<id>:<label>``;
+                ``after-3d`` / ``every-7d`` by default. Keep it stable.
+        """
+        if (after is None) == (every is None):
+            raise DefinitionError(f"bucket {self.id!r}: on_dwell needs exactly one of after, every")
+        period = after if after is not None else every
+        assert period is not None
+        if period <= timedelta(0):
+            raise DefinitionError(f"bucket {self.id!r}: on_dwell duration must be positive")
+        name = label or f"{'after' if after is not None else 'every'}-{duration_label(period)}"
+        check_id(f"bucket {self.id!r} dwell label", name)
+        return self._reaction("dwell", label=name, after=after, every=every)
+
+    def _reaction(
+        self, kind: ReactionKind, **options: Any
+    ) -> Callable[[ReactionHandler], ReactionHandler]:
+        def register(handler: ReactionHandler) -> ReactionHandler:
+            import inspect
+
+            if self._book.closed:
+                raise RegistrationClosedError(
+                    f"bucket {self.id!r}: cannot add an on_{kind} reaction, the app is launched"
+                )
+            if not inspect.iscoroutinefunction(handler):
+                raise DefinitionError(
+                    f"bucket {self.id!r}: the on_{kind} handler must be an async function"
+                )
+            reaction = BucketReaction(bucket_id=self.id, kind=kind, handler=handler, **options)
+            if any(r.journey_id == reaction.journey_id for r in self._book.items):
+                what = f"dwell label {reaction.label!r}" if kind == "dwell" else f"on_{kind}"
+                raise DefinitionError(f"bucket {self.id!r}: {what} is registered twice")
+            self._book.items.append(reaction)
+            return handler
+
+        return register
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +314,7 @@ def define_bucket(
     max_dwell: timedelta | None = None,
     fast_expiry: bool = False,
     entry_limit: int | None = None,
+    description: str = "",
 ) -> BucketDefinition:
     """Define a bucket (real-time segment).
 
@@ -115,27 +325,24 @@ def define_bucket(
             for manual buckets.
         kind: ``"manual"`` for hand-managed buckets; inferred from ``criteria`` otherwise.
         enabled: code default of the enable switch (admins may override).
-        time_based: whether membership can change with time alone.
+        time_based: whether membership can change with time alone; inferred from the
+            criteria's ``within`` windows when omitted.
         min_dwell: a member stays at least this long.
         max_dwell: a member leaves after this long, whatever the criteria say.
         fast_expiry: let reconcile expire members as soon as their window closes.
-        entry_limit: how many times one contact may enter (None = unlimited).
+        entry_limit: how many times one contact may enter (None = unlimited); a
+            contact who has entered that often does not join again.
+        description: one paragraph shown in Studio.
+
+    Raises:
+        DefinitionError: see :func:`check_bucket`.
     """
     check_id("bucket", id)
+    if not name.strip():
+        raise DefinitionError(f"bucket {id!r} needs a non-empty name")
     condition = None if criteria is None else as_condition(criteria, f"bucket {id!r}: criteria")
     resolved: BucketKind = kind or ("manual" if criteria is None else "criteria")
-    if resolved == "criteria" and criteria is None:
-        raise DefinitionError(f"bucket {id!r} needs criteria (or kind='manual')")
-    if resolved == "manual" and criteria is not None:
-        raise DefinitionError(f"bucket {id!r} is manual and cannot have criteria")
-    for label, value in (("min_dwell", min_dwell), ("max_dwell", max_dwell)):
-        if value is not None and value <= timedelta(0):
-            raise DefinitionError(f"bucket {id!r}: {label} must be positive")
-    if min_dwell is not None and max_dwell is not None and max_dwell < min_dwell:
-        raise DefinitionError(f"bucket {id!r}: max_dwell is shorter than min_dwell")
-    if entry_limit is not None and entry_limit < 1:
-        raise DefinitionError(f"bucket {id!r}: entry_limit must be at least 1")
-    return BucketDefinition(
+    definition = BucketDefinition(
         id=id,
         name=name,
         kind=resolved,
@@ -146,7 +353,109 @@ def define_bucket(
         max_dwell=max_dwell,
         fast_expiry=fast_expiry,
         entry_limit=entry_limit,
+        description=description,
     )
+    check_bucket(definition)
+    return definition
+
+
+def check_bucket(bucket: BucketDefinition) -> None:
+    """Raise if a bucket definition is inconsistent; the message names the bucket.
+
+    Raises:
+        DefinitionError: criteria missing (or given to a manual bucket) or invalid,
+            a non-positive or inverted min/max dwell, an entry limit below 1,
+            ``time_based=False`` or ``fast_expiry`` contradicting the criteria's
+            windows, or criteria reading the bucket's own transition events.
+    """
+    where = f"bucket {bucket.id!r}"
+    if bucket.kind not in ("criteria", "manual"):
+        raise DefinitionError(f"{where}: kind must be 'criteria' or 'manual', got {bucket.kind!r}")
+    if bucket.kind == "criteria" and bucket.criteria is None:
+        raise DefinitionError(f"{where} needs criteria (or kind='manual')")
+    if bucket.kind == "manual" and bucket.criteria is not None:
+        raise DefinitionError(f"{where} is manual and cannot have criteria")
+    for label, value in (("min_dwell", bucket.min_dwell), ("max_dwell", bucket.max_dwell)):
+        if value is not None and value <= timedelta(0):
+            raise DefinitionError(f"{where}: {label} must be positive")
+    if (
+        bucket.min_dwell is not None
+        and bucket.max_dwell is not None
+        and bucket.max_dwell < bucket.min_dwell
+    ):
+        raise DefinitionError(f"{where}: max_dwell is shorter than min_dwell")
+    if bucket.entry_limit is not None and (
+        isinstance(bucket.entry_limit, bool)
+        or not isinstance(bucket.entry_limit, int)
+        or bucket.entry_limit < 1
+    ):
+        raise DefinitionError(f"{where}: entry_limit must be at least 1 (a whole number)")
+    if bucket.criteria is None:
+        if bucket.fast_expiry:
+            raise DefinitionError(f"{where}: fast_expiry needs criteria with a within window")
+        return
+    condition = as_condition(bucket.criteria, f"{where}: criteria")
+    deps = dependencies(condition)
+    if bucket.time_based is False and deps.time_based:
+        raise DefinitionError(
+            f"{where}: time_based=False, but the criteria have a within window, so "
+            "membership changes with time alone; drop time_based to let it be inferred"
+        )
+    if bucket.fast_expiry and not deps.time_based:
+        raise DefinitionError(f"{where}: fast_expiry needs criteria with a within window")
+    own = sorted(
+        name
+        for name in deps.events
+        if name == entered_event(bucket.id)
+        or name == left_event(bucket.id)
+        or name.startswith(f"{DWELL_PREFIX}{bucket.id}:")
+    )
+    if own:
+        raise DefinitionError(
+            f"{where}: criteria read the bucket's own transition events ({', '.join(own)})"
+        )
+
+
+def bucket_cycle(buckets: Sequence[BucketDefinition]) -> list[str] | None:
+    """A cycle of buckets whose criteria read each other's transition events, if any.
+
+    ``a`` reads ``bucket:entered:b`` and ``b`` reads ``bucket:left:a`` could join and
+    leave each other forever; such a set is refused at launch.
+
+    Returns:
+        The bucket ids around the cycle (first repeated at the end), or None.
+    """
+    ids = {b.id for b in buckets}
+    edges: dict[str, set[str]] = {}
+    for bucket in buckets:
+        reads: set[str] = set()
+        if bucket.criteria is not None:
+            for name in dependencies(bucket.criteria).events:
+                for prefix in (ENTERED_PREFIX, LEFT_PREFIX, DWELL_PREFIX):
+                    if name.startswith(prefix):
+                        other = name[len(prefix) :].split(":", 1)[0]
+                        if other in ids:
+                            reads.add(other)
+        edges[bucket.id] = reads
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
 
 
 def define_journey(
@@ -263,10 +572,7 @@ def check_conditions(definition: object) -> None:
         DefinitionError: naming the definition and the field.
     """
     if isinstance(definition, BucketDefinition):
-        if definition.criteria is not None:
-            as_condition(definition.criteria, f"bucket {definition.id!r}: criteria")
-        elif definition.kind == "criteria":
-            raise DefinitionError(f"bucket {definition.id!r} needs criteria (or kind='manual')")
+        check_bucket(definition)
     elif isinstance(definition, JourneyDefinition):
         as_event_spec(definition.trigger, f"journey {definition.id!r}: trigger")
         for index, item in enumerate(definition.exit_on):

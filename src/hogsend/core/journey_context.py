@@ -7,64 +7,17 @@ only awaits these operations, and each one is a recorded, durable step.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from hogsend.core.contact import Contact, Event
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.core.send_windows import SendWindowBuilder
 
-_WEEKDAYS = frozenset(range(5))
-_WEEKEND = frozenset({5, 6})
-
-
-@dataclass(frozen=True, slots=True)
-class When:
-    """A send window under construction: ``ctx.when().weekdays().between("09:00", "17:00")``.
-
-    Each method returns a new value; pass the result as ``send_window=`` to
-    ``ctx.send_email``. Times are the recipient's local time unless :meth:`in_timezone`
-    names a zone.
-    """
-
-    days: frozenset[int] = frozenset(range(7))
-    start: time = time(0)
-    end: time = time(0)
-    timezone: str | None = None
-
-    def weekdays(self) -> When:
-        """Monday to Friday only."""
-        return dataclasses.replace(self, days=_WEEKDAYS)
-
-    def weekends(self) -> When:
-        """Saturday and Sunday only."""
-        return dataclasses.replace(self, days=_WEEKEND)
-
-    def on(self, *days: int) -> When:
-        """Only these weekdays (0 = Monday ... 6 = Sunday)."""
-        return dataclasses.replace(self, days=frozenset(days))
-
-    def between(self, start: str, end: str) -> When:
-        """Between two local ``HH:MM`` times (``start > end`` spans midnight).
-
-        Raises:
-            ValueError: a time that is not ``HH:MM``.
-        """
-        return dataclasses.replace(
-            self, start=time.fromisoformat(start), end=time.fromisoformat(end)
-        )
-
-    def in_timezone(self, zone: str) -> When:
-        """Read the times in IANA ``zone`` instead of the recipient's zone."""
-        return dataclasses.replace(self, timezone=zone)
-
-    def window(self) -> SendWindow:
-        """The :class:`SendWindow` the mailer's gate checks."""
-        return SendWindow(
-            start=self.start, end=self.end, weekdays=self.days, timezone=self.timezone
-        )
+# The fluent send-window builder ``ctx.when()`` returns (one definition, shared with the
+# mailer's gate and the test harness).
+When = SendWindowBuilder
 
 
 class JourneyHistory(Protocol):

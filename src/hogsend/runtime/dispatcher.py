@@ -159,6 +159,11 @@ def build_consumers(
     journey runtime (``hogsend.runtime.journeys.journey_consumers``).
     """
     built_in: tuple[EventConsumer, ...] = ()
+    if any(bucket.kind == "criteria" for bucket in app.buckets):
+        # Imported here: the consumer module imports this one (DispatchedEvent).
+        from hogsend.runtime.bucket_membership import BucketMembershipConsumer
+
+        built_in += (BucketMembershipConsumer(app.buckets),)
     extra: tuple[EventConsumer, ...] = getattr(app, _EXTRA_CONSUMERS_ATTRIBUTE, ())
     return (*built_in, *journeys, *extra)
 

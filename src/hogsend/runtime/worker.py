@@ -6,7 +6,8 @@ A worker's life::
              → declare queues → close app registration → first heartbeat → heartbeat loop
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
-             (hogsend.runtime.deferred), both only for an app with templates
+             (hogsend.runtime.deferred), both only for an app with templates → the
+             bucket sweeper (hogsend.runtime.reconcile: backfill + reconcile)
     stop()   stop the sweep and the courier (sends in flight finish) → stop the
              dispatcher (rows in flight finish, the rest are released) → stop the
              heartbeat → DBOS stops dequeuing and drains running workflows for a few
@@ -44,6 +45,7 @@ from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
+from hogsend.runtime.reconcile import BucketSweeper
 from hogsend.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -97,6 +99,7 @@ class Worker:
         self.journeys: JourneyRuntime | None = None
         self.exit_sweep: ExitSweep | None = None
         self.park_waker: ParkWaker | None = None
+        self.bucket_sweeper: BucketSweeper | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -167,6 +170,10 @@ class Worker:
             await self.courier.start()
             self.deferred = DeferredSweep.from_settings(self.app, self.settings, self.engine)
             await self.deferred.start()
+        if any(b.criteria is not None for b in self.app.buckets):
+            # Backfills new or changed buckets at once, then reconciles every interval.
+            self.bucket_sweeper = BucketSweeper.from_settings(self.app, self.settings, self.engine)
+            await self.bucket_sweeper.start()
         self._running = True
         log.info(
             "worker started",
@@ -185,6 +192,9 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.bucket_sweeper is not None:
+            await self.bucket_sweeper.stop(timeout=self.drain_seconds)
+            self.bucket_sweeper = None
         if self.deferred is not None:
             await self.deferred.stop(timeout=self.drain_seconds)
             self.deferred = None

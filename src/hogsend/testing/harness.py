@@ -47,6 +47,7 @@ from hogsend.core.send_windows import (
 )
 from hogsend.core.variants import assign_variant
 from hogsend.errors import HogsendError, NoRecipient
+from hogsend.errors import JourneyExit as JourneyExit
 
 if TYPE_CHECKING:
     from hogsend.app import Hogsend
@@ -65,17 +66,6 @@ class HarnessError(HogsendError):
     """The harness cannot run the journey as written (a test-setup or body mistake)."""
 
     code = "harness_error"
-
-
-class JourneyExit(BaseException):
-    """Raised inside a body at its current await when the run is exited.
-
-    A ``BaseException`` so that ``except Exception`` in user code cannot swallow it.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,8 @@ from hogsend.api.routes import (
     whoami,
 )
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
+from hogsend.api.routes.admin import bucket_backfill as admin_bucket_backfill
+from hogsend.api.routes.admin import buckets as admin_buckets
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
 from hogsend.api.routes.admin import journeys as admin_journeys
@@ -52,5 +54,7 @@ def include_routes(api: FastAPI) -> None:
         admin_templates.router,
         admin_outbox.router,
         admin_journeys.router,
+        admin_buckets.router,
+        admin_bucket_backfill.router,
     ):
         api.include_router(router)

@@ -56,6 +56,14 @@ class BucketMembership(Timestamps, Base):
             unique=True,
             postgresql_where=_ACTIVE,
         ),
+        # The writers key on the contact id (a contact's text key can change).
+        Index(
+            "uq_bucket_memberships_contact_bucket_active",
+            "contact_id",
+            "bucket_id",
+            unique=True,
+            postgresql_where=_ACTIVE,
+        ),
         Index("ix_bucket_memberships_user_id_bucket_id", "user_id", "bucket_id"),
         Index("ix_bucket_memberships_bucket_id_status_id", "bucket_id", "status", "id"),
         Index(
@@ -105,6 +113,9 @@ class BucketConfig(Timestamps, Base):
     backfill_total: Mapped[int | None] = mapped_column(Integer)
     backfill_processed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     backfill_error: Mapped[str | None] = mapped_column(Text)
+    # Reconcile (or the backfill) evaluated every member and candidate as of this instant
+    # for the current criteria; later sweeps only look at what time changed since.
+    reconciled_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(

@@ -1,0 +1,551 @@
+"""Bucket memberships: join, leave, transition events, reads and the admin switch.
+
+The primitives every producer shares (the per-event consumer, backfill, reconcile, the
+admin API), so the rules hold whoever writes:
+
+- **join** inserts an active row under the partial unique index "one active stay per
+  contact and bucket" (``ON CONFLICT DO NOTHING``): of two concurrent joins one gets
+  the row, the other gets None and emits nothing. The epoch (``entry_count``) is 1 +
+  every earlier row of the contact in the bucket, whatever its status; ``entry_limit``
+  is checked against the same count.
+- **leave** is a compare-and-swap ``UPDATE`` of the active row: the loser of a race
+  gets None. A ``criteria`` leave inside ``min_dwell`` is deferred, not dropped: the row
+  stays active with ``expires_at`` at the end of the minimum stay, for reconcile.
+- **emit_transition** stores the transition as an event through ingest (so journeys,
+  exits and other buckets see it) under the deterministic key of
+  :class:`hogsend.core.buckets.Transition`: a transition emitted twice is stored once.
+
+Every query finds contacts and memberships by contact id, never by external id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.buckets import (
+    LeaveReasonCode,
+    Membership,
+    MembershipSource,
+    Transition,
+    TransitionKind,
+)
+from hogsend.core.conditions import Condition
+from hogsend.core.conditions.analysis import dependencies
+from hogsend.core.definitions import BucketDefinition
+from hogsend.core.ingest import EventInput, IngestResult
+from hogsend.core.pagination import InvalidCursor, decode_cursor, encode_cursor
+from hogsend.db.conditions import contacts, matching_contacts
+from hogsend.db.repos.events import ingest_event
+
+TRANSITION_SOURCE = "bucket"
+"""``user_events.source`` of transition events."""
+
+MAX_MEMBER_PAGE = 200
+
+_COLUMNS = (
+    "id, bucket_id, contact_id, user_id, user_email, status, entered_at, left_at,"
+    " left_reason, entry_count, source, expires_at, max_dwell_at, dwell_anchor_at,"
+    " dwell_state, last_evaluated_at"
+)
+
+
+def _membership(row: Any) -> Membership:
+    return Membership(
+        id=row.id,
+        bucket_id=row.bucket_id,
+        contact_id=row.contact_id,
+        contact_key=row.user_id,
+        email=row.user_email,
+        status=row.status,
+        entered_at=row.entered_at,
+        left_at=row.left_at,
+        left_reason=row.left_reason,
+        entry_count=row.entry_count,
+        source=row.source,
+        expires_at=row.expires_at,
+        max_dwell_at=row.max_dwell_at,
+        dwell_anchor_at=row.dwell_anchor_at,
+        dwell_state=row.dwell_state or {},
+        last_evaluated_at=row.last_evaluated_at,
+    )
+
+
+def expires_at_for(bucket: BucketDefinition, now: datetime) -> datetime | None:
+    """When a new member's criteria window can first close, for fast expiry: ``now`` +
+    the first ``within`` window of the criteria, only if ``fast_expiry`` is on."""
+    if not bucket.fast_expiry or bucket.criteria is None:
+        return None
+    windows = dependencies(bucket.criteria).windows
+    return now + windows[0] if windows else None
+
+
+# --------------------------------------------------------------------------- writes
+
+_JOIN = text(
+    f"""
+    WITH prior AS (
+        SELECT count(*) AS n FROM bucket_memberships
+        WHERE contact_id = :contact_id AND bucket_id = :bucket_id
+    )
+    INSERT INTO bucket_memberships (
+        contact_id, user_id, user_email, bucket_id, status, entered_at, expires_at,
+        max_dwell_at, last_evaluated_at, entry_count, source, dwell_anchor_at,
+        created_at, updated_at
+    )
+    SELECT c.id, coalesce(c.external_id, c.anonymous_id, c.id::text), c.email, :bucket_id,
+        'active', :now, CAST(:expires_at AS timestamptz), CAST(:max_dwell_at AS timestamptz),
+        :now, prior.n + 1, :source, CAST(:anchor AS timestamptz), :now, :now
+    FROM contacts c, prior
+    WHERE c.id = :contact_id AND c.deleted_at IS NULL
+      AND (CAST(:entry_limit AS integer) IS NULL OR prior.n < CAST(:entry_limit AS integer))
+    ON CONFLICT DO NOTHING
+    RETURNING {_COLUMNS}
+    """
+)
+
+
+async def join(
+    session: AsyncSession,
+    bucket: BucketDefinition,
+    contact_id: uuid.UUID,
+    *,
+    now: datetime,
+    source: MembershipSource = "event",
+    dwell_anchor_at: datetime | None = None,
+) -> Membership | None:
+    """Make ``contact_id`` an active member of ``bucket``, if it is not one already.
+
+    Emits nothing (see :func:`emit_transition`).
+
+    Args:
+        session: the caller's transaction.
+        bucket: the bucket (its ``entry_limit``, ``max_dwell`` and ``fast_expiry`` apply).
+        contact_id: the resolved contact.
+        now: the join time.
+        source: who joins it (``event``, ``reconcile``, ``backfill``, ``manual``).
+        dwell_anchor_at: when the dwell clock starts, if not now (backfill).
+
+    Returns:
+        The new membership; None when the contact is already a member (possibly by a
+        concurrent writer), is deleted or unknown, or has used up ``entry_limit``.
+    """
+    row = (
+        await session.execute(
+            _JOIN,
+            {
+                "contact_id": contact_id,
+                "bucket_id": bucket.id,
+                "now": now,
+                "expires_at": expires_at_for(bucket, now),
+                "max_dwell_at": None if bucket.max_dwell is None else now + bucket.max_dwell,
+                "source": source,
+                "anchor": dwell_anchor_at,
+                "entry_limit": bucket.entry_limit,
+            },
+        )
+    ).one_or_none()
+    return None if row is None else _membership(row)
+
+
+_LEAVE = text(
+    f"""
+    UPDATE bucket_memberships SET status = 'left', left_at = :now, left_reason = :reason,
+        last_evaluated_at = :now, updated_at = :now
+    WHERE contact_id = :contact_id AND bucket_id = :bucket_id
+      AND status = 'active' AND deleted_at IS NULL
+      AND (CAST(:membership_id AS uuid) IS NULL OR id = CAST(:membership_id AS uuid))
+      AND (CAST(:stay_until AS timestamptz) IS NULL
+           OR entered_at <= CAST(:stay_until AS timestamptz))
+    RETURNING {_COLUMNS}
+    """
+)
+
+_DEFER = text(
+    """
+    UPDATE bucket_memberships SET expires_at = entered_at + CAST(:min_dwell AS interval),
+        last_evaluated_at = :now, updated_at = :now
+    WHERE contact_id = :contact_id AND bucket_id = :bucket_id
+      AND status = 'active' AND deleted_at IS NULL
+      AND (CAST(:membership_id AS uuid) IS NULL OR id = CAST(:membership_id AS uuid))
+    """
+)
+
+
+async def leave(
+    session: AsyncSession,
+    bucket: BucketDefinition,
+    contact_id: uuid.UUID,
+    *,
+    reason: LeaveReasonCode,
+    now: datetime,
+    membership_id: uuid.UUID | None = None,
+) -> Membership | None:
+    """End ``contact_id``'s active stay in ``bucket`` (compare-and-swap).
+
+    A ``criteria`` leave of a member who joined less than ``min_dwell`` ago is deferred:
+    the row stays active and its ``expires_at`` becomes ``entered_at + min_dwell``, the
+    moment reconcile tries again. ``maxDwell`` and ``manual`` leaves are never deferred.
+    Emits nothing (see :func:`emit_transition`).
+
+    Args:
+        session: the caller's transaction.
+        bucket: the bucket.
+        contact_id: the contact.
+        reason: ``criteria``, ``maxDwell`` or ``manual`` (stored as ``left_reason``).
+        now: the leave time.
+        membership_id: only leave if the active row is this one (a sweep that read it).
+
+    Returns:
+        The membership as it left; None when there was no active row (or a concurrent
+        writer ended it first) or the leave was deferred.
+    """
+    stay_until = None
+    if reason == "criteria" and bucket.min_dwell is not None:
+        stay_until = now - bucket.min_dwell
+    params = {
+        "contact_id": contact_id,
+        "bucket_id": bucket.id,
+        "now": now,
+        "reason": reason,
+        "membership_id": membership_id,
+        "stay_until": stay_until,
+    }
+    row = (await session.execute(_LEAVE, params)).one_or_none()
+    if row is not None:
+        return _membership(row)
+    if stay_until is not None and bucket.min_dwell is not None:
+        await session.execute(
+            _DEFER,
+            {
+                "contact_id": contact_id,
+                "bucket_id": bucket.id,
+                "now": now,
+                "membership_id": membership_id,
+                "min_dwell": bucket.min_dwell,
+            },
+        )
+    return None
+
+
+_TOUCH = text(
+    "UPDATE bucket_memberships SET last_evaluated_at = :now"
+    " WHERE contact_id = :contact_id AND bucket_id = ANY(CAST(:bucket_ids AS text[]))"
+    " AND status = 'active' AND deleted_at IS NULL"
+)
+
+
+async def touch(
+    session: AsyncSession, contact_id: uuid.UUID, bucket_ids: Sequence[str], *, now: datetime
+) -> None:
+    """Record that the contact's active memberships of ``bucket_ids`` were re-checked."""
+    if bucket_ids:
+        await session.execute(
+            _TOUCH, {"contact_id": contact_id, "bucket_ids": list(bucket_ids), "now": now}
+        )
+
+
+async def emit_transition(
+    session: AsyncSession,
+    kind: TransitionKind,
+    membership: Membership,
+    *,
+    now: datetime,
+    reason: LeaveReasonCode | None = None,
+    label: str | None = None,
+    interval: int | None = None,
+) -> IngestResult:
+    """Store the transition as an event (``bucket:entered:<id>`` ...), exactly once.
+
+    The event goes through ingest like any other (it gets an outbox row, so the
+    dispatcher hands it to journeys and to buckets whose criteria read it), keyed by
+    :attr:`Transition.idempotency_key`: emitting the same transition again, from any
+    producer, returns ``duplicate`` and writes nothing.
+
+    Args:
+        session: the caller's transaction (the event commits with the membership change).
+        kind: ``entered``, ``left`` or ``dwell``.
+        membership: the membership the transition belongs to.
+        now: the event's ``occurred_at``.
+        reason: for ``left``.
+        label: for ``dwell``.
+        interval: for an ``every`` dwell: the 1-based interval number.
+    """
+    transition = Transition.of(kind, membership, reason=reason, label=label, interval=interval)
+    return await ingest_event(
+        session,
+        EventInput(
+            name=transition.event,
+            contact_id=transition.contact_id,
+            properties=transition.properties(),
+            idempotency_key=transition.idempotency_key,
+            occurred_at=now,
+            source=TRANSITION_SOURCE,
+        ),
+        now=now,
+    )
+
+
+# --------------------------------------------------------------------------- reads
+
+_ACTIVE_OF_CONTACT = text(
+    f"SELECT {_COLUMNS} FROM bucket_memberships"
+    " WHERE contact_id = :contact_id AND status = 'active' AND deleted_at IS NULL"
+)
+
+
+async def active_memberships(session: AsyncSession, contact_id: uuid.UUID) -> dict[str, Membership]:
+    """The contact's active memberships, by bucket id."""
+    rows = await session.execute(_ACTIVE_OF_CONTACT, {"contact_id": contact_id})
+    return {row.bucket_id: _membership(row) for row in rows}
+
+
+_IS_MEMBER = text(
+    "SELECT EXISTS (SELECT 1 FROM bucket_memberships m JOIN contacts c ON c.id = m.contact_id"
+    " WHERE m.contact_id = :contact_id AND m.bucket_id = :bucket_id AND m.status = 'active'"
+    " AND m.deleted_at IS NULL AND c.deleted_at IS NULL)"
+)
+
+
+async def is_member(session: AsyncSession, bucket_id: str, contact_id: uuid.UUID) -> bool:
+    """Whether the (live) contact is an active member of the bucket now."""
+    return bool(
+        (
+            await session.execute(_IS_MEMBER, {"bucket_id": bucket_id, "contact_id": contact_id})
+        ).scalar()
+    )
+
+
+_COUNTS = text(
+    """
+    SELECT m.bucket_id, count(*) AS n FROM bucket_memberships m
+    JOIN contacts c ON c.id = m.contact_id AND c.deleted_at IS NULL
+    WHERE m.status = 'active' AND m.deleted_at IS NULL
+      AND (CAST(:bucket_ids AS text[]) IS NULL OR m.bucket_id = ANY(CAST(:bucket_ids AS text[])))
+    GROUP BY m.bucket_id
+    """
+)
+
+
+async def member_counts(
+    session: AsyncSession, bucket_ids: Iterable[str] | None = None
+) -> dict[str, int]:
+    """Active members of live contacts per bucket (buckets with none are left out)."""
+    ids = None if bucket_ids is None else list(bucket_ids)
+    rows = await session.execute(_COUNTS, {"bucket_ids": ids})
+    return {row.bucket_id: int(row.n) for row in rows}
+
+
+async def member_count(session: AsyncSession, bucket_id: str) -> int:
+    """Active members of live contacts of one bucket."""
+    return (await member_counts(session, [bucket_id])).get(bucket_id, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberPage:
+    """One page of a bucket's members; ``next_cursor`` is None on the last page."""
+
+    items: tuple[Membership, ...]
+    next_cursor: str | None
+
+
+_MEMBERS = text(
+    f"""
+    SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
+    FROM bucket_memberships m
+    JOIN contacts c ON c.id = m.contact_id AND c.deleted_at IS NULL
+    WHERE m.bucket_id = :bucket_id AND m.deleted_at IS NULL AND m.status = :status
+      AND (CAST(:contact_id AS uuid) IS NULL OR m.contact_id = CAST(:contact_id AS uuid))
+      AND (CAST(:after_at AS timestamptz) IS NULL
+           OR (m.entered_at, m.id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+    ORDER BY m.entered_at DESC, m.id DESC
+    LIMIT :limit
+    """
+)
+
+
+async def list_members(
+    session: AsyncSession,
+    bucket_id: str,
+    *,
+    status: Literal["active", "left"] = "active",
+    contact_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> MemberPage:
+    """A bucket's memberships with ``status``, newest stay first, keyset-paginated.
+
+    Args:
+        session: any session.
+        bucket_id: the bucket.
+        status: ``active`` (current members) or ``left`` (past stays).
+        contact_id: only this contact's rows.
+        cursor: from the previous page (raises ``InvalidCursor`` if it is not one).
+        limit: 1 to :data:`MAX_MEMBER_PAGE`.
+    """
+    after_at: datetime | None = None
+    after_id: uuid.UUID | None = None
+    if cursor is not None:
+        at, ident = decode_cursor(cursor, 2)
+        try:
+            after_at, after_id = datetime.fromisoformat(at), uuid.UUID(ident)
+        except ValueError as exc:
+            raise InvalidCursor("the cursor is not one this listing handed out") from exc
+    limit = max(1, min(limit, MAX_MEMBER_PAGE))
+    rows = (
+        await session.execute(
+            _MEMBERS,
+            {
+                "bucket_id": bucket_id,
+                "status": status,
+                "contact_id": contact_id,
+                "after_at": after_at,
+                "after_id": after_id,
+                "limit": limit + 1,
+            },
+        )
+    ).all()
+    items = tuple(_membership(row) for row in rows[:limit])
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.entered_at.isoformat(), str(last.id))
+    return MemberPage(items=items, next_cursor=next_cursor)
+
+
+_OF_CONTACT = text(
+    f"SELECT {_COLUMNS} FROM bucket_memberships"
+    " WHERE contact_id = :contact_id AND deleted_at IS NULL"
+    " ORDER BY entered_at DESC, id DESC LIMIT :limit"
+)
+
+
+async def contact_memberships(
+    session: AsyncSession, contact_id: uuid.UUID, *, limit: int = 500
+) -> list[Membership]:
+    """Every stay (active and past) of one contact, newest first."""
+    rows = await session.execute(_OF_CONTACT, {"contact_id": contact_id, "limit": limit})
+    return [_membership(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecentTransition:
+    """A transition event as stored: what happened, to whom, when."""
+
+    event_id: uuid.UUID
+    bucket_id: str
+    kind: str
+    contact_id: uuid.UUID
+    contact_key: str
+    occurred_at: datetime
+    properties: Mapping[str, Any]
+
+
+_RECENT = text(
+    """
+    SELECT id, event, contact_id, user_id, occurred_at, properties FROM user_events
+    WHERE event = ANY(CAST(:names AS text[]))
+    ORDER BY occurred_at DESC, id DESC LIMIT :limit
+    """
+)
+
+
+async def recent_transitions(
+    session: AsyncSession, bucket_id: str, *, limit: int = 10
+) -> list[RecentTransition]:
+    """The latest ``bucket:entered`` / ``bucket:left`` events of a bucket, newest first."""
+    names = [f"bucket:entered:{bucket_id}", f"bucket:left:{bucket_id}"]
+    rows = await session.execute(_RECENT, {"names": names, "limit": limit})
+    return [
+        RecentTransition(
+            event_id=row.id,
+            bucket_id=bucket_id,
+            kind=row.event.split(":")[1],
+            contact_id=row.contact_id,
+            contact_key=row.user_id,
+            occurred_at=row.occurred_at,
+            properties=row.properties or {},
+        )
+        for row in rows
+    ]
+
+
+# --------------------------------------------------------------------------- admin switch
+
+_OVERRIDES = text("SELECT bucket_id, enabled FROM bucket_configs WHERE enabled IS NOT NULL")
+
+
+async def enabled_overrides(session: AsyncSession) -> dict[str, bool]:
+    """The admin enable/disable overrides (bucket id → enabled); absent = the code's value."""
+    rows = await session.execute(_OVERRIDES)
+    return {row.bucket_id: bool(row.enabled) for row in rows}
+
+
+async def enabled_buckets(
+    session: AsyncSession, buckets: Iterable[BucketDefinition]
+) -> list[BucketDefinition]:
+    """``buckets`` that are enabled now: the admin override if set, else the code's."""
+    overrides = await enabled_overrides(session)
+    return [b for b in buckets if overrides.get(b.id, b.enabled)]
+
+
+async def is_enabled(session: AsyncSession, bucket: BucketDefinition) -> bool:
+    """Whether one bucket is enabled now (admin override, else the code's ``enabled``)."""
+    return bool(await enabled_buckets(session, [bucket]))
+
+
+async def set_enabled(
+    session: AsyncSession, bucket_id: str, enabled: bool | None, *, now: datetime
+) -> None:
+    """Set (or with None, clear) the admin override of a bucket's enable switch."""
+    await session.execute(
+        text(
+            "INSERT INTO bucket_configs (bucket_id, enabled, created_at, updated_at)"
+            " VALUES (:bucket_id, :enabled, :now, :now)"
+            " ON CONFLICT (bucket_id) DO UPDATE"
+            " SET enabled = excluded.enabled, updated_at = excluded.updated_at"
+        ),
+        {"bucket_id": bucket_id, "enabled": enabled, "now": now},
+    )
+
+
+# --------------------------------------------------------------------------- preview
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreviewMatch:
+    """A live contact matching a previewed criteria."""
+
+    contact_id: uuid.UUID
+    external_id: str | None
+    email: str | None
+
+
+async def preview(
+    session: AsyncSession, condition: Condition, *, now: datetime, sample: int = 10
+) -> tuple[int, list[PreviewMatch]]:
+    """How many live contacts match ``condition`` at ``now``, and up to ``sample`` of them
+    (newest first). Reads only."""
+    matching = matching_contacts(condition, now).subquery()
+    count = int((await session.execute(select(func.count()).select_from(matching))).scalar_one())
+    rows = []
+    if sample > 0 and count:
+        rows = list(
+            (
+                await session.execute(
+                    select(contacts.c.id, contacts.c.external_id, contacts.c.email)
+                    .where(contacts.c.id.in_(select(matching.c.id)))
+                    .order_by(contacts.c.first_seen_at.desc(), contacts.c.id.desc())
+                    .limit(sample)
+                )
+            ).all()
+        )
+    return count, [
+        PreviewMatch(contact_id=r.id, external_id=r.external_id, email=r.email) for r in rows
+    ]

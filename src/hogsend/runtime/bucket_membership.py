@@ -1,0 +1,146 @@
+"""Real-time bucket membership: the dispatcher's first consumer.
+
+For each dispatched event, the buckets whose criteria can change on it are evaluated
+for the event's contact, and the contact joins or leaves them:
+
+1. **Candidates.** A bucket is a candidate when the event's name is one its criteria
+   count (:func:`hogsend.core.conditions.relevant_events`, which includes the email
+   events of email legs and other buckets' transition events), or when its criteria
+   test contact properties: ingest applies an event's property patch to the contact
+   and keeps no record of which keys it changed, so any event of the contact may have
+   changed them (transition events, which patch nothing, are the exception).
+   Criteria reading neither events nor properties (``where.all()``) are treated the
+   same way. Manual buckets are never candidates.
+2. **The switch.** Buckets disabled (the admin override in ``bucket_configs``, else
+   the code's ``enabled``) are dropped; the override is read on every event, so
+   flipping it takes effect at once, on every worker.
+3. **Evaluation.** One query evaluates every candidate's criteria for the contact (by
+   contact id, in SQL, with the semantics of docs/conditions.md) and one reads its
+   active memberships. A deleted contact is left alone.
+4. **Transitions.** Not a member and matching: join, emit ``bucket:entered:<id>``.
+   A member no longer matching: leave with reason ``criteria`` (deferred inside
+   ``min_dwell``), emit ``bucket:left:<id>``. Otherwise only ``last_evaluated_at`` moves.
+
+Idempotent under redelivery: the membership writes and the transition events commit
+with the consumer's progress (one transaction, see docs/dispatcher.md); a redelivery
+after a crash starts from the same state and computes the same epochs, so the same
+idempotency keys. Joins and leaves are guarded by the active-row unique index and a
+compare-and-swap, so concurrent writers (reconcile, admin) cannot double a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.clock import aware_now
+from hogsend.core.conditions.analysis import dependencies
+from hogsend.core.definitions import BucketDefinition
+from hogsend.db.conditions import compile_sql, contacts
+from hogsend.db.repos import buckets as repo
+from hogsend.runtime.dispatcher import DispatchedEvent
+
+log = structlog.get_logger(__name__)
+
+CONSUMER_NAME = "bucket-membership"
+
+
+class _Index:
+    """Which criteria buckets an event can affect, computed once from the definitions."""
+
+    def __init__(self, buckets: Sequence[BucketDefinition]) -> None:
+        self.by_event: dict[str, list[BucketDefinition]] = {}
+        self.always: list[BucketDefinition] = []
+        for bucket in buckets:
+            if bucket.kind != "criteria" or bucket.criteria is None:
+                continue
+            deps = dependencies(bucket.criteria)
+            if deps.properties or not deps.events:
+                self.always.append(bucket)
+                continue
+            for name in deps.events:
+                self.by_event.setdefault(name, []).append(bucket)
+        self.order = {b.id: index for index, b in enumerate(buckets)}
+
+    def candidates(self, event_name: str, *, properties_changed: bool) -> list[BucketDefinition]:
+        found = {b.id: b for b in self.always} if properties_changed else {}
+        for bucket in self.by_event.get(event_name, ()):
+            found[bucket.id] = bucket
+        return sorted(found.values(), key=lambda b: self.order[b.id])
+
+
+class BucketMembershipConsumer:
+    """Joins and leaves buckets as events arrive (see the module docstring).
+
+    Args:
+        buckets: the app's bucket definitions.
+        clock: the current time (tests pass a fixed one); windows are measured from it.
+    """
+
+    name = CONSUMER_NAME
+
+    def __init__(
+        self,
+        buckets: Sequence[BucketDefinition],
+        *,
+        clock: Callable[[], datetime] = aware_now,
+    ) -> None:
+        self._index = _Index(buckets)
+        self._clock = clock
+
+    def candidates(self, event_name: str, *, source: str | None = None) -> list[BucketDefinition]:
+        """The criteria buckets an event called ``event_name`` from ``source`` can
+        change (before the enable switch is applied)."""
+        # Transition events carry no property patch: only buckets counting them care.
+        return self._index.candidates(
+            event_name, properties_changed=source != repo.TRANSITION_SOURCE
+        )
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        """Evaluate the candidate buckets for the event's contact; join / leave them."""
+        candidates = self.candidates(event.name, source=event.source)
+        if not candidates:
+            return
+        candidates = await repo.enabled_buckets(session, candidates)
+        if not candidates:
+            return
+        now = aware_now(self._clock())
+        query = select(
+            *(
+                compile_sql(bucket.criteria, now).label(f"b{index}")
+                for index, bucket in enumerate(candidates)
+                if bucket.criteria is not None
+            )
+        ).where(contacts.c.id == event.contact_id, contacts.c.deleted_at.is_(None))
+        row = (await session.execute(query)).one_or_none()
+        if row is None:
+            return  # deleted (or erased) since the event was stored
+        active = await repo.active_memberships(session, event.contact_id)
+        still: list[str] = []
+        for index, bucket in enumerate(candidates):
+            matches = bool(row[index])
+            membership = active.get(bucket.id)
+            if matches and membership is None:
+                joined = await repo.join(session, bucket, event.contact_id, now=now)
+                if joined is not None:
+                    await repo.emit_transition(session, "entered", joined, now=now)
+                    log.debug("bucket joined", bucket=bucket.id, contact=str(event.contact_id))
+            elif not matches and membership is not None:
+                left = await repo.leave(
+                    session,
+                    bucket,
+                    event.contact_id,
+                    reason="criteria",
+                    now=now,
+                    membership_id=membership.id,
+                )
+                if left is not None:
+                    await repo.emit_transition(session, "left", left, now=now, reason="criteria")
+                    log.debug("bucket left", bucket=bucket.id, contact=str(event.contact_id))
+            elif membership is not None:
+                still.append(bucket.id)
+        await repo.touch(session, event.contact_id, still, now=now)
