@@ -6,11 +6,13 @@ A worker's life::
              → declare queues → close app registration → first heartbeat → heartbeat loop
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
-             (hogsend.runtime.deferred), both only for an app with templates
-    stop()   stop the sweep and the courier (sends in flight finish) → stop the
-             dispatcher (rows in flight finish, the rest are released) → stop the
-             heartbeat → DBOS stops dequeuing and drains running workflows for a few
-             seconds → mark the heartbeat row stopped → release the database
+             (hogsend.runtime.deferred), and the campaign scheduler
+             (hogsend.runtime.campaigns), all only for an app with templates
+    stop()   stop the campaign scheduler, the sweep and the courier (sends in flight
+             finish) → stop the dispatcher (rows in flight finish, the rest are
+             released) → stop the heartbeat → DBOS stops dequeuing and drains
+             running workflows for a few seconds → mark the heartbeat row stopped
+             → release the database
 
 ``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
 ``hogsend dev`` calls :meth:`Worker.start` and :meth:`Worker.stop` itself around the
@@ -38,6 +40,7 @@ from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime.campaigns import CampaignScheduler
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
@@ -93,6 +96,7 @@ class Worker:
         self.courier: Courier | None = None
         self._email_provider: EmailProvider | None = None
         self.deferred: DeferredSweep | None = None
+        self.campaigns: CampaignScheduler | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -140,6 +144,13 @@ class Worker:
             await self.courier.start()
             self.deferred = DeferredSweep.from_settings(self.app, self.settings, self.engine)
             await self.deferred.start()
+            self.campaigns = CampaignScheduler(
+                self.app,
+                self.settings,
+                self.engine,
+                Mailer(self.app, self.settings, self.engine, self._email_provider),
+            )
+            await self.campaigns.start()
         self._running = True
         log.info(
             "worker started",
@@ -158,6 +169,9 @@ class Worker:
             return
         self._running = False
         log.info("worker stopping", worker_id=self.settings.worker_id)
+        if self.campaigns is not None:
+            await self.campaigns.stop()
+            self.campaigns = None
         if self.deferred is not None:
             await self.deferred.stop(timeout=self.drain_seconds)
             self.deferred = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from hogsend.api.routes import (
+    campaigns,
     contacts,
     emails,
     events,
@@ -50,5 +51,6 @@ def include_routes(api: FastAPI) -> None:
         emails.router,
         admin_templates.router,
         admin_outbox.router,
+        campaigns.router,
     ):
         api.include_router(router)
