@@ -169,7 +169,7 @@ def test_a_sigkilled_worker_resumes_the_campaign_and_each_recipient_gets_one_mes
 
     row = _campaign(engine, campaign_id)
     with engine.connect() as conn:
-        decisions = dict(
+        decisions: dict[str, int] = dict(
             conn.execute(
                 text(
                     "SELECT decision, count(*) FROM email_sends WHERE campaign_id = :id"
