@@ -72,6 +72,8 @@ APP_RULES = {
     "POST /v1/emails",
     "POST /v1/admin/templates/{key}/send-test",
     "GET /v1/admin/templates/{key}/preview",
+    # A registered list or bucket, a valid conditions expression, exactly one audience.
+    "POST /v1/campaigns",
 }
 # Batches validate each item on their own and answer 200 with per-item rejections, so a
 # schema-violating item does not make the request a rejected one (by design).
