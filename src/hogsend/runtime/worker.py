@@ -45,6 +45,7 @@ from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
+from hogsend.runtime.imports import ImportScheduler
 from hogsend.runtime.queues import declare_queues
 from hogsend.settings import Settings
 
@@ -97,6 +98,7 @@ class Worker:
         self._email_provider: EmailProvider | None = None
         self.deferred: DeferredSweep | None = None
         self.campaigns: CampaignScheduler | None = None
+        self.imports: ImportScheduler | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -134,6 +136,8 @@ class Worker:
             database_url=self.database_url,
         )
         await self.dispatcher.start()
+        self.imports = ImportScheduler(self.app, self.settings, self.engine)
+        await self.imports.start()
         if self.app.templates is not None:
             self._email_provider = build_provider(self.settings, self.engine)
             self.courier = Courier(
@@ -172,6 +176,9 @@ class Worker:
         if self.campaigns is not None:
             await self.campaigns.stop()
             self.campaigns = None
+        if self.imports is not None:
+            await self.imports.stop()
+            self.imports = None
         if self.deferred is not None:
             await self.deferred.stop(timeout=self.drain_seconds)
             self.deferred = None

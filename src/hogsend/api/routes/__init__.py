@@ -20,6 +20,7 @@ from hogsend.api.routes import (
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import imports as admin_imports
 from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import preferences as admin_preferences
 from hogsend.api.routes.admin import sends as admin_sends
@@ -52,5 +53,6 @@ def include_routes(api: FastAPI) -> None:
         admin_templates.router,
         admin_outbox.router,
         campaigns.router,
+        admin_imports.router,
     ):
         api.include_router(router)
