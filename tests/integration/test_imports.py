@@ -199,7 +199,7 @@ async def test_an_interrupted_import_resumes_at_its_cursor_without_duplicates(
             text("UPDATE import_jobs SET workflow_id = 'second' WHERE id = :id"), {"id": job_id}
         )
     assert (await runtime.import_chunk(engine, app, job_id, first_owner)).state == "stopped"
-    states = []
+    states: list[str] = []
     while not states or states[-1] == "more":
         states.append((await runtime.import_chunk(engine, app, job_id, "second")).state)
     assert states == ["more", "more", "more", "done"]
