@@ -223,3 +223,29 @@ def parse_json_line(line: int, raw: str, known_lists: frozenset[str]) -> ImportR
         lists=lists,
         known_lists=known_lists,
     )
+
+
+def prepare(
+    raw: bytes, kind: ImportFormat, given: Mapping[str, str], known_lists: frozenset[str]
+) -> dict[str, Any]:
+    """What an import job stores to read its file: for CSV the header's columns, each
+    column's field, and where the data lines start.
+
+    Raises:
+        MappingError: an empty CSV, a mapping that does not fit the header, or a mapping
+            given for JSON lines.
+    """
+    if kind == "jsonl":
+        if given:
+            raise MappingError("a mapping applies to CSV files only")
+        return {"firstLine": 1, "dataOffset": 0}
+    header, newline, _ = raw.partition(b"\n")
+    if not header.strip():
+        raise MappingError("the file is empty: expected a header line")
+    columns = parse_header(header.decode("utf-8", errors="replace").rstrip("\r"))
+    return {
+        "columns": columns,
+        "targets": check_mapping(columns, given, known_lists),
+        "firstLine": 2,
+        "dataOffset": len(header) + len(newline),
+    }

@@ -35,10 +35,9 @@ from hogsend.api.schemas.imports import (
 from hogsend.core.contact_imports import (
     MappingError,
     RowError,
-    check_mapping,
     parse_csv_line,
-    parse_header,
     parse_json_line,
+    prepare,
 )
 from hogsend.db.repos import imports as repo
 from hogsend.errors import NotFound
@@ -66,7 +65,7 @@ _UPLOAD_DOC: dict[str, Any] = {
 }
 
 
-async def _upload(request: Request) -> tuple[bytes, str | None, str | None]:
+async def _upload(request: Request) -> tuple[bytes, Literal["csv", "jsonl"] | None, str | None]:
     """(file bytes, format implied by the content type, file name)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
@@ -75,7 +74,9 @@ async def _upload(request: Request) -> tuple[bytes, str | None, str | None]:
         if isinstance(upload, UploadFile):
             name = upload.filename
             raw = await upload.read()
-            implied = "jsonl" if name and name.endswith((".jsonl", ".ndjson")) else None
+            implied: Literal["jsonl"] | None = (
+                "jsonl" if name and name.endswith((".jsonl", ".ndjson")) else None
+            )
             return raw, implied, name
         raise invalid_field(("body", "file"), "is required: the file's form field")
     if content_type in ("text/csv", "text/plain", ""):
@@ -127,7 +128,7 @@ async def create_import(
     reported by line number (200, nothing written); otherwise the job is created and a
     worker imports it (202 with its id; follow it with `GET /v1/admin/imports/{id}`)."""
     raw, implied, uploaded_name = await _upload(request)
-    kind = format or implied or "csv"
+    kind: Literal["csv", "jsonl"] = format or implied or "csv"
     if "\x00" in (file_name or ""):
         raise invalid_field(("query", "fileName"), "cannot contain NUL")
     given: dict[str, str] = {}
@@ -145,23 +146,12 @@ async def create_import(
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     lines = _lines(raw)
     known = frozenset(item.id for item in hogsend_of(request).lists)
-    stored: dict[str, Any] = {}
-    if kind == "csv":
-        if not lines:
-            raise invalid_field(("body",), "is empty: expected a header line")
-        columns = parse_header(lines[0])
-        try:
-            targets = check_mapping(columns, given, known)
-        except MappingError as exc:
-            raise invalid_field(("query", "mapping"), str(exc)) from None
-        stored = {
-            "columns": columns,
-            "targets": targets,
-            "firstLine": 2,
-            "dataOffset": len(raw.split(b"\n", 1)[0]) + 1,
-        }
-    elif given:
-        raise invalid_field(("query", "mapping"), "applies to CSV files only")
+    if kind == "csv" and not raw.strip():
+        raise invalid_field(("body",), "is empty: expected a header line")
+    try:
+        stored = prepare(raw, kind, given, known)
+    except MappingError as exc:
+        raise invalid_field(("query", "mapping"), str(exc)) from None
     if dry_run:
         return _dry_run(lines, kind, stored, known, change)
     job = await repo.create_job(
