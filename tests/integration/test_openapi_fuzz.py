@@ -74,6 +74,8 @@ APP_RULES = {
     "GET /v1/admin/templates/{key}/preview",
     # A registered list or bucket, a valid conditions expression, exactly one audience.
     "POST /v1/campaigns",
+    # A CSV header naming an email or userId column (or a JSON-lines file).
+    "POST /v1/admin/imports",
 }
 # Batches validate each item on their own and answer 200 with per-item rejections, so a
 # schema-violating item does not make the request a rejected one (by design).

@@ -49,10 +49,10 @@ _UPLOAD_DOC: dict[str, Any] = {
     MAX_BODY_BYTES_EXTRA: "batch_max_body_bytes",
     "requestBody": {
         "required": True,
-        "description": "The file: CSV with a header line, or JSON lines.",
+        "description": "The file: CSV with a header line, or JSON lines (send those as "
+        "`application/x-ndjson`, or as a multipart `file` named `*.jsonl`).",
         "content": {
             "text/csv": {"schema": {"type": "string"}},
-            "application/x-ndjson": {"schema": {"type": "string"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
