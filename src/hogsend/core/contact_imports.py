@@ -200,8 +200,9 @@ def parse_json_line(line: int, raw: str, known_lists: frozenset[str]) -> ImportR
         return RowError(line=line, reason="expected a JSON object", raw=raw)
     email = data.get("email")
     user_id = data.get("userId", data.get("externalId"))
-    properties = data.get("properties") or {}
-    given_lists = data.get("lists") or {}
+    # Only absent or null means "none": an empty array is the wrong type, not nothing.
+    properties = {} if data.get("properties") is None else data["properties"]
+    given_lists = {} if data.get("lists") is None else data["lists"]
     if not isinstance(email, str | None) or not isinstance(user_id, str | None):
         return RowError(line=line, reason="email and userId must be strings", raw=raw)
     if not isinstance(properties, dict):
