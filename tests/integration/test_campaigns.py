@@ -355,3 +355,45 @@ async def test_a_stuck_campaign_is_reaped_once_by_one_reaper(env: Env) -> None:
     # The dead run's id no longer owns the row: if it ever came back it would stop.
     async with sessions() as session, session.begin():
         assert await repo.owned(session, campaign.id, "hogsend.campaign:dead-run") is None
+
+
+async def test_local_time_sets_each_recipients_send_time_in_their_zone(env: Env) -> None:
+    """``localTime`` 09:00 from a start of 2026-06-01 12:00 UTC: each recipient's next 09:00."""
+    zones = {
+        "ny@example.com": "America/New_York",  # 09:00 EDT = 13:00 UTC, still ahead that day
+        "tokyo@example.com": "Asia/Tokyo",  # 09:00 JST = 00:00 UTC: passed, so the next day
+        "mars@example.com": "Mars/Olympus_Mons",  # unknown zone: UTC
+        "none@example.com": None,  # no zone: UTC
+    }
+    for address, zone in zones.items():
+        await new_contact(env.engine, address, timezone=zone)
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    sessions = make_sessionmaker(env.engine)
+    async with sessions() as session, session.begin():
+        campaign, _ = await repo.create_campaign(
+            session,
+            name="local",
+            audience_kind="list",
+            audience={"id": "newsletter"},
+            template_key="news",
+            local_time="09:00",
+        )
+        audience = repo.Audience(kind="list", list_id="newsletter", default_opt_in=True)
+        copied = await repo.snapshot_page(
+            session, campaign.id, audience, start=start, local_time="09:00", now=start
+        )
+        assert copied == 4
+        rows = await session.execute(
+            text("SELECT email, send_at FROM campaign_recipients WHERE campaign_id = :c"),
+            {"c": campaign.id},
+        )
+        due = {r.email: r.send_at for r in rows}
+        assert await repo.next_due_at(session, campaign.id) == datetime(
+            2026, 6, 1, 13, 0, tzinfo=UTC
+        )
+    assert due == {
+        "ny@example.com": datetime(2026, 6, 1, 13, 0, tzinfo=UTC),
+        "tokyo@example.com": datetime(2026, 6, 2, 0, 0, tzinfo=UTC),
+        "mars@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
+        "none@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
+    }
