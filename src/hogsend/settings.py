@@ -197,6 +197,23 @@ class Settings(BaseSettings):
         gt=0,
         description="A backfill silent this long is taken over by another runner.",
     )
+    campaign_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        description="How often a worker looks for campaigns to start, resume or reap.",
+    )
+    campaign_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="Recipients one campaign step sends."
+    )
+    campaign_concurrency: int = Field(
+        default=8, ge=1, le=200, description="Sends one campaign has in flight at once."
+    )
+    campaign_stale_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="A sending campaign without progress this long is handed to another run.",
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

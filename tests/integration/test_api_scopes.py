@@ -343,3 +343,21 @@ def test_bucket_routes_require_their_pinned_scopes(api: FastAPI) -> None:
         if (method, mounted.path) in BUCKET_ROUTE_SCOPES
     }
     assert found == BUCKET_ROUTE_SCOPES
+
+
+def test_campaign_routes_take_ingest_and_operator_actions_are_audited(api: FastAPI) -> None:
+    """Create/read follow the data-plane contract; pause/resume/cancel are operator actions."""
+    found = {
+        (method, mounted.path): (route_scope(mounted.route), route_audit_action(mounted.route))
+        for mounted in iter_api_routes(api.routes)
+        if mounted.path.startswith("/v1/campaigns")
+        for method in mounted.route.methods or ()
+    }
+    assert found == {
+        ("POST", "/v1/campaigns"): ("ingest", None),
+        ("GET", "/v1/campaigns"): ("ingest", None),
+        ("GET", "/v1/campaigns/{id}"): ("ingest", None),
+        ("POST", "/v1/campaigns/{id}/pause"): ("admin:write", "campaigns.pause"),
+        ("POST", "/v1/campaigns/{id}/resume"): ("admin:write", "campaigns.resume"),
+        ("POST", "/v1/campaigns/{id}/cancel"): ("admin:write", "campaigns.cancel"),
+    }

@@ -72,6 +72,10 @@ APP_RULES = {
     "POST /v1/emails",
     "POST /v1/admin/templates/{key}/send-test",
     "GET /v1/admin/templates/{key}/preview",
+    # A registered list or bucket, a valid conditions expression, exactly one audience.
+    "POST /v1/campaigns",
+    # A CSV header naming an email or userId column (or a JSON-lines file).
+    "POST /v1/admin/imports",
 }
 # A criteria is a JSON document with rules of its own (docs/conditions.md), carried in
 # a query string; tests/integration/test_admin_buckets_api.py tests its rejections.

@@ -18,6 +18,7 @@ from hogsend.cli.check import check
 from hogsend.cli.context import CliState
 from hogsend.cli.db import db_cli
 from hogsend.cli.dev import dev
+from hogsend.cli.imports import import_cli
 from hogsend.cli.keys import keys_cli
 from hogsend.cli.serving import serve, worker
 from hogsend.cli.studio import studio_cli
@@ -68,6 +69,7 @@ cli.add_typer(keys_cli)
 cli.add_typer(templates_cli)
 cli.add_typer(studio_cli)
 cli.add_typer(buckets_cli)
+cli.add_typer(import_cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -47,7 +47,10 @@ CAMPAIGNS = QueueSpec(id="campaigns", worker_concurrency=2, global_concurrency=4
 MAINTENANCE = QueueSpec(id="maintenance", worker_concurrency=1, global_concurrency=1)
 """Sweeps (bucket reconcile, cleanup, alerts) that must not run twice at once."""
 
-ALL_QUEUES: tuple[QueueSpec, ...] = (JOURNEYS, CAMPAIGNS, MAINTENANCE)
+IMPORTS = QueueSpec(id="imports", worker_concurrency=1, global_concurrency=2)
+"""Contact imports: one workflow per job, importing in chunked steps."""
+
+ALL_QUEUES: tuple[QueueSpec, ...] = (JOURNEYS, CAMPAIGNS, MAINTENANCE, IMPORTS)
 
 
 async def declare_queues(queues: tuple[QueueSpec, ...] = ALL_QUEUES) -> list[str]:

@@ -6,12 +6,14 @@ A worker's life::
              → declare queues → close app registration → first heartbeat → heartbeat loop
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
-             (hogsend.runtime.deferred), both only for an app with templates → the
-             bucket sweeper (hogsend.runtime.reconcile: backfill + reconcile)
-    stop()   stop the sweep and the courier (sends in flight finish) → stop the
-             dispatcher (rows in flight finish, the rest are released) → stop the
-             heartbeat → DBOS stops dequeuing and drains running workflows for a few
-             seconds → mark the heartbeat row stopped → release the database
+             (hogsend.runtime.deferred) and the campaign scheduler
+             (hogsend.runtime.campaigns), all only for an app with templates → the
+             import scheduler → the bucket sweeper (hogsend.runtime.reconcile)
+    stop()   stop the campaign scheduler, the sweep and the courier (sends in flight
+             finish) → stop the dispatcher (rows in flight finish, the rest are
+             released) → stop the heartbeat → DBOS stops dequeuing and drains
+             running workflows for a few seconds → mark the heartbeat row stopped
+             → release the database
 
 ``hogsend worker`` runs one with :meth:`Worker.run`, which stops on SIGTERM or SIGINT;
 ``hogsend dev`` calls :meth:`Worker.start` and :meth:`Worker.stop` itself around the
@@ -39,10 +41,12 @@ from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime.campaigns import CampaignScheduler
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
+from hogsend.runtime.imports import ImportScheduler
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
@@ -100,6 +104,8 @@ class Worker:
         self.exit_sweep: ExitSweep | None = None
         self.park_waker: ParkWaker | None = None
         self.bucket_sweeper: BucketSweeper | None = None
+        self.campaigns: CampaignScheduler | None = None
+        self.imports: ImportScheduler | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -159,6 +165,8 @@ class Worker:
             self.exit_sweep.start()
             self.park_waker = ParkWaker(self.engine)
             self.park_waker.start()
+        self.imports = ImportScheduler(self.app, self.settings, self.engine)
+        await self.imports.start()
         if self.app.templates is not None:
             if self._email_provider is None:
                 self._email_provider = build_provider(self.settings, self.engine)
@@ -170,6 +178,13 @@ class Worker:
             await self.courier.start()
             self.deferred = DeferredSweep.from_settings(self.app, self.settings, self.engine)
             await self.deferred.start()
+            self.campaigns = CampaignScheduler(
+                self.app,
+                self.settings,
+                self.engine,
+                Mailer(self.app, self.settings, self.engine, self._email_provider),
+            )
+            await self.campaigns.start()
         if any(b.criteria is not None for b in self.app.buckets):
             # Backfills new or changed buckets at once, then reconciles every interval.
             self.bucket_sweeper = BucketSweeper.from_settings(self.app, self.settings, self.engine)
@@ -195,6 +210,12 @@ class Worker:
         if self.bucket_sweeper is not None:
             await self.bucket_sweeper.stop(timeout=self.drain_seconds)
             self.bucket_sweeper = None
+        if self.campaigns is not None:
+            await self.campaigns.stop()
+            self.campaigns = None
+        if self.imports is not None:
+            await self.imports.stop()
+            self.imports = None
         if self.deferred is not None:
             await self.deferred.stop(timeout=self.drain_seconds)
             self.deferred = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from hogsend.api.routes import (
+    campaigns,
     contacts,
     emails,
     events,
@@ -21,6 +22,7 @@ from hogsend.api.routes.admin import bucket_backfill as admin_bucket_backfill
 from hogsend.api.routes.admin import buckets as admin_buckets
 from hogsend.api.routes.admin import contacts as admin_contacts
 from hogsend.api.routes.admin import events as admin_events
+from hogsend.api.routes.admin import imports as admin_imports
 from hogsend.api.routes.admin import journeys as admin_journeys
 from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import preferences as admin_preferences
@@ -56,5 +58,7 @@ def include_routes(api: FastAPI) -> None:
         admin_journeys.router,
         admin_buckets.router,
         admin_bucket_backfill.router,
+        campaigns.router,
+        admin_imports.router,
     ):
         api.include_router(router)

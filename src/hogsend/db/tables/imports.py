@@ -6,7 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, Text, func, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -27,6 +37,8 @@ class ImportJob(Timestamps, Base):
     # Where the uploaded file is kept until the job finishes (every worker must reach it).
     source_uri: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The uploaded file itself (source_uri unset), dropped once the job finishes.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     # Column -> field (email, userId, properties.<name>, lists.<id>).
     mapping: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     dry_run: Mapped[bool] = mapped_column(server_default=text("false"))

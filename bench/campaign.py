@@ -1,0 +1,170 @@
+"""A broadcast campaign through a real worker, against a raw aiosmtplib pool into one sink.
+
+One embedded Postgres, ``RECIPIENTS`` contacts written with ``COPY``, one aiosmtpd sink
+in a process of its own, and two scenarios, each in a fresh process (its RSS is its own):
+
+* ``raw``: the ceiling, :mod:`bench.send`'s pre-rendered aiosmtplib pool
+  (``bench.send.SENDS`` messages, ``CONCURRENCY`` connections).
+* ``campaign``: a ``hogsend`` worker (DBOS launched, scheduler, courier ...) sending a
+  campaign of the quickstart's ``trial-ending`` template to the ``product-updates`` list
+  (default opt-in: every contact): snapshot, batched steps through the mailer with every
+  gate, decision row, unsubscribe links and open/click tracking, ``CONCURRENCY`` sends
+  in flight. The clock runs from the claim (``started_at``) to ``completed_at``.
+
+Reported: sends/s of both and their ratio (target >= 0.8), the time to snapshot the
+audience, and the worker process's peak RSS (target < 150 MB, flat in audience size).
+Run with ``python -m bench campaign`` (100,000 recipients) or
+``python -m bench.campaign 5000`` for a quick look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from bench.send import CONCURRENCY, _run_scenario, _sink
+from hogsend.db import migrate
+from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.engine import libpq_url
+
+RECIPIENTS = 100_000
+TEMPLATE = "trial-ending"
+PROPS = {"days_left": 3, "ends_on": "March 14", "plan": "Pro"}
+LIST_ID = "product-updates"
+TARGET_RATIO = 0.8
+TARGET_RSS_MB = 150
+
+
+def _contacts(url: str, count: int) -> None:
+    copy_sql = "COPY contacts (email, external_id, properties) FROM STDIN"
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for n in range(count):
+            copy.write_row((f"user{n}@example.com", f"user-{n}", '{"first_name": "Ada"}'))
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE contacts")
+
+
+async def _campaign(port: int, url: str, recipients: int) -> dict[str, Any]:
+    from examples.quickstart.app import app
+
+    from hogsend.runtime.worker import Worker
+    from hogsend.settings import Settings
+
+    settings = Settings(
+        env="test",
+        database_url=url,
+        secret_key="b" * 40,
+        public_url="https://mail.example.test",
+        email_provider="smtp",
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_tls="none",
+        campaign_concurrency=CONCURRENCY,
+        campaign_poll_seconds=0.2,
+        worker_id="bench-campaign",
+    )
+    worker = Worker(app, settings)
+    await worker.start()
+    process = psutil.Process()
+    peak_sampled = 0.0
+    try:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            campaign_id = conn.execute(
+                "INSERT INTO campaigns (name, audience_kind, audience, template_key, props)"
+                " VALUES ('bench', 'list', %s, %s, %s) RETURNING id",
+                (json.dumps({"id": LIST_ID}), TEMPLATE, json.dumps(PROPS)),
+            ).fetchone()[0]  # type: ignore[index]
+            while True:
+                row = conn.execute(
+                    "SELECT status, started_at, snapshot_at, completed_at, total_recipients,"
+                    " sent_count, skipped_count, failed_count, skip_reasons"
+                    " FROM campaigns WHERE id = %s",
+                    (campaign_id,),
+                ).fetchone()
+                assert row is not None
+                peak_sampled = max(peak_sampled, process.memory_info().rss / 2**20)
+                if row[0] in ("sent", "failed", "cancelled"):
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        await worker.stop()
+    status, started, snapshot, completed, total, sent, skipped, failed, reasons = row
+    if status != "sent" or sent != recipients:
+        raise RuntimeError(f"campaign {status}: {sent}/{total} sent, {skipped} {reasons}, {failed}")
+    sending = (completed - snapshot).total_seconds()
+    return {
+        "recipients": total,
+        "snapshot_s": round((snapshot - started).total_seconds(), 2),
+        "send_s": round(sending, 2),
+        "sends_per_s": round(sent / sending, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "sampled_peak_rss_mb": round(peak_sampled, 1),
+    }
+
+
+def _campaign_main(port: int, url: str, recipients: int, out: Any) -> None:
+    out.put(asyncio.run(_campaign(port, url, recipients)))
+
+
+def _run_campaign(port: int, url: str, recipients: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    process = ctx.Process(target=_campaign_main, args=(port, url, recipients, out))
+    process.start()
+    result: dict[str, Any] = out.get(timeout=7200)
+    process.join(60)
+    return result
+
+
+def run(recipients: int = RECIPIENTS) -> dict[str, Any]:
+    """Measure both scenarios into one sink; print the table; return the numbers."""
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+            url = server.create_database("bench_campaign")
+            migrate.upgrade(url)
+            started = time.perf_counter()
+            _contacts(url, recipients)
+            copy_s = time.perf_counter() - started
+            with _sink() as (port, counter):
+                raw = _run_scenario("raw", port, url, [])
+                before = counter.value
+                campaign = _run_campaign(port, url, recipients)
+                arrived = counter.value - before
+        finally:
+            server.stop()
+    if arrived != recipients:
+        raise RuntimeError(f"the sink received {arrived} of {recipients} campaign messages")
+    ratio = round(campaign["sends_per_s"] / raw["sends_per_s"], 2)
+    print(f"contacts COPY      {recipients:>9,} in {copy_s:.1f} s")
+    print(f"raw aiosmtplib     {raw['sends_per_s']:>9} sends/s  peak RSS {raw['peak_rss_mb']} MB")
+    print(
+        f"campaign           {campaign['sends_per_s']:>9} sends/s  "
+        f"peak RSS {campaign['peak_rss_mb']} MB  snapshot {campaign['snapshot_s']} s"
+    )
+    print(f"ratio              {ratio:>9} (target >= {TARGET_RATIO})")
+    return {
+        "recipients": recipients,
+        "concurrency": CONCURRENCY,
+        "copy_s": round(copy_s, 2),
+        "raw": raw,
+        "campaign": campaign,
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "target_peak_rss_mb": TARGET_RSS_MB,
+    }
+
+
+if __name__ == "__main__":
+    run(int(sys.argv[1]) if len(sys.argv) > 1 else RECIPIENTS)

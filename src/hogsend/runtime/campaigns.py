@@ -1,0 +1,378 @@
+"""Broadcast campaigns on DBOS: one durable workflow per campaign run, sending in batched steps.
+
+Every worker runs a :class:`CampaignScheduler`, which loops every
+``campaign_poll_seconds``::
+
+    claim   waiting campaigns that are due (``sendAt`` passed), naming one new run each
+            (``FOR UPDATE SKIP LOCKED``: workers never claim the same row), and enqueue
+            that run on the ``campaigns`` queue before the claim commits
+    reap    under a cluster-wide advisory lock (one reaper at a time): ``sending``
+            campaigns without progress for ``campaign_stale_seconds`` go back to
+            ``queued`` without an owner, once per stall; the next claim starts one run
+
+A run (:func:`campaign_run`) is::
+
+    snapshot   copy the audience into campaign_recipients, keyset page by page
+               (resumable: it continues after the highest contact already copied)
+    loop       one step per batch: check the run still owns the campaign (paused,
+               cancelled or superseded runs stop here, at a batch boundary), send the
+               due pending recipients through the mailer (throttle, provider pacing,
+               every gate and decision row), move them out of ``pending`` and into the
+               counters in one statement
+    wait       with recipients due later (``localTime``), a durable sleep
+    finish     ``sent``
+
+The cursor is the recipients' status, so a resumed, recovered or reaped run continues
+where the last one stopped, and each recipient's idempotency key
+``campaign:<campaign id>:<contact id>`` makes the mailer record a second attempt as a
+``duplicate`` instead of sending twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from dbos import DBOS, SetWorkflowID
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hogsend.app import Hogsend
+from hogsend.channels.email.pacing import TokenBucket
+from hogsend.channels.mailer import Mailer, SendOutcome, SendRequest
+from hogsend.core.conditions.codec import condition_from_dict
+from hogsend.core.identifiers import durable_name
+from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import campaigns as repo
+from hogsend.db.tables.campaigns import Campaign
+from hogsend.errors import NoRecipient, TemplateError
+from hogsend.runtime.queues import CAMPAIGNS
+from hogsend.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+WORKFLOW_NAME = durable_name("workflow", "campaign")
+MAX_WAIT_SECONDS = 30.0
+"""Longest durable sleep between looks at a campaign waiting for local send times, so a
+pause or cancel is seen within this long."""
+
+SENT = ("sent", "redirected")
+FAILED = ("provider_error",)
+
+
+@dataclass(slots=True)
+class _Context:
+    """What runs need from the worker that hosts them."""
+
+    app: Hogsend
+    settings: Settings
+    engine: AsyncEngine
+    mailer: Mailer
+
+
+_context: _Context | None = None
+# Per campaign, the throttle's token bucket: it lives across batch steps of one process.
+_throttles: dict[uuid.UUID, TokenBucket] = {}
+
+
+def _ctx() -> _Context:
+    if _context is None:
+        raise RuntimeError("campaign runs need a started worker with templates")
+    return _context
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def audience_of(app: Hogsend, campaign: Campaign) -> repo.Audience:
+    """The campaign's stored audience, resolved against the app's lists."""
+    if campaign.audience_kind == "list":
+        list_id = str(campaign.audience["id"])
+        known = {item.id: item for item in app.lists}
+        listed = known.get(list_id)
+        return repo.Audience(
+            kind="list",
+            list_id=list_id,
+            default_opt_in=listed.default_opt_in if listed is not None else False,
+        )
+    if campaign.audience_kind == "bucket":
+        return repo.Audience(kind="bucket", bucket_id=str(campaign.audience["id"]))
+    return repo.Audience(
+        kind="criteria", criteria=condition_from_dict(campaign.audience["criteria"])
+    )
+
+
+def batch_size(settings: Settings, throttle: float | None) -> int:
+    """Recipients per step: the setting, but about two seconds' worth under a throttle,
+    so a pause takes effect quickly even on a slow campaign."""
+    if throttle is None:
+        return settings.campaign_batch_size
+    return max(1, min(settings.campaign_batch_size, math.ceil(throttle * 2)))
+
+
+def _throttle(campaign: Campaign) -> TokenBucket | None:
+    rate = campaign.throttle_per_second
+    if rate is None:
+        _throttles.pop(campaign.id, None)
+        return None
+    bucket = _throttles.get(campaign.id)
+    if bucket is None or bucket.rate != rate:
+        # A small burst: the throttle is a promise to the receiving side.
+        bucket = TokenBucket(rate, burst=max(1.0, rate / 10))
+        _throttles[campaign.id] = bucket
+    return bucket
+
+
+# ---------------------------------------------------------------------------- steps
+
+
+@DBOS.step(name="hogsend.campaign.snapshot", retries_allowed=True, max_attempts=5)
+async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
+    """Copy the audience into the recipients table; returns the audience size."""
+    ctx = _ctx()
+    sessions = make_sessionmaker(ctx.engine)
+    cid = uuid.UUID(campaign_id)
+    async with sessions() as session, session.begin():
+        campaign = await repo.owned(session, cid, workflow_id)
+        if campaign is None:
+            return {"state": "stopped"}
+        if campaign.snapshot_at is not None:
+            return {"state": "ready", "total": campaign.total_recipients}
+        audience = audience_of(ctx.app, campaign)
+        start = campaign.send_at or campaign.started_at or _now()
+        local_time = campaign.local_time
+    began = time.monotonic()
+    while True:
+        async with sessions() as session, session.begin():
+            copied = await repo.snapshot_page(
+                session, cid, audience, start=start, local_time=local_time, now=_now()
+            )
+            await repo.touch(session, cid, _now())
+        if copied == 0:
+            break
+    async with sessions() as session, session.begin():
+        total = await repo.finish_snapshot(session, cid, _now())
+    log.info(
+        "campaign audience snapshot",
+        campaign_id=campaign_id,
+        recipients=total,
+        seconds=round(time.monotonic() - began, 3),
+    )
+    return {"state": "ready", "total": total}
+
+
+async def _send_one(
+    ctx: _Context,
+    campaign: Campaign,
+    recipient: repo.Recipient,
+    throttle: TokenBucket | None,
+    gate: asyncio.Semaphore,
+) -> tuple[repo.Result, SendOutcome | None]:
+    list_id = str(campaign.audience["id"]) if campaign.audience_kind == "list" else None
+    async with gate:
+        if throttle is not None:
+            await throttle.acquire()
+        request = SendRequest(
+            template=campaign.template_key,
+            contact_id=recipient.contact_id,
+            to_email=recipient.email,
+            props=campaign.props or {},
+            subject=campaign.subject,
+            from_email=campaign.from_email,
+            category=list_id,
+            list_id=list_id,
+            kind="campaign",
+            campaign_id=campaign.id,
+            idempotency_key=f"campaign:{campaign.id}:{recipient.contact_id}",
+            resend_when_open=False,
+        )
+        try:
+            outcome = await ctx.mailer.send(request)
+        except NoRecipient:
+            return repo.Result(
+                contact_id=recipient.contact_id, status="skipped", reason="no_address"
+            ), None
+        except TemplateError as exc:
+            log.warning("campaign send failed to render", campaign_id=str(campaign.id), error=exc)
+            return repo.Result(
+                contact_id=recipient.contact_id, status="failed", reason="render_error"
+            ), None
+    return _result(recipient, outcome, outcome.decision), outcome
+
+
+def _result(recipient: repo.Recipient, outcome: SendOutcome, decision: str) -> repo.Result:
+    if decision in SENT:
+        status, reason = "sent", None
+    elif decision in FAILED:
+        status, reason = "failed", decision
+    else:
+        status, reason = "skipped", decision
+    return repo.Result(
+        contact_id=recipient.contact_id,
+        status=status,
+        reason=reason,
+        email_send_id=outcome.send_id,
+    )
+
+
+@DBOS.step(name="hogsend.campaign.batch", retries_allowed=True, max_attempts=5)
+async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
+    """Send one batch of due recipients and record them.
+
+    Returns:
+        ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
+        next recipients are due later, ``{"state": "sent"}`` when done, or
+        ``{"state": "stopped"}`` when the run no longer owns the campaign.
+    """
+    ctx = _ctx()
+    sessions = make_sessionmaker(ctx.engine)
+    cid = uuid.UUID(campaign_id)
+    now = _now()
+    async with sessions() as session, session.begin():
+        campaign = await repo.owned(session, cid, workflow_id)
+        if campaign is None:
+            _throttles.pop(cid, None)
+            return {"state": "stopped"}
+        batch = await repo.due_batch(
+            session, cid, now, limit=batch_size(ctx.settings, campaign.throttle_per_second)
+        )
+        if not batch:
+            due = await repo.next_due_at(session, cid)
+            if due is None:
+                await repo.finish(session, cid, workflow_id, now)
+                _throttles.pop(cid, None)
+                return {"state": "sent"}
+            await repo.touch(session, cid, now)
+            return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
+    throttle = _throttle(campaign)
+    gate = asyncio.Semaphore(ctx.settings.campaign_concurrency)
+    settled = await asyncio.gather(
+        *(_send_one(ctx, campaign, r, throttle, gate) for r in batch), return_exceptions=True
+    )
+    results: list[repo.Result] = []
+    duplicates: list[tuple[repo.Recipient, SendOutcome]] = []
+    problem: BaseException | None = None
+    for recipient, item in zip(batch, settled, strict=True):
+        if isinstance(item, BaseException):
+            problem = problem or item
+            continue
+        result, outcome = item
+        if outcome is not None and outcome.decision == "duplicate":
+            duplicates.append((recipient, outcome))
+        else:
+            results.append(result)
+    async with sessions() as session, session.begin():
+        if duplicates:
+            # An earlier attempt of this recipient (a run that crashed before recording
+            # it) holds the key: what it did is what happened to the recipient.
+            held = await repo.decisions_of(
+                session, [o.duplicate_of for _, o in duplicates if o.duplicate_of is not None]
+            )
+            for recipient, outcome in duplicates:
+                decision = held.get(outcome.duplicate_of) if outcome.duplicate_of else None
+                results.append(_result(recipient, outcome, decision or "duplicate"))
+        await repo.record_results(session, cid, results, _now())
+    if problem is not None:
+        # The recorded recipients stay recorded; the step's retry sends the rest.
+        raise problem
+    return {"state": "more"}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@DBOS.workflow(name=WORKFLOW_NAME)
+async def campaign_run(campaign_id: str, workflow_id: str) -> str:
+    """One run of a campaign: snapshot, then batches until sent or stopped."""
+    ready = await snapshot_step(campaign_id, workflow_id)
+    if ready["state"] == "stopped":
+        return "stopped"
+    while True:
+        step = await batch_step(campaign_id, workflow_id)
+        state = str(step["state"])
+        if state in ("sent", "stopped"):
+            return state
+        if state == "wait":
+            await DBOS.sleep_async(min(float(step["seconds"]), MAX_WAIT_SECONDS))
+
+
+# ---------------------------------------------------------------------- the scheduler
+
+
+class CampaignScheduler:
+    """Starts due campaigns and reaps stuck ones; one per worker.
+
+    Args:
+        app: the user's app (templates, lists).
+        settings: poll interval, stale threshold, batch size.
+        engine: hogsend's database.
+        mailer: the worker's mailer, used by the runs this process executes.
+    """
+
+    def __init__(self, app: Hogsend, settings: Settings, engine: AsyncEngine, mailer: Mailer):
+        self.app = app
+        self.settings = settings
+        self.engine = engine
+        self.mailer = mailer
+        self._sessions = make_sessionmaker(engine)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Make runs possible in this process and start the loop."""
+        global _context
+        _context = _Context(
+            app=self.app, settings=self.settings, engine=self.engine, mailer=self.mailer
+        )
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="hogsend-campaigns")
+
+    async def stop(self) -> None:
+        """Stop the loop (runs in flight are DBOS's to drain or recover)."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run_once(self) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """One round: reap, then claim and enqueue; returns (reaped, started) ids."""
+        now = _now()
+        async with self._sessions() as session, session.begin():
+            reaped = await repo.reap_stale(
+                session, now, timedelta(seconds=self.settings.campaign_stale_seconds)
+            )
+        if reaped:
+            log.warning("stuck campaigns handed to a new run", campaigns=[str(i) for i in reaped])
+        started: list[uuid.UUID] = []
+        async with self._sessions() as session, session.begin():
+            for campaign_id, workflow_id in await repo.claim_due(session, now, limit=10):
+                # Enqueued before the claim commits; the run's first step waits on the row
+                # lock, and if this transaction fails the run finds it does not own the row.
+                with SetWorkflowID(workflow_id):
+                    await DBOS.enqueue_workflow_async(
+                        CAMPAIGNS.name, campaign_run, str(campaign_id), workflow_id
+                    )
+                started.append(campaign_id)
+        if started:
+            log.info("campaigns started", campaigns=[str(i) for i in started])
+        return reaped, started
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.run_once()
+            except Exception:
+                log.warning("campaign scheduling round failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self.settings.campaign_poll_seconds
+                )

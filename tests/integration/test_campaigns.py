@@ -1,0 +1,399 @@
+"""Broadcast campaigns end to end: the API, a real worker (DBOS), real Postgres, an SMTP sink.
+
+Each test creates a campaign over HTTP, lets an in-process worker run it, and counts what
+reached the aiosmtpd sink and what the campaign reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_emails_api import Env, Sink, _env, bearer, new_contact, running_sink
+
+from hogsend.core.definitions import define_bucket
+from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import campaigns as repo
+from hogsend.runtime.worker import Worker
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    yield from running_sink()
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path, engine: AsyncEngine, database_url: str, sink: tuple[Sink, int]
+) -> AsyncIterator[Env]:
+    async for built in _env(tmp_path, engine, database_url, sink, campaign_poll_seconds=0.1):
+        # A bucket the API can name (memberships are written directly below).
+        built.app._buckets.append(define_bucket(id="vips", name="VIPs"))
+        yield built
+
+
+@pytest.fixture
+async def worker(env: Env) -> AsyncIterator[Worker]:
+    settings = env.settings.model_copy(update={"worker_id": f"campaigns-{uuid.uuid4().hex[:6]}"})
+    running = Worker(env.app, settings)
+    await running.start()
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def writer_key(mint_key: Any) -> str:
+    return str(await mint_key("admin:write", name="operator"))
+
+
+async def until(predicate: Callable[[], Any], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await predicate() if asyncio.iscoroutinefunction(predicate) else predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+async def create(env: Env, key: str, body: dict[str, Any], **headers: str) -> str:
+    response = await env.client.post("/v1/campaigns", json=body, headers=bearer(key) | headers)
+    assert response.status_code == 202, response.text
+    return str(response.json()["campaignId"])
+
+
+async def fetch(env: Env, key: str, campaign_id: str) -> dict[str, Any]:
+    response = await env.client.get(f"/v1/campaigns/{campaign_id}", headers=bearer(key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def finished(env: Env, key: str, campaign_id: str, status: str = "sent") -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    async def done() -> bool:
+        seen.update(await fetch(env, key, campaign_id))
+        return bool(seen["status"] == status)
+
+    await until(done)
+    return seen
+
+
+def recipients(sink: Sink) -> list[str]:
+    return sorted(str(m["To"]) for m in sink.messages)
+
+
+async def test_list_campaign_reaches_every_subscriber_once_and_skips_with_reasons(
+    env: Env, worker: Worker, ingest_key: str, writer_key: str
+) -> None:
+    # Contacts known only by an address are part of the audience.
+    for n in range(5):
+        await new_contact(env.engine, f"reader{n}@example.com")
+    await new_contact(env.engine, "ext@example.com", external_id="user-1")
+    gone = await new_contact(env.engine, "gone@example.com")
+    quitter = await new_contact(env.engine, "quit@example.com")
+    listless = await new_contact(env.engine, "nolist@example.com")
+    await new_contact(env.engine, "blocked@example.com")
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE contacts SET deleted_at = now() WHERE id = :c"), {"c": gone}
+        )
+        await conn.execute(
+            text("INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)"),
+            {"c": quitter},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO list_subscriptions (contact_id, list_id, subscribed) "
+                "VALUES (:c, 'newsletter', false)"
+            ),
+            {"c": listless},
+        )
+    suppressed = await env.client.post(
+        "/v1/admin/suppressions", json={"email": "blocked@example.com"}, headers=bearer(writer_key)
+    )
+    assert suppressed.status_code == 200, suppressed.text
+
+    started = time.monotonic()
+    campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
+    # 202 came back before anything was sent.
+    assert time.monotonic() - started < 5
+    body = await finished(env, ingest_key, campaign_id)
+
+    expected = sorted([f"reader{n}@example.com" for n in range(5)] + ["ext@example.com"])
+    assert recipients(env.sink) == expected
+    assert body["totalRecipients"] == 9
+    assert body["sentCount"] == 6
+    assert body["skippedCount"] == 3
+    assert body["failedCount"] == 0
+    assert body["pendingCount"] == 0
+    assert body["skipReasons"] == {"unsubscribed": 2, "suppressed": 1}
+    assert body["startedAt"]
+    assert body["completedAt"]
+    assert body["snapshotAt"]
+    # Every message carries the list's unsubscribe headers and one decision row each.
+    assert all(m["List-Unsubscribe"] for m in env.sink.messages)
+    async with env.engine.connect() as conn:
+        sent = (
+            await conn.execute(
+                text(
+                    "SELECT s.idempotency_key, r.contact_id FROM email_sends s "
+                    "JOIN campaign_recipients r ON r.email_send_id = s.id "
+                    "WHERE s.campaign_id = :c AND s.decision = 'sent'"
+                ),
+                {"c": campaign_id},
+            )
+        ).all()
+        assert len(sent) == 6
+        assert all(k == f"campaign:{campaign_id}:{c}" for k, c in sent)
+    listed = await env.client.get("/v1/campaigns?status=sent", headers=bearer(ingest_key))
+    assert [c["id"] for c in listed.json()["campaigns"]] == [campaign_id]
+
+
+async def test_criteria_campaign_honours_the_throttle(
+    env: Env, worker: Worker, ingest_key: str
+) -> None:
+    for n in range(6):
+        await new_contact(env.engine, f"pro{n}@example.com", properties='{"plan": "pro"}')
+    await new_contact(env.engine, "free@example.com", properties='{"plan": "free"}')
+    criteria = {"type": "property", "property": "plan", "op": "equals", "value": "pro"}
+    campaign_id = await create(
+        env, ingest_key, {"criteria": criteria, "template": "news", "throttle": 4}
+    )
+    await until(lambda: len(env.sink.messages) >= 1)
+    first = time.monotonic()
+    body = await finished(env, ingest_key, campaign_id)
+    spread = time.monotonic() - first
+    assert recipients(env.sink) == [f"pro{n}@example.com" for n in range(6)]
+    assert body["sentCount"] == 6
+    # 6 messages at 4/s with a burst of 1: the last leaves >= 1.25 s after the first.
+    assert spread >= 1.0
+
+
+async def test_bucket_campaign_includes_members_known_only_by_email(
+    env: Env, worker: Worker, ingest_key: str
+) -> None:
+    anonymous = await new_contact(env.engine, "anon@example.com")
+    known = await new_contact(env.engine, "known@example.com", external_id="user-9")
+    left = await new_contact(env.engine, "left@example.com")
+    async with env.engine.begin() as conn:
+        for contact_id, status in ((anonymous, "active"), (known, "active"), (left, "left")):
+            await conn.execute(
+                text(
+                    "INSERT INTO bucket_memberships "
+                    "(contact_id, user_id, bucket_id, status, left_at) VALUES (:c, :u, 'vips', "
+                    "CAST(:s AS text), CASE WHEN :s = 'left' THEN now() END)"
+                ),
+                {"c": contact_id, "u": str(contact_id), "s": status},
+            )
+    campaign_id = await create(env, ingest_key, {"bucket": "vips", "template": "news"})
+    body = await finished(env, ingest_key, campaign_id)
+    assert recipients(env.sink) == ["anon@example.com", "known@example.com"]
+    assert body["totalRecipients"] == 2
+
+
+async def test_pause_resume_and_cancel(
+    env: Env, worker: Worker, ingest_key: str, writer_key: str
+) -> None:
+    for n in range(12):
+        await new_contact(env.engine, f"slow{n:02}@example.com")
+    campaign_id = await create(
+        env, ingest_key, {"list": "newsletter", "template": "news", "throttle": 4}
+    )
+    await until(lambda: len(env.sink.messages) >= 2)
+    paused = await env.client.post(f"/v1/campaigns/{campaign_id}/pause", headers=bearer(writer_key))
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["status"] == "paused"
+    # The batch in flight (at most two seconds' worth) finishes, then nothing more.
+    await asyncio.sleep(2.5)
+    at_pause = len(env.sink.messages)
+    await asyncio.sleep(1.5)
+    assert len(env.sink.messages) == at_pause < 12
+    again = await env.client.post(f"/v1/campaigns/{campaign_id}/pause", headers=bearer(writer_key))
+    assert again.status_code == 409
+    resumed = await env.client.post(
+        f"/v1/campaigns/{campaign_id}/resume", headers=bearer(writer_key)
+    )
+    assert resumed.status_code == 200, resumed.text
+    body = await finished(env, ingest_key, campaign_id)
+    assert recipients(env.sink) == [f"slow{n:02}@example.com" for n in range(12)]
+    assert body["sentCount"] == 12
+
+    env.sink.messages.clear()
+    second = await create(
+        env, ingest_key, {"list": "newsletter", "template": "news", "throttle": 4}
+    )
+    await until(lambda: len(env.sink.messages) >= 1)
+    cancelled = await env.client.post(f"/v1/campaigns/{second}/cancel", headers=bearer(writer_key))
+    assert cancelled.status_code == 200
+    await asyncio.sleep(2.5)
+    at_cancel = len(env.sink.messages)
+    await asyncio.sleep(1.5)
+    assert len(env.sink.messages) == at_cancel < 12
+    body = await fetch(env, ingest_key, second)
+    assert body["status"] == "cancelled"
+    assert body["sentCount"] == at_cancel
+    refused = await env.client.post(f"/v1/campaigns/{second}/resume", headers=bearer(writer_key))
+    assert refused.status_code == 409
+    audit = await env.client.get(
+        "/v1/admin/audit-logs?resource=campaigns", headers=bearer(writer_key)
+    )
+    actions = sorted(entry["action"] for entry in audit.json()["logs"])
+    assert actions == sorted(
+        ["campaigns.create"] * 2 + ["campaigns.pause", "campaigns.resume", "campaigns.cancel"]
+    )
+
+
+async def test_send_at_starts_the_campaign_on_time(
+    env: Env, worker: Worker, ingest_key: str
+) -> None:
+    await new_contact(env.engine, "later@example.com")
+    send_at = datetime.now(UTC) + timedelta(seconds=2)
+    campaign_id = await create(
+        env,
+        ingest_key,
+        {"list": "newsletter", "template": "news", "sendAt": send_at.isoformat()},
+    )
+    assert (await fetch(env, ingest_key, campaign_id))["status"] == "scheduled"
+    await until(lambda: len(env.sink.messages) >= 1)
+    assert datetime.now(UTC) >= send_at
+    body = await finished(env, ingest_key, campaign_id)
+    assert body["sentCount"] == 1
+
+
+async def test_idempotency_key_header_wins_and_creates_once(env: Env, ingest_key: str) -> None:
+    body = {"list": "newsletter", "template": "news", "idempotencyKey": "body-key"}
+    first = await create(env, ingest_key, body, **{"Idempotency-Key": "june-news"})
+    second = await create(
+        env, ingest_key, body | {"idempotencyKey": "other"}, **{"Idempotency-Key": "june-news"}
+    )
+    assert first == second
+    third = await create(env, ingest_key, body)
+    assert third != first
+    async with env.engine.connect() as conn:
+        keys = (await conn.execute(text("SELECT idempotency_key FROM campaigns"))).scalars()
+        assert sorted(keys) == ["body-key", "june-news"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"template": "news"}, 422, "body"),
+        ({"list": "newsletter", "bucket": "vips", "template": "news"}, 422, "body"),
+        ({"list": "nope", "template": "news"}, 404, None),
+        ({"bucket": "nope", "template": "news"}, 404, None),
+        ({"list": "newsletter", "template": "nope"}, 422, "body.template"),
+        ({"criteria": {"type": "bogus"}, "template": "news"}, 422, "body.criteria"),
+        ({"list": "newsletter", "template": "news", "localTime": "25:00"}, 422, "body.localTime"),
+        ({"list": "newsletter", "template": "news", "throttle": 0}, 422, "body.throttle"),
+    ],
+)
+async def test_bad_campaigns_are_refused_and_nothing_is_written(
+    env: Env, ingest_key: str, body: dict[str, Any], status: int, field: str | None
+) -> None:
+    response = await env.client.post("/v1/campaigns", json=body, headers=bearer(ingest_key))
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    if field is not None:
+        fields = [e["field"] for e in response.json()["errors"]]
+        assert any(f.startswith(field) for f in fields), fields
+    async with env.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM campaigns"))).scalar() == 0
+
+
+async def test_unknown_campaign_is_404(env: Env, ingest_key: str) -> None:
+    response = await env.client.get(f"/v1/campaigns/{uuid.uuid4()}", headers=bearer(ingest_key))
+    assert response.status_code == 404
+
+
+async def test_a_stuck_campaign_is_reaped_once_by_one_reaper(env: Env) -> None:
+    """Two reapers racing over a stalled campaign: one hands it back, once; one run starts."""
+    await new_contact(env.engine, "stuck@example.com")
+    sessions = make_sessionmaker(env.engine)
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with sessions() as session, session.begin():
+        campaign, _ = await repo.create_campaign(
+            session,
+            name="stuck",
+            status="sending",
+            audience_kind="list",
+            audience={"id": "newsletter"},
+            template_key="news",
+            workflow_id="hogsend.campaign:dead-run",
+            last_progress_at=long_ago,
+        )
+    stale = timedelta(minutes=15)
+
+    async def reap() -> list[uuid.UUID]:
+        async with sessions() as session, session.begin():
+            found = await repo.reap_stale(session, datetime.now(UTC), stale)
+            await asyncio.sleep(0.2)  # hold the reaper lock while the other one tries
+            return found
+
+    first, second = await asyncio.gather(reap(), reap())
+    assert sorted([len(first), len(second)]) == [0, 1]
+    async with sessions() as session, session.begin():
+        assert await repo.reap_stale(session, datetime.now(UTC), stale) == []
+        row = await repo.get_campaign(session, campaign.id)
+        assert row is not None
+        assert row.status == "queued"
+        assert row.workflow_id is None
+        claimed = await repo.claim_due(session, datetime.now(UTC), limit=10)
+    assert [c for c, _ in claimed] == [campaign.id]
+    async with sessions() as session, session.begin():
+        assert await repo.claim_due(session, datetime.now(UTC), limit=10) == []
+    # The dead run's id no longer owns the row: if it ever came back it would stop.
+    async with sessions() as session, session.begin():
+        assert await repo.owned(session, campaign.id, "hogsend.campaign:dead-run") is None
+
+
+async def test_local_time_sets_each_recipients_send_time_in_their_zone(env: Env) -> None:
+    """``localTime`` 09:00 from a start of 2026-06-01 12:00 UTC: each recipient's next 09:00."""
+    zones = {
+        "ny@example.com": "America/New_York",  # 09:00 EDT = 13:00 UTC, still ahead that day
+        "tokyo@example.com": "Asia/Tokyo",  # 09:00 JST = 00:00 UTC: passed, so the next day
+        "mars@example.com": "Mars/Olympus_Mons",  # unknown zone: UTC
+        "none@example.com": None,  # no zone: UTC
+    }
+    for address, zone in zones.items():
+        await new_contact(env.engine, address, timezone=zone)
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    sessions = make_sessionmaker(env.engine)
+    async with sessions() as session, session.begin():
+        campaign, _ = await repo.create_campaign(
+            session,
+            name="local",
+            audience_kind="list",
+            audience={"id": "newsletter"},
+            template_key="news",
+            local_time="09:00",
+        )
+        audience = repo.Audience(kind="list", list_id="newsletter", default_opt_in=True)
+        copied = await repo.snapshot_page(
+            session, campaign.id, audience, start=start, local_time="09:00", now=start
+        )
+        assert copied == 4
+        rows = await session.execute(
+            text("SELECT email, send_at FROM campaign_recipients WHERE campaign_id = :c"),
+            {"c": campaign.id},
+        )
+        due = {r.email: r.send_at for r in rows}
+        assert await repo.next_due_at(session, campaign.id) == datetime(
+            2026, 6, 1, 13, 0, tzinfo=UTC
+        )
+    assert due == {
+        "ny@example.com": datetime(2026, 6, 1, 13, 0, tzinfo=UTC),
+        "tokyo@example.com": datetime(2026, 6, 2, 0, 0, tzinfo=UTC),
+        "mars@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
+        "none@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
+    }
