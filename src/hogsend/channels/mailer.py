@@ -41,7 +41,8 @@ from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
-from hogsend.core.identity import normalize_email
+from hogsend.core.identity import IdentityKey, normalize_email
+from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import (
     TRANSACTIONAL_CATEGORY,
     Decision,
@@ -52,6 +53,8 @@ from hogsend.core.mailer_gates import (
     decide,
 )
 from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import events as events_repo
+from hogsend.db.repos import outbox as outbox_repo
 from hogsend.db.repos import sends
 from hogsend.db.repos import tracking as tracking_repo
 from hogsend.errors import (
@@ -76,6 +79,9 @@ ONE_CLICK_PATH = "/v1/email/one-click"
 PREFERENCES_PATH = "/v1/email/preferences"
 ORIGINAL_TO_HEADER = "X-Hogsend-Original-To"
 SEND_ID_HEADER = "X-Hogsend-Send-Id"
+EMAIL_SENT = "email.sent"
+"""The event each message that went out to a contact emits (key ``email.sent:<send id>``)."""
+EVENT_SOURCE = "mailer"
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
@@ -284,6 +290,11 @@ async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
             address = address or (gone.email if gone is not None else None) or ""
         elif address is None:
             address = contact.email
+    elif address is not None:
+        # An address alone still names a person when a live contact holds it (directly
+        # or as a merged-away alias): their unsubscribes and lists must apply.
+        holder = await contacts_repo.lookup_contacts(session, [IdentityKey("email", address)])
+        contact = holder.get(IdentityKey("email", address))
     if address is None:
         raise NoRecipient(f"contact {request.contact_id} has no email address and no to_email")
     contact_id = contact.id if contact is not None else request.contact_id
@@ -326,6 +337,8 @@ class Mailer:
         self._clock = clock
         self._sleep = sleep
         self._test_provider = test_provider
+        # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
+        self._notify = outbox_repo.NotifyThrottle()
 
     # ------------------------------------------------------------------ entry point
 
@@ -640,7 +653,13 @@ class Mailer:
         accepted, calls, error = await self._call_provider(provider, message, retries)
         if isinstance(error, ProviderAlreadyAccepted):
             return await self._already_accepted(
-                conn, send_id, result=result, error=error, calls=calls, subject=rendered.subject
+                conn,
+                send_id,
+                result=result,
+                error=error,
+                calls=calls,
+                subject=rendered.subject,
+                sent_event=self._sent_event(request, send_id, who),
             )
         if accepted is None:
             assert error is not None
@@ -684,6 +703,7 @@ class Mailer:
             provider=accepted.provider,
             message_id=accepted.message_id,
             subject=rendered.subject,
+            sent_event=self._sent_event(request, send_id, who),
         )
         return SendOutcome(
             send_id=send_id,
@@ -729,6 +749,7 @@ class Mailer:
         error: ProviderAlreadyAccepted,
         calls: int,
         subject: str,
+        sent_event: EventInput | None,
     ) -> SendOutcome:
         """The provider took this key before: an earlier attempt went out, so this one did.
 
@@ -750,6 +771,7 @@ class Mailer:
             attempts=calls,
             provider=error.provider,
             subject=subject,
+            sent_event=sent_event,
         )
         return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
 
@@ -806,8 +828,15 @@ class Mailer:
         message_id: str | None = None,
         error: str | None = None,
         subject: str | None = None,
+        sent_event: EventInput | None = None,
     ) -> None:
-        if conn is not None:
+        """Record the outcome; for a message that went out to a contact, ``email.sent`` too.
+
+        The event is ingested in the outcome's transaction: a crash leaves either both
+        or neither, and the event's idempotency key (``email.sent:<send id>``) makes a
+        second recording of the same send store nothing.
+        """
+        if conn is not None and sent_event is None:
             # sends.finish is one UPDATE, atomic by itself: autocommit spares the BEGIN
             # and COMMIT round trips. Nothing on this connection needs a transaction now.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -823,6 +852,31 @@ class Mailer:
                 error=error,
                 subject=subject,
             )
+            if sent_event is not None:
+                stored = await events_repo.ingest_event(session, sent_event, now=self._clock())
+                if stored.status == "stored":
+                    await outbox_repo.notify_outbox(session, self._notify)
+
+    def _sent_event(
+        self, request: SendRequest, send_id: uuid.UUID, who: _Recipient
+    ) -> EventInput | None:
+        """The ``email.sent`` event of a message that went out, when a contact got it."""
+        if who.contact_id is None:
+            return None  # an address nobody holds: no contact to hang the event on
+        return EventInput(
+            name=EMAIL_SENT,
+            contact_id=who.contact_id,
+            properties={
+                "sendId": str(send_id),
+                "templateKey": request.template,
+                "journeyId": request.journey_id,
+                "campaignId": str(request.campaign_id) if request.campaign_id else None,
+                "kind": request.kind,
+            },
+            idempotency_key=f"{EMAIL_SENT}:{send_id}",
+            occurred_at=self._clock(),
+            source=EVENT_SOURCE,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
