@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
@@ -56,7 +57,6 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
 from hogsend.db.repos import outbox as outbox_repo
 from hogsend.db.repos import sends
-from hogsend.db.repos import tracking as tracking_repo
 from hogsend.errors import (
     ConfigurationError,
     NoRecipient,
@@ -82,6 +82,7 @@ SEND_ID_HEADER = "X-Hogsend-Send-Id"
 EMAIL_SENT = "email.sent"
 """The event each message that went out to a contact emits (key ``email.sent:<send id>``)."""
 EVENT_SOURCE = "mailer"
+_BEGIN = text("BEGIN")
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
@@ -273,14 +274,24 @@ class _Recipient:
     contact_id: uuid.UUID | None
     deleted: bool
     to_email: str
+    address_locked: bool = False
 
 
 async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
     contact: Contact | None = None
     deleted = False
     address = normalize_email(request.to_email) if request.to_email is not None else None
+    address_locked = False
     if request.contact_id is not None:
-        contact = await contacts_repo.follow_contact(session, request.contact_id)
+        # The usual case (a live contact) in one statement that also takes the address lock.
+        found = await sends.lock_recipient(session, request.contact_id, address)
+        if found is not None and found.address_locked:
+            contact, address_locked = contacts_repo.contact_from_row(found), True
+            address = address or contact.email
+        elif found is not None and found.deleted_at is None:
+            contact = contacts_repo.contact_from_row(found)  # live, without an address
+        else:
+            contact = await contacts_repo.follow_contact(session, request.contact_id)
         if contact is None:
             deleted = True
             gone = await contacts_repo.get_contact(
@@ -298,7 +309,13 @@ async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
     if address is None:
         raise NoRecipient(f"contact {request.contact_id} has no email address and no to_email")
     contact_id = contact.id if contact is not None else request.contact_id
-    return _Recipient(contact=contact, contact_id=contact_id, deleted=deleted, to_email=address)
+    return _Recipient(
+        contact=contact,
+        contact_id=contact_id,
+        deleted=deleted,
+        to_email=address,
+        address_locked=address_locked,
+    )
 
 
 class Mailer:
@@ -373,6 +390,9 @@ class Mailer:
             return await self._attempt(request, None, later=later)
         _, unlock = sends.lock_key_sql()
         async with self.engine.connect() as conn:
+            # Autocommit: _attempt opens its transaction by hand, with the key's lock in the
+            # same round trip, and single statements later need no BEGIN and COMMIT.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 # Takes the key's lock first thing in its transaction (see _attempt).
                 return await self._attempt(request, conn, later=later)
@@ -401,9 +421,12 @@ class Mailer:
             if request.idempotency_key is not None:
                 # Session-level, so held past this commit until send() releases it; the
                 # reads below (READ COMMITTED) see whatever the previous holder wrote.
-                await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
+                if conn is not None:
+                    await sends.begin_and_lock_key(conn, request.idempotency_key)
+                else:
+                    await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
             who = await _recipient(session, request)
-            if who.to_email:
+            if who.to_email and not who.address_locked:
                 await sends.lock_address(session, who.to_email)
             facts, stored = await gather_facts(
                 session,
@@ -446,6 +469,9 @@ class Mailer:
                     if later and result.goes_out
                     else None
                 ),
+                # A row this call finishes itself needs no WAL flush of its own: the
+                # outcome's durable commit flushes it (see sends.insert_attempt).
+                durable=later or not result.goes_out,
             )
             if later and result.goes_out:
                 await sends.notify_handoff(session)
@@ -717,6 +743,9 @@ class Mailer:
     ) -> str:
         """The tracking step: pixel and click links, the links committed before the provider.
 
+        Committed without a WAL flush (``sends.insert_links_fast``): the outcome's
+        durable commit flushes them, and only a crash of Postgres itself loses them.
+
         A crash after this commit and before the provider leaves unused links on an
         attempt the next one takes over; one after the provider accepted leaves links
         that resolve, whichever attempt the delivered copy belongs to.
@@ -737,7 +766,12 @@ class Mailer:
         )
         if tracked.links:
             async with self._session(conn) as session, session.begin():
-                await tracking_repo.insert_links(session, send_id, tracked.links)
+                await sends.insert_links_fast(
+                    session,
+                    send_id,
+                    [link.id for link in tracked.links],
+                    [link.url for link in tracked.links],
+                )
         return tracked.html
 
     async def _already_accepted(
@@ -836,11 +870,14 @@ class Mailer:
         or neither, and the event's idempotency key (``email.sent:<send id>``) makes a
         second recording of the same send store nothing.
         """
-        if conn is not None and sent_event is None:
-            # sends.finish is one UPDATE, atomic by itself: autocommit spares the BEGIN
-            # and COMMIT round trips. Nothing on this connection needs a transaction now.
+        if conn is not None:
+            # sends.finish alone is one UPDATE, atomic by itself: autocommit spares the
+            # BEGIN and COMMIT round trips. With the event, the transaction is opened by
+            # hand, and the session's commit ends it.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
         async with self._session(conn) as session, session.begin():
+            if conn is not None and sent_event is not None:
+                await session.execute(_BEGIN)
             await sends.finish(
                 session,
                 send_id,
@@ -853,7 +890,9 @@ class Mailer:
                 subject=subject,
             )
             if sent_event is not None:
-                stored = await events_repo.ingest_event(session, sent_event, now=self._clock())
+                # The batch path takes no advisory lock (one round trip fewer): the key is
+                # this send's own, and its unique index settles any race.
+                [stored] = await events_repo.ingest_batch(session, [sent_event], now=self._clock())
                 if stored.status == "stored":
                     await outbox_repo.notify_outbox(session, self._notify)
 
