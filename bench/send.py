@@ -10,14 +10,16 @@ own so that its RSS is its own, run one after the other with the same concurrenc
 * ``mailer``: ``Mailer.send`` of the quickstart's ``trial-ending`` template (a layout,
   CSS inlined, preheader, props validated by its pydantic model) as a marketing send
   with an idempotency key, per contact: the key lock, the gates' facts and the decision
-  row in Postgres, render, unsubscribe links and headers, the SMTP provider (a pool of
-  ``CONCURRENCY``), and the outcome row. Whatever the mailer does when the bench runs
-  (link tracking included, once the mailer has it) is measured.
+  row in Postgres, render, unsubscribe links, open pixel and click links (their rows),
+  headers, the SMTP provider (a pool of ``CONCURRENCY``), and the outcome row with its
+  ``email.sent`` event. Whatever the mailer does when the bench runs is measured.
 
 Each sends ``WARMUP`` messages, then ``SENDS`` timed ones, ``CONCURRENCY`` in flight.
 Latency is one ``send`` call (for ``raw``: one ``sendmail``). RSS is the
 scenario process's resident memory at the end, and its peak. Every message must reach
-the sink, and every mailer attempt must be ``sent``. Run with ``python -m bench send``.
+the sink, and every mailer attempt must be ``sent``; the sink also records the mean
+message size of each side (the mailer's are larger: tracked links and the pixel). Run
+with ``python -m bench send``.
 """
 
 from __future__ import annotations
