@@ -182,7 +182,9 @@ async def test_a_deleted_contact_address_is_not_taken_for_a_live_one(
 ) -> None:
     gone = await new_contact(env.engine, "gone@example.com")
     async with env.engine.begin() as conn:
-        await conn.execute(text("UPDATE contacts SET deleted_at = now() WHERE id = :c"), {"c": gone})
+        await conn.execute(
+            text("UPDATE contacts SET deleted_at = now() WHERE id = :c"), {"c": gone}
+        )
     outcome = await env.mailer.send(
         SendRequest(template="news", to_email="gone@example.com", kind="campaign")
     )
@@ -252,7 +254,8 @@ async def test_a_redirected_send_and_a_queued_one_emit_email_sent(
     # The redirected one went out (to the test address); the queued one is not out yet.
     assert len(await sent_events(fetch_all)) == 1
     delivered = await env.mailer.deliver_queued(queued.send_id)
-    assert delivered is not None and delivered.decision == "sent"
+    assert delivered is not None
+    assert delivered.decision == "sent"
     events = await sent_events(fetch_all)
     assert [e["properties"]["sendId"] for e in events] == [
         str(outcome.send_id),
