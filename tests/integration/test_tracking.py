@@ -560,7 +560,10 @@ async def test_head_requests_are_answered_and_flagged(env: Env) -> None:
     assert (open_hit["is_bot"], open_hit["bot_reason"]) == (True, "head")
     stored = await send_row(env, sent.send_id)
     assert (stored["open_count"], stored["click_count"], stored["status"]) == (0, 0, "sent")
-    assert (await counts(env))["user_events"] == 0
+    # Only the send's own email.sent: the flagged hits emitted nothing.
+    assert await events_named(env, "email.opened") == []
+    assert await events_named(env, "email.clicked") == []
+    assert len(await events_named(env, "email.sent")) == 1
 
 
 async def test_a_click_seconds_after_the_send_is_a_scanners(env: Env) -> None:

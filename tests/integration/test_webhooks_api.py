@@ -455,6 +455,7 @@ async def test_statuses_only_move_forward(
         "SELECT event FROM user_events WHERE contact_id = :c ORDER BY received_at", c=contact_id
     )
     assert [n["event"] for n in names] == [
+        "email.sent",  # the mailer's own, with the outcome
         "email.delivered",
         "email.complained",
         "email.bounced",

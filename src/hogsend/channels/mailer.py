@@ -35,13 +35,15 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
-from hogsend.core.identity import normalize_email
+from hogsend.core.identity import IdentityKey, normalize_email
+from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import (
     TRANSACTIONAL_CATEGORY,
     Decision,
@@ -53,8 +55,9 @@ from hogsend.core.mailer_gates import (
 )
 from hogsend.core.send_windows import recipient_timezone
 from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import events as events_repo
+from hogsend.db.repos import outbox as outbox_repo
 from hogsend.db.repos import sends
-from hogsend.db.repos import tracking as tracking_repo
 from hogsend.errors import (
     ConfigurationError,
     NoRecipient,
@@ -77,6 +80,10 @@ ONE_CLICK_PATH = "/v1/email/one-click"
 PREFERENCES_PATH = "/v1/email/preferences"
 ORIGINAL_TO_HEADER = "X-Hogsend-Original-To"
 SEND_ID_HEADER = "X-Hogsend-Send-Id"
+EMAIL_SENT = "email.sent"
+"""The event each message that went out to a contact emits (key ``email.sent:<send id>``)."""
+EVENT_SOURCE = "mailer"
+_BEGIN = text("BEGIN")
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
@@ -268,14 +275,24 @@ class _Recipient:
     contact_id: uuid.UUID | None
     deleted: bool
     to_email: str
+    address_locked: bool = False
 
 
 async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
     contact: Contact | None = None
     deleted = False
     address = normalize_email(request.to_email) if request.to_email is not None else None
+    address_locked = False
     if request.contact_id is not None:
-        contact = await contacts_repo.follow_contact(session, request.contact_id)
+        # The usual case (a live contact) in one statement that also takes the address lock.
+        found = await sends.lock_recipient(session, request.contact_id, address)
+        if found is not None and found.address_locked:
+            contact, address_locked = contacts_repo.contact_from_row(found), True
+            address = address or contact.email
+        elif found is not None and found.deleted_at is None:
+            contact = contacts_repo.contact_from_row(found)  # live, without an address
+        else:
+            contact = await contacts_repo.follow_contact(session, request.contact_id)
         if contact is None:
             deleted = True
             gone = await contacts_repo.get_contact(
@@ -285,10 +302,21 @@ async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
             address = address or (gone.email if gone is not None else None) or ""
         elif address is None:
             address = contact.email
+    elif address is not None:
+        # An address alone still names a person when a live contact holds it (directly
+        # or as a merged-away alias): their unsubscribes and lists must apply.
+        holder = await contacts_repo.lookup_contacts(session, [IdentityKey("email", address)])
+        contact = holder.get(IdentityKey("email", address))
     if address is None:
         raise NoRecipient(f"contact {request.contact_id} has no email address and no to_email")
     contact_id = contact.id if contact is not None else request.contact_id
-    return _Recipient(contact=contact, contact_id=contact_id, deleted=deleted, to_email=address)
+    return _Recipient(
+        contact=contact,
+        contact_id=contact_id,
+        deleted=deleted,
+        to_email=address,
+        address_locked=address_locked,
+    )
 
 
 class Mailer:
@@ -327,6 +355,8 @@ class Mailer:
         self._clock = clock
         self._sleep = sleep
         self._test_provider = test_provider
+        # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
+        self._notify = outbox_repo.NotifyThrottle()
 
     # ------------------------------------------------------------------ entry point
 
@@ -361,6 +391,9 @@ class Mailer:
             return await self._attempt(request, None, later=later)
         _, unlock = sends.lock_key_sql()
         async with self.engine.connect() as conn:
+            # Autocommit: _attempt opens its transaction by hand, with the key's lock in the
+            # same round trip, and single statements later need no BEGIN and COMMIT.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 # Takes the key's lock first thing in its transaction (see _attempt).
                 return await self._attempt(request, conn, later=later)
@@ -389,9 +422,12 @@ class Mailer:
             if request.idempotency_key is not None:
                 # Session-level, so held past this commit until send() releases it; the
                 # reads below (READ COMMITTED) see whatever the previous holder wrote.
-                await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
+                if conn is not None:
+                    await sends.begin_and_lock_key(conn, request.idempotency_key)
+                else:
+                    await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
             who = await _recipient(session, request)
-            if who.to_email:
+            if who.to_email and not who.address_locked:
                 await sends.lock_address(session, who.to_email)
             facts, stored = await gather_facts(
                 session,
@@ -434,6 +470,9 @@ class Mailer:
                     if later and result.goes_out
                     else None
                 ),
+                # A row this call finishes itself needs no WAL flush of its own: the
+                # outcome's durable commit flushes it (see sends.insert_attempt).
+                durable=later or not result.goes_out,
             )
             if later and result.goes_out:
                 await sends.notify_handoff(session)
@@ -641,7 +680,13 @@ class Mailer:
         accepted, calls, error = await self._call_provider(provider, message, retries)
         if isinstance(error, ProviderAlreadyAccepted):
             return await self._already_accepted(
-                conn, send_id, result=result, error=error, calls=calls, subject=rendered.subject
+                conn,
+                send_id,
+                result=result,
+                error=error,
+                calls=calls,
+                subject=rendered.subject,
+                sent_event=self._sent_event(request, send_id, who),
             )
         if accepted is None:
             assert error is not None
@@ -685,6 +730,7 @@ class Mailer:
             provider=accepted.provider,
             message_id=accepted.message_id,
             subject=rendered.subject,
+            sent_event=self._sent_event(request, send_id, who),
         )
         return SendOutcome(
             send_id=send_id,
@@ -697,6 +743,9 @@ class Mailer:
         self, conn: AsyncConnection | None, request: SendRequest, send_id: uuid.UUID, html: str
     ) -> str:
         """The tracking step: pixel and click links, the links committed before the provider.
+
+        Committed without a WAL flush (``sends.insert_links_fast``): the outcome's
+        durable commit flushes them, and only a crash of Postgres itself loses them.
 
         A crash after this commit and before the provider leaves unused links on an
         attempt the next one takes over; one after the provider accepted leaves links
@@ -718,7 +767,12 @@ class Mailer:
         )
         if tracked.links:
             async with self._session(conn) as session, session.begin():
-                await tracking_repo.insert_links(session, send_id, tracked.links)
+                await sends.insert_links_fast(
+                    session,
+                    send_id,
+                    [link.id for link in tracked.links],
+                    [link.url for link in tracked.links],
+                )
         return tracked.html
 
     async def _already_accepted(
@@ -730,6 +784,7 @@ class Mailer:
         error: ProviderAlreadyAccepted,
         calls: int,
         subject: str,
+        sent_event: EventInput | None,
     ) -> SendOutcome:
         """The provider took this key before: an earlier attempt went out, so this one did.
 
@@ -751,6 +806,7 @@ class Mailer:
             attempts=calls,
             provider=error.provider,
             subject=subject,
+            sent_event=sent_event,
         )
         return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
 
@@ -807,12 +863,22 @@ class Mailer:
         message_id: str | None = None,
         error: str | None = None,
         subject: str | None = None,
+        sent_event: EventInput | None = None,
     ) -> None:
+        """Record the outcome; for a message that went out to a contact, ``email.sent`` too.
+
+        The event is ingested in the outcome's transaction: a crash leaves either both
+        or neither, and the event's idempotency key (``email.sent:<send id>``) makes a
+        second recording of the same send store nothing.
+        """
         if conn is not None:
-            # sends.finish is one UPDATE, atomic by itself: autocommit spares the BEGIN
-            # and COMMIT round trips. Nothing on this connection needs a transaction now.
+            # sends.finish alone is one UPDATE, atomic by itself: autocommit spares the
+            # BEGIN and COMMIT round trips. With the event, the transaction is opened by
+            # hand, and the session's commit ends it.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
         async with self._session(conn) as session, session.begin():
+            if conn is not None and sent_event is not None:
+                await session.execute(_BEGIN)
             await sends.finish(
                 session,
                 send_id,
@@ -824,6 +890,33 @@ class Mailer:
                 error=error,
                 subject=subject,
             )
+            if sent_event is not None:
+                # The batch path takes no advisory lock (one round trip fewer): the key is
+                # this send's own, and its unique index settles any race.
+                [stored] = await events_repo.ingest_batch(session, [sent_event], now=self._clock())
+                if stored.status == "stored":
+                    await outbox_repo.notify_outbox(session, self._notify)
+
+    def _sent_event(
+        self, request: SendRequest, send_id: uuid.UUID, who: _Recipient
+    ) -> EventInput | None:
+        """The ``email.sent`` event of a message that went out, when a contact got it."""
+        if who.contact_id is None:
+            return None  # an address nobody holds: no contact to hang the event on
+        return EventInput(
+            name=EMAIL_SENT,
+            contact_id=who.contact_id,
+            properties={
+                "sendId": str(send_id),
+                "templateKey": request.template,
+                "journeyId": request.journey_id,
+                "campaignId": str(request.campaign_id) if request.campaign_id else None,
+                "kind": request.kind,
+            },
+            idempotency_key=f"{EMAIL_SENT}:{send_id}",
+            occurred_at=self._clock(),
+            source=EVENT_SOURCE,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ssl
+import uuid
+from email.header import Header
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from typing import Literal
 
 import aiosmtplib
@@ -39,6 +42,119 @@ def build_mime(message: OutgoingEmail) -> EmailMessage:
     elif message.html is not None:
         mime.set_content(message.html, subtype="html", charset="utf-8")
     return mime
+
+
+_ADDRESS_HEADERS = frozenset({"from", "to", "reply-to"})
+_FOLD_AT = 78
+_LONGEST_LINE = 998
+
+
+def message_bytes(message: OutgoingEmail, *, message_id: str | None = None) -> bytes | None:
+    """The message as SMTP DATA, written directly: what :func:`build_mime` gives, cheaper.
+
+    ``build_mime`` and flattening cost ~2 ms of CPU per message (the ``email`` package
+    parses every header it is handed); this writes the same structure in a tenth of it.
+    ASCII header values are folded at spaces; others become RFC 2047 encoded words
+    (display names through ``formataddr``). A part that is ASCII with short lines goes
+    as 7bit, any other as quoted-printable, so the result is 7-bit clean. The boundary
+    starts with ``=_``, which quoted-printable never produces.
+
+    Args:
+        message: the message.
+        message_id: its Message-ID (default: ``message.message_id()``).
+
+    Returns:
+        The bytes, or None when an address is not ASCII (it needs SMTPUTF8: the caller
+        uses :func:`build_mime` and ``send_message``, which negotiate it).
+
+    Raises:
+        ValueError: a header value contains CR or LF (header injection), like
+            ``build_mime``.
+    """
+    lines: list[str] = []
+    for name, value in _headers(message, message_id or message.message_id()):
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} may not contain a line break")
+        if name.lower() in _ADDRESS_HEADERS:
+            pairs = getaddresses([value])
+            if not pairs or any(not addr or not addr.isascii() for _, addr in pairs):
+                return None
+            value = ", ".join(formataddr(pair, charset="utf-8") for pair in pairs)
+        lines.append(_header_line(name, value))
+    lines.append("MIME-Version: 1.0")
+    parts = [
+        (body, sub)
+        for body, sub in ((message.text, "plain"), (message.html, "html"))
+        if body is not None
+    ]
+    if len(parts) == 2:
+        boundary = f"=_{uuid.uuid4().hex}"
+        lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+        lines.append("")
+        for body, subtype in parts:
+            lines.append(f"--{boundary}")
+            lines.extend(_part(body, subtype))
+            lines.append("")  # the body's last line break; the next CRLF is the boundary's
+        lines.append(f"--{boundary}--")
+    else:
+        [(body, subtype)] = parts
+        lines.extend(_part(body, subtype))
+    lines.append("")
+    return "\r\n".join(lines).encode("ascii")
+
+
+def _headers(message: OutgoingEmail, message_id: str) -> list[tuple[str, str]]:
+    """The headers in :func:`build_mime`'s order, before MIME-Version."""
+    headers = [("From", message.from_email), ("To", message.to), ("Subject", message.subject)]
+    if message.reply_to:
+        headers.append(("Reply-To", message.reply_to))
+    headers.append(("Date", formatdate(localtime=False, usegmt=True)))
+    headers.append(("Message-ID", message_id))
+    headers.extend(
+        (name, value) for name, value in message.headers.items() if name.lower() not in _OWN_HEADERS
+    )
+    return headers
+
+
+def _header_line(name: str, value: str) -> str:
+    """``Name: value``, folded at spaces past 78 columns; encoded words when not ASCII."""
+    if not value.isascii():
+        return f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    line = f"{name}: {value}"
+    if len(line) <= _FOLD_AT:
+        return line
+    folded: list[str] = []
+    first, *words = value.split(" ")
+    current = f"{name}: {first}"  # never folded right after the colon
+    for word in words:
+        if current and len(current) + 1 + len(word) > _FOLD_AT:
+            folded.append(current)
+            current = word
+        else:
+            current = f"{current} {word}"
+    folded.append(current)
+    if any(len(piece) > _LONGEST_LINE for piece in folded):
+        # A token this long cannot be folded; encoded words split it safely.
+        return f"{name}: " + Header(value, "us-ascii", header_name=name).encode(linesep="\r\n")
+    return "\r\n ".join(folded)
+
+
+def _part(body: str, subtype: str) -> list[str]:
+    """One text part: its headers, a blank line, the body (7bit or quoted-printable)."""
+    if not body.endswith("\n"):
+        body += "\n"
+    plain = body.isascii() and all(len(line) <= _LONGEST_LINE for line in body.splitlines())
+    if plain:
+        encoding, payload = "7bit", body
+    else:
+        encoding = "quoted-printable"
+        payload = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")
+    return [
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        f"Content-Transfer-Encoding: {encoding}",
+        "",
+        *payload.splitlines(),
+    ]
 
 
 class SmtpProvider:
@@ -112,7 +228,12 @@ class SmtpProvider:
         """Deliver ``message``; retries once on a fresh connection if a reused one died."""
         if self._closed:
             raise RuntimeError("the SMTP provider is closed")
-        mime = build_mime(message)
+        message_id = message.message_id()
+        data = message_bytes(message, message_id=message_id)
+        mime = build_mime(message) if data is None else None
+        if mime is not None:
+            message_id = str(mime["Message-ID"])
+        sender = parseaddr(message.from_email)[1]
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             if client is not None and not client.is_connected:
@@ -122,14 +243,14 @@ class SmtpProvider:
                 if client is None:
                     client = await self._connect()
                 try:
-                    await client.send_message(mime, recipients=[message.to])
+                    await _transmit(client, sender, message.to, data, mime)
                 except aiosmtplib.SMTPServerDisconnected:
                     if not reused:
                         raise
                     # The server dropped an idle connection: one more try on a new one.
                     client.close()
                     client = await self._connect()
-                    await client.send_message(mime, recipients=[message.to])
+                    await _transmit(client, sender, message.to, data, mime)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if client is not None:
                     client.close()
@@ -139,7 +260,7 @@ class SmtpProvider:
                     client.close()
                 raise
             self._idle.append(client)
-        return ProviderResult(provider=self.name, message_id=str(mime["Message-ID"]))
+        return ProviderResult(provider=self.name, message_id=message_id)
 
     async def aclose(self) -> None:
         """Say QUIT on every idle connection."""
@@ -150,6 +271,16 @@ class SmtpProvider:
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+async def _transmit(
+    client: aiosmtplib.SMTP, sender: str, to: str, data: bytes | None, mime: EmailMessage | None
+) -> None:
+    if data is not None:
+        await client.sendmail(sender, [to], data)
+    else:
+        assert mime is not None
+        await client.send_message(mime, recipients=[to])
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:

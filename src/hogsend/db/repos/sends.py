@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+import psycopg
+from psycopg.sql import SQL, Literal
+from sqlalchemy import Row, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
-from hogsend.db.repos.contacts import to_json
+from hogsend.db.repos.contacts import CONTACT_COLUMNS, to_json
 
 # Attempts that went out (or are on their way): what duplicates, gaps and caps count.
 OUTGOING = ("queued", "sent", "redirected")
@@ -48,6 +50,46 @@ async def lock_address(session: AsyncSession, email: str) -> None:
         text("SELECT pg_advisory_xact_lock(hashtextextended('hogsend.send-to:' || lower(:e), 0))"),
         {"e": email},
     )
+
+
+async def begin_and_lock_key(conn: AsyncConnection, key: str) -> None:
+    """Open a transaction and take :func:`lock_key_sql`'s lock, in one round trip.
+
+    ``conn`` must be in autocommit mode: the transaction is opened by hand, so the
+    session using ``conn`` next runs inside it and its commit sends ``COMMIT``. BEGIN
+    and the lock travel as one simple-protocol query (the key as a quoted literal),
+    which a parameterised statement cannot do.
+    """
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    await driver.execute(_BEGIN_LOCK_KEY.format(name=Literal(f"hogsend.send-key:{key}")))
+
+
+_BEGIN_LOCK_KEY = SQL("BEGIN; SELECT pg_advisory_lock(hashtextextended({name}, 0))")
+
+
+async def lock_recipient(
+    session: AsyncSession, contact_id: uuid.UUID, email: str | None
+) -> Row[Any] | None:
+    """The contact row (``CONTACT_COLUMNS``), with :func:`lock_address` taken when it is live.
+
+    One statement for what is otherwise two: the lock is on ``email``, else the
+    contact's own address. A deleted contact (merged away or erased) gets no lock:
+    the caller follows it and locks the address it ends up with.
+    """
+    return (await session.execute(_RECIPIENT, {"id": contact_id, "e": email})).first()
+
+
+_RECIPIENT = text(
+    f"""
+    SELECT {CONTACT_COLUMNS},
+        CASE WHEN deleted_at IS NULL AND coalesce(:e, email) IS NOT NULL THEN (
+            SELECT true FROM pg_advisory_xact_lock(
+                hashtextextended('hogsend.send-to:' || lower(coalesce(:e, email)), 0))
+        ) END AS address_locked
+    FROM contacts WHERE id = :id
+    """
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,29 +217,23 @@ async def insert_attempt(
     redirected_to: str | None = None,
     kind: str = "transactional",
     handoff: dict[str, Any] | None = None,
+    durable: bool = True,
 ) -> uuid.UUID:
     """Write an attempt's decision row.
 
     A gated decision is final (status ``skipped``, no key held); ``queued`` holds the
     key while the message goes to the provider, and :func:`finish` records the outcome.
     ``handoff`` (``queued`` only) is what a worker needs to deliver it later.
+
+    ``durable=False`` lets the transaction commit without waiting for its WAL flush
+    (``synchronous_commit = off`` for it alone). Only for a ``queued`` row whose outcome
+    a durable commit records next: that commit flushes this row's WAL too, and only a
+    crash of Postgres itself (not of our process) in between loses it; see
+    docs/email.md, "Benchmark".
     """
     gated = decision in _GATED
     row_id: uuid.UUID | None = await session.scalar(
-        text(
-            """
-            INSERT INTO email_sends (
-                contact_id, user_id, user_email, to_email, from_email, subject, template_key,
-                category, journey_id, journey_state_id, campaign_id, idempotency_key,
-                duplicate_of_id, redirected_to, status, decision, decision_detail, kind, handoff
-            ) VALUES (
-                :contact_id, :user_id, :to_email, :to_email, :from_email, :subject,
-                :template_key, :category, :journey_id, :journey_state_id, :campaign_id,
-                :key, :duplicate_of_id, :redirected_to, :status, :decision,
-                CAST(:detail AS jsonb), :kind, CAST(:handoff AS jsonb)
-            ) RETURNING id
-            """
-        ),
+        _INSERT_ATTEMPT if durable else _INSERT_ATTEMPT_FAST,
         {
             "contact_id": contact_id,
             "user_id": user_id,
@@ -221,6 +257,48 @@ async def insert_attempt(
     )
     assert row_id is not None
     return row_id
+
+
+_INSERT_ATTEMPT_SQL = """
+            INSERT INTO email_sends (
+                contact_id, user_id, user_email, to_email, from_email, subject, template_key,
+                category, journey_id, journey_state_id, campaign_id, idempotency_key,
+                duplicate_of_id, redirected_to, status, decision, decision_detail, kind, handoff
+            ) VALUES (
+                :contact_id, :user_id, :to_email, :to_email, :from_email, :subject,
+                :template_key, :category, :journey_id, :journey_state_id, :campaign_id,
+                :key, :duplicate_of_id, :redirected_to, :status, :decision,
+                CAST(:detail AS jsonb), :kind, CAST(:handoff AS jsonb)
+            ) RETURNING id
+"""
+_INSERT_ATTEMPT = text(_INSERT_ATTEMPT_SQL)
+# The setting rides on the statement (one row, so evaluated once): no extra round trip.
+_INSERT_ATTEMPT_FAST = text(
+    _INSERT_ATTEMPT_SQL + ", set_config('synchronous_commit', 'off', true) AS async_commit"
+)
+
+
+async def insert_links_fast(
+    session: AsyncSession, send_id: uuid.UUID, ids: Sequence[uuid.UUID], urls: Sequence[str]
+) -> None:
+    """Record the tracked links of a ``queued`` attempt, committing without a WAL flush.
+
+    What ``hogsend.db.repos.tracking.insert_links`` writes, for the mailer's hot path:
+    the outcome's durable commit that follows flushes these rows too, and a crash of
+    our process in between (the usual one) loses nothing: the commit reached Postgres.
+    """
+    if ids:
+        await session.execute(_INSERT_LINKS_FAST, {"send_id": send_id, "ids": ids, "urls": urls})
+
+
+_INSERT_LINKS_FAST = text(
+    """
+    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+    INSERT INTO tracked_links (id, email_send_id, original_url)
+    SELECT l.id, :send_id, l.url
+    FROM cfg, unnest(CAST(:ids AS uuid[]), CAST(:urls AS text[])) AS l(id, url)
+    """
+)
 
 
 async def finish(

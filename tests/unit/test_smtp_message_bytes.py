@@ -1,0 +1,133 @@
+"""The SMTP provider's direct MIME writer, read back by the stdlib's strict parser."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+
+import pytest
+
+from hogsend.channels.email.message import OutgoingEmail
+from hogsend.channels.email.smtp import build_mime, message_bytes
+
+LONG_URL = "https://mail.example.test/v1/email/one-click?token=" + "x" * 300
+
+
+def parse(data: bytes) -> EmailMessage:
+    # As a mailbox stores it: CRLF on the wire, LF on disk.
+    parsed = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def written(message: OutgoingEmail) -> tuple[bytes, EmailMessage]:
+    data = message_bytes(message)
+    assert data is not None
+    data.decode("ascii")  # 7-bit clean
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+    return data, parse(data)
+
+
+def sample(**changes: object) -> OutgoingEmail:
+    values: dict[str, object] = {
+        "from_email": "Quickstart <hello@quickstart.test>",
+        "to": "ann@example.com",
+        "subject": "Your trial ends in 3 days",
+        "html": '<p>Hello</p>\n<p><a href="https://example.com/a?b=c">Go</a></p>',
+        "text": "Hello\n\nGo: https://example.com/a?b=c",
+        "reply_to": "help@quickstart.test",
+        "headers": {
+            "List-Unsubscribe": f"<{LONG_URL}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "X-Hogsend-Send-Id": "0b5c7a52-6f8e-4f61-9d53-3d3b3fbc1f6a",
+        },
+        "idempotency_key": "journey:ann:1",
+        **changes,
+    }
+    return OutgoingEmail(**values)  # type: ignore[arg-type]
+
+
+def test_reads_back_like_the_stdlib_built_message() -> None:
+    message = sample()
+    _, mine = written(message)
+    theirs = parse(bytes(build_mime(message)))
+    for name in ("From", "To", "Subject", "Reply-To", "Message-ID", "List-Unsubscribe"):
+        assert mine[name] == theirs[name], name
+    assert mine["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mine["MIME-Version"] == "1.0"
+    assert mine.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in mine.iter_parts()] == ["text/plain", "text/html"]
+    for subtype in ("plain", "html"):
+        body, reference = mine.get_body((subtype,)), theirs.get_body((subtype,))
+        assert body is not None
+        assert reference is not None
+        assert body.get_content() == reference.get_content()
+        assert body.get_content_charset() == "utf-8"
+    assert not mine.defects
+    assert all(not part.defects for part in mine.walk())
+    assert mine["List-Unsubscribe"] == f"<{LONG_URL}>"  # unfolds to the exact URL
+
+
+def test_non_ascii_names_subjects_and_bodies() -> None:
+    body = "Grüße, Zoë — " + "é" * 200 + "\nline = two\n. a dot line\n"
+    message = sample(
+        from_email="Zoë Ünal <zoe@example.com>",
+        subject="Ihre Testphase endet — schöne Grüße " + "ä" * 40,
+        text=body,
+        html=f"<p>{body}</p>",
+    )
+    _, parsed = written(message)
+    assert parsed["Subject"] == message.subject
+    assert parsed["From"].addresses[0].display_name == "Zoë Ünal"
+    assert parsed["From"].addresses[0].addr_spec == "zoe@example.com"
+    plain = parsed.get_body(("plain",))
+    assert plain is not None
+    assert plain.get_content() == body
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    assert not any(part.defects for part in parsed.walk())
+
+
+def test_single_part_and_display_names_needing_quotes() -> None:
+    _, parsed = written(sample(html=None, from_email='"Acme, Inc." <news@acme.test>'))
+    assert parsed.get_content_type() == "text/plain"
+    assert parsed.get_content() == "Hello\n\nGo: https://example.com/a?b=c\n"
+    assert parsed["From"].addresses[0].display_name == "Acme, Inc."
+    _, html_only = written(sample(text=None))
+    assert html_only.get_content_type() == "text/html"
+
+
+def test_a_long_line_is_quoted_printable_and_survives() -> None:
+    text = "x" * 2000
+    _, parsed = written(sample(text=text, html=None))
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
+    assert parsed.get_content() == text + "\n"
+
+
+def test_header_injection_is_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        message_bytes(sample(subject="Hi\r\nBcc: victim@example.com"))
+    with pytest.raises(ValueError, match="line break"):
+        message_bytes(sample(headers={"X-Extra": "a\nb"}))
+
+
+def test_several_reply_to_addresses() -> None:
+    _, parsed = written(sample(reply_to='help@acme.test, "Ops, Team" <ops@acme.test>'))
+    assert [a.addr_spec for a in parsed["Reply-To"].addresses] == [
+        "help@acme.test",
+        "ops@acme.test",
+    ]
+    assert parsed["Reply-To"].addresses[1].display_name == "Ops, Team"
+
+
+def test_a_non_ascii_address_is_left_to_the_stdlib() -> None:
+    assert message_bytes(sample(to="zoë@exämple.com")) is None
+
+
+def test_the_message_id_is_the_given_one() -> None:
+    _, parsed = written(sample())
+    assert parsed["Message-ID"] == sample().message_id()
+    data = message_bytes(sample(idempotency_key=None), message_id="<fixed@quickstart.test>")
+    assert data is not None
+    assert parse(data)["Message-ID"] == "<fixed@quickstart.test>"
