@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         description="Where rate-limit counters live: postgres (shared by every API process) "
         "or memory (per process; limits multiply by the number of processes).",
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=5,
+        description="How long an API process trusts a key it checked (0 = check every request).",
+    )
 
     worker_id: str = Field(
         default_factory=_default_worker_id,

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import __version__
-from hogsend.api.auth import route_scope
+from hogsend.api.auth import KeyCache, route_scope
 from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
 from hogsend.api.middleware import (
@@ -130,6 +130,7 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
     api.state.started_at = time.monotonic()
     # At most one outbox NOTIFY per interval from this API (see NotifyThrottle).
     api.state.outbox_notify = NotifyThrottle()
+    api.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     _detach_engine(api)
     if engine is not None:
         _attach_engine(api, settings, engine)
