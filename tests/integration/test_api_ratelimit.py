@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.api import create_api
+from hogsend.api.deps import DriverPool
 from hogsend.api.ratelimit import (
     MemoryRateLimiter,
     PostgresRateLimiter,
@@ -223,3 +224,57 @@ async def test_old_windows_are_pruned(
     clock.now += WINDOW
     assert await limiter.prune() == 1
     assert await counted(api, engine, f"{key_id}:data") == 0
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[DriverPool]:
+    pool = DriverPool(database_url, max_size=2)
+    yield pool
+    await pool.close()
+
+
+async def test_busy_keys_take_hits_in_blocks_with_exact_headers(
+    pool: DriverPool, engine: AsyncEngine, clock: FakeClock
+) -> None:
+    limiter = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock)
+    limit = 10_000  # blocks of up to 100
+    for n in range(1, 1001):
+        decision = await limiter.hit("k:data", limit=limit)
+        assert decision.allowed
+        assert decision.remaining == limit - n  # exact with one process
+    stored = await counted_bucket(engine, "k:data")
+    assert 1000 <= stored <= 1100  # taken ahead by at most one block
+    assert limiter._leases["k:data"].size == 100
+
+
+async def test_blocks_never_let_processes_pass_the_limit_together(
+    pool: DriverPool, engine: AsyncEngine, clock: FakeClock
+) -> None:
+    first = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock, max_block=8)
+    second = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock, max_block=8)
+    limit = 300
+
+    async def burst(limiter: PostgresRateLimiter) -> int:
+        allowed = 0
+        for _ in range(200):
+            allowed += (await limiter.hit("k:data", limit=limit)).allowed
+        return allowed
+
+    allowed = await asyncio.gather(burst(first), burst(second), burst(first))
+    assert await counted_bucket(engine, "k:data") == limit  # stored: exactly the limit
+    # Used: the limit minus at most the block each process still holds unspent.
+    assert limit - 2 * 8 <= sum(allowed) <= limit
+    # Refused once: full until the window turns, with no more round trips.
+    assert first._leases["k:data"].full
+    assert second._leases["k:data"].full
+    clock.now += WINDOW
+    assert (await first.hit("k:data", limit=limit)).allowed
+
+
+async def counted_bucket(engine: AsyncEngine, bucket: str) -> int:
+    async with engine.connect() as conn:
+        hits = await conn.scalar(
+            text("SELECT coalesce(sum(hits), 0) FROM rate_limit_counters WHERE bucket = :b"),
+            {"b": bucket},
+        )
+    return int(hits or 0)
