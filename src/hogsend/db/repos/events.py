@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.sql import SQL, Literal
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -812,7 +811,10 @@ async def get_event(session: AsyncSession, event_id: uuid.UUID) -> Event | None:
 # One statement for the common single event: every given key names the same live
 # contact directly (match), or no key is known at all (create). Anything else (a key to
 # attach, contacts to merge, a key known only through an alias, a contact created
-# concurrently) reports 'general' and the caller rolls back and takes the full path.
+# concurrently) reports 'general' and writes nothing; the caller takes the full path.
+# The event INSERT has no ON CONFLICT: the key was checked under its advisory lock, so
+# a conflict means a writer that takes no lock (a batch) claimed it meanwhile, and the
+# unique violation rolls back everything, a contact created here included.
 _FAST_INGEST = """
 WITH a AS (
     SELECT %(now)s::timestamptz AS now, %(key)s::text AS key, %(name)s::text AS name,
@@ -870,7 +872,6 @@ WITH a AS (
     SELECT %(event_id)s::uuid, t.id, t.key, a.name, %(properties)s::jsonb, a.key, a.source,
            coalesce(%(occurred_at)s::timestamptz, a.now), a.now
     FROM t, a
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, contact_id, user_id
 ), outbox AS (
     INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
@@ -902,18 +903,16 @@ FROM plan LEFT JOIN ins i ON true LEFT JOIN dup d ON true
 _FAST_INGEST = " ".join(_FAST_INGEST.split())
 
 # The driver pool commits asynchronously (bookkeeping); events must be durable. Taken
-# with the advisory locks in one statement, before the ingest statement's snapshot.
-_BEGIN_DURABLE_LOCKS = SQL(
-    """
-    BEGIN;
-    SELECT set_config('synchronous_commit', 'on', true), count(pg_advisory_xact_lock(h))
-    FROM (
-        SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%' THEN lower(n) ELSE n END) AS h
-        FROM unnest({names}::text[]) AS n
-        ORDER BY h
-    ) AS locks
-    """
-)
+# with the advisory locks, in a statement of its own so that the ingest statement's
+# snapshot is taken after the locks are held and sees what their last holder committed.
+_DURABLE_LOCKS = """
+SELECT set_config('synchronous_commit', 'on', true), count(pg_advisory_xact_lock(h))
+FROM (
+    SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%%' THEN lower(n) ELSE n END) AS h
+    FROM unnest(%(names)s::text[]) AS n
+    ORDER BY h
+) AS locks
+"""
 
 
 async def ingest_event_fast(
@@ -925,20 +924,19 @@ async def ingest_event_fast(
 ) -> IngestResult | None:
     """Store one event in one round trip when the contact needs no link or merge.
 
-    For the hot path of ``POST /v1/events``: on a raw psycopg connection in autocommit
-    mode (the API's driver pool), pipelined as ``BEGIN; SET LOCAL synchronous_commit TO
-    on; <advisory locks>; <one statement>``, then ``COMMIT``. The advisory locks are the
-    ones :func:`ingest_event` takes (same names, same order) and are taken before the
-    statement's snapshot, so it sees what a concurrent writer of the same key committed.
-    The statement stores the event when every given key names one live contact directly
-    (its properties patched and last seen moved as :func:`ingest_event` does) or when no
-    key is known (a new contact); it reports a stored key as ``duplicate`` and writes
-    nothing. Events with ``lists`` always take the general path.
+    For the hot path of ``POST /v1/events``, on a raw psycopg connection in autocommit
+    mode (the API's driver pool). Two prepared statements travel in one pipeline and
+    run as one transaction (the implicit one that ends at the pipeline's sync): the
+    advisory locks :func:`ingest_event` takes (same names, same order), then one
+    statement that stores the event when every given key names one live contact
+    directly (its properties patched and last seen moved as :func:`ingest_event` does)
+    or when no key is known (a new contact). A stored key is reported as ``duplicate``
+    and nothing is written. Events with ``lists`` always take the general path.
 
     Returns:
         The result, or None when the event needs :func:`ingest_event` (attaching a key,
-        merging, a key known through an alias, list choices, a lost race): the
-        transaction is then rolled back and nothing was written.
+        merging, a key known through an alias, list choices, a lost race): nothing was
+        written.
     """
     identity = item.identity
     if identity is None:
@@ -947,11 +945,10 @@ async def ingest_event_fast(
         return None  # rare enough to leave to the general path
     now = aware_now(now)
     keys = identity.keys
-    names = [k.lock_name for k in keys]
+    names = {k.lock_name for k in keys}
     if item.idempotency_key is not None:
-        names.append(idempotency_lock_name(item.idempotency_key))
+        names.add(idempotency_lock_name(item.idempotency_key))
     new_id = uuid.uuid4()
-    event_id = uuid.uuid4()
     patch = item.contact_properties
     params = {
         "kinds": [k.kind for k in keys],
@@ -961,9 +958,9 @@ async def ingest_event_fast(
         "user_id": identity.user_id,
         "email": identity.email,
         "anonymous_id": identity.anonymous_id,
-        "new_properties": to_json(merge_properties({}, patch)),
+        "new_properties": to_json(merge_properties({}, patch)) if patch else "{}",
         "new_key": identity.user_id or identity.anonymous_id or str(new_id),
-        "event_id": event_id,
+        "event_id": uuid.uuid4(),
         "name": item.name,
         "properties": to_json(dict(item.properties)),
         "source": item.source,
@@ -972,23 +969,19 @@ async def ingest_event_fast(
         "patch": to_json(dict(patch)) if patch else None,
         "notify": notify,
     }
-    # BEGIN and the locks travel as one simple-protocol query (names as literals): one
-    # round trip fewer than psycopg's transaction block, measurable at this rate.
-    await conn.execute(_BEGIN_DURABLE_LOCKS.format(names=Literal(sorted(set(names)))))
     try:
-        cursor = await conn.execute(_FAST_INGEST, params, prepare=True)
-        row = await cursor.fetchone()
-    except BaseException:
-        await conn.execute("ROLLBACK")
-        raise
+        async with conn.pipeline():
+            await conn.execute(_DURABLE_LOCKS, {"names": sorted(names)}, prepare=True)
+            cursor = await conn.execute(_FAST_INGEST, params, prepare=True)
+    except psycopg.errors.UniqueViolation:
+        return None  # the key was claimed concurrently; all rolled back
+    row = await cursor.fetchone()
     assert row is not None
-    action, stored_id, contact_id, contact_key = row[0], row[1], row[2], row[3]
+    action, stored_id = row[0], row[1]
     if stored_id is not None:
-        await conn.execute("COMMIT")
         return IngestResult(
-            status="stored", event_id=stored_id, contact_id=contact_id, contact_key=contact_key
+            status="stored", event_id=stored_id, contact_id=row[2], contact_key=row[3]
         )
-    await conn.execute("ROLLBACK")
     if action == "duplicate":
         return IngestResult(
             status="duplicate", event_id=row[4], contact_id=row[5], contact_key=row[6]
