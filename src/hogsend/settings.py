@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         le=200,
         description="Contacts whose events one dispatcher processes at the same time.",
     )
+    dispatcher_events_per_transaction: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Most events one dispatcher transaction processes (1: one per event).",
+    )
     dispatcher_poll_seconds: float = Field(
         default=0.2, gt=0, le=60, description="Idle dispatcher's wait between outbox polls."
     )
