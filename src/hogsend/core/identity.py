@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -172,6 +172,8 @@ class Identity:
     user_id: str | None = None
     email: str | None = None
     anonymous_id: str | None = None
+    # Derived once: ingest asks for the keys several times per event.
+    _keys: tuple[IdentityKey, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_id", normalize_id(self.user_id, field="user_id"))
@@ -183,6 +185,10 @@ class Identity:
             raise IdentityError(
                 "identity", "at least one of userId, email or anonymousId is needed"
             )
+        keys = tuple(
+            IdentityKey(kind, value) for kind in KEY_KINDS if (value := self.get(kind)) is not None
+        )
+        object.__setattr__(self, "_keys", keys)
 
     def get(self, kind: KeyKind) -> str | None:
         """The value given for one kind of key, if any."""
@@ -195,9 +201,7 @@ class Identity:
     @property
     def keys(self) -> tuple[IdentityKey, ...]:
         """The keys given, in the fixed order external, email, anonymous."""
-        return tuple(
-            IdentityKey(kind, value) for kind in KEY_KINDS if (value := self.get(kind)) is not None
-        )
+        return self._keys
 
     @property
     def signature(self) -> tuple[str | None, str | None, str | None]:
