@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from bench.auth import _percentile, _serve
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys
 from hogsend.settings import load_settings
@@ -103,6 +104,7 @@ def insert_api() -> FastAPI:
         assert row is not None
         return {"eventId": str(row[0])}
 
+    tune_garbage_collector()
     return api
 
 
