@@ -678,7 +678,7 @@ async def test_the_fast_path_prepares_its_statement_once_per_connection(
     assert duplicate is not None
     assert duplicate.status == "duplicate"
     assert duplicate.event_id == first.event_id
-    # One transaction each, committed durably even on a connection that commits lazily.
+    # One transaction each, over and done with.
     assert raw_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     counts = await rows(
         engine,

@@ -912,23 +912,33 @@ FROM plan LEFT JOIN ins i ON true LEFT JOIN dup d ON true
 """
 _FAST_INGEST = " ".join(_FAST_INGEST.split())
 
-# The statement is prepared once per connection under this name, with ``$n`` in place of
-# the named parameters (in the order of their first use).
-_FAST_INGEST_NAME = "hogsend_ingest_event"
-_FAST_INGEST_PARAMS = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", _FAST_INGEST)))
-_PREPARE_FAST_INGEST = f"PREPARE {_FAST_INGEST_NAME} AS " + re.sub(
-    r"%\((\w+)\)s", lambda m: f"${_FAST_INGEST_PARAMS.index(m.group(1)) + 1}", _FAST_INGEST
-)
 
-# The driver pool commits asynchronously (bookkeeping); events must be durable. Taken
-# with the advisory locks, in a statement of its own so that the ingest statement's
-# snapshot is taken after the locks are held and sees what their last holder committed.
-# Both travel in one simple-protocol query, which Postgres runs as one transaction.
+# The statements are prepared once per connection, with ``$n`` in place of the named
+# parameters (in the order of their first use).
+def _prepare(name: str, sql: str) -> tuple[str, str]:
+    params = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    prepare = f"PREPARE {name} AS " + re.sub(
+        r"%\((\w+)\)s", lambda m: f"${params.index(m.group(1)) + 1}", sql
+    )
+    execute = f"EXECUTE {name}(" + ", ".join(f"%({p})s" for p in params) + ")"
+    return prepare, execute
+
+
+# Advisory locks in a statement of their own, so that the ingest statement's snapshot is
+# taken after they are held and sees what their last holder committed.
+_PREPARE_LOCKS, _EXECUTE_LOCKS = _prepare(
+    "hogsend_ingest_locks",
+    "SELECT count(pg_advisory_xact_lock(h)) FROM ("
+    " SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%' THEN lower(n) ELSE n END) AS h"
+    " FROM unnest(%(names)s::text[]) AS n ORDER BY h) AS locks",
+)
+_PREPARE_INGEST, _EXECUTE_INGEST = _prepare("hogsend_ingest_event", _FAST_INGEST)
+
+# One simple-protocol query, which Postgres runs as one transaction. The driver pool's
+# connections commit asynchronously (bookkeeping); an event gets the durability the
+# server is configured with, like every other write.
 _LOCKED_FAST_INGEST = (
-    "SELECT set_config('synchronous_commit', 'on', true), count(pg_advisory_xact_lock(h))"
-    " FROM (SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%%' THEN lower(n) ELSE n END)"
-    " AS h FROM unnest(%(names)s::text[]) AS n ORDER BY h) AS locks; "
-    f"EXECUTE {_FAST_INGEST_NAME}(" + ", ".join(f"%({name})s" for name in _FAST_INGEST_PARAMS) + ")"
+    f"SET LOCAL synchronous_commit TO DEFAULT; {_EXECUTE_LOCKS}; {_EXECUTE_INGEST}"
 )
 
 
@@ -944,8 +954,8 @@ async def ingest_event_fast(
     For the hot path of ``POST /v1/events``, on a raw psycopg connection in autocommit
     mode (the API's driver pool). One simple-protocol query, which Postgres runs as one
     transaction, takes the advisory locks :func:`ingest_event` takes (same names, same
-    order), then executes a statement prepared on the connection (prepared on first
-    use) that stores the event when every given key names one live contact directly
+    order), then executes a statement (both prepared on the connection on first use)
+    that stores the event when every given key names one live contact directly
     (its properties patched and last seen moved as :func:`ingest_event` does) or when no
     key is known (a new contact). A stored key is reported as ``duplicate`` and nothing
     is written. Events with ``lists`` always take the general path.
@@ -997,11 +1007,13 @@ async def ingest_event_fast(
             await cursor.execute(_LOCKED_FAST_INGEST, params)
         except psycopg.errors.InvalidSqlStatementName:
             # First use on this connection (all of it was rolled back): prepare, retry.
-            await conn.execute(_PREPARE_FAST_INGEST)
+            await conn.execute(_PREPARE_LOCKS)
+            await conn.execute(_PREPARE_INGEST)
             await cursor.execute(_LOCKED_FAST_INGEST, params)
     except psycopg.errors.UniqueViolation:
         return None  # the key was claimed concurrently; all rolled back
-    cursor.nextset()
+    while cursor.nextset():
+        pass  # to the ingest statement's result, the last one
     row = await cursor.fetchone()
     assert row is not None
     action, stored_id = row[0], row[1]
