@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import __version__
-from hogsend.api.auth import KeyCache, route_scope
+from hogsend.api.auth import KeyCache, bearer_scheme, route_scope
 from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
 from hogsend.api.middleware import (
@@ -231,6 +231,10 @@ def build_openapi(api: FastAPI) -> dict[str, Any]:
             schemas[name] = definition
         schemas[model.__name__] = model_schema
     components["headers"] = deepcopy(_HEADER_DOCS)
+    # ScopeGuard reads the Bearer header itself (see its __call__): document the scheme.
+    components.setdefault("securitySchemes", {})[bearer_scheme.scheme_name] = (
+        bearer_scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
 
     scopes = {
         (mounted.path, method.lower()): route_scope(mounted.route)
@@ -257,6 +261,7 @@ def build_openapi(api: FastAPI) -> dict[str, Any]:
                 responses["400"] = _problem("Malformed JSON body")
                 responses["413"] = _problem("Request body too large")
             if secured:
+                operation.setdefault("security", [{bearer_scheme.scheme_name: []}])
                 operation["x-required-scope"] = scope
                 needs = "any valid API key" if scope == "any-key" else f"the `{scope}` scope"
                 operation["description"] = (

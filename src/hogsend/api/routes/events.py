@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import psycopg
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -99,10 +99,22 @@ def accepted(result: IngestResult) -> EventAccepted:
     )
 
 
+def accepted_response(result: IngestResult) -> Response:
+    """The 202 of a single ingest, serialised once here.
+
+    Returning the model would have FastAPI validate it again against the response model
+    and serialise it through a generic path: a measurable share of a request whose
+    database work is one round trip.
+    """
+    body = accepted(result).model_dump_json(by_alias=True, exclude_none=True)
+    return Response(body, status_code=202, media_type="application/json")
+
+
 @router.post(
     "/v1/events",
     status_code=202,
     summary="Ingest one event",
+    response_model=EventAccepted,
     response_model_exclude_none=True,
     dependencies=[require_scope("ingest")],
     responses=problem_responses(409, 503),
@@ -119,7 +131,7 @@ async def ingest_event(
             description="Wins over the body's `idempotencyKey`.",
         ),
     ] = None,
-) -> EventAccepted:
+) -> Response:
     """Store an event about a person, creating, linking or merging their contact.
 
     One transaction: resolve the contact from `userId` / `email` / `anonymousId`, apply
@@ -137,7 +149,7 @@ async def ingest_event(
     notify = throttle is None or throttle.due()
     result = await _ingest_fast(request, item, notify=notify)
     if result is not None:
-        return accepted(result)
+        return accepted_response(result)
 
     async def store(session: AsyncSession) -> IngestResult:
         result = await events.ingest_event(session, item)
@@ -145,7 +157,7 @@ async def ingest_event(
             await outbox.notify_outbox(session)
         return result
 
-    return accepted(await in_transaction(request, store))
+    return accepted_response(await in_transaction(request, store))
 
 
 async def _ingest_fast(request: Request, item: EventInput, *, notify: bool) -> IngestResult | None:
