@@ -913,8 +913,9 @@ FROM plan LEFT JOIN ins i ON true LEFT JOIN dup d ON true
 _FAST_INGEST = " ".join(_FAST_INGEST.split())
 
 
-# The statements are prepared once per connection, with ``$n`` in place of the named
-# parameters (in the order of their first use).
+# The statements are prepared once per connection. The ingest statement takes its
+# values as one jsonb parameter (each ``%(x)s::type`` becomes an extraction from it):
+# quoting one literal instead of seventeen halved the client's cost of the query.
 def _prepare(name: str, sql: str) -> tuple[str, str]:
     params = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
     prepare = f"PREPARE {name} AS " + re.sub(
@@ -922,6 +923,25 @@ def _prepare(name: str, sql: str) -> tuple[str, str]:
     )
     execute = f"EXECUTE {name}(" + ", ".join(f"%({p})s" for p in params) + ")"
     return prepare, execute
+
+
+def _from_bundle(match: re.Match[str]) -> str:
+    key, cast = match.group(1), match.group(2)
+    if cast == "jsonb":
+        return f"nullif($1->'{key}', 'null'::jsonb)"
+    if cast.endswith("[]"):
+        return (
+            f"ARRAY(SELECT e FROM jsonb_array_elements_text($1->'{key}') WITH ORDINALITY"
+            f" AS x(e, n) ORDER BY n)::{cast}"
+        )
+    return f"($1->>'{key}')::{cast}"
+
+
+def _prepare_bundled(name: str, sql: str) -> tuple[str, str]:
+    body = re.sub(r"%\((\w+)\)s::(\w+(?:\[\])?)", _from_bundle, sql)
+    if "%(" in body:
+        raise AssertionError("every parameter of a bundled statement needs a cast")
+    return f"PREPARE {name}(jsonb) AS {body}", f"EXECUTE {name}(%(bundle)s)"
 
 
 # Advisory locks in a statement of their own, so that the ingest statement's snapshot is
@@ -932,7 +952,7 @@ _PREPARE_LOCKS, _EXECUTE_LOCKS = _prepare(
     " SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%' THEN lower(n) ELSE n END) AS h"
     " FROM unnest(%(names)s::text[]) AS n ORDER BY h) AS locks",
 )
-_PREPARE_INGEST, _EXECUTE_INGEST = _prepare("hogsend_ingest_event", _FAST_INGEST)
+_PREPARE_INGEST, _EXECUTE_INGEST = _prepare_bundled("hogsend_ingest_event", _FAST_INGEST)
 
 # One simple-protocol query, which Postgres runs as one transaction. The driver pool's
 # connections commit asynchronously (bookkeeping); an event gets the durability the
@@ -981,7 +1001,7 @@ async def ingest_event_fast(
         names.add(idempotency_lock_name(item.idempotency_key))
     new_id, event_id = random_uuids(2)
     patch = item.contact_properties
-    params = {
+    bundle = {
         "kinds": [k.kind for k in keys],
         "vals": [k.value for k in keys],
         "key": item.idempotency_key,
@@ -989,18 +1009,18 @@ async def ingest_event_fast(
         "user_id": identity.user_id,
         "email": identity.email,
         "anonymous_id": identity.anonymous_id,
-        "new_properties": to_json(merge_properties({}, patch)) if patch else "{}",
+        "new_properties": merge_properties({}, patch) if patch else {},
         "new_key": identity.user_id or identity.anonymous_id or str(new_id),
         "event_id": event_id,
         "name": item.name,
-        "properties": to_json(dict(item.properties)),
+        "properties": dict(item.properties),
         "source": item.source,
         "occurred_at": item.occurred_at,
         "now": now,
-        "patch": to_json(dict(patch)) if patch else None,
+        "patch": dict(patch) if patch else None,
         "notify": notify,
     }
-    params["names"] = sorted(names)
+    params = {"names": sorted(names), "bundle": to_json(bundle)}
     cursor = psycopg.AsyncClientCursor(conn)
     try:
         try:
