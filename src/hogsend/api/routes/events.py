@@ -7,10 +7,10 @@ outbox row and applies the list choices; the dispatcher in the worker does the r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import psycopg
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -110,6 +110,31 @@ def accepted_response(result: IngestResult) -> Response:
     return Response(body, status_code=202, media_type="application/json")
 
 
+IDEMPOTENCY_KEY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Wins over the body's `idempotencyKey`.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
+}
+"""OpenAPI of the ``Idempotency-Key`` header, which :func:`idempotency_key_of` reads."""
+
+
+def idempotency_key_of(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header, or the 422 naming it.
+
+    Read here rather than declared as a FastAPI ``Header`` parameter: FastAPI's
+    per-request handling of a declared header cost ~5% of the API's CPU on this route.
+    """
+    value = request.headers.get("idempotency-key")
+    if value is not None and not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise invalid_field(
+            ("header", "Idempotency-Key"),
+            f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters",
+        )
+    return value
+
+
 @router.post(
     "/v1/events",
     status_code=202,
@@ -118,20 +143,9 @@ def accepted_response(result: IngestResult) -> Response:
     response_model_exclude_none=True,
     dependencies=[require_scope("ingest")],
     responses=problem_responses(409, 503),
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_HEADER]},
 )
-async def ingest_event(
-    body: EventIn,
-    request: Request,
-    idempotency_key_header: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
-            description="Wins over the body's `idempotencyKey`.",
-        ),
-    ] = None,
-) -> Response:
+async def ingest_event(body: EventIn, request: Request) -> Response:
     """Store an event about a person, creating, linking or merging their contact.
 
     One transaction: resolve the contact from `userId` / `email` / `anonymousId`, apply
@@ -139,11 +153,12 @@ async def ingest_event(
     buckets and exits run later in the worker. A repeated idempotency key answers with
     the original event (`stored: false, duplicate: true`) and changes nothing.
     """
+    idempotency_key = idempotency_key_of(request)
     identity = identity_of(body)
     unknown = unknown_lists(request, body.lists)
     if unknown:
         raise invalid_field(("body", "lists", unknown[0]), f"unknown list {unknown[0]!r}")
-    item = event_input(body, identity, idempotency_key=idempotency_key_header, source="api")
+    item = event_input(body, identity, idempotency_key=idempotency_key, source="api")
     throttle = notify_throttle_of(request)
     # One throttle decision per request, whichever path ends up storing the event.
     notify = throttle is None or throttle.due()
