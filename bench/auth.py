@@ -52,8 +52,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(factory: str, env: dict[str, str], ready_path: str) -> Iterator[str]:
-    """Run ``uvicorn --factory <factory>`` in a subprocess; yield its base URL."""
+def _serve(
+    factory: str, env: dict[str, str], ready_path: str, *, workers: int = 1
+) -> Iterator[str]:
+    """Run ``uvicorn --factory <factory>`` (``workers`` processes); yield its base URL."""
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -66,6 +68,8 @@ def _serve(factory: str, env: dict[str, str], ready_path: str) -> Iterator[str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            str(workers),
             "--log-level",
             "warning",
             "--no-access-log",

@@ -54,6 +54,7 @@ CONCURRENCY = 50
 BATCH_SIZE = 500
 USERS = 20_000
 COPY_CONNECTIONS = 4
+API_WORKERS = 1
 SINGLE_BODIES_PER_CONNECTION = 1200
 BATCH_BODIES_PER_CONNECTION = 14
 
@@ -371,7 +372,7 @@ def run() -> dict[str, Any]:
             "HOGSEND_RATE_LIMIT_DATA_PLANE": str(10**9),  # counted, never reached
         }
         host = "127.0.0.1"
-        with _serve("bench.ingest:insert_api", env, "/ready") as base:
+        with _serve("bench.ingest:insert_api", env, "/ready", workers=API_WORKERS) as base:
             bodies = _single_bodies(host, {}, key=False, path="/events")
             probe: tuple[str, bytes, dict[str, str]] = (
                 "/events",
@@ -380,7 +381,7 @@ def run() -> dict[str, Any]:
             )
             results["insert"] = asyncio.run(_load(base, probe, bodies, 202))
         for name, with_key in (("events", True), ("events-nokey", False)):
-            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready", workers=API_WORKERS) as base:
                 bodies = _single_bodies(host, bearer, key=with_key, path="/v1/events")
                 probe = ("/v1/events", json.dumps(_event(-2, key=False)).encode(), bearer)
                 results[name] = asyncio.run(_load(base, probe, bodies, 202))
@@ -389,7 +390,7 @@ def run() -> dict[str, Any]:
         results["copy"] = asyncio.run(_copy_ceiling(url, COPY_CONNECTIONS, 50_000_000))
         results["copy-1conn"] = asyncio.run(_copy_ceiling(url, 1, 90_000_000))
         for name, headers in (("batch", bearer), ("segment", basic)):
-            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready", workers=API_WORKERS) as base:
                 bodies = _batch_bodies(host, headers, name)
                 path = "/v1/events/batch" if name == "batch" else "/segment/v1/batch"
                 empty = b'{"events": []}' if name == "batch" else b'{"batch": []}'
