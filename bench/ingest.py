@@ -3,8 +3,9 @@
 One embedded Postgres, one fresh database, one run. Scenarios, each served by uvicorn
 in a subprocess of its own (one at a time, so they do not compete for cores):
 
-* ``insert``: a plain FastAPI endpoint parsing a small JSON body and doing one durable
-  ``INSERT`` into ``user_events`` from a psycopg pool: the ceiling for single requests;
+* ``insert``: a plain FastAPI endpoint parsing a small JSON body and doing one
+  ``INSERT`` into ``user_events`` from a psycopg pool (10 connections): the ceiling for
+  single requests;
 * ``events``: our ``POST /v1/events`` (API key, scope, rate-limit count, contact
   resolution, event + outbox row, one transaction), each request with its own
   ``Idempotency-Key``; ``events-nokey`` the same without keys;
@@ -14,6 +15,13 @@ in a subprocess of its own (one at a time, so they do not compete for cores):
 * ``batch``: our ``POST /v1/events/batch`` with 500 events per request;
 * ``segment``: ``POST /segment/v1/batch`` with 500 ``track`` messages per request
   (HTTP Basic write key, ``messageId`` on every message, as Segment clients send).
+
+Same setup for every HTTP scenario: ``uvicorn`` (uvloop, httptools) with ``API_WORKERS``
+processes, the garbage collector tuned as ``hogsend serve`` tunes it, the same embedded
+Postgres (the test server: ``fsync`` and ``synchronous_commit`` off). Every write, ours
+and the ceilings', commits with the server's configured durability: the ceiling and
+``COPY`` use the server default, our single-event path resets its connection to it
+(``SET LOCAL synchronous_commit TO DEFAULT``), our batch path uses it as is.
 
 Load: 50 keep-alive connections from this process (a separate process from the
 server), ~10 s each after a 1 s warm-up, with the minimal asyncio HTTP/1.1 client of
@@ -75,7 +83,7 @@ _INSERT = (
 
 
 def insert_api() -> FastAPI:
-    """The single-request ceiling: parse a body, one durable INSERT, answer 202."""
+    """The single-request ceiling: parse a body, one INSERT, answer 202."""
     url = libpq_url(load_settings().database_url or "")
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
         url, min_size=2, max_size=10, kwargs={"autocommit": True}, open=False
@@ -427,7 +435,8 @@ def run() -> dict[str, Any]:
         "duration_s": DURATION_S,
         "batch_size": BATCH_SIZE,
         "users": USERS,
-        "server": "uvicorn (1 process), embedded Postgres on the same machine",
+        "server": f"uvicorn (uvloop, httptools), {API_WORKERS} process(es) per scenario",
+        "postgres": "embedded, same machine; fsync and synchronous_commit off for every writer",
         "targets": {"events_to_insert": 0.7, "batch_to_copy": 0.25},
         "results": results,
         "ratios": ratios,
