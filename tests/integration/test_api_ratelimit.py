@@ -7,6 +7,7 @@ windows turn without sleeping.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -278,3 +279,29 @@ async def counted_bucket(engine: AsyncEngine, bucket: str) -> int:
             {"b": bucket},
         )
     return int(hits or 0)
+
+
+@pytest.mark.timeout(60)
+async def test_many_requests_on_a_small_pool_never_wait_on_each_other(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    # A request waiting for its key's next block of hits must not hold a pooled
+    # connection: the request taking the block may need one. With 2 connections and a
+    # mix of key-cache misses and hits, a hold-and-wait would time out (5 s) as 500s.
+    settings = Settings(
+        env="test", database_url=database_url, rate_limit_data_plane=1_000_000, db_pool_size=4
+    )
+    api = create_api(Hogsend(), settings, engine=engine)
+    assert api.state.driver_pool._max_size == 2
+    _, headers = await mint(engine)
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+
+        async def worker() -> list[int]:
+            return [(await client.get("/v1/whoami", headers=headers)).status_code for _ in range(6)]
+
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(worker() for _ in range(40)))
+    await api.state.driver_pool.close()
+    assert {s for run in statuses for s in run} == {200}
+    assert time.monotonic() - started < 4.5

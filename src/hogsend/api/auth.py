@@ -211,19 +211,19 @@ class ScopeGuard:
         principal = cache.get(raw) if cache is not None else None
         if principal is not None:
             self._authorize(request, principal)
-            await self._count(request, principal, conn=None)
+            await self._count(request, principal)
             return principal
-        # One pooled connection serves the key lookup and the rate-limit count.
         async with pool.connect() as conn:
             principal = await authenticate(conn, raw)
-            if principal is None:
-                raise _unauthorized(
-                    "The API key is unknown, expired or revoked", invalid_token=True
-                )
-            if cache is not None:
-                cache.put(raw, principal)
-            self._authorize(request, principal)
-            await self._count(request, principal, conn=conn)
+        if principal is None:
+            raise _unauthorized("The API key is unknown, expired or revoked", invalid_token=True)
+        if cache is not None:
+            cache.put(raw, principal)
+        self._authorize(request, principal)
+        # Counted with the connection given back: the limiter may wait for another
+        # request's block of hits, and must never do so holding a pooled connection
+        # (the request taking the block may need one).
+        await self._count(request, principal)
         return principal
 
     def _authorize(self, request: Request, principal: Principal) -> None:
@@ -239,16 +239,13 @@ class ScopeGuard:
                 },
             )
 
-    async def _count(
-        self, request: Request, principal: Principal, *, conn: psycopg.AsyncConnection[Any] | None
-    ) -> None:
+    async def _count(self, request: Request, principal: Principal) -> None:
         await enforce_rate_limit(
             request,
             principal,
             settings=settings_of(request),
             limiter=rate_limiter_of(request),
             path=request.scope["path"],
-            conn=conn,
         )
 
 
