@@ -5,10 +5,13 @@ they do not compete for cores):
 
 * ``bare``: a FastAPI app with one trivial route (the ceiling of FastAPI + uvicorn here);
 * ``whoami``: hogsend's ``GET /v1/whoami`` with a valid key: request id + access log
-  middleware, key lookup by hash, scope check, and the Postgres rate-limit upsert (the
-  default configuration);
+  middleware, key lookup by hash (remembered for ``HOGSEND_API_KEY_CACHE_SECONDS``),
+  scope check, and the Postgres rate limiter (hits taken in blocks): the default
+  configuration;
 * ``whoami-memory`` and ``whoami-unlimited``: the same with the in-process limiter and
-  with rate limiting off, to split the cost.
+  with rate limiting off, to split the cost;
+* ``whoami-nocache``: the default configuration with the key cache off (one key lookup
+  per request).
 
 Each is loaded from this process over 50 keep-alive connections (50 requests in flight,
 ~10 s after a 1 s warm-up). The load generator is a minimal HTTP/1.1 client on asyncio
@@ -52,8 +55,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(factory: str, env: dict[str, str], ready_path: str) -> Iterator[str]:
-    """Run ``uvicorn --factory <factory>`` in a subprocess; yield its base URL."""
+def _serve(
+    factory: str, env: dict[str, str], ready_path: str, *, workers: int = 1
+) -> Iterator[str]:
+    """Run ``uvicorn --factory <factory>`` (``workers`` processes); yield its base URL."""
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -66,6 +71,8 @@ def _serve(factory: str, env: dict[str, str], ready_path: str) -> Iterator[str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            str(workers),
             "--log-level",
             "warning",
             "--no-access-log",
@@ -223,6 +230,17 @@ def run() -> dict[str, Any]:
                 {**common, "HOGSEND_RATE_LIMIT_DATA_PLANE": "0"},
                 auth,
             ),
+            (
+                "whoami-nocache",
+                "bench.apps:hogsend_api",
+                "/v1/whoami",
+                {
+                    **common,
+                    "HOGSEND_RATE_LIMIT_DATA_PLANE": generous,
+                    "HOGSEND_API_KEY_CACHE_SECONDS": "0",
+                },
+                auth,
+            ),
         ]
         results: dict[str, dict[str, Any]] = {}
         for name, factory, path, env, headers in scenarios:
@@ -243,7 +261,7 @@ def run() -> dict[str, Any]:
     return {
         "concurrency": CONCURRENCY,
         "duration_s": DURATION_S,
-        "server": "uvicorn (asyncio loop, h11), 1 process",
+        "server": "uvicorn (uvloop, httptools), 1 process",
         "results": results,
         "ratio_whoami_to_bare": round(ratio, 3),
         "ratios_to_bare": {

@@ -3,8 +3,9 @@
 One embedded Postgres, one fresh database, one run. Scenarios, each served by uvicorn
 in a subprocess of its own (one at a time, so they do not compete for cores):
 
-* ``insert``: a plain FastAPI endpoint parsing a small JSON body and doing one durable
-  ``INSERT`` into ``user_events`` from a psycopg pool: the ceiling for single requests;
+* ``insert``: a plain FastAPI endpoint parsing a small JSON body and doing one
+  ``INSERT`` into ``user_events`` from a psycopg pool (10 connections): the ceiling for
+  single requests;
 * ``events``: our ``POST /v1/events`` (API key, scope, rate-limit count, contact
   resolution, event + outbox row, one transaction), each request with its own
   ``Idempotency-Key``; ``events-nokey`` the same without keys;
@@ -14,6 +15,13 @@ in a subprocess of its own (one at a time, so they do not compete for cores):
 * ``batch``: our ``POST /v1/events/batch`` with 500 events per request;
 * ``segment``: ``POST /segment/v1/batch`` with 500 ``track`` messages per request
   (HTTP Basic write key, ``messageId`` on every message, as Segment clients send).
+
+Same setup for every HTTP scenario: ``uvicorn`` (uvloop, httptools) with ``API_WORKERS``
+processes, the garbage collector tuned as ``hogsend serve`` tunes it, the same embedded
+Postgres (the test server: ``fsync`` and ``synchronous_commit`` off). Every write, ours
+and the ceilings', commits with the server's configured durability: the ceiling and
+``COPY`` use the server default, our single-event path resets its connection to it
+(``SET LOCAL synchronous_commit TO DEFAULT``), our batch path uses it as is.
 
 Load: 50 keep-alive connections from this process (a separate process from the
 server), ~10 s each after a 1 s warm-up, with the minimal asyncio HTTP/1.1 client of
@@ -42,6 +50,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from bench.auth import _percentile, _serve
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys
 from hogsend.settings import load_settings
@@ -53,6 +62,7 @@ CONCURRENCY = 50
 BATCH_SIZE = 500
 USERS = 20_000
 COPY_CONNECTIONS = 4
+API_WORKERS = 1
 SINGLE_BODIES_PER_CONNECTION = 1200
 BATCH_BODIES_PER_CONNECTION = 14
 
@@ -73,7 +83,7 @@ _INSERT = (
 
 
 def insert_api() -> FastAPI:
-    """The single-request ceiling: parse a body, one durable INSERT, answer 202."""
+    """The single-request ceiling: parse a body, one INSERT, answer 202."""
     url = libpq_url(load_settings().database_url or "")
     pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
         url, min_size=2, max_size=10, kwargs={"autocommit": True}, open=False
@@ -103,6 +113,7 @@ def insert_api() -> FastAPI:
         assert row is not None
         return {"eventId": str(row[0])}
 
+    tune_garbage_collector()
     return api
 
 
@@ -369,7 +380,7 @@ def run() -> dict[str, Any]:
             "HOGSEND_RATE_LIMIT_DATA_PLANE": str(10**9),  # counted, never reached
         }
         host = "127.0.0.1"
-        with _serve("bench.ingest:insert_api", env, "/ready") as base:
+        with _serve("bench.ingest:insert_api", env, "/ready", workers=API_WORKERS) as base:
             bodies = _single_bodies(host, {}, key=False, path="/events")
             probe: tuple[str, bytes, dict[str, str]] = (
                 "/events",
@@ -378,7 +389,7 @@ def run() -> dict[str, Any]:
             )
             results["insert"] = asyncio.run(_load(base, probe, bodies, 202))
         for name, with_key in (("events", True), ("events-nokey", False)):
-            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready", workers=API_WORKERS) as base:
                 bodies = _single_bodies(host, bearer, key=with_key, path="/v1/events")
                 probe = ("/v1/events", json.dumps(_event(-2, key=False)).encode(), bearer)
                 results[name] = asyncio.run(_load(base, probe, bodies, 202))
@@ -387,7 +398,7 @@ def run() -> dict[str, Any]:
         results["copy"] = asyncio.run(_copy_ceiling(url, COPY_CONNECTIONS, 50_000_000))
         results["copy-1conn"] = asyncio.run(_copy_ceiling(url, 1, 90_000_000))
         for name, headers in (("batch", bearer), ("segment", basic)):
-            with _serve("bench.apps:hogsend_api", env, "/v1/ready") as base:
+            with _serve("bench.apps:hogsend_api", env, "/v1/ready", workers=API_WORKERS) as base:
                 bodies = _batch_bodies(host, headers, name)
                 path = "/v1/events/batch" if name == "batch" else "/segment/v1/batch"
                 empty = b'{"events": []}' if name == "batch" else b'{"batch": []}'
@@ -424,7 +435,8 @@ def run() -> dict[str, Any]:
         "duration_s": DURATION_S,
         "batch_size": BATCH_SIZE,
         "users": USERS,
-        "server": "uvicorn (1 process), embedded Postgres on the same machine",
+        "server": f"uvicorn (uvloop, httptools), {API_WORKERS} process(es) per scenario",
+        "postgres": "embedded, same machine; fsync and synchronous_commit off for every writer",
         "targets": {"events_to_insert": 0.7, "batch_to_copy": 0.25},
         "results": results,
         "ratios": ratios,

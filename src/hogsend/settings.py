@@ -232,6 +232,12 @@ class Settings(BaseSettings):
         description="Where rate-limit counters live: postgres (shared by every API process) "
         "or memory (per process; limits multiply by the number of processes).",
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=5,
+        description="How long an API process trusts a key it checked (0 = check every request).",
+    )
 
     worker_id: str = Field(
         default_factory=_default_worker_id,
@@ -260,6 +266,12 @@ class Settings(BaseSettings):
         ge=1,
         le=200,
         description="Contacts whose events one dispatcher processes at the same time.",
+    )
+    dispatcher_events_per_transaction: int = Field(
+        default=32,
+        ge=1,
+        le=1000,
+        description="Most events one dispatcher transaction processes (1: one per event).",
     )
     dispatcher_poll_seconds: float = Field(
         default=0.2, gt=0, le=60, description="Idle dispatcher's wait between outbox polls."

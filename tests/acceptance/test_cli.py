@@ -148,7 +148,16 @@ def test_keys_create_list_revoke_against_the_api(
     assert raw not in created.stdout.splitlines()[0]
 
     api = dev_factory("api", command="serve")
-    api.start(env={**env, "HOGSEND_SECRET_KEY": SECRET, "HOGSEND_APP": QUICKSTART})
+    # A revocation by another process reaches an API within its key cache's interval
+    # (test_api_key_cache.py covers that with a fake clock); here, no cache: at once.
+    api.start(
+        env={
+            **env,
+            "HOGSEND_SECRET_KEY": SECRET,
+            "HOGSEND_APP": QUICKSTART,
+            "HOGSEND_API_KEY_CACHE_SECONDS": "0",
+        }
+    )
     api.wait_healthy()
     auth = {"Authorization": f"Bearer {raw}"}
     whoami = httpx.get(f"{api.base_url}/v1/whoami", headers=auth, timeout=5)

@@ -28,7 +28,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    api = create_api(Hogsend(), Settings(env="test", database_url=database_url), engine=engine)
+    # These tests change keys behind the API's back and expect the database's answer on
+    # the next request, so the key cache is off here (test_api_key_cache.py covers it).
+    settings = Settings(env="test", database_url=database_url, api_key_cache_seconds=0)
+    api = create_api(Hogsend(), settings, engine=engine)
     transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client

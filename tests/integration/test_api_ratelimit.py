@@ -7,6 +7,7 @@ windows turn without sleeping.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.api import create_api
+from hogsend.api.deps import DriverPool
 from hogsend.api.ratelimit import (
     MemoryRateLimiter,
     PostgresRateLimiter,
@@ -223,3 +225,83 @@ async def test_old_windows_are_pruned(
     clock.now += WINDOW
     assert await limiter.prune() == 1
     assert await counted(api, engine, f"{key_id}:data") == 0
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[DriverPool]:
+    pool = DriverPool(database_url, max_size=2)
+    yield pool
+    await pool.close()
+
+
+async def test_busy_keys_take_hits_in_blocks_with_exact_headers(
+    pool: DriverPool, engine: AsyncEngine, clock: FakeClock
+) -> None:
+    limiter = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock)
+    limit = 10_000  # blocks of up to 100
+    for n in range(1, 1001):
+        decision = await limiter.hit("k:data", limit=limit)
+        assert decision.allowed
+        assert decision.remaining == limit - n  # exact with one process
+    stored = await counted_bucket(engine, "k:data")
+    assert 1000 <= stored <= 1100  # taken ahead by at most one block
+    assert limiter._leases["k:data"].size == 100
+
+
+async def test_blocks_never_let_processes_pass_the_limit_together(
+    pool: DriverPool, engine: AsyncEngine, clock: FakeClock
+) -> None:
+    first = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock, max_block=8)
+    second = PostgresRateLimiter(pool, window_seconds=WINDOW, clock=clock, max_block=8)
+    limit = 300
+
+    async def burst(limiter: PostgresRateLimiter) -> int:
+        allowed = 0
+        for _ in range(200):
+            allowed += (await limiter.hit("k:data", limit=limit)).allowed
+        return allowed
+
+    allowed = await asyncio.gather(burst(first), burst(second), burst(first))
+    assert await counted_bucket(engine, "k:data") == limit  # stored: exactly the limit
+    # Used: the limit minus at most the block each process still holds unspent.
+    assert limit - 2 * 8 <= sum(allowed) <= limit
+    # Refused once: full until the window turns, with no more round trips.
+    assert first._leases["k:data"].full
+    assert second._leases["k:data"].full
+    clock.now += WINDOW
+    assert (await first.hit("k:data", limit=limit)).allowed
+
+
+async def counted_bucket(engine: AsyncEngine, bucket: str) -> int:
+    async with engine.connect() as conn:
+        hits = await conn.scalar(
+            text("SELECT coalesce(sum(hits), 0) FROM rate_limit_counters WHERE bucket = :b"),
+            {"b": bucket},
+        )
+    return int(hits or 0)
+
+
+@pytest.mark.timeout(60)
+async def test_many_requests_on_a_small_pool_never_wait_on_each_other(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    # A request waiting for its key's next block of hits must not hold a pooled
+    # connection: the request taking the block may need one. With 2 connections and a
+    # mix of key-cache misses and hits, a hold-and-wait would time out (5 s) as 500s.
+    settings = Settings(
+        env="test", database_url=database_url, rate_limit_data_plane=1_000_000, db_pool_size=4
+    )
+    api = create_api(Hogsend(), settings, engine=engine)
+    assert api.state.driver_pool._max_size == 2
+    _, headers = await mint(engine)
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+
+        async def worker() -> list[int]:
+            return [(await client.get("/v1/whoami", headers=headers)).status_code for _ in range(6)]
+
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(worker() for _ in range(40)))
+    await api.state.driver_pool.close()
+    assert {s for run in statuses for s in run} == {200}
+    assert time.monotonic() - started < 4.5

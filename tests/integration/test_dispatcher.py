@@ -792,3 +792,204 @@ async def test_a_consumer_that_breaks_the_connection_is_retried_like_any_failure
 
     await wait_until(drained, timeout=30)
     assert sorted(c.outbox_id for c in journal.calls) == [broken, fine]
+
+
+# -- several events per transaction ------------------------------------------------------
+
+
+class TxRecorder:
+    """Journals the transaction each event is consumed in, and writes an effect row."""
+
+    def __init__(
+        self,
+        name: str,
+        fail: Callable[[DispatchedEvent], bool] | None = None,
+        calls: list[tuple[str, int]] | None = None,
+    ) -> None:
+        self.name = name
+        self.fail = fail
+        self.calls = calls if calls is not None else []
+        self.txids: dict[int, list[int]] = defaultdict(list)
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        txid = (await session.execute(text("SELECT txid_current()"))).scalar_one()
+        self.txids[event.outbox_id].append(int(txid))
+        self.calls.append((self.name, event.outbox_id))
+        await session.execute(
+            text(
+                "INSERT INTO batch_effects (event_id, consumer) VALUES (:e, :c) "
+                "ON CONFLICT DO NOTHING"
+            ),
+            {"e": event.event_id, "c": self.name},
+        )
+        if self.fail is not None and self.fail(event):
+            raise RuntimeError(f"{self.name} refuses outbox row {event.outbox_id}")
+
+
+@pytest.fixture
+async def effects(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE batch_effects (event_id uuid, consumer text, "
+                "PRIMARY KEY (event_id, consumer))"
+            )
+        )
+
+
+async def effect_count(engine: AsyncEngine) -> Counter[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT consumer FROM batch_effects"))
+        return Counter(row[0] for row in rows)
+
+
+@pytest.mark.usefixtures("effects")
+async def test_events_of_several_contacts_share_a_transaction(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    contacts = [uuid.uuid4() for _ in range(6)]
+    ids = await insert_events(engine, [*contacts, *contacts])  # two events each
+    recorder = TxRecorder("effect")
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_concurrency=2, dispatcher_events_per_transaction=4),
+        [recorder],
+        worker_id="w",
+    )
+    assert await dispatcher.run_once() == 12
+    assert await processed_count(engine) == 12
+    transactions = {txids[0] for txids in recorder.txids.values()}
+    # 12 events on 2 lanes, at least 4 per transaction (whole contacts): 3 or 4 commits.
+    assert 2 <= len(transactions) <= 4
+    assert all(len(txids) == 1 for txids in recorder.txids.values())
+    assert (await effect_count(engine))["effect"] == 12
+    rows = await outbox_rows(engine)
+    assert all(rows[i]["consumers_done"] == ["effect"] for i in ids)
+    assert all(rows[i]["locked_until"] is None for i in ids)
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_failure_in_a_shared_transaction_holds_back_only_its_contact(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, b, a, c, a, b])
+    failing = ids[2]  # a's second event
+    calls: list[tuple[str, int]] = []
+    first = TxRecorder("first", calls=calls)
+    flaky = TxRecorder(
+        "flaky", fail=lambda e: e.outbox_id == failing and e.attempt == 1, calls=calls
+    )
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(
+            database_url,
+            dispatcher_concurrency=1,
+            dispatcher_events_per_transaction=10,
+            dispatcher_backoff_base_seconds=0.2,
+            dispatcher_backoff_max_seconds=0.2,
+        ),
+        [first, flaky],
+        worker_id="w",
+    )
+    assert await dispatcher.run_once() == 6
+    rows = await outbox_rows(engine)
+    # one transaction for the whole batch
+    assert len({txids[0] for txids in first.txids.values()}) == 1
+    # a: the first event is done, the failing one recorded its progress, the last waits
+    assert rows[ids[0]]["processed_at"] is not None
+    assert rows[failing]["processed_at"] is None
+    assert rows[failing]["attempts"] == 1
+    assert rows[failing]["consumers_done"] == ["first"]
+    assert rows[failing]["last_error"].startswith("flaky: RuntimeError")
+    assert rows[ids[4]]["processed_at"] is None
+    assert rows[ids[4]]["attempts"] == 0
+    assert rows[ids[4]]["locked_until"] is None
+    assert ids[4] not in first.txids  # never reached
+    # the other contacts' events were processed in the same transaction
+    for i in (ids[1], ids[3], ids[5]):
+        assert rows[i]["processed_at"] is not None
+        assert rows[i]["consumers_done"] == ["first", "flaky"]
+    # the failed consumer's savepoint rolled back its effect, the first consumer's stays
+    assert await effect_count(engine) == Counter({"first": 5, "flaky": 4})
+
+    async def drained() -> bool:
+        await dispatcher.drain()
+        return await processed_count(engine) == 6
+
+    await wait_until(drained, timeout=30)
+    assert len(first.txids[failing]) == 1  # "first" was not run again on the retry
+    assert len(flaky.txids[failing]) == 2
+    assert await effect_count(engine) == Counter({"first": 6, "flaky": 6})
+    # a's last event ran after its failed one succeeded (maybe in the same transaction)
+    assert calls.index(("first", ids[4])) > len(calls) - 1 - calls[::-1].index(("flaky", failing))
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_dead_event_in_a_shared_transaction_lets_its_contact_go_on(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, a, b])
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(
+            database_url,
+            dispatcher_concurrency=1,
+            dispatcher_events_per_transaction=10,
+            dispatcher_max_attempts=1,
+        ),
+        [TxRecorder("doomed", fail=lambda e: e.outbox_id == ids[0])],
+        worker_id="w",
+    )
+    assert await dispatcher.run_once() == 3
+    rows = await outbox_rows(engine)
+    assert rows[ids[0]]["dead_at"] is not None
+    assert rows[ids[1]]["processed_at"] is not None
+    assert rows[ids[2]]["processed_at"] is not None
+    async with engine.connect() as conn:
+        dead = await conn.scalar(text("SELECT count(*) FROM dead_letter_queue"))
+    assert dead == 1
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_lost_claim_in_a_shared_transaction_keeps_nothing_of_it(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    contacts = [uuid.uuid4() for _ in range(4)]
+    ids = await insert_events(engine, contacts)
+    stolen = ids[1]
+
+    class Thief(TxRecorder):
+        async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+            await super().consume(event, session)
+            if event.outbox_id == stolen and len(self.txids[stolen]) == 1:
+                # Another dispatcher claims the row meanwhile (our lease ran out).
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "UPDATE event_outbox SET claimed_by = 'other', claimed_at = now(), "
+                            "locked_until = now() + interval '1 minute' WHERE id = :id"
+                        ),
+                        {"id": stolen},
+                    )
+
+    thief = Thief("effect")
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_concurrency=1, dispatcher_events_per_transaction=10),
+        [thief],
+        worker_id="w",
+    )
+    assert await dispatcher.run_once() == 4
+    rows = await outbox_rows(engine)
+    for i in ids:
+        if i == stolen:
+            assert rows[i]["processed_at"] is None
+            assert rows[i]["claimed_by"] == "other"
+        else:
+            assert rows[i]["processed_at"] is not None
+            # The shared transaction was rolled back; each event then ran on its own.
+            assert len(thief.txids[i]) == 2
+    # The thief's row's effect was rolled back both times; the others' stand once each.
+    assert (await effect_count(engine))["effect"] == 3

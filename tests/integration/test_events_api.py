@@ -446,3 +446,16 @@ async def test_single_and_batch_racing_for_one_key_store_it_once(
         " (SELECT 1 FROM user_events e WHERE e.contact_id = c.id)"
     )
     assert orphans == []
+
+
+async def test_a_bad_idempotency_key_header_is_a_422_naming_it(
+    client: httpx.AsyncClient, ingest_key: str, row_counts: RowCounts
+) -> None:
+    before = await row_counts()
+    for bad in ("", "k" * 513):
+        response = await post_event(
+            client, ingest_key, {"name": "x", "userId": "u"}, **{"Idempotency-Key": bad}
+        )
+        assert response.status_code == 422, bad
+        assert response.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    assert await row_counts() == before

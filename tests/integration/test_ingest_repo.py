@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -16,10 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hogsend.core.identity import Identity, IdentityConflict
 from hogsend.core.ingest import EventInput, IngestResult
-from hogsend.db.engine import make_async_engine, make_sessionmaker
+from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
-from hogsend.db.repos.events import ingest_batch, ingest_event, is_transient_error
+from hogsend.db.repos.events import (
+    ingest_batch,
+    ingest_event,
+    ingest_event_fast,
+    is_transient_error,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -642,3 +648,61 @@ def test_transient_errors_are_recognised() -> None:
     chained.__cause__ = Wrapped()
     assert is_transient_error(chained)
     assert not is_transient_error(ValueError("nope"))
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+@pytest.fixture
+async def raw_conn(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    conn = await psycopg.AsyncConnection.connect(libpq_url(database_url), autocommit=True)
+    yield conn
+    await conn.close()
+
+
+async def test_the_fast_path_prepares_its_statement_once_per_connection(
+    raw_conn: psycopg.AsyncConnection[Any], engine: AsyncEngine
+) -> None:
+    first = await ingest_event_fast(raw_conn, event(user_id="u", idempotency_key="k1"), now=T0)
+    assert first is not None
+    assert first.status == "stored"
+    prepared = await raw_conn.execute(
+        "SELECT count(*) FROM pg_prepared_statements WHERE name = 'hogsend_ingest_event'"
+    )
+    assert await prepared.fetchone() == (1,)
+    again = await ingest_event_fast(raw_conn, event(user_id="u", idempotency_key="k2"), now=T0)
+    assert again is not None
+    assert again.status == "stored"
+    assert again.contact_id == first.contact_id
+    duplicate = await ingest_event_fast(raw_conn, event(user_id="v", idempotency_key="k1"))
+    assert duplicate is not None
+    assert duplicate.status == "duplicate"
+    assert duplicate.event_id == first.event_id
+    # One transaction each, over and done with.
+    assert raw_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    counts = await rows(
+        engine,
+        "SELECT (SELECT count(*) FROM user_events) AS events,"
+        " (SELECT count(*) FROM event_outbox) AS outbox, (SELECT count(*) FROM contacts) AS c",
+    )
+    assert counts == [{"events": 2, "outbox": 2, "c": 1}]
+
+
+async def test_the_fast_path_losing_a_key_to_a_batch_writes_nothing(
+    raw_conn: psycopg.AsyncConnection[Any],
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+) -> None:
+    # A batch (which takes no advisory locks) holds the key, uncommitted, while the fast
+    # path creates a contact for a new person and tries to claim the same key.
+    async with sessions() as first:
+        await first.begin()
+        await ingest_batch(first, [event(anonymous_id="w", idempotency_key="race")], now=T0)
+        fast = asyncio.create_task(
+            ingest_event_fast(raw_conn, event(user_id="new", idempotency_key="race"), now=T0)
+        )
+        await wait_for_lock_waiter(engine)
+        await first.commit()
+    assert await fast is None  # rolled back: the general path will find the duplicate
+    assert await rows(engine, "SELECT id FROM contacts WHERE external_id = 'new'") == []
+    assert raw_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

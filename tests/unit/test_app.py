@@ -160,3 +160,15 @@ def test_load_app_finds_the_object(project: Path) -> None:
 def test_load_app_errors_say_what_to_fix(project: Path, path: str, expected: str) -> None:
     with pytest.raises(AppLoadError, match=expected.replace("(", r"\(").replace(".", r"\.")):
         load_app(path, search=[project])
+
+
+def test_bearer_token_reads_the_header_like_fastapis_scheme() -> None:
+    from hogsend.api.auth import bearer_token
+
+    assert bearer_token("Bearer hsk_abc") == "hsk_abc"
+    assert bearer_token("bearer   hsk_abc ") == "hsk_abc"
+    assert bearer_token("Basic dXNlcjo=") is None
+    assert bearer_token("Bearer") is None
+    assert bearer_token("Bearer   ") is None
+    assert bearer_token("") is None
+    assert bearer_token(None) is None

@@ -376,3 +376,15 @@ def test_page_of_peeks_one_row_to_know_whether_more_follow() -> None:
     assert page_of([1, 2, 3], 2, str) == Page(items=(1, 2), next_cursor="2")
     assert page_of([1, 2], 2, str) == Page(items=(1, 2))
     assert page_of([], 2, str) == Page(items=())
+
+
+def test_control_characters_are_exactly_unicode_category_cc() -> None:
+    import sys
+    import unicodedata
+
+    from hogsend.core.identity import _has_control_characters
+
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        expected = unicodedata.category(char) == "Cc"
+        assert _has_control_characters(f"a{char}b") is expected, hex(code)

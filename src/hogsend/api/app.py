@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import __version__
-from hogsend.api.auth import route_scope
+from hogsend.api.auth import KeyCache, bearer_scheme, route_scope
 from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
 from hogsend.api.middleware import (
@@ -134,6 +134,7 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
     api.state.started_at = time.monotonic()
     # At most one outbox NOTIFY per interval from this API (see NotifyThrottle).
     api.state.outbox_notify = NotifyThrottle()
+    api.state.key_cache = KeyCache(settings.api_key_cache_seconds)
     _detach_engine(api)
     if engine is not None:
         _attach_engine(api, settings, engine)
@@ -234,6 +235,10 @@ def build_openapi(api: FastAPI) -> dict[str, Any]:
             schemas[name] = definition
         schemas[model.__name__] = model_schema
     components["headers"] = deepcopy(_HEADER_DOCS)
+    # ScopeGuard reads the Bearer header itself (see its __call__): document the scheme.
+    components.setdefault("securitySchemes", {})[bearer_scheme.scheme_name] = (
+        bearer_scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    )
 
     scopes = {
         (mounted.path, method.lower()): route_scope(mounted.route)
@@ -260,6 +265,7 @@ def build_openapi(api: FastAPI) -> dict[str, Any]:
                 responses["400"] = _problem("Malformed JSON body")
                 responses["413"] = _problem("Request body too large")
             if secured:
+                operation.setdefault("security", [{bearer_scheme.scheme_name: []}])
                 operation["x-required-scope"] = scope
                 needs = "any valid API key" if scope == "any-key" else f"the `{scope}` scope"
                 operation["description"] = (

@@ -16,14 +16,20 @@ one window length). For an abuse guard per key that is acceptable; it is not a m
 
 Groups: ``admin`` for ``/v1/admin/*``, ``emails`` for ``/v1/emails*``, ``data`` for the
 rest of the authenticated data plane. A limit of 0 disables a group (no headers either).
+
+The Postgres backend does not write a counter per request: each API process takes hits
+ahead in small blocks (:class:`PostgresRateLimiter`), so a busy key costs a round trip
+per block, not per request, while the counter in the database still never passes the
+limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -124,14 +130,42 @@ def _decision(hits: int | None, *, limit: int, reset: int, window: int) -> RateL
     )
 
 
+@dataclass(slots=True, kw_only=True)
+class _Lease:
+    """One bucket's budget in this process for one window."""
+
+    window_start: float
+    counted: int = 0  # the bucket's hits in the database after our last take
+    spare: int = 0  # hits taken from the database and not spent yet
+    size: int = 1  # how many to take next time
+    taken_at: float = -math.inf
+    full: bool = False  # the database refused even one hit: full until the window ends
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class PostgresRateLimiter:
     """Counters in ``rate_limit_counters``, shared by every API process on the database.
+
+    Hits are taken from the database in blocks and spent in this process. A block starts
+    at one hit and doubles each time the previous one was spent within a second (halves
+    otherwise), up to ``max_block`` (by default 1% of the limit, at most 1,000; so a
+    limit under 200 is counted one request per round trip, exactly as it comes). A take
+    is all or nothing and never lets the stored count pass the limit; near the limit it
+    falls back to one hit. A window the database refused once is full for the rest of
+    it, with no further round trip.
+
+    What blocks change, and only with several API processes: a process may hold up to a
+    block of hits it has not spent, so another process can be refused while the total
+    actually used is that much under the limit, and ``RateLimit-Remaining`` counts the
+    other processes' hits as of this process's last take. With one process the numbers
+    are exact.
 
     Args:
         pool: **autocommit** connections, so each count is durable on its own and not
             tied to the fate of the request's transaction.
         window_seconds: the window length.
         clock: seconds since the epoch; injectable for tests.
+        max_block: the most hits taken at once (default: see above).
     """
 
     def __init__(
@@ -140,10 +174,18 @@ class PostgresRateLimiter:
         *,
         window_seconds: int,
         clock: Clock = time.time,
+        max_block: int | None = None,
     ) -> None:
         self.pool = pool
         self.window_seconds = window_seconds
         self.clock = clock
+        self.max_block = max_block
+        self._leases: dict[str, _Lease] = {}
+
+    def _block_cap(self, limit: int) -> int:
+        if self.max_block is not None:
+            return max(1, min(self.max_block, limit))
+        return max(1, min(1000, limit // 100))
 
     async def hit(
         self,
@@ -152,21 +194,75 @@ class PostgresRateLimiter:
         limit: int,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> RateLimitDecision:
-        start, reset = _window(self.clock(), self.window_seconds)
-        window_start = datetime.fromtimestamp(start, UTC)
+        now = self.clock()
+        start, reset = _window(now, self.window_seconds)
+        lease = self._leases.get(bucket)
+        if lease is None or lease.window_start != start:
+            lease = _Lease(window_start=start, size=1 if lease is None else lease.size)
+            self._leases[bucket] = lease
+        if lease.spare == 0 and not lease.full:
+            # One take in flight per bucket: concurrent requests wait for its block.
+            async with lease.lock:
+                if lease.spare == 0 and not lease.full:
+                    await self._take(bucket, lease, limit=limit, now=now, conn=conn)
+        if lease.spare == 0:
+            return _decision(None, limit=limit, reset=reset, window=self.window_seconds)
+        lease.spare -= 1
+        return _decision(
+            lease.counted - lease.spare, limit=limit, reset=reset, window=self.window_seconds
+        )
+
+    async def _take(
+        self,
+        bucket: str,
+        lease: _Lease,
+        *,
+        limit: int,
+        now: float,
+        conn: psycopg.AsyncConnection[Any] | None,
+    ) -> None:
+        cap = self._block_cap(limit)
+        busy = now - lease.taken_at < 1.0
+        size = min(cap, lease.size * 2) if busy else max(1, lease.size // 2)
+        size = min(size, cap)
+        window_start = datetime.fromtimestamp(lease.window_start, UTC)
         if conn is not None:
-            hits = await rate_limits.hit(
-                conn, bucket=bucket, window_start=window_start, limit=limit
-            )
+            hits, taken = await self._take_on(conn, bucket, window_start, size, limit)
         else:
             async with self.pool.connect() as own:
-                hits = await rate_limits.hit(
-                    own, bucket=bucket, window_start=window_start, limit=limit
-                )
-        return _decision(hits, limit=limit, reset=reset, window=self.window_seconds)
+                hits, taken = await self._take_on(own, bucket, window_start, size, limit)
+        lease.size = size
+        lease.taken_at = now
+        if hits is None:
+            lease.full = True
+            return
+        lease.counted = hits
+        lease.spare = taken
+
+    @staticmethod
+    async def _take_on(
+        conn: psycopg.AsyncConnection[Any],
+        bucket: str,
+        window_start: datetime,
+        size: int,
+        limit: int,
+    ) -> tuple[int | None, int]:
+        hits = await rate_limits.take(
+            conn, bucket=bucket, window_start=window_start, n=size, limit=limit
+        )
+        if hits is None and size > 1:
+            # Fewer than a block left: spend what is left one hit at a time.
+            size = 1
+            hits = await rate_limits.take(
+                conn, bucket=bucket, window_start=window_start, n=1, limit=limit
+            )
+        return hits, size
 
     async def prune(self) -> int:
         start, _ = _window(self.clock(), self.window_seconds)
+        self._leases = {
+            bucket: lease for bucket, lease in self._leases.items() if lease.window_start >= start
+        }
         async with self.pool.connect() as conn:
             return await rate_limits.prune(conn, before=datetime.fromtimestamp(start, UTC))
 

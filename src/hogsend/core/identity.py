@@ -11,9 +11,9 @@ Three kinds of key name a person: ``external`` (the caller's ``userId``), ``emai
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -51,8 +51,13 @@ class IdentityError(HogsendError, ValueError):
         self.reason = reason
 
 
+# Unicode's "Cc" category is exactly these two ranges; a regex scans in C (ingest checks
+# every id of every event).
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control_characters(value: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in value)
+    return _CONTROL_CHARACTERS.search(value) is not None
 
 
 def normalize_id(value: str | None, *, field: str = "user_id") -> str | None:
@@ -172,6 +177,8 @@ class Identity:
     user_id: str | None = None
     email: str | None = None
     anonymous_id: str | None = None
+    # Derived once: ingest asks for the keys several times per event.
+    _keys: tuple[IdentityKey, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "user_id", normalize_id(self.user_id, field="user_id"))
@@ -183,6 +190,10 @@ class Identity:
             raise IdentityError(
                 "identity", "at least one of userId, email or anonymousId is needed"
             )
+        keys = tuple(
+            IdentityKey(kind, value) for kind in KEY_KINDS if (value := self.get(kind)) is not None
+        )
+        object.__setattr__(self, "_keys", keys)
 
     def get(self, kind: KeyKind) -> str | None:
         """The value given for one kind of key, if any."""
@@ -195,9 +206,7 @@ class Identity:
     @property
     def keys(self) -> tuple[IdentityKey, ...]:
         """The keys given, in the fixed order external, email, anonymous."""
-        return tuple(
-            IdentityKey(kind, value) for kind in KEY_KINDS if (value := self.get(kind)) is not None
-        )
+        return self._keys
 
     @property
     def signature(self) -> tuple[str | None, str | None, str | None]:

@@ -17,13 +17,17 @@ Guarantees and the consumer contract:
   row is delivered again, so **consumers must be idempotent**: handling the same event
   twice must have the effect of handling it once (deterministic workflow ids, unique
   keys with ``ON CONFLICT DO NOTHING``, upserts).
-* **One transaction per event.** Each consumer runs inside a savepoint of one
+* **Progress commits with the writes.** Each consumer runs inside a savepoint of a
   transaction that also records which consumers are done (``consumers_done``) and,
   when all are, that the row is processed. A consumer's writes through the ``session``
   it is given therefore commit together with its progress: a retry skips consumers that
   already succeeded, and never sees half of a consumer's writes. Side effects outside
   that session (DBOS calls, HTTP) are only at-least-once. A consumer must not commit or
-  roll back the session.
+  roll back the session. One transaction holds the events of several contacts, up to
+  ``dispatcher_events_per_transaction`` (a commit per event was the cost that limited
+  dispatching): a consumer's savepoint keeps its failure from touching the other
+  events, and if the transaction as a whole fails, the failure is recorded for the
+  event it failed on and the others are processed again one transaction each.
 * **Per-contact order.** A row is never processed while an earlier pending row of the
   same contact is unprocessed: not while it is leased, waiting for a retry, or held in
   this batch. A dead row (given up, in the dead-letter queue) no longer holds back the
@@ -367,19 +371,33 @@ class Dispatcher:
         )
         groups = deque(by_contact.values())
         lanes = min(self.settings.dispatcher_concurrency, len(groups))
+        # Share the batch between the lanes rather than fill the first ones.
+        pending = sum(len(rows) for rows in groups)
+        per_transaction = max(
+            1, min(self.settings.dispatcher_events_per_transaction, -(-pending // lanes))
+        )
         try:
-            await asyncio.gather(*(self._lane(groups) for _ in range(lanes)))
+            await asyncio.gather(*(self._lane(groups, per_transaction) for _ in range(lanes)))
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
-    async def _lane(self, groups: deque[list[ClaimedRow]]) -> None:
-        # A lane keeps one connection for the whole batch and takes one contact at a
-        # time: no pool checkout (and ping) per event.
+    async def _lane(self, groups: deque[list[ClaimedRow]], per_transaction: int) -> None:
+        # A lane keeps one connection for the whole batch: no pool checkout (and ping)
+        # per event. It takes whole contacts, enough for one transaction at a time.
         async with self._engine.connect() as conn:
             while groups:
-                await self._process_contact(groups.popleft(), conn)
+                chunk = [groups.popleft()]
+                size = len(chunk[0])
+                while groups and size < per_transaction:
+                    chunk.append(groups.popleft())
+                    size += len(chunk[-1])
+                if per_transaction == 1 or size == 1:
+                    for rows in chunk:
+                        await self._process_contact(rows, conn)
+                else:
+                    await self._process_chunk(chunk, conn)
 
     async def _process_contact(self, rows: list[ClaimedRow], conn: AsyncConnection) -> None:
         for index, row in enumerate(rows):
@@ -402,23 +420,118 @@ class Dispatcher:
         except Exception:
             log.warning("could not release rows; their lease will expire", exc_info=True)
 
-    async def _process_row(self, row: ClaimedRow, conn: AsyncConnection) -> _Outcome:
+    async def _run_consumers(
+        self, row: ClaimedRow, session: AsyncSession
+    ) -> tuple[list[str], tuple[str, Exception] | None]:
+        """Run the row's pending consumers, each in a savepoint, until one fails.
+
+        Returns the consumers done (before and now) and the failure, if any.
+        """
         event = _event_of(row)
         done = list(row.consumers_done)
+        for consumer in self._pending_consumers(row):
+            try:
+                async with session.begin_nested():
+                    await consumer.consume(event, session)
+            except Exception as exc:
+                return done, (consumer.name, exc)
+            done.append(consumer.name)
+        return done, None
+
+    async def _process_chunk(self, chunk: list[list[ClaimedRow]], conn: AsyncConnection) -> None:
+        """Process several contacts' rows in one transaction, with the rules of one row.
+
+        Each row's consumers run in savepoints as in :meth:`_process_row`; the rows that
+        succeed are marked processed together, a failure is recorded for its row (whose
+        contact's later rows are released when it will be retried), all before one
+        commit. If a claim turns out lost, nothing is kept and the rows are processed
+        one by one. If the transaction itself fails, the failure is recorded for the
+        row it failed on (if any), as :meth:`_process_row` does, and the other rows are
+        processed one by one.
+        """
+        token = chunk[0][0].token
+        current: ClaimedRow | None = None
         failure: tuple[str, Exception] | None = None
         try:
             async with (
                 AsyncSession(bind=conn, expire_on_commit=False) as session,
                 session.begin(),
             ):
-                for consumer in self._pending_consumers(row):
-                    try:
-                        async with session.begin_nested():
-                            await consumer.consume(event, session)
-                    except Exception as exc:
-                        failure = (consumer.name, exc)
-                        break
-                    done.append(consumer.name)
+                completed: list[tuple[int, list[str]]] = []
+                released: list[int] = []
+                for rows in chunk:
+                    for index, row in enumerate(rows):
+                        if self._stopping:
+                            released.extend(r.id for r in rows[index:])
+                            break
+                        current = row
+                        done, failure = await self._run_consumers(row, session)
+                        if failure is None:
+                            completed.append((row.id, done))
+                            continue
+                        outcome = await self._record_failure(session, row, done, *failure)
+                        if outcome is None:
+                            raise _ClaimLost
+                        failure = None
+                        if outcome is _Outcome.RETRY:
+                            released.extend(r.id for r in rows[index + 1 :])
+                            break
+                current = None
+                if completed:
+                    marked = await outbox.complete_rows(session, token, completed)
+                    if len(marked) != len(completed):
+                        raise _ClaimLost
+                if released:
+                    await outbox.release(session, token, released)
+        except _ClaimLost:
+            log.warning(
+                "a claim of this batch was lost meanwhile; processing its rows one by one",
+                outbox_ids=[r.id for rows in chunk for r in rows],
+            )
+            for rows in chunk:
+                await self._process_contact(rows, conn)
+        except Exception as exc:
+            redo = chunk
+            if current is not None:
+                name, error = failure if failure is not None else ("dispatcher", exc)
+                outcome = await self._record_failure_alone(current, name, error)
+                redo = []
+                for rows in chunk:
+                    if current not in rows:
+                        redo.append(rows)
+                        continue
+                    at = rows.index(current)
+                    later = rows[at + 1 :]
+                    if outcome is _Outcome.DEAD:
+                        redo.append(rows[:at] + later)
+                    else:
+                        await self._release(later)  # they wait behind the failed row
+                        redo.append(rows[:at])
+            for rows in redo:
+                await self._process_contact(rows, conn)
+
+    async def _record_failure_alone(
+        self, row: ClaimedRow, consumer: str, exc: Exception
+    ) -> _Outcome:
+        """Record a failed attempt in a transaction of its own, against the old progress."""
+        try:
+            async with self._sessions() as session, session.begin():
+                recorded = await self._record_failure(
+                    session, row, list(row.consumers_done), consumer, exc
+                )
+        except Exception:
+            log.exception("could not record a failed attempt", outbox_id=row.id)
+            return _Outcome.LOST
+        return recorded or _Outcome.LOST
+
+    async def _process_row(self, row: ClaimedRow, conn: AsyncConnection) -> _Outcome:
+        failure: tuple[str, Exception] | None = None
+        try:
+            async with (
+                AsyncSession(bind=conn, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                done, failure = await self._run_consumers(row, session)
                 if failure is None:
                     if not await outbox.complete(session, row.token, row.id, consumers_done=done):
                         raise _ClaimLost
@@ -438,15 +551,7 @@ class Dispatcher:
             # The transaction itself failed (say, the connection broke): none of this
             # attempt's writes were kept, so record the failure against the old progress.
             name, error = failure if failure is not None else ("dispatcher", exc)
-            try:
-                async with self._sessions() as session, session.begin():
-                    recorded = await self._record_failure(
-                        session, row, list(row.consumers_done), name, error
-                    )
-            except Exception:
-                log.exception("could not record a failed attempt", outbox_id=row.id)
-                return _Outcome.LOST
-            return recorded or _Outcome.LOST
+            return await self._record_failure_alone(row, name, error)
 
     async def _record_failure(
         self,

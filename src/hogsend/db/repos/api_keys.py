@@ -6,8 +6,9 @@ that lets people tell keys apart. A salted slow hash would buy nothing here: the
 carries 256 bits of entropy, so the digest cannot be brute-forced, and the lookup by
 digest has to be an indexed equality.
 
-Nothing is cached: :func:`authenticate` reads the row on every call, so a revocation or
-an expiry takes effect on the very next request.
+Nothing is cached here: :func:`authenticate` reads the row on every call. The API keeps
+the keys it checked for a few seconds (:class:`hogsend.api.auth.KeyCache`), which bounds
+how long another process may still accept a revoked key.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from hogsend.api.audit import AdminChange, audited
-from hogsend.api.auth import require_scope
+from hogsend.api.auth import key_cache_of, require_scope
 from hogsend.api.deps import DbSession
 from hogsend.api.errors import problem_responses
 from hogsend.api.schemas.api_keys import (
@@ -95,9 +95,16 @@ async def create_api_key(
 )
 async def revoke_api_key(
     id: UUID,
+    request: Request,
     change: AdminChange = audited("full-admin", resource="api-keys", action="api-keys.revoke"),
 ) -> RevokedApiKey:
-    """Revoke a key; it is refused from the very next request. 404 if unknown or revoked."""
+    """Revoke a key; it is refused from the very next request. 404 if unknown or revoked.
+
+    Other API processes may still accept it for up to `HOGSEND_API_KEY_CACHE_SECONDS`.
+    """
     if not await api_keys.revoke_key(change.session, id):
         raise NotFound(f"API key {id} does not exist or is already revoked")
+    cache = key_cache_of(request)
+    if cache is not None:
+        cache.forget(id)
     return RevokedApiKey(revoked=True)
