@@ -74,6 +74,12 @@ APP = textwrap.dedent(
 )
 
 
+IN_FLIGHT = (
+    "SELECT count(*) FROM crash_calls c WHERE NOT EXISTS (SELECT 1 FROM crash_effects e"
+    " WHERE e.event_id = c.event_id AND e.consumer = c.consumer)"
+)
+
+
 def _prepare(engine: Engine) -> list[int]:
     contacts = [uuid.uuid4() for _ in range(CONTACTS)]
     with engine.begin() as conn:
@@ -157,6 +163,12 @@ def test_a_sigkilled_worker_loses_nothing_and_doubles_nothing(
             assert first.poll() is None, (tmp_path / "crash-a.log").read_text()
             assert time.monotonic() < deadline, "the worker processed too little in time"
             time.sleep(0.02)
+        # Effects commit in batches, so the count moves at commits: wait until a call is
+        # in flight (recorded, its effect not committed) and kill it there.
+        while not _count(engine, IN_FLIGHT):
+            assert first.poll() is None, (tmp_path / "crash-a.log").read_text()
+            assert time.monotonic() < deadline, "no call was ever in flight"
+            time.sleep(0.005)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         done_at_kill = _count(
