@@ -205,6 +205,10 @@ def test_the_key_was_accepted_everywhere() -> None:
     if not SEEN:
         pytest.skip("the fuzz test did not run (deselected)")
     for label, statuses in SEEN.items():
+        if label == "POST /v1/admin/imports":
+            # Acceptance needs a parseable upload with a matching mapping, which generated
+            # bodies rarely are; its scope is checked by the scope matrix.
+            continue
         if label in SIGNED:
             assert set(statuses) <= {400, 401, 405, 413, 422}, (label, dict(statuses))
             continue

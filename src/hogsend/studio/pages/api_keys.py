@@ -10,6 +10,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from hogsend.api.auth import KeyCache
 from hogsend.db.repos import api_keys
 from hogsend.db.repos.api_keys import ApiKeyInfo
 from hogsend.db.tables.auth import API_SCOPES
@@ -201,4 +202,8 @@ async def revoke_key(request: Request) -> Response:
             detail={"name": info.name},
         )
         await db.commit()
+    # The API's in-process key cache forgets it at once, as the admin route does.
+    cache = getattr(studio_of(request).api.state, "key_cache", None)
+    if isinstance(cache, KeyCache):
+        cache.forget(key_id)
     return RedirectResponse(studio_of(request).url("/api-keys?notice=revoked"), 303)
