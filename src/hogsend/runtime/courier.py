@@ -25,12 +25,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-import psycopg
 import structlog
 
 from hogsend.db.engine import libpq_url, make_sessionmaker
 from hogsend.db.repos import sends
 from hogsend.errors import TemplateError
+from hogsend.runtime.wakeups import listen_for_wakeups
 
 if TYPE_CHECKING:
     from hogsend.channels.mailer import Mailer
@@ -172,23 +172,10 @@ class Courier:
                 await self._idle(self.poll_seconds)
 
     async def _listen(self) -> None:
-        delay = 1.0
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    libpq_url(self._database_url), autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {sends.HANDOFF_CHANNEL}")
-                    self.listening = True
-                    delay = 1.0
-                    self._wake.set()  # anything handed off while we were not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("courier LISTEN connection failed; polling only", exc_info=True)
-            finally:
-                self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        await listen_for_wakeups(
+            libpq_url(self._database_url),
+            sends.HANDOFF_CHANNEL,
+            self._wake,
+            set_listening=lambda live: setattr(self, "listening", live),
+            what="courier",
+        )

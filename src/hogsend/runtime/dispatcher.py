@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psycopg
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -68,6 +67,7 @@ from hogsend.db.engine import libpq_url, make_sessionmaker
 from hogsend.db.repos import outbox
 from hogsend.db.repos.outbox import OUTBOX_CHANNEL, ClaimedRow, ClaimToken
 from hogsend.errors import DefinitionError, RegistrationClosedError
+from hogsend.runtime.wakeups import listen_for_wakeups
 from hogsend.settings import Settings
 
 if TYPE_CHECKING:
@@ -632,26 +632,13 @@ class Dispatcher:
             # After a batch, look again at once: it may have unblocked later events.
 
     async def _listen(self) -> None:
-        delay = 1.0
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    libpq_url(self.database_url), autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
-                    self.listening = True
-                    delay = 1.0
-                    self._wake.set()  # anything that arrived while we were not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("outbox LISTEN connection failed; polling only", exc_info=True)
-            finally:
-                self.listening = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        await listen_for_wakeups(
+            libpq_url(self.database_url),
+            OUTBOX_CHANNEL,
+            self._wake,
+            set_listening=lambda live: setattr(self, "listening", live),
+            what="outbox",
+        )
 
     async def _sweep_loop(self) -> None:
         while True:
