@@ -343,6 +343,12 @@ class Settings(BaseSettings):
         description="A journey run sleeping or waiting longer than this is parked: it holds "
         "no coroutine until it is due or its event comes.",
     )
+    alert_sweep_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How often one worker evaluates the alert rules.",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -8,7 +8,8 @@ A worker's life::
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
              (hogsend.runtime.deferred) and the campaign scheduler
              (hogsend.runtime.campaigns), all only for an app with templates → the
-             import scheduler → the bucket sweeper (hogsend.runtime.reconcile)
+             import scheduler → the alert evaluator (hogsend.runtime.alerts) → the
+             bucket sweeper (hogsend.runtime.reconcile)
     stop()   stop the campaign scheduler, the sweep and the courier (sends in flight
              finish) → stop the dispatcher (rows in flight finish, the rest are
              released) → stop the heartbeat → DBOS stops dequeuing and drains
@@ -41,6 +42,7 @@ from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime.alerts import AlertSweep
 from hogsend.runtime.campaigns import CampaignScheduler
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
@@ -106,6 +108,7 @@ class Worker:
         self.bucket_sweeper: BucketSweeper | None = None
         self.campaigns: CampaignScheduler | None = None
         self.imports: ImportScheduler | None = None
+        self.alerts: AlertSweep | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -185,6 +188,16 @@ class Worker:
                 Mailer(self.app, self.settings, self.engine, self._email_provider),
             )
             await self.campaigns.start()
+        # Alert rules are evaluated by one worker at a time (an advisory lock per round).
+        self.alerts = AlertSweep.for_app(
+            self.app,
+            self.settings,
+            self.engine,
+            Mailer(self.app, self.settings, self.engine, self._email_provider)
+            if self._email_provider is not None
+            else None,
+        )
+        await self.alerts.start()
         if any(b.criteria is not None for b in self.app.buckets):
             # Backfills new or changed buckets at once, then reconciles every interval.
             self.bucket_sweeper = BucketSweeper.from_settings(self.app, self.settings, self.engine)
@@ -210,6 +223,9 @@ class Worker:
         if self.bucket_sweeper is not None:
             await self.bucket_sweeper.stop(timeout=self.drain_seconds)
             self.bucket_sweeper = None
+        if self.alerts is not None:
+            await self.alerts.stop()
+            self.alerts = None
         if self.campaigns is not None:
             await self.campaigns.stop()
             self.campaigns = None

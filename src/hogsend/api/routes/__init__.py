@@ -17,6 +17,7 @@ from hogsend.api.routes import (
     webhooks,
     whoami,
 )
+from hogsend.api.routes.admin import alerts as admin_alerts
 from hogsend.api.routes.admin import api_keys, audit_logs, dead_letters, metrics
 from hogsend.api.routes.admin import bucket_backfill as admin_bucket_backfill
 from hogsend.api.routes.admin import buckets as admin_buckets
@@ -26,6 +27,7 @@ from hogsend.api.routes.admin import imports as admin_imports
 from hogsend.api.routes.admin import journeys as admin_journeys
 from hogsend.api.routes.admin import outbox as admin_outbox
 from hogsend.api.routes.admin import preferences as admin_preferences
+from hogsend.api.routes.admin import reporting as admin_reporting
 from hogsend.api.routes.admin import sends as admin_sends
 from hogsend.api.routes.admin import suppressions as admin_suppressions
 from hogsend.api.routes.admin import templates as admin_templates
@@ -60,5 +62,7 @@ def include_routes(api: FastAPI) -> None:
         admin_bucket_backfill.router,
         campaigns.router,
         admin_imports.router,
+        admin_reporting.router,
+        admin_alerts.router,
     ):
         api.include_router(router)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, Text, text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hogsend.db.tables.base import Base, Timestamps, uuid_pk
@@ -76,6 +76,11 @@ class AlertRule(Timestamps, Base):
     enabled: Mapped[bool] = mapped_column(server_default=text("true"), index=True)
     cooldown_minutes: Mapped[int] = mapped_column(Integer, server_default=text("60"))
     last_fired_at: Mapped[datetime | None]
+    # Set while the rule's condition holds: it notifies on entering that state, then
+    # again only every cooldown_minutes (0010_alert_rules).
+    firing_since: Mapped[datetime | None]
+    last_evaluated_at: Mapped[datetime | None]
+    last_value: Mapped[float | None] = mapped_column(DOUBLE_PRECISION)
 
     __table_args__ = (
         CheckConstraint(

@@ -1,0 +1,53 @@
+"""Entries into and exits from one bucket per UTC day (the Studio chart and its API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BucketDay:
+    """How many contacts entered and left the bucket on one day."""
+
+    day: date
+    entered: int
+    left: int
+
+
+_PER_DAY = text(
+    """
+    SELECT d.day::date AS day, coalesce(e.n, 0) AS entered, coalesce(l.n, 0) AS left
+    FROM generate_series(CAST(:first AS date), CAST(:last AS date), interval '1 day') AS d(day)
+    LEFT JOIN (
+        SELECT (entered_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n
+        FROM bucket_memberships
+        WHERE bucket_id = :bucket AND deleted_at IS NULL AND entered_at >= :start
+        GROUP BY 1
+    ) e ON e.day = d.day::date
+    LEFT JOIN (
+        SELECT (left_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n
+        FROM bucket_memberships
+        WHERE bucket_id = :bucket AND deleted_at IS NULL AND left_at >= :start
+        GROUP BY 1
+    ) l ON l.day = d.day::date
+    ORDER BY 1
+    """
+)
+
+
+async def per_day(
+    session: AsyncSession, bucket_id: str, *, start: datetime, days: int
+) -> list[BucketDay]:
+    """Entered and left counts for each of ``days`` UTC days from ``start``'s day."""
+    if days < 1:
+        raise ValueError("days must be at least 1")
+    first = start.date()
+    rows = await session.execute(
+        _PER_DAY,
+        {"bucket": bucket_id, "start": start, "first": first, "last": first + timedelta(days - 1)},
+    )
+    return [BucketDay(day=r.day, entered=int(r.entered), left=int(r.left)) for r in rows]
