@@ -72,10 +72,12 @@ class OverviewOut(ApiModel):
     active_buckets: int = Field(description="Buckets with at least one active member.")
     bucket_members: int
     unsubscribed_contacts: int
-    emails_sent_24h: int
-    emails_sent_7d: int
-    emails_30d: OutcomesOut
-    gated_30d: dict[str, int] = Field(description="Attempts a gate stopped, by decision.")
+    emails_sent_24h: int = Field(alias="emailsSent24h")
+    emails_sent_7d: int = Field(alias="emailsSent7d")
+    emails_30d: OutcomesOut = Field(alias="emails30d")
+    gated_30d: dict[str, int] = Field(
+        alias="gated30d", description="Attempts a gate stopped, by decision."
+    )
     dispatcher_lag_seconds: float
     dispatcher_pending: int
     workers_alive: int
