@@ -361,3 +361,32 @@ def test_campaign_routes_take_ingest_and_operator_actions_are_audited(api: FastA
         ("POST", "/v1/campaigns/{id}/resume"): ("admin:write", "campaigns.resume"),
         ("POST", "/v1/campaigns/{id}/cancel"): ("admin:write", "campaigns.cancel"),
     }
+
+
+REPORTING_ROUTE_SCOPES = {
+    ("GET", "/v1/admin/metrics/overview"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/journeys/{id}/funnel"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/templates"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/deliverability"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/campaigns"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/campaigns/{id}/funnel"): ("admin:read", None),
+    ("GET", "/v1/admin/metrics/buckets/{id}"): ("admin:read", None),
+    ("GET", "/v1/admin/event-search"): ("admin:read", None),
+    ("GET", "/v1/admin/alerts/rules"): ("admin:read", None),
+    ("POST", "/v1/admin/alerts/rules"): ("admin:write", "alert-rules.create"),
+    ("GET", "/v1/admin/alerts/rules/{id}"): ("admin:read", None),
+    ("PATCH", "/v1/admin/alerts/rules/{id}"): ("admin:write", "alert-rules.update"),
+    ("DELETE", "/v1/admin/alerts/rules/{id}"): ("admin:write", "alert-rules.delete"),
+    ("GET", "/v1/admin/alerts/history"): ("admin:read", None),
+}
+"""The scopes and audit actions of the reporting and alert routes, pinned."""
+
+
+def test_reporting_and_alert_routes_require_their_pinned_scopes(api: FastAPI) -> None:
+    found = {
+        (method, mounted.path): (route_scope(mounted.route), route_audit_action(mounted.route))
+        for mounted in iter_api_routes(api.routes)
+        for method in mounted.route.methods or ()
+        if (method, mounted.path) in REPORTING_ROUTE_SCOPES
+    }
+    assert found == REPORTING_ROUTE_SCOPES
