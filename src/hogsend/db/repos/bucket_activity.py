@@ -25,13 +25,15 @@ _PER_DAY = text(
     LEFT JOIN (
         SELECT (entered_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n
         FROM bucket_memberships
-        WHERE bucket_id = :bucket AND deleted_at IS NULL AND entered_at >= :start
+        WHERE (CAST(:bucket AS text) IS NULL OR bucket_id = CAST(:bucket AS text))
+          AND deleted_at IS NULL AND entered_at >= :start
         GROUP BY 1
     ) e ON e.day = d.day::date
     LEFT JOIN (
         SELECT (left_at AT TIME ZONE 'UTC')::date AS day, count(*) AS n
         FROM bucket_memberships
-        WHERE bucket_id = :bucket AND deleted_at IS NULL AND left_at >= :start
+        WHERE (CAST(:bucket AS text) IS NULL OR bucket_id = CAST(:bucket AS text))
+          AND deleted_at IS NULL AND left_at >= :start
         GROUP BY 1
     ) l ON l.day = d.day::date
     ORDER BY 1
@@ -40,9 +42,10 @@ _PER_DAY = text(
 
 
 async def per_day(
-    session: AsyncSession, bucket_id: str, *, start: datetime, days: int
+    session: AsyncSession, bucket_id: str | None, *, start: datetime, days: int
 ) -> list[BucketDay]:
-    """Entered and left counts for each of ``days`` UTC days from ``start``'s day."""
+    """Entered and left counts for each of ``days`` UTC days from ``start``'s day, of one
+    bucket (or of all when ``bucket_id`` is None)."""
     if days < 1:
         raise ValueError("days must be at least 1")
     first = start.date()

@@ -24,20 +24,6 @@ class Upcoming:
 
 
 UPCOMING = {
-    "journeys": Upcoming(
-        key="journeys",
-        title="Journeys",
-        will_show="each journey with its enabled switch, run counts per status, its funnel "
-        "(enrolled → sent → opened → clicked → completed) and every run with its step log.",
-        meanwhile="A contact's page already lists its journey runs and steps in its timeline.",
-    ),
-    "buckets": Upcoming(
-        key="buckets",
-        title="Buckets",
-        will_show="each bucket with its size, entries and exits per day, readable criteria, "
-        "members and backfill status.",
-        meanwhile="Bucket entries and exits appear in each contact's timeline.",
-    ),
     "campaigns": Upcoming(
         key="campaigns",
         title="Campaigns",
