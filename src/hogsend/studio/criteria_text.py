@@ -33,6 +33,9 @@ _OPS = {
 }
 
 
+_VERBS = {"sent": "was sent", "opened": "opened", "clicked": "clicked in"}
+
+
 @dataclass(frozen=True, slots=True)
 class Line:
     """One line of a description and how deep it is nested."""
@@ -99,7 +102,7 @@ def describe(condition: Condition, depth: int = 0) -> list[Line]:
         return [
             Line(
                 depth,
-                f"was {condition.action} {what} "
+                f"{_VERBS[condition.action]} {what} "
                 f"{_count(condition.check, condition.count)}{_within(condition.within)}",
             )
         ]
