@@ -29,7 +29,7 @@ chromium:
 ## screenshots: run the Studio browser test and keep its screenshots in docs/screenshots
 screenshots: $(STAMP) chromium
 	STUDIO_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -p no:cacheprovider -q \
-		tests/acceptance/test_studio_browser.py
+		tests/acceptance/test_studio_browser.py tests/acceptance/test_studio_journeys_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
