@@ -746,6 +746,10 @@ async def test_pages_run_a_fixed_number_of_queries(
             "/studio/api-keys": 3,
             "/studio/audit": 3,
             "/studio/dlq": 3,
+            "/studio/journeys": 4,
+            "/studio/journeys/welcome": 6,
+            "/studio/buckets": 7,
+            "/studio/buckets/trial-users": 7,
         }
         for path, limit in limits.items():
             counted[0] = 0

@@ -54,3 +54,21 @@ async def per_day(
         {"bucket": bucket_id, "start": start, "first": first, "last": first + timedelta(days - 1)},
     )
     return [BucketDay(day=r.day, entered=int(r.entered), left=int(r.left)) for r in rows]
+
+
+_TOTALS = text(
+    """
+    SELECT bucket_id,
+           count(*) FILTER (WHERE entered_at >= :start) AS entered,
+           count(*) FILTER (WHERE left_at >= :start) AS left
+    FROM bucket_memberships
+    WHERE deleted_at IS NULL AND (entered_at >= :start OR left_at >= :start)
+    GROUP BY bucket_id
+    """
+)
+
+
+async def totals_since(session: AsyncSession, start: datetime) -> dict[str, tuple[int, int]]:
+    """Per bucket, how many entered and left since ``start`` (buckets with none left out)."""
+    rows = await session.execute(_TOTALS, {"start": start})
+    return {r.bucket_id: (int(r.entered), int(r.left)) for r in rows}

@@ -66,10 +66,7 @@ async def bucket_list(request: Request) -> Response:
         counts = await repo.member_counts(db, [b.id for b in app.buckets])
         states = await bucket_sweeps.bucket_states(db)
         days = await bucket_activity.per_day(db, None, start=start, days=DAYS)
-        per_bucket = {
-            b.id: await bucket_activity.per_day(db, b.id, start=start, days=DAYS)
-            for b in app.buckets
-        }
+        totals = await bucket_activity.totals_since(db, start)
     rows = [
         {
             "bucket": b,
@@ -77,8 +74,8 @@ async def bucket_list(request: Request) -> Response:
             "enabled": overrides.get(b.id, b.enabled),
             "override": overrides.get(b.id),
             "backfill": _backfill(states.get(b.id), b),
-            "entered": sum(d.entered for d in per_bucket[b.id]),
-            "left": sum(d.left for d in per_bucket[b.id]),
+            "entered": totals.get(b.id, (0, 0))[0],
+            "left": totals.get(b.id, (0, 0))[1],
         }
         for b in app.buckets
     ]
