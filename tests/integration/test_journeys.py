@@ -17,12 +17,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Sink, running_sink, settings_for
+from test_emails_api import settings_for
 
 from hogsend import Contact, Hogsend, JourneyContext, define_journey, where
 from hogsend.api.app import create_api
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(120)
 

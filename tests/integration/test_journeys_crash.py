@@ -16,10 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Sink, running_sink, settings_for
+from test_emails_api import settings_for
 
 from hogsend import Hogsend
 from hogsend.api.app import create_api
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(180)
 
