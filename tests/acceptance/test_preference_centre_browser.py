@@ -10,8 +10,6 @@ JavaScript on and off. Debian's ``/usr/bin/chromium`` is driven through Playwrig
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import re
 import socket
@@ -20,8 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +36,7 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.db.engine import make_async_engine
 from hogsend.settings import Settings
+from mail_sink import Sink
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -89,19 +87,6 @@ def make_app(root: Path) -> Hogsend:
         ],
         templates=templates,
     )
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
 
 
 class LiveServer:

@@ -6,14 +6,10 @@ row; a refused login is final at once, with a message that names the settings to
 
 from __future__ import annotations
 
-import email
-import email.policy
-import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +24,9 @@ from hogsend import Hogsend
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.settings import Settings
+from mail_sink import Sink, free_port
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    """Answers DATA from ``script`` first, then accepts."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-    script: list[str] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        if self.script:
-            return self.script.pop(0)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
 
 
 def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
@@ -80,7 +53,7 @@ def server() -> Iterator[Server]:
     controller = Controller(
         sink,
         hostname="127.0.0.1",
-        port=_free_port(),
+        port=free_port(),
         tls_context=server_ctx,
         require_starttls=True,
         authenticator=_authenticate,
