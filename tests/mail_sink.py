@@ -11,12 +11,18 @@ from __future__ import annotations
 import email
 import email.policy
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Literal
 
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# The one login the secured servers accept.
+SMTP_LOGIN = ("ada", "s3cret")
 
 
 def free_port() -> int:
@@ -64,5 +70,55 @@ def running_sink(handler: Sink | None = None) -> Iterator[tuple[Sink, int]]:
     controller.start()
     try:
         yield handler, controller.port
+    finally:
+        controller.stop()
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == tuple(
+        part.encode() for part in SMTP_LOGIN
+    )
+    # handled=False: aiosmtpd answers a failure itself (535); True would leave it unanswered.
+    return AuthResult(success=ok, handled=False)
+
+
+@dataclass
+class SecuredServer:
+    """A TLS + AUTH server: its handler, its port, and a client context that trusts it."""
+
+    sink: Any
+    port: int
+    client_tls: ssl.SSLContext
+
+
+def secured_sink(
+    handler: Any, ca: trustme.CA, tls: Literal["starttls", "implicit"]
+) -> Iterator[SecuredServer]:
+    """A server requiring AUTH (:data:`SMTP_LOGIN`) over TLS, with a certificate from ``ca``.
+
+    ``starttls`` is a submission port (587): plain first, STARTTLS required before AUTH.
+    ``implicit`` is port-465 style: TLS from the first byte.
+    """
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    options: dict[str, Any] = (
+        {"tls_context": server_ctx, "require_starttls": True}
+        if tls == "starttls"
+        # aiosmtpd counts only STARTTLS as TLS for AUTH; this connection is TLS throughout.
+        else {"ssl_context": server_ctx, "auth_require_tls": False}
+    )
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=_authenticate,
+        auth_required=True,
+        **options,
+    )
+    controller.start()
+    try:
+        yield SecuredServer(handler, controller.port, client_ctx)
     finally:
         controller.stop()

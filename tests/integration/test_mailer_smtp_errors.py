@@ -6,7 +6,6 @@ row; a refused login is final at once, with a message that names the settings to
 
 from __future__ import annotations
 
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -15,8 +14,6 @@ from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,44 +21,15 @@ from hogsend import Hogsend
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.settings import Settings
-from mail_sink import Sink, free_port
+from mail_sink import SecuredServer, Sink, secured_sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 
-def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"ada", b"s3cret")
-    return AuthResult(success=ok, handled=False)
-
-
-@dataclass
-class Server:
-    sink: Sink
-    port: int
-    client_tls: ssl.SSLContext
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
+def server() -> Iterator[SecuredServer]:
     """STARTTLS + AUTH, as a submission port (587) is set up."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    sink = Sink()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=free_port(),
-        tls_context=server_ctx,
-        require_starttls=True,
-        authenticator=_authenticate,
-        auth_required=True,
-    )
-    controller.start()
-    yield Server(sink, controller.port, client_ctx)
-    controller.stop()
+    yield from secured_sink(Sink(), trustme.CA(), "starttls")
 
 
 @dataclass
@@ -73,7 +41,7 @@ class Sent:
 
 @pytest.fixture
 async def make_mailer(
-    tmp_path: Path, engine: AsyncEngine, database_url: str, server: Server
+    tmp_path: Path, engine: AsyncEngine, database_url: str, server: SecuredServer
 ) -> AsyncIterator[Callable[..., Sent]]:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -128,7 +96,7 @@ async def one_row(fetch_all: FetchAll, send_id: uuid.UUID) -> dict[str, Any]:
 )
 async def test_a_transient_reply_is_retried_and_the_back_off_recorded(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
     reply: str,
@@ -154,7 +122,7 @@ async def test_a_transient_reply_is_retried_and_the_back_off_recorded(
 
 async def test_transient_replies_give_up_with_every_wait_recorded(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
 ) -> None:
@@ -178,7 +146,7 @@ async def test_transient_replies_give_up_with_every_wait_recorded(
 
 async def test_a_wrong_password_is_final_at_once(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
 ) -> None:
