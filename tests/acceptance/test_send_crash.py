@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,7 +40,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hogsend.db.engine import make_sync_engine
-from mail_sink import Sink, free_port
+from live_server import live_server
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,18 +148,9 @@ class ResendStandIn:
 @pytest.fixture
 def resend() -> Iterator[tuple[ResendStandIn, str]]:
     stand_in = ResendStandIn()
-    port = free_port()
     app = Starlette(routes=[Route("/emails", stand_in.emails, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield stand_in, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with live_server(app) as base:
+        yield stand_in, base
 
 
 # --------------------------------------------------------------------------- the sender

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,7 +31,8 @@ from hogsend.channels.email import ResendProvider, SmtpProvider
 from hogsend.channels.email.message import EmailProvider
 from hogsend.channels.mailer import SEND_ID_HEADER, Mailer, SendRequest
 from hogsend.settings import Settings
-from mail_sink import Sink, free_port
+from live_server import live_server
+from mail_sink import Sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 RESEND_SECRET = "whsec_" + base64.b64encode(b"resend-webhook-signing-key-0001").decode()
@@ -61,18 +59,9 @@ async def _resend_emails(request: Request) -> JSONResponse:
 @pytest.fixture(scope="module")
 def resend_url() -> Iterator[str]:
     """A live stand-in for Resend's POST /emails, answering with a fresh email id."""
-    port = free_port()
     app = Starlette(routes=[Route("/emails", _resend_emails, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with live_server(app) as base:
+        yield base
 
 
 def settings(database_url: str, **overrides: object) -> Settings:
