@@ -241,10 +241,10 @@ async def lock_matches(
 
 
 _INSERT_CONTACTS = text(
-    f"""
+    """
     INSERT INTO contacts (id, external_id, email, anonymous_id, properties,
                           first_seen_at, last_seen_at, created_at, updated_at)
-    SELECT v.id, v.external_id, v.email, v.anonymous_id, coalesce(v.properties, '{{}}'::jsonb),
+    SELECT v.id, v.external_id, v.email, v.anonymous_id, coalesce(v.properties, '{}'::jsonb),
            CAST(:now AS timestamptz), CAST(:now AS timestamptz),
            CAST(:now AS timestamptz), CAST(:now AS timestamptz)
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
