@@ -1,0 +1,42 @@
+"""bucket_sweep_indexes: indexes that keep backfill and reconcile linear in the population
+
+``(contact_id, bucket_id)`` serves the membership epoch (count of a contact's earlier
+rows in a bucket) and the "already a member" probe per contact; the partial
+``(bucket_id, coalesce(last_evaluated_at, '-infinity'), id)`` index over active rows lets a sweep
+batch read its oldest-evaluated members in index order instead of sorting them all.
+
+Revision ID: 0010_bucket_sweep_indexes
+Revises: 0009_import_content
+Create Date: 2026-11-29 00:10:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0010_bucket_sweep_indexes"
+down_revision: str | None = "0009_import_content"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_index(
+        "ix_bucket_memberships_contact_id_bucket_id",
+        "bucket_memberships",
+        ["contact_id", "bucket_id"],
+    )
+    op.create_index(
+        "ix_bucket_memberships_sweep_order",
+        "bucket_memberships",
+        ["bucket_id", sa.text("coalesce(last_evaluated_at, '-infinity'::timestamptz)"), "id"],
+        postgresql_where=sa.text("status = 'active' AND deleted_at IS NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_bucket_memberships_sweep_order", table_name="bucket_memberships")
+    op.drop_index("ix_bucket_memberships_contact_id_bucket_id", table_name="bucket_memberships")
