@@ -9,6 +9,12 @@ lines are recorded with their line numbers and reasons, and the cursor moves pas
 A run killed anywhere is recovered by DBOS and resumes at the first uncommitted chunk;
 a re-run of a chunk finds the contacts it made, so nothing is duplicated.
 
+A run whose worker died for good (DBOS only recovers a workflow when its own executor
+comes back) is found by the reaper every scheduler round runs first: a ``processing``
+job without a committed chunk for ``HOGSEND_IMPORT_STALE_SECONDS`` goes back to
+``pending`` without an owner, once, under a cluster-wide lock, and the next claim
+starts one new run at the stored cursor (see :func:`hogsend.db.repos.imports.reap_stale`).
+
 ``hogsend import contacts`` runs the same :func:`import_chunk` loop in the CLI process.
 """
 
@@ -18,7 +24,7 @@ import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -222,8 +228,16 @@ class ImportScheduler:
             self._task = None
 
     async def run_once(self) -> list[uuid.UUID]:
-        """Claim pending jobs and enqueue a run for each; returns their ids."""
+        """Reap stalled jobs, then claim pending jobs and enqueue a run for each; returns
+        the ids of the runs started."""
         started = []
+        now = datetime.now(UTC)
+        async with make_sessionmaker(self.engine)() as session, session.begin():
+            reaped = await repo.reap_stale(
+                session, now, timedelta(seconds=self.settings.import_stale_seconds)
+            )
+        if reaped:
+            log.warning("stalled imports handed to a new run", imports=[str(i) for i in reaped])
         async with make_sessionmaker(self.engine)() as session, session.begin():
             for job_id, owner in await repo.claim_pending(session, datetime.now(UTC), limit=10):
                 with SetWorkflowID(owner):
