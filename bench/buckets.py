@@ -326,13 +326,15 @@ async def _offer(url: str, *, rate: float, seconds: float, contacts: int) -> int
 # Commit to commit: the event's ingest transaction, and the dispatcher transaction that
 # marked it processed together with its membership writes and transition events (an
 # outbox row is rewritten by nothing else while its dispatcher runs; transition events
-# are inserted, never updated, so their xmin names the transaction that emitted them).
+# are inserted, never updated; consumers run in savepoints, so a transition's xmin is a
+# subtransaction of the dispatcher's, with the same commit timestamp).
 _LATENCIES = """
 SELECT extract(epoch FROM pg_xact_commit_timestamp(o.xmin)
                           - pg_xact_commit_timestamp(e.xmin)) AS seconds,
        EXISTS (SELECT 1 FROM user_events t
                WHERE t.contact_id = o.contact_id AND t.source = 'bucket'
-                 AND t.xmin = o.xmin) AS transition
+                 AND pg_xact_commit_timestamp(t.xmin)
+                     = pg_xact_commit_timestamp(o.xmin)) AS transition
 FROM event_outbox o JOIN user_events e ON e.id = o.event_id
 WHERE o.processed_at IS NOT NULL AND e.source = 'api'
 """
