@@ -1,5 +1,8 @@
 """Run the benchmarks: ``python -m bench`` runs them all, ``python -m bench auth`` one.
 
+Options (``--sizes=100000,1000000``) are passed to the benchmarks that define
+``main(argv)``; the others ignore them.
+
 A benchmark is a module of this package with ``run() -> dict[str, Any]``; it prints its
 own table and returns what to keep. The JSON written to ``bench/results/<name>.json``
 adds the machine it ran on (core count first: every number depends on it).
@@ -47,7 +50,9 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     available = discover()
-    chosen = argv or available
+    # ``--name=value`` options go to the benchmarks that take them (a ``main(argv)``).
+    options = [a for a in argv if a.startswith("--")]
+    chosen = [a for a in argv if not a.startswith("--")] or available
     unknown = sorted(set(chosen) - set(available))
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {', '.join(available)}", file=sys.stderr)
@@ -56,7 +61,9 @@ def main(argv: list[str]) -> int:
     for name in chosen:
         print(f"== bench {name} ==", flush=True)
         started = time.perf_counter()
-        result = importlib.import_module(f"bench.{name}").run()
+        module = importlib.import_module(f"bench.{name}")
+        entry = getattr(module, "main", None)
+        result = entry(options) if callable(entry) else module.run()
         document = {
             "benchmark": name,
             "machine": machine(),
