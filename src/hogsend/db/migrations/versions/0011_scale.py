@@ -11,8 +11,8 @@ batch read its oldest-evaluated members in index order instead of sorting them a
 ``substring(content FROM offset FOR n)`` fetches only the TOAST chunks it needs (with
 compression, every chunk decompressed the file from its start: quadratic in its size).
 
-Revision ID: 0010_scale
-Revises: 0009_import_content
+Revision ID: 0011_scale
+Revises: 0010_ingest_indexes
 Create Date: 2026-11-29 00:10:00.000000
 """
 
