@@ -49,7 +49,9 @@ from hogsend.core.enrollment import (
 from hogsend.core.identifiers import durable_name
 from hogsend.core.journey_context import JourneyHistory, When
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.core.reactions import all_journeys
 from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import buckets as buckets_repo
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
@@ -136,7 +138,9 @@ class JourneyRuntime:
         self.clock = clock
         self.park_after = park_after
         self.sessions = make_sessionmaker(engine)
-        self.definitions = {j.id: j for j in app.journeys}
+        # The user's journeys and the bucket reactions' (raises on an id used by both).
+        self.definitions = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
+        self.buckets = {b.id: b for b in app.buckets}
         self.workflows: dict[str, Workflow] = {}
 
     # -- registration ----------------------------------------------------------------------
@@ -294,6 +298,10 @@ class JourneyRuntime:
 
         if not await repo.is_enabled(session, definition.id, default=definition.enabled):
             await refuse("disabled")
+            return None
+        bucket = self.buckets.get(definition.bucket_id) if definition.bucket_id else None
+        if bucket is not None and not await buckets_repo.is_enabled(session, bucket):
+            await refuse("bucket_disabled")
             return None
         if not spec_matches(definition.trigger, trigger.name, trigger.properties):
             await refuse("trigger_filter")
