@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from examples.quickstart.app import app
+
 from hogsend import days, hours, minutes
 from hogsend.core.contact import Contact
 from hogsend.testing import JourneyHarness, make_contact
@@ -26,7 +27,7 @@ def templates(h: JourneyHarness) -> list[str]:
 
 def test_the_app_ships_four_journeys_one_of_them_a_bucket_reaction() -> None:
     assert [j.id for j in app.journeys] == ["welcome", "trial-ending", "payment-recovery"]
-    [reaction] = [r for r in app.buckets if r.id == "lapsed"][0].reactions
+    [reaction] = next(r for r in app.buckets if r.id == "lapsed").reactions
     assert reaction.journey_id == "bucket-lapsed-on-enter"
     assert app.check() == []
 
