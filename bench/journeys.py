@@ -21,11 +21,12 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
 * ``parked``: ``PARKED`` runs of a journey that ``sleep_until`` a time carried by its
   trigger event: ``PARKED - WAKE`` due in ten days, then ``WAKE`` due together a little
   after they can all have parked (the worker parks waits longer than
-  ``PARK_AFTER_SECONDS``, so that group parks too). Measured: the creation rate (through the real path:
-  dispatcher, enrollment, workflow start, park), the worker's RSS with every run
-  parked (target < 300 MB) and its live asyncio tasks, then SIGKILL and a new worker
-  process: time until it is started, and its RSS; then the time from the due instant
-  until all ``WAKE`` runs completed (target < 60 s).
+  ``PARK_AFTER_SECONDS``, so that group parks too). Measured: the creation rate
+  (through the real path: dispatcher, enrollment, workflow start, park), the worker's
+  RSS with every run parked (target < 300 MB) and its live asyncio tasks, a graceful
+  restart, then SIGKILL and a new worker process: time until it is started, and its
+  RSS; then the time from the due instant until all ``WAKE`` runs completed (target
+  < 60 s).
 
 Run with ``python -m bench journeys`` (the defaults below) or pick counts:
 ``python -m bench journeys --enrolls 2000 --parked 20000 --wake 5000``.
