@@ -9,6 +9,8 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
 * ``bare``: the ceiling. A process launched exactly like a worker's DBOS (same
   configuration, same ``journeys`` queue) enqueues ``ENROLLS`` one-step async workflows
   and runs them; workflows/s from the first enqueue to the last completion.
+  The same with three steps (``bare_three_steps``): a run of the one-step journey
+  takes three (start, the body's step, completed), so that ratio is reported too.
 * ``enroll``: ``ENROLLS`` ``bench.enroll`` events (one contact each) into a running
   worker whose journey does one step (``ctx.log``). Per run: the dispatcher's guards
   and enrollment transaction, the enqueue, the start step, the log step, the completed
@@ -160,7 +162,7 @@ class WorkerProcess:
         self.process.join(30)
 
 
-async def _bare(url: str, count: int) -> dict[str, Any]:
+async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
     from dbos import DBOS
 
     from hogsend.runtime.dbos_setup import destroy_dbos, launch_dbos
@@ -172,10 +174,12 @@ async def _bare(url: str, count: int) -> dict[str, Any]:
         async def noop(n: int) -> int:
             return n
 
-        async def bare_one_step(n: int) -> int:
-            return int(await DBOS.run_step_async({"name": "bench.step"}, noop, n))
+        async def bare_steps(n: int) -> int:
+            for _ in range(steps):
+                n = int(await DBOS.run_step_async({"name": "bench.step"}, noop, n))
+            return n
 
-        workflows.append(DBOS.workflow(name="bench.bare")(bare_one_step))
+        workflows.append(DBOS.workflow(name="bench.bare")(bare_steps))
 
     launch_dbos(_settings(url), url, registrations=[register])
     await declare_queues()
@@ -197,14 +201,15 @@ async def _bare(url: str, count: int) -> dict[str, Any]:
     destroy_dbos()
     return {
         "workflows": count,
+        "steps": steps,
         "enqueue_s": round(enqueued, 2),
         "elapsed_s": round(elapsed, 2),
         "per_s": round(count / elapsed, 1),
     }
 
 
-def _bare_main(url: str, count: int, out: Any) -> None:
-    out.put(asyncio.run(_bare(url, count)))
+def _bare_main(url: str, count: int, steps: int, out: Any) -> None:
+    out.put(asyncio.run(_bare(url, count, steps)))
 
 
 def _in_process(target: Any, *args: Any) -> dict[str, Any]:
@@ -500,11 +505,19 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
                 return url
 
             if "throughput" not in options.skip:
-                bare = _in_process(_bare_main, database("bench_bare"), options.enrolls)
+                bare = _in_process(_bare_main, database("bench_bare"), options.enrolls, 1)
+                bare3 = _in_process(_bare_main, database("bench_bare3"), options.enrolls, 3)
                 enroll = _enroll_part(database("bench_enroll"), options.enrolls)
                 ratio = round(enroll["per_s"] / bare["per_s"], 2)
-                result |= {"bare": bare, "enroll": enroll, "ratio": ratio}
+                result |= {
+                    "bare": bare,
+                    "bare_three_steps": bare3,
+                    "enroll": enroll,
+                    "ratio": ratio,
+                    "ratio_to_three_steps": round(enroll["per_s"] / bare3["per_s"], 2),
+                }
                 print(f"bare DBOS one-step   {bare['per_s']:>8} workflows/s ({options.enrolls:,})")
+                print(f"bare DBOS 3 steps    {bare3['per_s']:>8} workflows/s")
                 print(f"enrollments          {enroll['per_s']:>8} runs/s completed")
                 print(f"ratio                {ratio:>8} (target >= {TARGET_RATIO})")
             if "latency" not in options.skip:
