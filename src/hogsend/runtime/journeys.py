@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from dbos import DBOS, SetWorkflowID
 from dbos._error import DBOSNonExistentWorkflowError
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.channels.mailer import Mailer, SendRequest
@@ -69,6 +72,10 @@ TOPIC = "hogsend.journey"
 EXIT_SWEEP_SECONDS = 1.0
 """How often a worker looks for runs exited elsewhere (API, Studio) that still run."""
 """The one DBOS message topic of a run: exit signals and awaited events."""
+
+START_LOCK_TIMEOUT_MS = 100
+START_RETRY_SECONDS = 0.2
+"""A run's start step waits for its enrolling transaction in these slices."""
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -208,9 +215,25 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         now = self.clock()
+        while True:
+            try:
+                return await self._start_once(journey_id, state_id, enrollment, now)
+            except DBAPIError as exc:
+                if not isinstance(exc.orig, LockNotAvailable):
+                    raise
+            # The enrolling transaction has not committed yet. Wait for it without
+            # holding a pooled connection: many starting runs blocked in the insert
+            # drained the pool under load (bench/journeys.py).
+            await asyncio.sleep(START_RETRY_SECONDS)
+
+    async def _start_once(
+        self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any], now: datetime
+    ) -> tuple[Contact, str, datetime] | None:
         async with self.sessions() as session, session.begin():
-            # Blocks until the enrolling transaction commits; inserts the row itself when
-            # that transaction rolled back after enqueueing (its retry will find the run).
+            await session.execute(text(f"SET LOCAL lock_timeout = '{START_LOCK_TIMEOUT_MS}ms'"))
+            # Waits (see _start_step) until the enrolling transaction commits; inserts the
+            # row itself when that transaction rolled back after enqueueing (its retry
+            # will find the run).
             await repo.insert_run(
                 session,
                 state_id=state_id,
