@@ -75,6 +75,7 @@ EXIT_SWEEP_SECONDS = 1.0
 
 START_LOCK_TIMEOUT_MS = 100
 START_RETRY_SECONDS = 0.2
+START_RETRY_MAX_SECONDS = 2.0
 """A run's start step waits for its enrolling transaction in these slices."""
 
 T = TypeVar("T")
@@ -215,6 +216,7 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         now = self.clock()
+        pause = START_RETRY_SECONDS
         while True:
             try:
                 return await self._start_once(journey_id, state_id, enrollment, now)
@@ -223,8 +225,10 @@ class JourneyRuntime:
                     raise
             # The enrolling transaction has not committed yet. Wait for it without
             # holding a pooled connection: many starting runs blocked in the insert
-            # drained the pool under load (bench/journeys.py).
-            await asyncio.sleep(START_RETRY_SECONDS)
+            # drained the pool under load (bench/journeys.py). Back off: a long
+            # dispatcher transaction should not be polled by every run it started.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, START_RETRY_MAX_SECONDS)
 
     async def _start_once(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any], now: datetime
