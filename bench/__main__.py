@@ -1,11 +1,10 @@
 """Run the benchmarks: ``python -m bench`` runs them all, ``python -m bench auth`` one.
 
-Options (``--sizes=100000,1000000``) are passed to the benchmarks that define
-``main(argv)``; the others ignore them.
-
 A benchmark is a module of this package with ``run() -> dict[str, Any]``; it prints its
-own table and returns what to keep. The JSON written to ``bench/results/<name>.json``
-adds the machine it ran on (core count first: every number depends on it).
+own table and returns what to keep. Options after one benchmark's name go to its
+``main(argv)`` or ``run(argv)`` (``python -m bench journeys --parked 20000``). The JSON written to
+``bench/results/<name>.json`` adds the machine it ran on (core count first: every
+number depends on it).
 """
 
 from __future__ import annotations
@@ -50,9 +49,13 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     available = discover()
-    # ``--name=value`` options go to the benchmarks that take them (a ``main(argv)``).
-    options = [a for a in argv if a.startswith("--")]
-    chosen = [a for a in argv if not a.startswith("--")] or available
+    # Names first; from the first option on, the arguments belong to the one benchmark.
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:split], argv[split:]
+    chosen = names or available
+    if options and len(chosen) != 1:
+        print("options need exactly one benchmark name before them", file=sys.stderr)
+        return 2
     unknown = sorted(set(chosen) - set(available))
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {', '.join(available)}", file=sys.stderr)
@@ -63,7 +66,11 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         module = importlib.import_module(f"bench.{name}")
         entry = getattr(module, "main", None)
-        result = entry(options) if callable(entry) else module.run()
+        # A benchmark taking options reads them in ``main(argv)`` or ``run(argv)``.
+        if callable(entry):
+            result = entry(options)
+        else:
+            result = module.run(options) if options else module.run()
         document = {
             "benchmark": name,
             "machine": machine(),

@@ -53,6 +53,7 @@ from hogsend.core.mailer_gates import (
     SendWindow,
     decide,
 )
+from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import recipient_timezone
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
@@ -964,7 +965,7 @@ async def explain(
     category: str | None = None
     gap: timedelta | None = None
     if journey is not None:
-        found = {j.id: j for j in app.journeys}
+        found = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
         if journey not in found:
             raise KeyError(journey)
         kind, gap = "journey", found[journey].suppress

@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from dbos import DBOS, SetWorkflowID
 from dbos._error import DBOSNonExistentWorkflowError
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.channels.mailer import Mailer, SendRequest
@@ -49,7 +52,9 @@ from hogsend.core.enrollment import (
 from hogsend.core.identifiers import durable_name
 from hogsend.core.journey_context import JourneyHistory, When
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.core.reactions import all_journeys
 from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import buckets as buckets_repo
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
@@ -67,6 +72,11 @@ TOPIC = "hogsend.journey"
 EXIT_SWEEP_SECONDS = 1.0
 """How often a worker looks for runs exited elsewhere (API, Studio) that still run."""
 """The one DBOS message topic of a run: exit signals and awaited events."""
+
+START_LOCK_TIMEOUT_MS = 100
+START_RETRY_SECONDS = 0.2
+START_RETRY_MAX_SECONDS = 2.0
+"""A run's start step waits for its enrolling transaction in these slices."""
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -136,7 +146,9 @@ class JourneyRuntime:
         self.clock = clock
         self.park_after = park_after
         self.sessions = make_sessionmaker(engine)
-        self.definitions = {j.id: j for j in app.journeys}
+        # The user's journeys and the bucket reactions' (raises on an id used by both).
+        self.definitions = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
+        self.buckets = {b.id: b for b in app.buckets}
         self.workflows: dict[str, Workflow] = {}
 
     # -- registration ----------------------------------------------------------------------
@@ -204,9 +216,28 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         now = self.clock()
+        pause = START_RETRY_SECONDS
+        while True:
+            try:
+                return await self._start_once(journey_id, state_id, enrollment, now)
+            except DBAPIError as exc:
+                if not isinstance(exc.orig, LockNotAvailable):
+                    raise
+            # The enrolling transaction has not committed yet. Wait for it without
+            # holding a pooled connection: many starting runs blocked in the insert
+            # drained the pool under load (bench/journeys.py). Back off: a long
+            # dispatcher transaction should not be polled by every run it started.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, START_RETRY_MAX_SECONDS)
+
+    async def _start_once(
+        self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any], now: datetime
+    ) -> tuple[Contact, str, datetime] | None:
         async with self.sessions() as session, session.begin():
-            # Blocks until the enrolling transaction commits; inserts the row itself when
-            # that transaction rolled back after enqueueing (its retry will find the run).
+            await session.execute(text(f"SET LOCAL lock_timeout = '{START_LOCK_TIMEOUT_MS}ms'"))
+            # Waits (see _start_step) until the enrolling transaction commits; inserts the
+            # row itself when that transaction rolled back after enqueueing (its retry
+            # will find the run).
             await repo.insert_run(
                 session,
                 state_id=state_id,
@@ -294,6 +325,10 @@ class JourneyRuntime:
 
         if not await repo.is_enabled(session, definition.id, default=definition.enabled):
             await refuse("disabled")
+            return None
+        bucket = self.buckets.get(definition.bucket_id) if definition.bucket_id else None
+        if bucket is not None and not await buckets_repo.is_enabled(session, bucket):
+            await refuse("bucket_disabled")
             return None
         if not spec_matches(definition.trigger, trigger.name, trigger.properties):
             await refuse("trigger_filter")

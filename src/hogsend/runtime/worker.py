@@ -129,7 +129,7 @@ class Worker:
                 self.database_url, pool_size=self.settings.db_pool_size
             )
         registrations = list(self.registrations)
-        if self.app.journeys:
+        if self.app.journeys or any(b.reactions for b in self.app.buckets):
             # Before launch: recovered runs may send at once, so the mailer must exist.
             mailer = None
             if self.app.templates is not None:

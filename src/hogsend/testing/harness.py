@@ -38,6 +38,7 @@ from hogsend.core.entry_rules import (
     entry_refusal,
 )
 from hogsend.core.mailer_gates import Decision, SendFacts, decide
+from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import (
     ResolvedTimezone,
     SendWindow,
@@ -397,7 +398,7 @@ class JourneyHarness:
             if journey is not None and journey != target.id:
                 raise HarnessError(f"journey {journey!r} given, but the target is {target.id!r}")
             return target
-        journeys = target.journeys
+        journeys = all_journeys(target.journeys, target.buckets)
         if journey is None:
             if len(journeys) != 1:
                 raise HarnessError(
