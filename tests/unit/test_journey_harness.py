@@ -342,8 +342,8 @@ class TestEntryAndTrigger:
 
         h = JourneyHarness(pro_only)
         contact = ada()
-        assert await h.start(contact, properties={"plan": "free"}) == "trigger_conditions_not_met"
-        assert await h.start(contact, enabled=False) == "journey_disabled"
+        assert await h.start(contact, properties={"plan": "free"}) == "trigger_filter"
+        assert await h.start(contact, enabled=False) == "disabled"
         assert h.status == "not_started"
         assert await h.start(contact, properties={"plan": "pro"}) is None
         assert h.status == "completed"

@@ -40,12 +40,12 @@ from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.core.enrollment import (
     enrollment_workflow_id,
-    entry_refusal,
     pick_variant,
     properties_match,
     spec_event,
     spec_matches,
 )
+from hogsend.core.entry_rules import Refusal, entry_ordinal, entry_refusal
 from hogsend.core.identifiers import durable_name
 from hogsend.core.journey_context import JourneyHistory, When
 from hogsend.core.mailer_gates import SendWindow
@@ -280,7 +280,7 @@ class JourneyRuntime:
             await self._enqueue(definition, existing.id, _enrollment_of(existing, trigger))
             return existing.workflow_id
 
-        async def refuse(reason: str) -> None:
+        async def refuse(reason: Refusal) -> None:
             await repo.add_log(
                 session,
                 journey_id=definition.id,
@@ -300,7 +300,7 @@ class JourneyRuntime:
             return None
         await repo.lock_enrollment(session, contact_id, definition.id)
         history = await repo.entry_history(session, contact_id, definition.id)
-        reason = entry_refusal(definition.entry_limit, definition.entry_period, history, now)
+        reason = entry_refusal(definition.entry_limit, history, now, period=definition.entry_period)
         if reason is not None:
             await refuse(reason)
             return None
@@ -308,7 +308,7 @@ class JourneyRuntime:
         if contact is None:
             await refuse("contact_deleted")
             return None
-        ordinal = history.runs + 1
+        ordinal = entry_ordinal(history)
         workflow_id = enrollment_workflow_id(definition.id, contact_id, ordinal)
         state_id = uuid.uuid4()
         enrollment = {
@@ -333,7 +333,7 @@ class JourneyRuntime:
             now=now,
         )
         if not inserted:
-            await refuse("already_running")
+            await refuse("already_active")
             return None
         await repo.add_log(
             session,
@@ -560,7 +560,8 @@ class DurableJourneyContext:
         return self._history
 
     def now(self) -> datetime:
-        """The time of the run's latest durable operation (replays give the same value)."""
+        """The recorded time of the run's latest clock reading: its start, the start of
+        each operation, the end of each wait (replays give the same value)."""
         return self._now
 
     def when(self) -> When:
@@ -598,7 +599,8 @@ class DurableJourneyContext:
         runtime = self.runtime
         state_id = self.state_id
 
-        async def write() -> tuple[str | None, dict[str, Any] | None]:
+        async def write() -> tuple[str | None, dict[str, Any] | None, datetime]:
+            now = runtime.clock()
             async with runtime.sessions() as session, session.begin():
                 status_after = await repo.move(
                     session,
@@ -608,7 +610,7 @@ class DurableJourneyContext:
                     next_wake_at=next_wake_at,
                     waiting_for_event=waiting_for_event,
                     context=context,
-                    now=runtime.clock(),
+                    now=now,
                 )
                 found = None
                 if lookback is not None and status_after in repo.RUNNING:
@@ -619,9 +621,12 @@ class DurableJourneyContext:
                         if properties_match(match, event.properties):
                             found = event_message(event)
                             break
-                return status_after, found
+                return status_after, found, now
 
-        status_after, found = await DBOS.run_step_async({"name": "journey.move"}, write)
+        status_after, found, now = await DBOS.run_step_async({"name": "journey.move"}, write)
+        # A wait ends with a move: ctx.now() then reads the wake-up time (recorded, so a
+        # replay sees the same), as the harness's virtual clock does.
+        self._now = now
         if status_after not in repo.RUNNING:
             raise JourneyExit(await self._exit_reason())
         return found

@@ -4,6 +4,7 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
+             → the dead-worker takeover (hogsend.runtime.takeover)
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
              (hogsend.runtime.deferred) and the campaign scheduler
@@ -50,6 +51,7 @@ from hogsend.runtime.imports import ImportScheduler
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
+from hogsend.runtime.takeover import Takeover
 from hogsend.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -106,6 +108,7 @@ class Worker:
         self.bucket_sweeper: BucketSweeper | None = None
         self.campaigns: CampaignScheduler | None = None
         self.imports: ImportScheduler | None = None
+        self.takeover: Takeover | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -150,6 +153,15 @@ class Worker:
         self._started_at = datetime.now(UTC)
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="hogsend-heartbeat")
+        # Resumes the in-flight workflows of workers that died for good (stale heartbeat).
+        self.takeover = Takeover(
+            self.engine,
+            worker_id=self.settings.worker_id,
+            application_version=self.settings.application_version,
+            stale_after=timedelta(seconds=self.settings.worker_stale_seconds),
+            every=self.settings.heartbeat_seconds,
+        )
+        self.takeover.start()
         self.dispatcher = Dispatcher(
             self.engine,
             self.settings,
@@ -235,6 +247,9 @@ class Worker:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)
             self.dispatcher = None
+        if self.takeover is not None:
+            await self.takeover.stop()
+            self.takeover = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
