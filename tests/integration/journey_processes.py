@@ -124,6 +124,8 @@ async def stop_worker(process: asyncio.subprocess.Process) -> None:
 
 async def kill_worker(process: asyncio.subprocess.Process) -> None:
     """SIGKILL: no cleanup of any kind runs in the worker."""
+    if process.returncode is not None:
+        return
     process.kill()
     await process.wait()
 
