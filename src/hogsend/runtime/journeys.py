@@ -504,21 +504,30 @@ class _History(JourneyHistory):
         ctx = self._ctx
         since = self._since(within)
 
-        async def read() -> int:
+        async def read() -> int | None:
             async with ctx.runtime.sessions() as session:
+                if await repo.lock_status(session, ctx.state_id) not in repo.RUNNING:
+                    return None
                 return await repo.count_events(session, ctx.contact.id, name, since=since)
 
-        return await ctx.step("history.count", read)
+        count = await ctx.step("history.count", read)
+        if count is None:
+            raise JourneyExit(await ctx._exit_reason())
+        return count
 
     async def last(self, name: str) -> Event | None:
         ctx = self._ctx
 
-        async def read() -> dict[str, Any] | None:
+        async def read() -> tuple[bool, dict[str, Any] | None]:
             async with ctx.runtime.sessions() as session:
+                if await repo.lock_status(session, ctx.state_id) not in repo.RUNNING:
+                    return False, None
                 found = await repo.contact_events(session, ctx.contact.id, name, limit=1)
-            return event_message(found[0]) if found else None
+            return True, event_message(found[0]) if found else None
 
-        data = await ctx.step("history.last", read)
+        running, data = await ctx.step("history.last", read)
+        if not running:
+            raise JourneyExit(await ctx._exit_reason())
         return None if data is None else event_from_message(data)
 
 
@@ -689,8 +698,10 @@ class DurableJourneyContext:
     async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
         runtime = self.runtime
 
-        async def write() -> None:
+        async def write() -> bool:
             async with runtime.sessions() as session, session.begin():
+                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
+                    return False
                 await repo.add_log(
                     session,
                     journey_id=self.definition.id,
@@ -703,8 +714,11 @@ class DurableJourneyContext:
                     started_at=started,
                     finished_at=runtime.clock(),
                 )
+            return True
 
-        await DBOS.run_step_async({"name": "journey.log"}, write)
+        # An exit that landed since the last wait ends the run here, not at the next wait.
+        if not await DBOS.run_step_async({"name": "journey.log"}, write):
+            raise JourneyExit(await self._exit_reason())
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -867,8 +881,12 @@ class DurableJourneyContext:
         )
         runtime = self.runtime
 
-        async def start() -> bool:
+        async def start() -> bool | None:
             async with runtime.sessions() as session, session.begin():
+                # Share-locked like a send: an exit either comes first (no enrollment)
+                # or waits for this one.
+                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
+                    return None
                 started = await runtime.enroll(
                     session,
                     definition,
@@ -879,6 +897,8 @@ class DurableJourneyContext:
             return started is not None
 
         started_run = await self.step("enroll", start)
+        if started_run is None:
+            raise JourneyExit(await self._exit_reason())
         await self._log(step, "enroll", self._now, journey=journey_id, enrolled=started_run)
         return started_run
 
