@@ -54,6 +54,7 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+from hogsend.runtime.divergence import Divergence, record_divergence
 from hogsend.runtime.queues import JOURNEYS
 
 if TYPE_CHECKING:
@@ -179,6 +180,17 @@ class JourneyRuntime:
                 {"name": "journey.exited"}, self._exited_step, state_id, exc.reason
             )
             return "exited"
+        except JourneyDiverged as diverged:
+            # No further step: it would be checked against the recording too.
+            await record_divergence(
+                self.sessions,
+                journey_id=definition.id,
+                state_id=state_id,
+                workflow_id=enrollment["workflowId"],
+                application_version=DBOS.application_version,
+                error=diverged.error,
+            )
+            raise diverged.error from None
         except Exception as exc:
             await DBOS.run_step_async(
                 {"name": "journey.failed"},
@@ -490,6 +502,34 @@ class ParkWaker:
             self._task = None
 
 
+class JourneyDiverged(BaseException):
+    """A replay met a step its code no longer has (see :mod:`hogsend.runtime.divergence`).
+
+    A ``BaseException`` so that a body's ``except Exception`` cannot swallow it and go
+    on from a state its code does not describe.
+    """
+
+    def __init__(self, error: Divergence) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _step(name: str, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """One recorded DBOS step of a run (its name says which operation it belongs to)."""
+    try:
+        return await DBOS.run_step_async({"name": name}, func, *args)
+    except Divergence as exc:
+        raise JourneyDiverged(exc) from exc
+
+
+async def _recv(timeout_seconds: float) -> Any:
+    """``DBOS.recv`` on the run's topic, a divergence raised as :class:`JourneyDiverged`."""
+    try:
+        return await DBOS.recv_async(TOPIC, timeout_seconds=timeout_seconds)
+    except Divergence as exc:
+        raise JourneyDiverged(exc) from exc
+
+
 class _History(JourneyHistory):
     def __init__(self, ctx: DurableJourneyContext) -> None:
         self._ctx = ctx
@@ -585,10 +625,13 @@ class DurableJourneyContext:
 
     async def step(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``func`` as one DBOS step named ``journey.<name>``."""
-        return await DBOS.run_step_async({"name": f"journey.{name}"}, func)
+        return await _step(f"journey.{name}", func)
+
+    async def _read_clock(self) -> datetime:
+        return self.runtime.clock()
 
     async def _clock(self) -> datetime:
-        self._now = await DBOS.run_step_async({"name": "journey.clock"}, self.runtime.clock)
+        self._now = await _step("journey.clock", self._read_clock)
         return self._now
 
     async def _move(
@@ -632,7 +675,9 @@ class DurableJourneyContext:
                             break
                 return status_after, found, now
 
-        status_after, found, now = await DBOS.run_step_async({"name": "journey.move"}, write)
+        # The operation label in the name makes a replay of edited code fail loudly at the
+        # first operation that changed (DBOSUnexpectedStepError), not reuse its result.
+        status_after, found, now = await _step(f"journey.move {step}", write)
         # A wait ends with a move: ctx.now() then reads the wake-up time (recorded, so a
         # replay sees the same), as the harness's virtual clock does.
         self._now = now
@@ -646,7 +691,7 @@ class DurableJourneyContext:
                 run = await repo.get_run(session, self.state_id)
             return (run.exit_reason if run is not None else None) or "exited"
 
-        return await DBOS.run_step_async({"name": "journey.exit-reason"}, read)
+        return await _step("journey.exit-reason", read)
 
     async def _wait(self, deadline: datetime, wait: int | None) -> dict[str, Any] | None:
         """Receive on the run's topic until ``deadline``: an exit raises, the awaited
@@ -660,7 +705,7 @@ class DurableJourneyContext:
                     remaining = max((deadline - await self._clock()).total_seconds(), 0.001)
             elif remaining <= 0:
                 return None
-            message = await DBOS.recv_async(TOPIC, timeout_seconds=remaining)
+            message = await _recv(remaining)
             if message is None:
                 return None
             if message.get("kind") == "exit":
@@ -684,7 +729,7 @@ class DurableJourneyContext:
             executed.append(parked)
             return parked
 
-        parked = await DBOS.run_step_async({"name": "journey.park"}, park)
+        parked = await _step("journey.park", park)
         if parked and executed:
             workflow_id = DBOS.workflow_id
             assert workflow_id is not None
@@ -717,7 +762,7 @@ class DurableJourneyContext:
             return True
 
         # An exit that landed since the last wait ends the run here, not at the next wait.
-        if not await DBOS.run_step_async({"name": "journey.log"}, write):
+        if not await _step(f"journey.log {step}", write):
             raise JourneyExit(await self._exit_reason())
 
     # -- waiting -------------------------------------------------------------------------------
@@ -793,8 +838,8 @@ class DurableJourneyContext:
         window = send_window.window() if isinstance(send_window, When) else send_window
         while True:
             started = await self._clock()
-            outcome = await DBOS.run_step_async(
-                {"name": "journey.send_email"},
+            outcome = await _step(
+                f"journey.send_email {step}",
                 self._send_step,
                 step,
                 SendRequest(
@@ -896,7 +941,7 @@ class DurableJourneyContext:
                 )
             return started is not None
 
-        started_run = await self.step("enroll", start)
+        started_run = await self.step(f"enroll {step}", start)
         if started_run is None:
             raise JourneyExit(await self._exit_reason())
         await self._log(step, "enroll", self._now, journey=journey_id, enrolled=started_run)
