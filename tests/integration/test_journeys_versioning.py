@@ -60,7 +60,18 @@ WORKER = textwrap.dedent(
         await ctx.send_email(template="nudge")
 
 
-    app = Hogsend(journeys=[edited_before, edited_after], templates=sys.argv[1])
+    @define_journey(
+        id="patched", name="Edited with a patch", trigger="v.patched", entry_limit="unlimited"
+    )
+    async def patched(contact, ctx):
+        await ctx.send_email(template="welcome")
+        if V2 and await ctx.patched("log-before-the-wait"):
+            await ctx.log("new path")
+        await ctx.sleep(timedelta(seconds=4))
+        await ctx.send_email(template="nudge")
+
+
+    app = Hogsend(journeys=[edited_before, edited_after, patched], templates=sys.argv[1])
     asyncio.run(Worker(app, load_settings()).run())
     """
 )
@@ -98,7 +109,7 @@ async def test_an_edit_before_the_wait_lands_in_the_dlq_an_edit_after_it_is_safe
 
     async def runs() -> dict[str, dict[str, Any]]:
         found = await rows(engine, "SELECT * FROM journey_states")
-        return {r["journey_id"]: r for r in found}
+        return {r["user_id"]: r for r in found}
 
     transport = httpx.ASGITransport(app=api)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -106,38 +117,52 @@ async def test_an_edit_before_the_wait_lands_in_the_dlq_an_edit_after_it_is_safe
         try:
             await post_event(client, key, "v.before", "ola")
             await post_event(client, key, "v.after", "pia")
+            await post_event(client, key, "v.patched", "quinn")
 
             async def both_parked() -> bool:
                 found = await runs()
-                return len(found) == 2 and all(
+                return len(found) == 3 and all(
                     r["status"] == "waiting" and r["context"].get("parked") for r in found.values()
                 )
 
             await until(both_parked)
         finally:
             await stop_worker(v1)
-        assert sorted(subjects(handler)) == ["Welcome", "Welcome"]
+        assert sorted(subjects(handler)) == ["Welcome"] * 3
 
         # The same install (same pinned application version), new code.
         v2 = await start("v2")
         try:
+            # A run that starts under the new code takes the patched path.
+            await post_event(client, key, "v.patched", "rae")
 
             async def both_ended() -> dict[str, dict[str, Any]] | None:
                 found = await runs()
                 ended = all(r["status"] in ("completed", "failed") for r in found.values())
-                return found if ended else None
+                return found if ended and len(found) == 4 else None
 
             ended = await until(both_ended)
         finally:
             await stop_worker(v2)
 
-        after, before = ended["edited-after"], ended["edited-before"]
+        after, before = ended["pia"], ended["ola"]
         assert after["status"] == "completed"
         assert subjects(handler, to="pia@example.com") == ["Welcome", "Try it"]
         assert before["status"] == "failed"
         assert subjects(handler, to="ola@example.com") == ["Welcome"]  # nothing after
         assert "journey.log 2:log" in before["error_message"]
         assert "journey.clock" in before["error_message"]
+
+        # The patch: the run parked under v1 kept the old path, the new run took the new one.
+        for user, expected in (("quinn", []), ("rae", ["new path"])):
+            assert ended[user]["status"] == "completed", user
+            assert subjects(handler, to=f"{user}@example.com") == ["Welcome", "Try it"]
+            logged = await rows(
+                engine,
+                "SELECT detail FROM journey_logs WHERE journey_state_id = :s AND action = 'log'",
+                s=ended[user]["id"],
+            )
+            assert [r["detail"]["message"] for r in logged] == expected, user
 
         listed = await client.get("/v1/admin/dlq", params={"source": "journey"}, headers=auth)
         assert listed.status_code == 200, listed.text
@@ -162,5 +187,5 @@ async def test_an_edit_before_the_wait_lands_in_the_dlq_an_edit_after_it_is_safe
     assert versions == [
         {"application_version": "hogsend-1", "status": "ERROR"},
         {"application_version": "hogsend-1", "status": "SUCCESS"},
-    ]
+    ]  # one pinned version across both deploys
     await api.state.driver_pool.close()

@@ -961,6 +961,18 @@ class DurableJourneyContext:
         step = self._next("log")
         await self._log(step, "log", self._now, message=message, **fields)
 
+    async def patched(self, name: str) -> bool:
+        """Whether this run takes the new code of the change ``name`` (see the Protocol).
+
+        A DBOS patch marker: recorded for runs that reach it under the new code; a run
+        recorded before the change finds another step at this position and takes the old
+        path. Takes no operation number, so the numbering of later operations does not move.
+        """
+        try:
+            return await DBOS.patch_async(f"hogsend:{name}")
+        except Divergence as exc:
+            raise JourneyDiverged(exc) from exc
+
 
 # -- the dispatcher's consumers ------------------------------------------------------------------
 

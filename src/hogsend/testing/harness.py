@@ -301,6 +301,11 @@ class HarnessContext:
         self._harness._check_live()
         self._harness._step("log", message=message, **fields)
 
+    async def patched(self, name: str) -> bool:
+        """True: a harness run always runs the current code (no run predates a change)."""
+        self._harness._check_live()
+        return True
+
     def when(self) -> SendWindowBuilder:
         """A send window builder in the recipient's time zone, open all the time."""
         return SendWindowBuilder(timezone=self._harness.timezone.name)
