@@ -145,12 +145,16 @@ class Worker:
                 park_after=timedelta(seconds=self.settings.journey_park_after_seconds),
             )
             registrations.append(self.journeys.register)
+        self._started_at = datetime.now(UTC)
+        # Beat before DBOS recovers this executor's workflows: a survivor taking this id
+        # over holds the row's lock, so the beat waits for its commit (the resumed
+        # workflows are then no longer PENDING here) or stops it from starting.
+        await self._beat()
         # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
         # it must run on this thread so that DBOS adopts this event loop.
         launch_dbos(self.settings, self.database_url, registrations=registrations)
         self.queue_names = await declare_queues()
         self.app.launch()
-        self._started_at = datetime.now(UTC)
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="hogsend-heartbeat")
         # Resumes the in-flight workflows of workers that died for good (stale heartbeat).
