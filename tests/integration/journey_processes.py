@@ -130,7 +130,7 @@ async def kill_worker(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-async def until(check: Callable[[], Any], seconds: float = 60.0) -> Any:
+async def until(check: Callable[[], Any], seconds: float = 180.0) -> Any:
     """Poll ``check`` (async) every 0.1 s until it returns something truthy."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds

@@ -28,7 +28,7 @@ from test_emails_api import settings_for
 from hogsend import Hogsend
 from hogsend.api.app import create_api
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)
 
 WORKER = textwrap.dedent(
     """
