@@ -313,7 +313,7 @@ async def test_guards_refuse_with_their_reason_and_a_redelivery_enrolls_once(env
     refused = await env.until(refusals)
     assert [(r["user_id"], r["detail"]["reason"]) for r in refused] == [
         ("cat", "trigger_filter"),
-        ("dan", "already_running"),
+        ("dan", "already_entered_once"),
     ]
     # The dispatcher delivers the first trigger again (as after a lost lease).
     await env.rows(
