@@ -167,6 +167,7 @@ def _new_page(
         rendered=rendered,
         problem=problem,
         preview_key=chosen,
+        example_props=registry.preview_props(chosen) if rendered and registry else {},
     )
 
 
@@ -195,6 +196,7 @@ async def template_preview(request: Request) -> Response:
         rendered=rendered,
         problem=problem,
         preview_key=key,
+        example_props=registry.preview_props(key),
     )
 
 
