@@ -37,6 +37,8 @@ from hogsend.db.repos import outbox_messages
 
 
 def campaign_form(token: str, **changes: str) -> dict[str, str]:
+    registry = quickstart().templates
+    assert registry is not None
     form = {
         "csrf_token": token,
         "name": "Spring news",
@@ -48,7 +50,7 @@ def campaign_form(token: str, **changes: str) -> dict[str, str]:
         "send_at": "2099-03-01T09:30",
         "local_time": "10:00",
         "throttle": "5",
-        "props": json.dumps(quickstart().templates.preview_props("newsletter")),
+        "props": json.dumps(registry.preview_props("newsletter")),
     }
     return {**form, **changes}
 
