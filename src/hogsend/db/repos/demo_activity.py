@@ -12,7 +12,8 @@ Buckets, Campaigns and Dead-letter pages show, for the quickstart app:
   ``power-users`` / ``lapsed`` entries and exits derived from each contact's log-ins.
 * two campaigns to the ``product-updates`` list: one ``sent`` weeks ago with its
   recipients, sends and engagement; one ``sending`` now, half done, its other
-  recipients still pending, so a worker really continues it (throttled).
+  recipients still pending; its last progress is a day old, so a worker's reaper hands
+  it to a new run at once and it really goes on sending (throttled to 1 per second).
 * sends whose decisions the history lacks (``redirected``, ``skipped_deleted``).
 * one dead-letter entry for an event the dispatcher gave up on, which a retry really
   re-queues.
@@ -304,7 +305,11 @@ _INSERT_CAMPAIGNS = text(
         completed_at, last_progress_at, created_by, created_at, updated_at)
     SELECT v.id, v.name, v.status, 'list', '{"id": "product-updates"}'::jsonb, v.template_key,
            v.props, :from_email, v.send_at, v.throttle, v.workflow_id, v.started_at,
-           v.started_at, v.completed_at, coalesce(v.completed_at, :now), 'hogsend dev --seed-demo',
+           v.started_at, v.completed_at,
+           -- The running one's last progress is old enough that the first reaper pass of
+           -- a worker hands it to a new run at once: the demo shows it moving.
+           coalesce(v.completed_at, CAST(:now AS timestamptz) - interval '1 day'),
+           'hogsend dev --seed-demo',
            v.send_at - interval '1 hour', coalesce(v.completed_at, :now)
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(
         id uuid, name text, status text, template_key text, props jsonb, send_at timestamptz,
