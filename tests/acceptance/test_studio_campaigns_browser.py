@@ -126,7 +126,7 @@ def test_campaigns_and_email_in_a_real_browser(
         expect(page.locator("#template-preview iframe")).to_have_attribute(
             "title", "Preview of newsletter"
         )
-        example = page.locator("#template-preview pre").inner_text()
+        example = page.locator("#template-preview pre").text_content() or ""
         page.get_by_label("Props (optional JSON object)").fill(json.dumps(json.loads(example)))
         page.get_by_label("Send at (UTC; empty: now)").fill("2099-06-01T08:00")
         page.get_by_label("Throttle (optional: at most this many messages per second)").fill("20")
