@@ -111,6 +111,7 @@ def test_campaigns_and_email_in_a_real_browser(
             timeout=90,
         )
         assert page.url.endswith(str(RUNNING_CAMPAIGN))  # no navigation happened
+        page.screenshot(path=str(screenshots / "campaign.png"), full_page=True)
         assert console.take() == []
 
         # -- create a campaign through the form, then pause it -------------------------
@@ -138,7 +139,6 @@ def test_campaigns_and_email_in_a_real_browser(
         assert made["name"] == "Browser-made launch"
         assert made["audienceId"] == "product-updates"
         assert made["throttle"] == 20.0
-        page.screenshot(path=str(screenshots / "campaign.png"), full_page=True)
         page.get_by_role("button", name="Pause").click()
         page.wait_for_url(re.compile(r".*notice=pause"))
         assert api.get(f"/v1/campaigns/{campaign_id}").json()["status"] == "paused"
@@ -171,7 +171,7 @@ def test_campaigns_and_email_in_a_real_browser(
         # -- suppress an address through the form --------------------------------------
         visit("/studio/email/suppressions", "suppressions")
         page.get_by_label("Address", exact=True).fill("blocked-in-browser@example.com")
-        page.get_by_label("Note").fill("asked us by phone")
+        page.get_by_label("Note", exact=True).fill("asked us by phone")
         page.get_by_role("button", name="Suppress", exact=True).click()
         page.wait_for_url(re.compile(r".*done=added"))
         found = api.get("/v1/admin/suppressions", params={"search": "blocked-in-browser"}).json()[

@@ -186,3 +186,27 @@ async def test_seeding_again_inserts_nothing(engine: AsyncEngine, seeded: demo.S
     async with make_sessionmaker(engine)() as session, session.begin():
         again = await demo.seed(session, now=NOW + timedelta(hours=3))
     assert again == demo.SeedResult(contacts=0, events=0, sends=0)
+
+
+async def test_the_demo_campaigns_props_render_their_template(
+    engine: AsyncEngine, seeded: demo.SeedResult
+) -> None:
+    """The running campaign really sends when a worker continues it: its props must fit."""
+    from pathlib import Path
+
+    from hogsend.api.previews import stand_in_contact
+    from hogsend.app import load_app
+
+    app = load_app("examples.quickstart.app:app", search=(Path(__file__).resolve().parents[2],))
+    assert app.templates is not None
+    async with make_sessionmaker(engine)() as session:
+        for campaign_id in (demo_activity.FINISHED_CAMPAIGN, demo_activity.RUNNING_CAMPAIGN):
+            campaign = await campaigns.get_campaign(session, campaign_id)
+            assert campaign is not None
+            rendered = app.templates.render(
+                campaign.template_key,
+                contact=stand_in_contact("a@example.com"),
+                props=campaign.props,
+                extra={"unsubscribe_url": "https://x/u", "preferences_url": "https://x/p"},
+            )
+            assert campaign.props["title"] in rendered.html

@@ -271,7 +271,10 @@ def _campaign_rows(now: datetime) -> list[dict[str, Any]]:
             "props": {
                 "title": "February at a glance",
                 "intro": "Three things we shipped this month.",
-                "items": ["Faster dashboards", "CSV exports", "Team invites"],
+                "items": [
+                    {"heading": "Faster dashboards", "body": "Big projects load twice as fast."},
+                    {"heading": "CSV exports", "body": "Any table, one click."},
+                ],
             },
             "send_at": _iso(finished_at),
             "throttle": None,
@@ -287,7 +290,10 @@ def _campaign_rows(now: datetime) -> list[dict[str, Any]]:
             "props": {
                 "title": "Spring launch",
                 "intro": "Our biggest release of the year is rolling out.",
-                "items": ["Workflows", "A new editor", "Audit logs for everyone"],
+                "items": [
+                    {"heading": "Workflows", "body": "Chain alerts, exports and reports."},
+                    {"heading": "Audit logs for everyone", "body": "Every plan, every change."},
+                ],
             },
             "send_at": _iso(running_at),
             "throttle": 1.0,
