@@ -260,7 +260,7 @@ def test_studio_in_a_real_browser(live: dict[str, Any], harness: Any, screenshot
         assert console.take() == []
 
         # -- retry the dead letter: the event is really processed afterwards ----------
-        dead_before = api.get("/v1/admin/metrics/dispatcher").json()["dead"]
+        dead_before = int(api.get("/v1/admin/metrics/dispatcher").json()["dead"])
         live["healed"].write_text("yes")
         visit(f"/studio/dlq/{dead['id']}")
         page.get_by_role("button", name="Retry").click()
@@ -269,7 +269,7 @@ def test_studio_in_a_real_browser(live: dict[str, Any], harness: Any, screenshot
 
         def drained() -> bool:
             metrics = api.get("/v1/admin/metrics/dispatcher").json()
-            return metrics["dead"] == dead_before - 1 and metrics["pending"] == 0
+            return bool(metrics["dead"] == dead_before - 1 and metrics["pending"] == 0)
 
         wait_for(drained, "the retried event to be processed")
         assert pending_entries() == []

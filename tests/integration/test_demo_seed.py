@@ -10,18 +10,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from hogsend.app import Hogsend, load_app
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import campaigns, dead_letter_decisions, dead_letters, demo, demo_activity
 from hogsend.db.tables.email import SEND_DECISIONS
 from hogsend.db.tables.journeys import JOURNEY_STATUSES
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def quickstart() -> Hogsend:
+    return load_app("examples.quickstart.app:app", search=(REPO,))
 
 
 @pytest.fixture
@@ -192,12 +199,9 @@ async def test_the_demo_campaigns_props_render_their_template(
     engine: AsyncEngine, seeded: demo.SeedResult
 ) -> None:
     """The running campaign really sends when a worker continues it: its props must fit."""
-    from pathlib import Path
-
     from hogsend.api.previews import stand_in_contact
-    from hogsend.app import load_app
 
-    app = load_app("examples.quickstart.app:app", search=(Path(__file__).resolve().parents[2],))
+    app = quickstart()
     assert app.templates is not None
     async with make_sessionmaker(engine)() as session:
         for campaign_id in (demo_activity.FINISHED_CAMPAIGN, demo_activity.RUNNING_CAMPAIGN):
