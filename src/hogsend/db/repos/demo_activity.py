@@ -13,7 +13,7 @@ Buckets, Campaigns and Dead-letter pages show, for the quickstart app:
 * two campaigns to the ``product-updates`` list: one ``sent`` weeks ago with its
   recipients, sends and engagement; one ``sending`` now, half done, its other
   recipients still pending; its last progress is a day old, so a worker's reaper hands
-  it to a new run at once and it really goes on sending (throttled to 1 per second).
+  it to a new run at once and it really goes on sending (throttled to one every 4 s).
 * sends whose decisions the history lacks (``redirected``, ``skipped_deleted``).
 * one dead-letter entry for an event the dispatcher gave up on, which a retry really
   re-queues.
@@ -296,7 +296,7 @@ def _campaign_rows(now: datetime) -> list[dict[str, Any]]:
                 ],
             },
             "send_at": _iso(running_at),
-            "throttle": 1.0,
+            "throttle": 0.25,
             "started_at": _iso(running_at),
             "completed_at": None,
             "workflow_id": f"demo:campaign:{RUNNING_CAMPAIGN}",
