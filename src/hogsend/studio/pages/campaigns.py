@@ -335,12 +335,12 @@ async def campaign_progress(request: Request) -> Response:
 
 async def control_campaign(request: Request) -> Response:
     """POST pause, resume or cancel, through the function the API's control routes use."""
-    campaign_id = _campaign_id(request)
-    action = str(request.path_params["action"])
-    if action not in ACTIONS:
-        raise PageError(404, "A campaign can be paused, resumed or cancelled.")
     async with database(request) as db:
         me, _ = await require_admin(request, db)
+        campaign_id = _campaign_id(request)
+        action = str(request.path_params["action"])
+        if action not in ACTIONS:
+            raise PageError(404, "A campaign can be paused, resumed or cancelled.")
         campaign, changed = await repo.control(db, campaign_id, action, aware_now())
         if campaign is None:
             raise PageError(404, f"Campaign {campaign_id} does not exist.")

@@ -197,11 +197,11 @@ async def template_html(request: Request) -> Response:
 
 async def send_test(request: Request) -> Response:
     """POST: send the template to one address now, as the admin API's send-test does."""
-    registry = registry_of(request)
-    key = str(request.path_params["key"])
-    template = template_of(registry, key)
     async with database(request) as db:
         me, form = await require_admin(request, db)
+        registry = registry_of(request)
+        key = str(request.path_params["key"])
+        template = template_of(registry, key)
         try:
             to = normalize_email(str(form.get("to") or ""))
         except IdentityError as exc:
