@@ -21,8 +21,10 @@ from hogsend.studio.error_pages import install_error_pages
 from hogsend.studio.pages import (
     api_keys,
     audit_log,
+    campaigns,
     contacts,
     dead_letters,
+    email,
     events,
     overview,
     signin,
@@ -57,6 +59,8 @@ def studio_routes() -> list[BaseRoute]:
         Route("/dlq", dead_letters.dead_letter_list, methods=GET),
         Route("/dlq/{id}", dead_letters.dead_letter_page, methods=GET),
         Route("/dlq/{id}/{decision}", dead_letters.decide, methods=POST),
+        *campaigns.routes(),
+        *email.routes(),
         *(Route(f"/{key}", upcoming.upcoming_view(key), methods=GET) for key in upcoming.UPCOMING),
         Mount("/static", StaticFiles(packages=[("hogsend.studio", "static")]), name="static"),
     ]

@@ -38,21 +38,6 @@ UPCOMING = {
         "members and backfill status.",
         meanwhile="Bucket entries and exits appear in each contact's timeline.",
     ),
-    "campaigns": Upcoming(
-        key="campaigns",
-        title="Campaigns",
-        will_show="campaigns with their audience, schedule, live progress and funnel, and the "
-        "form creating one.",
-        meanwhile="Campaign sends appear on each contact's page with their decisions.",
-    ),
-    "email": Upcoming(
-        key="email",
-        title="Email",
-        will_show="the template gallery with rendered previews and test sends, the dev outbox "
-        "viewer, and the suppression list.",
-        meanwhile="`hogsend templates` previews templates from the command line; each contact's "
-        "page lists its send attempts and explains its suppression state.",
-    ),
 }
 
 
