@@ -168,7 +168,7 @@ def _rendered_once() -> tuple[str, str, str]:
     return rendered.subject, rendered.html, rendered.text
 
 
-async def _raw(port: int) -> dict[str, Any]:
+async def _raw(port: int, sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     import aiosmtplib
 
     from hogsend.channels.email.message import OutgoingEmail
@@ -194,7 +194,7 @@ async def _raw(port: int) -> dict[str, Any]:
                 )
             )
         )
-        for i in range(WARMUP + SENDS)
+        for i in range(warmup + sends)
     ]
     idle: list[aiosmtplib.SMTP] = []
     for _ in range(CONCURRENCY):
@@ -209,16 +209,18 @@ async def _raw(port: int) -> dict[str, Any]:
         finally:
             idle.append(client)
 
-    await _drive(send, range(WARMUP))
+    await _drive(send, range(warmup))
     cpu = time.process_time()
-    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    latencies, wall = await _drive(send, range(warmup, warmup + sends))
     result = _summary(latencies, wall, time.process_time() - cpu)
     for client in idle:
         await client.quit()
     return result
 
 
-async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str, Any]:
+async def _mailer(
+    port: int, url: str, contact_ids: list[uuid.UUID], sends: int, warmup: int
+) -> dict[str, Any]:
     from hogsend.channels.email import SmtpProvider
     from hogsend.channels.mailer import Mailer, SendRequest
     from hogsend.db.engine import make_async_engine
@@ -247,11 +249,11 @@ async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str
             )
         )
         if outcome.decision != "sent":
-            failures.append(outcome.decision)
+            failures.append(f"{outcome.decision} {outcome.detail}")
 
-    await _drive(send, range(WARMUP))
+    await _drive(send, range(warmup))
     cpu = time.process_time()
-    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    latencies, wall = await _drive(send, range(warmup, warmup + sends))
     result = _summary(latencies, wall, time.process_time() - cpu)
     await provider.aclose()
     await engine.dispose()
@@ -260,17 +262,28 @@ async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str
     return result
 
 
-def _scenario_main(name: str, port: int, url: str, ids: list[str], out: Any) -> None:
+def _scenario_main(
+    name: str, port: int, url: str, ids: list[str], sends: int, warmup: int, out: Any
+) -> None:
     if name == "raw":
-        out.put(asyncio.run(_raw(port)))
+        out.put(asyncio.run(_raw(port, sends, warmup)))
     else:
-        out.put(asyncio.run(_mailer(port, url, [uuid.UUID(i) for i in ids])))
+        out.put(asyncio.run(_mailer(port, url, [uuid.UUID(i) for i in ids], sends, warmup)))
 
 
-def _run_scenario(name: str, port: int, url: str, ids: list[uuid.UUID]) -> dict[str, Any]:
+def _run_scenario(
+    name: str,
+    port: int,
+    url: str,
+    ids: list[uuid.UUID],
+    sends: int = SENDS,
+    warmup: int = WARMUP,
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    process = ctx.Process(target=_scenario_main, args=(name, port, url, [str(i) for i in ids], out))
+    process = ctx.Process(
+        target=_scenario_main, args=(name, port, url, [str(i) for i in ids], sends, warmup, out)
+    )
     process.start()
     result: dict[str, Any] = out.get(timeout=600)
     process.join(30)
@@ -282,8 +295,8 @@ def _run_scenario(name: str, port: int, url: str, ids: list[uuid.UUID]) -> dict[
 # --------------------------------------------------------------------------- setup
 
 
-def _contacts(url: str) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in range(WARMUP + SENDS)]
+def _contacts(url: str, count: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(count)]
     copy_sql = "COPY contacts (id, email, external_id, properties) FROM STDIN"
     with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
         for n, contact_id in enumerate(ids):
@@ -295,7 +308,7 @@ def _contacts(url: str) -> list[uuid.UUID]:
     return ids
 
 
-def run() -> dict[str, Any]:
+def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
@@ -303,15 +316,15 @@ def run() -> dict[str, Any]:
         try:
             url = server.create_database("bench_send")
             migrate.upgrade(url)
-            ids = _contacts(url)
+            ids = _contacts(url, warmup + sends)
             with _sink() as (port, counter, size):
                 results: dict[str, dict[str, Any]] = {}
                 for name in ("raw", "mailer"):
                     before, bytes_before = counter.value, size.value
                     print(f"  {name} ...", flush=True)
-                    results[name] = _run_scenario(name, port, url, ids)
+                    results[name] = _run_scenario(name, port, url, ids, sends, warmup)
                     received = counter.value - before
-                    if received != WARMUP + SENDS:
+                    if received != warmup + sends:
                         raise RuntimeError(f"{name}: the sink got {received} messages")
                     results[name]["sink_received"] = received
                     # Same template, same headers: the two sides must carry alike messages.
@@ -323,7 +336,7 @@ def run() -> dict[str, Any]:
 
     ratio = results["mailer"]["sends_per_s"] / results["raw"]["sends_per_s"]
     print(
-        f"\n{SENDS:,} sends after {WARMUP} warm-up, {CONCURRENCY} in flight, "
+        f"\n{sends:,} sends after {warmup} warm-up, {CONCURRENCY} in flight, "
         f"template {TEMPLATE!r}, aiosmtpd sink in its own process, durable Postgres"
     )
     print(
@@ -338,8 +351,8 @@ def run() -> dict[str, Any]:
     verdict = "meets" if ratio >= TARGET_RATIO else "below"
     print(f"mailer / raw = {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
     return {
-        "sends": SENDS,
-        "warmup": WARMUP,
+        "sends": sends,
+        "warmup": warmup,
         "concurrency": CONCURRENCY,
         "template": TEMPLATE,
         "sink": "aiosmtpd in its own process, counting",
@@ -348,3 +361,9 @@ def run() -> dict[str, Any]:
         "ratio_mailer_to_raw": round(ratio, 3),
         "results": results,
     }
+
+
+if __name__ == "__main__":
+    import sys
+
+    run(*(int(arg) for arg in sys.argv[1:3]))
