@@ -4,17 +4,22 @@
 codes and decision rows of :meth:`~hogsend.channels.mailer.Mailer.send`, but does the
 database work for the whole batch together:
 
-1. one transaction before any provider call: the idempotency keys' session locks (all
-   of them, in hash order), the addresses' locks, every gate's facts (one statement),
-   every decision row and every tracked link (one statement each), one commit. Messages
-   are rendered and tracked in between, so a row that goes out is committed with its
-   links, as ``queued``;
-2. the provider is called ``concurrency`` messages at a time;
-3. each outcome is recorded by :class:`GroupCommit`: a call waits until its outcome (and
-   its ``email.sent`` event) is committed before its lane takes the next message, and
-   outcomes that are ready together share one transaction. At any instant at most
-   ``concurrency`` accepted messages are unrecorded: that is the at-least-once window
-   (docs/email.md, "Performance").
+0. the idempotency keys' session locks, all of them in hash order, for the whole batch;
+1. ``concurrency`` lanes each take the next request and hand it to a
+   :class:`GroupCommit` that decides every request handed in meanwhile in one
+   transaction: the addresses' locks, every gate's facts (one statement), rendering and
+   tracking, every decision row and every tracked link (one statement each), one commit.
+   A message that goes out is committed with its links as ``queued`` before its
+   provider call;
+2. the lane calls the provider;
+3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
+   :class:`GroupCommit` and waits for its commit before taking the next request.
+
+So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
+``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
+key over), and at most that many accepted messages unrecorded (the at-least-once
+window, docs/email.md, "Performance"), while the database sees about two transactions
+per ``concurrency`` messages.
 
 Requests the set-based path does not cover (no contact or no key, a contact merged
 away or deleted, a key repeated within the batch) go through ``Mailer.send`` one by
@@ -159,9 +164,8 @@ async def send_batch(
             locked = [k for i in batched if (k := requests[i].idempotency_key) is not None]
             try:
                 await sends.lock_keys(conn, locked)
-                going = await _decide(mailer, conn, requests, batched, outcomes, single)
                 await conn.commit()
-                await _deliver_all(mailer, going, outcomes, concurrency, before_send)
+                await _lanes(mailer, requests, batched, outcomes, single, concurrency, before_send)
             finally:
                 try:
                     await conn.rollback()
@@ -208,7 +212,9 @@ async def _decide(
 
     settings = mailer.settings
     now = mailer._clock()
-    found = await sends.contacts_by_id(conn, [r.contact_id for r in requests if r.contact_id])
+    found = await sends.contacts_by_id(
+        conn, [c for i in batched if (c := requests[i].contact_id) is not None]
+    )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
     for index in batched:
         request = requests[index]
@@ -385,26 +391,45 @@ def _row(
     }
 
 
-async def _deliver_all(
+async def _lanes(
     mailer: Mailer,
-    going: list[_Going],
+    requests: Sequence[SendRequest],
+    batched: list[int],
     outcomes: list[SendOutcome | Exception | None],
+    single: list[int],
     concurrency: int,
     before_send: BeforeSend | None,
 ) -> None:
-    """Steps 2 and 3: ``concurrency`` lanes, each recording an outcome before the next."""
-    pending = iter(going)
+    """``concurrency`` lanes; each decides (with the others), sends, records, then goes on.
+
+    A lane's request is decided in a transaction shared with whatever the other lanes
+    submitted meanwhile, and its outcome recorded likewise; so a lane has at most one
+    ``queued`` row unrecorded, and a kill leaves at most ``concurrency`` of them.
+    """
+    going: dict[int, _Going] = {}
+
+    async def decide_group(indexes: list[int]) -> None:
+        async with mailer.engine.connect() as conn:
+            for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
+                going[attempt.index] = attempt
+            await conn.commit()
+
+    decider: GroupCommit[int] = GroupCommit(decide_group)
+    pending = iter(batched)
 
     async def lane() -> None:
-        for attempt in pending:
+        for index in pending:
             try:
                 if before_send is not None:
                     await before_send()
-                outcomes[attempt.index] = await _deliver_one(mailer, attempt)
+                await decider.submit(index)
+                attempt = going.pop(index, None)
+                if attempt is not None:
+                    outcomes[index] = await _deliver_one(mailer, attempt)
             except Exception as exc:
-                outcomes[attempt.index] = exc
+                outcomes[index] = exc
 
-    await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(going))))))
+    await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
 
 
 async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
