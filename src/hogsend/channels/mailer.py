@@ -860,12 +860,36 @@ class Mailer:
         return provider, message, tracked
 
     async def _write_outcomes(self, items: list[OutcomeItem]) -> None:
-        """Record many outcomes and their ``email.sent`` events in one transaction."""
+        """Record many outcomes and their ``email.sent`` events: one statement, one commit."""
+        now = self._clock()
         events = [event for _, event in items if event is not None]
-        async with self._session(None) as session, session.begin():
-            await sends.finish_many(session, [row for row, _ in items])
-            if events:
-                stored = await events_repo.ingest_batch(session, events, now=self._clock())
+        by_key = {event.idempotency_key: event for event in events}
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            missing = await sends.finish_and_log(
+                conn,
+                [row for row, _ in items],
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "contact_id": event.contact_id,
+                        "name": event.name,
+                        "properties": dict(event.properties),
+                        "key": event.idempotency_key,
+                        "source": event.source,
+                        "occurred_at": event.occurred_at or now,
+                    }
+                    for event in events
+                ],
+                now=now,
+                notify=bool(events) and self._notify.due(),
+            )
+        if missing:
+            # Contacts merged away since the decision: the general path follows them.
+            async with self._session(None) as session, session.begin():
+                stored = await events_repo.ingest_batch(
+                    session, [by_key[key] for key in missing], now=now
+                )
                 if any(item.status == "stored" for item in stored):
                     await outbox_repo.notify_outbox(session, self._notify)
 

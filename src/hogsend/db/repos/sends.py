@@ -932,3 +932,88 @@ _FINISH_MANY = text(
     WHERE e.id = r.id
     """
 )
+
+
+async def finish_and_log(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    notify: bool,
+) -> list[str]:
+    """:func:`finish_many` plus the ``email.sent`` events, in ONE statement.
+
+    Run in autocommit mode it is one round trip and one (durable) commit: the outcomes,
+    the events and their outbox rows are stored together or not at all. What
+    ``hogsend.db.repos.events.ingest_batch`` stores for an event of an internal producer
+    naming a live contact (no properties, no last-seen update): the event under the
+    contact's key, its outbox row; a key stored before stores nothing. ``notify`` wakes
+    idle dispatchers at commit.
+
+    Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
+
+    Returns:
+        The idempotency keys of events whose contact is no longer live (merged away or
+        erased since the decision): nothing was stored for them, and the caller hands
+        them to ``ingest_batch``, which follows merges.
+    """
+    payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
+    missing = await conn.scalar(
+        _FINISH_AND_LOG,
+        {"rows": to_json(payload), "events": to_json(list(events)), "now": now, "notify": notify},
+    )
+    return list(missing or [])
+
+
+_FINISH_AND_LOG = text(
+    """
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+            id uuid, decision text, ok boolean, detail jsonb, attempts int, provider text,
+            message_id text, error text, subject text)
+    ), done AS (
+        UPDATE email_sends e SET
+            decision = r.decision,
+            status = CASE WHEN r.ok THEN 'sent' ELSE 'failed' END,
+            idempotency_key = CASE WHEN r.ok THEN e.idempotency_key END,
+            decision_detail = r.detail,
+            attempts = r.attempts,
+            provider = r.provider,
+            provider_message_id = r.message_id,
+            last_error = r.error,
+            subject = coalesce(r.subject, e.subject),
+            sent_at = CASE WHEN r.ok THEN now() END,
+            handoff = NULL,
+            updated_at = now()
+        FROM r WHERE e.id = r.id
+        RETURNING e.id
+    ), v AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
+            id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
+            occurred_at timestamptz)
+    ), live AS (
+        SELECT v.*, coalesce(c.external_id, c.anonymous_id, c.id::text) AS user_id
+        FROM v JOIN contacts c ON c.id = v.contact_id AND c.deleted_at IS NULL
+    ), ins AS (
+        INSERT INTO user_events (id, contact_id, user_id, event, properties,
+                                 idempotency_key, source, occurred_at, received_at)
+        SELECT id, contact_id, user_id, name, properties, key, source, occurred_at,
+               CAST(:now AS timestamptz)
+        FROM live
+        ON CONFLICT DO NOTHING
+        RETURNING id, contact_id, user_id, event
+    ), outbox AS (
+        INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
+                                  next_attempt_at)
+        SELECT id, contact_id, user_id, event, CAST(:now AS timestamptz),
+               CAST(:now AS timestamptz)
+        FROM ins
+    )
+    SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
+                SELECT 1 FROM live WHERE live.id = v.id)) AS missing,
+           (SELECT count(*) FROM done) AS finished,
+           (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
+                WHERE CAST(:notify AS boolean)) AS notified
+    """
+)
