@@ -848,7 +848,8 @@ async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
 
     The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
     ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
-    Only a crash of Postgres itself in between loses them, and with them no outcome.
+    Only a crash of Postgres itself in between can lose them (the retry then sends as
+    if first, with the same key: the at-least-once window of docs/email.md).
 
     Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
     category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
