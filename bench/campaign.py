@@ -178,7 +178,8 @@ def run(
         f"campaign           {campaign['sends_per_s']:>9} sends/s  "
         f"peak RSS {campaign['peak_rss_mb']} MB  snapshot {campaign['snapshot_s']} s"
     )
-    print(f"ratio              {ratio:>9} (target >= {TARGET_RATIO})")
+    if ratio is not None:
+        print(f"ratio              {ratio:>9} (target >= {TARGET_RATIO})")
     return {
         "recipients": recipients,
         "provider": provider,
