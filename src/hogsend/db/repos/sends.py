@@ -901,40 +901,6 @@ async def insert_links_many(
         )
 
 
-async def finish_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """:func:`finish` for many attempts in one statement.
-
-    Keys per row: id, decision, detail, attempts, provider, message_id, error, subject.
-    """
-    if rows:
-        payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
-        await session.execute(_FINISH_MANY, {"rows": to_json(payload)})
-
-
-_FINISH_MANY = text(
-    """
-    UPDATE email_sends e SET
-        decision = r.decision,
-        status = CASE WHEN r.ok THEN 'sent' ELSE 'failed' END,
-        idempotency_key = CASE WHEN r.ok THEN e.idempotency_key END,
-        decision_detail = r.detail,
-        attempts = r.attempts,
-        provider = r.provider,
-        provider_message_id = r.message_id,
-        last_error = r.error,
-        subject = coalesce(r.subject, e.subject),
-        sent_at = CASE WHEN r.ok THEN now() END,
-        handoff = NULL,
-        updated_at = now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        id uuid, decision text, ok boolean, detail jsonb, attempts int, provider text,
-        message_id text, error text, subject text
-    )
-    WHERE e.id = r.id
-    """
-)
-
-
 async def finish_and_log(
     conn: AsyncConnection,
     rows: Sequence[dict[str, Any]],
@@ -943,7 +909,7 @@ async def finish_and_log(
     now: datetime,
     notify: bool,
 ) -> list[str]:
-    """:func:`finish_many` plus the ``email.sent`` events, in ONE statement.
+    """:func:`finish` for many attempts plus their ``email.sent`` events, in ONE statement.
 
     Run in autocommit mode it is one round trip and one (durable) commit: the outcomes,
     the events and their outbox rows are stored together or not at all. What
