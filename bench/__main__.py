@@ -1,8 +1,10 @@
 """Run the benchmarks: ``python -m bench`` runs them all, ``python -m bench auth`` one.
 
 A benchmark is a module of this package with ``run() -> dict[str, Any]``; it prints its
-own table and returns what to keep. The JSON written to ``bench/results/<name>.json``
-adds the machine it ran on (core count first: every number depends on it).
+own table and returns what to keep. Options after one benchmark's name go to its
+``main(argv)`` or ``run(argv)`` (``python -m bench journeys --parked 20000``). The JSON written to
+``bench/results/<name>.json`` adds the machine it ran on (core count first: every
+number depends on it).
 """
 
 from __future__ import annotations
@@ -47,7 +49,13 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     available = discover()
-    chosen = argv or available
+    # Names first; from the first option on, the arguments belong to the one benchmark.
+    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:split], argv[split:]
+    chosen = names or available
+    if options and len(chosen) != 1:
+        print("options need exactly one benchmark name before them", file=sys.stderr)
+        return 2
     unknown = sorted(set(chosen) - set(available))
     if unknown:
         print(f"unknown benchmark(s) {unknown}; available: {', '.join(available)}", file=sys.stderr)
@@ -56,7 +64,13 @@ def main(argv: list[str]) -> int:
     for name in chosen:
         print(f"== bench {name} ==", flush=True)
         started = time.perf_counter()
-        result = importlib.import_module(f"bench.{name}").run()
+        module = importlib.import_module(f"bench.{name}")
+        entry = getattr(module, "main", None)
+        # A benchmark taking options reads them in ``main(argv)`` or ``run(argv)``.
+        if callable(entry):
+            result = entry(options)
+        else:
+            result = module.run(options) if options else module.run()
         document = {
             "benchmark": name,
             "machine": machine(),

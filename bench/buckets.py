@@ -21,15 +21,20 @@ Run with ``python -m bench buckets``; ``run(sizes=(1_000_000,))`` for the big on
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import random
+import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import text
@@ -41,12 +46,19 @@ from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url, make_async_engine
 from hogsend.runtime.reconcile import BucketSweeper
 
-SIZES = (25_000, 100_000)
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event as MpEvent
+
+SIZES = (100_000,)
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 CHUNK = 2000
 BATCH = 1000
 SEED = 7
+LATENCY_RATE = 200  # events per second offered
+LATENCY_SECONDS = 30.0
+LATENCY_CONTACTS = 20_000
+LATENCY_PRODUCERS = 4
 
 
 def buckets() -> list[BucketDefinition]:
@@ -101,8 +113,9 @@ def buckets() -> list[BucketDefinition]:
     )
 
 
-def _generate(url: str, n: int) -> tuple[int, float]:
-    """COPY ``n`` contacts and their events; returns (events, seconds)."""
+def _generate(url: str, n: int, *, now: datetime = NOW) -> tuple[int, float]:
+    """COPY ``n`` contacts and their events (over the 60 days before ``now``); returns
+    (events, seconds)."""
     rng = random.Random(SEED)
     started = time.perf_counter()
     events = 0
@@ -123,7 +136,7 @@ def _generate(url: str, n: int) -> tuple[int, float]:
                 for cid in ids:
                     for _ in range(rng.randint(1, 5)):
                         name = rng.choices(("app.active", "page.view", "purchase"), (5, 3, 1))[0]
-                        at = NOW - timedelta(seconds=rng.uniform(0, 60 * 86_400))
+                        at = now - timedelta(seconds=rng.uniform(0, 60 * 86_400))
                         copy.write_row((cid, str(cid), name, at))
                         events += 1
         conn.execute("ANALYZE")
@@ -146,6 +159,7 @@ async def _measure(url: str, n: int) -> dict[str, Any]:
                 "rows_per_s": round(report.processed / took),
                 "members": report.joined,
             }
+            print(f"    backfill {bucket.id}: {backfills[bucket.id]}", flush=True)
         sweeps = {}
         for label, at in (
             ("first", NOW + timedelta(minutes=1)),
@@ -158,9 +172,10 @@ async def _measure(url: str, n: int) -> dict[str, Any]:
                 async with engine.begin() as conn:
                     await conn.execute(text("UPDATE bucket_configs SET reconciled_at = NULL"))
             started = time.perf_counter()
-            report = await sweeper.run_once(now=at)
+            swept = await sweeper.run_once(now=at)
             took = time.perf_counter() - started
-            sweeps[label] = {"seconds": round(took, 2), "transitions": dict(report.counts)}
+            sweeps[label] = {"seconds": round(took, 2), "transitions": dict(swept.counts)}
+            print(f"    sweep {label}: {sweeps[label]}", flush=True)
         async with engine.connect() as conn:
             members = await conn.scalar(
                 text("SELECT count(*) FROM bucket_memberships WHERE status = 'active'")
@@ -213,3 +228,224 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
             f"{r['full_ms_per_1k_contacts']:>15}"
         )
     return {"sizes": list(sizes), "chunk": CHUNK, "batch": BATCH, "results": results}
+
+
+# -- (a) event -> transition latency through the real dispatcher ------------------------
+
+
+@contextmanager
+def _server(*, commit_timestamps: bool = False) -> Iterator[EmbeddedPostgres]:
+    """A fresh embedded Postgres with durable commits; optionally recording commit times
+    (``track_commit_timestamp``, which needs a restart to take effect)."""
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+            if commit_timestamps:
+                with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
+                    conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+                server.stop()
+                server.start()
+            yield server
+        finally:
+            server.stop()
+
+
+def _latency_child(url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent) -> None:
+    asyncio.run(_latency_worker(url, overrides, ready, stop))
+
+
+async def _latency_worker(
+    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent
+) -> None:
+    """A worker's dispatcher with the app's consumers (bucket membership for ten
+    buckets), listening for NOTIFY like a deployed worker."""
+    from hogsend.logs import configure_logging
+    from hogsend.runtime.dispatcher import Dispatcher, build_consumers
+    from hogsend.settings import Settings
+
+    settings = Settings(
+        env="test",
+        database_url=url,
+        worker_id="bench-latency",
+        log_level="warning",
+        log_format="json",
+        **overrides,
+    )
+    configure_logging(settings)
+    engine = make_async_engine(url, pool_size=settings.dispatcher_concurrency + 2)
+    dispatcher = Dispatcher(engine, settings, build_consumers(Hogsend(buckets=buckets())))
+    await dispatcher.start()
+    while not dispatcher.listening:  # noqa: ASYNC110 - a flag, polled briefly
+        await asyncio.sleep(0.01)
+    ready.set()
+    await asyncio.to_thread(stop.wait)
+    await dispatcher.stop()
+    await engine.dispose()
+
+
+async def _offer(url: str, *, rate: float, seconds: float, contacts: int) -> int:
+    """Ingest events through the API's one-round-trip path at ``rate`` per second, one
+    transaction each, waking dispatchers with the API's NOTIFY throttle."""
+    from hogsend.core.identity import Identity
+    from hogsend.core.ingest import EventInput
+    from hogsend.db.repos.events import ingest_event_fast
+    from hogsend.db.repos.outbox import NotifyThrottle
+
+    throttle = NotifyThrottle()
+    per_producer = rate / LATENCY_PRODUCERS
+    names = ("app.active", "page.view", "purchase")
+    started = time.perf_counter()
+
+    async def produce(slot: int) -> int:
+        rng = random.Random(slot)
+        async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
+            n = 0
+            while True:
+                due = n / per_producer
+                if due >= seconds:
+                    return n
+                pause = started + due - time.perf_counter()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                # Contacts with an external id (every fifth one has none).
+                index = rng.randrange(contacts // 5) * 5 + rng.randint(1, 4)
+                item = EventInput(
+                    name=rng.choices(names, (5, 3, 1))[0],
+                    identity=Identity(user_id=f"u{index}"),
+                )
+                result = await ingest_event_fast(conn, item, notify=throttle.due())
+                assert result is not None, item
+                assert result.status == "stored", result
+                n += 1
+
+    counts = await asyncio.gather(*(produce(slot) for slot in range(LATENCY_PRODUCERS)))
+    return sum(counts)
+
+
+# Commit to commit: the event's ingest transaction, and the dispatcher transaction that
+# marked it processed together with its membership writes and transition events (an
+# outbox row is rewritten by nothing else while its dispatcher runs; transition events
+# are inserted, never updated; consumers run in savepoints, so a transition's xmin is a
+# subtransaction of the dispatcher's, with the same commit timestamp).
+_LATENCIES = """
+SELECT extract(epoch FROM pg_xact_commit_timestamp(o.xmin)
+                          - pg_xact_commit_timestamp(e.xmin)) AS seconds,
+       EXISTS (SELECT 1 FROM user_events t
+               WHERE t.contact_id = o.contact_id AND t.source = 'bucket'
+                 AND pg_xact_commit_timestamp(t.xmin)
+                     = pg_xact_commit_timestamp(o.xmin)) AS transition
+FROM event_outbox o JOIN user_events e ON e.id = o.event_id
+WHERE o.processed_at IS NOT NULL AND e.source = 'api'
+"""
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    values = sorted(values)
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values) * 1000, 1),
+        "p99_ms": round(values[int(0.99 * (len(values) - 1))] * 1000, 1),
+        "max_ms": round(values[-1] * 1000, 1),
+    }
+
+
+def _latency(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, stop))
+    proc.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the dispatcher process did not start")
+        offered = asyncio.run(
+            _offer(url, rate=LATENCY_RATE, seconds=LATENCY_SECONDS, contacts=LATENCY_CONTACTS)
+        )
+        deadline = time.monotonic() + 120
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT count(*) FROM event_outbox WHERE processed_at IS NULL"
+                    " AND dead_at IS NULL"
+                ).fetchone()
+                if row is not None and row[0] == 0:
+                    break
+                time.sleep(0.1)
+            # Read while the dispatcher runs: stopping it releases (rewrites) its rows.
+            rows = conn.execute(_LATENCIES).fetchall()
+            transitions = conn.execute(
+                "SELECT count(*) FROM user_events WHERE source = 'bucket'"
+            ).fetchone()
+    finally:
+        stop.set()
+        proc.join(60)
+    every = [float(r[0]) for r in rows]
+    moved = [float(r[0]) for r in rows if r[1]]
+    return {
+        "offered_events": offered,
+        "offered_per_s": LATENCY_RATE,
+        "transition_events": int(transitions[0]) if transitions else 0,
+        "all_events": _percentiles(every),
+        "events_with_a_transition": _percentiles(moved),
+    }
+
+
+def measure_latency(settings_variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """(a): event commit -> commit of the dispatcher transaction that applied its
+    membership changes, per dispatcher configuration, each on a fresh database."""
+    out: dict[str, Any] = {}
+    for label, overrides in settings_variants.items():
+        with _server(commit_timestamps=True) as server:
+            url = server.create_database("bench_latency")
+            migrate.upgrade(url)
+            _generate(url, LATENCY_CONTACTS, now=datetime.now(UTC))
+            asyncio.run(_backfill_all(url))
+            print(f"  latency [{label}]: {LATENCY_RATE} events/s for {LATENCY_SECONDS:.0f} s")
+            out[label] = {"settings": overrides, **_latency(url, overrides)}
+            got = out[label]
+            print(
+                f"    all events p50 {got['all_events'].get('p50_ms')} ms,"
+                f" p99 {got['all_events'].get('p99_ms')} ms;"
+                f" with a transition p50 {got['events_with_a_transition'].get('p50_ms')} ms,"
+                f" p99 {got['events_with_a_transition'].get('p99_ms')} ms",
+                flush=True,
+            )
+    return out
+
+
+async def _backfill_all(url: str) -> None:
+    engine = make_async_engine(url, pool_size=2)
+    app = Hogsend(buckets=buckets())
+    sweeper = BucketSweeper(app, engine, chunk_size=CHUNK, batch_size=BATCH)
+    try:
+        for bucket in app.buckets:
+            await sweeper.backfill(bucket)
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``python -m bench buckets [--sizes=100000,1000000] [--skip=latency,sweep]``."""
+    parser = argparse.ArgumentParser(prog="bench buckets")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(n) for n in SIZES),
+        help="contact counts for the backfill and sweep runs, comma-separated",
+    )
+    parser.add_argument("--skip", default="", help="parts to skip: latency, sweep")
+    args = parser.parse_args(argv)
+    sizes = tuple(int(x) for x in args.sizes.split(",") if x)
+    skip = set(filter(None, args.skip.split(",")))
+    result: dict[str, Any] = {}
+    if "latency" not in skip:
+        result["latency"] = measure_latency(
+            {
+                "default": {},
+                "one event per transaction": {"dispatcher_events_per_transaction": 1},
+            }
+        )
+    if "sweep" not in skip:
+        result.update(run(sizes))
+    return result

@@ -49,6 +49,8 @@ from hogsend.db.engine import libpq_url
 SENDS = 4000
 WARMUP = 300
 CONCURRENCY = 8
+BATCH = 500
+SCENARIOS = ("raw", "mailer", "mailer_batch")
 TEMPLATE = "trial-ending"
 PROPS = {"days_left": 3, "ends_on": "March 14", "plan": "Pro"}
 TARGET_RATIO = 0.8
@@ -168,7 +170,7 @@ def _rendered_once() -> tuple[str, str, str]:
     return rendered.subject, rendered.html, rendered.text
 
 
-async def _raw(port: int) -> dict[str, Any]:
+async def _raw(port: int, sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     import aiosmtplib
 
     from hogsend.channels.email.message import OutgoingEmail
@@ -194,7 +196,7 @@ async def _raw(port: int) -> dict[str, Any]:
                 )
             )
         )
-        for i in range(WARMUP + SENDS)
+        for i in range(warmup + sends)
     ]
     idle: list[aiosmtplib.SMTP] = []
     for _ in range(CONCURRENCY):
@@ -209,16 +211,23 @@ async def _raw(port: int) -> dict[str, Any]:
         finally:
             idle.append(client)
 
-    await _drive(send, range(WARMUP))
+    await _drive(send, range(warmup))
     cpu = time.process_time()
-    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    latencies, wall = await _drive(send, range(warmup, warmup + sends))
     result = _summary(latencies, wall, time.process_time() - cpu)
     for client in idle:
         await client.quit()
     return result
 
 
-async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str, Any]:
+async def _mailer(
+    port: int,
+    url: str,
+    contact_ids: list[uuid.UUID],
+    sends: int,
+    warmup: int,
+    batched: bool = False,
+) -> dict[str, Any]:
     from hogsend.channels.email import SmtpProvider
     from hogsend.channels.mailer import Mailer, SendRequest
     from hogsend.db.engine import make_async_engine
@@ -247,11 +256,39 @@ async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str
             )
         )
         if outcome.decision != "sent":
-            failures.append(outcome.decision)
+            failures.append(f"{outcome.decision} {outcome.detail}")
 
-    await _drive(send, range(WARMUP))
-    cpu = time.process_time()
-    latencies, wall = await _drive(send, range(WARMUP, WARMUP + SENDS))
+    def request(index: int) -> SendRequest:
+        return SendRequest(
+            template=TEMPLATE,
+            contact_id=contact_ids[index],
+            kind="campaign",
+            props=PROPS,
+            idempotency_key=f"bench-batch:{index}",
+        )
+
+    async def send_batches(indexes: range) -> tuple[list[float], float]:
+        # The campaign path: Mailer.send_batch, CONCURRENCY provider calls in flight.
+        started = time.perf_counter()
+        for start in range(indexes.start, indexes.stop, BATCH):
+            chunk = range(start, min(start + BATCH, indexes.stop))
+            for outcome in await mailer.send_batch(
+                [request(i) for i in chunk], concurrency=CONCURRENCY
+            ):
+                if isinstance(outcome, Exception) or outcome.decision != "sent":
+                    failures.append(repr(outcome))
+        wall = time.perf_counter() - started
+        # No per-send latency on this path: each send is reported at the mean.
+        return [wall * CONCURRENCY / len(indexes)] * len(indexes), wall
+
+    if batched:
+        await send_batches(range(warmup))
+        cpu = time.process_time()
+        latencies, wall = await send_batches(range(warmup, warmup + sends))
+    else:
+        await _drive(send, range(warmup))
+        cpu = time.process_time()
+        latencies, wall = await _drive(send, range(warmup, warmup + sends))
     result = _summary(latencies, wall, time.process_time() - cpu)
     await provider.aclose()
     await engine.dispose()
@@ -260,17 +297,30 @@ async def _mailer(port: int, url: str, contact_ids: list[uuid.UUID]) -> dict[str
     return result
 
 
-def _scenario_main(name: str, port: int, url: str, ids: list[str], out: Any) -> None:
+def _scenario_main(
+    name: str, port: int, url: str, ids: list[str], sends: int, warmup: int, out: Any
+) -> None:
     if name == "raw":
-        out.put(asyncio.run(_raw(port)))
+        out.put(asyncio.run(_raw(port, sends, warmup)))
     else:
-        out.put(asyncio.run(_mailer(port, url, [uuid.UUID(i) for i in ids])))
+        contact_ids = [uuid.UUID(i) for i in ids]
+        batched = name == "mailer_batch"
+        out.put(asyncio.run(_mailer(port, url, contact_ids, sends, warmup, batched)))
 
 
-def _run_scenario(name: str, port: int, url: str, ids: list[uuid.UUID]) -> dict[str, Any]:
+def _run_scenario(
+    name: str,
+    port: int,
+    url: str,
+    ids: list[uuid.UUID],
+    sends: int = SENDS,
+    warmup: int = WARMUP,
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    process = ctx.Process(target=_scenario_main, args=(name, port, url, [str(i) for i in ids], out))
+    process = ctx.Process(
+        target=_scenario_main, args=(name, port, url, [str(i) for i in ids], sends, warmup, out)
+    )
     process.start()
     result: dict[str, Any] = out.get(timeout=600)
     process.join(30)
@@ -282,8 +332,8 @@ def _run_scenario(name: str, port: int, url: str, ids: list[uuid.UUID]) -> dict[
 # --------------------------------------------------------------------------- setup
 
 
-def _contacts(url: str) -> list[uuid.UUID]:
-    ids = [uuid.uuid4() for _ in range(WARMUP + SENDS)]
+def _contacts(url: str, count: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(count)]
     copy_sql = "COPY contacts (id, email, external_id, properties) FROM STDIN"
     with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
         for n, contact_id in enumerate(ids):
@@ -295,7 +345,7 @@ def _contacts(url: str) -> list[uuid.UUID]:
     return ids
 
 
-def run() -> dict[str, Any]:
+def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
@@ -303,15 +353,15 @@ def run() -> dict[str, Any]:
         try:
             url = server.create_database("bench_send")
             migrate.upgrade(url)
-            ids = _contacts(url)
+            ids = _contacts(url, warmup + sends)
             with _sink() as (port, counter, size):
                 results: dict[str, dict[str, Any]] = {}
-                for name in ("raw", "mailer"):
+                for name in SCENARIOS:
                     before, bytes_before = counter.value, size.value
                     print(f"  {name} ...", flush=True)
-                    results[name] = _run_scenario(name, port, url, ids)
+                    results[name] = _run_scenario(name, port, url, ids, sends, warmup)
                     received = counter.value - before
-                    if received != WARMUP + SENDS:
+                    if received != warmup + sends:
                         raise RuntimeError(f"{name}: the sink got {received} messages")
                     results[name]["sink_received"] = received
                     # Same template, same headers: the two sides must carry alike messages.
@@ -322,29 +372,39 @@ def run() -> dict[str, Any]:
             server.stop()
 
     ratio = results["mailer"]["sends_per_s"] / results["raw"]["sends_per_s"]
+    batch_ratio = results["mailer_batch"]["sends_per_s"] / results["raw"]["sends_per_s"]
     print(
-        f"\n{SENDS:,} sends after {WARMUP} warm-up, {CONCURRENCY} in flight, "
+        f"\n{sends:,} sends after {warmup} warm-up, {CONCURRENCY} in flight, "
         f"template {TEMPLATE!r}, aiosmtpd sink in its own process, durable Postgres"
     )
     print(
-        f"{'scenario':<10}{'sends/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu':>7}"
+        f"{'scenario':<14}{'sends/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu':>7}"
         f"{'RSS MB':>9}{'peak MB':>9}"
     )
     for name, r in results.items():
         print(
-            f"{name:<10}{r['sends_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['cpu']:>7}"
+            f"{name:<14}{r['sends_per_s']:>10,}{r['p50_ms']:>9}{r['p99_ms']:>9}{r['cpu']:>7}"
             f"{r['rss_mb']:>9}{r['peak_rss_mb']:>9}"
         )
     verdict = "meets" if ratio >= TARGET_RATIO else "below"
     print(f"mailer / raw = {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
+    print(f"mailer_batch / raw = {batch_ratio:.2f}")
     return {
-        "sends": SENDS,
-        "warmup": WARMUP,
+        "sends": sends,
+        "warmup": warmup,
         "concurrency": CONCURRENCY,
         "template": TEMPLATE,
         "sink": "aiosmtpd in its own process, counting",
         "postgres": "embedded, durable commits (fsync on)",
         "target_ratio": TARGET_RATIO,
         "ratio_mailer_to_raw": round(ratio, 3),
+        "ratio_mailer_batch_to_raw": round(batch_ratio, 3),
+        "batch_size": BATCH,
         "results": results,
     }
+
+
+if __name__ == "__main__":
+    import sys
+
+    run(*(int(arg) for arg in sys.argv[1:3]))

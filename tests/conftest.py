@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from hogsend.testing.postgres import TestPostgres
+from mail_sink import Sink, running_sink
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,9 @@ def empty_database_url(pg_server: TestPostgres) -> Iterator[str]:
     url = pg_server.fresh_database(migrated=False)
     yield url
     pg_server.drop(url)
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    """A real SMTP server (aiosmtpd) on a free port and the handler keeping its mail."""
+    yield from running_sink()

@@ -25,6 +25,7 @@ from hogsend.core.definitions import (
     check_conditions,
 )
 from hogsend.core.identifiers import duplicates
+from hogsend.core.reactions import reaction_journeys
 from hogsend.errors import (
     AppLoadError,
     ConfigurationError,
@@ -201,7 +202,7 @@ class Hogsend:
         if self.templates is not None:
             problems += [Problem(where=p.where, message=p.message) for p in self.templates.check()]
         known = self.template_keys()
-        for journey in self._journeys:
+        for journey in (*self._journeys, *reaction_journeys(self._buckets)):
             for key in sorted(_literal_template_keys(journey)):
                 if key not in known:
                     problems.append(

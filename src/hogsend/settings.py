@@ -214,6 +214,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A sending campaign without progress this long is handed to another run.",
     )
+    import_stale_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A processing import without progress this long is handed to another run.",
+    )
 
     rate_limit_data_plane: int = Field(
         default=6000, ge=0, description="Data-plane requests per key per minute (0 = off)."

@@ -14,25 +14,20 @@ recipient's idempotency key) and the test checks that is the only kind of repeat
 
 from __future__ import annotations
 
-import email
-import email.policy
 import signal
 import subprocess
 import textwrap
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, text
 
 from hogsend.db.engine import make_sync_engine
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -50,28 +45,6 @@ APP = textwrap.dedent(
     )
     """
 )
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink(harness: Any) -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=harness.free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 def _prepare(engine: Engine) -> uuid.UUID:

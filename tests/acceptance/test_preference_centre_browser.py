@@ -10,26 +10,18 @@ JavaScript on and off. Debian's ``/usr/bin/chromium`` is driven through Playwrig
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import re
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
-from aiosmtpd.controller import Controller
 from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import text
 
@@ -39,6 +31,8 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.db.engine import make_async_engine
 from hogsend.settings import Settings
+from live_server import live_server
+from mail_sink import Sink, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -64,12 +58,6 @@ def in_own_loop(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(work())).result()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def make_app(root: Path) -> Hogsend:
     templates = root / "templates"
     templates.mkdir()
@@ -92,54 +80,10 @@ def make_app(root: Path) -> Hogsend:
 
 
 @dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-class LiveServer:
-    """uvicorn serving the API in a background thread."""
-
-    def __init__(self, app: Hogsend, settings: Settings, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(
-            create_api(app, settings),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the live API did not start")
-            time.sleep(0.05)
-        assert httpx.get(self.base + "/v1/health", timeout=5).status_code == 200
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-@dataclass
 class World:
     app: Hogsend
     settings: Settings
-    server: LiveServer
+    base: str
     sink: Sink
     smtp_port: int
     database_url: str
@@ -194,10 +138,7 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, database_url: str) -> Iterator[World]:
-    sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
-    controller.start()
+def world(tmp_path: Path, database_url: str, sink: tuple[Sink, int]) -> Iterator[World]:
     port = free_port()
     settings = Settings(
         env="test",
@@ -207,11 +148,9 @@ def world(tmp_path: Path, database_url: str) -> Iterator[World]:
         log_level="warning",
     )
     app = make_app(tmp_path)
-    try:
-        with LiveServer(app, settings, port) as server:
-            yield World(app, settings, server, sink, controller.port, database_url)
-    finally:
-        controller.stop()
+    with live_server(create_api(app, settings), port) as base:
+        assert httpx.get(base + "/v1/health", timeout=5).status_code == 200
+        yield World(app, settings, base, *sink, database_url)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +185,7 @@ def test_toggle_lists_and_unsubscribe_from_all_in_chromium(
     world: World, browser: Browser, javascript: bool
 ) -> None:
     contact_id, links = world.mail_newsletter(f"reader-{javascript}@example.com")
-    assert links["preferences"].startswith(world.server.base + "/v1/email/preferences?token=")
+    assert links["preferences"].startswith(world.base + "/v1/email/preferences?token=")
     page, requested = open_page(browser, javascript=javascript)
 
     page.goto(links["preferences"])
@@ -298,7 +237,7 @@ def test_toggle_lists_and_unsubscribe_from_all_in_chromium(
     }
     # Nothing was loaded from anywhere else (no CDN, no fonts, no script).
     assert requested
-    assert all(url.startswith(world.server.base + "/") for url in requested), requested
+    assert all(url.startswith(world.base + "/") for url in requested), requested
     page.context.close()
 
 

@@ -10,15 +10,11 @@ merged identity.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 from sqlalchemy import text
@@ -28,48 +24,7 @@ from hogsend.app import Hogsend
 from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import api_keys
 from hogsend.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class LiveServer:
-    """uvicorn serving the API in a background thread."""
-
-    def __init__(self, database_url: str) -> None:
-        settings = Settings(
-            env="test", database_url=database_url, log_level="warning", rate_limit_data_plane=0
-        )
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            create_api(Hogsend(), settings),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the live API did not start")
-            time.sleep(0.05)
-        assert httpx.get(self.base + "/v1/health", timeout=5).status_code == 200
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+from live_server import live_server
 
 
 async def _mint(database_url: str) -> str:
@@ -97,10 +52,15 @@ def query(database_url: str, sql: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def live(database_url: str) -> Iterator[tuple[LiveServer, str]]:
+def live(database_url: str) -> Iterator[tuple[str, str]]:
+    """The API's base URL over real HTTP, and an ingest key for it."""
     key = asyncio.run(_mint(database_url))
-    with LiveServer(database_url) as server:
-        yield server, key
+    settings = Settings(
+        env="test", database_url=database_url, log_level="warning", rate_limit_data_plane=0
+    )
+    with live_server(create_api(Hogsend(), settings)) as base:
+        assert httpx.get(base + "/v1/health", timeout=5).status_code == 200
+        yield base, key
 
 
 def _send_journey(client: Any, prefix: str) -> None:
@@ -170,12 +130,12 @@ def _check_rows(database_url: str, prefix: str) -> None:
     assert by_name["group"]["groupId"] == "acme"
 
 
-def test_segment_analytics_python(live: tuple[LiveServer, str], database_url: str) -> None:
-    server, key = live
+def test_segment_analytics_python(live: tuple[str, str], database_url: str) -> None:
+    base, key = live
     errors: list[Any] = []
     client = SegmentClient(
         write_key=key,
-        host=f"{server.base}/segment",
+        host=f"{base}/segment",
         on_error=lambda error, batch: errors.append(error),
         max_retries=1,
     )
@@ -186,12 +146,12 @@ def test_segment_analytics_python(live: tuple[LiveServer, str], database_url: st
     _check_rows(database_url, "seg")
 
 
-def test_rudder_sdk_python_with_gzip(live: tuple[LiveServer, str], database_url: str) -> None:
-    server, key = live
+def test_rudder_sdk_python_with_gzip(live: tuple[str, str], database_url: str) -> None:
+    base, key = live
     errors: list[Any] = []
     client = RudderClient(
         write_key=key,
-        host=f"{server.base}/segment",
+        host=f"{base}/segment",
         on_error=lambda error, batch: errors.append(error),
         gzip=True,
         max_retries=1,
@@ -203,12 +163,12 @@ def test_rudder_sdk_python_with_gzip(live: tuple[LiveServer, str], database_url:
     _check_rows(database_url, "rudder")
 
 
-def test_a_wrong_write_key_is_refused(live: tuple[LiveServer, str]) -> None:
-    server, _ = live
+def test_a_wrong_write_key_is_refused(live: tuple[str, str]) -> None:
+    base, _ = live
     errors: list[Any] = []
     client = SegmentClient(
         write_key="hsk_not-a-key",
-        host=f"{server.base}/segment",
+        host=f"{base}/segment",
         on_error=lambda error, batch: errors.append(error),
         max_retries=0,
     )

@@ -19,27 +19,20 @@ What this proves, and docs/email.md ("Delivery guarantees") promises:
 
 from __future__ import annotations
 
-import email
-import email.policy
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from aiosmtpd.controller import Controller
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,6 +40,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from hogsend.db.engine import make_sync_engine
+from live_server import live_server
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,26 +109,7 @@ SENDER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- providers
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
 
 
 @dataclass
@@ -170,29 +146,11 @@ class ResendStandIn:
 
 
 @pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-@pytest.fixture
 def resend() -> Iterator[tuple[ResendStandIn, str]]:
     stand_in = ResendStandIn()
-    port = _free_port()
     app = Starlette(routes=[Route("/emails", stand_in.emails, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield stand_in, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with live_server(app) as base:
+        yield stand_in, base
 
 
 # --------------------------------------------------------------------------- the sender

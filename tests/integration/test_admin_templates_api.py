@@ -15,21 +15,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import (  # the same app, sink and environment as the /v1/emails tests
-    Env,
-    Sink,
-    _env,
-    bearer,
-    execute,
-    new_contact,
-    running_sink,
-    send_rows,
-    suppress,
-)
+from test_emails_api import Env, _env, bearer, execute, new_contact, send_rows, suppress
 
 from hogsend.channels.email import OutboxProvider
 from hogsend.channels.mailer import Mailer
 from hogsend.runtime.courier import Courier
+from mail_sink import Sink, running_sink
 
 
 @pytest.fixture

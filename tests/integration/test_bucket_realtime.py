@@ -280,7 +280,7 @@ async def test_a_failure_mid_transition_rolls_back_and_the_retry_emits_once(
     sessions: async_sessionmaker[AsyncSession],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real_emit = repo.emit_transition
+    real_emit = repo.emit_transitions
     calls = 0
 
     async def flaky_emit(*args: Any, **kwargs: Any) -> Any:
@@ -291,7 +291,7 @@ async def test_a_failure_mid_transition_rolls_back_and_the_retry_emits_once(
             raise RuntimeError("worker died after the join")
         return result
 
-    monkeypatch.setattr(repo, "emit_transition", flaky_emit)
+    monkeypatch.setattr(repo, "emit_transitions", flaky_emit)
     hal = await send(sessions, "hal@x.test", props={"plan": "vip"})
     dispatcher = Dispatcher(
         engine,

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Env, Sink, _env, bearer, new_contact, running_sink
+from test_emails_api import Env, _env, bearer, new_contact
 
 from hogsend.core.definitions import define_bucket
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import campaigns as repo
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(180)
 

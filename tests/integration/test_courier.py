@@ -12,19 +12,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import (  # the same app, sink and environment as the /v1/emails tests
-    Env,
-    Sink,
-    _env,
-    bearer,
-    running_sink,
-    send_rows,
-)
+from test_emails_api import Env, _env, bearer, send_rows
 
 from hogsend.channels.email import OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -7,19 +7,14 @@ never a real wait.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,40 +24,13 @@ from hogsend.channels.mailer import DEFERRED_KEY_PREFIX, Mailer, SendRequest
 from hogsend.core.mailer_gates import SendWindow
 from hogsend.runtime.deferred import MAX_ROUNDS, DeferredSweep
 from hogsend.settings import Settings
+from mail_sink import Sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 FRIDAY_NIGHT = datetime(2026, 3, 6, 20, 0, tzinfo=UTC)  # 21:00 in Paris
 SATURDAY_OPEN = datetime(2026, 3, 7, 8, 0, tzinfo=UTC)  # 09:00 in Paris
 OFFICE_HOURS = SendWindow(start=time(9), end=time(17))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 class VirtualClock:

@@ -8,15 +8,11 @@ next send through the same mailer must obey what was recorded.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import re
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from html import unescape
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,6 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,6 +30,7 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.core import tokens
 from hogsend.settings import Settings
+from mail_sink import Sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 SECRET = "k" * 40
@@ -42,34 +38,6 @@ PUBLIC = "https://mail.example.test"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ONE_CLICK_BODY = "List-Unsubscribe=One-Click"
 PREFERENCE_TABLES = ("contacts", "list_subscriptions", "email_preferences", "contact_aliases")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 def make_app(tmp_path: Path) -> Hogsend:

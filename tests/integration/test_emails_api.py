@@ -7,19 +7,14 @@ one round at a time) delivers through the SMTP provider to the sink.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
-import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -32,34 +27,10 @@ from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.channels.templates import TemplateRegistry
 from hogsend.runtime.courier import Courier
 from hogsend.settings import Settings
+from mail_sink import Sink
 
 SECRET = "t" * 40
 PUBLIC = "https://mail.example.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    """Keeps every message; answers DATA from ``script`` first (e.g. a 550), then 250."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-    script: list[str] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        if self.script:
-            return self.script.pop(0)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        parsed["X-Test-Envelope-To"] = ",".join(envelope.rcpt_tos)
-        self.messages.append(parsed)
-        return "250 Message accepted"
 
 
 class ReceiptProps(BaseModel):
@@ -129,20 +100,6 @@ class Env:
     async def deliver(self) -> int:
         """One courier round: what a worker does when woken."""
         return await self.courier.run_once()
-
-
-def running_sink() -> Iterator[tuple[Sink, int]]:
-    """An aiosmtpd server on a free port, for the time the generator is alive."""
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 async def _env(

@@ -17,12 +17,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Sink, running_sink, settings_for
+from test_emails_api import settings_for
 
 from hogsend import Contact, Hogsend, JourneyContext, define_journey, where
 from hogsend.api.app import create_api
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -312,7 +313,7 @@ async def test_guards_refuse_with_their_reason_and_a_redelivery_enrolls_once(env
     refused = await env.until(refusals)
     assert [(r["user_id"], r["detail"]["reason"]) for r in refused] == [
         ("cat", "trigger_filter"),
-        ("dan", "already_running"),
+        ("dan", "already_entered_once"),
     ]
     # The dispatcher delivers the first trigger again (as after a lost lease).
     await env.rows(

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,45 +24,12 @@ from hogsend.core import tokens
 from hogsend.core.mailer_gates import SendWindow
 from hogsend.errors import NoRecipient
 from hogsend.settings import Settings
+from mail_sink import Sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 MintKey = Callable[..., Awaitable[str]]
 SECRET = "s" * 40
 PUBLIC = "https://mail.example.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    """Keeps every message; answers DATA from ``script`` first (e.g. a 451), then 250."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-    script: list[str] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        if self.script:
-            return self.script.pop(0)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        parsed["X-Test-Envelope-To"] = ",".join(envelope.rcpt_tos)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 def api_settings(database_url: str, **overrides: object) -> Settings:

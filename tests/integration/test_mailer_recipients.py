@@ -6,20 +6,15 @@ the ASGI app the way a mailbox provider POSTs it.
 
 from __future__ import annotations
 
-import email
-import email.policy
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,38 +24,11 @@ from hogsend.api import create_api
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.settings import Settings
+from mail_sink import Sink, free_port
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 SECRET = "r" * 40
 PUBLIC = "https://mail.example.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
 
 
 def make_app(tmp_path: Path) -> Hogsend:
@@ -268,7 +236,7 @@ async def test_a_provider_error_emits_no_email_sent(
 ) -> None:
     dan = await new_contact(env.engine, "dan@example.com")
     # Nothing listens on this port: the connection is refused, a transient error each time.
-    dead = SmtpProvider(host="127.0.0.1", port=_free_port(), tls="none", timeout=2)
+    dead = SmtpProvider(host="127.0.0.1", port=free_port(), tls="none", timeout=2)
     settings = env.settings.model_copy(update={"mailer_max_attempts": 1})
     failing = Mailer(env.app, settings, env.engine, dead)
     outcome = await failing.send(SendRequest(template="receipt", contact_id=dan))

@@ -6,21 +6,14 @@ row; a refused login is final at once, with a message that names the settings to
 
 from __future__ import annotations
 
-import email
-import email.policy
-import socket
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import EmailMessage
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,67 +21,15 @@ from hogsend import Hogsend
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.settings import Settings
+from mail_sink import SecuredServer, Sink, secured_sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sink:
-    """Answers DATA from ``script`` first, then accepts."""
-
-    messages: list[EmailMessage] = field(default_factory=list)
-    script: list[str] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        if self.script:
-            return self.script.pop(0)
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"ada", b"s3cret")
-    return AuthResult(success=ok, handled=False)
-
-
-@dataclass
-class Server:
-    sink: Sink
-    port: int
-    client_tls: ssl.SSLContext
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
+def server() -> Iterator[SecuredServer]:
     """STARTTLS + AUTH, as a submission port (587) is set up."""
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    sink = Sink()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=_free_port(),
-        tls_context=server_ctx,
-        require_starttls=True,
-        authenticator=_authenticate,
-        auth_required=True,
-    )
-    controller.start()
-    yield Server(sink, controller.port, client_ctx)
-    controller.stop()
+    yield from secured_sink(Sink(), trustme.CA(), "starttls")
 
 
 @dataclass
@@ -100,7 +41,7 @@ class Sent:
 
 @pytest.fixture
 async def make_mailer(
-    tmp_path: Path, engine: AsyncEngine, database_url: str, server: Server
+    tmp_path: Path, engine: AsyncEngine, database_url: str, server: SecuredServer
 ) -> AsyncIterator[Callable[..., Sent]]:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -155,7 +96,7 @@ async def one_row(fetch_all: FetchAll, send_id: uuid.UUID) -> dict[str, Any]:
 )
 async def test_a_transient_reply_is_retried_and_the_back_off_recorded(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
     reply: str,
@@ -181,7 +122,7 @@ async def test_a_transient_reply_is_retried_and_the_back_off_recorded(
 
 async def test_transient_replies_give_up_with_every_wait_recorded(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
 ) -> None:
@@ -205,7 +146,7 @@ async def test_transient_replies_give_up_with_every_wait_recorded(
 
 async def test_a_wrong_password_is_final_at_once(
     make_mailer: Callable[..., Sent],
-    server: Server,
+    server: SecuredServer,
     engine: AsyncEngine,
     fetch_all: FetchAll,
 ) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,6 +16,7 @@ from starlette.routing import Route
 from hogsend.channels.email import OutgoingEmail, ResendProvider, build_provider
 from hogsend.errors import PermanentProviderError, ProviderAlreadyAccepted, TransientProviderError
 from hogsend.settings import Settings
+from live_server import live_server
 
 received: list[dict[str, Any]] = []
 
@@ -57,20 +55,9 @@ async def emails(request: Request) -> JSONResponse:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     app = Starlette(routes=[Route("/emails", emails, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with live_server(app) as base:
+        yield base
 
 
 def message(to: str = "ada@example.com", **overrides: Any) -> OutgoingEmail:

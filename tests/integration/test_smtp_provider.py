@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,19 +13,13 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from hogsend.channels.email import OutgoingEmail, SmtpProvider
 from hogsend.errors import PermanentProviderError, TransientProviderError
+from mail_sink import SecuredServer, free_port, secured_sink
 
 # The implicit-TLS server requires AUTH without aiosmtpd knowing its socket is TLS.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -66,7 +59,7 @@ class Server:
 @pytest.fixture
 def plain() -> Iterator[Server]:
     sink = Sink()
-    controller = Controller(sink, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield Server(sink, controller.port)
     controller.stop()
@@ -77,31 +70,9 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"ada", b"s3cret")
-    # handled=False: aiosmtpd answers a failure itself (535); True would leave it unanswered.
-    return AuthResult(success=ok, handled=False)
-
-
 @pytest.fixture
-def starttls(ca: trustme.CA) -> Iterator[Server]:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    sink = Sink()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=_free_port(),
-        tls_context=server_ctx,
-        require_starttls=True,
-        authenticator=_authenticate,
-        auth_required=True,
-    )
-    controller.start()
-    yield Server(sink, controller.port, client_ctx)
-    controller.stop()
+def starttls(ca: trustme.CA) -> Iterator[SecuredServer]:
+    yield from secured_sink(Sink(), ca, "starttls")
 
 
 def message(to: str = "ada@example.com", **overrides: Any) -> OutgoingEmail:
@@ -204,12 +175,12 @@ async def test_5xx_is_permanent(plain: Server, code: int) -> None:
 
 
 async def test_unreachable_server_is_transient() -> None:
-    provider = SmtpProvider(host="127.0.0.1", port=_free_port(), tls="none", timeout=5)
+    provider = SmtpProvider(host="127.0.0.1", port=free_port(), tls="none", timeout=5)
     with pytest.raises(TransientProviderError, match="connection"):
         await provider.send(message())
 
 
-async def test_starttls_with_auth(starttls: Server) -> None:
+async def test_starttls_with_auth(starttls: SecuredServer) -> None:
     provider = SmtpProvider(
         host="127.0.0.1",
         port=starttls.port,
@@ -225,36 +196,19 @@ async def test_starttls_with_auth(starttls: Server) -> None:
     assert provider.connections_opened == 1
 
 
-async def test_server_refuses_plain_when_starttls_is_required(starttls: Server) -> None:
+async def test_server_refuses_plain_when_starttls_is_required(starttls: SecuredServer) -> None:
     provider = SmtpProvider(host="127.0.0.1", port=starttls.port, tls="none")
     with pytest.raises(PermanentProviderError):
         await provider.send(message())
 
 
 @pytest.fixture
-def implicit_tls(ca: trustme.CA) -> Iterator[Server]:
+def implicit_tls(ca: trustme.CA) -> Iterator[SecuredServer]:
     """Port-465 style: TLS from the first byte, then AUTH."""
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    sink = Sink()
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=_free_port(),
-        ssl_context=server_ctx,
-        authenticator=_authenticate,
-        auth_required=True,
-        # aiosmtpd counts only STARTTLS as TLS for AUTH; this connection is TLS throughout.
-        auth_require_tls=False,
-    )
-    controller.start()
-    yield Server(sink, controller.port, client_ctx)
-    controller.stop()
+    yield from secured_sink(Sink(), ca, "implicit")
 
 
-async def test_implicit_tls_with_auth(implicit_tls: Server) -> None:
+async def test_implicit_tls_with_auth(implicit_tls: SecuredServer) -> None:
     provider = SmtpProvider(
         host="127.0.0.1",
         port=implicit_tls.port,
@@ -275,7 +229,7 @@ async def test_implicit_tls_with_auth(implicit_tls: Server) -> None:
 
 
 async def test_implicit_tls_from_settings(
-    implicit_tls: Server, ca: trustme.CA, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    implicit_tls: SecuredServer, ca: trustme.CA, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HOGSEND_SMTP_TLS=tls as deployed: the system trust store (here: the test CA)."""
     from hogsend.channels.email import build_provider
@@ -301,7 +255,7 @@ async def test_implicit_tls_from_settings(
     assert implicit_tls.sink.tls_sessions == [True]
 
 
-async def test_untrusted_certificate_is_permanent(implicit_tls: Server) -> None:
+async def test_untrusted_certificate_is_permanent(implicit_tls: SecuredServer) -> None:
     provider = SmtpProvider(host="127.0.0.1", port=implicit_tls.port, tls="tls", timeout=5)
     with pytest.raises(PermanentProviderError, match="CERTIFICATE_VERIFY_FAILED") as info:
         await provider.send(message())

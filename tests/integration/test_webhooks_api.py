@@ -8,24 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email
-import email.policy
 import json
-import socket
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,6 +31,8 @@ from hogsend.channels.email import ResendProvider, SmtpProvider
 from hogsend.channels.email.message import EmailProvider
 from hogsend.channels.mailer import SEND_ID_HEADER, Mailer, SendRequest
 from hogsend.settings import Settings
+from live_server import live_server
+from mail_sink import Sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 RESEND_SECRET = "whsec_" + base64.b64encode(b"resend-webhook-signing-key-0001").decode()
@@ -58,12 +51,6 @@ TABLES = (
 # --------------------------------------------------------------------------- fixtures
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _resend_emails(request: Request) -> JSONResponse:
     await request.body()
     return JSONResponse({"id": str(uuid.uuid4())})
@@ -72,40 +59,9 @@ async def _resend_emails(request: Request) -> JSONResponse:
 @pytest.fixture(scope="module")
 def resend_url() -> Iterator[str]:
     """A live stand-in for Resend's POST /emails, answering with a fresh email id."""
-    port = _free_port()
     app = Starlette(routes=[Route("/emails", _resend_emails, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
-
-
-@dataclass
-class Sink:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any
-    ) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        self.messages.append(parsed)
-        return "250 Message accepted"
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
-    controller.start()
-    yield handler, controller.port
-    controller.stop()
+    with live_server(app) as base:
+        yield base
 
 
 def settings(database_url: str, **overrides: object) -> Settings:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, time
 
 import pytest
 
 from hogsend import define_journey, where
 from hogsend.core.enrollment import (
-    EntryHistory,
     enrollment_workflow_id,
-    entry_refusal,
+    json_equals,
     pick_variant,
     properties_match,
     spec_event,
@@ -22,34 +21,6 @@ from hogsend.core.journey_context import When
 from hogsend.errors import JourneyExit
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("limit", "period", "history", "expected"),
-    [
-        ("once", None, EntryHistory(), None),
-        ("once", None, EntryHistory(runs=1, last_entered_at=NOW), "entry_limit_once"),
-        ("unlimited", None, EntryHistory(runs=5, last_entered_at=NOW), None),
-        ("unlimited", None, EntryHistory(runs=1, running=True), "already_running"),
-        (
-            "once_per_period",
-            timedelta(days=7),
-            EntryHistory(runs=1, last_entered_at=NOW - timedelta(days=6)),
-            "entry_limit_period",
-        ),
-        (
-            "once_per_period",
-            timedelta(days=7),
-            EntryHistory(runs=1, last_entered_at=NOW - timedelta(days=7)),
-            None,
-        ),
-        ("once_per_period", timedelta(days=7), EntryHistory(), None),
-    ],
-)
-def test_entry_limits(
-    limit: str, period: timedelta | None, history: EntryHistory, expected: str | None
-) -> None:
-    assert entry_refusal(limit, period, history, NOW) == expected  # type: ignore[arg-type]
 
 
 def test_workflow_ids_are_deterministic_per_contact_and_ordinal() -> None:
@@ -87,6 +58,33 @@ def test_trigger_and_exit_specs_match_names_and_filters() -> None:
     assert not properties_match({"projectId": "p1"}, {"projectId": "p2"})
     assert not properties_match({"projectId": "p1"}, {})
     assert properties_match(None, {})
+
+
+@pytest.mark.parametrize(
+    ("actual", "expected", "equal"),
+    [
+        (True, True, True),
+        (1, True, False),
+        (True, 1, False),
+        (0, False, False),
+        (1, 1.0, True),
+        ("1", 1, False),
+        (None, None, True),
+        (None, 0, False),
+        ("", None, False),
+        ([1, "a"], [1, "a"], True),
+        ([1], [True], False),
+        ([1, 2], [1], False),
+        ({"a": 1}, {"a": 1.0}, True),
+        ({"a": 1}, {"a": True}, False),
+        ({"a": 1}, {"a": 1, "b": 2}, False),
+        ([1], {"0": 1}, False),
+        ("p1", "p1", True),
+    ],
+)
+def test_match_compares_json_strictly(actual: object, expected: object, equal: bool) -> None:
+    assert json_equals(actual, expected) is equal
+    assert properties_match({"k": expected}, {"k": actual}) is equal
 
 
 def test_define_journey_takes_a_bare_event_matcher_as_trigger_and_exit() -> None:

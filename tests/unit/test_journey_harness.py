@@ -342,8 +342,8 @@ class TestEntryAndTrigger:
 
         h = JourneyHarness(pro_only)
         contact = ada()
-        assert await h.start(contact, properties={"plan": "free"}) == "trigger_conditions_not_met"
-        assert await h.start(contact, enabled=False) == "journey_disabled"
+        assert await h.start(contact, properties={"plan": "free"}) == "trigger_filter"
+        assert await h.start(contact, enabled=False) == "disabled"
         assert h.status == "not_started"
         assert await h.start(contact, properties={"plan": "pro"}) is None
         assert h.status == "completed"
@@ -494,3 +494,15 @@ async def test_how_time_is_advanced_does_not_change_what_happens(steps: list[int
         (log.at, log.step) for log in whole.logs
     ]
     assert chunked.status == whole.status == "completed"
+
+
+async def test_patched_takes_the_new_path_in_the_harness() -> None:
+    @define_journey(id="patched-h", name="Patched", trigger="p.start")
+    async def body(contact: Contact, ctx: JourneyContext) -> None:
+        if await ctx.patched("new-log"):
+            await ctx.log("new path")
+
+    h = JourneyHarness(body)
+    assert await h.start(make_contact(email="p@example.com")) is None
+    assert [line.detail["message"] for line in h.logs if line.step == "log"] == ["new path"]
+    assert h.status == "completed"

@@ -88,3 +88,34 @@ def test_hash_and_verify() -> None:
     assert not passwords.verify_password(None, "not a password anyone has")
     assert not passwords.verify_password("not a hash", "a fine password")
     assert not passwords.needs_rehash(stored)
+
+
+def test_funnel_bars_scale_to_the_first_stage_with_shares() -> None:
+    from hogsend.studio.charts import funnel_chart
+
+    chart = funnel_chart([("Audience", 200), ("Sent", 150), ("Opened", 50)], title="F")
+    widths = [s.width for s in chart.stages]
+    assert widths[0] == chart.plot_width
+    assert widths[1] == pytest.approx(chart.plot_width * 0.75)
+    assert [s.share for s in chart.stages] == ["100.0%", "75.0%", "25.0%"]
+    assert [s.y for s in chart.stages] == sorted(s.y for s in chart.stages)
+    assert chart.stages[2].title == "Opened: 50 (25.0% of audience)"
+    assert all(s.y + chart.bar_height <= chart.height for s in chart.stages)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=8))
+def test_funnel_bars_stay_inside_the_plot(counts: list[int]) -> None:
+    from hogsend.studio.charts import funnel_chart
+
+    chart = funnel_chart([(f"s{i}", c) for i, c in enumerate(counts)], title="F")
+    for stage in chart.stages:
+        assert 0 <= stage.width <= chart.plot_width
+        assert (stage.width == 0) == (stage.count == 0)
+    if counts[0] == 0:
+        assert {s.share for s in chart.stages} == {"—"}
+
+
+def test_an_empty_funnel_draws_nothing() -> None:
+    from hogsend.studio.charts import funnel_chart
+
+    assert funnel_chart([], title="F").stages == ()

@@ -231,3 +231,29 @@ def test_arbitrary_input_never_breaks(source: str) -> None:
     assert f"{BASE}/t/o/p" in result.html
     for link in result.links:
         assert tracking.is_trackable(link.url)
+
+
+def test_strip_open_pixel_removes_only_the_pixel() -> None:
+    from hogsend.core.tracking import strip_open_pixel
+
+    pixel_url = "https://mail.example.com/t/o/abc.def.gif"
+    html = (
+        '<p><img src="https://cdn.example.com/logo.png" alt="Logo"></p>'
+        '<a href="https://mail.example.com/t/c/xyz">Go</a>'
+        f'<img src="{pixel_url}" width="1" height="1" alt="" />'
+        "<IMG SRC='https://x.example/t/o/q.gif'>"
+    )
+    stripped = strip_open_pixel(html)
+    assert "/t/o/" not in stripped
+    assert "logo.png" in stripped
+    assert "/t/c/xyz" in stripped  # links stay
+    assert strip_open_pixel(stripped) == stripped
+
+
+def test_strip_open_pixel_undoes_the_pixel_tracking_adds() -> None:
+    from hogsend.core.tracking import strip_open_pixel, track_html
+
+    source = "<html><body><p>Hi</p></body></html>"
+    tracked = track_html(source, click_url_of=None, pixel_url="https://h.example/t/o/tok.gif")
+    assert "/t/o/" in tracked.html
+    assert strip_open_pixel(tracked.html) == source

@@ -23,6 +23,7 @@ from hogsend import __version__
 from hogsend.api.auth import KeyCache, bearer_scheme, route_scope
 from hogsend.api.deps import DriverPool
 from hogsend.api.errors import PROBLEM_MEDIA_TYPE, FieldError, Problem, install_error_handlers
+from hogsend.api.fast_lane import FastLane
 from hogsend.api.middleware import (
     BodySizeLimitMiddleware,
     GzipRequestMiddleware,
@@ -145,6 +146,8 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
     # bytes on the wire; gzip decoding inside it bounds the decompressed size.
     api.add_middleware(GzipRequestMiddleware, default_limit=settings.max_body_bytes)
     api.add_middleware(BodySizeLimitMiddleware, default_limit=settings.max_body_bytes)
+    # The common POST /v1/events skips the framework; it hands everything else back.
+    api.add_middleware(FastLane, default_limit=settings.max_body_bytes)
     api.add_middleware(RequestContextMiddleware)
 
     built_for: list[object] = [None]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
@@ -40,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.channels.send_batches import GroupCommit
+from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
 from hogsend.core.identity import IdentityKey, normalize_email
@@ -53,7 +55,9 @@ from hogsend.core.mailer_gates import (
     SendWindow,
     decide,
 )
+from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import recipient_timezone
+from hogsend.core.tracking import TrackedLink
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
 from hogsend.db.repos import outbox as outbox_repo
@@ -236,10 +240,35 @@ async def gather_facts(
         journey_id=request.journey_id,
         since=now - window,
     )
+    facts = facts_from_stored(
+        stored,
+        app=app,
+        settings=settings,
+        request=request,
+        contact_deleted=contact_deleted,
+        contact_timezone=contact_timezone,
+        list_id=list_id,
+        now=now,
+    )
+    return facts, stored
+
+
+def facts_from_stored(
+    stored: sends.StoredFacts,
+    *,
+    app: Hogsend,
+    settings: Settings,
+    request: SendRequest,
+    contact_deleted: bool,
+    contact_timezone: str | None,
+    list_id: str | None,
+    now: datetime,
+) -> SendFacts:
+    """The gates' facts for ``request`` from what the database said (no I/O)."""
     registered = {item.id: item for item in app.lists}
     listed = registered.get(list_id) if list_id is not None else None
     holder = stored.key_holder
-    facts = SendFacts(
+    return SendFacts(
         now=now,
         kind=request.kind,
         list_id=list_id,
@@ -261,12 +290,11 @@ async def gather_facts(
         suppress_gap=request.suppress_gap,
         recent_sends=stored.recent_sends,
         frequency_cap_count=settings.frequency_cap_count,
-        frequency_cap_window=window,
+        frequency_cap_window=timedelta(seconds=settings.frequency_cap_window_seconds),
         send_window=request.send_window,
         contact_timezone=contact_timezone,
         test_mode=settings.test_mode,
     )
-    return facts, stored
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -357,6 +385,8 @@ class Mailer:
         self._test_provider = test_provider
         # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
         self._notify = outbox_repo.NotifyThrottle()
+        # Outcomes of batched sends, many per transaction (see send_batches.GroupCommit).
+        self._outcomes: GroupCommit[OutcomeItem] = GroupCommit(self._write_outcomes)
 
     # ------------------------------------------------------------------ entry point
 
@@ -383,6 +413,29 @@ class Mailer:
             NoRecipient: no address to send to (nothing is written).
         """
         return await self._locked_attempt(request, later=True)
+
+    async def send_batch(
+        self,
+        requests: Sequence[SendRequest],
+        *,
+        concurrency: int,
+        before_send: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[SendOutcome | Exception]:
+        """:meth:`send` for many requests, with the database work done set-based.
+
+        Same gates, order, reason codes and rows as one :meth:`send` per request; see
+        :mod:`hogsend.channels.send_batches` for the commit points. Per request, its
+        outcome or the exception :meth:`send` would have raised (``NoRecipient``,
+        ``TemplateError``, ...).
+
+        Args:
+            requests: the sends, each with its own idempotency key.
+            concurrency: provider calls in flight at once.
+            before_send: awaited before each provider call (a campaign's throttle).
+        """
+        from hogsend.channels.send_batches import send_batch
+
+        return await send_batch(self, requests, concurrency=concurrency, before_send=before_send)
 
     async def _locked_attempt(self, request: SendRequest, *, later: bool) -> SendOutcome:
         self._templates.get(request.template)
@@ -739,6 +792,108 @@ class Mailer:
             provider_message_id=accepted.message_id,
         )
 
+    def _compose(
+        self,
+        request: SendRequest,
+        *,
+        send_id: uuid.UUID,
+        result: GateResult,
+        who: _Recipient,
+        list_id: str | None,
+        now: datetime,
+    ) -> tuple[EmailProvider, OutgoingEmail, tuple[TrackedLink, ...]]:
+        """Render, track and address one message without I/O (the batch path's step 2).
+
+        Returns the provider to call, the message and the tracked links to record.
+
+        Raises:
+            TemplateError: rendering failed.
+        """
+        marketing = request.kind != "transactional"
+        links = self._links(who, list_id, now) if marketing else {}
+        rendered = self._templates.render(
+            request.template,
+            contact=self._render_contact(who),
+            props=request.props,
+            subject=request.subject,
+            extra=links,
+        )
+        html: str = rendered.html
+        tracked: tuple[TrackedLink, ...] = ()
+        opens = self.settings.track_opens if request.track_opens is None else request.track_opens
+        clicks = (
+            self.settings.track_clicks if request.track_clicks is None else request.track_clicks
+        )
+        if opens or clicks:
+            marked = tracking.tracked_html(
+                settings=self.settings,
+                secret=self._secret,
+                send_id=send_id,
+                html=html,
+                opens=opens,
+                clicks=clicks,
+            )
+            html, tracked = marked.html, tuple(marked.links)
+        headers = {SEND_ID_HEADER: str(send_id)}
+        if marketing:
+            headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        provider = self.provider
+        to = who.to_email
+        if result.decision == "redirected":
+            headers[ORIGINAL_TO_HEADER] = who.to_email
+            if self.settings.test_mode_recipient is not None:
+                to = self.settings.test_mode_recipient
+            else:
+                provider = self._outbox()
+        message = OutgoingEmail(
+            from_email=request.from_email or self.settings.email_from,
+            to=to,
+            subject=rendered.subject,
+            html=html,
+            text=rendered.text,
+            reply_to=request.reply_to,
+            headers=headers,
+            idempotency_key=request.idempotency_key or f"hogsend-send:{send_id}",
+            tags={"template": request.template, "kind": request.kind},
+            email_send_id=send_id,
+        )
+        return provider, message, tracked
+
+    async def _write_outcomes(self, items: list[OutcomeItem]) -> None:
+        """Record many outcomes and their ``email.sent`` events: one statement, one commit."""
+        now = self._clock()
+        events = [event for _, event in items if event is not None]
+        by_key = {event.idempotency_key: event for event in events}
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            missing = await sends.finish_and_log(
+                conn,
+                [row for row, _ in items],
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "contact_id": event.contact_id,
+                        "name": event.name,
+                        "properties": dict(event.properties),
+                        "key": event.idempotency_key,
+                        "source": event.source,
+                        "occurred_at": event.occurred_at or now,
+                    }
+                    for event in events
+                ],
+                now=now,
+                notify=bool(events) and self._notify.due(),
+            )
+        if missing:
+            # Contacts merged away since the decision: the general path follows them.
+            async with self._session(None) as session, session.begin():
+                stored = await events_repo.ingest_batch(
+                    session, [by_key[key] for key in missing], now=now
+                )
+                if any(item.status == "stored" for item in stored):
+                    await outbox_repo.notify_outbox(session, self._notify)
+
     async def _track(
         self, conn: AsyncConnection | None, request: SendRequest, send_id: uuid.UUID, html: str
     ) -> str:
@@ -964,7 +1119,7 @@ async def explain(
     category: str | None = None
     gap: timedelta | None = None
     if journey is not None:
-        found = {j.id: j for j in app.journeys}
+        found = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
         if journey not in found:
             raise KeyError(journey)
         kind, gap = "journey", found[journey].suppress

@@ -7,17 +7,20 @@ command with its message on stderr and exit code 2 (see :mod:`hogsend.cli.main`)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import typer
 
 from hogsend.app import Hogsend, load_app
 from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
+from hogsend.db.engine import AsyncSession, make_async_engine, make_sessionmaker
 from hogsend.errors import AppLoadError, ConfigurationError
 from hogsend.logs import configure_logging
 from hogsend.settings import Settings, load_settings
@@ -128,3 +131,20 @@ def database(settings: Settings) -> Iterator[str]:
     finally:
         if not already_running:
             server.stop()
+
+
+T = TypeVar("T")
+
+
+def in_transaction(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction on a one-connection engine, from sync CLI code."""
+
+    async def run() -> T:
+        engine = make_async_engine(url, pool_size=1)
+        try:
+            async with make_sessionmaker(engine)() as session, session.begin():
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

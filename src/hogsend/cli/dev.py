@@ -170,9 +170,12 @@ def _print_banner(
         target = settings.test_mode_recipient or "the outbox"
         lines.append(f"  email      test mode: every send goes to {target}")
     if prepared.seeded is not None:
+        seeded = prepared.seeded
         lines.append(
-            f"  demo data  {prepared.seeded.contacts} contacts and {prepared.seeded.events} "
-            "events added"
+            f"  demo data  {seeded.contacts} contacts and {seeded.events} events added"
+            f" ({seeded.sends} sends, {seeded.journey_runs} journey runs,"
+            f" {seeded.memberships} bucket memberships, {seeded.campaigns} campaigns,"
+            f" {seeded.dead_letters} dead letters)"
         )
     if prepared.dev_key is not None:
         lines += [

@@ -7,20 +7,16 @@ the last line of stdout, so scripts can take it with ``tail -n1``.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from hogsend.cli.context import database, quiet_one_off_settings
-from hogsend.db.engine import AsyncSession, make_async_engine, make_sessionmaker
+from hogsend.cli.context import database, in_transaction, quiet_one_off_settings
+from hogsend.db.engine import AsyncSession
 from hogsend.db.repos import api_keys
 from hogsend.db.tables.auth import API_SCOPES
-
-T = TypeVar("T")
 
 keys_cli = typer.Typer(
     name="keys",
@@ -28,18 +24,6 @@ keys_cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _in_transaction(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    async def run() -> T:
-        engine = make_async_engine(url, pool_size=1)
-        try:
-            async with make_sessionmaker(engine)() as session, session.begin():
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def _parse_expiry(value: str | None) -> datetime | None:
@@ -85,7 +69,7 @@ def create(
         raise typer.BadParameter("must not be empty", param_hint="--name")
     expiry = _parse_expiry(expires_at)
     with database(quiet_one_off_settings()) as url:
-        info, raw = _in_transaction(
+        info, raw = in_transaction(
             url,
             lambda session: api_keys.create_key(
                 session, name=name, scopes=scope, expires_at=expiry, created_by="hogsend cli"
@@ -117,7 +101,7 @@ def list_(
                 return found
 
     with database(quiet_one_off_settings()) as url:
-        keys = _in_transaction(url, fetch)
+        keys = in_transaction(url, fetch)
     if not keys:
         typer.echo("no keys; create one with: hogsend keys create --scope full-admin")
         return
@@ -158,7 +142,7 @@ def revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's i
     except ValueError:
         raise typer.BadParameter(f"{key_id!r} is not a key id (a UUID)", param_hint="ID") from None
     with database(quiet_one_off_settings()) as url:
-        revoked = _in_transaction(url, lambda session: api_keys.revoke_key(session, parsed))
+        revoked = in_transaction(url, lambda session: api_keys.revoke_key(session, parsed))
     if not revoked:
         typer.echo(f"error: no active key with id {parsed}", err=True)
         raise typer.Exit(1)

@@ -6,21 +6,17 @@ way back in when every admin forgot their password: create a new admin).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
-from hogsend.cli.context import database, quiet_one_off_settings
+from hogsend.cli.context import database, in_transaction, quiet_one_off_settings
 from hogsend.core.identity import IdentityError, normalize_email
-from hogsend.db.engine import AsyncSession, make_async_engine, make_sessionmaker
+from hogsend.db.engine import AsyncSession
 from hogsend.db.repos import audit, studio_users
 from hogsend.db.tables.auth import STUDIO_ROLES
 from hogsend.errors import Conflict
-
-T = TypeVar("T")
 
 studio_cli = typer.Typer(
     name="studio",
@@ -28,18 +24,6 @@ studio_cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _in_transaction(url: str, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    async def run() -> T:
-        engine = make_async_engine(url, pool_size=1)
-        try:
-            async with make_sessionmaker(engine)() as session, session.begin():
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 @studio_cli.command("create-user")
@@ -92,7 +76,7 @@ def create_user(
 
     with database(quiet_one_off_settings()) as url:
         try:
-            user = _in_transaction(url, add)
+            user = in_transaction(url, add)
         except Conflict as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -103,7 +87,7 @@ def create_user(
 def list_users() -> None:
     """List Studio users, oldest first (never their passwords)."""
     with database(quiet_one_off_settings()) as url:
-        users = _in_transaction(url, studio_users.list_users)
+        users = in_transaction(url, studio_users.list_users)
     if not users:
         typer.echo("no Studio users; open /studio to set up the first admin, or run:")
         typer.echo("  hogsend studio create-user --email you@example.com --role admin")

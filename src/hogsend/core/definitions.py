@@ -283,6 +283,8 @@ class JourneyDefinition:
     suppress: timedelta | None = None
     enabled: bool = True
     description: str = field(default="")
+    bucket_id: str | None = None
+    """Set on a bucket reaction's journey: that bucket's enable switch gates it too."""
 
 
 def define_list(

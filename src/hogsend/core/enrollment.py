@@ -1,7 +1,8 @@
 """Enrollment decisions of journeys: pure functions the trigger path and the harness share.
 
-Nothing here reads a clock or a database: callers pass the facts (previous runs, now)
-and get a decision back, so the same rules run in the worker and in unit tests.
+Nothing here reads a clock or a database: callers pass the facts and get a decision
+back, so the same rules run in the worker and in the harness. Entry limits live in
+:mod:`hogsend.core.entry_rules`.
 """
 
 from __future__ import annotations
@@ -9,28 +10,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from hogsend.core.conditions import EventCondition, event_matches
-from hogsend.core.definitions import EntryLimit, EventSpec
+from hogsend.core.conditions.evaluation import strict_equals
+from hogsend.core.definitions import EventSpec
 from hogsend.core.identifiers import durable_name
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EntryHistory:
-    """What the entry limit needs to know about a contact's earlier runs of one journey.
-
-    Attributes:
-        runs: how many runs the contact ever had in the journey.
-        last_entered_at: when the latest of them started (None without runs).
-        running: whether one of them is still running.
-    """
-
-    runs: int = 0
-    last_entered_at: datetime | None = None
-    running: bool = False
 
 
 def spec_event(spec: EventSpec) -> str:
@@ -43,28 +28,6 @@ def spec_matches(spec: EventSpec, name: str, properties: Mapping[str, Any]) -> b
     if isinstance(spec, EventCondition):
         return event_matches(spec, name, properties)
     return spec == name
-
-
-def entry_refusal(
-    limit: EntryLimit, period: timedelta | None, history: EntryHistory, now: datetime
-) -> str | None:
-    """Why a new enrollment is refused (a reason code), or None when it may start.
-
-    Every limit refuses while a run is still going (``already_running``): the database's
-    partial unique index allows one running run per contact and journey.
-    """
-    if history.running:
-        return "already_running"
-    if limit == "once" and history.runs > 0:
-        return "entry_limit_once"
-    if (
-        limit == "once_per_period"
-        and period is not None
-        and history.last_entered_at is not None
-        and now - history.last_entered_at < period
-    ):
-        return "entry_limit_period"
-    return None
 
 
 def enrollment_workflow_id(journey_id: str, contact_id: uuid.UUID, ordinal: int) -> str:
@@ -103,8 +66,34 @@ def pick_variant(
     return variants[-1]
 
 
+def json_equals(actual: object, expected: object) -> bool:
+    """JSON equality with strict types, the one ``match=`` uses in runtime and harness.
+
+    Numbers compare by value (``1 == 1.0``) but ``True`` is not ``1`` and ``"1"`` is not
+    ``1``; ``None`` equals only ``None``; lists compare item by item, objects key by key.
+    """
+    if actual is None or expected is None:
+        return actual is None and expected is None
+    if isinstance(expected, Mapping) or isinstance(actual, Mapping):
+        return (
+            isinstance(expected, Mapping)
+            and isinstance(actual, Mapping)
+            and actual.keys() == expected.keys()
+            and all(json_equals(actual[k], expected[k]) for k in expected)
+        )
+    if isinstance(expected, list | tuple) or isinstance(actual, list | tuple):
+        return (
+            isinstance(expected, list | tuple)
+            and isinstance(actual, list | tuple)
+            and len(actual) == len(expected)
+            and all(json_equals(a, e) for a, e in zip(actual, expected, strict=True))
+        )
+    return strict_equals(actual, expected)
+
+
 def properties_match(expected: Mapping[str, Any] | None, actual: Mapping[str, Any]) -> bool:
-    """Whether every key of ``expected`` equals the same key of ``actual`` (``match=``)."""
+    """Whether every key of ``expected`` equals the same key of ``actual`` (``match=``),
+    compared with :func:`json_equals`."""
     if not expected:
         return True
-    return all(key in actual and actual[key] == value for key, value in expected.items())
+    return all(key in actual and json_equals(actual[key], value) for key, value in expected.items())

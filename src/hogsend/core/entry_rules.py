@@ -2,7 +2,8 @@
 
 The runtime reads a contact's past runs of a journey (:class:`PriorEntries`) and asks
 :func:`entry_refusal`; the test harness asks the same function, so both refuse for the
-same reasons:
+same reasons (the one set of codes, :data:`Refusal`, is what ``journey_logs`` records
+and what ``JourneyHarness.start`` returns):
 
 - ``unlimited`` never refuses on the count;
 - ``once`` refuses if any run of the journey exists for the contact, whatever its
@@ -22,6 +23,11 @@ from typing import Literal
 from hogsend.core.definitions import EntryLimit
 
 EntryRefusal = Literal["already_entered_once", "period_not_elapsed", "already_active"]
+GuardRefusal = Literal["disabled", "trigger_filter", "bucket_disabled", "contact_deleted"]
+"""The other guards: the enable switch, the trigger's filter, the bucket's switch (for a
+bucket reaction's journey), a contact gone meanwhile."""
+Refusal = GuardRefusal | EntryRefusal
+"""Every reason a trigger can be refused, in the order the guards run."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -107,3 +107,12 @@ class JourneyContext(Protocol):
     async def log(self, message: str, **fields: Any) -> None:
         """Record a line in the run's step log."""
         ...
+
+    async def patched(self, name: str) -> bool:
+        """Whether this run takes the new code of a change named ``name``.
+
+        Guards an edit made while runs wait (docs/journeys.md, "Changing a live
+        journey"): True for runs that reach this point under the new code, False for
+        runs that had already passed it (they replay the old path).
+        """
+        ...

@@ -233,3 +233,14 @@ def track_html(
         else:
             result = result[:body_end] + pixel + result[body_end:]
     return TrackedHtml(html=result, links=tuple(links.values()))
+
+
+_OPEN_PIXEL = re.compile(
+    r"<img\b[^>]*\bsrc\s*=\s*(?:\"[^\"]*/t/o/[^\"]*\"|'[^']*/t/o/[^']*')[^>]*>",
+    re.IGNORECASE,
+)
+
+
+def strip_open_pixel(html: str) -> str:
+    """``html`` without its open pixel: showing a sent message must not count as an open."""
+    return _OPEN_PIXEL.sub("", html)

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     DateTime,
+    Interval,
     Select,
     Text,
     and_,
@@ -40,6 +41,7 @@ from sqlalchemy import (
     false,
     func,
     literal,
+    literal_column,
     not_,
     or_,
     select,
@@ -73,7 +75,7 @@ email_sends = EmailSend.__table__
 
 def compile_sql(
     condition: Condition,
-    now: datetime,
+    now: datetime | ColumnElement[datetime],
     *,
     contact_id: ColumnElement[Any] | None = None,
     properties: ColumnElement[Any] | None = None,
@@ -82,7 +84,10 @@ def compile_sql(
 
     Args:
         condition: the condition.
-        now: the instant windows are measured from (timezone-aware).
+        now: the instant windows are measured from (timezone-aware), or a SQL
+            expression giving it (e.g. a bind parameter, so that one statement serves
+            every instant; a window's cutoff is then ``now - <seconds>`` in SQL, exact
+            to the microsecond like the Python subtraction).
         contact_id: the contact's uuid; ``contacts.id`` of the enclosing query by default
             (any uuid expression works, e.g. ``bucket_memberships.contact_id``).
         properties: the contact's properties as ``jsonb``; ``contacts.properties`` by
@@ -91,7 +96,7 @@ def compile_sql(
     Raises:
         ValueError: ``now`` is naive.
     """
-    if now.utcoffset() is None:
+    if isinstance(now, datetime) and now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     return _Compiler(
         now,
@@ -202,7 +207,10 @@ def _never_null(expr: ColumnElement[bool]) -> ColumnElement[bool]:
 
 class _Compiler:
     def __init__(
-        self, now: datetime, contact_id: ColumnElement[Any], properties: ColumnElement[Any]
+        self,
+        now: datetime | ColumnElement[datetime],
+        contact_id: ColumnElement[Any],
+        properties: ColumnElement[Any],
     ) -> None:
         self.now = now
         self.contact_id = contact_id
@@ -224,8 +232,15 @@ class _Compiler:
         assert isinstance(condition, NotCondition)
         return not_(self.compile(condition.condition))
 
-    def _cutoff(self, condition: EventCondition | EmailCondition) -> datetime | None:
-        return None if condition.within is None else self.now - condition.within
+    def _cutoff(self, condition: EventCondition | EmailCondition) -> ColumnElement[Any] | None:
+        if condition.within is None:
+            return None
+        if isinstance(self.now, datetime):
+            return literal(self.now - condition.within, DateTime(timezone=True))
+        # A fixed number of seconds, never '<n> days': day intervals follow the session
+        # time zone's daylight-saving shifts, Python's timedelta does not.
+        seconds = condition.within / timedelta(microseconds=1) / 1_000_000
+        return self.now - literal_column(f"interval '{seconds:.6f} seconds'", Interval)
 
     def _event(self, condition: EventCondition) -> ColumnElement[bool]:
         e = user_events.alias()
@@ -235,7 +250,7 @@ class _Compiler:
         ]
         cutoff = self._cutoff(condition)
         if cutoff is not None:
-            where.append(e.c.occurred_at > literal(cutoff, DateTime(timezone=True)))
+            where.append(e.c.occurred_at > cutoff)
         if condition.where is not None:
             where.append(_filter(condition.where, e.c.properties))
         return _counted(select(literal(1)).select_from(e).where(*where), condition)
@@ -248,7 +263,7 @@ class _Compiler:
             where.append(s.c.template_key == condition.template)
         cutoff = self._cutoff(condition)
         if cutoff is not None:
-            where.append(at > literal(cutoff, DateTime(timezone=True)))
+            where.append(at > cutoff)
         return _counted(select(literal(1)).select_from(s).where(*where), condition)
 
 

@@ -34,9 +34,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import DateTime, Executable, bindparam, select
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.core.buckets import Transition
 from hogsend.core.clock import aware_now
 from hogsend.core.conditions.analysis import dependencies
 from hogsend.core.definitions import BucketDefinition
@@ -47,6 +49,9 @@ from hogsend.runtime.dispatcher import DispatchedEvent
 log = structlog.get_logger(__name__)
 
 CONSUMER_NAME = "bucket-membership"
+
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+_CONTACT = bindparam("contact_id", type_=UUID(as_uuid=True))
 
 
 class _Index:
@@ -91,6 +96,7 @@ class BucketMembershipConsumer:
     ) -> None:
         self._index = _Index(buckets)
         self._clock = clock
+        self._queries: dict[tuple[str, ...], Executable] = {}
 
     def candidates(self, event_name: str, *, source: str | None = None) -> list[BucketDefinition]:
         """The criteria buckets an event called ``event_name`` from ``source`` can
@@ -99,6 +105,24 @@ class BucketMembershipConsumer:
         return self._index.candidates(
             event_name, properties_changed=source != repo.TRANSITION_SOURCE
         )
+
+    def _criteria_query(self, candidates: Sequence[BucketDefinition]) -> Executable:
+        """One statement evaluating the candidates' criteria for one contact, built once
+        per candidate set with ``now`` and the contact as parameters: building and
+        compiling the expression was most of the consumer's CPU per event."""
+        key = tuple(bucket.id for bucket in candidates)
+        known = self._queries.get(key)
+        if known is not None:
+            return known
+        query = select(
+            *(
+                compile_sql(bucket.criteria, _NOW).label(f"b{index}")
+                for index, bucket in enumerate(candidates)
+                if bucket.criteria is not None
+            )
+        ).where(contacts.c.id == _CONTACT, contacts.c.deleted_at.is_(None))
+        self._queries[key] = query
+        return query
 
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Evaluate the candidate buckets for the event's contact; join / leave them."""
@@ -109,25 +133,22 @@ class BucketMembershipConsumer:
         if not candidates:
             return
         now = aware_now(self._clock())
-        query = select(
-            *(
-                compile_sql(bucket.criteria, now).label(f"b{index}")
-                for index, bucket in enumerate(candidates)
-                if bucket.criteria is not None
-            )
-        ).where(contacts.c.id == event.contact_id, contacts.c.deleted_at.is_(None))
-        row = (await session.execute(query)).one_or_none()
+        query = self._criteria_query(candidates)
+        row = (
+            await session.execute(query, {"now": now, "contact_id": event.contact_id})
+        ).one_or_none()
         if row is None:
             return  # deleted (or erased) since the event was stored
         active = await repo.active_memberships(session, event.contact_id)
         still: list[str] = []
+        transitions: list[Transition] = []
         for index, bucket in enumerate(candidates):
             matches = bool(row[index])
             membership = active.get(bucket.id)
             if matches and membership is None:
                 joined = await repo.join(session, bucket, event.contact_id, now=now)
                 if joined is not None:
-                    await repo.emit_transition(session, "entered", joined, now=now)
+                    transitions.append(Transition.of("entered", joined))
                     log.debug("bucket joined", bucket=bucket.id, contact=str(event.contact_id))
             elif not matches and membership is not None:
                 left = await repo.leave(
@@ -139,8 +160,10 @@ class BucketMembershipConsumer:
                     membership_id=membership.id,
                 )
                 if left is not None:
-                    await repo.emit_transition(session, "left", left, now=now, reason="criteria")
+                    transitions.append(Transition.of("left", left, reason="criteria"))
                     log.debug("bucket left", bucket=bucket.id, contact=str(event.contact_id))
             elif membership is not None:
                 still.append(bucket.id)
+        # One set-based ingest for all of them, in this transaction.
+        await repo.emit_transitions(session, transitions, now=now)
         await repo.touch(session, event.contact_id, still, now=now)

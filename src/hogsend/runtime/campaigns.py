@@ -168,43 +168,40 @@ async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     return {"state": "ready", "total": total}
 
 
-async def _send_one(
-    ctx: _Context,
-    campaign: Campaign,
-    recipient: repo.Recipient,
-    throttle: TokenBucket | None,
-    gate: asyncio.Semaphore,
-) -> tuple[repo.Result, SendOutcome | None]:
+def _request(campaign: Campaign, recipient: repo.Recipient) -> SendRequest:
     list_id = str(campaign.audience["id"]) if campaign.audience_kind == "list" else None
-    async with gate:
-        if throttle is not None:
-            await throttle.acquire()
-        request = SendRequest(
-            template=campaign.template_key,
-            contact_id=recipient.contact_id,
-            to_email=recipient.email,
-            props=campaign.props or {},
-            subject=campaign.subject,
-            from_email=campaign.from_email,
-            category=list_id,
-            list_id=list_id,
-            kind="campaign",
-            campaign_id=campaign.id,
-            idempotency_key=f"campaign:{campaign.id}:{recipient.contact_id}",
-            resend_when_open=False,
-        )
-        try:
-            outcome = await ctx.mailer.send(request)
-        except NoRecipient:
-            return repo.Result(
-                contact_id=recipient.contact_id, status="skipped", reason="no_address"
-            ), None
-        except TemplateError as exc:
-            log.warning("campaign send failed to render", campaign_id=str(campaign.id), error=exc)
-            return repo.Result(
-                contact_id=recipient.contact_id, status="failed", reason="render_error"
-            ), None
-    return _result(recipient, outcome, outcome.decision), outcome
+    return SendRequest(
+        template=campaign.template_key,
+        contact_id=recipient.contact_id,
+        to_email=recipient.email,
+        props=campaign.props or {},
+        subject=campaign.subject,
+        from_email=campaign.from_email,
+        category=list_id,
+        list_id=list_id,
+        kind="campaign",
+        campaign_id=campaign.id,
+        idempotency_key=f"campaign:{campaign.id}:{recipient.contact_id}",
+        resend_when_open=False,
+    )
+
+
+def _settled(
+    campaign: Campaign, recipient: repo.Recipient, item: SendOutcome | Exception
+) -> tuple[repo.Result, SendOutcome | None] | Exception:
+    """A recipient's result from what the mailer did, or the error to retry the step on."""
+    if isinstance(item, NoRecipient):
+        return repo.Result(
+            contact_id=recipient.contact_id, status="skipped", reason="no_address"
+        ), None
+    if isinstance(item, TemplateError):
+        log.warning("campaign send failed to render", campaign_id=str(campaign.id), error=item)
+        return repo.Result(
+            contact_id=recipient.contact_id, status="failed", reason="render_error"
+        ), None
+    if isinstance(item, Exception):
+        return item
+    return _result(recipient, item, item.decision), item
 
 
 def _result(recipient: repo.Recipient, outcome: SendOutcome, decision: str) -> repo.Result:
@@ -252,18 +249,22 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             await repo.touch(session, cid, now)
             return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
     throttle = _throttle(campaign)
-    gate = asyncio.Semaphore(ctx.settings.campaign_concurrency)
-    settled = await asyncio.gather(
-        *(_send_one(ctx, campaign, r, throttle, gate) for r in batch), return_exceptions=True
+    # The batch path: every gate for the whole batch in one statement, the decision rows
+    # in one, provider calls campaign_concurrency at a time (see channels.send_batches).
+    settled = await ctx.mailer.send_batch(
+        [_request(campaign, r) for r in batch],
+        concurrency=ctx.settings.campaign_concurrency,
+        before_send=throttle.acquire if throttle is not None else None,
     )
     results: list[repo.Result] = []
     duplicates: list[tuple[repo.Recipient, SendOutcome]] = []
     problem: BaseException | None = None
     for recipient, item in zip(batch, settled, strict=True):
-        if isinstance(item, BaseException):
-            problem = problem or item
+        done = _settled(campaign, recipient, item)
+        if isinstance(done, Exception):
+            problem = problem or done
             continue
-        result, outcome = item
+        result, outcome = done
         if outcome is not None and outcome.decision == "duplicate":
             duplicates.append((recipient, outcome))
         else:

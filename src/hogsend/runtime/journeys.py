@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from dbos import DBOS, SetWorkflowID
 from dbos._error import DBOSNonExistentWorkflowError
+from psycopg.errors import LockNotAvailable
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.channels.mailer import Mailer, SendRequest
@@ -40,20 +43,23 @@ from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.core.enrollment import (
     enrollment_workflow_id,
-    entry_refusal,
     pick_variant,
     properties_match,
     spec_event,
     spec_matches,
 )
+from hogsend.core.entry_rules import Refusal, entry_ordinal, entry_refusal
 from hogsend.core.identifiers import durable_name
 from hogsend.core.journey_context import JourneyHistory, When
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.core.reactions import all_journeys
 from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import buckets as buckets_repo
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+from hogsend.runtime.divergence import Divergence, record_divergence
 from hogsend.runtime.queues import JOURNEYS
 
 if TYPE_CHECKING:
@@ -67,6 +73,11 @@ TOPIC = "hogsend.journey"
 EXIT_SWEEP_SECONDS = 1.0
 """How often a worker looks for runs exited elsewhere (API, Studio) that still run."""
 """The one DBOS message topic of a run: exit signals and awaited events."""
+
+START_LOCK_TIMEOUT_MS = 100
+START_RETRY_SECONDS = 0.2
+START_RETRY_MAX_SECONDS = 2.0
+"""A run's start step waits for its enrolling transaction in these slices."""
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -136,7 +147,9 @@ class JourneyRuntime:
         self.clock = clock
         self.park_after = park_after
         self.sessions = make_sessionmaker(engine)
-        self.definitions = {j.id: j for j in app.journeys}
+        # The user's journeys and the bucket reactions' (raises on an id used by both).
+        self.definitions = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
+        self.buckets = {b.id: b for b in app.buckets}
         self.workflows: dict[str, Workflow] = {}
 
     # -- registration ----------------------------------------------------------------------
@@ -179,6 +192,17 @@ class JourneyRuntime:
                 {"name": "journey.exited"}, self._exited_step, state_id, exc.reason
             )
             return "exited"
+        except JourneyDiverged as diverged:
+            # No further step: it would be checked against the recording too.
+            await record_divergence(
+                self.sessions,
+                journey_id=definition.id,
+                state_id=state_id,
+                workflow_id=enrollment["workflowId"],
+                application_version=DBOS.application_version,
+                error=diverged.error,
+            )
+            raise diverged.error from None
         except Exception as exc:
             await DBOS.run_step_async(
                 {"name": "journey.failed"},
@@ -204,9 +228,28 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         now = self.clock()
+        pause = START_RETRY_SECONDS
+        while True:
+            try:
+                return await self._start_once(journey_id, state_id, enrollment, now)
+            except DBAPIError as exc:
+                if not isinstance(exc.orig, LockNotAvailable):
+                    raise
+            # The enrolling transaction has not committed yet. Wait for it without
+            # holding a pooled connection: many starting runs blocked in the insert
+            # drained the pool under load (bench/journeys.py). Back off: a long
+            # dispatcher transaction should not be polled by every run it started.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, START_RETRY_MAX_SECONDS)
+
+    async def _start_once(
+        self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any], now: datetime
+    ) -> tuple[Contact, str, datetime] | None:
         async with self.sessions() as session, session.begin():
-            # Blocks until the enrolling transaction commits; inserts the row itself when
-            # that transaction rolled back after enqueueing (its retry will find the run).
+            await session.execute(text(f"SET LOCAL lock_timeout = '{START_LOCK_TIMEOUT_MS}ms'"))
+            # Waits (see _start_step) until the enrolling transaction commits; inserts the
+            # row itself when that transaction rolled back after enqueueing (its retry
+            # will find the run).
             await repo.insert_run(
                 session,
                 state_id=state_id,
@@ -280,7 +323,7 @@ class JourneyRuntime:
             await self._enqueue(definition, existing.id, _enrollment_of(existing, trigger))
             return existing.workflow_id
 
-        async def refuse(reason: str) -> None:
+        async def refuse(reason: Refusal) -> None:
             await repo.add_log(
                 session,
                 journey_id=definition.id,
@@ -295,12 +338,16 @@ class JourneyRuntime:
         if not await repo.is_enabled(session, definition.id, default=definition.enabled):
             await refuse("disabled")
             return None
+        bucket = self.buckets.get(definition.bucket_id) if definition.bucket_id else None
+        if bucket is not None and not await buckets_repo.is_enabled(session, bucket):
+            await refuse("bucket_disabled")
+            return None
         if not spec_matches(definition.trigger, trigger.name, trigger.properties):
             await refuse("trigger_filter")
             return None
         await repo.lock_enrollment(session, contact_id, definition.id)
         history = await repo.entry_history(session, contact_id, definition.id)
-        reason = entry_refusal(definition.entry_limit, definition.entry_period, history, now)
+        reason = entry_refusal(definition.entry_limit, history, now, period=definition.entry_period)
         if reason is not None:
             await refuse(reason)
             return None
@@ -308,7 +355,7 @@ class JourneyRuntime:
         if contact is None:
             await refuse("contact_deleted")
             return None
-        ordinal = history.runs + 1
+        ordinal = entry_ordinal(history)
         workflow_id = enrollment_workflow_id(definition.id, contact_id, ordinal)
         state_id = uuid.uuid4()
         enrollment = {
@@ -333,7 +380,7 @@ class JourneyRuntime:
             now=now,
         )
         if not inserted:
-            await refuse("already_running")
+            await refuse("already_active")
             return None
         await repo.add_log(
             session,
@@ -490,6 +537,34 @@ class ParkWaker:
             self._task = None
 
 
+class JourneyDiverged(BaseException):
+    """A replay met a step its code no longer has (see :mod:`hogsend.runtime.divergence`).
+
+    A ``BaseException`` so that a body's ``except Exception`` cannot swallow it and go
+    on from a state its code does not describe.
+    """
+
+    def __init__(self, error: Divergence) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _step(name: str, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """One recorded DBOS step of a run (its name says which operation it belongs to)."""
+    try:
+        return await DBOS.run_step_async({"name": name}, func, *args)
+    except Divergence as exc:
+        raise JourneyDiverged(exc) from exc
+
+
+async def _recv(timeout_seconds: float) -> Any:
+    """``DBOS.recv`` on the run's topic, a divergence raised as :class:`JourneyDiverged`."""
+    try:
+        return await DBOS.recv_async(TOPIC, timeout_seconds=timeout_seconds)
+    except Divergence as exc:
+        raise JourneyDiverged(exc) from exc
+
+
 class _History(JourneyHistory):
     def __init__(self, ctx: DurableJourneyContext) -> None:
         self._ctx = ctx
@@ -504,21 +579,30 @@ class _History(JourneyHistory):
         ctx = self._ctx
         since = self._since(within)
 
-        async def read() -> int:
+        async def read() -> int | None:
             async with ctx.runtime.sessions() as session:
+                if await repo.lock_status(session, ctx.state_id) not in repo.RUNNING:
+                    return None
                 return await repo.count_events(session, ctx.contact.id, name, since=since)
 
-        return await ctx.step("history.count", read)
+        count = await ctx.step("history.count", read)
+        if count is None:
+            raise JourneyExit(await ctx._exit_reason())
+        return count
 
     async def last(self, name: str) -> Event | None:
         ctx = self._ctx
 
-        async def read() -> dict[str, Any] | None:
+        async def read() -> tuple[bool, dict[str, Any] | None]:
             async with ctx.runtime.sessions() as session:
+                if await repo.lock_status(session, ctx.state_id) not in repo.RUNNING:
+                    return False, None
                 found = await repo.contact_events(session, ctx.contact.id, name, limit=1)
-            return event_message(found[0]) if found else None
+            return True, event_message(found[0]) if found else None
 
-        data = await ctx.step("history.last", read)
+        running, data = await ctx.step("history.last", read)
+        if not running:
+            raise JourneyExit(await ctx._exit_reason())
         return None if data is None else event_from_message(data)
 
 
@@ -560,7 +644,8 @@ class DurableJourneyContext:
         return self._history
 
     def now(self) -> datetime:
-        """The time of the run's latest durable operation (replays give the same value)."""
+        """The recorded time of the run's latest clock reading: its start, the start of
+        each operation, the end of each wait (replays give the same value)."""
         return self._now
 
     def when(self) -> When:
@@ -575,10 +660,13 @@ class DurableJourneyContext:
 
     async def step(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``func`` as one DBOS step named ``journey.<name>``."""
-        return await DBOS.run_step_async({"name": f"journey.{name}"}, func)
+        return await _step(f"journey.{name}", func)
+
+    async def _read_clock(self) -> datetime:
+        return self.runtime.clock()
 
     async def _clock(self) -> datetime:
-        self._now = await DBOS.run_step_async({"name": "journey.clock"}, self.runtime.clock)
+        self._now = await _step("journey.clock", self._read_clock)
         return self._now
 
     async def _move(
@@ -598,7 +686,8 @@ class DurableJourneyContext:
         runtime = self.runtime
         state_id = self.state_id
 
-        async def write() -> tuple[str | None, dict[str, Any] | None]:
+        async def write() -> tuple[str | None, dict[str, Any] | None, datetime]:
+            now = runtime.clock()
             async with runtime.sessions() as session, session.begin():
                 status_after = await repo.move(
                     session,
@@ -608,7 +697,7 @@ class DurableJourneyContext:
                     next_wake_at=next_wake_at,
                     waiting_for_event=waiting_for_event,
                     context=context,
-                    now=runtime.clock(),
+                    now=now,
                 )
                 found = None
                 if lookback is not None and status_after in repo.RUNNING:
@@ -619,9 +708,14 @@ class DurableJourneyContext:
                         if properties_match(match, event.properties):
                             found = event_message(event)
                             break
-                return status_after, found
+                return status_after, found, now
 
-        status_after, found = await DBOS.run_step_async({"name": "journey.move"}, write)
+        # The operation label in the name makes a replay of edited code fail loudly at the
+        # first operation that changed (DBOSUnexpectedStepError), not reuse its result.
+        status_after, found, now = await _step(f"journey.move {step}", write)
+        # A wait ends with a move: ctx.now() then reads the wake-up time (recorded, so a
+        # replay sees the same), as the harness's virtual clock does.
+        self._now = now
         if status_after not in repo.RUNNING:
             raise JourneyExit(await self._exit_reason())
         return found
@@ -632,7 +726,7 @@ class DurableJourneyContext:
                 run = await repo.get_run(session, self.state_id)
             return (run.exit_reason if run is not None else None) or "exited"
 
-        return await DBOS.run_step_async({"name": "journey.exit-reason"}, read)
+        return await _step("journey.exit-reason", read)
 
     async def _wait(self, deadline: datetime, wait: int | None) -> dict[str, Any] | None:
         """Receive on the run's topic until ``deadline``: an exit raises, the awaited
@@ -646,7 +740,7 @@ class DurableJourneyContext:
                     remaining = max((deadline - await self._clock()).total_seconds(), 0.001)
             elif remaining <= 0:
                 return None
-            message = await DBOS.recv_async(TOPIC, timeout_seconds=remaining)
+            message = await _recv(remaining)
             if message is None:
                 return None
             if message.get("kind") == "exit":
@@ -670,7 +764,7 @@ class DurableJourneyContext:
             executed.append(parked)
             return parked
 
-        parked = await DBOS.run_step_async({"name": "journey.park"}, park)
+        parked = await _step("journey.park", park)
         if parked and executed:
             workflow_id = DBOS.workflow_id
             assert workflow_id is not None
@@ -684,8 +778,10 @@ class DurableJourneyContext:
     async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
         runtime = self.runtime
 
-        async def write() -> None:
+        async def write() -> bool:
             async with runtime.sessions() as session, session.begin():
+                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
+                    return False
                 await repo.add_log(
                     session,
                     journey_id=self.definition.id,
@@ -698,8 +794,11 @@ class DurableJourneyContext:
                     started_at=started,
                     finished_at=runtime.clock(),
                 )
+            return True
 
-        await DBOS.run_step_async({"name": "journey.log"}, write)
+        # An exit that landed since the last wait ends the run here, not at the next wait.
+        if not await _step(f"journey.log {step}", write):
+            raise JourneyExit(await self._exit_reason())
 
     # -- waiting -------------------------------------------------------------------------------
 
@@ -774,8 +873,8 @@ class DurableJourneyContext:
         window = send_window.window() if isinstance(send_window, When) else send_window
         while True:
             started = await self._clock()
-            outcome = await DBOS.run_step_async(
-                {"name": "journey.send_email"},
+            outcome = await _step(
+                f"journey.send_email {step}",
                 self._send_step,
                 step,
                 SendRequest(
@@ -862,8 +961,12 @@ class DurableJourneyContext:
         )
         runtime = self.runtime
 
-        async def start() -> bool:
+        async def start() -> bool | None:
             async with runtime.sessions() as session, session.begin():
+                # Share-locked like a send: an exit either comes first (no enrollment)
+                # or waits for this one.
+                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
+                    return None
                 started = await runtime.enroll(
                     session,
                     definition,
@@ -873,7 +976,9 @@ class DurableJourneyContext:
                 )
             return started is not None
 
-        started_run = await self.step("enroll", start)
+        started_run = await self.step(f"enroll {step}", start)
+        if started_run is None:
+            raise JourneyExit(await self._exit_reason())
         await self._log(step, "enroll", self._now, journey=journey_id, enrolled=started_run)
         return started_run
 
@@ -890,6 +995,18 @@ class DurableJourneyContext:
         """Record a line in the run's step log."""
         step = self._next("log")
         await self._log(step, "log", self._now, message=message, **fields)
+
+    async def patched(self, name: str) -> bool:
+        """Whether this run takes the new code of the change ``name`` (see the Protocol).
+
+        A DBOS patch marker: recorded for runs that reach it under the new code; a run
+        recorded before the change finds another step at this position and takes the old
+        path. Takes no operation number, so the numbering of later operations does not move.
+        """
+        try:
+            return await DBOS.patch_async(f"hogsend:{name}")
+        except Divergence as exc:
+            raise JourneyDiverged(exc) from exc
 
 
 # -- the dispatcher's consumers ------------------------------------------------------------------

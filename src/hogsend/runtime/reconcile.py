@@ -242,10 +242,16 @@ class BucketSweeper:
         # Only what time changed since the previous complete sweep (shared by workers).
         since = sweeps.reconciled_since(bucket, state)
         # (a) criteria leaves: time-based buckets, and due deadlines everywhere.
+        cursor: sweeps.SweepCursor | None = None
         while not self._stopping:
             async with self._sessions() as session, session.begin():
-                left, seen = await sweeps.criteria_leaves(
-                    session, bucket, instant, since=since, batch_size=self.batch_size
+                left, seen, cursor = await sweeps.criteria_leaves(
+                    session,
+                    bucket,
+                    instant,
+                    since=since,
+                    batch_size=self.batch_size,
+                    after=cursor,
                 )
             counts["left_criteria"] += len(left)
             if seen < self.batch_size:

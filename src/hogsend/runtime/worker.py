@@ -4,6 +4,7 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
+             → the dead-worker takeover (hogsend.runtime.takeover)
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
              (hogsend.runtime.deferred) and the campaign scheduler
@@ -52,6 +53,7 @@ from hogsend.runtime.imports import ImportScheduler
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
+from hogsend.runtime.takeover import Takeover
 from hogsend.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -109,6 +111,7 @@ class Worker:
         self.campaigns: CampaignScheduler | None = None
         self.imports: ImportScheduler | None = None
         self.alerts: AlertSweep | None = None
+        self.takeover: Takeover | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -132,7 +135,7 @@ class Worker:
                 self.database_url, pool_size=self.settings.db_pool_size
             )
         registrations = list(self.registrations)
-        if self.app.journeys:
+        if self.app.journeys or any(b.reactions for b in self.app.buckets):
             # Before launch: recovered runs may send at once, so the mailer must exist.
             mailer = None
             if self.app.templates is not None:
@@ -145,14 +148,27 @@ class Worker:
                 park_after=timedelta(seconds=self.settings.journey_park_after_seconds),
             )
             registrations.append(self.journeys.register)
+        self._started_at = datetime.now(UTC)
+        # Beat before DBOS recovers this executor's workflows: a survivor taking this id
+        # over holds the row's lock, so the beat waits for its commit (the resumed
+        # workflows are then no longer PENDING here) or stops it from starting.
+        await self._beat()
         # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
         # it must run on this thread so that DBOS adopts this event loop.
         launch_dbos(self.settings, self.database_url, registrations=registrations)
         self.queue_names = await declare_queues()
         self.app.launch()
-        self._started_at = datetime.now(UTC)
         await self._beat()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="hogsend-heartbeat")
+        # Resumes the in-flight workflows of workers that died for good (stale heartbeat).
+        self.takeover = Takeover(
+            self.engine,
+            worker_id=self.settings.worker_id,
+            application_version=self.settings.application_version,
+            stale_after=timedelta(seconds=self.settings.worker_stale_seconds),
+            every=self.settings.heartbeat_seconds,
+        )
+        self.takeover.start()
         self.dispatcher = Dispatcher(
             self.engine,
             self.settings,
@@ -251,6 +267,9 @@ class Worker:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)
             self.dispatcher = None
+        if self.takeover is not None:
+            await self.takeover.stop()
+            self.takeover = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -138,3 +138,64 @@ def bar_chart(
         x_ticks=x_ticks,
         total=sum(count for _, count in points),
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunnelStage:
+    """One horizontal bar of a funnel: its label, count and share of the first stage."""
+
+    label: str
+    count: int
+    share: str
+    y: float
+    width: float
+    title: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunnelChart:
+    """Everything the template needs to draw a funnel (one bar per stage, top down)."""
+
+    title: str
+    width: int
+    height: int
+    left: int
+    bar_height: int
+    plot_width: int
+    stages: tuple[FunnelStage, ...]
+
+
+_FUNNEL_LEFT = 110  # room for the stage labels
+_FUNNEL_RIGHT = 150  # room for the count and share after each bar
+_FUNNEL_ROW = 34
+_FUNNEL_BAR = 24
+
+
+def funnel_chart(stages: Sequence[tuple[str, int]], *, title: str) -> FunnelChart:
+    """Lay out a funnel: bars scaled to the first stage, labelled with count and share."""
+    plot_width = WIDTH - _FUNNEL_LEFT - _FUNNEL_RIGHT
+    base = stages[0][1] if stages else 0
+    widest = max((count for _, count in stages), default=0)
+    scale = max(base, widest, 1)
+    laid = []
+    for index, (label, count) in enumerate(stages):
+        share = "—" if base == 0 else f"{count / base * 100:.1f}%"
+        laid.append(
+            FunnelStage(
+                label=label,
+                count=count,
+                share=share,
+                y=_TOP + index * _FUNNEL_ROW,
+                width=round(max(plot_width * count / scale, 1.0 if count else 0.0), 2),
+                title=f"{label}: {count:,} ({share} of {stages[0][0].lower()})",
+            )
+        )
+    return FunnelChart(
+        title=title,
+        width=WIDTH,
+        height=_TOP * 2 + _FUNNEL_ROW * max(len(stages), 1),
+        left=_FUNNEL_LEFT,
+        bar_height=_FUNNEL_BAR,
+        plot_width=plot_width,
+        stages=tuple(laid),
+    )

@@ -22,13 +22,14 @@ from hogsend.studio.pages import (
     api_keys,
     audit_log,
     buckets,
+    campaigns,
     contacts,
     dead_letters,
+    email,
     events,
     journeys,
     overview,
     signin,
-    upcoming,
 )
 from hogsend.studio.security import SecurityHeadersMiddleware
 from hogsend.studio.state import StudioState
@@ -67,7 +68,8 @@ def studio_routes() -> list[BaseRoute]:
         Route("/buckets", buckets.bucket_list, methods=GET),
         Route("/buckets/{id}", buckets.bucket_page, methods=GET),
         Route("/buckets/{id}/enabled", buckets.switch_bucket, methods=POST),
-        *(Route(f"/{key}", upcoming.upcoming_view(key), methods=GET) for key in upcoming.UPCOMING),
+        *campaigns.routes(),
+        *email.routes(),
         Mount("/static", StaticFiles(packages=[("hogsend.studio", "static")]), name="static"),
     ]
 

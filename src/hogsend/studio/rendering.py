@@ -25,12 +25,11 @@ from hogsend.studio.state import studio_of
 
 @dataclass(frozen=True, slots=True)
 class NavItem:
-    """One entry of the navigation; ``ready`` is false for pages later releases fill."""
+    """One entry of the navigation."""
 
     key: str
     label: str
     path: str
-    ready: bool = True
 
 
 NAVIGATION = (
@@ -39,8 +38,8 @@ NAVIGATION = (
     NavItem("events", "Events", "/events"),
     NavItem("journeys", "Journeys", "/journeys"),
     NavItem("buckets", "Buckets", "/buckets"),
-    NavItem("campaigns", "Campaigns", "/campaigns", ready=False),
-    NavItem("email", "Email", "/email", ready=False),
+    NavItem("campaigns", "Campaigns", "/campaigns"),
+    NavItem("email", "Email", "/email"),
     NavItem("api-keys", "API keys", "/api-keys"),
     NavItem("audit", "Audit log", "/audit"),
     NavItem("dlq", "Dead letters", "/dlq"),

@@ -110,25 +110,27 @@ def _same_token(expected: str, given: object) -> bool:
     )
 
 
-async def read_form(request: Request) -> FormData:
-    """The POSTed form (urlencoded or multipart), with a bound on its fields."""
+async def read_form(request: Request, *, max_files: int = 0) -> FormData:
+    """The POSTed form (urlencoded or multipart), with a bound on its fields and files."""
     try:
-        return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        return await request.form(max_files=max_files, max_fields=MAX_FORM_FIELDS)
     except Exception as exc:  # malformed multipart or too many fields
         raise PageError(400, f"The form could not be read: {exc}") from None
 
 
 async def require_form(
-    request: Request, db: AsyncSession, *, admin: bool = True
+    request: Request, db: AsyncSession, *, admin: bool = True, max_files: int = 0
 ) -> tuple[SignedIn, FormData]:
     """For a POST: a live session, its CSRF token and, unless ``admin=False``, the admin role.
+
+    ``max_files`` allows that many uploaded files (an import form); 0 refuses any.
 
     Raises:
         LoginRequired: no live session.
         PageError: 403 for a missing or wrong CSRF token, or a viewer where admin is needed.
     """
     me = await require_viewer(request, db)
-    form = await read_form(request)
+    form = await read_form(request, max_files=max_files)
     given = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
     if not _same_token(me.csrf_token, given):
         raise PageError(
@@ -264,8 +266,10 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-                headers["X-Frame-Options"] = "DENY"
+                # A response that chose its own policy keeps it (rendered email in a
+                # sandboxed frame needs inline styles and may be framed by Studio).
+                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                headers.setdefault("X-Frame-Options", "DENY")
                 headers["X-Content-Type-Options"] = "nosniff"
                 headers["Referrer-Policy"] = "same-origin"
                 if not is_static:

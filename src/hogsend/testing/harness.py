@@ -27,17 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID, uuid4
 
-from hogsend.core.conditions.evaluation import event_matches, strict_equals
+from hogsend.core.conditions.evaluation import event_matches
 from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import EventSpec, JourneyDefinition
+from hogsend.core.enrollment import properties_match
 from hogsend.core.entry_rules import (
     NO_ENTRIES,
-    EntryRefusal,
     PriorEntries,
+    Refusal,
     after_entry,
     entry_refusal,
 )
 from hogsend.core.mailer_gates import Decision, SendFacts, decide
+from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import (
     ResolvedTimezone,
     SendWindow,
@@ -54,7 +56,6 @@ if TYPE_CHECKING:
     from hogsend.channels.templates import TemplateRegistry
 
 JourneyStatus = Literal["not_started", "running", "waiting", "completed", "exited", "failed"]
-Refusal = EntryRefusal | Literal["trigger_conditions_not_met", "journey_disabled"]
 
 DEFAULT_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 """Where the virtual clock starts unless told: a Monday, 09:00 UTC."""
@@ -164,12 +165,8 @@ def _spec_matches(spec: EventSpec, event: Event) -> bool:
 
 
 def _props_match(match: Mapping[str, Any] | None, event: Event) -> bool:
-    if not match:
-        return True
-    return all(
-        key in event.properties and strict_equals(event.properties[key], value)
-        for key, value in match.items()
-    )
+    # The runtime's own comparison: JSON-strict (True is not 1).
+    return properties_match(match, event.properties)
 
 
 class HarnessHistory:
@@ -305,6 +302,11 @@ class HarnessContext:
         self._harness._check_live()
         self._harness._step("log", message=message, **fields)
 
+    async def patched(self, name: str) -> bool:
+        """True: a harness run always runs the current code (no run predates a change)."""
+        self._harness._check_live()
+        return True
+
     def when(self) -> SendWindowBuilder:
         """A send window builder in the recipient's time zone, open all the time."""
         return SendWindowBuilder(timezone=self._harness.timezone.name)
@@ -397,7 +399,7 @@ class JourneyHarness:
             if journey is not None and journey != target.id:
                 raise HarnessError(f"journey {journey!r} given, but the target is {target.id!r}")
             return target
-        journeys = target.journeys
+        journeys = all_journeys(target.journeys, target.buckets)
         if journey is None:
             if len(journeys) != 1:
                 raise HarnessError(
@@ -476,9 +478,9 @@ class JourneyHarness:
         self.events.append(event)
         refusal: Refusal | None = None
         if not (self.journey.enabled if enabled is None else enabled):
-            refusal = "journey_disabled"
+            refusal = "disabled"
         elif not _spec_matches(trigger, event):
-            refusal = "trigger_conditions_not_met"
+            refusal = "trigger_filter"
         else:
             self._prior = PriorEntries(
                 count=self._prior.count,

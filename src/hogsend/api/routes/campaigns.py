@@ -13,6 +13,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hogsend.api.audit import AdminChange, audited
 from hogsend.api.auth import require_scope
@@ -28,6 +29,7 @@ from hogsend.api.schemas.campaigns import (
     CampaignQuery,
     campaign_out,
 )
+from hogsend.app import Hogsend
 from hogsend.core.clock import aware_now
 from hogsend.core.conditions.codec import condition_from_dict
 from hogsend.core.conditions.model import InvalidCondition
@@ -35,6 +37,7 @@ from hogsend.core.ingest import MAX_IDEMPOTENCY_KEY_LENGTH
 from hogsend.db.repos import audit
 from hogsend.db.repos import campaigns as repo
 from hogsend.db.repos.api_keys import Principal
+from hogsend.db.tables.campaigns import Campaign
 from hogsend.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -42,7 +45,7 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 CampaignId = Annotated[UUID, Path(description="The campaign id.")]
 
 
-def _audience(request: Request, body: CampaignIn) -> tuple[str, dict[str, object], str]:
+def _audience(app: Hogsend, body: CampaignIn) -> tuple[str, dict[str, object], str]:
     """(kind, stored audience, default name); 422 unless exactly one is given, 404 unknown."""
     given = [
         k
@@ -51,7 +54,6 @@ def _audience(request: Request, body: CampaignIn) -> tuple[str, dict[str, object
     ]
     if len(given) != 1:
         raise invalid_field(("body",), "exactly one of list, bucket or criteria is required")
-    app = hogsend_of(request)
     if body.list_ is not None:
         if body.list_ not in {item.id for item in app.lists}:
             raise NotFound(f"Unknown list: {body.list_}")
@@ -65,6 +67,73 @@ def _audience(request: Request, body: CampaignIn) -> tuple[str, dict[str, object
     except InvalidCondition as exc:
         raise invalid_field(("body", "criteria", *exc.path), exc.reason) from None
     return "criteria", {"criteria": body.criteria}, "Campaign to criteria"
+
+
+async def create_from_body(
+    app: Hogsend,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    body: CampaignIn,
+    *,
+    actor: str,
+    actor_key_id: UUID | None = None,
+    actor_user_id: UUID | None = None,
+    idempotency_key: str | None = None,
+    ip_address: str | None = None,
+    request_id: str | None = None,
+) -> Campaign:
+    """Validate ``body`` against the app, create the campaign and audit it.
+
+    The one path every campaign is created by (``POST /v1/campaigns`` and Studio's form).
+
+    Raises:
+        RequestValidationError: a field is wrong (no audience, props the template refuses).
+        NotFound: the list or bucket is unknown.
+    """
+    kind, audience, default_name = _audience(app, body)
+    registry = app.templates
+    template = find_template(registry, body.template, ("body", "template"))
+    assert registry is not None
+    render_or_422(
+        registry,
+        template.key,
+        contact=stand_in_contact("preview@example.com"),
+        props=body.props,
+        subject=body.subject,
+        marketing=True,
+        location=("body", "props"),
+    )
+    now = aware_now()
+    async with sessionmaker() as session, session.begin():
+        campaign, created = await repo.create_campaign(
+            session,
+            name=body.name or default_name,
+            status="scheduled" if body.send_at is not None and body.send_at > now else "queued",
+            audience_kind=kind,
+            audience=audience,
+            template_key=template.key,
+            props=body.props,
+            from_email=body.from_,
+            subject=body.subject,
+            send_at=body.send_at,
+            local_time=body.local_time,
+            throttle_per_second=body.throttle,
+            idempotency_key=idempotency_key or body.idempotency_key,
+            created_by=actor,
+        )
+        if created:
+            await audit.record(
+                session,
+                actor=actor,
+                actor_key_id=actor_key_id,
+                actor_user_id=actor_user_id,
+                action="campaigns.create",
+                resource="campaigns",
+                resource_id=str(campaign.id),
+                detail={"audienceKind": kind, "template": template.key},
+                ip_address=ip_address,
+                request_id=request_id,
+            )
+    return campaign
 
 
 @router.post(
@@ -93,49 +162,16 @@ async def create_campaign(
     repeated idempotency key returns the campaign it created, with its current status,
     and creates nothing.
     """
-    kind, audience, default_name = _audience(request, body)
-    registry = hogsend_of(request).templates
-    template = find_template(registry, body.template, ("body", "template"))
-    assert registry is not None
-    render_or_422(
-        registry,
-        template.key,
-        contact=stand_in_contact("preview@example.com"),
-        props=body.props,
-        subject=body.subject,
-        marketing=True,
-        location=("body", "props"),
+    campaign = await create_from_body(
+        hogsend_of(request),
+        sessionmaker_of(request),
+        body,
+        actor=principal.name,
+        actor_key_id=principal.key_id,
+        idempotency_key=idempotency_key_header,
+        ip_address=request.client.host if request.client else None,
+        request_id=getattr(request.state, "request_id", None),
     )
-    now = aware_now()
-    async with sessionmaker_of(request)() as session, session.begin():
-        campaign, created = await repo.create_campaign(
-            session,
-            name=body.name or default_name,
-            status="scheduled" if body.send_at is not None and body.send_at > now else "queued",
-            audience_kind=kind,
-            audience=audience,
-            template_key=template.key,
-            props=body.props,
-            from_email=body.from_,
-            subject=body.subject,
-            send_at=body.send_at,
-            local_time=body.local_time,
-            throttle_per_second=body.throttle,
-            idempotency_key=idempotency_key_header or body.idempotency_key,
-            created_by=principal.name,
-        )
-        if created:
-            await audit.record(
-                session,
-                actor=principal.name,
-                actor_key_id=principal.key_id,
-                action="campaigns.create",
-                resource="campaigns",
-                resource_id=str(campaign.id),
-                detail={"audienceKind": kind, "template": template.key},
-                ip_address=request.client.host if request.client else None,
-                request_id=getattr(request.state, "request_id", None),
-            )
     return CampaignAccepted(campaign_id=campaign.id, status=campaign.status)
 
 

@@ -153,12 +153,20 @@ async def ingest_event(body: EventIn, request: Request) -> Response:
     buckets and exits run later in the worker. A repeated idempotency key answers with
     the original event (`stored: false, duplicate: true`) and changes nothing.
     """
-    idempotency_key = idempotency_key_of(request)
+    return await store_event(request, single_input(request, body, idempotency_key_of(request)))
+
+
+def single_input(request: Request, body: EventIn, idempotency_key: str | None) -> EventInput:
+    """The ingest input of a ``POST /v1/events`` body, or the 422 naming the field at fault."""
     identity = identity_of(body)
     unknown = unknown_lists(request, body.lists)
     if unknown:
         raise invalid_field(("body", "lists", unknown[0]), f"unknown list {unknown[0]!r}")
-    item = event_input(body, identity, idempotency_key=idempotency_key, source="api")
+    return event_input(body, identity, idempotency_key=idempotency_key, source="api")
+
+
+async def store_event(request: Request, item: EventInput) -> Response:
+    """Store one event of ``POST /v1/events`` (its route and its fast lane) and answer 202."""
     throttle = notify_throttle_of(request)
     # One throttle decision per request, whichever path ends up storing the event.
     notify = throttle is None or throttle.due()

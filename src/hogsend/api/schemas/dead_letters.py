@@ -17,7 +17,10 @@ class DeadLetterOut(ApiModel):
     """Work that failed past its retries."""
 
     id: UUID
-    source: str = Field(description="What gave up: `dispatcher` for events.")
+    source: str = Field(
+        description="What gave up: `dispatcher` for events, `journey` for a journey run "
+        "whose replay diverged from edited code."
+    )
     source_id: str | None = Field(description="The failed item; for `dispatcher`, the event id.")
     payload: dict[str, Any] = Field(
         description="What is needed to understand and retry it. For `dispatcher`: the event "

@@ -37,10 +37,12 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -257,8 +259,25 @@ async def emit(
         await ingest_batch(session, [_transition_input(t, now) for t in items], now=now)
 
 
+async def _custom_plans(session: AsyncSession) -> None:
+    """Plan this transaction's statements for their actual values.
+
+    The driver prepares a statement run often enough, and Postgres may then switch to a
+    generic plan, which cannot tell a window edge of one minute (a handful of events)
+    from one of months (all of them): a sweep batch planned that way scanned every
+    member for minutes. Planning each batch costs well under a millisecond.
+    """
+    await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
 def _active(m: Any, bucket_id: str) -> list[ColumnElement[bool]]:
-    return [m.c.bucket_id == bucket_id, m.c.status == "active", m.c.deleted_at.is_(None)]
+    # 'active' inline, not a parameter: a generic (prepared) plan can then still prove
+    # the partial indexes on active rows usable.
+    return [
+        m.c.bucket_id == bucket_id,
+        m.c.status == literal_column("'active'", Text),
+        m.c.deleted_at.is_(None),
+    ]
 
 
 # --------------------------------------------------------------------------- config
@@ -641,6 +660,29 @@ async def _insert_members(
 # --------------------------------------------------------------------------- reconcile
 
 
+SweepCursor = tuple[datetime | None, uuid.UUID]
+"""Where a criteria-leave pass is in its walk: the last ``(last_evaluated_at, id)`` seen."""
+
+
+_NEVER = literal_column("'-infinity'::timestamptz", DateTime(timezone=True))
+
+
+def sweep_key(m: Any) -> ColumnElement[datetime]:
+    """The members' sweep order key (never-evaluated first), as the partial index
+    ``ix_bucket_memberships_sweep_order`` spells it, so the index serves both the order
+    and the keyset comparison."""
+    return func.coalesce(m.c.last_evaluated_at, _NEVER)
+
+
+def _after(m: Any, cursor: SweepCursor | None) -> list[ColumnElement[bool]]:
+    """Rows strictly after ``cursor`` in ``(last_evaluated_at NULLS FIRST, id)`` order."""
+    if cursor is None:
+        return []
+    at, last_id = cursor
+    bound = _NEVER if at is None else _ts(at)
+    return [tuple_(sweep_key(m), m.c.id) > tuple_(bound, literal(last_id, m.c.id.type))]
+
+
 async def criteria_leaves(
     session: AsyncSession,
     bucket: BucketDefinition,
@@ -648,47 +690,85 @@ async def criteria_leaves(
     *,
     since: datetime | None = None,
     batch_size: int,
-) -> tuple[list[Transition], int]:
+    after: SweepCursor | None = None,
+) -> tuple[list[Transition], int, SweepCursor | None]:
     """Re-evaluate one batch of members, oldest-evaluated first; leave those that stopped
     matching (outside ``min_dwell``) and emit ``bucket:left`` (reason ``criteria``).
 
-    Candidates (each served once per sweep: one evaluated at ``now`` is not taken again):
-    members whose ``expires_at`` deadline passed (a deferred min-dwell leave, a fast-
-    expiry deadline) and, for a time-based bucket, the members whose windowed legs time
-    may have changed since the previous sweep at ``since`` (an event left its window),
-    or every member when there is no ``since``.
+    Candidates: members whose ``expires_at`` deadline passed (a deferred min-dwell
+    leave, a fast-expiry deadline) and, for a time-based bucket, the members whose
+    windowed legs time may have changed since the previous sweep at ``since`` (an event
+    left its window), or every member when there is no ``since``. A member evaluated at
+    or after ``now`` (by the real-time path) is not taken again.
+
+    The pass walks the members in ``(last_evaluated_at NULLS FIRST, id)`` order with a
+    keyset cursor (an index serves it, so a batch costs the same anywhere in the walk),
+    and members that still match are not written (a sweep over millions of members
+    would otherwise rewrite every row): only leaves, spent deadlines and deferred
+    leaves are. The criteria are evaluated after the batch is chosen, member by member
+    through the indexes, never by hashing a whole event table per batch.
 
     Returns:
-        The leaves and how many members the batch looked at (0: the pass is done).
+        The leaves, how many members the batch looked at (0: the pass is done) and the
+        cursor for the next batch.
     """
     assert bucket.criteria is not None
+    await _custom_plans(session)
     c, m = contacts, memberships
-    conds = [*_active(m, bucket.id), c.c.deleted_at.is_(None)]
-    conds.append(or_(m.c.last_evaluated_at.is_(None), m.c.last_evaluated_at < _ts(now)))
+    conds = [*_active(m, bucket.id), c.c.deleted_at.is_(None), *_after(m, after)]
+    conds.append(sweep_key(m) < _ts(now))
     legs = _windowed_legs(bucket)
     due = m.c.expires_at <= _ts(now)
     if not is_time_based(bucket) or (since is not None and not legs):
         conds.append(due)
     elif since is not None:
-        conds.append(or_(due, m.c.contact_id.in_(_crossed(legs, since, now))))
-    matches = compile_sql(bucket.criteria, now, contact_id=c.c.id, properties=c.c.properties)
+        # Driven by the few contacts time touched and the few deadlines due, each found
+        # through its own index, rather than by testing every member.
+        crossed = select(m.c.id).where(
+            *_active(m, bucket.id), m.c.contact_id.in_(_crossed(legs, since, now))
+        )
+        deadlines = select(m.c.id).where(*_active(m, bucket.id), due)
+        conds.append(m.c.id.in_(union_all(crossed, deadlines)))
+    batch = (
+        select(
+            m.c.id,
+            m.c.contact_id,
+            m.c.entered_at,
+            m.c.expires_at,
+            m.c.last_evaluated_at,
+            c.c.properties,
+        )
+        .select_from(m.join(c, c.c.id == m.c.contact_id))
+        .where(*conds)
+        .order_by(sweep_key(m), m.c.id)
+        .limit(batch_size)
+        .with_for_update(of=m, skip_locked=True)
+        .cte("batch")
+        .prefix_with("MATERIALIZED")
+    )
+    matches = compile_sql(
+        bucket.criteria, now, contact_id=batch.c.contact_id, properties=batch.c.properties
+    )
     may_leave: ColumnElement[bool] = true()
     if bucket.min_dwell is not None:
-        may_leave = m.c.entered_at <= _ts(now - bucket.min_dwell)
+        may_leave = batch.c.entered_at <= _ts(now - bucket.min_dwell)
     rows = (
         await session.execute(
-            select(m.c.id, matches.label("matches"), may_leave.label("may_leave"), m.c.entered_at)
-            .select_from(m.join(c, c.c.id == m.c.contact_id))
-            .where(*conds)
-            .order_by(m.c.last_evaluated_at.asc().nulls_first(), m.c.id)
-            .limit(batch_size)
-            .with_for_update(of=m, skip_locked=True)
+            select(
+                batch.c.id,
+                matches.label("matches"),
+                may_leave.label("may_leave"),
+                (batch.c.expires_at <= _ts(now)).label("due"),
+                batch.c.last_evaluated_at,
+            ).order_by(batch.c.last_evaluated_at.asc().nulls_first(), batch.c.id)
         )
     ).all()
     if not rows:
-        return [], 0
+        return [], 0, None
+    cursor: SweepCursor = (rows[-1].last_evaluated_at, rows[-1].id)
     leaving = [r.id for r in rows if not r.matches and r.may_leave]
-    staying = [r.id for r in rows if r.matches]
+    # A passed deadline of a member that still matches is spent; the rest stay untouched.
+    staying = [r.id for r in rows if r.matches and r.due]
     deferred = [r.id for r in rows if not r.matches and not r.may_leave]
     out: list[Transition] = []
     if leaving:
@@ -716,7 +796,6 @@ async def criteria_leaves(
             for r in flipped
         ]
     if staying:
-        # A passed deadline of a member that still matches is spent.
         await session.execute(
             update(m)
             .where(m.c.id.in_(staying))
@@ -733,7 +812,7 @@ async def criteria_leaves(
             .values(last_evaluated_at=now, expires_at=m.c.entered_at + literal(bucket.min_dwell))
         )
     await emit(session, bucket, out, now)
-    return out, len(rows)
+    return out, len(rows), cursor
 
 
 def _windowed_legs(bucket: BucketDefinition) -> list[EventCondition | EmailCondition]:
@@ -798,6 +877,7 @@ async def absence_joins(
     legs = _windowed_legs(bucket)
     if not legs:
         return [], None
+    await _custom_plans(session)
     c = contacts
     where: list[ColumnElement[bool]] = [c.c.id.in_(_crossed(legs, since, now))]
     if after is not None:

@@ -42,7 +42,7 @@ from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, decode_cursor, encode_cursor
 from hogsend.db.conditions import contacts, matching_contacts
-from hogsend.db.repos.events import ingest_event
+from hogsend.db.repos.events import ingest_batch, ingest_event
 
 TRANSITION_SOURCE = "bucket"
 """``user_events.source`` of transition events."""
@@ -290,6 +290,29 @@ async def emit_transition(
         ),
         now=now,
     )
+
+
+async def emit_transitions(
+    session: AsyncSession, transitions: Sequence[Transition], *, now: datetime
+) -> None:
+    """Store several transitions as events in one set-based ingest (see
+    :func:`emit_transition`; the same keys, so repeats are duplicates)."""
+    if transitions:
+        await ingest_batch(
+            session,
+            [
+                EventInput(
+                    name=t.event,
+                    contact_id=t.contact_id,
+                    properties=t.properties(),
+                    idempotency_key=t.idempotency_key,
+                    occurred_at=now,
+                    source=TRANSITION_SOURCE,
+                )
+                for t in transitions
+            ],
+            now=now,
+        )
 
 
 # --------------------------------------------------------------------------- reads

@@ -1,5 +1,9 @@
 """Demo data for ``hogsend dev --seed-demo``: realistic contacts and 60 days of events.
 
+Email history (:mod:`~hogsend.db.repos.demo_email`) and engine activity — journey runs,
+bucket memberships, campaigns, a dead letter (:mod:`~hogsend.db.repos.demo_activity`) —
+are seeded alongside.
+
 The data is generated from a fixed seed, and every row has a stable natural key (the
 contact's ``external_id``, the event's ``idempotency_key``), so seeding twice inserts
 nothing the second time. Events go straight into the event log, not the outbox: they
@@ -18,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hogsend.db.repos import demo_email
+from hogsend.db.repos import demo_activity, demo_email
 from hogsend.db.tables.contacts import Contact
 
 DEMO_SEED = 20_240_611
@@ -144,6 +148,10 @@ class SeedResult:
     contacts: int
     events: int
     sends: int = 0
+    journey_runs: int = 0
+    memberships: int = 0
+    campaigns: int = 0
+    dead_letters: int = 0
 
 
 def generate(*, now: datetime, contacts: int = 200, days: int = 60) -> DemoData:
@@ -252,4 +260,15 @@ async def seed(session: AsyncSession, *, now: datetime | None = None) -> SeedRes
     )
     inserted_events = events.rowcount if events.rowcount is not None else 0  # type: ignore[attr-defined]
     inserted_sends = await demo_email.seed(session, data.contacts, now=now)
-    return SeedResult(contacts=inserted_contacts, events=inserted_events, sends=inserted_sends)
+    activity = await demo_activity.seed(
+        session, data.contacts, data.events, now=now, from_email=demo_email.FROM_EMAIL
+    )
+    return SeedResult(
+        contacts=inserted_contacts,
+        events=inserted_events,
+        sends=inserted_sends + activity.sends,
+        journey_runs=activity.journey_runs,
+        memberships=activity.memberships,
+        campaigns=activity.campaigns,
+        dead_letters=activity.dead_letters,
+    )

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
@@ -24,6 +24,8 @@ from hogsend.db.tables.imports import ImportJob, ImportRowError
 
 MAX_SUMMARY_ERRORS = 100
 """Rejected lines shown in the job's summary; all of them are in import_errors."""
+
+_REAPER_LOCK = 0x68_6F_67_69_6D_70  # "hogimp": one import reaper at a time, cluster-wide
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +89,38 @@ async def claim_pending(
         )
         claimed.append((job_id, workflow_id))
     return claimed
+
+
+async def reap_stale(session: AsyncSession, now: datetime, stale: timedelta) -> list[uuid.UUID]:
+    """Hand imports whose run stopped making progress back to the scheduler, once.
+
+    ``updated_at`` is the run's heartbeat (every chunk and the claim move it). Only one
+    reaper works at a time (a transaction-scoped advisory lock; the others skip the
+    round), and the compare-and-set on ``status``/``updated_at`` reaps a job once per
+    stall: it goes back to ``pending`` without an owner, so the scheduler starts exactly
+    one new run, which resumes at the stored cursor. The old run, if it was only slow,
+    finds it no longer owns the job at its next chunk and stops; a chunk it has in
+    flight holds the job's row lock, so the reaper waits for it and then sees a fresh
+    heartbeat and leaves the job alone.
+    """
+    if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _REAPER_LOCK}):
+        return []
+    result = await session.execute(
+        update(ImportJob)
+        .where(
+            ImportJob.status == "processing",
+            ImportJob.dry_run.is_(False),
+            ImportJob.updated_at < now - stale,
+        )
+        .values(
+            status="pending",
+            workflow_id=None,
+            updated_at=now,
+            error=f"resumed by the reaper at {now.isoformat()} (no progress for {stale})",
+        )
+        .returning(ImportJob.id)
+    )
+    return list(result.scalars())
 
 
 async def owned(session: AsyncSession, job_id: uuid.UUID, workflow_id: str) -> ImportJob | None:

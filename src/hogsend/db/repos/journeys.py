@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.core.clock import aware_now
 from hogsend.core.contact import Event
-from hogsend.core.enrollment import EntryHistory
+from hogsend.core.entry_rules import PriorEntries
 from hogsend.core.pagination import Page, decode_cursor, encode_cursor, page_of
 
 RUNNING = ("enrolled", "active", "waiting")
@@ -140,7 +140,7 @@ async def lock_enrollment(session: AsyncSession, contact_id: uuid.UUID, journey_
 
 async def entry_history(
     session: AsyncSession, contact_id: uuid.UUID, journey_id: str
-) -> EntryHistory:
+) -> PriorEntries:
     """The contact's earlier runs of ``journey_id``, as the entry limit reads them."""
     row = (
         await session.execute(
@@ -153,7 +153,7 @@ async def entry_history(
             {"c": contact_id, "j": journey_id},
         )
     ).one()
-    return EntryHistory(runs=row.runs, last_entered_at=row.last, running=row.running)
+    return PriorEntries(count=row.runs, last_entered_at=row.last, live=row.running)
 
 
 async def run_for_trigger(

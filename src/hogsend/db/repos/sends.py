@@ -689,3 +689,298 @@ async def postpone_deferred(
         ),
         {"id": deferred_id, "error": error, "retry_at": retry_at},
     )
+
+
+# --------------------------------------------------------------------------- batches
+# The mailer's set-based path (hogsend.channels.send_batches): the same locks, facts and
+# rows as one attempt's, for many attempts in a handful of statements.
+
+_LOCK_KEYS = text(
+    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS locks"
+)
+_UNLOCK_KEYS = text(
+    "SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    " FROM unnest(CAST(:keys AS text[])) AS k) AS locks"
+)
+_LOCK_ADDRESSES = text(
+    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-to:' || lower(e), 0) AS h"
+    " FROM unnest(CAST(:emails AS text[])) AS e ORDER BY h) AS locks"
+)
+
+
+async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
+    """Take :func:`lock_key_sql`'s session-level lock on every key, in hash order.
+
+    The fixed order keeps two batches that share keys from deadlocking each other.
+    """
+    await conn.execute(_LOCK_KEYS, {"keys": list(keys)})
+
+
+async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
+    """Release what :func:`lock_keys` took."""
+    await conn.execute(_UNLOCK_KEYS, {"keys": list(keys)})
+
+
+async def lock_addresses(conn: AsyncConnection, emails: Sequence[str]) -> None:
+    """:func:`lock_address` for every address, in hash order, until the transaction ends."""
+    await conn.execute(_LOCK_ADDRESSES, {"emails": list(emails)})
+
+
+async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """The contact rows (``CONTACT_COLUMNS``) of ``ids`` that exist, deleted ones included."""
+    rows = await conn.execute(
+        text(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": list(ids)},
+    )
+    return {row.id: row for row in rows}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FactsQuery:
+    """One attempt's inputs to :func:`read_facts_batch` (see :func:`read_facts`)."""
+
+    idempotency_key: str | None
+    contact_id: uuid.UUID | None
+    email: str
+    list_id: str | None
+    journey_id: str | None
+
+
+async def read_facts_batch(
+    conn: AsyncConnection, queries: Sequence[FactsQuery], *, since: datetime
+) -> list[StoredFacts]:
+    """:func:`read_facts` for many attempts in one statement; one result per query, in order."""
+    if not queries:
+        return []
+    rows = await conn.execute(
+        _FACTS_BATCH,
+        {
+            "keys": [q.idempotency_key for q in queries],
+            "contacts": [q.contact_id for q in queries],
+            "emails": [q.email for q in queries],
+            "lists": [q.list_id for q in queries],
+            "journeys": [q.journey_id for q in queries],
+            "since": since,
+            "d": list(OUTGOING),
+            "exempt": list(CAP_EXEMPT_KINDS),
+        },
+    )
+    found: list[StoredFacts | None] = [None] * len(queries)
+    for row in rows:
+        holder = None
+        if row.holder_id is not None:
+            holder = KeyHolder(
+                id=row.holder_id,
+                decision=row.holder_decision,
+                status=row.holder_status,
+                waiting=row.holder_waiting,
+            )
+        found[row.n - 1] = StoredFacts(
+            key_holder=holder,
+            suppressed=bool(row.suppressed),
+            suppression_reason=row.suppression_reason,
+            unsubscribed_all=bool(row.unsubscribed_all),
+            list_choice=row.list_choice,
+            journey_last_sent_at=row.journey_last_sent_at,
+            recent_sends=int(row.recent_sends or 0),
+        )
+    assert all(item is not None for item in found)
+    return [item for item in found if item is not None]
+
+
+# _FACTS, one row per attempt: the same subqueries, correlated to the attempt's inputs.
+_FACTS_BATCH = text(
+    """
+    SELECT
+        q.n,
+        holder.id AS holder_id, holder.decision AS holder_decision,
+        holder.status AS holder_status, holder.waiting AS holder_waiting,
+        suppression.suppressed, suppression.reason AS suppression_reason,
+        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = q.c)
+            AS unsubscribed_all,
+        (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
+            AS list_choice,
+        (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
+            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
+        (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
+            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))
+            AND kind <> ALL(CAST(:exempt AS text[]))) AS recent_sends
+    FROM unnest(CAST(:keys AS text[]), CAST(:contacts AS uuid[]), CAST(:emails AS text[]),
+                CAST(:lists AS text[]), CAST(:journeys AS text[]))
+        WITH ORDINALITY AS q(k, c, e, l, j, n)
+    LEFT JOIN LATERAL (
+        SELECT id, decision, status, handoff IS NOT NULL AS waiting
+        FROM email_sends WHERE idempotency_key = q.k
+    ) AS holder ON true
+    LEFT JOIN LATERAL (
+        SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
+    ) AS suppression ON true
+    """
+)
+
+
+async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
+    """:func:`abandon` for several interrupted attempts at once."""
+    if send_ids:
+        await conn.execute(
+            text(
+                """
+                UPDATE email_sends SET decision = 'provider_error', status = 'failed',
+                    idempotency_key = NULL,
+                    last_error = 'interrupted: the attempt never finished',
+                    decision_detail = coalesce(decision_detail, '{}'::jsonb)
+                        || '{"gate": "provider_error", "interrupted": true}'::jsonb,
+                    updated_at = now()
+                WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued'
+                    AND handoff IS NULL
+                """
+            ),
+            {"ids": list(send_ids)},
+        )
+
+
+async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Write many decision rows in one statement; each dict names its own ``id``.
+
+    The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
+    ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
+    Only a crash of Postgres itself in between can lose them (the retry then sends as
+    if first, with the same key: the at-least-once window of docs/email.md).
+
+    Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
+    category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
+    redirected_to, status, decision, detail, kind, error (as :func:`insert_attempt` and,
+    for a row closed at once, :func:`finish`).
+    """
+    if rows:
+        await conn.execute(_INSERT_ATTEMPTS, {"rows": to_json(list(rows))})
+
+
+_INSERT_ATTEMPTS = text(
+    """
+    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+    INSERT INTO email_sends (
+        id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,
+        category, journey_id, journey_state_id, campaign_id, idempotency_key,
+        duplicate_of_id, redirected_to, status, decision, decision_detail, kind, last_error
+    )
+    SELECT r.id, r.contact_id, r.user_id, r.to_email, r.to_email, r.from_email, r.subject,
+        r.template_key, r.category, r.journey_id, r.journey_state_id, r.campaign_id, r.key,
+        r.duplicate_of_id, r.redirected_to, r.status, r.decision, r.detail, r.kind, r.error
+    FROM cfg, jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        id uuid, contact_id uuid, user_id text, to_email text, from_email text,
+        subject text, template_key text, category text, journey_id text,
+        journey_state_id uuid, campaign_id uuid, key text, duplicate_of_id uuid,
+        redirected_to text, status text, decision text, detail jsonb, kind text, error text
+    )
+    """
+)
+
+
+async def insert_links_many(
+    conn: AsyncConnection,
+    ids: Sequence[uuid.UUID],
+    send_ids: Sequence[uuid.UUID],
+    urls: Sequence[str],
+) -> None:
+    """The tracked links of many attempts (``hogsend.db.repos.tracking.insert_links``)."""
+    if ids:
+        await conn.execute(
+            text(
+                """
+                INSERT INTO tracked_links (id, email_send_id, original_url)
+                SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:sends AS uuid[]),
+                                     CAST(:urls AS text[]))
+                """
+            ),
+            {"ids": list(ids), "sends": list(send_ids), "urls": list(urls)},
+        )
+
+
+async def finish_and_log(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    notify: bool,
+) -> list[str]:
+    """:func:`finish` for many attempts plus their ``email.sent`` events, in ONE statement.
+
+    Run in autocommit mode it is one round trip and one (durable) commit: the outcomes,
+    the events and their outbox rows are stored together or not at all. What
+    ``hogsend.db.repos.events.ingest_batch`` stores for an event of an internal producer
+    naming a live contact (no properties, no last-seen update): the event under the
+    contact's key, its outbox row; a key stored before stores nothing. ``notify`` wakes
+    idle dispatchers at commit.
+
+    Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
+
+    Returns:
+        The idempotency keys of events whose contact is no longer live (merged away or
+        erased since the decision): nothing was stored for them, and the caller hands
+        them to ``ingest_batch``, which follows merges.
+    """
+    payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
+    missing = await conn.scalar(
+        _FINISH_AND_LOG,
+        {"rows": to_json(payload), "events": to_json(list(events)), "now": now, "notify": notify},
+    )
+    return list(missing or [])
+
+
+_FINISH_AND_LOG = text(
+    """
+    WITH r AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+            id uuid, decision text, ok boolean, detail jsonb, attempts int, provider text,
+            message_id text, error text, subject text)
+    ), done AS (
+        UPDATE email_sends e SET
+            decision = r.decision,
+            status = CASE WHEN r.ok THEN 'sent' ELSE 'failed' END,
+            idempotency_key = CASE WHEN r.ok THEN e.idempotency_key END,
+            decision_detail = r.detail,
+            attempts = r.attempts,
+            provider = r.provider,
+            provider_message_id = r.message_id,
+            last_error = r.error,
+            subject = coalesce(r.subject, e.subject),
+            sent_at = CASE WHEN r.ok THEN now() END,
+            handoff = NULL,
+            updated_at = now()
+        FROM r WHERE e.id = r.id
+        RETURNING e.id
+    ), v AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
+            id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
+            occurred_at timestamptz)
+    ), live AS (
+        SELECT v.*, coalesce(c.external_id, c.anonymous_id, c.id::text) AS user_id
+        FROM v JOIN contacts c ON c.id = v.contact_id AND c.deleted_at IS NULL
+    ), ins AS (
+        INSERT INTO user_events (id, contact_id, user_id, event, properties,
+                                 idempotency_key, source, occurred_at, received_at)
+        SELECT id, contact_id, user_id, name, properties, key, source, occurred_at,
+               CAST(:now AS timestamptz)
+        FROM live
+        ON CONFLICT DO NOTHING
+        RETURNING id, contact_id, user_id, event
+    ), outbox AS (
+        INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
+                                  next_attempt_at)
+        SELECT id, contact_id, user_id, event, CAST(:now AS timestamptz),
+               CAST(:now AS timestamptz)
+        FROM ins
+    )
+    SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
+                SELECT 1 FROM live WHERE live.id = v.id)) AS missing,
+           (SELECT count(*) FROM done) AS finished,
+           (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
+                WHERE CAST(:notify AS boolean)) AS notified
+    """
+)

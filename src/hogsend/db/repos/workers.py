@@ -93,3 +93,56 @@ async def list_workers(session: AsyncSession, *, stale_after: timedelta) -> list
         )
         for hb, is_alive in rows.all()
     ]
+
+
+# -- takeover of dead workers ---------------------------------------------------------------
+
+TAKEN_OVER_AT = "takenOverAt"
+"""The ``info`` key a survivor sets on a dead worker's row; the next beat clears it."""
+
+
+async def claim_dead_worker(
+    session: AsyncSession,
+    *,
+    me: str,
+    application_version: str,
+    stale_after: timedelta,
+) -> str | None:
+    """Lock one dead worker of this version not yet taken over; its id, or None.
+
+    Dead: no heartbeat for ``stale_after`` (a clean stop also counts once that long has
+    passed, so a worker scaled away does not strand its leftovers). The row stays locked
+    (``FOR UPDATE SKIP LOCKED``) until the transaction ends, so of several survivors
+    exactly one takes a given worker over; :func:`mark_taken_over` then keeps it from
+    being claimed again until it beats anew.
+    """
+    claimed: str | None = await session.scalar(
+        select(WorkerHeartbeat.worker_id)
+        .where(
+            WorkerHeartbeat.worker_id != me,
+            WorkerHeartbeat.application_version == application_version,
+            WorkerHeartbeat.last_seen_at < func.now() - stale_after,
+            ~WorkerHeartbeat.info.has_key(TAKEN_OVER_AT),
+        )
+        .order_by(WorkerHeartbeat.last_seen_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return claimed
+
+
+async def mark_taken_over(
+    session: AsyncSession, worker_id: str, *, by: str, workflows: int
+) -> None:
+    """Record on the dead worker's row who took its workflows over, and how many."""
+    await session.execute(
+        update(WorkerHeartbeat)
+        .where(WorkerHeartbeat.worker_id == worker_id)
+        .values(
+            info=WorkerHeartbeat.info.op("||")(
+                func.jsonb_build_object(
+                    TAKEN_OVER_AT, func.now(), "takenOverBy", by, "workflowsTakenOver", workflows
+                )
+            )
+        )
+    )

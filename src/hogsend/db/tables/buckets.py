@@ -75,6 +75,16 @@ class BucketMembership(Timestamps, Base):
             "status",
             "last_evaluated_at",
         ),
+        # Epoch counts and "already a member?" probes, one contact at a time.
+        Index("ix_bucket_memberships_contact_id_bucket_id", "contact_id", "bucket_id"),
+        # A sweep batch reads its oldest-evaluated active members in index order.
+        Index(
+            "ix_bucket_memberships_sweep_order",
+            "bucket_id",
+            func.coalesce(text("last_evaluated_at"), text("'-infinity'::timestamptz")),
+            "id",
+            postgresql_where=_ACTIVE,
+        ),
         # Deadline sweeps only ever look at active rows: partial indexes stay small.
         Index("ix_bucket_memberships_expires_at_active", "expires_at", postgresql_where=_ACTIVE),
         Index(

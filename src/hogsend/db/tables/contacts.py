@@ -59,7 +59,6 @@ class Contact(Timestamps, Base):
             unique=True,
             postgresql_where=text("anonymous_id IS NOT NULL AND deleted_at IS NULL"),
         ),
-        Index("ix_contacts_email", "email"),
         # Admin listing pages newest first with a (created_at, id) keyset cursor.
         Index("ix_contacts_created_at_id", "created_at", "id"),
         CheckConstraint("erased_at IS NULL OR deleted_at IS NOT NULL", name="erased_is_deleted"),

@@ -43,7 +43,6 @@ class UserEvent(Base):
         ),
         Index("ix_user_events_contact_id_event_occurred_at", "contact_id", "event", "occurred_at"),
         Index("ix_user_events_contact_id_occurred_at", "contact_id", "occurred_at"),
-        Index("ix_user_events_user_id_event_occurred_at", "user_id", "event", "occurred_at"),
         Index("ix_user_events_event_occurred_at", "event", "occurred_at"),
         Index("ix_user_events_occurred_at", "occurred_at"),
     )
@@ -90,7 +89,12 @@ class EventOutbox(Base):
         Index("ix_event_outbox_pending", "id", postgresql_where=_PENDING),
         # "Is an earlier event of this contact still pending?" keeps per-contact order.
         Index("ix_event_outbox_pending_contact", "contact_id", "id", postgresql_where=_PENDING),
-        Index("ix_event_outbox_processed_at", "processed_at"),
+        # Processed rows only: the retention sweep's; pending rows would be an entry each.
+        Index(
+            "ix_event_outbox_processed_at",
+            "processed_at",
+            postgresql_where=text("processed_at IS NOT NULL"),
+        ),
         # Pending rows that can hold back their contact's other events: leased (maybe in
         # flight) or retrying. Small, so the claim can ask "is this contact busy?" cheaply.
         Index(

@@ -64,6 +64,8 @@ class JourneyState(Timestamps, Base):
             "ix_journey_states_user_id_journey_id_created_at", "user_id", "journey_id", "created_at"
         ),
         Index("ix_journey_states_journey_id_status", "journey_id", "status"),
+        # The run a trigger event already started (a redelivery must enroll once).
+        Index("ix_journey_states_journey_id_trigger_event_id", "journey_id", "trigger_event_id"),
         Index("ix_journey_states_status", "status"),
         Index(
             "ix_journey_states_next_wake_at_waiting",

@@ -20,6 +20,7 @@ from hogsend.core.contact import Contact
 from hogsend.core.identity import Identity, IdentityError
 from hogsend.core.mailer_gates import is_subscribed
 from hogsend.core.pagination import InvalidCursor
+from hogsend.core.reactions import all_journeys
 from hogsend.db.repos import contact_search, contacts, preferences, sends
 from hogsend.db.repos.contacts import ResolutionRace
 from hogsend.errors import TemplateNotFound
@@ -195,7 +196,7 @@ async def contact_page(request: Request) -> Response:
         attempts=attempts,
         sends_cursor=sends_cursor,
         templates=sorted(studio.app.template_keys()),
-        journeys=[j.id for j in studio.app.journeys],
+        journeys=[j.id for j in all_journeys(studio.app.journeys, studio.app.buckets)],
         explain_template=template,
         explain_journey=journey,
         explained=explained,

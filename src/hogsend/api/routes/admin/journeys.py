@@ -30,6 +30,7 @@ from hogsend.api.schemas.journeys import (
 )
 from hogsend.core.enrollment import spec_event
 from hogsend.core.pagination import InvalidCursor
+from hogsend.core.reactions import all_journeys
 from hogsend.db.repos import journeys
 from hogsend.errors import Conflict, NotFound
 
@@ -60,7 +61,7 @@ async def list_journeys(session: DbSession, request: Request) -> JourneyList:
                 enabled_override=overrides.get(j.id),
                 counts=counts.get(j.id, {}),
             )
-            for j in app.journeys
+            for j in all_journeys(app.journeys, app.buckets)
         ]
     )
 
@@ -145,7 +146,7 @@ async def switch_journey(
     """Override the code's `enabled` (null clears the override). A disabled journey
     starts no new runs (each refused trigger is logged); running ones continue."""
     app = hogsend_of(request)
-    definition = next((j for j in app.journeys if j.id == id), None)
+    definition = next((j for j in all_journeys(app.journeys, app.buckets) if j.id == id), None)
     if definition is None:
         raise NotFound(f"journey {id!r} is not defined by the app")
     await journeys.set_enabled(change.session, id, body.enabled, by=change.principal.name)

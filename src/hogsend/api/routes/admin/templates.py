@@ -35,7 +35,7 @@ from hogsend.api.schemas.templates import (
     TemplatePreviewOut,
     TemplatePreviewQuery,
 )
-from hogsend.channels.mailer import Mailer, SendRequest
+from hogsend.channels.mailer import Mailer, SendOutcome, SendRequest
 from hogsend.channels.templates import TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.mailer_gates import TRANSACTIONAL_CATEGORY
@@ -178,11 +178,49 @@ async def preview_template(
     return JSONResponse(out.model_dump(mode="json"))
 
 
-def _test_mailer(request: Request) -> Mailer:
-    # One provider call: the admin waiting on the other end hears about a failure at once.
-    api_mailer = mailer_of(request)
-    settings = api_mailer.settings.model_copy(update={"mailer_max_attempts": 1})
-    return Mailer(api_mailer.app, settings, api_mailer.engine, api_mailer.provider)
+def test_mailer(mailer: Mailer) -> Mailer:
+    """``mailer`` with one provider call per send: whoever asked for a test waits on it."""
+    settings = mailer.settings.model_copy(update={"mailer_max_attempts": 1})
+    return Mailer(mailer.app, settings, mailer.engine, mailer.provider)
+
+
+async def send_test_message(
+    mailer: Mailer,
+    registry: TemplateRegistry,
+    template: EmailTemplate,
+    *,
+    to: str,
+    props: dict[str, Any],
+    contact: Contact,
+    contact_id: UUID | None,
+    location: tuple[str | int, ...] = ("body", "props"),
+) -> SendOutcome:
+    """Render ``template`` for ``contact`` (422 on bad props) and send it to ``to`` now.
+
+    The one path of a test send (the admin API and Studio): subject prefixed ``[Test]``,
+    kind ``test`` (exempt from unsubscribes and the cap; suppression still applies).
+    """
+    rendered = render_or_422(
+        registry,
+        template.key,
+        contact=contact,
+        props=props,
+        subject=None,
+        marketing=True,
+        location=location,
+    )
+    return await test_mailer(mailer).send(
+        SendRequest(
+            template=template.key,
+            contact_id=contact_id,
+            to_email=to,
+            props=props,
+            subject=TEST_SUBJECT_PREFIX + rendered.subject,
+            category=template.meta.category or TRANSACTIONAL_CATEGORY,
+            kind="test",
+            skip_preference_check=True,
+        )
+    )
 
 
 @router.post(
@@ -204,27 +242,14 @@ async def send_test(
     registry, template = _template(request, key)
     props = {**registry.preview_props(key), **(body.props or {})}
     contact = await _contact(request, body.contact_id)
-    rendered = render_or_422(
+    outcome = await send_test_message(
+        mailer_of(request),
         registry,
-        key,
-        contact=contact if body.contact_id is not None else stand_in_contact(body.to),
+        template,
+        to=body.to,
         props=props,
-        subject=None,
-        marketing=True,
-        location=("body", "props"),
-    )
-    subject = TEST_SUBJECT_PREFIX + rendered.subject
-    outcome = await _test_mailer(request).send(
-        SendRequest(
-            template=key,
-            contact_id=body.contact_id,
-            to_email=body.to,
-            props=props,
-            subject=subject,
-            category=template.meta.category or TRANSACTIONAL_CATEGORY,
-            kind="test",
-            skip_preference_check=True,
-        )
+        contact=contact if body.contact_id is not None else stand_in_contact(body.to),
+        contact_id=body.contact_id,
     )
     record = await sends.get_send(change.session, outcome.send_id)
     assert record is not None

@@ -1,7 +1,7 @@
 """alert_rules: firing state and the last evaluation, so a firing rule notifies once
 
-Revision ID: 0010_alert_rules
-Revises: 0009_import_content
+Revision ID: 0013_alert_rules
+Revises: 0012_journey_trigger_index
 Create Date: 2026-11-29 00:10:00.000000
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_alert_rules"
-down_revision: str | None = "0009_import_content"
+revision: str = "0013_alert_rules"
+down_revision: str | None = "0012_journey_trigger_index"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,165 @@
+"""Contact import: rows per second of a CSV import, against COPY into contacts.
+
+One embedded Postgres with durable commits. The CSV has ``email,userId,plan,city`` for
+``--rows`` distinct people (1,000,000 by default). Measured in one run, side by side:
+
+* **ceiling**: ``COPY`` of the same people straight into ``contacts`` (fresh database):
+  no parsing, no validation, no lookup, one transaction;
+* **import**: the job as a worker runs it (:func:`hogsend.runtime.imports.import_chunk`
+  until done, the function the DBOS step calls): parse and validate each line, look the
+  keys up, insert the new contacts set-based, advance the durable cursor, one
+  transaction per chunk;
+* **re-import**: the same file again (every row now updates its contact);
+* **row by row**: the previous path (one savepoint and one ``resolve_contact`` per
+  line) on the first ``--sample`` rows, for the ratio.
+
+Run with ``python -m bench imports [--rows=1000000] [--sample=20000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from hogsend import Hogsend
+from hogsend.core.contact_imports import ImportRow, prepare
+from hogsend.db import migrate
+from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
+from hogsend.db.repos import imports as repo
+from hogsend.runtime import imports as runtime
+
+ROWS = 1_000_000
+SAMPLE = 20_000
+CITIES = ("Paris", "Lyon", "Berlin", "Lisbon", "Oslo")
+
+
+def _csv(n: int) -> bytes:
+    lines = ["email,userId,plan,city"]
+    lines += [
+        f"person{i}@example.com,u{i},{'pro' if i % 3 else 'free'},{CITIES[i % 5]}" for i in range(n)
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ceiling(url: str, n: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    copy_sql = "COPY contacts (id, external_id, email, properties) FROM STDIN"
+    with (
+        psycopg.connect(libpq_url(url)) as conn,
+        conn.cursor() as cur,
+        cur.copy(copy_sql) as copy,
+    ):
+        for i in range(n):
+            plan = "pro" if i % 3 else "free"
+            props = f'{{"plan": "{plan}", "city": "{CITIES[i % 5]}"}}'
+            copy.write_row((uuid.uuid4(), f"u{i}", f"person{i}@example.com", props))
+    took = time.perf_counter() - started
+    return {"rows": n, "seconds": round(took, 2), "rows_per_s": round(n / took)}
+
+
+async def _import(url: str, body: bytes) -> dict[str, Any]:
+    """Create the job as the API does and run it to the end as a worker does."""
+    engine = make_async_engine(url, pool_size=2)
+    app = Hogsend()
+    mapping = prepare(body, "csv", {}, frozenset())
+    try:
+        async with make_sessionmaker(engine)() as session, session.begin():
+            await repo.create_job(
+                session, format="csv", content=body, mapping=mapping, size_bytes=len(body)
+            )
+            [(job_id, owner)] = await repo.claim_pending(session, datetime.now(UTC), limit=1)
+        started = time.perf_counter()
+        chunks = 0
+        while (await runtime.import_chunk(engine, app, job_id, owner)).state == "more":
+            chunks += 1
+        took = time.perf_counter() - started
+        async with make_sessionmaker(engine)() as session:
+            job = await repo.get_job(session, job_id)
+        assert job is not None
+        assert job.status == "completed", (job.status, job.error)
+        return {
+            "rows": job.processed_rows,
+            "failed": job.failed_rows,
+            "created": job.created_contacts,
+            "updated": job.updated_contacts,
+            "chunks": chunks,
+            "seconds": round(took, 2),
+            "rows_per_s": round(job.processed_rows / took),
+        }
+    finally:
+        await engine.dispose()
+
+
+async def _all_slow(
+    session: Any, rows: Sequence[ImportRow], now: Any
+) -> tuple[int, int, list[ImportRow]]:
+    return 0, 0, list(rows)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``python -m bench imports [--rows=N] [--sample=N]``."""
+    parser = argparse.ArgumentParser(prog="bench imports")
+    parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--sample", type=int, default=SAMPLE)
+    parser.add_argument("--no-reimport", action="store_true", help="skip importing it twice")
+    args = parser.parse_args(argv)
+    return run(args.rows, args.sample, reimport=not args.no_reimport)
+
+
+def run(rows: int = ROWS, sample: int = SAMPLE, *, reimport: bool = True) -> dict[str, Any]:
+    """Measure; print the table; return the numbers."""
+    body = _csv(rows)
+    result: dict[str, Any] = {
+        "rows": rows,
+        "file_bytes": len(body),
+        "chunk_rows": runtime.CHUNK_ROWS,
+    }
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+            url = server.create_database("bench_ceiling")
+            migrate.upgrade(url)
+            result["ceiling_copy"] = _ceiling(url, rows)
+            print(f"  COPY ceiling: {result['ceiling_copy']}", flush=True)
+            url = server.create_database("bench_import")
+            migrate.upgrade(url)
+            result["import"] = asyncio.run(_import(url, body))
+            print(f"  import: {result['import']}", flush=True)
+            if reimport:
+                result["reimport"] = asyncio.run(_import(url, body))
+                print(f"  re-import: {result['reimport']}", flush=True)
+            url = server.create_database("bench_row_by_row")
+            migrate.upgrade(url)
+            small = _csv(sample)
+            bulk = runtime._import_bulk
+            runtime._import_bulk = _all_slow  # type: ignore[assignment]
+            try:
+                result["row_by_row_sample"] = asyncio.run(_import(url, small))
+            finally:
+                runtime._import_bulk = bulk  # type: ignore[assignment]
+            print(f"  row by row ({sample:,} rows): {result['row_by_row_sample']}", flush=True)
+        finally:
+            server.stop()
+    ceiling = result["ceiling_copy"]["rows_per_s"]
+    result["ratio_import_to_copy"] = round(result["import"]["rows_per_s"] / ceiling, 3)
+    result["ratio_import_to_row_by_row"] = round(
+        result["import"]["rows_per_s"] / result["row_by_row_sample"]["rows_per_s"], 1
+    )
+    print(
+        f"\n{rows:,} rows: import {result['import']['rows_per_s']:,} rows/s,"
+        f" re-import {result.get('reimport', {}).get('rows_per_s')} rows/s,"
+        f" COPY {ceiling:,} rows/s (ratio {result['ratio_import_to_copy']}),"
+        f" row by row {result['row_by_row_sample']['rows_per_s']:,} rows/s"
+    )
+    return result

@@ -1,0 +1,574 @@
+"""Durable journeys: enrollment throughput against bare DBOS, trigger latency, parking.
+
+One embedded Postgres (durable commits), a fresh database per part, and every worker in
+a process of its own (its RSS is its own). Events go in as ingest writes them
+(``user_events`` + ``event_outbox`` rows, loaded with COPY, or one transaction each
+with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` worker
+(DBOS launched, dispatcher, park waker) takes them from there.
+
+* ``bare``: the ceiling. A process launched exactly like a worker's DBOS (same
+  configuration, same ``journeys`` queue) enqueues ``ENROLLS`` one-step async workflows
+  and runs them; workflows/s from the first enqueue to the last completion.
+  The same with three steps (``bare_three_steps``): a run of the one-step journey
+  takes three (start, the body's step, completed), so that ratio is reported too.
+* ``enroll``: ``ENROLLS`` ``bench.enroll`` events (one contact each) into a running
+  worker whose journey does one step (``ctx.log``). Per run: the dispatcher's guards
+  and enrollment transaction, the enqueue, the start step, the log step, the completed
+  step. Enrollments/s from the COPY commit to the last ``completed_at``; the ratio to
+  ``bare`` (target >= 0.5).
+* ``latency``: ``LATENCY_RATE`` events/s for ``LATENCY_SECONDS``, one transaction each
+  with NOTIFY; per event, the time from its commit (``received_at``) to the run's start
+  step and to its first body step done (the ``ctx.log`` row). p50/p99 (target p99 of
+  the first step < 250 ms).
+* ``parked``: ``PARKED`` runs of a journey that ``sleep_until`` a time carried by its
+  trigger event: ``PARKED - WAKE`` due in ten days, then ``WAKE`` due together a little
+  after they can all have parked (the worker parks waits longer than
+  ``PARK_AFTER_SECONDS``, so that group parks too). Measured: the creation rate
+  (through the real path: dispatcher, enrollment, workflow start, park), the worker's
+  RSS with every run parked (target < 300 MB) and its live asyncio tasks, a graceful
+  restart, then SIGKILL and a new worker process: time until it is started, and its
+  RSS; then the time from the due instant until all ``WAKE`` runs completed (target
+  < 60 s).
+
+Run with ``python -m bench journeys`` (the defaults below) or pick counts:
+``python -m bench journeys --enrolls 2000 --parked 20000 --wake 5000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from hogsend import Contact, Hogsend, JourneyContext, define_journey
+from hogsend.db import migrate
+from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.engine import libpq_url
+
+ENROLLS = 3_000
+LATENCY_RATE = 20
+LATENCY_SECONDS = 15.0
+PARKED = 100_000
+WAKE = 10_000
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 250
+TARGET_RSS_MB = 300
+TARGET_WAKE_S = 60
+WORKER_ID = "bench-journeys"
+PARK_AFTER_SECONDS = 20.0
+
+
+@define_journey(
+    id="bench-one-step", name="One step", trigger="bench.enroll", entry_limit="unlimited"
+)
+async def one_step(contact: Contact, ctx: JourneyContext) -> None:
+    """The smallest journey: one durable step."""
+    await ctx.log("step")
+
+
+@define_journey(id="bench-parked", name="Parked", trigger="bench.park", entry_limit="unlimited")
+async def sleeper(contact: Contact, ctx: JourneyContext) -> None:
+    """Sleep until the trigger's ``dueAt`` (parked when that is far), then one step."""
+    await ctx.sleep_until(datetime.fromisoformat(ctx.trigger_event.properties["dueAt"]))
+    await ctx.log("woke")
+
+
+app = Hogsend(name="bench-journeys", journeys=[one_step, sleeper])
+
+
+# -- the processes ------------------------------------------------------------------------
+
+
+def _settings(url: str) -> Any:
+    from hogsend.settings import Settings
+
+    return Settings(
+        env="test",
+        database_url=url,
+        secret_key="b" * 40,
+        public_url="https://mail.example.test",
+        worker_id=WORKER_ID,
+        log_level="warning",
+        # The wake group falls due a minute or two after it is created: park it anyway.
+        journey_park_after_seconds=PARK_AFTER_SECONDS,
+    )
+
+
+def _rss_mb() -> float:
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+async def _worker(url: str, out: Any, stop: Any) -> None:
+    from hogsend.runtime.worker import Worker
+
+    started = time.perf_counter()
+    worker = Worker(app, _settings(url), drain_seconds=1)
+    await worker.start()
+    out.put({"started_s": round(time.perf_counter() - started, 2), "rss_mb": _rss_mb()})
+    await asyncio.to_thread(stop.wait)
+    # Asked for a report: RSS and live tasks now (the parked runs hold none).
+    out.put({"rss_mb": _rss_mb(), "tasks": len(asyncio.all_tasks())})
+    await worker.stop()
+
+
+def _worker_main(url: str, out: Any, stop: Any) -> None:
+    asyncio.run(_worker(url, out, stop))
+
+
+class WorkerProcess:
+    """A worker in a spawned process; ``report()`` asks it for RSS and live tasks."""
+
+    def __init__(self, url: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.out = ctx.Queue()
+        self.stop_flag = ctx.Event()
+        self.spawned = time.perf_counter()
+        self.process = ctx.Process(target=_worker_main, args=(url, self.out, self.stop_flag))
+        self.process.start()
+        self.started: dict[str, Any] = self.out.get(timeout=600)
+        self.ready_s = round(time.perf_counter() - self.spawned, 2)
+
+    @property
+    def rss_mb(self) -> float:
+        """The process's RSS now, read from outside."""
+        return round(psutil.Process(self.process.pid).memory_info().rss / 2**20, 1)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop gracefully; returns the last report (RSS and live asyncio tasks)."""
+        self.stop_flag.set()
+        report: dict[str, Any] = self.out.get(timeout=120)
+        self.process.join(120)
+        return report
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        assert self.process.pid is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(30)
+
+
+async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
+    from dbos import DBOS
+
+    from hogsend.runtime.dbos_setup import destroy_dbos, launch_dbos
+    from hogsend.runtime.queues import JOURNEYS, declare_queues
+
+    workflows: list[Any] = []
+
+    def register() -> None:
+        async def noop(n: int) -> int:
+            return n
+
+        async def bare_steps(n: int) -> int:
+            for _ in range(steps):
+                n = int(await DBOS.run_step_async({"name": "bench.step"}, noop, n))
+            return n
+
+        workflows.append(DBOS.workflow(name="bench.bare")(bare_steps))
+
+    launch_dbos(_settings(url), url, registrations=[register])
+    await declare_queues()
+    started = time.perf_counter()
+    for n in range(count):
+        await DBOS.enqueue_workflow_async(JOURNEYS.name, workflows[0], n)
+    enqueued = time.perf_counter() - started
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'SUCCESS'), max(updated_at)"
+                " FROM dbos.workflow_status WHERE name = 'bench.bare'"
+            ).fetchone()
+            assert row is not None
+            if row[0] >= count:
+                break
+            await asyncio.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    destroy_dbos()
+    return {
+        "workflows": count,
+        "steps": steps,
+        "enqueue_s": round(enqueued, 2),
+        "elapsed_s": round(elapsed, 2),
+        "per_s": round(count / elapsed, 1),
+    }
+
+
+def _bare_main(url: str, count: int, steps: int, out: Any) -> None:
+    out.put(asyncio.run(_bare(url, count, steps)))
+
+
+def _in_process(target: Any, *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    process = ctx.Process(target=target, args=(*args, out))
+    process.start()
+    result: dict[str, Any] = out.get(timeout=3600)
+    process.join(60)
+    return result
+
+
+# -- loading events --------------------------------------------------------------------------
+
+
+def _contacts(url: str, count: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(count)]
+    copy_sql = "COPY contacts (id, external_id) FROM STDIN"
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for contact in ids:
+            copy.write_row((contact, f"user-{contact}"))
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE contacts")
+    return ids
+
+
+def _copy_events(
+    url: str, contacts: Sequence[uuid.UUID], name: str, properties: dict[str, Any]
+) -> float:
+    """One event per contact, as ingest stores them, in one COPY; returns the commit time."""
+    props = json.dumps(properties)
+    events = [(uuid.uuid4(), contact) for contact in contacts]
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "COPY user_events (id, contact_id, user_id, event, properties) FROM STDIN"
+        ) as copy:
+            for event_id, contact in events:
+                copy.write_row((event_id, contact, f"user-{contact}", name, props))
+        with cur.copy(
+            "COPY event_outbox (event_id, contact_id, contact_key, event) FROM STDIN"
+        ) as copy:
+            for event_id, contact in events:
+                copy.write_row((event_id, contact, f"user-{contact}", name))
+        conn.commit()
+        committed = time.time()
+        conn.execute("SELECT pg_notify('hogsend_outbox', '')")
+        conn.commit()
+    return committed
+
+
+def _count(url: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0] if len(row) == 1 else row
+
+
+def _wait(url: str, sql: str, target: int, *params: Any, timeout: float = 7200) -> float:
+    """Poll ``sql`` (a count) until it reaches ``target``; returns the wall time then."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _count(url, sql, *params) >= target:
+            return time.time()
+        time.sleep(0.25)
+    raise TimeoutError(f"{sql!r} did not reach {target} in {timeout} s")
+
+
+# -- the parts ------------------------------------------------------------------------------
+
+
+def _enroll_part(url: str, count: int) -> dict[str, Any]:
+    contacts = _contacts(url, count)
+    worker = WorkerProcess(url)
+    try:
+        committed = _copy_events(url, contacts, "bench.enroll", {})
+        _wait(
+            url,
+            "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-one-step'"
+            " AND status = 'completed'",
+            count,
+        )
+        last, enrolled, first_start, last_start = (
+            float(x)
+            for x in _count(
+                url,
+                "SELECT extract(epoch FROM max(s.completed_at)),"
+                " extract(epoch FROM max(s.created_at)),"
+                " extract(epoch FROM min(l.started_at)), extract(epoch FROM max(l.started_at))"
+                " FROM journey_states s JOIN journey_logs l ON l.journey_state_id = s.id"
+                " AND l.action = 'log' WHERE s.journey_id = 'bench-one-step'",
+            )
+        )
+        rss = worker.rss_mb
+    finally:
+        worker.stop()
+    elapsed = last - committed
+    return {
+        "enrollments": count,
+        "elapsed_s": round(elapsed, 2),
+        "per_s": round(count / elapsed, 1),
+        # Where the time goes: the dispatcher's enrollments (rows inserted) and the
+        # workflows' start steps, each from its first to its last.
+        "dispatched_per_s": round(count / max(enrolled - committed, 1e-3), 1),
+        "started_per_s": round(count / max(last_start - first_start, 1e-3), 1),
+        "worker_rss_mb": rss,
+    }
+
+
+def _latency_part(url: str, rate: int, seconds: float) -> dict[str, Any]:
+    total = int(rate * seconds)
+    contacts = _contacts(url, total)
+    worker = WorkerProcess(url)
+    try:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            started = time.perf_counter()
+            for n, contact in enumerate(contacts):
+                due = started + n / rate
+                time.sleep(max(due - time.perf_counter(), 0))
+                with conn.transaction():
+                    conn.execute(
+                        "WITH e AS (INSERT INTO user_events (contact_id, user_id, event)"
+                        " VALUES (%(c)s, %(k)s, 'bench.enroll') RETURNING id, contact_id)"
+                        " INSERT INTO event_outbox (event_id, contact_id, contact_key, event)"
+                        " SELECT id, contact_id, %(k)s, 'bench.enroll' FROM e",
+                        {"c": contact, "k": f"user-{contact}"},
+                    )
+                    conn.execute("SELECT pg_notify('hogsend_outbox', '')")
+        _wait(
+            url,
+            "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-one-step'"
+            " AND status = 'completed'",
+            total,
+            timeout=600,
+        )
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT extract(epoch FROM l.started_at - e.received_at) * 1000,"
+                " extract(epoch FROM l.finished_at - e.received_at) * 1000"
+                " FROM journey_logs l JOIN journey_states s ON s.id = l.journey_state_id"
+                " JOIN user_events e ON e.id = s.trigger_event_id"
+                " WHERE l.action = 'log' AND s.journey_id = 'bench-one-step'"
+            ).fetchall()
+    finally:
+        worker.stop()
+    start_ms = sorted(float(r[0]) for r in rows)
+    first_ms = sorted(float(r[1]) for r in rows)
+
+    def pct(values: list[float], q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+    return {
+        "events": total,
+        "rate_per_s": rate,
+        "start_step_ms": {"p50": pct(start_ms, 0.5), "p99": pct(start_ms, 0.99)},
+        "first_step_ms": {
+            "p50": pct(first_ms, 0.5),
+            "p99": pct(first_ms, 0.99),
+            "max": round(max(first_ms), 1),
+            "mean": round(statistics.fmean(first_ms), 1),
+        },
+    }
+
+
+_PARKED_SQL = (
+    "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked'"
+    " AND status = 'waiting' AND coalesce((context->>'parked')::boolean, false)"
+)
+
+
+def _parked_part(url: str, parked: int, wake: int) -> dict[str, Any]:
+    far = parked - wake
+    contacts = _contacts(url, parked)
+    worker = WorkerProcess(url)
+    result: dict[str, Any] = {"parked": parked, "wake": wake}
+    sampler = _PeakSampler(worker.process.pid)
+    try:
+        began = time.time()
+        _copy_events(
+            url,
+            contacts[:far],
+            "bench.park",
+            {"dueAt": (datetime.now(UTC) + timedelta(days=10)).isoformat()},
+        )
+        _wait(url, _PARKED_SQL, far)
+        rate = far / (time.time() - began) if far else 100.0
+        # The wake group is due once it can all have parked (three times the time the
+        # first group's rate says, the machine is shared), plus time for the restarts.
+        due = datetime.now(UTC) + timedelta(seconds=wake / rate * 3 + 90)
+        _copy_events(url, contacts[far:], "bench.park", {"dueAt": due.isoformat()})
+        # Every run parked, or (if the estimate fell short) woken already.
+        _wait(
+            url,
+            "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked' AND"
+            " (status = 'completed' OR (status = 'waiting'"
+            " AND coalesce((context->>'parked')::boolean, false)))",
+            parked,
+        )
+        created = time.time() - began
+        result["wake_parked_before_due"] = int(_count(url, _PARKED_SQL)) - far
+        time.sleep(2)  # let the last parked coroutines unwind
+        result["create_s"] = round(created, 1)
+        result["create_per_s"] = round(parked / created, 1)
+        result["rss_mb_parked"] = worker.rss_mb
+        result["peak_rss_mb_creating"] = sampler.stop()
+    except BaseException:
+        sampler.stop()
+        worker.stop()
+        raise
+    worker_pid = worker.process.pid
+    # Live tasks while everything is parked: ask the process (it then stops gracefully),
+    # and restart; a SIGKILL and restart are measured right after.
+    report = worker.stop()
+    result["tasks_parked"] = report["tasks"]
+    result["rss_mb_parked_reported"] = report["rss_mb"]
+    restarted = WorkerProcess(url)
+    result["restart_graceful_s"] = restarted.ready_s
+    restarted.kill()
+    killed_at = time.perf_counter()
+    again = WorkerProcess(url)
+    result["restart_after_sigkill_s"] = round(time.perf_counter() - killed_at, 2)
+    result["restart_worker_start_s"] = again.started["started_s"]
+    result["rss_mb_after_restart"] = again.rss_mb
+    assert again.process.pid != worker_pid
+    try:
+        remaining = (due - datetime.now(UTC)).total_seconds()
+        result["wake_group_due_in_s_after_restart"] = round(remaining, 1)
+        _wait(
+            url,
+            "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked'"
+            " AND status = 'completed'",
+            wake,
+            timeout=3600,
+        )
+        last = _count(
+            url,
+            "SELECT extract(epoch FROM max(completed_at)) FROM journey_states"
+            " WHERE journey_id = 'bench-parked' AND status = 'completed'",
+        )
+        result["wake_s"] = round(float(last) - due.timestamp(), 1)
+        result["rss_mb_after_wake"] = again.rss_mb
+        still = _count(url, _PARKED_SQL)
+        result["still_parked_after_wake"] = int(still)
+    finally:
+        again.stop()
+    return result
+
+
+class _PeakSampler:
+    """Samples a process's RSS every half second, from a thread of the driver."""
+
+    def __init__(self, pid: int | None) -> None:
+        assert pid is not None
+        self.process = psutil.Process(pid)
+        self.peak = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._done.wait(0.5):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss / 2**20)
+            except psutil.Error:
+                return
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join(5)
+        return round(self.peak, 1)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def _options(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench journeys")
+    parser.add_argument("--enrolls", type=int, default=ENROLLS, help="runs for the throughput part")
+    parser.add_argument("--latency-rate", type=int, default=LATENCY_RATE, help="events/s offered")
+    parser.add_argument("--latency-seconds", type=float, default=LATENCY_SECONDS)
+    parser.add_argument("--parked", type=int, default=PARKED, help="parked runs (0 skips)")
+    parser.add_argument("--wake", type=int, default=WAKE, help="of those, due together")
+    parser.add_argument("--skip", action="append", default=[], choices=["throughput", "latency"])
+    options = parser.parse_args(list(argv))
+    if options.parked and options.wake > options.parked:
+        parser.error("--wake cannot exceed --parked")
+    return options
+
+
+def run(argv: Sequence[str] = ()) -> dict[str, Any]:
+    """Measure every part (see the module docstring); print the table; return the numbers."""
+    options = _options(argv)
+    load = os.getloadavg()
+    result: dict[str, Any] = {"load_avg_at_start": [round(x, 2) for x in load]}
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+
+            def database(name: str) -> str:
+                url = server.create_database(name)
+                migrate.upgrade(url)
+                return url
+
+            if "throughput" not in options.skip:
+                bare = _in_process(_bare_main, database("bench_bare"), options.enrolls, 1)
+                bare3 = _in_process(_bare_main, database("bench_bare3"), options.enrolls, 3)
+                enroll = _enroll_part(database("bench_enroll"), options.enrolls)
+                ratio = round(enroll["per_s"] / bare["per_s"], 2)
+                result |= {
+                    "bare": bare,
+                    "bare_three_steps": bare3,
+                    "enroll": enroll,
+                    "ratio": ratio,
+                    "ratio_to_three_steps": round(enroll["per_s"] / bare3["per_s"], 2),
+                }
+                print(f"bare DBOS one-step   {bare['per_s']:>8} workflows/s ({options.enrolls:,})")
+                print(f"bare DBOS 3 steps    {bare3['per_s']:>8} workflows/s")
+                print(f"enrollments          {enroll['per_s']:>8} runs/s completed")
+                print(f"ratio                {ratio:>8} (target >= {TARGET_RATIO})")
+            if "latency" not in options.skip:
+                latency = _latency_part(
+                    database("bench_latency"), options.latency_rate, options.latency_seconds
+                )
+                result["latency"] = latency
+                first = latency["first_step_ms"]
+                print(
+                    f"event -> first step  p50 {first['p50']} ms  p99 {first['p99']} ms "
+                    f"at {options.latency_rate}/s (target p99 < {TARGET_P99_MS} ms)"
+                )
+            if options.parked:
+                parked = _parked_part(database("bench_parked"), options.parked, options.wake)
+                result["parked"] = parked
+                print(
+                    f"parked {parked['parked']:,}: created {parked['create_per_s']}/s, "
+                    f"RSS {parked['rss_mb_parked']} MB, {parked['tasks_parked']} live tasks "
+                    f"(target < {TARGET_RSS_MB} MB)"
+                )
+                print(
+                    f"restart: graceful {parked['restart_graceful_s']} s, after SIGKILL "
+                    f"{parked['restart_after_sigkill_s']} s, "
+                    f"RSS {parked['rss_mb_after_restart']} MB"
+                )
+                print(
+                    f"wake {parked['wake']:,} due together: {parked['wake_s']} s "
+                    f"(target < {TARGET_WAKE_S} s)"
+                )
+        finally:
+            server.stop()
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["targets"] = {
+        "ratio": TARGET_RATIO,
+        "first_step_p99_ms": TARGET_P99_MS,
+        "parked_rss_mb": TARGET_RSS_MB,
+        "wake_s": TARGET_WAKE_S,
+    }
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(run(sys.argv[1:]), indent=2))

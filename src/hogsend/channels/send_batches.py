@@ -1,0 +1,502 @@
+"""Many sends at once: the mailer's set-based path, for campaign batches.
+
+:func:`send_batch` makes one attempt per request with the gates, their order, reason
+codes and decision rows of :meth:`~hogsend.channels.mailer.Mailer.send`, but does the
+database work for the whole batch together:
+
+0. the idempotency keys' session locks, all of them in hash order, for the whole batch;
+1. ``concurrency`` lanes each take the next request and hand it to a
+   :class:`GroupCommit` that decides every request handed in meanwhile in one
+   transaction: the addresses' locks, every gate's facts (one statement), rendering and
+   tracking, every decision row and every tracked link (one statement each), one commit.
+   A message that goes out is committed with its links as ``queued`` before its
+   provider call;
+2. the lane calls the provider;
+3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
+   :class:`GroupCommit` and waits for its commit before taking the next request.
+
+So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
+``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
+key over), and at most that many accepted messages unrecorded (the at-least-once
+window, docs/email.md, "Performance"), while the database sees about two transactions
+per ``concurrency`` messages.
+
+Requests the set-based path does not cover (no contact or no key, a contact merged
+away or deleted, a key repeated within the batch) go through ``Mailer.send`` one by
+one, after the batch released its locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from hogsend.channels.email.message import EmailProvider, OutgoingEmail
+from hogsend.core.identity import normalize_email
+from hogsend.core.ingest import EventInput
+from hogsend.core.mailer_gates import GateResult, decide
+from hogsend.core.send_windows import recipient_timezone
+from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import sends
+from hogsend.errors import (
+    NoRecipient,
+    ProviderAlreadyAccepted,
+    ProviderError,
+    TemplateError,
+    TransientProviderError,
+)
+
+if TYPE_CHECKING:
+    from hogsend.channels.mailer import Mailer, SendOutcome, SendRequest, _Recipient
+
+T = TypeVar("T")
+Item = tuple[dict[str, Any], EventInput | None]
+"""What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
+BeforeSend = Callable[[], Awaitable[object]]
+
+
+class GroupCommit(Generic[T]):
+    """Writes items handed in concurrently, many per transaction, each caller waiting.
+
+    No background task: the first caller that finds no write running writes everything
+    pending (its own item included) and the others wait for it; whoever finds the
+    write done and its own item still pending writes next. So one transaction carries
+    what piled up while the previous one ran.
+    """
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
+        self._running: asyncio.Event | None = None
+
+    async def submit(self, item: T) -> None:
+        """Return once ``item`` is written; raise what its write raised."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        while not done.done():
+            if self._running is None:
+                await self._write_pending()
+            else:
+                # Wait for the running write to end (or for it to have carried our item).
+                running: asyncio.Future[Any] = asyncio.ensure_future(self._running.wait())
+                waiting: set[asyncio.Future[Any]] = {done, running}
+                try:
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    running.cancel()
+        done.result()
+
+    async def _write_pending(self) -> None:
+        running = self._running = asyncio.Event()
+        batch, self._pending = self._pending, []
+        try:
+            await self._write([item for item, _ in batch])
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("the write was interrupted")
+            for _, done in batch:
+                done.set_exception(error)
+            if not isinstance(exc, Exception):
+                for _, done in batch:
+                    done.exception()  # retrieved: the caller that owns it is going away
+                raise
+        else:
+            for _, done in batch:
+                done.set_result(None)
+        finally:
+            self._running = None
+            running.set()
+
+
+@dataclass(slots=True, kw_only=True)
+class _Going:
+    """An attempt that passed the gates, its row committed as ``queued``."""
+
+    index: int
+    request: SendRequest
+    who: _Recipient
+    send_id: uuid.UUID
+    result: GateResult
+    provider: EmailProvider
+    message: OutgoingEmail
+
+
+async def send_batch(
+    mailer: Mailer,
+    requests: Sequence[SendRequest],
+    *,
+    concurrency: int,
+    before_send: BeforeSend | None = None,
+) -> list[SendOutcome | Exception]:
+    """One attempt per request; per request its outcome or the exception ``send`` raises.
+
+    Args:
+        mailer: the mailer whose templates, settings, provider and database to use.
+        requests: the sends; keys must differ (a repeated one is a ``duplicate``).
+        concurrency: provider calls in flight at once.
+        before_send: awaited before each provider call (a throttle).
+    """
+    outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
+    batched: list[int] = []
+    single: list[int] = []
+    keys: set[str] = set()
+    for index, request in enumerate(requests):
+        try:
+            mailer._templates.get(request.template)
+        except Exception as exc:
+            outcomes[index] = exc
+            continue
+        key = request.idempotency_key
+        if request.contact_id is None or key is None or key in keys:
+            single.append(index)
+        else:
+            keys.add(key)
+            batched.append(index)
+    if batched:
+        async with mailer.engine.connect() as conn:
+            locked = [k for i in batched if (k := requests[i].idempotency_key) is not None]
+            try:
+                await sends.lock_keys(conn, locked)
+                await conn.commit()
+                await _lanes(mailer, requests, batched, outcomes, single, concurrency, before_send)
+            finally:
+                try:
+                    await conn.rollback()
+                    await sends.unlock_keys(conn, locked)
+                    await conn.commit()
+                except BaseException:
+                    # Closing the connection is the other way to release the locks.
+                    await conn.invalidate()
+                    raise
+    if single:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> None:
+            async with gate:
+                if before_send is not None:
+                    await before_send()
+                try:
+                    outcomes[index] = await mailer.send(requests[index])
+                except Exception as exc:
+                    outcomes[index] = exc
+
+        await asyncio.gather(*(one(i) for i in sorted(single)))
+    assert all(item is not None for item in outcomes)
+    return [item for item in outcomes if item is not None]
+
+
+async def _decide(
+    mailer: Mailer,
+    conn: AsyncConnection,
+    requests: Sequence[SendRequest],
+    batched: list[int],
+    outcomes: list[SendOutcome | Exception | None],
+    single: list[int],
+) -> list[_Going]:
+    """Steps 1 and 2 of the module docstring, in ``conn``'s transaction (not committed)."""
+    from hogsend.channels.mailer import (
+        SendOutcome,
+        _keep_deferred,
+        _Recipient,
+        _with_resend_note,
+        effective_category,
+        facts_from_stored,
+    )
+
+    settings = mailer.settings
+    now = mailer._clock()
+    found = await sends.contacts_by_id(
+        conn, [c for i in batched if (c := requests[i].contact_id) is not None]
+    )
+    people: list[tuple[int, _Recipient, str | None, str | None]] = []
+    for index in batched:
+        request = requests[index]
+        row = found.get(request.contact_id) if request.contact_id is not None else None
+        if row is None or row.deleted_at is not None:
+            single.append(index)  # merged away or erased: the single path follows it
+            continue
+        contact = contacts_repo.contact_from_row(row)
+        try:
+            address = normalize_email(request.to_email) or contact.email
+        except Exception as exc:
+            outcomes[index] = exc
+            continue
+        if address is None:
+            outcomes[index] = NoRecipient(
+                f"contact {request.contact_id} has no email address and no to_email"
+            )
+            continue
+        category = effective_category(
+            request, mailer._templates.get(request.template).meta.category
+        )
+        who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
+        people.append((index, who, category, request.list_id or category))
+    if not people:
+        return []
+    await sends.lock_addresses(conn, sorted({who.to_email for _, who, _, _ in people}))
+    stored = await sends.read_facts_batch(
+        conn,
+        [
+            sends.FactsQuery(
+                idempotency_key=requests[index].idempotency_key,
+                contact_id=who.contact_id,
+                email=who.to_email,
+                list_id=list_id,
+                journey_id=requests[index].journey_id,
+            )
+            for index, who, _, list_id in people
+        ],
+        since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
+    )
+    test_to = settings.test_mode_recipient if settings.test_mode else None
+    # Attempts earlier in this batch count towards the cap like committed ones would.
+    counted: Counter[str] = Counter()
+    rows: list[dict[str, Any]] = []
+    abandoned: list[uuid.UUID] = []
+    deferred: list[tuple[SendRequest, uuid.UUID, GateResult]] = []
+    going: list[_Going] = []
+    link_ids: list[uuid.UUID] = []
+    link_sends: list[uuid.UUID] = []
+    link_urls: list[str] = []
+    for (index, who, category, list_id), facts_stored in zip(people, stored, strict=True):
+        request = requests[index]
+        address = who.to_email.lower()
+        if counted[address]:
+            facts_stored = dataclasses.replace(
+                facts_stored, recent_sends=facts_stored.recent_sends + counted[address]
+            )
+        holder = facts_stored.key_holder
+        if holder is not None and holder.decision == "queued" and not holder.waiting:
+            abandoned.append(holder.id)  # its process died mid-send; take over (see _attempt)
+        facts = facts_from_stored(
+            facts_stored,
+            app=mailer.app,
+            settings=settings,
+            request=request,
+            contact_deleted=False,
+            contact_timezone=recipient_timezone(who.contact),
+            list_id=list_id,
+            now=now,
+        )
+        result = _with_resend_note(request, decide(facts))
+        send_id = uuid.uuid4()
+        row = _row(mailer, request, who, send_id, category, test_to)
+        if not result.goes_out:
+            rows.append(
+                {
+                    **row,
+                    "status": "skipped",
+                    "decision": result.decision,
+                    "key": None,
+                    "duplicate_of_id": result.duplicate_of,
+                    "detail": dict(result.detail) or None,
+                }
+            )
+            if result.decision == "deferred" and request.resend_when_open:
+                deferred.append((request, send_id, result))
+            outcomes[index] = SendOutcome(
+                send_id=send_id,
+                decision=result.decision,
+                detail=result.detail,
+                deferred_until=result.deferred_until,
+                duplicate_of=result.duplicate_of,
+            )
+            continue
+        try:
+            provider, message, links = mailer._compose(
+                request, send_id=send_id, result=result, who=who, list_id=list_id, now=now
+            )
+        except TemplateError as exc:
+            rows.append(
+                {
+                    **row,
+                    "status": "failed",
+                    "decision": "provider_error",
+                    "key": None,
+                    "detail": {"gate": "provider_error", "stage": "render", "error": str(exc)},
+                    "error": f"render: {exc}",
+                }
+            )
+            outcomes[index] = exc
+            continue
+        if request.kind not in sends.CAP_EXEMPT_KINDS:
+            counted[address] += 1
+        rows.append(
+            {
+                **row,
+                "status": "queued",
+                "decision": "queued",
+                "key": request.idempotency_key,
+                "detail": dict(result.detail) or None,
+            }
+        )
+        for link in links:
+            link_ids.append(link.id)
+            link_sends.append(send_id)
+            link_urls.append(link.url)
+        going.append(
+            _Going(
+                index=index,
+                request=request,
+                who=who,
+                send_id=send_id,
+                result=result,
+                provider=provider,
+                message=message,
+            )
+        )
+    await sends.abandon_many(conn, abandoned)
+    await sends.insert_attempts(conn, rows)
+    await sends.insert_links_many(conn, link_ids, link_sends, link_urls)
+    if deferred:
+        async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+            for request, send_id, result in deferred:
+                await _keep_deferred(session, request, send_id, result)
+            await session.flush()
+    return going
+
+
+def _row(
+    mailer: Mailer,
+    request: SendRequest,
+    who: _Recipient,
+    send_id: uuid.UUID,
+    category: str | None,
+    test_to: str | None,
+) -> dict[str, Any]:
+    """The columns every decision row of the batch has (see ``sends.insert_attempts``)."""
+    return {
+        "id": send_id,
+        "contact_id": who.contact_id,
+        "user_id": who.contact.key if who.contact is not None else None,
+        "to_email": who.to_email,
+        "from_email": request.from_email or mailer.settings.email_from,
+        "subject": request.subject,
+        "template_key": request.template,
+        "category": category,
+        "journey_id": request.journey_id,
+        "journey_state_id": request.journey_state_id,
+        "campaign_id": request.campaign_id,
+        "duplicate_of_id": None,
+        "redirected_to": test_to,
+        "kind": request.kind,
+        "error": None,
+    }
+
+
+async def _lanes(
+    mailer: Mailer,
+    requests: Sequence[SendRequest],
+    batched: list[int],
+    outcomes: list[SendOutcome | Exception | None],
+    single: list[int],
+    concurrency: int,
+    before_send: BeforeSend | None,
+) -> None:
+    """``concurrency`` lanes; each decides (with the others), sends, records, then goes on.
+
+    A lane's request is decided in a transaction shared with whatever the other lanes
+    submitted meanwhile, and its outcome recorded likewise; so a lane has at most one
+    ``queued`` row unrecorded, and a kill leaves at most ``concurrency`` of them.
+    """
+    going: dict[int, _Going] = {}
+
+    async def decide_group(indexes: list[int]) -> None:
+        async with mailer.engine.connect() as conn:
+            for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
+                going[attempt.index] = attempt
+            await conn.commit()
+
+    decider: GroupCommit[int] = GroupCommit(decide_group)
+    pending = iter(batched)
+
+    async def lane() -> None:
+        for index in pending:
+            try:
+                if before_send is not None:
+                    await before_send()
+                await decider.submit(index)
+                attempt = going.pop(index, None)
+                if attempt is not None:
+                    outcomes[index] = await _deliver_one(mailer, attempt)
+            except Exception as exc:
+                outcomes[index] = exc
+
+    await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
+
+
+async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
+    from hogsend.channels.mailer import SendOutcome
+
+    provider, message = attempt.provider, attempt.message
+    request, result, send_id = attempt.request, attempt.result, attempt.send_id
+    retries: list[dict[str, Any]] = []
+    accepted, calls, error = await mailer._call_provider(provider, message, retries)
+    finish: dict[str, Any] = {
+        "id": send_id,
+        "attempts": calls,
+        "message_id": None,
+        "error": None,
+        "subject": message.subject,
+    }
+    event: EventInput | None = None
+    if isinstance(error, ProviderAlreadyAccepted):
+        detail: dict[str, Any] = {
+            "gate": result.decision,
+            "provider": error.provider,
+            "providerCalls": calls,
+            "providerDuplicate": True,
+            "providerAnswer": str(error),
+        }
+        finish.update(decision=result.decision, detail=detail, provider=error.provider)
+        event = mailer._sent_event(request, send_id, attempt.who)
+        await mailer._outcomes.submit((finish, event))
+        return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
+    if accepted is None:
+        assert error is not None
+        detail = {
+            "gate": "provider_error",
+            "provider": provider.name,
+            "error": str(error),
+            "transient": isinstance(error, TransientProviderError),
+            "status": error.status if isinstance(error, ProviderError) else None,
+            "providerCalls": calls,
+        }
+        if retries:
+            detail["retries"] = retries
+        finish.update(
+            decision="provider_error", detail=detail, provider=provider.name, error=str(error)
+        )
+        await mailer._outcomes.submit((finish, None))
+        return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
+    detail = {
+        "gate": result.decision,
+        "provider": accepted.provider,
+        "providerCalls": calls,
+        "waitedSeconds": round(accepted.waited_seconds, 3),
+    }
+    if result.decision == "redirected":
+        detail["redirectedTo"] = message.to if provider is mailer.provider else "outbox"
+    if retries:
+        detail["retries"] = retries
+    finish.update(
+        decision=result.decision,
+        detail=detail,
+        provider=accepted.provider,
+        message_id=accepted.message_id,
+    )
+    event = mailer._sent_event(request, send_id, attempt.who)
+    await mailer._outcomes.submit((finish, event))
+    return SendOutcome(
+        send_id=send_id,
+        decision=result.decision,
+        detail=detail,
+        provider_message_id=accepted.message_id,
+    )

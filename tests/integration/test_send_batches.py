@@ -1,0 +1,175 @@
+"""The mailer's batch path against real Postgres and a real aiosmtpd sink.
+
+Every request of a batch gets every gate, in order, with the reason code and the row
+``Mailer.send`` would write, while the database work is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from tests.integration.test_mailer import (
+    Env,
+    FetchAll,
+    env,  # noqa: F401 - fixture
+    execute,
+    new_contact,
+    news,
+    receipt,
+    sink,  # noqa: F401 - fixture
+)
+
+from hogsend.channels.send_batches import GroupCommit
+from hogsend.errors import NoRecipient
+
+
+async def test_every_gate_and_one_row_per_request(env: Env, fetch_all: FetchAll) -> None:  # noqa: F811
+    plain = await new_contact(env.engine, "plain@example.com")
+    plain2 = await new_contact(env.engine, "plain2@example.com")
+    suppressed = await new_contact(env.engine, "bounced@example.com")
+    unsubscribed = await new_contact(env.engine, "gone@example.com")
+    opted_out = await new_contact(env.engine, "nolist@example.com")
+    deleted = await new_contact(env.engine, "deleted@example.com")
+    blank = await new_contact(env.engine, None)  # type: ignore[arg-type]
+    already = await new_contact(env.engine, "already@example.com")
+    await execute(
+        env.engine,
+        "INSERT INTO email_suppressions (email, suppressed, reason, suppressed_at)"
+        " VALUES ('Bounced@example.com', true, 'hard_bounce', now())",
+    )
+    await execute(
+        env.engine,
+        "INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)",
+        c=unsubscribed,
+    )
+    await execute(
+        env.engine,
+        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+        " VALUES (:c, 'newsletter', false)",
+        c=opted_out,
+    )
+    await execute(env.engine, "UPDATE contacts SET deleted_at = now() WHERE id = :c", c=deleted)
+    first = await env.mailer.send(news(already, idempotency_key="b:already"))
+    assert first.decision == "sent"
+
+    people = [plain, suppressed, unsubscribed, opted_out, deleted, blank, already, plain2]
+    requests = [news(c, idempotency_key=f"b:{c}") for c in people]
+    requests[6] = news(already, idempotency_key="b:already")
+    outcomes = await env.mailer.send_batch(requests, concurrency=3)
+
+    assert isinstance(outcomes[5], NoRecipient)
+    decisions = [o.decision if not isinstance(o, Exception) else "error" for o in outcomes]
+    assert decisions == [
+        "sent",
+        "suppressed",
+        "unsubscribed",
+        "unsubscribed",
+        "skipped_deleted",
+        "error",
+        "duplicate",
+        "sent",
+    ]
+    rows = await fetch_all(
+        "SELECT contact_id, decision, status, idempotency_key, decision_detail FROM email_sends"
+    )
+    by_contact: dict[Any, list[dict[str, Any]]] = {}
+    for item in rows:
+        by_contact.setdefault(item["contact_id"], []).append(item)
+    # One row per attempt (the earlier single send of "already" is the second row).
+    assert len(by_contact[plain]) == 1
+    assert by_contact[plain][0]["status"] == "sent"
+    assert by_contact[plain][0]["idempotency_key"] == f"b:{plain}"
+    assert by_contact[suppressed][0]["decision_detail"] == {
+        "gate": "suppressed",
+        "reason": "hard_bounce",
+    }
+    assert by_contact[suppressed][0]["idempotency_key"] is None
+    assert sorted(r["decision"] for r in by_contact[already]) == ["duplicate", "sent"]
+    assert blank not in by_contact  # nothing written for a request without an address
+
+    # Two messages from the batch (plus the earlier one), each with its email.sent event
+    # and its tracked links.
+    assert sorted(m["To"] for m in env.sink.messages) == [
+        "already@example.com",
+        "plain2@example.com",
+        "plain@example.com",
+    ]
+    sent_ids = [o.send_id for o in outcomes if not isinstance(o, Exception) and o.went_out]
+    events = await fetch_all(
+        "SELECT e.properties->>'sendId' AS send_id, o.event_id IS NOT NULL AS queued"
+        " FROM user_events e LEFT JOIN event_outbox o ON o.event_id = e.id"
+        " WHERE e.event = 'email.sent'"
+    )
+    assert {str(s) for s in sent_ids} <= {e["send_id"] for e in events}
+    assert all(e["queued"] for e in events)
+    headers = next(m for m in env.sink.messages if m["To"] == "plain@example.com")
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert headers["X-Hogsend-Send-Id"] == str(outcomes[0].send_id)  # type: ignore[union-attr]
+
+
+async def test_the_frequency_cap_counts_earlier_requests_of_the_same_batch(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    mailer = env.with_settings(frequency_cap_count=2)
+    one = await new_contact(env.engine, "shared@example.com")
+    requests = [news(one, idempotency_key=f"cap:{n}") for n in range(4)]
+    outcomes = await mailer.send_batch(requests, concurrency=4)
+    decisions = [o.decision for o in outcomes if not isinstance(o, Exception)]
+    assert decisions == ["sent", "sent", "capped", "capped"]
+    assert len(env.sink.messages) == 2
+
+
+async def test_transactional_sends_in_a_batch_skip_the_marketing_gates(
+    env: Env,  # noqa: F811
+) -> None:
+    contact = await new_contact(env.engine, "tx@example.com")
+    await execute(
+        env.engine,
+        "INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)",
+        c=contact,
+    )
+    [marketing, transactional] = await env.mailer.send_batch(
+        [news(contact, idempotency_key="t:m"), receipt(contact, idempotency_key="t:r")],
+        concurrency=2,
+    )
+    assert not isinstance(marketing, Exception)
+    assert not isinstance(transactional, Exception)
+    assert (marketing.decision, transactional.decision) == ("unsubscribed", "sent")
+    [message] = env.sink.messages
+    assert message["List-Unsubscribe"] is None
+
+
+async def test_a_provider_error_releases_the_key(env: Env, fetch_all: FetchAll) -> None:  # noqa: F811
+    contact = await new_contact(env.engine, "flaky@example.com")
+    env.sink.script = ["550 no such user"]
+    [failed] = await env.mailer.send_batch([news(contact, idempotency_key="f:1")], concurrency=1)
+    assert not isinstance(failed, Exception)
+    assert failed.decision == "provider_error"
+    stored = await fetch_all("SELECT * FROM email_sends WHERE id = :id", id=failed.send_id)
+    assert stored[0]["status"] == "failed"
+    assert stored[0]["idempotency_key"] is None
+    [again] = await env.mailer.send_batch([news(contact, idempotency_key="f:1")], concurrency=1)
+    assert not isinstance(again, Exception)
+    assert again.decision == "sent"
+
+
+async def test_group_commit_shares_writes_and_reports_failures() -> None:
+    writes: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        writes.append(items)
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise ValueError("unlucky")
+
+    group: GroupCommit[int] = GroupCommit(write)
+    await asyncio.gather(*(group.submit(n) for n in range(8)))
+    assert sorted(n for batch in writes for n in batch) == list(range(8))
+    assert len(writes) < 8  # concurrent items shared transactions
+    with pytest.raises(ValueError, match="unlucky"):
+        await group.submit(13)
+    await group.submit(14)  # a failed write does not wedge the next one
+    assert writes[-1] == [14]
