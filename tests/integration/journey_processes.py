@@ -21,7 +21,8 @@ import httpx
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Sink, _free_port
+
+from mail_sink import Sink, free_port
 
 
 @dataclass
@@ -53,7 +54,7 @@ class HoldingSink(Sink):
 def holding_sink() -> Iterator[tuple[HoldingSink, int]]:
     """A :class:`HoldingSink` on a free port while the generator is alive."""
     handler = HoldingSink()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield handler, controller.port

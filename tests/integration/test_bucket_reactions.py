@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_emails_api import Sink, running_sink, settings_for
+from test_emails_api import settings_for
 from test_journeys import Env, _end_running_runs, _templates
 
 from hogsend import Contact, Hogsend, JourneyContext, define_bucket, define_journey, where
@@ -24,6 +24,7 @@ from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import buckets as buckets_repo
 from hogsend.errors import DefinitionError
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import Sink, running_sink
 from test_journeys import Env, _env, _templates
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.testing import JourneyHarness, make_contact
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(120)
 

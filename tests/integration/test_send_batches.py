@@ -18,7 +18,6 @@ from tests.integration.test_mailer import (
     new_contact,
     news,
     receipt,
-    sink,  # noqa: F401 - fixture
 )
 
 from hogsend.channels.send_batches import GroupCommit
