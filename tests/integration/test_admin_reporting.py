@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_emails_api import PUBLIC, Sink, running_sink, settings_for
+from test_emails_api import PUBLIC, settings_for
 from test_journeys import _end_running_runs
 from test_webhooks_api import GENERIC_SECRET, signed
 
@@ -31,6 +31,7 @@ from hogsend import Contact, Hogsend, JourneyContext, define_journey, define_lis
 from hogsend.api.app import create_api
 from hogsend.channels.mailer import SEND_ID_HEADER
 from hogsend.runtime.worker import Worker
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(240)
 

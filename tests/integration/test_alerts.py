@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from test_admin_reporting import write_templates
-from test_emails_api import Sink, _free_port, running_sink, settings_for
+from test_emails_api import settings_for
 from test_webhooks_api import GENERIC_SECRET, signed
 
 from hogsend import Hogsend
@@ -42,6 +42,7 @@ from hogsend.core.webhook_signatures import decode_secret, signed_headers, verif
 from hogsend.db.repos import alerts
 from hogsend.runtime.alerts import AlertSweep
 from hogsend.settings import Settings
+from mail_sink import Sink, free_port, running_sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,7 +60,7 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    port = _free_port()
+    port = free_port()
     got = Receiver(url=f"http://127.0.0.1:{port}/hook")
 
     async def hook(request: Request) -> Response:

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_admin_reporting import onboard, write_templates
-from test_emails_api import Sink, running_sink, settings_for
+from test_emails_api import settings_for
 from test_journeys import _end_running_runs
 from test_studio import ADMIN, VIEWER, add_user, client_for, set_up_admin, sign_in, token_in
 
@@ -29,6 +29,7 @@ from hogsend import Hogsend, define_bucket, define_list, where
 from hogsend.api.app import create_api
 from hogsend.runtime.worker import Worker
 from hogsend.studio import mount_studio
+from mail_sink import Sink, running_sink
 
 pytestmark = pytest.mark.timeout(240)
 
