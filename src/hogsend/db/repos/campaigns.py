@@ -517,53 +517,5 @@ async def recipient_statuses(session: AsyncSession, campaign_id: uuid.UUID) -> d
     return {r.status: int(r.n) for r in rows}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CampaignFunnel:
-    """How far a campaign's messages got: each stage counts the messages that reached it.
-
-    ``sent`` counts attempts handed to the provider (or redirected in test mode);
-    ``delivered``, ``opened`` and ``clicked`` count those messages with that event on
-    record (a click without a recorded open still counts as a click). ``bounced`` and
-    ``complained`` are the losses beside the funnel.
-    """
-
-    audience: int
-    sent: int
-    delivered: int
-    opened: int
-    clicked: int
-    bounced: int
-    complained: int
-    skipped: int
-    failed: int
-
-
-async def campaign_funnel(session: AsyncSession, campaign: Campaign) -> CampaignFunnel:
-    """The funnel of ``campaign`` from its send attempts (one query)."""
-    row = (
-        await session.execute(
-            text(
-                """SELECT count(*) AS sent, count(delivered_at) AS delivered,
-                          count(opened_at) AS opened, count(clicked_at) AS clicked,
-                          count(bounced_at) AS bounced, count(complained_at) AS complained
-                   FROM email_sends
-                   WHERE campaign_id = :id AND decision IN ('sent', 'redirected')"""
-            ),
-            {"id": campaign.id},
-        )
-    ).one()
-    return CampaignFunnel(
-        audience=campaign.total_recipients,
-        sent=int(row.sent),
-        delivered=int(row.delivered),
-        opened=int(row.opened),
-        clicked=int(row.clicked),
-        bounced=int(row.bounced),
-        complained=int(row.complained),
-        skipped=campaign.skipped_count,
-        failed=campaign.failed_count,
-    )
-
-
 CONTROL_FROM: dict[str, tuple[str, ...]] = {action: f for action, (f, _) in _CONTROL.items()}
 """For each control action, the statuses it applies to."""

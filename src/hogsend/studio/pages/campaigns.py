@@ -23,6 +23,7 @@ from hogsend.api.routes.campaigns import create_from_body
 from hogsend.api.schemas.campaigns import CampaignIn
 from hogsend.core.clock import aware_now
 from hogsend.db.repos import campaigns as repo
+from hogsend.db.repos import funnels
 from hogsend.db.tables.campaigns import CAMPAIGN_STATUSES, Campaign
 from hogsend.errors import NotFound
 from hogsend.studio.charts import FunnelChart, funnel_chart
@@ -70,7 +71,7 @@ def progress_of(campaign: Campaign) -> dict[str, Any]:
     }
 
 
-def funnel_of(funnel: repo.CampaignFunnel) -> FunnelChart:
+def funnel_of(funnel: funnels.CampaignFunnel) -> FunnelChart:
     """The campaign's funnel as a chart: audience → sent → delivered → opened → clicked."""
     return funnel_chart(
         [
@@ -286,14 +287,15 @@ def _campaign_id(request: Request) -> uuid.UUID:
         raise PageError(404, "That is not a campaign id.") from None
 
 
-async def _load(request: Request) -> tuple[Campaign, repo.CampaignFunnel, bool]:
+async def _load(request: Request) -> tuple[Campaign, funnels.CampaignFunnel, bool]:
     campaign_id = _campaign_id(request)
     async with database(request) as db:
         me = await require_viewer(request, db)
         campaign = await repo.get_campaign(db, campaign_id)
         if campaign is None:
             raise PageError(404, f"Campaign {campaign_id} does not exist.")
-        funnel = await repo.campaign_funnel(db, campaign)
+        funnel = await funnels.campaign_funnel(db, campaign.id)
+    assert funnel is not None  # the campaign exists: it was just read
     return campaign, funnel, me.user.is_admin
 
 
