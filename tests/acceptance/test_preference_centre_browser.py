@@ -24,6 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from sqlalchemy import text
+from studio_tab import CHROMIUM, CHROMIUM_ARGS
 
 from hogsend import Hogsend, define_list
 from hogsend.api import create_api
@@ -34,17 +35,6 @@ from hogsend.settings import Settings
 from live_server import live_server
 from mail_sink import Sink, free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SECRET = "b" * 40
 T = TypeVar("T")
 
@@ -158,7 +148,7 @@ def browser() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 

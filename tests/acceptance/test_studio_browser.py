@@ -26,21 +26,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import ConsoleMessage, sync_playwright
+from studio_tab import CHROMIUM, studio_tab
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ADMIN = ("ada@example.com", "correct horse battery")
 VIEWER = ("vic@example.com", "viewer password 123")
 
@@ -65,24 +54,6 @@ APP = textwrap.dedent(
     add_extra_consumers(app, [Picky()])
     """
 )
-
-
-class Console:
-    """Every console error and page error of the browser context, per page visited."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.errors.append(f"console: {message.text} ({message.location})")
-
-    def on_page_error(self, error: Any) -> None:
-        self.errors.append(f"page error: {error}")
-
-    def take(self) -> list[str]:
-        taken, self.errors = self.errors, []
-        return taken
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -146,25 +117,8 @@ def test_studio_in_a_real_browser(live: dict[str, Any], harness: Any, screenshot
     wait_for(lambda: len(pending_entries()) == 1, "the dead-letter entry")
     [dead] = pending_entries()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        console = Console()
-        context.on("console", console.on_console)
-        context.on("weberror", lambda error: console.on_page_error(error.error))
-        page = context.new_page()
-
-        def visit(path: str, shot: str | None = None) -> None:
-            response = page.goto(base + path)
-            assert response is not None
-            assert response.status == 200, f"{path}: {response.status}"
-            page.wait_for_load_state("networkidle")
-            assert page.locator("nav").count() == 1, path
-            if shot:
-                page.screenshot(path=str(screenshots / f"{shot}.png"), full_page=True)
-            assert console.take() == [], path
+    with studio_tab(base, screenshots) as tab:
+        page, console, visit = tab.page, tab.console, tab.visit
 
         # -- setup: the first visit asks for the first admin --------------------------
         page.goto(base + "/studio")
@@ -328,4 +282,3 @@ def test_studio_in_a_real_browser(live: dict[str, Any], harness: Any, screenshot
         ]
         # the 403 pages themselves are errors the browser reports; nothing else may be
         assert all("403" in line for line in console.take())
-        browser.close()

@@ -20,13 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from tests.acceptance.test_studio_browser import (
+from playwright.sync_api import expect
+from studio_tab import CHROMIUM, studio_tab
+from test_studio_browser import (
     ADMIN,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     VIEWER,
-    Console,
     screenshots,  # noqa: F401 (fixture)
     wait_for,
 )
@@ -64,25 +62,8 @@ def test_campaigns_and_email_in_a_real_browser(
     running = api.get(f"/v1/campaigns/{RUNNING_CAMPAIGN}").json()
     assert running["totalRecipients"] > 0
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        console = Console()
-        context.on("console", console.on_console)
-        context.on("weberror", lambda error: console.on_page_error(error.error))
-        page = context.new_page()
-
-        def visit(path: str, shot: str | None = None) -> None:
-            response = page.goto(base + path)
-            assert response is not None
-            assert response.status == 200, f"{path}: {response.status}"
-            page.wait_for_load_state("networkidle")
-            assert page.locator("nav").count() == 1, path
-            if shot:
-                page.screenshot(path=str(screenshots / f"{shot}.png"), full_page=True)
-            assert console.take() == [], path
+    with studio_tab(base, screenshots) as tab:
+        page, console, visit = tab.page, tab.console, tab.visit
 
         def sign_in(email: str, password: str) -> None:
             page.goto(base + "/studio/login")
@@ -215,4 +196,3 @@ def test_campaigns_and_email_in_a_real_browser(
             "suppressions.create",
         } <= mine
         assert console.take() == []
-        browser.close()

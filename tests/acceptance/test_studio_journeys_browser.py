@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
-from test_studio_browser import ADMIN, CHROMIUM, CHROMIUM_ARGS, Console, wait_for
+from studio_tab import CHROMIUM, studio_tab
+from test_studio_browser import ADMIN, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -79,25 +79,8 @@ def test_journeys_and_buckets_in_a_real_browser(live: dict[str, Any], screenshot
 
     wait_for(lambda: trial_members() >= len(SIGN_UPS), "the trial bucket to fill")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        console = Console()
-        context.on("console", console.on_console)
-        context.on("weberror", lambda error: console.on_page_error(error.error))
-        page = context.new_page()
-
-        def visit(path: str, shot: str | None = None) -> None:
-            response = page.goto(base + path)
-            assert response is not None
-            assert response.status == 200, f"{path}: {response.status}"
-            page.wait_for_load_state("networkidle")
-            assert page.locator("nav").count() == 1, path
-            if shot:
-                page.screenshot(path=str(screenshots / f"{shot}.png"), full_page=True)
-            assert console.take() == [], path
+    with studio_tab(base, screenshots) as tab:
+        page, console, visit = tab.page, tab.console, tab.visit
 
         page.goto(base + "/studio")
         assert page.url.endswith("/studio/setup")
@@ -155,7 +138,6 @@ def test_journeys_and_buckets_in_a_real_browser(live: dict[str, Any], screenshot
         forged = page.request.post(base + f"/studio/journeys/runs/{cyd['id']}/cancel", form={})
         assert forged.status == 403
         assert api.get(f"/v1/admin/journeys/runs/{cyd['id']}").json()["status"] == "waiting"
-        browser.close()
 
     audit = api.get("/v1/admin/audit-logs").json()["logs"]
     assert {"journeys.switch", "journey-runs.cancel"} <= {

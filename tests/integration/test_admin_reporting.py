@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -31,7 +31,7 @@ from hogsend import Contact, Hogsend, JourneyContext, define_journey, define_lis
 from hogsend.api.app import create_api
 from hogsend.channels.mailer import SEND_ID_HEADER
 from hogsend.runtime.worker import Worker
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -141,11 +141,6 @@ def html_of(message: EmailMessage) -> str:
     part = message.get_body(("html",))
     assert part is not None
     return str(part.get_content())  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,7 @@ from test_emails_api import Env, _env, bearer, execute, new_contact, send_rows, 
 from hogsend.channels.email import OutboxProvider
 from hogsend.channels.mailer import Mailer
 from hogsend.runtime.courier import Courier
-from mail_sink import Sink, running_sink
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
+from mail_sink import Sink
 
 
 @pytest.fixture

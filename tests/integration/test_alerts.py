@@ -42,7 +42,7 @@ from hogsend.core.webhook_signatures import decode_secret, signed_headers, verif
 from hogsend.db.repos import alerts
 from hogsend.runtime.alerts import AlertSweep
 from hogsend.settings import Settings
-from mail_sink import Sink, free_port, running_sink
+from mail_sink import Sink, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,11 +78,6 @@ def receiver() -> Iterator[Receiver]:
     yield got
     server.should_exit = True
     thread.join(timeout=10)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @dataclass

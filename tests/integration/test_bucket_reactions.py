@@ -8,7 +8,7 @@ stores ``bucket:entered:<id>``, and the reaction's journey
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import buckets as buckets_repo
 from hogsend.errors import DefinitionError
 from hogsend.runtime.worker import Worker
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,11 +41,6 @@ async def greet_pro(contact: Contact, ctx: JourneyContext) -> None:
 @pros.on_leave(reason="manual")
 async def bye_pro(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="nudge")
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,9 @@ from hogsend.core.definitions import define_bucket
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import campaigns as repo
 from hogsend.runtime.worker import Worker
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,9 @@ from hogsend.channels.email import OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer
 from hogsend.runtime.courier import Courier
 from hogsend.runtime.worker import Worker
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

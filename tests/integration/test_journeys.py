@@ -7,7 +7,7 @@ exits runs; sends go through the mailer to aiosmtpd. Durations are short and rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +23,7 @@ from hogsend import Contact, Hogsend, JourneyContext, define_journey, where
 from hogsend.api.app import create_api
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.runtime.worker import Worker
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,11 +154,6 @@ class Env:
                 return value
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out waiting for {check}")
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 async def _env(

@@ -4,7 +4,7 @@ JSON-strict ``match`` (``True`` is not ``1``) and the same ``ctx.now()`` after a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +16,7 @@ from test_journeys import Env, _env, _templates
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.testing import JourneyHarness, make_contact
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,11 +49,6 @@ class Outcome:
     exit_reason: str | None
     templates: list[str]
     flag_log: dict[str, Any] | None
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

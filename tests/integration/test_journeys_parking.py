@@ -4,7 +4,7 @@ when due (sleep), when its event comes (wait), and nothing is sent twice."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from test_journeys import Env, _env, _subjects
 
 from hogsend import Contact, JourneyContext, define_journey
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,11 +26,6 @@ async def parked(contact: Contact, ctx: JourneyContext) -> None:
     got = await ctx.wait_for_event("park.event", timeout=timedelta(seconds=30))
     await ctx.log("woke", got=None if got is None else got.properties.get("n"))
     await ctx.send_email(template="nudge")
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from hogsend import Hogsend, define_bucket, define_list, where
 from hogsend.api.app import create_api
 from hogsend.runtime.worker import Worker
 from hogsend.studio import mount_studio
-from mail_sink import Sink, running_sink
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -67,11 +67,6 @@ class Env:
     async def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    yield from running_sink()
 
 
 @pytest.fixture
