@@ -195,7 +195,7 @@ def run(
     }
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> dict[str, Any]:
     """``python -m bench.campaign [RECIPIENTS] [--provider smtp|outbox] [--json PATH]``."""
     parser = argparse.ArgumentParser(prog="python -m bench.campaign")
     parser.add_argument("recipients", type=int, nargs="?", default=RECIPIENTS)
@@ -212,6 +212,7 @@ def main(argv: list[str]) -> None:
         from bench.__main__ import machine
 
         args.json.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":
