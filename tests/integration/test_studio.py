@@ -628,6 +628,57 @@ async def test_contact_actions_unsubscribe_resubscribe_delete_erase(
     assert "@" not in str(erase_entry["detail"])  # no personal data kept about the erased
 
 
+async def test_a_contact_goes_into_a_manual_bucket_and_out_again(
+    browser: httpx.AsyncClient, engine: AsyncEngine, seeded: None
+) -> None:
+    token = await signed_in_admin(browser, engine)
+    admin = await admin_key(engine)
+    contact_id = await demo_contact(engine, "demo-0005")
+    path = f"/studio/contacts/{contact_id}/buckets/vip-customers"
+
+    async def members() -> list[str]:
+        listed = await browser.get("/v1/admin/buckets/vip-customers/members", headers=admin)
+        assert listed.status_code == 200, listed.text
+        return [m["contactId"] for m in listed.json()["members"]]
+
+    page = await browser.get(f"/studio/contacts/{contact_id}")
+    assert "Manual buckets" in page.text
+    assert 'aria-label="Add to VIP customers"' in page.text
+    assert str(contact_id) not in await members()
+
+    added = await browser.post(path, data={"csrf_token": token, "op": "add"})
+    assert added.status_code == 303
+    assert added.headers["location"].endswith("notice=bucket-added")
+    assert await members() == [str(contact_id)]
+    page = await browser.get(f"/studio/contacts/{contact_id}")
+    assert 'aria-label="Remove from VIP customers"' in page.text
+    # adding again changes nothing and records nothing
+    again = await browser.post(path, data={"csrf_token": token, "op": "add"})
+    assert again.headers["location"].endswith("notice=unchanged")
+
+    removed = await browser.post(path, data={"csrf_token": token, "op": "remove"})
+    assert removed.headers["location"].endswith("notice=bucket-removed")
+    assert await members() == []
+    transitions = await scalar(
+        engine,
+        "SELECT count(*) FROM user_events WHERE contact_id = :c AND event_name IN"
+        " ('bucket:entered:vip-customers', 'bucket:left:vip-customers')",
+        c=contact_id,
+    )
+    assert transitions == 2
+
+    # bad input and other buckets are refused with nothing written
+    assert (await browser.post(path, data={"csrf_token": token, "op": "nuke"})).status_code == 400
+    computed = f"/studio/contacts/{contact_id}/buckets/trial-users"
+    assert (
+        await browser.post(computed, data={"csrf_token": token, "op": "add"})
+    ).status_code == 404
+    assert (await browser.post(path, data={"op": "add"})).status_code == 403
+    assert await members() == []
+    audit = (await browser.get("/v1/admin/audit-logs", headers=admin)).json()["logs"]
+    assert [e["action"] for e in audit] == ["buckets.members.remove", "buckets.members.add"]
+
+
 async def test_dlq_retry_in_studio_really_requeues_the_event(
     browser: httpx.AsyncClient, engine: AsyncEngine, database_url: str
 ) -> None:

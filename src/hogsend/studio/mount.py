@@ -50,6 +50,7 @@ def studio_routes() -> list[BaseRoute]:
         Route("/contacts/{id}/explain", contacts.explain_fragment, methods=GET),
         Route("/contacts/{id}/{action}", contacts.confirm_action, methods=GET),
         Route("/contacts/{id}/{action}", contacts.perform_action, methods=POST),
+        Route("/contacts/{id}/buckets/{bucket}", contacts.change_manual_bucket, methods=POST),
         Route("/events", events.event_list, methods=GET),
         Route("/events/rows", events.event_rows, methods=GET),
         Route("/api-keys", api_keys.key_list, methods=GET),

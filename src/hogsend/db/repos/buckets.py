@@ -323,6 +323,34 @@ _ACTIVE_OF_CONTACT = text(
 )
 
 
+async def add_by_hand(
+    session: AsyncSession, bucket: BucketDefinition, contact_id: uuid.UUID, *, now: datetime
+) -> tuple[Membership | None, bool]:
+    """Put a contact in a manual bucket, as an operator does (API or Studio).
+
+    Returns:
+        ``(membership, True)`` when it joined now (``bucket:entered:<id>`` is emitted),
+        ``(membership, False)`` when it already was a member, and ``(None, False)`` when
+        the bucket's ``entry_limit`` is used up for it.
+    """
+    joined = await join(session, bucket, contact_id, now=now, source="manual")
+    if joined is None:
+        return (await active_memberships(session, contact_id)).get(bucket.id), False
+    await emit_transition(session, "entered", joined, now=now)
+    return joined, True
+
+
+async def remove_by_hand(
+    session: AsyncSession, bucket: BucketDefinition, contact_id: uuid.UUID, *, now: datetime
+) -> Membership | None:
+    """End a contact's stay in a manual bucket (reason ``manual``, ``bucket:left:<id>``
+    emitted); None when it was not a member."""
+    left = await leave(session, bucket, contact_id, reason="manual", now=now)
+    if left is not None:
+        await emit_transition(session, "left", left, now=now, reason="manual")
+    return left
+
+
 async def active_memberships(session: AsyncSession, contact_id: uuid.UUID) -> dict[str, Membership]:
     """The contact's active memberships, by bucket id."""
     rows = await session.execute(_ACTIVE_OF_CONTACT, {"contact_id": contact_id})

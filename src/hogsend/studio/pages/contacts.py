@@ -9,6 +9,7 @@ transaction.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +22,7 @@ from hogsend.core.identity import Identity, IdentityError
 from hogsend.core.mailer_gates import is_subscribed
 from hogsend.core.pagination import InvalidCursor
 from hogsend.core.reactions import all_journeys
-from hogsend.db.repos import contact_search, contacts, preferences, sends
+from hogsend.db.repos import buckets, contact_search, contacts, preferences, sends
 from hogsend.db.repos.contacts import ResolutionRace
 from hogsend.errors import TemplateNotFound
 from hogsend.studio.error_pages import PageError
@@ -38,6 +39,10 @@ _NOTICES = {
     "deleted": "The contact was deleted.",
     "erased": "The contact was erased: its keys, properties and events are gone for good.",
     "unchanged": "Nothing changed: the contact already was in that state.",
+    "bucket-added": "The contact is now a member of the bucket.",
+    "bucket-removed": "The contact left the bucket.",
+    "bucket-limit": "Not added: the contact has entered that bucket as often as it allows.",
+    "bucket-disabled": "Nothing changed: that bucket is switched off.",
 }
 
 
@@ -182,6 +187,7 @@ async def contact_page(request: Request) -> Response:
         explained = (
             await _explain(request, db, contact, template, journey) if "explain" in params else None
         )
+        manual = await _manual_buckets(request, db, contact)
     studio = studio_of(request)
     return render(
         request,
@@ -201,8 +207,67 @@ async def contact_page(request: Request) -> Response:
         explain_journey=journey,
         explained=explained,
         can_change=me.user.is_admin,
+        manual_buckets=manual,
         notice=_NOTICES.get(params.get("notice", "")),
     )
+
+
+async def _manual_buckets(
+    request: Request, db: AsyncSession, contact: Contact
+) -> list[dict[str, Any]]:
+    """The app's manual buckets and whether the contact is in each (one query)."""
+    manual = [b for b in studio_of(request).app.buckets if b.kind == "manual"]
+    if not manual:
+        return []
+    current = await buckets.active_memberships(db, contact.id)
+    return [{"id": b.id, "name": b.name, "member": b.id in current} for b in manual]
+
+
+async def change_manual_bucket(request: Request) -> Response:
+    """POST ``op=add|remove``: put the contact in a manual bucket or take it out (audited)."""
+    studio = studio_of(request)
+    async with database(request) as db:
+        me, form = await require_admin(request, db)
+        op = str(form.get("op", ""))
+        if op not in ("add", "remove"):
+            raise PageError(400, "The form must say add or remove.")
+        bucket = next(
+            (
+                b
+                for b in studio.app.buckets
+                if b.id == request.path_params["bucket"] and b.kind == "manual"
+            ),
+            None,
+        )
+        if bucket is None:
+            raise PageError(404, "There is no manual bucket with that id.")
+        try:
+            contact = await _live_contact(db, request)
+        except _Moved:
+            raise PageError(409, "The contact was merged into another one meanwhile.") from None
+        back = f"/contacts/{contact.id}?notice="
+        if not await buckets.is_enabled(db, bucket):
+            return RedirectResponse(studio.url(back + "bucket-disabled"), 303)
+        now = datetime.now(UTC)
+        if op == "add":
+            membership, joined = await buckets.add_by_hand(db, bucket, contact.id, now=now)
+            notice = "bucket-added" if joined else "bucket-limit" if membership is None else ""
+        else:
+            left = await buckets.remove_by_hand(db, bucket, contact.id, now=now)
+            notice = "bucket-removed" if left is not None else ""
+        if notice in ("", "bucket-limit"):
+            return RedirectResponse(studio.url(back + (notice or "unchanged")), 303)
+        await record_change(
+            request,
+            db,
+            me,
+            action="buckets.members." + op,
+            resource="buckets",
+            resource_id=bucket.id,
+            detail={"contactId": str(contact.id)},
+        )
+        await db.commit()
+    return RedirectResponse(studio.url(back + notice), 303)
 
 
 async def explain_fragment(request: Request) -> Response:

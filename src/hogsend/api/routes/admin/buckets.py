@@ -290,15 +290,12 @@ async def add_member(
         raise NotFound(f"contact {body.contact_id} does not exist (or was deleted or merged)")
     change.detail = {"contactId": str(body.contact_id)}
     now = datetime.now(UTC)
-    joined = await repo.join(session, bucket, body.contact_id, now=now, source="manual")
-    if joined is None:
-        current = (await repo.active_memberships(session, body.contact_id)).get(bucket.id)
-        if current is None:
-            raise Conflict(f"the contact has entered bucket {bucket.id!r} as often as allowed")
+    membership, joined = await repo.add_by_hand(session, bucket, body.contact_id, now=now)
+    if membership is None:
+        raise Conflict(f"the contact has entered bucket {bucket.id!r} as often as allowed")
+    if not joined:
         response.status_code = 200
-        return _membership_out(current)
-    await repo.emit_transition(session, "entered", joined, now=now)
-    return _membership_out(joined)
+    return _membership_out(membership)
 
 
 @router.delete(
@@ -318,9 +315,8 @@ async def remove_member(
     the contact is not an active member; 409 for a criteria bucket or a disabled one."""
     bucket = await _manual(change, request, id)
     now = datetime.now(UTC)
-    left = await repo.leave(change.session, bucket, contact_id, reason="manual", now=now)
+    left = await repo.remove_by_hand(change.session, bucket, contact_id, now=now)
     if left is None:
         raise NotFound(f"contact {contact_id} is not a member of bucket {bucket.id!r}")
     change.detail = {"contactId": str(contact_id), "epoch": left.entry_count}
-    await repo.emit_transition(change.session, "left", left, now=now, reason="manual")
     return MemberRemoved(removed=True)
