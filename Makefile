@@ -3,6 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist, one test file per process at a time). The suite mostly
+# waits on Postgres, subprocesses and timers, so three keep two cores busy.
+TEST_WORKERS ?= 3
+# Schemathesis makes one case per operation at collection; xdist would fold them into
+# one, so the API fuzz runs on its own, in one process.
+FUZZ := tests/integration/test_openapi_fuzz.py
 
 .PHONY: run test lint typecheck unit bench clean chromium screenshots
 
@@ -16,11 +22,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hogsend dev --seed-demo
 
-## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations);
-## installs Debian's chromium first when missing (the browser tests drive it)
+## test: lint, types and the whole pytest suite (unit, integration, acceptance, migrations)
+## in TEST_WORKERS processes, then the API fuzz on its own; installs Debian's chromium
+## first when missing (the browser tests drive it)
 test: $(STAMP) chromium lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+	$(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile \
+		--ignore=$(FUZZ); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
+	$(BIN)/python -m pytest -p no:cacheprovider -p no:xdist $(FUZZ) || status=$$?; \
+	exit $$status
 
 ## chromium: Debian's /usr/bin/chromium for the Playwright tests (never `playwright install`)
 chromium:

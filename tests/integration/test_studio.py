@@ -644,12 +644,13 @@ async def test_a_contact_goes_into_a_manual_bucket_and_out_again(
     page = await browser.get(f"/studio/contacts/{contact_id}")
     assert "Manual buckets" in page.text
     assert 'aria-label="Add to VIP customers"' in page.text
-    assert str(contact_id) not in await members()
+    before = await members()  # the demo seed puts some contacts there already
+    assert str(contact_id) not in before
 
     added = await browser.post(path, data={"csrf_token": token, "op": "add"})
     assert added.status_code == 303
     assert added.headers["location"].endswith("notice=bucket-added")
-    assert await members() == [str(contact_id)]
+    assert sorted(await members()) == sorted([*before, str(contact_id)])
     page = await browser.get(f"/studio/contacts/{contact_id}")
     assert 'aria-label="Remove from VIP customers"' in page.text
     # adding again changes nothing and records nothing
@@ -658,10 +659,10 @@ async def test_a_contact_goes_into_a_manual_bucket_and_out_again(
 
     removed = await browser.post(path, data={"csrf_token": token, "op": "remove"})
     assert removed.headers["location"].endswith("notice=bucket-removed")
-    assert await members() == []
+    assert sorted(await members()) == sorted(before)
     transitions = await scalar(
         engine,
-        "SELECT count(*) FROM user_events WHERE contact_id = :c AND event_name IN"
+        "SELECT count(*) FROM user_events WHERE contact_id = :c AND event IN"
         " ('bucket:entered:vip-customers', 'bucket:left:vip-customers')",
         c=contact_id,
     )
@@ -674,7 +675,7 @@ async def test_a_contact_goes_into_a_manual_bucket_and_out_again(
         await browser.post(computed, data={"csrf_token": token, "op": "add"})
     ).status_code == 404
     assert (await browser.post(path, data={"op": "add"})).status_code == 403
-    assert await members() == []
+    assert sorted(await members()) == sorted(before)
     audit = (await browser.get("/v1/admin/audit-logs", headers=admin)).json()["logs"]
     assert [e["action"] for e in audit] == ["buckets.members.remove", "buckets.members.add"]
 
@@ -788,8 +789,8 @@ async def test_pages_run_a_fixed_number_of_queries(
             "/studio/": 9,
             "/studio/contacts": 2,
             "/studio/contacts?prop=plan&value=free": 2,
-            f"/studio/contacts/{contact_id}": 8,
-            f"/studio/contacts/{contact_id}?explain=1&template=welcome": 13,
+            f"/studio/contacts/{contact_id}": 9,
+            f"/studio/contacts/{contact_id}?explain=1&template=welcome": 14,
             "/studio/events": 2,
             "/studio/events/rows": 2,
             "/studio/api-keys": 3,

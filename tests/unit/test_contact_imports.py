@@ -68,6 +68,7 @@ def test_csv_line_maps_every_kind_of_field() -> None:
         ("nope,,", "email:"),
         ("a@example.com,maybe,", "expected true or false"),
         ("a@example.com,,other", "unknown list 'other'"),
+        ("a@exa\rmple.com,,", "not valid CSV"),
     ],
 )
 def test_bad_csv_lines_say_why(raw: str, reason: str) -> None:
@@ -133,3 +134,8 @@ def test_prepare_records_where_the_data_starts() -> None:
         prepare(b"{}\n", "jsonl", {"a": "email"}, LISTS)
     with pytest.raises(MappingError, match="empty"):
         prepare(b"\n", "csv", {}, LISTS)
+
+
+def test_a_header_that_is_not_csv_is_a_mapping_error() -> None:
+    with pytest.raises(MappingError, match="not valid CSV"):
+        prepare(b"email,na\rme\n", "csv", {}, LISTS)

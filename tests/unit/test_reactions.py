@@ -93,7 +93,7 @@ async def test_the_harness_runs_a_reaction_by_its_journey_id() -> None:
 
     app = Hogsend(buckets=[bucket])
     h = JourneyHarness(app, journey="bucket-vips-on-enter")
-    assert await h.start(make_contact(), properties={"epoch": 2}) == "trigger_conditions_not_met"
+    assert await h.start(make_contact(), properties={"epoch": 2}) == "trigger_filter"
     assert await h.start(make_contact(id=h.contact.id), properties={"epoch": 1}) is None
     assert h.status == "completed"
     assert h.logs[-2].detail == {"message": "hi", "epoch": 1}

@@ -107,8 +107,15 @@ def check_mapping(
 
 
 def parse_header(line: str) -> list[str]:
-    """The column names of a CSV header line."""
-    return next(csv.reader([line]), [])
+    """The column names of a CSV header line.
+
+    Raises:
+        MappingError: the line is not CSV (e.g. a bare carriage return inside a field).
+    """
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as exc:
+        raise MappingError(f"the header line is not valid CSV: {exc}") from None
 
 
 def _choice(value: str) -> bool | None:
@@ -150,7 +157,10 @@ def parse_csv_line(
     known_lists: frozenset[str],
 ) -> ImportRow | RowError:
     """One CSV data line, read with ``mapping`` (from :func:`check_mapping`)."""
-    cells = next(csv.reader([raw]), [])
+    try:
+        cells = next(csv.reader([raw]), [])
+    except csv.Error as exc:
+        return RowError(line=line, reason=f"not valid CSV: {exc}", raw=raw)
     if len(cells) != len(columns):
         return RowError(
             line=line, reason=f"expected {len(columns)} columns, found {len(cells)}", raw=raw
