@@ -24,6 +24,7 @@ with ``python -m bench send``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import multiprocessing as mp
 import resource
@@ -402,6 +403,15 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         "batch_size": BATCH,
         "results": results,
     }
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``python -m bench send [--sends N] [--warmup N]``."""
+    parser = argparse.ArgumentParser(prog="bench send")
+    parser.add_argument("--sends", type=int, default=SENDS, help="timed sends per scenario")
+    parser.add_argument("--warmup", type=int, default=WARMUP, help="untimed sends first")
+    args = parser.parse_args(argv)
+    return run(args.sends, args.warmup)
 
 
 if __name__ == "__main__":
