@@ -57,6 +57,7 @@ from hogsend.core.mailer_gates import (
 )
 from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import recipient_timezone
+from hogsend.core.templates import RenderedEmail
 from hogsend.core.tracking import TrackedLink
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
@@ -703,32 +704,11 @@ class Mailer:
             )
             raise
         html = await self._track(conn, request, send_id, rendered.html)
-        headers = {SEND_ID_HEADER: str(send_id)}
-        if marketing:
-            headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
-            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        provider = self.provider
-        to = who.to_email
-        redirected = result.decision == "redirected"
-        if redirected:
-            headers[ORIGINAL_TO_HEADER] = who.to_email
-            if self.settings.test_mode_recipient is not None:
-                to = self.settings.test_mode_recipient
-            else:
-                provider = self._outbox()
-        message = OutgoingEmail(
-            from_email=request.from_email or self.settings.email_from,
-            to=to,
-            subject=rendered.subject,
-            html=html,
-            text=rendered.text,
-            reply_to=request.reply_to,
-            headers=headers,
-            # Unkeyed sends still get a stable key per attempt: retries share a Message-ID.
-            idempotency_key=request.idempotency_key or f"hogsend-send:{send_id}",
-            tags={"template": request.template, "kind": request.kind},
-            email_send_id=send_id,
+        provider, message = self._address(
+            request, who, result, send_id, rendered, html, links if marketing else None
         )
+        to = message.to
+        redirected = result.decision == "redirected"
         retries: list[dict[str, Any]] = []
         accepted, calls, error = await self._call_provider(provider, message, retries)
         if isinstance(error, ProviderAlreadyAccepted):
@@ -834,8 +814,29 @@ class Mailer:
                 clicks=clicks,
             )
             html, tracked = marked.html, tuple(marked.links)
+        provider, message = self._address(
+            request, who, result, send_id, rendered, html, links if marketing else None
+        )
+        return provider, message, tracked
+
+    def _address(
+        self,
+        request: SendRequest,
+        who: _Recipient,
+        result: GateResult,
+        send_id: uuid.UUID,
+        rendered: RenderedEmail,
+        html: str,
+        links: dict[str, str] | None,
+    ) -> tuple[EmailProvider, OutgoingEmail]:
+        """The provider to call and the message to give it.
+
+        Every message names its send (``X-Hogsend-Send-Id``); a marketing one (``links``
+        given) carries RFC 8058 one-click unsubscribe headers; in test mode it goes to the
+        test recipient (or the outbox) with the real address in a header.
+        """
         headers = {SEND_ID_HEADER: str(send_id)}
-        if marketing:
+        if links is not None:
             headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         provider = self.provider
@@ -854,11 +855,12 @@ class Mailer:
             text=rendered.text,
             reply_to=request.reply_to,
             headers=headers,
+            # Unkeyed sends still get a stable key per attempt: retries share a Message-ID.
             idempotency_key=request.idempotency_key or f"hogsend-send:{send_id}",
             tags={"template": request.template, "kind": request.kind},
             email_send_id=send_id,
         )
-        return provider, message, tracked
+        return provider, message
 
     async def _write_outcomes(self, items: list[OutcomeItem]) -> None:
         """Record many outcomes and their ``email.sent`` events: one statement, one commit."""
