@@ -12,6 +12,7 @@ from hogsend import Hogsend, define_bucket, where
 from hogsend.core.identity import Identity
 from hogsend.core.ingest import EventInput
 from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import bucket_sweeps as sweeps
 from hogsend.db.repos.events import ingest_event
 from hogsend.runtime.worker import Worker
 from hogsend.settings import Settings
@@ -64,6 +65,17 @@ async def test_the_worker_moves_contacts_through_buckets(database_url: str) -> N
                     return found
                 await asyncio.sleep(0.05)
             return await transitions()
+
+        # A new bucket's first backfill takes in silently whoever matches while it runs;
+        # wait for it so that the joins below are real-time ones, with their events.
+        deadline = time.monotonic() + 30
+        while True:
+            async with sessions() as session:
+                states = await sweeps.bucket_states(session)
+            if all(sweeps.settled(b, states.get(b.id)) for b in (vip, alumni)):
+                break
+            assert time.monotonic() < deadline, "the first backfill did not finish"
+            await asyncio.sleep(0.05)
 
         await send("vip")
         assert await wait_for(1) == ["bucket:entered:vip"]
