@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request
 from hogsend.api.auth import require_scope
 from hogsend.api.deps import DbSession, hogsend_of, settings_of
 from hogsend.api.errors import problem_responses
+from hogsend.api.routes.transactions import invalid_field
 from hogsend.api.schemas.reporting import (
     BucketActivityOut,
     BucketDayOut,
@@ -244,6 +245,9 @@ def property_filter(raw: str | None) -> dict[str, Any] | None:
         parsed: Any = json.loads(value)
     except ValueError:
         parsed = value
+    # Postgres text and jsonb hold no NUL character, so nothing stored can contain one.
+    if "\x00" in raw or "\\u0000" in json.dumps(parsed):
+        raise invalid_field(("query", "property"), "cannot contain a NUL character")
     return {key.strip(): parsed}
 
 
