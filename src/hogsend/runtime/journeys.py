@@ -22,7 +22,6 @@ while it sends, so an exit either waits for a send in flight or prevents it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import time as monotonic_time
 import uuid
@@ -60,6 +59,7 @@ from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
+from hogsend.runtime.polling import Poller
 from hogsend.runtime.queues import JOURNEYS
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ async def signal_exit(workflow_ids: Sequence[str], reason: str) -> None:
             continue
 
 
-class ExitSweep:
+class ExitSweep(Poller):
     """Wakes workflows whose runs were exited outside a worker (admin cancel, contact
     deletion or merge in the API): their rows say ``exited``, their workflow still runs.
 
@@ -454,10 +454,12 @@ class ExitSweep:
     idempotency key makes sends from several workers one message.
     """
 
+    task_name = "hogsend-journey-exits"
+    failure = "journey exit sweep failed"
+
     def __init__(self, engine: AsyncEngine, *, every: float = EXIT_SWEEP_SECONDS) -> None:
         self.sessions = make_sessionmaker(engine)
         self.every = every
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         """Signal every exited run that still runs; returns how many."""
@@ -467,42 +469,24 @@ class ExitSweep:
             await signal_exit([workflow_id], reason)
         return len(found)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("journey exit sweep failed", exc_info=True)
-            await asyncio.sleep(self.every)
-
-    def start(self) -> None:
-        """Start polling."""
-        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-exits")
-
-    async def stop(self) -> None:
-        """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
 
 class _Parked(BaseException):
     """Ends a parked run's coroutine; its workflow is cancelled and resumed when due."""
 
 
-class ParkWaker:
+class ParkWaker(Poller):
     """Resumes parked runs when they fall due, on the bounded journeys queue.
 
     Every worker runs one; ``FOR UPDATE SKIP LOCKED`` shares the due runs among them.
     """
 
+    task_name = "hogsend-journey-waker"
+    failure = "journey park waker failed"
+
     def __init__(self, engine: AsyncEngine, *, every: float = 1.0, clock: Clock = utc_now) -> None:
         self.sessions = make_sessionmaker(engine)
         self.every = every
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         """Resume the runs due now; returns how many."""
@@ -515,26 +499,6 @@ class ParkWaker:
             total += len(ids)
             if len(ids) < 100:
                 return total
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("journey park waker failed", exc_info=True)
-            await asyncio.sleep(self.every)
-
-    def start(self) -> None:
-        """Start polling."""
-        self._task = asyncio.create_task(self._loop(), name="hogsend-journey-waker")
-
-    async def stop(self) -> None:
-        """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 class JourneyDiverged(BaseException):

@@ -23,8 +23,6 @@ workers at once until it notices. Keep ``worker_stale_seconds`` well above
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
+from hogsend.runtime.polling import Poller
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +46,7 @@ class TakenOver:
     workflow_ids: tuple[str, ...]
 
 
-class Takeover:
+class Takeover(Poller):
     """Resumes the PENDING workflows of dead workers of the same application version.
 
     Args:
@@ -56,8 +55,12 @@ class Takeover:
         application_version: only workers of this version are taken over (DBOS runs a
             workflow only on its own version).
         stale_after: a heartbeat older than this means dead.
-        every: seconds between checks.
+        every: seconds between checks (the first one waits an interval).
     """
+
+    task_name = "hogsend-takeover"
+    failure = "dead-worker takeover failed"
+    wait_first = True
 
     def __init__(
         self,
@@ -73,7 +76,6 @@ class Takeover:
         self.application_version = application_version
         self.stale_after = stale_after
         self.every = every
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> list[TakenOver]:
         """Take over every dead worker found now; returns what was taken over."""
@@ -118,23 +120,3 @@ class Takeover:
         for queue_name, ids in by_queue.items():
             await DBOS.resume_workflows_async(ids, queue_name=queue_name)
         return [status.workflow_id for status in pending]
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                await self.run_once()
-            except Exception:
-                log.warning("dead-worker takeover failed", exc_info=True)
-
-    def start(self) -> None:
-        """Start checking every ``every`` seconds."""
-        self._task = asyncio.create_task(self._loop(), name="hogsend-takeover")
-
-    async def stop(self) -> None:
-        """Stop checking (a takeover in progress is cancelled; its transaction rolls back)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
