@@ -49,7 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hogsend.core.buckets import Transition
+from hogsend.core.buckets import LeaveReasonCode, Transition
 from hogsend.core.conditions import (
     AllCondition,
     Condition,
@@ -683,6 +683,41 @@ def _after(m: Any, cursor: SweepCursor | None) -> list[ColumnElement[bool]]:
     return [tuple_(sweep_key(m), m.c.id) > tuple_(bound, literal(last_id, m.c.id.type))]
 
 
+async def _flip_left(
+    session: AsyncSession,
+    bucket: BucketDefinition,
+    which: ColumnElement[bool],
+    reason: LeaveReasonCode,
+    now: datetime,
+) -> list[Transition]:
+    """End the still-active stays ``which`` selects with ``reason``; their transitions
+    (not emitted yet)."""
+    m = memberships
+    flipped = await session.execute(
+        update(m)
+        .where(which, m.c.status == "active")
+        .values(
+            status="left",
+            left_at=now,
+            left_reason=reason,
+            last_evaluated_at=now,
+            updated_at=func.now(),
+        )
+        .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
+    )
+    return [
+        Transition(
+            kind="left",
+            bucket_id=bucket.id,
+            contact_id=r[0],
+            epoch=r[1],
+            entered_at=r[2],
+            reason=reason,
+        )
+        for r in flipped
+    ]
+
+
 async def criteria_leaves(
     session: AsyncSession,
     bucket: BucketDefinition,
@@ -772,29 +807,7 @@ async def criteria_leaves(
     deferred = [r.id for r in rows if not r.matches and not r.may_leave]
     out: list[Transition] = []
     if leaving:
-        flipped = await session.execute(
-            update(m)
-            .where(m.c.id.in_(leaving), m.c.status == "active")
-            .values(
-                status="left",
-                left_at=now,
-                left_reason="criteria",
-                last_evaluated_at=now,
-                updated_at=func.now(),
-            )
-            .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
-        )
-        out = [
-            Transition(
-                kind="left",
-                bucket_id=bucket.id,
-                contact_id=r[0],
-                epoch=r[1],
-                entered_at=r[2],
-                reason="criteria",
-            )
-            for r in flipped
-        ]
+        out = await _flip_left(session, bucket, m.c.id.in_(leaving), "criteria", now)
     if staying:
         await session.execute(
             update(m)
@@ -905,29 +918,7 @@ async def max_dwell_leaves(
         .limit(batch_size)
         .with_for_update(of=m, skip_locked=True)
     )
-    flipped = await session.execute(
-        update(m)
-        .where(m.c.id.in_(due.scalar_subquery()), m.c.status == "active")
-        .values(
-            status="left",
-            left_at=now,
-            left_reason="maxDwell",
-            last_evaluated_at=now,
-            updated_at=func.now(),
-        )
-        .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
-    )
-    out = [
-        Transition(
-            kind="left",
-            bucket_id=bucket.id,
-            contact_id=r[0],
-            epoch=r[1],
-            entered_at=r[2],
-            reason="maxDwell",
-        )
-        for r in flipped
-    ]
+    out = await _flip_left(session, bucket, m.c.id.in_(due.scalar_subquery()), "maxDwell", now)
     await emit(session, bucket, out, now)
     return out
 
