@@ -10,12 +10,40 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from hogsend.core.conditions import EventCondition, event_matches
 from hogsend.core.conditions.evaluation import strict_equals
+from hogsend.core.contact import Event
 from hogsend.core.definitions import EventSpec
 from hogsend.core.identifiers import durable_name
+
+
+def event_message(event: Event) -> dict[str, Any]:
+    """An event as a journey run's input carries it (plain JSON-able values)."""
+    return {
+        "id": str(event.id),
+        "name": event.name,
+        "contactKey": event.contact_key,
+        "contactId": None if event.contact_id is None else str(event.contact_id),
+        "occurredAt": event.occurred_at.isoformat(),
+        "properties": dict(event.properties),
+        "source": event.source,
+    }
+
+
+def event_from_message(data: Mapping[str, Any]) -> Event:
+    """The inverse of :func:`event_message`."""
+    return Event(
+        id=uuid.UUID(data["id"]),
+        name=data["name"],
+        contact_key=data["contactKey"],
+        contact_id=None if data.get("contactId") is None else uuid.UUID(data["contactId"]),
+        occurred_at=datetime.fromisoformat(data["occurredAt"]),
+        properties=data.get("properties") or {},
+        source=data.get("source"),
+    )
 
 
 def spec_event(spec: EventSpec) -> str:
@@ -33,6 +61,16 @@ def spec_matches(spec: EventSpec, name: str, properties: Mapping[str, Any]) -> b
 def enrollment_workflow_id(journey_id: str, contact_id: uuid.UUID, ordinal: int) -> str:
     """The deterministic workflow id of a contact's ``ordinal``-th run of a journey."""
     return f"{durable_name('journey', journey_id)}:{contact_id}:{ordinal}"
+
+
+def retry_workflow_id(workflow_id: str, dead_letter_id: str) -> str:
+    """The workflow id of the retry a dead-letter entry asked for, for a failed run.
+
+    Derived from the first run's enrollment id (a retry's own id is cut back to it, so
+    retrying a retry does not grow the id) and the entry: one retry per entry.
+    """
+    base = workflow_id.split(":retry:", 1)[0]
+    return f"{base}:retry:{dead_letter_id}"
 
 
 def pick_variant(

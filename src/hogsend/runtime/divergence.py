@@ -17,6 +17,7 @@ ERROR. docs/journeys.md has the rules for changing a live journey and the repair
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from hogsend.db.tables.operations import DeadLetter
 
 log = structlog.get_logger(__name__)
 
-DLQ_SOURCE = "journey"
+DLQ_SOURCE = repo.DLQ_SOURCE
 """The ``source`` of dead-letter entries written for diverged journey runs."""
 
 Divergence = DBOSUnexpectedStepError
@@ -75,12 +76,15 @@ async def record_divergence(
     workflow_id: str,
     application_version: str | None,
     error: DBOSUnexpectedStepError,
+    trigger: Mapping[str, Any] | None = None,
 ) -> None:
     """Fail the run with the diverged step and park it in the dead-letter queue.
 
     Runs outside DBOS steps on purpose: any further step would itself be checked against
     the recording and diverge again. Idempotent per workflow: a second replay that
-    diverges again (another worker, a retry) adds no second pending entry.
+    diverges again (another worker, a retry) adds no second pending entry. ``trigger``
+    (the run's trigger event as a DBOS message) goes into the entry, so a retry can start
+    the run again even when that event was never stored (an enrollment by ``ctx.enroll``).
     """
     step = DivergedStep.of(error)
     message = step.describe()
@@ -120,6 +124,7 @@ async def record_divergence(
                     "userId": None if run is None else run.user_id,
                     "applicationVersion": application_version,
                     "divergedAt": _payload_step(step),
+                    "trigger": None if trigger is None else dict(trigger),
                 },
                 error=message,
                 attempts=1,

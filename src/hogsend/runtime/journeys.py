@@ -42,6 +42,8 @@ from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.core.enrollment import (
     enrollment_workflow_id,
+    event_from_message,
+    event_message,
     pick_variant,
     properties_match,
     spec_event,
@@ -92,32 +94,6 @@ def utc_now() -> datetime:
 def journey_workflow_name(journey_id: str) -> str:
     """The durable DBOS name of a journey's workflow."""
     return durable_name("journey", journey_id)
-
-
-def event_message(event: Event) -> dict[str, Any]:
-    """An event as a DBOS message (plain JSON-able values)."""
-    return {
-        "id": str(event.id),
-        "name": event.name,
-        "contactKey": event.contact_key,
-        "contactId": None if event.contact_id is None else str(event.contact_id),
-        "occurredAt": event.occurred_at.isoformat(),
-        "properties": dict(event.properties),
-        "source": event.source,
-    }
-
-
-def event_from_message(data: Mapping[str, Any]) -> Event:
-    """The inverse of :func:`event_message`."""
-    return Event(
-        id=uuid.UUID(data["id"]),
-        name=data["name"],
-        contact_key=data["contactKey"],
-        contact_id=None if data.get("contactId") is None else uuid.UUID(data["contactId"]),
-        occurred_at=datetime.fromisoformat(data["occurredAt"]),
-        properties=data.get("properties") or {},
-        source=data.get("source"),
-    )
 
 
 class JourneyRuntime:
@@ -201,6 +177,7 @@ class JourneyRuntime:
                 workflow_id=enrollment["workflowId"],
                 application_version=DBOS.application_version,
                 error=diverged.error,
+                trigger=enrollment["trigger"],
             )
             raise diverged.error from None
         except Exception as exc:
@@ -395,6 +372,13 @@ class JourneyRuntime:
         )
         await self._enqueue(definition, state_id, enrollment)
         return workflow_id
+
+    async def start_run(
+        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> None:
+        """Enqueue the workflow of a run whose row exists (a retry's, say); idempotent per
+        ``enrollment["workflowId"]``."""
+        await self._enqueue(definition, state_id, enrollment)
 
     async def _enqueue(
         self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -594,6 +578,10 @@ class DurableJourneyContext:
         self._now = now
         self._n = 0
         self._history = _History(self)
+        # A retry's: the keys the failed run sent under, by operation number.
+        self._sent_before: Mapping[str, Mapping[str, str]] = (enrollment.get("retry") or {}).get(
+            "sends"
+        ) or {}
 
     # -- plain reads -------------------------------------------------------------------------
 
@@ -834,6 +822,11 @@ class DurableJourneyContext:
         """Send ``template`` through the mailer's gates (idempotent per run and step)."""
         step = self._next(f"send_email:{template}")
         key = f"journey:{self.state_id}:{self._n}"
+        before = self._sent_before.get(str(self._n))
+        if before is not None and before.get("template") == template:
+            # A retry at an operation where the failed run sent this template: its key,
+            # so the mailer answers ``duplicate`` instead of mailing the contact again.
+            key = before["key"]
         window = send_window.window() if isinstance(send_window, When) else send_window
         while True:
             started = await self._clock()

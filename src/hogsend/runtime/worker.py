@@ -50,6 +50,7 @@ from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.imports import ImportScheduler
+from hogsend.runtime.journey_retries import RetryStarter
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
@@ -107,6 +108,7 @@ class Worker:
         self.journeys: JourneyRuntime | None = None
         self.exit_sweep: ExitSweep | None = None
         self.park_waker: ParkWaker | None = None
+        self.journey_retries: RetryStarter | None = None
         self.bucket_sweeper: BucketSweeper | None = None
         self.campaigns: CampaignScheduler | None = None
         self.imports: ImportScheduler | None = None
@@ -184,6 +186,8 @@ class Worker:
             self.exit_sweep.start()
             self.park_waker = ParkWaker(self.engine)
             self.park_waker.start()
+            self.journey_retries = RetryStarter(self.journeys)
+            self.journey_retries.start()
         self.imports = ImportScheduler(self.app, self.settings, self.engine)
         await self.imports.start()
         if self.app.templates is not None:
@@ -263,6 +267,9 @@ class Worker:
         if self.park_waker is not None:
             await self.park_waker.stop()
             self.park_waker = None
+        if self.journey_retries is not None:
+            await self.journey_retries.stop()
+            self.journey_retries = None
         if self.dispatcher is not None:
             # Before DBOS goes away: consumers start and signal workflows.
             await self.dispatcher.stop(timeout=self.drain_seconds)

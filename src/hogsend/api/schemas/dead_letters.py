@@ -57,6 +57,14 @@ class RetriedDeadLetter(ApiModel):
     """Outcome of a retry: the work is back in line."""
 
     retried: bool
+    run_id: UUID | None = Field(
+        default=None,
+        description="For a `journey` entry: the new run, started from the beginning under "
+        "the current code (`GET /v1/admin/journeys/runs/{runId}`).",
+    )
+    workflow_id: str | None = Field(
+        default=None, description="For a `journey` entry: the new run's workflow id."
+    )
 
 
 class DiscardedDeadLetter(ApiModel):

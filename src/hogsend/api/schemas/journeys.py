@@ -64,6 +64,12 @@ class JourneyRunOut(ApiModel):
     completed_at: datetime | None
     exited_at: datetime | None
     failed_at: datetime | None
+    retry_of: UUID | None = Field(
+        default=None, description="The failed run this run retries (a dead-letter retry)."
+    )
+    retried_by: UUID | None = Field(
+        default=None, description="The run a dead-letter retry of this failed run started."
+    )
 
 
 class JourneyRunPage(ApiModel):
@@ -120,6 +126,8 @@ def run_out(run: JourneyRun) -> JourneyRunOut:
         completed_at=run.completed_at,
         exited_at=run.exited_at,
         failed_at=run.failed_at,
+        retry_of=(run.context.get("retry") or {}).get("of"),
+        retried_by=run.context.get("retriedBy"),
     )
 
 

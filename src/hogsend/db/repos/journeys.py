@@ -145,7 +145,10 @@ async def entry_history(
     row = (
         await session.execute(
             text(
-                "SELECT count(*) AS runs, max(created_at) AS last,"
+                # A retry re-runs an entry (see start_retry): it takes no entry of its own,
+                # so ordinals (and the deterministic workflow ids) stay as they were.
+                "SELECT count(*) FILTER (WHERE NOT context ? 'retry') AS runs,"
+                " max(created_at) FILTER (WHERE NOT context ? 'retry') AS last,"
                 " coalesce(bool_or(status IN ('enrolled','active','waiting')), false) AS running"
                 " FROM journey_states"
                 " WHERE contact_id = :c AND journey_id = :j AND deleted_at IS NULL"
@@ -165,6 +168,8 @@ async def run_for_trigger(
             text(
                 f"SELECT {_RUN_COLUMNS} FROM journey_states"
                 " WHERE journey_id = :j AND trigger_event_id = :e"
+                # A retry shares its trigger; the redelivered trigger means the original.
+                " AND NOT context ? 'retry'"
             ),
             {"j": journey_id, "e": trigger_event_id},
         )
@@ -646,3 +651,123 @@ async def claim_due_parked(session: AsyncSession, *, now: datetime, limit: int =
         {"now": now, "lim": limit},
     )
     return [r.workflow_id for r in rows]
+
+
+# -- retrying a failed run (the dead-letter queue's journey entries) ------------------------------
+
+DLQ_SOURCE = "journey"
+"""The ``source`` of dead-letter entries for journey runs that failed (diverged)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryToStart:
+    """A retry run whose workflow a worker still has to enqueue."""
+
+    id: uuid.UUID
+    journey_id: str
+    workflow_id: str
+    contact_id: uuid.UUID
+    user_id: str
+    user_email: str | None
+    entry_count: int
+    retry: Mapping[str, Any]
+
+
+async def sent_keys(session: AsyncSession, state_id: uuid.UUID) -> dict[str, dict[str, str]]:
+    """The idempotency key each ``send_email`` operation of a run used, by operation number.
+
+    ``{"1": {"template": "welcome", "key": "journey:<state id>:1"}}``: what a retry of the
+    run needs to reuse the keys of sends that already happened.
+    """
+    rows = await session.execute(
+        text(
+            "SELECT step, detail->>'template' AS template, detail->>'idempotencyKey' AS key"
+            " FROM journey_logs WHERE journey_state_id = :s AND action = 'send_email'"
+            " AND detail ? 'idempotencyKey' ORDER BY id"
+        ),
+        {"s": state_id},
+    )
+    found: dict[str, dict[str, str]] = {}
+    for row in rows:
+        number = str(row.step or "").split(":", 1)[0]
+        if number.isdigit() and row.template and row.key:
+            found.setdefault(number, {"template": row.template, "key": row.key})
+    return found
+
+
+async def start_retry(
+    session: AsyncSession,
+    failed: JourneyRun,
+    *,
+    state_id: uuid.UUID,
+    workflow_id: str,
+    user_email: str | None,
+    retry: Mapping[str, Any],
+    now: datetime | None = None,
+) -> bool:
+    """Insert the retry of ``failed`` (status ``enrolled``, ``context.retry`` set) and point
+    the failed run at it; False when the contact already has a running run of the journey.
+
+    A worker's :class:`~hogsend.runtime.journey_retries.RetryStarter` enqueues its workflow
+    once this commits.
+    """
+    at = aware_now(now)
+    inserted = await insert_run(
+        session,
+        state_id=state_id,
+        journey_id=failed.journey_id,
+        workflow_id=workflow_id,
+        contact_id=failed.contact_id,
+        user_id=failed.user_id,
+        user_email=user_email,
+        entry_count=failed.entry_count,
+        trigger_event_id=failed.trigger_event_id,
+        context={"retry": dict(retry)},
+        now=at,
+    )
+    if not inserted:
+        return False
+    await session.execute(
+        text(
+            "UPDATE journey_states SET context = context || CAST(:ctx AS jsonb), updated_at = :now"
+            " WHERE id = :id"
+        ),
+        {"id": failed.id, "ctx": _json({"retriedBy": str(state_id)}), "now": at},
+    )
+    for run_id, action, detail in (
+        (failed.id, "retried", {"runId": str(state_id), **_dlq(retry)}),
+        (state_id, "enrolled", {"retryOf": str(failed.id), **_dlq(retry)}),
+    ):
+        await add_log(
+            session,
+            journey_id=failed.journey_id,
+            action=action,
+            state_id=run_id,
+            contact_id=failed.contact_id,
+            user_id=failed.user_id,
+            detail=detail,
+            started_at=at,
+            finished_at=at,
+        )
+    return True
+
+
+def _dlq(retry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"deadLetterId": retry.get("deadLetterId")}
+
+
+async def retries_to_start(
+    session: AsyncSession, *, dbos_schema: str, limit: int = 100
+) -> list[RetryToStart]:
+    """Retry runs still ``enrolled`` whose DBOS workflow does not exist yet."""
+    rows = await session.execute(
+        text(
+            "SELECT j.id, j.journey_id, j.workflow_id, j.contact_id, j.user_id, j.user_email,"
+            " j.entry_count, j.context->'retry' AS retry FROM journey_states j"
+            " WHERE j.status = 'enrolled' AND j.context ? 'retry' AND j.deleted_at IS NULL"
+            f" AND NOT EXISTS (SELECT 1 FROM {dbos_schema}.workflow_status w"
+            " WHERE w.workflow_uuid = j.workflow_id) LIMIT :lim"
+        ),
+        {"lim": limit},
+    )
+    return [RetryToStart(**dict(r._mapping)) for r in rows]

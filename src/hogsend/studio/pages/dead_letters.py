@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from hogsend.db.repos import dead_letter_decisions, dead_letters, outbox
+from hogsend.core.reactions import all_journeys
+from hogsend.db.repos import dead_letter_decisions, dead_letters, journeys, outbox
+from hogsend.db.repos.dead_letters import DeadLetterEntry
 from hogsend.errors import Conflict, NotFound
 from hogsend.studio.error_pages import PageError
 from hogsend.studio.rendering import render
@@ -17,6 +20,10 @@ from hogsend.studio.state import database, studio_of
 PAGE_SIZE = 50
 _NOTICES = {
     "retried": "The work is back in line: a worker will run it again shortly.",
+    "retried-journey": (
+        "A new run of the journey starts from the beginning under the current code; "
+        "sends the failed run already made are not repeated."
+    ),
     "discarded": "The entry is discarded.",
 }
 
@@ -70,8 +77,9 @@ async def dead_letter_page(request: Request) -> Response:
         me = await require_viewer(request, db)
         entry_id = _entry_id(request)
         entry = await dead_letters.get(db, entry_id)
-    if entry is None:
-        raise PageError(404, f"Dead-letter entry {entry_id} does not exist.")
+        if entry is None:
+            raise PageError(404, f"Dead-letter entry {entry_id} does not exist.")
+        retry_run = await _retry_run(db, entry)
     return render(
         request,
         "dlq_entry.html",
@@ -80,10 +88,24 @@ async def dead_letter_page(request: Request) -> Response:
         entry=entry,
         payload={k: v for k, v in entry.payload.items() if k != "traceback"},
         traceback=entry.payload.get("traceback"),
-        retryable=entry.source == outbox.DISPATCHER_SOURCE,
+        retryable=entry.source in (outbox.DISPATCHER_SOURCE, journeys.DLQ_SOURCE),
+        journey=entry.source == journeys.DLQ_SOURCE,
+        retry_run=retry_run,
         can_change=me.user.is_admin and entry.status == "pending",
         notice=_NOTICES.get(request.query_params.get("notice", "")),
     )
+
+
+async def _retry_run(db: AsyncSession, entry: DeadLetterEntry) -> str | None:
+    """The run a retried ``journey`` entry started (the failed run points at it)."""
+    if entry.source != journeys.DLQ_SOURCE or entry.status != "retried":
+        return None
+    try:
+        failed = await journeys.get_run(db, uuid.UUID(str(entry.payload.get("runId"))))
+    except ValueError:
+        return None
+    retried_by = None if failed is None else failed.context.get("retriedBy")
+    return None if retried_by is None else str(retried_by)
 
 
 async def decide(request: Request) -> Response:
@@ -96,16 +118,22 @@ async def decide(request: Request) -> Response:
             raise PageError(404, "A dead-letter entry can be retried or discarded.")
         try:
             if verb == "retry":
-                retried = await dead_letter_decisions.retry(db, entry_id)
+                app = studio_of(request).app
+                retried = await dead_letter_decisions.retry(
+                    db,
+                    entry_id,
+                    journey_ids={j.id for j in all_journeys(app.journeys, app.buckets)},
+                )
                 entry = retried.entry
+                detail = retried.detail()
+            else:
+                entry = await dead_letter_decisions.discard(db, entry_id)
                 detail = {
                     "source": entry.source,
                     "sourceId": entry.source_id,
-                    "outboxId": retried.outbox_id,
+                    "before": {"status": entry.status},
+                    "after": {"status": "discarded"},
                 }
-            else:
-                entry = await dead_letter_decisions.discard(db, entry_id)
-                detail = {"source": entry.source, "sourceId": entry.source_id}
         except NotFound as exc:
             raise PageError(404, str(exc)) from None
         except Conflict as exc:
@@ -120,5 +148,7 @@ async def decide(request: Request) -> Response:
             detail=detail,
         )
         await db.commit()
-    notice = "retried" if verb == "retry" else "discarded"
+    notice = "discarded"
+    if verb == "retry":
+        notice = "retried-journey" if entry.source == journeys.DLQ_SOURCE else "retried"
     return RedirectResponse(studio_of(request).url(f"/dlq/{entry_id}?notice={notice}"), 303)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from hogsend.api.audit import AdminChange, audited
 from hogsend.api.auth import require_scope
-from hogsend.api.deps import DbSession
+from hogsend.api.deps import DbSession, hogsend_of
 from hogsend.api.errors import problem_responses
 from hogsend.api.schemas.dead_letters import (
     DeadLetterOut,
@@ -18,6 +18,7 @@ from hogsend.api.schemas.dead_letters import (
     DiscardedDeadLetter,
     RetriedDeadLetter,
 )
+from hogsend.core.reactions import all_journeys
 from hogsend.db.repos import dead_letter_decisions, dead_letters
 from hogsend.db.repos.dead_letters import DeadLetterEntry
 from hogsend.errors import NotFound
@@ -79,22 +80,32 @@ async def get_dead_letter(id: UUID, session: DbSession) -> DeadLetterOut:
 )
 async def retry_dead_letter(
     id: UUID,
+    request: Request,
     change: AdminChange = audited("admin:write", resource="dlq", action="dlq.retry"),
 ) -> RetriedDeadLetter:
     """Put the failed work back in line and mark the entry ``retried``.
 
     For a ``dispatcher`` entry the event's outbox row is re-queued: attempts start from
     zero, and consumers that had handled it before it died are not run again. If it fails
-    for good again, a new entry is written. 409 when the entry is not pending, when its
-    source has no retry, or when the event is no longer dead (processed or pending).
+    for good again, a new entry is written.
+
+    For a ``journey`` entry (a run whose replay diverged from changed code) a new run of
+    the journey starts for the contact from the beginning, under the current code; the
+    failed run stays ``failed`` and points at it. A send at an operation where the failed
+    run sent the same template reuses that send's idempotency key, so the contact is not
+    mailed twice. The new run's id is in the reply.
+
+    409 when the entry is not pending, when its source has no retry, when the event is no
+    longer dead (processed or pending), or when the journey run cannot start again (the
+    journey is no longer defined, the contact or the run is gone, its trigger event was
+    erased, or the contact already has a running run of the journey).
     """
-    retried = await dead_letter_decisions.retry(change.session, id)
-    change.detail = {
-        "source": retried.entry.source,
-        "sourceId": retried.entry.source_id,
-        "outboxId": retried.outbox_id,
-    }
-    return RetriedDeadLetter(retried=True)
+    app = hogsend_of(request)
+    retried = await dead_letter_decisions.retry(
+        change.session, id, journey_ids={j.id for j in all_journeys(app.journeys, app.buckets)}
+    )
+    change.detail = retried.detail()
+    return RetriedDeadLetter(retried=True, run_id=retried.run_id, workflow_id=retried.workflow_id)
 
 
 @router.post(
@@ -112,5 +123,10 @@ async def discard_dead_letter(
     the event log). 409 when the entry is not pending.
     """
     entry = await dead_letter_decisions.discard(change.session, id)
-    change.detail = {"source": entry.source, "sourceId": entry.source_id}
+    change.detail = {
+        "source": entry.source,
+        "sourceId": entry.source_id,
+        "before": {"status": entry.status},
+        "after": {"status": "discarded"},
+    }
     return DiscardedDeadLetter(discarded=True)
