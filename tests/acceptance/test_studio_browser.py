@@ -4,9 +4,10 @@ The test starts ``hogsend dev --seed-demo`` in a subprocess (on the test Postgre
 the quickstart app plus one consumer that fails on ``checkout_failed`` until told to
 heal, so there is a real dead-letter entry to retry), then drives Studio through
 Playwright like a person: setup, every page, creating and revoking a key, retrying the
-dead letter, unsubscribing a contact, the live event tail, sign-out, and a viewer who
-cannot change anything. Every change is checked through the HTTP API afterwards. No
-page may log a console error (a CSP violation, a failed request, a script error).
+dead letter and the demo's diverged journey run, unsubscribing a contact, the live
+event tail, sign-out, and a viewer who cannot change anything. Every change is checked
+through the HTTP API afterwards. No page may log a console error (a CSP violation, a
+failed request, a script error).
 
 Screenshots of every page go to ``$STUDIO_SCREENSHOTS`` when set (``make screenshots``
 points it at docs/screenshots), else into the test's temporary directory.
@@ -226,6 +227,30 @@ def test_studio_in_a_real_browser(live: dict[str, Any], harness: Any, screenshot
 
         wait_for(drained, "the retried event to be processed")
         assert pending_entries() == []
+
+        # -- retry the demo's diverged journey run: a new run really starts -------------
+        [journey_entry] = api.get(
+            "/v1/admin/dlq", params={"status": "pending", "source": "journey"}
+        ).json()["entries"]
+        failed_run = journey_entry["payload"]["runId"]
+        visit(f"/studio/dlq/{journey_entry['id']}")
+        assert "starts a new run of the journey" in page.content()
+        page.get_by_role("button", name="Retry").click()
+        page.wait_for_url(re.compile(r".*notice=retried-journey"))
+        assert api.get(f"/v1/admin/dlq/{journey_entry['id']}").json()["status"] == "retried"
+        retried_by = api.get(f"/v1/admin/journeys/runs/{failed_run}").json()["retriedBy"]
+        assert retried_by is not None
+
+        def started() -> bool:
+            run = api.get(f"/v1/admin/journeys/runs/{retried_by}").json()
+            # The worker started its workflow: it sent the welcome and sleeps two days.
+            return bool(run["status"] == "waiting" and run["retryOf"] == failed_run)
+
+        wait_for(started, "the retried journey run to start")
+        page.get_by_role("link", name=retried_by).click()
+        page.wait_for_load_state("networkidle")
+        assert f"/studio/journeys/runs/{retried_by}" in page.url
+        assert console.take() == []
 
         # -- the live tail shows a new event without a reload -------------------------
         visit("/studio/events")

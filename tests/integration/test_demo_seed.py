@@ -180,10 +180,12 @@ async def test_a_finished_and_a_running_campaign_with_consistent_counts(
 async def test_the_dead_letter_is_real_work_a_retry_requeues(
     engine: AsyncEngine, seeded: demo.SeedResult
 ) -> None:
-    assert seeded.dead_letters == 1
+    assert seeded.dead_letters == 2
     sessions = make_sessionmaker(engine)
     async with sessions() as session:
-        entries, total = await dead_letters.list_entries(session, status="pending")
+        entries, total = await dead_letters.list_entries(
+            session, status="pending", source="dispatcher"
+        )
     assert total == 1
     [entry] = entries
     assert entry.source == "dispatcher"
@@ -225,3 +227,35 @@ async def test_the_demo_campaigns_props_render_their_template(
                 extra={"unsubscribe_url": "https://x/u", "preferences_url": "https://x/p"},
             )
             assert campaign.props["title"] in rendered.html
+
+
+async def test_the_diverged_demo_run_is_a_journey_dead_letter_a_retry_restarts(
+    engine: AsyncEngine, seeded: demo.SeedResult
+) -> None:
+    sessions = make_sessionmaker(engine)
+    async with sessions() as session:
+        entries, _ = await dead_letters.list_entries(session, status="pending", source="journey")
+    [entry] = entries
+    assert entry.payload["journeyId"] == "welcome"
+    assert entry.payload["trigger"]["name"] == "signed_up"
+    async with sessions() as session:
+        [failed] = await _rows(
+            session, "SELECT * FROM journey_states WHERE id = :id", id=entry.payload["runId"]
+        )
+    assert failed["status"] == "failed"
+    assert failed["error_message"] == entry.error
+    async with sessions() as session, session.begin():
+        retried = await dead_letter_decisions.retry(session, entry.id, journey_ids={"welcome"})
+    async with sessions() as session:
+        [run] = await _rows(
+            session, "SELECT * FROM journey_states WHERE id = :id", id=retried.run_id
+        )
+        [after] = await _rows(
+            session, "SELECT status FROM dead_letter_queue WHERE id = :id", id=entry.id
+        )
+    # Waits for a worker to start it (hogsend dev's does).
+    assert run["status"] == "enrolled"
+    assert run["contact_id"] == failed["contact_id"]
+    assert run["context"]["retry"]["of"] == str(failed["id"])
+    assert run["workflow_id"] == f"{failed['workflow_id']}:retry:{entry.id}"
+    assert after["status"] == "retried"

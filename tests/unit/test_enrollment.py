@@ -9,11 +9,15 @@ from datetime import UTC, datetime, time
 import pytest
 
 from hogsend import define_journey, where
+from hogsend.core.contact import Event
 from hogsend.core.enrollment import (
     enrollment_workflow_id,
+    event_from_message,
+    event_message,
     json_equals,
     pick_variant,
     properties_match,
+    retry_workflow_id,
     spec_event,
     spec_matches,
 )
@@ -118,3 +122,31 @@ def test_journey_exit_is_not_an_exception() -> None:
     exit_signal = JourneyExit("admin")
     assert not isinstance(exit_signal, Exception)
     assert exit_signal.reason == "admin"
+
+
+def test_a_retry_workflow_id_is_one_per_entry_and_does_not_grow() -> None:
+    first = enrollment_workflow_id("welcome", uuid.UUID(int=7), 2)
+    retry = retry_workflow_id(first, "entry-1")
+    assert retry == f"{first}:retry:entry-1"
+    # Retrying the retry starts from the enrollment id again.
+    assert retry_workflow_id(retry, "entry-2") == f"{first}:retry:entry-2"
+
+
+def test_an_event_survives_the_run_input_round_trip() -> None:
+    event = Event(
+        id=uuid.UUID(int=1),
+        name="signed_up",
+        contact_key="u-1",
+        contact_id=uuid.UUID(int=2),
+        occurred_at=datetime(2026, 1, 2, 3, 4, tzinfo=UTC),
+        properties={"plan": "pro"},
+        source="api",
+    )
+    assert event_from_message(event_message(event)) == event
+    anonymous = Event(
+        id=uuid.UUID(int=3),
+        name="x",
+        contact_key="u-2",
+        occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert event_from_message(event_message(anonymous)) == anonymous

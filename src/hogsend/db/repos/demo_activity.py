@@ -15,8 +15,9 @@ Buckets, Campaigns and Dead-letter pages show, for the quickstart app:
   recipients still pending; its last progress is a day old, so a worker's reaper hands
   it to a new run at once and it really goes on sending (throttled to one every 4 s).
 * sends whose decisions the history lacks (``redirected``, ``skipped_deleted``).
-* one dead-letter entry for an event the dispatcher gave up on, which a retry really
-  re-queues.
+* two dead-letter entries: an event the dispatcher gave up on, which a retry really
+  re-queues, and the failed welcome run of one contact whose replay diverged from the
+  journey's code, which a retry really starts again (a new run under the current code).
 
 Every row has a stable id derived from the demo contact's ``external_id``, and inserts
 skip rows that exist: seeding again adds nothing.
@@ -116,8 +117,12 @@ def _run(person: dict[str, Any], index: int, now: datetime, rng: random.Random) 
     elif status == "failed":
         at = min(start + timedelta(days=2), now)
         error = "TemplateError: getting-started: 'first_name' is undefined (line 4)"
+        detail: dict[str, Any] = {"error": error}
+        if index == DIVERGED_RUN:
+            error = _DIVERGED_ERROR
+            detail = {"error": error, "diverged": _DIVERGED_AT}
         steps.append(("sleep", "sleep", sent, {"seconds": 172_800}))
-        steps.append(("send_email:getting-started", "failed", at, {"error": error}))
+        steps.append(("send_email:getting-started", "failed", at, detail))
         run.update(
             current_step="send_email:getting-started",
             error_message=error,
@@ -529,6 +534,74 @@ def _other_decisions(people: Sequence[dict[str, Any]], now: datetime) -> list[di
 
 # ------------------------------------------------------------------------- dead letter
 
+DIVERGED_RUN = 4
+"""The demo contact (by index) whose forced ``failed`` welcome run diverged from its code."""
+
+_DIVERGED_AT = {"position": 5, "recorded": "journey.move 2:sleep", "expected": "journey.log 2:log"}
+_DIVERGED_ERROR = (
+    "journey code changed under a waiting run: at step 5 the run recorded "
+    "'journey.move 2:sleep' but the code now does 'journey.log 2:log'"
+)
+
+
+async def _journey_dead_letter(session: AsyncSession, people: Sequence[dict[str, Any]]) -> int:
+    """The entry of the diverged welcome run, as the runtime writes one (a retry really
+    starts the contact's welcome run again under the current code)."""
+    if len(people) <= DIVERGED_RUN:
+        return 0
+    ext = people[DIVERGED_RUN]["external_id"]
+    run_id = _id("run", ext, JOURNEY)
+    found = (
+        await session.execute(
+            text(
+                """
+                SELECT s.id, s.workflow_id, s.contact_id, s.user_id, e.id AS event_id,
+                       e.event, e.occurred_at, e.properties, e.source
+                FROM journey_states s
+                LEFT JOIN LATERAL (
+                    SELECT id, event, occurred_at, properties, source FROM user_events
+                    WHERE contact_id = s.contact_id AND event = 'signed_up'
+                    ORDER BY occurred_at LIMIT 1) e ON true
+                WHERE s.id = :id AND s.status = 'failed'
+                  AND NOT EXISTS (SELECT 1 FROM dead_letter_queue d
+                                  WHERE d.source = 'journey' AND d.source_id = s.workflow_id)
+                """
+            ),
+            {"id": run_id},
+        )
+    ).first()
+    if found is None:
+        return 0  # seeded before (or the contact is gone)
+    trigger = None
+    if found.event_id is not None:
+        trigger = {
+            "id": str(found.event_id),
+            "name": found.event,
+            "contactKey": found.user_id,
+            "contactId": str(found.contact_id),
+            "occurredAt": found.occurred_at.isoformat(),
+            "properties": dict(found.properties or {}),
+            "source": found.source,
+        }
+    await dead_letters.add(
+        session,
+        source="journey",
+        source_id=found.workflow_id,
+        payload={
+            "journeyId": JOURNEY,
+            "runId": str(found.id),
+            "workflowId": found.workflow_id,
+            "contactId": str(found.contact_id),
+            "userId": found.user_id,
+            "applicationVersion": "hogsend-1",
+            "divergedAt": _DIVERGED_AT,
+            "trigger": trigger,
+        },
+        error=_DIVERGED_ERROR,
+        attempts=1,
+    )
+    return 1
+
 
 async def _dead_letter(
     session: AsyncSession, people: Sequence[dict[str, Any]], now: datetime
@@ -655,7 +728,7 @@ async def seed(
         {"rows": json.dumps(_other_decisions(people, now)), "from_email": from_email},
     )
     inserted_sends += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    dead = await _dead_letter(session, people, now)
+    dead = await _dead_letter(session, people, now) + await _journey_dead_letter(session, people)
     return ActivityResult(
         journey_runs=len(new_runs),
         memberships=new_members,

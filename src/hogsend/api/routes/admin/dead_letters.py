@@ -77,6 +77,8 @@ async def get_dead_letter(id: UUID, session: DbSession) -> DeadLetterOut:
     "/dlq/{id}/retry",
     summary="Retry a dead-letter entry",
     responses=problem_responses(404, 409),
+    # runId and workflowId only for a journey entry: a dispatcher retry stays {retried}.
+    response_model_exclude_none=True,
 )
 async def retry_dead_letter(
     id: UUID,
