@@ -10,7 +10,9 @@ sent again (same template at the same operation: the failed run's idempotency ke
 from __future__ import annotations
 
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from journey_processes import (
     templates,
     until,
 )
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_emails_api import settings_for
 from test_studio import ADMIN, add_user, sign_in, token_in
@@ -34,6 +37,8 @@ from test_studio import ADMIN, add_user, sign_in, token_in
 from hogsend import Hogsend, define_journey
 from hogsend.api.app import create_api
 from hogsend.core.journey_context import JourneyContext
+from hogsend.db.engine import make_sessionmaker
+from hogsend.db.repos import dead_letters, journeys
 from hogsend.studio import mount_studio
 
 pytestmark = pytest.mark.timeout(480)
@@ -239,3 +244,125 @@ async def test_a_diverged_run_is_retried_from_the_api_and_from_studio(
 
     await api.state.driver_pool.close()
     await without.state.driver_pool.close()
+
+
+async def test_a_journey_retry_is_refused_with_409_when_the_run_cannot_start_again(
+    engine: AsyncEngine, database_url: str, mint_key: Callable[..., Any]
+) -> None:
+    """No worker needed: what the retry writes, and what it refuses, in the database."""
+    api = create_api(Hogsend(journeys=[edited]), settings_for(database_url, 1), engine=engine)
+    key = await mint_key("ingest", "admin:read", "admin:write")
+    auth = {"Authorization": f"Bearer {key}"}
+    sessions = make_sessionmaker(engine)
+
+    async def failed_run(user: str, trigger_id: uuid.UUID) -> tuple[uuid.UUID, str]:
+        """A failed run of ``edited`` that sent the welcome, and its journey entry."""
+        [contact] = await rows(engine, "SELECT id FROM contacts WHERE external_id = :u", u=user)
+        run_id = uuid.uuid4()
+        async with sessions() as session, session.begin():
+            await journeys.insert_run(
+                session,
+                state_id=run_id,
+                journey_id="edited",
+                workflow_id=f"wf-{user}",
+                contact_id=contact["id"],
+                user_id=user,
+                user_email=None,
+                entry_count=1,
+                trigger_event_id=trigger_id,
+                context={},
+            )
+            await journeys.add_log(
+                session,
+                journey_id="edited",
+                action="send_email",
+                state_id=run_id,
+                contact_id=contact["id"],
+                user_id=user,
+                step="1:send_email:welcome",
+                detail={"template": "welcome", "idempotencyKey": f"journey:{run_id}:1"},
+                started_at=datetime.now(UTC),
+            )
+            await journeys.finish(session, run_id, status="failed", error="diverged")
+            entry = await dead_letters.add(
+                session,
+                source="journey",
+                source_id=f"wf-{user}",
+                payload={"journeyId": "edited", "runId": str(run_id), "userId": user},
+                error="diverged",
+                attempts=1,
+            )
+        return run_id, str(entry)
+
+    async def count(sql: str, **params: Any) -> int:
+        return len(await rows(engine, sql, **params))
+
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        trigger = uuid.UUID(await post_event(client, key, "v.signup", "tia"))
+        await post_event(client, key, "v.signup", "uma")
+        run_id, entry = await failed_run("tia", trigger)
+        _, erased = await failed_run("uma", uuid.uuid4())  # its trigger is not stored
+
+        async def refused(entry_id: str, reason: str) -> None:
+            before = await count("SELECT id FROM journey_states")
+            answer = await client.post(f"/v1/admin/dlq/{entry_id}/retry", headers=auth)
+            assert answer.status_code == 409, answer.text
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert reason in answer.json()["detail"]
+            assert await count("SELECT id FROM journey_states") == before
+            assert await count(
+                "SELECT id FROM dead_letter_queue WHERE id = :e AND status = 'pending'", e=entry_id
+            )
+
+        await refused(erased, "no longer stored")
+
+        # The contact runs the journey again already: one running run per contact.
+        [tia] = await rows(engine, "SELECT id FROM contacts WHERE external_id = 'tia'")
+        async with sessions() as session, session.begin():
+            await journeys.insert_run(
+                session,
+                state_id=uuid.uuid4(),
+                journey_id="edited",
+                workflow_id="wf-tia-again",
+                contact_id=tia["id"],
+                user_id="tia",
+                user_email=None,
+                entry_count=2,
+                trigger_event_id=None,
+                context={},
+            )
+        await refused(entry, "already has a running run")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM journey_states WHERE workflow_id = 'wf-tia-again'")
+            )
+
+        missing = await client.post(f"/v1/admin/dlq/{uuid.uuid4()}/retry", headers=auth)
+        assert missing.status_code == 404
+
+        done = await client.post(f"/v1/admin/dlq/{entry}/retry", headers=auth)
+        assert done.status_code == 200, done.text
+        [retry] = await rows(
+            engine, "SELECT * FROM journey_states WHERE id = :id", id=done.json()["runId"]
+        )
+        # No worker: it waits, enrolled, for one to start its workflow.
+        assert retry["status"] == "enrolled"
+        assert retry["context"]["retry"]["trigger"]["id"] == str(trigger)  # read from the log
+        assert retry["context"]["retry"]["sends"] == {
+            "1": {"template": "welcome", "key": f"journey:{run_id}:1"}
+        }
+        # The retry takes no entry: the next enrollment is still the contact's second.
+        async with sessions() as session:
+            history = await journeys.entry_history(session, tia["id"], "edited")
+        assert (history.count, history.live) == (1, True)
+
+        # The contact is deleted: nothing to run for.
+        val_trigger = uuid.UUID(await post_event(client, key, "v.signup", "val"))
+        _, val_entry = await failed_run("val", val_trigger)
+        deleted = await client.request(
+            "DELETE", "/v1/contacts", json={"userId": "val"}, headers=auth
+        )
+        assert deleted.status_code == 200, deleted.text
+        await refused(val_entry, "deleted or merged")
+    await api.state.driver_pool.close()
