@@ -426,8 +426,10 @@ async def test_admin_lists_pages_reads_and_cancels_a_run_mid_sleep(env: Env) -> 
         seconds=10,
     )
     assert _subjects(env.sink) == ["Welcome", "Welcome"]
-    [audit] = await env.rows("SELECT action, resource_id FROM audit_logs")
-    assert audit == {"action": "journey-runs.cancel", "resource_id": run_id}
+    [audit] = await env.rows("SELECT action, resource_id, detail FROM audit_logs")
+    assert (audit["action"], audit["resource_id"]) == ("journey-runs.cancel", run_id)
+    assert audit["detail"]["before"] == {"status": "waiting"}
+    assert audit["detail"]["after"] == {"status": "exited", "exitReason": "admin"}
     detail = await env.client.get(f"/v1/admin/journeys/runs/{run_id}", headers=_auth(env))
     assert detail.json()["status"] == "exited"
     missing = await env.client.get(
@@ -460,6 +462,13 @@ async def test_a_disabled_journey_refuses_and_a_deleted_contact_exits_mid_wait(
     await env.client.put(
         "/v1/admin/journeys/it-welcome/enabled", json={"enabled": None}, headers=_auth(env)
     )
+    switches = await env.rows(
+        "SELECT detail FROM audit_logs WHERE action = 'journeys.switch' ORDER BY created_at"
+    )
+    assert [(a["detail"]["before"], a["detail"]["after"]) for a in switches] == [
+        ({"enabled": True, "override": None}, {"enabled": False, "override": False}),
+        ({"enabled": False, "override": False}, {"enabled": True, "override": None}),
+    ]
     await env.event("user.created", "ivy", plan="pro", projectId="p1")
 
     async def waiting() -> bool:

@@ -125,7 +125,12 @@ async def cancel_run(
     ended = await journeys.exit_runs(change.session, reason="admin", state_ids=[id])
     if not ended:
         raise Conflict(f"journey run {id} already ended ({run.status})")
-    change.detail = {"journeyId": run.journey_id, "workflowId": run.workflow_id}
+    change.detail = {
+        "journeyId": run.journey_id,
+        "workflowId": run.workflow_id,
+        "before": {"status": run.status},
+        "after": {"status": "exited", "exitReason": "admin"},
+    }
     after = await journeys.get_run(change.session, id)
     assert after is not None
     steps = await journeys.run_log(change.session, id)
@@ -149,8 +154,15 @@ async def switch_journey(
     definition = next((j for j in all_journeys(app.journeys, app.buckets) if j.id == id), None)
     if definition is None:
         raise NotFound(f"journey {id!r} is not defined by the app")
+    overrides = await journeys.enabled_overrides(change.session)
+    before = {"enabled": overrides.get(id, definition.enabled), "override": overrides.get(id)}
     await journeys.set_enabled(change.session, id, body.enabled, by=change.principal.name)
-    change.detail = {"enabled": body.enabled}
+    after = {
+        "enabled": definition.enabled if body.enabled is None else body.enabled,
+        "override": body.enabled,
+    }
+    # The same shape as Studio's switch; "enabled" is the requested override, as before.
+    change.detail = {"enabled": body.enabled, "before": before, "after": after}
     counts = await journeys.status_counts(change.session)
     return JourneyOut(
         id=definition.id,
