@@ -223,16 +223,10 @@ class JourneyRuntime:
                 f"{type(exc).__name__}: {exc}"[:2000],
             )
             raise
-        return str(
-            await DBOS.run_step_async(
-                {"name": "journey.completed"},
-                self._finish_step,
-                definition.id,
-                state_id,
-                "completed",
-                None,
-            )
-        )
+        # Not a DBOS step: marking the run completed is idempotent (a run that already
+        # ended keeps its status and gets no second log line), so a replay may run it
+        # again, and a step's recording (a system-database transaction) is saved.
+        return await self._finish_step(definition.id, state_id, "completed", None)
 
     async def _start_step(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -314,21 +308,10 @@ class JourneyRuntime:
     ) -> str:
         now = self.clock()
         async with self.sessions() as session, session.begin():
-            ended = await repo.finish(session, state_id, status=status, error=error, now=now)
-            run = await repo.get_run(session, state_id)
-            if ended and run is not None:
-                await repo.add_log(
-                    session,
-                    journey_id=journey_id,
-                    action=status,
-                    state_id=state_id,
-                    contact_id=run.contact_id,
-                    user_id=run.user_id,
-                    detail={"error": error} if error else {},
-                    started_at=now,
-                    finished_at=now,
-                )
-        return status if ended else (run.status if run is not None else status)
+            ended, after = await repo.finish_logged(
+                session, state_id, status=status, error=error, now=now
+            )
+        return status if ended else (after or status)
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -767,13 +750,11 @@ class DurableJourneyContext:
 
         async def write() -> bool:
             async with runtime.sessions() as session, session.begin():
-                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
-                    return False
-                await repo.add_log(
+                return await repo.log_if_running(
                     session,
+                    self.state_id,
                     journey_id=self.definition.id,
                     action=action,
-                    state_id=self.state_id,
                     contact_id=self.contact.id,
                     user_id=self.contact.key,
                     step=step,
@@ -781,7 +762,6 @@ class DurableJourneyContext:
                     started_at=started,
                     finished_at=runtime.clock(),
                 )
-            return True
 
         # An exit that landed since the last wait ends the run here, not at the next wait.
         if not await _step(f"journey.log {step}", write):
@@ -1019,6 +999,14 @@ class JourneyExits:
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
 
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some journey's ``exit_on`` matches the event (else no savepoint)."""
+        return any(
+            spec_matches(spec, event.name, event.properties)
+            for definition in self.runtime.definitions.values()
+            for spec in definition.exit_on
+        )
+
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Exit matching runs in the dispatcher's transaction, then signal them."""
         for definition in self.runtime.definitions.values():
@@ -1075,6 +1063,11 @@ class JourneyTriggers:
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
+        self.triggers = {spec_event(d.trigger) for d in runtime.definitions.values()}
+
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some journey's trigger names the event (else no savepoint)."""
+        return event.name in self.triggers
 
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Enroll the contact in each journey whose trigger names this event."""
