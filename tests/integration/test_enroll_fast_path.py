@@ -178,8 +178,10 @@ async def test_an_enrollment_takes_three_statements_and_the_enqueue(
 
     sessions = make_sessionmaker(engine)
     async with sessions() as session, session.begin():
-        await session.execute(text("SELECT 1"))  # the transaction is open before counting
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        # This transaction's connection only: the worker's pollers share the engine.
+        conn = (await session.connection()).sync_connection
+        assert conn is not None
+        event.listen(conn, "before_cursor_execute", record)
         try:
             await worker.journeys.enroll(
                 session,
@@ -189,7 +191,7 @@ async def test_an_enrollment_takes_three_statements_and_the_enqueue(
                 trigger=_trigger("fp.quick", contact),
             )
         finally:
-            event.remove(engine.sync_engine, "before_cursor_execute", record)
+            event.remove(conn, "before_cursor_execute", record)
     hogsend = [s for s in statements if "workflow_status" not in s and "workflow_input" not in s]
     assert len(hogsend) == 3, hogsend
     # DBOS writes the queued workflow's status and inputs: two statements.
