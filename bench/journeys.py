@@ -15,11 +15,18 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
   worker whose journey does one step (``ctx.log``). Per run: the dispatcher's guards
   and enrollment transaction, the enqueue, the start step, the log step, the completed
   step. Enrollments/s from the COPY commit to the last ``completed_at``; the ratio to
-  ``bare`` (target >= 0.5).
+  ``bare`` (target >= 0.5). Per enrollment (``per_enrollment``): the worker's CPU ms
+  (read from outside) and its round trips to Postgres (counted inside: statements,
+  savepoints included, commits, rollbacks, pool checkouts; hogsend's engine and DBOS's
+  apart), with what an idle worker spends in the same time (its pollers) taken out.
+  These hold on a shared machine where the rates do not; ``bare`` reports its CPU ms
+  per workflow too.
 * ``latency``: ``LATENCY_RATE`` events/s for ``LATENCY_SECONDS``, one transaction each
   with NOTIFY; per event, the time from its commit (``received_at``) to the run's start
   step and to its first body step done (the ``ctx.log`` row). p50/p99 (target p99 of
-  the first step < 250 ms).
+  the first step < 250 ms). ``stages_ms`` splits it per run: the event's commit to its
+  workflow's enqueue (the dispatcher), the enqueue to the dequeue (the DBOS queue's
+  polling) and the dequeue to the first body step started (the start step).
 * ``parked``: ``PARKED`` runs of a journey that ``sleep_until`` a time carried by its
   trigger event: ``PARKED - WAKE`` due in ten days, then ``WAKE`` due together a little
   after they can all have parked (the worker parks waits longer than
@@ -113,21 +120,73 @@ def _rss_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 1)
 
 
-async def _worker(url: str, out: Any, stop: Any) -> None:
+class _RoundTrips:
+    """Counts a process's trips to Postgres through SQLAlchemy, hogsend's and DBOS's apart.
+
+    A trip is a statement (savepoints included), a commit, a rollback, or a pooled
+    connection's checkout (hogsend's engine pings on checkout). The ``BEGIN`` psycopg
+    sends before a transaction's first statement is one more, counted with the commit.
+    """
+
+    def __init__(self, ours: Any) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        self.ours = ours.sync_engine.pool
+        self.counts: dict[str, int] = {}
+        event.listen(Engine, "before_cursor_execute", self._statement)
+        event.listen(Engine, "commit", self._commit)
+        event.listen(Engine, "rollback", self._rollback)
+        event.listen(Pool, "checkout", self._checkout)
+
+    def _add(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _who(self, pool: Any) -> str:
+        return "hogsend" if pool is self.ours else "dbos"
+
+    def _statement(self, conn: Any, *_: Any) -> None:
+        self._add(f"{self._who(conn.engine.pool)}.statements")
+
+    def _commit(self, conn: Any) -> None:
+        self._add(f"{self._who(conn.engine.pool)}.commits")
+
+    def _rollback(self, conn: Any) -> None:
+        self._add(f"{self._who(conn.engine.pool)}.rollbacks")
+
+    def _checkout(self, dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        self._add(f"{self._who(proxy._pool)}.checkouts")
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+async def _worker(url: str, out: Any, stop: Any, snap: Any = None) -> None:
     from hogsend.runtime.worker import Worker
 
     started = time.perf_counter()
     worker = Worker(app, _settings(url), drain_seconds=1)
     await worker.start()
+    trips = _RoundTrips(worker.engine)
     out.put({"started_s": round(time.perf_counter() - started, 2), "rss_mb": _rss_mb()})
+    if snap is not None:
+        threading.Thread(target=_answer_snapshots, args=(snap, out, trips), daemon=True).start()
     await asyncio.to_thread(stop.wait)
     # Asked for a report: RSS and live tasks now (the parked runs hold none).
-    out.put({"rss_mb": _rss_mb(), "tasks": len(asyncio.all_tasks())})
+    out.put({"rss_mb": _rss_mb(), "tasks": len(asyncio.all_tasks()), "trips": trips.snapshot()})
     await worker.stop()
 
 
-def _worker_main(url: str, out: Any, stop: Any) -> None:
-    asyncio.run(_worker(url, out, stop))
+def _answer_snapshots(snap: Any, out: Any, trips: _RoundTrips) -> None:
+    while True:
+        snap.wait()
+        snap.clear()
+        out.put({"trips": trips.snapshot()})
+
+
+def _worker_main(url: str, out: Any, stop: Any, snap: Any = None) -> None:
+    asyncio.run(_worker(url, out, stop, snap))
 
 
 class WorkerProcess:
@@ -137,8 +196,11 @@ class WorkerProcess:
         ctx = mp.get_context("spawn")
         self.out = ctx.Queue()
         self.stop_flag = ctx.Event()
+        self.snap_flag = ctx.Event()
         self.spawned = time.perf_counter()
-        self.process = ctx.Process(target=_worker_main, args=(url, self.out, self.stop_flag))
+        self.process = ctx.Process(
+            target=_worker_main, args=(url, self.out, self.stop_flag, self.snap_flag)
+        )
         self.process.start()
         self.started: dict[str, Any] = self.out.get(timeout=600)
         self.ready_s = round(time.perf_counter() - self.spawned, 2)
@@ -147,6 +209,13 @@ class WorkerProcess:
     def rss_mb(self) -> float:
         """The process's RSS now, read from outside."""
         return round(psutil.Process(self.process.pid).memory_info().rss / 2**20, 1)
+
+    def usage(self) -> dict[str, Any]:
+        """The worker's CPU seconds so far (read from outside) and its round trips."""
+        self.snap_flag.set()
+        trips: dict[str, int] = self.out.get(timeout=60)["trips"]
+        times = psutil.Process(self.process.pid).cpu_times()
+        return {"cpu_s": times.user + times.system, "trips": trips, "wall": time.perf_counter()}
 
     def stop(self) -> dict[str, Any]:
         """Stop gracefully; returns the last report (RSS and live asyncio tasks)."""
@@ -183,6 +252,7 @@ async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
 
     launch_dbos(_settings(url), url, registrations=[register])
     await declare_queues()
+    cpu = time.process_time()
     started = time.perf_counter()
     for n in range(count):
         await DBOS.enqueue_workflow_async(JOURNEYS.name, workflows[0], n)
@@ -198,6 +268,7 @@ async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.2)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     destroy_dbos()
     return {
         "workflows": count,
@@ -205,6 +276,8 @@ async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
         "enqueue_s": round(enqueued, 2),
         "elapsed_s": round(elapsed, 2),
         "per_s": round(count / elapsed, 1),
+        # This process's CPU per workflow (enqueue and run), idle polling included.
+        "cpu_ms_per_workflow": round(cpu * 1000 / count, 2),
     }
 
 
@@ -284,6 +357,8 @@ def _enroll_part(url: str, count: int) -> dict[str, Any]:
     contacts = _contacts(url, count)
     worker = WorkerProcess(url)
     try:
+        idle = _idle_usage(worker)
+        before = worker.usage()
         committed = _copy_events(url, contacts, "bench.enroll", {})
         _wait(
             url,
@@ -291,6 +366,7 @@ def _enroll_part(url: str, count: int) -> dict[str, Any]:
             " AND status = 'completed'",
             count,
         )
+        cost = _per_operation(before, worker.usage(), count, idle)
         last, enrolled, first_start, last_start = (
             float(x)
             for x in _count(
@@ -315,6 +391,49 @@ def _enroll_part(url: str, count: int) -> dict[str, Any]:
         "dispatched_per_s": round(count / max(enrolled - committed, 1e-3), 1),
         "started_per_s": round(count / max(last_start - first_start, 1e-3), 1),
         "worker_rss_mb": rss,
+        "per_enrollment": cost,
+    }
+
+
+IDLE_SECONDS = 3.0
+
+
+def _idle_usage(worker: WorkerProcess) -> dict[str, Any]:
+    """What an idle worker spends per second (its pollers), to subtract from a part's cost."""
+    first = worker.usage()
+    time.sleep(IDLE_SECONDS)
+    last = worker.usage()
+    return {
+        "cpu_s": (last["cpu_s"] - first["cpu_s"]) / IDLE_SECONDS,
+        "trips": {
+            k: (v - first["trips"].get(k, 0)) / IDLE_SECONDS for k, v in last["trips"].items()
+        },
+    }
+
+
+def _per_operation(
+    before: dict[str, Any], after: dict[str, Any], count: int, idle: dict[str, Any]
+) -> dict[str, Any]:
+    """CPU ms and round trips per operation between two usages, the idle pollers' share
+    (their rate times the time between the usages) taken out."""
+    span = after["wall"] - before["wall"]
+    trips = {
+        k: round((v - before["trips"].get(k, 0) - idle["trips"].get(k, 0) * span) / count, 2)
+        for k, v in sorted(after["trips"].items())
+    }
+    total = sum(trips.values())
+    raw_cpu = (after["cpu_s"] - before["cpu_s"]) / count
+    raw_trips = sum(after["trips"].values()) - sum(before["trips"].values())
+    cpu = raw_cpu - idle["cpu_s"] * span / count
+    return {
+        "cpu_ms": round(cpu * 1000, 2),
+        "round_trips": round(total, 1),
+        # The same with the idle pollers' share left in (their rate varies with load).
+        "cpu_ms_with_idle": round(raw_cpu * 1000, 2),
+        "round_trips_with_idle": round(raw_trips / count, 1),
+        "by_kind": trips,
+        "idle_round_trips_per_s": round(sum(idle["trips"].values()), 1),
+        "idle_cpu_ms_per_s": round(idle["cpu_s"] * 1000, 1),
     }
 
 
@@ -352,6 +471,7 @@ def _latency_part(url: str, rate: int, seconds: float) -> dict[str, Any]:
                 " JOIN user_events e ON e.id = s.trigger_event_id"
                 " WHERE l.action = 'log' AND s.journey_id = 'bench-one-step'"
             ).fetchall()
+        stages = _latency_stages(url)
     finally:
         worker.stop()
     start_ms = sorted(float(r[0]) for r in rows)
@@ -370,6 +490,36 @@ def _latency_part(url: str, rate: int, seconds: float) -> dict[str, Any]:
             "max": round(max(first_ms), 1),
             "mean": round(statistics.fmean(first_ms), 1),
         },
+        "stages_ms": stages,
+    }
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+def _latency_stages(url: str) -> dict[str, dict[str, float]]:
+    """Where an event's way to its first step goes, per run (p50/p99 of each stage):
+    the event's commit to its workflow's enqueue (dispatcher), the enqueue to its
+    dequeue (DBOS queue), the dequeue to the body's first step started (start step)."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT w.created_at - extract(epoch FROM e.received_at) * 1000,"
+            " w.started_at_epoch_ms - w.created_at,"
+            " extract(epoch FROM l.started_at) * 1000 - w.started_at_epoch_ms"
+            " FROM journey_states s JOIN user_events e ON e.id = s.trigger_event_id"
+            " JOIN dbos.workflow_status w ON w.workflow_uuid = s.workflow_id"
+            " JOIN journey_logs l ON l.journey_state_id = s.id AND l.action = 'log'"
+            " WHERE s.journey_id = 'bench-one-step'"
+        ).fetchall()
+    names = ("dispatch", "queue", "start")
+    return {
+        name: {
+            "p50": _pct([float(r[i]) for r in rows], 0.5),
+            "p99": _pct([float(r[i]) for r in rows], 0.99),
+        }
+        for i, name in enumerate(names)
     }
 
 

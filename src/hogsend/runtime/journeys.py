@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS
 from dbos._error import DBOSNonExistentWorkflowError
 from psycopg.errors import LockNotAvailable
 from sqlalchemy import text
@@ -57,10 +57,12 @@ from hogsend.core.reactions import all_journeys
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import buckets as buckets_repo
 from hogsend.db.repos import contacts as contacts_repo
+from hogsend.db.repos import enrollments as enrollments_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
+from hogsend.runtime.enrollments import JourneyEnqueuer
 from hogsend.runtime.polling import Poller
 from hogsend.runtime.queues import JOURNEYS
 
@@ -127,6 +129,14 @@ class JourneyRuntime:
         self.definitions = {j.id: j for j in all_journeys(app.journeys, app.buckets)}
         self.buckets = {b.id: b for b in app.buckets}
         self.workflows: dict[str, Workflow] = {}
+        self._enqueuer: JourneyEnqueuer | None = None
+
+    @property
+    def enqueuer(self) -> JourneyEnqueuer:
+        """Enqueues runs in the enrolling transaction (made on first use)."""
+        if self._enqueuer is None:
+            self._enqueuer = JourneyEnqueuer(self.engine.url.render_as_string(hide_password=False))
+        return self._enqueuer
 
     # -- registration ----------------------------------------------------------------------
 
@@ -190,21 +200,18 @@ class JourneyRuntime:
                 f"{type(exc).__name__}: {exc}"[:2000],
             )
             raise
-        return str(
-            await DBOS.run_step_async(
-                {"name": "journey.completed"},
-                self._finish_step,
-                definition.id,
-                state_id,
-                "completed",
-                None,
-            )
-        )
+        # Not a DBOS step: marking the run completed is idempotent (a run that already
+        # ended keeps its status and gets no second log line), so a replay may run it
+        # again, and a step's recording (a system-database transaction) is saved.
+        return await self._finish_step(definition.id, state_id, "completed", None)
 
     async def _start_step(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         now = self.clock()
+        committed, started = await self._start_committed(state_id, now)
+        if committed:
+            return started
         pause = START_RETRY_SECONDS
         while True:
             try:
@@ -218,6 +225,22 @@ class JourneyRuntime:
             # dispatcher transaction should not be polled by every run it started.
             await asyncio.sleep(pause)
             pause = min(pause * 2, START_RETRY_MAX_SECONDS)
+
+    async def _start_committed(
+        self, state_id: uuid.UUID, now: datetime
+    ) -> tuple[bool, tuple[Contact, str, datetime] | None]:
+        """The start step in one statement, for a run whose row is committed (every run
+        enqueued in its enrolling transaction); (False, None) when there is no such row,
+        and the step falls back to waiting for its enrollment (:meth:`_start_once`)."""
+        async with self.sessions() as session, session.begin():
+            found = await enrollments_repo.start_run(session, state_id, now=now)
+            if found is None:
+                return False, None
+            if found.contact is None:
+                if found.status in repo.RUNNING:
+                    await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+                return True, None
+        return True, (found.contact, found.status, now)
 
     async def _start_once(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any], now: datetime
@@ -262,21 +285,10 @@ class JourneyRuntime:
     ) -> str:
         now = self.clock()
         async with self.sessions() as session, session.begin():
-            ended = await repo.finish(session, state_id, status=status, error=error, now=now)
-            run = await repo.get_run(session, state_id)
-            if ended and run is not None:
-                await repo.add_log(
-                    session,
-                    journey_id=journey_id,
-                    action=status,
-                    state_id=state_id,
-                    contact_id=run.contact_id,
-                    user_id=run.user_id,
-                    detail={"error": error} if error else {},
-                    started_at=now,
-                    finished_at=now,
-                )
-        return status if ended else (run.status if run is not None else status)
+            ended, after = await repo.finish_logged(
+                session, state_id, status=status, error=error, now=now
+            )
+        return status if ended else (after or status)
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -295,9 +307,15 @@ class JourneyRuntime:
         it. Idempotent per (journey, trigger event): a redelivered trigger finds its run.
         """
         now = self.clock()
-        existing = await repo.run_for_trigger(session, definition.id, trigger.id)
-        if existing is not None:
-            await self._enqueue(definition, existing.id, _enrollment_of(existing, trigger))
+        # Three statements (see hogsend.db.repos.enrollments): the lock and the switch,
+        # the guards' reads in the lock's snapshot, the run with its log line.
+        switch = await enrollments_repo.lock_and_read_switch(session, contact_id, definition.id)
+        facts = await enrollments_repo.read_facts(session, contact_id, definition.id, trigger.id)
+        if facts.existing is not None:
+            existing = facts.existing
+            await self._enqueue_in(
+                session, definition, existing.id, _enrollment_of(existing, trigger)
+            )
             return existing.workflow_id
 
         async def refuse(reason: Refusal) -> None:
@@ -312,7 +330,7 @@ class JourneyRuntime:
                 finished_at=now,
             )
 
-        if not await repo.is_enabled(session, definition.id, default=definition.enabled):
+        if not (definition.enabled if switch is None else switch):
             await refuse("disabled")
             return None
         bucket = self.buckets.get(definition.bucket_id) if definition.bucket_id else None
@@ -322,13 +340,12 @@ class JourneyRuntime:
         if not spec_matches(definition.trigger, trigger.name, trigger.properties):
             await refuse("trigger_filter")
             return None
-        await repo.lock_enrollment(session, contact_id, definition.id)
-        history = await repo.entry_history(session, contact_id, definition.id)
+        history = facts.prior
         reason = entry_refusal(definition.entry_limit, history, now, period=definition.entry_period)
         if reason is not None:
             await refuse(reason)
             return None
-        contact = await contacts_repo.get_contact(session, contact_id)
+        contact = facts.contact
         if contact is None:
             await refuse("contact_deleted")
             return None
@@ -343,7 +360,7 @@ class JourneyRuntime:
             "ordinal": ordinal,
             "trigger": event_message(trigger),
         }
-        inserted = await repo.insert_run(
+        inserted = await enrollments_repo.insert_enrolled(
             session,
             state_id=state_id,
             journey_id=definition.id,
@@ -353,24 +370,13 @@ class JourneyRuntime:
             user_email=contact.email,
             entry_count=ordinal,
             trigger_event_id=trigger.id,
-            context={},
+            detail={"eventId": str(trigger.id), "event": trigger.name, "ordinal": ordinal},
             now=now,
         )
         if not inserted:
             await refuse("already_active")
             return None
-        await repo.add_log(
-            session,
-            journey_id=definition.id,
-            action="enrolled",
-            state_id=state_id,
-            contact_id=contact_id,
-            user_id=contact.key,
-            detail={"eventId": str(trigger.id), "event": trigger.name, "ordinal": ordinal},
-            started_at=now,
-            finished_at=now,
-        )
-        await self._enqueue(definition, state_id, enrollment)
+        await self._enqueue_in(session, definition, state_id, enrollment)
         return workflow_id
 
     async def start_run(
@@ -378,24 +384,25 @@ class JourneyRuntime:
     ) -> None:
         """Enqueue the workflow of a run whose row exists (a retry's, say); idempotent per
         ``enrollment["workflowId"]``."""
-        await self._enqueue(definition, state_id, enrollment)
+        async with self.sessions() as session, session.begin():
+            await self._enqueue_in(session, definition, state_id, enrollment)
 
-    async def _enqueue(
-        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    async def _enqueue_in(
+        self,
+        session: AsyncSession,
+        definition: JourneyDefinition,
+        state_id: uuid.UUID,
+        enrollment: dict[str, Any],
     ) -> None:
-        workflow = self.workflows.get(definition.id)
-        if workflow is None:
+        """Enqueue the run's workflow in the enrolling transaction (see JourneyEnqueuer)."""
+        if definition.id not in self.workflows:
             raise ConfigurationError(f"journey {definition.id!r} is not registered with DBOS")
-
-        async def enqueue() -> None:
-            with SetWorkflowID(enrollment["workflowId"]):
-                await DBOS.enqueue_workflow_async(
-                    JOURNEYS.name, workflow, str(state_id), enrollment
-                )
-
-        # From a fresh context: called inside a step (ctx.enroll), DBOS would make the new
-        # run a child of that step, which it refuses; the run stands on its own.
-        await asyncio.get_running_loop().create_task(enqueue(), context=contextvars.Context())
+        await self.enqueuer.enqueue(
+            session,
+            workflow_name=journey_workflow_name(definition.id),
+            workflow_id=enrollment["workflowId"],
+            args=(str(state_id), enrollment),
+        )
 
     # -- exits -------------------------------------------------------------------------------
 
@@ -404,7 +411,7 @@ class JourneyRuntime:
         await signal_exit(workflow_ids, reason)
 
 
-def _enrollment_of(run: repo.JourneyRun, trigger: Event) -> dict[str, Any]:
+def _enrollment_of(run: enrollments_repo.ExistingRun, trigger: Event) -> dict[str, Any]:
     return {
         "workflowId": run.workflow_id,
         "contactId": str(run.contact_id),
@@ -732,13 +739,11 @@ class DurableJourneyContext:
 
         async def write() -> bool:
             async with runtime.sessions() as session, session.begin():
-                if await repo.lock_status(session, self.state_id) not in repo.RUNNING:
-                    return False
-                await repo.add_log(
+                return await repo.log_if_running(
                     session,
+                    self.state_id,
                     journey_id=self.definition.id,
                     action=action,
-                    state_id=self.state_id,
                     contact_id=self.contact.id,
                     user_id=self.contact.key,
                     step=step,
@@ -746,7 +751,6 @@ class DurableJourneyContext:
                     started_at=started,
                     finished_at=runtime.clock(),
                 )
-            return True
 
         # An exit that landed since the last wait ends the run here, not at the next wait.
         if not await _step(f"journey.log {step}", write):
@@ -989,6 +993,14 @@ class JourneyExits:
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
 
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some journey's ``exit_on`` matches the event (else no savepoint)."""
+        return any(
+            spec_matches(spec, event.name, event.properties)
+            for definition in self.runtime.definitions.values()
+            for spec in definition.exit_on
+        )
+
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Exit matching runs in the dispatcher's transaction, then signal them."""
         for definition in self.runtime.definitions.values():
@@ -1045,6 +1057,11 @@ class JourneyTriggers:
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
+        self.triggers = {spec_event(d.trigger) for d in runtime.definitions.values()}
+
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some journey's trigger names the event (else no savepoint)."""
+        return event.name in self.triggers
 
     async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
         """Enroll the contact in each journey whose trigger names this event."""

@@ -349,6 +349,93 @@ async def finish(
     return row is not None
 
 
+_FINISH_LOGGED = (
+    "WITH ended AS (UPDATE journey_states SET status = :st, {column} = :now,"
+    " error_message = :err, next_wake_at = NULL, waiting_for_event = NULL, updated_at = :now"
+    " WHERE id = :id AND status IN ('enrolled','active','waiting')"
+    " RETURNING id, journey_id, contact_id, user_id),"
+    " logged AS (INSERT INTO journey_logs (journey_state_id, journey_id, contact_id, user_id,"
+    " action, detail, started_at, finished_at, duration_ms)"
+    " SELECT id, journey_id, contact_id, user_id, :st, CAST(:d AS jsonb), :now, :now, 0"
+    " FROM ended RETURNING journey_state_id)"
+    " SELECT (SELECT count(*) FROM logged) AS ended, status FROM journey_states WHERE id = :id"
+)
+
+
+async def finish_logged(
+    session: AsyncSession,
+    state_id: uuid.UUID,
+    *,
+    status: str,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> tuple[bool, str | None]:
+    """:func:`finish` and its log line in one statement: (ended now, status afterwards).
+
+    Ends a running run as ``completed`` or ``failed`` and logs it; a run that already
+    ended keeps its status and gets no line (so running it twice logs once).
+    """
+    column = "completed_at" if status == "completed" else "failed_at"
+    row = (
+        await session.execute(
+            text(_FINISH_LOGGED.format(column=column)),
+            {
+                "id": state_id,
+                "st": status,
+                "err": error,
+                "d": _json({"error": error} if error else {}),
+                "now": aware_now(now),
+            },
+        )
+    ).first()
+    if row is None:
+        return False, None
+    ended = bool(row.ended)
+    return ended, status if ended else str(row.status)
+
+
+async def log_if_running(
+    session: AsyncSession,
+    state_id: uuid.UUID,
+    *,
+    journey_id: str,
+    action: str,
+    contact_id: uuid.UUID,
+    user_id: str,
+    step: str,
+    detail: Mapping[str, Any],
+    started_at: datetime,
+    finished_at: datetime,
+) -> bool:
+    """Append a step-log line if the run still runs, share-locking it until commit (an
+    exit then waits for this transaction); one statement. False when it ended."""
+    duration = int((finished_at - started_at).total_seconds() * 1000)
+    row = (
+        await session.execute(
+            text(
+                "INSERT INTO journey_logs (journey_state_id, journey_id, contact_id, user_id,"
+                " step, action, detail, started_at, finished_at, duration_ms)"
+                " SELECT id, :j, :c, :u, :step, :a, CAST(:d AS jsonb), :t0, :t1, :ms"
+                " FROM journey_states WHERE id = :s"
+                " AND status IN ('enrolled','active','waiting') FOR SHARE RETURNING id"
+            ),
+            {
+                "s": state_id,
+                "j": journey_id,
+                "c": contact_id,
+                "u": user_id,
+                "step": step,
+                "a": action,
+                "d": _json(dict(detail)),
+                "t0": aware_now(started_at),
+                "t1": finished_at,
+                "ms": duration,
+            },
+        )
+    ).first()
+    return row is not None
+
+
 async def exit_runs(
     session: AsyncSession,
     *,

@@ -1,0 +1,210 @@
+"""Enrollment in few round trips: the statements the journey-triggers consumer runs per run.
+
+An enrollment reads the admin switch, serialises on the (contact, journey) lock, reads
+the contact's earlier runs, the run its trigger may already have started and the
+contact, then inserts the run with its ``enrolled`` log line. Done one query each
+(:mod:`hogsend.db.repos.journeys`), that was eight round trips; here it is three:
+
+1. :func:`lock_and_read_switch`: the advisory lock and the admin switch;
+2. :func:`read_facts`: everything the guards read, in a statement that starts after the
+   lock is held (its snapshot sees any enrollment committed before us);
+3. :func:`insert_enrolled`: the run and its log line in one statement.
+
+And a run's start step reads and moves its row in one statement (:func:`start_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from hogsend.core.contact import Contact
+from hogsend.core.entry_rules import PriorEntries
+from hogsend.db.repos.contacts import CONTACT_COLUMNS, contact_from_row
+
+_CONTACT = ", ".join(f"c.{column.strip()}" for column in CONTACT_COLUMNS.split(","))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExistingRun:
+    """The run a trigger event already started (what re-enqueueing it needs)."""
+
+    id: uuid.UUID
+    workflow_id: str
+    contact_id: uuid.UUID
+    user_id: str
+    entry_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnrollmentFacts:
+    """What the entry guards read, all in one snapshot taken under the enrollment lock.
+
+    Attributes:
+        prior: the contact's earlier runs of the journey (for the entry limit).
+        existing: the run this trigger event already started, if any.
+        contact: the contact (None when it is gone or soft-deleted).
+    """
+
+    prior: PriorEntries
+    existing: ExistingRun | None
+    contact: Contact | None
+
+
+async def lock_and_read_switch(
+    session: AsyncSession, contact_id: uuid.UUID, journey_id: str
+) -> bool | None:
+    """Take the (contact, journey) enrollment lock until commit; returns the admin switch.
+
+    The same lock as :func:`hogsend.db.repos.journeys.lock_enrollment`. Returns the
+    admin override of the journey's ``enabled`` (None: none set, the code decides).
+    """
+    row = (
+        await session.execute(
+            text(
+                "SELECT pg_advisory_xact_lock(hashtextextended(:k, 0)),"
+                " (SELECT enabled FROM journey_configs WHERE journey_id = :j) AS enabled"
+            ),
+            {"k": f"journey-enroll:{journey_id}:{contact_id}", "j": journey_id},
+        )
+    ).one()
+    return None if row.enabled is None else bool(row.enabled)
+
+
+_FACTS = text(
+    "SELECT h.runs, h.last, h.running, t.id AS run_id, t.workflow_id AS run_workflow_id,"
+    " t.contact_id AS run_contact_id, t.user_id AS run_user_id,"
+    f" t.entry_count AS run_entry_count, {_CONTACT}"
+    " FROM (SELECT count(*) AS runs, max(created_at) AS last,"
+    " coalesce(bool_or(status IN ('enrolled','active','waiting')), false) AS running"
+    " FROM journey_states WHERE contact_id = :c AND journey_id = :j AND deleted_at IS NULL) h"
+    " LEFT JOIN LATERAL (SELECT id, workflow_id, contact_id, user_id, entry_count"
+    " FROM journey_states WHERE journey_id = :j AND trigger_event_id = :e LIMIT 1) t ON true"
+    " LEFT JOIN contacts c ON c.id = :c"
+)
+
+
+async def read_facts(
+    session: AsyncSession, contact_id: uuid.UUID, journey_id: str, trigger_event_id: uuid.UUID
+) -> EnrollmentFacts:
+    """The entry guards' reads in one statement (call it after :func:`lock_and_read_switch`)."""
+    row = (
+        await session.execute(_FACTS, {"c": contact_id, "j": journey_id, "e": trigger_event_id})
+    ).one()
+    m = row._mapping
+    existing = None
+    if m["run_id"] is not None:
+        existing = ExistingRun(
+            id=m["run_id"],
+            workflow_id=m["run_workflow_id"],
+            contact_id=m["run_contact_id"],
+            user_id=m["run_user_id"],
+            entry_count=m["run_entry_count"],
+        )
+    contact = None if m["id"] is None else contact_from_row(row)
+    if contact is not None and contact.deleted_at is not None:
+        contact = None
+    return EnrollmentFacts(
+        prior=PriorEntries(count=m["runs"], last_entered_at=m["last"], live=m["running"]),
+        existing=existing,
+        contact=contact,
+    )
+
+
+_INSERT_ENROLLED = text(
+    "WITH run AS (INSERT INTO journey_states (id, journey_id, workflow_id, contact_id,"
+    " user_id, user_email, entry_count, trigger_event_id, context, created_at, updated_at)"
+    " VALUES (:id, :j, :w, :c, :u, :email, :n, :e, '{}'::jsonb, :now, :now)"
+    " ON CONFLICT DO NOTHING RETURNING id, journey_id, contact_id, user_id)"
+    " INSERT INTO journey_logs (journey_state_id, journey_id, contact_id, user_id, action,"
+    " detail, started_at, finished_at, duration_ms)"
+    " SELECT id, journey_id, contact_id, user_id, 'enrolled', CAST(:d AS jsonb), :now, :now, 0"
+    " FROM run RETURNING journey_state_id"
+)
+
+
+async def insert_enrolled(
+    session: AsyncSession,
+    *,
+    state_id: uuid.UUID,
+    journey_id: str,
+    workflow_id: str,
+    contact_id: uuid.UUID,
+    user_id: str,
+    user_email: str | None,
+    entry_count: int,
+    trigger_event_id: uuid.UUID,
+    detail: Mapping[str, Any],
+    now: datetime,
+) -> bool:
+    """Insert the run (status ``enrolled``) and its ``enrolled`` log line in one statement.
+
+    False when a unique key already holds the run (one running run per contact and
+    journey; the workflow id): nothing is written then.
+    """
+    row = (
+        await session.execute(
+            _INSERT_ENROLLED,
+            {
+                "id": state_id,
+                "j": journey_id,
+                "w": workflow_id,
+                "c": contact_id,
+                "u": user_id,
+                "email": user_email,
+                "n": entry_count,
+                "e": trigger_event_id,
+                "d": json.dumps(dict(detail), default=str),
+                "now": now,
+            },
+        )
+    ).first()
+    return row is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartedRun:
+    """A run as its start step found it.
+
+    Attributes:
+        status: its status after the step (``active`` when it started; an ended run's
+            own status otherwise).
+        contact_id: whose run it is.
+        contact: the contact (None when it is gone or soft-deleted).
+    """
+
+    status: str
+    contact_id: uuid.UUID
+    contact: Contact | None
+
+
+_START = text(
+    "WITH moved AS (UPDATE journey_states SET status = 'active', current_step = 'start',"
+    " next_wake_at = NULL, waiting_for_event = NULL, updated_at = :now"
+    " WHERE id = :id AND status IN ('enrolled','active','waiting') RETURNING status)"
+    " SELECT coalesce((SELECT status FROM moved), s.status) AS run_status,"
+    f" s.contact_id AS run_contact_id, {_CONTACT}"
+    " FROM journey_states s LEFT JOIN contacts c ON c.id = s.contact_id WHERE s.id = :id"
+)
+
+
+async def start_run(
+    session: AsyncSession, state_id: uuid.UUID, *, now: datetime
+) -> StartedRun | None:
+    """Move a committed run to ``active`` at step ``start`` and read its contact, in one
+    statement; None when no committed row has that id (yet)."""
+    row = (await session.execute(_START, {"id": state_id, "now": now})).first()
+    if row is None:
+        return None
+    m = row._mapping
+    contact = None if m["id"] is None else contact_from_row(row)
+    if contact is not None and contact.deleted_at is not None:
+        contact = None
+    return StartedRun(status=m["run_status"], contact_id=m["run_contact_id"], contact=contact)
