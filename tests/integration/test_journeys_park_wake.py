@@ -113,9 +113,21 @@ async def test_a_due_sleep_wakes_through_one_step_without_a_receive(env: Env) ->
     await env.until(completed)
     steps = await _steps(env, run["workflow_id"])
     after_park = steps[steps.index("journey.park") + 1 :]
-    # No clock step and no DBOS.recv (nor its timeout's sleep): the wait ends at once.
-    assert after_park[:2] == ["journey.woke", "journey.move 1:sleep"]
-    assert not any(name.startswith("DBOS.") for name in after_park)
+    # One step ends the wait: no clock step, no DBOS.recv (nor its timeout's sleep), no
+    # closing move and log steps; the next step is the body's send.
+    assert after_park[0] == "journey.woke"
+    assert after_park[1:] == [
+        "journey.clock",
+        "journey.send_email 2:send_email:nudge",
+        "journey.completed",
+    ]
+    # ...and the wait's closing was written: the run moved on, the sleep is logged.
+    [slept] = await env.rows(
+        "SELECT step, detail FROM journey_logs WHERE journey_state_id = :s AND action = 'sleep'",
+        s=run["id"],
+    )
+    assert slept["step"] == "1:sleep"
+    assert slept["detail"]["until"] == run["next_wake_at"].isoformat()
     assert _subjects(env.sink) == ["Try it"]
 
 
@@ -170,3 +182,31 @@ async def test_an_exit_between_the_claim_and_the_resume_ends_the_run_unsent(env:
     await asyncio.sleep(0.5)
     assert _subjects(env.sink) == []
     assert "journey.woke" in await _steps(env, run["workflow_id"])
+
+
+async def test_a_parked_wait_that_times_out_closes_in_the_woke_step(env: Env) -> None:
+    await env.event("wake.wait", "tim")
+    run = await _parked(env, "it-wake-wait")
+
+    async def completed() -> bool:
+        return (await env.runs("it-wake-wait"))[0]["status"] == "completed"
+
+    await env.until(completed)
+    [after] = await env.runs("it-wake-wait")
+    assert after["context"].get("wait") is None
+    assert not after["context"].get("pending")
+    logs = await env.rows(
+        "SELECT action, step, detail FROM journey_logs WHERE journey_state_id = :s"
+        " AND action IN ('wait_for_event', 'log') ORDER BY id",
+        s=run["id"],
+    )
+    assert [(r["action"], r["step"]) for r in logs] == [
+        ("wait_for_event", "1:wait_for_event:wake.event"),
+        ("log", "2:log"),
+    ]
+    assert logs[0]["detail"]["outcome"] == "timeout"
+    assert logs[1]["detail"]["got"] is None
+    steps = await _steps(env, run["workflow_id"])
+    assert steps[steps.index("journey.park") + 1] == "journey.woke"
+    assert "journey.move 1:wait_for_event:wake.event" not in steps[steps.index("journey.park") :]
+    assert _subjects(env.sink) == ["Try it"]
