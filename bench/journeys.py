@@ -30,21 +30,36 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
 * ``parked``: ``PARKED`` runs of a journey that ``sleep_until`` a time carried by its
   trigger event: ``PARKED - WAKE`` due in ten days, then ``WAKE`` due together a little
   after they can all have parked (the worker parks waits longer than
-  ``PARK_AFTER_SECONDS``, so that group parks too). Measured: the creation rate
-  (through the real path: dispatcher, enrollment, workflow start, park), the worker's
-  RSS with every run parked (target < 300 MB) and its live asyncio tasks, a graceful
-  restart, then SIGKILL and a new worker process: time until it is started, and its
-  RSS; then the time from the due instant until all ``WAKE`` runs completed (target
-  < 60 s).
+  ``PARK_AFTER_SECONDS``, so that group parks too). Measured: the worker's RSS with
+  every run parked (target < 300 MB) and its live asyncio tasks, a graceful restart,
+  then SIGKILL and a new worker process: time until it is started, and its RSS; then
+  the time from the due instant until all ``WAKE`` runs completed (target < 60 s), with
+  the wake's CPU time in the worker(s) and database transactions per woken run (both
+  hold on a shared machine), and a check that no run logged its step twice.
+
+  How 100,000 parked runs are made in minutes: ``SAMPLE`` of them (split between the
+  two groups) go through the real path (events, dispatcher, enrollment, workflow, the
+  park step, the cancel), the rest are **clones** of those. A clone copies every row
+  the real path wrote for a run of its group (``user_events``, ``event_outbox``,
+  ``journey_states``, ``journey_logs``, and DBOS's ``workflow_status``,
+  ``workflow_input`` and ``operation_outputs``) with the ids changed to its own contact,
+  run, trigger event and workflow (the deterministic enrollment id), through DBOS's
+  serializer for its inputs and step outputs. Its parked state is therefore the one the
+  real path leaves, byte for byte but for the ids: a real DBOS workflow, ``CANCELLED``
+  with its recorded steps, that the waker resumes and replays like any other. The
+  report says how many real-path runs were in the woken group and that they all
+  completed (``woke_real_path``). ``--sample`` sets how many go through the real path.
+  ``--wake-workers N`` wakes the due group with N worker processes.
 
 Run with ``python -m bench journeys`` (the defaults below) or pick counts:
-``python -m bench journeys --enrolls 2000 --parked 20000 --wake 5000``.
+``python -m bench journeys --enrolls 2000 --parked 20000 --wake 5000 --sample 600``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -61,6 +76,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from psycopg.types.json import Jsonb
 
 from hogsend import Contact, Hogsend, JourneyContext, define_journey
 from hogsend.db import migrate
@@ -72,6 +88,7 @@ LATENCY_RATE = 20
 LATENCY_SECONDS = 15.0
 PARKED = 100_000
 WAKE = 10_000
+SAMPLE = 600
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 250
 TARGET_RSS_MB = 300
@@ -529,26 +546,104 @@ _PARKED_SQL = (
 )
 
 
-def _parked_part(url: str, parked: int, wake: int) -> dict[str, Any]:
+def _wake_worker_main(url: str, worker_id: str, out: Any, stop: Any) -> None:
+    """A further worker (its own worker id) that shares the wake-up of the due group."""
+    global WORKER_ID
+    WORKER_ID = worker_id
+    _worker_main(url, out, stop)
+
+
+class WakeWorker(WorkerProcess):
+    """One more worker process, as a deployment adds to wake more runs per second."""
+
+    def __init__(self, url: str, worker_id: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.out = ctx.Queue()
+        self.stop_flag = ctx.Event()
+        self.spawned = time.perf_counter()
+        self.process = ctx.Process(
+            target=_wake_worker_main, args=(url, worker_id, self.out, self.stop_flag)
+        )
+        self.process.start()
+        self.started = self.out.get(timeout=600)
+        self.ready_s = round(time.perf_counter() - self.spawned, 2)
+
+
+def _parked_ids(url: str, due: datetime | None = None) -> list[uuid.UUID]:
+    """The parked runs of ``bench-parked`` (those due at ``due`` when given)."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        rows = conn.execute(
+            _PARKED_SQL.replace("count(*)", "id")
+            + ("" if due is None else " AND next_wake_at = %s"),
+            () if due is None else (due,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _db_transactions(url: str) -> int:
+    """Transactions committed or rolled back in the database so far (all sessions)."""
+    return int(
+        _count(
+            url,
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()",
+        )
+    )
+
+
+def _park_group(
+    url: str,
+    contacts: Sequence[uuid.UUID],
+    sample: int,
+    due: datetime,
+    already: int,
+) -> tuple[float, float]:
+    """Park a run for each contact, due at ``due``: ``sample`` through the real path
+    (events, dispatcher, workflow, park), the rest cloned from those; returns the
+    real path's and the cloning's runs per second."""
+    began = time.time()
+    _copy_events(url, contacts[:sample], "bench.park", {"dueAt": due.isoformat()})
+    _wait(url, _PARKED_SQL, already + sample)
+    real_rate = sample / (time.time() - began)
+    clone_rate = 0.0
+    if len(contacts) > sample:
+        clone_rate = _clone_parked(url, _parked_ids(url, due), contacts[sample:], due)
+    return real_rate, clone_rate
+
+
+def _parked_part(
+    url: str, parked: int, wake: int, sample: int, wake_workers: int = 1
+) -> dict[str, Any]:
     far = parked - wake
+    # The real path parks ``sample`` runs, split between the groups; the rest are clones.
+    sample_wake = min(wake, max(1, sample // 2))
+    sample_far = min(far, max(1, sample - sample_wake))
     contacts = _contacts(url, parked)
     worker = WorkerProcess(url)
-    result: dict[str, Any] = {"parked": parked, "wake": wake}
+    result: dict[str, Any] = {
+        "parked": parked,
+        "wake": wake,
+        "real_path": {"far": sample_far, "wake": sample_wake},
+    }
     sampler = _PeakSampler(worker.process.pid)
     try:
         began = time.time()
-        _copy_events(
-            url,
-            contacts[:far],
-            "bench.park",
-            {"dueAt": (datetime.now(UTC) + timedelta(days=10)).isoformat()},
-        )
-        _wait(url, _PARKED_SQL, far)
-        rate = far / (time.time() - began) if far else 100.0
+        real_rate, clone_rate = 100.0, 5_000.0
+        if far:
+            real_rate, clone_rate = _park_group(
+                url,
+                contacts[:far],
+                sample_far,
+                datetime.now(UTC) + timedelta(days=10),
+                0,
+            )
+            clone_rate = clone_rate or 5_000.0
         # The wake group is due once it can all have parked (three times the time the
-        # first group's rate says, the machine is shared), plus time for the restarts.
-        due = datetime.now(UTC) + timedelta(seconds=wake / rate * 3 + 90)
-        _copy_events(url, contacts[far:], "bench.park", {"dueAt": due.isoformat()})
+        # measured rates say, the machine is shared), plus time for the restarts.
+        due = datetime.now(UTC) + timedelta(
+            seconds=sample_wake / real_rate * 3 + (wake - sample_wake) / clone_rate * 3 + 90
+        )
+        real_wake, clone_wake = _park_group(url, contacts[far:], sample_wake, due, far)
         # Every run parked, or (if the estimate fell short) woken already.
         _wait(
             url,
@@ -562,6 +657,8 @@ def _parked_part(url: str, parked: int, wake: int) -> dict[str, Any]:
         time.sleep(2)  # let the last parked coroutines unwind
         result["create_s"] = round(created, 1)
         result["create_per_s"] = round(parked / created, 1)
+        result["real_path_per_s"] = round(min(real_rate, real_wake), 1)
+        result["clone_per_s"] = round(max(clone_rate, clone_wake), 1)
         result["rss_mb_parked"] = worker.rss_mb
         result["peak_rss_mb_creating"] = sampler.stop()
     except BaseException:
@@ -583,9 +680,18 @@ def _parked_part(url: str, parked: int, wake: int) -> dict[str, Any]:
     result["restart_worker_start_s"] = again.started["started_s"]
     result["rss_mb_after_restart"] = again.rss_mb
     assert again.process.pid != worker_pid
+    wakers = [again] + [
+        WakeWorker(url, f"{WORKER_ID}-{n}") for n in range(2, max(wake_workers, 1) + 1)
+    ]
+    result["wake_workers"] = len(wakers)
     try:
         remaining = (due - datetime.now(UTC)).total_seconds()
         result["wake_group_due_in_s_after_restart"] = round(remaining, 1)
+        time.sleep(max(remaining - 1, 0))
+        # What the wake costs the worker and the database, whatever else the machine runs.
+        processes = [psutil.Process(w.process.pid) for w in wakers]
+        cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        xacts_before = _db_transactions(url)
         _wait(
             url,
             "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked'"
@@ -593,18 +699,183 @@ def _parked_part(url: str, parked: int, wake: int) -> dict[str, Any]:
             wake,
             timeout=3600,
         )
-        last = _count(
-            url,
-            "SELECT extract(epoch FROM max(completed_at)) FROM journey_states"
-            " WHERE journey_id = 'bench-parked' AND status = 'completed'",
+        cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
+        xacts = _db_transactions(url) - xacts_before
+        first, last = (
+            float(x)
+            for x in _count(
+                url,
+                "SELECT extract(epoch FROM min(completed_at)),"
+                " extract(epoch FROM max(completed_at)) FROM journey_states"
+                " WHERE journey_id = 'bench-parked' AND status = 'completed'",
+            )
         )
-        result["wake_s"] = round(float(last) - due.timestamp(), 1)
+        result["wake_s"] = round(last - due.timestamp(), 1)
+        result["wake_first_done_s"] = round(first - due.timestamp(), 2)
+        result["wake_per_s"] = round(wake / max(last - due.timestamp(), 1e-3), 1)
+        result["wake_worker_cpu_ms_per_run"] = round(cpu * 1000 / wake, 2)
+        result["wake_db_transactions_per_run"] = round(xacts / wake, 2)
         result["rss_mb_after_wake"] = again.rss_mb
-        still = _count(url, _PARKED_SQL)
-        result["still_parked_after_wake"] = int(still)
+        result["still_parked_after_wake"] = int(_count(url, _PARKED_SQL))
+        # Exactly once: each woken run logged its step once (the real-path runs too).
+        result["woke_twice"] = int(
+            _count(
+                url,
+                "SELECT count(*) FROM (SELECT journey_state_id FROM journey_logs"
+                " WHERE journey_id = 'bench-parked' AND action = 'log'"
+                " GROUP BY journey_state_id HAVING count(*) > 1) twice",
+            )
+        )
+        result["woke_real_path"] = int(
+            _count(
+                url,
+                "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked'"
+                " AND status = 'completed' AND contact_id = ANY(%s)",
+                list(contacts[far : far + sample_wake]),
+            )
+        )
     finally:
-        again.stop()
+        for waker in wakers:
+            waker.stop()
     return result
+
+
+# -- parked runs in bulk: clones of runs parked through the real path --------------------------
+
+# Every row the real path writes for one parked run of ``bench-parked`` (found by the
+# template's trigger event, run and workflow ids); a clone copies each with the ids changed.
+_RUN_ROWS = (
+    ("user_events", "id = %(event)s"),
+    ("event_outbox", "event_id = %(event)s"),
+    ("journey_states", "id = %(state)s"),
+    ("journey_logs", "journey_state_id = %(state)s"),
+    ("dbos.workflow_status", "workflow_uuid = %(workflow)s"),
+    ("dbos.workflow_input", "workflow_uuid = %(workflow)s"),
+    ("dbos.operation_outputs", "workflow_uuid = %(workflow)s"),
+)
+# DBOS's serialized columns (inputs and step outputs), rewritten through the serializer.
+_SERIALIZED = {"inputs", "output"}
+CLONE_CHUNK = 5_000
+
+
+class _Template:
+    """The rows of one run parked through the real path, and what identifies it."""
+
+    def __init__(self, conn: psycopg.Connection[Any], state_id: uuid.UUID) -> None:
+        row = conn.execute(
+            "SELECT contact_id, trigger_event_id, workflow_id, next_wake_at"
+            " FROM journey_states WHERE id = %s",
+            (state_id,),
+        ).fetchone()
+        assert row is not None
+        self.contact, self.event, self.workflow, self.due = row
+        self.state = state_id
+        keys = {"event": self.event, "state": self.state, "workflow": self.workflow}
+        self.tables: list[tuple[str, list[str], list[tuple[Any, ...]]]] = []
+        self.json_columns: set[str] = set()
+        json_columns = self.json_columns
+        for table, where in _RUN_ROWS:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT * FROM {table} WHERE {where}", keys)
+                assert cur.description is not None
+                columns = [c.name for c in cur.description]
+                json_columns.update(c.name for c in cur.description if c.type_code in _JSON_OIDS)
+                rows = cur.fetchall()
+            # Serial ids are the database's to give.
+            keep = [i for i, c in enumerate(columns) if not (table in _SERIAL and c == "id")]
+            self.tables.append(
+                (table, [columns[i] for i in keep], [tuple(r[i] for i in keep) for r in rows])
+            )
+
+
+_SERIAL = {"event_outbox", "journey_logs"}
+_JSON_OIDS = {114, 3802}  # json, jsonb
+_INVARIANT: set[str] = set()
+
+
+class _Rewrite:
+    """Maps every id of a template run to the clone's (and its due time to the clone's)."""
+
+    def __init__(self, template: _Template, contact: uuid.UUID, due: datetime) -> None:
+        self.ids = {
+            template.contact: contact,
+            template.state: uuid.uuid4(),
+            template.event: uuid.uuid4(),
+        }
+        self.strings = [(str(old), str(new)) for old, new in self.ids.items()]
+        self.strings.append((template.due.astimezone(UTC).isoformat(), due.isoformat()))
+        self.old_due, self.due = template.due, due
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, uuid.UUID):
+            return self.ids.get(value, value)
+        if isinstance(value, str):
+            for old, new in self.strings:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, datetime):
+            return self.due if value == self.old_due else value
+        if isinstance(value, dict):
+            return {self.value(k): self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(v) for v in value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes = {
+                f.name: self.value(getattr(value, f.name)) for f in dataclasses.fields(value)
+            }
+            return dataclasses.replace(value, **changes)
+        return value
+
+    def column(self, name: str, value: Any, serialization: Any, json: bool) -> Any:
+        if value is not None and name in _SERIALIZED and serialization == "py_pickle":
+            if value in _INVARIANT:
+                return value
+            from dbos._serialization import DefaultSerializer
+
+            serializer = DefaultSerializer()
+            original = serializer.deserialize(value)
+            rewritten = self.value(original)
+            if rewritten == original:
+                # No id in it (a clock reading, the park flag): the same for every clone.
+                _INVARIANT.add(value)
+                return value
+            return serializer.serialize(rewritten)
+        value = self.value(value)
+        return Jsonb(value) if json and value is not None else value
+
+
+def _clone_parked(
+    url: str, templates: Sequence[uuid.UUID], contacts: Sequence[uuid.UUID], due: datetime
+) -> float:
+    """Write a parked run for each of ``contacts``, cloned round-robin from ``templates``
+    (runs parked through the real path), due at ``due``; returns the clones per second."""
+    started = time.perf_counter()
+    with psycopg.connect(libpq_url(url)) as conn:
+        loaded = [_Template(conn, state_id) for state_id in templates]
+        for begin in range(0, len(contacts), CLONE_CHUNK):
+            chunk = contacts[begin : begin + CLONE_CHUNK]
+            rewrites = [
+                (loaded[n % len(loaded)], _Rewrite(loaded[n % len(loaded)], contact, due))
+                for n, contact in enumerate(chunk, start=begin)
+            ]
+            with conn.cursor() as cur:
+                for index, (table, columns, _) in enumerate(loaded[0].tables):
+                    sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+                    with cur.copy(sql) as copy:
+                        for template, rewrite in rewrites:
+                            _, _, rows = template.tables[index]
+                            for row in rows:
+                                serial = dict(zip(columns, row, strict=True)).get(
+                                    "serialization", "py_pickle"
+                                )
+                                copy.write_row(
+                                    tuple(
+                                        rewrite.column(c, v, serial, c in template.json_columns)
+                                        for c, v in zip(columns, row, strict=True)
+                                    )
+                                )
+            conn.commit()
+    return len(contacts) / (time.perf_counter() - started)
 
 
 class _PeakSampler:
@@ -641,6 +912,18 @@ def _options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=LATENCY_SECONDS)
     parser.add_argument("--parked", type=int, default=PARKED, help="parked runs (0 skips)")
     parser.add_argument("--wake", type=int, default=WAKE, help="of those, due together")
+    parser.add_argument(
+        "--wake-workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the wake-up of the due group",
+    )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=SAMPLE,
+        help="parked runs made through the real path (the rest are clones of them)",
+    )
     parser.add_argument("--skip", action="append", default=[], choices=["throughput", "latency"])
     options = parser.parse_args(list(argv))
     if options.parked and options.wake > options.parked:
@@ -690,7 +973,13 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
                     f"at {options.latency_rate}/s (target p99 < {TARGET_P99_MS} ms)"
                 )
             if options.parked:
-                parked = _parked_part(database("bench_parked"), options.parked, options.wake)
+                parked = _parked_part(
+                    database("bench_parked"),
+                    options.parked,
+                    options.wake,
+                    options.sample,
+                    options.wake_workers,
+                )
                 result["parked"] = parked
                 print(
                     f"parked {parked['parked']:,}: created {parked['create_per_s']}/s, "

@@ -20,9 +20,14 @@ DBOS_SCHEMA = "dbos"
 # Async workflows hop to threads for every database write; unbounded, the pool grew to
 # thousands of threads under load (see DESIGN.md), so cap it.
 MAX_EXECUTOR_THREADS = 32
-# DBOS's system-database pool, on top of hogsend's own pool: keep the per-process
-# connection budget small so many workers fit in one Postgres.
-SYSTEM_DB_POOL_SIZE = 5
+# DBOS's system-database pool, on top of hogsend's own pool: small, so many workers fit
+# in one Postgres, but every step of every running workflow takes a connection from it
+# twice (check, record): with 5, a burst of resumed journeys queued on the pool
+# (bench/journeys.py: waking parked runs went from 10 to 18 runs/s with 16).
+SYSTEM_DB_POOL_SIZE = 10
+# SQLAlchemy's pre-ping is one more round trip on every checkout, a quarter of the round
+# trips of a step; DBOS retries its operations on connection errors instead.
+SYSTEM_DB_ENGINE_KWARGS = {"pool_pre_ping": False}
 
 Registration = Callable[[], None]
 """A hook that registers workflows (``DBOS.workflow(name=...)``) before launch."""
@@ -43,6 +48,7 @@ def dbos_config(settings: Settings, database_url: str) -> DBOSConfig:
         "executor_id": settings.worker_id,
         "max_executor_threads": MAX_EXECUTOR_THREADS,
         "sys_db_pool_size": SYSTEM_DB_POOL_SIZE,
+        "db_engine_kwargs": dict(SYSTEM_DB_ENGINE_KWARGS),
         "run_migrations": True,
         "enable_otlp": False,
         # DBOS logs its own lifecycle at INFO through stdlib logging; our structured

@@ -26,6 +26,7 @@ import contextvars
 import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -461,6 +462,25 @@ class ExitSweep(Poller):
         return len(found)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _WaitEnd:
+    """What the steps after a wait write (its closing move and log line), for a resumed
+    run whose wait is over to write in its ``journey.woke`` step instead."""
+
+    step: str
+    action: str
+    started: datetime
+    detail: dict[str, Any]
+    context: dict[str, Any] | None = None
+
+
+class _Ended:
+    """The wait was ended, and its closing written, by the ``journey.woke`` step."""
+
+
+_ENDED = _Ended()
+
+
 class _Parked(BaseException):
     """Ends a parked run's coroutine; its workflow is cancelled and resumed when due."""
 
@@ -687,7 +707,9 @@ class DurableJourneyContext:
 
         return await _step("journey.exit-reason", read)
 
-    async def _wait(self, deadline: datetime, wait: int | None) -> dict[str, Any] | None:
+    async def _wait(
+        self, deadline: datetime, wait: int | None, end: _WaitEnd | None = None
+    ) -> dict[str, Any] | _Ended | None:
         """Receive on the run's topic until ``deadline``: an exit raises, the awaited
         event (message of wait number ``wait``) returns, anything else is skipped."""
         while True:
@@ -695,8 +717,12 @@ class DurableJourneyContext:
             if remaining > self.runtime.park_after.total_seconds():
                 if await self._park():
                     # Resumed: the wait goes on for what is left (at least a tick, so a
-                    # message delivered while parked is read and step ids stay aligned).
-                    remaining = max((deadline - await self._clock()).total_seconds(), 0.001)
+                    # message delivered while parked is read and step ids stay aligned),
+                    # unless it is over with no message to read.
+                    left = await self._woke(deadline, end)
+                    if left is None or isinstance(left, _Ended):
+                        return left
+                    remaining = left
             elif remaining <= 0:
                 return None
             message = await _recv(remaining)
@@ -706,6 +732,55 @@ class DurableJourneyContext:
                 raise JourneyExit(str(message.get("reason") or "exited"))
             if wait is not None and message.get("kind") == "event" and message.get("wait") == wait:
                 return dict(message["event"])
+
+    async def _woke(self, deadline: datetime, end: _WaitEnd | None) -> float | _Ended | None:
+        """After a resume: the seconds left to wait, or the end of the wait when it is over
+        and no message is pending (None, or :data:`_ENDED` when ``end`` was done too).
+
+        One step where a clock step, a 1 ms ``recv`` and the wait's closing move and log
+        step were: waking 10,000 due runs is replay-bound (bench/journeys.py), and a due
+        run with nothing flagged pending (:func:`repo.flag_pending` flags every event sent
+        to a waiter, before sending) has nothing to receive. The closing move checks the
+        run's status, so an exit that landed while it was parked ends it here; a delivery
+        racing this transaction is kept and ignored, as a timed-out ``recv`` left it.
+        """
+        runtime = self.runtime
+        state_id = self.state_id
+
+        async def read() -> tuple[datetime, bool, str | None]:
+            now = runtime.clock()
+            async with runtime.sessions() as session, session.begin():
+                pending = await repo.is_pending(session, state_id)
+                if end is None or pending or now < deadline:
+                    return now, pending, None
+                # Over: what the steps after the wait would write, in this transaction.
+                status = await repo.move(
+                    session, state_id, status="active", step=end.step, context=end.context, now=now
+                )
+                if status in repo.RUNNING:
+                    await repo.add_log(
+                        session,
+                        journey_id=self.definition.id,
+                        action=end.action,
+                        state_id=state_id,
+                        contact_id=self.contact.id,
+                        user_id=self.contact.key,
+                        step=end.step,
+                        detail=end.detail,
+                        started_at=end.started,
+                        finished_at=now,
+                    )
+            return now, pending, status
+
+        self._now, pending, ended = await _step("journey.woke", read)
+        if ended is not None:
+            if ended not in repo.RUNNING:
+                raise JourneyExit(await self._exit_reason())
+            return _ENDED
+        left = (deadline - self._now).total_seconds()
+        if left <= 0 and not pending:
+            return None
+        return max(left, 0.001)
 
     async def _park(self) -> bool:
         """Park the run: True once resumed; ends the coroutine when it just parked.
@@ -773,9 +848,12 @@ class DurableJourneyContext:
     async def _sleep_to(self, deadline: datetime, action: str, started: datetime) -> None:
         step = self._next(action)
         await self._move(step, status="waiting", next_wake_at=deadline)
-        await self._wait(deadline, None)
+        detail = {"until": deadline.isoformat()}
+        end = _WaitEnd(step=step, action=action, started=started, detail=detail)
+        if isinstance(await self._wait(deadline, None, end), _Ended):
+            return
         await self._move(step, status="active")
-        await self._log(step, action, started, until=deadline.isoformat())
+        await self._log(step, action, started, **detail)
 
     async def wait_for_event(
         self,
@@ -800,9 +878,20 @@ class DurableJourneyContext:
             context={"wait": {"step": self._n, "match": dict(match) if match else None}},
             lookback=(name, since, match),
         )
+        closing: dict[str, Any] = {"wait": None, "pending": False}
         if found is None:
-            found = await self._wait(deadline, self._n)
-        await self._move(step, status="active", context={"wait": None, "pending": False})
+            end = _WaitEnd(
+                step=step,
+                action="wait_for_event",
+                started=started,
+                detail={"event": name, "outcome": "timeout", "eventId": None},
+                context=closing,
+            )
+            waited = await self._wait(deadline, self._n, end)
+            if isinstance(waited, _Ended):
+                return None
+            found = waited
+        await self._move(step, status="active", context=closing)
         await self._log(
             step,
             "wait_for_event",

@@ -725,6 +725,20 @@ async def flag_pending(session: AsyncSession, state_id: uuid.UUID) -> bool:
     return bool(row is not None and row.parked)
 
 
+async def is_pending(session: AsyncSession, state_id: uuid.UUID) -> bool:
+    """Whether a message was flagged on its way to the run (see :func:`flag_pending`)."""
+    pending = (
+        await session.execute(
+            text(
+                "SELECT coalesce((context->>'pending')::boolean, false)"
+                " FROM journey_states WHERE id = :id"
+            ),
+            {"id": state_id},
+        )
+    ).scalar_one_or_none()
+    return bool(pending)
+
+
 async def claim_due_parked(session: AsyncSession, *, now: datetime, limit: int = 100) -> list[str]:
     """Unpark up to ``limit`` parked runs that are due, skipping rows others hold; their
     workflow ids (resume them before committing, so a crash leaves them parked)."""
