@@ -30,13 +30,15 @@ import resource
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 
-from bench.send import CONCURRENCY, _run_scenario, _sink
+from bench.send import CONCURRENCY, SENDS, WARMUP, _run_scenario, _sink
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
@@ -59,11 +61,34 @@ def _contacts(url: str, count: int) -> None:
         conn.execute("VACUUM ANALYZE contacts")
 
 
+MILESTONES = (1_000, 10_000, 100_000, 1_000_000)
+"""Sent counts at which the worker's RSS is recorded (besides every tenth of the audience)."""
+
+
+def _milestones(recipients: int) -> list[int]:
+    tenths = {max(1, recipients * k // 10) for k in range(1, 11)}
+    return sorted(tenths | {m for m in MILESTONES if m <= recipients})
+
+
+def _extra_contacts(url: str, count: int) -> list[uuid.UUID]:
+    """Contacts made after the campaign (so outside its snapshot) for the mailer's run."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    copy_sql = "COPY contacts (id, email, external_id) FROM STDIN"
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for n, contact_id in enumerate(ids):
+            copy.write_row((contact_id, f"other{n}@example.com", f"other-{n}"))
+    return ids
+
+
 async def _campaign(
     port: int, url: str, recipients: int, provider: str, dispatcher: bool = False
 ) -> dict[str, Any]:
     from examples.quickstart.app import app
+    from sqlalchemy import event
 
+    from hogsend.db.engine import make_sessionmaker
+    from hogsend.db.repos.campaigns import get_campaign
+    from hogsend.runtime.campaigns import audience_of, copy_audience
     from hogsend.runtime.worker import Worker
     from hogsend.settings import Settings
 
@@ -80,7 +105,6 @@ async def _campaign(
         smtp_pool_size=CONCURRENCY,
         campaign_concurrency=CONCURRENCY,
         campaign_batch_size=BATCH,
-        campaign_poll_seconds=0.2,
         worker_id="bench-campaign",
     )
     worker = Worker(app, settings)
@@ -90,40 +114,91 @@ async def _campaign(
         # is the sending, not the consumers of its events (bench/dispatcher.py is theirs).
         await worker.dispatcher.stop()
     process = psutil.Process()
-    peak_sampled = 0.0
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
+    rss_at: dict[int, float] = {}
+    pending_marks = _milestones(recipients)
     try:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            # Created paused (no scheduler claims it) so the snapshot is timed on its own:
+            # the same copy the run's first step makes, which then finds it done.
             campaign_id = conn.execute(
-                "INSERT INTO campaigns (name, audience_kind, audience, template_key, props)"
-                " VALUES ('bench', 'list', %s, %s, %s) RETURNING id",
+                "INSERT INTO campaigns (name, status, audience_kind, audience, template_key,"
+                " props) VALUES ('bench', 'paused', 'list', %s, %s, %s) RETURNING id",
                 (json.dumps({"id": LIST_ID}), TEMPLATE, json.dumps(PROPS)),
             ).fetchone()[0]  # type: ignore[index]
+            async with make_sessionmaker(worker.engine)() as session:
+                stored = await get_campaign(session, campaign_id)
+                assert stored is not None
+                audience = audience_of(app, stored)
+            rss_before = process.memory_info().rss / 2**20
+            began = time.perf_counter()
+            total = await copy_audience(
+                worker.engine, campaign_id, audience, start=datetime.now(UTC), local_time=None
+            )
+            snapshot_s = time.perf_counter() - began
+            rss_snapshot = process.memory_info().rss / 2**20
+            statements = 0
+            commits_before = _commits(conn)
+            cpu_before = time.process_time()
+            conn.execute("UPDATE campaigns SET status = 'queued' WHERE id = %s", (campaign_id,))
+            peak_sampled = 0.0
             while True:
                 row = conn.execute(
-                    "SELECT status, started_at, snapshot_at, completed_at, total_recipients,"
+                    "SELECT status, started_at, completed_at, total_recipients,"
                     " sent_count, skipped_count, failed_count, skip_reasons"
                     " FROM campaigns WHERE id = %s",
                     (campaign_id,),
                 ).fetchone()
                 assert row is not None
-                peak_sampled = max(peak_sampled, process.memory_info().rss / 2**20)
+                rss = process.memory_info().rss / 2**20
+                peak_sampled = max(peak_sampled, rss)
+                while pending_marks and row[4] >= pending_marks[0]:
+                    mark = pending_marks.pop(0)
+                    rss_at[mark] = round(rss, 1)
+                    # Progress as it goes: a long run stopped early still shows the curve.
+                    print(f"  sent {row[4]:>9,}  worker RSS {rss:.1f} MB", flush=True)
                 if row[0] in ("sent", "failed", "cancelled"):
                     break
                 await asyncio.sleep(0.5)
+            cpu = time.process_time() - cpu_before
+            commits = _commits(conn) - commits_before
     finally:
         await worker.stop()
-    status, started, snapshot, completed, total, sent, skipped, failed, reasons = row
-    if status != "sent" or sent != recipients:
+    status, started, completed, _, sent, skipped, failed, reasons = row
+    if status != "sent" or sent != recipients or total != recipients:
         raise RuntimeError(f"campaign {status}: {sent}/{total} sent, {skipped} {reasons}, {failed}")
-    sending = (completed - snapshot).total_seconds()
+    sending = (completed - started).total_seconds()
     return {
         "recipients": total,
-        "snapshot_s": round((snapshot - started).total_seconds(), 2),
+        "snapshot_s": round(snapshot_s, 2),
+        "snapshot_rows_per_s": round(total / snapshot_s),
         "send_s": round(sending, 2),
         "sends_per_s": round(sent / sending, 1),
+        # CPU of the whole worker process (every thread) per recipient: survives load.
+        "cpu_ms_per_send": round(cpu / sent * 1000, 3),
+        "statements_per_send": round(statements / sent, 2),
+        "commits_per_send": round(commits / sent, 2),
+        "rss_before_snapshot_mb": round(rss_before, 1),
+        "rss_after_snapshot_mb": round(rss_snapshot, 1),
+        "rss_mb_at_sent": {str(k): v for k, v in rss_at.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "sampled_peak_rss_mb": round(peak_sampled, 1),
     }
+
+
+def _commits(conn: psycopg.Connection[Any]) -> int:
+    """Transactions committed in this database so far (every client: hogsend and DBOS)."""
+    found = conn.execute(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()
+    assert found is not None
+    return int(found[0])
 
 
 def _campaign_main(
@@ -164,11 +239,19 @@ def run(
                 before = counter.value
                 campaign = _run_campaign(port, url, recipients, provider, dispatcher)
                 arrived = counter.value - before
+                mailer = None
+                if provider == "smtp":
+                    # The mailer's own ceiling (Mailer.send_batch alone, bench/send.py's
+                    # mailer_batch) to contacts outside the campaign: campaign / mailer is
+                    # what the campaign loop adds on top of the mailer.
+                    ids = _extra_contacts(url, SENDS + WARMUP)
+                    mailer = _run_scenario("mailer_batch", port, url, ids)
         finally:
             server.stop()
     if provider == "smtp" and arrived != recipients:
         raise RuntimeError(f"the sink received {arrived} of {recipients} campaign messages")
     ratio = round(campaign["sends_per_s"] / raw["sends_per_s"], 2) if raw else None
+    of_mailer = round(campaign["sends_per_s"] / mailer["sends_per_s"], 2) if mailer else None
     print(f"contacts COPY      {recipients:>9,} in {copy_s:.1f} s")
     if raw is not None:
         print(
@@ -178,8 +261,19 @@ def run(
         f"campaign           {campaign['sends_per_s']:>9} sends/s  "
         f"peak RSS {campaign['peak_rss_mb']} MB  snapshot {campaign['snapshot_s']} s"
     )
+    print(
+        f"  worker CPU {campaign['cpu_ms_per_send']} ms, {campaign['statements_per_send']}"
+        f" statements, {campaign['commits_per_send']} commits per recipient"
+    )
+    print(f"  worker RSS at sent counts: {campaign['rss_mb_at_sent']}")
+    if mailer is not None:
+        print(
+            f"mailer_batch       {mailer['sends_per_s']:>9} sends/s  "
+            f"CPU {mailer['cpu_ms_per_send']} ms per send"
+        )
     if ratio is not None:
-        print(f"ratio              {ratio:>9} (target >= {TARGET_RATIO})")
+        print(f"campaign / raw     {ratio:>9} (target >= {TARGET_RATIO})")
+        print(f"campaign / mailer  {of_mailer:>9}")
     return {
         "recipients": recipients,
         "provider": provider,
@@ -188,8 +282,10 @@ def run(
         "batch_size": BATCH,
         "copy_s": round(copy_s, 2),
         "raw": raw,
+        "mailer_batch": mailer,
         "campaign": campaign,
         "ratio": ratio,
+        "ratio_to_mailer_batch": of_mailer,
         "target_ratio": TARGET_RATIO,
         "target_peak_rss_mb": TARGET_RSS_MB,
     }
