@@ -110,11 +110,13 @@ def audience_of(app: Hogsend, campaign: Campaign) -> repo.Audience:
 
 
 def batch_size(settings: Settings, throttle: float | None) -> int:
-    """Recipients per step: the setting, but about two seconds' worth under a throttle,
-    so a pause takes effect quickly even on a slow campaign."""
-    if throttle is None:
+    """Recipients per step: the setting, but about two seconds' worth under the slower
+    of the campaign's throttle and the provider's pacing, so a pause takes effect
+    quickly even on a slow campaign."""
+    rates = [r for r in (throttle, settings.email_rate_per_second) if r]
+    if not rates:
         return settings.campaign_batch_size
-    return max(1, min(settings.campaign_batch_size, math.ceil(throttle * 2)))
+    return max(1, min(settings.campaign_batch_size, math.ceil(min(rates) * 2)))
 
 
 def _throttle(campaign: Campaign) -> TokenBucket | None:
