@@ -1,23 +1,31 @@
 """A broadcast campaign through a real worker, against a raw aiosmtplib pool into one sink.
 
 One embedded Postgres, ``RECIPIENTS`` contacts written with ``COPY``, one aiosmtpd sink
-in a process of its own, and two scenarios, each in a fresh process (its RSS is its own):
+in a process of its own, and three scenarios, each in a fresh process (its RSS is its own):
 
 * ``raw``: the ceiling, :mod:`bench.send`'s pre-rendered aiosmtplib pool
   (``bench.send.SENDS`` messages, ``CONCURRENCY`` connections).
 * ``campaign``: a ``hogsend`` worker (DBOS launched, scheduler, courier ...) sending a
   campaign of the quickstart's ``trial-ending`` template to the ``product-updates`` list
-  (default opt-in: every contact): snapshot, batched steps through the mailer with every
-  gate, decision row, unsubscribe links and open/click tracking, ``CONCURRENCY`` sends
-  in flight. The clock runs from the claim (``started_at``) to ``completed_at``.
+  (default opt-in: every contact): batched steps through the mailer with every gate,
+  decision row, unsubscribe links and open/click tracking, ``CONCURRENCY`` sends in
+  flight. The campaign is created paused and its audience snapshot is timed on its own
+  (:func:`hogsend.runtime.campaigns.copy_audience`, the run's first step, which then
+  finds it done); the send clock runs from the claim (``started_at``) to
+  ``completed_at``. Also measured in the worker: its CPU, hogsend's statements and
+  Postgres's commits per recipient, and its RSS at sent counts (flat in audience size).
+* ``mailer_batch``: :mod:`bench.send`'s ``Mailer.send_batch`` alone, to contacts outside
+  the campaign, after it: the mailer's own ceiling, so ``campaign / mailer`` is what the
+  campaign loop adds.
 
-Reported: sends/s of both and their ratio (target >= 0.8), the time to snapshot the
-audience, and the worker process's peak RSS (target < 150 MB, flat in audience size).
-Run with ``python -m bench campaign`` (100,000 recipients, SMTP), or
-``python -m bench.campaign 5000`` for a quick look. ``--provider outbox`` sends into
-hogsend's outbox table instead of SMTP (no raw scenario then): the run that shows the
-worker's RSS does not grow with the audience (``python -m bench.campaign 1000000
---provider outbox``). ``--json PATH`` writes the result there as well.
+Reported: sends/s of all three, campaign / raw (target >= 0.8), the snapshot time, and
+the worker's peak RSS (target < 150 MB). Run with ``python -m bench campaign``
+(100,000 recipients, SMTP), or ``python -m bench.campaign 5000`` for a quick look.
+``--provider outbox`` sends into hogsend's outbox table instead of SMTP (no raw or
+mailer scenario then): the run that shows the worker's RSS does not grow with the
+audience (``python -m bench.campaign 1000000 --provider outbox``). ``--stop-after SENT``
+cancels the campaign once SENT recipients are sent (a partial run, reported as such).
+``--json PATH`` writes the result there as well.
 """
 
 from __future__ import annotations
@@ -264,7 +272,9 @@ def run(
                     mailer = _run_scenario("mailer_batch", port, url, ids, sends, warmup)
         finally:
             server.stop()
-    if provider == "smtp" and arrived != campaign["sent"]:
+    # A partial run's worker stops mid-batch: messages of that batch may have arrived.
+    short = arrived < campaign["sent"] if campaign["partial"] else arrived != recipients
+    if provider == "smtp" and short:
         raise RuntimeError(f"the sink received {arrived} of {recipients} campaign messages")
     ratio = round(campaign["sends_per_s"] / raw["sends_per_s"], 2) if raw else None
     of_mailer = round(campaign["sends_per_s"] / mailer["sends_per_s"], 2) if mailer else None
