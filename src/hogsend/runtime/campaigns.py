@@ -163,7 +163,6 @@ async def copy_audience(
         return await repo.finish_snapshot(session, campaign_id, _now())
 
 
-
 @DBOS.step(name="hogsend.campaign.snapshot", retries_allowed=True, max_attempts=5)
 async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Copy the audience into the recipients table; returns the audience size."""
