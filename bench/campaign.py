@@ -1,23 +1,31 @@
 """A broadcast campaign through a real worker, against a raw aiosmtplib pool into one sink.
 
 One embedded Postgres, ``RECIPIENTS`` contacts written with ``COPY``, one aiosmtpd sink
-in a process of its own, and two scenarios, each in a fresh process (its RSS is its own):
+in a process of its own, and three scenarios, each in a fresh process (its RSS is its own):
 
 * ``raw``: the ceiling, :mod:`bench.send`'s pre-rendered aiosmtplib pool
   (``bench.send.SENDS`` messages, ``CONCURRENCY`` connections).
 * ``campaign``: a ``hogsend`` worker (DBOS launched, scheduler, courier ...) sending a
   campaign of the quickstart's ``trial-ending`` template to the ``product-updates`` list
-  (default opt-in: every contact): snapshot, batched steps through the mailer with every
-  gate, decision row, unsubscribe links and open/click tracking, ``CONCURRENCY`` sends
-  in flight. The clock runs from the claim (``started_at``) to ``completed_at``.
+  (default opt-in: every contact): batched steps through the mailer with every gate,
+  decision row, unsubscribe links and open/click tracking, ``CONCURRENCY`` sends in
+  flight. The campaign is created paused and its audience snapshot is timed on its own
+  (:func:`hogsend.runtime.campaigns.copy_audience`, the run's first step, which then
+  finds it done); the send clock runs from the claim (``started_at``) to
+  ``completed_at``. Also measured in the worker: its CPU, hogsend's statements and
+  Postgres's commits per recipient, and its RSS at sent counts (flat in audience size).
+* ``mailer_batch``: :mod:`bench.send`'s ``Mailer.send_batch`` alone, to contacts outside
+  the campaign, after it: the mailer's own ceiling, so ``campaign / mailer`` is what the
+  campaign loop adds.
 
-Reported: sends/s of both and their ratio (target >= 0.8), the time to snapshot the
-audience, and the worker process's peak RSS (target < 150 MB, flat in audience size).
-Run with ``python -m bench campaign`` (100,000 recipients, SMTP), or
-``python -m bench.campaign 5000`` for a quick look. ``--provider outbox`` sends into
-hogsend's outbox table instead of SMTP (no raw scenario then): the run that shows the
-worker's RSS does not grow with the audience (``python -m bench.campaign 1000000
---provider outbox``). ``--json PATH`` writes the result there as well.
+Reported: sends/s of all three, campaign / raw (target >= 0.8), the snapshot time, and
+the worker's peak RSS (target < 150 MB). Run with ``python -m bench campaign``
+(100,000 recipients, SMTP), or ``python -m bench.campaign 5000`` for a quick look.
+``--provider outbox`` sends into hogsend's outbox table instead of SMTP (no raw or
+mailer scenario then): the run that shows the worker's RSS does not grow with the
+audience (``python -m bench.campaign 1000000 --provider outbox``). ``--stop-after SENT``
+cancels the campaign once SENT recipients are sent (a partial run, reported as such).
+``--json PATH`` writes the result there as well.
 """
 
 from __future__ import annotations
@@ -30,13 +38,15 @@ import resource
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 
-from bench.send import CONCURRENCY, _run_scenario, _sink
+from bench.send import CONCURRENCY, SENDS, WARMUP, _run_scenario, _sink
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
@@ -59,11 +69,39 @@ def _contacts(url: str, count: int) -> None:
         conn.execute("VACUUM ANALYZE contacts")
 
 
+MILESTONES = (1_000, 10_000, 100_000, 1_000_000)
+"""Sent counts at which the worker's RSS is recorded (besides every tenth of the audience)."""
+
+
+def _milestones(recipients: int) -> list[int]:
+    tenths = {max(1, recipients * k // 10) for k in range(1, 11)}
+    return sorted(tenths | {m for m in MILESTONES if m <= recipients})
+
+
+def _extra_contacts(url: str, count: int) -> list[uuid.UUID]:
+    """Contacts made after the campaign (so outside its snapshot) for the mailer's run."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    copy_sql = "COPY contacts (id, email, external_id) FROM STDIN"
+    with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
+        for n, contact_id in enumerate(ids):
+            copy.write_row((contact_id, f"other{n}@example.com", f"other-{n}"))
+    return ids
+
+
 async def _campaign(
-    port: int, url: str, recipients: int, provider: str, dispatcher: bool = False
+    port: int,
+    url: str,
+    recipients: int,
+    provider: str,
+    dispatcher: bool = False,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     from examples.quickstart.app import app
+    from sqlalchemy import event
 
+    from hogsend.db.engine import make_sessionmaker
+    from hogsend.db.repos.campaigns import get_campaign
+    from hogsend.runtime.campaigns import audience_of, copy_audience
     from hogsend.runtime.worker import Worker
     from hogsend.settings import Settings
 
@@ -80,7 +118,6 @@ async def _campaign(
         smtp_pool_size=CONCURRENCY,
         campaign_concurrency=CONCURRENCY,
         campaign_batch_size=BATCH,
-        campaign_poll_seconds=0.2,
         worker_id="bench-campaign",
     )
     worker = Worker(app, settings)
@@ -90,56 +127,112 @@ async def _campaign(
         # is the sending, not the consumers of its events (bench/dispatcher.py is theirs).
         await worker.dispatcher.stop()
     process = psutil.Process()
-    peak_sampled = 0.0
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
+    rss_at: dict[int, float] = {}
+    pending_marks = _milestones(recipients)
     try:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            # Created paused (no scheduler claims it) so the snapshot is timed on its own:
+            # the same copy the run's first step makes, which then finds it done.
             campaign_id = conn.execute(
-                "INSERT INTO campaigns (name, audience_kind, audience, template_key, props)"
-                " VALUES ('bench', 'list', %s, %s, %s) RETURNING id",
+                "INSERT INTO campaigns (name, status, audience_kind, audience, template_key,"
+                " props) VALUES ('bench', 'paused', 'list', %s, %s, %s) RETURNING id",
                 (json.dumps({"id": LIST_ID}), TEMPLATE, json.dumps(PROPS)),
             ).fetchone()[0]  # type: ignore[index]
+            async with make_sessionmaker(worker.engine)() as session:
+                stored = await get_campaign(session, campaign_id)
+                assert stored is not None
+                audience = audience_of(app, stored)
+            rss_before = process.memory_info().rss / 2**20
+            began = time.perf_counter()
+            total = await copy_audience(
+                worker.engine, campaign_id, audience, start=datetime.now(UTC), local_time=None
+            )
+            snapshot_s = time.perf_counter() - began
+            rss_snapshot = process.memory_info().rss / 2**20
+            statements = 0
+            commits_before = _commits(conn)
+            cpu_before = time.process_time()
+            conn.execute("UPDATE campaigns SET status = 'queued' WHERE id = %s", (campaign_id,))
+            peak_sampled = 0.0
             while True:
                 row = conn.execute(
-                    "SELECT status, started_at, snapshot_at, completed_at, total_recipients,"
-                    " sent_count, skipped_count, failed_count, skip_reasons"
+                    "SELECT status, started_at, completed_at, total_recipients,"
+                    " sent_count, skipped_count, failed_count, skip_reasons, last_progress_at"
                     " FROM campaigns WHERE id = %s",
                     (campaign_id,),
                 ).fetchone()
                 assert row is not None
-                peak_sampled = max(peak_sampled, process.memory_info().rss / 2**20)
+                rss = process.memory_info().rss / 2**20
+                peak_sampled = max(peak_sampled, rss)
+                while pending_marks and row[4] >= pending_marks[0]:
+                    mark = pending_marks.pop(0)
+                    rss_at[mark] = round(rss, 1)
+                    # Progress as it goes: a long run stopped early still shows the curve.
+                    print(f"  sent {row[4]:>9,}  worker RSS {rss:.1f} MB", flush=True)
                 if row[0] in ("sent", "failed", "cancelled"):
                     break
+                if stop_after is not None and row[4] >= stop_after:
+                    # Cancelled at the next batch boundary: a partial run, reported so.
+                    conn.execute(
+                        "UPDATE campaigns SET status = 'cancelled', completed_at = now()"
+                        " WHERE id = %s",
+                        (campaign_id,),
+                    )
                 await asyncio.sleep(0.5)
+            cpu = time.process_time() - cpu_before
+            commits = _commits(conn) - commits_before
     finally:
         await worker.stop()
-    status, started, snapshot, completed, total, sent, skipped, failed, reasons = row
-    if status != "sent" or sent != recipients:
+    status, started, completed, _, sent, skipped, failed, reasons, progressed = row
+    partial = stop_after is not None and status == "cancelled" and sent >= stop_after
+    if not partial and (status != "sent" or sent != recipients or total != recipients):
         raise RuntimeError(f"campaign {status}: {sent}/{total} sent, {skipped} {reasons}, {failed}")
-    sending = (completed - snapshot).total_seconds()
+    # A partial run's clock stops at its last recorded batch, not at the cancel.
+    sending = ((progressed if partial else completed) - started).total_seconds()
     return {
         "recipients": total,
-        "snapshot_s": round((snapshot - started).total_seconds(), 2),
+        "sent": sent,
+        "partial": partial,
+        "snapshot_s": round(snapshot_s, 2),
+        "snapshot_rows_per_s": round(total / snapshot_s),
         "send_s": round(sending, 2),
         "sends_per_s": round(sent / sending, 1),
+        # CPU of the whole worker process (every thread) per recipient: survives load.
+        "cpu_ms_per_send": round(cpu / sent * 1000, 3),
+        "statements_per_send": round(statements / sent, 2),
+        "commits_per_send": round(commits / sent, 2),
+        "rss_before_snapshot_mb": round(rss_before, 1),
+        "rss_after_snapshot_mb": round(rss_snapshot, 1),
+        "rss_mb_at_sent": {str(k): v for k, v in rss_at.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "sampled_peak_rss_mb": round(peak_sampled, 1),
     }
 
 
-def _campaign_main(
-    port: int, url: str, recipients: int, provider: str, dispatcher: bool, out: Any
-) -> None:
-    out.put(asyncio.run(_campaign(port, url, recipients, provider, dispatcher)))
+def _commits(conn: psycopg.Connection[Any]) -> int:
+    """Transactions committed in this database so far (every client: hogsend and DBOS)."""
+    found = conn.execute(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    ).fetchone()
+    assert found is not None
+    return int(found[0])
 
 
-def _run_campaign(
-    port: int, url: str, recipients: int, provider: str, dispatcher: bool = False
-) -> dict[str, Any]:
+def _campaign_main(port: int, url: str, options: tuple[Any, ...], out: Any) -> None:
+    out.put(asyncio.run(_campaign(port, url, *options)))
+
+
+def _run_campaign(port: int, url: str, *options: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    process = ctx.Process(
-        target=_campaign_main, args=(port, url, recipients, provider, dispatcher, out)
-    )
+    process = ctx.Process(target=_campaign_main, args=(port, url, options, out))
     process.start()
     result: dict[str, Any] = out.get(timeout=7200)
     process.join(60)
@@ -147,7 +240,10 @@ def _run_campaign(
 
 
 def run(
-    recipients: int = RECIPIENTS, provider: str = "smtp", dispatcher: bool = False
+    recipients: int = RECIPIENTS,
+    provider: str = "smtp",
+    dispatcher: bool = False,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
@@ -162,13 +258,26 @@ def run(
             with _sink() as (port, counter, _):
                 raw = _run_scenario("raw", port, url, []) if provider == "smtp" else None
                 before = counter.value
-                campaign = _run_campaign(port, url, recipients, provider, dispatcher)
+                campaign = _run_campaign(port, url, recipients, provider, dispatcher, stop_after)
                 arrived = counter.value - before
+                mailer = None
+                if provider == "smtp":
+                    # The mailer's own ceiling (Mailer.send_batch alone, bench/send.py's
+                    # mailer_batch) to contacts outside the campaign: campaign / mailer is
+                    # what the campaign loop adds on top of the mailer.
+                    # A partial run compares with as many sends as it made (a slow box).
+                    sends = min(SENDS, stop_after or SENDS)
+                    warmup = min(WARMUP, sends // 10)
+                    ids = _extra_contacts(url, sends + warmup)
+                    mailer = _run_scenario("mailer_batch", port, url, ids, sends, warmup)
         finally:
             server.stop()
-    if provider == "smtp" and arrived != recipients:
+    # A partial run's worker stops mid-batch: messages of that batch may have arrived.
+    short = arrived < campaign["sent"] if campaign["partial"] else arrived != recipients
+    if provider == "smtp" and short:
         raise RuntimeError(f"the sink received {arrived} of {recipients} campaign messages")
     ratio = round(campaign["sends_per_s"] / raw["sends_per_s"], 2) if raw else None
+    of_mailer = round(campaign["sends_per_s"] / mailer["sends_per_s"], 2) if mailer else None
     print(f"contacts COPY      {recipients:>9,} in {copy_s:.1f} s")
     if raw is not None:
         print(
@@ -178,8 +287,19 @@ def run(
         f"campaign           {campaign['sends_per_s']:>9} sends/s  "
         f"peak RSS {campaign['peak_rss_mb']} MB  snapshot {campaign['snapshot_s']} s"
     )
+    print(
+        f"  worker CPU {campaign['cpu_ms_per_send']} ms, {campaign['statements_per_send']}"
+        f" statements, {campaign['commits_per_send']} commits per recipient"
+    )
+    print(f"  worker RSS at sent counts: {campaign['rss_mb_at_sent']}")
+    if mailer is not None:
+        print(
+            f"mailer_batch       {mailer['sends_per_s']:>9} sends/s  "
+            f"CPU {mailer['cpu_ms_per_send']} ms per send"
+        )
     if ratio is not None:
-        print(f"ratio              {ratio:>9} (target >= {TARGET_RATIO})")
+        print(f"campaign / raw     {ratio:>9} (target >= {TARGET_RATIO})")
+        print(f"campaign / mailer  {of_mailer:>9}")
     return {
         "recipients": recipients,
         "provider": provider,
@@ -188,8 +308,10 @@ def run(
         "batch_size": BATCH,
         "copy_s": round(copy_s, 2),
         "raw": raw,
+        "mailer_batch": mailer,
         "campaign": campaign,
         "ratio": ratio,
+        "ratio_to_mailer_batch": of_mailer,
         "target_ratio": TARGET_RATIO,
         "target_peak_rss_mb": TARGET_RSS_MB,
     }
@@ -206,8 +328,16 @@ def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="keep the worker's dispatcher running (it consumes the email.sent events)",
     )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="SENT",
+        help="cancel the campaign once SENT recipients are sent (a partial run, for the"
+        " worker's RSS with a large audience on a slow machine)",
+    )
     args = parser.parse_args(argv)
-    result = run(args.recipients, args.provider, args.with_dispatcher)
+    result = run(args.recipients, args.provider, args.with_dispatcher, args.stop_after)
     if args.json is not None:
         from bench.__main__ import machine
 

@@ -110,11 +110,13 @@ def audience_of(app: Hogsend, campaign: Campaign) -> repo.Audience:
 
 
 def batch_size(settings: Settings, throttle: float | None) -> int:
-    """Recipients per step: the setting, but about two seconds' worth under a throttle,
-    so a pause takes effect quickly even on a slow campaign."""
-    if throttle is None:
+    """Recipients per step: the setting, but about two seconds' worth under the slower
+    of the campaign's throttle and the provider's pacing, so a pause takes effect
+    quickly even on a slow campaign."""
+    rates = [r for r in (throttle, settings.email_rate_per_second) if r]
+    if not rates:
         return settings.campaign_batch_size
-    return max(1, min(settings.campaign_batch_size, math.ceil(throttle * 2)))
+    return max(1, min(settings.campaign_batch_size, math.ceil(min(rates) * 2)))
 
 
 def _throttle(campaign: Campaign) -> TokenBucket | None:
@@ -133,6 +135,34 @@ def _throttle(campaign: Campaign) -> TokenBucket | None:
 # ---------------------------------------------------------------------------- steps
 
 
+async def copy_audience(
+    engine: AsyncEngine,
+    campaign_id: uuid.UUID,
+    audience: repo.Audience,
+    *,
+    start: datetime,
+    local_time: str | None,
+) -> int:
+    """Copy the audience into the recipients table, a keyset page per transaction, and
+    stamp the snapshot done; returns the audience size.
+
+    Resumable: each page starts after the highest contact already copied. Nothing of
+    the audience passes through Python (``INSERT … SELECT``), so memory does not grow
+    with its size.
+    """
+    sessions = make_sessionmaker(engine)
+    while True:
+        async with sessions() as session, session.begin():
+            copied = await repo.snapshot_page(
+                session, campaign_id, audience, start=start, local_time=local_time, now=_now()
+            )
+            await repo.touch(session, campaign_id, _now())
+        if copied == 0:
+            break
+    async with sessions() as session, session.begin():
+        return await repo.finish_snapshot(session, campaign_id, _now())
+
+
 @DBOS.step(name="hogsend.campaign.snapshot", retries_allowed=True, max_attempts=5)
 async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Copy the audience into the recipients table; returns the audience size."""
@@ -149,16 +179,7 @@ async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
         start = campaign.send_at or campaign.started_at or _now()
         local_time = campaign.local_time
     began = time.monotonic()
-    while True:
-        async with sessions() as session, session.begin():
-            copied = await repo.snapshot_page(
-                session, cid, audience, start=start, local_time=local_time, now=_now()
-            )
-            await repo.touch(session, cid, _now())
-        if copied == 0:
-            break
-    async with sessions() as session, session.begin():
-        total = await repo.finish_snapshot(session, cid, _now())
+    total = await copy_audience(ctx.engine, cid, audience, start=start, local_time=local_time)
     log.info(
         "campaign audience snapshot",
         campaign_id=campaign_id,
