@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.channels.message_plans import MessagePlans
 from hogsend.channels.send_batches import GroupCommit
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
@@ -388,6 +389,18 @@ class Mailer:
         self._notify = outbox_repo.NotifyThrottle()
         # Outcomes of batched sends, many per transaction (see send_batches.GroupCommit).
         self._outcomes: GroupCommit[OutcomeItem] = GroupCommit(self._write_outcomes)
+        # Renderings finished and tracked once, per-message values filled in after.
+        base = settings.public_url
+        self._plans = MessagePlans(
+            self._templates,
+            public_url=base,
+            secret=self._secret,
+            link_prefixes={
+                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token=",
+                "preferences_url": f"{base}{PREFERENCES_PATH}?token=",
+            },
+            untracked=tuple(base + path for path in tracking.UNTRACKED_PATHS),
+        )
 
     # ------------------------------------------------------------------ entry point
 
@@ -639,8 +652,16 @@ class Mailer:
     # ------------------------------------------------------------------ delivery
 
     def _links(self, who: _Recipient, list_id: str | None, now: datetime) -> dict[str, str]:
-        contact_id = str(who.contact_id) if who.contact_id is not None else None
         base = self.settings.public_url
+        unsubscribe, manage = self._link_tokens(who, list_id, now)
+        return {
+            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
+            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
+        }
+
+    def _link_tokens(self, who: _Recipient, list_id: str | None, now: datetime) -> tuple[str, str]:
+        """(one-click unsubscribe token, preference centre token) of one message."""
+        contact_id = str(who.contact_id) if who.contact_id is not None else None
         unsubscribe = tokens.issue(
             purpose="unsubscribe",
             secret=self._secret,
@@ -656,10 +677,7 @@ class Mailer:
             contact_id=contact_id,
             email=who.to_email,
         )
-        return {
-            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
-            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
-        }
+        return unsubscribe, manage
 
     def _render_contact(self, who: _Recipient) -> Contact:
         if who.contact is not None:
@@ -682,15 +700,9 @@ class Mailer:
         list_id: str | None,
         now: datetime,
     ) -> SendOutcome:
-        marketing = request.kind != "transactional"
-        links = self._links(who, list_id, now) if marketing else {}
         try:
-            rendered = self._templates.render(
-                request.template,
-                contact=self._render_contact(who),
-                props=request.props,
-                subject=request.subject,
-                extra=links,
+            rendered, links, tracked = self._compose_parts(
+                request, send_id=send_id, who=who, list_id=list_id, now=now
             )
         except TemplateError as exc:
             await self._finish(
@@ -703,9 +715,9 @@ class Mailer:
                 error=f"render: {exc}",
             )
             raise
-        html = await self._track(conn, request, send_id, rendered.html)
+        await self._record_links(conn, send_id, tracked)
         provider, message = self._address(
-            request, who, result, send_id, rendered, html, links if marketing else None
+            request, who, result, send_id, rendered, rendered.html, links
         )
         to = message.to
         redirected = result.decision == "redirected"
@@ -789,35 +801,82 @@ class Mailer:
         Raises:
             TemplateError: rendering failed.
         """
-        marketing = request.kind != "transactional"
-        links = self._links(who, list_id, now) if marketing else {}
-        rendered = self._templates.render(
-            request.template,
-            contact=self._render_contact(who),
-            props=request.props,
-            subject=request.subject,
-            extra=links,
+        rendered, links, tracked = self._compose_parts(
+            request, send_id=send_id, who=who, list_id=list_id, now=now
         )
-        html: str = rendered.html
-        tracked: tuple[TrackedLink, ...] = ()
+        provider, message = self._address(
+            request, who, result, send_id, rendered, rendered.html, links
+        )
+        return provider, message, tracked
+
+    def _compose_parts(
+        self,
+        request: SendRequest,
+        *,
+        send_id: uuid.UUID,
+        who: _Recipient,
+        list_id: str | None,
+        now: datetime,
+    ) -> tuple[RenderedEmail, dict[str, str] | None, tuple[TrackedLink, ...]]:
+        """Render and track one message (no I/O): (rendered, its links, tracked links).
+
+        The rendered HTML is the tracked one. The links (``unsubscribe_url`` and
+        ``preferences_url``) are None for a transactional message. Through a plan
+        (:mod:`hogsend.channels.message_plans`) when the rendering has one, else
+        rendered and tracked directly; either way the same message.
+
+        Raises:
+            TemplateError: rendering failed.
+        """
+        marketing = request.kind != "transactional"
         opens = self.settings.track_opens if request.track_opens is None else request.track_opens
         clicks = (
             self.settings.track_clicks if request.track_clicks is None else request.track_clicks
         )
-        if opens or clicks:
-            marked = tracking.tracked_html(
-                settings=self.settings,
-                secret=self._secret,
-                send_id=send_id,
-                html=html,
-                opens=opens,
-                clicks=clicks,
-            )
-            html, tracked = marked.html, tuple(marked.links)
-        provider, message = self._address(
-            request, who, result, send_id, rendered, html, links if marketing else None
+        link_tokens = self._link_tokens(who, list_id, now) if marketing else None
+        links: dict[str, str] | None = None
+        if link_tokens is not None:
+            base = self.settings.public_url
+            links = {
+                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={link_tokens[0]}",
+                "preferences_url": f"{base}{PREFERENCES_PATH}?token={link_tokens[1]}",
+            }
+        contact = self._render_contact(who)
+        composed = self._plans.compose(
+            request.template,
+            contact=contact,
+            props=request.props,
+            subject=request.subject,
+            link_tokens=(
+                {"unsubscribe_url": link_tokens[0], "preferences_url": link_tokens[1]}
+                if link_tokens is not None
+                else None
+            ),
+            send_id=send_id,
+            opens=opens,
+            clicks=clicks,
         )
-        return provider, message, tracked
+        if composed is not None:
+            return composed.rendered, links, composed.links
+        # No plan for this rendering: the real links go in, and tracking runs on it.
+        rendered = self._templates.render(
+            request.template,
+            contact=contact,
+            props=request.props,
+            subject=request.subject,
+            extra=links or {},
+        )
+        if not (opens or clicks):
+            return rendered, links, ()
+        marked = tracking.tracked_html(
+            settings=self.settings,
+            secret=self._secret,
+            send_id=send_id,
+            html=rendered.html,
+            opens=opens,
+            clicks=clicks,
+        )
+        return dataclasses.replace(rendered, html=marked.html), links, tuple(marked.links)
 
     def _address(
         self,
@@ -896,10 +955,10 @@ class Mailer:
                 if any(item.status == "stored" for item in stored):
                     await outbox_repo.notify_outbox(session, self._notify)
 
-    async def _track(
-        self, conn: AsyncConnection | None, request: SendRequest, send_id: uuid.UUID, html: str
-    ) -> str:
-        """The tracking step: pixel and click links, the links committed before the provider.
+    async def _record_links(
+        self, conn: AsyncConnection | None, send_id: uuid.UUID, links: tuple[TrackedLink, ...]
+    ) -> None:
+        """The tracking step's write: the links committed before the provider is called.
 
         Committed without a WAL flush (``sends.insert_links_fast``): the outcome's
         durable commit flushes them, and only a crash of Postgres itself loses them.
@@ -908,29 +967,12 @@ class Mailer:
         attempt the next one takes over; one after the provider accepted leaves links
         that resolve, whichever attempt the delivered copy belongs to.
         """
-        opens = self.settings.track_opens if request.track_opens is None else request.track_opens
-        clicks = (
-            self.settings.track_clicks if request.track_clicks is None else request.track_clicks
-        )
-        if not (opens or clicks):
-            return html
-        tracked = tracking.tracked_html(
-            settings=self.settings,
-            secret=self._secret,
-            send_id=send_id,
-            html=html,
-            opens=opens,
-            clicks=clicks,
-        )
-        if tracked.links:
-            async with self._session(conn) as session, session.begin():
-                await sends.insert_links_fast(
-                    session,
-                    send_id,
-                    [link.id for link in tracked.links],
-                    [link.url for link in tracked.links],
-                )
-        return tracked.html
+        if not links:
+            return
+        async with self._session(conn) as session, session.begin():
+            await sends.insert_links_fast(
+                session, send_id, [link.id for link in links], [link.url for link in links]
+            )
 
     async def _already_accepted(
         self,
