@@ -41,7 +41,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.message_plans import MessagePlans
-from hogsend.channels.send_batches import GroupCommit
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -387,8 +386,6 @@ class Mailer:
         self._test_provider = test_provider
         # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
         self._notify = outbox_repo.NotifyThrottle()
-        # Outcomes of batched sends, many per transaction (see send_batches.GroupCommit).
-        self._outcomes: GroupCommit[OutcomeItem] = GroupCommit(self._write_outcomes)
         # Renderings finished and tracked once, per-message values filled in after.
         base = settings.public_url
         self._plans = MessagePlans(
@@ -921,31 +918,43 @@ class Mailer:
         )
         return provider, message
 
-    async def _write_outcomes(self, items: list[OutcomeItem]) -> None:
-        """Record many outcomes and their ``email.sent`` events: one statement, one commit."""
+    async def _write_outcomes(
+        self, items: list[OutcomeItem], conn: AsyncConnection | None = None
+    ) -> None:
+        """Record many outcomes and their ``email.sent`` events: one statement, one commit.
+
+        On ``conn`` (in autocommit) when given, a connection the caller holds for many
+        writes; else on one from the pool.
+        """
+        if conn is not None:
+            await self._write_outcomes_on(conn, items)
+            return
+        async with self.engine.connect() as own:
+            await own.execution_options(isolation_level="AUTOCOMMIT")
+            await self._write_outcomes_on(own, items)
+
+    async def _write_outcomes_on(self, conn: AsyncConnection, items: list[OutcomeItem]) -> None:
         now = self._clock()
         events = [event for _, event in items if event is not None]
         by_key = {event.idempotency_key: event for event in events}
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            missing = await sends.finish_and_log(
-                conn,
-                [row for row, _ in items],
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "contact_id": event.contact_id,
-                        "name": event.name,
-                        "properties": dict(event.properties),
-                        "key": event.idempotency_key,
-                        "source": event.source,
-                        "occurred_at": event.occurred_at or now,
-                    }
-                    for event in events
-                ],
-                now=now,
-                notify=bool(events) and self._notify.due(),
-            )
+        missing = await sends.finish_and_log(
+            conn,
+            [row for row, _ in items],
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "contact_id": event.contact_id,
+                    "name": event.name,
+                    "properties": dict(event.properties),
+                    "key": event.idempotency_key,
+                    "source": event.source,
+                    "occurred_at": event.occurred_at or now,
+                }
+                for event in events
+            ],
+            now=now,
+            notify=bool(events) and self._notify.due(),
+        )
         if missing:
             # Contacts merged away since the decision: the general path follows them.
             async with self._session(None) as session, session.begin():

@@ -165,7 +165,9 @@ async def send_batch(
             try:
                 await sends.lock_keys(conn, locked)
                 await conn.commit()
-                await _lanes(mailer, requests, batched, outcomes, single, concurrency, before_send)
+                await _lanes(
+                    mailer, conn, requests, batched, outcomes, single, concurrency, before_send
+                )
             finally:
                 try:
                     await conn.rollback()
@@ -393,6 +395,7 @@ def _row(
 
 async def _lanes(
     mailer: Mailer,
+    conn: AsyncConnection,
     requests: Sequence[SendRequest],
     batched: list[int],
     outcomes: list[SendOutcome | Exception | None],
@@ -405,34 +408,49 @@ async def _lanes(
     A lane's request is decided in a transaction shared with whatever the other lanes
     submitted meanwhile, and its outcome recorded likewise; so a lane has at most one
     ``queued`` row unrecorded, and a kill leaves at most ``concurrency`` of them.
+
+    Decisions are written on ``conn`` (the connection holding the keys' locks) and
+    outcomes on one more connection, both held for the whole batch: taking a pooled
+    connection per group (and pinging it) cost more than the group's own statements.
     """
     going: dict[int, _Going] = {}
 
     async def decide_group(indexes: list[int]) -> None:
-        async with mailer.engine.connect() as conn:
+        try:
             for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
                 going[attempt.index] = attempt
             await conn.commit()
+        except BaseException:
+            await conn.rollback()  # the keys' session locks survive a rollback
+            raise
 
     decider: GroupCommit[int] = GroupCommit(decide_group)
     pending = iter(batched)
 
-    async def lane() -> None:
-        for index in pending:
-            try:
-                if before_send is not None:
-                    await before_send()
-                await decider.submit(index)
-                attempt = going.pop(index, None)
-                if attempt is not None:
-                    outcomes[index] = await _deliver_one(mailer, attempt)
-            except Exception as exc:
-                outcomes[index] = exc
+    async with mailer.engine.connect() as recorder:
+        await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
-    await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
+        async def record(items: list[Item]) -> None:
+            await mailer._write_outcomes(items, recorder)
+
+        recorded: GroupCommit[Item] = GroupCommit(record)
+
+        async def lane() -> None:
+            for index in pending:
+                try:
+                    if before_send is not None:
+                        await before_send()
+                    await decider.submit(index)
+                    attempt = going.pop(index, None)
+                    if attempt is not None:
+                        outcomes[index] = await _deliver_one(mailer, attempt, recorded)
+                except Exception as exc:
+                    outcomes[index] = exc
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
 
 
-async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
+async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[Item]) -> SendOutcome:
     from hogsend.channels.mailer import SendOutcome
 
     provider, message = attempt.provider, attempt.message
@@ -457,7 +475,7 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         }
         finish.update(decision=result.decision, detail=detail, provider=error.provider)
         event = mailer._sent_event(request, send_id, attempt.who)
-        await mailer._outcomes.submit((finish, event))
+        await recorded.submit((finish, event))
         return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
     if accepted is None:
         assert error is not None
@@ -474,7 +492,7 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         finish.update(
             decision="provider_error", detail=detail, provider=provider.name, error=str(error)
         )
-        await mailer._outcomes.submit((finish, None))
+        await recorded.submit((finish, None))
         return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
     detail = {
         "gate": result.decision,
@@ -493,7 +511,7 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         message_id=accepted.message_id,
     )
     event = mailer._sent_event(request, send_id, attempt.who)
-    await mailer._outcomes.submit((finish, event))
+    await recorded.submit((finish, event))
     return SendOutcome(
         send_id=send_id,
         decision=result.decision,
