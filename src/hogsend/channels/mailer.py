@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.message_plans import MessagePlans
+from hogsend.channels.send_batches import Coalescer
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -360,6 +362,9 @@ class Mailer:
         sleep: waits between provider retries (a fake one in tests).
         test_provider: where test-mode sends go when ``test_mode_recipient`` is unset
             (default: an outbox provider on ``engine``).
+        coalesce: run concurrent :meth:`send` calls (with a contact and an idempotency
+            key) as shared batches (:class:`~hogsend.channels.send_batches.Coalescer`);
+            False sends each on its own.
     """
 
     def __init__(
@@ -372,6 +377,7 @@ class Mailer:
         clock: Clock = _utcnow,
         sleep: Sleep = asyncio.sleep,
         test_provider: EmailProvider | None = None,
+        coalesce: bool = True,
     ) -> None:
         if app.templates is None:
             raise ConfigurationError("the mailer needs an app with templates")
@@ -386,6 +392,11 @@ class Mailer:
         self._test_provider = test_provider
         # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
         self._notify = outbox_repo.NotifyThrottle()
+        # Concurrent send() calls with a contact and a key go out as shared batches; one
+        # coalescer per event loop (its futures belong to that loop).
+        self._coalesce = coalesce
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer]
+        self._coalescers = weakref.WeakKeyDictionary()
         # Renderings finished and tracked once, per-message values filled in after.
         base = settings.public_url
         self._plans = MessagePlans(
@@ -409,6 +420,13 @@ class Mailer:
             NoRecipient: no address to send to (nothing is written).
             TemplateError: rendering failed (the row records ``provider_error``).
         """
+        if self._coalesce and request.contact_id is not None and request.idempotency_key:
+            # Concurrent calls share their database work (send_batches.Coalescer).
+            loop = asyncio.get_running_loop()
+            coalescer = self._coalescers.get(loop)
+            if coalescer is None:
+                coalescer = self._coalescers[loop] = Coalescer(self)
+            return await coalescer.send(request)
         return await self._locked_attempt(request, later=False)
 
     async def queue(self, request: SendRequest) -> SendOutcome:
