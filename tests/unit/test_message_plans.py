@@ -130,7 +130,7 @@ def test_a_planned_message_is_the_directly_rendered_one(registry: TemplateRegist
 
 def test_each_message_gets_its_own_link_ids(registry: TemplateRegistry) -> None:
     planner = plans(registry)
-    ids = set()
+    ids: set[uuid.UUID] = set()
     for _ in range(5):
         composed = planner.compose(
             "offer",

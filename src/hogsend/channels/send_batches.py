@@ -84,7 +84,7 @@ class GroupCommit(Generic[T]):
         yielded = False
         while not done.done():
             if self._running is None:
-                if len(self._pending) == 1 and not yielded:
+                if not yielded:
                     yielded = True
                     # Let callers started at the same time (lanes, coalesced sends) hand
                     # theirs in first: one write instead of a lone item, then the rest.
