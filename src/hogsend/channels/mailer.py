@@ -18,6 +18,11 @@ Attempts sharing an idempotency key are serialised by a session-level advisory l
 from step 1 to step 4, so of ten concurrent calls one sends and nine record ``duplicate``.
 docs/email.md describes the at-least-once window between steps 3 and 4.
 
+Concurrent calls with a contact and a key run these steps together, through the batch
+path (:class:`~hogsend.channels.send_batches.Coalescer`), each keeping the promises
+above; rendering and tracking reuse a plan per rendering
+(:mod:`hogsend.channels.message_plans`).
+
 :meth:`Mailer.queue` stops after step 1: the ``queued`` row carries a ``handoff`` (what
 steps 2-4 need) and a worker's :class:`~hogsend.runtime.courier.Courier` runs them later
 through :meth:`Mailer.deliver_queued`. The transactional API sends this way, so a request

@@ -562,6 +562,8 @@ class Coalescer:
         """Send ``request`` with whatever else is handed in meanwhile; its outcome."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[SendOutcome] = loop.create_future()
+        # Marked retrieved: a cancelled caller no longer reads its outcome or exception.
+        done.add_done_callback(_retrieved)
         self._pending.append((request, done))
         if not self._scheduled and self._running < COALESCE_RUNNING:
             # Started on the next turn of the loop, so calls made together go together.
@@ -603,3 +605,8 @@ class Coalescer:
             if self._pending and not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._start)
+
+
+def _retrieved(done: asyncio.Future[SendOutcome]) -> None:
+    if not done.cancelled():
+        done.exception()
