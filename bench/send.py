@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import resource
 import socket
 import tempfile
@@ -361,6 +362,7 @@ def _contacts(url: str, count: int) -> list[uuid.UUID]:
 
 def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
         server.start()
@@ -414,6 +416,8 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         "ratio_mailer_to_raw": round(ratio, 3),
         "ratio_mailer_batch_to_raw": round(batch_ratio, 3),
         "batch_size": BATCH,
+        # Other work on the machine: sends/s fall with it, ratios and CPU ms much less.
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "results": results,
     }
 
