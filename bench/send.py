@@ -12,10 +12,14 @@ own so that its RSS is its own, run one after the other with the same concurrenc
   with an idempotency key, per contact: the key lock, the gates' facts and the decision
   row in Postgres, render, unsubscribe links, open pixel and click links (their rows),
   headers, the SMTP provider (a pool of ``CONCURRENCY``), and the outcome row with its
-  ``email.sent`` event. Whatever the mailer does when the bench runs is measured.
+  ``email.sent`` event. Whatever the mailer does when the bench runs is measured: the
+  ``CONCURRENCY`` concurrent calls are coalesced into shared batches
+  (``send_batches.Coalescer``), as any concurrent callers' are.
+* ``mailer_batch``: ``Mailer.send_batch`` in chunks of ``BATCH`` (the campaign path).
 
 Each sends ``WARMUP`` messages, then ``SENDS`` timed ones, ``CONCURRENCY`` in flight.
-Latency is one ``send`` call (for ``raw``: one ``sendmail``). RSS is the
+Latency is one ``send`` call (for ``raw``: one ``sendmail``). The mailer scenarios
+also report the SQL statements per send (round trips to Postgres). RSS is the
 scenario process's resident memory at the end, and its peak. Every message must reach
 the sink, and every mailer attempt must be ``sent``; the sink also records the mean
 message size of each side (the mailer's are larger: tracked links and the pixel). Run
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import os
 import resource
 import socket
 import tempfile
@@ -41,6 +46,7 @@ from typing import Any
 
 import psutil
 import psycopg
+from sqlalchemy import event
 
 from bench.auth import _percentile
 from hogsend.db import migrate
@@ -242,6 +248,13 @@ async def _mailer(
         email_from=FROM,
     )
     engine = make_async_engine(url, pool_size=CONCURRENCY + 2)
+    executed = [0]
+
+    def count(*_: Any) -> None:
+        executed[0] += 1
+
+    # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
     provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
     mailer = Mailer(_app(), settings, engine, provider)
     failures: list[str] = []
@@ -284,13 +297,14 @@ async def _mailer(
 
     if batched:
         await send_batches(range(warmup))
-        cpu = time.process_time()
+        cpu, executed[0] = time.process_time(), 0
         latencies, wall = await send_batches(range(warmup, warmup + sends))
     else:
         await _drive(send, range(warmup))
-        cpu = time.process_time()
+        cpu, executed[0] = time.process_time(), 0
         latencies, wall = await _drive(send, range(warmup, warmup + sends))
     result = _summary(latencies, wall, time.process_time() - cpu)
+    result["statements_per_send"] = round(executed[0] / sends, 2)
     await provider.aclose()
     await engine.dispose()
     if failures:
@@ -348,6 +362,7 @@ def _contacts(url: str, count: int) -> list[uuid.UUID]:
 
 def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
         server.start()
@@ -401,6 +416,8 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         "ratio_mailer_to_raw": round(ratio, 3),
         "ratio_mailer_batch_to_raw": round(batch_ratio, 3),
         "batch_size": BATCH,
+        # Other work on the machine: sends/s fall with it, ratios and CPU ms much less.
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "results": results,
     }
 

@@ -131,3 +131,31 @@ def test_the_message_id_is_the_given_one() -> None:
     data = message_bytes(sample(idempotency_key=None), message_id="<fixed@quickstart.test>")
     assert data is not None
     assert parse(data)["Message-ID"] == "<fixed@quickstart.test>"
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        "ann@example.com",
+        "ann.lee+news@mail.example.co.uk",
+        "o'brien@example.com",
+        "Ann Lee <ann@example.com>",
+        '"Lee, Ann" <ann@example.com>',
+        "Zoë Lee <zoe@example.com>",
+    ],
+)
+def test_recipient_headers_read_back_as_the_stdlib_writes_them(to: str) -> None:
+    # Bare addresses skip the email package's parser; the rest still go through it.
+    _, parsed = written(sample(to=to))
+    expected = build_mime(sample(to=to))
+    assert parsed["To"].addresses == expected["To"].addresses
+    assert parsed["From"].addresses == expected["From"].addresses
+
+
+def test_the_envelope_sender_is_the_from_address() -> None:
+    from hogsend.channels.email.smtp import envelope_sender
+
+    assert envelope_sender("Quickstart <hello@quickstart.test>") == "hello@quickstart.test"
+    assert envelope_sender("hello@quickstart.test") == "hello@quickstart.test"
+    assert sample().message_id().endswith("@quickstart.test>")
+    assert sample(from_email="").message_id().endswith("@hogsend.local>")

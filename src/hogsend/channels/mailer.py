@@ -18,6 +18,11 @@ Attempts sharing an idempotency key are serialised by a session-level advisory l
 from step 1 to step 4, so of ten concurrent calls one sends and nine record ``duplicate``.
 docs/email.md describes the at-least-once window between steps 3 and 4.
 
+Concurrent calls with a contact and a key run these steps together, through the batch
+path (:class:`~hogsend.channels.send_batches.Coalescer`), each keeping the promises
+above; rendering and tracking reuse a plan per rendering
+(:mod:`hogsend.channels.message_plans`).
+
 :meth:`Mailer.queue` stops after step 1: the ``queued`` row carries a ``handoff`` (what
 steps 2-4 need) and a worker's :class:`~hogsend.runtime.courier.Courier` runs them later
 through :meth:`Mailer.deliver_queued`. The transactional API sends this way, so a request
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +46,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
-from hogsend.channels.send_batches import GroupCommit
+from hogsend.channels.message_plans import MessagePlans
+from hogsend.channels.send_batches import Coalescer
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -360,6 +367,9 @@ class Mailer:
         sleep: waits between provider retries (a fake one in tests).
         test_provider: where test-mode sends go when ``test_mode_recipient`` is unset
             (default: an outbox provider on ``engine``).
+        coalesce: run concurrent :meth:`send` calls (with a contact and an idempotency
+            key) as shared batches (:class:`~hogsend.channels.send_batches.Coalescer`);
+            False sends each on its own.
     """
 
     def __init__(
@@ -372,6 +382,7 @@ class Mailer:
         clock: Clock = _utcnow,
         sleep: Sleep = asyncio.sleep,
         test_provider: EmailProvider | None = None,
+        coalesce: bool = True,
     ) -> None:
         if app.templates is None:
             raise ConfigurationError("the mailer needs an app with templates")
@@ -386,8 +397,23 @@ class Mailer:
         self._test_provider = test_provider
         # email.sent events wake idle dispatchers at most this often (see NotifyThrottle).
         self._notify = outbox_repo.NotifyThrottle()
-        # Outcomes of batched sends, many per transaction (see send_batches.GroupCommit).
-        self._outcomes: GroupCommit[OutcomeItem] = GroupCommit(self._write_outcomes)
+        # Concurrent send() calls with a contact and a key go out as shared batches; one
+        # coalescer per event loop (its futures belong to that loop).
+        self._coalesce = coalesce
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer]
+        self._coalescers = weakref.WeakKeyDictionary()
+        # Renderings finished and tracked once, per-message values filled in after.
+        base = settings.public_url
+        self._plans = MessagePlans(
+            self._templates,
+            public_url=base,
+            secret=self._secret,
+            link_prefixes={
+                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token=",
+                "preferences_url": f"{base}{PREFERENCES_PATH}?token=",
+            },
+            untracked=tuple(base + path for path in tracking.UNTRACKED_PATHS),
+        )
 
     # ------------------------------------------------------------------ entry point
 
@@ -399,6 +425,13 @@ class Mailer:
             NoRecipient: no address to send to (nothing is written).
             TemplateError: rendering failed (the row records ``provider_error``).
         """
+        if self._coalesce and request.contact_id is not None and request.idempotency_key:
+            # Concurrent calls share their database work (send_batches.Coalescer).
+            loop = asyncio.get_running_loop()
+            coalescer = self._coalescers.get(loop)
+            if coalescer is None:
+                coalescer = self._coalescers[loop] = Coalescer(self)
+            return await coalescer.send(request)
         return await self._locked_attempt(request, later=False)
 
     async def queue(self, request: SendRequest) -> SendOutcome:
@@ -639,8 +672,16 @@ class Mailer:
     # ------------------------------------------------------------------ delivery
 
     def _links(self, who: _Recipient, list_id: str | None, now: datetime) -> dict[str, str]:
-        contact_id = str(who.contact_id) if who.contact_id is not None else None
         base = self.settings.public_url
+        unsubscribe, manage = self._link_tokens(who, list_id, now)
+        return {
+            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
+            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
+        }
+
+    def _link_tokens(self, who: _Recipient, list_id: str | None, now: datetime) -> tuple[str, str]:
+        """(one-click unsubscribe token, preference centre token) of one message."""
+        contact_id = str(who.contact_id) if who.contact_id is not None else None
         unsubscribe = tokens.issue(
             purpose="unsubscribe",
             secret=self._secret,
@@ -656,10 +697,7 @@ class Mailer:
             contact_id=contact_id,
             email=who.to_email,
         )
-        return {
-            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
-            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
-        }
+        return unsubscribe, manage
 
     def _render_contact(self, who: _Recipient) -> Contact:
         if who.contact is not None:
@@ -682,15 +720,9 @@ class Mailer:
         list_id: str | None,
         now: datetime,
     ) -> SendOutcome:
-        marketing = request.kind != "transactional"
-        links = self._links(who, list_id, now) if marketing else {}
         try:
-            rendered = self._templates.render(
-                request.template,
-                contact=self._render_contact(who),
-                props=request.props,
-                subject=request.subject,
-                extra=links,
+            rendered, links, tracked = self._compose_parts(
+                request, send_id=send_id, who=who, list_id=list_id, now=now
             )
         except TemplateError as exc:
             await self._finish(
@@ -703,9 +735,9 @@ class Mailer:
                 error=f"render: {exc}",
             )
             raise
-        html = await self._track(conn, request, send_id, rendered.html)
+        await self._record_links(conn, send_id, tracked)
         provider, message = self._address(
-            request, who, result, send_id, rendered, html, links if marketing else None
+            request, who, result, send_id, rendered, rendered.html, links
         )
         to = message.to
         redirected = result.decision == "redirected"
@@ -789,35 +821,82 @@ class Mailer:
         Raises:
             TemplateError: rendering failed.
         """
-        marketing = request.kind != "transactional"
-        links = self._links(who, list_id, now) if marketing else {}
-        rendered = self._templates.render(
-            request.template,
-            contact=self._render_contact(who),
-            props=request.props,
-            subject=request.subject,
-            extra=links,
+        rendered, links, tracked = self._compose_parts(
+            request, send_id=send_id, who=who, list_id=list_id, now=now
         )
-        html: str = rendered.html
-        tracked: tuple[TrackedLink, ...] = ()
+        provider, message = self._address(
+            request, who, result, send_id, rendered, rendered.html, links
+        )
+        return provider, message, tracked
+
+    def _compose_parts(
+        self,
+        request: SendRequest,
+        *,
+        send_id: uuid.UUID,
+        who: _Recipient,
+        list_id: str | None,
+        now: datetime,
+    ) -> tuple[RenderedEmail, dict[str, str] | None, tuple[TrackedLink, ...]]:
+        """Render and track one message (no I/O): (rendered, its links, tracked links).
+
+        The rendered HTML is the tracked one. The links (``unsubscribe_url`` and
+        ``preferences_url``) are None for a transactional message. Through a plan
+        (:mod:`hogsend.channels.message_plans`) when the rendering has one, else
+        rendered and tracked directly; either way the same message.
+
+        Raises:
+            TemplateError: rendering failed.
+        """
+        marketing = request.kind != "transactional"
         opens = self.settings.track_opens if request.track_opens is None else request.track_opens
         clicks = (
             self.settings.track_clicks if request.track_clicks is None else request.track_clicks
         )
-        if opens or clicks:
-            marked = tracking.tracked_html(
-                settings=self.settings,
-                secret=self._secret,
-                send_id=send_id,
-                html=html,
-                opens=opens,
-                clicks=clicks,
-            )
-            html, tracked = marked.html, tuple(marked.links)
-        provider, message = self._address(
-            request, who, result, send_id, rendered, html, links if marketing else None
+        link_tokens = self._link_tokens(who, list_id, now) if marketing else None
+        links: dict[str, str] | None = None
+        if link_tokens is not None:
+            base = self.settings.public_url
+            links = {
+                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={link_tokens[0]}",
+                "preferences_url": f"{base}{PREFERENCES_PATH}?token={link_tokens[1]}",
+            }
+        contact = self._render_contact(who)
+        composed = self._plans.compose(
+            request.template,
+            contact=contact,
+            props=request.props,
+            subject=request.subject,
+            link_tokens=(
+                {"unsubscribe_url": link_tokens[0], "preferences_url": link_tokens[1]}
+                if link_tokens is not None
+                else None
+            ),
+            send_id=send_id,
+            opens=opens,
+            clicks=clicks,
         )
-        return provider, message, tracked
+        if composed is not None:
+            return composed.rendered, links, composed.links
+        # No plan for this rendering: the real links go in, and tracking runs on it.
+        rendered = self._templates.render(
+            request.template,
+            contact=contact,
+            props=request.props,
+            subject=request.subject,
+            extra=links or {},
+        )
+        if not (opens or clicks):
+            return rendered, links, ()
+        marked = tracking.tracked_html(
+            settings=self.settings,
+            secret=self._secret,
+            send_id=send_id,
+            html=rendered.html,
+            opens=opens,
+            clicks=clicks,
+        )
+        return dataclasses.replace(rendered, html=marked.html), links, tuple(marked.links)
 
     def _address(
         self,
@@ -862,31 +941,43 @@ class Mailer:
         )
         return provider, message
 
-    async def _write_outcomes(self, items: list[OutcomeItem]) -> None:
-        """Record many outcomes and their ``email.sent`` events: one statement, one commit."""
+    async def _write_outcomes(
+        self, items: list[OutcomeItem], conn: AsyncConnection | None = None
+    ) -> None:
+        """Record many outcomes and their ``email.sent`` events: one statement, one commit.
+
+        On ``conn`` (in autocommit) when given, a connection the caller holds for many
+        writes; else on one from the pool.
+        """
+        if conn is not None:
+            await self._write_outcomes_on(conn, items)
+            return
+        async with self.engine.connect() as own:
+            await own.execution_options(isolation_level="AUTOCOMMIT")
+            await self._write_outcomes_on(own, items)
+
+    async def _write_outcomes_on(self, conn: AsyncConnection, items: list[OutcomeItem]) -> None:
         now = self._clock()
         events = [event for _, event in items if event is not None]
         by_key = {event.idempotency_key: event for event in events}
-        async with self.engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            missing = await sends.finish_and_log(
-                conn,
-                [row for row, _ in items],
-                [
-                    {
-                        "id": uuid.uuid4(),
-                        "contact_id": event.contact_id,
-                        "name": event.name,
-                        "properties": dict(event.properties),
-                        "key": event.idempotency_key,
-                        "source": event.source,
-                        "occurred_at": event.occurred_at or now,
-                    }
-                    for event in events
-                ],
-                now=now,
-                notify=bool(events) and self._notify.due(),
-            )
+        missing = await sends.finish_and_log(
+            conn,
+            [row for row, _ in items],
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "contact_id": event.contact_id,
+                    "name": event.name,
+                    "properties": dict(event.properties),
+                    "key": event.idempotency_key,
+                    "source": event.source,
+                    "occurred_at": event.occurred_at or now,
+                }
+                for event in events
+            ],
+            now=now,
+            notify=bool(events) and self._notify.due(),
+        )
         if missing:
             # Contacts merged away since the decision: the general path follows them.
             async with self._session(None) as session, session.begin():
@@ -896,10 +987,10 @@ class Mailer:
                 if any(item.status == "stored" for item in stored):
                     await outbox_repo.notify_outbox(session, self._notify)
 
-    async def _track(
-        self, conn: AsyncConnection | None, request: SendRequest, send_id: uuid.UUID, html: str
-    ) -> str:
-        """The tracking step: pixel and click links, the links committed before the provider.
+    async def _record_links(
+        self, conn: AsyncConnection | None, send_id: uuid.UUID, links: tuple[TrackedLink, ...]
+    ) -> None:
+        """The tracking step's write: the links committed before the provider is called.
 
         Committed without a WAL flush (``sends.insert_links_fast``): the outcome's
         durable commit flushes them, and only a crash of Postgres itself loses them.
@@ -908,29 +999,12 @@ class Mailer:
         attempt the next one takes over; one after the provider accepted leaves links
         that resolve, whichever attempt the delivered copy belongs to.
         """
-        opens = self.settings.track_opens if request.track_opens is None else request.track_opens
-        clicks = (
-            self.settings.track_clicks if request.track_clicks is None else request.track_clicks
-        )
-        if not (opens or clicks):
-            return html
-        tracked = tracking.tracked_html(
-            settings=self.settings,
-            secret=self._secret,
-            send_id=send_id,
-            html=html,
-            opens=opens,
-            clicks=clicks,
-        )
-        if tracked.links:
-            async with self._session(conn) as session, session.begin():
-                await sends.insert_links_fast(
-                    session,
-                    send_id,
-                    [link.id for link in tracked.links],
-                    [link.url for link in tracked.links],
-                )
-        return tracked.html
+        if not links:
+            return
+        async with self._session(conn) as session, session.begin():
+            await sends.insert_links_fast(
+                session, send_id, [link.id for link in links], [link.url for link in links]
+            )
 
     async def _already_accepted(
         self,

@@ -81,8 +81,16 @@ class GroupCommit(Generic[T]):
         """Return once ``item`` is written; raise what its write raised."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
+        yielded = False
         while not done.done():
             if self._running is None:
+                if not yielded:
+                    yielded = True
+                    # Let callers started at the same time (lanes, coalesced sends) hand
+                    # theirs in first: one write instead of a lone item, then the rest.
+                    await asyncio.sleep(0)
+                    if done.done() or self._running is not None:
+                        continue
                 await self._write_pending()
             else:
                 # Wait for the running write to end (or for it to have carried our item).
@@ -165,7 +173,9 @@ async def send_batch(
             try:
                 await sends.lock_keys(conn, locked)
                 await conn.commit()
-                await _lanes(mailer, requests, batched, outcomes, single, concurrency, before_send)
+                await _lanes(
+                    mailer, conn, requests, batched, outcomes, single, concurrency, before_send
+                )
             finally:
                 try:
                     await conn.rollback()
@@ -183,7 +193,8 @@ async def send_batch(
                 if before_send is not None:
                     await before_send()
                 try:
-                    outcomes[index] = await mailer.send(requests[index])
+                    # One by one, not coalesced again (see Coalescer).
+                    outcomes[index] = await mailer._locked_attempt(requests[index], later=False)
                 except Exception as exc:
                     outcomes[index] = exc
 
@@ -393,6 +404,7 @@ def _row(
 
 async def _lanes(
     mailer: Mailer,
+    conn: AsyncConnection,
     requests: Sequence[SendRequest],
     batched: list[int],
     outcomes: list[SendOutcome | Exception | None],
@@ -405,34 +417,49 @@ async def _lanes(
     A lane's request is decided in a transaction shared with whatever the other lanes
     submitted meanwhile, and its outcome recorded likewise; so a lane has at most one
     ``queued`` row unrecorded, and a kill leaves at most ``concurrency`` of them.
+
+    Decisions are written on ``conn`` (the connection holding the keys' locks) and
+    outcomes on one more connection, both held for the whole batch: taking a pooled
+    connection per group (and pinging it) cost more than the group's own statements.
     """
     going: dict[int, _Going] = {}
 
     async def decide_group(indexes: list[int]) -> None:
-        async with mailer.engine.connect() as conn:
+        try:
             for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
                 going[attempt.index] = attempt
             await conn.commit()
+        except BaseException:
+            await conn.rollback()  # the keys' session locks survive a rollback
+            raise
 
     decider: GroupCommit[int] = GroupCommit(decide_group)
     pending = iter(batched)
 
-    async def lane() -> None:
-        for index in pending:
-            try:
-                if before_send is not None:
-                    await before_send()
-                await decider.submit(index)
-                attempt = going.pop(index, None)
-                if attempt is not None:
-                    outcomes[index] = await _deliver_one(mailer, attempt)
-            except Exception as exc:
-                outcomes[index] = exc
+    async with mailer.engine.connect() as recorder:
+        await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
-    await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
+        async def record(items: list[Item]) -> None:
+            await mailer._write_outcomes(items, recorder)
+
+        recorded: GroupCommit[Item] = GroupCommit(record)
+
+        async def lane() -> None:
+            for index in pending:
+                try:
+                    if before_send is not None:
+                        await before_send()
+                    await decider.submit(index)
+                    attempt = going.pop(index, None)
+                    if attempt is not None:
+                        outcomes[index] = await _deliver_one(mailer, attempt, recorded)
+                except Exception as exc:
+                    outcomes[index] = exc
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
 
 
-async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
+async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[Item]) -> SendOutcome:
     from hogsend.channels.mailer import SendOutcome
 
     provider, message = attempt.provider, attempt.message
@@ -457,7 +484,7 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         }
         finish.update(decision=result.decision, detail=detail, provider=error.provider)
         event = mailer._sent_event(request, send_id, attempt.who)
-        await mailer._outcomes.submit((finish, event))
+        await recorded.submit((finish, event))
         return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
     if accepted is None:
         assert error is not None
@@ -474,7 +501,7 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         finish.update(
             decision="provider_error", detail=detail, provider=provider.name, error=str(error)
         )
-        await mailer._outcomes.submit((finish, None))
+        await recorded.submit((finish, None))
         return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
     detail = {
         "gate": result.decision,
@@ -493,10 +520,93 @@ async def _deliver_one(mailer: Mailer, attempt: _Going) -> SendOutcome:
         message_id=accepted.message_id,
     )
     event = mailer._sent_event(request, send_id, attempt.who)
-    await mailer._outcomes.submit((finish, event))
+    await recorded.submit((finish, event))
     return SendOutcome(
         send_id=send_id,
         decision=result.decision,
         detail=detail,
         provider_message_id=accepted.message_id,
     )
+
+
+# --------------------------------------------------------------------------- coalescing
+
+COALESCE_MAX = 64
+"""Most single sends one coalesced batch carries."""
+COALESCE_RUNNING = 2
+"""Coalesced batches running at once (one deciding while another sends)."""
+
+
+class Coalescer:
+    """Concurrent :meth:`~hogsend.channels.mailer.Mailer.send` calls run as shared batches.
+
+    Each call is handed in and waits for its own outcome (or exception); calls made
+    while the batches in flight run are sent together by the next one, through
+    :func:`send_batch` with one provider lane per request. So each keeps what a lone
+    ``send`` promises (its key's lock from decision to outcome, one decision row, the
+    outcome committed before it returns, a repeated key a ``duplicate``) while the
+    database sees a few shared transactions instead of a dozen round trips per call.
+
+    The batch runs in a task of its own: a caller cancelled while it waits leaves the
+    send to finish and be recorded, as a batch that started it would.
+    """
+
+    def __init__(self, mailer: Mailer) -> None:
+        self._mailer = mailer
+        self._pending: list[tuple[SendRequest, asyncio.Future[SendOutcome]]] = []
+        self._running = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, request: SendRequest) -> SendOutcome:
+        """Send ``request`` with whatever else is handed in meanwhile; its outcome."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[SendOutcome] = loop.create_future()
+        # Marked retrieved: a cancelled caller no longer reads its outcome or exception.
+        done.add_done_callback(_retrieved)
+        self._pending.append((request, done))
+        if not self._scheduled and self._running < COALESCE_RUNNING:
+            # Started on the next turn of the loop, so calls made together go together.
+            self._scheduled = True
+            loop.call_soon(self._start)
+        return await asyncio.shield(done)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._pending and self._running < COALESCE_RUNNING:
+            batch, self._pending = self._pending[:COALESCE_MAX], self._pending[COALESCE_MAX:]
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
+        try:
+            outcomes = await send_batch(
+                self._mailer, [request for request, _ in batch], concurrency=len(batch)
+            )
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
+        finally:
+            self._running -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._start)
+
+
+def _retrieved(done: asyncio.Future[SendOutcome]) -> None:
+    if not done.cancelled():
+        done.exception()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from hogsend.errors import TemplateError, TemplateNotFound, TemplatePropsError
 
 _BODY_SUFFIXES: dict[str, TemplateFormat] = {".html": "html", ".mjml": "mjml"}
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
+FINISHED_CACHE_SIZE = 256
+"""How many finished bodies :meth:`TemplateRegistry.render` keeps (see ``_finish``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +94,12 @@ class TemplateRegistry:
         self._lock = threading.Lock()
         # Subjects and preheaders, compiled once: compiling cost more than rendering.
         self._strings: dict[str, jinja2.Template] = {}
+        # Jinja's output -> the finished HTML and text: deriving the text part and
+        # inlining CSS cost several times the rendering itself, and a campaign renders
+        # the same output over and over (the mailer renders its per-message links as
+        # fixed placeholders, see hogsend.channels.message_plans).
+        self._finished: OrderedDict[tuple[str, ...] | tuple[str | None, ...], tuple[str, str]]
+        self._finished = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TemplateRegistry({str(self.directory)!r})"
@@ -118,6 +127,7 @@ class TemplateRegistry:
         """Forget what was read from the directory (new or edited files are seen next use)."""
         with self._lock:
             self._scan = None
+            self._finished.clear()
 
     def _scanned(self) -> _Scan:
         with self._lock:
@@ -344,16 +354,10 @@ class TemplateRegistry:
             subject = self._render_string(key, "subject", template.meta.subject, variables)
         subject = " ".join(subject.split())
         body = self._render_file(key, template.source, variables)
-        if template.format == "mjml":
-            body = _mjml_to_html(key, body)
+        written = None
         if template.text_source is not None:
-            text = self._render_file(key, template.text_source, variables).strip() + "\n"
-        else:
-            text = html_to_text(body)
-        if preheader:
-            body = _insert_preheader(body, preheader)
-        if self.inline_css and template.format == "html":
-            body = _inline_css(key, body)
+            written = self._render_file(key, template.text_source, variables)
+        body, text = self._finish(template, body, preheader, written)
         return RenderedEmail(
             key=key,
             subject=subject,
@@ -362,6 +366,34 @@ class TemplateRegistry:
             preheader=preheader,
             category=template.meta.category,
         )
+
+    def _finish(
+        self, template: EmailTemplate, body: str, preheader: str | None, written: str | None
+    ) -> tuple[str, str]:
+        """(HTML, text) from Jinja's output: MJML, text part, preheader, inlined CSS.
+
+        A pure function of its arguments (and ``inline_css``), so the last
+        :data:`FINISHED_CACHE_SIZE` results are kept: the same output is finished once.
+        """
+        cache_key = (template.key, template.format, body, preheader, written)
+        with self._lock:
+            cached = self._finished.get(cache_key)
+            if cached is not None:
+                self._finished.move_to_end(cache_key)
+                return cached
+        key = template.key
+        if template.format == "mjml":
+            body = _mjml_to_html(key, body)
+        text = written.strip() + "\n" if written is not None else html_to_text(body)
+        if preheader:
+            body = _insert_preheader(body, preheader)
+        if self.inline_css and template.format == "html":
+            body = _inline_css(key, body)
+        with self._lock:
+            self._finished[cache_key] = (body, text)
+            if len(self._finished) > FINISHED_CACHE_SIZE:
+                self._finished.popitem(last=False)
+        return body, text
 
     def _render_string(
         self, key: str, label: str, source: str, variables: Mapping[str, Any]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class OutgoingEmail:
 
     def message_id(self) -> str:
         """The Message-ID header: stable for an idempotency key, random otherwise."""
-        domain = parseaddr(self.from_email)[1].rpartition("@")[2] or "hogsend.local"
+        domain = _message_id_domain(self.from_email)
         if self.idempotency_key is None:
             return make_msgid(domain=domain)
         digest = hashlib.sha256(self.idempotency_key.encode()).hexdigest()[:32]
@@ -91,3 +92,9 @@ class EmailProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections; the provider is not used afterwards."""
         ...
+
+
+@functools.lru_cache(maxsize=256)
+def _message_id_domain(from_email: str) -> str:
+    # Cached: parsing the From header costs more than the rest of the Message-ID.
+    return parseaddr(from_email)[1].rpartition("@")[2] or "hogsend.local"

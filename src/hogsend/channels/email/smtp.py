@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
+import re
 import ssl
 import uuid
 from email.header import Header
@@ -76,10 +78,10 @@ def message_bytes(message: OutgoingEmail, *, message_id: str | None = None) -> b
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name!r} may not contain a line break")
         if name.lower() in _ADDRESS_HEADERS:
-            pairs = getaddresses([value])
-            if not pairs or any(not addr or not addr.isascii() for _, addr in pairs):
+            formatted = _address_header(value)
+            if formatted is None:
                 return None
-            value = ", ".join(formataddr(pair, charset="utf-8") for pair in pairs)
+            value = formatted
         lines.append(_header_line(name, value))
     lines.append("MIME-Version: 1.0")
     parts = [
@@ -101,6 +103,33 @@ def message_bytes(message: OutgoingEmail, *, message_id: str | None = None) -> b
         lines.extend(_part(body, subtype))
     lines.append("")
     return "\r\n".join(lines).encode("ascii")
+
+
+# A bare ASCII address, which formats as itself: the usual To, parsed without the
+# email package (its address parser costs more than the rest of the message).
+_BARE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+
+
+def _address_header(value: str) -> str | None:
+    """An address header's value as written, or None when an address is not ASCII."""
+    if _BARE_ADDRESS.fullmatch(value):
+        return value
+    return _formatted_addresses(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _formatted_addresses(value: str) -> str | None:
+    # Cached: the From and Reply-To of a sender are the same on every message.
+    pairs = getaddresses([value])
+    if not pairs or any(not addr or not addr.isascii() for _, addr in pairs):
+        return None
+    return ", ".join(formataddr(pair, charset="utf-8") for pair in pairs)
+
+
+@functools.lru_cache(maxsize=256)
+def envelope_sender(from_email: str) -> str:
+    """The address of a From header (``Name <a@b>`` gives ``a@b``), for MAIL FROM."""
+    return parseaddr(from_email)[1]
 
 
 def _headers(message: OutgoingEmail, message_id: str) -> list[tuple[str, str]]:
@@ -233,7 +262,7 @@ class SmtpProvider:
         mime = build_mime(message) if data is None else None
         if mime is not None:
             message_id = str(mime["Message-ID"])
-        sender = parseaddr(message.from_email)[1]
+        sender = envelope_sender(message.from_email)
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             if client is not None and not client.is_connected:

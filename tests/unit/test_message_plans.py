@@ -1,0 +1,237 @@
+"""Message plans: one rendering finished and tracked once, per-message values filled in.
+
+A planned message must be exactly the message rendered and tracked directly with its
+own links, and renderings a plan cannot describe must fall back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hogsend.channels.message_plans import MessagePlans
+from hogsend.channels.templates import TemplateRegistry
+from hogsend.core.contact import Contact
+from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html, verify_id
+
+BASE = "https://mail.example.test"
+SECRET = b"k" * 32
+PREFIXES = {
+    "unsubscribe_url": f"{BASE}/v1/email/one-click?token=",
+    "preferences_url": f"{BASE}/v1/email/preferences?token=",
+}
+UNTRACKED = (f"{BASE}/v1/email/", f"{BASE}/t/")
+ADA = Contact(id=uuid.uuid4(), key="u1", email="ada@example.com", properties={"first_name": "Ada"})
+
+LAYOUT = """<!doctype html>
+<html><head><style>a { color: #0969da; } @media (max-width: 600px) { p { margin: 0; } }</style>
+</head><body><div class="card">{% block body %}{% endblock %}</div>
+<p><a href="{{ unsubscribe_url }}">Unsubscribe</a> · <a href="{{ preferences_url }}">Prefs</a></p>
+</body></html>
+"""
+
+OFFER = """{#---
+subject: An offer for {{ contact.properties.first_name }}
+preheader: Only {{ days }} days left
+---#}
+{% extends "_layout.html" %}
+{% block body %}<p>Hi {{ contact.properties.first_name }},</p>
+<p><a href="https://example.com/plans?x=1&amp;y=2">Choose a plan</a>
+<a href="https://example.com/plans?x=1&amp;y=2">again</a>
+<a href="https://example.com/help" data-hogsend-track="off">Help</a></p>{% endblock %}
+"""
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> TemplateRegistry:
+    (tmp_path / "_layout.html").write_text(LAYOUT)
+    (tmp_path / "offer.html").write_text(OFFER)
+    (tmp_path / "shouty.html").write_text(
+        '{#---\nsubject: Hi\n---#}\n<p><a href="{{ unsubscribe_url | upper }}">Off</a></p>\n'
+    )
+    (tmp_path / "carried.html").write_text(
+        "{#---\nsubject: Hi\n---#}\n"
+        '<p><a href="https://example.com/bye?next={{ unsubscribe_url }}">Off</a></p>\n'
+    )
+    (tmp_path / "titled.html").write_text(
+        "{#---\nsubject: Leave at {{ unsubscribe_url }}\n---#}\n<p>Hi</p>\n"
+    )
+    return TemplateRegistry(tmp_path)
+
+
+def plans(registry: TemplateRegistry, size: int = 16) -> MessagePlans:
+    return MessagePlans(
+        registry,
+        public_url=BASE,
+        secret=SECRET,
+        link_prefixes=PREFIXES,
+        untracked=UNTRACKED,
+        size=size,
+    )
+
+
+def direct(
+    registry: TemplateRegistry,
+    key: str,
+    tokens: dict[str, str],
+    send_id: uuid.UUID,
+    links: tuple[TrackedLink, ...],
+) -> tuple[str, str, str]:
+    """The message rendered with its real links and tracked with the same link ids."""
+    rendered = registry.render(
+        key,
+        contact=ADA,
+        props={"days": 3},
+        extra={name: PREFIXES[name] + token for name, token in tokens.items()},
+    )
+    ids = iter(link.id for link in links)
+    tracked = track_html(
+        rendered.html,
+        click_url_of=lambda link_id: click_url(BASE, link_id, SECRET),
+        pixel_url=open_url(BASE, send_id, SECRET),
+        skip=lambda url: url.startswith(UNTRACKED),
+        new_id=lambda: next(ids),
+    )
+    assert tracked.links == links
+    return rendered.subject, tracked.html, rendered.text
+
+
+def test_a_planned_message_is_the_directly_rendered_one(registry: TemplateRegistry) -> None:
+    planner = plans(registry)
+    for n in range(3):  # the first builds the plan, the others use it
+        tokens = {"unsubscribe_url": f"unsub.tok{n}", "preferences_url": f"pref.tok-{n}"}
+        send_id = uuid.uuid4()
+        composed = planner.compose(
+            "offer",
+            contact=ADA,
+            props={"days": 3},
+            subject=None,
+            link_tokens=tokens,
+            send_id=send_id,
+            opens=True,
+            clicks=True,
+        )
+        assert composed is not None
+        assert [link.url for link in composed.links] == ["https://example.com/plans?x=1&y=2"]
+        subject, html, text = direct(registry, "offer", tokens, send_id, composed.links)
+        assert composed.rendered.subject == subject == "An offer for Ada"
+        assert composed.rendered.html == html
+        assert composed.rendered.text == text
+        assert f"one-click?token=unsub.tok{n}" in html
+        assert f"token=pref.tok-{n}" in text
+        assert 'style="color: #0969da;"' in html  # CSS inlined
+        assert "Only 3 days left" in html  # preheader
+        click = html.split(f"{BASE}/t/c/")[1][:43]
+        assert verify_id("click", click, SECRET) == composed.links[0].id
+        assert open_url(BASE, send_id, SECRET) in html
+
+
+def test_each_message_gets_its_own_link_ids(registry: TemplateRegistry) -> None:
+    planner = plans(registry)
+    ids: set[uuid.UUID] = set()
+    for _ in range(5):
+        composed = planner.compose(
+            "offer",
+            contact=ADA,
+            props={"days": 3},
+            subject=None,
+            link_tokens={"unsubscribe_url": "a", "preferences_url": "b"},
+            send_id=uuid.uuid4(),
+            opens=False,
+            clicks=True,
+        )
+        assert composed is not None
+        assert "/t/o/" not in composed.rendered.html  # no pixel asked for
+        ids.update(link.id for link in composed.links)
+    assert len(ids) == 5
+
+
+def test_untracked_and_transactional_messages(registry: TemplateRegistry) -> None:
+    planner = plans(registry)
+    composed = planner.compose(
+        "offer",
+        contact=ADA,
+        props={"days": 3},
+        subject="A literal subject",
+        link_tokens={"unsubscribe_url": "u1", "preferences_url": "p1"},
+        send_id=uuid.uuid4(),
+        opens=False,
+        clicks=False,
+    )
+    assert composed is not None
+    assert composed.links == ()
+    assert composed.rendered.subject == "A literal subject"
+    assert 'href="https://example.com/plans?x=1&amp;y=2"' in composed.rendered.html
+    assert "token=u1" in composed.rendered.html
+    # A transactional message has no link variables: a template needing them fails as usual.
+    from hogsend.errors import TemplateError
+
+    with pytest.raises(TemplateError):
+        planner.compose(
+            "offer",
+            contact=ADA,
+            props={"days": 3},
+            subject=None,
+            link_tokens=None,
+            send_id=uuid.uuid4(),
+            opens=True,
+            clicks=True,
+        )
+
+
+@pytest.mark.parametrize("key", ["shouty", "carried"])
+def test_renderings_a_plan_cannot_describe_fall_back(registry: TemplateRegistry, key: str) -> None:
+    # A link transformed by a filter, or carried inside a tracked URL: no plan.
+    planner = plans(registry)
+    for _ in range(2):
+        assert (
+            planner.compose(
+                key,
+                contact=ADA,
+                props={},
+                subject=None,
+                link_tokens={"unsubscribe_url": "u", "preferences_url": "p"},
+                send_id=uuid.uuid4(),
+                opens=True,
+                clicks=True,
+            )
+            is None
+        )
+
+
+def test_a_link_in_the_subject_is_filled_too(registry: TemplateRegistry) -> None:
+    composed = plans(registry).compose(
+        "titled",
+        contact=ADA,
+        props={},
+        subject=None,
+        link_tokens={"unsubscribe_url": "tok9", "preferences_url": "p"},
+        send_id=uuid.uuid4(),
+        opens=False,
+        clicks=False,
+    )
+    assert composed is not None
+    assert composed.rendered.subject == f"Leave at {PREFIXES['unsubscribe_url']}tok9"
+
+
+def test_plans_are_kept_per_rendering_and_bounded(registry: TemplateRegistry) -> None:
+    planner = plans(registry, size=2)
+    for name in ["Ada", "Bob", "Cy", "Ada"]:
+        contact = Contact(
+            id=uuid.uuid4(), key=name, email="x@example.com", properties={"first_name": name}
+        )
+        composed = planner.compose(
+            "offer",
+            contact=contact,
+            props={"days": 3},
+            subject=None,
+            link_tokens={"unsubscribe_url": "u", "preferences_url": "p"},
+            send_id=uuid.uuid4(),
+            opens=True,
+            clicks=True,
+        )
+        assert composed is not None
+        assert f"Hi {name}," in composed.rendered.html
+    assert len(planner._plans) == 2
