@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy import text
 
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import bucket_sweeps as sweeps
@@ -299,6 +300,21 @@ class BucketSweeper:
 
     # -- backfill -------------------------------------------------------------------------
 
+    async def _refresh_statistics(self) -> None:
+        """ANALYZE the memberships a backfill just rewrote in bulk.
+
+        Autovacuum gets there eventually, but the sweeps that follow would be planned
+        meanwhile with the statistics of a table that was (nearly) empty, and a join
+        planned for one row over hundreds of thousands walks them once per outer row.
+        Best effort: without the privilege, the plans just wait for autovacuum.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("ANALYZE bucket_memberships"))
+                await conn.commit()
+        except Exception:
+            log.warning("could not analyze bucket_memberships", exc_info=True)
+
     async def backfill(
         self,
         bucket: BucketDefinition,
@@ -355,6 +371,7 @@ class BucketSweeper:
             async with self._sessions() as session, session.begin():
                 await sweeps.fail_backfill(session, claim, report.error)
         if report.completed:
+            await self._refresh_statistics()
             log.info(
                 "bucket backfilled",
                 bucket_id=bucket.id,

@@ -488,11 +488,34 @@ async def backfill_chunk(
     ).first()
     if owned is None:
         raise LeaseLost(bucket.id)
-    c = contacts
-    ids = select(c.c.id).order_by(c.c.id).limit(chunk_size)
+    c, m = contacts, memberships
+    await _custom_plans(session)
+    # One read evaluates the whole chunk: the criteria and the active membership of each
+    # contact, both as correlated lookups through the (contact, ...) indexes. The writes
+    # that follow are keyed on the ids it returned, so no plan depends on statistics of
+    # a memberships table the backfill itself is growing (a join planned while it looked
+    # empty walked every member of the bucket once per contact of the chunk).
+    # The chunk is chosen first (a materialised CTE of ``chunk_size`` rows): planned
+    # against the whole table, a criteria leg would be hashed over every contact with a
+    # recent event (~200k rows at 1M contacts) for each chunk of 2,000.
+    ids = select(c.c.id, c.c.deleted_at, c.c.properties).order_by(c.c.id).limit(chunk_size)
     if claim.cursor is not None:
         ids = ids.where(c.c.id > claim.cursor)
-    page = list((await session.execute(ids)).scalars())
+    chunk = ids.cte("chunk").prefix_with("MATERIALIZED")
+    member = (
+        select(m.c.id)
+        .where(*_active(m, bucket.id), m.c.contact_id == chunk.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    matches = and_(
+        chunk.c.deleted_at.is_(None),
+        compile_sql(bucket.criteria, now, contact_id=chunk.c.id, properties=chunk.c.properties),
+    )
+    page_query = select(chunk.c.id, matches.label("matches"), member.label("member")).order_by(
+        chunk.c.id
+    )
+    page = (await session.execute(page_query)).all()
     if not page:
         await session.execute(
             update(configs)
@@ -508,31 +531,30 @@ async def backfill_chunk(
             )
         )
         return ChunkResult(claim=_advanced(claim, now, None, 0), joined=0, left=0, done=True)
-    lo, hi = claim.cursor, page[-1]
-    in_chunk = [c.c.id <= hi] + ([] if lo is None else [c.c.id > lo])
-
-    m = memberships
-    matches = compile_sql(bucket.criteria, now, contact_id=c.c.id, properties=c.c.properties)
-    # Silent leaves of the members this chunk covers whose contact no longer matches.
-    left = await session.execute(
-        update(m)
-        .where(
-            *_active(m, bucket.id),
-            m.c.contact_id == c.c.id,
-            *in_chunk,
-            or_(c.c.deleted_at.is_not(None), ~matches),
+    hi = page[-1].id
+    # Silent leaves of the members whose contact no longer matches (or was deleted).
+    leaving = [r.member for r in page if r.member is not None and not r.matches]
+    n_left = 0
+    if leaving:
+        left = await session.execute(
+            update(m)
+            .where(m.c.id.in_(leaving), m.c.status == "active")
+            .values(
+                status="left",
+                left_at=now,
+                left_reason="criteria",
+                last_evaluated_at=now,
+                updated_at=func.now(),
+            )
+            .returning(m.c.id)
         )
-        .values(
-            status="left",
-            left_at=now,
-            left_reason="criteria",
-            last_evaluated_at=now,
-            updated_at=func.now(),
+        n_left = len(left.all())
+    joining = [r.id for r in page if r.member is None and r.matches]
+    joined: list[Transition] = []
+    if joining:
+        joined = await _insert_members(
+            session, bucket, now, where=[c.c.id.in_(joining)], source="backfill", evaluated=True
         )
-        .returning(m.c.id)
-    )
-    n_left = len(left.all())
-    joined = await _insert_members(session, bucket, now, where=[*in_chunk], source="backfill")
     await session.execute(
         update(configs)
         .where(configs.c.bucket_id == bucket.id)
@@ -581,11 +603,14 @@ async def _insert_members(
     where: Sequence[ColumnElement[bool]],
     source: str,
     limit: int | None = None,
+    evaluated: bool = False,
 ) -> list[Transition]:
     """Join the live contacts matching the criteria (and ``where``) that are not members.
 
     One ``INSERT ... SELECT``; a concurrent join of the same contact loses quietly on the
-    active-membership unique index.
+    active-membership unique index. ``evaluated``: ``where`` names contacts this
+    transaction already found matching and not members at ``now``, so neither is
+    tested again (the unique index still settles a race with the real-time path).
     """
     assert bucket.criteria is not None
     c, m = contacts, memberships
@@ -596,12 +621,12 @@ async def _insert_members(
         .where(prior.c.bucket_id == bucket.id, prior.c.contact_id == c.c.id)
         .scalar_subquery()
     )
-    conds: list[ColumnElement[bool]] = [
-        c.c.deleted_at.is_(None),
-        *where,
-        ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
-        compile_sql(bucket.criteria, now),
-    ]
+    conds: list[ColumnElement[bool]] = [c.c.deleted_at.is_(None), *where]
+    if not evaluated:
+        conds += [
+            ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
+            compile_sql(bucket.criteria, now),
+        ]
     if bucket.entry_limit is not None:
         conds.append(prior_count < bucket.entry_limit)
     chosen = (
