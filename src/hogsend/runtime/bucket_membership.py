@@ -40,13 +40,11 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Executable,
-    Text,
     bindparam,
     case,
     false,
     func,
     literal,
-    literal_column,
     select,
 )
 from sqlalchemy.dialects.postgresql import UUID
@@ -58,7 +56,8 @@ from hogsend.core.conditions.analysis import dependencies
 from hogsend.core.definitions import BucketDefinition
 from hogsend.db.conditions import compile_sql, contacts
 from hogsend.db.repos import buckets as repo
-from hogsend.db.tables.buckets import BucketConfig, BucketMembership
+from hogsend.db.repos.bucket_sweeps import member_of
+from hogsend.db.tables.buckets import BucketConfig
 from hogsend.runtime.dispatcher import DispatchedEvent
 
 log = structlog.get_logger(__name__)
@@ -66,7 +65,6 @@ log = structlog.get_logger(__name__)
 CONSUMER_NAME = "bucket-membership"
 
 configs = BucketConfig.__table__
-m = BucketMembership.__table__
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 _CONTACT = bindparam("contact_id", type_=UUID(as_uuid=True))
@@ -145,17 +143,7 @@ class BucketMembershipConsumer:
                 select(configs.c.enabled).where(configs.c.bucket_id == bucket.id).scalar_subquery()
             )
             enabled = func.coalesce(override, literal(bucket.enabled))
-            member = (
-                select(m.c.id)
-                .where(
-                    m.c.contact_id == contacts.c.id,
-                    m.c.bucket_id == bucket.id,
-                    m.c.status == literal_column("'active'", Text),
-                    m.c.deleted_at.is_(None),
-                )
-                .limit(1)
-                .scalar_subquery()
-            )
+            member = member_of(bucket.id, contacts.c.id)
             columns += [
                 enabled.label(f"e{index}"),
                 case((enabled, compile_sql(bucket.criteria, _NOW)), else_=false()).label(
