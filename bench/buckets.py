@@ -12,18 +12,21 @@ One embedded Postgres per population size, contacts and their events generated w
   sweep (``bucket_configs.reconciled_at``; ``first`` is the sweep right after the
   backfills, ``steady`` the next);
 * **full sweep**: the sweep without a watermark (none completed yet for the current
-  criteria): every member of every bucket re-evaluated and absence joins over every
-  contact who ever had a windowed event.
+  criteria): every member of every bucket and every contact who ever had a windowed
+  event are candidates; one set-based read per pass finds the ones to evaluate.
 
 Linearity: the per-contact cost of each size (ms per 1,000 contacts) side by side.
-Run with ``python -m bench buckets``; ``run(sizes=(1_000_000,))`` for the big one.
+Run with ``python -m bench buckets``; ``--sizes=100000,1000000`` for the big one,
+``--skip=latency`` or ``--skip=sweep`` for one part, ``--rate=`` / ``--seconds=`` for the
+latency run's offered load. The latency run also reports the worker's CPU ms and SQL
+statements per dispatched event: on a shared machine those survive the load, the
+percentiles do not.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import random
 import statistics
@@ -115,31 +118,63 @@ def buckets() -> list[BucketDefinition]:
 
 def _generate(url: str, n: int, *, now: datetime = NOW) -> tuple[int, float]:
     """COPY ``n`` contacts and their events (over the 60 days before ``now``); returns
-    (events, seconds)."""
+    (events, seconds).
+
+    Rows are written as COPY text in large blocks (``write_row`` per row costs several
+    microseconds of Python each, which at 4M rows was most of the set-up time).
+    """
     rng = random.Random(SEED)
     started = time.perf_counter()
     events = 0
+    plans = ('{"plan": "free"}', '{"plan": "free"}', '{"plan": "pro"}', '{"plan": "team"}')
+    names = ("app.active",) * 5 + ("page.view",) * 3 + ("purchase",)
+    span = 60 * 86_400_000_000  # microseconds
+    base = int(now.timestamp() * 1_000_000)
+    ids: list[str] = []
     with psycopg.connect(libpq_url(url)) as conn:
+        # Secondary indexes are built once after the load rather than maintained row by
+        # row (random uuids make every insert a random index page): several times faster.
+        indexes = conn.execute(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i"
+            " WHERE i.tablename IN ('contacts', 'user_events') AND NOT EXISTS"
+            " (SELECT 1 FROM pg_constraint k WHERE k.conname = i.indexname)"
+        ).fetchall()
+        for name, _ in indexes:
+            conn.execute(f'DROP INDEX "{name}"')
         with conn.cursor() as cur:
             with cur.copy("COPY contacts (id, external_id, properties) FROM STDIN") as copy:
-                ids = []
+                block: list[str] = []
                 for i in range(n):
-                    cid = uuid.UUID(int=rng.getrandbits(128), version=4)
+                    cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
                     ids.append(cid)
-                    plan = rng.choice(("free", "free", "pro", "team"))
                     # A fifth of the contacts have no external id (email-only / anonymous).
-                    ext = None if i % 5 == 0 else f"u{i}"
-                    copy.write_row((cid, ext, json.dumps({"plan": plan})))
+                    ext = "\\N" if i % 5 == 0 else f"u{i}"
+                    block.append(f"{cid}\t{ext}\t{plans[rng.randrange(4)]}\n")
+                    if len(block) == 50_000:
+                        copy.write("".join(block))
+                        block = []
+                copy.write("".join(block))
             with cur.copy(
                 "COPY user_events (contact_id, user_id, event, occurred_at) FROM STDIN"
             ) as copy:
+                block = []
                 for cid in ids:
                     for _ in range(rng.randint(1, 5)):
-                        name = rng.choices(("app.active", "page.view", "purchase"), (5, 3, 1))[0]
-                        at = now - timedelta(seconds=rng.uniform(0, 60 * 86_400))
-                        copy.write_row((cid, str(cid), name, at))
+                        # A timezone-aware datetime prints as a literal COPY parses.
+                        at = datetime.fromtimestamp((base - rng.randrange(span)) / 1e6, UTC)
+                        block.append(f"{cid}\t{cid}\t{names[rng.randrange(9)]}\t{at}\n")
                         events += 1
-        conn.execute("ANALYZE")
+                    if len(block) >= 50_000:
+                        copy.write("".join(block))
+                        block = []
+                copy.write("".join(block))
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for _, definition in indexes:
+            conn.execute(definition)
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE contacts")
+        conn.execute("VACUUM ANALYZE user_events")
     return events, time.perf_counter() - started
 
 
@@ -251,15 +286,20 @@ def _server(*, commit_timestamps: bool = False) -> Iterator[EmbeddedPostgres]:
             server.stop()
 
 
-def _latency_child(url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent) -> None:
-    asyncio.run(_latency_worker(url, overrides, ready, stop))
+def _latency_child(
+    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent, out: Any
+) -> None:
+    asyncio.run(_latency_worker(url, overrides, ready, stop, out))
 
 
 async def _latency_worker(
-    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent
+    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent, out: Any
 ) -> None:
     """A worker's dispatcher with the app's consumers (bucket membership for ten
-    buckets), listening for NOTIFY like a deployed worker."""
+    buckets), listening for NOTIFY like a deployed worker. Puts on ``out`` its CPU
+    seconds and SQL statements while the load ran (what survives a loaded machine)."""
+    from sqlalchemy import event as sa_event
+
     from hogsend.logs import configure_logging
     from hogsend.runtime.dispatcher import Dispatcher, build_consumers
     from hogsend.settings import Settings
@@ -274,12 +314,21 @@ async def _latency_worker(
     )
     configure_logging(settings)
     engine = make_async_engine(url, pool_size=settings.dispatcher_concurrency + 2)
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
     dispatcher = Dispatcher(engine, settings, build_consumers(Hogsend(buckets=buckets())))
     await dispatcher.start()
     while not dispatcher.listening:  # noqa: ASYNC110 - a flag, polled briefly
         await asyncio.sleep(0.01)
+    cpu, statements = time.process_time(), 0
     ready.set()
     await asyncio.to_thread(stop.wait)
+    out.put({"cpu_s": time.process_time() - cpu, "statements": statements})
     await dispatcher.stop()
     await engine.dispose()
 
@@ -352,17 +401,15 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _latency(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    ready, stop = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, stop))
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, stop, out))
     proc.start()
     try:
         if not ready.wait(120):
             raise RuntimeError("the dispatcher process did not start")
-        offered = asyncio.run(
-            _offer(url, rate=LATENCY_RATE, seconds=LATENCY_SECONDS, contacts=LATENCY_CONTACTS)
-        )
+        offered = asyncio.run(_offer(url, rate=rate, seconds=seconds, contacts=LATENCY_CONTACTS))
         deadline = time.monotonic() + 120
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             while time.monotonic() < deadline:
@@ -378,21 +425,35 @@ def _latency(url: str, overrides: dict[str, Any]) -> dict[str, Any]:
             transitions = conn.execute(
                 "SELECT count(*) FROM user_events WHERE source = 'bucket'"
             ).fetchone()
+            # Events the dispatcher handled: the offered ones and the transitions.
+            handled = conn.execute(
+                "SELECT count(*) FROM event_outbox WHERE processed_at IS NOT NULL"
+            ).fetchone()
     finally:
         stop.set()
+        cost = out.get(timeout=60) if proc.is_alive() else {}
         proc.join(60)
     every = [float(r[0]) for r in rows]
+    n_handled = int(handled[0]) if handled else 0
     moved = [float(r[0]) for r in rows if r[1]]
     return {
         "offered_events": offered,
-        "offered_per_s": LATENCY_RATE,
+        "offered_per_s": rate,
         "transition_events": int(transitions[0]) if transitions else 0,
         "all_events": _percentiles(every),
         "events_with_a_transition": _percentiles(moved),
+        "dispatched_events": n_handled,
+        "worker_cpu_ms_per_event": round(cost.get("cpu_s", 0) * 1000 / max(n_handled, 1), 2),
+        "statements_per_event": round(cost.get("statements", 0) / max(n_handled, 1), 2),
     }
 
 
-def measure_latency(settings_variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def measure_latency(
+    settings_variants: dict[str, dict[str, Any]],
+    *,
+    rate: float = LATENCY_RATE,
+    seconds: float = LATENCY_SECONDS,
+) -> dict[str, Any]:
     """(a): event commit -> commit of the dispatcher transaction that applied its
     membership changes, per dispatcher configuration, each on a fresh database."""
     out: dict[str, Any] = {}
@@ -402,14 +463,17 @@ def measure_latency(settings_variants: dict[str, dict[str, Any]]) -> dict[str, A
             migrate.upgrade(url)
             _generate(url, LATENCY_CONTACTS, now=datetime.now(UTC))
             asyncio.run(_backfill_all(url))
-            print(f"  latency [{label}]: {LATENCY_RATE} events/s for {LATENCY_SECONDS:.0f} s")
-            out[label] = {"settings": overrides, **_latency(url, overrides)}
+            print(f"  latency [{label}]: {rate:g} events/s for {seconds:g} s")
+            got = _latency(url, overrides, rate=rate, seconds=seconds)
+            out[label] = {"settings": overrides, **got}
             got = out[label]
             print(
                 f"    all events p50 {got['all_events'].get('p50_ms')} ms,"
                 f" p99 {got['all_events'].get('p99_ms')} ms;"
                 f" with a transition p50 {got['events_with_a_transition'].get('p50_ms')} ms,"
-                f" p99 {got['events_with_a_transition'].get('p99_ms')} ms",
+                f" p99 {got['events_with_a_transition'].get('p99_ms')} ms;"
+                f" worker CPU {got['worker_cpu_ms_per_event']} ms/event,"
+                f" {got['statements_per_event']} statements/event",
                 flush=True,
             )
     return out
@@ -435,6 +499,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="contact counts for the backfill and sweep runs, comma-separated",
     )
     parser.add_argument("--skip", default="", help="parts to skip: latency, sweep")
+    parser.add_argument(
+        "--rate", type=float, default=LATENCY_RATE, help="events/s offered in the latency run"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=LATENCY_SECONDS, help="length of the latency run"
+    )
     args = parser.parse_args(argv)
     sizes = tuple(int(x) for x in args.sizes.split(",") if x)
     skip = set(filter(None, args.skip.split(",")))
@@ -444,7 +514,9 @@ def main(argv: list[str]) -> dict[str, Any]:
             {
                 "default": {},
                 "one event per transaction": {"dispatcher_events_per_transaction": 1},
-            }
+            },
+            rate=args.rate,
+            seconds=args.seconds,
         )
     if "sweep" not in skip:
         result.update(run(sizes))

@@ -516,3 +516,51 @@ async def test_email_windows_drive_incremental_leaves_and_joins(engine: AsyncEng
     assert [e.idempotency_key for e in await events(engine)] == [
         f"bucket:entered:lapsed-reader:{cid}:1"
     ]
+
+
+async def test_full_pass_finds_candidates_set_based_and_matches_the_incremental_one(
+    engine: AsyncEngine,
+) -> None:
+    # Without a watermark, both passes read their candidates in one statement first; the
+    # outcome must be the one of the incremental sweep: leaves, a deferred leave inside
+    # min_dwell, absence joins, members that still match untouched; once.
+    sticky = define_bucket(
+        id="sticky-week",
+        name="Active this week (sticky)",
+        criteria=where.event("app.active").within(7 * DAY).exists(),
+        min_dwell=timedelta(days=10),
+    )
+    leaving = await add_contact(engine, active_ago=[2 * DAY])
+    staying = await add_contact(engine, active_ago=[2 * DAY])
+    lapsing = await add_contact(engine, active_ago=[30 * DAY, 3 * DAY])
+    s = sweeper(engine, ACTIVE, DORMANT, sticky, batch_size=1)
+    await s.run_once(now=T0)
+    later = T0 + 5 * DAY + timedelta(seconds=1)
+    await add_event(engine, staying, later - DAY)
+    async with engine.begin() as conn:
+        await conn.execute(update(configs).values(reconciled_at=None))
+    async with make_sessionmaker(engine)() as session, session.begin():
+        candidates = await sweeps.leave_candidates(session, ACTIVE, later)
+        joiners = await sweeps.join_candidates(session, DORMANT, later)
+    assert len(candidates) == 2  # leaving and lapsing; staying matches
+    assert joiners == sorted([leaving, lapsing])
+
+    report = await s.run_once(now=later)
+    assert report.counts["left_criteria"] == 2  # of active-week; sticky defers
+    assert report.counts["joined"] == 2
+    by_contact = {r.contact_id: r for r in await rows(engine, "active-week")}
+    assert by_contact[staying].status == "active"
+    assert {by_contact[leaving].status, by_contact[lapsing].status} == {"left"}
+    deferred = [r for r in await rows(engine, "sticky-week") if r.contact_id != staying]
+    assert [r.status for r in deferred] == ["active", "active"]
+    assert all(r.expires_at == r.entered_at + timedelta(days=10) for r in deferred)
+    assert sorted(r.contact_id for r in await rows(engine, "dormant")) == sorted([leaving, lapsing])
+    # Again without a watermark, from two sweepers at once: nothing new, nothing twice.
+    async with engine.begin() as conn:
+        await conn.execute(update(configs).values(reconciled_at=None))
+    again = await asyncio.gather(
+        s.run_once(now=later), sweeper(engine, ACTIVE, DORMANT, sticky).run_once(now=later)
+    )
+    assert sum(r.counts["left_criteria"] + r.counts["joined"] for r in again) == 0
+    got = await events(engine)
+    assert len({e.idempotency_key for e in got}) == len(got) == 4

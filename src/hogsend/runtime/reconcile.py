@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy import text
 
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import bucket_sweeps as sweeps
@@ -48,6 +49,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], datetime]
 ProgressCallback = Callable[[BackfillClaim], None]
 STOP_TIMEOUT_SECONDS = 10.0
+SWEEP_CONCURRENCY = 2
 
 
 def _utcnow() -> datetime:
@@ -100,6 +102,7 @@ class BucketSweeper:
         chunk_size: contacts per backfill transaction.
         lease: how long a silent backfill keeps its lease.
         dwell: dwell schedules per bucket id, overriding what the definitions say.
+        concurrency: buckets reconciled at the same time within one sweep.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class BucketSweeper:
         chunk_size: int = 2000,
         lease: timedelta = timedelta(minutes=5),
         dwell: Mapping[str, Sequence[DwellSchedule]] | None = None,
+        concurrency: int = SWEEP_CONCURRENCY,
     ) -> None:
         self.app = app
         self.engine = engine
@@ -121,6 +125,7 @@ class BucketSweeper:
         self.chunk_size = chunk_size
         self.lease = lease
         self._dwell = dict(dwell or {})
+        self.concurrency = max(1, concurrency)
         self._clock = clock
         self._sessions = make_sessionmaker(engine)
         self._stopping = False
@@ -217,17 +222,25 @@ class BucketSweeper:
             if sweeps.backfill_needed(bucket, state):
                 report.backfills.append(await self.backfill(bucket, now=now))
         states = await self._states()
-        for bucket in self.app.buckets:
-            if self._stopping:
-                break
+        # Buckets are independent (their own rows, their own transition keys), so a few
+        # are reconciled side by side: a sweep is mostly waiting on Postgres, which can
+        # use more than one core.
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(bucket: BucketDefinition) -> None:
             state = states.get(bucket.id)
             if bucket.criteria is None or not sweeps.is_enabled(bucket, state):
-                continue
-            try:
-                await self._reconcile(bucket, state, report.counts, now)
-            except Exception:
-                # One bucket's failure must not starve the others.
-                log.warning("bucket reconcile failed", bucket_id=bucket.id, exc_info=True)
+                return
+            async with gate:
+                if self._stopping:
+                    return
+                try:
+                    await self._reconcile(bucket, state, report.counts, now)
+                except Exception:
+                    # One bucket's failure must not starve the others.
+                    log.warning("bucket reconcile failed", bucket_id=bucket.id, exc_info=True)
+
+        await asyncio.gather(*(one(bucket) for bucket in self.app.buckets))
         return report
 
     async def _reconcile(
@@ -241,9 +254,28 @@ class BucketSweeper:
         settled = sweeps.settled(bucket, state)
         # Only what time changed since the previous complete sweep (shared by workers).
         since = sweeps.reconciled_since(bucket, state)
+        # Without a watermark (no sweep completed for these criteria), a time-based
+        # bucket's passes look at everyone: a set-based read finds the few candidates
+        # first, and the batches only evaluate those.
+        full = since is None and sweeps.is_time_based(bucket)
         # (a) criteria leaves: time-based buckets, and due deadlines everywhere.
+        if full:
+            async with self._sessions() as session, session.begin():
+                candidates = await sweeps.leave_candidates(session, bucket, instant)
+            for start in range(0, len(candidates), self.batch_size):
+                if self._stopping:
+                    break
+                async with self._sessions() as session, session.begin():
+                    left, _, _ = await sweeps.criteria_leaves(
+                        session,
+                        bucket,
+                        instant,
+                        batch_size=self.batch_size,
+                        only=candidates[start : start + self.batch_size],
+                    )
+                counts["left_criteria"] += len(left)
         cursor: sweeps.SweepCursor | None = None
-        while not self._stopping:
+        while not full and not self._stopping:
             async with self._sessions() as session, session.begin():
                 left, seen, cursor = await sweeps.criteria_leaves(
                     session,
@@ -257,7 +289,24 @@ class BucketSweeper:
             if seen < self.batch_size:
                 break
         # (b) absence joins, once the silent backfill has claimed the historical cohort.
-        if settled and sweeps.is_time_based(bucket):
+        if settled and full:
+            async with self._sessions() as session, session.begin():
+                joiners = await sweeps.join_candidates(session, bucket, instant)
+            for start in range(0, len(joiners), self.batch_size):
+                if self._stopping:
+                    break
+                async with self._sessions() as session, session.begin():
+                    joined, _ = await sweeps.absence_joins(
+                        session,
+                        bucket,
+                        instant,
+                        since=None,
+                        after=None,
+                        batch_size=self.batch_size,
+                        only=joiners[start : start + self.batch_size],
+                    )
+                counts["joined"] += len(joined)
+        elif settled and sweeps.is_time_based(bucket):
             after: uuid.UUID | None = None
             while not self._stopping:
                 async with self._sessions() as session, session.begin():
@@ -298,6 +347,21 @@ class BucketSweeper:
                         break
 
     # -- backfill -------------------------------------------------------------------------
+
+    async def _refresh_statistics(self) -> None:
+        """ANALYZE the memberships a backfill just rewrote in bulk.
+
+        Autovacuum gets there eventually, but the sweeps that follow would be planned
+        meanwhile with the statistics of a table that was (nearly) empty, and a join
+        planned for one row over hundreds of thousands walks them once per outer row.
+        Best effort: without the privilege, the plans just wait for autovacuum.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("ANALYZE bucket_memberships"))
+                await conn.commit()
+        except Exception:
+            log.warning("could not analyze bucket_memberships", exc_info=True)
 
     async def backfill(
         self,
@@ -355,6 +419,7 @@ class BucketSweeper:
             async with self._sessions() as session, session.begin():
                 await sweeps.fail_backfill(session, claim, report.error)
         if report.completed:
+            await self._refresh_statistics()
             log.info(
                 "bucket backfilled",
                 bucket_id=bucket.id,

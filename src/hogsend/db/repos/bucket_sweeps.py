@@ -270,6 +270,31 @@ async def _custom_plans(session: AsyncSession) -> None:
     await session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
 
 
+def member_of(bucket_id: str, contact_id: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The id of the contact's active membership of the bucket (NULL: not a member), as
+    a correlated scalar subquery for a set-based statement.
+
+    The contact's active rows (at most one per bucket) are read first, behind an
+    ``OFFSET 0`` fence, so the lookup always goes through a contact-leading index. Left
+    to choose, the planner may take ``(bucket_id, ...)`` instead when the statistics
+    predate the bucket's rows (a young bucket, a backfill growing it): a scan of every
+    member of the bucket per contact looked up.
+    """
+    m = memberships.alias("mine")
+    rows = (
+        select(m.c.id, m.c.bucket_id)
+        .where(
+            m.c.contact_id == contact_id,
+            m.c.status == literal_column("'active'", Text),
+            m.c.deleted_at.is_(None),
+        )
+        .offset(literal_column("0", Integer))
+        .correlate_except(m)
+        .subquery("active_rows")
+    )
+    return select(rows.c.id).where(rows.c.bucket_id == bucket_id).limit(1).scalar_subquery()
+
+
 def _active(m: Any, bucket_id: str) -> list[ColumnElement[bool]]:
     # 'active' inline, not a parameter: a generic (prepared) plan can then still prove
     # the partial indexes on active rows usable.
@@ -488,11 +513,29 @@ async def backfill_chunk(
     ).first()
     if owned is None:
         raise LeaseLost(bucket.id)
-    c = contacts
-    ids = select(c.c.id).order_by(c.c.id).limit(chunk_size)
+    c, m = contacts, memberships
+    await _custom_plans(session)
+    # One read evaluates the whole chunk: the criteria and the active membership of each
+    # contact, both as correlated lookups through the (contact, ...) indexes. The writes
+    # that follow are keyed on the ids it returned, so no plan depends on statistics of
+    # a memberships table the backfill itself is growing (a join planned while it looked
+    # empty walked every member of the bucket once per contact of the chunk).
+    # The chunk is chosen first (a materialised CTE of ``chunk_size`` rows): planned
+    # against the whole table, a criteria leg would be hashed over every contact with a
+    # recent event (~200k rows at 1M contacts) for each chunk of 2,000.
+    ids = select(c.c.id, c.c.deleted_at, c.c.properties).order_by(c.c.id).limit(chunk_size)
     if claim.cursor is not None:
         ids = ids.where(c.c.id > claim.cursor)
-    page = list((await session.execute(ids)).scalars())
+    chunk = ids.cte("chunk").prefix_with("MATERIALIZED")
+    member = member_of(bucket.id, chunk.c.id)
+    matches = and_(
+        chunk.c.deleted_at.is_(None),
+        compile_sql(bucket.criteria, now, contact_id=chunk.c.id, properties=chunk.c.properties),
+    )
+    page_query = select(chunk.c.id, matches.label("matches"), member.label("member")).order_by(
+        chunk.c.id
+    )
+    page = (await session.execute(page_query)).all()
     if not page:
         await session.execute(
             update(configs)
@@ -508,31 +551,30 @@ async def backfill_chunk(
             )
         )
         return ChunkResult(claim=_advanced(claim, now, None, 0), joined=0, left=0, done=True)
-    lo, hi = claim.cursor, page[-1]
-    in_chunk = [c.c.id <= hi] + ([] if lo is None else [c.c.id > lo])
-
-    m = memberships
-    matches = compile_sql(bucket.criteria, now, contact_id=c.c.id, properties=c.c.properties)
-    # Silent leaves of the members this chunk covers whose contact no longer matches.
-    left = await session.execute(
-        update(m)
-        .where(
-            *_active(m, bucket.id),
-            m.c.contact_id == c.c.id,
-            *in_chunk,
-            or_(c.c.deleted_at.is_not(None), ~matches),
+    hi = page[-1].id
+    # Silent leaves of the members whose contact no longer matches (or was deleted).
+    leaving = [r.member for r in page if r.member is not None and not r.matches]
+    n_left = 0
+    if leaving:
+        left = await session.execute(
+            update(m)
+            .where(m.c.id.in_(leaving), m.c.status == "active")
+            .values(
+                status="left",
+                left_at=now,
+                left_reason="criteria",
+                last_evaluated_at=now,
+                updated_at=func.now(),
+            )
+            .returning(m.c.id)
         )
-        .values(
-            status="left",
-            left_at=now,
-            left_reason="criteria",
-            last_evaluated_at=now,
-            updated_at=func.now(),
+        n_left = len(left.all())
+    joining = [r.id for r in page if r.member is None and r.matches]
+    joined: list[Transition] = []
+    if joining:
+        joined = await _insert_members(
+            session, bucket, now, where=[c.c.id.in_(joining)], source="backfill", evaluated=True
         )
-        .returning(m.c.id)
-    )
-    n_left = len(left.all())
-    joined = await _insert_members(session, bucket, now, where=[*in_chunk], source="backfill")
     await session.execute(
         update(configs)
         .where(configs.c.bucket_id == bucket.id)
@@ -581,27 +623,39 @@ async def _insert_members(
     where: Sequence[ColumnElement[bool]],
     source: str,
     limit: int | None = None,
+    evaluated: bool = False,
 ) -> list[Transition]:
     """Join the live contacts matching the criteria (and ``where``) that are not members.
 
     One ``INSERT ... SELECT``; a concurrent join of the same contact loses quietly on the
-    active-membership unique index.
+    active-membership unique index. ``evaluated``: ``where`` names contacts this
+    transaction already found matching and not members at ``now``, so neither is
+    tested again (the unique index still settles a race with the real-time path).
     """
     assert bucket.criteria is not None
     c, m = contacts, memberships
     prior = m.alias("prior")
     active = m.alias("active")
+    mine = (
+        select(prior.c.bucket_id)
+        .where(prior.c.contact_id == c.c.id)
+        .offset(literal_column("0", Integer))
+        .correlate_except(prior)
+        .subquery("mine")
+    )
+    # Through the contact's own rows (fenced, see member_of), whatever the statistics.
     prior_count = (
         select(func.count())
-        .where(prior.c.bucket_id == bucket.id, prior.c.contact_id == c.c.id)
+        .select_from(mine)
+        .where(mine.c.bucket_id == bucket.id)
         .scalar_subquery()
     )
-    conds: list[ColumnElement[bool]] = [
-        c.c.deleted_at.is_(None),
-        *where,
-        ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
-        compile_sql(bucket.criteria, now),
-    ]
+    conds: list[ColumnElement[bool]] = [c.c.deleted_at.is_(None), *where]
+    if not evaluated:
+        conds += [
+            ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
+            compile_sql(bucket.criteria, now),
+        ]
     if bucket.entry_limit is not None:
         conds.append(prior_count < bucket.entry_limit)
     chosen = (
@@ -726,6 +780,7 @@ async def criteria_leaves(
     since: datetime | None = None,
     batch_size: int,
     after: SweepCursor | None = None,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> tuple[list[Transition], int, SweepCursor | None]:
     """Re-evaluate one batch of members, oldest-evaluated first; leave those that stopped
     matching (outside ``min_dwell``) and emit ``bucket:left`` (reason ``criteria``).
@@ -743,6 +798,9 @@ async def criteria_leaves(
     leaves are. The criteria are evaluated after the batch is chosen, member by member
     through the indexes, never by hashing a whole event table per batch.
 
+    ``only``: look at these memberships instead (the candidates a full pass found with
+    :func:`leave_candidates`); each is still evaluated here, under its row lock.
+
     Returns:
         The leaves, how many members the batch looked at (0: the pass is done) and the
         cursor for the next batch.
@@ -754,7 +812,9 @@ async def criteria_leaves(
     conds.append(sweep_key(m) < _ts(now))
     legs = _windowed_legs(bucket)
     due = m.c.expires_at <= _ts(now)
-    if not is_time_based(bucket) or (since is not None and not legs):
+    if only is not None:
+        conds.append(m.c.id.in_(only))
+    elif not is_time_based(bucket) or (since is not None and not legs):
         conds.append(due)
     elif since is not None:
         # Driven by the few contacts time touched and the few deadlines due, each found
@@ -828,6 +888,76 @@ async def criteria_leaves(
     return out, len(rows), cursor
 
 
+# Memory for the hash joins of a full pass's candidate read (one statement per bucket).
+_FULL_PASS_WORK_MEM = "64MB"
+
+
+async def _full_pass_settings(session: AsyncSession) -> None:
+    await session.execute(text(f"SET LOCAL work_mem = '{_FULL_PASS_WORK_MEM}'"))
+
+
+async def leave_candidates(
+    session: AsyncSession, bucket: BucketDefinition, now: datetime
+) -> list[uuid.UUID]:
+    """The memberships a full criteria pass must look at: active members (of live
+    contacts) that do not match at ``now``, or whose deadline passed.
+
+    One read-only statement over the whole bucket, free of the batch order: the planner
+    evaluates the criteria with hash joins over the events of the legs' names instead
+    of probing the event indexes member by member (a full pass over 700k members of one
+    bucket went from minutes to seconds). Members that match and have no deadline are
+    never written by a pass, so they are the ones left out; the candidates are then
+    evaluated again, batch by batch, by :func:`criteria_leaves` (``only=``).
+    """
+    assert bucket.criteria is not None
+    await _full_pass_settings(session)
+    c, m = contacts, memberships
+    matches = compile_sql(
+        bucket.criteria, now, contact_id=m.c.contact_id, properties=c.c.properties
+    )
+    rows = await session.execute(
+        select(m.c.id)
+        .select_from(m.join(c, c.c.id == m.c.contact_id))
+        .where(
+            *_active(m, bucket.id),
+            c.c.deleted_at.is_(None),
+            sweep_key(m) < _ts(now),
+            or_(~matches, m.c.expires_at <= _ts(now)),
+        )
+    )
+    return list(rows.scalars())
+
+
+async def join_candidates(
+    session: AsyncSession, bucket: BucketDefinition, now: datetime
+) -> list[uuid.UUID]:
+    """The contacts a full absence-join pass must look at, in id order: live contacts
+    that ever had an event of a windowed leg, are not members and match at ``now``.
+
+    Read-only and set-based like :func:`leave_candidates` (rather than one ordered walk
+    of the contacts' primary key, a random heap read per contact); each candidate is
+    checked again when :func:`absence_joins` inserts it (``only=``).
+    """
+    legs = _windowed_legs(bucket)
+    if not legs:
+        return []
+    assert bucket.criteria is not None
+    await _full_pass_settings(session)
+    c, m = contacts, memberships
+    active = m.alias("active")
+    rows = await session.execute(
+        select(c.c.id)
+        .where(
+            c.c.deleted_at.is_(None),
+            c.c.id.in_(_crossed(legs, None, now)),
+            ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
+            compile_sql(bucket.criteria, now),
+        )
+        .order_by(c.c.id)
+    )
+    return list(rows.scalars())
+
+
 def _windowed_legs(bucket: BucketDefinition) -> list[EventCondition | EmailCondition]:
     assert bucket.criteria is not None
     return [
@@ -874,6 +1004,7 @@ async def absence_joins(
     since: datetime | None,
     after: uuid.UUID | None,
     batch_size: int,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> tuple[list[Transition], uuid.UUID | None]:
     """Join, in contact-id order, one batch of contacts that time alone made match.
 
@@ -884,6 +1015,9 @@ async def absence_joins(
     only, never someone who never did X). Each candidate is confirmed by the compiled
     criteria, so every shape is exact. Emits ``bucket:entered`` (source ``reconcile``).
 
+    ``only``: these contacts instead (candidates of :func:`join_candidates`), each
+    checked again here; the pass is then done after this batch.
+
     Returns:
         The joins and the keyset cursor for the next batch (None: the pass is done).
     """
@@ -892,6 +1026,12 @@ async def absence_joins(
         return [], None
     await _custom_plans(session)
     c = contacts
+    if only is not None:
+        joined = await _insert_members(
+            session, bucket, now, where=[c.c.id.in_(only)], source="reconcile"
+        )
+        await emit(session, bucket, joined, now)
+        return joined, None
     where: list[ColumnElement[bool]] = [c.c.id.in_(_crossed(legs, since, now))]
     if after is not None:
         where.append(c.c.id > after)
