@@ -93,7 +93,16 @@ def random_uuids(n: int) -> list[uuid.UUID]:
     system call was the largest single cost of the request (py-spy).
     """
     data = os.urandom(16 * n)
-    return [uuid.UUID(bytes=data[i : i + 16], version=4) for i in range(0, 16 * n, 16)]
+    # The version and variant bits set on the integer, as ``UUID(version=4)`` does: the
+    # ``bytes=`` constructor's own conversion and checks cost twice as much per id.
+    return [
+        uuid.UUID(int=int.from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
+        for i in range(0, 16 * n, 16)
+    ]
+
+
+_V4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
+_V4_SET = (4 << 76) | (0x8000 << 48)
 
 
 def idempotency_lock_name(key: str) -> str:
