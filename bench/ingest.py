@@ -23,6 +23,13 @@ and the ceilings', commits with the server's configured durability: the ceiling 
 ``COPY`` use the server default, our single-event path resets its connection to it
 (``SET LOCAL synchronous_commit TO DEFAULT``), our batch path uses it as is.
 
+Dispatcher (no consumers registered, one worker process, settings as ``hogsend worker``
+sets them): ``dispatcher-drain`` drains the outbox rows the scenarios above stored
+(real rows of our endpoints) for ~10 s and reports rows/s; ``events+dispatcher`` repeats
+the ``events`` load on a fresh database with the dispatcher running next to the API and
+samples the lag (age of the oldest pending outbox row, as ``/v1/health`` reports it)
+and the backlog every 100 ms.
+
 Load: 50 keep-alive connections from this process (a separate process from the
 server), ~10 s each after a 1 s warm-up, with the minimal asyncio HTTP/1.1 client of
 ``bench/auth.py`` extended to POST pre-built bodies (httpx would measure itself).
@@ -38,12 +45,17 @@ import base64
 import contextlib
 import itertools
 import json
+import multiprocessing as mp
+import os
+import statistics
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 from fastapi import FastAPI
 from psycopg_pool import AsyncConnectionPool
@@ -197,11 +209,37 @@ async def _drive(
     }
 
 
+_PGDATA: list[str] = []  # the data directory of the run's Postgres, once started
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the API server (uvicorn children) and by Postgres.
+
+    What the machine's other load does not change much, unlike req/s: with the
+    requests counted, the CPU each request cost the API process and the database.
+    """
+    api = pg = 0.0
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "uvicorn" in " ".join(proc.cmdline()):
+                times = proc.cpu_times()
+                api += times.user + times.system
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "postgres" or not _PGDATA:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.cwd() == _PGDATA[0] or _PGDATA[0] in " ".join(proc.cmdline()):
+                times = proc.cpu_times()
+                pg += times.user + times.system
+    return api, pg
+
+
 async def _load(
     base: str,
     probe: tuple[str, bytes, dict[str, str]],
     per_connection: list[list[bytes]],
     expect: int,
+    events_per_request: int = 1,
 ) -> dict[str, Any]:
     path, body, headers = probe
     async with httpx.AsyncClient() as client:
@@ -212,7 +250,13 @@ async def _load(
             raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:500]}")
     offsets = [0] * len(per_connection)
     await _drive(base, per_connection, expect, WARMUP_S, offsets)
-    return await _drive(base, per_connection, expect, DURATION_S, offsets)
+    api_before, pg_before = _cpu_seconds()
+    result = await _drive(base, per_connection, expect, DURATION_S, offsets)
+    api_after, pg_after = _cpu_seconds()
+    events = max(result["requests"] * events_per_request, 1)
+    result["api_cpu_ms_per_event"] = round((api_after - api_before) * 1000 / events, 4)
+    result["pg_cpu_ms_per_event"] = round((pg_after - pg_before) * 1000 / events, 4)
+    return result
 
 
 # --------------------------------------------------------------------------- bodies
@@ -348,6 +392,134 @@ async def _copy_ceiling(url: str, connections: int, first_serial: int) -> dict[s
     raise AssertionError("unreachable")
 
 
+# --------------------------------------------------------------------------- dispatcher
+
+_PENDING_SQL = "processed_at IS NULL AND dead_at IS NULL"
+_LAG_SQL = (
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+    f" FROM event_outbox WHERE {_PENDING_SQL}"
+)
+
+
+def _dispatcher_child(url: str, ready: Any, stop: Any) -> None:
+    asyncio.run(_dispatcher_main(url, ready, stop))
+
+
+async def _dispatcher_main(url: str, ready: Any, stop: Any) -> None:
+    """One dispatcher with no consumers, as a worker runs it, until ``stop`` is set."""
+    from hogsend.db.engine import make_async_engine
+    from hogsend.logs import configure_logging
+    from hogsend.runtime.dispatcher import Dispatcher
+    from hogsend.settings import Settings
+
+    settings = Settings(
+        env="test",
+        database_url=url,
+        worker_id="bench-dispatcher",
+        log_level="warning",
+        log_format="json",
+    )
+    configure_logging(settings)
+    engine = make_async_engine(url, pool_size=settings.dispatcher_concurrency + 2)
+    dispatcher = Dispatcher(engine, settings, [])
+    await dispatcher.start()
+    while settings.dispatcher_listen and not dispatcher.listening:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    ready.set()
+    await asyncio.to_thread(stop.wait)
+    await dispatcher.stop()
+    await engine.dispose()
+
+
+@contextlib.contextmanager
+def _dispatcher(url: str) -> Any:
+    """A dispatcher process (no consumers) running for the ``with`` block."""
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_dispatcher_child, args=(url, ready, stop))
+    proc.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the dispatcher process did not start")
+        yield
+    finally:
+        stop.set()
+        proc.join(60)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _processed(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM event_outbox WHERE processed_at IS NOT NULL"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _dispatcher_drain(url: str) -> dict[str, Any]:
+    """Rows/s the dispatcher processes from the outbox the scenarios left, ~DURATION_S."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        row = conn.execute(f"SELECT count(*) FROM event_outbox WHERE {_PENDING_SQL}").fetchone()
+        pending = int(row[0]) if row else 0
+        with _dispatcher(url):
+            before, started = _processed(conn), time.perf_counter()
+            while time.perf_counter() - started < DURATION_S:
+                time.sleep(0.1)
+            done, wall = _processed(conn) - before, time.perf_counter() - started
+    return {
+        "pending_at_start": pending,
+        "rows": done,
+        "seconds": round(wall, 2),
+        "rows_per_s": round(done / wall, 1),
+        "drained": done >= pending,
+    }
+
+
+def _lag_under_load(url: str, run_load: Any) -> dict[str, Any]:
+    """Run ``run_load()`` with a dispatcher alongside; sample lag and backlog meanwhile."""
+    samples: list[tuple[int, float]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            while not sampling.is_set():
+                row = conn.execute(_LAG_SQL).fetchone()
+                if row is not None:
+                    samples.append((int(row[0]), float(row[1])))
+                time.sleep(0.1)
+
+    with _dispatcher(url), psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        before, started = _processed(conn), time.perf_counter()
+        try:
+            load = run_load()
+        finally:
+            wall = time.perf_counter() - started
+            processed = _processed(conn) - before
+            sampling.set()
+            sampler.join()
+        # The rest of the backlog, drained after the load stopped.
+        settled = time.perf_counter()
+        while time.perf_counter() - settled < 60:
+            row = conn.execute(f"SELECT count(*) FROM event_outbox WHERE {_PENDING_SQL}").fetchone()
+            if row is None or int(row[0]) == 0:
+                break
+            time.sleep(0.05)
+        drain_s = time.perf_counter() - settled
+    lags = sorted(age for _, age in samples)
+    return {
+        **load,
+        "dispatched_per_s": round(processed / wall, 1),
+        "lag_p50_ms": round(statistics.median(lags) * 1000, 1) if lags else None,
+        "lag_p99_ms": round(_percentile(lags, 0.99) * 1000, 1) if lags else None,
+        "lag_max_ms": round(lags[-1] * 1000, 1) if lags else None,
+        "max_backlog": max((n for n, _ in samples), default=0),
+        "drain_after_s": round(drain_s, 2),
+    }
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -364,8 +536,10 @@ async def _mint(url: str) -> str:
 
 def run() -> dict[str, Any]:
     """Measure every scenario; print a table; return the numbers."""
+    load_before = os.getloadavg()
     server = TestPostgres()
     server.start()
+    _PGDATA[:] = [str(server.server.pgdata)]
     results: dict[str, dict[str, Any]] = {}
     try:
         url = server.fresh_database()
@@ -402,18 +576,51 @@ def run() -> dict[str, Any]:
                 bodies = _batch_bodies(host, headers, name)
                 path = "/v1/events/batch" if name == "batch" else "/segment/v1/batch"
                 empty = b'{"events": []}' if name == "batch" else b'{"batch": []}'
-                results[name] = asyncio.run(_load(base, (path, empty, headers), bodies, 200))
+                results[name] = asyncio.run(
+                    _load(base, (path, empty, headers), bodies, 200, BATCH_SIZE)
+                )
             results[name]["events_per_s"] = round(results[name]["req_per_s"] * BATCH_SIZE, 1)
+        results["dispatcher-drain"] = _dispatcher_drain(url)
+        # The events load again, on a fresh database, with the dispatcher running.
+        lag_url = server.fresh_database()
+        lag_key = asyncio.run(_mint(lag_url))
+        lag_bearer = {"Authorization": f"Bearer {lag_key}"}
+        lag_env = {**env, "HOGSEND_DATABASE_URL": lag_url}
+        with _serve("bench.apps:hogsend_api", lag_env, "/v1/ready", workers=API_WORKERS) as base:
+            bodies = _single_bodies(host, lag_bearer, key=True, path="/v1/events")
+            probe = ("/v1/events", json.dumps(_event(-3, key=False)).encode(), lag_bearer)
+            results["events+dispatcher"] = _lag_under_load(
+                lag_url, lambda: asyncio.run(_load(base, probe, bodies, 202))
+            )
+        results["events+dispatcher"]["events_per_s"] = results["events+dispatcher"]["req_per_s"]
     finally:
         server.stop()
 
-    header = f"{'scenario':<14}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    header = (
+        f"{'scenario':<18}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'API CPU ms/ev':>15}{'PG CPU ms/ev':>14}"
+    )
     print(header)
     for name, r in results.items():
+        if "req_per_s" not in r:
+            continue
         print(
-            f"{name:<14}{r['req_per_s']:>9}{r['events_per_s']:>11}{r['p50_ms']:>9}"
+            f"{name:<18}{r['req_per_s']:>9}{r['events_per_s']:>11}{r['p50_ms']:>9}"
             f"{r['p99_ms']:>9}{r.get('errors', 0):>8}"
+            f"{r.get('api_cpu_ms_per_event', '-'):>15}{r.get('pg_cpu_ms_per_event', '-'):>14}"
         )
+    drain = results["dispatcher-drain"]
+    print(
+        f"dispatcher, no consumers: {drain['rows_per_s']} rows/s draining"
+        f" {drain['pending_at_start']} stored rows ({drain['rows']} in {drain['seconds']} s)"
+    )
+    under = results["events+dispatcher"]
+    print(
+        f"under the events load ({under['req_per_s']} req/s): dispatched"
+        f" {under['dispatched_per_s']} rows/s, lag p50 {under['lag_p50_ms']} ms,"
+        f" p99 {under['lag_p99_ms']} ms, max {under['lag_max_ms']} ms,"
+        f" backlog max {under['max_backlog']}, drained {under['drain_after_s']} s after"
+    )
     ratios = {
         "events_to_insert": round(
             results["events"]["req_per_s"] / results["insert"]["req_per_s"], 3
@@ -438,6 +645,11 @@ def run() -> dict[str, Any]:
         "server": f"uvicorn (uvloop, httptools), {API_WORKERS} process(es) per scenario",
         "postgres": "embedded, same machine; fsync and synchronous_commit off for every writer",
         "targets": {"events_to_insert": 0.7, "batch_to_copy": 0.25},
+        # Other processes share the cores: req/s move with this, CPU ms per event hardly.
+        "load_average_1min": {
+            "before": round(load_before[0], 2),
+            "after": round(os.getloadavg()[0], 2),
+        },
         "results": results,
         "ratios": ratios,
     }

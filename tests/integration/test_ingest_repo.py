@@ -688,6 +688,44 @@ async def test_the_fast_path_prepares_its_statement_once_per_connection(
     assert counts == [{"events": 2, "outbox": 2, "c": 1}]
 
 
+@pytest.mark.parametrize(
+    "standard_strings", ["on", "off"], ids=["standard-strings", "backslash-escapes"]
+)
+async def test_the_fast_path_quotes_every_value_exactly(
+    raw_conn: psycopg.AsyncConnection[Any], engine: AsyncEngine, standard_strings: str
+) -> None:
+    # The query text carries the values as quoted literals: quotes, backslashes, escaped
+    # JSON, statement separators and non-ASCII must arrive unchanged, whatever way the
+    # server reads backslashes in string literals.
+    await raw_conn.execute(f"SET standard_conforming_strings = {standard_strings}")
+    awkward = "it's \\ a \"test\"; DROP TABLE contacts; -- \u00e9 é 😀 '');"
+    item = event(
+        awkward,
+        user_id=f"u'{awkward}",
+        properties={awkward: awkward, "n": [1, 2.5, None, True], "nested": {"q": "'"}},
+        contact_properties={"bio": awkward},
+        idempotency_key=f"k'{awkward}",
+    )
+    stored = await ingest_event_fast(raw_conn, item, now=T0)
+    assert stored is not None
+    assert stored.status == "stored"
+    [row] = await rows(
+        engine,
+        "SELECT e.event, e.user_id, e.properties, e.idempotency_key, c.properties AS contact"
+        " FROM user_events e JOIN contacts c ON c.id = e.contact_id",
+    )
+    assert row == {
+        "event": awkward,
+        "user_id": f"u'{awkward}",
+        "properties": {awkward: awkward, "n": [1, 2.5, None, True], "nested": {"q": "'"}},
+        "idempotency_key": f"k'{awkward}",
+        "contact": {"bio": awkward},
+    }
+    again = await ingest_event_fast(raw_conn, item, now=T0)
+    assert again is not None
+    assert (again.status, again.event_id) == ("duplicate", stored.event_id)
+
+
 async def test_the_fast_path_losing_a_key_to_a_batch_writes_nothing(
     raw_conn: psycopg.AsyncConnection[Any],
     sessions: async_sessionmaker[AsyncSession],

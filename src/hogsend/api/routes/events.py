@@ -106,7 +106,18 @@ def accepted_response(result: IngestResult) -> Response:
     and serialise it through a generic path: a measurable share of a request whose
     database work is one round trip.
     """
-    body = accepted(result).model_dump_json(by_alias=True, exclude_none=True)
+    if result.conflicts or result.event_id is None or result.contact_id is None:
+        body = accepted(result).model_dump_json(by_alias=True, exclude_none=True).encode()
+    else:
+        # The common answer, written directly: the same bytes as the model's dump
+        # (same keys, order and separators) for a tenth of the cost.
+        duplicate = result.status == "duplicate"
+        body = b'{"stored":%b,"eventId":"%b","contactId":"%b"%b}' % (
+            b"false" if duplicate else b"true",
+            str(result.event_id).encode(),
+            str(result.contact_id).encode(),
+            b',"duplicate":true' if duplicate else b"",
+        )
     return Response(body, status_code=202, media_type="application/json")
 
 

@@ -93,7 +93,16 @@ def random_uuids(n: int) -> list[uuid.UUID]:
     system call was the largest single cost of the request (py-spy).
     """
     data = os.urandom(16 * n)
-    return [uuid.UUID(bytes=data[i : i + 16], version=4) for i in range(0, 16 * n, 16)]
+    # The version and variant bits set on the integer, as ``UUID(version=4)`` does: the
+    # ``bytes=`` constructor's own conversion and checks cost twice as much per id.
+    return [
+        uuid.UUID(int=int.from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
+        for i in range(0, 16 * n, 16)
+    ]
+
+
+_V4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
+_V4_SET = (4 << 76) | (0x8000 << 48)
 
 
 def idempotency_lock_name(key: str) -> str:
@@ -918,15 +927,6 @@ _FAST_INGEST = " ".join(_FAST_INGEST.split())
 # The statements are prepared once per connection. The ingest statement takes its
 # values as one jsonb parameter (each ``%(x)s::type`` becomes an extraction from it):
 # quoting one literal instead of seventeen halved the client's cost of the query.
-def _prepare(name: str, sql: str) -> tuple[str, str]:
-    params = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
-    prepare = f"PREPARE {name} AS " + re.sub(
-        r"%\((\w+)\)s", lambda m: f"${params.index(m.group(1)) + 1}", sql
-    )
-    execute = f"EXECUTE {name}(" + ", ".join(f"%({p})s" for p in params) + ")"
-    return prepare, execute
-
-
 def _from_bundle(match: re.Match[str]) -> str:
     key, cast = match.group(1), match.group(2)
     if cast == "jsonb":
@@ -939,22 +939,22 @@ def _from_bundle(match: re.Match[str]) -> str:
     return f"($1->>'{key}')::{cast}"
 
 
-def _prepare_bundled(name: str, sql: str) -> tuple[str, str]:
+def _prepare_bundled(name: str, sql: str) -> str:
     body = re.sub(r"%\((\w+)\)s::(\w+(?:\[\])?)", _from_bundle, sql)
     if "%(" in body:
         raise AssertionError("every parameter of a bundled statement needs a cast")
-    return f"PREPARE {name}(jsonb) AS {body}", f"EXECUTE {name}(%(bundle)s)"
+    return f"PREPARE {name}(jsonb) AS {body}"
 
 
 # Advisory locks in a statement of their own, so that the ingest statement's snapshot is
 # taken after they are held and sees what their last holder committed.
-_PREPARE_LOCKS, _EXECUTE_LOCKS = _prepare(
-    "hogsend_ingest_locks",
-    "SELECT count(pg_advisory_xact_lock(h)) FROM ("
+_PREPARE_LOCKS = (
+    "PREPARE hogsend_ingest_locks(jsonb) AS"
+    " SELECT count(pg_advisory_xact_lock(h)) FROM ("
     " SELECT DISTINCT hashtext(CASE WHEN n LIKE 'email:%' THEN lower(n) ELSE n END) AS h"
-    " FROM unnest(%(names)s::text[]) AS n ORDER BY h) AS locks",
+    " FROM jsonb_array_elements_text($1) AS n ORDER BY h) AS locks"
 )
-_PREPARE_INGEST, _EXECUTE_INGEST = _prepare_bundled("hogsend_ingest_event", _FAST_INGEST)
+_PREPARE_INGEST = _prepare_bundled("hogsend_ingest_event", _FAST_INGEST)
 
 # One simple-protocol query, which Postgres runs as one transaction. The driver pool's
 # connections commit asynchronously (bookkeeping); an event gets the durability the
@@ -965,9 +965,24 @@ _PREPARE_INGEST, _EXECUTE_INGEST = _prepare_bundled("hogsend_ingest_event", _FAS
 # contact twice until the next ANALYZE (bench/ingest.py: ~0.3 ms of Postgres CPU per
 # event at 20,000 contacts).
 _LOCKED_FAST_INGEST = (
-    "SET LOCAL synchronous_commit TO DEFAULT; SET LOCAL enable_seqscan TO off;"
-    f" {_EXECUTE_LOCKS}; {_EXECUTE_INGEST}"
+    b"SET LOCAL synchronous_commit TO DEFAULT; SET LOCAL enable_seqscan TO off;"
+    b" EXECUTE hogsend_ingest_locks(%b); EXECUTE hogsend_ingest_event(%b)"
 )
+
+
+def fast_ingest_query(conn: psycopg.AsyncConnection[Any], names: list[str], bundle: str) -> bytes:
+    """The text of the fast path's one query, its two JSON values quoted by libpq.
+
+    Built here rather than by a psycopg client-side cursor: its per-query parameter
+    conversion and quoting in Python cost more of the API's CPU than anything else in
+    the request's database work (cProfile, bench/ingest.py). ``PQescapeLiteral`` quotes
+    for the connection's own encoding and ``standard_conforming_strings``.
+    """
+    quote = psycopg.pq.Escaping(conn.pgconn).escape_literal
+    return _LOCKED_FAST_INGEST % (
+        quote(to_json(names).encode()),
+        quote(bundle.encode()),
+    )
 
 
 async def ingest_event_fast(
@@ -1028,16 +1043,16 @@ async def ingest_event_fast(
         "patch": dict(patch) if patch else None,
         "notify": notify,
     }
-    params = {"names": sorted(names), "bundle": to_json(bundle)}
-    cursor = psycopg.AsyncClientCursor(conn)
+    query = fast_ingest_query(conn, sorted(names), to_json(bundle))
+    cursor = conn.cursor()
     try:
         try:
-            await cursor.execute(_LOCKED_FAST_INGEST, params)
+            await cursor.execute(query, prepare=False)
         except psycopg.errors.InvalidSqlStatementName:
             # First use on this connection (all of it was rolled back): prepare, retry.
             await conn.execute(_PREPARE_LOCKS)
             await conn.execute(_PREPARE_INGEST)
-            await cursor.execute(_LOCKED_FAST_INGEST, params)
+            await cursor.execute(query, prepare=False)
     except psycopg.errors.UniqueViolation:
         return None  # the key was claimed concurrently; all rolled back
     while cursor.nextset():

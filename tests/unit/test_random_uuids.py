@@ -1,0 +1,23 @@
+"""Batch ids: ``random_uuids`` makes valid, distinct version 4 UUIDs like ``uuid4()``."""
+
+from __future__ import annotations
+
+import uuid
+
+from hogsend.db.repos.events import random_uuids
+
+
+def test_every_id_is_a_distinct_rfc_4122_version_4_uuid() -> None:
+    ids = random_uuids(5000)
+    assert len(ids) == 5000
+    assert len(set(ids)) == 5000
+    for value in ids:
+        assert value.version == 4
+        assert value.variant == uuid.RFC_4122
+        # The same value round-trips through its text form, as Postgres will read it.
+        assert uuid.UUID(str(value)) == value
+        assert uuid.UUID(bytes=value.bytes, version=4) == value
+
+
+def test_none_asked_none_given() -> None:
+    assert random_uuids(0) == []
