@@ -552,6 +552,9 @@ def run() -> dict[str, Any]:
             "HOGSEND_LOG_FORMAT": "json",
             "HOGSEND_LOG_LEVEL": "info",
             "HOGSEND_RATE_LIMIT_DATA_PLANE": str(10**9),  # counted, never reached
+            # The hot path's driver pool is half the SQL pool: 20 gives it the same 10
+            # connections the bare-INSERT ceiling has, so both sides get equal resources.
+            "HOGSEND_DB_POOL_SIZE": "20",
         }
         host = "127.0.0.1"
         with _serve("bench.ingest:insert_api", env, "/ready", workers=API_WORKERS) as base:

@@ -353,7 +353,9 @@ def _contacts(url: str, count: int) -> list[uuid.UUID]:
     with psycopg.connect(libpq_url(url)) as conn, conn.cursor() as cur, cur.copy(copy_sql) as copy:
         for n, contact_id in enumerate(ids):
             copy.write_row(
-                (contact_id, f"user{n}@example.com", f"user-{n}", '{"first_name": "Ada"}')
+                # Every contact its own first name: the template greets by name, so no
+                # two messages render alike (the mailer's plan cache earns nothing here).
+                (contact_id, f"user{n}@example.com", f"user-{n}", f'{{"first_name": "Ada{n}"}}')
             )
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE contacts")
