@@ -253,7 +253,10 @@ async def change_manual_bucket(request: Request) -> Response:
             membership, joined = await buckets.add_by_hand(db, bucket, contact.id, now=now)
             notice = "bucket-added" if joined else "bucket-limit" if membership is None else ""
             epoch = membership.entry_count if membership is not None else None
-            states: tuple[dict[str, Any], dict[str, Any]] = ({"member": False, "epoch": None}, {"member": True, "epoch": epoch})
+            states: tuple[dict[str, Any], dict[str, Any]] = (
+                {"member": False, "epoch": None},
+                {"member": True, "epoch": epoch},
+            )
         else:
             left = await buckets.remove_by_hand(db, bucket, contact.id, now=now)
             notice = "bucket-removed" if left is not None else ""
