@@ -177,8 +177,24 @@ async def test_the_switch_is_persisted_audited_and_read(
         "SELECT action, resource, resource_id, detail FROM audit_logs ORDER BY created_at"
     )
     assert [(a["action"], a["resource_id"], a["detail"]) for a in audit] == [
-        ("buckets.update", "vip", {"enabled": False}),
-        ("buckets.update", "vip", {"enabled": None}),
+        (
+            "buckets.update",
+            "vip",
+            {
+                "enabled": False,
+                "before": {"enabled": True, "override": None},
+                "after": {"enabled": False, "override": False},
+            },
+        ),
+        (
+            "buckets.update",
+            "vip",
+            {
+                "enabled": None,
+                "before": {"enabled": False, "override": False},
+                "after": {"enabled": True, "override": None},
+            },
+        ),
     ]
 
 

@@ -344,14 +344,32 @@ async def test_outbox_lists_reads_and_clears(
     assert cleared.json() == {"deleted": 2}
     after = await env.client.get("/v1/admin/outbox", headers=bearer(admin_key))
     assert after.json() == {"messages": [], "nextCursor": None}
-    audits = await fetch_all("SELECT action, actor, detail FROM audit_logs ORDER BY created_at")
+    audits = await fetch_all(
+        "SELECT action, actor, resource_id, detail FROM audit_logs ORDER BY created_at"
+    )
     assert audits == [
         {
             "action": "outbox.clear",
             "actor": "cleaner",
-            "detail": {"to": "b@example.com", "deleted": 1},
+            "resource_id": "b@example.com",
+            "detail": {
+                "to": "b@example.com",
+                "deleted": 1,
+                "before": {"matching": 1},
+                "after": {"matching": 0},
+            },
         },
-        {"action": "outbox.clear", "actor": "cleaner", "detail": {"to": None, "deleted": 2}},
+        {
+            "action": "outbox.clear",
+            "actor": "cleaner",
+            "resource_id": "all",
+            "detail": {
+                "to": None,
+                "deleted": 2,
+                "before": {"matching": 2},
+                "after": {"matching": 0},
+            },
+        },
     ]
     # the decision log keeps the attempts
     assert [r["decision"] for r in await send_rows(env.engine)] == ["sent"] * 3

@@ -284,7 +284,14 @@ async def test_admin_mutations_are_audited_with_actor_and_request_id(
     assert create["actorKeyId"] == whoami["id"]
     assert create["requestId"] == "req-create-1"
     assert create["ipAddress"] == "127.0.0.1"
-    assert create["detail"] == {"name": "audited", "scopes": ["read"], "expiresAt": None}
+    assert create["detail"] == {
+        "name": "audited",
+        "scopes": ["read"],
+        "expiresAt": None,
+        "before": None,
+        "after": {"name": "audited", "scopes": ["read"], "revoked": False},
+    }
+    assert revoke["detail"] == {"before": {"revoked": False}, "after": {"revoked": True}}
     assert revoke["action"] == "api-keys.revoke"
     assert revoke["resourceId"] == key_id
 

@@ -68,7 +68,11 @@ async def test_backfill_request_is_audited_and_performed_by_the_next_sweep(
             await conn.execute(text("SELECT actor, action, resource_id, detail FROM audit_logs"))
         ).one()
     assert (audit.actor, audit.action, audit.resource_id) == ("ops", "buckets.backfill", "vip")
-    assert audit.detail == {"status": "pending"}
+    assert audit.detail == {
+        "status": "pending",
+        "before": {"backfill": "completed"},
+        "after": {"backfill": "pending"},
+    }
 
     [run] = (await sweeper.run_once(now=NOW)).backfills
     assert run.completed

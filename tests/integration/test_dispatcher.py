@@ -502,6 +502,9 @@ async def test_discarding_a_dead_event_drops_its_outbox_row(
     assert (await admin.get("/v1/health")).json()["dispatcher"]["dead"] == 0
     audit = (await admin.get("/v1/admin/audit-logs", params={"action": "dlq.discard"})).json()
     assert audit["total"] == 1
+    [discarded] = audit["logs"]
+    assert discarded["detail"]["before"] == {"status": "pending"}
+    assert discarded["detail"]["after"] == {"status": "discarded"}
 
 
 async def test_dlq_listing_filters_and_pages(

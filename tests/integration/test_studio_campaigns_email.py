@@ -144,6 +144,14 @@ async def test_a_campaign_created_in_studio_is_the_api_campaign_and_obeys_its_co
         i=campaign_id,
     )
     assert actions == "campaigns.create,campaigns.pause,campaigns.resume,campaigns.cancel"
+    moves = await scalar(
+        engine,
+        "SELECT string_agg(concat(detail->'before'->>'status', '>', detail->'after'->>'status'),"
+        " ',' ORDER BY created_at) FROM audit_logs WHERE resource_id = :i"
+        " AND action <> 'campaigns.create'",
+        i=campaign_id,
+    )
+    assert moves == "scheduled>paused,paused>queued,queued>cancelled"
     ended = await browser.get(f"/studio/campaigns/{campaign_id}")
     assert '/progress"' not in ended.text  # nothing to poll once it is over
 
@@ -358,3 +366,8 @@ async def test_suppressions_add_remove_and_import_match_the_api(
         "SELECT string_agg(action, ',' ORDER BY created_at) FROM audit_logs",
     )
     assert actions == "suppressions.create,suppressions.import,suppressions.delete"
+    sides = await scalar(
+        engine,
+        "SELECT count(*) FROM audit_logs WHERE detail ? 'before' AND detail ? 'after'",
+    )
+    assert sides == 3

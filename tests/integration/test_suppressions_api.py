@@ -92,7 +92,10 @@ async def test_add_then_remove_is_audited_and_keeps_history(
         ("suppressions.create", "ann@example.com", "ops"),
         ("suppressions.delete", "ann@example.com", "ops"),
     ]
-    assert audit[2]["detail"] == {"email": "ann@example.com", "previousReason": "manual"}
+    lifted = audit[2]["detail"]
+    assert (lifted["email"], lifted["previousReason"]) == ("ann@example.com", "manual")
+    assert (lifted["before"]["suppressed"], lifted["after"]["suppressed"]) == (True, False)
+    assert lifted["before"]["reason"] == "manual"
 
 
 async def test_removing_an_address_that_is_not_suppressed_is_a_404_and_changes_nothing(
@@ -258,7 +261,13 @@ async def test_csv_import_reports_bad_lines_and_imports_the_rest(
     assert note["note"] == "from the old ESP"
     [audit] = await fetch_all("SELECT * FROM audit_logs WHERE action = 'suppressions.import'")
     assert audit["resource_id"] == "import"
-    assert audit["detail"] == {"received": 6, "suppressed": 2, "invalid": 2}
+    assert audit["detail"] == {
+        "received": 6,
+        "suppressed": 2,
+        "invalid": 2,
+        "before": {"suppressedOfFile": 1},
+        "after": {"suppressedOfFile": 3},
+    }
 
     # importing the same file again changes nothing
     again = await client.post(

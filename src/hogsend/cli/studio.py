@@ -70,7 +70,13 @@ def create_user(
             action="studio-users.create",
             resource="studio-users",
             resource_id=str(user.id),
-            detail={"email": user.email, "role": user.role, "via": "cli"},
+            detail={
+                "email": user.email,
+                "role": user.role,
+                "via": "cli",
+                "before": None,
+                "after": {"email": user.email, "role": user.role},
+            },
         )
         return user
 

@@ -129,7 +129,12 @@ async def create_from_body(
                 action="campaigns.create",
                 resource="campaigns",
                 resource_id=str(campaign.id),
-                detail={"audienceKind": kind, "template": template.key},
+                detail={
+                    "audienceKind": kind,
+                    "template": template.key,
+                    "before": None,
+                    "after": {"status": campaign.status},
+                },
                 ip_address=ip_address,
                 request_id=request_id,
             )
@@ -206,12 +211,17 @@ async def get_campaign(id: CampaignId, session: DbSession) -> CampaignOut:
 
 
 async def _control(change: AdminChange, campaign_id: UUID, action: str) -> CampaignOut:
+    before = await repo.status_of(change.session, campaign_id)
     campaign, changed = await repo.control(change.session, campaign_id, action, aware_now())
     if campaign is None:
         raise NotFound(f"Unknown campaign: {campaign_id}")
     if not changed:
         raise Conflict(f"cannot {action} a campaign that is {campaign.status}")
-    change.detail = {"status": campaign.status}
+    change.detail = {
+        "status": campaign.status,
+        "before": {"status": before},
+        "after": {"status": campaign.status},
+    }
     return campaign_out(campaign)
 
 

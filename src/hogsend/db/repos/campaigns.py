@@ -157,6 +157,17 @@ async def control(
     return await get_campaign(session, campaign_id), changed
 
 
+async def status_of(session: AsyncSession, campaign_id: uuid.UUID) -> str | None:
+    """The campaign's status, row-locked until the caller commits (None if unknown).
+
+    An operator's control reads it first so its audit row names the status it changed,
+    not one a sending run wrote meanwhile.
+    """
+    return await session.scalar(
+        select(Campaign.status).where(Campaign.id == campaign_id).with_for_update()
+    )
+
+
 # ----------------------------------------------------------------------- scheduling
 
 

@@ -38,6 +38,25 @@ class SuppressionRecord:
     updated_at: datetime
 
 
+def audit_state(record: SuppressionRecord | None) -> dict[str, Any]:
+    """An address's row as an audit entry's ``before`` / ``after`` keeps it (JSON-safe).
+
+    An address with no row is recorded as not suppressed, so every entry has both sides.
+    """
+    if record is None:
+        return {"suppressed": False, "reason": None, "suppressedAt": None, "note": None}
+    health = record.health
+    return {
+        "suppressed": health.suppressed,
+        "reason": health.reason,
+        "suppressedAt": health.suppressed_at.isoformat() if health.suppressed_at else None,
+        "note": record.note,
+        "bounceCount": health.bounce_count,
+        "softBounceStreak": health.soft_bounce_streak,
+        "complaintCount": health.complaint_count,
+    }
+
+
 _COLUMNS = (
     "id, email, suppressed, reason, suppressed_at, bounce_count, soft_bounce_streak,"
     " complaint_count, last_bounce_at, last_bounce_type, last_complaint_at, note,"

@@ -138,6 +138,8 @@ async def create_key(request: Request) -> Response:
                     "name": info.name,
                     "scopes": list(info.scopes),
                     "expiresAt": info.expires_at.isoformat() if info.expires_at else None,
+                    "before": None,
+                    "after": {"name": info.name, "scopes": list(info.scopes), "revoked": False},
                 },
             )
             await db.commit()
@@ -199,7 +201,11 @@ async def revoke_key(request: Request) -> Response:
             action="api-keys.revoke",
             resource="api-keys",
             resource_id=str(key_id),
-            detail={"name": info.name},
+            detail={
+                "name": info.name,
+                "before": {"revoked": False},
+                "after": {"revoked": True},
+            },
         )
         await db.commit()
     # The API's in-process key cache forgets it at once, as the admin route does.

@@ -343,6 +343,7 @@ async def control_campaign(request: Request) -> Response:
         action = str(request.path_params["action"])
         if action not in ACTIONS:
             raise PageError(404, "A campaign can be paused, resumed or cancelled.")
+        before = await repo.status_of(db, campaign_id)
         campaign, changed = await repo.control(db, campaign_id, action, aware_now())
         if campaign is None:
             raise PageError(404, f"Campaign {campaign_id} does not exist.")
@@ -355,7 +356,11 @@ async def control_campaign(request: Request) -> Response:
             action=f"campaigns.{action}",
             resource="campaigns",
             resource_id=str(campaign_id),
-            detail={"status": campaign.status},
+            detail={
+                "status": campaign.status,
+                "before": {"status": before},
+                "after": {"status": campaign.status},
+            },
         )
         await db.commit()
     target = studio_of(request).url(f"/campaigns/{campaign_id}?notice={action}")

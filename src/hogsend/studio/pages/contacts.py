@@ -252,9 +252,16 @@ async def change_manual_bucket(request: Request) -> Response:
         if op == "add":
             membership, joined = await buckets.add_by_hand(db, bucket, contact.id, now=now)
             notice = "bucket-added" if joined else "bucket-limit" if membership is None else ""
+            epoch = membership.entry_count if membership is not None else None
+            states: tuple[dict[str, Any], dict[str, Any]] = (
+                {"member": False, "epoch": None},
+                {"member": True, "epoch": epoch},
+            )
         else:
             left = await buckets.remove_by_hand(db, bucket, contact.id, now=now)
             notice = "bucket-removed" if left is not None else ""
+            epoch = left.entry_count if left is not None else None
+            states = ({"member": True, "epoch": epoch}, {"member": False, "epoch": None})
         if notice in ("", "bucket-limit"):
             return RedirectResponse(studio.url(back + (notice or "unchanged")), 303)
         await record_change(
@@ -264,7 +271,7 @@ async def change_manual_bucket(request: Request) -> Response:
             action="buckets.members." + op,
             resource="buckets",
             resource_id=bucket.id,
-            detail={"contactId": str(contact.id)},
+            detail={"contactId": str(contact.id), "before": states[0], "after": states[1]},
         )
         await db.commit()
     return RedirectResponse(studio.url(back + notice), 303)
@@ -380,6 +387,9 @@ async def perform_action(request: Request) -> Response:
                 target = studio.url(f"/contacts/{contact.id}?notice=unchanged")
                 return RedirectResponse(target, 303)
             notice = "unsubscribed" if action == "unsubscribe" else "resubscribed"
+            # set_unsubscribed_all reported a change, so the switch flipped.
+            detail["before"] = {"unsubscribedAll": action != "unsubscribe"}
+            detail["after"] = {"unsubscribedAll": action == "unsubscribe"}
             target = studio.url(f"/contacts/{contact.id}?notice={notice}")
         else:
             erase = action == "erase"
@@ -393,6 +403,9 @@ async def perform_action(request: Request) -> Response:
             detail["endedRuns"] = len(deleted.exited_workflow_ids)
             if erase:
                 detail = {"contactIds": detail["contactIds"], "erased": len(deleted.erased_ids)}
+            # An erased contact's before keeps no personal data: only that it was live.
+            detail["before"] = {"deleted": False}
+            detail["after"] = {"deleted": True, "erased": erase}
             target = studio.url(f"/contacts?notice={'erased' if erase else 'deleted'}")
         await record_change(
             request,

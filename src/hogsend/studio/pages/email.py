@@ -230,7 +230,16 @@ async def send_test(request: Request) -> Response:
             action="templates.send-test",
             resource="templates",
             resource_id=key,
-            detail={"to": to, "sendId": str(outcome.send_id), "decision": outcome.decision},
+            detail={
+                "to": to,
+                "sendId": str(outcome.send_id),
+                "decision": outcome.decision,
+                "before": {"send": None},
+                "after": {
+                    "send": str(outcome.send_id),
+                    "status": record.status if record is not None else None,
+                },
+            },
         )
         await db.commit()
     decision = record.decision if record is not None else outcome.decision
@@ -408,7 +417,13 @@ async def add_suppression(request: Request) -> Response:
             action="suppressions.create",
             resource="suppressions",
             resource_id=after.email,
-            detail={"email": after.email, "reason": after.health.reason, "changed": not was},
+            detail={
+                "email": after.email,
+                "reason": after.health.reason,
+                "changed": not was,
+                "before": suppressions.audit_state(before),
+                "after": suppressions.audit_state(after),
+            },
         )
         await db.commit()
     return _back(request, done="kept" if was else "added", email=after.email)
@@ -430,7 +445,12 @@ async def remove_suppression(request: Request) -> Response:
             action="suppressions.delete",
             resource="suppressions",
             resource_id=after.email,
-            detail={"email": after.email, "previousReason": before.health.reason},
+            detail={
+                "email": after.email,
+                "previousReason": before.health.reason,
+                "before": suppressions.audit_state(before),
+                "after": suppressions.audit_state(after),
+            },
         )
         await db.commit()
     return _back(request, done="removed", email=after.email)
@@ -473,6 +493,8 @@ async def import_suppressions(request: Request) -> Response:
                 "received": parsed.received,
                 "suppressed": outcome.suppressed,
                 "invalid": len(parsed.errors),
+                "before": {"suppressedOfFile": outcome.already_suppressed},
+                "after": {"suppressedOfFile": outcome.already_suppressed + outcome.suppressed},
             },
         )
         await db.commit()

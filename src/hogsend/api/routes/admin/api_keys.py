@@ -75,6 +75,8 @@ async def create_api_key(
         "name": info.name,
         "scopes": list(info.scopes),
         "expiresAt": info.expires_at.isoformat() if info.expires_at else None,
+        "before": None,
+        "after": {"name": info.name, "scopes": list(info.scopes), "revoked": False},
     }
     return CreatedApiKey(
         id=info.id,
@@ -104,6 +106,7 @@ async def revoke_api_key(
     """
     if not await api_keys.revoke_key(change.session, id):
         raise NotFound(f"API key {id} does not exist or is already revoked")
+    change.detail = {"before": {"revoked": False}, "after": {"revoked": True}}
     cache = key_cache_of(request)
     if cache is not None:
         cache.forget(id)

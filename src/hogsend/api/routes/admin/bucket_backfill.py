@@ -44,7 +44,12 @@ async def request_bucket_backfill(
     await bucket_sweeps.request_backfill(change.session, id)
     state = (await bucket_sweeps.bucket_states(change.session))[id]
     status = "running" if state.backfill_status == "running" else "pending"
-    change.detail = {"status": status}
+    previous = states.get(id)
+    change.detail = {
+        "status": status,
+        "before": {"backfill": previous.backfill_status if previous is not None else None},
+        "after": {"backfill": status},
+    }
     running = status == "running"
     return BackfillRequested(
         bucket_id=id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
@@ -195,9 +195,15 @@ async def update_bucket(
     sweeps and the manual member routes, from the next event on, on every worker.
     """
     bucket = _bucket(request, id)
+    before = await repo.enabled_overrides(change.session)
     await repo.set_enabled(change.session, bucket.id, body.enabled, now=datetime.now(UTC))
-    change.detail = {"enabled": body.enabled}
     overrides = await repo.enabled_overrides(change.session)
+    # The same shape as Studio's switch; "enabled" is the requested override, as before.
+    change.detail = {
+        "enabled": body.enabled,
+        "before": _switch_state(bucket, before),
+        "after": _switch_state(bucket, overrides),
+    }
     counts = await repo.member_counts(change.session, [bucket.id])
     return await _bucket_out(change.session, bucket, overrides, counts)
 
@@ -255,6 +261,12 @@ async def contact_memberships(id: UUID, session: DbSession) -> ContactMembership
     )
 
 
+def _switch_state(bucket: BucketDefinition, overrides: dict[str, bool]) -> dict[str, Any]:
+    """A bucket's switch as audited: the effective value and the admin override (or None)."""
+    override = overrides.get(bucket.id)
+    return {"enabled": bucket.enabled if override is None else override, "override": override}
+
+
 async def _manual(change: AdminChange, request: Request, bucket_id: str) -> BucketDefinition:
     bucket = _bucket(request, bucket_id)
     if bucket.kind != "manual":
@@ -288,11 +300,15 @@ async def add_member(
     session = change.session
     if await contacts.get_contact(session, body.contact_id) is None:
         raise NotFound(f"contact {body.contact_id} does not exist (or was deleted or merged)")
-    change.detail = {"contactId": str(body.contact_id)}
     now = datetime.now(UTC)
     membership, joined = await repo.add_by_hand(session, bucket, body.contact_id, now=now)
     if membership is None:
         raise Conflict(f"the contact has entered bucket {bucket.id!r} as often as allowed")
+    change.detail = {
+        "contactId": str(body.contact_id),
+        "before": {"member": not joined, "epoch": None if joined else membership.entry_count},
+        "after": {"member": True, "epoch": membership.entry_count},
+    }
     if not joined:
         response.status_code = 200
     return _membership_out(membership)
@@ -318,5 +334,10 @@ async def remove_member(
     left = await repo.remove_by_hand(change.session, bucket, contact_id, now=now)
     if left is None:
         raise NotFound(f"contact {contact_id} is not a member of bucket {bucket.id!r}")
-    change.detail = {"contactId": str(contact_id), "epoch": left.entry_count}
+    change.detail = {
+        "contactId": str(contact_id),
+        "epoch": left.entry_count,
+        "before": {"member": True, "epoch": left.entry_count},
+        "after": {"member": False, "epoch": None},
+    }
     return MemberRemoved(removed=True)

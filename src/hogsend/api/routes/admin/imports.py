@@ -164,7 +164,12 @@ async def create_import(
         created_by=change.principal.name,
     )
     change.resource_id = str(job.id)
-    change.detail = {"format": kind, "bytes": len(raw)}
+    change.detail = {
+        "format": kind,
+        "bytes": len(raw),
+        "before": {"job": None},
+        "after": {"job": str(job.id), "status": "pending"},
+    }
     return ImportAccepted(job_id=job.id, status="pending")
 
 
@@ -186,7 +191,14 @@ def _dry_run(
         if isinstance(parsed, RowError):
             errors.append(parsed)
     change.action = "imports.dry-run"
-    change.detail = {"format": kind, "rows": total, "failed": len(errors)}
+    # A dry run writes nothing: both sides are the same (no job).
+    change.detail = {
+        "format": kind,
+        "rows": total,
+        "failed": len(errors),
+        "before": {"job": None},
+        "after": {"job": None},
+    }
     report = DryRunReport(
         total_rows=total,
         valid_rows=total - len(errors),

@@ -79,5 +79,13 @@ async def clear_outbox(
     """Delete every stored message, or only those to `to`. The send attempts they belong
     to stay in the decision log."""
     deleted = await outbox_messages.delete_messages(change.session, to_email=query.to)
-    change.detail = {"to": query.to, "deleted": deleted}
+    # The target is the recipient cleared, or the whole outbox.
+    change.resource_id = query.to or "all"
+    # Counted by the delete itself: the messages matching the filter, then none.
+    change.detail = {
+        "to": query.to,
+        "deleted": deleted,
+        "before": {"matching": deleted},
+        "after": {"matching": 0},
+    }
     return OutboxCleared(deleted=deleted)

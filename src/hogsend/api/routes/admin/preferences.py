@@ -6,6 +6,7 @@ where support staff unsubscribe someone from everything (or take it back) on req
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request
@@ -80,11 +81,22 @@ async def put_preferences(
     if contact is None:
         raise NotFound(f"contact {id} does not exist")
     change.resource_id = str(contact.id)
-    change.detail = body.model_dump(exclude_none=True)
+    before = await preferences.read_state(session, contact.id)
     if body.lists:
         await contacts.set_list_subscriptions(session, contact.id, body.lists, source=ADMIN_SOURCE)
     if body.unsubscribed_all is not None:
         await preferences.set_unsubscribed_all(
             session, contact.id, body.unsubscribed_all, source=ADMIN_SOURCE
         )
-    return _out(request, contact, await preferences.read_state(session, contact.id))
+    after = await preferences.read_state(session, contact.id)
+    change.detail = {
+        **body.model_dump(exclude_none=True),
+        "before": _audited(before),
+        "after": _audited(after),
+    }
+    return _out(request, contact, after)
+
+
+def _audited(state: preferences.PreferenceState) -> dict[str, Any]:
+    """The stored choices as the audit row keeps them: the global switch and each list's."""
+    return {"unsubscribedAll": state.unsubscribed_all, "lists": dict(sorted(state.choices.items()))}

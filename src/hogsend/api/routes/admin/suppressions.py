@@ -89,7 +89,13 @@ async def add_suppression(
     assert after is not None
     was = before is not None and before.health.suppressed
     change.resource_id = after.email
-    change.detail = {"email": after.email, "reason": after.health.reason, "changed": not was}
+    change.detail = {
+        "email": after.email,
+        "reason": after.health.reason,
+        "changed": not was,
+        "before": suppressions.audit_state(before),
+        "after": suppressions.audit_state(after),
+    }
     return SuppressionChange(suppression=suppression_out(after), changed=not was)
 
 
@@ -125,7 +131,12 @@ async def remove_suppression(
         # Raising rolls back the streak reset ``lifted`` wrote on an unsuppressed row.
         raise NotFound(f"{address} is not suppressed")
     change.resource_id = after.email
-    change.detail = {"email": after.email, "previousReason": before.health.reason}
+    change.detail = {
+        "email": after.email,
+        "previousReason": before.health.reason,
+        "before": suppressions.audit_state(before),
+        "after": suppressions.audit_state(after),
+    }
     return SuppressionChange(suppression=suppression_out(after), changed=True)
 
 
@@ -229,10 +240,15 @@ async def import_suppressions(
     ]
     outcome = await suppressions.import_rows(change.session, rows, now=aware_now())
     change.resource_id = "import"
+    # A whole file has no single row to show: its before/after is the count of addresses
+    # of the file that were suppressed (the rest were newly suppressed by it).
+    already = outcome.already_suppressed
     change.detail = {
         "received": parsed.received,
         "suppressed": outcome.suppressed,
         "invalid": len(parsed.errors),
+        "before": {"suppressedOfFile": already},
+        "after": {"suppressedOfFile": already + outcome.suppressed},
     }
     return ImportReport(
         received=parsed.received,

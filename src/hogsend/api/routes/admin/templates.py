@@ -254,7 +254,13 @@ async def send_test(
     record = await sends.get_send(change.session, outcome.send_id)
     assert record is not None
     change.resource_id = key
-    change.detail = {"to": body.to, "sendId": str(outcome.send_id), "decision": outcome.decision}
+    change.detail = {
+        "to": body.to,
+        "sendId": str(outcome.send_id),
+        "decision": outcome.decision,
+        "before": {"send": None},
+        "after": {"send": str(outcome.send_id), "status": record.status},
+    }
     return SendTestOut(
         email_send_id=outcome.send_id,
         status="sent"
