@@ -258,9 +258,6 @@ class Worker:
         if self.courier is not None:
             await self.courier.stop(timeout=self.drain_seconds)
             self.courier = None
-        if self._email_provider is not None:
-            await self._email_provider.aclose()
-            self._email_provider = None
         if self.exit_sweep is not None:
             await self.exit_sweep.stop()
             self.exit_sweep = None
@@ -288,6 +285,11 @@ class Worker:
             await loop.run_in_executor(pool, lambda: destroy_dbos(drain_seconds=self.drain_seconds))
         # DBOS made its (now shut down) executor this loop's default; give it a live one.
         loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
+        # Only now: the workflows DBOS drained above (a campaign's batch, a journey's
+        # send) were still sending through the provider.
+        if self._email_provider is not None:
+            await self._email_provider.aclose()
+            self._email_provider = None
         try:
             async with make_sessionmaker(self.engine)() as session, session.begin():
                 await worker_repo.mark_stopped(session, self.settings.worker_id)
