@@ -38,7 +38,7 @@ from hogsend import Hogsend, define_journey
 from hogsend.api.app import create_api
 from hogsend.core.journey_context import JourneyContext
 from hogsend.db.engine import make_sessionmaker
-from hogsend.db.repos import dead_letters, journeys
+from hogsend.db.repos import dead_letters, enrollments, journeys
 from hogsend.studio import mount_studio
 
 pytestmark = pytest.mark.timeout(480)
@@ -352,10 +352,13 @@ async def test_a_journey_retry_is_refused_with_409_when_the_run_cannot_start_aga
         assert retry["context"]["retry"]["sends"] == {
             "1": {"template": "welcome", "key": f"journey:{run_id}:1"}
         }
-        # The retry takes no entry: the next enrollment is still the contact's second.
+        # The retry takes no entry: the next enrollment is still the contact's second; and
+        # a redelivered trigger finds the original run, not the retry sharing its event.
         async with sessions() as session:
-            history = await journeys.entry_history(session, tia["id"], "edited")
-        assert (history.count, history.live) == (1, True)
+            facts = await enrollments.read_facts(session, tia["id"], "edited", trigger)
+        assert (facts.prior.count, facts.prior.live) == (1, True)
+        assert facts.existing is not None
+        assert facts.existing.id == run_id
 
         # The contact is deleted: nothing to run for.
         val_trigger = uuid.UUID(await post_event(client, key, "v.signup", "val"))

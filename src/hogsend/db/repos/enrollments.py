@@ -2,8 +2,8 @@
 
 An enrollment reads the admin switch, serialises on the (contact, journey) lock, reads
 the contact's earlier runs, the run its trigger may already have started and the
-contact, then inserts the run with its ``enrolled`` log line. Done one query each
-(:mod:`hogsend.db.repos.journeys`), that was eight round trips; here it is three:
+contact, then inserts the run with its ``enrolled`` log line. Done one query each, that
+was eight round trips; here it is three:
 
 1. :func:`lock_and_read_switch`: the advisory lock and the admin switch;
 2. :func:`read_facts`: everything the guards read, in a statement that starts after the
@@ -63,7 +63,7 @@ async def lock_and_read_switch(
 ) -> bool | None:
     """Take the (contact, journey) enrollment lock until commit; returns the admin switch.
 
-    The same lock as :func:`hogsend.db.repos.journeys.lock_enrollment`. Returns the
+    Keyed ``journey-enroll:<journey>:<contact>``. Returns the
     admin override of the journey's ``enabled`` (None: none set, the code decides).
     """
     row = (
@@ -82,11 +82,16 @@ _FACTS = text(
     "SELECT h.runs, h.last, h.running, t.id AS run_id, t.workflow_id AS run_workflow_id,"
     " t.contact_id AS run_contact_id, t.user_id AS run_user_id,"
     f" t.entry_count AS run_entry_count, {_CONTACT}"
-    " FROM (SELECT count(*) AS runs, max(created_at) AS last,"
+    # A retry of a failed run (hogsend.runtime.journey_retries) takes no entry of its own,
+    # so the entry limit and the ordinals (hence workflow ids) do not count it...
+    " FROM (SELECT count(*) FILTER (WHERE NOT context ? 'retry') AS runs,"
+    " max(created_at) FILTER (WHERE NOT context ? 'retry') AS last,"
     " coalesce(bool_or(status IN ('enrolled','active','waiting')), false) AS running"
     " FROM journey_states WHERE contact_id = :c AND journey_id = :j AND deleted_at IS NULL) h"
+    # ...and it shares its trigger event: a redelivered trigger means the original run.
     " LEFT JOIN LATERAL (SELECT id, workflow_id, contact_id, user_id, entry_count"
-    " FROM journey_states WHERE journey_id = :j AND trigger_event_id = :e LIMIT 1) t ON true"
+    " FROM journey_states WHERE journey_id = :j AND trigger_event_id = :e"
+    " AND NOT context ? 'retry' LIMIT 1) t ON true"
     " LEFT JOIN contacts c ON c.id = :c"
 )
 

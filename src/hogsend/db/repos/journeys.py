@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.core.clock import aware_now
 from hogsend.core.contact import Event
-from hogsend.core.entry_rules import PriorEntries
 from hogsend.core.pagination import Page, decode_cursor, encode_cursor, page_of
 
 RUNNING = ("enrolled", "active", "waiting")
@@ -128,53 +127,6 @@ async def set_enabled(
 
 
 # -- enrollment ----------------------------------------------------------------------------
-
-
-async def lock_enrollment(session: AsyncSession, contact_id: uuid.UUID, journey_id: str) -> None:
-    """Serialise enrollment decisions for one contact and journey until commit."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-        {"k": f"journey-enroll:{journey_id}:{contact_id}"},
-    )
-
-
-async def entry_history(
-    session: AsyncSession, contact_id: uuid.UUID, journey_id: str
-) -> PriorEntries:
-    """The contact's earlier runs of ``journey_id``, as the entry limit reads them."""
-    row = (
-        await session.execute(
-            text(
-                # A retry re-runs an entry (see start_retry): it takes no entry of its own,
-                # so ordinals (and the deterministic workflow ids) stay as they were.
-                "SELECT count(*) FILTER (WHERE NOT context ? 'retry') AS runs,"
-                " max(created_at) FILTER (WHERE NOT context ? 'retry') AS last,"
-                " coalesce(bool_or(status IN ('enrolled','active','waiting')), false) AS running"
-                " FROM journey_states"
-                " WHERE contact_id = :c AND journey_id = :j AND deleted_at IS NULL"
-            ),
-            {"c": contact_id, "j": journey_id},
-        )
-    ).one()
-    return PriorEntries(count=row.runs, last_entered_at=row.last, live=row.running)
-
-
-async def run_for_trigger(
-    session: AsyncSession, journey_id: str, trigger_event_id: uuid.UUID
-) -> JourneyRun | None:
-    """The run an event already started in a journey (a redelivered trigger finds it)."""
-    row = (
-        await session.execute(
-            text(
-                f"SELECT {_RUN_COLUMNS} FROM journey_states"
-                " WHERE journey_id = :j AND trigger_event_id = :e"
-                # A retry shares its trigger; the redelivered trigger means the original.
-                " AND NOT context ? 'retry'"
-            ),
-            {"j": journey_id, "e": trigger_event_id},
-        )
-    ).first()
-    return None if row is None else _run(row)
 
 
 async def insert_run(
