@@ -63,6 +63,31 @@ def enrollment_workflow_id(journey_id: str, contact_id: uuid.UUID, ordinal: int)
     return f"{durable_name('journey', journey_id)}:{contact_id}:{ordinal}"
 
 
+def run_input(
+    *,
+    workflow_id: str,
+    contact_id: uuid.UUID,
+    user_id: str,
+    email: str | None,
+    ordinal: int,
+    trigger: Mapping[str, Any],
+    retry: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A journey run's workflow input: who, which entry, what triggered it (an
+    :func:`event_message`) and, for a retry of a failed run, what that run had sent."""
+    data: dict[str, Any] = {
+        "workflowId": workflow_id,
+        "contactId": str(contact_id),
+        "userId": user_id,
+        "email": email,
+        "ordinal": ordinal,
+        "trigger": dict(trigger),
+    }
+    if retry is not None:
+        data["retry"] = dict(retry)
+    return data
+
+
 def retry_workflow_id(workflow_id: str, dead_letter_id: str) -> str:
     """The workflow id of the retry a dead-letter entry asked for, for a failed run.
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from hogsend.core.enrollment import run_input
 from hogsend.db.repos import journeys as repo
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.polling import Poller
@@ -44,15 +45,15 @@ RETRY_POLL_SECONDS = 1.0
 def enrollment_of(run: repo.RetryToStart) -> dict[str, Any]:
     """The workflow input of a retry run (the shape enrollment gives a first run)."""
     retry = run.retry
-    return {
-        "workflowId": run.workflow_id,
-        "contactId": str(run.contact_id),
-        "userId": run.user_id,
-        "email": run.user_email,
-        "ordinal": run.entry_count,
-        "trigger": retry["trigger"],
-        "retry": {"of": retry["of"], "sends": retry.get("sends") or {}},
-    }
+    return run_input(
+        workflow_id=run.workflow_id,
+        contact_id=run.contact_id,
+        user_id=run.user_id,
+        email=run.user_email,
+        ordinal=run.entry_count,
+        trigger=retry["trigger"],
+        retry={"of": retry["of"], "sends": retry.get("sends") or {}},
+    )
 
 
 class RetryStarter(Poller):

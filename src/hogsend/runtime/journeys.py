@@ -47,6 +47,7 @@ from hogsend.core.enrollment import (
     event_message,
     pick_variant,
     properties_match,
+    run_input,
     spec_event,
     spec_matches,
 )
@@ -353,14 +354,14 @@ class JourneyRuntime:
         ordinal = entry_ordinal(history)
         workflow_id = enrollment_workflow_id(definition.id, contact_id, ordinal)
         state_id = uuid.uuid4()
-        enrollment = {
-            "workflowId": workflow_id,
-            "contactId": str(contact_id),
-            "userId": contact.key,
-            "email": contact.email,
-            "ordinal": ordinal,
-            "trigger": event_message(trigger),
-        }
+        enrollment = run_input(
+            workflow_id=workflow_id,
+            contact_id=contact_id,
+            user_id=contact.key,
+            email=contact.email,
+            ordinal=ordinal,
+            trigger=event_message(trigger),
+        )
         inserted = await enrollments_repo.insert_enrolled(
             session,
             state_id=state_id,
@@ -413,14 +414,14 @@ class JourneyRuntime:
 
 
 def _enrollment_of(run: enrollments_repo.ExistingRun, trigger: Event) -> dict[str, Any]:
-    return {
-        "workflowId": run.workflow_id,
-        "contactId": str(run.contact_id),
-        "userId": run.user_id,
-        "email": None,
-        "ordinal": run.entry_count,
-        "trigger": event_message(trigger),
-    }
+    return run_input(
+        workflow_id=run.workflow_id,
+        contact_id=run.contact_id,
+        user_id=run.user_id,
+        email=None,
+        ordinal=run.entry_count,
+        trigger=event_message(trigger),
+    )
 
 
 async def signal_exit(workflow_ids: Sequence[str], reason: str) -> None:
