@@ -23,7 +23,7 @@ MAX_EXECUTOR_THREADS = 32
 # DBOS's system-database pool, on top of hogsend's own pool: small, so many workers fit
 # in one Postgres, but every step of every running workflow takes a connection from it
 # twice (check, record): with 5, a burst of resumed journeys queued on the pool
-# (bench/journeys.py: waking parked runs went from 10 to 18 runs/s with 16).
+# (bench/journeys.py: waking parked runs went from 10 to 18 runs/s with 10).
 SYSTEM_DB_POOL_SIZE = 10
 # SQLAlchemy's pre-ping is one more round trip on every checkout, a quarter of the round
 # trips of a step; DBOS retries its operations on connection errors instead.

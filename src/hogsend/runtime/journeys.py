@@ -140,6 +140,12 @@ class JourneyRuntime:
             self._enqueuer = JourneyEnqueuer(self.engine.url.render_as_string(hide_password=False))
         return self._enqueuer
 
+    def close(self) -> None:
+        """Release the enqueuer's DBOS client, if one was made (the worker's stop)."""
+        if self._enqueuer is not None:
+            self._enqueuer.close()
+            self._enqueuer = None
+
     # -- registration ----------------------------------------------------------------------
 
     def register(self) -> None:

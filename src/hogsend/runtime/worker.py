@@ -285,6 +285,8 @@ class Worker:
             await loop.run_in_executor(pool, lambda: destroy_dbos(drain_seconds=self.drain_seconds))
         # DBOS made its (now shut down) executor this loop's default; give it a live one.
         loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
+        if self.journeys is not None:
+            self.journeys.close()
         # Only now: the workflows DBOS drained above (a campaign's batch, a journey's
         # send) were still sending through the provider.
         if self._email_provider is not None:
