@@ -404,14 +404,16 @@ class Mailer:
         self._coalescers = weakref.WeakKeyDictionary()
         # Renderings finished and tracked once, per-message values filled in after.
         base = settings.public_url
+        # A marketing message's own links: template variable -> URL before its token.
+        self._link_prefixes = {
+            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token=",
+            "preferences_url": f"{base}{PREFERENCES_PATH}?token=",
+        }
         self._plans = MessagePlans(
             self._templates,
             public_url=base,
             secret=self._secret,
-            link_prefixes={
-                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token=",
-                "preferences_url": f"{base}{PREFERENCES_PATH}?token=",
-            },
+            link_prefixes=self._link_prefixes,
             untracked=tuple(base + path for path in tracking.UNTRACKED_PATHS),
         )
 
@@ -671,16 +673,8 @@ class Mailer:
 
     # ------------------------------------------------------------------ delivery
 
-    def _links(self, who: _Recipient, list_id: str | None, now: datetime) -> dict[str, str]:
-        base = self.settings.public_url
-        unsubscribe, manage = self._link_tokens(who, list_id, now)
-        return {
-            "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={unsubscribe}",
-            "preferences_url": f"{base}{PREFERENCES_PATH}?token={manage}",
-        }
-
-    def _link_tokens(self, who: _Recipient, list_id: str | None, now: datetime) -> tuple[str, str]:
-        """(one-click unsubscribe token, preference centre token) of one message."""
+    def _link_tokens(self, who: _Recipient, list_id: str | None, now: datetime) -> dict[str, str]:
+        """The tokens of one message's links, by template variable (see _link_prefixes)."""
         contact_id = str(who.contact_id) if who.contact_id is not None else None
         unsubscribe = tokens.issue(
             purpose="unsubscribe",
@@ -697,7 +691,7 @@ class Mailer:
             contact_id=contact_id,
             email=who.to_email,
         )
-        return unsubscribe, manage
+        return {"unsubscribe_url": unsubscribe, "preferences_url": manage}
 
     def _render_contact(self, who: _Recipient) -> Contact:
         if who.contact is not None:
@@ -854,24 +848,18 @@ class Mailer:
             self.settings.track_clicks if request.track_clicks is None else request.track_clicks
         )
         link_tokens = self._link_tokens(who, list_id, now) if marketing else None
-        links: dict[str, str] | None = None
-        if link_tokens is not None:
-            base = self.settings.public_url
-            links = {
-                "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token={link_tokens[0]}",
-                "preferences_url": f"{base}{PREFERENCES_PATH}?token={link_tokens[1]}",
-            }
+        links = (
+            None
+            if link_tokens is None
+            else {name: self._link_prefixes[name] + token for name, token in link_tokens.items()}
+        )
         contact = self._render_contact(who)
         composed = self._plans.compose(
             request.template,
             contact=contact,
             props=request.props,
             subject=request.subject,
-            link_tokens=(
-                {"unsubscribe_url": link_tokens[0], "preferences_url": link_tokens[1]}
-                if link_tokens is not None
-                else None
-            ),
+            link_tokens=link_tokens,
             send_id=send_id,
             opens=opens,
             clicks=clicks,
