@@ -929,22 +929,11 @@ class Mailer:
         )
         return provider, message
 
-    async def _write_outcomes(
-        self, items: list[OutcomeItem], conn: AsyncConnection | None = None
-    ) -> None:
+    async def _write_outcomes(self, items: list[OutcomeItem], conn: AsyncConnection) -> None:
         """Record many outcomes and their ``email.sent`` events: one statement, one commit.
 
-        On ``conn`` (in autocommit) when given, a connection the caller holds for many
-        writes; else on one from the pool.
+        ``conn`` is in autocommit, held by the caller (a batch) for many such writes.
         """
-        if conn is not None:
-            await self._write_outcomes_on(conn, items)
-            return
-        async with self.engine.connect() as own:
-            await own.execution_options(isolation_level="AUTOCOMMIT")
-            await self._write_outcomes_on(own, items)
-
-    async def _write_outcomes_on(self, conn: AsyncConnection, items: list[OutcomeItem]) -> None:
         now = self._clock()
         events = [event for _, event in items if event is not None]
         by_key = {event.idempotency_key: event for event in events}
