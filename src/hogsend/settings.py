@@ -354,6 +354,25 @@ class Settings(BaseSettings):
         le=86_400,
         description="How often one worker evaluates the alert rules.",
     )
+    retention_sweep_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        description="How often a worker deletes webhook receipts and finished DBOS workflows "
+        "past their retention.",
+    )
+    webhook_receipt_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long provider webhook receipts (the de-duplication of deliveries) "
+        "are kept; 0 keeps them forever.",
+    )
+    workflow_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long finished (succeeded or failed) DBOS workflows are kept; "
+        "0 keeps them forever.",
+    )
 
     @field_validator("database_url")
     @classmethod

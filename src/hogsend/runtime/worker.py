@@ -4,7 +4,8 @@ A worker's life::
 
     start()  configure logs → launch DBOS (recovering this executor's pending workflows)
              → declare queues → close app registration → first heartbeat → heartbeat loop
-             → the dead-worker takeover (hogsend.runtime.takeover)
+             → the dead-worker takeover (hogsend.runtime.takeover) → the retention
+             sweep (hogsend.runtime.retention)
              → the event dispatcher (hogsend.runtime.dispatcher) → the courier delivering
              handed-off sends (hogsend.runtime.courier) and the deferred-send sweep
              (hogsend.runtime.deferred) and the campaign scheduler
@@ -54,6 +55,7 @@ from hogsend.runtime.journey_retries import RetryStarter
 from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journey_consumers
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
+from hogsend.runtime.retention import RetentionSweep
 from hogsend.runtime.takeover import Takeover
 from hogsend.settings import Settings
 
@@ -114,6 +116,7 @@ class Worker:
         self.imports: ImportScheduler | None = None
         self.alerts: AlertSweep | None = None
         self.takeover: Takeover | None = None
+        self.retention: RetentionSweep | None = None
         self._stop_requested = asyncio.Event()
         self._running = False
 
@@ -171,6 +174,9 @@ class Worker:
             every=self.settings.heartbeat_seconds,
         )
         self.takeover.start()
+        # Deletes webhook receipts and finished DBOS workflows past their retention.
+        self.retention = RetentionSweep.from_settings(self.settings, self.engine)
+        self.retention.start()
         self.dispatcher = Dispatcher(
             self.engine,
             self.settings,
@@ -274,6 +280,9 @@ class Worker:
         if self.takeover is not None:
             await self.takeover.stop()
             self.takeover = None
+        if self.retention is not None:
+            await self.retention.stop()
+            self.retention = None
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
