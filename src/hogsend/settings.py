@@ -162,6 +162,13 @@ class Settings(BaseSettings):
         default=False,
         description="Also emit email.opened/email.clicked for hits flagged as bots.",
     )
+    track_max_hits_per_hour: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Most opens plus clicks stored per message per hour; further hits are "
+        "answered but not stored.",
+    )
     email_queue_poll_seconds: float = Field(
         default=5.0,
         gt=0,

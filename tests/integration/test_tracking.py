@@ -627,3 +627,30 @@ async def test_erasure_blanks_hit_details_and_stops_events(env: Env) -> None:
     assert response.headers["location"] == SALE
     assert (await send_row(env, sent.send_id))["click_count"] == 1
     assert await events_named(env, "email.clicked") == []
+
+
+async def test_hits_past_the_hourly_cap_are_answered_but_not_stored(env: Env) -> None:
+    sent = await send(env)
+    assert sent.pixel is not None
+    await age(env.engine, sent.send_id)
+    async with env.api_with(track_max_hits_per_hour=3) as capped:
+        for _ in range(2):
+            assert (await capped.get(sent.pixel, headers=human())).status_code == 200
+        assert (await capped.get(sent.clicks[SALE], headers=human())).status_code == 302
+        before = await counts(env)
+        # The message has its 3 hits of the hour: still a pixel and a redirect, no rows.
+        pixel = await capped.get(sent.pixel, headers=human())
+        click = await capped.get(sent.clicks[ABOUT], headers=human())
+        assert pixel.content == PIXEL_GIF
+        assert (click.status_code, click.headers["location"]) == (302, ABOUT)
+        assert await counts(env) == before
+        stored = await send_row(env, sent.send_id)
+        assert (stored["open_count"], stored["click_count"]) == (2, 1)
+        # An hour later the message has room again.
+        await execute(
+            env.engine,
+            "UPDATE email_opens SET opened_at = opened_at - interval '61 minutes';"
+            "UPDATE link_clicks SET clicked_at = clicked_at - interval '61 minutes'",
+        )
+        assert (await capped.get(sent.pixel, headers=human())).status_code == 200
+    assert (await send_row(env, sent.send_id))["open_count"] == 3

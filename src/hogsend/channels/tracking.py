@@ -91,12 +91,25 @@ class HitOutcome:
         event_id: the ``email.opened``/``email.clicked`` event this hit stored (the
             message's first), else None.
         url: for a click, the recorded URL to redirect to.
+        stored: False when the message already had ``track_max_hits_per_hour`` hits in
+            the last hour: the hit is answered (pixel, redirect) but nothing is written.
     """
 
     send_id: uuid.UUID
     verdict: Verdict
     event_id: uuid.UUID | None = None
     url: str | None = None
+    stored: bool = True
+
+
+OVER_CAP = Verdict(is_bot=True, reason="over_hourly_cap")
+"""The verdict of a hit past the message's hourly cap (never stored, so never counted)."""
+
+
+def _over_cap(send: tracking_repo.TrackedSend, settings: Settings) -> bool:
+    # One forwarded message, script or proxy replaying a URL in a loop must not grow
+    # email_opens / link_clicks without bound: past the cap, hits are answered only.
+    return send.recent_hits >= settings.track_max_hits_per_hour
 
 
 def _wants_event(verdict: Verdict, *, first: bool, settings: Settings) -> bool:
@@ -161,6 +174,8 @@ async def record_open(
     send = await tracking_repo.lock_send(session, send_id)
     if send is None:
         return None
+    if _over_cap(send, settings):
+        return HitOutcome(send_id=send.id, verdict=OVER_CAP, stored=False)
     verdict = classify(
         Hit(
             kind="open",
@@ -212,6 +227,8 @@ async def record_click(
     send = await tracking_repo.lock_send(session, link.email_send_id)
     if send is None:
         return None
+    if _over_cap(send, settings):
+        return HitOutcome(send_id=send.id, verdict=OVER_CAP, url=link.original_url, stored=False)
     rules = bot_rules(settings)
     since = send.now - rules.all_links_span
     message_links = await tracking_repo.message_link_ids(session, send.id)

@@ -44,6 +44,8 @@ class TrackedSend:
     opened_at: datetime | None
     clicked_at: datetime | None
     now: datetime
+    recent_hits: int
+    """Opens and clicks stored for this message in the hour before ``now``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,8 +83,12 @@ async def lock_send(session: AsyncSession, send_id: uuid.UUID) -> TrackedSend | 
         await session.execute(
             text(
                 "SELECT id, contact_id, template_key, journey_id, campaign_id, status,"
-                " sent_at, created_at, opened_at, clicked_at, now() AS now"
-                " FROM email_sends WHERE id = :id FOR NO KEY UPDATE"
+                " sent_at, created_at, opened_at, clicked_at, now() AS now,"
+                " (SELECT count(*) FROM email_opens o WHERE o.email_send_id = s.id"
+                "   AND o.opened_at > now() - interval '1 hour')"
+                " + (SELECT count(*) FROM link_clicks c WHERE c.email_send_id = s.id"
+                "   AND c.clicked_at > now() - interval '1 hour') AS recent_hits"
+                " FROM email_sends s WHERE id = :id FOR NO KEY UPDATE OF s"
             ),
             {"id": send_id},
         )
