@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing as mp
 import resource
@@ -95,6 +96,7 @@ async def _campaign(
     provider: str,
     dispatcher: bool = False,
     stop_after: int | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     from examples.quickstart.app import app
     from sqlalchemy import event
@@ -159,6 +161,10 @@ async def _campaign(
             statements = 0
             commits_before = _commits(conn)
             cpu_before = time.process_time()
+            profiler = cProfile.Profile() if profile is not None else None
+            if profiler is not None:
+                # The event loop's thread: the batch steps, the mailer and the provider.
+                profiler.enable()
             conn.execute("UPDATE campaigns SET status = 'queued' WHERE id = %s", (campaign_id,))
             peak_sampled = 0.0
             while True:
@@ -188,6 +194,9 @@ async def _campaign(
                 await asyncio.sleep(0.5)
             cpu = time.process_time() - cpu_before
             commits = _commits(conn) - commits_before
+            if profiler is not None and profile is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
     finally:
         await worker.stop()
     status, started, completed, _, sent, skipped, failed, reasons, progressed = row
@@ -244,6 +253,7 @@ def run(
     provider: str = "smtp",
     dispatcher: bool = False,
     stop_after: int | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
@@ -258,7 +268,9 @@ def run(
             with _sink() as (port, counter, _):
                 raw = _run_scenario("raw", port, url, []) if provider == "smtp" else None
                 before = counter.value
-                campaign = _run_campaign(port, url, recipients, provider, dispatcher, stop_after)
+                campaign = _run_campaign(
+                    port, url, recipients, provider, dispatcher, stop_after, profile
+                )
                 arrived = counter.value - before
                 mailer = None
                 if provider == "smtp":
@@ -336,8 +348,17 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="cancel the campaign once SENT recipients are sent (a partial run, for the"
         " worker's RSS with a large audience on a slow machine)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="cProfile the worker's event loop while it sends; stats written to PATH",
+    )
     args = parser.parse_args(argv)
-    result = run(args.recipients, args.provider, args.with_dispatcher, args.stop_after)
+    result = run(
+        args.recipients, args.provider, args.with_dispatcher, args.stop_after, args.profile
+    )
     if args.json is not None:
         from bench.__main__ import machine
 
