@@ -74,8 +74,11 @@ MILESTONES = (1_000, 10_000, 100_000, 1_000_000)
 """Sent counts at which the worker's RSS is recorded (besides every tenth of the audience)."""
 
 
-def _milestones(recipients: int) -> list[int]:
+def _milestones(recipients: int, stop_after: int | None = None) -> list[int]:
     tenths = {max(1, recipients * k // 10) for k in range(1, 11)}
+    if stop_after is not None:
+        # A partial run: fifths of what it sends, so it still shows a curve.
+        tenths |= {max(1, min(stop_after, recipients) * k // 5) for k in range(1, 6)}
     return sorted(tenths | {m for m in MILESTONES if m <= recipients})
 
 
@@ -137,7 +140,7 @@ async def _campaign(
 
     event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
     rss_at: dict[int, float] = {}
-    pending_marks = _milestones(recipients)
+    pending_marks = _milestones(recipients, stop_after)
     try:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             # Created paused (no scheduler claims it) so the snapshot is timed on its own:
