@@ -426,6 +426,7 @@ async def test_due_batch_after_a_recipient_reads_the_next_page_past_it(env: Env)
         second = await repo.due_batch(session, campaign.id, start, limit=2, after=first[-1])
         rest = await repo.due_batch(session, campaign.id, start, limit=10, after=second[-1])
         past_the_end = await repo.due_batch(session, campaign.id, start, limit=10, after=rest[-1])
-    assert len(everyone) == 6 and "page3@example.com" not in {r.email for r in everyone}
+    assert len(everyone) == 6
+    assert "page3@example.com" not in {r.email for r in everyone}
     assert first + second + rest == everyone
     assert [len(first), len(second), len(rest), len(past_the_end)] == [2, 2, 2, 0]
