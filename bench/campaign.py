@@ -25,7 +25,9 @@ the worker's peak RSS (target < 150 MB). Run with ``python -m bench campaign``
 mailer scenario then): the run that shows the worker's RSS does not grow with the
 audience (``python -m bench.campaign 1000000 --provider outbox``). ``--stop-after SENT``
 cancels the campaign once SENT recipients are sent (a partial run, reported as such).
-``--json PATH`` writes the result there as well.
+``--campaign-only`` skips the raw and mailer scenarios (a quick look at the campaign's own
+CPU, statements and RSS); ``--profile PATH`` writes a cProfile of the worker's event loop
+while it sends. ``--json PATH`` writes the result there as well.
 """
 
 from __future__ import annotations
