@@ -2,7 +2,8 @@
 
 A benchmark is a module of this package with ``run() -> dict[str, Any]``; it prints its
 own table and returns what to keep. Options after one benchmark's name go to its
-``main(argv)`` or ``run(argv)`` (``python -m bench journeys --parked 20000``). The JSON written to
+``main(argv)`` or ``run(argv)`` (``python -m bench journeys --parked 20000``,
+``python -m bench campaign 1000000 --provider outbox``). The JSON written to
 ``bench/results/<name>.json`` adds the machine it ran on (core count first: every
 number depends on it).
 """
@@ -49,16 +50,22 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     available = discover()
-    # Names first; from the first option on, the arguments belong to the one benchmark.
-    split = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    # Names first; from the first argument that is no benchmark's name on (an option, or
+    # a positional one like ``campaign 100000``), the arguments belong to the one benchmark.
+    split = next(
+        (i for i, arg in enumerate(argv) if arg.startswith("-") or arg not in available),
+        len(argv),
+    )
     names, options = argv[:split], argv[split:]
     chosen = names or available
     if options and len(chosen) != 1:
-        print("options need exactly one benchmark name before them", file=sys.stderr)
-        return 2
-    unknown = sorted(set(chosen) - set(available))
-    if unknown:
-        print(f"unknown benchmark(s) {unknown}; available: {', '.join(available)}", file=sys.stderr)
+        if not names:
+            print(
+                f"unknown benchmark {options[0]!r}; available: {', '.join(available)}",
+                file=sys.stderr,
+            )
+        else:
+            print("options need exactly one benchmark name before them", file=sys.stderr)
         return 2
     RESULTS.mkdir(exist_ok=True)
     for name in chosen:

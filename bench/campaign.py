@@ -25,13 +25,16 @@ the worker's peak RSS (target < 150 MB). Run with ``python -m bench campaign``
 mailer scenario then): the run that shows the worker's RSS does not grow with the
 audience (``python -m bench.campaign 1000000 --provider outbox``). ``--stop-after SENT``
 cancels the campaign once SENT recipients are sent (a partial run, reported as such).
-``--json PATH`` writes the result there as well.
+``--campaign-only`` skips the raw and mailer scenarios (a quick look at the campaign's own
+CPU, statements and RSS); ``--profile PATH`` writes a cProfile of the worker's event loop
+while it sends. ``--json PATH`` writes the result there as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing as mp
 import resource
@@ -73,8 +76,11 @@ MILESTONES = (1_000, 10_000, 100_000, 1_000_000)
 """Sent counts at which the worker's RSS is recorded (besides every tenth of the audience)."""
 
 
-def _milestones(recipients: int) -> list[int]:
+def _milestones(recipients: int, stop_after: int | None = None) -> list[int]:
     tenths = {max(1, recipients * k // 10) for k in range(1, 11)}
+    if stop_after is not None:
+        # A partial run: fifths of what it sends, so it still shows a curve.
+        tenths |= {max(1, min(stop_after, recipients) * k // 5) for k in range(1, 6)}
     return sorted(tenths | {m for m in MILESTONES if m <= recipients})
 
 
@@ -95,6 +101,7 @@ async def _campaign(
     provider: str,
     dispatcher: bool = False,
     stop_after: int | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     from examples.quickstart.app import app
     from sqlalchemy import event
@@ -135,7 +142,7 @@ async def _campaign(
 
     event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
     rss_at: dict[int, float] = {}
-    pending_marks = _milestones(recipients)
+    pending_marks = _milestones(recipients, stop_after)
     try:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             # Created paused (no scheduler claims it) so the snapshot is timed on its own:
@@ -159,6 +166,10 @@ async def _campaign(
             statements = 0
             commits_before = _commits(conn)
             cpu_before = time.process_time()
+            profiler = cProfile.Profile() if profile is not None else None
+            if profiler is not None:
+                # The event loop's thread: the batch steps, the mailer and the provider.
+                profiler.enable()
             conn.execute("UPDATE campaigns SET status = 'queued' WHERE id = %s", (campaign_id,))
             peak_sampled = 0.0
             while True:
@@ -188,6 +199,9 @@ async def _campaign(
                 await asyncio.sleep(0.5)
             cpu = time.process_time() - cpu_before
             commits = _commits(conn) - commits_before
+            if profiler is not None and profile is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
     finally:
         await worker.stop()
     status, started, completed, _, sent, skipped, failed, reasons, progressed = row
@@ -244,6 +258,8 @@ def run(
     provider: str = "smtp",
     dispatcher: bool = False,
     stop_after: int | None = None,
+    profile: Path | None = None,
+    campaign_only: bool = False,
 ) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
@@ -256,12 +272,15 @@ def run(
             _contacts(url, recipients)
             copy_s = time.perf_counter() - started
             with _sink() as (port, counter, _):
-                raw = _run_scenario("raw", port, url, []) if provider == "smtp" else None
+                ceilings = provider == "smtp" and not campaign_only
+                raw = _run_scenario("raw", port, url, []) if ceilings else None
                 before = counter.value
-                campaign = _run_campaign(port, url, recipients, provider, dispatcher, stop_after)
+                campaign = _run_campaign(
+                    port, url, recipients, provider, dispatcher, stop_after, profile
+                )
                 arrived = counter.value - before
                 mailer = None
-                if provider == "smtp":
+                if ceilings:
                     # The mailer's own ceiling (Mailer.send_batch alone, bench/send.py's
                     # mailer_batch) to contacts outside the campaign: campaign / mailer is
                     # what the campaign loop adds on top of the mailer.
@@ -336,8 +355,27 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="cancel the campaign once SENT recipients are sent (a partial run, for the"
         " worker's RSS with a large audience on a slow machine)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="cProfile the worker's event loop while it sends; stats written to PATH",
+    )
+    parser.add_argument(
+        "--campaign-only",
+        action="store_true",
+        help="no raw or mailer_batch scenario: the campaign's own CPU, statements and RSS",
+    )
     args = parser.parse_args(argv)
-    result = run(args.recipients, args.provider, args.with_dispatcher, args.stop_after)
+    result = run(
+        args.recipients,
+        args.provider,
+        args.with_dispatcher,
+        args.stop_after,
+        args.profile,
+        args.campaign_only,
+    )
     if args.json is not None:
         from bench.__main__ import machine
 

@@ -393,3 +393,40 @@ async def test_local_time_sets_each_recipients_send_time_in_their_zone(env: Env)
         "mars@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
         "none@example.com": datetime(2026, 6, 2, 9, 0, tzinfo=UTC),
     }
+
+
+async def test_due_batch_after_a_recipient_reads_the_next_page_past_it(env: Env) -> None:
+    """The read-ahead's keyset: the page after a batch in flight, in cursor order, due only."""
+    for n in range(7):
+        await new_contact(env.engine, f"page{n}@example.com")
+    start = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    sessions = make_sessionmaker(env.engine)
+    async with sessions() as session, session.begin():
+        campaign, _ = await repo.create_campaign(
+            session,
+            name="pages",
+            audience_kind="list",
+            audience={"id": "newsletter"},
+            template_key="news",
+        )
+        audience = repo.Audience(kind="list", list_id="newsletter", default_opt_in=True)
+        await repo.snapshot_page(
+            session, campaign.id, audience, start=start, local_time=None, now=start
+        )
+        # One recipient due a day later: never in a page read now, keyset or not.
+        await session.execute(
+            text(
+                "UPDATE campaign_recipients SET send_at = send_at + interval '1 day'"
+                " WHERE campaign_id = :c AND email = 'page3@example.com'"
+            ),
+            {"c": campaign.id},
+        )
+        everyone = await repo.due_batch(session, campaign.id, start, limit=10)
+        first = await repo.due_batch(session, campaign.id, start, limit=2)
+        second = await repo.due_batch(session, campaign.id, start, limit=2, after=first[-1])
+        rest = await repo.due_batch(session, campaign.id, start, limit=10, after=second[-1])
+        past_the_end = await repo.due_batch(session, campaign.id, start, limit=10, after=rest[-1])
+    assert len(everyone) == 6
+    assert "page3@example.com" not in {r.email for r in everyone}
+    assert first + second + rest == everyone
+    assert [len(first), len(second), len(rest), len(past_the_end)] == [2, 2, 2, 0]

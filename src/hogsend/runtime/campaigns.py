@@ -14,11 +14,12 @@ A run (:func:`campaign_run`) is::
 
     snapshot   copy the audience into campaign_recipients, keyset page by page
                (resumable: it continues after the highest contact already copied)
-    loop       one step per batch: check the run still owns the campaign (paused,
-               cancelled or superseded runs stop here, at a batch boundary), send the
-               due pending recipients through the mailer (throttle, provider pacing,
-               every gate and decision row), move them out of ``pending`` and into the
-               counters in one statement
+    loop       steps of batches (each step sends for up to ``STEP_SECONDS``): send
+               the due pending recipients through the mailer (throttle, provider
+               pacing, every gate and decision row) while the next batch is read; at
+               each boundary, one transaction moves the batch out of ``pending`` and
+               into the counters (one statement) and checks the run still owns the
+               campaign (paused, cancelled or superseded runs stop there)
     wait       with recipients due later (``localTime``), a durable sleep
     finish     ``sent``
 
@@ -41,7 +42,7 @@ from typing import Any
 
 import structlog
 from dbos import DBOS, SetWorkflowID
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.app import Hogsend
 from hogsend.channels.email.pacing import TokenBucket
@@ -58,6 +59,9 @@ from hogsend.settings import Settings
 log = structlog.get_logger(__name__)
 
 WORKFLOW_NAME = durable_name("workflow", "campaign")
+STEP_SECONDS = 5.0
+"""How long one batch step goes on sending batches before DBOS checkpoints it (each
+batch boundary still records its batch and checks the run owns the campaign)."""
 MAX_WAIT_SECONDS = 30.0
 """Longest durable sleep between looks at a campaign waiting for local send times, so a
 pause or cancel is seen within this long."""
@@ -240,9 +244,86 @@ def _result(recipient: repo.Recipient, outcome: SendOutcome, decision: str) -> r
     )
 
 
+@dataclass(slots=True)
+class _Sent:
+    """What one batch's sends came to: the results to record, the error to retry on."""
+
+    results: list[repo.Result]
+    duplicates: list[tuple[repo.Recipient, SendOutcome]]
+    problem: BaseException | None
+
+
+async def _send(ctx: _Context, campaign: Campaign, batch: list[repo.Recipient]) -> _Sent:
+    throttle = _throttle(campaign)
+    # The batch path: every gate for the whole batch in one statement, the decision rows
+    # in one, provider calls campaign_concurrency at a time (see channels.send_batches).
+    settled = await ctx.mailer.send_batch(
+        [_request(campaign, r) for r in batch],
+        concurrency=ctx.settings.campaign_concurrency,
+        before_send=throttle.acquire if throttle is not None else None,
+    )
+    sent = _Sent(results=[], duplicates=[], problem=None)
+    for recipient, item in zip(batch, settled, strict=True):
+        done = _settled(campaign, recipient, item)
+        if isinstance(done, Exception):
+            sent.problem = sent.problem or done
+            continue
+        result, outcome = done
+        if outcome is not None and outcome.decision == "duplicate":
+            sent.duplicates.append((recipient, outcome))
+        else:
+            sent.results.append(result)
+    return sent
+
+
+async def _record(session: AsyncSession, campaign_id: uuid.UUID, sent: _Sent) -> None:
+    results = list(sent.results)
+    if sent.duplicates:
+        # An earlier attempt of this recipient (a run that crashed before recording
+        # it) holds the key: what it did is what happened to the recipient.
+        held = await repo.decisions_of(
+            session, [o.duplicate_of for _, o in sent.duplicates if o.duplicate_of is not None]
+        )
+        for recipient, outcome in sent.duplicates:
+            decision = held.get(outcome.duplicate_of) if outcome.duplicate_of else None
+            results.append(_result(recipient, outcome, decision or "duplicate"))
+    await repo.record_results(session, campaign_id, results, _now())
+
+
+async def _read_ahead(
+    engine: AsyncEngine, campaign_id: uuid.UUID, after: repo.Recipient, limit: int
+) -> list[repo.Recipient] | None:
+    """The batch after ``after`` (None if it could not be read: the boundary reads it)."""
+    if after.send_at is None:
+        return None
+    try:
+        async with engine.connect() as conn:
+            return await repo.due_batch(conn, campaign_id, _now(), limit=limit, after=after)
+    except Exception:
+        log.warning("reading a campaign's next batch ahead failed", exc_info=True)
+        return None
+
+
+async def _nothing_due(
+    session: AsyncSession, campaign_id: uuid.UUID, workflow_id: str, now: datetime
+) -> dict[str, Any]:
+    due = await repo.next_due_at(session, campaign_id)
+    if due is None:
+        await repo.finish(session, campaign_id, workflow_id, now)
+        _throttles.pop(campaign_id, None)
+        return {"state": "sent"}
+    await repo.touch(session, campaign_id, now)
+    return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
+
+
 @DBOS.step(name="hogsend.campaign.batch", retries_allowed=True, max_attempts=5)
 async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
-    """Send one batch of due recipients and record them.
+    """Send batches of due recipients and record them, for up to ``STEP_SECONDS``.
+
+    Each batch boundary is one transaction: the batch just sent is recorded and the
+    run's ownership checked (a pause, cancel or takeover stops the run there). The
+    next batch is read while the current one is in the provider, so the boundary has
+    no read to wait for.
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
@@ -252,59 +333,49 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     ctx = _ctx()
     sessions = make_sessionmaker(ctx.engine)
     cid = uuid.UUID(campaign_id)
+    began = time.monotonic()
     now = _now()
     async with sessions() as session, session.begin():
         campaign = await repo.owned(session, cid, workflow_id)
         if campaign is None:
             _throttles.pop(cid, None)
             return {"state": "stopped"}
-        batch = await repo.due_batch(
-            session, cid, now, limit=batch_size(ctx.settings, campaign.throttle_per_second)
-        )
+        limit = batch_size(ctx.settings, campaign.throttle_per_second)
+        batch = await repo.due_batch(session, cid, now, limit=limit)
         if not batch:
-            due = await repo.next_due_at(session, cid)
-            if due is None:
-                await repo.finish(session, cid, workflow_id, now)
+            return await _nothing_due(session, cid, workflow_id, now)
+    while True:
+        ahead = asyncio.ensure_future(_read_ahead(ctx.engine, cid, batch[-1], limit))
+        try:
+            sent = await _send(ctx, campaign, batch)
+        finally:
+            upcoming = await ahead
+        async with sessions() as session, session.begin():
+            await _record(session, cid, sent)
+            if sent.problem is not None:
+                # The recorded recipients stay recorded (this transaction commits);
+                # the step's retry sends the rest.
+                break
+            owner = await repo.owned(session, cid, workflow_id)
+            if owner is None:
                 _throttles.pop(cid, None)
-                return {"state": "sent"}
-            await repo.touch(session, cid, now)
-            return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
-    throttle = _throttle(campaign)
-    # The batch path: every gate for the whole batch in one statement, the decision rows
-    # in one, provider calls campaign_concurrency at a time (see channels.send_batches).
-    settled = await ctx.mailer.send_batch(
-        [_request(campaign, r) for r in batch],
-        concurrency=ctx.settings.campaign_concurrency,
-        before_send=throttle.acquire if throttle is not None else None,
-    )
-    results: list[repo.Result] = []
-    duplicates: list[tuple[repo.Recipient, SendOutcome]] = []
-    problem: BaseException | None = None
-    for recipient, item in zip(batch, settled, strict=True):
-        done = _settled(campaign, recipient, item)
-        if isinstance(done, Exception):
-            problem = problem or done
-            continue
-        result, outcome = done
-        if outcome is not None and outcome.decision == "duplicate":
-            duplicates.append((recipient, outcome))
-        else:
-            results.append(result)
-    async with sessions() as session, session.begin():
-        if duplicates:
-            # An earlier attempt of this recipient (a run that crashed before recording
-            # it) holds the key: what it did is what happened to the recipient.
-            held = await repo.decisions_of(
-                session, [o.duplicate_of for _, o in duplicates if o.duplicate_of is not None]
-            )
-            for recipient, outcome in duplicates:
-                decision = held.get(outcome.duplicate_of) if outcome.duplicate_of else None
-                results.append(_result(recipient, outcome, decision or "duplicate"))
-        await repo.record_results(session, cid, results, _now())
-    if problem is not None:
-        # The recorded recipients stay recorded; the step's retry sends the rest.
-        raise problem
-    return {"state": "more"}
+                return {"state": "stopped"}
+            if time.monotonic() - began >= STEP_SECONDS:
+                # DBOS checkpoints the step; the next one goes on from the recipients'
+                # status.
+                return {"state": "more"}
+            campaign = owner
+            now = _now()
+            wanted = batch_size(ctx.settings, campaign.throttle_per_second)
+            if upcoming and wanted == limit:
+                batch = upcoming
+            else:
+                limit = wanted
+                batch = await repo.due_batch(session, cid, now, limit=limit)
+                if not batch:
+                    return await _nothing_due(session, cid, workflow_id, now)
+    assert sent.problem is not None
+    raise sent.problem
 
 
 # ---------------------------------------------------------------------------- the run

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.conditions.model import Condition
 from hogsend.db.conditions import matching_contacts
@@ -65,6 +65,7 @@ class Recipient:
 
     contact_id: uuid.UUID
     email: str
+    send_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -384,19 +385,36 @@ async def finish_snapshot(session: AsyncSession, campaign_id: uuid.UUID, now: da
 
 
 async def due_batch(
-    session: AsyncSession, campaign_id: uuid.UUID, now: datetime, *, limit: int
+    session: AsyncSession | AsyncConnection,
+    campaign_id: uuid.UUID,
+    now: datetime,
+    *,
+    limit: int,
+    after: Recipient | None = None,
 ) -> list[Recipient]:
-    """The next pending recipients that are due, in cursor order."""
+    """The next pending recipients that are due, in cursor order.
+
+    With ``after`` (the last recipient of a batch still in flight, which must have a
+    ``send_at``), the page starts past it: it leaves that batch out, and the index scan
+    starts where the last one ended instead of walking the entries of every recipient
+    already sent (dead until vacuumed).
+    """
+    keyset = ""
+    params: dict[str, Any] = {"id": campaign_id, "now": now, "limit": limit}
+    if after is not None:
+        assert after.send_at is not None, "the keyset needs the recipient's send_at"
+        keyset = "AND (send_at, contact_id) > (CAST(:at AS timestamptz), CAST(:cid AS uuid))"
+        params.update(at=after.send_at, cid=after.contact_id)
     rows = await session.execute(
         text(
-            """SELECT contact_id, email FROM campaign_recipients
+            f"""SELECT contact_id, email, send_at FROM campaign_recipients
             WHERE campaign_id = :id AND status = 'pending'
-              AND (send_at IS NULL OR send_at <= :now)
+              AND (send_at IS NULL OR send_at <= :now) {keyset}
             ORDER BY send_at, contact_id LIMIT :limit"""
         ),
-        {"id": campaign_id, "now": now, "limit": limit},
+        params,
     )
-    return [Recipient(contact_id=r.contact_id, email=r.email) for r in rows]
+    return [Recipient(contact_id=r.contact_id, email=r.email, send_at=r.send_at) for r in rows]
 
 
 async def next_due_at(session: AsyncSession, campaign_id: uuid.UUID) -> datetime | None:
