@@ -377,7 +377,10 @@ def plan_resolution(identity: Identity, matches: Mapping[IdentityKey, Contact]) 
     if not candidates:
         return ResolutionPlan(action="create", attach=keys)
 
-    ordered = order_for_merge(candidates.values())
+    # One contact (the common case) needs no survivor ordering.
+    ordered = (
+        list(candidates.values()) if len(candidates) == 1 else order_for_merge(candidates.values())
+    )
     target, losers = ordered[0], tuple(ordered[1:])
     attach: list[IdentityKey] = []
     conflicts: list[IdentityConflict] = []

@@ -33,6 +33,8 @@ def _clean_text(value: str) -> str:
     # Postgres text holds neither NUL nor lone surrogates (json.loads lets both through).
     if "\x00" in value:
         raise PydanticCustomError("text_nul", "cannot contain NUL characters")
+    if value.isascii():
+        return value  # no surrogates possible; skips an encode per string of every event
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -77,6 +79,21 @@ def _check_json(value: Any, depth: int = 0) -> None:
 
 
 def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    # Most payloads are flat objects of short ASCII strings and integers: checked in one
+    # loop here; anything else (nesting, floats, other text) takes the full walk.
+    for key, item in value.items():
+        kind = type(item)
+        if not (
+            (kind is str and "\x00" not in item and item.isascii())
+            or kind is int
+            or kind is bool
+            or item is None
+        ):
+            break
+        if "\x00" in key or not key.isascii():
+            break
+    else:
+        return value
     _check_json(value)
     return value
 
