@@ -218,14 +218,12 @@ def test_a_link_in_the_subject_is_filled_too(registry: TemplateRegistry) -> None
 
 def test_plans_are_kept_per_rendering_and_bounded(registry: TemplateRegistry) -> None:
     planner = plans(registry, size=2)
-    for name in ["Ada", "Bob", "Cy", "Ada"]:
-        contact = Contact(
-            id=uuid.uuid4(), key=name, email="x@example.com", properties={"first_name": name}
-        )
+    # An int prop gets no value slot: each number renders (and plans) apart.
+    for days in [1, 2, 3, 1]:
         composed = planner.compose(
             "offer",
-            contact=contact,
-            props={"days": 3},
+            contact=ADA,
+            props={"days": days},
             subject=None,
             link_tokens={"unsubscribe_url": "u", "preferences_url": "p"},
             send_id=uuid.uuid4(),
@@ -233,5 +231,143 @@ def test_plans_are_kept_per_rendering_and_bounded(registry: TemplateRegistry) ->
             clicks=True,
         )
         assert composed is not None
-        assert f"Hi {name}," in composed.rendered.html
+        assert f"Only {days} days left" in composed.rendered.html
     assert len(planner._plans) == 2
+
+
+def person(name: str, n: int) -> Contact:
+    return Contact(
+        id=uuid.uuid4(),
+        key=f"user-{n}",
+        email=f"user{n}@example.com",
+        properties={"first_name": name, "team": "Blue"},
+    )
+
+
+def direct_for(
+    registry: TemplateRegistry,
+    key: str,
+    contact: Contact,
+    props: dict[str, object],
+    send_id: uuid.UUID,
+    links: tuple[TrackedLink, ...],
+) -> tuple[str, str, str]:
+    """``direct`` for any contact: rendered with real values, tracked with the same ids."""
+    rendered = registry.render(
+        key,
+        contact=contact,
+        props=props,
+        extra={name: PREFIXES[name] + "tok" for name in PREFIXES},
+    )
+    ids = iter(link.id for link in links)
+    tracked = track_html(
+        rendered.html,
+        click_url_of=lambda link_id: click_url(BASE, link_id, SECRET),
+        pixel_url=open_url(BASE, send_id, SECRET),
+        skip=lambda url: url.startswith(UNTRACKED),
+        new_id=lambda: next(ids),
+    )
+    assert tracked.links == links
+    return rendered.subject, tracked.html, rendered.text
+
+
+# Templates using a per-contact value every way a template can: each message must be
+# the directly rendered one, whether it went through a value-slotted plan or not.
+VALUE_USES = {
+    "greet": "<p>Hi {{ contact.properties.first_name }}, team {{ team }}.</p>",
+    "branch": '<p>{% if contact.properties.first_name == "Ada" %}VIP{% else %}Hi{% endif %}'
+    " {{ contact.properties.first_name }}</p>",
+    "measure": "<p>{{ contact.properties.first_name | length }} letters</p>",
+    "shout": "<p>{{ contact.properties.first_name | upper }}</p>",
+    "attribute": '<p><img alt="{{ contact.properties.first_name }}" src="https://x.test/a.png">'
+    '<span class="{{ team }}">x</span></p>',
+    "linked": '<p><a href="https://x.test/{{ contact.properties.first_name }}">'
+    "{{ contact.properties.first_name }}</a></p>",
+    "link-text": '<p><a href="https://x.test/">{{ contact.properties.first_name }}</a></p>',
+    "styled": "<style>.{{ team }} { color: red; }</style><p class=Blue>{{ team }}</p>",
+    "commented": "<!-- {{ contact.properties.first_name }} --><p>Hi</p>",
+    "emailed": "<p>Write to {{ contact.email }} as {{ contact.key }}</p>",
+}
+
+
+@pytest.fixture
+def uses(tmp_path: Path) -> TemplateRegistry:
+    (tmp_path / "_layout.html").write_text(LAYOUT)
+    for key, body in VALUE_USES.items():
+        (tmp_path / f"{key}.html").write_text(
+            "{#---\nsubject: For {{ contact.properties.first_name }}\n"
+            "preheader: Dear {{ contact.properties.first_name }}\n---#}\n"
+            '{% extends "_layout.html" %}{% block body %}' + body + "{% endblock %}\n"
+        )
+    return TemplateRegistry(tmp_path)
+
+
+@pytest.mark.parametrize("key", sorted(VALUE_USES))
+def test_per_contact_values_give_the_direct_message(uses: TemplateRegistry, key: str) -> None:
+    planner = plans(uses)
+    names = ["Ada", "Bob", "Ada", "Cy-2", "Dee Dee", "O'Neil", "Zoë", "Ada"]
+    for n, name in enumerate(names):
+        contact = person(name, n)
+        send_id = uuid.uuid4()
+        composed = planner.compose(
+            key,
+            contact=contact,
+            props={"team": "Blue"},
+            subject=None,
+            link_tokens={name: "tok" for name in PREFIXES},
+            send_id=send_id,
+            opens=True,
+            clicks=True,
+        )
+        if composed is None:
+            continue  # no plan: the mailer renders it directly
+        subject, html, text = direct_for(
+            uses, key, contact, {"team": "Blue"}, send_id, composed.links
+        )
+        assert composed.rendered.subject == subject
+        assert composed.rendered.html == html
+        assert composed.rendered.text == text
+
+
+def test_names_in_body_text_share_one_plan(uses: TemplateRegistry) -> None:
+    planner = plans(uses)
+    for n in range(20):
+        composed = planner.compose(
+            "greet",
+            contact=person(f"Ada{n}", n),
+            props={"team": "Blue"},
+            subject=None,
+            link_tokens={name: "tok" for name in PREFIXES},
+            send_id=uuid.uuid4(),
+            opens=True,
+            clicks=True,
+        )
+        assert composed is not None
+        assert f"Hi Ada{n}, team Blue." in composed.rendered.html
+        assert f"Hi Ada{n}, team Blue." in composed.rendered.text
+        assert f"Dear Ada{n}" in composed.rendered.html  # the preheader
+        assert composed.rendered.subject == f"For Ada{n}"
+    assert len(planner._plans) == 1
+
+
+@pytest.mark.parametrize("key", ["measure", "attribute", "styled", "link-text"])
+def test_values_the_finishing_steps_read_get_no_shared_plan(
+    uses: TemplateRegistry, key: str
+) -> None:
+    # A value measured, in an attribute, a style sheet or a link's text: the slotted
+    # rendering is refused, so each contact's rendering plans on its own.
+    planner = plans(uses)
+    for n in range(3):
+        planner.compose(
+            key,
+            contact=person(f"Ada{n}", n),
+            props={"team": "Blue"},
+            subject=None,
+            link_tokens={name: "tok" for name in PREFIXES},
+            send_id=uuid.uuid4(),
+            opens=True,
+            clicks=True,
+        )
+    used = [plan_key for plan_key, plan in planner._plans.items() if plan is not None]
+    assert len(used) == 3
+    assert all(f"Ada{n}" in str(plan_key) for n, plan_key in enumerate(used))

@@ -15,20 +15,36 @@ contain. A rendering whose nonce shows up anywhere but in a whole slot (a templa
 transformed a link, say ``{{ unsubscribe_url | upper }}``), or inside a tracked URL, has
 no plan: :meth:`MessagePlans.compose` returns None and the mailer renders that message
 the ordinary way, with its real links.
+
+Per-recipient values get slots too (*value slots*), so that a campaign greeting every
+contact by name still shares one plan. Each short word-like string the template is
+given (the contact's string fields and top-level properties, string props: letters,
+digits, ``@._+-`` and single spaces) is replaced by a slot, and Jinja renders twice:
+with the real values and with the slots. The plan is used only when the slotted
+output, its value slots filled, *is* the real output, character for character (so a
+template that branched on, measured or transformed a value falls back), and every
+value slot stands in body text: not in a tag, an attribute, a comment, a link's text
+or a ``style``/``script``/``head``-like element. There the finishing steps cannot tell
+the slot from the value: CSS selectors never look at text, the text part copies words
+as they are, escaping leaves these characters alone, and tracking rewrites tags only.
+When a plan is built, the message is also finished the direct way and compared.
+Templates whose renderings keep failing the check stop getting value slots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from typing import Any
 
-from hogsend.channels.templates import TemplateRegistry
+from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.templates import RenderedEmail
 from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html
@@ -36,7 +52,23 @@ from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html
 PLAN_CACHE_SIZE = 256
 """How many plans a mailer keeps (least recently used dropped first)."""
 
-_LINK, _CLICK, _PIXEL = "l", "c", "p"
+_LINK, _CLICK, _PIXEL, _VALUE = "l", "c", "p", "v"
+_SLOTTABLE = re.compile(r"[A-Za-z0-9@._+\-]+(?: [A-Za-z0-9@._+\-]+)*")
+"""Values that get a slot: escaping, CSS inlining and the text part leave them as they are."""
+_CONTACT_FIELDS = ("key", "user_id", "email", "anonymous_id")
+_VALUE_MISSES = 16
+"""Failed checks (with none passing four times as often) that end value slots for a template."""
+# Elements whose text a finishing step reads or treats apart (or a link, whose text the
+# text part compares with its target): a value slot in them gets no plan.
+_NO_VALUE_ELEMENTS = frozenset(
+    {
+        "a", "head", "title", "style", "script", "template", "noscript", "textarea", "xmp",
+        "iframe", "noembed", "noframes", "plaintext", "select", "option", "svg", "math",
+    }
+)  # fmt: skip
+_VOID = frozenset(
+    {"br", "hr", "img", "meta", "link", "input", "col", "area", "base", "wbr", "source", "embed"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +84,8 @@ class _Plan:
     html: _Filled
     text: _Filled
     link_urls: tuple[str, ...]
+    opens: bool
+    clicks: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +137,11 @@ class MessagePlans:
             name: f"{prefix}{self._slot_text(_LINK, i)}"
             for i, (name, prefix) in enumerate(link_prefixes.items())
         }
+        self._value_marker = f"hs{self._nonce}{_VALUE}"
+        self._value_slot = re.compile(f"hs{self._nonce}{_VALUE}(\\d+)z")
         self._plans: OrderedDict[tuple[Any, ...], _Plan | None] = OrderedDict()
+        # Per template: value-slot checks passed and failed (see _value_slots).
+        self._tally: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def _slot_text(self, kind: str, n: int) -> str:
@@ -132,63 +170,209 @@ class MessagePlans:
         Raises:
             TemplateError: rendering failed (as ``TemplateRegistry.render``).
         """
-        rendered = self._templates.render(
+        templates = self._templates
+        variables = templates.variables(
             key,
             contact=contact,
             props=props,
-            subject=subject,
             extra=self._placeholders if link_tokens is not None else None,
         )
-        plan_key = (key, rendered.html, rendered.text, opens, clicks)
+        real = templates.render_jinja(key, variables, subject=subject)
+        slotted = self._value_slots(key, variables, real)
+        if slotted is not None:
+            plan = self._plan_for(key, slotted[0], real, slotted[1], opens=opens, clicks=clicks)
+            if plan is not None:
+                return self._filled(key, real, plan, slotted[1], link_tokens, send_id, opens)
+        plan = self._plan_for(key, real, real, None, opens=opens, clicks=clicks)
+        if plan is None:
+            return None
+        return self._filled(key, real, plan, (), link_tokens, send_id, opens)
+
+    def _plan_for(
+        self,
+        key: str,
+        source: JinjaOutput,
+        real: JinjaOutput,
+        values: tuple[str, ...] | None,
+        *,
+        opens: bool,
+        clicks: bool,
+    ) -> _Plan | None:
+        """The plan of ``source`` (from the cache, else built); None when it has none."""
+        plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
         with self._lock:
             found = plan_key in self._plans
             plan = self._plans.get(plan_key)
             if found:
                 self._plans.move_to_end(plan_key)
-        if not found:
-            plan = self._plan(rendered.html, rendered.text, opens=opens, clicks=clicks)
-            with self._lock:
-                self._plans[plan_key] = plan
-                if len(self._plans) > self._size:
-                    self._plans.popitem(last=False)
-        if plan is None:
-            return None
-        subject_text = rendered.subject
+        if found:
+            if values is not None:
+                self._count(key, hit=plan is not None)
+            return plan
+        finished = self._templates.finish(key, source)
+        plan = self._plan(finished.html, finished.text, opens=opens, clicks=clicks)
+        if plan is not None and values is not None:
+            plan = self._checked(key, source, real, values, plan)
+            self._count(key, hit=plan is not None)
+        with self._lock:
+            self._plans[plan_key] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        return plan
+
+    def _filled(
+        self,
+        key: str,
+        real: JinjaOutput,
+        plan: _Plan,
+        values: tuple[str, ...],
+        link_tokens: Mapping[str, str] | None,
+        send_id: uuid.UUID,
+        opens: bool,
+    ) -> Composed | None:
+        """The message of ``send_id`` from ``plan``: its own values, tokens, ids, pixel."""
+        subject_text = real.subject
         subject_filled: _Filled | None = None
         if self._nonce in subject_text:
             subject_filled = self._split(subject_text)
             if subject_filled is None:
                 return None
         ids = tuple(uuid.uuid4() for _ in plan.link_urls)
-        values: dict[tuple[str, int], str] = {}
+        filling: dict[tuple[str, int], str] = {}
         for i, name in enumerate(self._names):
             if link_tokens is not None and name in link_tokens:
-                values[(_LINK, i)] = link_tokens[name]
+                filling[(_LINK, i)] = link_tokens[name]
         for i, link_id in enumerate(ids):
-            values[(_CLICK, i)] = click_url(self._base, link_id, self._secret)
+            filling[(_CLICK, i)] = click_url(self._base, link_id, self._secret)
         if opens:
-            values[(_PIXEL, 0)] = open_url(self._base, send_id, self._secret)
+            filling[(_PIXEL, 0)] = open_url(self._base, send_id, self._secret)
+        for i, value in enumerate(values):
+            filling[(_VALUE, i)] = value
         try:
-            html = _fill(plan.html, values)
-            text = _fill(plan.text, values)
+            html = _fill(plan.html, filling)
+            text = _fill(plan.text, filling)
             if subject_filled is not None:
-                subject_text = _fill(subject_filled, values)
+                subject_text = _fill(subject_filled, filling)
         except KeyError:
             return None  # a slot with no value (a link variable without its token)
         return Composed(
             rendered=RenderedEmail(
-                key=rendered.key,
+                key=key,
                 subject=subject_text,
                 html=html,
                 text=text,
-                preheader=rendered.preheader,
-                category=rendered.category,
+                preheader=real.preheader,
+                category=self._templates.get(key).meta.category,
             ),
             links=tuple(
                 TrackedLink(id=link_id, url=url)
                 for link_id, url in zip(ids, plan.link_urls, strict=True)
             ),
         )
+
+    # -- value slots ---------------------------------------------------------------
+
+    def _value_slots(
+        self, key: str, variables: Mapping[str, Any], real: JinjaOutput
+    ) -> tuple[JinjaOutput, tuple[str, ...]] | None:
+        """Jinja's output with value slots, and the values; None when it cannot be used.
+
+        None when the template takes no slottable value, is not HTML, stopped getting
+        value slots, fails with them, or the slotted output filled is not ``real``.
+        """
+        if self._templates.get(key).format != "html":
+            return None
+        with self._lock:
+            hits, misses = self._tally.get(key, (0, 0))
+        if misses >= _VALUE_MISSES and misses > 4 * hits:
+            return None
+        slots: dict[str, str] = {}
+        slotted = self._slotted_variables(variables, slots)
+        if not slots:
+            return None
+        try:
+            output = self._templates.render_jinja(key, slotted, subject=real.subject)
+        except Exception:
+            self._count(key, hit=False)  # the template needed the real value
+            return None
+        values = tuple(slots)
+        fill = _value_filler(self._value_slot, values)
+        if (
+            fill(output.body) != real.body
+            or fill(output.preheader) != real.preheader
+            or fill(output.written) != real.written
+        ):
+            self._count(key, hit=False)
+            return None
+        return output, values
+
+    def _slotted_variables(
+        self, variables: Mapping[str, Any], slots: dict[str, str]
+    ) -> dict[str, Any]:
+        """``variables`` with each slottable value replaced by its slot (added to ``slots``)."""
+
+        def slot(value: Any) -> Any:
+            if type(value) is not str or not _SLOTTABLE.fullmatch(value) or self._nonce in value:
+                return value
+            found = slots.get(value)
+            if found is None:
+                found = slots[value] = self._slot_text(_VALUE, len(slots))
+            return found
+
+        out = dict(variables)
+        props = variables.get("props")
+        if isinstance(props, dict):
+            out["props"] = {name: slot(value) for name, value in props.items()}
+            for name in props:
+                if name in out and out[name] is props[name]:
+                    out[name] = out["props"][name]
+        contact = variables.get("contact")
+        if isinstance(contact, Contact):
+            changes: dict[str, Any] = {
+                name: slot(getattr(contact, name)) for name in _CONTACT_FIELDS
+            }
+            changes["properties"] = {
+                name: slot(value) for name, value in contact.properties.items()
+            }
+            out["contact"] = dataclasses.replace(contact, **changes)
+        return out
+
+    def _checked(
+        self,
+        key: str,
+        source: JinjaOutput,
+        real: JinjaOutput,
+        values: tuple[str, ...],
+        plan: _Plan,
+    ) -> _Plan | None:
+        """``plan`` if its value slots stand where the finishing steps cannot see them.
+
+        Also finishes ``real`` the direct way once and compares: a new plan must give
+        the message the direct path gives.
+        """
+        if not _in_text_only(source.body, self._value_marker):
+            return None
+        direct = self._templates.finish(key, real)
+        filling = {(_VALUE, i): value for i, value in enumerate(values)}
+        # Only value slots are filled: the link, click and pixel slots stay on both sides.
+        html = _fill(plan.html, _Keep(filling, self._slot_text))
+        text = _fill(plan.text, _Keep(filling, self._slot_text))
+        direct_plan = self._plan(direct.html, direct.text, opens=plan.opens, clicks=plan.clicks)
+        if direct_plan is None:
+            return None
+        keep = _Keep({}, self._slot_text)
+        if html != _fill(direct_plan.html, keep) or text != _fill(direct_plan.text, keep):
+            return None
+        if direct_plan.link_urls != plan.link_urls:
+            return None
+        return plan
+
+    def _count(self, key: str, *, hit: bool) -> None:
+        with self._lock:
+            hits, misses = self._tally.get(key, (0, 0))
+            self._tally[key] = (hits + 1, misses) if hit else (hits, misses + 1)
+
+    # -- plans -----------------------------------------------------------------------
 
     def _plan(self, html: str, text: str, *, opens: bool, clicks: bool) -> _Plan | None:
         """Track ``html`` with slots for the click and pixel URLs; None if unplannable."""
@@ -218,6 +402,8 @@ class MessagePlans:
             html=html_filled,
             text=text_filled,
             link_urls=tuple(link.url for link in tracked.links),
+            opens=opens,
+            clicks=clicks,
         )
 
     def _split(self, source: str) -> _Filled | None:
@@ -228,6 +414,93 @@ class MessagePlans:
             return None
         slots = tuple((kind, int(n)) for kind, n in zip(pieces[1::3], pieces[2::3], strict=True))
         return _Filled(literals=literals, slots=slots)
+
+
+class _Keep(dict[tuple[str, int], str]):
+    """Slot values for :func:`_fill` where a slot without one stays as its own text."""
+
+    def __init__(
+        self, values: Mapping[tuple[str, int], str], text_of: Callable[[str, int], str]
+    ) -> None:
+        super().__init__(values)
+        self._text_of = text_of
+
+    def __missing__(self, slot: tuple[str, int]) -> str:
+        return self._text_of(*slot)
+
+
+def _value_filler(
+    pattern: re.Pattern[str], values: tuple[str, ...]
+) -> Callable[[str | None], str | None]:
+    def fill(text: str | None) -> str | None:
+        if text is None:
+            return None
+        return pattern.sub(lambda match: values[int(match.group(1))], text)
+
+    return fill
+
+
+class _TextOnly(HTMLParser):
+    """Finds a marker anywhere but in body text outside the elements the steps read."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.marker = marker
+        self.stack: list[str] = []
+        self.bad = False
+        self.seen = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.marker in tag or any(
+            self.marker in name or self.marker in (value or "") for name, value in attrs
+        ):
+            self.bad = True
+        if tag not in _VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.marker in tag:
+            self.bad = True
+        if tag in self.stack:
+            while self.stack and self.stack.pop() != tag:
+                pass
+
+    def handle_data(self, data: str) -> None:
+        if self.marker in data:
+            self.seen += data.count(self.marker)
+            if _NO_VALUE_ELEMENTS.intersection(self.stack):
+                self.bad = True
+
+    def _other(self, data: str) -> None:
+        if self.marker in data:
+            self.bad = True
+
+    def handle_comment(self, data: str) -> None:
+        self._other(data)
+
+    def handle_decl(self, decl: str) -> None:
+        self._other(decl)
+
+    def handle_pi(self, data: str) -> None:
+        self._other(data)
+
+    def unknown_decl(self, data: str) -> None:
+        self._other(data)
+
+
+def _in_text_only(html: str, marker: str) -> bool:
+    """Whether every ``marker`` in ``html`` stands in plain body text (see module doc)."""
+    checker = _TextOnly(marker)
+    checker.feed(html)
+    checker.close()
+    # Each occurrence must have been seen as text: none hidden in a construct the
+    # parser skipped or left in its buffer (an unterminated tag, say).
+    return not checker.bad and checker.seen == html.count(marker)
 
 
 def _fill(filled: _Filled, values: Mapping[tuple[str, int], str]) -> str:

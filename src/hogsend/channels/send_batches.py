@@ -170,17 +170,18 @@ async def send_batch(
     if batched:
         async with mailer.engine.connect() as conn:
             locked = [k for i in batched if (k := requests[i].idempotency_key) is not None]
+            # Autocommit: the keys' session locks need no transaction around them (one
+            # round trip each way); each decide group opens and ends its own by hand.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 await sends.lock_keys(conn, locked)
-                await conn.commit()
                 await _lanes(
                     mailer, conn, requests, batched, outcomes, single, concurrency, before_send
                 )
             finally:
                 try:
-                    await conn.rollback()
+                    await sends.end_transaction(conn, commit=False)
                     await sends.unlock_keys(conn, locked)
-                    await conn.commit()
                 except BaseException:
                     # Closing the connection is the other way to release the locks.
                     await conn.invalidate()
@@ -223,7 +224,8 @@ async def _decide(
 
     settings = mailer.settings
     now = mailer._clock()
-    found = await sends.contacts_by_id(
+    # Opens the group's transaction (the caller ends it), with the contacts' read.
+    found = await sends.begin_and_read_contacts(
         conn, [c for i in batched if (c := requests[i].contact_id) is not None]
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
@@ -428,9 +430,10 @@ async def _lanes(
         try:
             for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
                 going[attempt.index] = attempt
-            await conn.commit()
+            await sends.end_transaction(conn, commit=True)
         except BaseException:
-            await conn.rollback()  # the keys' session locks survive a rollback
+            # The keys' session locks survive a rollback.
+            await sends.end_transaction(conn, commit=False)
             raise
 
     decider: GroupCommit[int] = GroupCommit(decide_group)

@@ -49,6 +49,23 @@ FINISHED_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JinjaOutput:
+    """What Jinja produced for one message, before the finishing steps.
+
+    Attributes:
+        subject: the subject, whitespace collapsed.
+        preheader: the rendered preheader, if the template has one.
+        body: the HTML (or MJML) body as rendered.
+        written: the rendered ``.txt`` part, if the template has one.
+    """
+
+    subject: str
+    preheader: str | None
+    body: str
+    written: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TemplateProblem:
     """One thing wrong with a template directory (reported by ``hogsend check``)."""
 
@@ -337,9 +354,40 @@ class TemplateRegistry:
             TemplateError: the template has no subject, does not compile, or fails while
                 rendering (an undefined variable ...), with the file and line.
         """
-        template = self.get(key)
+        output = self.render_jinja(
+            key, self.variables(key, contact=contact, props=props, extra=extra), subject=subject
+        )
+        return self.finish(key, output)
+
+    def variables(
+        self,
+        key: str,
+        *,
+        contact: Contact,
+        props: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The variables :meth:`render` gives template ``key`` (props validated).
+
+        Raises:
+            TemplateNotFound: unknown key.
+            TemplatePropsError: props fail the template's model.
+            TemplateError: a prop uses a reserved name.
+        """
         values = self.validate_props(key, props)
-        variables = render_variables(key=key, contact=contact, props=values, extra=extra)
+        return render_variables(key=key, contact=contact, props=values, extra=extra)
+
+    def render_jinja(
+        self, key: str, variables: Mapping[str, Any], *, subject: str | None = None
+    ) -> JinjaOutput:
+        """The first stage of :meth:`render`: what Jinja produces, before :meth:`finish`.
+
+        Raises:
+            TemplateNotFound: unknown key.
+            TemplateError: as :meth:`render`.
+        """
+        template = self.get(key)
+        variables = dict(variables)
         preheader = None
         if template.meta.preheader is not None:
             preheader = self._render_string(key, "preheader", template.meta.preheader, variables)
@@ -357,13 +405,23 @@ class TemplateRegistry:
         written = None
         if template.text_source is not None:
             written = self._render_file(key, template.text_source, variables)
-        body, text = self._finish(template, body, preheader, written)
+        return JinjaOutput(subject=subject, preheader=preheader, body=body, written=written)
+
+    def finish(self, key: str, output: JinjaOutput) -> RenderedEmail:
+        """The second stage of :meth:`render`: MJML, text part, preheader, inlined CSS.
+
+        Raises:
+            TemplateNotFound: unknown key.
+            TemplateError: MJML or CSS that does not compile.
+        """
+        template = self.get(key)
+        body, text = self._finish(template, output.body, output.preheader, output.written)
         return RenderedEmail(
             key=key,
-            subject=subject,
+            subject=output.subject,
             html=body,
             text=text,
-            preheader=preheader,
+            preheader=output.preheader,
             category=template.meta.category,
         )
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.sql import SQL, Literal
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -737,6 +738,55 @@ async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dic
         {"ids": list(ids)},
     )
     return {row.id: row for row in rows}
+
+
+async def begin_and_read_contacts(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Any]:
+    """Open a transaction and read :func:`contacts_by_id`, in one round trip.
+
+    ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`): BEGIN and the
+    read travel as one simple-protocol query (the ids as a literal array), and
+    :func:`end_transaction` ends the transaction. Rows as :func:`contacts_by_id`'s
+    (``.id``, ``.deleted_at``, ``._mapping``).
+    """
+    driver = await _driver(conn)
+    async with driver.cursor(row_factory=dict_row) as cur:
+        await cur.execute(_BEGIN_CONTACTS.format(ids=Literal([str(i) for i in ids])))
+        cur.nextset()
+        rows = await cur.fetchall()
+    return {row["id"]: _ContactRow(row) for row in rows}
+
+
+async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
+    """COMMIT (or ROLLBACK) what :func:`begin_and_read_contacts` opened; none open: nothing."""
+    driver = await _driver(conn)
+    if commit:
+        await driver.commit()
+    else:
+        await driver.rollback()
+
+
+async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    return driver
+
+
+_BEGIN_CONTACTS = SQL(
+    "BEGIN; SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+)
+
+
+class _ContactRow:
+    """A contact row read by the driver, with what ``contact_from_row`` and callers read."""
+
+    __slots__ = ("_mapping", "deleted_at", "id")
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping
+        self.id: uuid.UUID = mapping["id"]
+        self.deleted_at: datetime | None = mapping["deleted_at"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
