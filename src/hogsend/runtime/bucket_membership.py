@@ -122,6 +122,11 @@ class BucketMembershipConsumer:
             event_name, properties_changed=source != repo.TRANSITION_SOURCE
         )
 
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some criteria bucket can change on the event (else no savepoint:
+        the dispatcher finishes it without running the consumer)."""
+        return bool(self.candidates(event.name, source=event.source))
+
     def _criteria_query(self, candidates: Sequence[BucketDefinition]) -> Executable:
         """One statement answering, for one contact and each candidate: is the bucket
         enabled (admin override, else the code's switch), do its criteria match (only

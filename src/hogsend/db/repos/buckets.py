@@ -20,6 +20,7 @@ Every query finds contacts and memberships by contact id, never by external id.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, decode_cursor, encode_cursor
 from hogsend.db.conditions import contacts, matching_contacts
-from hogsend.db.repos.events import ingest_batch, ingest_event
+from hogsend.db.repos.events import ingest_event
 
 TRANSITION_SOURCE = "bucket"
 """``user_events.source`` of transition events."""
@@ -292,27 +293,65 @@ async def emit_transition(
     )
 
 
+# The ingest of a transition, in one statement: its contact is known by id and it patches
+# nothing, so the identity resolution, the idempotency read and the contact update of
+# the general ingest (a savepoint and four round trips per event) have nothing to do.
+# The contact row is locked as ingest locks it (a merge in flight is waited for, and a
+# contact merged away or deleted meanwhile gets nothing); a key stored before is a
+# duplicate and writes nothing; outbox rows keep the order of the transitions.
+_EMIT = text(
+    """
+    WITH v AS (
+        SELECT r.* FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS r(
+            ord int, contact_id uuid, event text, idempotency_key text, properties jsonb)
+    ), c AS MATERIALIZED (
+        SELECT id, coalesce(external_id, anonymous_id, id::text) AS key FROM contacts
+        WHERE id IN (SELECT contact_id FROM v) AND deleted_at IS NULL
+        ORDER BY id
+        FOR NO KEY UPDATE
+    ), ins AS (
+        INSERT INTO user_events (id, contact_id, user_id, event, properties, idempotency_key,
+                                 source, occurred_at, received_at)
+        SELECT gen_random_uuid(), c.id, c.key, v.event, v.properties, v.idempotency_key,
+               :source, :now, :now
+        FROM v JOIN c ON c.id = v.contact_id
+        ORDER BY v.ord
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, contact_id, user_id, event, idempotency_key
+    )
+    INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
+                              next_attempt_at)
+    SELECT ins.id, ins.contact_id, ins.user_id, ins.event, :now, :now
+    FROM ins JOIN v USING (idempotency_key)
+    ORDER BY v.ord
+    """
+)
+
+
 async def emit_transitions(
     session: AsyncSession, transitions: Sequence[Transition], *, now: datetime
 ) -> None:
-    """Store several transitions as events in one set-based ingest (see
-    :func:`emit_transition`; the same keys, so repeats are duplicates)."""
-    if transitions:
-        await ingest_batch(
-            session,
-            [
-                EventInput(
-                    name=t.event,
-                    contact_id=t.contact_id,
-                    properties=t.properties(),
-                    idempotency_key=t.idempotency_key,
-                    occurred_at=now,
-                    source=TRANSITION_SOURCE,
-                )
-                for t in transitions
-            ],
-            now=now,
-        )
+    """Store several transitions as events in one statement, with the rules of
+    :func:`emit_transition` (the same keys, so repeats are duplicates and write nothing;
+    nothing for a contact deleted or merged away)."""
+    if not transitions:
+        return
+    # One row per key (a repeat within the call is a duplicate, as in ingest).
+    unique = {t.idempotency_key: t for t in reversed(transitions)}
+    events = [
+        {
+            "ord": ord_,
+            "contact_id": str(t.contact_id),
+            "event": t.event,
+            "idempotency_key": t.idempotency_key,
+            "properties": t.properties(),
+        }
+        for ord_, t in enumerate(transitions)
+        if unique[t.idempotency_key] is t
+    ]
+    await session.execute(
+        _EMIT, {"events": json.dumps(events), "source": TRANSITION_SOURCE, "now": now}
+    )
 
 
 # --------------------------------------------------------------------------- reads
