@@ -136,8 +136,9 @@ def consumer_wants(consumer: EventConsumer, event: DispatchedEvent) -> bool:
 
     A consumer may define ``wants(event) -> bool``, a pure check (no I/O) that says it
     would do nothing with an event: the dispatcher then counts it done without a
-    savepoint (two round trips saved per consumer and event). Without one, every event
-    is wanted.
+    savepoint (two round trips saved per consumer and event), and finishes an event no
+    pending consumer wants in one statement with the batch's others like it, without a
+    lane. Without one, every event is wanted.
     """
     wants = getattr(consumer, "wants", None)
     return True if wants is None else bool(wants(event))
