@@ -422,13 +422,15 @@ def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float
             raise RuntimeError("the dispatcher process did not start")
         offered = asyncio.run(_offer(url, rate=rate, seconds=seconds, contacts=LATENCY_CONTACTS))
         deadline = time.monotonic() + 120
+        left = -1
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT count(*) FROM event_outbox WHERE processed_at IS NULL"
                     " AND dead_at IS NULL"
                 ).fetchone()
-                if row is not None and row[0] == 0:
+                left = int(row[0]) if row is not None else -1
+                if left == 0:
                     break
                 time.sleep(0.1)
             # Read while the dispatcher runs: stopping it releases (rewrites) its rows.
@@ -451,6 +453,9 @@ def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float
     return {
         "offered_events": offered,
         "offered_per_s": rate,
+        # Not 0: the backlog did not drain in time (a machine too loaded for the rate);
+        # the percentiles and per-event costs then leave out what was still waiting.
+        "pending_at_end": left,
         "transition_events": int(transitions[0]) if transitions else 0,
         "all_events": _percentiles(every),
         "events_with_a_transition": _percentiles(moved),
