@@ -389,6 +389,17 @@ WHERE o.processed_at IS NOT NULL AND e.source = 'api'
 """
 
 
+# The two stages of the same span: waiting in the outbox (ingest commit -> the start of
+# the claim that took the row; ``claimed_at`` is the claim transaction's ``now()`` and
+# stays on the row once processed), then processing (claim -> the commit above).
+_STAGES = """
+SELECT extract(epoch FROM o.claimed_at - pg_xact_commit_timestamp(e.xmin)),
+       extract(epoch FROM pg_xact_commit_timestamp(o.xmin) - o.claimed_at)
+FROM event_outbox o JOIN user_events e ON e.id = o.event_id
+WHERE o.processed_at IS NOT NULL AND e.source = 'api'
+"""
+
+
 def _percentiles(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
@@ -411,17 +422,20 @@ def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float
             raise RuntimeError("the dispatcher process did not start")
         offered = asyncio.run(_offer(url, rate=rate, seconds=seconds, contacts=LATENCY_CONTACTS))
         deadline = time.monotonic() + 120
+        left = -1
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT count(*) FROM event_outbox WHERE processed_at IS NULL"
                     " AND dead_at IS NULL"
                 ).fetchone()
-                if row is not None and row[0] == 0:
+                left = int(row[0]) if row is not None else -1
+                if left == 0:
                     break
                 time.sleep(0.1)
             # Read while the dispatcher runs: stopping it releases (rewrites) its rows.
             rows = conn.execute(_LATENCIES).fetchall()
+            stages = conn.execute(_STAGES).fetchall()
             transitions = conn.execute(
                 "SELECT count(*) FROM user_events WHERE source = 'bucket'"
             ).fetchone()
@@ -439,9 +453,14 @@ def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float
     return {
         "offered_events": offered,
         "offered_per_s": rate,
+        # Not 0: the backlog did not drain in time (a machine too loaded for the rate);
+        # the percentiles and per-event costs then leave out what was still waiting.
+        "pending_at_end": left,
         "transition_events": int(transitions[0]) if transitions else 0,
         "all_events": _percentiles(every),
         "events_with_a_transition": _percentiles(moved),
+        "stage_queued": _percentiles([float(r[0]) for r in stages]),
+        "stage_processing": _percentiles([float(r[1]) for r in stages]),
         "dispatched_events": n_handled,
         "worker_cpu_ms_per_event": round(cost.get("cpu_s", 0) * 1000 / max(n_handled, 1), 2),
         "statements_per_event": round(cost.get("statements", 0) / max(n_handled, 1), 2),
@@ -472,6 +491,8 @@ def measure_latency(
                 f" p99 {got['all_events'].get('p99_ms')} ms;"
                 f" with a transition p50 {got['events_with_a_transition'].get('p50_ms')} ms,"
                 f" p99 {got['events_with_a_transition'].get('p99_ms')} ms;"
+                f" queued p50 {got['stage_queued'].get('p50_ms')} ms,"
+                f" processing p50 {got['stage_processing'].get('p50_ms')} ms;"
                 f" worker CPU {got['worker_cpu_ms_per_event']} ms/event,"
                 f" {got['statements_per_event']} statements/event",
                 flush=True,

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hogsend import Hogsend, days, define_bucket, where
+from hogsend.core.buckets import Transition
 from hogsend.core.definitions import BucketDefinition
 from hogsend.core.identity import Identity
 from hogsend.core.ingest import EventInput
@@ -309,3 +310,60 @@ async def test_a_failure_mid_transition_rolls_back_and_the_retry_emits_once(
     async with sessions() as session:
         [row] = await repo.contact_memberships(session, hal)
     assert row.entry_count == 1
+
+
+async def test_one_evaluation_joins_leaves_and_touches_with_the_buckets_rules(
+    engine: AsyncEngine, database_url: str, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    pro = define_bucket(
+        id="pro", name="Pro", criteria=where.property("plan").equals("pro"), max_dwell=days(10)
+    )
+    recent = define_bucket(
+        id="recent",
+        name="Seen this week",
+        criteria=where.event("seen").within(days(7)).exists(),
+        fast_expiry=True,
+    )
+    gus = await send(sessions, "gus@x.test", props={"plan": "pro"})
+    await drain(engine, database_url, recent, pro)
+    async with sessions() as session:
+        joined = {m.bucket_id: m for m in await repo.contact_memberships(session, gus)}
+    assert joined["pro"].max_dwell_at == joined["pro"].entered_at + days(10)
+    assert joined["pro"].expires_at is None
+    assert joined["recent"].expires_at == joined["recent"].entered_at + days(7)
+    assert joined["recent"].max_dwell_at is None
+    first_check = joined["recent"].last_evaluated_at
+
+    await send(sessions, "gus@x.test", props={"plan": "free"})
+    await drain(engine, database_url, recent, pro)
+    async with sessions() as session:
+        after = {m.bucket_id: m for m in await repo.contact_memberships(session, gus)}
+        stored = (
+            await session.execute(
+                text(
+                    "SELECT e.event, e.user_id, e.idempotency_key, e.properties, o.id AS outbox"
+                    " FROM user_events e JOIN event_outbox o ON o.event_id = e.id"
+                    " WHERE e.source = 'bucket' ORDER BY o.id"
+                )
+            )
+        ).all()
+    assert after["pro"].status == "left"
+    assert after["pro"].left_reason == "criteria"
+    assert after["recent"].status == "active"
+    assert first_check is not None
+    assert after["recent"].last_evaluated_at is not None
+    assert after["recent"].last_evaluated_at > first_check  # touched, not left
+    # Outbox order: the buckets' order within one evaluation, evaluations in turn.
+    assert [r.event for r in stored] == [
+        "bucket:entered:recent",
+        "bucket:entered:pro",
+        "bucket:left:pro",
+    ]
+    expected = [
+        Transition.of("entered", joined["recent"]),
+        Transition.of("entered", joined["pro"]),
+        Transition.of("left", after["pro"], reason="criteria"),
+    ]
+    assert [r.idempotency_key for r in stored] == [t.idempotency_key for t in expected]
+    assert [r.properties for r in stored] == [t.properties() for t in expected]
+    assert {r.user_id for r in stored} == {str(gus)}  # email-only: the contact id is its key

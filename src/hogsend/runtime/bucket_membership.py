@@ -122,6 +122,11 @@ class BucketMembershipConsumer:
             event_name, properties_changed=source != repo.TRANSITION_SOURCE
         )
 
+    def wants(self, event: DispatchedEvent) -> bool:
+        """Whether some criteria bucket can change on the event (else no savepoint:
+        the dispatcher finishes it without running the consumer)."""
+        return bool(self.candidates(event.name, source=event.source))
+
     def _criteria_query(self, candidates: Sequence[BucketDefinition]) -> Executable:
         """One statement answering, for one contact and each candidate: is the bucket
         enabled (admin override, else the code's switch), do its criteria match (only
@@ -167,32 +172,35 @@ class BucketMembershipConsumer:
         ).one_or_none()
         if row is None:
             return  # deleted (or erased) since the event was stored
+        joins: list[BucketDefinition] = []
+        leaves: list[tuple[BucketDefinition, Any]] = []
         still: list[str] = []
-        transitions: list[Transition] = []
         for index, bucket in enumerate(candidates):
             if not row[3 * index]:
                 continue  # disabled: inert
             matches = bool(row[3 * index + 1])
             membership = row[3 * index + 2]
             if matches and membership is None:
-                joined = await repo.join(session, bucket, event.contact_id, now=now)
-                if joined is not None:
-                    transitions.append(Transition.of("entered", joined))
-                    log.debug("bucket joined", bucket=bucket.id, contact=str(event.contact_id))
+                joins.append(bucket)
             elif not matches and membership is not None:
-                left = await repo.leave(
-                    session,
-                    bucket,
-                    event.contact_id,
-                    reason="criteria",
-                    now=now,
-                    membership_id=membership,
-                )
-                if left is not None:
-                    transitions.append(Transition.of("left", left, reason="criteria"))
-                    log.debug("bucket left", bucket=bucket.id, contact=str(event.contact_id))
+                leaves.append((bucket, membership))
             elif membership is not None:
                 still.append(bucket.id)
-        # One set-based ingest for all of them, in this transaction.
+        if not joins and not leaves and not still:
+            return
+        # Joins, leaves and touches in one round trip, the transitions in a second one,
+        # both in this transaction.
+        applied = await repo.apply_evaluation(
+            session, event.contact_id, joins=joins, leaves=leaves, still=still, now=now
+        )
+        transitions = [Transition.of("entered", m) for m in applied.joined]
+        transitions += [Transition.of("left", m, reason="criteria") for m in applied.left]
+        # In the buckets' order, as the events are stored in that order.
+        transitions.sort(key=lambda t: self._index.order[t.bucket_id])
+        if transitions:
+            log.debug(
+                "bucket transitions",
+                contact=str(event.contact_id),
+                transitions=[t.event for t in transitions],
+            )
         await repo.emit_transitions(session, transitions, now=now)
-        await repo.touch(session, event.contact_id, still, now=now)

@@ -20,6 +20,7 @@ Every query finds contacts and memberships by contact id, never by external id.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from hogsend.core.definitions import BucketDefinition
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, decode_cursor, encode_cursor
 from hogsend.db.conditions import contacts, matching_contacts
-from hogsend.db.repos.events import ingest_batch, ingest_event
+from hogsend.db.repos.events import ingest_event
 
 TRANSITION_SOURCE = "bucket"
 """``user_events.source`` of transition events."""
@@ -251,6 +252,139 @@ async def touch(
         )
 
 
+# One contact's membership changes after one evaluation, in one statement: joins (as
+# _JOIN: one active stay per contact and bucket, epoch = 1 + earlier stays, entry
+# limit), criteria leaves (as _LEAVE; inside min_dwell deferred as _DEFER) and the
+# touch of the memberships that stay. Each CTE writes other rows (joins are of buckets
+# the contact is not in, leaves of memberships no longer matching, touches of those
+# still matching), so none sees another's write.
+_GO = "(l.stay_until IS NULL OR m.entered_at <= l.stay_until)"
+_APPLY = text(
+    f"""
+    WITH j AS (
+        SELECT r.* FROM jsonb_to_recordset(CAST(:joins AS jsonb)) AS r(
+            bucket_id text, expires_at timestamptz, max_dwell_at timestamptz,
+            entry_limit integer)
+    ), l AS (
+        SELECT r.* FROM jsonb_to_recordset(CAST(:leaves AS jsonb)) AS r(
+            bucket_id text, membership_id uuid, stay_until timestamptz, min_dwell float8)
+    ), prior AS (
+        SELECT j.*, (SELECT count(*) FROM bucket_memberships m
+                     WHERE m.contact_id = :contact_id AND m.bucket_id = j.bucket_id) AS n
+        FROM j
+    ), joined AS (
+        INSERT INTO bucket_memberships (
+            contact_id, user_id, user_email, bucket_id, status, entered_at, expires_at,
+            max_dwell_at, last_evaluated_at, entry_count, source, created_at, updated_at
+        )
+        SELECT c.id, coalesce(c.external_id, c.anonymous_id, c.id::text), c.email,
+            p.bucket_id, 'active', :now, p.expires_at, p.max_dwell_at, :now, p.n + 1,
+            'event', :now, :now
+        FROM prior p, contacts c
+        WHERE c.id = :contact_id AND c.deleted_at IS NULL
+          AND (p.entry_limit IS NULL OR p.n < p.entry_limit)
+        ON CONFLICT DO NOTHING
+        RETURNING {_COLUMNS}
+    ), changed AS (
+        -- The SET expressions read the row as it was (entered_at is never changed).
+        UPDATE bucket_memberships m SET
+            status = CASE WHEN {_GO} THEN 'left' ELSE m.status END,
+            left_at = CASE WHEN {_GO} THEN CAST(:now AS timestamptz) ELSE m.left_at END,
+            left_reason = CASE WHEN {_GO} THEN 'criteria' ELSE m.left_reason END,
+            expires_at = CASE WHEN {_GO} THEN m.expires_at
+                              ELSE m.entered_at + make_interval(secs => l.min_dwell) END,
+            last_evaluated_at = :now, updated_at = :now
+        FROM l
+        WHERE m.id = l.membership_id AND m.contact_id = :contact_id
+          AND m.bucket_id = l.bucket_id AND m.status = 'active' AND m.deleted_at IS NULL
+        RETURNING {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
+    ), touched AS (
+        UPDATE bucket_memberships SET last_evaluated_at = :now
+        WHERE contact_id = :contact_id AND bucket_id = ANY(CAST(:still AS text[]))
+          AND status = 'active' AND deleted_at IS NULL
+    )
+    SELECT * FROM joined
+    UNION ALL
+    SELECT * FROM changed WHERE status = 'left'
+    """
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Applied:
+    """What :func:`apply_evaluation` changed: the stays begun and the stays ended."""
+
+    joined: list[Membership]
+    left: list[Membership]
+
+
+async def apply_evaluation(
+    session: AsyncSession,
+    contact_id: uuid.UUID,
+    *,
+    joins: Sequence[BucketDefinition],
+    leaves: Sequence[tuple[BucketDefinition, uuid.UUID]],
+    still: Sequence[str],
+    now: datetime,
+) -> Applied:
+    """Carry out one evaluation of a contact's buckets in one round trip.
+
+    The same rules as :func:`join` (source ``event``), :func:`leave` (reason
+    ``criteria``, compare-and-swap on the membership id, deferred inside ``min_dwell``)
+    and :func:`touch`; emits nothing (see :func:`emit_transitions`).
+
+    Args:
+        session: the caller's transaction.
+        contact_id: the contact.
+        joins: buckets it matches and is not a member of.
+        leaves: buckets it no longer matches, with the active membership id read.
+        still: ids of buckets it matches and stays in.
+        now: the time of the evaluation.
+
+    Returns:
+        The memberships that began and the ones that ended (a join lost to a concurrent
+        writer, or a leave deferred or lost, is in neither).
+    """
+    join_rows = [
+        {
+            "bucket_id": b.id,
+            "expires_at": _iso(expires_at_for(b, now)),
+            "max_dwell_at": _iso(None if b.max_dwell is None else now + b.max_dwell),
+            "entry_limit": b.entry_limit,
+        }
+        for b in joins
+    ]
+    leave_rows = [
+        {
+            "bucket_id": b.id,
+            "membership_id": str(membership_id),
+            "stay_until": _iso(None if b.min_dwell is None else now - b.min_dwell),
+            "min_dwell": None if b.min_dwell is None else b.min_dwell.total_seconds(),
+        }
+        for b, membership_id in leaves
+    ]
+    rows = await session.execute(
+        _APPLY,
+        {
+            "contact_id": contact_id,
+            "joins": json.dumps(join_rows),
+            "leaves": json.dumps(leave_rows),
+            "still": list(still),
+            "now": now,
+        },
+    )
+    joined: list[Membership] = []
+    left: list[Membership] = []
+    for row in rows:
+        membership = _membership(row)
+        (left if membership.status == "left" else joined).append(membership)
+    return Applied(joined=joined, left=left)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 async def emit_transition(
     session: AsyncSession,
     kind: TransitionKind,
@@ -292,27 +426,65 @@ async def emit_transition(
     )
 
 
+# The ingest of a transition, in one statement: its contact is known by id and it patches
+# nothing, so the identity resolution, the idempotency read and the contact update of
+# the general ingest (a savepoint and four round trips per event) have nothing to do.
+# The contact row is locked as ingest locks it (a merge in flight is waited for, and a
+# contact merged away or deleted meanwhile gets nothing); a key stored before is a
+# duplicate and writes nothing; outbox rows keep the order of the transitions.
+_EMIT = text(
+    """
+    WITH v AS (
+        SELECT r.* FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS r(
+            ord int, contact_id uuid, event text, idempotency_key text, properties jsonb)
+    ), c AS MATERIALIZED (
+        SELECT id, coalesce(external_id, anonymous_id, id::text) AS key FROM contacts
+        WHERE id IN (SELECT contact_id FROM v) AND deleted_at IS NULL
+        ORDER BY id
+        FOR NO KEY UPDATE
+    ), ins AS (
+        INSERT INTO user_events (id, contact_id, user_id, event, properties, idempotency_key,
+                                 source, occurred_at, received_at)
+        SELECT gen_random_uuid(), c.id, c.key, v.event, v.properties, v.idempotency_key,
+               :source, :now, :now
+        FROM v JOIN c ON c.id = v.contact_id
+        ORDER BY v.ord
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING id, contact_id, user_id, event, idempotency_key
+    )
+    INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
+                              next_attempt_at)
+    SELECT ins.id, ins.contact_id, ins.user_id, ins.event, :now, :now
+    FROM ins JOIN v USING (idempotency_key)
+    ORDER BY v.ord
+    """
+)
+
+
 async def emit_transitions(
     session: AsyncSession, transitions: Sequence[Transition], *, now: datetime
 ) -> None:
-    """Store several transitions as events in one set-based ingest (see
-    :func:`emit_transition`; the same keys, so repeats are duplicates)."""
-    if transitions:
-        await ingest_batch(
-            session,
-            [
-                EventInput(
-                    name=t.event,
-                    contact_id=t.contact_id,
-                    properties=t.properties(),
-                    idempotency_key=t.idempotency_key,
-                    occurred_at=now,
-                    source=TRANSITION_SOURCE,
-                )
-                for t in transitions
-            ],
-            now=now,
-        )
+    """Store several transitions as events in one statement, with the rules of
+    :func:`emit_transition` (the same keys, so repeats are duplicates and write nothing;
+    nothing for a contact deleted or merged away)."""
+    if not transitions:
+        return
+    # One row per key (a repeat within the call is a duplicate, as in ingest).
+    unique = {t.idempotency_key: t for t in reversed(transitions)}
+    events = [
+        {
+            "ord": ord_,
+            "contact_id": str(t.contact_id),
+            "event": t.event,
+            "idempotency_key": t.idempotency_key,
+            "properties": t.properties(),
+        }
+        for ord_, t in enumerate(transitions)
+        if unique[t.idempotency_key] is t
+    ]
+    await session.execute(
+        _EMIT, {"events": json.dumps(events), "source": TRANSITION_SOURCE, "now": now}
+    )
 
 
 # --------------------------------------------------------------------------- reads

@@ -203,14 +203,6 @@ WHERE id = ANY(:ids) AND {_TOKEN} AND {_PENDING}
 """
 )
 
-COMPLETE_MANY = text(
-    f"""
-UPDATE event_outbox
-SET processed_at = now(), locked_until = NULL
-WHERE id = ANY(:ids) AND {_TOKEN} AND {_PENDING}
-"""
-)
-
 COMPLETE = text(
     f"""
 UPDATE event_outbox
@@ -361,12 +353,6 @@ async def renew(
     result = await session.execute(
         RENEW, {"ids": list(ids), "lease_seconds": lease_seconds, **_token(token)}
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def complete_many(session: AsyncSession, token: ClaimToken, ids: Sequence[int]) -> int:
-    """Mark rows processed without touching their consumer progress; returns how many."""
-    result = await session.execute(COMPLETE_MANY, {"ids": list(ids), **_token(token)})
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
