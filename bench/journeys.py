@@ -687,10 +687,18 @@ def _parked_part(
     try:
         remaining = (due - datetime.now(UTC)).total_seconds()
         result["wake_group_due_in_s_after_restart"] = round(remaining, 1)
-        time.sleep(max(remaining - 1, 0))
+        # What the worker and the database spend idle (pollers, everything parked), in
+        # the same run, so the wake's own cost can be told from it.
+        time.sleep(max(remaining - 2 - IDLE_SECONDS - 1, 0))
+        idle_from = _db_transactions(url)
+        idle = _idle_usage(again)
+        idle_xacts = (_db_transactions(url) - idle_from) / IDLE_SECONDS
+        time.sleep(max((due - datetime.now(UTC)).total_seconds() - 1, 0))
         # What the wake costs the worker and the database, whatever else the machine runs.
         processes = [psutil.Process(w.process.pid) for w in wakers]
-        cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        cpu_each_before = [sum(p.cpu_times()[:2]) for p in processes]
+        cpu_before = sum(cpu_each_before)
+        usage_before = again.usage()
         xacts_before = _db_transactions(url)
         _wait(
             url,
@@ -699,8 +707,11 @@ def _parked_part(
             wake,
             timeout=3600,
         )
-        cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
+        usage_after = again.usage()
+        cpu_each = [sum(p.cpu_times()[:2]) for p in processes]
+        cpu = sum(cpu_each) - cpu_before
         xacts = _db_transactions(url) - xacts_before
+        span = usage_after["wall"] - usage_before["wall"]
         first, last = (
             float(x)
             for x in _count(
@@ -715,6 +726,20 @@ def _parked_part(
         result["wake_per_s"] = round(wake / max(last - due.timestamp(), 1e-3), 1)
         result["wake_worker_cpu_ms_per_run"] = round(cpu * 1000 / wake, 2)
         result["wake_db_transactions_per_run"] = round(xacts / wake, 2)
+        # The same with what the workers' idle pollers (and the idle database) spend in
+        # the wake's time taken out: the wake's own cost, which a loaded machine's longer
+        # wake does not inflate. Round trips are the first worker's (counted inside it).
+        result["wake_per_run_net_of_idle"] = _per_operation(
+            usage_before, usage_after, wake, idle
+        ) | {
+            "worker_cpu_ms": round((cpu - idle["cpu_s"] * span * len(wakers)) * 1000 / wake, 2),
+            "db_transactions": round((xacts - idle_xacts * span) / wake, 2),
+            "idle_db_transactions_per_s": round(idle_xacts, 1),
+        }
+        result["wake_worker_cpu_s_each"] = [
+            round(after - before, 2)
+            for before, after in zip(cpu_each_before, cpu_each, strict=True)
+        ]
         result["rss_mb_after_wake"] = again.rss_mb
         result["still_parked_after_wake"] = int(_count(url, _PARKED_SQL))
         # Exactly once: each woken run logged its step once (the real-path runs too).
