@@ -95,6 +95,8 @@ TARGET_RSS_MB = 300
 TARGET_WAKE_S = 60
 WORKER_ID = "bench-journeys"
 PARK_AFTER_SECONDS = 20.0
+WAKE_IDLE_SECONDS = 15.0
+"""How long the wake part reads the idle worker's pollers (their rate is noisy under load)."""
 
 
 @define_journey(
@@ -415,16 +417,14 @@ def _enroll_part(url: str, count: int) -> dict[str, Any]:
 IDLE_SECONDS = 3.0
 
 
-def _idle_usage(worker: WorkerProcess) -> dict[str, Any]:
+def _idle_usage(worker: WorkerProcess, seconds: float = IDLE_SECONDS) -> dict[str, Any]:
     """What an idle worker spends per second (its pollers), to subtract from a part's cost."""
     first = worker.usage()
-    time.sleep(IDLE_SECONDS)
+    time.sleep(seconds)
     last = worker.usage()
     return {
-        "cpu_s": (last["cpu_s"] - first["cpu_s"]) / IDLE_SECONDS,
-        "trips": {
-            k: (v - first["trips"].get(k, 0)) / IDLE_SECONDS for k, v in last["trips"].items()
-        },
+        "cpu_s": (last["cpu_s"] - first["cpu_s"]) / seconds,
+        "trips": {k: (v - first["trips"].get(k, 0)) / seconds for k, v in last["trips"].items()},
     }
 
 
@@ -689,10 +689,11 @@ def _parked_part(
         result["wake_group_due_in_s_after_restart"] = round(remaining, 1)
         # What the worker and the database spend idle (pollers, everything parked), in
         # the same run, so the wake's own cost can be told from it.
-        time.sleep(max(remaining - 2 - IDLE_SECONDS - 1, 0))
+        idle_seconds = min(WAKE_IDLE_SECONDS, max(remaining - 5, 1.0))
+        time.sleep(max(remaining - 2 - idle_seconds - 1, 0))
         idle_from = _db_transactions(url)
-        idle = _idle_usage(again)
-        idle_xacts = (_db_transactions(url) - idle_from) / IDLE_SECONDS
+        idle = _idle_usage(again, idle_seconds)
+        idle_xacts = (_db_transactions(url) - idle_from) / idle_seconds
         time.sleep(max((due - datetime.now(UTC)).total_seconds() - 1, 0))
         # What the wake costs the worker and the database, whatever else the machine runs.
         processes = [psutil.Process(w.process.pid) for w in wakers]
