@@ -35,7 +35,10 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
   then SIGKILL and a new worker process: time until it is started, and its RSS; then
   the time from the due instant until all ``WAKE`` runs completed (target < 60 s), with
   the wake's CPU time in the worker(s) and database transactions per woken run (both
-  hold on a shared machine), and a check that no run logged its step twice.
+  hold on a shared machine), the same net of what the idle worker and database spend
+  in the wake's time (``wake_per_run_net_of_idle``, the idle rates read for
+  ``WAKE_IDLE_SECONDS`` with every run parked, before the due instant; round trips
+  split hogsend's and DBOS's), and a check that no run logged its step twice.
 
   How 100,000 parked runs are made in minutes: ``SAMPLE`` of them (split between the
   two groups) go through the real path (events, dispatcher, enrollment, workflow, the
