@@ -35,7 +35,10 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
   then SIGKILL and a new worker process: time until it is started, and its RSS; then
   the time from the due instant until all ``WAKE`` runs completed (target < 60 s), with
   the wake's CPU time in the worker(s) and database transactions per woken run (both
-  hold on a shared machine), and a check that no run logged its step twice.
+  hold on a shared machine), the same net of what the idle worker and database spend
+  in the wake's time (``wake_per_run_net_of_idle``, the idle rates read for
+  ``WAKE_IDLE_SECONDS`` with every run parked, before the due instant; round trips
+  split hogsend's and DBOS's), and a check that no run logged its step twice.
 
   How 100,000 parked runs are made in minutes: ``SAMPLE`` of them (split between the
   two groups) go through the real path (events, dispatcher, enrollment, workflow, the
@@ -95,6 +98,8 @@ TARGET_RSS_MB = 300
 TARGET_WAKE_S = 60
 WORKER_ID = "bench-journeys"
 PARK_AFTER_SECONDS = 20.0
+WAKE_IDLE_SECONDS = 15.0
+"""How long the wake part reads the idle worker's pollers (their rate is noisy under load)."""
 
 
 @define_journey(
@@ -415,16 +420,14 @@ def _enroll_part(url: str, count: int) -> dict[str, Any]:
 IDLE_SECONDS = 3.0
 
 
-def _idle_usage(worker: WorkerProcess) -> dict[str, Any]:
+def _idle_usage(worker: WorkerProcess, seconds: float = IDLE_SECONDS) -> dict[str, Any]:
     """What an idle worker spends per second (its pollers), to subtract from a part's cost."""
     first = worker.usage()
-    time.sleep(IDLE_SECONDS)
+    time.sleep(seconds)
     last = worker.usage()
     return {
-        "cpu_s": (last["cpu_s"] - first["cpu_s"]) / IDLE_SECONDS,
-        "trips": {
-            k: (v - first["trips"].get(k, 0)) / IDLE_SECONDS for k, v in last["trips"].items()
-        },
+        "cpu_s": (last["cpu_s"] - first["cpu_s"]) / seconds,
+        "trips": {k: (v - first["trips"].get(k, 0)) / seconds for k, v in last["trips"].items()},
     }
 
 
@@ -687,10 +690,19 @@ def _parked_part(
     try:
         remaining = (due - datetime.now(UTC)).total_seconds()
         result["wake_group_due_in_s_after_restart"] = round(remaining, 1)
-        time.sleep(max(remaining - 1, 0))
+        # What the worker and the database spend idle (pollers, everything parked), in
+        # the same run, so the wake's own cost can be told from it.
+        idle_seconds = min(WAKE_IDLE_SECONDS, max(remaining - 5, 1.0))
+        time.sleep(max(remaining - 2 - idle_seconds - 1, 0))
+        idle_from = _db_transactions(url)
+        idle = _idle_usage(again, idle_seconds)
+        idle_xacts = (_db_transactions(url) - idle_from) / idle_seconds
+        time.sleep(max((due - datetime.now(UTC)).total_seconds() - 1, 0))
         # What the wake costs the worker and the database, whatever else the machine runs.
         processes = [psutil.Process(w.process.pid) for w in wakers]
-        cpu_before = sum(sum(p.cpu_times()[:2]) for p in processes)
+        cpu_each_before = [sum(p.cpu_times()[:2]) for p in processes]
+        cpu_before = sum(cpu_each_before)
+        usage_before = again.usage()
         xacts_before = _db_transactions(url)
         _wait(
             url,
@@ -699,8 +711,11 @@ def _parked_part(
             wake,
             timeout=3600,
         )
-        cpu = sum(sum(p.cpu_times()[:2]) for p in processes) - cpu_before
+        usage_after = again.usage()
+        cpu_each = [sum(p.cpu_times()[:2]) for p in processes]
+        cpu = sum(cpu_each) - cpu_before
         xacts = _db_transactions(url) - xacts_before
+        span = usage_after["wall"] - usage_before["wall"]
         first, last = (
             float(x)
             for x in _count(
@@ -715,6 +730,20 @@ def _parked_part(
         result["wake_per_s"] = round(wake / max(last - due.timestamp(), 1e-3), 1)
         result["wake_worker_cpu_ms_per_run"] = round(cpu * 1000 / wake, 2)
         result["wake_db_transactions_per_run"] = round(xacts / wake, 2)
+        # The same with what the workers' idle pollers (and the idle database) spend in
+        # the wake's time taken out: the wake's own cost, which a loaded machine's longer
+        # wake does not inflate. Round trips are the first worker's (counted inside it).
+        result["wake_per_run_net_of_idle"] = _per_operation(
+            usage_before, usage_after, wake, idle
+        ) | {
+            "worker_cpu_ms": round((cpu - idle["cpu_s"] * span * len(wakers)) * 1000 / wake, 2),
+            "db_transactions": round((xacts - idle_xacts * span) / wake, 2),
+            "idle_db_transactions_per_s": round(idle_xacts, 1),
+        }
+        result["wake_worker_cpu_s_each"] = [
+            round(after - before, 2)
+            for before, after in zip(cpu_each_before, cpu_each, strict=True)
+        ]
         result["rss_mb_after_wake"] = again.rss_mb
         result["still_parked_after_wake"] = int(_count(url, _PARKED_SQL))
         # Exactly once: each woken run logged its step once (the real-path runs too).

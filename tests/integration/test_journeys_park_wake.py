@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from test_journeys import Env, _env, _subjects
 
 from hogsend import Contact, JourneyContext, define_journey
+from hogsend.runtime import replay
 from hogsend.runtime.queues import JOURNEYS
 from mail_sink import Sink
 
@@ -209,4 +210,25 @@ async def test_a_parked_wait_that_times_out_closes_in_the_woke_step(env: Env) ->
     steps = await _steps(env, run["workflow_id"])
     assert steps[steps.index("journey.park") + 1] == "journey.woke"
     assert "journey.move 1:wait_for_event:wake.event" not in steps[steps.index("journey.park") :]
+    assert _subjects(env.sink) == ["Try it"]
+
+
+async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> None:
+    await env.event("wake.sleep", "rep")
+    run = await _parked(env, "it-wake-sleep")
+    recorded = replay.installed()  # by the run's first execution
+    assert recorded is not None
+    before_park = await _steps(env, run["workflow_id"])
+    served = recorded.served
+
+    async def completed() -> bool:
+        return (await env.runs("it-wake-sleep"))[0]["status"] == "completed"
+
+    await env.until(completed)
+    # The first check of the replay read every record; each later recorded step was
+    # answered from memory (and nothing is left held once the body returned).
+    assert recorded.served - served == len(before_park) - 1
+    assert run["workflow_id"] not in recorded._records
+    steps = await _steps(env, run["workflow_id"])
+    assert steps[: len(before_park)] == before_park
     assert _subjects(env.sink) == ["Try it"]

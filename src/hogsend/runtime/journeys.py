@@ -62,6 +62,7 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import enrollments as enrollments_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
+from hogsend.runtime import replay
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
 from hogsend.runtime.enrollments import JourneyEnqueuer
@@ -170,6 +171,20 @@ class JourneyRuntime:
         self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> str:
         """The body of every journey workflow; returns the run's final status."""
+        # A resumed run replays its recorded steps: read them in one transaction.
+        recorded = replay.install()
+        workflow_id = DBOS.workflow_id
+        if recorded is None or workflow_id is None:
+            return await self._run(definition, state_id, enrollment)
+        recorded.expect(workflow_id)
+        try:
+            return await self._run(definition, state_id, enrollment)
+        finally:
+            recorded.forget(workflow_id)
+
+    async def _run(
+        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> str:
         started = await DBOS.run_step_async(
             {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
         )

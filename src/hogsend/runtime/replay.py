@@ -1,0 +1,211 @@
+"""A resumed journey run reads its recorded steps in one transaction, not one per step.
+
+DBOS replays a resumed workflow by calling its body again; before each step it asks its
+system database whether that step was recorded (``check_operation_execution``): one
+transaction with two queries per step. A run woken from parking replays every step
+it took before parking, so waking 10,000 due runs cost tens of thousands of those
+transactions (bench/journeys.py: 5 of the 16.5 per woken run of the smallest journey,
+more for longer ones).
+
+:class:`RecordedSteps` wraps that check for the journey workflows only (each run calls
+:meth:`RecordedSteps.expect` as it begins). The first check of such a run does what
+DBOS's does (the workflow's status, the step's record) in one transaction, but reads
+the records of *every* step from there on; later checks of steps recorded there are
+answered from memory, with DBOS's own name check (a replay of edited code still raises
+``DBOSUnexpectedStepError`` at the first operation that changed). A step with no record
+(the run's new work) is checked against the database as before, so cancellation and
+the status checks of new steps are unchanged. A fresh run pays the same one
+transaction for its first check as without this.
+
+What a served record skips is the workflow's ``CANCELLED`` check on a step that has
+already run: such a step has no effect to repeat, and the run's next unrecorded step
+sees the cancellation as it would have.
+
+Records are immutable once written, and the memory holds one running run's records at
+most until its body returns (:meth:`RecordedSteps.forget`).
+
+This wraps a method of DBOS's system database (3.4: ``dbos>=3.4,<3.5`` in
+pyproject.toml): :func:`install` checks the parts it relies on and leaves DBOS alone,
+with a warning, when they are not there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_REQUIRED = (
+    "check_operation_execution",
+    "tables",
+    "engine",
+    "_wf",
+    "_own_key",
+    "_key_column",
+)
+
+
+class RecordedSteps:
+    """The recorded step outputs of the journey runs this process replays.
+
+    Args:
+        sys_db: DBOS's system database (``SystemDatabase`` of dbos 3.4).
+        check: its original ``check_operation_execution``.
+    """
+
+    def __init__(self, sys_db: Any, check: Callable[..., Any]) -> None:
+        self.sys_db = sys_db
+        self.check = check
+        self._expected: set[str] = set()
+        self._records: dict[str, dict[int, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.served = 0
+        """Checks answered from memory (for tests and benchmarks)."""
+
+    def expect(self, workflow_id: str) -> None:
+        """The run ``workflow_id`` begins here: its first check reads every record."""
+        with self._lock:
+            self._expected.add(workflow_id)
+            self._records.pop(workflow_id, None)
+
+    def forget(self, workflow_id: str) -> None:
+        """The run's body returned (or raised): drop what is left of its records."""
+        with self._lock:
+            self._expected.discard(workflow_id)
+            self._records.pop(workflow_id, None)
+
+    def check_operation_execution(
+        self,
+        workflow_id: str,
+        function_id: int,
+        function_name: str,
+        *,
+        owner_key: str | None = None,
+    ) -> Any:
+        """DBOS's check, answered from the run's records when it has one for the step."""
+        with self._lock:
+            first = workflow_id in self._expected
+            self._expected.discard(workflow_id)
+            records = self._records.get(workflow_id)
+            recorded = records.pop(function_id, None) if records is not None else None
+        if recorded is not None:
+            self.served += 1
+            return _checked(workflow_id, function_id, function_name, recorded)
+        if not first:
+            return self.check(workflow_id, function_id, function_name, owner_key=owner_key)
+        found = _read_records(self.sys_db, workflow_id, function_id, owner_key)
+        recorded = found.pop(function_id, None)
+        if found:
+            with self._lock:
+                self._records[workflow_id] = found
+        return (
+            None
+            if recorded is None
+            else _checked(workflow_id, function_id, function_name, recorded)
+        )
+
+
+def _checked(
+    workflow_id: str, function_id: int, function_name: str, recorded: dict[str, Any]
+) -> Any:
+    from dbos._error import DBOSUnexpectedStepError
+
+    name = recorded.pop("function_name")
+    if name != function_name:
+        raise DBOSUnexpectedStepError(
+            workflow_id=workflow_id,
+            step_id=function_id,
+            expected_name=function_name,
+            recorded_name=name,
+        )
+    return recorded
+
+
+def _read_records(
+    sys_db: Any, workflow_id: str, function_id: int, owner_key: str | None
+) -> dict[int, dict[str, Any]]:
+    """The workflow's status check and its records from ``function_id`` on, in one
+    transaction (DBOS's check reads the same two tables, for one step)."""
+    from dbos._error import DBOSWorkflowCancelledError
+    from dbos._sys_db import db_retry
+
+    tables = sys_db.tables
+    outputs = tables.operation_outputs
+    child_key = sys_db._key_column(outputs, "child_shard_key")
+
+    @db_retry(sys_db=sys_db)
+    def read() -> tuple[list[Any], list[Any]]:
+        with sys_db._own_key(workflow_id, key=owner_key), sys_db.engine.begin() as conn:
+            status = conn.execute(
+                sa.select(tables.workflow_status.c.status).where(
+                    *sys_db._wf(tables.workflow_status, workflow_id)
+                )
+            ).all()
+            rows = conn.execute(
+                sa.select(
+                    outputs.c.function_id,
+                    outputs.c.output,
+                    outputs.c.error,
+                    outputs.c.function_name,
+                    outputs.c.child_workflow_id,
+                    outputs.c.serialization,
+                    *([] if child_key is None else [child_key]),
+                ).where(
+                    *sys_db._wf(outputs, workflow_id),
+                    outputs.c.function_id >= function_id,
+                )
+            ).all()
+        return status, rows
+
+    status, rows = read()
+    assert status, f"Error: Workflow {workflow_id} does not exist"
+    if status[0][0] == "CANCELLED":
+        raise DBOSWorkflowCancelledError(f"Workflow {workflow_id} is cancelled. Aborting function.")
+    return {
+        row[0]: {
+            "output": row[1],
+            "error": row[2],
+            "function_name": row[3],
+            "child_workflow_id": row[4],
+            "serialization": row[5],
+            "child_shard_key": row[6] if child_key is not None else None,
+        }
+        for row in rows
+    }
+
+
+_installed: RecordedSteps | None = None
+
+
+def install() -> RecordedSteps | None:
+    """Wrap the launched DBOS's step check (once per process; again after a relaunch).
+
+    Returns the wrapper, or None when this DBOS lacks a part it relies on (replays then
+    read their records one step at a time, as before).
+    """
+    global _installed
+    from dbos._dbos import _get_dbos_instance
+
+    sys_db = _get_dbos_instance()._sys_db
+    if _installed is not None and _installed.sys_db is sys_db:
+        return _installed
+    missing = [name for name in _REQUIRED if not hasattr(sys_db, name)]
+    if missing or not hasattr(sys_db.tables, "operation_outputs"):
+        log.warning(
+            "DBOS lacks what replay prefetch needs; replays read step by step", missing=missing
+        )
+        return None
+    _installed = RecordedSteps(sys_db, sys_db.check_operation_execution)
+    # An instance attribute shadows the class's method for this system database only.
+    sys_db.check_operation_execution = _installed.check_operation_execution  # type: ignore[method-assign]
+    return _installed
+
+
+def installed() -> RecordedSteps | None:
+    """The wrapper of this process's DBOS, if :func:`install` made one."""
+    return _installed
