@@ -286,9 +286,10 @@ class BucketSweeper:
                 )
                 return len(left)
 
-            counts["left_criteria"] += await self._full_pass(
+            if n_left := await self._full_pass(
                 lambda session: sweeps.leave_candidates(session, bucket, instant), leave
-            )
+            ):
+                counts["left_criteria"] += n_left
         cursor: sweeps.SweepCursor | None = None
         while not full and not self._stopping:
             async with self._sessions() as session, session.begin():
@@ -318,9 +319,10 @@ class BucketSweeper:
                 )
                 return len(joined)
 
-            counts["joined"] += await self._full_pass(
+            if n_joined := await self._full_pass(
                 lambda session: sweeps.join_candidates(session, bucket, instant), join
-            )
+            ):
+                counts["joined"] += n_joined
         elif settled and sweeps.is_time_based(bucket):
             after: uuid.UUID | None = None
             while not self._stopping:
