@@ -965,7 +965,7 @@ async def leave_candidates(
     await _full_pass_settings(session)
     c, m = contacts, memberships
     matches = compile_sql(
-        bucket.criteria, now, contact_id=m.c.contact_id, properties=c.c.properties
+        bucket.criteria, now, contact_id=m.c.contact_id, properties=c.c.properties, set_based=True
     )
     rows = await session.execute(
         select(m.c.id)
@@ -1003,7 +1003,7 @@ async def join_candidates(
             c.c.deleted_at.is_(None),
             c.c.id.in_(_crossed(legs, None, now)),
             ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
-            compile_sql(bucket.criteria, now),
+            compile_sql(bucket.criteria, now, set_based=True),
         )
         .order_by(c.c.id)
     )
