@@ -27,25 +27,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
+import os
 import random
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import psycopg
 from sqlalchemy import text
 
 from hogsend import Hogsend, define_bucket, where
 from hogsend.core.definitions import BucketDefinition
 from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
+from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
 from hogsend.db.engine import libpq_url, make_async_engine
 from hogsend.runtime.reconcile import BucketSweeper
 
@@ -178,14 +181,33 @@ def _generate(url: str, n: int, *, now: datetime = NOW) -> tuple[int, float]:
     return events, time.perf_counter() - started
 
 
-async def _measure(url: str, n: int) -> dict[str, Any]:
+def _server_cpu(server: EmbeddedPostgres) -> Callable[[], float]:
+    """CPU seconds the server's processes used so far (live backends and reaped ones, such
+    as parallel workers): a sweep's database cost, which survives a loaded machine."""
+    lock = PostmasterLock.read(server.pgdata)
+    assert lock is not None
+    postmaster = psutil.Process(lock.pid)
+
+    def used() -> float:
+        own = postmaster.cpu_times()
+        total = own.user + own.system + own.children_user + own.children_system
+        for child in postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                total += times.user + times.system
+        return total
+
+    return used
+
+
+async def _measure(url: str, n: int, server_cpu: Callable[[], float]) -> dict[str, Any]:
     engine = make_async_engine(url, pool_size=4)
     app = Hogsend(buckets=buckets())
     sweeper = BucketSweeper(app, engine, chunk_size=CHUNK, batch_size=BATCH)
     try:
         backfills: dict[str, dict[str, Any]] = {}
         for bucket in app.buckets:
-            started = time.perf_counter()
+            started, cpu, db_cpu = time.perf_counter(), time.process_time(), server_cpu()
             report = await sweeper.backfill(bucket, now=NOW)
             took = time.perf_counter() - started
             assert report.completed, report
@@ -193,6 +215,13 @@ async def _measure(url: str, n: int) -> dict[str, Any]:
                 "seconds": round(took, 2),
                 "rows_per_s": round(report.processed / took),
                 "members": report.joined,
+                # This process's CPU per contact: survives a loaded machine better.
+                "python_cpu_us_per_row": round(
+                    (time.process_time() - cpu) * 1e6 / max(report.processed, 1), 1
+                ),
+                "postgres_cpu_us_per_row": round(
+                    (server_cpu() - db_cpu) * 1e6 / max(report.processed, 1), 1
+                ),
             }
             print(f"    backfill {bucket.id}: {backfills[bucket.id]}", flush=True)
         sweeps = {}
@@ -206,10 +235,15 @@ async def _measure(url: str, n: int) -> dict[str, Any]:
                 # and every candidate is looked at.
                 async with engine.begin() as conn:
                     await conn.execute(text("UPDATE bucket_configs SET reconciled_at = NULL"))
-            started = time.perf_counter()
+            started, cpu, db_cpu = time.perf_counter(), time.process_time(), server_cpu()
             swept = await sweeper.run_once(now=at)
             took = time.perf_counter() - started
-            sweeps[label] = {"seconds": round(took, 2), "transitions": dict(swept.counts)}
+            sweeps[label] = {
+                "seconds": round(took, 2),
+                "python_cpu_s": round(time.process_time() - cpu, 2),
+                "postgres_cpu_s": round(server_cpu() - db_cpu, 2),
+                "transitions": dict(swept.counts),
+            }
             print(f"    sweep {label}: {sweeps[label]}", flush=True)
         async with engine.connect() as conn:
             members = await conn.scalar(
@@ -220,10 +254,18 @@ async def _measure(url: str, n: int) -> dict[str, Any]:
     return {"backfill": backfills, "sweeps": sweeps, "active_members": members}
 
 
+def _load() -> list[float]:
+    """The machine's 1/5/15-minute load averages (other work competing for the cores)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
-    """Measure every size; print the table; return the numbers."""
+    """Measure every size (each on a fresh server: generated once, then backfilled and
+    swept); print the sizes side by side with their cost per 1,000 contacts; return the
+    numbers."""
     results: dict[str, Any] = {}
     for n in sizes:
+        load_before = _load()
         with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
             server = EmbeddedPostgres(Path(tmp), database="postgres")
             server.start()
@@ -236,33 +278,71 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
                     f"  {n:,} contacts, {events:,} events in {gen_s:.1f} s; measuring ...",
                     flush=True,
                 )
-                measured = asyncio.run(_measure(url, n))
+                measured = asyncio.run(_measure(url, n, _server_cpu(server)))
             finally:
                 server.stop()
         measured["contacts"] = n
         measured["events"] = events
+        measured["generate_s"] = round(gen_s, 1)
+        measured["load_avg_before"] = load_before
+        measured["load_avg_after"] = _load()
         results[str(n)] = measured
 
-    print(f"\n10 time-based buckets, chunk {CHUNK}, batch {BATCH}")
-    print(
-        f"{'contacts':>10}{'backfill rows/s':>17}{'members':>10}{'first sweep s':>15}"
-        f"{'steady sweep s':>16}{'full sweep s':>17}{'full ms/1k':>15}"
-    )
     for n_s, r in results.items():
         n = int(n_s)
         rows_s = [b["rows_per_s"] for b in r["backfill"].values()]
-        mean_rows = round(sum(rows_s) / len(rows_s))
-        r["backfill_rows_per_s_mean"] = mean_rows
-        steady = r["sweeps"]["steady"]["seconds"]
-        full = r["sweeps"]["full"]["seconds"]
-        r["full_ms_per_1k_contacts"] = round(full * 1000 / (n / 1000), 2)
-        r["steady_ms_per_1k_contacts"] = round(steady * 1000 / (n / 1000), 3)
+        r["backfill_rows_per_s_mean"] = round(sum(rows_s) / len(rows_s))
+        backfill_s = sum(b["seconds"] for b in r["backfill"].values())
+        # Cost per 1,000 contacts: equal figures across sizes mean the cost grows linearly.
+        r["ms_per_1k_contacts"] = {
+            "backfill_all": round(backfill_s * 1000 / (n / 1000), 1),
+            **{
+                label: round(sweep["seconds"] * 1000 / (n / 1000), 3)
+                for label, sweep in r["sweeps"].items()
+            },
+            # CPU (ours and Postgres's) rather than wall-clock: what a busy machine keeps.
+            **{
+                f"{label}_cpu": round(
+                    (sweep["python_cpu_s"] + sweep["postgres_cpu_s"]) * 1000 / (n / 1000), 3
+                )
+                for label, sweep in r["sweeps"].items()
+            },
+        }
+    print(
+        f"\n10 time-based buckets, chunk {CHUNK}, batch {BATCH}, {os.cpu_count()} cores;"
+        " ms per 1,000 contacts in brackets"
+    )
+    print(
+        f"{'contacts':>10}{'load before':>13}{'backfill rows/s':>17}{'members':>10}"
+        f"{'first sweep s':>20}{'steady sweep s':>20}{'full sweep s':>22}"
+    )
+    for n_s, r in results.items():
+        per_1k = r["ms_per_1k_contacts"]
+        cells = [
+            f"{r['sweeps'][label]['seconds']} [{per_1k[label]}]"
+            for label in ("first", "steady", "full")
+        ]
         print(
-            f"{n:>10,}{mean_rows:>17,}{r['active_members']:>10,}"
-            f"{r['sweeps']['first']['seconds']:>15}{steady:>16}{full:>17}"
-            f"{r['full_ms_per_1k_contacts']:>15}"
+            f"{int(n_s):>10,}{r['load_avg_before'][0]:>13}{r['backfill_rows_per_s_mean']:>17,}"
+            f"{r['active_members']:>10,}{cells[0]:>20}{cells[1]:>20}{cells[2]:>22}"
         )
-    return {"sizes": list(sizes), "chunk": CHUNK, "batch": BATCH, "results": results}
+    linearity: dict[str, Any] = {}
+    if len(results) > 1:
+        # Growth of the per-contact cost from the smallest size to the largest (1.0: linear).
+        small, large = results[str(min(sizes))], results[str(max(sizes))]
+        linearity = {
+            key: round(large["ms_per_1k_contacts"][key] / small["ms_per_1k_contacts"][key], 2)
+            for key in small["ms_per_1k_contacts"]
+            if small["ms_per_1k_contacts"][key]
+        }
+        print(f"per-contact cost, {max(sizes):,} vs {min(sizes):,} contacts: {linearity}")
+    return {
+        "sizes": list(sizes),
+        "chunk": CHUNK,
+        "batch": BATCH,
+        "results": results,
+        "linearity": linearity,
+    }
 
 
 # -- (a) event -> transition latency through the real dispatcher ------------------------

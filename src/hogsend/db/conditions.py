@@ -79,6 +79,7 @@ def compile_sql(
     *,
     contact_id: ColumnElement[Any] | None = None,
     properties: ColumnElement[Any] | None = None,
+    set_based: bool = False,
 ) -> ColumnElement[bool]:
     """One boolean SQL expression: does the contact satisfy ``condition`` at ``now``?
 
@@ -92,6 +93,12 @@ def compile_sql(
             (any uuid expression works, e.g. ``bucket_memberships.contact_id``).
         properties: the contact's properties as ``jsonb``; ``contacts.properties`` by
             default (e.g. ``contacts.properties || :patch`` on the real-time path).
+        set_based: for statements over many contacts at once (a full reconcile pass):
+            count checks (``at_least`` / ``at_most``) become membership in the set of
+            contacts with enough rows, computed once and hashed, rather than a
+            correlated ``LIMIT``/``OFFSET`` probe per contact, which Postgres cannot
+            turn into a join (one such leg over 650k contacts took 85 s). Same
+            semantics; slower for one contact or a small batch.
 
     Raises:
         ValueError: ``now`` is naive.
@@ -102,12 +109,18 @@ def compile_sql(
         now,
         contacts.c.id if contact_id is None else contact_id,
         contacts.c.properties if properties is None else properties,
+        set_based=set_based,
     ).compile(condition)
 
 
-def matching_contacts(condition: Condition, now: datetime) -> Select[tuple[uuid.UUID]]:
-    """``SELECT id FROM contacts`` of the live (not deleted) contacts matching ``condition``."""
-    return select(contacts.c.id).where(contacts.c.deleted_at.is_(None), compile_sql(condition, now))
+def matching_contacts(
+    condition: Condition, now: datetime, *, set_based: bool = False
+) -> Select[tuple[uuid.UUID]]:
+    """``SELECT id FROM contacts`` of the live (not deleted) contacts matching ``condition``
+    (``set_based``: see :func:`compile_sql`)."""
+    return select(contacts.c.id).where(
+        contacts.c.deleted_at.is_(None), compile_sql(condition, now, set_based=set_based)
+    )
 
 
 async def contact_matches(
@@ -211,7 +224,10 @@ class _Compiler:
         now: datetime | ColumnElement[datetime],
         contact_id: ColumnElement[Any],
         properties: ColumnElement[Any],
+        *,
+        set_based: bool = False,
     ) -> None:
+        self.set_based = set_based
         self.now = now
         self.contact_id = contact_id
         self.properties = properties
@@ -253,6 +269,8 @@ class _Compiler:
             where.append(e.c.occurred_at > cutoff)
         if condition.where is not None:
             where.append(_filter(condition.where, e.c.properties))
+        if self.set_based and condition.count is not None:
+            return self._counted_set(e.c.contact_id, where[1:], condition)
         return _counted(select(literal(1)).select_from(e).where(*where), condition)
 
     def _email(self, condition: EmailCondition) -> ColumnElement[bool]:
@@ -264,7 +282,23 @@ class _Compiler:
         cutoff = self._cutoff(condition)
         if cutoff is not None:
             where.append(at > cutoff)
+        if self.set_based and condition.count is not None:
+            return self._counted_set(s.c.contact_id, where[1:], condition)
         return _counted(select(literal(1)).select_from(s).where(*where), condition)
+
+    def _counted_set(
+        self,
+        owner: ColumnElement[Any],
+        where: list[ColumnElement[bool]],
+        condition: EventCondition | EmailCondition,
+    ) -> ColumnElement[bool]:
+        # The contacts with more than ``over`` rows, grouped once (uncorrelated); the
+        # contact's membership in that set is the count check.
+        assert condition.count is not None
+        over = condition.count - 1 if condition.check == "at_least" else condition.count
+        crowded = select(owner).where(*where).group_by(owner).having(func.count() > over)
+        found = _never_null(self.contact_id.in_(crowded))
+        return found if condition.check == "at_least" else not_(found)
 
 
 def _counted(rows: Select[Any], condition: EventCondition | EmailCondition) -> ColumnElement[bool]:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -38,7 +38,7 @@ from hogsend.db.repos import bucket_sweeps as sweeps
 from hogsend.db.repos.bucket_sweeps import BackfillClaim, DwellSchedule, LeaseLost
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from hogsend.app import Hogsend
     from hogsend.core.definitions import BucketDefinition
@@ -243,6 +243,25 @@ class BucketSweeper:
         await asyncio.gather(*(one(bucket) for bucket in self.app.buckets))
         return report
 
+    async def _full_pass(
+        self,
+        find: Callable[[AsyncSession], Awaitable[list[uuid.UUID]]],
+        apply: Callable[[AsyncSession, Sequence[uuid.UUID]], Awaitable[int]],
+    ) -> int:
+        """A pass without a watermark: ``find`` the candidates in one read-only
+        transaction, then ``apply`` the pass to them a batch per transaction (each
+        candidate is checked again there, under its row lock). Returns the sum of what
+        the batches returned (their transitions)."""
+        async with self._sessions() as session, session.begin():
+            candidates = await find(session)
+        done = 0
+        for start in range(0, len(candidates), self.batch_size):
+            if self._stopping:
+                break
+            async with self._sessions() as session, session.begin():
+                done += await apply(session, candidates[start : start + self.batch_size])
+        return done
+
     async def _reconcile(
         self,
         bucket: BucketDefinition,
@@ -260,20 +279,17 @@ class BucketSweeper:
         full = since is None and sweeps.is_time_based(bucket)
         # (a) criteria leaves: time-based buckets, and due deadlines everywhere.
         if full:
-            async with self._sessions() as session, session.begin():
-                candidates = await sweeps.leave_candidates(session, bucket, instant)
-            for start in range(0, len(candidates), self.batch_size):
-                if self._stopping:
-                    break
-                async with self._sessions() as session, session.begin():
-                    left, _, _ = await sweeps.criteria_leaves(
-                        session,
-                        bucket,
-                        instant,
-                        batch_size=self.batch_size,
-                        only=candidates[start : start + self.batch_size],
-                    )
-                counts["left_criteria"] += len(left)
+
+            async def leave(session: AsyncSession, only: Sequence[uuid.UUID]) -> int:
+                left, _, _ = await sweeps.criteria_leaves(
+                    session, bucket, instant, batch_size=self.batch_size, only=only
+                )
+                return len(left)
+
+            if n_left := await self._full_pass(
+                lambda session: sweeps.leave_candidates(session, bucket, instant), leave
+            ):
+                counts["left_criteria"] += n_left
         cursor: sweeps.SweepCursor | None = None
         while not full and not self._stopping:
             async with self._sessions() as session, session.begin():
@@ -290,22 +306,23 @@ class BucketSweeper:
                 break
         # (b) absence joins, once the silent backfill has claimed the historical cohort.
         if settled and full:
-            async with self._sessions() as session, session.begin():
-                joiners = await sweeps.join_candidates(session, bucket, instant)
-            for start in range(0, len(joiners), self.batch_size):
-                if self._stopping:
-                    break
-                async with self._sessions() as session, session.begin():
-                    joined, _ = await sweeps.absence_joins(
-                        session,
-                        bucket,
-                        instant,
-                        since=None,
-                        after=None,
-                        batch_size=self.batch_size,
-                        only=joiners[start : start + self.batch_size],
-                    )
-                counts["joined"] += len(joined)
+
+            async def join(session: AsyncSession, only: Sequence[uuid.UUID]) -> int:
+                joined, _ = await sweeps.absence_joins(
+                    session,
+                    bucket,
+                    instant,
+                    since=None,
+                    after=None,
+                    batch_size=self.batch_size,
+                    only=only,
+                )
+                return len(joined)
+
+            if n_joined := await self._full_pass(
+                lambda session: sweeps.join_candidates(session, bucket, instant), join
+            ):
+                counts["joined"] += n_joined
         elif settled and sweeps.is_time_based(bucket):
             after: uuid.UUID | None = None
             while not self._stopping:

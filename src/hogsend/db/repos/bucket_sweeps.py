@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    any_,
     cast,
     exists,
     func,
@@ -46,6 +47,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -274,25 +276,33 @@ def member_of(bucket_id: str, contact_id: ColumnElement[Any]) -> ColumnElement[A
     """The id of the contact's active membership of the bucket (NULL: not a member), as
     a correlated scalar subquery for a set-based statement.
 
-    The contact's active rows (at most one per bucket) are read first, behind an
-    ``OFFSET 0`` fence, so the lookup always goes through a contact-leading index. Left
-    to choose, the planner may take ``(bucket_id, ...)`` instead when the statistics
-    predate the bucket's rows (a young bucket, a backfill growing it): a scan of every
-    member of the bucket per contact looked up.
+    All the contact's rows (a handful: one per stay) are read first, behind an
+    ``OFFSET 0`` fence, with no other condition, so the only index that can serve the
+    read is a contact-leading one, whatever the statistics say. Left to choose, the
+    planner took ``(bucket_id, ...)`` when the statistics predated the bucket's rows,
+    and, with the status inside the fence, a partial index on active rows that does not
+    lead with the contact (a freshly created table looks empty): either way a scan of
+    every member per contact looked up, which made the first backfill of a new install
+    quadratic (82 s for 100k contacts, against 5 s once the table was analysed).
     """
     m = memberships.alias("mine")
     rows = (
-        select(m.c.id, m.c.bucket_id)
-        .where(
-            m.c.contact_id == contact_id,
-            m.c.status == literal_column("'active'", Text),
-            m.c.deleted_at.is_(None),
-        )
+        select(m.c.id, m.c.bucket_id, m.c.status, m.c.deleted_at)
+        .where(m.c.contact_id == contact_id)
         .offset(literal_column("0", Integer))
         .correlate_except(m)
-        .subquery("active_rows")
+        .subquery("contact_rows")
     )
-    return select(rows.c.id).where(rows.c.bucket_id == bucket_id).limit(1).scalar_subquery()
+    return (
+        select(rows.c.id)
+        .where(
+            rows.c.bucket_id == bucket_id,
+            rows.c.status == literal_column("'active'", Text),
+            rows.c.deleted_at.is_(None),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def _active(m: Any, bucket_id: str) -> list[ColumnElement[bool]]:
@@ -515,28 +525,74 @@ async def backfill_chunk(
         raise LeaseLost(bucket.id)
     c, m = contacts, memberships
     await _custom_plans(session)
-    # One read evaluates the whole chunk: the criteria and the active membership of each
-    # contact, both as correlated lookups through the (contact, ...) indexes. The writes
-    # that follow are keyed on the ids it returned, so no plan depends on statistics of
-    # a memberships table the backfill itself is growing (a join planned while it looked
-    # empty walked every member of the bucket once per contact of the chunk).
+    # One statement reads, evaluates and writes the whole chunk, so no contact id makes
+    # a round trip through Python (that was a third of a backfill's CPU).
     # The chunk is chosen first (a materialised CTE of ``chunk_size`` rows): planned
     # against the whole table, a criteria leg would be hashed over every contact with a
-    # recent event (~200k rows at 1M contacts) for each chunk of 2,000.
+    # recent event (~200k rows at 1M contacts) for each chunk of 2,000. Then the
+    # criteria and the active membership of each contact are evaluated, both as
+    # correlated lookups through the (contact, ...) indexes, into a second materialised
+    # CTE. The writes take their rows from it as ``= ANY(ARRAY(...))`` (primary-key
+    # probes): no plan depends on statistics of a memberships table the backfill itself
+    # is growing (a join planned while it looked empty walked every member of the
+    # bucket once per contact of the chunk).
     ids = select(c.c.id, c.c.deleted_at, c.c.properties).order_by(c.c.id).limit(chunk_size)
     if claim.cursor is not None:
         ids = ids.where(c.c.id > claim.cursor)
     chunk = ids.cte("chunk").prefix_with("MATERIALIZED")
-    member = member_of(bucket.id, chunk.c.id)
     matches = and_(
         chunk.c.deleted_at.is_(None),
         compile_sql(bucket.criteria, now, contact_id=chunk.c.id, properties=chunk.c.properties),
     )
-    page_query = select(chunk.c.id, matches.label("matches"), member.label("member")).order_by(
-        chunk.c.id
+    page = (
+        select(
+            chunk.c.id,
+            matches.label("matches"),
+            member_of(bucket.id, chunk.c.id).label("member"),
+        )
+        .cte("page")
+        .prefix_with("MATERIALIZED")
     )
-    page = (await session.execute(page_query)).all()
-    if not page:
+
+    def picked(column: ColumnElement[Any], *where: ColumnElement[bool]) -> ColumnElement[Any]:
+        rows = select(column).where(*where).scalar_subquery()
+        return any_(func.array(rows, type_=ARRAY(memberships.c.id.type)))
+
+    # Silent leaves of the members whose contact no longer matches (or was deleted).
+    gone = (
+        update(m)
+        .where(
+            m.c.id == picked(page.c.member, page.c.member.is_not(None), ~page.c.matches),
+            m.c.status == "active",
+        )
+        .values(
+            status="left",
+            left_at=now,
+            left_reason="criteria",
+            last_evaluated_at=now,
+            updated_at=func.now(),
+        )
+        .returning(m.c.id)
+        .cte("gone")
+    )
+    joined = _members_insert(
+        bucket,
+        now,
+        where=[c.c.id == picked(page.c.id, page.c.member.is_(None), page.c.matches)],
+        source="backfill",
+        evaluated=True,
+    ).cte("joined")
+    counts = (
+        await session.execute(
+            select(
+                select(func.count()).select_from(page).scalar_subquery().label("seen"),
+                select(page.c.id).order_by(page.c.id.desc()).limit(1).scalar_subquery().label("hi"),
+                select(func.count()).select_from(gone).scalar_subquery().label("left"),
+                select(func.count()).select_from(joined).scalar_subquery().label("joined"),
+            )
+        )
+    ).one()
+    if not counts.seen:
         await session.execute(
             update(configs)
             .where(configs.c.bucket_id == bucket.id)
@@ -551,40 +607,19 @@ async def backfill_chunk(
             )
         )
         return ChunkResult(claim=_advanced(claim, now, None, 0), joined=0, left=0, done=True)
-    hi = page[-1].id
-    # Silent leaves of the members whose contact no longer matches (or was deleted).
-    leaving = [r.member for r in page if r.member is not None and not r.matches]
-    n_left = 0
-    if leaving:
-        left = await session.execute(
-            update(m)
-            .where(m.c.id.in_(leaving), m.c.status == "active")
-            .values(
-                status="left",
-                left_at=now,
-                left_reason="criteria",
-                last_evaluated_at=now,
-                updated_at=func.now(),
-            )
-            .returning(m.c.id)
-        )
-        n_left = len(left.all())
-    joining = [r.id for r in page if r.member is None and r.matches]
-    joined: list[Transition] = []
-    if joining:
-        joined = await _insert_members(
-            session, bucket, now, where=[c.c.id.in_(joining)], source="backfill", evaluated=True
-        )
     await session.execute(
         update(configs)
         .where(configs.c.bucket_id == bucket.id)
         .values(
-            backfill_cursor=str(hi),
-            backfill_processed=configs.c.backfill_processed + len(page),
+            backfill_cursor=str(counts.hi),
+            backfill_processed=configs.c.backfill_processed + counts.seen,
         )
     )
     return ChunkResult(
-        claim=_advanced(claim, now, hi, len(page)), joined=len(joined), left=n_left, done=False
+        claim=_advanced(claim, now, counts.hi, counts.seen),
+        joined=counts.joined,
+        left=counts.left,
+        done=False,
     )
 
 
@@ -623,14 +658,38 @@ async def _insert_members(
     where: Sequence[ColumnElement[bool]],
     source: str,
     limit: int | None = None,
-    evaluated: bool = False,
 ) -> list[Transition]:
     """Join the live contacts matching the criteria (and ``where``) that are not members.
 
-    One ``INSERT ... SELECT``; a concurrent join of the same contact loses quietly on the
-    active-membership unique index. ``evaluated``: ``where`` names contacts this
-    transaction already found matching and not members at ``now``, so neither is
-    tested again (the unique index still settles a race with the real-time path).
+    One ``INSERT ... SELECT`` (:func:`_members_insert`); a concurrent join of the same
+    contact loses quietly on the active-membership unique index.
+    """
+    stmt = _members_insert(bucket, now, where=where, source=source, limit=limit)
+    rows = (await session.execute(stmt)).all()
+    return [
+        Transition(
+            kind="entered", bucket_id=bucket.id, contact_id=r[0], epoch=r[1], entered_at=r[2]
+        )
+        for r in rows
+    ]
+
+
+def _members_insert(
+    bucket: BucketDefinition,
+    now: datetime,
+    *,
+    where: Sequence[ColumnElement[bool]],
+    source: str,
+    limit: int | None = None,
+    evaluated: bool = False,
+) -> Any:
+    """The ``INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING contact_id,
+    entry_count, entered_at`` joining the live contacts matching the criteria (and
+    ``where``) that are not members.
+
+    ``evaluated``: ``where`` names contacts the same statement or transaction already
+    found matching and not members at ``now``, so neither is tested again (the unique
+    index still settles a race with the real-time path).
     """
     assert bucket.criteria is not None
     c, m = contacts, memberships
@@ -680,7 +739,7 @@ async def _insert_members(
     )
     if limit is not None:
         chosen = chosen.limit(limit)
-    stmt = (
+    return (
         pg_insert(memberships)
         .from_select(
             [
@@ -702,13 +761,6 @@ async def _insert_members(
         .on_conflict_do_nothing()
         .returning(m.c.contact_id, m.c.entry_count, m.c.entered_at)
     )
-    rows = (await session.execute(stmt)).all()
-    return [
-        Transition(
-            kind="entered", bucket_id=bucket.id, contact_id=r[0], epoch=r[1], entered_at=r[2]
-        )
-        for r in rows
-    ]
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -894,6 +946,10 @@ _FULL_PASS_WORK_MEM = "64MB"
 
 async def _full_pass_settings(session: AsyncSession) -> None:
     await session.execute(text(f"SET LOCAL work_mem = '{_FULL_PASS_WORK_MEM}'"))
+    # A candidate read joins whole sets; the planner, underestimating them (260k rows
+    # taken for 56k), probed two indexes per contact instead: 22% of a 1M full pass's
+    # Postgres CPU went away with hash joins only.
+    await session.execute(text("SET LOCAL enable_nestloop = off"))
 
 
 async def leave_candidates(
@@ -913,7 +969,7 @@ async def leave_candidates(
     await _full_pass_settings(session)
     c, m = contacts, memberships
     matches = compile_sql(
-        bucket.criteria, now, contact_id=m.c.contact_id, properties=c.c.properties
+        bucket.criteria, now, contact_id=m.c.contact_id, properties=c.c.properties, set_based=True
     )
     rows = await session.execute(
         select(m.c.id)
@@ -951,7 +1007,7 @@ async def join_candidates(
             c.c.deleted_at.is_(None),
             c.c.id.in_(_crossed(legs, None, now)),
             ~exists().where(*_active(active, bucket.id), active.c.contact_id == c.c.id),
-            compile_sql(bucket.criteria, now),
+            compile_sql(bucket.criteria, now, set_based=True),
         )
         .order_by(c.c.id)
     )
