@@ -226,22 +226,27 @@ class JourneyRuntime:
         self, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> tuple[Contact, str, datetime] | None:
         """Begin a run from its input: the contact and the clock the enrollment recorded
-        there, so a replay sees the same ones; not a DBOS step, as the statement is
-        idempotent (only an ``enrolled`` run moves) and its row committed with the
-        enqueue. A step here was a fifth of an enrollment's round trips (bench/journeys.py).
+        there, so a replay sees the same ones. Not a DBOS step (a step here was a fifth
+        of an enrollment's round trips, bench/journeys.py): the statement is idempotent
+        and tells a first execution from a replay by the row itself.
         """
         async with self.sessions() as session, session.begin():
             begun = await enrollments_repo.begin_run(session, state_id, now=self.clock())
             if begun is None:
                 return None
-            if begun.contact_gone:
+            if begun.moved and begun.contact_gone:
                 # Deleted after the enrollment read it, by a transaction that could not see
                 # the uncommitted run to exit it.
-                if begun.status in repo.RUNNING:
-                    await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+                await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
                 return None
+        contact = contact_from_message(enrollment["contact"])
         now = datetime.fromisoformat(enrollment["enrolledAt"])
-        return contact_from_message(enrollment["contact"]), begun.status, now
+        if begun.moved or begun.begun_before:
+            # A replay goes on as a recorded start step did: into the body, whose recorded
+            # steps replay and whose next step sees an exit that landed since.
+            return contact, "active", now
+        # Ended before it began (an exit while it was queued): the body does not run.
+        return contact, begun.status, now
 
     async def _start_step(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]

@@ -223,12 +223,17 @@ class BegunRun:
     """A run as it began from its input (no start step).
 
     Attributes:
-        status: its status after the statement (``active`` when it began now; a run
-            begun before, parked or ended keeps its own).
+        status: its status after the statement.
+        moved: it was ``enrolled`` and this statement moved it to ``active`` (its first
+            execution).
+        begun_before: it had begun earlier (it has a current step): this execution is a
+            replay or a recovery, which goes on as a recorded start step would.
         contact_gone: its contact is deleted (soft or hard) since the enrollment.
     """
 
     status: str
+    moved: bool
+    begun_before: bool
     contact_gone: bool
 
 
@@ -236,6 +241,9 @@ _BEGIN = text(
     "WITH moved AS (UPDATE journey_states SET status = 'active', current_step = 'start',"
     " updated_at = :now WHERE id = :id AND status = 'enrolled' RETURNING status)"
     " SELECT coalesce((SELECT status FROM moved), s.status) AS run_status,"
+    " EXISTS (SELECT 1 FROM moved) AS moved,"
+    # The statement's snapshot: the row as it was before the update above.
+    " s.current_step IS NOT NULL AS begun_before,"
     " (c.id IS NULL OR c.deleted_at IS NOT NULL) AS contact_gone"
     " FROM journey_states s LEFT JOIN contacts c ON c.id = s.contact_id WHERE s.id = :id"
 )
@@ -244,8 +252,8 @@ _BEGIN = text(
 async def begin_run(
     session: AsyncSession, state_id: uuid.UUID, *, now: datetime
 ) -> BegunRun | None:
-    """Move an ``enrolled`` run to ``active`` at step ``start`` and say whether its
-    contact is gone, in one statement; None when no run has that id.
+    """Move an ``enrolled`` run to ``active`` at step ``start`` and read what deciding
+    its start needs, in one statement; None when no run has that id.
 
     Only ``enrolled`` moves, so running it again (a replay, a recovered run) changes
     nothing: a parked run stays ``waiting``, an ended one keeps its status.
@@ -253,4 +261,9 @@ async def begin_run(
     row = (await session.execute(_BEGIN, {"id": state_id, "now": now})).first()
     if row is None:
         return None
-    return BegunRun(status=row.run_status, contact_gone=bool(row.contact_gone))
+    return BegunRun(
+        status=row.run_status,
+        moved=bool(row.moved),
+        begun_before=bool(row.begun_before),
+        contact_gone=bool(row.contact_gone),
+    )
