@@ -22,11 +22,15 @@ with ``NOTIFY hogsend_outbox`` for the latency part) and a real ``hogsend`` work
   These hold on a shared machine where the rates do not; ``bare`` reports its CPU ms
   per workflow too.
 * ``latency``: ``LATENCY_RATE`` events/s for ``LATENCY_SECONDS``, one transaction each
-  with NOTIFY; per event, the time from its commit (``received_at``) to the run's start
-  step and to its first body step done (the ``ctx.log`` row). p50/p99 (target p99 of
-  the first step < 250 ms). ``stages_ms`` splits it per run: the event's commit to its
-  workflow's enqueue (the dispatcher), the enqueue to the dequeue (the DBOS queue's
-  polling) and the dequeue to the first body step started (the start step).
+  with NOTIFY; per event, the time from its commit (``received_at``) to its workflow's
+  dequeue (``dequeued_ms``) and to its first body step done (``first_step_ms``, the
+  ``ctx.log`` row). p50/p99 (target p99 of the first step < 250 ms). ``stages_ms``
+  splits it per run: the event's commit to the enrollment of its run (``dispatch``: the
+  dispatcher finding and claiming it; the run row's ``created_at`` is the enrollment's
+  clock), the enrollment to the workflow's dequeue (``queue``: the rest of the
+  dispatcher's transaction, then the DBOS queue's polling) and the dequeue to the first
+  body step done (``run``). ``slowest`` lists those stages for the five slowest events,
+  with when each was sent (``at_s``), to tell periodic stalls from a backlog.
 * ``parked``: ``PARKED`` runs of a journey that ``sleep_until`` a time carried by its
   trigger event: ``PARKED - WAKE`` due in ten days, then ``WAKE`` due together a little
   after they can all have parked (the worker parks waits longer than
@@ -485,16 +489,17 @@ def _latency_part(url: str, rate: int, seconds: float) -> dict[str, Any]:
         )
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT extract(epoch FROM l.started_at - e.received_at) * 1000,"
+                "SELECT w.started_at_epoch_ms - extract(epoch FROM e.received_at) * 1000,"
                 " extract(epoch FROM l.finished_at - e.received_at) * 1000"
                 " FROM journey_logs l JOIN journey_states s ON s.id = l.journey_state_id"
                 " JOIN user_events e ON e.id = s.trigger_event_id"
+                " JOIN dbos.workflow_status w ON w.workflow_uuid = s.workflow_id"
                 " WHERE l.action = 'log' AND s.journey_id = 'bench-one-step'"
             ).fetchall()
         stages = _latency_stages(url)
     finally:
         worker.stop()
-    start_ms = sorted(float(r[0]) for r in rows)
+    dequeued_ms = sorted(float(r[0]) for r in rows)
     first_ms = sorted(float(r[1]) for r in rows)
 
     def pct(values: list[float], q: float) -> float:
@@ -503,7 +508,7 @@ def _latency_part(url: str, rate: int, seconds: float) -> dict[str, Any]:
     return {
         "events": total,
         "rate_per_s": rate,
-        "start_step_ms": {"p50": pct(start_ms, 0.5), "p99": pct(start_ms, 0.99)},
+        "dequeued_ms": {"p50": pct(dequeued_ms, 0.5), "p99": pct(dequeued_ms, 0.99)},
         "first_step_ms": {
             "p50": pct(first_ms, 0.5),
             "p99": pct(first_ms, 0.99),
@@ -519,28 +524,38 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-def _latency_stages(url: str) -> dict[str, dict[str, float]]:
-    """Where an event's way to its first step goes, per run (p50/p99 of each stage):
-    the event's commit to its workflow's enqueue (dispatcher), the enqueue to its
-    dequeue (DBOS queue), the dequeue to the body's first step started (start step)."""
+def _latency_stages(url: str) -> dict[str, Any]:
+    """Where an event's way to its first step goes, per run (p50/p99 of each stage, and
+    the stages of the five slowest): the event's commit to its run's enrollment
+    (dispatcher), the enrollment to the workflow's dequeue (the dispatcher's commit, then
+    the DBOS queue), the dequeue to the body's first step done."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT w.created_at - extract(epoch FROM e.received_at) * 1000,"
-            " w.started_at_epoch_ms - w.created_at,"
-            " extract(epoch FROM l.started_at) * 1000 - w.started_at_epoch_ms"
+            "SELECT extract(epoch FROM s.created_at - e.received_at) * 1000,"
+            " w.started_at_epoch_ms - extract(epoch FROM s.created_at) * 1000,"
+            " extract(epoch FROM l.finished_at) * 1000 - w.started_at_epoch_ms,"
+            " extract(epoch FROM e.received_at)"
             " FROM journey_states s JOIN user_events e ON e.id = s.trigger_event_id"
             " JOIN dbos.workflow_status w ON w.workflow_uuid = s.workflow_id"
             " JOIN journey_logs l ON l.journey_state_id = s.id AND l.action = 'log'"
             " WHERE s.journey_id = 'bench-one-step'"
         ).fetchall()
-    names = ("dispatch", "queue", "start")
-    return {
+    names = ("dispatch", "queue", "run")
+    stages: dict[str, Any] = {
         name: {
             "p50": _pct([float(r[i]) for r in rows], 0.5),
             "p99": _pct([float(r[i]) for r in rows], 0.99),
         }
         for i, name in enumerate(names)
     }
+    first_sent = min(float(r[3]) for r in rows)
+    slowest = sorted(rows, key=lambda r: -sum(float(x) for x in r[:3]))[:5]
+    stages["slowest"] = [
+        {"at_s": round(float(r[3]) - first_sent, 2)}
+        | {name: round(float(r[i]), 1) for i, name in enumerate(names)}
+        for r in slowest
+    ]
+    return stages
 
 
 _PARKED_SQL = (

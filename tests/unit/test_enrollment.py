@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, time
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,34 @@ def test_an_event_survives_the_run_input_round_trip() -> None:
         occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
     )
     assert event_from_message(event_message(anonymous)) == anonymous
+
+
+def test_a_contact_survives_the_run_input_and_decides_how_the_run_starts() -> None:
+    from hogsend.core.contact import Contact
+    from hogsend.core.enrollment import contact_from_message, run_input, starts_from_input
+
+    contact = Contact(
+        id=uuid.uuid4(),
+        key="user-1",
+        user_id="user-1",
+        email="a@example.com",
+        timezone="Europe/Paris",
+        properties={"plan": "pro", "seats": 3},
+        first_seen_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    enrolled_at = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
+    common: dict[str, Any] = {
+        "workflow_id": "w",
+        "contact_id": contact.id,
+        "user_id": contact.key,
+        "email": contact.email,
+        "ordinal": 1,
+        "trigger": {"id": str(uuid.uuid4())},
+    }
+    carried = run_input(**common, contact=contact, enrolled_at=enrolled_at)
+    assert starts_from_input(carried)
+    assert contact_from_message(carried["contact"]) == contact
+    assert datetime.fromisoformat(carried["enrolledAt"]) == enrolled_at
+    # A retry's input (and any run recorded before) carries neither: it takes the start step.
+    assert not starts_from_input(run_input(**common))

@@ -15,7 +15,7 @@ from typing import Any
 
 from hogsend.core.conditions import EventCondition, event_matches
 from hogsend.core.conditions.evaluation import strict_equals
-from hogsend.core.contact import Event
+from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import EventSpec
 from hogsend.core.identifiers import durable_name
 
@@ -63,6 +63,48 @@ def enrollment_workflow_id(journey_id: str, contact_id: uuid.UUID, ordinal: int)
     return f"{durable_name('journey', journey_id)}:{contact_id}:{ordinal}"
 
 
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def contact_message(contact: Contact) -> dict[str, Any]:
+    """A contact as a journey run's input carries it (plain JSON-able values)."""
+    return {
+        "id": str(contact.id),
+        "key": contact.key,
+        "userId": contact.user_id,
+        "email": contact.email,
+        "anonymousId": contact.anonymous_id,
+        "timezone": contact.timezone,
+        "properties": dict(contact.properties),
+        "firstSeenAt": _iso(contact.first_seen_at),
+        "lastSeenAt": _iso(contact.last_seen_at),
+        "createdAt": _iso(contact.created_at),
+        "updatedAt": _iso(contact.updated_at),
+    }
+
+
+def contact_from_message(data: Mapping[str, Any]) -> Contact:
+    """The inverse of :func:`contact_message` (a contact in a run's input is not deleted)."""
+    return Contact(
+        id=uuid.UUID(data["id"]),
+        key=data["key"],
+        user_id=data.get("userId"),
+        email=data.get("email"),
+        anonymous_id=data.get("anonymousId"),
+        timezone=data.get("timezone"),
+        properties=data.get("properties") or {},
+        first_seen_at=_from_iso(data.get("firstSeenAt")),
+        last_seen_at=_from_iso(data.get("lastSeenAt")),
+        created_at=_from_iso(data.get("createdAt")),
+        updated_at=_from_iso(data.get("updatedAt")),
+    )
+
+
 def run_input(
     *,
     workflow_id: str,
@@ -72,9 +114,17 @@ def run_input(
     ordinal: int,
     trigger: Mapping[str, Any],
     retry: Mapping[str, Any] | None = None,
+    contact: Contact | None = None,
+    enrolled_at: datetime | None = None,
 ) -> dict[str, Any]:
     """A journey run's workflow input: who, which entry, what triggered it (an
-    :func:`event_message`) and, for a retry of a failed run, what that run had sent."""
+    :func:`event_message`) and, for a retry of a failed run, what that run had sent.
+
+    With ``contact`` and ``enrolled_at`` (an enrollment made in the run's enrolling
+    transaction), the input also carries the contact as enrollment read it and the
+    enrollment's clock: the run then starts from its input, without a start step (see
+    :func:`starts_from_input`).
+    """
     data: dict[str, Any] = {
         "workflowId": workflow_id,
         "contactId": str(contact_id),
@@ -85,7 +135,19 @@ def run_input(
     }
     if retry is not None:
         data["retry"] = dict(retry)
+    if contact is not None and enrolled_at is not None:
+        data["contact"] = contact_message(contact)
+        data["enrolledAt"] = enrolled_at.isoformat()
     return data
+
+
+def starts_from_input(enrollment: Mapping[str, Any]) -> bool:
+    """Whether a run's input carries its contact and start time (:func:`run_input`).
+
+    Decided by the recorded input, never by the code running it: a run enqueued
+    before inputs carried them recorded a ``journey.start`` step first, and replays it.
+    """
+    return "contact" in enrollment and "enrolledAt" in enrollment
 
 
 def retry_workflow_id(workflow_id: str, dead_letter_id: str) -> str:

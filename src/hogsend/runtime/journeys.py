@@ -5,8 +5,9 @@ Each journey is one DBOS async workflow named ``hogsend.journey:<id>``. A run's 
     trigger   the dispatcher's ``journey-triggers`` consumer checks the guards (enabled,
               trigger filter, entry limit), inserts the ``journey_states`` row and
               enqueues the workflow under the deterministic enrollment id
-    start     the first step makes sure the row exists (the dispatcher's transaction may
-              not have committed yet) and loads the contact
+    start     the run moves its row to ``active`` (one statement, not a step): the contact
+              and the start time come from its input, recorded at enrollment; a run
+              enqueued without them (a retry) has a start step that loads the contact
     body      the user's ``async def`` awaits ``ctx.*``; every operation is one or more
               DBOS steps, so a recovered run replays them without repeating side effects
     waits     ``sleep`` and ``wait_for_event`` are ``DBOS.recv`` on one topic with a
@@ -42,6 +43,7 @@ from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.core.contact import Contact, Event
 from hogsend.core.definitions import JourneyDefinition
 from hogsend.core.enrollment import (
+    contact_from_message,
     enrollment_workflow_id,
     event_from_message,
     event_message,
@@ -50,6 +52,7 @@ from hogsend.core.enrollment import (
     run_input,
     spec_event,
     spec_matches,
+    starts_from_input,
 )
 from hogsend.core.entry_rules import Refusal, entry_ordinal, entry_refusal
 from hogsend.core.identifiers import durable_name
@@ -185,9 +188,15 @@ class JourneyRuntime:
     async def _run(
         self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
     ) -> str:
-        started = await DBOS.run_step_async(
-            {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
-        )
+        started: tuple[Contact, str, datetime] | None
+        if starts_from_input(enrollment):
+            started = await self._begin(state_id, enrollment)
+        else:
+            # Enqueued without its contact (a retry; a run recorded by older code): the
+            # start step, which a replay of such a run finds recorded at step 0.
+            started = await DBOS.run_step_async(
+                {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
+            )
         if started is None:
             return "refused"
         contact, status, now = started
@@ -227,6 +236,32 @@ class JourneyRuntime:
         # ended keeps its status and gets no second log line), so a replay may run it
         # again, and a step's recording (a system-database transaction) is saved.
         return await self._finish_step(definition.id, state_id, "completed", None)
+
+    async def _begin(
+        self, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> tuple[Contact, str, datetime] | None:
+        """Begin a run from its input: the contact and the clock the enrollment recorded
+        there, so a replay sees the same ones. Not a DBOS step (a step here was a fifth
+        of an enrollment's round trips, bench/journeys.py): the statement is idempotent
+        and tells a first execution from a replay by the row itself.
+        """
+        async with self.sessions() as session, session.begin():
+            begun = await enrollments_repo.begin_run(session, state_id, now=self.clock())
+            if begun is None:
+                return None
+            if begun.moved and begun.contact_gone:
+                # Deleted after the enrollment read it, by a transaction that could not see
+                # the uncommitted run to exit it.
+                await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+                return None
+        contact = contact_from_message(enrollment["contact"])
+        now = datetime.fromisoformat(enrollment["enrolledAt"])
+        if begun.moved or begun.begun_before:
+            # A replay goes on as a recorded start step did: into the body, whose recorded
+            # steps replay and whose next step sees an exit that landed since.
+            return contact, "active", now
+        # Ended before it began (an exit while it was queued): the body does not run.
+        return contact, begun.status, now
 
     async def _start_step(
         self, journey_id: str, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -382,6 +417,9 @@ class JourneyRuntime:
             email=contact.email,
             ordinal=ordinal,
             trigger=event_message(trigger),
+            # The run begins from these, without a start step (JourneyRuntime._begin).
+            contact=contact,
+            enrolled_at=now,
         )
         inserted = await enrollments_repo.insert_enrolled(
             session,

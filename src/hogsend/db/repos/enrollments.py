@@ -10,7 +10,10 @@ was eight round trips; here it is three:
    lock is held (its snapshot sees any enrollment committed before us);
 3. :func:`insert_enrolled`: the run and its log line in one statement.
 
-And a run's start step reads and moves its row in one statement (:func:`start_run`).
+A run enrolled that way carries its contact and start time in its workflow input and
+begins without a DBOS step, in one statement (:func:`begin_run`); a run enqueued without
+them (recorded before they were carried, a retry) has a start step that reads and moves
+its row in one statement (:func:`start_run`).
 """
 
 from __future__ import annotations
@@ -213,3 +216,54 @@ async def start_run(
     if contact is not None and contact.deleted_at is not None:
         contact = None
     return StartedRun(status=m["run_status"], contact_id=m["run_contact_id"], contact=contact)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BegunRun:
+    """A run as it began from its input (no start step).
+
+    Attributes:
+        status: its status after the statement.
+        moved: it was ``enrolled`` and this statement moved it to ``active`` (its first
+            execution).
+        begun_before: it had begun earlier (it has a current step): this execution is a
+            replay or a recovery, which goes on as a recorded start step would.
+        contact_gone: its contact is deleted (soft or hard) since the enrollment.
+    """
+
+    status: str
+    moved: bool
+    begun_before: bool
+    contact_gone: bool
+
+
+_BEGIN = text(
+    "WITH moved AS (UPDATE journey_states SET status = 'active', current_step = 'start',"
+    " updated_at = :now WHERE id = :id AND status = 'enrolled' RETURNING status)"
+    " SELECT coalesce((SELECT status FROM moved), s.status) AS run_status,"
+    " EXISTS (SELECT 1 FROM moved) AS moved,"
+    # The statement's snapshot: the row as it was before the update above.
+    " s.current_step IS NOT NULL AS begun_before,"
+    " (c.id IS NULL OR c.deleted_at IS NOT NULL) AS contact_gone"
+    " FROM journey_states s LEFT JOIN contacts c ON c.id = s.contact_id WHERE s.id = :id"
+)
+
+
+async def begin_run(
+    session: AsyncSession, state_id: uuid.UUID, *, now: datetime
+) -> BegunRun | None:
+    """Move an ``enrolled`` run to ``active`` at step ``start`` and read what deciding
+    its start needs, in one statement; None when no run has that id.
+
+    Only ``enrolled`` moves, so running it again (a replay, a recovered run) changes
+    nothing: a parked run stays ``waiting``, an ended one keeps its status.
+    """
+    row = (await session.execute(_BEGIN, {"id": state_id, "now": now})).first()
+    if row is None:
+        return None
+    return BegunRun(
+        status=row.run_status,
+        moved=bool(row.moved),
+        begun_before=bool(row.begun_before),
+        contact_gone=bool(row.contact_gone),
+    )
