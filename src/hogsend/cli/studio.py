@@ -70,13 +70,7 @@ def create_user(
             action="studio-users.create",
             resource="studio-users",
             resource_id=str(user.id),
-            detail={
-                "email": user.email,
-                "role": user.role,
-                "via": "cli",
-                "before": None,
-                "after": {"email": user.email, "role": user.role},
-            },
+            detail=user.created_detail("cli"),
         )
         return user
 

@@ -41,6 +41,11 @@ class StudioUserInfo:
         """Whether the user may change things (``admin``) or only look (``viewer``)."""
         return self.role == "admin"
 
+    def created_detail(self, via: str) -> dict[str, object]:
+        """The audit detail of this user's creation (``via``: how it was created)."""
+        shown = {"email": self.email, "role": self.role}
+        return {**shown, "via": via, "before": None, "after": shown}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignedIn:

@@ -122,13 +122,7 @@ async def setup(request: Request) -> Response:
             action="studio-users.create",
             resource="studio-users",
             resource_id=str(user.id),
-            detail={
-                "email": user.email,
-                "role": user.role,
-                "via": "setup",
-                "before": None,
-                "after": {"email": user.email, "role": user.role},
-            },
+            detail=user.created_detail("setup"),
         )
         await db.commit()
     response = RedirectResponse(studio_of(request).url("/"), status_code=303)
