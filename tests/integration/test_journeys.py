@@ -235,15 +235,6 @@ def _subjects(sink: Sink) -> list[str]:
     return [str(m["Subject"]) for m in sink.messages]
 
 
-async def _steps(env: Env, workflow_id: str) -> list[str]:
-    rows = await env.rows(
-        "SELECT function_name FROM dbos.operation_outputs WHERE workflow_uuid = :w"
-        " ORDER BY function_id",
-        w=workflow_id,
-    )
-    return [r["function_name"] for r in rows]
-
-
 async def test_a_trigger_enrolls_sends_sleeps_and_a_matching_event_wakes_the_wait(
     env: Env,
 ) -> None:

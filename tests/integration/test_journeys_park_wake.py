@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from dbos import DBOS
 from sqlalchemy import text
-from test_journeys import Env, _steps, _subjects, env_fixture
+from test_journeys import Env, _subjects, env_fixture
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.runtime import replay
@@ -72,6 +72,15 @@ async def _claim(env: Env, run: dict[str, Any]) -> None:
 
 async def _past(deadline: datetime) -> None:
     await asyncio.sleep(max((deadline - datetime.now(UTC)).total_seconds(), 0) + 0.3)
+
+
+async def _steps(env: Env, workflow_id: str) -> list[str]:
+    rows = await env.rows(
+        "SELECT function_name FROM dbos.operation_outputs WHERE workflow_uuid = :w"
+        " ORDER BY function_id",
+        w=workflow_id,
+    )
+    return [r["function_name"] for r in rows]
 
 
 async def test_a_due_sleep_wakes_through_one_step_without_a_receive(env: Env) -> None:

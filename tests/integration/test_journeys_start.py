@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from test_journeys import Env, _steps, _subjects, env_fixture
+from test_journeys import Env, _subjects, env_fixture
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.core.contact import Event
@@ -38,6 +38,15 @@ async def start_sleep(contact: Contact, ctx: JourneyContext) -> None:
 
 
 env = env_fixture([start_now, start_sleep], journey_park_after_seconds=1.0)
+
+
+async def _steps(env: Env, workflow_id: str) -> list[str]:
+    rows = await env.rows(
+        "SELECT function_name FROM dbos.operation_outputs WHERE workflow_uuid = :w"
+        " ORDER BY function_id",
+        w=workflow_id,
+    )
+    return [r["function_name"] for r in rows]
 
 
 async def _ended(env: Env, journey: str) -> dict[str, Any]:

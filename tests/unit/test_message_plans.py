@@ -80,7 +80,22 @@ def direct(
     links: tuple[TrackedLink, ...],
 ) -> tuple[str, str, str]:
     """The message rendered with its real links and tracked with the same link ids."""
-    return direct_for(registry, key, ADA, {"days": 3}, send_id, links, tokens=tokens)
+    rendered = registry.render(
+        key,
+        contact=ADA,
+        props={"days": 3},
+        extra={name: PREFIXES[name] + token for name, token in tokens.items()},
+    )
+    ids = iter(link.id for link in links)
+    tracked = track_html(
+        rendered.html,
+        click_url_of=lambda link_id: click_url(BASE, link_id, SECRET),
+        pixel_url=open_url(BASE, send_id, SECRET),
+        skip=lambda url: url.startswith(UNTRACKED),
+        new_id=lambda: next(ids),
+    )
+    assert tracked.links == links
+    return rendered.subject, tracked.html, rendered.text
 
 
 def test_a_planned_message_is_the_directly_rendered_one(registry: TemplateRegistry) -> None:
@@ -236,17 +251,13 @@ def direct_for(
     props: dict[str, object],
     send_id: uuid.UUID,
     links: tuple[TrackedLink, ...],
-    *,
-    tokens: dict[str, str] | None = None,
 ) -> tuple[str, str, str]:
-    """``direct`` for any contact: rendered with real values (the link tokens ``tok``
-    unless given), tracked with the same ids."""
-    tokens = tokens if tokens is not None else dict.fromkeys(PREFIXES, "tok")
+    """``direct`` for any contact: rendered with real values, tracked with the same ids."""
     rendered = registry.render(
         key,
         contact=contact,
         props=props,
-        extra={name: PREFIXES[name] + token for name, token in tokens.items()},
+        extra={name: PREFIXES[name] + "tok" for name in PREFIXES},
     )
     ids = iter(link.id for link in links)
     tracked = track_html(
