@@ -208,27 +208,18 @@ async def _end_running_runs(engine: AsyncEngine, worker: Worker) -> None:
         await asyncio.sleep(0.1)
 
 
-def env_fixture(journeys: list[JourneyDefinition], **overrides: object) -> Any:
-    """An ``env`` fixture: API, worker and SMTP sink running ``journeys`` (``overrides``
-    are settings). A test module assigns it: ``env = env_fixture([...])``."""
-
-    @pytest.fixture
-    async def env(
-        tmp_path: Path,
-        engine: AsyncEngine,
-        database_url: str,
-        sink: tuple[Sink, int],
-        mint_key: Callable[..., Any],
-    ) -> AsyncIterator[Env]:
-        async for built in _env(
-            tmp_path, engine, database_url, sink, mint_key, journeys, **overrides
-        ):
-            yield built
-
-    return env
-
-
-env = env_fixture([welcome, slow, gap, lookback])
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    sink: tuple[Sink, int],
+    mint_key: Callable[..., Any],
+) -> AsyncIterator[Env]:
+    async for built in _env(
+        tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap, lookback]
+    ):
+        yield built
 
 
 def _subjects(sink: Sink) -> list[str]:

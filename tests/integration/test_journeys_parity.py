@@ -4,16 +4,19 @@ JSON-strict ``match`` (``True`` is not ``1``) and the same ``ctx.now()`` after a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_journeys import Env, _templates, env_fixture
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_journeys import Env, _env, _templates
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.testing import JourneyHarness, make_contact
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,7 +51,16 @@ class Outcome:
     flag_log: dict[str, Any] | None
 
 
-env = env_fixture([parity])
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    sink: tuple[Sink, int],
+    mint_key: Callable[..., Any],
+) -> AsyncIterator[Env]:
+    async for built in _env(tmp_path, engine, database_url, sink, mint_key, [parity]):
+        yield built
 
 
 async def _in_harness(tmp_path: Path, events: list[tuple[str, dict[str, Any]]]) -> Outcome:

@@ -8,17 +8,21 @@ that the delivery or the exit lands exactly between the claim and the resume.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from dbos import DBOS
 from sqlalchemy import text
-from test_journeys import Env, _subjects, env_fixture
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_journeys import Env, _env, _subjects
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.runtime import replay
 from hogsend.runtime.queues import JOURNEYS
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +51,24 @@ async def wake_sleep(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="nudge")
 
 
-env = env_fixture([wake_wait, wake_sleep], journey_park_after_seconds=1.0)
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    sink: tuple[Sink, int],
+    mint_key: Callable[..., Any],
+) -> AsyncIterator[Env]:
+    async for built in _env(
+        tmp_path,
+        engine,
+        database_url,
+        sink,
+        mint_key,
+        [wake_wait, wake_sleep],
+        journey_park_after_seconds=1.0,
+    ):
+        yield built
 
 
 async def _parked(env: Env, journey: str) -> dict[str, Any]:

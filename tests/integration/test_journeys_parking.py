@@ -4,13 +4,17 @@ when due (sleep), when its event comes (wait), and nothing is sent twice."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from test_journeys import Env, _subjects, env_fixture
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_journeys import Env, _env, _subjects
 
 from hogsend import Contact, JourneyContext, define_journey
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +28,24 @@ async def parked(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="nudge")
 
 
-env = env_fixture([parked], journey_park_after_seconds=1.0)
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    sink: tuple[Sink, int],
+    mint_key: Callable[..., Any],
+) -> AsyncIterator[Env]:
+    async for built in _env(
+        tmp_path,
+        engine,
+        database_url,
+        sink,
+        mint_key,
+        [parked],
+        journey_park_after_seconds=1.0,
+    ):
+        yield built
 
 
 def _live_workflow_tasks() -> int:

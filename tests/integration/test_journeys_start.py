@@ -8,18 +8,22 @@ Real Postgres, real DBOS (a started worker), events through the HTTP API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from test_journeys import Env, _subjects, env_fixture
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_journeys import Env, _env, _subjects
 
 from hogsend import Contact, JourneyContext, define_journey
 from hogsend.core.contact import Event
 from hogsend.core.enrollment import enrollment_workflow_id, run_input
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import journeys as repo
+from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,7 +41,24 @@ async def start_sleep(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.send_email(template="nudge")
 
 
-env = env_fixture([start_now, start_sleep], journey_park_after_seconds=1.0)
+@pytest.fixture
+async def env(
+    tmp_path: Path,
+    engine: AsyncEngine,
+    database_url: str,
+    sink: tuple[Sink, int],
+    mint_key: Callable[..., Any],
+) -> AsyncIterator[Env]:
+    async for built in _env(
+        tmp_path,
+        engine,
+        database_url,
+        sink,
+        mint_key,
+        [start_now, start_sleep],
+        journey_park_after_seconds=1.0,
+    ):
+        yield built
 
 
 async def _steps(env: Env, workflow_id: str) -> list[str]:
