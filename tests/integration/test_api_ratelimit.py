@@ -265,9 +265,18 @@ async def test_blocks_never_let_processes_pass_the_limit_together(
     assert await counted_bucket(engine, "k:data") == limit  # stored: exactly the limit
     # Used: the limit minus at most the block each process still holds unspent.
     assert limit - 2 * 8 <= sum(allowed) <= limit
+    # A process whose burst ended before the limit still holds its block: it spends
+    # that, then is refused. Together the processes allowed exactly the limit.
+    drained = 0
+    for limiter in (first, second):
+        while (await limiter.hit("k:data", limit=limit)).allowed:
+            drained += 1
+            assert drained <= 2 * 8
+    assert sum(allowed) + drained == limit
     # Refused once: full until the window turns, with no more round trips.
     assert first._leases["k:data"].full
     assert second._leases["k:data"].full
+    assert await counted_bucket(engine, "k:data") == limit
     clock.now += WINDOW
     assert (await first.hit("k:data", limit=limit)).allowed
 
