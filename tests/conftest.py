@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from hogsend.testing.postgres import TestPostgres
 from mail_sink import Sink, running_sink
+
+
+@pytest.fixture(autouse=True)
+async def no_stranded_workflows() -> AsyncIterator[None]:
+    """Fail a test that leaves a DBOS workflow running on the shared event loop.
+
+    Tests share one event loop per process: a workflow coroutine a test forgot would
+    wake up during a later test and write to a database that was dropped, retrying
+    forever on a thread the loop's shutdown then waits for.
+    """
+    yield
+    stranded = [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and getattr(task.get_coro(), "__qualname__", "") == "_execute_workflow_async"
+    ]
+    for task in stranded:
+        task.cancel()
+    if stranded:
+        pytest.fail(f"{len(stranded)} DBOS workflow task(s) outlived the test")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ that changed with every deploy would strand every waiting journey.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from dbos import DBOS, DBOSConfig
@@ -78,3 +79,35 @@ def destroy_dbos(*, drain_seconds: int = 0) -> None:
     by the next process with the same executor id and application version.
     """
     DBOS.destroy(workflow_completion_timeout_sec=drain_seconds)
+
+
+# The coroutine DBOS runs each async workflow in. Recognised by name: DBOS keeps no
+# public list of the workflow tasks it started on the caller's loop.
+_WORKFLOW_COROUTINE = "_execute_workflow_async"
+
+
+async def cancel_stranded_workflows(timeout: float = 5.0) -> int:
+    """Cancel the workflow coroutines still running on this loop after :func:`destroy_dbos`.
+
+    DBOS waits only ``drain_seconds`` for running workflows, and a workflow cancelled
+    while it sleeps or waits for a message keeps its coroutine until the old wake time
+    (see DESIGN.md). Left alone, such a coroutine would wake later and write through a
+    destroyed DBOS, possibly to a database that is gone. Cancelling it writes nothing:
+    the run stays PENDING (or CANCELLED) in the database, and a worker recovers it.
+
+    Returns:
+        How many workflow tasks were cancelled.
+    """
+    current = asyncio.current_task()
+    stranded = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current
+        and not task.done()
+        and getattr(task.get_coro(), "__qualname__", "") == _WORKFLOW_COROUTINE
+    ]
+    for task in stranded:
+        task.cancel()
+    if stranded:
+        await asyncio.wait(stranded, timeout=timeout)
+    return len(stranded)

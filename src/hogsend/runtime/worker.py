@@ -47,7 +47,12 @@ from hogsend.logs import configure_logging
 from hogsend.runtime.alerts import AlertSweep
 from hogsend.runtime.campaigns import CampaignScheduler
 from hogsend.runtime.courier import Courier
-from hogsend.runtime.dbos_setup import Registration, destroy_dbos, launch_dbos
+from hogsend.runtime.dbos_setup import (
+    Registration,
+    cancel_stranded_workflows,
+    destroy_dbos,
+    launch_dbos,
+)
 from hogsend.runtime.deferred import DeferredSweep
 from hogsend.runtime.dispatcher import Dispatcher, build_consumers
 from hogsend.runtime.imports import ImportScheduler
@@ -292,6 +297,9 @@ class Worker:
         # this loop: destroy on a separate thread so the loop keeps serving them.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hogsend-stop") as pool:
             await loop.run_in_executor(pool, lambda: destroy_dbos(drain_seconds=self.drain_seconds))
+        stranded = await cancel_stranded_workflows()
+        if stranded:
+            log.info("worker left workflows for recovery", workflows=stranded)
         # DBOS made its (now shut down) executor this loop's default; give it a live one.
         loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="asyncio"))
         if self.journeys is not None:
