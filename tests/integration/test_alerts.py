@@ -14,13 +14,14 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -39,6 +40,7 @@ from hogsend.api.app import create_api
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import SEND_ID_HEADER, Mailer, SendRequest
 from hogsend.core.webhook_signatures import decode_secret, signed_headers, verify
+from hogsend.db.engine import libpq_url
 from hogsend.db.repos import alerts
 from hogsend.runtime.alerts import AlertSweep
 from hogsend.settings import Settings
@@ -56,6 +58,8 @@ class Receiver:
     url: str
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
+    # Called (on the server's thread) while a request is being answered.
+    during: Callable[[], None] | None = None
 
 
 @pytest.fixture
@@ -65,6 +69,8 @@ def receiver() -> Iterator[Receiver]:
 
     async def hook(request: Request) -> Response:
         got.requests.append((dict(request.headers), await request.body()))
+        if got.during is not None:
+            got.during()
         return Response(status_code=got.script.pop(0) if got.script else 204)
 
     app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
@@ -366,6 +372,40 @@ async def test_webhook_alerts_are_signed_retried_after_failure_and_not_repeated(
         ).json()
         assert shown["firing"] is True
     await http.aclose()
+
+
+async def test_the_rule_is_not_locked_while_its_webhook_is_called(
+    env: Env, receiver: Receiver, database_url: str
+) -> None:
+    rule = await env.create(
+        name="No workers",
+        type="worker_down",
+        threshold=1,
+        channel="webhook",
+        channelConfig={"url": receiver.url, "secret": HOOK_SECRET},
+    )
+    seen: list[str] = []
+
+    def try_to_lock_the_rule() -> None:
+        # What an operator's edit of the rule would need, while the webhook is answered.
+        with psycopg.connect(libpq_url(database_url)) as conn:
+            try:
+                conn.execute(
+                    "SELECT id FROM alert_rules WHERE id = %s FOR UPDATE NOWAIT", (rule["id"],)
+                )
+                seen.append("free")
+            except psycopg.errors.LockNotAvailable:
+                seen.append("locked")
+
+    receiver.during = try_to_lock_the_rule
+    http = httpx.AsyncClient()
+    assert (await env.sweep(http).run_once()).outcomes == {"fire": 1}
+    await http.aclose()
+    assert seen == ["free"]
+    history = await env.rows("SELECT delivery_status FROM alert_history")
+    assert [h["delivery_status"] for h in history] == ["sent"]
+    shown = await env.client.get(f"/v1/admin/alerts/rules/{rule['id']}", headers=env.headers())
+    assert shown.json()["firing"] is True
 
 
 async def test_one_evaluator_at_a_time(env: Env) -> None:

@@ -187,7 +187,12 @@ class AlertSweep:
 
     async def evaluate(self, rule_id: uuid.UUID) -> tuple[Outcome | None, bool | None]:
         """Evaluate one rule; returns its outcome and whether a notification got through
-        (None when none was due). ``(None, None)`` when the rule is gone or disabled."""
+        (None when none was due). ``(None, None)`` when the rule is gone or disabled.
+
+        The notification goes out between two short transactions, never while the
+        rule's row is locked: a slow webhook must not hold up an operator editing the
+        rule. Two evaluations of one rule never overlap: callers hold the sweep lock.
+        """
         now = self._clock()
         async with self._sessions() as session, session.begin():
             rule = await alerts.get_rule(session, rule_id, lock=True)
@@ -204,21 +209,41 @@ class AlertSweep:
             firing_since = (
                 now if outcome == "fire" else None if outcome == "resolve" else rule.firing_since
             )
-            delivered: bool | None = None
-            if notifies(outcome):
-                delivered = await self._notify(session, rule, measured, outcome, now)
-                if not delivered and outcome == "fire":
-                    # Not heard: stay "not firing" so the next round fires again.
-                    firing_since = None
-                elif not delivered and outcome == "resolve":
-                    firing_since = rule.firing_since
+            if not notifies(outcome):
+                await alerts.record_evaluation(
+                    session,
+                    rule.id,
+                    now=now,
+                    value=measured.value,
+                    firing_since=firing_since,
+                    notified=False,
+                )
+                return outcome, None
+        payload, error = await self._notify(rule, measured, outcome, now)
+        delivered = error is None
+        if not delivered and outcome == "fire":
+            # Not heard: stay "not firing" so the next round fires again.
+            firing_since = None
+        elif not delivered and outcome == "resolve":
+            firing_since = rule.firing_since
+        async with self._sessions() as session, session.begin():
+            if await alerts.get_rule(session, rule.id, lock=True) is None:
+                log.info("alert rule deleted during its notification", rule_id=str(rule.id))
+                return outcome, delivered
+            await alerts.record_delivery(
+                session,
+                rule.id,
+                payload=payload,
+                status="sent" if delivered else "failed",
+                error=error,
+            )
             await alerts.record_evaluation(
                 session,
                 rule.id,
                 now=now,
                 value=measured.value,
                 firing_since=firing_since,
-                notified=bool(delivered),
+                notified=delivered,
             )
         return outcome, delivered
 
@@ -245,13 +270,9 @@ class AlertSweep:
         )
 
     async def _notify(
-        self,
-        session: AsyncSession,
-        rule: Rule,
-        measured: Measurement,
-        outcome: Outcome,
-        now: datetime,
-    ) -> bool:
+        self, rule: Rule, measured: Measurement, outcome: Outcome, now: datetime
+    ) -> tuple[dict[str, Any], str | None]:
+        """Send the notification; returns its payload and the error, None when it got through."""
         delivery_id = str(uuid.uuid4())
         state = "resolved" if outcome == "resolve" else "firing"
         summary = describe(rule, measured)
@@ -269,7 +290,6 @@ class AlertSweep:
             "summary": summary,
             "subject": f"[hogsend] {state.upper()}: {rule.name}",
         }
-        error: str | None = None
         try:
             if rule.channel == "webhook":
                 assert self._http is not None, "start() the sweep (or pass http=) first"
@@ -292,11 +312,5 @@ class AlertSweep:
         except alert_delivery.AlertDeliveryError as exc:
             error = str(exc)[:2000]
             log.warning("alert not delivered", rule_id=str(rule.id), error=error)
-        await alerts.record_delivery(
-            session,
-            rule.id,
-            payload=payload,
-            status="failed" if error else "sent",
-            error=error,
-        )
-        return error is None
+            return payload, error
+        return payload, None
