@@ -28,6 +28,8 @@ class Sink:
 
     messages: list[tuple[tuple[str, int], EmailMessage]] = field(default_factory=list)
     tls_sessions: list[bool] = field(default_factory=list)
+    # Per message: MAIL FROM, its options, RCPT TO and the DATA's length in bytes.
+    envelopes: list[tuple[str, list[str], list[str], int]] = field(default_factory=list)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -45,6 +47,14 @@ class Sink:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append((session.peer, parsed))
+        self.envelopes.append(
+            (
+                envelope.mail_from,
+                list(envelope.mail_options),
+                list(envelope.rcpt_tos),
+                len(envelope.original_content),
+            )
+        )
         self.tls_sessions.append(server.transport.get_extra_info("sslcontext") is not None)
         return "250 Message accepted"
 
@@ -121,6 +131,49 @@ async def test_plain_send_has_both_parts_and_headers(plain: Server) -> None:
     assert result.message_id.endswith("@acme.test>")
     assert message().message_id() == result.message_id
     assert result.provider == "smtp"
+
+
+async def test_the_envelope_is_the_one_sendmail_gives(plain: Server) -> None:
+    # Bare addresses take the provider's own MAIL/RCPT/DATA; others go through sendmail.
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    await provider.send(message(to="ada@example.com"))
+    await provider.send(message(to='"ada lovelace"@example.com', idempotency_key="k2"))
+    await provider.send(message(to="grace@example.com", idempotency_key="k3"))
+    await provider.aclose()
+    assert provider.connections_opened == 1
+    sent = [
+        (mail_from, [o.split("=")[0].upper() for o in options], rcpt)
+        for mail_from, options, rcpt, _ in plain.sink.envelopes
+    ]
+    assert sent == [
+        ("hello@acme.test", ["SIZE"], ["ada@example.com"]),
+        ("hello@acme.test", ["SIZE"], ['"ada lovelace"@example.com']),
+        ("hello@acme.test", ["SIZE"], ["grace@example.com"]),
+    ]
+    for _, options, _, length in plain.sink.envelopes:
+        # The SIZE announced is the message's: its bytes plus the CRLF before the dot.
+        [size] = [int(o.split("=")[1]) for o in options if o.upper().startswith("SIZE=")]
+        assert size in (length, length + 2)
+    assert [received["To"] for _, received in plain.sink.messages] == [
+        "ada@example.com",
+        '"ada lovelace"@example.com',
+        "grace@example.com",
+    ]
+
+
+async def test_a_refused_recipient_fails_alone(plain: Server) -> None:
+    # The refused transaction leaves nothing behind: the next message goes out alone.
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    await provider.send(message(to="first@example.com", idempotency_key="k0"))
+    with pytest.raises(PermanentProviderError) as info:
+        await provider.send(message(to="reply550@example.com", idempotency_key="k1"))
+    assert info.value.status == 550
+    await provider.send(message(to="after@example.com", idempotency_key="k2"))
+    await provider.aclose()
+    assert [rcpt for _, _, rcpt, _ in plain.sink.envelopes] == [
+        ["first@example.com"],
+        ["after@example.com"],
+    ]
 
 
 async def test_text_only_message(plain: Server) -> None:

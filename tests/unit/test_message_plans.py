@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hogsend.channels.message_plans import MessagePlans
-from hogsend.channels.templates import TemplateRegistry
+from hogsend.channels.message_plans import Composed, MessagePlans
+from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html, verify_id
 
@@ -371,3 +372,50 @@ def test_values_the_finishing_steps_read_get_no_shared_plan(
     used = [plan_key for plan_key, plan in planner._plans.items() if plan is not None]
     assert len(used) == 3
     assert all(f"Ada{n}" in str(plan_key) for n, plan_key in enumerate(used))
+
+
+def test_a_kept_slotted_rendering_spares_the_second_render(
+    uses: TemplateRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planner = plans(uses)
+    renders: list[str] = []
+    render_jinja = uses.render_jinja
+
+    def counted(key: str, variables: Any, *, subject: str | None = None) -> JinjaOutput:
+        renders.append(key)
+        return render_jinja(key, variables, subject=subject)
+
+    monkeypatch.setattr(uses, "render_jinja", counted)
+
+    def compose(key: str, n: int, name: str) -> Composed | None:
+        return planner.compose(
+            key,
+            contact=person(name, n),
+            props={"team": "Blue"},
+            subject=None,
+            link_tokens={name: "tok" for name in PREFIXES},
+            send_id=uuid.uuid4(),
+            opens=True,
+            clicks=True,
+        )
+
+    compose("greet", 0, "Ada0")
+    assert len(renders) == 2  # the real rendering, then the slotted one
+    renders.clear()
+    for n in range(1, 11):
+        composed = compose("greet", n, f"Ada{n}")
+        assert composed is not None
+        assert f"Hi Ada{n}, team Blue." in composed.rendered.html
+        assert composed.rendered.subject == f"For Ada{n}"
+    assert len(renders) == 10  # the real rendering only
+    # A template that branches on the value: the kept rendering does not fit the
+    # contact it branches for, which renders with slots again and gets no plan.
+    renders.clear()
+    assert compose("branch", 11, "Bob") is not None
+    assert compose("branch", 12, "Cy") is not None
+    assert len(renders) == 3
+    renders.clear()
+    vip = compose("branch", 13, "Ada")
+    assert len(renders) == 2
+    assert vip is not None
+    assert "VIP Ada" in vip.rendered.html

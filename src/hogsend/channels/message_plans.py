@@ -28,7 +28,9 @@ or a ``style``/``script``/``head``-like element. There the finishing steps canno
 the slot from the value: CSS selectors never look at text, the text part copies words
 as they are, escaping leaves these characters alone, and tracking rewrites tags only.
 When a plan is built, the message is also finished the direct way and compared.
-Templates whose renderings keep failing the check stop getting value slots.
+Templates whose renderings keep failing the check stop getting value slots. The last
+slotted renderings of each template are kept and tried first: one that passes the
+check for this message's values spares the second Jinja render.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ PLAN_CACHE_SIZE = 256
 _LINK, _CLICK, _PIXEL, _VALUE = "l", "c", "p", "v"
 _SLOTTABLE = re.compile(r"[A-Za-z0-9@._+\-]+(?: [A-Za-z0-9@._+\-]+)*")
 """Values that get a slot: escaping, CSS inlining and the text part leave them as they are."""
+_RECENT_SLOTTED = 2
+"""Slotted renderings kept per template and tried before rendering with slots again."""
 _CONTACT_FIELDS = ("key", "user_id", "email", "anonymous_id")
 _VALUE_MISSES = 16
 """Failed checks (with none passing four times as often) that end value slots for a template."""
@@ -142,6 +146,8 @@ class MessagePlans:
         self._plans: OrderedDict[tuple[Any, ...], _Plan | None] = OrderedDict()
         # Per template: value-slot checks passed and failed (see _value_slots).
         self._tally: dict[str, tuple[int, int]] = {}
+        # Per template: its latest slotted renderings that passed (see _value_slots).
+        self._recent: OrderedDict[str, tuple[JinjaOutput, ...]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _slot_text(self, kind: str, n: int) -> str:
@@ -290,20 +296,40 @@ class MessagePlans:
         slotted = self._slotted_variables(variables, slots)
         if not slots:
             return None
+        values = tuple(slots)
+        fill = _value_filler(self._value_slot, values)
+
+        def gives_real(output: JinjaOutput) -> bool:
+            try:
+                return (
+                    fill(output.body) == real.body
+                    and fill(output.preheader) == real.preheader
+                    and fill(output.written) == real.written
+                )
+            except IndexError:  # a slot this message has no value for
+                return False
+
+        # A recent slotted rendering of this template is usually this message's too
+        # (the contacts of a campaign differ in their slotted values only); the check
+        # above is what makes a slotted rendering usable, wherever it came from.
+        with self._lock:
+            recent = self._recent.get(key, ())
+        for output in recent:
+            if gives_real(output):
+                return dataclasses.replace(output, subject=real.subject), values
         try:
             output = self._templates.render_jinja(key, slotted, subject=real.subject)
         except Exception:
             self._count(key, hit=False)  # the template needed the real value
             return None
-        values = tuple(slots)
-        fill = _value_filler(self._value_slot, values)
-        if (
-            fill(output.body) != real.body
-            or fill(output.preheader) != real.preheader
-            or fill(output.written) != real.written
-        ):
+        if not gives_real(output):
             self._count(key, hit=False)
             return None
+        with self._lock:
+            self._recent[key] = (output, *self._recent.get(key, ()))[:_RECENT_SLOTTED]
+            self._recent.move_to_end(key)
+            if len(self._recent) > self._size:
+                self._recent.popitem(last=False)
         return output, values
 
     def _slotted_variables(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import functools
 import re
 import ssl
@@ -14,6 +15,7 @@ from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from typing import Literal
 
 import aiosmtplib
+from aiosmtplib import SMTPStatus
 
 from hogsend.channels.email.message import OutgoingEmail, ProviderResult
 from hogsend.errors import PermanentProviderError, ProviderError, TransientProviderError
@@ -248,6 +250,13 @@ class SmtpProvider:
         try:
             if self.username is not None:
                 await client.login(self.username, self.password or "")
+            if client.is_ehlo_or_helo_needed:
+                # Greeted now (as sendmail would on the first message), so every message
+                # on this connection can take the direct transaction (see _transmit).
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
         except BaseException:
             client.close()
             raise
@@ -305,11 +314,46 @@ class SmtpProvider:
 async def _transmit(
     client: aiosmtplib.SMTP, sender: str, to: str, data: bytes | None, mime: EmailMessage | None
 ) -> None:
-    if data is not None:
-        await client.sendmail(sender, [to], data)
-    else:
+    if data is None:
         assert mime is not None
         await client.send_message(mime, recipients=[to])
+    elif (
+        not client.is_ehlo_or_helo_needed
+        and _BARE_ADDRESS.fullmatch(sender)
+        and _BARE_ADDRESS.fullmatch(to)
+    ):
+        await _mail_transaction(client, sender, to, data)
+    else:
+        await client.sendmail(sender, [to], data)
+
+
+async def _mail_transaction(client: aiosmtplib.SMTP, sender: str, to: str, data: bytes) -> None:
+    """MAIL, RCPT and DATA for one bare ASCII sender and recipient: what ``sendmail`` sends.
+
+    ``sendmail`` parses each address four times with the ``email`` package and scans
+    the message twice to size it; the addresses here are already checked (a bare
+    address has no space, bracket or control character to inject with) and
+    :func:`message_bytes` writes CRLF line ends only, so its length is the SIZE. The
+    errors are ``sendmail``'s, and a refused command resets the envelope as it does.
+    """
+    options = [b"SIZE=%d" % len(data)] if client.supports_extension("size") else []
+    try:
+        response = await client.execute_command(
+            b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *options
+        )
+        if response.code != SMTPStatus.completed:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+        response = await client.execute_command(b"RCPT", b"TO:<" + to.encode("ascii") + b">")
+        if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [aiosmtplib.SMTPRecipientRefused(response.code, response.message, to)]
+            )
+        await client.data(data)
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        # The original error is the one worth reporting, not a failed reset.
+        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+            await client.rset()
+        raise
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:
