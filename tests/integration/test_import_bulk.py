@@ -87,7 +87,7 @@ async def test_a_chunk_the_bulk_statements_refuse_is_imported_row_by_row(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the bulk path failed")
 
-    monkeypatch.setattr(runtime, "plan_resolution", broken)
+    monkeypatch.setattr(repo, "import_staged", broken)
     job = await run_import(engine, "email,plan\nx@example.com,pro\ny@example.com,free\n")
     assert (job.status, job.created_contacts, job.failed_rows) == ("completed", 2, 0)
     assert [r[0] for r in await everyone(engine)] == ["x@example.com", "y@example.com"]
