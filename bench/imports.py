@@ -6,12 +6,17 @@ One embedded Postgres with durable commits. The CSV has ``email,userId,plan,city
 * **ceiling**: ``COPY`` of the same people straight into ``contacts`` (fresh database):
   no parsing, no validation, no lookup, one transaction;
 * **import**: the job as a worker runs it (:func:`hogsend.runtime.imports.import_chunk`
-  until done, the function the DBOS step calls): parse and validate each line, look the
-  keys up, insert the new contacts set-based, advance the durable cursor, one
-  transaction per chunk;
+  until done, the function the DBOS step calls): parse and validate each line, COPY the
+  chunk into a staging table, look the keys up and insert or patch the contacts
+  set-based, advance the durable cursor, one transaction per chunk;
 * **re-import**: the same file again (every row now updates its contact);
 * **row by row**: the previous path (one savepoint and one ``resolve_contact`` per
   line) on the first ``--sample`` rows, for the ratio.
+
+Each part also reports what survives a loaded machine better than rows/s: the importing
+process's CPU per row, the Postgres server's CPU per row (all its processes) and the
+statements per chunk the engine sent (savepoints included; the chunk's one COPY goes
+through the driver and is not counted).
 
 Run with ``python -m bench imports [--rows=1000000] [--sample=2000] [--no-reimport]``
 (the row-by-row path runs about 40 times slower, so its sample stays small).
