@@ -251,3 +251,21 @@ async def test_json_lines_null_deletes_a_property_on_the_set_based_path(
         ("-", "k@example.com", {"a": {"b": None}}),
     )
     assert choices == (("k@example.com", "news", False, "import"),)
+
+
+async def test_a_line_postgres_refuses_fails_alone_after_the_copy_failed(
+    engine: AsyncEngine,
+) -> None:
+    """A NUL character is valid JSON but not valid jsonb: the COPY of the chunk fails, the
+    chunk goes line by line, and only that line is rejected (with its line number)."""
+    body = (
+        '{"email": "ok@example.com", "properties": {"p": "fine"}}\n'
+        '{"email": "nul@example.com", "properties": {"p": "a\\u0000b"}}\n'
+        '{"email": "ok2@example.com"}\n'
+    )
+    job = await run_import(engine, body, kind="jsonl")
+    assert (job.status, job.created_contacts, job.failed_rows) == ("completed", 2, 1)
+    assert [e["line"] for e in job.errors] == [2]
+    assert job.errors[0]["reason"].startswith("not stored")
+    contacts, _, _ = await state(engine)
+    assert [c[1] for c in contacts] == ["ok2@example.com", "ok@example.com"]
