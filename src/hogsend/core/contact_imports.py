@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -33,6 +34,8 @@ ImportFormat = Literal["csv", "jsonl"]
 
 _ID_ALIASES = {"userid": "userId", "externalid": "userId", "user_id": "userId"}
 _TRUE = {"true", "yes", "1", "y"}
+# What makes the csv module's reading of a line differ from splitting it on commas.
+_PLAIN_CSV = re.compile('["\r\x00]')
 _FALSE = {"false", "no", "0", "n"}
 
 
@@ -157,10 +160,15 @@ def parse_csv_line(
     known_lists: frozenset[str],
 ) -> ImportRow | RowError:
     """One CSV data line, read with ``mapping`` (from :func:`check_mapping`)."""
-    try:
-        cells = next(csv.reader([raw]), [])
-    except csv.Error as exc:
-        return RowError(line=line, reason=f"not valid CSV: {exc}", raw=raw)
+    if _PLAIN_CSV.search(raw) is None:
+        # No quote, carriage return or NUL: the csv module would split on commas; doing
+        # it directly halves the cost of an ordinary line.
+        cells = raw.split(",") if raw else []
+    else:
+        try:
+            cells = next(csv.reader([raw]), [])
+        except csv.Error as exc:
+            return RowError(line=line, reason=f"not valid CSV: {exc}", raw=raw)
     if len(cells) != len(columns):
         return RowError(
             line=line, reason=f"expected {len(columns)} columns, found {len(cells)}", raw=raw

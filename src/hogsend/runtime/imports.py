@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from typing import Any
 
 import structlog
 from dbos import DBOS, SetWorkflowID
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend.app import Hogsend
@@ -41,12 +41,10 @@ from hogsend.core.contact_imports import (
     parse_json_line,
 )
 from hogsend.core.identifiers import durable_name
-from hogsend.core.identity import IdentityKey, merge_properties, plan_resolution
+from hogsend.core.identity import IdentityKey
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import imports as repo
-from hogsend.db.repos.contacts import NewContact, to_json
-from hogsend.db.repos.events import random_uuids
 from hogsend.runtime.queues import IMPORTS
 from hogsend.settings import Settings
 
@@ -101,86 +99,61 @@ def _parse(
     return parse_csv_line(number, line, mapping["columns"], mapping["targets"], known)
 
 
+def _staged(rows: Sequence[ImportRow]) -> list[repo.StagedRow]:
+    """The chunk's good lines as the staging table takes them; a line giving a key an
+    earlier line gave is staged ``slow`` (the row-by-row path imports it after that one)."""
+    seen: set[IdentityKey] = set()
+    staged: list[repo.StagedRow] = []
+    dumps = json.dumps
+    for row in rows:
+        keys = row.identity.keys
+        repeat = not seen.isdisjoint(keys)
+        seen.update(keys)
+        properties = row.properties
+        deleted = None
+        if None in properties.values():  # JSON lines only: a null deletes the property
+            deleted = dumps([k for k, v in properties.items() if v is None])
+            properties = {k: v for k, v in properties.items() if v is not None}
+        staged.append(
+            repo.StagedRow(
+                row.line,
+                row.identity.user_id,
+                row.identity.email,
+                dumps(properties),
+                deleted,
+                dumps(row.lists) if row.lists else None,
+                "slow" if repeat else "create",
+            )
+        )
+    return staged
+
+
 async def _import_bulk(
     session: AsyncSession, rows: Sequence[ImportRow], now: datetime
 ) -> tuple[int, int, list[ImportRow]]:
     """Import the chunk's plain rows set-based; return (created, updated, the rest).
 
     The rows whose keys name no contact, or exactly the one contact holding every key
-    they give, and that choose no lists, are the bulk of any import: their keys are
-    looked up (and the contacts found locked) in one statement, the new contacts are
-    inserted in one statement and the known ones patched in one, with the semantics of
+    they give (with their list choices), are the bulk of any import: they are copied
+    into a staging table and imported in a few statements
+    (:func:`~hogsend.db.repos.imports.import_staged`), with the semantics of
     :func:`~hogsend.db.repos.contacts.resolve_contact` (a shallow patch, ``None``
-    deletes, ``last_seen_at`` moves). The others (a key to attach, a merge, list
-    choices, a key seen earlier in the chunk, an insert that lost a race) are returned
-    for the row-by-row path, in file order, which runs after this one, so later lines
-    still win. Everything here runs in a savepoint: if it fails, every row goes the
-    slow way and fails or succeeds alone.
+    deletes, ``last_seen_at`` moves). The others (a key to attach, a merge, a key or
+    contact seen earlier in the chunk, an insert that lost a race) are returned for the
+    row-by-row path, in file order, which runs after this one, so later lines still win.
+    Everything here runs in a savepoint: if it fails, every row goes the slow way and
+    fails or succeeds alone.
     """
-    seen: set[IdentityKey] = set()
-    bulk: list[ImportRow] = []
-    rest: list[ImportRow] = []
-    for row in rows:
-        keys = row.identity.keys
-        if row.lists or any(k in seen for k in keys):
-            rest.append(row)
-        else:
-            bulk.append(row)
-        seen.update(keys)
-    if not bulk:
-        return 0, 0, rest
+    if not rows:
+        return 0, 0, []
     try:
         async with session.begin_nested():
-            matches = await contacts_repo.lock_matches(
-                session, [k for row in bulk for k in row.identity.keys]
-            )
-            if matches is None:  # a contact was merged away meanwhile: one by one
-                return 0, 0, list(rows)
-            creates: list[tuple[ImportRow, NewContact]] = []
-            touches: list[dict[str, Any]] = []
-            ids = iter(random_uuids(len(bulk)))
-            for row in bulk:
-                found = {k: matches.by_key[k] for k in row.identity.keys if k in matches.by_key}
-                plan = plan_resolution(row.identity, found)
-                if plan.action == "create":
-                    props = merge_properties({}, row.properties)
-                    creates.append(
-                        (row, NewContact(identity=row.identity, properties=props, id=next(ids)))
-                    )
-                elif plan.action == "match" and not plan.conflicts and plan.target is not None:
-                    target = plan.target
-                    after = merge_properties(target.properties, row.properties)
-                    touches.append(
-                        {
-                            "id": target.id,
-                            "properties": after,
-                            "changed": after != dict(target.properties),
-                        }
-                    )
-                else:
-                    rest.append(row)
-            inserted = await contacts_repo.insert_contacts(session, [n for _, n in creates], now)
-            lost = [row for row, new in creates if new.id not in inserted]
-            if touches:
-                await session.execute(_TOUCH_MANY, {"rows": to_json(touches), "now": now})
+            result = await repo.import_staged(session, _staged(rows), now)
     except Exception:
         log.warning("bulk import of a chunk failed; importing it row by row", exc_info=True)
         return 0, 0, list(rows)
-    rest.extend(lost)
-    rest.sort(key=lambda r: r.line)
-    return len(creates) - len(lost), len(touches), rest
-
-
-_TOUCH_MANY = text(
-    """
-    UPDATE contacts c SET
-        last_seen_at = greatest(c.last_seen_at, CAST(:now AS timestamptz)),
-        properties = v.properties,
-        updated_at = CASE WHEN v.changed THEN CAST(:now AS timestamptz) ELSE c.updated_at END
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id uuid, properties jsonb, changed bool)
-    WHERE c.id = v.id
-    """
-)
+    rest = set(result.rest)
+    return result.created, result.updated, [row for row in rows if row.line in rest]
 
 
 async def import_chunk(

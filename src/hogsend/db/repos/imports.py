@@ -14,8 +14,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -212,3 +213,250 @@ async def row_errors(session: AsyncSession, job_id: uuid.UUID) -> list[ImportRow
         .order_by(ImportRowError.line_number)
     )
     return list(rows)
+
+
+# --------------------------------------------------------------------------- set-based rows
+
+
+class StagedRow(NamedTuple):
+    """One import line for :func:`import_staged` (a tuple: COPY writes it as it is)."""
+
+    line: int
+    external_id: str | None
+    email: str | None
+    properties: str
+    """The property values to set, as a JSON object."""
+    deleted: str | None
+    """The property names to delete (``null`` in the file), as a JSON array, or None."""
+    lists: str | None
+    """The list choices, as a JSON object of list id to bool, or None."""
+    action: str
+    """``create`` (its keys may name nobody: let the lookup decide), or ``slow`` for a
+    line the row-by-row path must import (a key an earlier line of the chunk gave)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StagedResult:
+    """What :func:`import_staged` did; ``rest`` are the lines it left to the caller."""
+
+    created: int
+    updated: int
+    rest: list[int]
+
+
+_STAGE = "hogsend_import_stage"
+
+_CREATE_STAGE = text(
+    f"""
+    CREATE TEMPORARY TABLE {_STAGE} (
+        line int NOT NULL,
+        external_id text,
+        email text,
+        properties jsonb NOT NULL,
+        deleted jsonb,
+        lists jsonb,
+        id uuid NOT NULL DEFAULT gen_random_uuid(),
+        target uuid,
+        action text NOT NULL,
+        done bool NOT NULL DEFAULT false
+    ) ON COMMIT DROP
+    """
+)
+
+_COPY_STAGE = (
+    f"COPY {_STAGE} (line, external_id, email, properties, deleted, lists, action) FROM STDIN"
+)
+
+# The live contact each key of each line resolves to (the contact holding it, else the
+# target of its alias, as in contacts._MATCHES), probed through the unique indexes
+# whatever the planner knows of the staging table; aliases are only looked at for a key
+# no contact holds. A line is a plain update ("match") when every key it gives is held
+# by one and the same contact and no earlier line of the chunk reaches that contact; a
+# line none of whose keys is known stays "create"; anything else (a key to attach, a
+# key known through an alias, a merge, a contact an earlier line also reaches) is left
+# to the row-by-row path ("slow").
+_CLASSIFY = text(
+    f"""
+    WITH held AS MATERIALIZED (
+        SELECT s.line, s.action, s.external_id, s.email,
+            (SELECT c.id FROM contacts c
+             WHERE c.external_id = s.external_id AND c.deleted_at IS NULL) AS by_external,
+            (SELECT c.id FROM contacts c
+             WHERE lower(c.email) = lower(s.email) AND c.email IS NOT NULL
+               AND c.deleted_at IS NULL) AS by_email
+        FROM {_STAGE} s
+    ), found AS MATERIALIZED (
+        SELECT h.*,
+            CASE WHEN h.by_external IS NULL AND h.external_id IS NOT NULL THEN (
+                SELECT c.id FROM contact_aliases a JOIN contacts c
+                    ON c.id = a.contact_id AND c.deleted_at IS NULL
+                WHERE a.alias_kind = 'external' AND a.alias_value = h.external_id)
+            END AS alias_external,
+            CASE WHEN h.by_email IS NULL AND h.email IS NOT NULL THEN (
+                SELECT c.id FROM contact_aliases a JOIN contacts c
+                    ON c.id = a.contact_id AND c.deleted_at IS NULL
+                WHERE a.alias_kind = 'email' AND a.alias_value = lower(h.email))
+            END AS alias_email
+        FROM held h
+    ), reached AS (
+        SELECT id, min(line) AS first FROM (
+            SELECT line, coalesce(by_external, alias_external) AS id FROM found
+            UNION ALL
+            SELECT line, coalesce(by_email, alias_email) FROM found
+        ) AS r
+        WHERE id IS NOT NULL
+        GROUP BY id
+    )
+    UPDATE {_STAGE} s SET
+        target = r.id,
+        action = CASE
+            WHEN f.action = 'create'
+                 AND f.alias_external IS NULL AND f.alias_email IS NULL
+                 AND (f.external_id IS NULL OR f.by_external IS NOT NULL)
+                 AND (f.email IS NULL OR f.by_email IS NOT NULL)
+                 AND (f.by_external IS NULL OR f.by_email IS NULL OR f.by_external = f.by_email)
+                 AND r.first = f.line
+            THEN 'match' ELSE 'slow' END
+    FROM found f
+    JOIN reached r
+        ON r.id = coalesce(f.by_external, f.alias_external, f.by_email, f.alias_email)
+    WHERE s.line = f.line
+    """
+)
+
+# The contacts to update, locked in id order (as contacts.lock_matches does), so two
+# imports touching the same contacts queue instead of deadlocking.
+_LOCK_TARGETS = text(
+    f"""
+    SELECT c.id FROM contacts c JOIN {_STAGE} s ON s.target = c.id AND s.action = 'match'
+    ORDER BY c.id FOR NO KEY UPDATE OF c
+    """
+)
+
+# New contacts in key order; one whose key a contact took meanwhile is skipped (the
+# row-by-row path then finds that contact).
+_INSERT_NEW = text(
+    f"""
+    INSERT INTO contacts (id, external_id, email, properties,
+                          first_seen_at, last_seen_at, created_at, updated_at)
+    SELECT s.id, s.external_id, s.email, s.properties,
+           CAST(:now AS timestamptz), CAST(:now AS timestamptz),
+           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM {_STAGE} s WHERE s.action = 'create'
+    ORDER BY s.external_id, lower(s.email)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+# A shallow patch (contacts.merge_properties): the line's values win key by key, its
+# null-valued keys are deleted; updated_at moves only when the properties changed. A
+# contact merged away since the lookup is skipped (the row-by-row path follows it).
+_UPDATE_KNOWN = text(
+    f"""
+    WITH patched AS (
+        SELECT s.target, CASE
+            WHEN s.deleted IS NULL THEN coalesce(c.properties, '{{}}') || s.properties
+            ELSE (coalesce(c.properties, '{{}}') || s.properties)
+                 - CAST(ARRAY(SELECT jsonb_array_elements_text(s.deleted)) AS text[])
+            END AS after
+        FROM {_STAGE} s JOIN contacts c ON c.id = s.target
+        WHERE s.action = 'match'
+    )
+    UPDATE contacts c SET
+        properties = p.after,
+        last_seen_at = greatest(c.last_seen_at, CAST(:now AS timestamptz)),
+        updated_at = CASE WHEN p.after IS DISTINCT FROM c.properties
+                          THEN CAST(:now AS timestamptz) ELSE c.updated_at END
+    FROM patched p
+    WHERE c.id = p.target AND c.deleted_at IS NULL
+    """
+)
+
+# The lines the statements above did not import: an insert that lost a race, or a
+# contact merged away before we locked it (read only when the row counts fall short;
+# the locks keep the answer still).
+_NOT_DONE = text(
+    f"""
+    SELECT s.line FROM {_STAGE} s
+    WHERE s.action = 'slow'
+       OR (s.action = 'create' AND NOT EXISTS (SELECT FROM contacts c WHERE c.id = s.id))
+       OR (s.action = 'match' AND NOT EXISTS (
+               SELECT FROM contacts c WHERE c.id = s.target AND c.deleted_at IS NULL))
+    ORDER BY s.line
+    """
+)
+
+_SLOW = text(f"SELECT line FROM {_STAGE} WHERE action = 'slow' ORDER BY line")
+
+_COUNTS = text(f"SELECT action, count(*) FROM {_STAGE} GROUP BY action")
+
+# The list choices of the lines imported here (contacts.upsert_list_subscriptions'
+# semantics): a new contact that exists now, a known one that is still live.
+_UPSERT_STAGED_LISTS = text(
+    f"""
+    INSERT INTO list_subscriptions AS ls (contact_id, list_id, subscribed, source,
+                                          subscribed_at, unsubscribed_at,
+                                          created_at, updated_at)
+    SELECT c.id, l.key, CAST(l.value AS boolean), 'import',
+           CASE WHEN CAST(l.value AS boolean) THEN CAST(:now AS timestamptz) END,
+           CASE WHEN NOT CAST(l.value AS boolean) THEN CAST(:now AS timestamptz) END,
+           CAST(:now AS timestamptz), CAST(:now AS timestamptz)
+    FROM {_STAGE} s
+    JOIN contacts c ON c.id = CASE WHEN s.action = 'create' THEN s.id ELSE s.target END
+        AND c.deleted_at IS NULL
+    CROSS JOIN LATERAL jsonb_each(s.lists) AS l
+    WHERE s.action <> 'slow' AND s.lists IS NOT NULL
+    ORDER BY c.id, l.key
+    ON CONFLICT (contact_id, list_id) DO UPDATE SET
+        subscribed = EXCLUDED.subscribed,
+        source = EXCLUDED.source,
+        subscribed_at = coalesce(EXCLUDED.subscribed_at, ls.subscribed_at),
+        unsubscribed_at = coalesce(EXCLUDED.unsubscribed_at, ls.unsubscribed_at),
+        updated_at = EXCLUDED.updated_at
+    WHERE ls.subscribed IS DISTINCT FROM EXCLUDED.subscribed
+    """
+)
+
+
+async def import_staged(
+    session: AsyncSession, rows: Sequence[StagedRow], now: datetime
+) -> StagedResult:
+    """Import plain lines set-based: COPY them into a temporary table, then create the
+    contacts none of whose keys is known, patch the ones all of whose keys name one
+    contact holding them, and write their list choices, in a few statements.
+
+    Every good line of a chunk is given, so that a line is only patched here when no
+    earlier line reaches its contact; a line staged as ``slow`` is always left to the
+    caller. Lines needing more (a key to attach, a merge, a contact an earlier line also
+    reaches, an insert that lost a race to a concurrent writer, a contact merged away
+    meanwhile) are returned in ``rest`` for the row-by-row path. Runs in the caller's
+    transaction (the table is dropped at its end).
+    """
+    if not rows:
+        return StagedResult(created=0, updated=0, rest=[])
+    await session.execute(_CREATE_STAGE)
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    async with driver.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
+        for row in rows:
+            await copy.write_row(row)
+    await session.execute(_CLASSIFY)
+    counts: dict[str, int] = {row[0]: row[1] for row in await session.execute(_COUNTS)}
+    planned_new, planned_known = counts.get("create", 0), counts.get("match", 0)
+    if planned_known:
+        await session.execute(_LOCK_TARGETS)
+    created = updated = 0
+    if planned_new:
+        inserted = await session.execute(_INSERT_NEW, {"now": now})
+        created = inserted.rowcount  # type: ignore[attr-defined]
+    if planned_known:
+        patched = await session.execute(_UPDATE_KNOWN, {"now": now})
+        updated = patched.rowcount  # type: ignore[attr-defined]
+    if any(row.lists is not None for row in rows):
+        await session.execute(_UPSERT_STAGED_LISTS, {"now": now})
+    if created == planned_new and updated == planned_known:
+        rest = list((await session.scalars(_SLOW)).all()) if counts.get("slow") else []
+    else:
+        rest = list((await session.scalars(_NOT_DONE)).all())
+    return StagedResult(created=created, updated=updated, rest=rest)
