@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from dbos import DBOS
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_journeys import Env, _env, _subjects
 
@@ -229,6 +229,12 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
         return original(workflow_id, function_id, *args, **kwargs)
 
     recorded.check = counting
+    statements: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(Engine, "before_cursor_execute", statement)
 
     async def completed() -> bool:
         return (await env.runs("it-wake-sleep"))[0]["status"] == "completed"
@@ -237,6 +243,10 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
         await env.until(completed)
     finally:
         recorded.check = original
+        event.remove(Engine, "before_cursor_execute", statement)
+    # A replay goes on without the begin statement (its first execution began the run).
+    assert any("INSERT INTO journey_logs" in sql for sql in statements)
+    assert not any("current_step = 'start'" in sql for sql in statements)
     # The replay read every record as it began: each recorded step was answered from
     # memory, and so was each new one (no step checked against the database), and
     # nothing is left held once the body returned.
