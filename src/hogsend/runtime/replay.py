@@ -100,14 +100,17 @@ class RecordedSteps:
         """DBOS's check, answered from the run's records once they were read."""
         with self._lock:
             records = self._records.get(workflow_id)
-            recorded = records.pop(function_id, None) if records is not None else None
+            if records is None:
+                recorded = None
+            elif (recorded := records.pop(function_id, None)) is None:
+                self.new += 1
+            else:
+                self.served += 1
         if records is None:
             # Not a journey run, or one that began before this wrapper was installed.
             return self.check(workflow_id, function_id, function_name, owner_key=owner_key)
         if recorded is None:
-            self.new += 1
             return None
-        self.served += 1
         return _checked(workflow_id, function_id, function_name, recorded)
 
 
