@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from dbos import DBOS
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_journeys import Env, _env, _subjects
 
@@ -219,16 +219,41 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
     recorded = replay.installed()  # by the run's first execution
     assert recorded is not None
     before_park = await _steps(env, run["workflow_id"])
-    served = recorded.served
+    served, new = recorded.served, recorded.new
+    checked: list[int] = []
+    original = recorded.check
+
+    def counting(workflow_id: str, function_id: int, *args: Any, **kwargs: Any) -> Any:
+        if workflow_id == run["workflow_id"]:
+            checked.append(function_id)
+        return original(workflow_id, function_id, *args, **kwargs)
+
+    recorded.check = counting
+    statements: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(Engine, "before_cursor_execute", statement)
 
     async def completed() -> bool:
         return (await env.runs("it-wake-sleep"))[0]["status"] == "completed"
 
-    await env.until(completed)
-    # The first check of the replay read every record; each later recorded step was
-    # answered from memory (and nothing is left held once the body returned).
-    assert recorded.served - served == len(before_park) - 1
-    assert run["workflow_id"] not in recorded._records
+    try:
+        await env.until(completed)
+    finally:
+        recorded.check = original
+        event.remove(Engine, "before_cursor_execute", statement)
+    # A replay goes on without the begin statement (its first execution began the run).
+    assert any("INSERT INTO journey_logs" in sql for sql in statements)
+    assert not any("current_step = 'start'" in sql for sql in statements)
+    # The replay read every record as it began: each recorded step was answered from
+    # memory, and so was each new one (no step checked against the database), and
+    # nothing is left held once the body returned.
     steps = await _steps(env, run["workflow_id"])
+    assert recorded.served - served == len(before_park)
+    assert recorded.new - new == len(steps) - len(before_park)
+    assert checked == []
+    assert run["workflow_id"] not in recorded._records
     assert steps[: len(before_park)] == before_park
     assert _subjects(env.sink) == ["Try it"]

@@ -1,25 +1,28 @@
-"""A resumed journey run reads its recorded steps in one transaction, not one per step.
+"""A journey run reads its recorded steps once, as it begins, not one step at a time.
 
 DBOS replays a resumed workflow by calling its body again; before each step it asks its
 system database whether that step was recorded (``check_operation_execution``): one
-transaction with two queries per step. A run woken from parking replays every step
-it took before parking, so waking 10,000 due runs cost tens of thousands of those
-transactions (bench/journeys.py: 5 of the 16.5 per woken run of the smallest journey,
-more for longer ones).
+transaction with two queries per step, recorded or new. A run woken from parking
+replays every step it took before parking and then runs new ones, so waking 10,000 due
+runs cost tens of thousands of those transactions (bench/journeys.py).
 
-:class:`RecordedSteps` wraps that check for the journey workflows only (each run calls
-:meth:`RecordedSteps.expect` as it begins). The first check of such a run does what
-DBOS's does (the workflow's status, the step's record) in one transaction, but reads
-the records of *every* step from there on; later checks of steps recorded there are
-answered from memory, with DBOS's own name check (a replay of edited code still raises
-``DBOSUnexpectedStepError`` at the first operation that changed). A step with no record
-(the run's new work) is checked against the database as before, so cancellation and
-the status checks of new steps are unchanged. A fresh run pays the same one
-transaction for its first check as without this.
+:class:`RecordedSteps` answers that check for the journey workflows (each run calls
+:meth:`RecordedSteps.prefetch` as it begins). The prefetch does what DBOS's check does
+(the workflow's status, then its step records) in one transaction, for *every* step of
+the run. Later checks are answered from memory: a recorded step with DBOS's own name
+check (a replay of edited code still raises ``DBOSUnexpectedStepError`` at the first
+operation that changed), a step with no record as new work, with no transaction.
 
-What a served record skips is the workflow's ``CANCELLED`` check on a step that has
-already run: such a step has no effect to repeat, and the run's next unrecorded step
-sees the cancellation as it would have.
+Why a new step needs no check of its own: only the execution that owns the workflow can
+record its steps (DBOS 3.4 checks the execution's ownership token, row-locked, in the
+transaction that records a step), and an execution takes ownership before its body
+runs, so the prefetch already saw every record another execution could have written,
+and no other execution can add one afterwards. What the check also did, raising
+``DBOSWorkflowCancelledError`` before a new step of a cancelled workflow, the record now
+does after it (a cancel clears the owner, so the record raises
+``DBOSWorkflowConflictIDError``): hogsend cancels a journey's workflow only as it parks
+(and the body ends right there), exits are our own rows and messages, and every journey
+step checks the run's row before acting, so no step's effect depends on that check.
 
 Records are immutable once written, and the memory holds one running run's records at
 most until its body returns (:meth:`RecordedSteps.forget`).
@@ -31,6 +34,7 @@ with a warning, when they are not there.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +55,7 @@ _REQUIRED = (
 
 
 class RecordedSteps:
-    """The recorded step outputs of the journey runs this process replays.
+    """The recorded step outputs of the journey runs this process executes.
 
     Args:
         sys_db: DBOS's system database (``SystemDatabase`` of dbos 3.4).
@@ -61,22 +65,28 @@ class RecordedSteps:
     def __init__(self, sys_db: Any, check: Callable[..., Any]) -> None:
         self.sys_db = sys_db
         self.check = check
-        self._expected: set[str] = set()
         self._records: dict[str, dict[int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.served = 0
-        """Checks answered from memory (for tests and benchmarks)."""
+        """Checks of recorded steps answered from memory (for tests and benchmarks)."""
+        self.new = 0
+        """Checks of new steps answered from memory (for tests and benchmarks)."""
 
-    def expect(self, workflow_id: str) -> None:
-        """The run ``workflow_id`` begins here: its first check reads every record."""
+    async def prefetch(self, workflow_id: str) -> bool:
+        """The run ``workflow_id`` begins here: read its status and every record.
+
+        Raises ``DBOSWorkflowCancelledError`` for a cancelled workflow, as DBOS's check
+        of its first step would. Returns True when the run has recorded steps (a
+        replay: a resumed, recovered or taken-over run).
+        """
+        found = await asyncio.to_thread(_read_records, self.sys_db, workflow_id)
         with self._lock:
-            self._expected.add(workflow_id)
-            self._records.pop(workflow_id, None)
+            self._records[workflow_id] = found
+        return bool(found)
 
     def forget(self, workflow_id: str) -> None:
         """The run's body returned (or raised): drop what is left of its records."""
         with self._lock:
-            self._expected.discard(workflow_id)
             self._records.pop(workflow_id, None)
 
     def check_operation_execution(
@@ -87,27 +97,21 @@ class RecordedSteps:
         *,
         owner_key: str | None = None,
     ) -> Any:
-        """DBOS's check, answered from the run's records when it has one for the step."""
+        """DBOS's check, answered from the run's records once they were read."""
         with self._lock:
-            first = workflow_id in self._expected
-            self._expected.discard(workflow_id)
             records = self._records.get(workflow_id)
-            recorded = records.pop(function_id, None) if records is not None else None
-        if recorded is not None:
-            self.served += 1
-            return _checked(workflow_id, function_id, function_name, recorded)
-        if not first:
+            if records is None:
+                recorded = None
+            elif (recorded := records.pop(function_id, None)) is None:
+                self.new += 1
+            else:
+                self.served += 1
+        if records is None:
+            # Not a journey run, or one that began before this wrapper was installed.
             return self.check(workflow_id, function_id, function_name, owner_key=owner_key)
-        found = _read_records(self.sys_db, workflow_id, function_id, owner_key)
-        recorded = found.pop(function_id, None)
-        if found:
-            with self._lock:
-                self._records[workflow_id] = found
-        return (
-            None
-            if recorded is None
-            else _checked(workflow_id, function_id, function_name, recorded)
-        )
+        if recorded is None:
+            return None
+        return _checked(workflow_id, function_id, function_name, recorded)
 
 
 def _checked(
@@ -126,11 +130,9 @@ def _checked(
     return recorded
 
 
-def _read_records(
-    sys_db: Any, workflow_id: str, function_id: int, owner_key: str | None
-) -> dict[int, dict[str, Any]]:
-    """The workflow's status check and its records from ``function_id`` on, in one
-    transaction (DBOS's check reads the same two tables, for one step)."""
+def _read_records(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
+    """The workflow's status check and all its records, in one transaction (DBOS's check
+    reads the same two tables, for one step)."""
     from dbos._error import DBOSWorkflowCancelledError
     from dbos._sys_db import db_retry
 
@@ -140,7 +142,7 @@ def _read_records(
 
     @db_retry(sys_db=sys_db)
     def read() -> tuple[list[Any], list[Any]]:
-        with sys_db._own_key(workflow_id, key=owner_key), sys_db.engine.begin() as conn:
+        with sys_db._own_key(workflow_id, key=None), sys_db.engine.begin() as conn:
             status = conn.execute(
                 sa.select(tables.workflow_status.c.status).where(
                     *sys_db._wf(tables.workflow_status, workflow_id)
@@ -155,10 +157,7 @@ def _read_records(
                     outputs.c.child_workflow_id,
                     outputs.c.serialization,
                     *([] if child_key is None else [child_key]),
-                ).where(
-                    *sys_db._wf(outputs, workflow_id),
-                    outputs.c.function_id >= function_id,
-                )
+                ).where(*sys_db._wf(outputs, workflow_id))
             ).all()
         return status, rows
 
