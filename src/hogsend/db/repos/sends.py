@@ -358,20 +358,32 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
 
     Whether the provider got the message is unknown; the row becomes ``provider_error``
     and releases the key to the attempt taking over, which resends with the same key.
+    A row still marked :data:`AHEAD` never reached its provider call: it is removed
+    (with its links), as if the batch that decided it had not got that far.
     """
-    await session.execute(
-        text(
-            """
-            UPDATE email_sends SET decision = 'provider_error', status = 'failed',
-                idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
-                decision_detail = coalesce(decision_detail, '{}'::jsonb)
-                    || '{"gate": "provider_error", "interrupted": true}'::jsonb,
-                updated_at = now()
-            WHERE id = :id AND decision = 'queued' AND handoff IS NULL
-            """
-        ),
-        {"id": send_id},
+    await session.execute(_ABANDON, {"ids": [send_id]})
+
+
+AHEAD = "ahead"
+"""Key in ``decision_detail`` of a ``queued`` row a batch decided before its provider
+call began (``channels.send_batches``); it comes off in the commit before that call."""
+
+_ABANDON = text(
+    """
+    WITH never_started AS (
+        DELETE FROM email_sends
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
+            AND decision_detail ? 'ahead'
     )
+    UPDATE email_sends SET decision = 'provider_error', status = 'failed',
+        idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
+        decision_detail = coalesce(decision_detail, '{}'::jsonb)
+            || '{"gate": "provider_error", "interrupted": true}'::jsonb,
+        updated_at = now()
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
+        AND NOT coalesce(decision_detail ? 'ahead', false)
+    """
+)
 
 
 # --------------------------------------------------------------------------- hand-off
@@ -876,21 +888,7 @@ _FACTS_BATCH = text(
 async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
     """:func:`abandon` for several interrupted attempts at once."""
     if send_ids:
-        await conn.execute(
-            text(
-                """
-                UPDATE email_sends SET decision = 'provider_error', status = 'failed',
-                    idempotency_key = NULL,
-                    last_error = 'interrupted: the attempt never finished',
-                    decision_detail = coalesce(decision_detail, '{}'::jsonb)
-                        || '{"gate": "provider_error", "interrupted": true}'::jsonb,
-                    updated_at = now()
-                WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued'
-                    AND handoff IS NULL
-                """
-            ),
-            {"ids": list(send_ids)},
-        )
+        await conn.execute(_ABANDON, {"ids": list(send_ids)})
 
 
 async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
@@ -958,6 +956,7 @@ async def finish_and_log(
     *,
     now: datetime,
     notify: bool,
+    starts: Sequence[uuid.UUID] = (),
 ) -> list[str]:
     """:func:`finish` for many attempts plus their ``email.sent`` events, in ONE statement.
 
@@ -970,6 +969,10 @@ async def finish_and_log(
 
     Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
 
+    ``starts``: attempts decided ahead (:data:`AHEAD` in their detail) that go to the
+    provider once this commits: the mark comes off, so an attempt taking over their
+    key after a crash closes them as interrupted instead of removing them.
+
     Returns:
         The idempotency keys of events whose contact is no longer live (merged away or
         erased since the decision): nothing was stored for them, and the caller hands
@@ -978,7 +981,13 @@ async def finish_and_log(
     payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
     missing = await conn.scalar(
         _FINISH_AND_LOG,
-        {"rows": to_json(payload), "events": to_json(list(events)), "now": now, "notify": notify},
+        {
+            "rows": to_json(payload),
+            "events": to_json(list(events)),
+            "now": now,
+            "notify": notify,
+            "starts": list(starts),
+        },
     )
     return list(missing or [])
 
@@ -1005,6 +1014,10 @@ _FINISH_AND_LOG = text(
             updated_at = now()
         FROM r WHERE e.id = r.id
         RETURNING e.id
+    ), started AS (
+        UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
+        WHERE id = ANY(CAST(:starts AS uuid[])) AND decision = 'queued'
+        RETURNING id
     ), v AS (
         SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
@@ -1030,6 +1043,7 @@ _FINISH_AND_LOG = text(
     SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
                 SELECT 1 FROM live WHERE live.id = v.id)) AS missing,
            (SELECT count(*) FROM done) AS finished,
+           (SELECT count(*) FROM started) AS started,
            (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
                 WHERE CAST(:notify AS boolean)) AS notified
     """
