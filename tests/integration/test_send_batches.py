@@ -7,6 +7,7 @@ Every request of a batch gets every gate, in order, with the reason code and the
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +21,9 @@ from tests.integration.test_mailer import (
     receipt,
 )
 
+from hogsend import Hogsend
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
-from hogsend.channels.mailer import Mailer
+from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.channels.send_batches import GroupCommit
 from hogsend.errors import NoRecipient
 
@@ -200,11 +202,23 @@ class _Stalling:
 async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_message(
     env: Env,  # noqa: F811
     fetch_all: FetchAll,
+    tmp_path: Path,
 ) -> None:
+    templates = tmp_path / "promo-templates"
+    templates.mkdir()
+    (templates / "promo.html").write_text(
+        "{#---\nsubject: Offer\ncategory: newsletter\n---#}\n"
+        '<p><a href="https://shop.example.com/offer">Offer</a></p>'
+        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>\n'
+    )
+    app = Hogsend(lists=env.app.lists, templates=templates)
     people = [await new_contact(env.engine, f"p{n:02}@example.com") for n in range(20)]
-    requests = [news(c, idempotency_key=f"kill:{c}") for c in people]
+    requests = [
+        SendRequest(template="promo", contact_id=c, kind="campaign", idempotency_key=f"kill:{c}")
+        for c in people
+    ]
     stalling = _Stalling(env.mailer.provider, sends=3)
-    dying = Mailer(env.app, env.settings, env.engine, stalling)
+    dying = Mailer(app, env.settings, env.engine, stalling)
     batch = asyncio.ensure_future(dying.send_batch(requests, concurrency=2))
     # Both lanes hang in a provider call (each committed its last outcome before it).
     while stalling.stalled < 2:
@@ -224,7 +238,8 @@ async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_mes
     assert len(in_flight) == 2
     assert len(ahead) == 15
 
-    outcomes = await env.mailer.send_batch(requests, concurrency=2)
+    mailer = Mailer(app, env.settings, env.engine, env.mailer.provider)
+    outcomes = await mailer.send_batch(requests, concurrency=2)
     decisions = [o.decision for o in outcomes if not isinstance(o, Exception)]
     assert sorted(set(decisions)) == ["duplicate", "sent"]
     assert decisions.count("duplicate") == 3
@@ -246,5 +261,10 @@ async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_mes
         " LEFT JOIN email_sends s ON s.id = l.email_send_id WHERE s.id IS NULL"
     )
     assert orphans[0]["n"] == 0
+    tracked = await fetch_all(
+        "SELECT count(DISTINCT l.email_send_id) AS n FROM tracked_links l"
+        " JOIN email_sends s ON s.id = l.email_send_id WHERE s.decision = 'sent'"
+    )
+    assert tracked[0]["n"] == 20  # every message that went out has its links
     # Each recipient got the campaign once: the hung calls never reached the sink.
     assert sorted(m["To"] for m in env.sink.messages) == [f"p{n:02}@example.com" for n in range(20)]

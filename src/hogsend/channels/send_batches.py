@@ -379,8 +379,7 @@ async def _decide(
             )
         )
     await sends.abandon_many(conn, abandoned)
-    await sends.insert_attempts(conn, rows)
-    await sends.insert_links_many(conn, link_ids, link_sends, link_urls)
+    await sends.insert_attempts(conn, rows, list(zip(link_ids, link_sends, link_urls, strict=True)))
     if deferred:
         async with AsyncSession(bind=conn, expire_on_commit=False) as session:
             for request, send_id, result in deferred:

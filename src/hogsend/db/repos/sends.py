@@ -891,8 +891,15 @@ async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> 
         await conn.execute(_ABANDON, {"ids": list(send_ids)})
 
 
-async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write many decision rows in one statement; each dict names its own ``id``.
+async def insert_attempts(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    links: Sequence[tuple[uuid.UUID, uuid.UUID, str]] = (),
+) -> None:
+    """Write many decision rows, and their tracked links, in one statement.
+
+    Each row dict names its own ``id``; ``links`` are (link id, send id, URL) as
+    ``hogsend.db.repos.tracking.insert_links`` writes them.
 
     The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
     ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
@@ -905,12 +912,26 @@ async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
     for a row closed at once, :func:`finish`).
     """
     if rows:
-        await conn.execute(_INSERT_ATTEMPTS, {"rows": to_json(list(rows))})
+        await conn.execute(
+            _INSERT_ATTEMPTS,
+            {
+                "rows": to_json(list(rows)),
+                "link_ids": [link[0] for link in links],
+                "link_sends": [link[1] for link in links],
+                "link_urls": [link[2] for link in links],
+            },
+        )
 
 
+# The links' foreign key is checked at the end of the statement, when the rows are in.
 _INSERT_ATTEMPTS = text(
     """
-    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+    links AS (
+        INSERT INTO tracked_links (id, email_send_id, original_url)
+        SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
+                             CAST(:link_urls AS text[]))
+    )
     INSERT INTO email_sends (
         id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,
         category, journey_id, journey_state_id, campaign_id, idempotency_key,
@@ -927,26 +948,6 @@ _INSERT_ATTEMPTS = text(
     )
     """
 )
-
-
-async def insert_links_many(
-    conn: AsyncConnection,
-    ids: Sequence[uuid.UUID],
-    send_ids: Sequence[uuid.UUID],
-    urls: Sequence[str],
-) -> None:
-    """The tracked links of many attempts (``hogsend.db.repos.tracking.insert_links``)."""
-    if ids:
-        await conn.execute(
-            text(
-                """
-                INSERT INTO tracked_links (id, email_send_id, original_url)
-                SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:sends AS uuid[]),
-                                     CAST(:urls AS text[]))
-                """
-            ),
-            {"ids": list(ids), "sends": list(send_ids), "urls": list(urls)},
-        )
 
 
 async def finish_and_log(
