@@ -177,9 +177,17 @@ async def send_batch(
             # round trip each way); each decide group opens and ends its own by hand.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
-                await sends.lock_keys(conn, locked)
+                # The keys' locks are taken with the first decision (one round trip less).
                 await _lanes(
-                    mailer, conn, requests, batched, outcomes, single, concurrency, before_send
+                    mailer,
+                    conn,
+                    requests,
+                    batched,
+                    outcomes,
+                    single,
+                    concurrency,
+                    before_send,
+                    locked,
                 )
             finally:
                 try:
@@ -216,11 +224,13 @@ async def _decide(
     single: list[int],
     *,
     started: int,
+    keys: Sequence[str] = (),
 ) -> list[_Going]:
     """Step 1 of the module docstring, in ``conn``'s transaction (not committed).
 
     The first ``started`` attempts that go out are written ready for their provider
-    call; the others are marked :data:`~hogsend.db.repos.sends.AHEAD`.
+    call; the others are marked :data:`~hogsend.db.repos.sends.AHEAD`. ``keys``: the
+    batch's idempotency keys, locked (session-level) in the first round trip.
     """
     from hogsend.channels.mailer import (
         SendOutcome,
@@ -233,9 +243,19 @@ async def _decide(
 
     settings = mailer.settings
     now = mailer._clock()
-    # Opens the group's transaction (the caller ends it), with the contacts' read.
+    # Opens the group's transaction (the caller ends it): the keys' and the addresses'
+    # locks and the contacts' read, in one round trip.
+    wanted: list[tuple[uuid.UUID, str | None]] = []
+    for index in batched:
+        request = requests[index]
+        if request.contact_id is not None:
+            try:
+                to = normalize_email(request.to_email)
+            except Exception:
+                to = None  # refused below; the contact's own address is locked meanwhile
+            wanted.append((request.contact_id, to))
     found = await sends.begin_and_read_contacts(
-        conn, [c for i in batched if (c := requests[i].contact_id) is not None]
+        conn, [c for c, _ in wanted], addresses=[a for _, a in wanted], keys=keys
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
     for index in batched:
@@ -262,7 +282,6 @@ async def _decide(
         people.append((index, who, category, request.list_id or category))
     if not people:
         return []
-    await sends.lock_addresses(conn, sorted({who.to_email for _, who, _, _ in people}))
     stored = await sends.read_facts_batch(
         conn,
         [
@@ -475,6 +494,7 @@ async def _lanes(
     single: list[int],
     concurrency: int,
     before_send: BeforeSend | None,
+    keys: Sequence[str],
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -496,28 +516,41 @@ async def _lanes(
     first, rest = batched[:lanes], batched[lanes:]
     prestart = 0 if before_send is not None else lanes
 
-    async def decide(indexes: list[int], started: int = 0) -> list[_Going]:
+    async def decide_or_raise(
+        indexes: list[int], started: int = 0, keys: Sequence[str] = ()
+    ) -> list[_Going]:
         try:
             going = await _decide(
-                mailer, conn, requests, indexes, outcomes, single, started=started
+                mailer, conn, requests, indexes, outcomes, single, started=started, keys=keys
             )
             await sends.end_transaction(conn, commit=True)
-        except Exception as exc:
-            # The keys' session locks survive a rollback.
-            await sends.end_transaction(conn, commit=False)
-            for index in indexes:
-                if outcomes[index] is None and index not in single:
-                    outcomes[index] = exc
-            return []
         except BaseException:
+            # The keys' session locks survive a rollback.
             await sends.end_transaction(conn, commit=False)
             raise
         return going
 
+    def failed(indexes: list[int], exc: Exception) -> None:
+        for index in indexes:
+            if outcomes[index] is None and index not in single:
+                outcomes[index] = exc
+
+    async def decide(indexes: list[int]) -> list[_Going]:
+        try:
+            return await decide_or_raise(indexes)
+        except Exception as exc:
+            failed(indexes, exc)
+            return []
+
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
     feed.low = lanes
-    going = await decide(first, prestart)
+    try:
+        going = await decide_or_raise(first, prestart, keys)
+    except Exception as exc:
+        # The keys may not be locked: nothing of this batch is decided.
+        failed(batched, exc)
+        return
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.sql import SQL, Literal
+from psycopg.sql import SQL, Composable, Literal
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -708,39 +708,16 @@ async def postpone_deferred(
 # The mailer's set-based path (hogsend.channels.send_batches): the same locks, facts and
 # rows as one attempt's, for many attempts in a handful of statements.
 
-_LOCK_KEYS = text(
-    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
-    " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS locks"
-)
 _UNLOCK_KEYS = text(
     "SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
     " hashtextextended('hogsend.send-key:' || k, 0) AS h"
     " FROM unnest(CAST(:keys AS text[])) AS k) AS locks"
 )
-_LOCK_ADDRESSES = text(
-    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-to:' || lower(e), 0) AS h"
-    " FROM unnest(CAST(:emails AS text[])) AS e ORDER BY h) AS locks"
-)
-
-
-async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
-    """Take :func:`lock_key_sql`'s session-level lock on every key, in hash order.
-
-    The fixed order keeps two batches that share keys from deadlocking each other.
-    """
-    await conn.execute(_LOCK_KEYS, {"keys": list(keys)})
 
 
 async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
-    """Release what :func:`lock_keys` took."""
+    """Release the keys' locks :func:`begin_and_read_contacts` took."""
     await conn.execute(_UNLOCK_KEYS, {"keys": list(keys)})
-
-
-async def lock_addresses(conn: AsyncConnection, emails: Sequence[str]) -> None:
-    """:func:`lock_address` for every address, in hash order, until the transaction ends."""
-    await conn.execute(_LOCK_ADDRESSES, {"emails": list(emails)})
 
 
 async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -753,19 +730,37 @@ async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dic
 
 
 async def begin_and_read_contacts(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+    conn: AsyncConnection,
+    ids: Sequence[uuid.UUID],
+    *,
+    addresses: Sequence[str | None] | None = None,
+    keys: Sequence[str] = (),
 ) -> dict[uuid.UUID, Any]:
-    """Open a transaction and read :func:`contacts_by_id`, in one round trip.
+    """Open a transaction, take the batch's locks and read :func:`contacts_by_id`.
 
-    ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`): BEGIN and the
-    read travel as one simple-protocol query (the ids as a literal array), and
-    :func:`end_transaction` ends the transaction. Rows as :func:`contacts_by_id`'s
-    (``.id``, ``.deleted_at``, ``._mapping``).
+    One round trip: ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`),
+    BEGIN, the locks and the read travel as one simple-protocol query (values as
+    literals), and :func:`end_transaction` ends the transaction. The locks, each set
+    in hash order (two batches sharing some cannot deadlock): :func:`lock_key_sql`'s on
+    ``keys``, held until :func:`unlock_keys`; with ``addresses`` (one per id, None for
+    the contact's own), :func:`lock_address` on the address of every live contact that
+    has one. Rows as :func:`contacts_by_id`'s (``.id``, ``.deleted_at``,
+    ``._mapping``).
     """
+    literal_ids = Literal([str(i) for i in ids])
+    parts: list[Composable] = [SQL("BEGIN")]
+    if keys:
+        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(list(keys))))
+    if addresses is not None:
+        parts.append(
+            _LOCK_CONTACT_ADDRESSES.format(ids=literal_ids, emails=Literal(list(addresses)))
+        )
+    parts.append(_CONTACTS.format(ids=literal_ids))
     driver = await _driver(conn)
     async with driver.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_BEGIN_CONTACTS.format(ids=Literal([str(i) for i in ids])))
-        cur.nextset()
+        await cur.execute(SQL("; ").join(parts))
+        for _ in parts[1:]:
+            cur.nextset()
         rows = await cur.fetchall()
     return {row["id"]: _ContactRow(row) for row in rows}
 
@@ -785,8 +780,21 @@ async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     return driver
 
 
-_BEGIN_CONTACTS = SQL(
-    "BEGIN; SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+_CONTACTS = SQL(
+    "SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+)
+_LOCK_KEYS_LITERAL = SQL(
+    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    " FROM unnest(CAST({keys} AS text[])) AS k ORDER BY h) AS locks"
+)
+# Before the read: the facts statement that follows takes a snapshot after the locks.
+_LOCK_CONTACT_ADDRESSES = SQL(
+    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-to:' || lower(coalesce(q.e, c.email)), 0) AS h"
+    " FROM unnest(CAST({ids} AS uuid[]), CAST({emails} AS text[])) AS q(id, e)"
+    " JOIN contacts c ON c.id = q.id AND c.deleted_at IS NULL"
+    " WHERE coalesce(q.e, c.email) IS NOT NULL ORDER BY h) AS locks"
 )
 
 
