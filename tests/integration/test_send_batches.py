@@ -24,7 +24,7 @@ from tests.integration.test_mailer import (
 from hogsend import Hogsend
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer, SendRequest
-from hogsend.channels.send_batches import GroupCommit, send_batch
+from hogsend.channels.send_batches import GroupCommit
 from hogsend.errors import NoRecipient
 
 
@@ -268,31 +268,3 @@ async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_mes
     assert tracked[0]["n"] == 20  # every message that went out has its links
     # Each recipient got the campaign once: the hung calls never reached the sink.
     assert sorted(m["To"] for m in env.sink.messages) == [f"p{n:02}@example.com" for n in range(20)]
-
-
-async def test_on_recorded_reports_each_sent_outcome_once_committed(
-    env: Env,  # noqa: F811
-    fetch_all: FetchAll,
-) -> None:
-    people = [await new_contact(env.engine, f"early{n}@example.com") for n in range(5)]
-    gone = await new_contact(env.engine, "gone-early@example.com")
-    await execute(
-        env.engine,
-        "INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)",
-        c=gone,
-    )
-    requests = [news(c, idempotency_key=f"early:{c}") for c in [*people, gone]]
-    reported: dict[int, Any] = {}
-    committed: list[str] = []
-
-    def recorded(index: int, outcome: Any) -> None:
-        reported[index] = outcome
-        # The caller may go on now: its row must already be final.
-        committed.append(str(outcome.send_id))
-
-    outcomes = await send_batch(env.mailer, requests, concurrency=2, on_recorded=recorded)
-    assert sorted(reported) == [0, 1, 2, 3, 4]  # the gated one is reported with the batch
-    assert all(reported[i] is outcomes[i] for i in reported)
-    rows = await fetch_all("SELECT id::text AS id, decision FROM email_sends")
-    final = {r["id"]: r["decision"] for r in rows}
-    assert {final[i] for i in committed} == {"sent"}

@@ -145,7 +145,6 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
-    on_recorded: Callable[[int, SendOutcome], None] | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -154,9 +153,6 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
-        on_recorded: called with a request's index and outcome as soon as the outcome
-            of its provider call is committed, before the batch ends (and releases its
-            keys' locks); the returned list has every outcome too.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -192,7 +188,6 @@ async def send_batch(
                     concurrency,
                     before_send,
                     locked,
-                    on_recorded,
                 )
             finally:
                 try:
@@ -500,7 +495,6 @@ async def _lanes(
     concurrency: int,
     before_send: BeforeSend | None,
     keys: Sequence[str],
-    on_recorded: Callable[[int, SendOutcome], None] | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -593,10 +587,7 @@ async def _lanes(
                 if attempt is None:
                     if done is not None and before_send is not None:
                         # Recorded before a throttle's wait, not after it.
-                        if await commit(done, None) and on_recorded is not None:
-                            recorded_outcome = outcomes[done[0]]
-                            if not isinstance(recorded_outcome, Exception | None):
-                                on_recorded(done[0], recorded_outcome)
+                        await commit(done, None)
                         done = None
                     attempt = await feed.take()
                     if attempt is not None and before_send is not None:
@@ -604,10 +595,6 @@ async def _lanes(
                 if not await commit(done, attempt):
                     done, attempt = None, None
                     continue
-                if done is not None and on_recorded is not None:
-                    recorded_outcome = outcomes[done[0]]
-                    if not isinstance(recorded_outcome, Exception | None):
-                        on_recorded(done[0], recorded_outcome)
                 done = None
                 if attempt is None:
                     return
@@ -753,18 +740,9 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
-        def recorded(index: int, outcome: SendOutcome) -> None:
-            # Its caller goes on at once: the batch's unlock and clean-up come after.
-            done = batch[index][1]
-            if not done.done():
-                done.set_result(outcome)
-
         try:
             outcomes = await send_batch(
-                self._mailer,
-                [request for request, _ in batch],
-                concurrency=len(batch),
-                on_recorded=recorded,
+                self._mailer, [request for request, _ in batch], concurrency=len(batch)
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
