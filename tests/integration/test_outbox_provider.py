@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+from sqlalchemy import event
 
 from hogsend.channels.email import OutboxProvider, OutgoingEmail, build_provider
 from hogsend.db.engine import make_async_engine, make_sessionmaker
@@ -64,3 +66,37 @@ async def test_outbox_stores_and_lists(database_url: str) -> None:
 def test_outbox_needs_an_engine() -> None:
     with pytest.raises(ConfigurationError, match="engine"):
         build_provider(Settings(env="test", email_provider="outbox"))
+
+
+async def test_concurrent_sends_share_one_write_and_each_gets_its_own_row(
+    database_url: str,
+) -> None:
+    engine = make_async_engine(database_url, pool_size=2)
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "outbox_messages" in statement:
+            statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        provider = OutboxProvider(engine)
+        results = await asyncio.gather(
+            *(
+                provider.send(
+                    OutgoingEmail(
+                        from_email="a@acme.test", to=f"r{n}@example.com", subject=f"S{n}", text="t"
+                    )
+                )
+                for n in range(8)
+            )
+        )
+        # The first send writes alone; the seven handed in meanwhile share the next write.
+        assert len(statements) <= 2
+        async with make_sessionmaker(engine)() as session:
+            for n, result in enumerate(results):
+                stored = await outbox_messages.get(session, uuid.UUID(result.message_id))
+                assert stored is not None
+                assert (stored.to_email, stored.subject) == (f"r{n}@example.com", f"S{n}")
+    finally:
+        await engine.dispose()

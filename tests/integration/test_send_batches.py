@@ -7,6 +7,7 @@ Every request of a batch gets every gate, in order, with the reason code and the
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from tests.integration.test_mailer import (
     receipt,
 )
 
+from hogsend import Hogsend
+from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.channels.send_batches import GroupCommit
 from hogsend.errors import NoRecipient
 
@@ -172,3 +176,95 @@ async def test_group_commit_shares_writes_and_reports_failures() -> None:
         await group.submit(13)
     await group.submit(14)  # a failed write does not wedge the next one
     assert writes[-1] == [14]
+
+
+class _Stalling:
+    """A provider that sends ``sends`` messages, then never answers again (a hung process)."""
+
+    name = "smtp"
+
+    def __init__(self, inner: EmailProvider, sends: int) -> None:
+        self.inner = inner
+        self.left = sends
+        self.stalled = 0
+
+    async def send(self, message: OutgoingEmail) -> ProviderResult:
+        if self.left == 0:
+            self.stalled += 1
+            await asyncio.Event().wait()
+        self.left -= 1
+        return await self.inner.send(message)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to release."""
+
+
+async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_message(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    tmp_path: Path,
+) -> None:
+    templates = tmp_path / "promo-templates"
+    templates.mkdir()
+    (templates / "promo.html").write_text(
+        "{#---\nsubject: Offer\ncategory: newsletter\n---#}\n"
+        '<p><a href="https://shop.example.com/offer">Offer</a></p>'
+        '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>\n'
+    )
+    app = Hogsend(lists=env.app.lists, templates=templates)
+    people = [await new_contact(env.engine, f"p{n:02}@example.com") for n in range(20)]
+    requests = [
+        SendRequest(template="promo", contact_id=c, kind="campaign", idempotency_key=f"kill:{c}")
+        for c in people
+    ]
+    stalling = _Stalling(env.mailer.provider, sends=3)
+    dying = Mailer(app, env.settings, env.engine, stalling)
+    batch = asyncio.ensure_future(dying.send_batch(requests, concurrency=2))
+    # Both lanes hang in a provider call (each committed its last outcome before it).
+    while stalling.stalled < 2:
+        assert not batch.done(), batch.result()
+        await asyncio.sleep(0.01)
+    batch.cancel()  # what a kill leaves in the database: rows, no cleanup
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+
+    left = await fetch_all("SELECT decision, decision_detail FROM email_sends")
+    ahead = [r for r in left if r["decision"] == "queued" and "ahead" in r["decision_detail"]]
+    in_flight = [
+        r for r in left if r["decision"] == "queued" and "ahead" not in r["decision_detail"]
+    ]
+    assert [r["decision"] for r in left].count("sent") == 3
+    # Only the lanes' own attempts were handed to the provider; the rest wait, marked.
+    assert len(in_flight) == 2
+    assert len(ahead) == 15
+
+    mailer = Mailer(app, env.settings, env.engine, env.mailer.provider)
+    outcomes = await mailer.send_batch(requests, concurrency=2)
+    decisions = [o.decision for o in outcomes if not isinstance(o, Exception)]
+    assert sorted(set(decisions)) == ["duplicate", "sent"]
+    assert decisions.count("duplicate") == 3
+    rows = await fetch_all(
+        "SELECT decision, count(*) AS n FROM email_sends GROUP BY decision ORDER BY decision"
+    )
+    # The two attempts in flight are closed as interrupted; those never sent are gone.
+    assert {r["decision"]: r["n"] for r in rows} == {
+        "duplicate": 3,
+        "provider_error": 2,
+        "sent": 20,
+    }
+    interrupted = await fetch_all(
+        "SELECT decision_detail FROM email_sends WHERE decision = 'provider_error'"
+    )
+    assert all(r["decision_detail"]["interrupted"] for r in interrupted)
+    orphans = await fetch_all(
+        "SELECT count(*) AS n FROM tracked_links l"
+        " LEFT JOIN email_sends s ON s.id = l.email_send_id WHERE s.id IS NULL"
+    )
+    assert orphans[0]["n"] == 0
+    tracked = await fetch_all(
+        "SELECT count(DISTINCT l.email_send_id) AS n FROM tracked_links l"
+        " JOIN email_sends s ON s.id = l.email_send_id WHERE s.decision = 'sent'"
+    )
+    assert tracked[0]["n"] == 20  # every message that went out has its links
+    # Each recipient got the campaign once: the hung calls never reached the sink.
+    assert sorted(m["To"] for m in env.sink.messages) == [f"p{n:02}@example.com" for n in range(20)]

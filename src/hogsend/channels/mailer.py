@@ -929,10 +929,17 @@ class Mailer:
         )
         return provider, message
 
-    async def _write_outcomes(self, items: list[OutcomeItem], conn: AsyncConnection) -> None:
+    async def _write_outcomes(
+        self,
+        items: list[OutcomeItem],
+        conn: AsyncConnection,
+        starts: Sequence[uuid.UUID] = (),
+    ) -> None:
         """Record many outcomes and their ``email.sent`` events: one statement, one commit.
 
         ``conn`` is in autocommit, held by the caller (a batch) for many such writes.
+        ``starts``: attempts decided ahead that now go to the provider, marked so in the
+        same commit (see ``sends.finish_and_log``).
         """
         now = self._clock()
         events = [event for _, event in items if event is not None]
@@ -954,6 +961,7 @@ class Mailer:
             ],
             now=now,
             notify=bool(events) and self._notify.due(),
+            starts=starts,
         )
         if missing:
             # Contacts merged away since the decision: the general path follows them.

@@ -29,9 +29,10 @@ one, after the batch released its locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -134,6 +135,8 @@ class _Going:
     result: GateResult
     provider: EmailProvider
     message: OutgoingEmail
+    started: bool
+    """False while its row is marked ``AHEAD`` (decided, not yet given to a lane)."""
 
 
 async def send_batch(
@@ -174,9 +177,17 @@ async def send_batch(
             # round trip each way); each decide group opens and ends its own by hand.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
-                await sends.lock_keys(conn, locked)
+                # The keys' locks are taken with the first decision (one round trip less).
                 await _lanes(
-                    mailer, conn, requests, batched, outcomes, single, concurrency, before_send
+                    mailer,
+                    conn,
+                    requests,
+                    batched,
+                    outcomes,
+                    single,
+                    concurrency,
+                    before_send,
+                    locked,
                 )
             finally:
                 try:
@@ -211,8 +222,16 @@ async def _decide(
     batched: list[int],
     outcomes: list[SendOutcome | Exception | None],
     single: list[int],
+    *,
+    started: int,
+    keys: Sequence[str] = (),
 ) -> list[_Going]:
-    """Steps 1 and 2 of the module docstring, in ``conn``'s transaction (not committed)."""
+    """Step 1 of the module docstring, in ``conn``'s transaction (not committed).
+
+    The first ``started`` attempts that go out are written ready for their provider
+    call; the others are marked :data:`~hogsend.db.repos.sends.AHEAD`. ``keys``: the
+    batch's idempotency keys, locked (session-level) in the first round trip.
+    """
     from hogsend.channels.mailer import (
         SendOutcome,
         _keep_deferred,
@@ -224,9 +243,19 @@ async def _decide(
 
     settings = mailer.settings
     now = mailer._clock()
-    # Opens the group's transaction (the caller ends it), with the contacts' read.
+    # Opens the group's transaction (the caller ends it): the keys' and the addresses'
+    # locks and the contacts' read, in one round trip.
+    wanted: list[tuple[uuid.UUID, str | None]] = []
+    for index in batched:
+        request = requests[index]
+        if request.contact_id is not None:
+            try:
+                to = normalize_email(request.to_email)
+            except Exception:
+                to = None  # refused below; the contact's own address is locked meanwhile
+            wanted.append((request.contact_id, to))
     found = await sends.begin_and_read_contacts(
-        conn, [c for i in batched if (c := requests[i].contact_id) is not None]
+        conn, [c for c, _ in wanted], addresses=[a for _, a in wanted], keys=keys
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
     for index in batched:
@@ -253,7 +282,6 @@ async def _decide(
         people.append((index, who, category, request.list_id or category))
     if not people:
         return []
-    await sends.lock_addresses(conn, sorted({who.to_email for _, who, _, _ in people}))
     stored = await sends.read_facts_batch(
         conn,
         [
@@ -341,13 +369,16 @@ async def _decide(
             continue
         if request.kind not in sends.CAP_EXEMPT_KINDS:
             counted[address] += 1
+        ready = len(going) < started
         rows.append(
             {
                 **row,
                 "status": "queued",
                 "decision": "queued",
                 "key": request.idempotency_key,
-                "detail": dict(result.detail) or None,
+                "detail": (
+                    (dict(result.detail) or None) if ready else {**result.detail, sends.AHEAD: True}
+                ),
             }
         )
         for link in links:
@@ -363,11 +394,11 @@ async def _decide(
                 result=result,
                 provider=provider,
                 message=message,
+                started=ready,
             )
         )
     await sends.abandon_many(conn, abandoned)
-    await sends.insert_attempts(conn, rows)
-    await sends.insert_links_many(conn, link_ids, link_sends, link_urls)
+    await sends.insert_attempts(conn, rows, list(zip(link_ids, link_sends, link_urls, strict=True)))
     if deferred:
         async with AsyncSession(bind=conn, expire_on_commit=False) as session:
             for request, send_id, result in deferred:
@@ -404,6 +435,56 @@ def _row(
     }
 
 
+DECIDE_CHUNK = 64
+"""Requests one decide transaction takes after a batch's first ``concurrency``."""
+
+
+class _Feed:
+    """The attempts that go out, in request order, decided a chunk at a time ahead of need.
+
+    The first chunk is decided before the lanes start; the next one is decided (in a
+    task of its own, on the batch's connection) as soon as fewer than ``low`` decided
+    attempts wait, so the lanes seldom wait for a decision.
+    """
+
+    def __init__(
+        self, decide: Callable[[list[int]], Awaitable[list[_Going]]], chunks: list[list[int]]
+    ) -> None:
+        self._decide = decide
+        self._chunks = deque(chunks)
+        self._ready: deque[_Going] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.low = 0
+
+    def extend(self, going: list[_Going]) -> None:
+        self._ready.extend(going)
+
+    async def _fill(self) -> None:
+        try:
+            self._ready.extend(await self._decide(self._chunks.popleft()))
+        finally:
+            self._task = None
+
+    async def take(self) -> _Going | None:
+        """The next attempt to send; None when every request was decided and taken."""
+        while True:
+            if len(self._ready) <= self.low and self._task is None and self._chunks:
+                self._task = asyncio.ensure_future(self._fill())
+            if self._ready:
+                return self._ready.popleft()
+            if self._task is None:
+                return None
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        """Stop a decision still running (the batch is ending: its connection goes)."""
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
 async def _lanes(
     mailer: Mailer,
     conn: AsyncConnection,
@@ -413,56 +494,128 @@ async def _lanes(
     single: list[int],
     concurrency: int,
     before_send: BeforeSend | None,
+    keys: Sequence[str],
 ) -> None:
-    """``concurrency`` lanes; each decides (with the others), sends, records, then goes on.
+    """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
-    A lane's request is decided in a transaction shared with whatever the other lanes
-    submitted meanwhile, and its outcome recorded likewise; so a lane has at most one
-    ``queued`` row unrecorded, and a kill leaves at most ``concurrency`` of them.
+    Decisions are made a chunk of requests at a time ahead of the lanes (one transaction
+    per chunk). An attempt decided ahead is marked ``AHEAD`` in its row until a lane
+    takes it: the lane's commit of its previous outcome also takes the mark off, and
+    only then does the lane call the provider. So a lane never has more than one
+    attempt between "handed to the provider" and "outcome committed" (a kill leaves at
+    most ``concurrency`` of them), and an attempt still marked was never sent: the
+    attempt taking its key over after a crash removes it.
 
     Decisions are written on ``conn`` (the connection holding the keys' locks) and
     outcomes on one more connection, both held for the whole batch: taking a pooled
     connection per group (and pinging it) cost more than the group's own statements.
     """
-    going: dict[int, _Going] = {}
+    lanes = max(1, min(concurrency, len(batched)))
+    # The first chunk feeds every lane at once; its attempts are written ready for the
+    # provider (no mark to take off) unless a throttle may hold a lane before sending.
+    first, rest = batched[:lanes], batched[lanes:]
+    prestart = 0 if before_send is not None else lanes
 
-    async def decide_group(indexes: list[int]) -> None:
+    async def decide_or_raise(
+        indexes: list[int], started: int = 0, keys: Sequence[str] = ()
+    ) -> list[_Going]:
         try:
-            for attempt in await _decide(mailer, conn, requests, indexes, outcomes, single):
-                going[attempt.index] = attempt
+            going = await _decide(
+                mailer, conn, requests, indexes, outcomes, single, started=started, keys=keys
+            )
             await sends.end_transaction(conn, commit=True)
         except BaseException:
             # The keys' session locks survive a rollback.
             await sends.end_transaction(conn, commit=False)
             raise
+        return going
 
-    decider: GroupCommit[int] = GroupCommit(decide_group)
-    pending = iter(batched)
+    def failed(indexes: list[int], exc: Exception) -> None:
+        for index in indexes:
+            if outcomes[index] is None and index not in single:
+                outcomes[index] = exc
+
+    async def decide(indexes: list[int]) -> list[_Going]:
+        try:
+            return await decide_or_raise(indexes)
+        except Exception as exc:
+            failed(indexes, exc)
+            return []
+
+    chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
+    feed = _Feed(decide, chunks)
+    feed.low = lanes
+    try:
+        going = await decide_or_raise(first, prestart, keys)
+    except Exception as exc:
+        # The keys may not be locked: nothing of this batch is decided.
+        failed(batched, exc)
+        return
+    initial = [g for g in going if g.started]
+    feed.extend([g for g in going if not g.started])
 
     async with mailer.engine.connect() as recorder:
         await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
-        async def record(items: list[Item]) -> None:
-            await mailer._write_outcomes(items, recorder)
+        async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
+            await mailer._write_outcomes(
+                [item for item, _ in items if item is not None],
+                recorder,
+                starts=[start for _, start in items if start is not None],
+            )
 
-        recorded: GroupCommit[Item] = GroupCommit(record)
+        recorded: GroupCommit[tuple[Item | None, uuid.UUID | None]] = GroupCommit(record)
 
-        async def lane() -> None:
-            for index in pending:
-                try:
-                    if before_send is not None:
+        async def commit(done: tuple[int, Item] | None, attempt: _Going | None) -> bool:
+            """Commit ``done``'s outcome and take ``attempt``'s mark off; False on failure."""
+            start = attempt.send_id if attempt is not None and not attempt.started else None
+            if done is None and start is None:
+                return True
+            try:
+                await recorded.submit((done[1] if done is not None else None, start))
+            except Exception as exc:
+                if done is not None:
+                    outcomes[done[0]] = exc
+                if attempt is not None:
+                    outcomes[attempt.index] = exc  # still marked: never sent
+                return False
+            return True
+
+        async def lane(attempt: _Going | None) -> None:
+            done: tuple[int, Item] | None = None  # the last outcome, not yet committed
+            while True:
+                if attempt is None:
+                    if done is not None and before_send is not None:
+                        # Recorded before a throttle's wait, not after it.
+                        await commit(done, None)
+                        done = None
+                    attempt = await feed.take()
+                    if attempt is not None and before_send is not None:
                         await before_send()
-                    await decider.submit(index)
-                    attempt = going.pop(index, None)
-                    if attempt is not None:
-                        outcomes[index] = await _deliver_one(mailer, attempt, recorded)
+                if not await commit(done, attempt):
+                    done, attempt = None, None
+                    continue
+                done = None
+                if attempt is None:
+                    return
+                try:
+                    outcome, item = await _deliver_one(mailer, attempt)
                 except Exception as exc:
-                    outcomes[index] = exc
+                    outcomes[attempt.index] = exc
+                else:
+                    outcomes[attempt.index] = outcome
+                    done = (attempt.index, item)
+                attempt = None
 
-        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(batched))))))
+        try:
+            starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
+            await asyncio.gather(*(lane(attempt) for attempt in starts))
+        finally:
+            await feed.close()
 
 
-async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[Item]) -> SendOutcome:
+async def _deliver_one(mailer: Mailer, attempt: _Going) -> tuple[SendOutcome, Item]:
+    """Call the provider for ``attempt``: its outcome, and the row and event recording it."""
     from hogsend.channels.mailer import SendOutcome
 
     provider, message = attempt.provider, attempt.message
@@ -476,7 +629,6 @@ async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[It
         "error": None,
         "subject": message.subject,
     }
-    event: EventInput | None = None
     if isinstance(error, ProviderAlreadyAccepted):
         detail: dict[str, Any] = {
             "gate": result.decision,
@@ -487,8 +639,10 @@ async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[It
         }
         finish.update(decision=result.decision, detail=detail, provider=error.provider)
         event = mailer._sent_event(request, send_id, attempt.who)
-        await recorded.submit((finish, event))
-        return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
+        return SendOutcome(send_id=send_id, decision=result.decision, detail=detail), (
+            finish,
+            event,
+        )
     if accepted is None:
         assert error is not None
         detail = {
@@ -504,8 +658,10 @@ async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[It
         finish.update(
             decision="provider_error", detail=detail, provider=provider.name, error=str(error)
         )
-        await recorded.submit((finish, None))
-        return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
+        return SendOutcome(send_id=send_id, decision="provider_error", detail=detail), (
+            finish,
+            None,
+        )
     detail = {
         "gate": result.decision,
         "provider": accepted.provider,
@@ -523,13 +679,13 @@ async def _deliver_one(mailer: Mailer, attempt: _Going, recorded: GroupCommit[It
         message_id=accepted.message_id,
     )
     event = mailer._sent_event(request, send_id, attempt.who)
-    await recorded.submit((finish, event))
-    return SendOutcome(
+    outcome = SendOutcome(
         send_id=send_id,
         decision=result.decision,
         detail=detail,
         provider_message_id=accepted.message_id,
     )
+    return outcome, (finish, event)
 
 
 # --------------------------------------------------------------------------- coalescing

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,13 @@ async def add(
     )
     assert message_id is not None
     return message_id
+
+
+async def add_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Store many messages in one statement; each row names its own ``id`` and the
+    columns :func:`add` takes."""
+    if rows:
+        await session.execute(insert(OutboxMessage), [dict(row) for row in rows])
 
 
 async def get(session: AsyncSession, message_id: uuid.UUID) -> StoredMessage | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.sql import SQL, Literal
+from psycopg.sql import SQL, Composable, Literal
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -358,20 +358,32 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
 
     Whether the provider got the message is unknown; the row becomes ``provider_error``
     and releases the key to the attempt taking over, which resends with the same key.
+    A row still marked :data:`AHEAD` never reached its provider call: it is removed
+    (with its links), as if the batch that decided it had not got that far.
     """
-    await session.execute(
-        text(
-            """
-            UPDATE email_sends SET decision = 'provider_error', status = 'failed',
-                idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
-                decision_detail = coalesce(decision_detail, '{}'::jsonb)
-                    || '{"gate": "provider_error", "interrupted": true}'::jsonb,
-                updated_at = now()
-            WHERE id = :id AND decision = 'queued' AND handoff IS NULL
-            """
-        ),
-        {"id": send_id},
+    await session.execute(_ABANDON, {"ids": [send_id]})
+
+
+AHEAD = "ahead"
+"""Key in ``decision_detail`` of a ``queued`` row a batch decided before its provider
+call began (``channels.send_batches``); it comes off in the commit before that call."""
+
+_ABANDON = text(
+    """
+    WITH never_started AS (
+        DELETE FROM email_sends
+        WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
+            AND decision_detail ? 'ahead'
     )
+    UPDATE email_sends SET decision = 'provider_error', status = 'failed',
+        idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
+        decision_detail = coalesce(decision_detail, '{}'::jsonb)
+            || '{"gate": "provider_error", "interrupted": true}'::jsonb,
+        updated_at = now()
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
+        AND NOT coalesce(decision_detail ? 'ahead', false)
+    """
+)
 
 
 # --------------------------------------------------------------------------- hand-off
@@ -696,39 +708,16 @@ async def postpone_deferred(
 # The mailer's set-based path (hogsend.channels.send_batches): the same locks, facts and
 # rows as one attempt's, for many attempts in a handful of statements.
 
-_LOCK_KEYS = text(
-    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
-    " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS locks"
-)
 _UNLOCK_KEYS = text(
     "SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
     " hashtextextended('hogsend.send-key:' || k, 0) AS h"
     " FROM unnest(CAST(:keys AS text[])) AS k) AS locks"
 )
-_LOCK_ADDRESSES = text(
-    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-to:' || lower(e), 0) AS h"
-    " FROM unnest(CAST(:emails AS text[])) AS e ORDER BY h) AS locks"
-)
-
-
-async def lock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
-    """Take :func:`lock_key_sql`'s session-level lock on every key, in hash order.
-
-    The fixed order keeps two batches that share keys from deadlocking each other.
-    """
-    await conn.execute(_LOCK_KEYS, {"keys": list(keys)})
 
 
 async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
-    """Release what :func:`lock_keys` took."""
+    """Release the keys' locks :func:`begin_and_read_contacts` took."""
     await conn.execute(_UNLOCK_KEYS, {"keys": list(keys)})
-
-
-async def lock_addresses(conn: AsyncConnection, emails: Sequence[str]) -> None:
-    """:func:`lock_address` for every address, in hash order, until the transaction ends."""
-    await conn.execute(_LOCK_ADDRESSES, {"emails": list(emails)})
 
 
 async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -741,19 +730,37 @@ async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dic
 
 
 async def begin_and_read_contacts(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+    conn: AsyncConnection,
+    ids: Sequence[uuid.UUID],
+    *,
+    addresses: Sequence[str | None] | None = None,
+    keys: Sequence[str] = (),
 ) -> dict[uuid.UUID, Any]:
-    """Open a transaction and read :func:`contacts_by_id`, in one round trip.
+    """Open a transaction, take the batch's locks and read :func:`contacts_by_id`.
 
-    ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`): BEGIN and the
-    read travel as one simple-protocol query (the ids as a literal array), and
-    :func:`end_transaction` ends the transaction. Rows as :func:`contacts_by_id`'s
-    (``.id``, ``.deleted_at``, ``._mapping``).
+    One round trip: ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`),
+    BEGIN, the locks and the read travel as one simple-protocol query (values as
+    literals), and :func:`end_transaction` ends the transaction. The locks, each set
+    in hash order (two batches sharing some cannot deadlock): :func:`lock_key_sql`'s on
+    ``keys``, held until :func:`unlock_keys`; with ``addresses`` (one per id, None for
+    the contact's own), :func:`lock_address` on the address of every live contact that
+    has one. Rows as :func:`contacts_by_id`'s (``.id``, ``.deleted_at``,
+    ``._mapping``).
     """
+    literal_ids = Literal([str(i) for i in ids])
+    parts: list[Composable] = [SQL("BEGIN")]
+    if keys:
+        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(list(keys))))
+    if addresses is not None:
+        parts.append(
+            _LOCK_CONTACT_ADDRESSES.format(ids=literal_ids, emails=Literal(list(addresses)))
+        )
+    parts.append(_CONTACTS.format(ids=literal_ids))
     driver = await _driver(conn)
     async with driver.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_BEGIN_CONTACTS.format(ids=Literal([str(i) for i in ids])))
-        cur.nextset()
+        await cur.execute(SQL("; ").join(parts))
+        for _ in parts[1:]:
+            cur.nextset()
         rows = await cur.fetchall()
     return {row["id"]: _ContactRow(row) for row in rows}
 
@@ -773,8 +780,21 @@ async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
     return driver
 
 
-_BEGIN_CONTACTS = SQL(
-    "BEGIN; SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+_CONTACTS = SQL(
+    "SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+)
+_LOCK_KEYS_LITERAL = SQL(
+    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    " FROM unnest(CAST({keys} AS text[])) AS k ORDER BY h) AS locks"
+)
+# Before the read: the facts statement that follows takes a snapshot after the locks.
+_LOCK_CONTACT_ADDRESSES = SQL(
+    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
+    " hashtextextended('hogsend.send-to:' || lower(coalesce(q.e, c.email)), 0) AS h"
+    " FROM unnest(CAST({ids} AS uuid[]), CAST({emails} AS text[])) AS q(id, e)"
+    " JOIN contacts c ON c.id = q.id AND c.deleted_at IS NULL"
+    " WHERE coalesce(q.e, c.email) IS NOT NULL ORDER BY h) AS locks"
 )
 
 
@@ -876,25 +896,18 @@ _FACTS_BATCH = text(
 async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
     """:func:`abandon` for several interrupted attempts at once."""
     if send_ids:
-        await conn.execute(
-            text(
-                """
-                UPDATE email_sends SET decision = 'provider_error', status = 'failed',
-                    idempotency_key = NULL,
-                    last_error = 'interrupted: the attempt never finished',
-                    decision_detail = coalesce(decision_detail, '{}'::jsonb)
-                        || '{"gate": "provider_error", "interrupted": true}'::jsonb,
-                    updated_at = now()
-                WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued'
-                    AND handoff IS NULL
-                """
-            ),
-            {"ids": list(send_ids)},
-        )
+        await conn.execute(_ABANDON, {"ids": list(send_ids)})
 
 
-async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Write many decision rows in one statement; each dict names its own ``id``.
+async def insert_attempts(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    links: Sequence[tuple[uuid.UUID, uuid.UUID, str]] = (),
+) -> None:
+    """Write many decision rows, and their tracked links, in one statement.
+
+    Each row dict names its own ``id``; ``links`` are (link id, send id, URL) as
+    ``hogsend.db.repos.tracking.insert_links`` writes them.
 
     The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
     ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
@@ -907,12 +920,26 @@ async def insert_attempts(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
     for a row closed at once, :func:`finish`).
     """
     if rows:
-        await conn.execute(_INSERT_ATTEMPTS, {"rows": to_json(list(rows))})
+        await conn.execute(
+            _INSERT_ATTEMPTS,
+            {
+                "rows": to_json(list(rows)),
+                "link_ids": [link[0] for link in links],
+                "link_sends": [link[1] for link in links],
+                "link_urls": [link[2] for link in links],
+            },
+        )
 
 
+# The links' foreign key is checked at the end of the statement, when the rows are in.
 _INSERT_ATTEMPTS = text(
     """
-    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
+    WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+    links AS (
+        INSERT INTO tracked_links (id, email_send_id, original_url)
+        SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
+                             CAST(:link_urls AS text[]))
+    )
     INSERT INTO email_sends (
         id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,
         category, journey_id, journey_state_id, campaign_id, idempotency_key,
@@ -931,26 +958,6 @@ _INSERT_ATTEMPTS = text(
 )
 
 
-async def insert_links_many(
-    conn: AsyncConnection,
-    ids: Sequence[uuid.UUID],
-    send_ids: Sequence[uuid.UUID],
-    urls: Sequence[str],
-) -> None:
-    """The tracked links of many attempts (``hogsend.db.repos.tracking.insert_links``)."""
-    if ids:
-        await conn.execute(
-            text(
-                """
-                INSERT INTO tracked_links (id, email_send_id, original_url)
-                SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:sends AS uuid[]),
-                                     CAST(:urls AS text[]))
-                """
-            ),
-            {"ids": list(ids), "sends": list(send_ids), "urls": list(urls)},
-        )
-
-
 async def finish_and_log(
     conn: AsyncConnection,
     rows: Sequence[dict[str, Any]],
@@ -958,6 +965,7 @@ async def finish_and_log(
     *,
     now: datetime,
     notify: bool,
+    starts: Sequence[uuid.UUID] = (),
 ) -> list[str]:
     """:func:`finish` for many attempts plus their ``email.sent`` events, in ONE statement.
 
@@ -970,6 +978,10 @@ async def finish_and_log(
 
     Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
 
+    ``starts``: attempts decided ahead (:data:`AHEAD` in their detail) that go to the
+    provider once this commits: the mark comes off, so an attempt taking over their
+    key after a crash closes them as interrupted instead of removing them.
+
     Returns:
         The idempotency keys of events whose contact is no longer live (merged away or
         erased since the decision): nothing was stored for them, and the caller hands
@@ -978,7 +990,13 @@ async def finish_and_log(
     payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
     missing = await conn.scalar(
         _FINISH_AND_LOG,
-        {"rows": to_json(payload), "events": to_json(list(events)), "now": now, "notify": notify},
+        {
+            "rows": to_json(payload),
+            "events": to_json(list(events)),
+            "now": now,
+            "notify": notify,
+            "starts": list(starts),
+        },
     )
     return list(missing or [])
 
@@ -1005,6 +1023,10 @@ _FINISH_AND_LOG = text(
             updated_at = now()
         FROM r WHERE e.id = r.id
         RETURNING e.id
+    ), started AS (
+        UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
+        WHERE id = ANY(CAST(:starts AS uuid[])) AND decision = 'queued'
+        RETURNING id
     ), v AS (
         SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
@@ -1030,6 +1052,7 @@ _FINISH_AND_LOG = text(
     SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
                 SELECT 1 FROM live WHERE live.id = v.id)) AS missing,
            (SELECT count(*) FROM done) AS finished,
+           (SELECT count(*) FROM started) AS started,
            (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
                 WHERE CAST(:notify AS boolean)) AS notified
     """
