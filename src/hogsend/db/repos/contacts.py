@@ -137,8 +137,8 @@ async def advisory_lock(session: AsyncSession, names: Iterable[str]) -> None:
 # holding it, or the target of its alias. 0-ordinals are contact ids asked for as such.
 _MATCHES = """
     WITH k AS (
-        SELECT e->>0 AS kind, e->>1 AS value, ord
-        FROM jsonb_array_elements(CAST(:keys AS jsonb)) WITH ORDINALITY AS k(e, ord)
+        SELECT * FROM unnest(CAST(:kinds AS text[]), CAST(:vals AS text[]))
+            WITH ORDINALITY AS k(kind, value, ord)
     ), m AS (
         SELECT k.ord, true AS direct, c.id FROM k JOIN contacts c
             ON k.kind = 'external' AND c.external_id = k.value AND c.deleted_at IS NULL
@@ -155,8 +155,7 @@ _MATCHES = """
                 AND a.alias_value = CASE WHEN k.kind = 'email' THEN lower(k.value) ELSE k.value END
             JOIN contacts c ON c.id = a.contact_id AND c.deleted_at IS NULL
         UNION ALL
-        SELECT 0, true, CAST(t.id AS uuid)
-        FROM jsonb_array_elements_text(CAST(:ids AS jsonb)) AS t(id)
+        SELECT 0, true, t.id FROM unnest(CAST(:ids AS uuid[])) AS t(id)
     )
     SELECT m.ord, m.direct, c.* FROM m JOIN contacts c ON c.id = m.id
 """
@@ -192,14 +191,12 @@ async def _matches(
     wanted = sorted(set(ids))
     if not unique and not wanted:
         return Matches(by_key={}, by_id={}), False
-    # Keys and ids as JSON: psycopg's dumping of text[] and uuid[] parameters, element
-    # by element in Python, cost more of a batch's CPU than encoding them in one call.
+    # Arrays, not one JSON value: Postgres knows an array's length when it plans, and
+    # with a JSON value's default estimate (100 rows) it joined 500 keys' contacts with
+    # a sequential scan of every contact (24 ms instead of 12 ms at 20,000 contacts).
     rows = await session.execute(
         _LOOKUP_LOCKED if lock else _LOOKUP,
-        {
-            "keys": to_json([(k.kind, k.value) for k in unique]),
-            "ids": to_json([i.hex for i in wanted]),
-        },
+        {"kinds": [k.kind for k in unique], "vals": [k.value for k in unique], "ids": wanted},
     )
     by_key: dict[IdentityKey, Contact] = {}
     by_id: dict[uuid.UUID, Contact] = {}
