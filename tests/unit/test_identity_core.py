@@ -261,6 +261,25 @@ def test_a_contact_already_holding_every_key_is_a_plain_match() -> None:
     assert plan.key_after() == "u"
 
 
+def test_one_key_plans_as_the_general_rules_do() -> None:
+    # One key takes a shortcut; it must decide what the rules for several keys decide.
+    holder = contact(user_id="u", email="e@x.io")
+    known = Identity(user_id="u")
+    assert plan_resolution(known, {known.keys[0]: holder}) == ResolutionPlan(
+        action="match", target=holder
+    )
+    assert plan_resolution(Identity(email="new@x.io"), {}) == ResolutionPlan(
+        action="create", attach=Identity(email="new@x.io").keys
+    )
+    # Known only through an alias, on a contact whose slot is empty: the key is attached.
+    aliased = contact(anonymous_id="a")
+    by_alias = Identity(user_id="old-id")
+    plan = plan_resolution(by_alias, {by_alias.keys[0]: aliased})
+    assert plan.action == "link"
+    assert plan.target is aliased
+    assert plan.attach == by_alias.keys
+
+
 def test_unknown_keys_fill_empty_slots_and_promote_the_key() -> None:
     anon = contact(anonymous_id="a")
     identity = Identity(user_id="u", email="e@x.io", anonymous_id="a")

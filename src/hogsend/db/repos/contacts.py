@@ -191,6 +191,9 @@ async def _matches(
     wanted = sorted(set(ids))
     if not unique and not wanted:
         return Matches(by_key={}, by_id={}), False
+    # Arrays, not one JSON value: Postgres knows an array's length when it plans, and
+    # with a JSON value's default estimate (100 rows) it joined 500 keys' contacts with
+    # a sequential scan of every contact (24 ms instead of 12 ms at 20,000 contacts).
     rows = await session.execute(
         _LOOKUP_LOCKED if lock else _LOOKUP,
         {"kinds": [k.kind for k in unique], "vals": [k.value for k in unique], "ids": wanted},
