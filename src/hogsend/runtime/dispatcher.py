@@ -23,7 +23,9 @@ Guarantees and the consumer contract:
   it is given therefore commit together with its progress: a retry skips consumers that
   already succeeded, and never sees half of a consumer's writes. Side effects outside
   that session (DBOS calls, HTTP) are only at-least-once. A consumer must not commit or
-  roll back the session. One transaction holds the events of several contacts, up to
+  roll back the session. (An event alone in its transaction with one consumer wanting
+  it skips the savepoint: a failure rolls the transaction back and is recorded in one
+  of its own, with the same result.) One transaction holds the events of several contacts, up to
   ``dispatcher_events_per_transaction`` (a commit per event was the cost that limited
   dispatching): a consumer's savepoint keeps its failure from touching the other
   events, and if the transaction as a whole fails, the failure is recorded for the
