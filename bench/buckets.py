@@ -18,9 +18,12 @@ One embedded Postgres per population size, contacts and their events generated w
 Linearity: the per-contact cost of each size (ms per 1,000 contacts) side by side.
 Run with ``python -m bench buckets``; ``--sizes=100000,1000000`` for the big one,
 ``--skip=latency`` or ``--skip=sweep`` for one part, ``--rate=`` / ``--seconds=`` for the
-latency run's offered load. The latency run also reports the worker's CPU ms and SQL
-statements per dispatched event: on a shared machine those survive the load, the
-percentiles do not.
+latency run's offered load, ``--warmup=`` for the seconds of the same load offered first
+(default 2) whose latencies are reported apart: a freshly started worker's first events
+pay one-time costs (opening its pool's connections, preparing statements per
+connection). The latency run also reports the worker's and Postgres's CPU ms and the
+SQL statements per dispatched event, for the measured part only: on a shared machine
+those survive the load, the percentiles do not.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ BATCH = 1000
 SEED = 7
 LATENCY_RATE = 200  # events per second offered
 LATENCY_SECONDS = 30.0
+LATENCY_WARMUP_SECONDS = 2.0  # of the same load, before the measured part (reported apart)
 LATENCY_CONTACTS = 20_000
 LATENCY_PRODUCERS = 4
 
@@ -367,17 +371,18 @@ def _server(*, commit_timestamps: bool = False) -> Iterator[EmbeddedPostgres]:
 
 
 def _latency_child(
-    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent, out: Any
+    url: str, overrides: dict[str, Any], ready: MpEvent, mark: MpEvent, stop: MpEvent, out: Any
 ) -> None:
-    asyncio.run(_latency_worker(url, overrides, ready, stop, out))
+    asyncio.run(_latency_worker(url, overrides, ready, mark, stop, out))
 
 
 async def _latency_worker(
-    url: str, overrides: dict[str, Any], ready: MpEvent, stop: MpEvent, out: Any
+    url: str, overrides: dict[str, Any], ready: MpEvent, mark: MpEvent, stop: MpEvent, out: Any
 ) -> None:
     """A worker's dispatcher with the app's consumers (bucket membership for ten
     buckets), listening for NOTIFY like a deployed worker. Puts on ``out`` its CPU
-    seconds and SQL statements while the load ran (what survives a loaded machine)."""
+    seconds and SQL statements from ``mark`` (the end of the warm-up) to ``stop``: the
+    measured load's cost, which survives a loaded machine."""
     from sqlalchemy import event as sa_event
 
     from hogsend.logs import configure_logging
@@ -405,15 +410,16 @@ async def _latency_worker(
     await dispatcher.start()
     while not dispatcher.listening:  # noqa: ASYNC110 - a flag, polled briefly
         await asyncio.sleep(0.01)
-    cpu, statements = time.process_time(), 0
     ready.set()
+    await asyncio.to_thread(mark.wait)
+    cpu, statements = time.process_time(), 0
     await asyncio.to_thread(stop.wait)
     out.put({"cpu_s": time.process_time() - cpu, "statements": statements})
     await dispatcher.stop()
     await engine.dispose()
 
 
-async def _offer(url: str, *, rate: float, seconds: float, contacts: int) -> int:
+async def _offer(url: str, *, rate: float, seconds: float, contacts: int, seed: int = 0) -> int:
     """Ingest events through the API's one-round-trip path at ``rate`` per second, one
     transaction each, waking dispatchers with the API's NOTIFY throttle."""
     from hogsend.core.identity import Identity
@@ -427,7 +433,7 @@ async def _offer(url: str, *, rate: float, seconds: float, contacts: int) -> int
     started = time.perf_counter()
 
     async def produce(slot: int) -> int:
-        rng = random.Random(slot)
+        rng = random.Random(seed * LATENCY_PRODUCERS + slot)
         async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
             n = 0
             while True:
@@ -465,7 +471,7 @@ SELECT extract(epoch FROM pg_xact_commit_timestamp(o.xmin)
                  AND pg_xact_commit_timestamp(t.xmin)
                      = pg_xact_commit_timestamp(o.xmin)) AS transition
 FROM event_outbox o JOIN user_events e ON e.id = o.event_id
-WHERE o.processed_at IS NOT NULL AND e.source = 'api'
+WHERE o.processed_at IS NOT NULL AND e.source = 'api' AND o.id > %(after)s
 """
 
 
@@ -476,7 +482,7 @@ _STAGES = """
 SELECT extract(epoch FROM o.claimed_at - pg_xact_commit_timestamp(e.xmin)),
        extract(epoch FROM pg_xact_commit_timestamp(o.xmin) - o.claimed_at)
 FROM event_outbox o JOIN user_events e ON e.id = o.event_id
-WHERE o.processed_at IS NOT NULL AND e.source = 'api'
+WHERE o.processed_at IS NOT NULL AND e.source = 'api' AND o.id > %(after)s
 """
 
 
@@ -492,38 +498,78 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float) -> dict[str, Any]:
+def _drained(conn: psycopg.Connection[Any], timeout: float) -> int:
+    """Wait until the outbox has nothing left to process; returns what is left (0)."""
+    deadline = time.monotonic() + timeout
+    left = -1
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT count(*) FROM event_outbox WHERE processed_at IS NULL AND dead_at IS NULL"
+        ).fetchone()
+        left = int(row[0]) if row is not None else -1
+        if left == 0:
+            break
+        time.sleep(0.1)
+    return left
+
+
+def _latency(
+    server: EmbeddedPostgres,
+    url: str,
+    overrides: dict[str, Any],
+    *,
+    rate: float,
+    seconds: float,
+    warmup: float,
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
-    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, stop, out))
+    ready, mark, stop, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, mark, stop, out))
     proc.start()
+    server_cpu = _server_cpu(server)
     try:
         if not ready.wait(120):
             raise RuntimeError("the dispatcher process did not start")
-        offered = asyncio.run(_offer(url, rate=rate, seconds=seconds, contacts=LATENCY_CONTACTS))
-        deadline = time.monotonic() + 120
-        left = -1
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute(
-                    "SELECT count(*) FROM event_outbox WHERE processed_at IS NULL"
-                    " AND dead_at IS NULL"
-                ).fetchone()
-                left = int(row[0]) if row is not None else -1
-                if left == 0:
-                    break
-                time.sleep(0.1)
+            warmed = 0
+            if warmup > 0:
+                # A freshly started worker's first events pay one-time costs (its pool's
+                # connections, statements prepared per connection): offered and timed
+                # like the others, reported apart.
+                warmed = asyncio.run(
+                    _offer(url, rate=rate, seconds=warmup, contacts=LATENCY_CONTACTS, seed=1)
+                )
+                _drained(conn, 120)
+            row = conn.execute("SELECT coalesce(max(id), 0) FROM event_outbox").fetchone()
+            boundary = int(row[0]) if row is not None else 0
+            mark.set()
+            db_cpu = server_cpu()
+            offered = asyncio.run(
+                _offer(url, rate=rate, seconds=seconds, contacts=LATENCY_CONTACTS)
+            )
+            # Not 0: the backlog did not drain in time (a machine too loaded for the
+            # rate); the percentiles and per-event costs then leave out what waited.
+            left = _drained(conn, 120)
+            db_cpu = server_cpu() - db_cpu
             # Read while the dispatcher runs: stopping it releases (rewrites) its rows.
-            rows = conn.execute(_LATENCIES).fetchall()
-            stages = conn.execute(_STAGES).fetchall()
+            rows = conn.execute(_LATENCIES, {"after": boundary}).fetchall()
+            stages = conn.execute(_STAGES, {"after": boundary}).fetchall()
+            warm_rows = conn.execute(
+                _LATENCIES.replace("o.id >", "o.id <="), {"after": boundary}
+            ).fetchall()
             transitions = conn.execute(
-                "SELECT count(*) FROM user_events WHERE source = 'bucket'"
+                "SELECT count(*) FROM user_events e JOIN event_outbox o ON o.event_id = e.id"
+                " WHERE e.source = 'bucket' AND o.id > %(after)s",
+                {"after": boundary},
             ).fetchone()
             # Events the dispatcher handled: the offered ones and the transitions.
             handled = conn.execute(
                 "SELECT count(*) FROM event_outbox WHERE processed_at IS NOT NULL"
+                " AND id > %(after)s",
+                {"after": boundary},
             ).fetchone()
     finally:
+        mark.set()
         stop.set()
         cost = out.get(timeout=60) if proc.is_alive() else {}
         proc.join(60)
@@ -533,16 +579,20 @@ def _latency(url: str, overrides: dict[str, Any], *, rate: float, seconds: float
     return {
         "offered_events": offered,
         "offered_per_s": rate,
-        # Not 0: the backlog did not drain in time (a machine too loaded for the rate);
-        # the percentiles and per-event costs then leave out what was still waiting.
         "pending_at_end": left,
         "transition_events": int(transitions[0]) if transitions else 0,
         "all_events": _percentiles(every),
         "events_with_a_transition": _percentiles(moved),
         "stage_queued": _percentiles([float(r[0]) for r in stages]),
         "stage_processing": _percentiles([float(r[1]) for r in stages]),
+        "warmup_seconds": warmup,
+        "warmup_events": _percentiles([float(r[0]) for r in warm_rows]) if warmed else {"n": 0},
         "dispatched_events": n_handled,
         "worker_cpu_ms_per_event": round(cost.get("cpu_s", 0) * 1000 / max(n_handled, 1), 2),
+        "postgres_cpu_ms_per_event": round(db_cpu * 1000 / max(n_handled, 1), 2),
+        # Per offered (API) event: its own dispatch and that of the transitions it caused.
+        "worker_cpu_ms_per_offered_event": round(cost.get("cpu_s", 0) * 1000 / max(offered, 1), 2),
+        "postgres_cpu_ms_per_offered_event": round(db_cpu * 1000 / max(offered, 1), 2),
         "statements_per_event": round(cost.get("statements", 0) / max(n_handled, 1), 2),
     }
 
@@ -552,9 +602,11 @@ def measure_latency(
     *,
     rate: float = LATENCY_RATE,
     seconds: float = LATENCY_SECONDS,
+    warmup: float = LATENCY_WARMUP_SECONDS,
 ) -> dict[str, Any]:
     """(a): event commit -> commit of the dispatcher transaction that applied its
-    membership changes, per dispatcher configuration, each on a fresh database."""
+    membership changes, per dispatcher configuration, each on a fresh database, after
+    ``warmup`` seconds of the same load whose figures are reported apart."""
     out: dict[str, Any] = {}
     for label, overrides in settings_variants.items():
         with _server(commit_timestamps=True) as server:
@@ -562,8 +614,11 @@ def measure_latency(
             migrate.upgrade(url)
             _generate(url, LATENCY_CONTACTS, now=datetime.now(UTC))
             asyncio.run(_backfill_all(url))
-            print(f"  latency [{label}]: {rate:g} events/s for {seconds:g} s")
-            got = _latency(url, overrides, rate=rate, seconds=seconds)
+            print(
+                f"  latency [{label}]: {rate:g} events/s for {seconds:g} s"
+                f" after a {warmup:g} s warm-up"
+            )
+            got = _latency(server, url, overrides, rate=rate, seconds=seconds, warmup=warmup)
             out[label] = {"settings": overrides, **got}
             got = out[label]
             print(
@@ -574,7 +629,11 @@ def measure_latency(
                 f" queued p50 {got['stage_queued'].get('p50_ms')} ms,"
                 f" processing p50 {got['stage_processing'].get('p50_ms')} ms;"
                 f" worker CPU {got['worker_cpu_ms_per_event']} ms/event,"
-                f" {got['statements_per_event']} statements/event",
+                f" Postgres CPU {got['postgres_cpu_ms_per_event']} ms/event,"
+                f" {got['statements_per_event']} statements/event"
+                f" ({got['dispatched_events']} dispatched);"
+                f" warm-up apart: p50 {got['warmup_events'].get('p50_ms')} ms,"
+                f" p99 {got['warmup_events'].get('p99_ms')} ms",
                 flush=True,
             )
     return out
@@ -606,6 +665,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument(
         "--seconds", type=float, default=LATENCY_SECONDS, help="length of the latency run"
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=LATENCY_WARMUP_SECONDS,
+        help="seconds of the same load before the latency run, reported apart (0: none)",
+    )
     args = parser.parse_args(argv)
     sizes = tuple(int(x) for x in args.sizes.split(",") if x)
     skip = set(filter(None, args.skip.split(",")))
@@ -618,6 +683,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             },
             rate=args.rate,
             seconds=args.seconds,
+            warmup=args.warmup,
         )
     if "sweep" not in skip:
         result.update(run(sizes))

@@ -996,3 +996,63 @@ async def test_a_lost_claim_in_a_shared_transaction_keeps_nothing_of_it(
             assert len(thief.txids[i]) == 2
     # The thief's row's effect was rolled back both times; the others' stand once each.
     assert (await effect_count(engine))["effect"] == 3
+
+
+class Uninterested:
+    """A consumer that wants no event (so it never runs and writes nothing)."""
+
+    name = "uninterested"
+
+    def wants(self, event: DispatchedEvent) -> bool:
+        return False
+
+    async def consume(self, event: DispatchedEvent, session: AsyncSession) -> None:
+        raise AssertionError("not wanted, never called")
+
+
+@pytest.mark.usefixtures("effects")
+async def test_an_event_alone_with_one_interested_consumer_runs_it_without_a_savepoint(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from sqlalchemy import event as sa_event
+
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, b])
+    failing = ids[0]
+    flaky = TxRecorder("flaky", fail=lambda e: e.outbox_id == failing and e.attempt == 1)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_events_per_transaction=1),
+        [Uninterested(), flaky],
+        worker_id="w",
+    )
+    try:
+        assert await dispatcher.run_once() == 2
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    rows = await outbox_rows(engine)
+    # the failed attempt's write was rolled back with its transaction; the failure and
+    # the progress of the consumer before it are recorded, as a savepoint would have
+    assert rows[failing]["processed_at"] is None
+    assert rows[failing]["attempts"] == 1
+    assert rows[failing]["consumers_done"] == ["uninterested"]
+    assert rows[failing]["last_error"].startswith("flaky: RuntimeError")
+    assert rows[failing]["locked_until"] is None
+    assert rows[ids[1]]["processed_at"] is not None
+    assert rows[ids[1]]["consumers_done"] == ["uninterested", "flaky"]
+    assert await effect_count(engine) == Counter({"flaky": 1})
+
+    async def drained() -> bool:
+        await dispatcher.drain()
+        return await processed_count(engine) == 2
+
+    await wait_until(drained, timeout=30)
+    assert len(flaky.txids[failing]) == 2  # called once per attempt
+    assert await effect_count(engine) == Counter({"flaky": 2})

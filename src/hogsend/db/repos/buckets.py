@@ -432,6 +432,10 @@ async def emit_transition(
 # The contact row is locked as ingest locks it (a merge in flight is waited for, and a
 # contact merged away or deleted meanwhile gets nothing); a key stored before is a
 # duplicate and writes nothing; outbox rows keep the order of the transitions.
+# The contacts are looked up as an array (``= ANY``, an index probe per contact): as
+# ``IN (SELECT ... FROM v)`` the planner, guessing 100 rows from the JSON, hashed them
+# against a sequential scan of every contact (milliseconds per emit at 20,000 contacts,
+# growing with the table).
 _EMIT = text(
     """
     WITH v AS (
@@ -439,7 +443,7 @@ _EMIT = text(
             ord int, contact_id uuid, event text, idempotency_key text, properties jsonb)
     ), c AS MATERIALIZED (
         SELECT id, coalesce(external_id, anonymous_id, id::text) AS key FROM contacts
-        WHERE id IN (SELECT contact_id FROM v) AND deleted_at IS NULL
+        WHERE id = ANY(ARRAY(SELECT contact_id FROM v)) AND deleted_at IS NULL
         ORDER BY id
         FOR NO KEY UPDATE
     ), ins AS (

@@ -212,12 +212,18 @@ RETURNING id
 """
 )
 
+# The rows are found by primary key (``= ANY`` of their ids): joined to the JSON alone,
+# the planner (guessing 100 rows from it) hashed it against a scan of every pending row,
+# which grows with the backlog.
 COMPLETE_ROWS = text(
     f"""
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(id bigint, done text[])
+)
 UPDATE event_outbox o
 SET processed_at = now(), locked_until = NULL, consumers_done = v.done
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(id bigint, done text[])
-WHERE o.id = v.id AND {_TOKEN} AND {_PENDING}
+FROM v
+WHERE o.id = ANY(ARRAY(SELECT id FROM v)) AND o.id = v.id AND {_TOKEN} AND {_PENDING}
 RETURNING o.id
 """
 )
