@@ -47,6 +47,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

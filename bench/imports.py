@@ -196,11 +196,11 @@ def run(rows: int = ROWS, sample: int = SAMPLE, *, reimport: int = REIMPORT_ROWS
             migrate.upgrade(url)
             small = _csv(sample)
             bulk = runtime._import_bulk
-            runtime._import_bulk = _all_slow  # type: ignore[assignment]
+            runtime._import_bulk = _all_slow
             try:
                 result["row_by_row_sample"] = asyncio.run(_import(url, small, db_cpu))
             finally:
-                runtime._import_bulk = bulk  # type: ignore[assignment]
+                runtime._import_bulk = bulk
             print(f"  row by row ({sample:,} rows): {result['row_by_row_sample']}", flush=True)
         finally:
             server.stop()

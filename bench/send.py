@@ -110,8 +110,8 @@ def _sink() -> Iterator[tuple[int, Synchronized[int], Synchronized[int]]]:
     """
     ctx = mp.get_context("spawn")
     port = _free_port()
-    counter: Synchronized[int] = ctx.Value("i", 0)  # type: ignore[assignment]
-    size: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+    counter: Synchronized[int] = ctx.Value("i", 0)
+    size: Synchronized[int] = ctx.Value("q", 0)
     ready, stop = ctx.Event(), ctx.Event()
     process = ctx.Process(target=_sink_main, args=(port, counter, size, ready, stop), daemon=True)
     process.start()
