@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -12,6 +13,14 @@ from mail_sink import Sink, running_sink
 
 
 @pytest.fixture(autouse=True)
+def _guard_async_tests(request: pytest.FixtureRequest) -> None:
+    """Give every async test :func:`no_stranded_workflows` (a sync test may itself run
+    inside an event loop, e.g. Playwright's, where an async fixture cannot start)."""
+    if inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("no_stranded_workflows")
+
+
+@pytest.fixture
 async def no_stranded_workflows() -> AsyncIterator[None]:
     """Fail a test that leaves a DBOS workflow running on the shared event loop.
 
