@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import random
@@ -44,14 +43,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import psycopg
 from sqlalchemy import text
 
+from bench._server_cpu import postgres_cpu_reader
 from hogsend import Hogsend, define_bucket, where
 from hogsend.core.definitions import BucketDefinition
 from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
+from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url, make_async_engine
 from hogsend.runtime.reconcile import BucketSweeper
 
@@ -185,25 +184,6 @@ def _generate(url: str, n: int, *, now: datetime = NOW) -> tuple[int, float]:
     return events, time.perf_counter() - started
 
 
-def _server_cpu(server: EmbeddedPostgres) -> Callable[[], float]:
-    """CPU seconds the server's processes used so far (live backends and reaped ones, such
-    as parallel workers): a sweep's database cost, which survives a loaded machine."""
-    lock = PostmasterLock.read(server.pgdata)
-    assert lock is not None
-    postmaster = psutil.Process(lock.pid)
-
-    def used() -> float:
-        own = postmaster.cpu_times()
-        total = own.user + own.system + own.children_user + own.children_system
-        for child in postmaster.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                times = child.cpu_times()
-                total += times.user + times.system
-        return total
-
-    return used
-
-
 async def _measure(url: str, n: int, server_cpu: Callable[[], float]) -> dict[str, Any]:
     engine = make_async_engine(url, pool_size=4)
     app = Hogsend(buckets=buckets())
@@ -282,7 +262,7 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
                     f"  {n:,} contacts, {events:,} events in {gen_s:.1f} s; measuring ...",
                     flush=True,
                 )
-                measured = asyncio.run(_measure(url, n, _server_cpu(server)))
+                measured = asyncio.run(_measure(url, n, postgres_cpu_reader(server)))
             finally:
                 server.stop()
         measured["contacts"] = n
@@ -526,7 +506,7 @@ def _latency(
     ready, mark, stop, out = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Queue()
     proc = ctx.Process(target=_latency_child, args=(url, overrides, ready, mark, stop, out))
     proc.start()
-    server_cpu = _server_cpu(server)
+    server_cpu = postgres_cpu_reader(server)
     try:
         if not ready.wait(120):
             raise RuntimeError("the dispatcher process did not start")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import tempfile
 import time
 import uuid
@@ -38,14 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 from sqlalchemy import event as sa_event
 
+from bench._server_cpu import postgres_cpu_reader
 from hogsend import Hogsend
 from hogsend.core.contact_imports import ImportRow, prepare
 from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
+from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from hogsend.db.repos import imports as repo
 from hogsend.runtime import imports as runtime
@@ -78,25 +77,6 @@ def _ceiling(url: str, n: int) -> dict[str, Any]:
             copy.write_row((uuid.uuid4(), f"u{i}", f"person{i}@example.com", props))
     took = time.perf_counter() - started
     return {"rows": n, "seconds": round(took, 2), "rows_per_s": round(n / took)}
-
-
-def _server_cpu(server: EmbeddedPostgres) -> Callable[[], float]:
-    """CPU seconds the server's processes used so far (live backends and reaped ones):
-    the import's database cost, which survives a loaded machine better than rows/s."""
-    lock = PostmasterLock.read(server.pgdata)
-    assert lock is not None
-    postmaster = psutil.Process(lock.pid)
-
-    def used() -> float:
-        own = postmaster.cpu_times()
-        total = own.user + own.system + own.children_user + own.children_system
-        for child in postmaster.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                times = child.cpu_times()
-                total += times.user + times.system
-        return total
-
-    return used
 
 
 async def _import(url: str, body: bytes, server_cpu: Callable[[], float]) -> dict[str, Any]:
@@ -178,7 +158,7 @@ def run(rows: int = ROWS, sample: int = SAMPLE, *, reimport: int = REIMPORT_ROWS
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
         server.start()
-        db_cpu = _server_cpu(server)
+        db_cpu = postgres_cpu_reader(server)
         try:
             url = server.create_database("bench_ceiling")
             migrate.upgrade(url)
