@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 
@@ -39,3 +47,11 @@ def make_sync_engine(url: str) -> Engine:
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded values after commit (we hand them to the API layer)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def driver_connection(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under ``conn``, for what SQLAlchemy cannot send: COPY, and
+    several statements in one simple-protocol round trip."""
+    raw = await conn.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    return driver

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-import psycopg
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.core.contact_imports import RowError
+from hogsend.db.engine import driver_connection
 from hogsend.db.tables.imports import ImportJob, ImportRowError
 
 MAX_SUMMARY_ERRORS = 100
@@ -435,9 +435,7 @@ async def import_staged(
     if not rows:
         return StagedResult(created=0, updated=0, rest=[])
     await session.execute(_CREATE_STAGE)
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    driver = await driver_connection(await session.connection())
     async with driver.cursor() as cursor, cursor.copy(_COPY_STAGE) as copy:
         for row in rows:
             await copy.write_row(row)

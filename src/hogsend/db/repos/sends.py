@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Composable, Literal
 from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
+from hogsend.db.engine import driver_connection
 from hogsend.db.repos.contacts import CONTACT_COLUMNS, to_json
 
 # Attempts that went out (or are on their way): what duplicates, gaps and caps count.
@@ -61,8 +61,7 @@ async def begin_and_lock_key(conn: AsyncConnection, key: str) -> None:
     and the lock travel as one simple-protocol query (the key as a quoted literal),
     which a parameterised statement cannot do.
     """
-    raw = await conn.get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    driver = await driver_connection(conn)
     await driver.execute(_BEGIN_LOCK_KEY.format(name=Literal(f"hogsend.send-key:{key}")))
 
 
@@ -756,7 +755,7 @@ async def begin_and_read_contacts(
             _LOCK_CONTACT_ADDRESSES.format(ids=literal_ids, emails=Literal(list(addresses)))
         )
     parts.append(_CONTACTS.format(ids=literal_ids))
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     async with driver.cursor(row_factory=dict_row) as cur:
         await cur.execute(SQL("; ").join(parts))
         for _ in parts[1:]:
@@ -767,17 +766,11 @@ async def begin_and_read_contacts(
 
 async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
     """COMMIT (or ROLLBACK) what :func:`begin_and_read_contacts` opened; none open: nothing."""
-    driver = await _driver(conn)
+    driver = await driver_connection(conn)
     if commit:
         await driver.commit()
     else:
         await driver.rollback()
-
-
-async def _driver(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
-    raw = await conn.get_raw_connection()
-    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
-    return driver
 
 
 _CONTACTS = SQL(
