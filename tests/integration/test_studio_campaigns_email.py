@@ -267,14 +267,20 @@ async def test_the_outbox_viewer_strips_the_open_pixel(
         f'<html><body><p>Hello</p><img src="{pixel}" width="1" height="1" alt="" /></body></html>'
     )
     async with make_sessionmaker(engine)() as session:
-        message_id = await outbox_messages.add(
+        message_id = uuid.uuid4()
+        await outbox_messages.add_many(
             session,
-            to_email="p@example.com",
-            from_email="x@example.com",
-            subject="Pixel",
-            headers={"X-Test": "1"},
-            html=html,
-            text="Hello",
+            [
+                {
+                    "id": message_id,
+                    "to_email": "p@example.com",
+                    "from_email": "x@example.com",
+                    "subject": "Pixel",
+                    "headers": {"X-Test": "1"},
+                    "html": html,
+                    "text": "Hello",
+                }
+            ],
         )
         await session.commit()
     frame = await browser.get(f"/studio/email/outbox/{message_id}/html")

@@ -44,38 +44,12 @@ def _stored(row: OutboxMessage) -> StoredMessage:
     )
 
 
-async def add(
-    session: AsyncSession,
-    *,
-    to_email: str,
-    from_email: str,
-    subject: str,
-    headers: Mapping[str, Any],
-    html: str | None,
-    text: str | None,
-    email_send_id: uuid.UUID | None = None,
-) -> uuid.UUID:
-    """Store one message; returns its id."""
-    message_id: uuid.UUID | None = await session.scalar(
-        insert(OutboxMessage)
-        .values(
-            to_email=to_email,
-            from_email=from_email,
-            subject=subject,
-            headers=dict(headers),
-            html=html,
-            text=text,
-            email_send_id=email_send_id,
-        )
-        .returning(OutboxMessage.id)
-    )
-    assert message_id is not None
-    return message_id
-
-
 async def add_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Store many messages in one statement; each row names its own ``id`` and the
-    columns :func:`add` takes."""
+    """Store many messages in one statement.
+
+    Each row names its ``id``, ``to_email``, ``from_email``, ``subject``, ``headers``,
+    ``html``, ``text`` and optionally ``email_send_id``.
+    """
     if rows:
         await session.execute(insert(OutboxMessage), [dict(row) for row in rows])
 
