@@ -117,6 +117,12 @@ class Env:
         created: dict[str, Any] = response.json()
         return created
 
+    async def create_webhook(self, receiver: Receiver, **body: Any) -> dict[str, Any]:
+        """A rule notifying ``receiver``, signed with HOOK_SECRET."""
+        return await self.create(
+            **body, channel="webhook", channelConfig={"url": receiver.url, "secret": HOOK_SECRET}
+        )
+
 
 @pytest.fixture
 async def env(
@@ -317,20 +323,8 @@ async def test_a_bounce_rate_rule_mails_once_per_cooldown_and_once_resolved(env:
 async def test_webhook_alerts_are_signed_retried_after_failure_and_not_repeated(
     env: Env, receiver: Receiver, ingest_key: str
 ) -> None:
-    lag = await env.create(
-        name="Lagging",
-        type="dispatcher_lag",
-        threshold=0,
-        channel="webhook",
-        channelConfig={"url": receiver.url, "secret": HOOK_SECRET},
-    )
-    down = await env.create(
-        name="No workers",
-        type="worker_down",
-        threshold=1,
-        channel="webhook",
-        channelConfig={"url": receiver.url, "secret": HOOK_SECRET},
-    )
+    lag = await env.create_webhook(receiver, name="Lagging", type="dispatcher_lag", threshold=0)
+    down = await env.create_webhook(receiver, name="No workers", type="worker_down", threshold=1)
     http = httpx.AsyncClient()
     sweep = env.sweep(http)
     # no worker runs here: the event waits in the outbox, so the dispatcher lags
@@ -377,13 +371,7 @@ async def test_webhook_alerts_are_signed_retried_after_failure_and_not_repeated(
 async def test_the_rule_is_not_locked_while_its_webhook_is_called(
     env: Env, receiver: Receiver, database_url: str
 ) -> None:
-    rule = await env.create(
-        name="No workers",
-        type="worker_down",
-        threshold=1,
-        channel="webhook",
-        channelConfig={"url": receiver.url, "secret": HOOK_SECRET},
-    )
+    rule = await env.create_webhook(receiver, name="No workers", type="worker_down", threshold=1)
     seen: list[str] = []
 
     def try_to_lock_the_rule() -> None:

@@ -245,6 +245,20 @@ def person(name: str, n: int) -> Contact:
     )
 
 
+def compose_for(planner: MessagePlans, key: str, contact: Contact) -> Composed | None:
+    """``key`` composed for ``contact`` with the value-slot tests' props, links and tracking."""
+    return planner.compose(
+        key,
+        contact=contact,
+        props={"team": "Blue"},
+        subject=None,
+        link_tokens={name: "tok" for name in PREFIXES},
+        send_id=uuid.uuid4(),
+        opens=True,
+        clicks=True,
+    )
+
+
 def direct_for(
     registry: TemplateRegistry,
     key: str,
@@ -333,16 +347,7 @@ def test_per_contact_values_give_the_direct_message(uses: TemplateRegistry, key:
 def test_names_in_body_text_share_one_plan(uses: TemplateRegistry) -> None:
     planner = plans(uses)
     for n in range(20):
-        composed = planner.compose(
-            "greet",
-            contact=person(f"Ada{n}", n),
-            props={"team": "Blue"},
-            subject=None,
-            link_tokens={name: "tok" for name in PREFIXES},
-            send_id=uuid.uuid4(),
-            opens=True,
-            clicks=True,
-        )
+        composed = compose_for(planner, "greet", person(f"Ada{n}", n))
         assert composed is not None
         assert f"Hi Ada{n}, team Blue." in composed.rendered.html
         assert f"Hi Ada{n}, team Blue." in composed.rendered.text
@@ -359,16 +364,7 @@ def test_values_the_finishing_steps_read_get_no_shared_plan(
     # rendering is refused, so each contact's rendering plans on its own.
     planner = plans(uses)
     for n in range(3):
-        planner.compose(
-            key,
-            contact=person(f"Ada{n}", n),
-            props={"team": "Blue"},
-            subject=None,
-            link_tokens={name: "tok" for name in PREFIXES},
-            send_id=uuid.uuid4(),
-            opens=True,
-            clicks=True,
-        )
+        compose_for(planner, key, person(f"Ada{n}", n))
     used = [plan_key for plan_key, plan in planner._plans.items() if plan is not None]
     assert len(used) == 3
     assert all(f"Ada{n}" in str(plan_key) for n, plan_key in enumerate(used))
@@ -388,16 +384,7 @@ def test_a_kept_slotted_rendering_spares_the_second_render(
     monkeypatch.setattr(uses, "render_jinja", counted)
 
     def compose(key: str, n: int, name: str) -> Composed | None:
-        return planner.compose(
-            key,
-            contact=person(name, n),
-            props={"team": "Blue"},
-            subject=None,
-            link_tokens={name: "tok" for name in PREFIXES},
-            send_id=uuid.uuid4(),
-            opens=True,
-            clicks=True,
-        )
+        return compose_for(planner, key, person(name, n))
 
     compose("greet", 0, "Ada0")
     assert len(renders) == 2  # the real rendering, then the slotted one
