@@ -104,6 +104,14 @@ def journey_workflow_name(journey_id: str) -> str:
     return durable_name("journey", journey_id)
 
 
+def _enrolled(enrollment: dict[str, Any]) -> tuple[Contact, datetime]:
+    """The contact and the clock an enrollment recorded in its run's input."""
+    return (
+        contact_from_message(enrollment["contact"]),
+        datetime.fromisoformat(enrollment["enrolledAt"]),
+    )
+
+
 class JourneyRuntime:
     """Everything the journey workflows of one worker process share.
 
@@ -200,11 +208,8 @@ class JourneyRuntime:
             # :meth:`_begin` would for a replay, without its transaction. Waking a parked
             # run is replay-bound (bench/journeys.py); an exit that landed since is seen
             # by the run's next new step, which checks the row.
-            started = (
-                contact_from_message(enrollment["contact"]),
-                "active",
-                datetime.fromisoformat(enrollment["enrolledAt"]),
-            )
+            contact, enrolled_at = _enrolled(enrollment)
+            started = (contact, "active", enrolled_at)
         elif starts_from_input(enrollment):
             started = await self._begin(state_id, enrollment)
         else:
@@ -270,8 +275,7 @@ class JourneyRuntime:
                 # the uncommitted run to exit it.
                 await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
                 return None
-        contact = contact_from_message(enrollment["contact"])
-        now = datetime.fromisoformat(enrollment["enrolledAt"])
+        contact, now = _enrolled(enrollment)
         if begun.moved or begun.begun_before:
             # A replay goes on as a recorded start step did: into the body, whose recorded
             # steps replay and whose next step sees an exit that landed since.
