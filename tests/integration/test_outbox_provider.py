@@ -98,5 +98,8 @@ async def test_concurrent_sends_share_one_write_and_each_gets_its_own_row(
                 stored = await outbox_messages.get(session, uuid.UUID(result.message_id))
                 assert stored is not None
                 assert (stored.to_email, stored.subject) == (f"r{n}@example.com", f"S{n}")
+            # Rows written together still list newest first, in the order handed in.
+            listed = await outbox_messages.list_messages(session)
+            assert [m.subject for m in listed] == [f"S{n}" for n in reversed(range(8))]
     finally:
         await engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from hogsend.channels.email.message import OutgoingEmail, ProviderResult
@@ -67,6 +68,9 @@ class OutboxProvider:
                     "html": message.html,
                     "text": message.text,
                     "email_send_id": message.email_send_id,
+                    # The time it was handed in, not the shared commit's: rows stored
+                    # together still list newest first in the order they were sent.
+                    "created_at": datetime.now(UTC),
                 }
             )
         except SQLAlchemyError as exc:

@@ -48,7 +48,8 @@ async def add_many(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> 
     """Store many messages in one statement.
 
     Each row names its ``id``, ``to_email``, ``from_email``, ``subject``, ``headers``,
-    ``html``, ``text`` and optionally ``email_send_id``.
+    ``html``, ``text`` and optionally ``email_send_id`` and ``created_at`` (default: the
+    transaction's time, which every row of one call would then share).
     """
     if rows:
         await session.execute(insert(OutboxMessage), [dict(row) for row in rows])
