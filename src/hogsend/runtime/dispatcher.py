@@ -25,7 +25,9 @@ Guarantees and the consumer contract:
   that session (DBOS calls, HTTP) are only at-least-once. A consumer must not commit or
   roll back the session. (An event alone in its transaction with one consumer wanting
   it skips the savepoint: a failure rolls the transaction back and is recorded in one
-  of its own, with the same result.) One transaction holds the events of several contacts, up to
+  of its own, with the same result. Consumers that say they need no savepoint run
+  without one, and a failure of one of them redoes the transaction with savepoints:
+  see :func:`consumer_needs_savepoint`.) One transaction holds the events of several contacts, up to
   ``dispatcher_events_per_transaction`` (a commit per event was the cost that limited
   dispatching): a consumer's savepoint keeps its failure from touching the other
   events, and if the transaction as a whole fails, the failure is recorded for the
@@ -120,7 +122,8 @@ class EventConsumer(Protocol):
     ``name`` is a kebab-case id stored in ``event_outbox.consumers_done``: keep it stable.
     ``consume`` gets the event and the transaction it runs in (see the module docstring
     for what that promises); it must be idempotent and signal failure by raising.
-    It may also define ``wants(event) -> bool`` (see :func:`consumer_wants`).
+    It may also define ``wants(event) -> bool`` (see :func:`consumer_wants`) and
+    ``needs_savepoint = False`` (see :func:`consumer_needs_savepoint`).
     """
 
     @property
@@ -144,6 +147,21 @@ def consumer_wants(consumer: EventConsumer, event: DispatchedEvent) -> bool:
     """
     wants = getattr(consumer, "wants", None)
     return True if wants is None else bool(wants(event))
+
+
+def consumer_needs_savepoint(consumer: EventConsumer) -> bool:
+    """Whether ``consumer`` must run in a savepoint of its own when it shares a transaction.
+
+    A consumer may set ``needs_savepoint = False``: it accepts that its writes in the
+    session are rolled back when another consumer of the same transaction fails, and that
+    it is then run again for the same attempt (its effects outside the session, already
+    at-least-once, may happen twice). The dispatcher then runs a transaction whose
+    wanted consumers all say so without savepoints (a savepoint pair is two round trips
+    per consumer and event); when one of them fails, it rolls the transaction back and
+    does it again with a savepoint per consumer, which records the failure as usual.
+    Without the attribute, a consumer gets its savepoint.
+    """
+    return bool(getattr(consumer, "needs_savepoint", True))
 
 
 _EXTRA_CONSUMERS_ATTRIBUTE = "_hogsend_extra_consumers"
@@ -497,14 +515,20 @@ class Dispatcher:
             done.append(consumer.name)
         return done, None
 
-    def _wanted_by_one_at_most(self, row: ClaimedRow) -> bool:
+    def _wanted(self, row: ClaimedRow) -> list[EventConsumer]:
         event = _event_of(row)
-        wanted = 0
-        for consumer in self._pending_consumers(row):
-            wanted += consumer_wants(consumer, event)
-        return wanted <= 1
+        return [c for c in self._pending_consumers(row) if consumer_wants(c, event)]
 
-    async def _process_chunk(self, chunk: list[list[ClaimedRow]], conn: AsyncConnection) -> None:
+    def _savepoint_free(self, rows: Sequence[ClaimedRow]) -> bool:
+        """Whether every consumer that wants one of ``rows`` runs without a savepoint
+        (see :func:`consumer_needs_savepoint`)."""
+        return all(
+            not consumer_needs_savepoint(consumer) for row in rows for consumer in self._wanted(row)
+        )
+
+    async def _process_chunk(
+        self, chunk: list[list[ClaimedRow]], conn: AsyncConnection, *, careful: bool = False
+    ) -> None:
         """Process several contacts' rows in one transaction, with the rules of one row.
 
         Each row's consumers run in savepoints as in :meth:`_process_row`; the rows that
@@ -514,8 +538,14 @@ class Dispatcher:
         one by one. If the transaction itself fails, the failure is recorded for the
         row it failed on (if any), as :meth:`_process_row` does, and the other rows are
         processed one by one.
+
+        When every consumer that wants one of the rows needs no savepoint (see
+        :func:`consumer_needs_savepoint`), they run without any, unless ``careful``; a
+        consumer's failure then rolls the transaction back and the chunk is processed
+        again, ``careful``, with the savepoints.
         """
         token = chunk[0][0].token
+        savepoints = careful or not self._savepoint_free([r for rows in chunk for r in rows])
         current: ClaimedRow | None = None
         failure: tuple[str, Exception] | None = None
         try:
@@ -531,7 +561,9 @@ class Dispatcher:
                             released.extend(r.id for r in rows[index:])
                             break
                         current = row
-                        done, failure = await self._run_consumers(row, session)
+                        done, failure = await self._run_consumers(
+                            row, session, savepoints=savepoints
+                        )
                         if failure is None:
                             completed.append((row.id, done))
                             continue
@@ -556,6 +588,10 @@ class Dispatcher:
             )
             for rows in chunk:
                 await self._process_contact(rows, conn)
+        except _Unsaved:
+            # A consumer without a savepoint failed: nothing of the chunk was kept. The
+            # careful pass runs each consumer in its savepoint and records the failure.
+            await self._process_chunk(chunk, conn, careful=True)
         except Exception as exc:
             redo = chunk
             if current is not None:
@@ -591,14 +627,20 @@ class Dispatcher:
             return _Outcome.LOST
         return recorded or _Outcome.LOST
 
-    async def _process_row(self, row: ClaimedRow, conn: AsyncConnection) -> _Outcome:
+    async def _process_row(
+        self, row: ClaimedRow, conn: AsyncConnection, *, careful: bool = False
+    ) -> _Outcome:
         failure: tuple[str, Exception] | None = None
         # With one consumer to run, its savepoint protects nothing else of the
         # transaction: the same rules hold if a failure rolls the whole transaction back
         # and is recorded in one of its own, against the progress of the consumers
         # before it (which did nothing for this event). A savepoint pair was two of the
         # event's five round trips and most of the dispatcher's Python per event.
-        savepoints = not self._wanted_by_one_at_most(row)
+        # Several consumers that need no savepoint run without one too: a failure rolls
+        # the transaction back and the row is processed again, carefully.
+        wanted = self._wanted(row)
+        alone = len(wanted) <= 1
+        savepoints = not alone and (careful or not self._savepoint_free([row]))
         try:
             async with (
                 AsyncSession(bind=conn, expire_on_commit=False) as session,
@@ -614,6 +656,8 @@ class Dispatcher:
                     raise _ClaimLost
                 return outcome
         except _Unsaved as unsaved:
+            if not alone:
+                return await self._process_row(row, conn, careful=True)
             return await self._record_failure_alone(
                 row, unsaved.consumer, unsaved.error, unsaved.done
             )

@@ -1154,10 +1154,16 @@ def _event_of(event: DispatchedEvent) -> Event:
     )
 
 
+# The journey consumers need no savepoint of their own (see consumer_needs_savepoint):
+# their writes are keyed (the trigger event, the run) and their DBOS messages carry
+# idempotency keys, so running one again after a rollback does what running it once does.
+
+
 class JourneyExits:
     """Consumer: an event matching a journey's ``exit_on`` exits the contact's run of it."""
 
     name = "journey-exits"
+    needs_savepoint = False
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
@@ -1192,6 +1198,7 @@ class JourneyWakeups:
     """Consumer: delivers an event to the contact's runs waiting for it."""
 
     name = "journey-wakeups"
+    needs_savepoint = False
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
@@ -1223,6 +1230,7 @@ class JourneyTriggers:
     """Consumer: starts the journeys an event triggers (guards, then the workflow)."""
 
     name = "journey-triggers"
+    needs_savepoint = False
 
     def __init__(self, runtime: JourneyRuntime) -> None:
         self.runtime = runtime
