@@ -94,6 +94,13 @@ Clock = Callable[[], datetime]
 Workflow = Callable[[str, dict[str, Any]], Coroutine[Any, Any, str]]
 
 
+class _Unset:
+    """No value given (None is one)."""
+
+
+_UNSET = _Unset()
+
+
 def utc_now() -> datetime:
     """The real clock."""
     return datetime.now(UTC)
@@ -189,6 +196,13 @@ class JourneyRuntime:
         if recorded is None or workflow_id is None:
             return await self._run(definition, state_id, enrollment, replaying=False)
         try:
+            if starts_from_input(enrollment):
+                # The records come with the statement that begins the run: a first
+                # execution pays one transaction before its body, not two.
+                started = await self._begin_and_recall(state_id, workflow_id, enrollment, recorded)
+                return await self._run(
+                    definition, state_id, enrollment, replaying=False, started=started
+                )
             replaying = await recorded.prefetch(workflow_id)
             return await self._run(definition, state_id, enrollment, replaying=replaying)
         finally:
@@ -201,9 +215,11 @@ class JourneyRuntime:
         enrollment: dict[str, Any],
         *,
         replaying: bool,
+        started: tuple[Contact, str, datetime] | _Unset | None = _UNSET,
     ) -> str:
-        started: tuple[Contact, str, datetime] | None
-        if starts_from_input(enrollment) and replaying:
+        if not isinstance(started, _Unset):
+            pass  # begun with its records (JourneyRuntime._begin_and_recall)
+        elif starts_from_input(enrollment) and replaying:
             # Its first execution began it (every step comes after that): go on as
             # :meth:`_begin` would for a replay, without its transaction. Waking a parked
             # run is replay-bound (bench/journeys.py); an exit that landed since is seen
@@ -257,6 +273,37 @@ class JourneyRuntime:
         # ended keeps its status and gets no second log line), so a replay may run it
         # again, and a step's recording (a system-database transaction) is saved.
         return await self._finish_step(definition.id, state_id, "completed", None)
+
+    async def _begin_and_recall(
+        self,
+        state_id: uuid.UUID,
+        workflow_id: str,
+        enrollment: dict[str, Any],
+        recorded: replay.RecordedSteps,
+    ) -> tuple[Contact, str, datetime] | None:
+        """:meth:`_begin` and the replay prefetch in one statement: the run's row moves
+        as :meth:`_begin` moves it, and its step records (DBOS's, read in the same
+        statement) answer its steps' checks. With records, the run goes on as a replay
+        (as :meth:`_run` does after a prefetch); without, as :meth:`_begin` decides.
+        """
+        async with self.sessions() as session, session.begin():
+            found = await enrollments_repo.begin_and_recall(
+                session, state_id, workflow_id, now=self.clock(), dbos_schema=DBOS_SCHEMA
+            )
+            # Raises for a cancelled workflow (before anything of this transaction stays).
+            replaying = recorded.preload(workflow_id, found.workflow_status, found.records)
+            begun = found.begun
+            if not replaying:
+                if begun is None:
+                    return None
+                if begun.moved and begun.contact_gone:
+                    # As in _begin: deleted after the enrollment read it.
+                    await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+                    return None
+        contact, now = _enrolled(enrollment)
+        if replaying or begun is None or begun.moved or begun.begun_before:
+            return contact, "active", now
+        return contact, begun.status, now
 
     async def _begin(
         self, state_id: uuid.UUID, enrollment: dict[str, Any]

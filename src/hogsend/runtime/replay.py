@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -80,6 +80,39 @@ class RecordedSteps:
         replay: a resumed, recovered or taken-over run).
         """
         found = await asyncio.to_thread(_read_records, self.sys_db, workflow_id)
+        with self._lock:
+            self._records[workflow_id] = found
+        return bool(found)
+
+    def preload(
+        self, workflow_id: str, workflow_status: str | None, rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        """The run ``workflow_id`` begins here with its status and records read by the
+        caller, in a transaction of its own (a fresh journey run reads them with the
+        statement that begins it: hogsend.db.repos.enrollments.begin_and_recall).
+
+        ``rows`` are ``(function_id, output, error, function_name, child_workflow_id,
+        serialization)`` of an unsharded system database. Raises and returns as
+        :meth:`prefetch` does.
+        """
+        from dbos._error import DBOSWorkflowCancelledError
+
+        assert workflow_status is not None, f"Error: Workflow {workflow_id} does not exist"
+        if workflow_status == "CANCELLED":
+            raise DBOSWorkflowCancelledError(
+                f"Workflow {workflow_id} is cancelled. Aborting function."
+            )
+        found = {
+            int(row[0]): {
+                "output": row[1],
+                "error": row[2],
+                "function_name": row[3],
+                "child_workflow_id": row[4],
+                "serialization": row[5],
+                "child_shard_key": None,
+            }
+            for row in rows
+        }
         with self._lock:
             self._records[workflow_id] = found
         return bool(found)
