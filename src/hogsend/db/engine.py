@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -28,15 +29,56 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + normalize_url(url)[len("postgresql+psycopg://") :]
 
 
+PING_AFTER_IDLE_SECONDS = 2.0
+"""A pooled connection idle at least this long is pinged before it is handed out."""
+
+
 def make_async_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """The async engine the API and worker use for hogsend's own tables."""
-    return create_async_engine(
+    """The async engine the API and worker use for hogsend's own tables.
+
+    Connections are pinged on checkout only when they sat in the pool for
+    :data:`PING_AFTER_IDLE_SECONDS` or more (see :func:`ping_when_idle`).
+    """
+    engine = create_async_engine(
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
     )
+    ping_when_idle(engine.sync_engine)
+    return engine
+
+
+def ping_when_idle(engine: Engine, *, after_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Ping a pooled connection on checkout when it was idle ``after_seconds`` or more.
+
+    What SQLAlchemy's ``pool_pre_ping`` does, but not for a connection returned a moment
+    ago: under load every checkout found one, and its ping was a round trip of its own
+    (three per journey run, bench/journeys.py). A connection dropped while idle (a
+    restarted server, a proxy's idle timeout) has sat in the pool; one that fails
+    anyway fails its statement, which invalidates the pool (SQLAlchemy's disconnect
+    handling) like any error of a connection lost mid-use.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.exc import DisconnectionError
+
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info["hogsend_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        returned = record.info.get("hogsend_returned_at")
+        # A connection never returned was just opened: nothing to check.
+        if returned is None or time.monotonic() - returned < after_seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool drops this connection and checks out another.
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def make_sync_engine(url: str) -> Engine:
