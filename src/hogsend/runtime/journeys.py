@@ -281,29 +281,23 @@ class JourneyRuntime:
         enrollment: dict[str, Any],
         recorded: replay.RecordedSteps,
     ) -> tuple[Contact, str, datetime] | None:
-        """:meth:`_begin` and the replay prefetch in one statement: the run's row moves
-        as :meth:`_begin` moves it, and its step records (DBOS's, read in the same
-        statement) answer its steps' checks. With records, the run goes on as a replay
-        (as :meth:`_run` does after a prefetch); without, as :meth:`_begin` decides.
+        """The replay prefetch and :meth:`_begin` in one transaction of hogsend's.
+
+        The run's step records (DBOS's rows, in the same database) answer its steps'
+        checks, as :meth:`replay.RecordedSteps.prefetch` would. With records, it is a
+        replay and goes on without the begin statement (as :meth:`_run` does after a
+        prefetch); without, the begin statement follows in the same transaction: a first
+        execution pays one transaction before its body, not two.
         """
         async with self.sessions() as session, session.begin():
-            found = await enrollments_repo.begin_and_recall(
-                session, state_id, workflow_id, now=self.clock(), dbos_schema=DBOS_SCHEMA
+            found = await enrollments_repo.recall_steps(
+                session, workflow_id, dbos_schema=DBOS_SCHEMA
             )
-            # Raises for a cancelled workflow (before anything of this transaction stays).
-            replaying = recorded.preload(workflow_id, found.workflow_status, found.records)
-            begun = found.begun
-            if not replaying:
-                if begun is None:
-                    return None
-                if begun.moved and begun.contact_gone:
-                    # As in _begin: deleted after the enrollment read it.
-                    await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
-                    return None
-        contact, now = _enrolled(enrollment)
-        if replaying or begun is None or begun.moved or begun.begun_before:
-            return contact, "active", now
-        return contact, begun.status, now
+            # Raises for a cancelled workflow, as the prefetch does.
+            if recorded.preload(workflow_id, found.workflow_status, found.records):
+                contact, enrolled_at = _enrolled(enrollment)
+                return contact, "active", enrolled_at
+            return await self._begin_in(session, state_id, enrollment)
 
     async def _begin(
         self, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -314,14 +308,20 @@ class JourneyRuntime:
         and tells a first execution from a replay by the row itself.
         """
         async with self.sessions() as session, session.begin():
-            begun = await enrollments_repo.begin_run(session, state_id, now=self.clock())
-            if begun is None:
-                return None
-            if begun.moved and begun.contact_gone:
-                # Deleted after the enrollment read it, by a transaction that could not see
-                # the uncommitted run to exit it.
-                await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
-                return None
+            return await self._begin_in(session, state_id, enrollment)
+
+    async def _begin_in(
+        self, session: AsyncSession, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> tuple[Contact, str, datetime] | None:
+        """:meth:`_begin` in the caller's transaction."""
+        begun = await enrollments_repo.begin_run(session, state_id, now=self.clock())
+        if begun is None:
+            return None
+        if begun.moved and begun.contact_gone:
+            # Deleted after the enrollment read it, by a transaction that could not see
+            # the uncommitted run to exit it.
+            await repo.exit_runs(session, reason="contact_deleted", state_ids=[state_id])
+            return None
         contact, now = _enrolled(enrollment)
         if begun.moved or begun.begun_before:
             # A replay goes on as a recorded start step did: into the body, whose recorded

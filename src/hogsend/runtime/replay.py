@@ -89,7 +89,7 @@ class RecordedSteps:
     ) -> bool:
         """The run ``workflow_id`` begins here with its status and records read by the
         caller, in a transaction of its own (a fresh journey run reads them with the
-        statement that begins it: hogsend.db.repos.enrollments.begin_and_recall).
+        transaction that begins it: hogsend.db.repos.enrollments.recall_steps).
 
         ``rows`` are ``(function_id, output, error, function_name, child_workflow_id,
         serialization)`` of an unsharded system database. Raises and returns as

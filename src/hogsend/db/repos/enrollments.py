@@ -270,70 +270,39 @@ async def begin_run(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RecalledRun:
-    """A run as it begins from its input, with its workflow's step records.
+class RecordedSteps:
+    """A workflow's DBOS status and step records, as a run reads them when it begins.
 
     Attributes:
-        begun: what :func:`begin_run` returns (None when no run has that id).
-        workflow_status: the DBOS status of the run's workflow (None when it has no row).
+        workflow_status: the DBOS status of the workflow (None when it has no row).
         records: its recorded steps, each ``(function_id, output, error,
             function_name, child_workflow_id, serialization)`` as DBOS stored them; empty
             for a first execution.
     """
 
-    begun: BegunRun | None
     workflow_status: str | None
     records: list[tuple[int, str | None, str | None, str, str | None, str | None]]
 
 
-def _begin_and_recall_sql(dbos_schema: str) -> str:
+def _recall_sql(dbos_schema: str) -> str:
     return (
-        "WITH moved AS (UPDATE journey_states SET status = 'active', current_step = 'start',"
-        " updated_at = :now WHERE id = :id AND status = 'enrolled' RETURNING status)"
-        " SELECT s.id IS NOT NULL AS found,"
-        " coalesce((SELECT status FROM moved), s.status) AS run_status,"
-        " EXISTS (SELECT 1 FROM moved) AS moved,"
-        # The statement's snapshot: the row as it was before the update above.
-        " s.current_step IS NOT NULL AS begun_before,"
-        " (c.id IS NULL OR c.deleted_at IS NOT NULL) AS contact_gone,"
-        f" (SELECT w.status FROM {dbos_schema}.workflow_status w"
-        " WHERE w.workflow_uuid = :w) AS workflow_status,"
-        " (SELECT json_agg(json_build_array(o.function_id, o.output, o.error, o.function_name,"
-        " o.child_workflow_id, o.serialization))"
-        f" FROM {dbos_schema}.operation_outputs o WHERE o.workflow_uuid = :w) AS records"
-        # One row even when the run's row is gone: its records still decide a replay.
-        " FROM (SELECT 1) one LEFT JOIN journey_states s ON s.id = :id"
-        " LEFT JOIN contacts c ON c.id = s.contact_id"
+        f"SELECT (SELECT status FROM {dbos_schema}.workflow_status WHERE workflow_uuid = :w)"
+        " AS workflow_status,"
+        " (SELECT json_agg(json_build_array(function_id, output, error, function_name,"
+        " child_workflow_id, serialization))"
+        f" FROM {dbos_schema}.operation_outputs WHERE workflow_uuid = :w) AS records"
     )
 
 
-async def begin_and_recall(
-    session: AsyncSession,
-    state_id: uuid.UUID,
-    workflow_id: str,
-    *,
-    now: datetime,
-    dbos_schema: str,
-) -> RecalledRun:
-    """:func:`begin_run` and the read of the workflow's status and step records (what
-    DBOS's check of a step reads), in one statement.
+async def recall_steps(
+    session: AsyncSession, workflow_id: str, *, dbos_schema: str
+) -> RecordedSteps:
+    """The workflow's status and every step record (what DBOS's check of one step
+    reads), in one statement of hogsend's transaction.
 
-    The records are DBOS's rows of ``operation_outputs``, read from hogsend's side: the
-    system database is the ``dbos_schema`` of the same database, unsharded.
+    DBOS's system database is the ``dbos_schema`` of the same database (unsharded), so a
+    run reads them in the transaction that begins it (:func:`begin_run`).
     """
-    row = (
-        await session.execute(
-            text(_begin_and_recall_sql(dbos_schema)),
-            {"id": state_id, "w": workflow_id, "now": now},
-        )
-    ).one()
-    begun = None
-    if row.found:
-        begun = BegunRun(
-            status=row.run_status,
-            moved=bool(row.moved),
-            begun_before=bool(row.begun_before),
-            contact_gone=bool(row.contact_gone),
-        )
+    row = (await session.execute(text(_recall_sql(dbos_schema)), {"w": workflow_id})).one()
     records = [(int(r[0]), r[1], r[2], str(r[3]), r[4], r[5]) for r in (row.records or ())]
-    return RecalledRun(begun=begun, workflow_status=row.workflow_status, records=records)
+    return RecordedSteps(workflow_status=row.workflow_status, records=records)
