@@ -1056,3 +1056,142 @@ async def test_an_event_alone_with_one_interested_consumer_runs_it_without_a_sav
     await wait_until(drained, timeout=30)
     assert len(flaky.txids[failing]) == 2  # called once per attempt
     assert await effect_count(engine) == Counter({"flaky": 2})
+
+
+class SavepointFree(TxRecorder):
+    """A recorder that says it needs no savepoint (consumer_needs_savepoint)."""
+
+    needs_savepoint = False
+
+
+def _savepoints(engine: AsyncEngine) -> tuple[list[str], Callable[[], None]]:
+    """Start journaling the SAVEPOINT statements sent on ``engine``; returns the journal
+    and the function that stops it."""
+    from sqlalchemy import event as sa_event
+
+    found: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.upper().startswith("SAVEPOINT"):
+            found.append(statement)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    return found, lambda: sa_event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@pytest.mark.usefixtures("effects")
+async def test_consumers_that_need_no_savepoint_share_a_transaction_without_any(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, b, a, c, a, b])
+    first, second = SavepointFree("first"), SavepointFree("second")
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_concurrency=1, dispatcher_events_per_transaction=10),
+        [first, second],
+        worker_id="w",
+    )
+    savepoints, stop = _savepoints(engine)
+    try:
+        assert await dispatcher.run_once() == 6
+    finally:
+        stop()
+    assert savepoints == []
+    assert len({txid for txids in first.txids.values() for txid in txids}) == 1
+    rows = await outbox_rows(engine)
+    assert all(rows[i]["consumers_done"] == ["first", "second"] for i in ids)
+    assert all(rows[i]["processed_at"] is not None for i in ids)
+    assert await effect_count(engine) == Counter({"first": 6, "second": 6})
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_failure_without_savepoints_redoes_the_transaction_with_them(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, b, a, c, a, b])
+    failing = ids[2]  # a's second event
+    first = SavepointFree("first")
+    flaky = SavepointFree("flaky", fail=lambda e: e.outbox_id == failing and e.attempt == 1)
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(
+            database_url,
+            dispatcher_concurrency=1,
+            dispatcher_events_per_transaction=10,
+            dispatcher_backoff_base_seconds=0.2,
+            dispatcher_backoff_max_seconds=0.2,
+        ),
+        [first, flaky],
+        worker_id="w",
+    )
+    savepoints, stop = _savepoints(engine)
+    try:
+        assert await dispatcher.run_once() == 6
+    finally:
+        stop()
+    # The first pass (no savepoint) was rolled back at the failure; the second ran each
+    # consumer in its savepoint, in one transaction of its own.
+    optimistic, careful = first.txids[ids[0]]
+    assert optimistic != careful
+    assert {txids[-1] for txids in first.txids.values()} == {careful}
+    # A savepoint per consumer for each of the five events run (a's last one waits
+    # behind the failed one).
+    assert len(savepoints) == 2 * 5
+    assert len(first.txids[failing]) == 2  # the price: run again in the same attempt
+    rows = await outbox_rows(engine)
+    # What the savepoints record: the same as a transaction that had them from the start.
+    assert rows[failing]["processed_at"] is None
+    assert rows[failing]["attempts"] == 1
+    assert rows[failing]["consumers_done"] == ["first"]
+    assert rows[failing]["last_error"].startswith("flaky: RuntimeError")
+    assert rows[ids[4]]["processed_at"] is None
+    assert rows[ids[4]]["attempts"] == 0
+    assert rows[ids[4]]["locked_until"] is None
+    for i in (ids[0], ids[1], ids[3], ids[5]):
+        assert rows[i]["processed_at"] is not None
+        assert rows[i]["consumers_done"] == ["first", "flaky"]
+    # Nothing of the first pass stands: the effects are the careful pass's.
+    assert await effect_count(engine) == Counter({"first": 5, "flaky": 4})
+
+    async def drained() -> bool:
+        await dispatcher.drain()
+        return await processed_count(engine) == 6
+
+    await wait_until(drained, timeout=30)
+    assert len(first.txids[failing]) == 2  # "first" was not run again on the retry
+    assert await effect_count(engine) == Counter({"first": 6, "flaky": 6})
+
+
+@pytest.mark.usefixtures("effects")
+async def test_an_event_alone_redoes_a_failed_savepoint_free_attempt_with_savepoints(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ids = await insert_events(engine, [a, b])
+    failing = ids[0]
+    first = SavepointFree("first")
+    flaky = SavepointFree("flaky", fail=lambda e: e.outbox_id == failing and e.attempt == 1)
+    dispatcher = Dispatcher(
+        engine,
+        make_settings(database_url, dispatcher_events_per_transaction=1),
+        [first, flaky],
+        worker_id="w",
+    )
+    savepoints, stop = _savepoints(engine)
+    try:
+        assert await dispatcher.run_once() == 2
+    finally:
+        stop()
+    # Only the failed event's second pass had savepoints (one per consumer).
+    assert len(savepoints) == 2
+    assert len(first.txids[failing]) == 2
+    assert len(first.txids[ids[1]]) == 1
+    rows = await outbox_rows(engine)
+    assert rows[failing]["attempts"] == 1
+    assert rows[failing]["consumers_done"] == ["first"]
+    assert rows[failing]["last_error"].startswith("flaky: RuntimeError")
+    assert rows[ids[1]]["processed_at"] is not None
+    assert rows[ids[1]]["consumers_done"] == ["first", "flaky"]
+    assert await effect_count(engine) == Counter({"first": 2, "flaky": 1})

@@ -330,3 +330,107 @@ async def test_a_consumer_that_does_not_want_an_event_is_done_without_a_savepoin
     rows = await _rows(engine, "SELECT consumers_done, processed_at FROM event_outbox ORDER BY id")
     assert [sorted(r["consumers_done"]) for r in rows] == [["picky", "plain"]] * 2
     assert all(r["processed_at"] is not None for r in rows)
+
+
+async def _enroll_quick(worker: Worker, engine: AsyncEngine) -> str:
+    assert worker.journeys is not None
+    contact = await _contact(engine)
+    async with make_sessionmaker(engine)() as session, session.begin():
+        workflow_id = await worker.journeys.enroll(
+            session,
+            quick,
+            contact_id=contact,
+            contact_key=f"user-{contact}",
+            trigger=_trigger("fp.quick", contact),
+        )
+    assert workflow_id is not None
+    return workflow_id
+
+
+async def test_a_first_run_reads_its_step_records_in_the_transaction_that_begins_it(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    from hogsend.runtime import replay
+
+    await _enroll_quick(worker, engine)  # the first run installs the replay wrapper
+    await _until(engine, "SELECT 1 FROM journey_states WHERE status = 'completed'", 1)
+    recorded = replay.installed()
+    assert recorded is not None
+    prefetched: list[str] = []
+    checked: list[str] = []
+    prefetch, check = recorded.prefetch, recorded.check
+
+    async def counting_prefetch(workflow_id: str) -> bool:
+        prefetched.append(workflow_id)
+        return await prefetch(workflow_id)
+
+    def counting_check(workflow_id: str, *args: Any, **kwargs: Any) -> Any:
+        checked.append(workflow_id)
+        return check(workflow_id, *args, **kwargs)
+
+    # (statement, its transaction) on hogsend's engine; the transactions are kept so
+    # that no two of them share an id.
+    statements: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append((statement, conn.get_transaction()))
+
+    recorded.prefetch = counting_prefetch  # type: ignore[method-assign]
+    recorded.check = counting_check
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        workflow_id = await _enroll_quick(worker, engine)
+        await _until(engine, "SELECT 1 FROM journey_states WHERE status = 'completed'", 2)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        recorded.prefetch = prefetch  # type: ignore[method-assign]
+        recorded.check = check
+    # No prefetch transaction of DBOS's, and no step checked against its tables: the
+    # records came with the begin, and the log step's check was answered from them.
+    assert workflow_id not in prefetched
+    assert workflow_id not in checked
+    recall = [tx for sql, tx in statements if "operation_outputs" in sql]
+    begin = [tx for sql, tx in statements if "current_step = 'start'" in sql]
+    assert len(recall) == 1
+    assert len(begin) == 1
+    assert recall[0] is begin[0]
+    logs = await _rows(
+        engine,
+        "SELECT l.action FROM journey_logs l JOIN journey_states s ON s.id = l.journey_state_id"
+        " WHERE s.workflow_id = :w ORDER BY l.id",
+        w=workflow_id,
+    )
+    assert [r["action"] for r in logs] == ["enrolled", "log", "completed"]
+
+
+async def test_the_journey_consumers_enroll_without_a_savepoint(
+    worker: Worker, engine: AsyncEngine
+) -> None:
+    contact = await _contact(engine)
+    savepoints: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.upper().startswith("SAVEPOINT"):
+            savepoints.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "WITH e AS (INSERT INTO user_events (contact_id, user_id, event)"
+                    " VALUES (:c, :k, 'fp.quick') RETURNING id)"
+                    " INSERT INTO event_outbox (event_id, contact_id, contact_key, event)"
+                    " SELECT id, :c, :k, 'fp.quick' FROM e"
+                ),
+                {"c": contact, "k": f"user-{contact}"},
+            )
+        await _until(engine, "SELECT 1 FROM journey_states WHERE status = 'completed'", 1)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    # Wake-ups and triggers both want the event; neither needs a savepoint.
+    assert savepoints == []
+    rows = await _rows(engine, "SELECT consumers_done FROM event_outbox")
+    assert [sorted(r["consumers_done"]) for r in rows] == [
+        ["journey-exits", "journey-triggers", "journey-wakeups"]
+    ]

@@ -88,8 +88,8 @@ class RecordedSteps:
         self, workflow_id: str, workflow_status: str | None, rows: Sequence[Sequence[Any]]
     ) -> bool:
         """The run ``workflow_id`` begins here with its status and records read by the
-        caller, in a transaction of its own (a fresh journey run reads them with the
-        transaction that begins it: hogsend.db.repos.enrollments.recall_steps).
+        caller (a journey run reads them in the transaction that begins it, on hogsend's
+        connection: hogsend.db.repos.enrollments.recall_steps).
 
         ``rows`` are ``(function_id, output, error, function_name, child_workflow_id,
         serialization)`` of an unsharded system database. Raises and returns as
