@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.contact import Contact
 from hogsend.core.entry_rules import PriorEntries
@@ -250,7 +250,7 @@ _BEGIN = text(
 
 
 async def begin_run(
-    session: AsyncSession, state_id: uuid.UUID, *, now: datetime
+    session: AsyncSession | AsyncConnection, state_id: uuid.UUID, *, now: datetime
 ) -> BegunRun | None:
     """Move an ``enrolled`` run to ``active`` at step ``start`` and read what deciding
     its start needs, in one statement; None when no run has that id.
@@ -295,7 +295,7 @@ def _recall_sql(dbos_schema: str) -> str:
 
 
 async def recall_steps(
-    session: AsyncSession, workflow_id: str, *, dbos_schema: str
+    session: AsyncSession | AsyncConnection, workflow_id: str, *, dbos_schema: str
 ) -> RecordedSteps:
     """The workflow's status and every step record (what DBOS's check of one step
     reads), in one statement of hogsend's transaction.

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.clock import aware_now
 from hogsend.core.contact import Event
@@ -174,7 +174,7 @@ async def insert_run(
 
 
 async def add_log(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     *,
     journey_id: str,
     action: str,
@@ -315,7 +315,7 @@ _FINISH_LOGGED = (
 
 
 async def finish_logged(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     state_id: uuid.UUID,
     *,
     status: str,
@@ -347,7 +347,7 @@ async def finish_logged(
 
 
 async def log_if_running(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     state_id: uuid.UUID,
     *,
     journey_id: str,
@@ -389,7 +389,7 @@ async def log_if_running(
 
 
 async def exit_runs(
-    session: AsyncSession,
+    session: AsyncSession | AsyncConnection,
     *,
     reason: str,
     state_ids: Sequence[uuid.UUID] | None = None,
