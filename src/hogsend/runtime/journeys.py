@@ -64,7 +64,7 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import enrollments as enrollments_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
-from hogsend.runtime import due_wake, replay
+from hogsend.runtime import due_wake, replay, step_records
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
 from hogsend.runtime.due_wake import WakeEnd
@@ -185,6 +185,8 @@ class JourneyRuntime:
         # The run's step records, read in one transaction as it begins: a replay answers
         # its recorded steps from them and its new steps need no check of their own.
         recorded = replay.install()
+        # DBOS's step records from statements prepared once (hogsend.runtime.step_records).
+        step_records.install()
         workflow_id = DBOS.workflow_id
         if recorded is None or workflow_id is None:
             return await self._run(definition, state_id, enrollment, replaying=False)
