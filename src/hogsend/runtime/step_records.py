@@ -140,5 +140,5 @@ def install() -> StepRecords | None:
         return None
     _installed = StepRecords(sys_db)
     # An instance attribute shadows the class's method for this system database only.
-    sys_db._record_operation_result_txn = _installed.record
+    sys_db._record_operation_result_txn = _installed.record  # type: ignore[method-assign]
     return _installed
