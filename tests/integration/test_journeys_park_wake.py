@@ -249,10 +249,12 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
     assert not any("current_step = 'start'" in sql for sql in statements)
     # The replay read every record as it began: each recorded step was answered from
     # memory, and so was each new one (no step checked against the database), and
-    # nothing is left held once the body returned.
+    # nothing is left held once the body returned. The woke step was recorded by the
+    # waker as it resumed the run (hogsend.runtime.due_wake): a recorded step too.
     steps = await _steps(env, run["workflow_id"])
-    assert recorded.served - served == len(before_park)
-    assert recorded.new - new == len(steps) - len(before_park)
+    assert steps[len(before_park)] == "journey.woke"
+    assert recorded.served - served == len(before_park) + 1
+    assert recorded.new - new == len(steps) - len(before_park) - 1
     assert checked == []
     assert run["workflow_id"] not in recorded._records
     assert steps[: len(before_park)] == before_park

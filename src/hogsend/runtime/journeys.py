@@ -27,7 +27,6 @@ import contextvars
 import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,9 +64,10 @@ from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import enrollments as enrollments_repo
 from hogsend.db.repos import journeys as repo
 from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
-from hogsend.runtime import replay
+from hogsend.runtime import due_wake, replay, step_records
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
+from hogsend.runtime.due_wake import WakeEnd
 from hogsend.runtime.enrollments import JourneyEnqueuer
 from hogsend.runtime.polling import Poller
 from hogsend.runtime.queues import JOURNEYS
@@ -192,6 +192,8 @@ class JourneyRuntime:
         # The run's step records, read in one transaction as it begins: a replay answers
         # its recorded steps from them and its new steps need no check of their own.
         recorded = replay.install()
+        # DBOS's step records from statements prepared once (hogsend.runtime.step_records).
+        step_records.install()
         workflow_id = DBOS.workflow_id
         if recorded is None or workflow_id is None:
             return await self._run(definition, state_id, enrollment, replaying=False)
@@ -595,18 +597,6 @@ class ExitSweep(Poller):
         return len(found)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _WaitEnd:
-    """What the steps after a wait write (its closing move and log line), for a resumed
-    run whose wait is over to write in its ``journey.woke`` step instead."""
-
-    step: str
-    action: str
-    started: datetime
-    detail: dict[str, Any]
-    context: dict[str, Any] | None = None
-
-
 class _Ended:
     """The wait was ended, and its closing written, by the ``journey.woke`` step."""
 
@@ -634,14 +624,21 @@ class ParkWaker(Poller):
 
     async def run_once(self) -> int:
         """Resume the runs due now; returns how many."""
+        # Closes the waits of due runs with nothing pending and resumes them, set-based,
+        # in the claim's transaction; None leaves every run to DBOS's resume.
+        waking = due_wake.install(JOURNEYS.name)
         total = 0
         while True:
+            now = self.clock()
             async with self.sessions() as session, session.begin():
-                ids = await repo.claim_due_parked(session, now=self.clock())
-                if ids:
-                    await DBOS.resume_workflows_async(ids, queue_name=JOURNEYS.name)
-            total += len(ids)
-            if len(ids) < 100:
+                due = await repo.claim_due_parked(session, now=now)
+                rest = [run.workflow_id for run in due]
+                if due and waking is not None:
+                    rest = await waking.wake(session, due, now)
+                if rest:
+                    await DBOS.resume_workflows_async(rest, queue_name=JOURNEYS.name)
+            total += len(due)
+            if len(due) < 100:
                 return total
 
 
@@ -841,14 +838,14 @@ class DurableJourneyContext:
         return await _step("journey.exit-reason", read)
 
     async def _wait(
-        self, deadline: datetime, wait: int | None, end: _WaitEnd | None = None
+        self, deadline: datetime, wait: int | None, end: WakeEnd | None = None
     ) -> dict[str, Any] | _Ended | None:
         """Receive on the run's topic until ``deadline``: an exit raises, the awaited
         event (message of wait number ``wait``) returns, anything else is skipped."""
         while True:
             remaining = (deadline - await self._clock()).total_seconds()
             if remaining > self.runtime.park_after.total_seconds():
-                if await self._park():
+                if await self._park(end):
                     # Resumed: the wait goes on for what is left (at least a tick, so a
                     # message delivered while parked is read and step ids stay aligned),
                     # unless it is over with no message to read.
@@ -866,7 +863,7 @@ class DurableJourneyContext:
             if wait is not None and message.get("kind") == "event" and message.get("wait") == wait:
                 return dict(message["event"])
 
-    async def _woke(self, deadline: datetime, end: _WaitEnd | None) -> float | _Ended | None:
+    async def _woke(self, deadline: datetime, end: WakeEnd | None) -> float | _Ended | None:
         """After a resume: the seconds left to wait, or the end of the wait when it is over
         and no message is pending (None, or :data:`_ENDED` when ``end`` was done too).
 
@@ -915,19 +912,23 @@ class DurableJourneyContext:
             return None
         return max(left, 0.001)
 
-    async def _park(self) -> bool:
+    async def _park(self, end: WakeEnd | None) -> bool:
         """Park the run: True once resumed; ends the coroutine when it just parked.
 
         The step is recorded, so a resumed run replays it as "parked" and goes on; only
-        its first execution cancels the workflow and raises.
+        its first execution cancels the workflow and raises. ``end`` (what closing the
+        wait writes) goes into the parked row, so the waker can close the wait of a run
+        due with nothing pending, and record its ``journey.woke`` step, for a whole due
+        group at once (:mod:`hogsend.runtime.due_wake`).
         """
         runtime = self.runtime
         state_id = self.state_id
         executed: list[bool] = []
+        wake_end = None if end is None else end.to_json()
 
         async def park() -> bool:
             async with runtime.sessions() as session, session.begin():
-                parked = await repo.park(session, state_id)
+                parked = await repo.park(session, state_id, wake_end)
             executed.append(parked)
             return parked
 
@@ -982,7 +983,7 @@ class DurableJourneyContext:
         step = self._next(action)
         await self._move(step, status="waiting", next_wake_at=deadline)
         detail = {"until": deadline.isoformat()}
-        end = _WaitEnd(step=step, action=action, started=started, detail=detail)
+        end = WakeEnd(step=step, action=action, started=started, detail=detail)
         if isinstance(await self._wait(deadline, None, end), _Ended):
             return
         await self._move(step, status="active")
@@ -1013,7 +1014,7 @@ class DurableJourneyContext:
         )
         closing: dict[str, Any] = {"wait": None, "pending": False}
         if found is None:
-            end = _WaitEnd(
+            end = WakeEnd(
                 step=step,
                 action="wait_for_event",
                 started=started,

@@ -42,6 +42,8 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+
 log = structlog.get_logger(__name__)
 
 _REQUIRED = (
@@ -172,6 +174,8 @@ def _read_records(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
     tables = sys_db.tables
     outputs = tables.operation_outputs
     child_key = sys_db._key_column(outputs, "child_shard_key")
+    if child_key is None:
+        return _read_records_joined(sys_db, workflow_id)
 
     @db_retry(sys_db=sys_db)
     def read() -> tuple[list[Any], list[Any]]:
@@ -208,6 +212,47 @@ def _read_records(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
             "child_shard_key": row[6] if child_key is not None else None,
         }
         for row in rows
+    }
+
+
+# The status and every record in one statement, written once: building DBOS's two
+# selects for every run was most of the prefetch's CPU (bench/journeys.py's wake).
+# Unsharded system databases only (a sharded one keys rows by more than the id).
+_STATUS_AND_RECORDS = sa.text(
+    f"SELECT ws.status, o.function_id, o.output, o.error, o.function_name,"
+    f" o.child_workflow_id, o.serialization FROM {DBOS_SCHEMA}.workflow_status ws"
+    f" LEFT JOIN {DBOS_SCHEMA}.operation_outputs o ON o.workflow_uuid = ws.workflow_uuid"
+    f" WHERE ws.workflow_uuid = :w"
+)
+
+
+def _read_records_joined(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
+    from dbos._error import DBOSWorkflowCancelledError
+    from dbos._sys_db import db_retry
+
+    @db_retry(sys_db=sys_db)
+    def read() -> list[Any]:
+        # One statement reads one snapshot: no transaction around it (as DBOS writes a
+        # workflow's outcome), so no BEGIN and COMMIT round trips either.
+        with sys_db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            return list(conn.execute(_STATUS_AND_RECORDS, {"w": workflow_id}).all())
+
+    rows = read()
+    assert rows, f"Error: Workflow {workflow_id} does not exist"
+    if rows[0][0] == "CANCELLED":
+        raise DBOSWorkflowCancelledError(f"Workflow {workflow_id} is cancelled. Aborting function.")
+    return {
+        row[1]: {
+            "output": row[2],
+            "error": row[3],
+            "function_name": row[4],
+            "child_workflow_id": row[5],
+            "serialization": row[6],
+            "child_shard_key": None,
+        }
+        for row in rows
+        if row[1] is not None
     }
 
 

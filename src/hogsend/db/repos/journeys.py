@@ -640,20 +640,25 @@ async def exited_still_running(
 # -- parking (docs/decisions/0003-parking.md) ------------------------------------------------------
 
 
-async def park(session: AsyncSession, state_id: uuid.UUID) -> bool:
+async def park(
+    session: AsyncSession, state_id: uuid.UUID, wake_end: Mapping[str, Any] | None = None
+) -> bool:
     """Mark a waiting run parked, unless a message for it is pending; whether it parked.
 
     The row lock orders this against :func:`flag_pending`: a delivery that committed
     first keeps the run awake; one that comes later finds it parked and resumes it.
+    ``wake_end`` (``context.wakeEnd``) is what closing the wait writes, for the waker to
+    write it when the run falls due (hogsend.runtime.due_wake).
     """
     row = (
         await session.execute(
             text(
-                "UPDATE journey_states SET context = context || '{\"parked\": true}'::jsonb"
+                "UPDATE journey_states SET context = context"
+                " || jsonb_build_object('parked', true, 'wakeEnd', CAST(:end AS jsonb))"
                 " WHERE id = :id AND status = 'waiting'"
                 " AND NOT coalesce((context->>'pending')::boolean, false) RETURNING id"
             ),
-            {"id": state_id},
+            {"id": state_id, "end": None if wake_end is None else _json(dict(wake_end))},
         )
     ).first()
     return row is not None
@@ -668,7 +673,7 @@ async def flag_pending(session: AsyncSession, state_id: uuid.UUID) -> bool:
                 "WITH old AS (SELECT id, coalesce((context->>'parked')::boolean, false) AS parked"
                 " FROM journey_states WHERE id = :id FOR UPDATE)"
                 " UPDATE journey_states j"
-                " SET context = (j.context - 'parked') || '{\"pending\": true}'::jsonb"
+                " SET context = (j.context - 'parked' - 'wakeEnd') || '{\"pending\": true}'::jsonb"
                 " FROM old WHERE j.id = old.id RETURNING old.parked"
             ),
             {"id": state_id},
@@ -691,19 +696,47 @@ async def is_pending(session: AsyncSession, state_id: uuid.UUID) -> bool:
     return bool(pending)
 
 
-async def claim_due_parked(session: AsyncSession, *, now: datetime, limit: int = 100) -> list[str]:
-    """Unpark up to ``limit`` parked runs that are due, skipping rows others hold; their
-    workflow ids (resume them before committing, so a crash leaves them parked)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueRun:
+    """A parked run the waker claimed (its row unparked, not yet committed).
+
+    Attributes:
+        state_id: the run.
+        workflow_id: its DBOS workflow.
+        wake_end: what closing its wait writes (``context.wakeEnd`` as it parked;
+            hogsend.runtime.due_wake.WakeEnd), None for a run parked by older code.
+    """
+
+    state_id: uuid.UUID
+    workflow_id: str
+    wake_end: Mapping[str, Any] | None
+
+
+async def claim_due_parked(
+    session: AsyncSession, *, now: datetime, limit: int = 100
+) -> list[DueRun]:
+    """Unpark up to ``limit`` parked runs that are due, skipping rows others hold (resume
+    them before committing, so a crash leaves them parked), with what closing each one's
+    wait writes (``None`` for a run parked by older code)."""
     rows = await session.execute(
         text(
-            "UPDATE journey_states SET context = context - 'parked' WHERE id IN ("
-            " SELECT id FROM journey_states WHERE status = 'waiting' AND next_wake_at <= :now"
+            "WITH due AS (SELECT id, context->'wakeEnd' AS wake_end FROM journey_states"
+            " WHERE status = 'waiting' AND next_wake_at <= :now"
             " AND coalesce((context->>'parked')::boolean, false)"
-            " ORDER BY next_wake_at LIMIT :lim FOR UPDATE SKIP LOCKED) RETURNING workflow_id"
+            " ORDER BY next_wake_at LIMIT :lim FOR UPDATE SKIP LOCKED)"
+            " UPDATE journey_states j SET context = j.context - 'parked' - 'wakeEnd'"
+            " FROM due WHERE j.id = due.id RETURNING j.id, j.workflow_id, due.wake_end"
         ),
         {"now": now, "lim": limit},
     )
-    return [r.workflow_id for r in rows]
+    return [
+        DueRun(
+            state_id=r.id,
+            workflow_id=r.workflow_id,
+            wake_end=r.wake_end if isinstance(r.wake_end, dict) else None,
+        )
+        for r in rows
+    ]
 
 
 # -- retrying a failed run (the dead-letter queue's journey entries) ------------------------------
