@@ -985,9 +985,7 @@ async def finish_and_log(
         _FINISH_AND_LOG,
         {
             "rows": to_json(payload),
-            "ids": [row["id"] for row in rows],
             "events": to_json(list(events)),
-            "contacts": [event["contact_id"] for event in events],
             "now": now,
             "notify": notify,
             "starts": list(starts),
@@ -1021,7 +1019,7 @@ _FINISH_AND_LOG = text(
             sent_at = CASE WHEN r.ok THEN now() END,
             handoff = NULL,
             updated_at = now()
-        FROM r WHERE e.id = r.id AND e.id = ANY(CAST(:ids AS uuid[]))
+        FROM r WHERE e.id = r.id AND e.id = ANY(ARRAY(SELECT id FROM r))
         RETURNING e.id
     ), started AS (
         UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
@@ -1034,7 +1032,7 @@ _FINISH_AND_LOG = text(
     ), live AS (
         SELECT v.*, coalesce(c.external_id, c.anonymous_id, c.id::text) AS user_id
         FROM v JOIN contacts c ON c.id = v.contact_id AND c.deleted_at IS NULL
-            AND c.id = ANY(CAST(:contacts AS uuid[]))
+            AND c.id = ANY(ARRAY(SELECT contact_id FROM v))
     ), ins AS (
         INSERT INTO user_events (id, contact_id, user_id, event, properties,
                                  idempotency_key, source, occurred_at, received_at)
