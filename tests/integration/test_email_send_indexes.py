@@ -128,6 +128,13 @@ def test_partial_campaign_and_run_indexes_serve_their_lookups(
     assert campaign is not None
     funnel = _forced_plan(conn, funnels._CAMPAIGN_FUNNEL.text, {"id": campaign[0]})
     assert "ix_email_sends_campaign_id" in funnel, funnel
+    # The journey funnel joins its runs to their sends: the join proves the predicate.
+    journey = _forced_plan(
+        conn,
+        funnels._JOURNEY_FUNNEL.text,
+        {"journey": "welcome", "since": None, "until": None},
+    )
+    assert "ix_email_sends_journey_state_id" in journey, journey
     # What ON DELETE SET NULL of a run or a campaign looks up.
     for column in ("journey_state_id", "campaign_id"):
         lookup = _forced_plan(
