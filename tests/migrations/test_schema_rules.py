@@ -210,9 +210,18 @@ def _catalog(conn: Connection) -> dict[str, set[tuple[str, str]]]:
             " WHERE n.nspname = 'public' AND t.relname <> 'alembic_version'"
         )
     ).all()
+    # Storage options (email_sends' fillfactor): the migration must set what the table says.
+    options = conn.execute(
+        text(
+            "SELECT c.relname, array_to_string(c.reloptions, ',') FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reloptions IS NOT NULL"
+        )
+    ).all()
     return {
         "indexes": {(name, ddl) for name, ddl in indexes},
         "constraints": {(name, ddl) for name, ddl in constraints},
+        "options": {(name, value) for name, value in options},
     }
 
 
@@ -228,6 +237,8 @@ def test_migration_matches_the_tables_exactly(database_url: str, empty_database_
         declared.dispose()
     assert from_migration["indexes"] == from_tables["indexes"]
     assert from_migration["constraints"] == from_tables["constraints"]
+    assert from_migration["options"] == from_tables["options"]
+    assert ("email_sends", "fillfactor=90") in from_migration["options"]
 
 
 @pytest.mark.parametrize("table", ["event_outbox", "journey_logs", "import_errors"])

@@ -66,11 +66,11 @@ class EmailSend(Timestamps, Base):
     user_email: Mapped[str | None] = mapped_column(Text)
     # SET NULL (the reference had NO ACTION): deleting a run must never fail a merge.
     journey_state_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("journey_states.id", ondelete="SET NULL"), index=True
+        UUID(as_uuid=True), ForeignKey("journey_states.id", ondelete="SET NULL")
     )
     journey_id: Mapped[str | None] = mapped_column(Text)
     campaign_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("campaigns.id", ondelete="SET NULL"), index=True
+        UUID(as_uuid=True), ForeignKey("campaigns.id", ondelete="SET NULL")
     )
     template_key: Mapped[str | None] = mapped_column(Text, index=True)
     category: Mapped[str | None] = mapped_column(Text)
@@ -121,14 +121,24 @@ class EmailSend(Timestamps, Base):
             unique=True,
             postgresql_where=text("provider_message_id IS NOT NULL"),
         ),
-        # Frequency caps count recent sends per address (and per category).
-        Index("ix_email_sends_to_email_created_at_category", "to_email", "created_at", "category"),
-        # The mailer counts them by lower-cased address (its facts query, every attempt).
+        # Every send writes each index on insert, and again on an outcome update that
+        # cannot stay on its page: only indexes a query uses (migration 0014, and
+        # docs/database.md "email_sends indexes"). The frequency cap counts recent sends
+        # by lower-cased address (the mailer's facts query, every attempt).
         Index("ix_email_sends_lower_to_email_created_at", func.lower(to_email), "created_at"),
         Index("ix_email_sends_contact_id_created_at", "contact_id", "created_at"),
-        Index("ix_email_sends_user_id", "user_id"),
-        Index("ix_email_sends_status", "status"),
         Index("ix_email_sends_created_at", "created_at"),
+        # Looked up by value only (funnels, ON DELETE SET NULL): rows without one stay out.
+        Index(
+            "ix_email_sends_journey_state_id",
+            "journey_state_id",
+            postgresql_where=text("journey_state_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_email_sends_campaign_id",
+            "campaign_id",
+            postgresql_where=text("campaign_id IS NOT NULL"),
+        ),
         # The worker's queue of handed-off sends, oldest first.
         Index(
             "ix_email_sends_handoff",
@@ -159,6 +169,8 @@ class EmailSend(Timestamps, Base):
             name="kind_known",
         ),
         CheckConstraint("handoff IS NULL OR decision = 'queued'", name="handoff_only_queued"),
+        # Room on each page for an update that changes no indexed column to stay there.
+        {"postgresql_with": {"fillfactor": 90}},
     )
 
 
