@@ -62,6 +62,8 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
+Settled = Callable[[int, "SendOutcome | Exception"], None]
+"""Told (request index, outcome) once an attempt's outcome is committed."""
 
 
 class GroupCommit(Generic[T]):
@@ -145,6 +147,7 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
+    on_settled: Settled | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -153,6 +156,9 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
+        on_settled: called with (index, outcome) as soon as a set-based attempt's
+            outcome is committed, before the batch ends (the coalescer answers its
+            callers then); not called for requests that take the one-by-one path.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -188,6 +194,7 @@ async def send_batch(
                     concurrency,
                     before_send,
                     locked,
+                    on_settled,
                 )
             finally:
                 try:
@@ -465,11 +472,14 @@ class _Feed:
         finally:
             self._task = None
 
+    def _top_up(self) -> None:
+        if len(self._ready) <= self.low and self._task is None and self._chunks:
+            self._task = asyncio.ensure_future(self._fill())
+
     async def take(self) -> _Going | None:
         """The next attempt to send; None when every request was decided and taken."""
         while True:
-            if len(self._ready) <= self.low and self._task is None and self._chunks:
-                self._task = asyncio.ensure_future(self._fill())
+            self._top_up()
             if self._ready:
                 return self._ready.popleft()
             if self._task is None:
@@ -495,6 +505,7 @@ async def _lanes(
     concurrency: int,
     before_send: BeforeSend | None,
     keys: Sequence[str],
+    on_settled: Settled | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -535,12 +546,28 @@ async def _lanes(
             if outcomes[index] is None and index not in single:
                 outcomes[index] = exc
 
+    def settle(index: int) -> None:
+        """``index``'s outcome is final and committed: tell ``on_settled``."""
+        outcome = outcomes[index]
+        if on_settled is not None and outcome is not None:
+            on_settled(index, outcome)
+
+    def settle_decided(indexes: list[int]) -> None:
+        """After a decision commit: the gated attempts (and refused requests) are final."""
+        if on_settled is not None:
+            waiting = set(single)
+            for index in indexes:
+                if outcomes[index] is not None and index not in waiting:
+                    settle(index)
+
     async def decide(indexes: list[int]) -> list[_Going]:
         try:
-            return await decide_or_raise(indexes)
+            going = await decide_or_raise(indexes)
         except Exception as exc:
             failed(indexes, exc)
             return []
+        settle_decided(indexes)
+        return going
 
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
@@ -551,10 +578,12 @@ async def _lanes(
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
         return
+    settle_decided(first)
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
-    async with mailer.engine.connect() as recorder:
+    async with contextlib.AsyncExitStack() as stack:
+        recorder = await stack.enter_async_context(mailer.engine.connect())
         await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
         async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
@@ -581,6 +610,68 @@ async def _lanes(
                 return False
             return True
 
+        starter: list[AsyncConnection] = []  # opened when an attempt first needs a start
+
+        async def start_many(attempts: list[_Going]) -> None:
+            if not starter:
+                starter.append(await stack.enter_async_context(mailer.engine.connect()))
+                await starter[0].execution_options(isolation_level="AUTOCOMMIT")
+            await sends.start_attempts(starter[0], [attempt.send_id for attempt in attempts])
+
+        starting: GroupCommit[_Going] = GroupCommit(start_many)
+
+        async def start(attempt: _Going) -> bool:
+            """Take ``attempt``'s mark off (committed); False, its outcome the error, on failure."""
+            try:
+                await starting.submit(attempt)
+            except Exception as exc:
+                outcomes[attempt.index] = exc  # still marked: never sent
+                return False
+            attempt.started = True
+            return True
+
+        async def record_one(index: int, item: Item) -> None:
+            if await commit((index, item), None):
+                settle(index)
+
+        async def piped_lane(attempt: _Going | None) -> None:
+            """A lane without a throttle: outcomes are committed while it sends on.
+
+            Before its provider call an attempt decided ahead has its mark taken off (a
+            commit without a WAL flush, shared by the lanes starting at the same time);
+            its outcome goes to the group commit in a task of its own, and the lane
+            takes the next attempt at once. It waits for that commit only once the next
+            provider call returned, so at most two of its messages are ever between
+            "accepted by the provider" and "outcome committed".
+            """
+            writing: asyncio.Future[None] | None = None  # the last outcome's commit
+            try:
+                while True:
+                    if attempt is None:
+                        attempt = await feed.take()
+                        if attempt is None:
+                            return
+                    if not attempt.started and not await start(attempt):
+                        attempt = None
+                        continue
+                    item: Item | None = None
+                    try:
+                        outcome, item = await _deliver_one(mailer, attempt)
+                    except Exception as exc:
+                        outcomes[attempt.index] = exc
+                    else:
+                        outcomes[attempt.index] = outcome
+                    if writing is not None:
+                        await asyncio.shield(writing)
+                        writing = None
+                    if item is not None:
+                        writing = asyncio.ensure_future(record_one(attempt.index, item))
+                    attempt = None
+            finally:
+                if writing is not None:
+                    # Even when the lane is cancelled: a message that went out is recorded.
+                    await asyncio.shield(writing)
+
         async def lane(attempt: _Going | None) -> None:
             done: tuple[int, Item] | None = None  # the last outcome, not yet committed
             while True:
@@ -595,6 +686,8 @@ async def _lanes(
                 if not await commit(done, attempt):
                     done, attempt = None, None
                     continue
+                if done is not None:
+                    settle(done[0])
                 done = None
                 if attempt is None:
                     return
@@ -609,7 +702,8 @@ async def _lanes(
 
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
-            await asyncio.gather(*(lane(attempt) for attempt in starts))
+            run = lane if before_send is not None else piped_lane
+            await asyncio.gather(*(run(attempt) for attempt in starts))
         finally:
             await feed.close()
 
@@ -740,9 +834,22 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
+        def settled(index: int, outcome: SendOutcome | Exception) -> None:
+            # Committed: the caller may go on while the batch releases its keys' locks
+            # (a send with one of them waits for the lock and sees this outcome).
+            done = batch[index][1]
+            if not done.done():
+                if isinstance(outcome, Exception):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
+
         try:
             outcomes = await send_batch(
-                self._mailer, [request for request, _ in batch], concurrency=len(batch)
+                self._mailer,
+                [request for request, _ in batch],
+                concurrency=len(batch),
+                on_settled=settled,
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
