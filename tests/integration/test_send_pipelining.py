@@ -11,6 +11,7 @@ committed, not when the whole batch it shared is done.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from sqlalchemy import text
 from tests.integration.test_mailer import (
@@ -26,11 +27,11 @@ from hogsend.channels.email.message import EmailProvider, OutgoingEmail, Provide
 TIMEOUT = 30.0
 
 
-async def _until(check: object, what: str) -> None:
+async def _until(check: Callable[[], bool], what: str) -> None:
     """Poll ``check()`` (sync) until true; fail after ``TIMEOUT`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
-    while not check():  # type: ignore[operator]
+    while not check():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
 
@@ -104,7 +105,8 @@ async def test_a_coalesced_send_returns_once_its_own_outcome_is_committed(
     fast = asyncio.ensure_future(mailer.send(news(quick, idempotency_key="co:quick")))
     outcome = await asyncio.wait_for(fast, TIMEOUT)
     assert outcome.decision == "sent"
-    assert holding.held == 1 and not held.done()  # its batch partner is still out
+    assert holding.held == 1
+    assert not held.done()  # its batch partner is still out
     rows = await fetch_all("SELECT decision FROM email_sends WHERE id = :id", id=outcome.send_id)
     assert [r["decision"] for r in rows] == ["sent"]  # committed before the call returned
     holding.release.set()
