@@ -4,8 +4,7 @@ Real Postgres and a real aiosmtpd sink. An outcome's commit is held up by anothe
 transaction's table lock (``event_outbox``, which every ``email.sent`` event writes to,
 and nothing before the provider call does): the lane sends its next message meanwhile,
 and waits only before a third, so at most two of a lane's messages are ever between
-"accepted" and "recorded". A coalesced ``send`` returns once its own outcome is
-committed, not when the whole batch it shared is done.
+"accepted" and "recorded".
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from tests.integration.test_mailer import (
     new_contact,
     news,
 )
-
-from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 
 TIMEOUT = 30.0
 
@@ -67,49 +64,3 @@ async def test_a_lane_sends_its_next_message_while_its_outcome_commits(
     assert sorted(m["To"] for m in env.sink.messages) == sorted(
         f"lane{n}@example.com" for n in range(5)
     )
-
-
-class _Holding:
-    """A provider that holds messages to one address until ``release`` is set."""
-
-    name = "smtp"
-
-    def __init__(self, inner: EmailProvider, address: str) -> None:
-        self.inner = inner
-        self.address = address
-        self.release = asyncio.Event()
-        self.held = 0
-
-    async def send(self, message: OutgoingEmail) -> ProviderResult:
-        if message.to == self.address:
-            self.held += 1
-            await self.release.wait()
-        return await self.inner.send(message)
-
-    async def aclose(self) -> None:
-        """Nothing of its own to release."""
-
-
-async def test_a_coalesced_send_returns_once_its_own_outcome_is_committed(
-    env: Env,  # noqa: F811
-    fetch_all: FetchAll,
-) -> None:
-    from hogsend.channels.mailer import Mailer
-
-    slow = await new_contact(env.engine, "slow@example.com")
-    quick = await new_contact(env.engine, "quick@example.com")
-    holding = _Holding(env.mailer.provider, "slow@example.com")
-    mailer = Mailer(env.app, env.settings, env.engine, holding)
-    # Handed in together: one coalesced batch carries both.
-    held = asyncio.ensure_future(mailer.send(news(slow, idempotency_key="co:slow")))
-    fast = asyncio.ensure_future(mailer.send(news(quick, idempotency_key="co:quick")))
-    outcome = await asyncio.wait_for(fast, TIMEOUT)
-    assert outcome.decision == "sent"
-    assert holding.held == 1
-    assert not held.done()  # its batch partner is still out
-    rows = await fetch_all("SELECT decision FROM email_sends WHERE id = :id", id=outcome.send_id)
-    assert [r["decision"] for r in rows] == ["sent"]  # committed before the call returned
-    holding.release.set()
-    assert (await asyncio.wait_for(held, TIMEOUT)).decision == "sent"
-    again = await mailer.send(news(quick, idempotency_key="co:quick"))
-    assert again.decision == "duplicate"

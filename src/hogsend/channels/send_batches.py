@@ -11,15 +11,21 @@ database work for the whole batch together:
    tracking, every decision row and every tracked link (one statement each), one commit.
    A message that goes out is committed with its links as ``queued`` before its
    provider call;
-2. the lane calls the provider;
+2. the lane takes the ``ahead`` mark off the attempt (a commit without a WAL flush,
+   shared by lanes starting together) and calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
-   :class:`GroupCommit` and waits for its commit before taking the next request.
+   :class:`GroupCommit` in a task of its own and takes the next request at once; it
+   waits for that commit only after its next provider call returned.
 
-So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
-``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
-key over), and at most that many accepted messages unrecorded (the at-least-once
-window, docs/email.md, "Performance"), while the database sees about two transactions
-per ``concurrency`` messages.
+So a lane never has more than two messages between "accepted by the provider" and
+"outcome committed", and at most one attempt open that may not have reached the
+provider: a kill leaves at most ``2 * concurrency`` attempts open (closed as
+interrupted by whichever attempt takes the key over), at most that many accepted
+messages unrecorded (the at-least-once window, docs/email.md, "Performance: the batch
+path"), while the lanes never wait on a durable commit unless it takes longer than a
+provider call. With a throttle (``before_send``), each lane instead commits its
+outcome before the throttle's wait and takes the next mark off after it, so at most
+``concurrency`` attempts are open.
 
 Requests the set-based path does not cover (no contact or no key, a contact merged
 away or deleted, a key repeated within the batch) go through ``Mailer.send`` one by
@@ -62,8 +68,6 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
-Settled = Callable[[int, "SendOutcome | Exception"], None]
-"""Told (request index, outcome) once an attempt's outcome is committed."""
 
 
 class GroupCommit(Generic[T]):
@@ -147,7 +151,6 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
-    on_settled: Settled | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -156,9 +159,6 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
-        on_settled: called with (index, outcome) as soon as a set-based attempt's
-            outcome is committed, before the batch ends (the coalescer answers its
-            callers then); not called for requests that take the one-by-one path.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -194,7 +194,6 @@ async def send_batch(
                     concurrency,
                     before_send,
                     locked,
-                    on_settled,
                 )
             finally:
                 try:
@@ -472,14 +471,11 @@ class _Feed:
         finally:
             self._task = None
 
-    def _top_up(self) -> None:
-        if len(self._ready) <= self.low and self._task is None and self._chunks:
-            self._task = asyncio.ensure_future(self._fill())
-
     async def take(self) -> _Going | None:
         """The next attempt to send; None when every request was decided and taken."""
         while True:
-            self._top_up()
+            if len(self._ready) <= self.low and self._task is None and self._chunks:
+                self._task = asyncio.ensure_future(self._fill())
             if self._ready:
                 return self._ready.popleft()
             if self._task is None:
@@ -505,7 +501,6 @@ async def _lanes(
     concurrency: int,
     before_send: BeforeSend | None,
     keys: Sequence[str],
-    on_settled: Settled | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -546,28 +541,12 @@ async def _lanes(
             if outcomes[index] is None and index not in single:
                 outcomes[index] = exc
 
-    def settle(index: int) -> None:
-        """``index``'s outcome is final and committed: tell ``on_settled``."""
-        outcome = outcomes[index]
-        if on_settled is not None and outcome is not None:
-            on_settled(index, outcome)
-
-    def settle_decided(indexes: list[int]) -> None:
-        """After a decision commit: the gated attempts (and refused requests) are final."""
-        if on_settled is not None:
-            waiting = set(single)
-            for index in indexes:
-                if outcomes[index] is not None and index not in waiting:
-                    settle(index)
-
     async def decide(indexes: list[int]) -> list[_Going]:
         try:
-            going = await decide_or_raise(indexes)
+            return await decide_or_raise(indexes)
         except Exception as exc:
             failed(indexes, exc)
             return []
-        settle_decided(indexes)
-        return going
 
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
@@ -578,7 +557,6 @@ async def _lanes(
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
         return
-    settle_decided(first)
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
@@ -630,10 +608,6 @@ async def _lanes(
             attempt.started = True
             return True
 
-        async def record_one(index: int, item: Item) -> None:
-            if await commit((index, item), None):
-                settle(index)
-
         async def piped_lane(attempt: _Going | None) -> None:
             """A lane without a throttle: outcomes are committed while it sends on.
 
@@ -644,7 +618,7 @@ async def _lanes(
             provider call returned, so at most two of its messages are ever between
             "accepted by the provider" and "outcome committed".
             """
-            writing: asyncio.Future[None] | None = None  # the last outcome's commit
+            writing: asyncio.Future[bool] | None = None  # the last outcome's commit
             try:
                 while True:
                     if attempt is None:
@@ -665,7 +639,7 @@ async def _lanes(
                         await asyncio.shield(writing)
                         writing = None
                     if item is not None:
-                        writing = asyncio.ensure_future(record_one(attempt.index, item))
+                        writing = asyncio.ensure_future(commit((attempt.index, item), None))
                     attempt = None
             finally:
                 if writing is not None:
@@ -686,8 +660,6 @@ async def _lanes(
                 if not await commit(done, attempt):
                     done, attempt = None, None
                     continue
-                if done is not None:
-                    settle(done[0])
                 done = None
                 if attempt is None:
                     return
@@ -834,22 +806,9 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
-        def settled(index: int, outcome: SendOutcome | Exception) -> None:
-            # Committed: the caller may go on while the batch releases its keys' locks
-            # (a send with one of them waits for the lock and sees this outcome).
-            done = batch[index][1]
-            if not done.done():
-                if isinstance(outcome, Exception):
-                    done.set_exception(outcome)
-                else:
-                    done.set_result(outcome)
-
         try:
             outcomes = await send_batch(
-                self._mailer,
-                [request for request, _ in batch],
-                concurrency=len(batch),
-                on_settled=settled,
+                self._mailer, [request for request, _ in batch], concurrency=len(batch)
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
