@@ -277,10 +277,11 @@ async def _mailer(
 
     # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
     event.listen(engine.sync_engine, "before_cursor_execute", count)
-    # The two that open a transaction by hand go to the driver, past that event.
+    # Those that go to the driver directly (opening a transaction by hand, taking the
+    # marks off attempts decided ahead) pass that event by: counted here.
     from hogsend.db.repos import sends as sends_repo
 
-    for name in ("begin_and_lock_key", "begin_and_read_contacts"):
+    for name in ("begin_and_lock_key", "begin_and_read_contacts", "start_attempts"):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
     provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
     mailer = Mailer(_app(), settings, engine, provider)
