@@ -550,7 +550,9 @@ async def _lanes(
 
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
-    feed.low = lanes
+    # The next chunk is decided while half of the current one is still to send: a
+    # chunk's decision takes longer than the lanes need for a handful of messages.
+    feed.low = max(lanes, DECIDE_CHUNK // 2)
     try:
         going = await decide_or_raise(first, prestart, keys)
     except Exception as exc:
