@@ -68,6 +68,8 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
+Recorded = Callable[[Sequence["SendOutcome | Exception | None"]], None]
+"""Told a batch's outcomes (None where not final yet) once they are committed."""
 
 
 class GroupCommit(Generic[T]):
@@ -151,6 +153,7 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
+    on_recorded: Recorded | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -159,6 +162,9 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
+        on_recorded: called with the outcomes list (None where not final yet) once
+            every set-based attempt's outcome is committed, before the batch releases
+            its keys' locks and before the requests left to the one-by-one path run.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -195,6 +201,8 @@ async def send_batch(
                     before_send,
                     locked,
                 )
+                if on_recorded is not None:
+                    on_recorded(outcomes)
             finally:
                 try:
                     await sends.end_transaction(conn, commit=False)
@@ -563,8 +571,14 @@ async def _lanes(
     feed.extend([g for g in going if not g.started])
 
     async with contextlib.AsyncExitStack() as stack:
-        recorder = await stack.enter_async_context(mailer.engine.connect())
-        await recorder.execution_options(isolation_level="AUTOCOMMIT")
+        if chunks:
+            recorder = await stack.enter_async_context(mailer.engine.connect())
+            await recorder.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            # Everything was decided up front (a coalesced batch, say): the batch's own
+            # connection is idle while the lanes run, so it records their outcomes too
+            # (one pooled connection and its pre-ping fewer per batch).
+            recorder = conn
 
         async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
             await mailer._write_outcomes(
@@ -808,9 +822,23 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
+        def recorded(outcomes: Sequence[SendOutcome | Exception | None]) -> None:
+            # Every outcome committed: the callers go on while the batch releases its
+            # keys' locks (a send with one of them waits for it and sees the outcome).
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                if outcome is None or done.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
+
         try:
             outcomes = await send_batch(
-                self._mailer, [request for request, _ in batch], concurrency=len(batch)
+                self._mailer,
+                [request for request, _ in batch],
+                concurrency=len(batch),
+                on_recorded=recorded,
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
