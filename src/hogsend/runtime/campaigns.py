@@ -122,6 +122,13 @@ stages = StageClock()
 _context: _Context | None = None
 # Per campaign, the throttle's token bucket: it lives across batch steps of one process.
 _throttles: dict[uuid.UUID, TokenBucket] = {}
+# Per campaign, the last batch's size and send rate (next_batch_size), across steps too.
+_paces: dict[uuid.UUID, tuple[int, float | None]] = {}
+
+
+def _forget(campaign_id: uuid.UUID) -> None:
+    _throttles.pop(campaign_id, None)
+    _paces.pop(campaign_id, None)
 
 
 def _ctx() -> _Context:
@@ -153,13 +160,45 @@ def audience_of(app: Hogsend, campaign: Campaign) -> repo.Audience:
 
 
 def batch_size(settings: Settings, throttle: float | None) -> int:
-    """Recipients per step: the setting, but about two seconds' worth under the slower
-    of the campaign's throttle and the provider's pacing, so a pause takes effect
-    quickly even on a slow campaign."""
+    """The most recipients one batch takes: the setting, but about two seconds' worth
+    under the slower of the campaign's throttle and the provider's pacing, so a pause
+    takes effect quickly even on a slow campaign (see :func:`next_batch_size`)."""
     rates = [r for r in (throttle, settings.email_rate_per_second) if r]
     if not rates:
         return settings.campaign_batch_size
     return max(1, min(settings.campaign_batch_size, math.ceil(min(rates) * 2)))
+
+
+BATCH_SECONDS = 2.0
+"""About how long one batch should take to send: a pause or cancel is seen at the next
+boundary, so within about this long, however fast or slow the campaign goes."""
+FIRST_BATCH_PER_LANE = 32
+"""A step's first batch, per lane (``campaign_concurrency``): its send rate is not known
+yet, and a first batch this size sends in well under ``BATCH_SECONDS``."""
+
+
+def next_batch_size(cap: int, lanes: int, previous: int | None, rate: float | None) -> int:
+    """How many recipients the next batch takes: adaptive, about ``BATCH_SECONDS`` of
+    sending at the rate the last batch measured.
+
+    Larger batches leave the mailer fewer starts and ends (its lanes idle while a batch
+    drains and the next one locks its keys and decides its first sends), smaller ones
+    see a pause sooner; sizing by time gives a fast campaign large batches and keeps a
+    slow one's pause quick. Growth is at most doubling per batch, so one fast batch
+    does not jump the size to the cap.
+
+    Args:
+        cap: the largest batch (:func:`batch_size`).
+        lanes: the campaign's sends in flight at once.
+        previous: the size of the last batch (None for a step's first).
+        rate: recipients per second the last finished batch went at (None: unknown).
+    """
+    if previous is None:
+        return max(1, min(cap, lanes * FIRST_BATCH_PER_LANE))
+    if rate is None:
+        return max(1, min(cap, previous * 2))
+    wanted = max(lanes, math.ceil(rate * BATCH_SECONDS))
+    return max(1, min(cap, wanted, previous * 2))
 
 
 def _throttle(campaign: Campaign) -> TokenBucket | None:
@@ -349,7 +388,7 @@ async def _nothing_due(
     due = await repo.next_due_at(session, campaign_id)
     if due is None:
         await repo.finish(session, campaign_id, workflow_id, now)
-        _throttles.pop(campaign_id, None)
+        _forget(campaign_id)
         return {"state": "sent"}
     await repo.touch(session, campaign_id, now)
     return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
@@ -394,9 +433,12 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     async with sessions() as session, session.begin():
         campaign = await repo.owned(session, cid, workflow_id)
         if campaign is None:
-            _throttles.pop(cid, None)
+            _forget(cid)
             return {"state": "stopped"}
-        limit = batch_size(ctx.settings, campaign.throttle_per_second)
+        cap = batch_size(ctx.settings, campaign.throttle_per_second)
+        lanes = ctx.settings.campaign_concurrency
+        previous, rate = _paces.get(cid, (None, None))
+        limit = next_batch_size(cap, lanes, previous, rate)
         batch = await repo.due_batch(session, cid, now, limit=limit)
         if not batch:
             return await _nothing_due(session, cid, workflow_id, now)
@@ -404,13 +446,18 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     recording: asyncio.Task[None] | None = None
     try:
         while True:
+            # Sized by the last finished batch's rate: this one's is not known yet.
+            limit = next_batch_size(cap, lanes, len(batch), rate)
             ahead = asyncio.ensure_future(_read_ahead(ctx.engine, cid, batch[-1], limit))
+            sending = time.perf_counter()
             try:
                 sent = await _send(ctx, campaign, batch)
                 stages.lap("send")
             finally:
                 upcoming = await ahead
                 stages.lap("read ahead")
+            rate = len(batch) / max(time.perf_counter() - sending, 1e-6)
+            _paces[cid] = (len(batch), rate)
             stages.batches += 1
             stages.recipients += len(batch)
             if recording is not None:
@@ -427,20 +474,20 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             owns = await _owns(ctx.engine, cid, workflow_id)
             stages.lap("owner check")
             if not owns:
-                _throttles.pop(cid, None)
+                _forget(cid)
                 return {"state": "stopped"}
             if time.monotonic() - began >= STEP_SECONDS:
                 # DBOS checkpoints the step; the next one goes on from the recipients'
                 # status.
                 return {"state": "more"}
-            wanted = batch_size(ctx.settings, campaign.throttle_per_second)
-            if upcoming and wanted == limit:
+            if upcoming:
                 batch = upcoming
                 continue
-            # Read at the boundary: the recipients just sent must have left `pending`.
+            # Read at the boundary (none read ahead, or the read failed): the recipients
+            # just sent must have left `pending` first.
             done, recording = recording, None
             await done
-            limit = wanted
+            limit = next_batch_size(cap, lanes, len(batch), rate)
             now = _now()
             async with sessions() as session, session.begin():
                 batch = await repo.due_batch(session, cid, now, limit=limit)
