@@ -37,6 +37,7 @@ import asyncio
 import cProfile
 import json
 import multiprocessing as mp
+import queue
 import resource
 import sys
 import tempfile
@@ -279,9 +280,10 @@ async def _run_ended(conn: psycopg.Connection[Any], campaign_id: uuid.UUID) -> N
 
 
 def _counts(conn: psycopg.Connection[Any], campaign_id: uuid.UUID) -> tuple[Any, ...]:
-    """sent, skipped, failed and skip reasons once the run stopped (its last batch in)."""
+    """sent, skipped, failed, skip reasons and last progress once the run stopped."""
     found = conn.execute(
-        "SELECT sent_count, skipped_count, failed_count, skip_reasons FROM campaigns WHERE id = %s",
+        "SELECT sent_count, skipped_count, failed_count, skip_reasons, last_progress_at"
+        " FROM campaigns WHERE id = %s",
         (campaign_id,),
     ).fetchone()
     assert found is not None
@@ -306,7 +308,15 @@ def _run_campaign(port: int, url: str, *options: Any) -> dict[str, Any]:
     out = ctx.Queue()
     process = ctx.Process(target=_campaign_main, args=(port, url, options, out))
     process.start()
-    result: dict[str, Any] = out.get(timeout=7200)
+    deadline = time.monotonic() + 7200
+    while True:
+        try:
+            result: dict[str, Any] = out.get(timeout=1)
+            break
+        except queue.Empty:
+            # A scenario that crashed puts nothing: stop waiting for it.
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the campaign scenario ended ({process.exitcode})") from None
     process.join(60)
     return result
 

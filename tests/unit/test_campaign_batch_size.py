@@ -43,3 +43,18 @@ def test_batches_grow_at_most_twofold_and_never_past_the_cap() -> None:
     cap = batch_size(Settings(env="test"), 4.0)
     assert next_batch_size(cap, 8, None, None) == 8
     assert next_batch_size(cap, 8, 8, 4.0) == 8
+
+
+def test_the_stage_clock_charges_each_lap_to_its_stage() -> None:
+    from hogsend.runtime.campaigns import StageClock
+
+    clock = StageClock()
+    clock.lap("nothing yet")  # no mark: only starts the clock
+    assert clock.wall == {}
+    clock.lap("send")
+    clock.lap("send")
+    clock.lap("record")
+    assert set(clock.wall) == set(clock.cpu) == {"send", "record"}
+    assert all(seconds >= 0 for seconds in clock.wall.values())
+    clock.reset()
+    assert (clock.wall, clock.cpu, clock.batches) == ({}, {}, 0)
