@@ -25,20 +25,21 @@ def test_provider_pacing_caps_a_batch_like_a_throttle_and_the_slower_wins() -> N
     assert batch_size(paced, 50.0) == 20
 
 
-def test_a_steps_first_batch_is_small_and_sizes_then_follow_the_measured_rate() -> None:
-    # 8 lanes: a first batch of 256 (rate unknown), then about BATCH_SECONDS' worth.
-    assert next_batch_size(2000, 8, None, None) == 256
-    assert next_batch_size(2000, 8, 256, None) == 512
-    assert next_batch_size(2000, 8, 512, 300.0) == 300 * BATCH_SECONDS
-    # A slow campaign gets small batches, so a pause is seen soon; never under the lanes.
-    assert next_batch_size(2000, 8, 600, 2.0) == 8
-    assert next_batch_size(2000, 1, 600, 0.1) == 1
+def test_a_steps_first_batch_is_64_per_lane_then_sizes_follow_the_measured_rate() -> None:
+    # 8 lanes: a first batch of 512 (rate unknown), then about BATCH_SECONDS' worth.
+    assert next_batch_size(2000, 8, None, None) == 512
+    assert next_batch_size(2000, 8, 512, None) == 1024
+    assert next_batch_size(2000, 8, 512, 300.0) == 600 == 300 * BATCH_SECONDS
+    # A slow campaign keeps the floor (the mailer's cost per batch stays amortised).
+    assert next_batch_size(2000, 8, 600, 2.0) == 512
+    assert next_batch_size(2000, 1, 600, 0.1) == 64
 
 
 def test_batches_grow_at_most_twofold_and_never_past_the_cap() -> None:
-    assert next_batch_size(2000, 8, 256, 5000.0) == 512
+    assert next_batch_size(4000, 8, 600, 5000.0) == 1200
     assert next_batch_size(2000, 8, 1500, 5000.0) == 2000
     assert next_batch_size(40, 8, None, None) == 40
+    assert next_batch_size(40, 8, 40, 1.0) == 40
     # Under a throttle the cap is two seconds' worth: 4/s and 8 lanes give batches of 8.
     cap = batch_size(Settings(env="test"), 4.0)
     assert next_batch_size(cap, 8, None, None) == 8

@@ -172,20 +172,22 @@ def batch_size(settings: Settings, throttle: float | None) -> int:
 BATCH_SECONDS = 2.0
 """About how long one batch should take to send: a pause or cancel is seen at the next
 boundary, so within about this long, however fast or slow the campaign goes."""
-FIRST_BATCH_PER_LANE = 32
-"""A step's first batch, per lane (``campaign_concurrency``): its send rate is not known
-yet, and a first batch this size sends in well under ``BATCH_SECONDS``."""
+BATCH_PER_LANE = 64
+"""A step's first batch and the smallest one, per lane (``campaign_concurrency``): the
+rate is not known yet for the first, and below this the mailer's fixed cost per batch
+(statements, commits, lanes draining) would grow on a slow or busy machine."""
 
 
 def next_batch_size(cap: int, lanes: int, previous: int | None, rate: float | None) -> int:
     """How many recipients the next batch takes: adaptive, about ``BATCH_SECONDS`` of
-    sending at the rate the last batch measured.
+    sending at the rate the last batch measured, but no fewer than ``BATCH_PER_LANE``
+    per lane (unless the cap is lower).
 
     Larger batches leave the mailer fewer starts and ends (its lanes idle while a batch
     drains and the next one locks its keys and decides its first sends), smaller ones
-    see a pause sooner; sizing by time gives a fast campaign large batches and keeps a
-    slow one's pause quick. Growth is at most doubling per batch, so one fast batch
-    does not jump the size to the cap.
+    see a pause sooner; sizing by time gives a fast campaign large batches while a
+    pause is still seen within about ``BATCH_SECONDS``. Growth is at most doubling per
+    batch, so one fast batch does not jump the size to the cap.
 
     Args:
         cap: the largest batch (:func:`batch_size`).
@@ -193,12 +195,13 @@ def next_batch_size(cap: int, lanes: int, previous: int | None, rate: float | No
         previous: the size of the last batch (None for a step's first).
         rate: recipients per second the last finished batch went at (None: unknown).
     """
+    floor = max(1, min(cap, lanes * BATCH_PER_LANE))
     if previous is None:
-        return max(1, min(cap, lanes * FIRST_BATCH_PER_LANE))
+        return floor
     if rate is None:
-        return max(1, min(cap, previous * 2))
-    wanted = max(lanes, math.ceil(rate * BATCH_SECONDS))
-    return max(1, min(cap, wanted, previous * 2))
+        return max(floor, min(cap, previous * 2))
+    wanted = math.ceil(rate * BATCH_SECONDS)
+    return max(floor, min(cap, wanted, previous * 2))
 
 
 def _throttle(campaign: Campaign) -> TokenBucket | None:
