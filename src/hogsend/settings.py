@@ -211,7 +211,10 @@ class Settings(BaseSettings):
         description="How often a worker looks for campaigns to start, resume or reap.",
     )
     campaign_batch_size: int = Field(
-        default=500, ge=1, le=10_000, description="Recipients per campaign batch."
+        default=2000,
+        ge=1,
+        le=10_000,
+        description="Most recipients in one campaign batch (sized to about 2 s of sending).",
     )
     campaign_concurrency: int = Field(
         default=8, ge=1, le=200, description="Sends one campaign has in flight at once."

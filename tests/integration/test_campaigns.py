@@ -430,3 +430,55 @@ async def test_due_batch_after_a_recipient_reads_the_next_page_past_it(env: Env)
     assert "page3@example.com" not in {r.email for r in everyone}
     assert first + second + rest == everyone
     assert [len(first), len(second), len(rest), len(past_the_end)] == [2, 2, 2, 0]
+
+
+async def test_pipelined_batches_send_each_recipient_once_and_record_every_batch(
+    env: Env, ingest_key: str
+) -> None:
+    # Batches of at most 3: the record of each batch overlaps the next one's send.
+    from hogsend.runtime.campaigns import stages
+
+    for n in range(14):
+        await new_contact(env.engine, f"piped{n:02}@example.com")
+    quitter = await new_contact(env.engine, "piped-quit@example.com")
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)"),
+            {"c": quitter},
+        )
+    settings = env.settings.model_copy(
+        update={
+            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
+            "campaign_batch_size": 3,
+            "campaign_concurrency": 2,
+        }
+    )
+    running = Worker(env.app, settings)
+    await running.start()
+    try:
+        stages.reset()
+        campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
+        body = await finished(env, ingest_key, campaign_id)
+        batches = stages.batches
+    finally:
+        await running.stop()
+
+    assert batches >= 5  # 15 recipients, at most 3 a batch
+    assert recipients(env.sink) == [f"piped{n:02}@example.com" for n in range(14)]
+    assert (body["sentCount"], body["skippedCount"], body["pendingCount"]) == (14, 1, 0)
+    assert body["skipReasons"] == {"unsubscribed": 1}
+    async with make_sessionmaker(env.engine)() as session:
+        statuses = await repo.recipient_statuses(session, uuid.UUID(campaign_id))
+    assert statuses == {"sent": 14, "skipped": 1}
+    async with env.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT decision, count(*) FROM email_sends WHERE campaign_id = :c"
+                    " GROUP BY decision"
+                ),
+                {"c": campaign_id},
+            )
+        ).all()
+    # One decision row per recipient: no batch was sent twice.
+    assert dict(rows) == {"sent": 14, "unsubscribed": 1}

@@ -36,7 +36,7 @@ import contextlib
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,9 +80,55 @@ class _Context:
     mailer: Mailer
 
 
+@dataclass(slots=True)
+class StageClock:
+    """Where this process's batch steps spent their time, per stage (for the bench).
+
+    Wall-clock seconds on a step's critical path and the process's CPU seconds (every
+    thread, so the worker's other loops too) over the same intervals, plus how many
+    batches and recipients went through. Cheap enough to keep on: a few clock reads
+    per batch.
+    """
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    recipients: int = 0
+    _mark: tuple[float, float] | None = None
+
+    def start(self) -> None:
+        """Start timing the next stage from now."""
+        self._mark = (time.perf_counter(), time.process_time())
+
+    def lap(self, stage: str) -> None:
+        """Charge the time since the last mark to ``stage`` and mark again."""
+        now = (time.perf_counter(), time.process_time())
+        if self._mark is not None:
+            self.wall[stage] = self.wall.get(stage, 0.0) + now[0] - self._mark[0]
+            self.cpu[stage] = self.cpu.get(stage, 0.0) + now[1] - self._mark[1]
+        self._mark = now
+
+    def reset(self) -> None:
+        """Forget everything measured so far."""
+        self.wall.clear()
+        self.cpu.clear()
+        self.batches = self.recipients = 0
+        self._mark = None
+
+
+stages = StageClock()
+"""This process's campaign stage times (``bench/campaign.py`` reports them)."""
+
 _context: _Context | None = None
 # Per campaign, the throttle's token bucket: it lives across batch steps of one process.
 _throttles: dict[uuid.UUID, TokenBucket] = {}
+# Per campaign, the last batch's size and send rate (next_batch_size), across steps too.
+_paces: dict[uuid.UUID, tuple[int, float | None]] = {}
+
+
+def _forget(campaign_id: uuid.UUID) -> None:
+    _throttles.pop(campaign_id, None)
+    _paces.pop(campaign_id, None)
 
 
 def _ctx() -> _Context:
@@ -114,13 +160,48 @@ def audience_of(app: Hogsend, campaign: Campaign) -> repo.Audience:
 
 
 def batch_size(settings: Settings, throttle: float | None) -> int:
-    """Recipients per step: the setting, but about two seconds' worth under the slower
-    of the campaign's throttle and the provider's pacing, so a pause takes effect
-    quickly even on a slow campaign."""
+    """The most recipients one batch takes: the setting, but about two seconds' worth
+    under the slower of the campaign's throttle and the provider's pacing, so a pause
+    takes effect quickly even on a slow campaign (see :func:`next_batch_size`)."""
     rates = [r for r in (throttle, settings.email_rate_per_second) if r]
     if not rates:
         return settings.campaign_batch_size
     return max(1, min(settings.campaign_batch_size, math.ceil(min(rates) * 2)))
+
+
+BATCH_SECONDS = 2.0
+"""About how long one batch should take to send: a pause or cancel is seen at the next
+boundary, so within about this long, however fast or slow the campaign goes."""
+BATCH_PER_LANE = 64
+"""A step's first batch and the smallest one, per lane (``campaign_concurrency``): the
+rate is not known yet for the first, and below this the mailer's fixed cost per batch
+(statements, commits, lanes draining) would grow on a slow or busy machine."""
+
+
+def next_batch_size(cap: int, lanes: int, previous: int | None, rate: float | None) -> int:
+    """How many recipients the next batch takes: adaptive, about ``BATCH_SECONDS`` of
+    sending at the rate the last batch measured, but no fewer than ``BATCH_PER_LANE``
+    per lane (unless the cap is lower).
+
+    Larger batches leave the mailer fewer starts and ends (its lanes idle while a batch
+    drains and the next one locks its keys and decides its first sends), smaller ones
+    see a pause sooner; sizing by time gives a fast campaign large batches while a
+    pause is still seen within about ``BATCH_SECONDS``. Growth is at most doubling per
+    batch, so one fast batch does not jump the size to the cap.
+
+    Args:
+        cap: the largest batch (:func:`batch_size`).
+        lanes: the campaign's sends in flight at once.
+        previous: the size of the last batch (None for a step's first).
+        rate: recipients per second the last finished batch went at (None: unknown).
+    """
+    floor = max(1, min(cap, lanes * BATCH_PER_LANE))
+    if previous is None:
+        return floor
+    if rate is None:
+        return max(floor, min(cap, previous * 2))
+    wanted = math.ceil(rate * BATCH_SECONDS)
+    return max(floor, min(cap, wanted, previous * 2))
 
 
 def _throttle(campaign: Campaign) -> TokenBucket | None:
@@ -310,20 +391,36 @@ async def _nothing_due(
     due = await repo.next_due_at(session, campaign_id)
     if due is None:
         await repo.finish(session, campaign_id, workflow_id, now)
-        _throttles.pop(campaign_id, None)
+        _forget(campaign_id)
         return {"state": "sent"}
     await repo.touch(session, campaign_id, now)
     return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
+
+
+async def _record_batch(engine: AsyncEngine, campaign_id: uuid.UUID, sent: _Sent) -> None:
+    """Record one batch's results in a transaction of its own (see :func:`_record`)."""
+    async with make_sessionmaker(engine)() as session, session.begin():
+        await _record(session, campaign_id, sent)
+
+
+async def _owns(engine: AsyncEngine, campaign_id: uuid.UUID, workflow_id: str) -> bool:
+    async with engine.connect() as conn:
+        # One statement, no transaction around it (the boundary's only round trip).
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return await repo.still_owned(conn, campaign_id, workflow_id)
 
 
 @DBOS.step(name="hogsend.campaign.batch", retries_allowed=True, max_attempts=5)
 async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Send batches of due recipients and record them, for up to ``STEP_SECONDS``.
 
-    Each batch boundary is one transaction: the batch just sent is recorded and the
-    run's ownership checked (a pause, cancel or takeover stops the run there). The
-    next batch is read while the current one is in the provider, so the boundary has
-    no read to wait for.
+    A pipeline of three, so the mailer is not kept waiting between batches: while
+    batch N is in the mailer, batch N+1 is read (keyset past N) and batch N-1's results
+    are recorded, each on a connection of its own. A batch is recorded only once
+    ``send_batch`` returned for it (every decision row and outcome committed), and the
+    step returns only once its last batch is recorded. Between two batches the one
+    thing the mailer waits for is the ownership check (one statement): a pause, cancel
+    or takeover stops the run there.
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
@@ -331,6 +428,7 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
         ``{"state": "stopped"}`` when the run no longer owns the campaign.
     """
     ctx = _ctx()
+    stages.lap("between steps")
     sessions = make_sessionmaker(ctx.engine)
     cid = uuid.UUID(campaign_id)
     began = time.monotonic()
@@ -338,44 +436,73 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     async with sessions() as session, session.begin():
         campaign = await repo.owned(session, cid, workflow_id)
         if campaign is None:
-            _throttles.pop(cid, None)
+            _forget(cid)
             return {"state": "stopped"}
-        limit = batch_size(ctx.settings, campaign.throttle_per_second)
+        cap = batch_size(ctx.settings, campaign.throttle_per_second)
+        lanes = ctx.settings.campaign_concurrency
+        previous, rate = _paces.get(cid, (None, None))
+        limit = next_batch_size(cap, lanes, previous, rate)
         batch = await repo.due_batch(session, cid, now, limit=limit)
         if not batch:
             return await _nothing_due(session, cid, workflow_id, now)
-    while True:
-        ahead = asyncio.ensure_future(_read_ahead(ctx.engine, cid, batch[-1], limit))
-        try:
-            sent = await _send(ctx, campaign, batch)
-        finally:
-            upcoming = await ahead
-        async with sessions() as session, session.begin():
-            await _record(session, cid, sent)
+    stages.lap("first read")
+    recording: asyncio.Task[None] | None = None
+    try:
+        while True:
+            # Sized by the last finished batch's rate: this one's is not known yet.
+            limit = next_batch_size(cap, lanes, len(batch), rate)
+            ahead = asyncio.ensure_future(_read_ahead(ctx.engine, cid, batch[-1], limit))
+            sending = time.perf_counter()
+            try:
+                sent = await _send(ctx, campaign, batch)
+                stages.lap("send")
+            finally:
+                upcoming = await ahead
+                stages.lap("read ahead")
+            rate = len(batch) / max(time.perf_counter() - sending, 1e-6)
+            _paces[cid] = (len(batch), rate)
+            stages.batches += 1
+            stages.recipients += len(batch)
+            if recording is not None:
+                # The batch before: a failed record fails the step, whose retry finds
+                # both batches' recipients pending (and the mailer answers `duplicate`).
+                done, recording = recording, None
+                await done
+                stages.lap("record")
             if sent.problem is not None:
-                # The recorded recipients stay recorded (this transaction commits);
-                # the step's retry sends the rest.
-                break
-            owner = await repo.owned(session, cid, workflow_id)
-            if owner is None:
-                _throttles.pop(cid, None)
+                # The recorded recipients stay recorded; the step's retry sends the rest.
+                await _record_batch(ctx.engine, cid, sent)
+                raise sent.problem
+            recording = asyncio.create_task(_record_batch(ctx.engine, cid, sent))
+            owns = await _owns(ctx.engine, cid, workflow_id)
+            stages.lap("owner check")
+            if not owns:
+                _forget(cid)
                 return {"state": "stopped"}
             if time.monotonic() - began >= STEP_SECONDS:
                 # DBOS checkpoints the step; the next one goes on from the recipients'
                 # status.
                 return {"state": "more"}
-            campaign = owner
-            now = _now()
-            wanted = batch_size(ctx.settings, campaign.throttle_per_second)
-            if upcoming and wanted == limit:
+            if upcoming:
                 batch = upcoming
-            else:
-                limit = wanted
+                continue
+            # Read at the boundary (none read ahead, or the read failed): the recipients
+            # just sent must have left `pending` first.
+            done, recording = recording, None
+            await done
+            limit = next_batch_size(cap, lanes, len(batch), rate)
+            now = _now()
+            async with sessions() as session, session.begin():
                 batch = await repo.due_batch(session, cid, now, limit=limit)
                 if not batch:
                     return await _nothing_due(session, cid, workflow_id, now)
-    assert sent.problem is not None
-    raise sent.problem
+            stages.lap("record")
+    finally:
+        if recording is not None:
+            # Every way out of the step waits for the last batch's record: the counts
+            # are exact when the step ends, and no task outlives it.
+            await recording
+            stages.lap("record")
 
 
 # ---------------------------------------------------------------------------- the run

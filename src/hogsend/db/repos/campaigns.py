@@ -229,6 +229,23 @@ async def owned(session: AsyncSession, campaign_id: uuid.UUID, workflow_id: str)
     return campaign
 
 
+async def still_owned(conn: AsyncConnection, campaign_id: uuid.UUID, workflow_id: str) -> bool:
+    """Whether ``workflow_id`` still owns the campaign and it is sending (one statement).
+
+    The batch boundary's check: no row lock and no transaction around it, since the
+    claim it could wait for was made before the run started; a pause, cancel or
+    takeover committed before it is seen.
+    """
+    found = await conn.scalar(
+        text(
+            """SELECT true FROM campaigns
+            WHERE id = :id AND status = 'sending' AND workflow_id = :workflow"""
+        ),
+        {"id": campaign_id, "workflow": workflow_id},
+    )
+    return bool(found)
+
+
 async def reap_stale(session: AsyncSession, now: datetime, stale: timedelta) -> list[uuid.UUID]:
     """Hand campaigns that stopped making progress back to the scheduler, once.
 
