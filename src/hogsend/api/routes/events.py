@@ -253,7 +253,7 @@ def plain_item(raw: dict[str, Any]) -> EventInput | None:
     """A batch item of the common shape as ingest input, without building an ``EventIn``.
 
     Accepts only what :class:`EventIn` and :meth:`IdentityFields.identity` accept, and
-    returns what they would make of it (tests/unit/test_batch_items.py compares the two);
+    returns what they would make of it (tests/unit/test_plain_items.py compares the two);
     anything else (an error, ``lists``, snake_case keys, non-ASCII text) returns None and
     takes the model's path, which names the fields at fault. Validating each item with
     the model cost a fifth of the API's CPU per batch event (bench/ingest.py).
