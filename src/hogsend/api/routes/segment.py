@@ -38,12 +38,14 @@ from hogsend.api.routes.events import error_field
 from hogsend.api.routes.transactions import in_transaction, invalid_field, notify_throttle_of
 from hogsend.api.schemas.events import ItemError
 from hogsend.api.schemas.segment import (
+    PlainMessage,
     SegmentAck,
     SegmentBatch,
     SegmentBatchAck,
     SegmentMessage,
     SegmentRejection,
     SegmentType,
+    plain_message,
 )
 from hogsend.core.identity import Identity, IdentityError, normalize_email, normalize_id
 from hogsend.core.ingest import MAX_IDEMPOTENCY_KEY_LENGTH, EventInput, IngestResult
@@ -156,8 +158,12 @@ def _fail(field: str, message: str) -> MessageError:
     return MessageError([ItemError(field=field, message=message)])
 
 
+Message = SegmentMessage | PlainMessage
+"""A validated message: the model, or the plain form of the common shape."""
+
+
 def occurred_at(
-    message: SegmentMessage, batch_sent_at: datetime | None, received_at: datetime
+    message: Message, batch_sent_at: datetime | None, received_at: datetime
 ) -> datetime | None:
     """When a message happened, the Segment way.
 
@@ -180,7 +186,7 @@ def occurred_at(
         return original
 
 
-def _traits(message: SegmentMessage, kind: SegmentType) -> dict[str, Any]:
+def _traits(message: Message, kind: SegmentType) -> dict[str, Any]:
     context_traits: Any = (message.context or {}).get("traits")
     if context_traits is None:
         context_traits = {}
@@ -197,7 +203,7 @@ def _traits(message: SegmentMessage, kind: SegmentType) -> dict[str, Any]:
     return merged
 
 
-def _email_of(traits: Mapping[str, Any], message: SegmentMessage) -> str | None:
+def _email_of(traits: Mapping[str, Any], message: Message) -> str | None:
     value = traits.get("email")
     if value is None:
         return None
@@ -219,7 +225,7 @@ def _id(value: str | int | None, field: str) -> str | None:
         raise _fail(field, exc.reason) from None
 
 
-def _idempotency_key(message: SegmentMessage) -> str | None:
+def _idempotency_key(message: Message) -> str | None:
     message_id = _id(message.message_id, "messageId")
     if message_id is None:
         return None
@@ -249,15 +255,17 @@ def to_input(
     """
     if not isinstance(raw, dict):
         raise _fail("message", "must be a JSON object")
-    try:
-        message = SegmentMessage.model_validate(raw)
-    except ValidationError as exc:
-        raise MessageError(
-            [
-                ItemError(field=error_field(e["loc"]) or "message", message=e["msg"])
-                for e in exc.errors()
-            ]
-        ) from None
+    message: Message | None = plain_message(raw)
+    if message is None:
+        try:
+            message = SegmentMessage.model_validate(raw)
+        except ValidationError as exc:
+            raise MessageError(
+                [
+                    ItemError(field=error_field(e["loc"]) or "message", message=e["msg"])
+                    for e in exc.errors()
+                ]
+            ) from None
     kind = kind or message.type
     if kind is None:
         raise _fail("type", "is required in a batch (track, identify, alias, page, screen, group)")

@@ -78,7 +78,12 @@ def _check_json(value: Any, depth: int = 0) -> None:
             _check_json(item, depth + 1)
 
 
-def _storable(value: dict[str, Any]) -> dict[str, Any]:
+def storable_object(value: dict[str, Any]) -> dict[str, Any]:
+    """``value``, checked: Postgres can store it as jsonb (no NUL, finite numbers, depth).
+
+    Raises:
+        PydanticCustomError: naming what is wrong.
+    """
     # Most payloads are flat objects of short ASCII strings and integers: checked in one
     # loop here; anything else (nesting, floats, other text) takes the full walk.
     for key, item in value.items():
@@ -98,7 +103,7 @@ def _storable(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(storable_object)]
 """A JSON object Postgres can store (no NUL characters, finite numbers, bounded depth)."""
 
 

@@ -49,6 +49,7 @@ from hogsend.core.identity import (
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
 from hogsend.db.repos.contacts import (
+    IngestColumns,
     Matches,
     NewContact,
     ResolutionRace,
@@ -205,7 +206,7 @@ _CLAIM = text(
             updated_at = EXCLUDED.updated_at
         WHERE s.subscribed IS DISTINCT FROM EXCLUDED.subscribed
     )
-    SELECT id FROM ins
+    SELECT v.ord FROM v JOIN ins ON ins.id = v.id
     """
 )
 
@@ -285,8 +286,11 @@ async def _claim(
     updates: Sequence[_ContactUpdate],
     now: datetime,
     payloads: str | None = None,
-) -> set[uuid.UUID]:
-    """Insert the events (and what hangs off them); returns the ids actually stored.
+) -> set[int]:
+    """Insert the events (and what hangs off them); returns the stored works' ``index``.
+
+    Indexes rather than event ids: a batch's 500 ids parsed and hashed as UUIDs were a
+    measurable share of its CPU, and the caller matches works by index anyway.
 
     ``payloads``: every item's properties as one JSON array in item order (``index``),
     already encoded by the caller; without it, the works' properties are encoded here.
@@ -296,7 +300,8 @@ async def _claim(
     for pos, work in enumerate(works, start=1):
         assert work.contact is not None
         events.append(_event_row(work, work.contact, work.index + 1 if payloads else pos))
-        lists.extend(_list_rows(work, work.contact))
+        if work.item.lists:
+            lists.extend(_list_rows(work, work.contact))
     if payloads is None:
         payloads = to_json([dict(work.item.properties) for work in works])
     result = await session.execute(
@@ -311,7 +316,7 @@ async def _claim(
             "now": now,
         },
     )
-    return {row[0] for row in result}
+    return set(result.scalars())
 
 
 def _contact_updates(works: Iterable[_Work], now: datetime) -> list[_ContactUpdate]:
@@ -395,7 +400,7 @@ async def _slow_one(
                 session, identity, properties=work.item.contact_properties, now=now
             )
             work.contact = Contact(id=resolution.contact_id, key=resolution.key)
-            if work.event_id not in await _claim(session, [work], [], now, payloads):
+            if work.index not in await _claim(session, [work], [], now, payloads):
                 raise _ClaimLost
     except _ClaimLost:
         work.lost = True
@@ -409,6 +414,12 @@ async def _slow_one(
         _rejected(work, "a concurrent write to the same contact; retry")
         return
     _stored(work, work.contact, resolution.conflicts)
+
+
+def _columns_for(works: Iterable[_Work]) -> IngestColumns:
+    # The contacts' properties matter only to patch them (_contact_updates and
+    # _undo_for_lost read them for works with contact properties, and only then).
+    return IngestColumns(properties=any(w.item.contact_properties for w in works))
 
 
 async def _resolve_fast(
@@ -427,6 +438,7 @@ async def _resolve_fast(
     """
     created: set[uuid.UUID] = set()
     pending = works
+    columns = _columns_for(works)
     for round_ in range(_MAX_ROUNDS):
         if not pending:
             break
@@ -440,6 +452,7 @@ async def _resolve_fast(
                 session,
                 _identity_keys(by_identity),
                 [w.target_id for w in by_id if w.target_id is not None],
+                columns,
             )
         retry: list[_Work] = []
         if matches is None:
@@ -526,8 +539,11 @@ async def _process(
     # need a link or merge, rolling the savepoint back drops the row locks again, so
     # the advisory locks of the slow path are never taken while holding row locks.
     savepoint = None if lock_first else await session.begin_nested()
-    first = await lock_matches(session, keys, ids)
-    seen = first.by_key if first is not None else await lookup_contacts(session, keys)
+    columns = _columns_for(works)
+    first = await lock_matches(session, keys, ids, columns)
+    seen = (
+        first.by_key if first is not None else await lookup_contacts(session, keys, ingest=columns)
+    )
     fast: list[_Work] = []
     slow: list[_Work] = []
     for work in works:
@@ -559,9 +575,9 @@ async def _process(
     if claims:
         updates = _contact_updates(claims, now)
         stored = await _claim(session, claims, updates, now, payloads)
-        lost = [w for w in claims if w.event_id not in stored]
+        lost = [w for w in claims if w.index not in stored]
         for work in claims:
-            if work.event_id in stored:
+            if work.index in stored:
                 assert work.contact is not None
                 _stored(work, work.contact, work.conflicts)
             else:
@@ -575,7 +591,7 @@ async def _process(
 async def _undo_for_lost(
     session: AsyncSession,
     claims: Sequence[_Work],
-    stored: set[uuid.UUID],
+    stored: set[int],
     created: set[uuid.UUID],
     now: datetime,
 ) -> None:
@@ -588,7 +604,7 @@ async def _undo_for_lost(
     affected = {w.contact.id for w in claims if w.lost and w.contact is not None}
     kept: dict[uuid.UUID, list[_Work]] = {}
     for work in claims:
-        if work.event_id in stored and work.contact is not None:
+        if work.index in stored and work.contact is not None:
             kept.setdefault(work.contact.id, []).append(work)
     unused = sorted((affected & created) - set(kept))
     if unused:
