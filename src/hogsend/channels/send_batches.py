@@ -11,21 +11,15 @@ database work for the whole batch together:
    tracking, every decision row and every tracked link (one statement each), one commit.
    A message that goes out is committed with its links as ``queued`` before its
    provider call;
-2. the lane takes the ``ahead`` mark off the attempt (a commit without a WAL flush,
-   shared by lanes starting together) and calls the provider;
+2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
-   :class:`GroupCommit` in a task of its own and takes the next request at once; it
-   waits for that commit only after its next provider call returned.
+   :class:`GroupCommit` and waits for its commit before taking the next request.
 
-So a lane never has more than two messages between "accepted by the provider" and
-"outcome committed", and at most one attempt open that may not have reached the
-provider: a kill leaves at most ``2 * concurrency`` attempts open (closed as
-interrupted by whichever attempt takes the key over), at most that many accepted
-messages unrecorded (the at-least-once window, docs/email.md, "Performance: the batch
-path"), while the lanes never wait on a durable commit unless it takes longer than a
-provider call. With a throttle (``before_send``), each lane instead commits its
-outcome before the throttle's wait and takes the next mark off after it, so at most
-``concurrency`` attempts are open.
+So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
+``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
+key over), and at most that many accepted messages unrecorded (the at-least-once
+window, docs/email.md, "Performance"), while the database sees about two transactions
+per ``concurrency`` messages.
 
 Requests the set-based path does not cover (no contact or no key, a contact merged
 away or deleted, a key repeated within the batch) go through ``Mailer.send`` one by
@@ -68,8 +62,6 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
-Recorded = Callable[[Sequence["SendOutcome | Exception | None"]], None]
-"""Told a batch's outcomes (None where not final yet) once they are committed."""
 
 
 class GroupCommit(Generic[T]):
@@ -153,7 +145,6 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
-    on_recorded: Recorded | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -162,9 +153,6 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
-        on_recorded: called with the outcomes list (None where not final yet) once
-            every set-based attempt's outcome is committed, before the batch releases
-            its keys' locks and before the requests left to the one-by-one path run.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -201,8 +189,6 @@ async def send_batch(
                     before_send,
                     locked,
                 )
-                if on_recorded is not None:
-                    on_recorded(outcomes)
             finally:
                 try:
                     await sends.end_transaction(conn, commit=False)
@@ -558,9 +544,7 @@ async def _lanes(
 
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
-    # The next chunk is decided while half of the current one is still to send: a
-    # chunk's decision takes longer than the lanes need for a handful of messages.
-    feed.low = max(lanes, DECIDE_CHUNK // 2)
+    feed.low = lanes
     try:
         going = await decide_or_raise(first, prestart, keys)
     except Exception as exc:
@@ -570,15 +554,8 @@ async def _lanes(
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
-    async with contextlib.AsyncExitStack() as stack:
-        if chunks:
-            recorder = await stack.enter_async_context(mailer.engine.connect())
-            await recorder.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            # Everything was decided up front (a coalesced batch, say): the batch's own
-            # connection is idle while the lanes run, so it records their outcomes too
-            # (one pooled connection and its pre-ping fewer per batch).
-            recorder = conn
+    async with mailer.engine.connect() as recorder:
+        await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
         async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
             await mailer._write_outcomes(
@@ -603,64 +580,6 @@ async def _lanes(
                     outcomes[attempt.index] = exc  # still marked: never sent
                 return False
             return True
-
-        starter: list[AsyncConnection] = []  # opened when an attempt first needs a start
-
-        async def start_many(attempts: list[_Going]) -> None:
-            if not starter:
-                starter.append(await stack.enter_async_context(mailer.engine.connect()))
-                await starter[0].execution_options(isolation_level="AUTOCOMMIT")
-            await sends.start_attempts(starter[0], [attempt.send_id for attempt in attempts])
-
-        starting: GroupCommit[_Going] = GroupCommit(start_many)
-
-        async def start(attempt: _Going) -> bool:
-            """Take ``attempt``'s mark off (committed); False, its outcome the error, on failure."""
-            try:
-                await starting.submit(attempt)
-            except Exception as exc:
-                outcomes[attempt.index] = exc  # still marked: never sent
-                return False
-            attempt.started = True
-            return True
-
-        async def piped_lane(attempt: _Going | None) -> None:
-            """A lane without a throttle: outcomes are committed while it sends on.
-
-            Before its provider call an attempt decided ahead has its mark taken off (a
-            commit without a WAL flush, shared by the lanes starting at the same time);
-            its outcome goes to the group commit in a task of its own, and the lane
-            takes the next attempt at once. It waits for that commit only once the next
-            provider call returned, so at most two of its messages are ever between
-            "accepted by the provider" and "outcome committed".
-            """
-            writing: asyncio.Future[bool] | None = None  # the last outcome's commit
-            try:
-                while True:
-                    if attempt is None:
-                        attempt = await feed.take()
-                        if attempt is None:
-                            return
-                    if not attempt.started and not await start(attempt):
-                        attempt = None
-                        continue
-                    item: Item | None = None
-                    try:
-                        outcome, item = await _deliver_one(mailer, attempt)
-                    except Exception as exc:
-                        outcomes[attempt.index] = exc
-                    else:
-                        outcomes[attempt.index] = outcome
-                    if writing is not None:
-                        await asyncio.shield(writing)
-                        writing = None
-                    if item is not None:
-                        writing = asyncio.ensure_future(commit((attempt.index, item), None))
-                    attempt = None
-            finally:
-                if writing is not None:
-                    # Even when the lane is cancelled: a message that went out is recorded.
-                    await asyncio.shield(writing)
 
         async def lane(attempt: _Going | None) -> None:
             done: tuple[int, Item] | None = None  # the last outcome, not yet committed
@@ -690,8 +609,7 @@ async def _lanes(
 
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
-            run = lane if before_send is not None else piped_lane
-            await asyncio.gather(*(run(attempt) for attempt in starts))
+            await asyncio.gather(*(lane(attempt) for attempt in starts))
         finally:
             await feed.close()
 
@@ -822,23 +740,9 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
-        def recorded(outcomes: Sequence[SendOutcome | Exception | None]) -> None:
-            # Every outcome committed: the callers go on while the batch releases its
-            # keys' locks (a send with one of them waits for it and sees the outcome).
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                if outcome is None or done.done():
-                    continue
-                if isinstance(outcome, Exception):
-                    done.set_exception(outcome)
-                else:
-                    done.set_result(outcome)
-
         try:
             outcomes = await send_batch(
-                self._mailer,
-                [request for request, _ in batch],
-                concurrency=len(batch),
-                on_recorded=recorded,
+                self._mailer, [request for request, _ in batch], concurrency=len(batch)
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")

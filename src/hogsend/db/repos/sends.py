@@ -892,28 +892,6 @@ async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> 
         await conn.execute(_ABANDON, {"ids": list(send_ids)})
 
 
-async def start_attempts(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
-    """Take the :data:`AHEAD` mark off attempts about to go to their provider.
-
-    For a connection in autocommit: one statement, straight to the driver (it runs about
-    once per message), committed without waiting for its WAL flush (like
-    :func:`insert_attempts`); the outcomes' durable commit that follows flushes it too.
-    A crash of Postgres itself in between can lose the change, and the attempt taking
-    the key over then removes the row and sends afresh with the same key (the
-    at-least-once window of docs/email.md).
-    """
-    if send_ids:
-        driver = await driver_connection(conn)
-        await driver.execute(_START_ATTEMPTS.format(ids=Literal([str(i) for i in send_ids])))
-
-
-_START_ATTEMPTS = SQL(
-    "WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)"
-    " UPDATE email_sends SET decision_detail = decision_detail - 'ahead'"
-    " FROM cfg WHERE id = ANY(CAST({ids} AS uuid[])) AND decision = 'queued'"
-)
-
-
 async def insert_attempts(
     conn: AsyncConnection,
     rows: Sequence[dict[str, Any]],
