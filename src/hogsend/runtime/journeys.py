@@ -94,13 +94,6 @@ Clock = Callable[[], datetime]
 Workflow = Callable[[str, dict[str, Any]], Coroutine[Any, Any, str]]
 
 
-class _Unset:
-    """No value given (None is one)."""
-
-
-_UNSET = _Unset()
-
-
 def utc_now() -> datetime:
     """The real clock."""
     return datetime.now(UTC)
@@ -196,46 +189,40 @@ class JourneyRuntime:
         step_records.install()
         workflow_id = DBOS.workflow_id
         if recorded is None or workflow_id is None:
-            return await self._run(definition, state_id, enrollment, replaying=False)
+            started = await self._start(definition, state_id, enrollment)
+            return await self._run(definition, state_id, enrollment, started)
         try:
             if starts_from_input(enrollment):
                 # The records come with the statement that begins the run: a first
                 # execution pays one transaction before its body, not two.
                 started = await self._begin_and_recall(state_id, workflow_id, enrollment, recorded)
-                return await self._run(
-                    definition, state_id, enrollment, replaying=False, started=started
-                )
-            replaying = await recorded.prefetch(workflow_id)
-            return await self._run(definition, state_id, enrollment, replaying=replaying)
+            else:
+                await recorded.prefetch(workflow_id)
+                started = await self._start(definition, state_id, enrollment)
+            return await self._run(definition, state_id, enrollment, started)
         finally:
             recorded.forget(workflow_id)
+
+    async def _start(
+        self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
+    ) -> tuple[Contact, str, datetime] | None:
+        """Begin the run when its step records were not read with the begin statement."""
+        if starts_from_input(enrollment):
+            return await self._begin(state_id, enrollment)
+        # Enqueued without its contact (a retry; a run recorded by older code): the
+        # start step, which a replay of such a run finds recorded at step 0.
+        started: tuple[Contact, str, datetime] | None = await DBOS.run_step_async(
+            {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
+        )
+        return started
 
     async def _run(
         self,
         definition: JourneyDefinition,
         state_id: uuid.UUID,
         enrollment: dict[str, Any],
-        *,
-        replaying: bool,
-        started: tuple[Contact, str, datetime] | _Unset | None = _UNSET,
+        started: tuple[Contact, str, datetime] | None,
     ) -> str:
-        if not isinstance(started, _Unset):
-            pass  # begun with its records (JourneyRuntime._begin_and_recall)
-        elif starts_from_input(enrollment) and replaying:
-            # Its first execution began it (every step comes after that): go on as
-            # :meth:`_begin` would for a replay, without its transaction. Waking a parked
-            # run is replay-bound (bench/journeys.py); an exit that landed since is seen
-            # by the run's next new step, which checks the row.
-            contact, enrolled_at = _enrolled(enrollment)
-            started = (contact, "active", enrolled_at)
-        elif starts_from_input(enrollment):
-            started = await self._begin(state_id, enrollment)
-        else:
-            # Enqueued without its contact (a retry; a run recorded by older code): the
-            # start step, which a replay of such a run finds recorded at step 0.
-            started = await DBOS.run_step_async(
-                {"name": "journey.start"}, self._start_step, definition.id, state_id, enrollment
-            )
         if started is None:
             return "refused"
         contact, status, now = started
