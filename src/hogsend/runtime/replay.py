@@ -97,24 +97,7 @@ class RecordedSteps:
         serialization)`` of an unsharded system database. Raises and returns as
         :meth:`prefetch` does.
         """
-        from dbos._error import DBOSWorkflowCancelledError
-
-        assert workflow_status is not None, f"Error: Workflow {workflow_id} does not exist"
-        if workflow_status == "CANCELLED":
-            raise DBOSWorkflowCancelledError(
-                f"Workflow {workflow_id} is cancelled. Aborting function."
-            )
-        found = {
-            int(row[0]): {
-                "output": row[1],
-                "error": row[2],
-                "function_name": row[3],
-                "child_workflow_id": row[4],
-                "serialization": row[5],
-                "child_shard_key": None,
-            }
-            for row in rows
-        }
+        found = _records_of(workflow_id, workflow_status, rows)
         with self._lock:
             self._records[workflow_id] = found
         return bool(found)
@@ -168,7 +151,6 @@ def _checked(
 def _read_records(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
     """The workflow's status check and all its records, in one transaction (DBOS's check
     reads the same two tables, for one step)."""
-    from dbos._error import DBOSWorkflowCancelledError
     from dbos._sys_db import db_retry
 
     tables = sys_db.tables
@@ -193,26 +175,13 @@ def _read_records(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
                     outputs.c.function_name,
                     outputs.c.child_workflow_id,
                     outputs.c.serialization,
-                    *([] if child_key is None else [child_key]),
+                    child_key,
                 ).where(*sys_db._wf(outputs, workflow_id))
             ).all()
         return status, rows
 
     status, rows = read()
-    assert status, f"Error: Workflow {workflow_id} does not exist"
-    if status[0][0] == "CANCELLED":
-        raise DBOSWorkflowCancelledError(f"Workflow {workflow_id} is cancelled. Aborting function.")
-    return {
-        row[0]: {
-            "output": row[1],
-            "error": row[2],
-            "function_name": row[3],
-            "child_workflow_id": row[4],
-            "serialization": row[5],
-            "child_shard_key": row[6] if child_key is not None else None,
-        }
-        for row in rows
-    }
+    return _records_of(workflow_id, status[0][0] if status else None, rows)
 
 
 # The status and every record in one statement, written once: building DBOS's two
@@ -227,7 +196,6 @@ _STATUS_AND_RECORDS = sa.text(
 
 
 def _read_records_joined(sys_db: Any, workflow_id: str) -> dict[int, dict[str, Any]]:
-    from dbos._error import DBOSWorkflowCancelledError
     from dbos._sys_db import db_retry
 
     @db_retry(sys_db=sys_db)
@@ -239,20 +207,35 @@ def _read_records_joined(sys_db: Any, workflow_id: str) -> dict[int, dict[str, A
             return list(conn.execute(_STATUS_AND_RECORDS, {"w": workflow_id}).all())
 
     rows = read()
-    assert rows, f"Error: Workflow {workflow_id} does not exist"
-    if rows[0][0] == "CANCELLED":
+    return _records_of(
+        workflow_id, rows[0][0] if rows else None, [row[1:] for row in rows if row[1] is not None]
+    )
+
+
+def _records_of(
+    workflow_id: str, status: str | None, rows: Sequence[Sequence[Any]]
+) -> dict[int, dict[str, Any]]:
+    """A run's records by step id, after DBOS's status check of its first step.
+
+    ``rows`` are ``(function_id, output, error, function_name, child_workflow_id,
+    serialization[, child_shard_key])``; ``status`` is the workflow's (None: no row).
+    Raises ``DBOSWorkflowCancelledError`` for a cancelled workflow.
+    """
+    from dbos._error import DBOSWorkflowCancelledError
+
+    assert status is not None, f"Error: Workflow {workflow_id} does not exist"
+    if status == "CANCELLED":
         raise DBOSWorkflowCancelledError(f"Workflow {workflow_id} is cancelled. Aborting function.")
     return {
-        row[1]: {
-            "output": row[2],
-            "error": row[3],
-            "function_name": row[4],
-            "child_workflow_id": row[5],
-            "serialization": row[6],
-            "child_shard_key": None,
+        int(row[0]): {
+            "output": row[1],
+            "error": row[2],
+            "function_name": row[3],
+            "child_workflow_id": row[4],
+            "serialization": row[5],
+            "child_shard_key": row[6] if len(row) > 6 else None,
         }
         for row in rows
-        if row[1] is not None
     }
 
 
