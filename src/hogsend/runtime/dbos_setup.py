@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dbos import DBOS, DBOSConfig
 
@@ -18,6 +19,8 @@ from hogsend.settings import Settings
 
 DBOS_APP_NAME = "hogsend"
 DBOS_SCHEMA = "dbos"
+EPOCH_MS_NOW = "CAST(extract(epoch FROM now()) * 1000 AS bigint)"
+"""SQL for the transaction's time in epoch milliseconds, as DBOS 3.4 stamps its rows."""
 # Async workflows hop to threads for every database write; unbounded, the pool grew to
 # thousands of threads under load (see DESIGN.md), so cap it.
 MAX_EXECUTOR_THREADS = 32
@@ -111,3 +114,12 @@ async def cancel_stranded_workflows(timeout: float = 5.0) -> int:
     if stranded:
         await asyncio.wait(stranded, timeout=timeout)
     return len(stranded)
+
+
+def unsharded_postgres(sys_db: Any) -> bool:
+    """Whether DBOS's system database is Postgres with rows keyed by the workflow id
+    alone, the one hogsend's own statements on DBOS 3.4's tables are written for
+    (replay, step_records, due_wake); a sharded one keys rows by more than the id."""
+    return type(sys_db).__name__ == "PostgresSystemDatabase" and not getattr(
+        sys_db, "sharded", False
+    )

@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.db.repos.journeys import DueRun
-from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+from hogsend.runtime.dbos_setup import DBOS_SCHEMA, EPOCH_MS_NOW, unsharded_postgres
 
 log = structlog.get_logger(__name__)
 
@@ -140,13 +140,11 @@ _CLOSE_WAITS = text(
     " FROM moved JOIN ends ON ends.id = moved.id RETURNING journey_state_id"
 )
 
-_NOW_MS = "CAST(extract(epoch FROM now()) * 1000 AS bigint)"
-
 _RECORD_WOKE = text(
     f"INSERT INTO {DBOS_SCHEMA}.operation_outputs (workflow_uuid, function_id, function_name,"
     " output, error, child_workflow_id, started_at_epoch_ms, completed_at_epoch_ms,"
     " serialization, application_name, retention_timestamp)"
-    f" SELECT t.w, t.f, :name, :output, NULL, NULL, :ms, :ms, :ser, :app, {_NOW_MS}"
+    f" SELECT t.w, t.f, :name, :output, NULL, NULL, :ms, :ms, :ser, :app, {EPOCH_MS_NOW}"
     " FROM unnest(CAST(:ws AS text[]), CAST(:fs AS integer[])) AS t(w, f)"
 )
 
@@ -154,7 +152,7 @@ _RECORD_WOKE = text(
 _RESUME = text(
     f"UPDATE {DBOS_SCHEMA}.workflow_status SET status = 'ENQUEUED', owner_xid = NULL,"
     " queue_name = :queue, recovery_attempts = 0, workflow_deadline_epoch_ms = NULL,"
-    f" deduplication_id = NULL, started_at_epoch_ms = NULL, updated_at = {_NOW_MS},"
+    f" deduplication_id = NULL, started_at_epoch_ms = NULL, updated_at = {EPOCH_MS_NOW},"
     " completed_at = NULL WHERE workflow_uuid = ANY(:ids) AND status = 'CANCELLED'"
 )
 
@@ -275,10 +273,7 @@ def install(queue: str) -> DueWake | None:
     if _installed is not None and _installed.sys_db is sys_db:
         return _installed
     missing = _missing_columns(sys_db)
-    # Sharded system databases key rows by more than the workflow id.
-    plain = type(sys_db).__name__ == "PostgresSystemDatabase" and not getattr(
-        sys_db, "sharded", False
-    )
+    plain = unsharded_postgres(sys_db)
     serializer = getattr(dbos, "_serializer", None)
     if missing or not plain or serializer is None:
         log.warning(

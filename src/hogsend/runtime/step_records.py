@@ -28,7 +28,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import DBAPIError
 
-from hogsend.runtime.dbos_setup import DBOS_SCHEMA
+from hogsend.runtime.dbos_setup import DBOS_SCHEMA, EPOCH_MS_NOW, unsharded_postgres
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ _INSERT = sa.text(
     " function_name, started_at_epoch_ms, completed_at_epoch_ms, output, error,"
     " child_workflow_id, serialization, application_name, retention_timestamp)"
     " VALUES (:w, :f, :name, :started, :completed, :output, :error, :child, :ser, :app,"
-    " CAST(extract(epoch FROM now()) * 1000 AS bigint))"
+    f" {EPOCH_MS_NOW})"
     " ON CONFLICT (workflow_uuid, function_id)"
     " DO UPDATE SET completed_at_epoch_ms = o.completed_at_epoch_ms"
     " RETURNING completed_at_epoch_ms"
@@ -121,8 +121,7 @@ def install() -> StepRecords | None:
         return _installed
     columns = {c.name for c in sys_db.tables.operation_outputs.c}
     plain = (
-        type(sys_db).__name__ == "PostgresSystemDatabase"
-        and not getattr(sys_db, "sharded", False)
+        unsharded_postgres(sys_db)
         and hasattr(sys_db, "_record_operation_result_txn")
         and hasattr(sys_db, "_is_unique_constraint_violation")
         and hasattr(sys_db, "app_name")
