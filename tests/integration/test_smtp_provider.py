@@ -360,3 +360,71 @@ async def test_wrong_password_is_permanent_and_says_so(
         " check HOGSEND_SMTP_USERNAME and HOGSEND_SMTP_PASSWORD"
     )
     assert server.sink.messages == []
+
+
+class SevenBitSink(Sink):
+    """A sink that does not offer 8BITMIME (aiosmtpd drops it when it decodes DATA)."""
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        envelope.content = envelope.original_content
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def seven_bit() -> Iterator[Server]:
+    sink = SevenBitSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port(), decode_data=True)
+    controller.start()
+    yield Server(sink, controller.port)
+    controller.stop()
+
+
+NON_ASCII_BODY = "Grüße, Zoë — " + "\u034f\u200c" * 40 + "\n. a dot line\n"
+
+
+@pytest.mark.parametrize(
+    ("to", "path"),
+    [("ada@example.com", "direct"), ('"ada lovelace"@example.com', "sendmail")],
+)
+async def test_8bit_parts_where_the_server_offers_8bitmime(
+    plain: Server, to: str, path: str
+) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    sent = message(to=to, text=NON_ASCII_BODY, html=f"<p>{NON_ASCII_BODY}</p>")
+    await provider.send(sent)
+    await provider.send(message(to=to, idempotency_key="ascii"))
+    await provider.aclose()
+    (_, received), (_, ascii_only) = plain.sink.messages
+    [(_, options, _, _), (_, ascii_options, _, _)] = plain.sink.envelopes
+    assert "BODY=8BITMIME" in options, path
+    assert [p["Content-Transfer-Encoding"] for p in received.iter_parts()] == ["8bit", "8bit"]
+    plain_part, html_part = received.get_body(("plain",)), received.get_body(("html",))
+    assert plain_part is not None
+    assert html_part is not None
+    # Read as the wire carries it (CRLF); a mailbox stores an 8bit part's lines with LF.
+    assert plain_part.get_content().replace("\r\n", "\n") == NON_ASCII_BODY
+    assert html_part.get_content().replace("\r\n", "\n") == f"<p>{NON_ASCII_BODY}</p>\n"
+    assert received["Subject"] == "Welcome, Ada — café"
+    # An all-ASCII message says nothing of 8BITMIME.
+    assert not any(o.upper().startswith("BODY") for o in ascii_options)
+    assert ascii_only.get_body(("plain",)) is not None
+
+
+async def test_quoted_printable_where_the_server_does_not_offer_8bitmime(
+    seven_bit: Server,
+) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=seven_bit.port, tls="none", pool_size=1)
+    await provider.send(message(text=NON_ASCII_BODY, html=f"<p>{NON_ASCII_BODY}</p>"))
+    await provider.aclose()
+    [(_, received)] = seven_bit.sink.messages
+    [(_, options, _, _)] = seven_bit.sink.envelopes
+    assert not any(o.upper().startswith("BODY") for o in options)
+    assert [p["Content-Transfer-Encoding"] for p in received.iter_parts()] == [
+        "quoted-printable",
+        "quoted-printable",
+    ]
+    plain_part = received.get_body(("plain",))
+    assert plain_part is not None
+    assert plain_part.get_content().replace("\r\n", "\n") == NON_ASCII_BODY

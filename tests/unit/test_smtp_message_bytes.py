@@ -159,3 +159,94 @@ def test_the_envelope_sender_is_the_from_address() -> None:
     assert envelope_sender("hello@quickstart.test") == "hello@quickstart.test"
     assert sample().message_id().endswith("@quickstart.test>")
     assert sample(from_email="").message_id().endswith("@hogsend.local>")
+
+
+# --------------------------------------------------------------------------- 8BITMIME
+
+PREHEADER_FILL = "\u034f\u200c&nbsp;" * 30  # what the quickstart's preheader pads with
+
+
+def written_8bit(message: OutgoingEmail) -> tuple[bytes, EmailMessage]:
+    data = message_bytes(message, eight_bit=True)
+    assert data is not None
+    head, _, _ = data.partition(b"\r\n\r\n")
+    head.decode("ascii")  # the headers stay ASCII; only an 8bit part's text is not
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    assert b"\r" not in data.replace(b"\r\n", b"")
+    assert b"\x00" not in data
+    return data, parse(data)
+
+
+def encodings(parsed: EmailMessage) -> list[str]:
+    return [str(part["Content-Transfer-Encoding"]) for part in parsed.iter_parts()]
+
+
+def test_8bit_parts_read_back_like_the_stdlib_built_message() -> None:
+    # Byte for byte different (8bit text, not quoted-printable), parse for parse the same.
+    html = (
+        '<!DOCTYPE html><html lang="en"><body style="margin: 0;font-family: Helvetica, '
+        'Arial, sans-serif;color: #1f2328;line-height: 1.5;"><div style="display:none">'
+        f"Choose a plan before March 14.{PREHEADER_FILL}</div>\n"
+        '<p>Grüße, Zoë — <a href="https://mail.example.test/c/abc?u=1&amp;v=2">Plans</a></p>\n'
+        "<p>. a line that starts with a dot</p>\n"
+    )
+    text = "Grüße, Zoë — trial ends soon\n\n. a dot line\nUnsubscribe · Preferences\n"
+    message = sample(html=html, text=text, subject="Ihre Testphase endet — schöne Grüße")
+    data, mine = written_8bit(message)
+    theirs = parse(bytes(build_mime(message)))
+    assert encodings(mine) == ["8bit", "8bit"]
+    for name in ("From", "To", "Subject", "Reply-To", "Message-ID", "List-Unsubscribe"):
+        assert mine[name] == theirs[name], name
+    for subtype in ("plain", "html"):
+        body, reference = mine.get_body((subtype,)), theirs.get_body((subtype,))
+        assert body is not None
+        assert reference is not None
+        assert body.get_content() == reference.get_content()
+    assert all(not part.defects for part in mine.walk())
+    # Smaller than the 7-bit writing of the same message, in fewer lines.
+    seven = message_bytes(message)
+    assert seven is not None
+    assert len(data) < len(seven)
+    assert data.count(b"\r\n") < seven.count(b"\r\n")
+
+
+def test_8bit_is_only_for_what_needs_it() -> None:
+    # An ASCII part with short lines stays 7bit (the message stays ASCII: no BODY=8BITMIME).
+    data, parsed = written_8bit(sample())
+    assert data.isascii()
+    assert encodings(parsed) == ["7bit", "7bit"]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("é" * 500, "a line of 1,000 octets (500 characters)"),
+        ("x" * 999, "a long ASCII line"),
+        ("é\x00é", "a NUL"),
+    ],
+)
+def test_8bit_falls_back_to_quoted_printable(text: str, why: str) -> None:
+    _, parsed = written_8bit(sample(text=text, html=None))
+    assert parsed["Content-Transfer-Encoding"] == "quoted-printable", why
+    assert parsed.get_content() == text + "\n", why
+
+
+def test_a_line_of_exactly_998_octets_goes_8bit() -> None:
+    text = "é" * 499  # 998 octets
+    data, parsed = written_8bit(sample(text=text, html=None))
+    assert parsed["Content-Transfer-Encoding"] == "8bit"
+    assert text.encode() in data.split(b"\r\n")
+    assert parsed.get_content() == text + "\n"
+
+
+@pytest.mark.parametrize("eight_bit", [False, True])
+def test_line_breaks_are_the_email_packages(eight_bit: bool) -> None:
+    # CR, LF and CRLF break lines; a form feed, U+2028 or NEL stays in its line.
+    text = "a\r\nb\rc\nform\x0cfeed\u2028same line\x85é\n"
+    data = message_bytes(sample(text=text, html=None), eight_bit=eight_bit)
+    assert data is not None
+    mine = parse(data)
+    theirs = parse(bytes(build_mime(sample(text=text, html=None))))
+    assert mine.get_content() == theirs.get_content()
+    assert mine.get_content() == "a\nb\nc\nform\x0cfeed\u2028same line\x85é\n"
