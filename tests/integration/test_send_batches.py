@@ -22,6 +22,7 @@ from tests.integration.test_mailer import (
 )
 
 from hogsend import Hogsend
+from hogsend.channels.email import SmtpProvider
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.channels.send_batches import GroupCommit
@@ -268,3 +269,48 @@ async def test_a_batch_killed_mid_way_is_taken_over_without_a_lost_or_double_mes
     assert tracked[0]["n"] == 20  # every message that went out has its links
     # Each recipient got the campaign once: the hung calls never reached the sink.
     assert sorted(m["To"] for m in env.sink.messages) == [f"p{n:02}@example.com" for n in range(20)]
+
+
+class _FailingOnce(Mailer):
+    """A mailer whose ``fail_at``-th outcome commit fails (as a lost connection would)."""
+
+    fail_at = 1
+    writes = 0
+
+    async def _write_outcomes(self, *args: Any, **kwargs: Any) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise ConnectionError("the outcome commit failed")
+        await super()._write_outcomes(*args, **kwargs)
+
+
+async def test_a_failed_outcome_commit_stops_the_next_message_before_it_is_accepted(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    # One lane: the second message's envelope and body reach the server while the first
+    # outcome commits, and its ending line waits for that commit. The commit fails, so
+    # the server never accepts the second message; the third goes out as usual.
+    people = [await new_contact(env.engine, f"g{n}@example.com") for n in range(3)]
+    mailer = _FailingOnce(env.app, env.settings, env.engine, env.mailer.provider)
+    outcomes = await mailer.send_batch(
+        [news(c, idempotency_key=f"gate:{c}") for c in people], concurrency=1
+    )
+    first, second, third = outcomes
+    assert isinstance(first, ConnectionError)  # sent, its outcome not recorded
+    assert isinstance(second, ConnectionError)  # never accepted
+    assert not isinstance(third, Exception)
+    assert third.decision == "sent"
+    assert sorted(m["To"] for m in env.sink.messages) == ["g0@example.com", "g2@example.com"]
+    # The second message's transaction was left unfinished: its connection was closed.
+    assert isinstance(env.mailer.provider, SmtpProvider)
+    assert env.mailer.provider.connections_opened == 2
+    rows = await fetch_all(
+        "SELECT to_email, decision, decision_detail FROM email_sends ORDER BY to_email"
+    )
+    assert [(r["to_email"], r["decision"]) for r in rows] == [
+        ("g0@example.com", "queued"),  # the at-least-once window: taken over by the next try
+        ("g1@example.com", "queued"),
+        ("g2@example.com", "sent"),
+    ]
+    assert "ahead" in rows[1]["decision_detail"]  # marked: known never sent

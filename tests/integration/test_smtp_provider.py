@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import ssl
@@ -14,7 +15,8 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 
-from hogsend.channels.email import OutgoingEmail, SmtpProvider
+from hogsend.channels.email import OutgoingEmail, PacedProvider, ProviderResult, SmtpProvider
+from hogsend.channels.email.message import GateClosed, send_when
 from hogsend.errors import PermanentProviderError, TransientProviderError
 from mail_sink import SecuredServer, free_port, secured_sink
 
@@ -428,3 +430,86 @@ async def test_quoted_printable_where_the_server_does_not_offer_8bitmime(
     plain_part = received.get_body(("plain",))
     assert plain_part is not None
     assert plain_part.get_content().replace("\r\n", "\n") == NON_ASCII_BODY
+
+
+# --------------------------------------------------------------------------- gated sends
+
+
+async def test_a_gated_message_is_accepted_only_once_its_gate_opens(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    sending = asyncio.ensure_future(provider.send_gated(message(), gate))
+    # The envelope and the message travel meanwhile; the server has accepted nothing.
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        assert plain.sink.messages == []
+        assert not sending.done()
+    gate.set_result(True)
+    result = await sending
+    [(_, received)] = plain.sink.messages
+    assert received["Message-ID"] == result.message_id
+    assert received.get_body(("plain",)) is not None
+    # The connection goes on serving: the next message needs no new one.
+    await provider.send(message(idempotency_key="after"))
+    await provider.aclose()
+    assert provider.connections_opened == 1
+    assert len(plain.sink.messages) == 2
+
+
+@pytest.mark.parametrize("closing", ["false", "error"])
+async def test_a_closed_gate_leaves_the_message_unfinished(plain: Server, closing: str) -> None:
+    # Both paths: the provider's own transaction and sendmail (a quoted local part).
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    for to in ("ada@example.com", '"ada lovelace"@example.com'):
+        gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if closing == "false":
+            gate.set_result(False)
+            with pytest.raises(GateClosed):
+                await provider.send_gated(message(to=to), gate)
+        else:
+            gate.set_exception(RuntimeError("commit failed"))
+            with pytest.raises(RuntimeError, match="commit failed"):
+                await provider.send_gated(message(to=to), gate)
+    assert plain.sink.messages == []
+    await provider.send(message(to="next@example.com"))
+    await provider.aclose()
+    assert [m["To"] for _, m in plain.sink.messages] == ["next@example.com"]
+
+
+async def test_a_line_starting_with_a_dot_survives_the_gated_data(plain: Server) -> None:
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    text = ".\n..two\n. three\nend\n"
+    gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    gate.set_result(True)
+    await provider.send_gated(message(text=text, html=None), gate)
+    await provider.aclose()
+    [(_, received)] = plain.sink.messages
+    assert received.get_content().replace("\r\n", "\n") == text
+
+
+async def test_send_when_waits_for_the_gate_with_a_provider_that_cannot_stage() -> None:
+    sent: list[str] = []
+
+    class Plain:
+        name = "plain"
+
+        async def send(self, email_message: OutgoingEmail) -> ProviderResult:
+            sent.append(email_message.to)
+            return ProviderResult(provider="plain", message_id="<1@x>")
+
+        async def aclose(self) -> None:
+            """Nothing to release."""
+
+    paced = PacedProvider(Plain())
+    gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    sending = asyncio.ensure_future(send_when(paced, message(), gate))
+    await asyncio.sleep(0.05)
+    assert sent == []
+    gate.set_result(True)
+    assert (await sending).attempts == 1
+    assert sent == ["ada@example.com"]
+    closed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    closed.set_result(False)
+    with pytest.raises(GateClosed):
+        await send_when(Plain(), message(), closed)
+    assert sent == ["ada@example.com"]

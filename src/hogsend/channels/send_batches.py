@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from hogsend.channels.email.message import EmailProvider, OutgoingEmail
+from hogsend.channels.email.message import (
+    EmailProvider,
+    OutgoingEmail,
+    ProviderResult,
+    send_when,
+)
 from hogsend.core.identity import normalize_email
 from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import GateResult, decide
@@ -592,18 +597,34 @@ async def _lanes(
                     attempt = await feed.take()
                     if attempt is not None and before_send is not None:
                         await before_send()
-                if not await commit(done, attempt):
-                    done, attempt = None, None
-                    continue
-                done = None
                 if attempt is None:
+                    await commit(done, None)
                     return
+                # The commit of ``done`` (which also takes ``attempt``'s mark off) runs
+                # while the provider gets ``attempt`` ready: the provider lets it be
+                # accepted only once that commit succeeded (send_when's gate).
+                gate: asyncio.Future[bool] | None = None
+                if done is not None or not attempt.started:
+                    gate = asyncio.ensure_future(commit(done, attempt))
+                done = None
+                delivered: tuple[SendOutcome, Item] | Exception
                 try:
-                    outcome, item = await _deliver_one(mailer, attempt)
+                    delivered = await _deliver_one(mailer, attempt, gate)
                 except Exception as exc:
-                    outcomes[attempt.index] = exc
+                    delivered = exc
+                except BaseException:
+                    if gate is not None and not gate.done():
+                        gate.cancel()
+                    raise
+                if gate is not None and not await gate:
+                    # The commit failed (its error is both attempts' outcome): the
+                    # provider accepted nothing, and the attempt stays marked.
+                    attempt = None
+                    continue
+                if isinstance(delivered, Exception):
+                    outcomes[attempt.index] = delivered
                 else:
-                    outcomes[attempt.index] = outcome
+                    outcomes[attempt.index], item = delivered
                     done = (attempt.index, item)
                 attempt = None
 
@@ -614,14 +635,38 @@ async def _lanes(
             await feed.close()
 
 
-async def _deliver_one(mailer: Mailer, attempt: _Going) -> tuple[SendOutcome, Item]:
-    """Call the provider for ``attempt``: its outcome, and the row and event recording it."""
+class _Gated:
+    """``provider``, accepting a message only once ``gate`` gives True (``send_when``)."""
+
+    def __init__(self, provider: EmailProvider, gate: asyncio.Future[bool]) -> None:
+        self.name = provider.name
+        self._provider = provider
+        self._gate = gate
+
+    async def send(self, message: OutgoingEmail) -> ProviderResult:
+        return await send_when(self._provider, message, self._gate)
+
+    async def aclose(self) -> None:
+        await self._provider.aclose()
+
+
+async def _deliver_one(
+    mailer: Mailer, attempt: _Going, gate: asyncio.Future[bool] | None = None
+) -> tuple[SendOutcome, Item]:
+    """Call the provider for ``attempt``: its outcome, and the row and event recording it.
+
+    With a ``gate``, the provider may accept the message only once it gives True.
+
+    Raises:
+        GateClosed: ``gate`` gave False; nothing was sent.
+    """
     from hogsend.channels.mailer import SendOutcome
 
     provider, message = attempt.provider, attempt.message
     request, result, send_id = attempt.request, attempt.result, attempt.send_id
     retries: list[dict[str, Any]] = []
-    accepted, calls, error = await mailer._call_provider(provider, message, retries)
+    calling: EmailProvider = provider if gate is None else _Gated(provider, gate)
+    accepted, calls, error = await mailer._call_provider(calling, message, retries)
     finish: dict[str, Any] = {
         "id": send_id,
         "attempts": calls,

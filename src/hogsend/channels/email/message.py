@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from email.utils import make_msgid, parseaddr
 from typing import Protocol, runtime_checkable
@@ -92,6 +92,34 @@ class EmailProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections; the provider is not used afterwards."""
         ...
+
+
+class GateClosed(Exception):
+    """A gated send stopped before the provider could accept its message (see :func:`send_when`)."""
+
+
+async def send_when(
+    provider: EmailProvider, message: OutgoingEmail, gate: Awaitable[bool]
+) -> ProviderResult:
+    """Send ``message``, letting the provider accept it only once ``gate`` gives True.
+
+    A provider with a ``send_gated(message, gate)`` method does what it can before
+    awaiting ``gate`` (SMTP: the envelope and the message, all but the line that ends
+    it); any other is called after. ``gate`` must be awaitable more than once (a future
+    or task). The batch path's lanes gate each message on the commit of the lane's
+    previous outcome, so the provider's round trips overlap that commit while a lane
+    still never has more than one accepted message unrecorded.
+
+    Raises:
+        GateClosed: ``gate`` gave False; the provider accepted nothing.
+    """
+    staged = getattr(provider, "send_gated", None)
+    if staged is not None:
+        result: ProviderResult = await staged(message, gate)
+        return result
+    if not await gate:
+        raise GateClosed("the message was not sent: its gate closed")
+    return await provider.send(message)
 
 
 @functools.lru_cache(maxsize=256)

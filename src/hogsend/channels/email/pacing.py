@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
-from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult, send_when
 from hogsend.errors import TransientProviderError
 
 Clock = Callable[[], float]
@@ -97,13 +97,26 @@ class PacedProvider:
 
     async def send(self, message: OutgoingEmail) -> ProviderResult:
         """Send through the bucket, backing off as the provider asks."""
+        return await self._send(message, None)
+
+    async def send_gated(self, message: OutgoingEmail, gate: Awaitable[bool]) -> ProviderResult:
+        """:meth:`send`, the wrapped provider accepting only once ``gate`` gives True.
+
+        See :func:`~hogsend.channels.email.message.send_when`.
+        """
+        return await self._send(message, gate)
+
+    async def _send(self, message: OutgoingEmail, gate: Awaitable[bool] | None) -> ProviderResult:
         waited = 0.0
         attempt = 0
         while True:
             attempt += 1
             waited += await self.bucket.acquire()
             try:
-                result = await self.inner.send(message)
+                if gate is None:
+                    result = await self.inner.send(message)
+                else:
+                    result = await send_when(self.inner, message, gate)
             except TransientProviderError as exc:
                 delay = exc.retry_after
                 if delay is None or delay > self.max_backoff or attempt > self.max_retries:

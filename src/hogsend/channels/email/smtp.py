@@ -9,6 +9,7 @@ import functools
 import re
 import ssl
 import uuid
+from collections.abc import Awaitable
 from email.header import Header
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
@@ -17,7 +18,7 @@ from typing import Literal
 import aiosmtplib
 from aiosmtplib import SMTPStatus
 
-from hogsend.channels.email.message import OutgoingEmail, ProviderResult
+from hogsend.channels.email.message import GateClosed, OutgoingEmail, ProviderResult
 from hogsend.errors import PermanentProviderError, ProviderError, TransientProviderError
 
 TlsMode = Literal["none", "starttls", "tls"]
@@ -289,6 +290,20 @@ class SmtpProvider:
 
     async def send(self, message: OutgoingEmail) -> ProviderResult:
         """Deliver ``message``; retries once on a fresh connection if a reused one died."""
+        return await self._send(message, None)
+
+    async def send_gated(self, message: OutgoingEmail, gate: Awaitable[bool]) -> ProviderResult:
+        """:meth:`send`, the server accepting the message only once ``gate`` gives True.
+
+        ``MAIL``, ``RCPT``, ``DATA`` and the message go out at once; the line ending the
+        message (after which the server has accepted it) waits for ``gate``. When it
+        gives False the connection is closed with the message unfinished, which the
+        server discards, and :class:`~hogsend.channels.email.message.GateClosed` is
+        raised. See :func:`~hogsend.channels.email.message.send_when`.
+        """
+        return await self._send(message, gate)
+
+    async def _send(self, message: OutgoingEmail, gate: Awaitable[bool] | None) -> ProviderResult:
         if self._closed:
             raise RuntimeError("the SMTP provider is closed")
         message_id = message.message_id()
@@ -302,14 +317,14 @@ class SmtpProvider:
                 if client is None:
                     client = await self._connect()
                 try:
-                    sent_id = await _transmit(client, sender, message, message_id)
+                    sent_id = await _transmit(client, sender, message, message_id, gate)
                 except aiosmtplib.SMTPServerDisconnected:
                     if not reused:
                         raise
                     # The server dropped an idle connection: one more try on a new one.
                     client.close()
                     client = await self._connect()
-                    sent_id = await _transmit(client, sender, message, message_id)
+                    sent_id = await _transmit(client, sender, message, message_id, gate)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 if client is not None:
                     client.close()
@@ -333,35 +348,49 @@ class SmtpProvider:
 
 
 async def _transmit(
-    client: aiosmtplib.SMTP, sender: str, message: OutgoingEmail, message_id: str
+    client: aiosmtplib.SMTP,
+    sender: str,
+    message: OutgoingEmail,
+    message_id: str,
+    gate: Awaitable[bool] | None = None,
 ) -> str:
     """Send ``message`` on ``client``; the Message-ID it went out with.
 
     Written for this connection: 8bit parts where the server offers ``8BITMIME``
     (:func:`message_bytes`), through the ``email`` package where an address is not
-    ASCII.
+    ASCII. With a ``gate``, the direct transaction waits for it before the message's
+    last line; the other ways wait for it before they start.
     """
     eight_bit = client.supports_extension("8bitmime")
     data = message_bytes(message, message_id=message_id, eight_bit=eight_bit)
+    direct = (
+        data is not None
+        and not client.is_ehlo_or_helo_needed
+        and _BARE_ADDRESS.fullmatch(sender) is not None
+        and _BARE_ADDRESS.fullmatch(message.to) is not None
+    )
+    if gate is not None and not direct and not await gate:
+        raise GateClosed("the message was not sent: its gate closed")
     if data is None:
         mime = build_mime(message)
         await client.send_message(mime, recipients=[message.to])
         return str(mime["Message-ID"])
     # An 8bit part makes the bytes non-ASCII; the server must be told (RFC 6152).
     options = [] if data.isascii() else ["BODY=8BITMIME"]
-    if (
-        not client.is_ehlo_or_helo_needed
-        and _BARE_ADDRESS.fullmatch(sender)
-        and _BARE_ADDRESS.fullmatch(message.to)
-    ):
-        await _mail_transaction(client, sender, message.to, data, options)
+    if direct:
+        await _mail_transaction(client, sender, message.to, data, options, gate)
     else:
         await client.sendmail(sender, [message.to], data, mail_options=options)
     return message_id
 
 
 async def _mail_transaction(
-    client: aiosmtplib.SMTP, sender: str, to: str, data: bytes, mail_options: list[str]
+    client: aiosmtplib.SMTP,
+    sender: str,
+    to: str,
+    data: bytes,
+    mail_options: list[str],
+    gate: Awaitable[bool] | None = None,
 ) -> None:
     """MAIL, RCPT and DATA for one bare ASCII sender and recipient: what ``sendmail`` sends.
 
@@ -384,12 +413,49 @@ async def _mail_transaction(
             raise aiosmtplib.SMTPRecipientsRefused(
                 [aiosmtplib.SMTPRecipientRefused(response.code, response.message, to)]
             )
-        await client.data(data)
+        if gate is None:
+            await client.data(data)
+        else:
+            await _gated_data(client, data, gate)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         # The original error is the one worth reporting, not a failed reset.
         with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
             await client.rset()
         raise
+
+
+# A line starting with a dot gets one more (RFC 5321 4.5.2), as aiosmtplib's data() does.
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+async def _gated_data(client: aiosmtplib.SMTP, data: bytes, gate: Awaitable[bool]) -> None:
+    """``DATA`` and the message, then the ending line once ``gate`` gives True.
+
+    What ``client.data`` does, in two writes: the server accepts a message at its
+    ending line, so until then nothing is delivered. ``data`` has CRLF line ends only
+    (:func:`message_bytes`). When ``gate`` gives False (or fails) the connection is
+    closed with the message unfinished, which the server discards.
+    """
+    response = await client.execute_command(b"DATA")
+    if response.code != SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol.write(_LEADING_DOT.sub(b"..", data))
+    try:
+        go = await gate
+    except BaseException:
+        client.close()
+        raise
+    if not go:
+        client.close()
+        raise GateClosed("the message was not sent: its gate closed")
+    protocol.write(b".\r\n")
+    # Read at once after the write (no await between): the reply cannot come unasked for.
+    response = await protocol.read_response(timeout=client.timeout)
+    if response.code != SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:
