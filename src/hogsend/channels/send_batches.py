@@ -81,7 +81,8 @@ class GroupCommit(Generic[T]):
     def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
         self._write = write
         self._pending: list[tuple[T, asyncio.Future[None]]] = []
-        self._running: asyncio.Event | None = None
+        # Done when the running write ends: a plain future, so waiting on it costs no task.
+        self._running: asyncio.Future[None] | None = None
 
     async def submit(self, item: T) -> None:
         """Return once ``item`` is written; raise what its write raised."""
@@ -99,17 +100,13 @@ class GroupCommit(Generic[T]):
                         continue
                 await self._write_pending()
             else:
-                # Wait for the running write to end (or for it to have carried our item).
-                running: asyncio.Future[Any] = asyncio.ensure_future(self._running.wait())
-                waiting: set[asyncio.Future[Any]] = {done, running}
-                try:
-                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    running.cancel()
+                # Wait for the running write to end (or for it to have carried our item);
+                # asyncio.wait leaves both futures alone if this caller is cancelled.
+                await asyncio.wait((done, self._running), return_when=asyncio.FIRST_COMPLETED)
         done.result()
 
     async def _write_pending(self) -> None:
-        running = self._running = asyncio.Event()
+        running = self._running = asyncio.get_running_loop().create_future()
         batch, self._pending = self._pending, []
         try:
             await self._write([item for item, _ in batch])
@@ -126,7 +123,7 @@ class GroupCommit(Generic[T]):
                 done.set_result(None)
         finally:
             self._running = None
-            running.set()
+            running.set_result(None)
 
 
 @dataclass(slots=True, kw_only=True)

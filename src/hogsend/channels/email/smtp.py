@@ -71,9 +71,10 @@ def message_bytes(
         message: the message.
         message_id: its Message-ID (default: ``message.message_id()``).
         eight_bit: the server offers ``8BITMIME``. A part sent as 8bit is its text as
-            is (about a third smaller than quoted-printable for CSS-inlined HTML, whose
-            every ``=`` becomes ``=3D``, and in fewer lines), and the message then needs
-            ``BODY=8BITMIME`` on its ``MAIL FROM`` (its bytes are not ASCII).
+            is (smaller than quoted-printable, in which CSS-inlined HTML's every ``=``
+            becomes ``=3D``, and in a third fewer lines, each a unit of work for the
+            server), and the message then needs ``BODY=8BITMIME`` on its ``MAIL FROM``
+            (its bytes are not ASCII).
 
     Returns:
         The bytes, or None when an address is not ASCII (it needs SMTPUTF8: the caller
@@ -190,11 +191,12 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
     if not body.endswith("\n"):
         body += "\n"
     lines = body[:-1].split("\n")
+    longest = max(map(len, lines))
     if "\x00" in body:
         encoding = "quoted-printable"  # neither 7bit nor 8bit may carry a NUL
-    elif body.isascii() and all(len(line) <= _LONGEST_LINE for line in lines):
+    elif body.isascii() and longest <= _LONGEST_LINE:
         encoding = "7bit"
-    elif eight_bit and all(_octets_fit(line) for line in lines):
+    elif eight_bit and _octets_fit(lines, longest):
         encoding = "8bit"
     else:
         encoding = "quoted-printable"
@@ -209,9 +211,16 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
     ]
 
 
-def _octets_fit(line: str) -> bool:
-    # A character is at most 4 octets in UTF-8: only long lines need encoding to count.
-    return len(line) * 4 <= _LONGEST_LINE or len(line.encode("utf-8")) <= _LONGEST_LINE
+def _octets_fit(lines: list[str], longest: int) -> bool:
+    """Whether no line is longer than 998 octets in UTF-8 (``longest``: in characters)."""
+    if longest * 4 <= _LONGEST_LINE:
+        return True  # a character is at most 4 octets
+    if longest > _LONGEST_LINE:
+        return False
+    return all(
+        len(line) * 4 <= _LONGEST_LINE or len(line.encode("utf-8")) <= _LONGEST_LINE
+        for line in lines
+    )
 
 
 class SmtpProvider:
