@@ -314,3 +314,33 @@ async def test_a_failed_outcome_commit_stops_the_next_message_before_it_is_accep
         ("g2@example.com", "sent"),
     ]
     assert "ahead" in rows[1]["decision_detail"]  # marked: known never sent
+
+
+class _CountingWrites(Mailer):
+    """A mailer that counts its outcome commits and the outcomes in each."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[int] = []
+
+    async def _write_outcomes(self, items: Any, *args: Any, **kwargs: Any) -> None:
+        self.writes.append(len(items))
+        await super()._write_outcomes(items, *args, **kwargs)
+
+
+async def test_a_batch_decided_in_one_go_commits_its_outcomes_together(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    # Lanes end their provider calls at different times; the batch answers when it
+    # ends, so its outcomes wait for the last call and go in one commit.
+    people = [await new_contact(env.engine, f"t{n}@example.com") for n in range(5)]
+    mailer = _CountingWrites(env.app, env.settings, env.engine, env.mailer.provider)
+    outcomes = await mailer.send_batch(
+        [news(c, idempotency_key=f"together:{c}") for c in people], concurrency=5
+    )
+    assert [o.decision for o in outcomes if not isinstance(o, Exception)] == ["sent"] * 5
+    assert mailer.writes == [5]
+    rows = await fetch_all("SELECT decision FROM email_sends")
+    assert [r["decision"] for r in rows] == ["sent"] * 5
+    assert len(env.sink.messages) == 5

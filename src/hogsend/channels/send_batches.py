@@ -583,8 +583,27 @@ async def _lanes(
                 return False
             return True
 
+        # A batch decided in one go (coalesced sends, a small batch) answers its callers
+        # when it ends: its outcomes wait for the last provider call and go in one
+        # commit, rather than the first lane's alone and then the rest after it.
+        together = not chunks and before_send is None
+        sending = [lanes]
+        all_sent = asyncio.Event()
+
         async def lane(attempt: _Going | None) -> None:
-            done: tuple[int, Item] | None = None  # the last outcome, not yet committed
+            try:
+                done = await send_all(attempt)
+            finally:
+                sending[0] -= 1
+                if sending[0] == 0:
+                    all_sent.set()
+            if together:
+                await all_sent.wait()
+            await commit(done, None)
+
+        async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
+            """Send until the feed is empty; the last outcome, not yet committed."""
+            done: tuple[int, Item] | None = None
             while True:
                 if attempt is None:
                     if done is not None and before_send is not None:
@@ -595,8 +614,7 @@ async def _lanes(
                     if attempt is not None and before_send is not None:
                         await before_send()
                 if attempt is None:
-                    await commit(done, None)
-                    return
+                    return done
                 # The commit of ``done`` (which also takes ``attempt``'s mark off) runs
                 # while the provider gets ``attempt`` ready: the provider lets it be
                 # accepted only once that commit succeeded (send_when's gate).
