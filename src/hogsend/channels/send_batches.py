@@ -659,10 +659,11 @@ class _Gated:
         self._gate = gate
 
     async def send(self, message: OutgoingEmail) -> ProviderResult:
+        """Send through the wrapped provider, gated."""
         return await send_when(self._provider, message, self._gate)
 
     async def aclose(self) -> None:
-        await self._provider.aclose()
+        """Nothing: the wrapped provider is the mailer's, not this call's, to close."""
 
 
 async def _deliver_one(
