@@ -316,12 +316,17 @@ async def finish(
     """Record the provider's outcome on a ``queued`` attempt.
 
     ``sent``/``redirected`` keep the idempotency key; ``provider_error`` releases it,
-    so a later retry of the same send can go out.
+    so a later retry of the same send can go out. A provider message id is also written
+    to ``email_send_messages``, where delivery reports look it up: indexed on
+    ``email_sends``, it would make this update change an indexed column, so it could
+    never stay on the row's page and every index of the table would take a new entry
+    per send (migration 0015).
     """
     ok = decision in ("sent", "redirected")
     await session.execute(
         text(
             """
+            WITH done AS (
             UPDATE email_sends SET
                 decision = :decision,
                 status = CASE WHEN :ok THEN 'sent' ELSE 'failed' END,
@@ -336,6 +341,11 @@ async def finish(
                 handoff = NULL,
                 updated_at = now()
             WHERE id = :id
+            RETURNING id, provider, provider_message_id
+            )
+            INSERT INTO email_send_messages (message_id, provider, email_send_id)
+            SELECT provider_message_id, coalesce(provider, ''), id FROM done
+            WHERE provider_message_id IS NOT NULL
             """
         ),
         {
@@ -350,6 +360,25 @@ async def finish(
             "subject": subject,
         },
     )
+
+
+async def record_message_ids(session: AsyncSession, send_ids: Sequence[uuid.UUID]) -> None:
+    """Make the provider message ids of sends written directly (demo data) findable.
+
+    What :func:`finish` writes to ``email_send_messages`` with an outcome, for rows
+    inserted whole; ids already there are left as they are.
+    """
+    await session.execute(_RECORD_MESSAGE_IDS, {"ids": [str(i) for i in send_ids]})
+
+
+_RECORD_MESSAGE_IDS = text(
+    """
+    INSERT INTO email_send_messages (message_id, provider, email_send_id)
+    SELECT provider_message_id, coalesce(provider, ''), id FROM email_sends
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND provider_message_id IS NOT NULL
+    ON CONFLICT DO NOTHING
+    """
+)
 
 
 async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
@@ -1023,6 +1052,10 @@ _FINISH_AND_LOG = text(
             updated_at = now()
         FROM r WHERE e.id = r.id AND e.id = ANY(ARRAY(SELECT id FROM r))
         RETURNING e.id
+    ), message_ids AS (
+        INSERT INTO email_send_messages (message_id, provider, email_send_id)
+        SELECT r.message_id, coalesce(r.provider, ''), r.id
+        FROM r JOIN done ON done.id = r.id WHERE r.message_id IS NOT NULL
     ), started AS (
         UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
         WHERE id = ANY(CAST(:starts AS uuid[])) AND decision = 'queued'
