@@ -393,15 +393,22 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
 
 
 AHEAD = "ahead"
-"""Key in ``decision_detail`` of a ``queued`` row a batch decided before its provider
-call began (``channels.send_batches``); it comes off in the commit before that call."""
+"""Key in the ``detail`` a batch gives :func:`insert_attempts` for a ``queued`` row it
+decided before its provider call began (``channels.send_batches``). Not stored in the
+row: the mark is a row of ``email_send_marks``, deleted in the commit before that call
+(a narrow insert and delete instead of a second update of the wide ``email_sends`` row,
+which a Postgres horizon held by any open transaction keeps from staying on its page;
+migration 0015)."""
 
 _ABANDON = text(
     """
-    WITH never_started AS (
+    WITH marked AS (
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:ids AS uuid[]))
+        RETURNING email_send_id
+    ), never_started AS (
         DELETE FROM email_sends
         WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
-            AND decision_detail ? 'ahead'
+            AND id IN (SELECT email_send_id FROM marked)
     )
     UPDATE email_sends SET decision = 'provider_error', status = 'failed',
         idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
@@ -409,7 +416,7 @@ _ABANDON = text(
             || '{"gate": "provider_error", "interrupted": true}'::jsonb,
         updated_at = now()
     WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
-        AND NOT coalesce(decision_detail ? 'ahead', false)
+        AND id NOT IN (SELECT email_send_id FROM marked)
     """
 )
 
@@ -936,16 +943,30 @@ async def insert_attempts(
     Only a crash of Postgres itself in between can lose them (the retry then sends as
     if first, with the same key: the at-least-once window of docs/email.md).
 
+    A row whose ``detail`` carries :data:`AHEAD` is stored without it and marked in
+    ``email_send_marks`` instead (in this statement), until :func:`finish_and_log`'s
+    ``starts`` takes the mark off.
+
     Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
     category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
     redirected_to, status, decision, detail, kind, error (as :func:`insert_attempt` and,
     for a row closed at once, :func:`finish`).
     """
     if rows:
+        marked: list[uuid.UUID | str] = []
+        stored: list[dict[str, Any]] = []
+        for row in rows:
+            detail = row.get("detail")
+            if detail and AHEAD in detail:
+                marked.append(row["id"])
+                rest = {k: v for k, v in detail.items() if k != AHEAD}
+                row = {**row, "detail": rest or None}
+            stored.append(row)
         await conn.execute(
             _INSERT_ATTEMPTS,
             {
-                "rows": to_json(list(rows)),
+                "rows": to_json(stored),
+                "marked": [str(m) for m in marked],
                 "link_ids": [link[0] for link in links],
                 "link_sends": [link[1] for link in links],
                 "link_urls": [link[2] for link in links],
@@ -957,6 +978,10 @@ async def insert_attempts(
 _INSERT_ATTEMPTS = text(
     """
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+    marks AS (
+        INSERT INTO email_send_marks (email_send_id)
+        SELECT unnest(CAST(:marked AS uuid[]))
+    ),
     links AS (
         INSERT INTO tracked_links (id, email_send_id, original_url)
         SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
@@ -1000,7 +1025,7 @@ async def finish_and_log(
 
     Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
 
-    ``starts``: attempts decided ahead (:data:`AHEAD` in their detail) that go to the
+    ``starts``: attempts decided ahead (marked, see :data:`AHEAD`) that go to the
     provider once this commits: the mark comes off, so an attempt taking over their
     key after a crash closes them as interrupted instead of removing them.
 
@@ -1057,9 +1082,8 @@ _FINISH_AND_LOG = text(
         SELECT r.message_id, coalesce(r.provider, ''), r.id
         FROM r JOIN done ON done.id = r.id WHERE r.message_id IS NOT NULL
     ), started AS (
-        UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
-        WHERE id = ANY(CAST(:starts AS uuid[])) AND decision = 'queued'
-        RETURNING id
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:starts AS uuid[]))
+        RETURNING email_send_id
     ), v AS (
         SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,

@@ -245,6 +245,24 @@ class EmailSendMessage(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class EmailSendMark(Base):
+    """A ``queued`` attempt a batch decided ahead of its provider call: not sent yet.
+
+    Written with the decision row and deleted in the commit before the provider call
+    (``hogsend.db.repos.sends.AHEAD``); an attempt that takes over the key after a
+    crash removes a still-marked row instead of closing it as interrupted. A narrow row
+    of its own rather than a key in ``email_sends.decision_detail``: taking it off was a
+    second update of the wide row per send, with a new entry in each of its indexes
+    whenever the update could not stay on its page (migration 0015).
+    """
+
+    __tablename__ = "email_send_marks"
+
+    # No foreign key: the mark lives for one provider call, and a check per send costs.
+    email_send_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class WebhookReceipt(Base):
     """One provider webhook delivery that was acted on, so a redelivery changes nothing.
 
