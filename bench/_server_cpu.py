@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 
@@ -17,7 +18,12 @@ def postgres_cpu_reader(server: EmbeddedPostgres) -> Callable[[], float]:
     the database's share of a benchmark's cost, which survives a loaded machine better
     than a rate.
     """
-    lock = PostmasterLock.read(server.pgdata)
+    return postgres_cpu_reader_at(server.pgdata)
+
+
+def postgres_cpu_reader_at(pgdata: Path) -> Callable[[], float]:
+    """:func:`postgres_cpu_reader` of the server running on ``pgdata`` (another process's)."""
+    lock = PostmasterLock.read(pgdata)
     assert lock is not None
     postmaster = psutil.Process(lock.pid)
 

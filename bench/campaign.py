@@ -50,6 +50,7 @@ from typing import Any
 import psutil
 import psycopg
 
+from bench._server_cpu import postgres_cpu_reader_at
 from bench.send import CONCURRENCY, SENDS, WARMUP, _counted, _run_scenario, _sink
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
@@ -106,6 +107,7 @@ async def _campaign(
     stop_after: int | None = None,
     profile: Path | None = None,
     batch: int = BATCH,
+    pgdata: Path | None = None,
 ) -> dict[str, Any]:
     from examples.quickstart.app import app
     from sqlalchemy import event
@@ -182,6 +184,10 @@ async def _campaign(
             statements = 0
             stages.reset()
             commits_before = _commits(conn)
+            postgres_cpu = postgres_cpu_reader_at(pgdata) if pgdata is not None else None
+            pg_before = postgres_cpu() if postgres_cpu is not None else 0.0
+            wal_before = _wal_lsn(conn)
+            writes_before = _writes(conn)
             cpu_before = time.process_time()
             profiler = cProfile.Profile() if profile is not None else None
             if profiler is not None:
@@ -228,11 +234,16 @@ async def _campaign(
             }
             batches = stages.batches
             commits = _commits(conn) - commits_before
+            pg_cpu = postgres_cpu() - pg_before if postgres_cpu is not None else None
+            wal = _wal_bytes_since(conn, wal_before)
             if profiler is not None and profile is not None:
                 profiler.disable()
                 profiler.dump_stats(profile)
     finally:
         await worker.stop()
+    # After the stop: the worker's backends flushed their table counts as they closed.
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        writes = _writes_since(conn, writes_before)
     status, started, completed, _, sent, skipped, failed, reasons, progressed = row
     partial = stop_after is not None and status == "cancelled" and sent >= stop_after
     if not partial and (status != "sent" or sent != recipients or total != recipients):
@@ -261,6 +272,14 @@ async def _campaign(
         },
         "statements_per_send": round(statements / sent, 2),
         "commits_per_send": round(commits / sent, 2),
+        # The database's side, over the same window: every backend's CPU (hogsend's and
+        # DBOS's), the WAL written, and the row versions each table took, per recipient.
+        "postgres_cpu_ms_per_send": None if pg_cpu is None else round(pg_cpu / sent * 1000, 3),
+        "wal_bytes_per_send": round(wal / sent),
+        "rows_written_per_send": {
+            table: {kind: round(n / sent, 2) for kind, n in counts.items()}
+            for table, counts in writes.items()
+        },
         "rss_before_snapshot_mb": round(rss_before, 1),
         "rss_after_snapshot_mb": round(rss_snapshot, 1),
         "rss_mb_at_sent": {str(k): v for k, v in rss_at.items()},
@@ -288,6 +307,47 @@ def _counts(conn: psycopg.Connection[Any], campaign_id: uuid.UUID) -> tuple[Any,
     ).fetchone()
     assert found is not None
     return tuple(found)
+
+
+def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
+    found = conn.execute("SELECT CAST(pg_current_wal_lsn() AS text)").fetchone()
+    assert found is not None
+    return str(found[0])
+
+
+def _wal_bytes_since(conn: psycopg.Connection[Any], lsn: str) -> int:
+    """WAL bytes the whole server wrote since ``lsn`` (every database: only ours is busy)."""
+    found = conn.execute(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), CAST(%s AS pg_lsn))", (lsn,)
+    ).fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+_WRITES_SQL = (
+    "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables"
+)
+
+
+def _writes(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, ...]]:
+    """Rows inserted, updated (HOT of them) and deleted so far, per table."""
+    # A backend reports its counts when it goes idle, at most a few seconds late: the
+    # snapshot's inserts into campaign_recipients may still show up after the "before".
+    return {row[0]: tuple(row[1:]) for row in conn.execute(_WRITES_SQL).fetchall()}
+
+
+def _writes_since(
+    conn: psycopg.Connection[Any], before: dict[str, tuple[int, ...]]
+) -> dict[str, dict[str, int]]:
+    """What :func:`_writes` counted since ``before``, tables that took writes only."""
+    kinds = ("insert", "update", "hot_update", "delete")
+    out: dict[str, dict[str, int]] = {}
+    for table, now in _writes(conn).items():
+        then = before.get(table, (0, 0, 0, 0))
+        delta = {k: a - b for k, a, b in zip(kinds, now, then, strict=True) if a - b}
+        if delta:
+            out[table] = delta
+    return out
 
 
 def _commits(conn: psycopg.Connection[Any]) -> int:
@@ -345,7 +405,15 @@ def run(
                 raw = _run_scenario("raw", port, url, []) if ceilings else None
                 before = counter.value
                 campaign = _run_campaign(
-                    port, url, recipients, provider, dispatcher, stop_after, profile, batch
+                    port,
+                    url,
+                    recipients,
+                    provider,
+                    dispatcher,
+                    stop_after,
+                    profile,
+                    batch,
+                    server.pgdata,
                 )
                 arrived = counter.value - before
                 mailer = None
@@ -386,6 +454,12 @@ def run(
     )
     for name, spent in campaign["stages_ms_per_send"].items():
         print(f"    {name:<14} wall {spent['wall']:>7} ms  cpu {spent['cpu']:>7} ms per recipient")
+    print(
+        f"  Postgres CPU {campaign['postgres_cpu_ms_per_send']} ms,"
+        f" WAL {campaign['wal_bytes_per_send']} bytes per recipient"
+    )
+    for table, kinds in campaign["rows_written_per_send"].items():
+        print(f"    {table:<22} {kinds}")
     print(f"  worker RSS at sent counts: {campaign['rss_mb_at_sent']}")
     if mailer is not None:
         print(

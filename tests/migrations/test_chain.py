@@ -33,6 +33,8 @@ TABLES = {
     "email_opens",
     "deferred_sends",
     "email_preferences",
+    "email_send_marks",
+    "email_send_messages",
     "email_sends",
     "email_suppressions",
     "link_clicks",

@@ -119,8 +119,9 @@ async def find_send(
         rows = (
             await session.execute(
                 text(
-                    f"SELECT {_SEND_COLUMNS} FROM email_sends"
-                    " WHERE provider = :p AND provider_message_id = :m"
+                    f"SELECT {_SEND_COLUMNS} FROM email_sends WHERE id = ("
+                    " SELECT email_send_id FROM email_send_messages"
+                    " WHERE message_id = :m AND provider = :p)"
                 ),
                 {"p": provider, "m": message_id},
             )
@@ -129,8 +130,9 @@ async def find_send(
         rows = (
             await session.execute(
                 text(
-                    f"SELECT {_SEND_COLUMNS} FROM email_sends"
-                    " WHERE provider_message_id = :m LIMIT 2"
+                    f"SELECT {_SEND_COLUMNS} FROM email_sends WHERE id IN ("
+                    " SELECT email_send_id FROM email_send_messages"
+                    " WHERE message_id = :m LIMIT 2)"
                 ),
                 {"m": message_id},
             )

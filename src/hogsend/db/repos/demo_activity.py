@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.db.repos import dead_letters, outbox
+from hogsend.db.repos import sends as sends_repo
 
 _SEED = 20_240_613
 _NAMESPACE = uuid.UUID("2b8f8d6e-0c57-4a55-8f0e-5d3b1f6c9a21")
@@ -719,15 +720,17 @@ async def seed(
             _CAMPAIGN_SENDS, {"rows": json.dumps(sends), "from_email": from_email}
         )
         inserted_sends += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        await sends_repo.record_message_ids(session, [s["id"] for s in sends])
         await session.execute(
             _INSERT_RECIPIENTS, {"rows": json.dumps(recipients), "new_ids": new_campaigns}
         )
         await session.execute(_UPDATE_COUNTS, {"ids": new_campaigns})
+    others = _other_decisions(people, now)
     result = await session.execute(
-        _CAMPAIGN_SENDS,
-        {"rows": json.dumps(_other_decisions(people, now)), "from_email": from_email},
+        _CAMPAIGN_SENDS, {"rows": json.dumps(others), "from_email": from_email}
     )
     inserted_sends += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    await sends_repo.record_message_ids(session, [s["id"] for s in others])
     dead = await _dead_letter(session, people, now) + await _journey_dead_letter(session, people)
     return ActivityResult(
         journey_runs=len(new_runs),

@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from hogsend.db.repos import sends as sends_repo
+
 _SEED = 20_240_612
 _NAMESPACE = uuid.UUID("6f1c2a52-4d7e-4c1b-9a51-0c2f7d7e0b55")
 FROM_EMAIL = "Hogsend Demo <hello@example.com>"
@@ -326,6 +328,7 @@ async def seed(session: AsyncSession, people: Sequence[dict[str, Any]], *, now: 
     result = await session.execute(
         _INSERT_SENDS, {"rows": json.dumps(data.sends), "from_email": FROM_EMAIL}
     )
+    await sends_repo.record_message_ids(session, [s["id"] for s in data.sends])
     await session.execute(_INSERT_PREFERENCES, {"rows": json.dumps(data.preferences)})
     await session.execute(_INSERT_SUPPRESSIONS, {"rows": json.dumps(data.suppressions)})
     await session.execute(_INSERT_LISTS, {"rows": json.dumps(data.lists)})

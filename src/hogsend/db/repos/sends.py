@@ -316,12 +316,17 @@ async def finish(
     """Record the provider's outcome on a ``queued`` attempt.
 
     ``sent``/``redirected`` keep the idempotency key; ``provider_error`` releases it,
-    so a later retry of the same send can go out.
+    so a later retry of the same send can go out. A provider message id is also written
+    to ``email_send_messages``, where delivery reports look it up: indexed on
+    ``email_sends``, it would make this update change an indexed column, so it could
+    never stay on the row's page and every index of the table would take a new entry
+    per send (migration 0015).
     """
     ok = decision in ("sent", "redirected")
     await session.execute(
         text(
             """
+            WITH done AS (
             UPDATE email_sends SET
                 decision = :decision,
                 status = CASE WHEN :ok THEN 'sent' ELSE 'failed' END,
@@ -336,6 +341,11 @@ async def finish(
                 handoff = NULL,
                 updated_at = now()
             WHERE id = :id
+            RETURNING id, provider, provider_message_id
+            )
+            INSERT INTO email_send_messages (message_id, provider, email_send_id)
+            SELECT provider_message_id, coalesce(provider, ''), id FROM done
+            WHERE provider_message_id IS NOT NULL
             """
         ),
         {
@@ -352,6 +362,25 @@ async def finish(
     )
 
 
+async def record_message_ids(session: AsyncSession, send_ids: Sequence[uuid.UUID]) -> None:
+    """Make the provider message ids of sends written directly (demo data) findable.
+
+    What :func:`finish` writes to ``email_send_messages`` with an outcome, for rows
+    inserted whole; ids already there are left as they are.
+    """
+    await session.execute(_RECORD_MESSAGE_IDS, {"ids": [str(i) for i in send_ids]})
+
+
+_RECORD_MESSAGE_IDS = text(
+    """
+    INSERT INTO email_send_messages (message_id, provider, email_send_id)
+    SELECT provider_message_id, coalesce(provider, ''), id FROM email_sends
+    WHERE id = ANY(CAST(:ids AS uuid[])) AND provider_message_id IS NOT NULL
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
 async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
     """Close an attempt left ``queued`` by a process that died while it was out.
 
@@ -364,15 +393,22 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
 
 
 AHEAD = "ahead"
-"""Key in ``decision_detail`` of a ``queued`` row a batch decided before its provider
-call began (``channels.send_batches``); it comes off in the commit before that call."""
+"""Key in the ``detail`` a batch gives :func:`insert_attempts` for a ``queued`` row it
+decided before its provider call began (``channels.send_batches``). Not stored in the
+row: the mark is a row of ``email_send_marks``, deleted in the commit before that call
+(a narrow insert and delete instead of a second update of the wide ``email_sends`` row,
+which a Postgres horizon held by any open transaction keeps from staying on its page;
+migration 0015)."""
 
 _ABANDON = text(
     """
-    WITH never_started AS (
+    WITH marked AS (
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:ids AS uuid[]))
+        RETURNING email_send_id
+    ), never_started AS (
         DELETE FROM email_sends
         WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
-            AND decision_detail ? 'ahead'
+            AND id IN (SELECT email_send_id FROM marked)
     )
     UPDATE email_sends SET decision = 'provider_error', status = 'failed',
         idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',
@@ -380,7 +416,7 @@ _ABANDON = text(
             || '{"gate": "provider_error", "interrupted": true}'::jsonb,
         updated_at = now()
     WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
-        AND NOT coalesce(decision_detail ? 'ahead', false)
+        AND id NOT IN (SELECT email_send_id FROM marked)
     """
 )
 
@@ -907,16 +943,30 @@ async def insert_attempts(
     Only a crash of Postgres itself in between can lose them (the retry then sends as
     if first, with the same key: the at-least-once window of docs/email.md).
 
+    A row whose ``detail`` carries :data:`AHEAD` is stored without it and marked in
+    ``email_send_marks`` instead (in this statement), until :func:`finish_and_log`'s
+    ``starts`` takes the mark off.
+
     Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
     category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
     redirected_to, status, decision, detail, kind, error (as :func:`insert_attempt` and,
     for a row closed at once, :func:`finish`).
     """
     if rows:
+        marked: list[uuid.UUID | str] = []
+        stored: list[dict[str, Any]] = []
+        for row in rows:
+            detail = row.get("detail")
+            if detail and AHEAD in detail:
+                marked.append(row["id"])
+                rest = {k: v for k, v in detail.items() if k != AHEAD}
+                row = {**row, "detail": rest or None}
+            stored.append(row)
         await conn.execute(
             _INSERT_ATTEMPTS,
             {
-                "rows": to_json(list(rows)),
+                "rows": to_json(stored),
+                "marked": [str(m) for m in marked],
                 "link_ids": [link[0] for link in links],
                 "link_sends": [link[1] for link in links],
                 "link_urls": [link[2] for link in links],
@@ -928,6 +978,10 @@ async def insert_attempts(
 _INSERT_ATTEMPTS = text(
     """
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
+    marks AS (
+        INSERT INTO email_send_marks (email_send_id)
+        SELECT unnest(CAST(:marked AS uuid[]))
+    ),
     links AS (
         INSERT INTO tracked_links (id, email_send_id, original_url)
         SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
@@ -971,7 +1025,7 @@ async def finish_and_log(
 
     Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
 
-    ``starts``: attempts decided ahead (:data:`AHEAD` in their detail) that go to the
+    ``starts``: attempts decided ahead (marked, see :data:`AHEAD`) that go to the
     provider once this commits: the mark comes off, so an attempt taking over their
     key after a crash closes them as interrupted instead of removing them.
 
@@ -1023,10 +1077,13 @@ _FINISH_AND_LOG = text(
             updated_at = now()
         FROM r WHERE e.id = r.id AND e.id = ANY(ARRAY(SELECT id FROM r))
         RETURNING e.id
+    ), message_ids AS (
+        INSERT INTO email_send_messages (message_id, provider, email_send_id)
+        SELECT r.message_id, coalesce(r.provider, ''), r.id
+        FROM r JOIN done ON done.id = r.id WHERE r.message_id IS NOT NULL
     ), started AS (
-        UPDATE email_sends SET decision_detail = decision_detail - 'ahead'
-        WHERE id = ANY(CAST(:starts AS uuid[])) AND decision = 'queued'
-        RETURNING id
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:starts AS uuid[]))
+        RETURNING email_send_id
     ), v AS (
         SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,

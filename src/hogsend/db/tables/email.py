@@ -89,6 +89,8 @@ class EmailSend(Timestamps, Base):
     # Held only by the attempt that went (or is going) out; released on provider error.
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(Text)
+    # Not indexed (the outcome update would then never stay on its page): delivery
+    # reports find the send through ``email_send_messages`` (migration 0015).
     provider_message_id: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -113,13 +115,6 @@ class EmailSend(Timestamps, Base):
             "idempotency_key",
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
-        ),
-        Index(
-            "uq_email_sends_provider_message_id",
-            "provider",
-            "provider_message_id",
-            unique=True,
-            postgresql_where=text("provider_message_id IS NOT NULL"),
         ),
         # Every send writes each index on insert, and again on an outcome update that
         # cannot stay on its page: only indexes a query uses (migration 0014, and
@@ -229,6 +224,43 @@ class EmailSuppression(Timestamps, Base):
             name="suppressed_has_reason",
         ),
     )
+
+
+class EmailSendMessage(Base):
+    """The send a provider's message id belongs to: what delivery reports look sends up by.
+
+    Written with the outcome that records the id on ``email_sends``. Its own narrow table
+    so that outcome update changes no indexed column of ``email_sends`` and stays on the
+    row's page (migration 0015). No foreign key: the only sends ever deleted (attempts that
+    never reached a provider) have no message id, and a cascade would need one more index
+    for every send to write. ``provider`` is '' for an id stored without one.
+    """
+
+    __tablename__ = "email_send_messages"
+
+    # First: a report that names no provider looks the id up alone.
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    email_send_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class EmailSendMark(Base):
+    """A ``queued`` attempt a batch decided ahead of its provider call: not sent yet.
+
+    Written with the decision row and deleted in the commit before the provider call
+    (``hogsend.db.repos.sends.AHEAD``); an attempt that takes over the key after a
+    crash removes a still-marked row instead of closing it as interrupted. A narrow row
+    of its own rather than a key in ``email_sends.decision_detail``: taking it off was a
+    second update of the wide row per send, with a new entry in each of its indexes
+    whenever the update could not stay on its page (migration 0015).
+    """
+
+    __tablename__ = "email_send_marks"
+
+    # No foreign key: the mark lives for one provider call, and a check per send costs.
+    email_send_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class WebhookReceipt(Base):

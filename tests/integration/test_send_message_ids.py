@@ -1,0 +1,210 @@
+"""Provider message ids and "decided ahead" marks live in narrow tables (migration 0015).
+
+A batch send updates its ``email_sends`` row once (the outcome), and that update changes
+no indexed column, so on a page with room Postgres keeps it on the row's page ("HOT", no
+index entry written); the mark is a row of ``email_send_marks``; a delivery report still
+finds the send by the provider's message id, with or without the provider's name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from hogsend.db import migrate
+from hogsend.db.engine import libpq_url
+from hogsend.db.repos import deliveries, sends
+
+
+async def _contact(engine: AsyncEngine, n: int) -> uuid.UUID:
+    async with engine.begin() as conn:
+        found = await conn.scalar(
+            text("INSERT INTO contacts (email, external_id) VALUES (:e, :x) RETURNING id"),
+            {"e": f"u{n}@example.com", "x": f"u{n}"},
+        )
+    assert isinstance(found, uuid.UUID)
+    return found
+
+
+def _queued(send_id: uuid.UUID, contact_id: uuid.UUID, n: int) -> dict[str, Any]:
+    """A decision row as the batch path writes it ahead of its provider call."""
+    return {
+        "id": str(send_id),
+        "contact_id": str(contact_id),
+        "user_id": f"u{n}",
+        "to_email": f"u{n}@example.com",
+        "from_email": "news@example.com",
+        "subject": "Hello",
+        "template_key": "welcome",
+        "category": "news",
+        "journey_id": None,
+        "journey_state_id": None,
+        "campaign_id": None,
+        "key": f"test:{send_id}",
+        "duplicate_of_id": None,
+        "redirected_to": None,
+        "status": "queued",
+        "decision": "queued",
+        "detail": {sends.AHEAD: True},
+        "kind": "campaign",
+        "error": None,
+    }
+
+
+async def _updates(conn: AsyncConnection) -> tuple[int, int]:
+    """``email_sends`` rows updated, and HOT-updated, in ``conn``'s open transaction."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables"
+                " WHERE relname = 'email_sends'"
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def _marks(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(text("SELECT count(*) FROM email_send_marks")) or 0)
+
+
+async def test_batch_outcomes_stay_on_the_page_and_record_the_message_ids(
+    engine: AsyncEngine,
+) -> None:
+    contacts = [await _contact(engine, n) for n in range(3)]
+    ids = [uuid.uuid4() for _ in contacts]
+    async with engine.connect() as conn, conn.begin():
+        await sends.insert_attempts(
+            conn, [_queued(i, c, n) for n, (i, c) in enumerate(zip(ids, contacts, strict=True))]
+        )
+        assert await _marks(conn) == 3
+        now = datetime.now(UTC)
+        # The lanes' commits: the "started" marks come off, then the outcomes.
+        await sends.finish_and_log(conn, [], [], now=now, notify=False, starts=ids)
+        assert await _marks(conn) == 0
+        outcomes = [
+            {
+                "id": str(i),
+                "decision": "sent",
+                "detail": None,
+                "attempts": 1,
+                "provider": "smtp",
+                "message_id": f"<{i}@example.com>",
+                "error": None,
+                "subject": None,
+            }
+            for i in ids
+        ]
+        await sends.finish_and_log(conn, outcomes, [], now=now, notify=False)
+        updated, hot = await _updates(conn)
+        details = (await conn.execute(text("SELECT decision_detail FROM email_sends"))).all()
+    # One update per send, the outcome, on the row's page; the mark was never in the row.
+    assert (updated, hot) == (3, 3)
+    assert [d[0] for d in details] == [None, None, None]
+    async with AsyncSession(engine) as session:
+        for send_id in ids:
+            named = await deliveries.find_send(
+                session, provider="smtp", message_id=f"<{send_id}@example.com>"
+            )
+            alone = await deliveries.find_send(
+                session, provider=None, message_id=f"<{send_id}@example.com>"
+            )
+            assert named is not None
+            assert alone is not None
+            assert named.id == alone.id == send_id
+            assert named.provider_message_id == f"<{send_id}@example.com>"
+        other = await deliveries.find_send(
+            session, provider="resend", message_id=f"<{ids[0]}@example.com>"
+        )
+        assert other is None
+
+
+async def test_a_single_outcome_stays_on_the_page_and_records_the_message_id(
+    engine: AsyncEngine,
+) -> None:
+    contact_id = await _contact(engine, 1)
+    async with AsyncSession(engine) as session, session.begin():
+        send_id = await sends.insert_attempt(
+            session,
+            decision="queued",
+            detail=None,
+            contact_id=contact_id,
+            user_id="u1",
+            to_email="u1@example.com",
+            from_email="news@example.com",
+            subject="Hi",
+            template_key="welcome",
+            category=None,
+            journey_id=None,
+            journey_state_id=None,
+            campaign_id=None,
+            idempotency_key="single:1",
+        )
+        await sends.finish(
+            session,
+            send_id,
+            decision="sent",
+            detail=None,
+            attempts=1,
+            provider="resend",
+            provider_message_id="re_123",
+        )
+        conn = await session.connection()
+        assert await _updates(conn) == (1, 1)
+    async with AsyncSession(engine) as session:
+        found = await deliveries.find_send(session, provider="resend", message_id="re_123")
+        assert found is not None
+        assert found.id == send_id
+        # A failed outcome has no message id: nothing to look up.
+        failed = await sends.insert_attempt(
+            session,
+            decision="queued",
+            detail=None,
+            contact_id=contact_id,
+            user_id="u1",
+            to_email="u1@example.com",
+            from_email="news@example.com",
+            subject="Hi",
+            template_key="welcome",
+            category=None,
+            journey_id=None,
+            journey_state_id=None,
+            campaign_id=None,
+            idempotency_key="single:2",
+        )
+        await sends.finish(
+            session, failed, decision="provider_error", detail=None, attempts=1, provider="resend"
+        )
+        await session.commit()
+        count = await session.scalar(text("SELECT count(*) FROM email_send_messages"))
+    assert count == 1
+
+
+def test_the_migration_copies_existing_message_ids(empty_database_url: str) -> None:
+    migrate.upgrade(empty_database_url, "0014_email_send_indexes")
+    with psycopg.connect(libpq_url(empty_database_url), autocommit=True) as conn:
+        sent = conn.execute(
+            "INSERT INTO email_sends (to_email, from_email, status, decision, provider,"
+            " provider_message_id) VALUES ('a@example.com', 'f@example.com', 'sent', 'sent',"
+            " 'smtp', '<m1@example.com>') RETURNING id"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO email_sends (to_email, from_email, status, decision)"
+            " VALUES ('b@example.com', 'f@example.com', 'skipped', 'suppressed')"
+        )
+        migrate.upgrade(empty_database_url)
+        rows = conn.execute(
+            "SELECT message_id, provider, email_send_id FROM email_send_messages"
+        ).fetchall()
+        assert sent is not None
+        assert rows == [("<m1@example.com>", "smtp", sent[0])]
+        migrate.downgrade(empty_database_url, "0014_email_send_indexes")
+        index = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_email_sends_provider_message_id'"
+        ).fetchone()
+        assert index is not None
