@@ -28,7 +28,7 @@ import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 from dbos import DBOS
@@ -186,7 +186,7 @@ class JourneyRuntime:
         # its recorded steps from them and its new steps need no check of their own.
         recorded = replay.install()
         # DBOS's step records from statements prepared once (hogsend.runtime.step_records).
-        step_records.install()
+        records = step_records.install()
         workflow_id = DBOS.workflow_id
         if recorded is None or workflow_id is None:
             started = await self._start(definition, state_id, enrollment)
@@ -202,6 +202,8 @@ class JourneyRuntime:
             return await self._run(definition, state_id, enrollment, started)
         finally:
             recorded.forget(workflow_id)
+            if records is not None:
+                records.forget(workflow_id)
 
     async def _start(
         self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -404,9 +406,12 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, status: str, error: str | None
     ) -> str:
         now = self.clock()
-        async with self.engine.begin() as session:
+        async with self.engine.connect() as conn:
+            # One statement, atomic by itself: autocommit spares its BEGIN and COMMIT
+            # round trips (every run ends here, bench/journeys.py).
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             ended, after = await repo.finish_logged(
-                session, state_id, status=status, error=error, now=now
+                conn, state_id, status=status, error=error, now=now
             )
         return status if ended else (after or status)
 
@@ -643,7 +648,13 @@ class JourneyDiverged(BaseException):
 
 async def _step(name: str, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """One recorded DBOS step of a run (its name says which operation it belongs to)."""
+    recorded = replay.installed()
     try:
+        if recorded is not None:
+            # A step the run recorded before (a replay) is answered from its records.
+            found, output = recorded.replayed(name)
+            if found:
+                return cast(T, output)
         return await DBOS.run_step_async({"name": name}, func, *args)
     except Divergence as exc:
         raise JourneyDiverged(exc) from exc
@@ -933,23 +944,28 @@ class DurableJourneyContext:
     async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
         runtime = self.runtime
 
+        name = f"journey.log {step}"
+
+        async def log_line(conn: AsyncConnection) -> bool:
+            return await repo.log_if_running(
+                conn,
+                self.state_id,
+                journey_id=self.definition.id,
+                action=action,
+                contact_id=self.contact.id,
+                user_id=self.contact.key,
+                step=step,
+                detail=detail,
+                started_at=started,
+                finished_at=runtime.clock(),
+            )
+
         async def write() -> bool:
-            async with runtime.engine.begin() as session:
-                return await repo.log_if_running(
-                    session,
-                    self.state_id,
-                    journey_id=self.definition.id,
-                    action=action,
-                    contact_id=self.contact.id,
-                    user_id=self.contact.key,
-                    step=step,
-                    detail=detail,
-                    started_at=started,
-                    finished_at=runtime.clock(),
-                )
+            # The line and the step's record commit together (one transaction, not two).
+            return await step_records.in_transaction(runtime.engine, name, log_line)
 
         # An exit that landed since the last wait ends the run here, not at the next wait.
-        if not await _step(f"journey.log {step}", write):
+        if not await _step(name, write):
             raise JourneyExit(await self._exit_reason())
 
     # -- waiting -------------------------------------------------------------------------------
