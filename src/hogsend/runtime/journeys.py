@@ -272,26 +272,34 @@ class JourneyRuntime:
         enrollment: dict[str, Any],
         recorded: replay.RecordedSteps,
     ) -> tuple[Contact, str, datetime] | None:
-        """The replay prefetch and :meth:`_begin` in one transaction of hogsend's.
+        """The replay prefetch and :meth:`_begin` on one connection of hogsend's.
 
         The run's step records (DBOS's rows, in the same database) answer its steps'
         checks, as :meth:`replay.RecordedSteps.prefetch` would. With records, it is a
         replay and goes on without the begin statement (as :meth:`_run` does after a
-        prefetch); without, the begin statement follows in the same transaction: a first
-        execution pays one transaction before its body, not two.
+        prefetch) and without a transaction; without, the begin statement follows in a
+        transaction on the same connection: a first execution pays one transaction
+        before its body, not two.
         """
         # A connection, not an ORM session: these three transactions of every run (this
         # one, a step's write, completion) are plain statements, and a session's
         # bookkeeping was about 0.3 ms of CPU each (bench/journeys.py).
-        async with self.engine.begin() as session:
-            found = await enrollments_repo.recall_steps(
-                session, workflow_id, dbos_schema=DBOS_SCHEMA
-            )
+        async with self.engine.connect() as conn:
+            # Read in autocommit: a replay (a woken run) only reads, and a transaction
+            # around the read cost it a BEGIN and a COMMIT round trip (bench/journeys.py).
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            found = await enrollments_repo.recall_steps(conn, workflow_id, dbos_schema=DBOS_SCHEMA)
             # Raises for a cancelled workflow, as the prefetch does.
             if recorded.preload(workflow_id, found.workflow_status, found.records):
                 contact, enrolled_at = _enrolled(enrollment)
                 return contact, "active", enrolled_at
-            return await self._begin_in(session, state_id, enrollment)
+            # A first execution begins in a transaction on the same connection: the read
+            # and BEGIN are the round trips the BEGIN and read were. Nothing can record a
+            # step of this workflow in between (this execution owns it).
+            await conn.commit()
+            await conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
+            async with conn.begin():
+                return await self._begin_in(conn, state_id, enrollment)
 
     async def _begin(
         self, state_id: uuid.UUID, enrollment: dict[str, Any]
