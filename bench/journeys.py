@@ -78,7 +78,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ import psutil
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench._server_cpu import postgres_cpu_reader
 from hogsend import Contact, Hogsend, JourneyContext, define_journey
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
@@ -373,10 +374,15 @@ def _count(url: str, sql: str, *params: Any) -> Any:
 def _wait(url: str, sql: str, target: int, *params: Any, timeout: float = 7200) -> float:
     """Poll ``sql`` (a count) until it reaches ``target``; returns the wall time then."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if _count(url, sql, *params) >= target:
-            return time.time()
-        time.sleep(0.25)
+    # One connection for the whole wait: a new one every poll cost the database a
+    # backend's start each time, counted in the part's Postgres CPU.
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        while time.time() < deadline:
+            row = conn.execute(sql, params).fetchone()
+            assert row is not None
+            if row[0] >= target:
+                return time.time()
+            time.sleep(0.25)
     raise TimeoutError(f"{sql!r} did not reach {target} in {timeout} s")
 
 
@@ -661,7 +667,12 @@ def _park_group(
 
 
 def _parked_part(
-    url: str, parked: int, wake: int, sample: int, wake_workers: int = 1
+    url: str,
+    parked: int,
+    wake: int,
+    sample: int,
+    wake_workers: int = 1,
+    db_cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     far = parked - wake
     # The real path parks ``sample`` runs, split between the groups; the rest are clones.
@@ -741,8 +752,10 @@ def _parked_part(
         idle_seconds = min(WAKE_IDLE_SECONDS, max(remaining - 5, 1.0))
         time.sleep(max(remaining - 2 - idle_seconds - 1, 0))
         idle_from = _db_transactions(url)
+        idle_db_from = db_cpu() if db_cpu else 0.0
         idle = _idle_usage(again, idle_seconds)
         idle_xacts = (_db_transactions(url) - idle_from) / idle_seconds
+        idle_db_cpu = ((db_cpu() if db_cpu else 0.0) - idle_db_from) / idle_seconds
         time.sleep(max((due - datetime.now(UTC)).total_seconds() - 1, 0))
         # What the wake costs the worker and the database, whatever else the machine runs.
         processes = [psutil.Process(w.process.pid) for w in wakers]
@@ -750,6 +763,7 @@ def _parked_part(
         cpu_before = sum(cpu_each_before)
         usage_before = again.usage()
         xacts_before = _db_transactions(url)
+        db_cpu_before = db_cpu() if db_cpu else 0.0
         _wait(
             url,
             "SELECT count(*) FROM journey_states WHERE journey_id = 'bench-parked'"
@@ -761,6 +775,7 @@ def _parked_part(
         cpu_each = [sum(p.cpu_times()[:2]) for p in processes]
         cpu = sum(cpu_each) - cpu_before
         xacts = _db_transactions(url) - xacts_before
+        db_cpu_used = (db_cpu() if db_cpu else 0.0) - db_cpu_before
         span = usage_after["wall"] - usage_before["wall"]
         first, last = (
             float(x)
@@ -776,6 +791,9 @@ def _parked_part(
         result["wake_per_s"] = round(wake / max(last - due.timestamp(), 1e-3), 1)
         result["wake_worker_cpu_ms_per_run"] = round(cpu * 1000 / wake, 2)
         result["wake_db_transactions_per_run"] = round(xacts / wake, 2)
+        if db_cpu is not None:
+            # The whole Postgres server's CPU (every backend, the idle pollers' too).
+            result["wake_postgres_cpu_ms_per_run"] = round(db_cpu_used * 1000 / wake, 2)
         # The same with what the workers' idle pollers (and the idle database) spend in
         # the wake's time taken out: the wake's own cost, which a loaded machine's longer
         # wake does not inflate. Round trips are the first worker's (counted inside it).
@@ -786,6 +804,11 @@ def _parked_part(
             "db_transactions": round((xacts - idle_xacts * span) / wake, 2),
             "idle_db_transactions_per_s": round(idle_xacts, 1),
         }
+        if db_cpu is not None:
+            result["wake_per_run_net_of_idle"] |= {
+                "postgres_cpu_ms": round((db_cpu_used - idle_db_cpu * span) * 1000 / wake, 2),
+                "idle_postgres_cpu_ms_per_s": round(idle_db_cpu * 1000, 1),
+            }
         result["wake_worker_cpu_s_each"] = [
             round(after - before, 2)
             for before, after in zip(cpu_each_before, cpu_each, strict=True)
@@ -1059,6 +1082,7 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
                     options.wake,
                     options.sample,
                     options.wake_workers,
+                    postgres_cpu_reader(server),
                 )
                 result["parked"] = parked
                 print(

@@ -151,6 +151,14 @@ async def test_a_run_and_its_workflow_commit_together_or_not_at_all(
         engine, "SELECT action FROM journey_logs WHERE journey_id = 'fp-quick' ORDER BY id"
     )
     assert [r["action"] for r in logs] == ["enrolled", "log", "completed"]
+    # DBOS records the workflow's outcome after the body's completion committed.
+    await _until(
+        engine,
+        "SELECT 1 FROM dbos.workflow_status WHERE workflow_uuid = :w"
+        " AND status NOT IN ('PENDING', 'ENQUEUED')",
+        1,
+        w=workflow_id,
+    )
     status = await _rows(
         engine,
         "SELECT status, name, application_version FROM dbos.workflow_status"
@@ -347,7 +355,7 @@ async def _enroll_quick(worker: Worker, engine: AsyncEngine) -> str:
     return workflow_id
 
 
-async def test_a_first_run_reads_its_step_records_in_the_transaction_that_begins_it(
+async def test_a_first_run_reads_its_step_records_on_the_connection_that_begins_it(
     worker: Worker, engine: AsyncEngine
 ) -> None:
     from hogsend.runtime import replay
@@ -368,12 +376,12 @@ async def test_a_first_run_reads_its_step_records_in_the_transaction_that_begins
         checked.append(workflow_id)
         return check(workflow_id, *args, **kwargs)
 
-    # (statement, its transaction) on hogsend's engine; the transactions are kept so
-    # that no two of them share an id.
+    # (statement, its DBAPI connection) on hogsend's engine, in order; the connections
+    # are kept so that no two of them share an id.
     statements: list[tuple[str, Any]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        statements.append((statement, conn.get_transaction()))
+        statements.append((statement, conn.connection.dbapi_connection))
 
     recorded.prefetch = counting_prefetch  # type: ignore[method-assign]
     recorded.check = counting_check
@@ -389,11 +397,18 @@ async def test_a_first_run_reads_its_step_records_in_the_transaction_that_begins
     # records came with the begin, and the log step's check was answered from them.
     assert workflow_id not in prefetched
     assert workflow_id not in checked
-    recall = [tx for sql, tx in statements if "operation_outputs" in sql]
-    begin = [tx for sql, tx in statements if "current_step = 'start'" in sql]
-    assert len(recall) == 1
+    # The records are read (in autocommit: a replay only reads) right before the begin
+    # statement, on the same connection, with nothing of that connection in between
+    # (other work of the worker interleaves on other connections).
+    at = [n for n, (sql, _) in enumerate(statements) if "json_agg" in sql]
+    begin = [n for n, (sql, _) in enumerate(statements) if "current_step = 'start'" in sql]
+    assert len(at) == 1
     assert len(begin) == 1
-    assert recall[0] is begin[0]
+    assert at[0] < begin[0]
+    connection = statements[at[0]][1]
+    between = [sql for sql, conn in statements[at[0] + 1 : begin[0]] if conn is connection]
+    assert between == []
+    assert statements[begin[0]][1] is connection
     logs = await _rows(
         engine,
         "SELECT l.action FROM journey_logs l JOIN journey_states s ON s.id = l.journey_state_id"

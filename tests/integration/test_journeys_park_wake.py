@@ -259,3 +259,34 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
     assert run["workflow_id"] not in recorded._records
     assert steps[: len(before_park)] == before_park
     assert _subjects(env.sink) == ["Try it"]
+
+
+async def test_a_resumed_run_replays_its_recorded_steps_without_dbos_step_calls(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await env.event("wake.sleep", "fast")
+    run = await _parked(env, "it-wake-sleep")
+    before_park = await _steps(env, run["workflow_id"])
+    called: list[str] = []
+    original = DBOS.run_step_async
+
+    async def counting(options: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if DBOS.workflow_id == run["workflow_id"]:
+            called.append(options["name"])
+        return await original(options, func, *args, **kwargs)
+
+    monkeypatch.setattr(DBOS, "run_step_async", staticmethod(counting))
+
+    async def completed() -> bool:
+        return (await env.runs("it-wake-sleep"))[0]["status"] == "completed"
+
+    await env.until(completed)
+    steps = await _steps(env, run["workflow_id"])
+    # The recorded steps (those before the park, and the waker's journey.woke) were
+    # answered from the run's records; only the new ones ran through DBOS, once each.
+    assert steps[: len(before_park)] == before_park
+    assert steps[len(before_park)] == "journey.woke"
+    new = [s for s in steps[len(before_park) + 1 :] if s.startswith("journey.")]
+    assert new
+    assert called == new
+    assert _subjects(env.sink) == ["Try it"]

@@ -28,7 +28,7 @@ import time as monotonic_time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 from dbos import DBOS
@@ -186,7 +186,7 @@ class JourneyRuntime:
         # its recorded steps from them and its new steps need no check of their own.
         recorded = replay.install()
         # DBOS's step records from statements prepared once (hogsend.runtime.step_records).
-        step_records.install()
+        records = step_records.install()
         workflow_id = DBOS.workflow_id
         if recorded is None or workflow_id is None:
             started = await self._start(definition, state_id, enrollment)
@@ -202,6 +202,8 @@ class JourneyRuntime:
             return await self._run(definition, state_id, enrollment, started)
         finally:
             recorded.forget(workflow_id)
+            if records is not None:
+                records.forget(workflow_id)
 
     async def _start(
         self, definition: JourneyDefinition, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -270,26 +272,34 @@ class JourneyRuntime:
         enrollment: dict[str, Any],
         recorded: replay.RecordedSteps,
     ) -> tuple[Contact, str, datetime] | None:
-        """The replay prefetch and :meth:`_begin` in one transaction of hogsend's.
+        """The replay prefetch and :meth:`_begin` on one connection of hogsend's.
 
         The run's step records (DBOS's rows, in the same database) answer its steps'
         checks, as :meth:`replay.RecordedSteps.prefetch` would. With records, it is a
         replay and goes on without the begin statement (as :meth:`_run` does after a
-        prefetch); without, the begin statement follows in the same transaction: a first
-        execution pays one transaction before its body, not two.
+        prefetch) and without a transaction; without, the begin statement follows in a
+        transaction on the same connection: a first execution pays one transaction
+        before its body, not two.
         """
         # A connection, not an ORM session: these three transactions of every run (this
         # one, a step's write, completion) are plain statements, and a session's
         # bookkeeping was about 0.3 ms of CPU each (bench/journeys.py).
-        async with self.engine.begin() as session:
-            found = await enrollments_repo.recall_steps(
-                session, workflow_id, dbos_schema=DBOS_SCHEMA
-            )
+        async with self.engine.connect() as conn:
+            # Read in autocommit: a replay (a woken run) only reads, and a transaction
+            # around the read cost it a BEGIN and a COMMIT round trip (bench/journeys.py).
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            found = await enrollments_repo.recall_steps(conn, workflow_id, dbos_schema=DBOS_SCHEMA)
             # Raises for a cancelled workflow, as the prefetch does.
             if recorded.preload(workflow_id, found.workflow_status, found.records):
                 contact, enrolled_at = _enrolled(enrollment)
                 return contact, "active", enrolled_at
-            return await self._begin_in(session, state_id, enrollment)
+            # A first execution begins in a transaction on the same connection: the read
+            # and BEGIN are the round trips the BEGIN and read were. Nothing can record a
+            # step of this workflow in between (this execution owns it).
+            await conn.commit()
+            await conn.execution_options(isolation_level=conn.dialect.default_isolation_level)
+            async with conn.begin():
+                return await self._begin_in(conn, state_id, enrollment)
 
     async def _begin(
         self, state_id: uuid.UUID, enrollment: dict[str, Any]
@@ -404,9 +414,12 @@ class JourneyRuntime:
         self, journey_id: str, state_id: uuid.UUID, status: str, error: str | None
     ) -> str:
         now = self.clock()
-        async with self.engine.begin() as session:
+        async with self.engine.connect() as conn:
+            # One statement, atomic by itself: autocommit spares its BEGIN and COMMIT
+            # round trips (every run ends here, bench/journeys.py).
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             ended, after = await repo.finish_logged(
-                session, state_id, status=status, error=error, now=now
+                conn, state_id, status=status, error=error, now=now
             )
         return status if ended else (after or status)
 
@@ -643,7 +656,13 @@ class JourneyDiverged(BaseException):
 
 async def _step(name: str, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """One recorded DBOS step of a run (its name says which operation it belongs to)."""
+    recorded = replay.installed()
     try:
+        if recorded is not None:
+            # A step the run recorded before (a replay) is answered from its records.
+            found, output = recorded.replayed(name)
+            if found:
+                return cast(T, output)
         return await DBOS.run_step_async({"name": name}, func, *args)
     except Divergence as exc:
         raise JourneyDiverged(exc) from exc
@@ -933,23 +952,28 @@ class DurableJourneyContext:
     async def _log(self, step: str, action: str, started: datetime, **detail: Any) -> None:
         runtime = self.runtime
 
+        name = f"journey.log {step}"
+
+        async def log_line(conn: AsyncConnection) -> bool:
+            return await repo.log_if_running(
+                conn,
+                self.state_id,
+                journey_id=self.definition.id,
+                action=action,
+                contact_id=self.contact.id,
+                user_id=self.contact.key,
+                step=step,
+                detail=detail,
+                started_at=started,
+                finished_at=runtime.clock(),
+            )
+
         async def write() -> bool:
-            async with runtime.engine.begin() as session:
-                return await repo.log_if_running(
-                    session,
-                    self.state_id,
-                    journey_id=self.definition.id,
-                    action=action,
-                    contact_id=self.contact.id,
-                    user_id=self.contact.key,
-                    step=step,
-                    detail=detail,
-                    started_at=started,
-                    finished_at=runtime.clock(),
-                )
+            # The line and the step's record commit together (one transaction, not two).
+            return await step_records.in_transaction(runtime.engine, name, log_line)
 
         # An exit that landed since the last wait ends the run here, not at the next wait.
-        if not await _step(f"journey.log {step}", write):
+        if not await _step(name, write):
             raise JourneyExit(await self._exit_reason())
 
     # -- waiting -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from hogsend.db.engine import make_async_engine, make_sessionmaker
 from hogsend.db.repos import workers as worker_repo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime import queue_polls
 from hogsend.runtime.alerts import AlertSweep
 from hogsend.runtime.campaigns import CampaignScheduler
 from hogsend.runtime.courier import Courier
@@ -166,6 +167,8 @@ class Worker:
         # DBOS.launch blocks for a moment (system schema migrations, recovery lookup);
         # it must run on this thread so that DBOS adopts this event loop.
         launch_dbos(self.settings, self.database_url, registrations=registrations)
+        # The reads of every queue poll from statements written once (queue_polls).
+        queue_polls.install()
         self.queue_names = await declare_queues()
         self.app.launch()
         await self._beat()
