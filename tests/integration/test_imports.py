@@ -235,6 +235,32 @@ async def test_bad_uploads_are_refused_naming_the_field(
         assert (await conn.execute(text("SELECT count(*) FROM import_jobs"))).scalar() == 0
 
 
+async def test_uploads_that_are_not_a_file_are_refused(
+    client: httpx.AsyncClient, writer: dict[str, str], engine: AsyncEngine
+) -> None:
+    # What the OpenAPI fuzz cannot tell from a valid body, checked by hand: no `file`
+    # field in a multipart form, bytes that are not UTF-8, a content type we do not read.
+    no_file = await client.post(
+        "/v1/admin/imports", headers=writer, data={"other": "email"}, files={"x": ("a", b"")}
+    )
+    assert no_file.status_code == 422, no_file.text
+    assert [e["field"] for e in no_file.json()["errors"]] == ["body.file"]
+    latin1 = await client.post(
+        "/v1/admin/imports",
+        content="email\nb\xe9a@example.com\n".encode("latin-1"),
+        headers=writer | {"Content-Type": "text/csv"},
+    )
+    assert latin1.status_code == 422, latin1.text
+    assert [e["field"] for e in latin1.json()["errors"]] == ["body"]
+    image = await client.post(
+        "/v1/admin/imports", content=b"GIF89a", headers=writer | {"Content-Type": "image/gif"}
+    )
+    assert image.status_code == 415, image.text
+    assert image.headers["content-type"].startswith("application/problem+json")
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM import_jobs"))).scalar() == 0
+
+
 async def test_json_lines_import(
     app: Hogsend, settings: Settings, client: httpx.AsyncClient, writer: dict[str, str]
 ) -> None:

@@ -96,6 +96,11 @@ PER_ITEM = {
     "POST /segment/v1/batch",
     "POST /v1/admin/suppressions/import",
 }
+# The upload's body is the file itself: as `text/csv` any generated "non-string" reaches
+# the route as text that may well be a valid one-column CSV (a dry run then answers 200),
+# so a schema-violating body cannot be told apart on the wire. Its rejections (empty,
+# not UTF-8, bad mapping, no file field) are tested in tests/integration/test_imports*.py.
+OPAQUE_BODY = {"POST /v1/admin/imports"}
 # Provider webhooks answer 401 to anything not signed with their secret, which the
 # fuzzer cannot produce; tests/integration/test_webhooks_api.py signs real deliveries.
 SIGNED = {"POST /v1/webhooks/resend", "POST /v1/webhooks/generic"}
@@ -201,7 +206,7 @@ def test_api_conforms_to_its_openapi(case: Case, served: None) -> None:
         or made_up_cursor
     ):
         excluded.append(positive_data_acceptance)
-    if label in PER_ITEM:
+    if label in PER_ITEM or label in OPAQUE_BODY:
         excluded.append(negative_data_rejection)
     if label in SHADOWED_BY_A_TEMPLATE:
         excluded += [allow_header_conformance, unsupported_method]
