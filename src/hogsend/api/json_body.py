@@ -11,14 +11,16 @@ it: a body with a run of 19 digits anywhere goes to :func:`json.loads` directly.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 # 19 digits: every integer orjson reads exactly has at most 19 (2**63 - 1) or is below
 # 2**64 (20 digits); a conservative cut, also taking long fractions and digit strings.
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# Found by mapping every digit to 0 and searching for 19 zeros: two passes in C, where
+# a regular expression cost three times what orjson saves.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
 
 
 def parse_json(body: bytes) -> Any:
@@ -29,7 +31,7 @@ def parse_json(body: bytes) -> Any:
             from :func:`json.loads`, as before).
         RecursionError: nested deeper than :func:`json.loads` goes.
     """
-    if _LONG_DIGITS.search(body) is None:
+    if _LONG_DIGITS not in body.translate(_DIGITS_TO_ZERO):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
