@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from hogsend.api.routes.events import event_input, plain_item
+from hogsend.api.routes.segment import AliasInput, MessageError, map_message, plain_input, to_input
 from hogsend.api.schemas.events import EventIn
 from hogsend.api.schemas.segment import (
     PlainMessage,
     SegmentMessage,
     SegmentTime,
+    SegmentType,
     plain_message,
     segment_time,
 )
@@ -271,3 +273,104 @@ def test_the_common_shapes_take_the_plain_path() -> None:
 )
 def test_other_items_take_the_model_path(item: dict[str, Any]) -> None:
     assert plain_item(item) is None
+
+
+_RECEIVED = datetime(2026, 1, 31, 12, 0, 5, tzinfo=UTC)
+_SENT = datetime(2026, 1, 31, 12, 0, 1, tzinfo=UTC)
+# Without traits and the alias / group ids, which always take the general mapping.
+_PLAIN_MESSAGE_KEYS = [
+    key
+    for key in (*MESSAGE_KEYS[:15], "integrations")
+    if key not in ("traits", "groupId", "previousId")
+]
+
+
+def _mapped(raw: dict[str, Any], kind: SegmentType | None) -> EventInput | AliasInput | None:
+    """What the general mapping makes of a message, through the model (None: an error)."""
+    try:
+        message = SegmentMessage.model_validate(raw)
+    except ValidationError:
+        return None
+    try:
+        return map_message(message, kind, batch_sent_at=_SENT, received_at=_RECEIVED)
+    except MessageError:
+        return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.one_of(
+        _body(_PLAIN_MESSAGE_KEYS, ("messageId", "userId", "type")),
+        _body(_PLAIN_MESSAGE_KEYS, ("messageId", "anonymousId", "event")),
+        st.dictionaries(st.sampled_from(MESSAGE_KEYS), VALUES, max_size=9),
+    ),
+    st.sampled_from([None, None, "track", "page", "screen", "identify"]),
+)
+def test_a_plain_input_is_exactly_what_the_general_mapping_makes(
+    raw: dict[str, Any], kind: SegmentType | None
+) -> None:
+    plain = plain_input(raw, kind, batch_sent_at=_SENT, received_at=_RECEIVED)
+    if plain is None:
+        return
+    mapped = _mapped(raw, kind)
+    assert mapped is not None, "the plain path accepted a message the general path refuses"
+    assert plain == mapped
+    _assert_same_time(plain.occurred_at, mapped.occurred_at)
+    # And to_input, which tries the plain path first, answers the same.
+    assert to_input(raw, kind, batch_sent_at=_SENT, received_at=_RECEIVED) == mapped
+
+
+def test_the_usual_track_page_and_screen_take_the_plain_input_path() -> None:
+    track = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": " 42 ",
+        "properties": {"total": 42, "sku": "a-1"},
+        "messageId": "3f4b1c2e",
+        "originalTimestamp": "2026-01-31T12:00:00Z",
+        "context": {"library": {"name": "analytics-python", "version": "2.3"}},
+        "integrations": {},
+    }
+    page = {"type": "page", "anonymousId": 7, "name": "Pricing", "category": "Docs"}
+    cases: list[tuple[dict[str, Any], SegmentType | None]] = [
+        (track, None),
+        (page, None),
+        ({**page, "type": None}, "screen"),
+    ]
+    for raw, kind in cases:
+        plain = plain_input(raw, kind, batch_sent_at=_SENT, received_at=_RECEIVED)
+        assert plain is not None
+        assert plain == _mapped(raw, kind)
+    plain = plain_input(track, None, batch_sent_at=_SENT, received_at=_RECEIVED)
+    assert plain is not None
+    assert plain.identity is not None
+    assert plain.identity.user_id == "42"
+    assert plain.idempotency_key == "segment:3f4b1c2e"
+    # Corrected for the device's clock: received 4 s after it was sent.
+    assert plain.occurred_at == datetime(2026, 1, 31, 12, 0, 4, tzinfo=UTC)
+    screen = plain_input(page, "screen", batch_sent_at=None, received_at=_RECEIVED)
+    assert screen is not None
+    assert (screen.name, dict(screen.properties)) == (
+        "screen",
+        {"name": "Pricing", "category": "Docs"},
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"type": "identify", "userId": "u", "traits": {"plan": "pro"}},
+        {"type": "track", "event": "x", "userId": "u", "traits": {}},
+        {"type": "track", "event": "x", "userId": "u", "context": {"traits": {"a": 1}}},
+        {"type": "track", "event": "x", "user_id": "u"},
+        {"type": "track", "event": "  ", "userId": "u"},
+        {"type": "track", "event": "x", "userId": "tab\there"},
+        {"type": "track", "event": "x", "userId": "Zoë"},
+        {"type": "track", "event": "x"},
+        {"type": "group", "userId": "u", "groupId": "g"},
+        {"type": "alias", "userId": "u", "previousId": "p"},
+        {"type": "bogus", "event": "x", "userId": "u"},
+    ],
+)
+def test_other_messages_take_the_general_mapping(raw: dict[str, Any]) -> None:
+    assert plain_input(raw, None, batch_sent_at=None, received_at=_RECEIVED) is None

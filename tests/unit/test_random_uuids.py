@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import uuid
 
 from hogsend.db.repos.events import random_uuids
@@ -21,3 +23,14 @@ def test_every_id_is_a_distinct_rfc_4122_version_4_uuid() -> None:
 
 def test_none_asked_none_given() -> None:
     assert random_uuids(0) == []
+
+
+def test_ids_behave_as_the_uuid_constructor_makes_them() -> None:
+    for value in random_uuids(200):
+        same = uuid.UUID(int=value.int)
+        assert value == same
+        assert hash(value) == hash(same)
+        assert str(value) == str(same)
+        assert value.is_safe is same.is_safe
+        assert pickle.loads(pickle.dumps(value)) == value
+        assert copy.deepcopy(value) == value

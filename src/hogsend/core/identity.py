@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from hogsend.core.contact import Contact
@@ -156,9 +156,14 @@ def resolved_key(external_id: str | None, anonymous_id: str | None, contact_id: 
     return str(contact_id)
 
 
-@dataclass(frozen=True, slots=True)
-class IdentityKey:
-    """One key of an identity, e.g. ``IdentityKey("email", "ann@x.io")``."""
+class IdentityKey(NamedTuple):
+    """One key of an identity, e.g. ``IdentityKey("email", "ann@x.io")``.
+
+    A named tuple rather than a frozen dataclass: ingest hashes every key of every
+    event several times (lookups, plans, locks), and a tuple hashes in C where the
+    dataclass's generated ``__hash__`` is a Python call (about a tenth of a batch's
+    API CPU per event, bench/ingest.py).
+    """
 
     kind: KeyKind
     value: str
@@ -187,19 +192,32 @@ class Identity:
     _keys: tuple[IdentityKey, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user_id", normalize_id(self.user_id, field="user_id"))
-        object.__setattr__(self, "email", normalize_email(self.email))
-        object.__setattr__(
-            self, "anonymous_id", normalize_id(self.anonymous_id, field="anonymous_id")
-        )
-        if self.user_id is None and self.email is None and self.anonymous_id is None:
+        # Written out per kind (absent keys skip their normaliser): every ingested
+        # event builds an identity, most of them with a single key.
+        keys: list[IdentityKey] = []
+        user_id = self.user_id
+        if user_id is not None:
+            user_id = normalize_id(user_id, field="user_id")
+            object.__setattr__(self, "user_id", user_id)
+            if user_id is not None:
+                keys.append(IdentityKey("external", user_id))
+        email = self.email
+        if email is not None:
+            email = normalize_email(email)
+            object.__setattr__(self, "email", email)
+            if email is not None:
+                keys.append(IdentityKey("email", email))
+        anonymous_id = self.anonymous_id
+        if anonymous_id is not None:
+            anonymous_id = normalize_id(anonymous_id, field="anonymous_id")
+            object.__setattr__(self, "anonymous_id", anonymous_id)
+            if anonymous_id is not None:
+                keys.append(IdentityKey("anonymous", anonymous_id))
+        if not keys:
             raise IdentityError(
                 "identity", "at least one of userId, email or anonymousId is needed"
             )
-        keys = tuple(
-            IdentityKey(kind, value) for kind in KEY_KINDS if (value := self.get(kind)) is not None
-        )
-        object.__setattr__(self, "_keys", keys)
+        object.__setattr__(self, "_keys", tuple(keys))
 
     def get(self, kind: KeyKind) -> str | None:
         """The value given for one kind of key, if any."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Row, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -78,6 +79,23 @@ _ENCODE = json.JSONEncoder(default=_json_default, separators=(",", ":")).encode
 def to_json(value: object) -> str:
     """JSON for a ``jsonb`` parameter (datetimes as ISO 8601, UUIDs as strings)."""
     return _ENCODE(value)
+
+
+def rows_to_json(rows: object) -> str:
+    """:func:`to_json` of rows built in this package: ids, keys, names, flags, timestamps.
+
+    Encoded by orjson, about ten times faster than the standard encoder on a batch's
+    event rows (the standard one calls back into Python for every timestamp); what
+    orjson refuses (an integer past 64 bits, a lone surrogate) goes to :func:`to_json`.
+    Not for user payloads: orjson writes a NaN as ``null`` where :func:`to_json` writes
+    ``NaN``, which Postgres refuses, and a payload must be refused the same way as ever.
+    Timestamps must be in UTC (``tzinfo`` :data:`datetime.UTC`): orjson writes other
+    offsets in whole minutes, dropping the seconds of historical ones (``-06:41:16``).
+    """
+    try:
+        return orjson.dumps(rows, default=_json_default).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODE(rows)
 
 
 # --------------------------------------------------------------------------- rows
@@ -258,7 +276,8 @@ async def _matches(
     by_id: dict[uuid.UUID, Contact] = {}
     direct: set[IdentityKey] = set()
     vanished = False
-    for row in rows:
+    # All at once: iterating the result fetches row by row through three layers.
+    for row in rows.all():
         contact = build(row)
         ordinal = row[0]  # by position: a name lookup on a row costs more, 500 times over
         if ordinal == 0:
