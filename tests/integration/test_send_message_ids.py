@@ -124,27 +124,32 @@ async def test_batch_outcomes_stay_on_the_page_and_record_the_message_ids(
         assert other is None
 
 
+async def _single_attempt(session: AsyncSession, contact_id: uuid.UUID, key: str) -> uuid.UUID:
+    """A ``queued`` attempt of the single-send path for contact ``u1``."""
+    return await sends.insert_attempt(
+        session,
+        decision="queued",
+        detail=None,
+        contact_id=contact_id,
+        user_id="u1",
+        to_email="u1@example.com",
+        from_email="news@example.com",
+        subject="Hi",
+        template_key="welcome",
+        category=None,
+        journey_id=None,
+        journey_state_id=None,
+        campaign_id=None,
+        idempotency_key=key,
+    )
+
+
 async def test_a_single_outcome_stays_on_the_page_and_records_the_message_id(
     engine: AsyncEngine,
 ) -> None:
     contact_id = await _contact(engine, 1)
     async with AsyncSession(engine) as session, session.begin():
-        send_id = await sends.insert_attempt(
-            session,
-            decision="queued",
-            detail=None,
-            contact_id=contact_id,
-            user_id="u1",
-            to_email="u1@example.com",
-            from_email="news@example.com",
-            subject="Hi",
-            template_key="welcome",
-            category=None,
-            journey_id=None,
-            journey_state_id=None,
-            campaign_id=None,
-            idempotency_key="single:1",
-        )
+        send_id = await _single_attempt(session, contact_id, "single:1")
         await sends.finish(
             session,
             send_id,
@@ -161,22 +166,7 @@ async def test_a_single_outcome_stays_on_the_page_and_records_the_message_id(
         assert found is not None
         assert found.id == send_id
         # A failed outcome has no message id: nothing to look up.
-        failed = await sends.insert_attempt(
-            session,
-            decision="queued",
-            detail=None,
-            contact_id=contact_id,
-            user_id="u1",
-            to_email="u1@example.com",
-            from_email="news@example.com",
-            subject="Hi",
-            template_key="welcome",
-            category=None,
-            journey_id=None,
-            journey_state_id=None,
-            campaign_id=None,
-            idempotency_key="single:2",
-        )
+        failed = await _single_attempt(session, contact_id, "single:2")
         await sends.finish(
             session, failed, decision="provider_error", detail=None, attempts=1, provider="resend"
         )

@@ -40,6 +40,7 @@ from hogsend.api.routes.events import error_field
 from hogsend.api.routes.transactions import in_transaction, invalid_field, notify_throttle_of
 from hogsend.api.schemas.events import MAX_NAME_LENGTH, ItemError, storable_object
 from hogsend.api.schemas.segment import (
+    BY_NAME_FIELDS,
     MAX_SEGMENT_ID_LENGTH,
     PlainMessage,
     SegmentAck,
@@ -242,20 +243,7 @@ def _idempotency_key(message: Message) -> str | None:
 # Keys that send a message past :func:`plain_input`: traits and the alias / group ids
 # need the general mapping, and a snake_case field name needs the model (which knows
 # which of the two spellings wins).
-_NOT_PLAIN_KEYS = frozenset(
-    {
-        "traits",
-        "groupId",
-        "previousId",
-        "message_id",
-        "user_id",
-        "anonymous_id",
-        "group_id",
-        "previous_id",
-        "original_timestamp",
-        "sent_at",
-    }
-)
+_NOT_PLAIN_KEYS = frozenset({"traits", "groupId", "previousId"}) | BY_NAME_FIELDS
 _PLAIN_KINDS: dict[object, SegmentType] = {"track": "track", "page": "page", "screen": "screen"}
 _PLAIN_TYPES: dict[object, SegmentType | None] = {
     kind: kind for kind in ("track", "identify", "alias", "page", "screen", "group")

@@ -129,7 +129,7 @@ class PlainMessage:
 _TYPES: dict[object, SegmentType] = {kind: kind for kind in get_args(SegmentType)}
 # Field names SegmentMessage also accepts instead of their camelCase alias: a message
 # using one goes through the model, which knows which of the two wins.
-_BY_NAME = frozenset(
+BY_NAME_FIELDS = frozenset(
     {
         "message_id",
         "user_id",
@@ -247,7 +247,7 @@ def plain_message(raw: dict[str, Any]) -> PlainMessage | None:
         for key, value in raw.items():
             known = _PLAIN_FIELDS.get(key)
             if known is None:
-                if key in _BY_NAME:
+                if key in BY_NAME_FIELDS:
                     return None
             elif value is not None:
                 values[known[0]] = known[1](value)
