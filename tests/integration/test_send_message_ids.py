@@ -50,7 +50,7 @@ def _queued(send_id: uuid.UUID, contact_id: uuid.UUID, n: int) -> dict[str, Any]
         "redirected_to": None,
         "status": "queued",
         "decision": "queued",
-        "detail": {sends.AHEAD: True},
+        "detail": None,
         "kind": "campaign",
         "error": None,
     }
@@ -80,7 +80,9 @@ async def test_batch_outcomes_stay_on_the_page_and_record_the_message_ids(
     ids = [uuid.uuid4() for _ in contacts]
     async with engine.connect() as conn, conn.begin():
         await sends.insert_attempts(
-            conn, [_queued(i, c, n) for n, (i, c) in enumerate(zip(ids, contacts, strict=True))]
+            conn,
+            [_queued(i, c, n) for n, (i, c) in enumerate(zip(ids, contacts, strict=True))],
+            marked=ids,
         )
         assert await _marks(conn) == 3
         now = datetime.now(UTC)

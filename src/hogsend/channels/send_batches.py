@@ -138,7 +138,8 @@ class _Going:
     provider: EmailProvider
     message: OutgoingEmail
     started: bool
-    """False while its row is marked ``AHEAD`` (decided, not yet given to a lane)."""
+    """False while its row is marked in ``email_send_marks`` (decided, not yet given to a
+    lane)."""
 
 
 async def send_batch(
@@ -231,8 +232,9 @@ async def _decide(
     """Step 1 of the module docstring, in ``conn``'s transaction (not committed).
 
     The first ``started`` attempts that go out are written ready for their provider
-    call; the others are marked :data:`~hogsend.db.repos.sends.AHEAD`. ``keys``: the
-    batch's idempotency keys, locked (session-level) in the first round trip.
+    call; the others are marked (``marked`` of
+    :func:`~hogsend.db.repos.sends.insert_attempts`). ``keys``: the batch's idempotency
+    keys, locked (session-level) in the first round trip.
     """
     from hogsend.channels.mailer import (
         SendOutcome,
@@ -378,9 +380,7 @@ async def _decide(
                 "status": "queued",
                 "decision": "queued",
                 "key": request.idempotency_key,
-                "detail": (
-                    (dict(result.detail) or None) if ready else {**result.detail, sends.AHEAD: True}
-                ),
+                "detail": dict(result.detail) or None,
             }
         )
         for link in links:
@@ -400,7 +400,12 @@ async def _decide(
             )
         )
     await sends.abandon_many(conn, abandoned)
-    await sends.insert_attempts(conn, rows, list(zip(link_ids, link_sends, link_urls, strict=True)))
+    await sends.insert_attempts(
+        conn,
+        rows,
+        list(zip(link_ids, link_sends, link_urls, strict=True)),
+        marked=[g.send_id for g in going if not g.started],
+    )
     if deferred:
         async with AsyncSession(bind=conn, expire_on_commit=False) as session:
             for request, send_id, result in deferred:
@@ -501,7 +506,7 @@ async def _lanes(
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
     Decisions are made a chunk of requests at a time ahead of the lanes (one transaction
-    per chunk). An attempt decided ahead is marked ``AHEAD`` in its row until a lane
+    per chunk). An attempt decided ahead is marked (``email_send_marks``) until a lane
     takes it: the lane's commit of its previous outcome also takes the mark off, and
     only then does the lane call the provider. So a lane never has more than one
     attempt between "handed to the provider" and "outcome committed" (a kill leaves at
@@ -587,15 +592,16 @@ async def _lanes(
         # when it ends: its outcomes wait for the last provider call and go in one
         # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
-        sending = [lanes]
+        sending = lanes
         all_sent = asyncio.Event()
 
         async def lane(attempt: _Going | None) -> None:
+            nonlocal sending
             try:
                 done = await send_all(attempt)
             finally:
-                sending[0] -= 1
-                if sending[0] == 0:
+                sending -= 1
+                if sending == 0:
                     all_sent.set()
             if together:
                 await all_sent.wait()

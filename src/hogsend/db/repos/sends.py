@@ -386,19 +386,11 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
 
     Whether the provider got the message is unknown; the row becomes ``provider_error``
     and releases the key to the attempt taking over, which resends with the same key.
-    A row still marked :data:`AHEAD` never reached its provider call: it is removed
+    A row still marked in ``email_send_marks`` never reached its provider call: it is removed
     (with its links), as if the batch that decided it had not got that far.
     """
     await session.execute(_ABANDON, {"ids": [send_id]})
 
-
-AHEAD = "ahead"
-"""Key in the ``detail`` a batch gives :func:`insert_attempts` for a ``queued`` row it
-decided before its provider call began (``channels.send_batches``). Not stored in the
-row: the mark is a row of ``email_send_marks``, deleted in the commit before that call
-(a narrow insert and delete instead of a second update of the wide ``email_sends`` row,
-which a Postgres horizon held by any open transaction keeps from staying on its page;
-migration 0015)."""
 
 _ABANDON = text(
     """
@@ -932,6 +924,7 @@ async def insert_attempts(
     conn: AsyncConnection,
     rows: Sequence[dict[str, Any]],
     links: Sequence[tuple[uuid.UUID, uuid.UUID, str]] = (),
+    marked: Sequence[uuid.UUID] = (),
 ) -> None:
     """Write many decision rows, and their tracked links, in one statement.
 
@@ -943,9 +936,12 @@ async def insert_attempts(
     Only a crash of Postgres itself in between can lose them (the retry then sends as
     if first, with the same key: the at-least-once window of docs/email.md).
 
-    A row whose ``detail`` carries :data:`AHEAD` is stored without it and marked in
-    ``email_send_marks`` instead (in this statement), until :func:`finish_and_log`'s
-    ``starts`` takes the mark off.
+    ``marked``: ids of ``queued`` rows a batch decided before their provider call began
+    (``channels.send_batches``). Each gets a row in ``email_send_marks`` (in this
+    statement) until :func:`finish_and_log`'s ``starts`` takes it off, in the commit
+    before that call: a narrow insert and delete rather than a second update of the wide
+    ``email_sends`` row, which a Postgres horizon held by any open transaction keeps
+    from staying on its page (migration 0015).
 
     Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
     category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
@@ -953,19 +949,10 @@ async def insert_attempts(
     for a row closed at once, :func:`finish`).
     """
     if rows:
-        marked: list[uuid.UUID | str] = []
-        stored: list[dict[str, Any]] = []
-        for row in rows:
-            detail = row.get("detail")
-            if detail and AHEAD in detail:
-                marked.append(row["id"])
-                rest = {k: v for k, v in detail.items() if k != AHEAD}
-                row = {**row, "detail": rest or None}
-            stored.append(row)
         await conn.execute(
             _INSERT_ATTEMPTS,
             {
-                "rows": to_json(stored),
+                "rows": to_json(list(rows)),
                 "marked": [str(m) for m in marked],
                 "link_ids": [link[0] for link in links],
                 "link_sends": [link[1] for link in links],
@@ -1025,7 +1012,7 @@ async def finish_and_log(
 
     Events: dicts with id, contact_id, name, properties, key, source, occurred_at.
 
-    ``starts``: attempts decided ahead (marked, see :data:`AHEAD`) that go to the
+    ``starts``: attempts decided ahead (marked, see :func:`insert_attempts`) that go to the
     provider once this commits: the mark comes off, so an attempt taking over their
     key after a crash closes them as interrupted instead of removing them.
 

@@ -249,7 +249,7 @@ class EmailSendMark(Base):
     """A ``queued`` attempt a batch decided ahead of its provider call: not sent yet.
 
     Written with the decision row and deleted in the commit before the provider call
-    (``hogsend.db.repos.sends.AHEAD``); an attempt that takes over the key after a
+    (``hogsend.db.repos.sends.insert_attempts``); an attempt that takes over the key after a
     crash removes a still-marked row instead of closing it as interrupted. A narrow row
     of its own rather than a key in ``email_sends.decision_detail``: taking it off was a
     second update of the wide row per send, with a new entry in each of its indexes
