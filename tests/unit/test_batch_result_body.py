@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hogsend.api.routes.events import batch_result, json_body_bytes
+from hogsend.api.json_body import json_body_bytes
+from hogsend.api.routes.events import batch_result
 from hogsend.api.schemas.events import EventBatchResult, ItemError
 from hogsend.core.identity import IdentityConflict
 from hogsend.core.ingest import IngestResult

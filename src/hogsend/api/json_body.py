@@ -1,4 +1,4 @@
-"""Parsing a request's JSON body quickly, with exactly the standard library's results.
+"""JSON bodies read and written quickly, with exactly the standard library's results.
 
 orjson parses a 500-message Segment batch in about half the time of :func:`json.loads`.
 It refuses some input the standard parser accepts (``NaN``, a byte-order mark, lone
@@ -37,3 +37,18 @@ def parse_json(body: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # refused: the standard parser decides, and words the error
     return json.loads(body)
+
+
+def json_body_bytes(content: Any) -> bytes:
+    """The bytes FastAPI's ``JSONResponse`` renders for ``content``, UUIDs written as text.
+
+    Through orjson: the standard encoder (and a ``str()`` per id before it) was a twentieth
+    of a batch's API CPU. Same separators, same escapes, UTF-8 as is (a unit test holds
+    the bytes equal); what orjson refuses goes to the standard encoder as before.
+    """
+    try:
+        return orjson.dumps(content)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=str
+        ).encode("utf-8")

@@ -6,11 +6,9 @@ outbox row and applies the list choices; the dispatcher in the worker does the r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -21,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hogsend.api.auth import require_scope
 from hogsend.api.deps import driver_pool_of, hogsend_of, settings_of
 from hogsend.api.errors import problem_responses
+from hogsend.api.json_body import json_body_bytes
 from hogsend.api.middleware import MAX_BODY_BYTES_EXTRA
 from hogsend.api.routes.transactions import in_transaction, invalid_field, notify_throttle_of
 from hogsend.api.schemas.events import (
@@ -335,8 +334,8 @@ def batch_result(
     """Merge validation failures and ingest results back into request order.
 
     Returns the JSON body of :class:`EventBatchResult` as plain data (ids as UUIDs, for
-    :func:`json_body_bytes`): building and then re-validating 1,000 response models cost
-    more than storing the events (py-spy).
+    :func:`~hogsend.api.json_body.json_body_bytes`): building and then re-validating
+    1,000 response models cost more than storing the events (py-spy).
     """
     stored = iter(results)
     items: list[dict[str, Any]] = []
@@ -370,21 +369,6 @@ def batch_result(
         "duplicates": counts["duplicate"],
         "rejected": counts["rejected"],
     }
-
-
-def json_body_bytes(content: Any) -> bytes:
-    """The bytes :class:`JSONResponse` renders for ``content``, UUIDs written as text.
-
-    Through orjson: the standard encoder (and a ``str()`` per id before it) was a twentieth
-    of a batch's API CPU. Same separators, same escapes, UTF-8 as is (a unit test holds
-    the bytes equal); what orjson refuses goes to the standard encoder as before.
-    """
-    try:
-        return orjson.dumps(content)
-    except orjson.JSONEncodeError:
-        return json.dumps(
-            content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=str
-        ).encode("utf-8")
 
 
 async def store_batch(request: Request, inputs: Sequence[EventInput]) -> list[IngestResult]:

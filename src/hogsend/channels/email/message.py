@@ -97,6 +97,9 @@ class EmailProvider(Protocol):
 class GateClosed(Exception):
     """A gated send stopped before the provider could accept its message (see :func:`send_when`)."""
 
+    def __init__(self) -> None:
+        super().__init__("the message was not sent: its gate closed")
+
 
 async def send_when(
     provider: EmailProvider, message: OutgoingEmail, gate: Awaitable[bool]
@@ -118,7 +121,7 @@ async def send_when(
         result: ProviderResult = await staged(message, gate)
         return result
     if not await gate:
-        raise GateClosed("the message was not sent: its gate closed")
+        raise GateClosed()
     return await provider.send(message)
 
 

@@ -379,7 +379,7 @@ async def _transmit(
         and _BARE_ADDRESS.fullmatch(message.to) is not None
     )
     if gate is not None and not direct and not await gate:
-        raise GateClosed("the message was not sent: its gate closed")
+        raise GateClosed()
     if data is None:
         mime = build_mime(message)
         await client.send_message(mime, recipients=[message.to])
@@ -459,7 +459,7 @@ async def _gated_data(client: aiosmtplib.SMTP, data: bytes, gate: Awaitable[bool
         raise
     if not go:
         client.close()
-        raise GateClosed("the message was not sent: its gate closed")
+        raise GateClosed()
     protocol.write(b".\r\n")
     # Read at once after the write (no await between): the reply cannot come unasked for.
     response = await protocol.read_response(timeout=client.timeout)
