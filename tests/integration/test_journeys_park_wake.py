@@ -104,6 +104,21 @@ async def _steps(env: Env, workflow_id: str) -> list[str]:
     return [r["function_name"] for r in rows]
 
 
+async def _steps_at_park(env: Env, workflow_id: str) -> list[str]:
+    """The run's steps up to its park step, once that is recorded: DBOS writes a step's
+    record after the step returns, so the row can read parked a moment before the
+    record exists."""
+
+    async def recorded() -> list[str] | None:
+        steps = await _steps(env, workflow_id)
+        if "journey.park" not in steps:
+            return None
+        return steps[: steps.index("journey.park") + 1]
+
+    steps: list[str] = await env.until(recorded)
+    return steps
+
+
 async def test_a_due_sleep_wakes_through_one_step_without_a_receive(env: Env) -> None:
     await env.event("wake.sleep", "sid")
     run = await _parked(env, "it-wake-sleep")
@@ -218,7 +233,7 @@ async def test_a_resumed_run_reads_its_recorded_steps_in_one_check(env: Env) -> 
     run = await _parked(env, "it-wake-sleep")
     recorded = replay.installed()  # by the run's first execution
     assert recorded is not None
-    before_park = await _steps(env, run["workflow_id"])
+    before_park = await _steps_at_park(env, run["workflow_id"])
     served, new = recorded.served, recorded.new
     checked: list[int] = []
     original = recorded.check
@@ -266,7 +281,7 @@ async def test_a_resumed_run_replays_its_recorded_steps_without_dbos_step_calls(
 ) -> None:
     await env.event("wake.sleep", "fast")
     run = await _parked(env, "it-wake-sleep")
-    before_park = await _steps(env, run["workflow_id"])
+    before_park = await _steps_at_park(env, run["workflow_id"])
     called: list[str] = []
     original = DBOS.run_step_async
 
