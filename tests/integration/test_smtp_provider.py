@@ -37,6 +37,8 @@ class Sink:
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
         local = address.split("@")[0]
+        if local == "slow":
+            await asyncio.sleep(1.0)  # longer than the provider's timeout in the test
         if local.startswith("reply"):
             code = local.removeprefix("reply")
             return f"{code} 4.7.0 refused by test ({code})"
@@ -476,15 +478,35 @@ async def test_a_closed_gate_leaves_the_message_unfinished(plain: Server, closin
     assert [m["To"] for _, m in plain.sink.messages] == ["next@example.com"]
 
 
-async def test_a_line_starting_with_a_dot_survives_the_gated_data(plain: Server) -> None:
+@pytest.mark.parametrize("gated", [True, False])
+async def test_a_line_starting_with_a_dot_survives_the_data(plain: Server, gated: bool) -> None:
     provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
     text = ".\n..two\n. three\nend\n"
-    gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    gate.set_result(True)
-    await provider.send_gated(message(text=text, html=None), gate)
+    if gated:
+        gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        gate.set_result(True)
+        await provider.send_gated(message(text=text, html=None), gate)
+    else:
+        await provider.send(message(text=text, html=None))
+    # And one without a dot at a line start (the message goes as written).
+    await provider.send(message(text="plain.\nno dot first\n", html=None))
     await provider.aclose()
-    [(_, received)] = plain.sink.messages
+    [(_, received), (_, second)] = plain.sink.messages
     assert received.get_content().replace("\r\n", "\n") == text
+    assert second.get_content().replace("\r\n", "\n") == "plain.\nno dot first\n"
+
+
+async def test_a_reply_that_never_comes_times_out_and_the_connection_goes(plain: Server) -> None:
+    # The provider's own transaction bounds each reply by the provider's timeout.
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", timeout=0.3)
+    with pytest.raises(TransientProviderError, match="Timed out"):
+        await provider.send(message(to="slow@example.com"))
+    # The connection that timed out is not reused (its late reply would pair with the
+    # next command): the next send opens a new one and goes out.
+    await provider.send(message())
+    await provider.aclose()
+    assert provider.connections_opened == 2
+    assert [m["To"] for _, m in plain.sink.messages] == ["ada@example.com"]
 
 
 async def test_send_when_waits_for_the_gate_with_a_provider_that_cannot_stage() -> None:

@@ -86,3 +86,18 @@ def _signed(payload: bytes) -> str:
 def test_signed_but_malformed_payloads(payload: bytes) -> None:
     with pytest.raises(InvalidToken, match="payload"):
         tokens.verify(_signed(payload), SECRET, purpose="unsubscribe", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [b"", b"k", b"b" * 40, b"x" * 64, b"y" * 65, bytes(range(256))],
+    ids=["empty", "one", "40", "block", "block+1", "256"],
+)
+def test_hmac_sha256_is_the_standard_hmac(secret: bytes) -> None:
+    # Keys shorter than, equal to and longer than SHA-256's block (hashed first).
+    import hmac
+
+    for data in (b"", b"payload", b"z" * 1000):
+        assert tokens.hmac_sha256(secret, data) == hmac.digest(secret, data, "sha256")
+    # The cached key states are copied, never advanced: a second call is the same.
+    assert tokens.hmac_sha256(secret, b"again") == tokens.hmac_sha256(secret, b"again")

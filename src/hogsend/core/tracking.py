@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Literal
 
-from hogsend.core.tokens import InvalidToken
+from hogsend.core.tokens import InvalidToken, hmac_sha256
 
 TrackingKind = Literal["open", "click"]
 
@@ -49,8 +49,7 @@ def _b64(data: bytes) -> str:
 
 
 def _mac(kind: TrackingKind, ident: uuid.UUID, secret: bytes) -> bytes:
-    # hmac.digest: the same HMAC-SHA256 in one C call (hmac.new builds a Python object).
-    return hmac.digest(secret, _TAGS[kind] + ident.bytes, "sha256")[:_MAC_BYTES]
+    return hmac_sha256(secret, _TAGS[kind] + ident.bytes)[:_MAC_BYTES]
 
 
 def sign_id(kind: TrackingKind, ident: uuid.UUID, secret: bytes) -> str:

@@ -202,12 +202,15 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
         encoding = "quoted-printable"
     if encoding == "quoted-printable":
         # The body ends with a line break, so its encoding does too.
-        lines = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")[:-1].split("\n")
+        text = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")[:-1]
+    else:
+        text = body[:-1]
     return [
         f'Content-Type: text/{subtype}; charset="utf-8"',
         f"Content-Transfer-Encoding: {encoding}",
         "",
-        *lines,
+        # One piece with its line breaks as CRLF: the caller joins pieces with CRLF.
+        text.replace("\n", "\r\n"),
     ]
 
 
@@ -217,10 +220,8 @@ def _octets_fit(lines: list[str], longest: int) -> bool:
         return True  # a character is at most 4 octets
     if longest > _LONGEST_LINE:
         return False
-    return all(
-        len(line) * 4 <= _LONGEST_LINE or len(line.encode("utf-8")) <= _LONGEST_LINE
-        for line in lines
-    )
+    # Measured on the encoded text in one go (C loops, not one Python step per line).
+    return max(map(len, "\n".join(lines).encode("utf-8").split(b"\n"))) <= _LONGEST_LINE
 
 
 class SmtpProvider:
@@ -408,63 +409,95 @@ async def _mail_transaction(
     address has no space, bracket or control character to inject with) and
     :func:`message_bytes` writes CRLF line ends only, so its length is the SIZE. The
     errors are ``sendmail``'s, and a refused command resets the envelope as it does.
+
+    Each command is written on the connection's protocol and its reply read there, as
+    aiosmtplib's ``execute_command`` does, without its per-command lock (the pool lends
+    a connection to one send at a time), injection scan (the arguments are checked
+    above) and timer per reply: one deadline for the transaction, pushed back to
+    ``client.timeout`` from now before each command, bounds every reply as before. A
+    reply that times out, a lost connection and 421 close the connection, as
+    ``execute_command`` does.
     """
-    options = [b"SIZE=%d" % len(data)] if client.supports_extension("size") else []
-    options.extend(option.encode("ascii") for option in mail_options)
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Server not connected")
+    options = b" SIZE=%d" % len(data) if client.supports_extension("size") else b""
+    for option in mail_options:
+        options += b" " + option.encode("ascii")
+    loop = asyncio.get_running_loop()
+    timeout = client.timeout
     try:
-        response = await client.execute_command(
-            b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *options
-        )
-        if response.code != SMTPStatus.completed:
-            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
-        response = await client.execute_command(b"RCPT", b"TO:<" + to.encode("ascii") + b">")
-        if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-            raise aiosmtplib.SMTPRecipientsRefused(
-                [aiosmtplib.SMTPRecipientRefused(response.code, response.message, to)]
-            )
-        if gate is None:
-            await client.data(data)
-        else:
-            await _gated_data(client, data, gate)
+        async with asyncio.timeout(None) as deadline:
+
+            async def reply(line: bytes) -> aiosmtplib.SMTPResponse:
+                if timeout is not None:
+                    deadline.reschedule(loop.time() + timeout)
+                protocol.write(line)
+                return await protocol.read_response()
+
+            try:
+                response = await reply(
+                    b"MAIL FROM:<" + sender.encode("ascii") + b">" + options + b"\r\n"
+                )
+                if response.code != SMTPStatus.completed:
+                    raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+                response = await reply(b"RCPT TO:<" + to.encode("ascii") + b">\r\n")
+                if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+                    raise aiosmtplib.SMTPRecipientsRefused(
+                        [aiosmtplib.SMTPRecipientRefused(response.code, response.message, to)]
+                    )
+                response = await reply(b"DATA\r\n")
+                if response.code != SMTPStatus.start_input:
+                    raise aiosmtplib.SMTPDataError(response.code, response.message)
+                # A line starting with a dot gets one more (RFC 5321 4.5.2), as
+                # aiosmtplib's data() does; most messages have none, so look first.
+                if data.startswith(b".") or b"\n." in data:
+                    data = _LEADING_DOT.sub(b"..", data)
+                if gate is None:
+                    response = await reply(data + b".\r\n")
+                else:
+                    # The server accepts a message at its ending line: until then
+                    # nothing is delivered. Closed unfinished when the gate says no.
+                    protocol.write(data)
+                    deadline.reschedule(None)
+                    try:
+                        go = await gate
+                    except BaseException:
+                        client.close()
+                        raise
+                    if not go:
+                        client.close()
+                        raise GateClosed()
+                    # Read at once after the write (no await between): the reply
+                    # cannot come unasked for.
+                    response = await reply(b".\r\n")
+                if response.code != SMTPStatus.completed:
+                    raise aiosmtplib.SMTPDataError(response.code, response.message)
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code == SMTPStatus.domain_unavailable:
+                    client.close()  # as execute_command: the server is going away
+                raise
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                if exc.recipients and exc.recipients[0].code == SMTPStatus.domain_unavailable:
+                    client.close()
+                raise
+    except TimeoutError as exc:
+        # The reply given up on would pair with the next command: never reuse this one.
+        client.close()
+        raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+    except aiosmtplib.SMTPServerDisconnected:
+        client.close()
+        raise
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         # The original error is the one worth reporting, not a failed reset.
-        with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
-            await client.rset()
+        if client.is_connected:
+            with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
+                await client.rset()
         raise
 
 
 # A line starting with a dot gets one more (RFC 5321 4.5.2), as aiosmtplib's data() does.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-async def _gated_data(client: aiosmtplib.SMTP, data: bytes, gate: Awaitable[bool]) -> None:
-    """``DATA`` and the message, then the ending line once ``gate`` gives True.
-
-    What ``client.data`` does, in two writes: the server accepts a message at its
-    ending line, so until then nothing is delivered. ``data`` has CRLF line ends only
-    (:func:`message_bytes`). When ``gate`` gives False (or fails) the connection is
-    closed with the message unfinished, which the server discards.
-    """
-    response = await client.execute_command(b"DATA")
-    if response.code != SMTPStatus.start_input:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
-    protocol = client.protocol
-    if protocol is None:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-    protocol.write(_LEADING_DOT.sub(b"..", data))
-    try:
-        go = await gate
-    except BaseException:
-        client.close()
-        raise
-    if not go:
-        client.close()
-        raise GateClosed()
-    protocol.write(b".\r\n")
-    # Read at once after the write (no await between): the reply cannot come unasked for.
-    response = await protocol.read_response(timeout=client.timeout)
-    if response.code != SMTPStatus.completed:
-        raise aiosmtplib.SMTPDataError(response.code, response.message)
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:

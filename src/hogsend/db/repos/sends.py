@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
 from hogsend.db.engine import driver_connection
-from hogsend.db.repos.contacts import CONTACT_COLUMNS, to_json
+from hogsend.db.repos.contacts import CONTACT_COLUMNS, rows_to_json, to_json
 
 # Attempts that went out (or are on their way): what duplicates, gaps and caps count.
 OUTGOING = ("queued", "sent", "redirected")
@@ -952,7 +952,8 @@ async def insert_attempts(
         await conn.execute(
             _INSERT_ATTEMPTS,
             {
-                "rows": to_json(list(rows)),
+                # Rows the mailer built (ids, strings, gate details): orjson, in C.
+                "rows": rows_to_json(list(rows)),
                 "marked": [str(m) for m in marked],
                 "link_ids": [link[0] for link in links],
                 "link_sends": [link[1] for link in links],
@@ -1025,8 +1026,9 @@ async def finish_and_log(
     missing = await conn.scalar(
         _FINISH_AND_LOG,
         {
-            "rows": to_json(payload),
-            "events": to_json(list(events)),
+            # Built by the mailer (ids, strings, UTC timestamps): orjson, in C.
+            "rows": rows_to_json(payload),
+            "events": rows_to_json(list(events)),
             "now": now,
             "notify": notify,
             "starts": list(starts),
