@@ -394,15 +394,127 @@ def test_a_kept_slotted_rendering_spares_the_second_render(
         assert composed is not None
         assert f"Hi Ada{n}, team Blue." in composed.rendered.html
         assert composed.rendered.subject == f"For Ada{n}"
-    assert len(renders) == 10  # the real rendering only
-    # A template that branches on the value: the kept rendering does not fit the
-    # contact it branches for, which renders with slots again and gets no plan.
-    renders.clear()
+    # The template only prints the name: the kept slotted rendering, filled, is the
+    # real one (hogsend.channels.template_reads), so no rendering at all.
+    assert renders == []
+    # A template that branches on the value reads it as a literal: each name is a
+    # rendering of its own (one render: with no value to slot, slotted is real).
     assert compose("branch", 11, "Bob") is not None
     assert compose("branch", 12, "Cy") is not None
-    assert len(renders) == 3
+    assert len(renders) == 2
     renders.clear()
     vip = compose("branch", 13, "Ada")
-    assert len(renders) == 2
+    assert len(renders) == 1
     assert vip is not None
     assert "VIP Ada" in vip.rendered.html
+
+
+# --------------------------------------------------------------------------- known renderings
+
+READS = {
+    "coupon": "{#---\nsubject: {{ days }} days for {{ contact.properties.first_name }}\n---#}\n"
+    "<p>Hi {{ contact.properties.first_name }}, {{ days }} days left."
+    "{% if coupon is defined %} Use {{ coupon }}.{% endif %}"
+    " Write to {{ contact.email }}.</p>\n",
+    "listed": "{#---\nsubject: Items\n---#}\n<ul>{% for item in items %}<li>{{ item }}</li>"
+    "{% endfor %}</ul><p>{{ contact.properties.first_name }}</p>\n",
+}
+
+
+@pytest.fixture
+def reads(tmp_path: Path) -> TemplateRegistry:
+    for key, body in READS.items():
+        (tmp_path / f"{key}.html").write_text(body)
+    return TemplateRegistry(tmp_path)
+
+
+def compose_props(
+    planner: MessagePlans, key: str, contact: Contact, props: dict[str, Any]
+) -> tuple[Composed, uuid.UUID]:
+    send_id = uuid.uuid4()
+    composed = planner.compose(
+        key,
+        contact=contact,
+        props=props,
+        subject=None,
+        link_tokens=None,
+        send_id=send_id,
+        opens=True,
+        clicks=True,
+    )
+    assert composed is not None
+    return composed, send_id
+
+
+def test_known_renderings_follow_every_value_the_template_reads(
+    reads: TemplateRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planner = plans(reads)
+    renders: list[str] = []
+    render_jinja = reads.render_jinja
+
+    def counted(key: str, variables: Any, *, subject: str | None = None) -> JinjaOutput:
+        renders.append(key)
+        return render_jinja(key, variables, subject=subject)
+
+    monkeypatch.setattr(reads, "render_jinja", counted)
+    # A value printed whole (the name, the email) never splits a rendering; one read
+    # otherwise (days in the subject is printed, coupon's presence is tested) does.
+    cases: list[dict[str, Any]] = [
+        {"days": 3},
+        {"days": 3},
+        {"days": 3, "coupon": "SAVE10"},
+        {"days": 3, "coupon": "SAVE10"},
+        {"days": 4, "coupon": "SAVE10"},
+        {"days": 3, "coupon": "OTHER"},
+        {"days": 3},
+        {"days": "3"},  # equal text, another type: a rendering of its own
+    ]
+    for n, props in enumerate(cases):
+        contact = person(f"Ada{n}", n)
+        before = len(renders)
+        composed, send_id = compose_props(planner, "coupon", contact, props)
+        renders_now = len(renders) - before
+        # Seen before: no rendering; new: rendered with slots and for real, compared.
+        assert renders_now == (0 if n in (1, 3, 6) else 2), (n, props)
+        subject, html, text = direct_for(reads, "coupon", contact, props, send_id, composed.links)
+        assert composed.rendered.subject == subject
+        assert composed.rendered.html == html
+        assert composed.rendered.text == text
+        if "coupon" in props:
+            assert f"Use {props['coupon']}." in composed.rendered.html
+        else:
+            assert "Use " not in composed.rendered.html
+        assert f"Write to user{n}@example.com." in composed.rendered.html
+
+
+def test_a_value_that_cannot_be_compared_renders_the_usual_way(reads: TemplateRegistry) -> None:
+    planner = plans(reads)
+    for n, items in enumerate([["a", "b"], ["c"], ["a", "b"]]):
+        contact = person(f"Ada{n}", n)
+        composed, send_id = compose_props(planner, "listed", contact, {"items": items})
+        subject, html, _ = direct_for(
+            reads, "listed", contact, {"items": items}, send_id, composed.links
+        )
+        assert (composed.rendered.subject, composed.rendered.html) == (subject, html)
+        assert "".join(f"<li>{item}</li>" for item in items) in composed.rendered.html
+
+
+def test_an_edited_template_is_read_again(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "edited.html"
+    path.write_text("{#---\nsubject: Hi\n---#}\n<p>Hello {{ contact.properties.first_name }}</p>\n")
+    registry = TemplateRegistry(tmp_path)
+    planner = plans(registry)
+    for n in range(2):
+        composed, _ = compose_props(planner, "edited", person(f"Ada{n}", n), {})
+        assert f"Hello Ada{n}" in composed.rendered.html
+    path.write_text(
+        "{#---\nsubject: Hi\n---#}\n<p>Goodbye {{ contact.properties.first_name }}</p>\n"
+    )
+    stat = path.stat()
+    os.utime(path, (stat.st_atime + 10, stat.st_mtime + 10))  # a visibly newer file
+    composed, _ = compose_props(planner, "edited", person("Bob", 9), {})
+    assert "Goodbye Bob" in composed.rendered.html
+    assert "Hello" not in composed.rendered.html

@@ -250,3 +250,21 @@ def test_line_breaks_are_the_email_packages(eight_bit: bool) -> None:
     theirs = parse(bytes(build_mime(sample(text=text, html=None))))
     assert mine.get_content() == theirs.get_content()
     assert mine.get_content() == "a\nb\nc\nform\x0cfeed\u2028same line\x85é\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        # Long ASCII line, a few multibyte characters elsewhere: fits by the whole
+        # body's count of extra octets.
+        ("x" * 900 + "\n" + "é" * 60, "8bit"),
+        # Too many extra octets in all for that count, yet no line over 998 octets.
+        ("x" * 900 + "\n" + "é" * 200, "8bit"),
+        # The multibyte characters in the long line itself: 1,000 octets.
+        ("x" * 700 + "é" * 150, "quoted-printable"),
+    ],
+)
+def test_long_lines_with_multibyte_characters(text: str, encoding: str) -> None:
+    _, parsed = written_8bit(sample(text=text, html=None))
+    assert parsed["Content-Transfer-Encoding"] == encoding
+    assert parsed.get_content() == text + "\n"

@@ -46,6 +46,10 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
+import jinja2
+
+from hogsend.channels.template_reads import Path as ReadPath
+from hogsend.channels.template_reads import TemplateReads, analyse
 from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.templates import RenderedEmail
@@ -148,6 +152,10 @@ class MessagePlans:
         self._tally: dict[str, tuple[int, int]] = {}
         # Per template: its latest slotted renderings that passed (see _value_slots).
         self._recent: OrderedDict[str, tuple[JinjaOutput, ...]] = OrderedDict()
+        # Per template: what it reads (see hogsend.channels.template_reads), and its
+        # slotted renderings by the values of what it reads (see _known_rendering).
+        self._reads: dict[tuple[Any, ...], _Reads] = {}
+        self._known: OrderedDict[tuple[Any, ...], JinjaOutput] = OrderedDict()
         self._lock = threading.Lock()
 
     def _slot_text(self, kind: str, n: int) -> str:
@@ -183,6 +191,14 @@ class MessagePlans:
             props=props,
             extra=self._placeholders if link_tokens is not None else None,
         )
+        known = self._known_rendering(key, variables, subject)
+        if known is not None:
+            slotted_output, real_of, values = known
+            plan = self._known_plan(
+                key, slotted_output, real_of, values, opens=opens, clicks=clicks
+            )
+            if plan is not None:
+                return self._filled(key, real_of(), plan, values, link_tokens, send_id, opens)
         real = templates.render_jinja(key, variables, subject=subject)
         slotted = self._value_slots(key, variables, real)
         if slotted is not None:
@@ -275,6 +291,139 @@ class MessagePlans:
                 for link_id, url in zip(ids, plan.link_urls, strict=True)
             ),
         )
+
+    # -- known renderings: value slots without the real render --------------------
+
+    def _reads_of(self, key: str) -> _Reads | None:
+        """What template ``key`` reads (analysed once per version of its files)."""
+        templates = self._templates
+        template = templates.get(key)
+        if template.format != "html":
+            return None
+        meta = template.meta
+        state_key = (key, template.source, template.text_source, meta.subject, meta.preheader)
+        with self._lock:
+            state = self._reads.get(state_key)
+        if state is not None and not all(fresh() for fresh in state.fresh):
+            state = None  # a file changed: analysed again, its renderings dropped
+        if state is None:
+            env = templates.environment
+            files = [template.source]
+            if template.text_source is not None:
+                files.append(template.text_source)
+            strings = [text for text in (meta.subject, meta.preheader) if text is not None]
+            reads = analyse(env, files=files, strings=strings)
+            state = _Reads(reads=reads, fresh=_freshness(env, reads), version=object())
+            with self._lock:
+                self._reads[state_key] = state
+        if state.reads is None or state.off:
+            return None
+        if state.misses >= _VALUE_MISSES and state.misses > 4 * state.hits:
+            return None  # its renderings seldom repeat (literal reads differ per message)
+        return state
+
+    def _known_rendering(
+        self, key: str, variables: Mapping[str, Any], subject: str | None
+    ) -> tuple[JinjaOutput, Callable[[], JinjaOutput], tuple[str, ...]] | None:
+        """A slotted rendering for these variables without rendering them, when known.
+
+        Returns (the slotted output, the real output (computed on demand), the values
+        of its slots), or None: the template is not covered, a value cannot be compared,
+        or this is the first message with these literal reads (then it is rendered
+        with slots and for real, compared, and kept when they agree).
+        """
+        state = self._reads_of(key)
+        if state is None:
+            return None
+        reads = state.reads
+        assert reads is not None
+        env = self._templates.environment
+        values: list[str] = []
+        slots: dict[ReadPath, str] = {}
+        signature: list[Any] = []
+        for path in reads.printed:
+            value = _read(env, variables, path)
+            if (
+                type(value) is str
+                and _slottable_path(path)
+                and _SLOTTABLE.fullmatch(value)
+                and self._nonce not in value
+            ):
+                slots[path] = self._slot_text(_VALUE, len(values))
+                values.append(value)
+                signature.append(_SLOT)
+            else:
+                signature.append((type(value), value))
+        for path in reads.literal:
+            value = _read(env, variables, path)
+            signature.append((type(value), value))
+        known_key = (key, state.version, subject, tuple(signature))
+        try:
+            with self._lock:
+                output = self._known.get(known_key)
+                if output is not None:
+                    self._known.move_to_end(known_key)
+        except TypeError:
+            return None  # a value that cannot be compared (a list, a dict ...)
+        fill = _value_filler(self._value_slot, tuple(values))
+        if output is not None:
+            state.hits += 1
+            known = output
+
+            def real_of() -> JinjaOutput:
+                # What the real rendering gives (the module doc of template_reads).
+                return JinjaOutput(
+                    subject=fill(known.subject) or "",
+                    preheader=fill(known.preheader),
+                    body=fill(known.body) or "",
+                    written=fill(known.written),
+                )
+
+            return known, _once(real_of), tuple(values)
+        state.misses += 1
+        slotted_variables = _with_slots(variables, slots)
+        if slotted_variables is None:
+            return None
+        real = self._templates.render_jinja(key, variables, subject=subject)
+        # Without slots the slotted rendering is the real one.
+        output = (
+            self._templates.render_jinja(key, slotted_variables, subject=subject) if slots else real
+        )
+        if (
+            fill(output.subject) != real.subject
+            or fill(output.preheader) != real.preheader
+            or fill(output.body) != real.body
+            or fill(output.written) != real.written
+        ):
+            state.off = True  # the analysis missed something: this template goes without
+            return None
+        with self._lock:
+            self._known[known_key] = output
+            if len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return output, lambda: real, tuple(values)
+
+    def _known_plan(
+        self,
+        key: str,
+        source: JinjaOutput,
+        real_of: Callable[[], JinjaOutput],
+        values: tuple[str, ...],
+        *,
+        opens: bool,
+        clicks: bool,
+    ) -> _Plan | None:
+        """:meth:`_plan_for` of a known rendering, the real output made only on a miss."""
+        plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
+        with self._lock:
+            found = plan_key in self._plans
+            plan = self._plans.get(plan_key)
+            if found:
+                self._plans.move_to_end(plan_key)
+        if found:
+            self._count(key, hit=plan is not None)
+            return plan
+        return self._plan_for(key, source, real_of(), values, opens=opens, clicks=clicks)
 
     # -- value slots ---------------------------------------------------------------
 
@@ -537,3 +686,122 @@ def _fill(filled: _Filled, values: Mapping[tuple[str, int], str]) -> str:
         out.append(values[slot])
         out.append(literal)
     return "".join(out)
+
+
+_SLOT = object()
+"""In a rendering's signature: a printed value that a slot stands in for."""
+_UNDEFINED = object()
+"""In a rendering's signature: a path that reads nothing (an undefined variable)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Reads:
+    """One version of a template: what it reads, and how its known renderings fare."""
+
+    reads: TemplateReads | None
+    fresh: tuple[Callable[[], bool], ...]
+    version: object
+    """Part of each known rendering's key: a new version never meets the old ones."""
+    hits: int = 0
+    misses: int = 0
+    off: bool = False
+
+
+def _freshness(
+    env: jinja2.Environment, reads: TemplateReads | None
+) -> tuple[Callable[[], bool], ...]:
+    """Per file the template reads, whether it is unchanged since now (as Jinja checks)."""
+    if reads is None or env.loader is None:
+        return ()
+    checks: list[Callable[[], bool]] = []
+    for name in reads.files:
+        # Jinja reloads a file when this says it changed; a loader without it never does.
+        _, _, uptodate = env.loader.get_source(env, name)
+        if uptodate is not None:
+            checks.append(uptodate)
+    return tuple(checks)
+
+
+def _read(env: jinja2.Environment, variables: Mapping[str, Any], path: ReadPath) -> Any:
+    """What the template reads at ``path``, looked up as Jinja looks it up."""
+    root = path[0]
+    assert isinstance(root, str)
+    if root not in variables:
+        return _UNDEFINED
+    value = variables[root]
+    for part in path[1:]:
+        # Items and attributes as Jinja reads them (a dict key, else an attribute ...).
+        value = _step(env, value, part)
+        if isinstance(value, jinja2.Undefined):
+            return _UNDEFINED
+    return value
+
+
+def _step(env: jinja2.Environment, value: Any, part: str | tuple[str | int]) -> Any:
+    if isinstance(part, tuple):
+        return env.getitem(value, part[0])
+    return env.getattr(value, part)
+
+
+def _slottable_path(path: ReadPath) -> bool:
+    """Whether :func:`_with_slots` can put a slot at ``path``."""
+    if len(path) == 1:
+        return path[0] not in ("props", "contact")
+    if path[0] == "props":
+        return len(path) == 2
+    if path[0] == "contact":
+        return (len(path) == 2 and path[1] in _CONTACT_FIELDS) or (
+            len(path) == 3 and path[1] == "properties"
+        )
+    return False
+
+
+def _with_slots(
+    variables: Mapping[str, Any], slots: Mapping[ReadPath, str]
+) -> dict[str, Any] | None:
+    """``variables`` with a slot at each path of ``slots`` (see :func:`_slottable_path`)."""
+    out = dict(variables)
+    props: dict[str, Any] | None = None
+    changes: dict[str, Any] = {}
+    properties: dict[str, Any] | None = None
+    for path, slot in slots.items():
+        name = [part[0] if isinstance(part, tuple) else part for part in path]
+        if len(path) == 1:
+            out[str(name[0])] = slot
+        elif name[0] == "props":
+            if props is None:
+                given = variables.get("props")
+                if not isinstance(given, dict):
+                    return None
+                props = dict(given)
+            props[str(name[1])] = slot
+        elif len(path) == 2:
+            changes[str(name[1])] = slot
+        else:
+            if properties is None:
+                contact = variables.get("contact")
+                if not isinstance(contact, Contact):
+                    return None
+                properties = dict(contact.properties)
+            properties[str(name[2])] = slot
+    if props is not None:
+        out["props"] = props
+    if changes or properties is not None:
+        contact = variables.get("contact")
+        if not isinstance(contact, Contact):
+            return None
+        if properties is not None:
+            changes["properties"] = properties
+        out["contact"] = dataclasses.replace(contact, **changes)
+    return out
+
+
+def _once(make: Callable[[], JinjaOutput]) -> Callable[[], JinjaOutput]:
+    made: list[JinjaOutput] = []
+
+    def once() -> JinjaOutput:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return once

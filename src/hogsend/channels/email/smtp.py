@@ -196,7 +196,7 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
         encoding = "quoted-printable"  # neither 7bit nor 8bit may carry a NUL
     elif body.isascii() and longest <= _LONGEST_LINE:
         encoding = "7bit"
-    elif eight_bit and _octets_fit(lines, longest):
+    elif eight_bit and _octets_fit(body, longest):
         encoding = "8bit"
     else:
         encoding = "quoted-printable"
@@ -214,14 +214,20 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
     ]
 
 
-def _octets_fit(lines: list[str], longest: int) -> bool:
-    """Whether no line is longer than 998 octets in UTF-8 (``longest``: in characters)."""
+def _octets_fit(body: str, longest: int) -> bool:
+    """Whether no line of ``body`` is longer than 998 octets in UTF-8.
+
+    ``longest``: the longest line in characters.
+    """
     if longest * 4 <= _LONGEST_LINE:
         return True  # a character is at most 4 octets
     if longest > _LONGEST_LINE:
         return False
-    # Measured on the encoded text in one go (C loops, not one Python step per line).
-    return max(map(len, "\n".join(lines).encode("utf-8").split(b"\n"))) <= _LONGEST_LINE
+    # No line has more octets beyond one per character than the whole body has.
+    extra = len(body.encode("utf-8")) - len(body)
+    if longest + extra <= _LONGEST_LINE:
+        return True
+    return max(map(len, body.encode("utf-8").split(b"\n"))) <= _LONGEST_LINE
 
 
 class SmtpProvider:
