@@ -268,3 +268,17 @@ def test_long_lines_with_multibyte_characters(text: str, encoding: str) -> None:
     _, parsed = written_8bit(sample(text=text, html=None))
     assert parsed["Content-Transfer-Encoding"] == encoding
     assert parsed.get_content() == text + "\n"
+
+
+def test_the_date_header_is_now() -> None:
+    # Formatted once per second and shared: still this second's, as formatdate gives.
+    import time
+    from email.utils import parsedate_to_datetime
+
+    for _ in range(2):
+        before = int(time.time())
+        data, parsed = written(sample())
+        after = time.time()
+        sent = parsedate_to_datetime(parsed["Date"]).timestamp()
+        assert before <= sent <= after
+        assert b" GMT\r\n" in data

@@ -193,22 +193,30 @@ class MessagePlans:
         )
         known = self._known_rendering(key, variables, subject)
         if known is not None:
-            slotted_output, real_of, values = known
+            slotted_output, real_of, values, head_of = known
             plan = self._known_plan(
                 key, slotted_output, real_of, values, opens=opens, clicks=clicks
             )
             if plan is not None:
-                return self._filled(key, real_of(), plan, values, link_tokens, send_id, opens)
+                # Only the subject and preheader: the body comes from the plan.
+                subject_text, preheader = head_of(slotted_output)
+                return self._filled(
+                    key, subject_text, preheader, plan, values, link_tokens, send_id, opens
+                )
         real = templates.render_jinja(key, variables, subject=subject)
         slotted = self._value_slots(key, variables, real)
         if slotted is not None:
             plan = self._plan_for(key, slotted[0], real, slotted[1], opens=opens, clicks=clicks)
             if plan is not None:
-                return self._filled(key, real, plan, slotted[1], link_tokens, send_id, opens)
+                return self._filled(
+                    key, real.subject, real.preheader, plan, slotted[1], link_tokens, send_id, opens
+                )
         plan = self._plan_for(key, real, real, None, opens=opens, clicks=clicks)
         if plan is None:
             return None
-        return self._filled(key, real, plan, (), link_tokens, send_id, opens)
+        return self._filled(
+            key, real.subject, real.preheader, plan, (), link_tokens, send_id, opens
+        )
 
     def _plan_for(
         self,
@@ -245,7 +253,8 @@ class MessagePlans:
     def _filled(
         self,
         key: str,
-        real: JinjaOutput,
+        subject: str,
+        preheader: str | None,
         plan: _Plan,
         values: tuple[str, ...],
         link_tokens: Mapping[str, str] | None,
@@ -253,7 +262,7 @@ class MessagePlans:
         opens: bool,
     ) -> Composed | None:
         """The message of ``send_id`` from ``plan``: its own values, tokens, ids, pixel."""
-        subject_text = real.subject
+        subject_text = subject
         subject_filled: _Filled | None = None
         if self._nonce in subject_text:
             subject_filled = self._split(subject_text)
@@ -283,7 +292,7 @@ class MessagePlans:
                 subject=subject_text,
                 html=html,
                 text=text,
-                preheader=real.preheader,
+                preheader=preheader,
                 category=self._templates.get(key).meta.category,
             ),
             links=tuple(
@@ -324,13 +333,22 @@ class MessagePlans:
 
     def _known_rendering(
         self, key: str, variables: Mapping[str, Any], subject: str | None
-    ) -> tuple[JinjaOutput, Callable[[], JinjaOutput], tuple[str, ...]] | None:
+    ) -> (
+        tuple[
+            JinjaOutput,
+            Callable[[], JinjaOutput],
+            tuple[str, ...],
+            Callable[[JinjaOutput], tuple[str, str | None]],
+        ]
+        | None
+    ):
         """A slotted rendering for these variables without rendering them, when known.
 
         Returns (the slotted output, the real output (computed on demand), the values
-        of its slots), or None: the template is not covered, a value cannot be compared,
-        or this is the first message with these literal reads (then it is rendered
-        with slots and for real, compared, and kept when they agree).
+        of its slots, the real subject and preheader of a slotted output), or None:
+        the template is not covered or a value cannot be compared. The first message
+        with its literal reads is rendered with slots and for real, the two compared
+        (a difference turns the template's known renderings off), and kept.
         """
         state = self._reads_of(key)
         if state is None:
@@ -366,6 +384,10 @@ class MessagePlans:
         except TypeError:
             return None  # a value that cannot be compared (a list, a dict ...)
         fill = _value_filler(self._value_slot, tuple(values))
+
+        def head(output: JinjaOutput) -> tuple[str, str | None]:
+            return fill(output.subject) or "", fill(output.preheader)
+
         if output is not None:
             state.hits += 1
             known = output
@@ -379,7 +401,8 @@ class MessagePlans:
                     written=fill(known.written),
                 )
 
-            return known, _once(real_of), tuple(values)
+            return known, _once(real_of), tuple(values), head
+
         state.misses += 1
         slotted_variables = _with_slots(variables, slots)
         if slotted_variables is None:
@@ -401,7 +424,7 @@ class MessagePlans:
             self._known[known_key] = output
             if len(self._known) > self._size:
                 self._known.popitem(last=False)
-        return output, lambda: real, tuple(values)
+        return output, lambda: real, tuple(values), head
 
     def _known_plan(
         self,

@@ -96,6 +96,10 @@ def _signature(encoded_payload: str, secret: bytes) -> bytes:
     return hmac_sha256(secret, encoded_payload.encode())
 
 
+# One encoder: json.dumps with options builds a new one on every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def sign(claims: TokenClaims, secret: bytes) -> str:
     """The token carrying ``claims``, signed with ``secret``."""
     payload = {
@@ -105,7 +109,7 @@ def sign(claims: TokenClaims, secret: bytes) -> str:
         "l": claims.list_id,
         "x": claims.expires_at,
     }
-    encoded = _b64(json.dumps(payload, separators=(",", ":")).encode())
+    encoded = _b64(_COMPACT(payload).encode())
     return f"{encoded}.{_b64(_signature(encoded, secret))}"
 
 

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import re
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable
 from email.header import Header
@@ -149,12 +150,25 @@ def _headers(message: OutgoingEmail, message_id: str) -> list[tuple[str, str]]:
     headers = [("From", message.from_email), ("To", message.to), ("Subject", message.subject)]
     if message.reply_to:
         headers.append(("Reply-To", message.reply_to))
-    headers.append(("Date", formatdate(localtime=False, usegmt=True)))
+    headers.append(("Date", _date_header()))
     headers.append(("Message-ID", message_id))
     headers.extend(
         (name, value) for name, value in message.headers.items() if name.lower() not in _OWN_HEADERS
     )
     return headers
+
+
+_DATE: tuple[int, str] = (0, "")
+"""The last Date header written and its second: every message of that second shares it."""
+
+
+def _date_header() -> str:
+    """``formatdate(usegmt=True)`` of now, formatted once per second (it has no finer part)."""
+    global _DATE
+    second = int(time.time())
+    if _DATE[0] != second:
+        _DATE = (second, formatdate(second, usegmt=True))
+    return _DATE[1]
 
 
 def _header_line(name: str, value: str) -> str:
