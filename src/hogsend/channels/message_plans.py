@@ -31,6 +31,15 @@ When a plan is built, the message is also finished the direct way and compared.
 Templates whose renderings keep failing the check stop getting value slots. The last
 slotted renderings of each template are kept and tried first: one that passes the
 check for this message's values spares the second Jinja render.
+
+*Known renderings* spare the first one too. When the template only ever prints a value
+whole (:mod:`hogsend.channels.template_reads` reads that from its syntax tree), its
+slotted rendering filled with a message's values is that message's real rendering,
+provided everything else the template reads (its *literal* reads) has the same values.
+So slotted renderings are also kept by the values of those literal reads, and a message
+matching one is not rendered at all. The first message of each set of literal values is
+rendered with slots and for real and the two compared; a difference turns the
+template's known renderings off.
 """
 
 from __future__ import annotations
