@@ -284,10 +284,10 @@ async def _mailer(
 
     # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
     event.listen(engine.sync_engine, "before_cursor_execute", count)
-    # The statements sent to the driver (see sends_repo) go past that event.
+    # The two that open a transaction by hand go to the driver, past that event.
     from hogsend.db.repos import sends as sends_repo
 
-    for name in ("begin_and_lock_key", "begin_and_read_contacts", "read_facts_batch"):
+    for name in ("begin_and_lock_key", "begin_and_read_contacts"):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
     provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
     mailer = Mailer(_app(), settings, engine, provider)

@@ -3,24 +3,18 @@
 A backend that holds a snapshot keeps Postgres from pruning any row version newer than
 it, in the whole database; then an update of an ``email_sends`` row cannot stay on its
 page. Over the extended protocol a query's snapshot lives until the connection's next
-statement, so a transaction left idle after a parameterised query holds one. Two such
-transactions were open most of the time while a worker sent: DBOS's background-job
-lock (about a second at a time) and a send batch's decision transaction while it
-renders the chunk.
+statement, so a transaction left idle after a parameterised query holds one. DBOS's
+background-job lock is such a transaction, open about a second at a time in every
+worker.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import psycopg
 import pytest
 from sqlalchemy import create_engine, make_url, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend.db.engine import libpq_url
-from hogsend.db.repos import sends
 from hogsend.runtime.dbos_setup import release_job_lock_snapshots
 
 # DBOS 3.4's background-job lock statement, as it sends it.
@@ -71,25 +65,3 @@ def test_the_job_lock_keeps_its_lock_and_drops_its_snapshot(
     assert held == 1
     # Without the release the idle transaction pins the horizon: the test can fail.
     assert (xmin is None) is released
-
-
-async def test_a_batch_facts_read_leaves_no_snapshot(
-    engine: AsyncEngine, database_url: str
-) -> None:
-    query = sends.FactsQuery(
-        idempotency_key="facts:1",
-        contact_id=uuid.uuid4(),
-        email="f@example.com",
-        list_id=None,
-        journey_id=None,
-    )
-    async with engine.connect() as conn, conn.begin():
-        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
-        # As a batch's decision transaction: a lock taken, then the facts read.
-        await conn.execute(text("SELECT pg_advisory_xact_lock(77)"))
-        [facts] = await sends.read_facts_batch(conn, [query], since=datetime.now(UTC))
-        state, xmin = _backend(database_url, pid)
-    assert facts.key_holder is None
-    assert facts.recent_sends == 0
-    assert state == "idle in transaction"
-    assert xmin is None

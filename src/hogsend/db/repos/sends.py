@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncClientCursor
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Composable, Literal
 from sqlalchemy import Row, text
@@ -849,60 +848,47 @@ class FactsQuery:
 async def read_facts_batch(
     conn: AsyncConnection, queries: Sequence[FactsQuery], *, since: datetime
 ) -> list[StoredFacts]:
-    """:func:`read_facts` for many attempts in one statement; one result per query, in order.
-
-    Sent with its values as literals (the simple query protocol), not as a prepared
-    statement's parameters. The batch keeps its transaction open after this read while it
-    renders the chunk, and an extended-protocol query leaves its portal, and with it the
-    query's snapshot, open until the next statement: for that whole time Postgres could
-    prune no row version newer than the snapshot in the database, so the outcome updates
-    of the messages in flight could not stay on their pages (docs/database.md). A simple
-    query drops its portal when it ends.
-    """
+    """:func:`read_facts` for many attempts in one statement; one result per query, in order."""
     if not queries:
         return []
-    driver = await driver_connection(conn)
-    async with AsyncClientCursor(driver, row_factory=dict_row) as cur:
-        await cur.execute(
-            _FACTS_BATCH,
-            {
-                "keys": [q.idempotency_key for q in queries],
-                "contacts": [q.contact_id for q in queries],
-                "emails": [q.email for q in queries],
-                "lists": [q.list_id for q in queries],
-                "journeys": [q.journey_id for q in queries],
-                "since": since,
-                "d": list(OUTGOING),
-                "exempt": list(CAP_EXEMPT_KINDS),
-            },
-        )
-        rows = await cur.fetchall()
+    rows = await conn.execute(
+        _FACTS_BATCH,
+        {
+            "keys": [q.idempotency_key for q in queries],
+            "contacts": [q.contact_id for q in queries],
+            "emails": [q.email for q in queries],
+            "lists": [q.list_id for q in queries],
+            "journeys": [q.journey_id for q in queries],
+            "since": since,
+            "d": list(OUTGOING),
+            "exempt": list(CAP_EXEMPT_KINDS),
+        },
+    )
     found: list[StoredFacts | None] = [None] * len(queries)
     for row in rows:
         holder = None
-        if row["holder_id"] is not None:
+        if row.holder_id is not None:
             holder = KeyHolder(
-                id=row["holder_id"],
-                decision=row["holder_decision"],
-                status=row["holder_status"],
-                waiting=row["holder_waiting"],
+                id=row.holder_id,
+                decision=row.holder_decision,
+                status=row.holder_status,
+                waiting=row.holder_waiting,
             )
-        found[row["n"] - 1] = StoredFacts(
+        found[row.n - 1] = StoredFacts(
             key_holder=holder,
-            suppressed=bool(row["suppressed"]),
-            suppression_reason=row["suppression_reason"],
-            unsubscribed_all=bool(row["unsubscribed_all"]),
-            list_choice=row["list_choice"],
-            journey_last_sent_at=row["journey_last_sent_at"],
-            recent_sends=int(row["recent_sends"] or 0),
+            suppressed=bool(row.suppressed),
+            suppression_reason=row.suppression_reason,
+            unsubscribed_all=bool(row.unsubscribed_all),
+            list_choice=row.list_choice,
+            journey_last_sent_at=row.journey_last_sent_at,
+            recent_sends=int(row.recent_sends or 0),
         )
     assert all(item is not None for item in found)
     return [item for item in found if item is not None]
 
 
 # _FACTS, one row per attempt: the same subqueries, correlated to the attempt's inputs.
-# psycopg's placeholders: the driver's client-side binding fills them in.
-_FACTS_BATCH = SQL(
+_FACTS_BATCH = text(
     """
     SELECT
         q.n,
@@ -914,14 +900,12 @@ _FACTS_BATCH = SQL(
         (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
             AS list_choice,
         (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
-            AND decision = ANY(CAST(%(d)s AS text[]))) AS journey_last_sent_at,
+            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
         (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
-            AND created_at >= CAST(%(since)s AS timestamptz)
-            AND decision = ANY(CAST(%(d)s AS text[]))
-            AND kind <> ALL(CAST(%(exempt)s AS text[]))) AS recent_sends
-    FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
-                CAST(%(emails)s AS text[]), CAST(%(lists)s AS text[]),
-                CAST(%(journeys)s AS text[]))
+            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))
+            AND kind <> ALL(CAST(:exempt AS text[]))) AS recent_sends
+    FROM unnest(CAST(:keys AS text[]), CAST(:contacts AS uuid[]), CAST(:emails AS text[]),
+                CAST(:lists AS text[]), CAST(:journeys AS text[]))
         WITH ORDINALITY AS q(k, c, e, l, j, n)
     LEFT JOIN LATERAL (
         SELECT id, decision, status, handoff IS NOT NULL AS waiting
