@@ -10,6 +10,8 @@ worker.
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -65,3 +67,34 @@ def test_the_job_lock_keeps_its_lock_and_drops_its_snapshot(
     assert held == 1
     # Without the release the idle transaction pins the horizon: the test can fail.
     assert (xmin is None) is released
+
+
+@pytest.mark.timeout(120)
+async def test_a_workers_job_lock_holds_no_snapshot(database_url: str) -> None:
+    from hogsend import Hogsend
+    from hogsend.runtime.worker import Worker
+    from hogsend.settings import Settings
+
+    settings = Settings(env="test", database_url=database_url, worker_id="xmin-worker")
+    worker = Worker(Hogsend(), settings)
+    await worker.start()
+    seen: list[str | None] = []
+    try:
+        with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+            # The lock's transaction is idle for most of each one-second interval.
+            for _ in range(100):
+                # Its last query is the release's own; the lock is what marks it.
+                rows = conn.execute(
+                    "SELECT a.backend_xmin::text FROM pg_stat_activity a"
+                    " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted"
+                    " WHERE a.state = 'idle in transaction'"
+                    " AND a.application_name = 'dbos_transact'"
+                ).fetchall()
+                seen.extend(row[0] for row in rows)
+                if len(seen) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await worker.stop()
+    assert len(seen) >= 3
+    assert seen == [None] * len(seen)
