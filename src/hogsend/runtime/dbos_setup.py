@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dbos import DBOS, DBOSConfig
+from sqlalchemy import Engine, event
 
 from hogsend.db.engine import libpq_url
 from hogsend.settings import Settings
@@ -73,6 +74,36 @@ def launch_dbos(
     for register in registrations:
         register()
     DBOS.launch()
+    from dbos._dbos import _get_dbos_instance
+
+    engine = getattr(_get_dbos_instance()._sys_db, "engine", None)
+    if isinstance(engine, Engine):
+        release_job_lock_snapshots(engine)
+
+
+JOB_LOCK_SQL = "pg_try_advisory_xact_lock("
+"""What DBOS's background-job lock statement calls (the lock lives as long as its transaction)."""
+
+
+def release_job_lock_snapshots(engine: Engine) -> None:
+    """Make the transaction holding DBOS's background-job lock stop holding a snapshot.
+
+    DBOS takes that lock with a parameterised query and keeps the transaction open for
+    the rest of its one-second interval. Over the extended protocol, the query's portal,
+    and the snapshot it ran with, stay open until the connection's next statement, so
+    the worker held the database's xmin horizon about a second back at all times:
+    Postgres could then prune no row version newer than that, and outcome updates of
+    ``email_sends`` almost never stayed on their page (docs/database.md). A statement
+    without parameters right after the lock goes over the simple protocol, which
+    replaces the portal; the lock stays, its snapshot goes.
+    """
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _drop_portal(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if JOB_LOCK_SQL in statement:
+            cursor.connection.execute("SELECT 1")
 
 
 def destroy_dbos(*, drain_seconds: int = 0) -> None:

@@ -401,6 +401,10 @@ _ABANDON = text(
         DELETE FROM email_sends
         WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
             AND id IN (SELECT email_send_id FROM marked)
+        RETURNING id
+    ), unused_links AS (
+        -- No foreign key cascades to them (migration 0016): the links go with their row.
+        DELETE FROM tracked_links WHERE email_send_id IN (SELECT id FROM never_started)
     )
     UPDATE email_sends SET decision = 'provider_error', status = 'failed',
         idempotency_key = NULL, last_error = 'interrupted: the attempt never finished',

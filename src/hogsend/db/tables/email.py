@@ -285,14 +285,19 @@ class WebhookReceipt(Base):
 
 
 class TrackedLink(Timestamps, Base):
-    """One http(s) URL of one sent message; a click redirects only to ``original_url``."""
+    """One http(s) URL of one sent message; a click redirects only to ``original_url``.
+
+    No foreign key to ``email_sends`` (migration 0016): the mailer writes a message's links
+    in the statement or transaction that writes its send row, and the one statement that
+    deletes sends (``sends.abandon``, attempts that never reached a provider) deletes
+    their links with them. The key's check cost a trigger query and a lock on the send's
+    row for every link of every message.
+    """
 
     __tablename__ = "tracked_links"
 
     id: Mapped[uuid.UUID] = uuid_pk()
-    email_send_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="CASCADE"), index=True
-    )
+    email_send_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
     original_url: Mapped[str] = mapped_column(Text)
     click_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     first_clicked_at: Mapped[datetime | None]
