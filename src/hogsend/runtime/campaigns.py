@@ -94,6 +94,8 @@ class StageClock:
     cpu: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     recipients: int = 0
+    carried: int = 0
+    """Steps that began with the batch the step before read ahead (no read of their own)."""
     _mark: tuple[float, float] | None = None
 
     def start(self) -> None:
@@ -112,7 +114,7 @@ class StageClock:
         """Forget everything measured so far."""
         self.wall.clear()
         self.cpu.clear()
-        self.batches = self.recipients = 0
+        self.batches = self.recipients = self.carried = 0
         self._mark = None
 
 
@@ -124,11 +126,14 @@ _context: _Context | None = None
 _throttles: dict[uuid.UUID, TokenBucket] = {}
 # Per campaign, the last batch's size and send rate (next_batch_size), across steps too.
 _paces: dict[uuid.UUID, tuple[int, float | None]] = {}
+# Per campaign, the batch a step read ahead when it ended (for the run's next step).
+_carried: dict[uuid.UUID, tuple[str, tuple[Any, ...], _Batch]] = {}
 
 
 def _forget(campaign_id: uuid.UUID) -> None:
     _throttles.pop(campaign_id, None)
     _paces.pop(campaign_id, None)
+    _carried.pop(campaign_id, None)
 
 
 def _ctx() -> _Context:
@@ -315,6 +320,29 @@ def _batch(campaign: Campaign, recipients: list[repo.Recipient]) -> _Batch:
     return _Batch(recipients, _requests(campaign, recipients))
 
 
+def _shape(campaign: Campaign) -> tuple[Any, ...]:
+    """What a batch's requests were built from (a carried batch is rebuilt if it moved)."""
+    return (
+        campaign.template_key,
+        campaign.props,
+        campaign.subject,
+        campaign.from_email,
+        campaign.audience_kind,
+        campaign.audience,
+    )
+
+
+def _carried_batch(cid: uuid.UUID, workflow_id: str, campaign: Campaign) -> _Batch | None:
+    """The batch this run's last step read ahead when it ended, if any (taken once)."""
+    carried = _carried.pop(cid, None)
+    if carried is None or carried[0] != workflow_id or not carried[2].recipients:
+        return None
+    _, shape, batch = carried
+    if shape != _shape(campaign):
+        return _batch(campaign, batch.recipients)
+    return batch
+
+
 def _settled(
     campaign_id: uuid.UUID, recipient: repo.Recipient, item: SendOutcome | Exception
 ) -> tuple[repo.Result, SendOutcome | None]:
@@ -481,11 +509,18 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
         cap = batch_size(ctx.settings, campaign.throttle_per_second)
         lanes = ctx.settings.campaign_concurrency
         previous, rate = _paces.get(cid, (None, None))
-        limit = next_batch_size(cap, lanes, previous, rate)
-        first = await repo.due_batch(session, cid, now, limit=limit)
-        if not first:
-            return await _nothing_due(session, cid, workflow_id, now)
-    batch = _batch(campaign, first)
+        # The last step's read-ahead, still pending (only this run sends them, and it
+        # still owns the campaign): no read, and no walk of the index entries of the
+        # recipients already sent, on the path from one step to the next.
+        batch = _carried_batch(cid, workflow_id, campaign)
+        if batch is not None:
+            stages.carried += 1
+        else:
+            limit = next_batch_size(cap, lanes, previous, rate)
+            first = await repo.due_batch(session, cid, now, limit=limit)
+            if not first:
+                return await _nothing_due(session, cid, workflow_id, now)
+            batch = _batch(campaign, first)
     stages.lap("first read")
     recording: asyncio.Task[None] | None = None
     try:
@@ -525,7 +560,9 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                 return {"state": "stopped"}
             if time.monotonic() - began >= STEP_SECONDS:
                 # DBOS checkpoints the step; the next one goes on from the recipients'
-                # status.
+                # status, starting with the batch read ahead (if this process runs it).
+                if upcoming is not None and upcoming.recipients:
+                    _carried[cid] = (workflow_id, _shape(campaign), upcoming)
                 return {"state": "more"}
             if upcoming is not None and upcoming.recipients:
                 batch = upcoming
@@ -546,7 +583,12 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
         if recording is not None:
             # Every way out of the step waits for the last batch's record: the counts
             # are exact when the step ends, and no task outlives it.
-            await recording
+            try:
+                await recording
+            except BaseException:
+                # The step's retry starts from the recipients' status, not past them.
+                _carried.pop(cid, None)
+                raise
             stages.lap("record")
 
 
