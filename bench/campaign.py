@@ -240,6 +240,7 @@ async def _campaign(
                 name: (stages.wall[name], stages.cpu.get(name, 0.0)) for name in stages.wall
             }
             batches = stages.batches
+            carried = getattr(stages, "carried", None)
             commits = _commits(conn) - commits_before
             pg_cpu = postgres_cpu() - pg_before if postgres_cpu is not None else None
             wal = _wal_bytes_since(conn, wal_before)
@@ -279,6 +280,8 @@ async def _campaign(
         },
         # The batch steps' critical path: wall and process CPU per stage, per recipient.
         "batches": batches,
+        # Steps that began with the batch the step before read ahead (no read of their own).
+        "steps_carried": carried,
         "stages_ms_per_send": {
             name: {"wall": round(w / sent * 1000, 3), "cpu": round(c / sent * 1000, 3)}
             for name, (w, c) in measured.items()
@@ -548,7 +551,8 @@ def run(
     print(
         f"  worker CPU share {campaign['cpu_share']} of a core (idle"
         f" {campaign['idle_cpu_share']}), {campaign['cpu_ms_per_send_net_of_idle']} ms per"
-        f" recipient net of idle; {campaign['batches']} batches"
+        f" recipient net of idle; {campaign['batches']} batches,"
+        f" {campaign['steps_carried']} steps began with the batch read ahead"
     )
     print(
         f"  provider calls in flight: {campaign['provider_occupancy']} of {CONCURRENCY} lanes"
