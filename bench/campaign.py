@@ -154,6 +154,7 @@ async def _campaign(
 
     for name in ("begin_and_lock_key", "begin_and_read_contacts"):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
+    calls = _provider_calls(worker)
     rss_at: dict[int, float] = {}
     pending_marks = _milestones(recipients, stop_after)
     try:
@@ -176,6 +177,9 @@ async def _campaign(
             )
             snapshot_s = time.perf_counter() - began
             rss_snapshot = process.memory_info().rss / 2**20
+            # The worker's start-up work first (the buckets' first backfill over every
+            # contact): the idle share below is then the worker's steady background.
+            settle_s = await _backfills_done(conn)
             # The idle worker's CPU (DBOS's queue polling, the scheduler and the other
             # loops): what the worker spends whether or not it sends.
             idle_before = time.process_time()
@@ -188,6 +192,8 @@ async def _campaign(
             pg_before = postgres_cpu() if postgres_cpu is not None else 0.0
             wal_before = _wal_lsn(conn)
             writes_before = _writes(conn)
+            threads_before = _thread_cpu(process)
+            calls.clear()
             cpu_before = time.process_time()
             profiler = cProfile.Profile() if profile is not None else None
             if profiler is not None:
@@ -229,10 +235,12 @@ async def _campaign(
                 await _run_ended(conn, campaign_id)
                 row = (*row[:4], *_counts(conn, campaign_id))
             cpu = time.process_time() - cpu_before
+            threads = _thread_cpu_since(process, threads_before)
             measured = {
                 name: (stages.wall[name], stages.cpu.get(name, 0.0)) for name in stages.wall
             }
             batches = stages.batches
+            carried = getattr(stages, "carried", None)
             commits = _commits(conn) - commits_before
             pg_cpu = postgres_cpu() - pg_before if postgres_cpu is not None else None
             wal = _wal_bytes_since(conn, wal_before)
@@ -256,6 +264,7 @@ async def _campaign(
         "partial": partial,
         "snapshot_s": round(snapshot_s, 2),
         "snapshot_rows_per_s": round(total / snapshot_s),
+        "settle_s": round(settle_s, 2),
         "send_s": round(sending, 2),
         "sends_per_s": round(sent / sending, 1),
         # CPU of the whole worker process (every thread) per recipient: survives load.
@@ -264,12 +273,22 @@ async def _campaign(
         "cpu_share": round(cpu / sending, 2),
         "idle_cpu_share": round(idle_share, 3),
         "cpu_ms_per_send_net_of_idle": round((cpu - idle_share * sending) / sent * 1000, 3),
+        # The same CPU per thread (the event loop is MainThread; DBOS polls its queues
+        # and runs its background jobs in threads of its own).
+        "cpu_ms_per_send_by_thread": {
+            name: round(seconds / sent * 1000, 3) for name, seconds in threads.items()
+        },
         # The batch steps' critical path: wall and process CPU per stage, per recipient.
         "batches": batches,
+        # Steps that began with the batch the step before read ahead (no read of their own).
+        "steps_carried": carried,
         "stages_ms_per_send": {
             name: {"wall": round(w / sent * 1000, 3), "cpu": round(c / sent * 1000, 3)}
             for name, (w, c) in measured.items()
         },
+        # Is the pipeline kept full? The provider's calls in flight over the send, as a
+        # share of the lanes, and the time no call at all was in flight.
+        **_occupancy(calls, CONCURRENCY),
         "statements_per_send": round(statements / sent, 2),
         "commits_per_send": round(commits / sent, 2),
         # The database's side, over the same window: every backend's CPU (hogsend's and
@@ -286,6 +305,88 @@ async def _campaign(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "sampled_peak_rss_mb": round(peak_sampled, 1),
     }
+
+
+def _provider_calls(worker: Any) -> list[tuple[float, float]]:
+    """Start and end of each call of the worker's SMTP provider from now on (the bench
+    clears the list when the send starts)."""
+    calls: list[tuple[float, float]] = []
+    provider = worker._email_provider
+    if provider is None or not hasattr(provider, "_send"):
+        return calls
+    send = provider._send
+
+    async def timed(*args: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await send(*args)
+        finally:
+            calls.append((began, time.perf_counter()))
+
+    provider._send = timed
+    return calls
+
+
+def _occupancy(calls: list[tuple[float, float]], lanes: int) -> dict[str, Any]:
+    """The provider's calls in flight on average as a share of ``lanes``, from the first
+    call's start to the last one's end, and the time with none in flight (in total, and
+    how many such gaps lasted over 5 ms: mostly the batch and step boundaries)."""
+    if not calls:
+        return {"provider_occupancy": None, "provider_idle_s": None, "provider_idle_gaps": 0}
+    began = min(start for start, _ in calls)
+    ended = max(end for _, end in calls)
+    busy = sum(end - start for start, end in calls)
+    edges = sorted([(start, 1) for start, _ in calls] + [(end, -1) for _, end in calls])
+    idle, gaps, flying, last = 0.0, 0, 0, began
+    for moment, step in edges:
+        if flying == 0:
+            idle += moment - last
+            gaps += moment - last > 0.005
+        flying += step
+        last = moment
+    return {
+        "provider_occupancy": round(busy / (lanes * max(ended - began, 1e-9)), 3),
+        "provider_idle_s": round(idle, 3),
+        "provider_idle_gaps": gaps,
+    }
+
+
+def _thread_cpu(process: psutil.Process) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each of this process's threads so far, by native id, with its name."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    return {
+        t.id: (names.get(t.id, "other"), t.user_time + t.system_time) for t in process.threads()
+    }
+
+
+def _thread_cpu_since(
+    process: psutil.Process, before: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per thread name since ``before`` (threads of one name summed), the
+    largest first; threads under a hundredth of a second are left out."""
+    spent: dict[str, float] = {}
+    for tid, (name, seconds) in _thread_cpu(process).items():
+        spent[name] = spent.get(name, 0.0) + seconds - before.get(tid, (name, 0.0))[1]
+    return {n: s for n, s in sorted(spent.items(), key=lambda i: -i[1]) if s >= 0.01}
+
+
+async def _backfills_done(conn: psycopg.Connection[Any], timeout: float = 600.0) -> float:
+    """Wait until no bucket backfill is pending or running; returns the seconds waited."""
+    began = time.perf_counter()
+    sql = (
+        "SELECT count(*), count(*) FILTER (WHERE backfill_status IN ('pending', 'running'))"
+        " FROM bucket_configs"
+    )
+    while time.perf_counter() - began < timeout:
+        found = await asyncio.to_thread(lambda: conn.execute(sql).fetchone())
+        assert found is not None
+        # No row yet: the sweeper has not started (or the app has no criteria buckets).
+        if not found[1] and (found[0] or time.perf_counter() - began > 5):
+            break
+        await asyncio.sleep(0.25)
+    return time.perf_counter() - began
 
 
 async def _run_ended(conn: psycopg.Connection[Any], campaign_id: uuid.UUID) -> None:
@@ -450,8 +551,15 @@ def run(
     print(
         f"  worker CPU share {campaign['cpu_share']} of a core (idle"
         f" {campaign['idle_cpu_share']}), {campaign['cpu_ms_per_send_net_of_idle']} ms per"
-        f" recipient net of idle; {campaign['batches']} batches"
+        f" recipient net of idle; {campaign['batches']} batches,"
+        f" {campaign['steps_carried']} steps began with the batch read ahead"
     )
+    print(
+        f"  provider calls in flight: {campaign['provider_occupancy']} of {CONCURRENCY} lanes"
+        f" on average, none for {campaign['provider_idle_s']} s"
+        f" ({campaign['provider_idle_gaps']} gaps over 5 ms)"
+    )
+    print(f"  worker CPU by thread (ms per recipient): {campaign['cpu_ms_per_send_by_thread']}")
     for name, spent in campaign["stages_ms_per_send"].items():
         print(f"    {name:<14} wall {spent['wall']:>7} ms  cpu {spent['cpu']:>7} ms per recipient")
     print(

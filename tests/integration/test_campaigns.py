@@ -482,3 +482,45 @@ async def test_pipelined_batches_send_each_recipient_once_and_record_every_batch
         ).all()
     # One decision row per recipient: no batch was sent twice.
     assert dict(rows) == {"sent": 14, "unsubscribed": 1}
+
+
+async def test_steps_carry_their_read_ahead_and_still_send_each_recipient_once(
+    env: Env, ingest_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every batch a step of its own: each next step starts with the batch the last one
+    # read ahead, and nobody is skipped, sent twice or left pending.
+    from hogsend.runtime import campaigns
+
+    monkeypatch.setattr(campaigns, "STEP_SECONDS", 0.0)
+    for n in range(13):
+        await new_contact(env.engine, f"stepped{n:02}@example.com")
+    settings = env.settings.model_copy(
+        update={
+            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
+            "campaign_batch_size": 3,
+            "campaign_concurrency": 2,
+        }
+    )
+    running = Worker(env.app, settings)
+    await running.start()
+    try:
+        campaigns.stages.reset()
+        campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
+        body = await finished(env, ingest_key, campaign_id)
+        carried, batches = campaigns.stages.carried, campaigns.stages.batches
+    finally:
+        await running.stop()
+
+    assert batches >= 5  # 13 recipients, at most 3 a batch
+    assert carried >= 3  # every step but the first and the one finding nobody left
+    assert uuid.UUID(campaign_id) not in campaigns._carried
+    assert recipients(env.sink) == [f"stepped{n:02}@example.com" for n in range(13)]
+    assert (body["sentCount"], body["skippedCount"], body["pendingCount"]) == (13, 0, 0)
+    async with env.engine.connect() as conn:
+        decisions = (
+            await conn.execute(
+                text("SELECT count(*) FROM email_sends WHERE campaign_id = :c"),
+                {"c": campaign_id},
+            )
+        ).scalar()
+    assert decisions == 13  # one decision row per recipient

@@ -94,6 +94,8 @@ class StageClock:
     cpu: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     recipients: int = 0
+    carried: int = 0
+    """Steps that began with the batch the step before read ahead (no read of their own)."""
     _mark: tuple[float, float] | None = None
 
     def start(self) -> None:
@@ -112,7 +114,7 @@ class StageClock:
         """Forget everything measured so far."""
         self.wall.clear()
         self.cpu.clear()
-        self.batches = self.recipients = 0
+        self.batches = self.recipients = self.carried = 0
         self._mark = None
 
 
@@ -124,11 +126,14 @@ _context: _Context | None = None
 _throttles: dict[uuid.UUID, TokenBucket] = {}
 # Per campaign, the last batch's size and send rate (next_batch_size), across steps too.
 _paces: dict[uuid.UUID, tuple[int, float | None]] = {}
+# Per campaign, the batch a step read ahead when it ended (for the run's next step).
+_carried: dict[uuid.UUID, tuple[str, tuple[Any, ...], _Batch]] = {}
 
 
 def _forget(campaign_id: uuid.UUID) -> None:
     _throttles.pop(campaign_id, None)
     _paces.pop(campaign_id, None)
+    _carried.pop(campaign_id, None)
 
 
 def _ctx() -> _Context:
@@ -274,40 +279,94 @@ async def snapshot_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     return {"state": "ready", "total": total}
 
 
-def _request(campaign: Campaign, recipient: repo.Recipient) -> SendRequest:
+def _requests(campaign: Campaign, recipients: list[repo.Recipient]) -> list[SendRequest]:
+    """The batch's sends, each with the idempotency key ``campaign:<id>:<contact>``.
+
+    What every request shares is read off the campaign once per batch (its attributes
+    are instrumented, so reading them per recipient cost several times the request).
+    """
     list_id = str(campaign.audience["id"]) if campaign.audience_kind == "list" else None
-    return SendRequest(
-        template=campaign.template_key,
-        contact_id=recipient.contact_id,
-        to_email=recipient.email,
-        props=campaign.props or {},
-        subject=campaign.subject,
-        from_email=campaign.from_email,
-        category=list_id,
-        list_id=list_id,
-        kind="campaign",
-        campaign_id=campaign.id,
-        idempotency_key=f"campaign:{campaign.id}:{recipient.contact_id}",
-        resend_when_open=False,
+    template, props = campaign.template_key, campaign.props or {}
+    subject, from_email, campaign_id = campaign.subject, campaign.from_email, campaign.id
+    prefix = f"campaign:{campaign_id}:"
+    return [
+        SendRequest(
+            template=template,
+            contact_id=r.contact_id,
+            to_email=r.email,
+            props=props,
+            subject=subject,
+            from_email=from_email,
+            category=list_id,
+            list_id=list_id,
+            kind="campaign",
+            campaign_id=campaign_id,
+            idempotency_key=prefix + str(r.contact_id),
+            resend_when_open=False,
+        )
+        for r in recipients
+    ]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Recipients in cursor order and their sends, built before the batch's turn."""
+
+    recipients: list[repo.Recipient]
+    requests: list[SendRequest]
+
+
+def _batch(campaign: Campaign, recipients: list[repo.Recipient]) -> _Batch:
+    return _Batch(recipients, _requests(campaign, recipients))
+
+
+def _shape(campaign: Campaign) -> tuple[Any, ...]:
+    """What a batch's requests were built from (a carried batch is rebuilt if it moved)."""
+    return (
+        campaign.template_key,
+        campaign.props,
+        campaign.subject,
+        campaign.from_email,
+        campaign.audience_kind,
+        campaign.audience,
     )
 
 
+def _carried_batch(cid: uuid.UUID, workflow_id: str, campaign: Campaign) -> _Batch | None:
+    """The batch this run's last step read ahead when it ended, if any (taken once)."""
+    carried = _carried.pop(cid, None)
+    if carried is None or carried[0] != workflow_id or not carried[2].recipients:
+        return None
+    _, shape, batch = carried
+    if shape != _shape(campaign):
+        return _batch(campaign, batch.recipients)
+    return batch
+
+
 def _settled(
-    campaign: Campaign, recipient: repo.Recipient, item: SendOutcome | Exception
-) -> tuple[repo.Result, SendOutcome | None] | Exception:
-    """A recipient's result from what the mailer did, or the error to retry the step on."""
+    campaign_id: uuid.UUID, recipient: repo.Recipient, item: SendOutcome | Exception
+) -> tuple[repo.Result, SendOutcome | None]:
+    """A recipient's result from what the mailer did (``item`` not a :func:`_problem`)."""
     if isinstance(item, NoRecipient):
         return repo.Result(
             contact_id=recipient.contact_id, status="skipped", reason="no_address"
         ), None
     if isinstance(item, TemplateError):
-        log.warning("campaign send failed to render", campaign_id=str(campaign.id), error=item)
+        log.warning("campaign send failed to render", campaign_id=str(campaign_id), error=item)
         return repo.Result(
             contact_id=recipient.contact_id, status="failed", reason="render_error"
         ), None
-    if isinstance(item, Exception):
-        return item
+    assert not isinstance(item, Exception)
     return _result(recipient, item, item.decision), item
+
+
+def _problem(settled: list[SendOutcome | Exception]) -> Exception | None:
+    """The first error to retry the step on: any but a recipient's own (no address, a
+    template that does not render), which are results."""
+    for item in settled:
+        if isinstance(item, Exception) and not isinstance(item, NoRecipient | TemplateError):
+            return item
+    return None
 
 
 def _result(recipient: repo.Recipient, outcome: SendOutcome, decision: str) -> repo.Result:
@@ -327,62 +386,71 @@ def _result(recipient: repo.Recipient, outcome: SendOutcome, decision: str) -> r
 
 @dataclass(slots=True)
 class _Sent:
-    """What one batch's sends came to: the results to record, the error to retry on."""
+    """What one batch's sends came to, per recipient, and the error to retry on.
 
-    results: list[repo.Result]
-    duplicates: list[tuple[repo.Recipient, SendOutcome]]
+    Turned into results by the record (:func:`_record`), off the path between batches.
+    """
+
+    recipients: list[repo.Recipient]
+    settled: list[SendOutcome | Exception]
     problem: BaseException | None
 
 
-async def _send(ctx: _Context, campaign: Campaign, batch: list[repo.Recipient]) -> _Sent:
+async def _send(ctx: _Context, campaign: Campaign, batch: _Batch) -> _Sent:
     throttle = _throttle(campaign)
     # The batch path: every gate for the whole batch in one statement, the decision rows
     # in one, provider calls campaign_concurrency at a time (see channels.send_batches).
     settled = await ctx.mailer.send_batch(
-        [_request(campaign, r) for r in batch],
+        batch.requests,
         concurrency=ctx.settings.campaign_concurrency,
         before_send=throttle.acquire if throttle is not None else None,
     )
-    sent = _Sent(results=[], duplicates=[], problem=None)
-    for recipient, item in zip(batch, settled, strict=True):
-        done = _settled(campaign, recipient, item)
-        if isinstance(done, Exception):
-            sent.problem = sent.problem or done
-            continue
-        result, outcome = done
-        if outcome is not None and outcome.decision == "duplicate":
-            sent.duplicates.append((recipient, outcome))
-        else:
-            sent.results.append(result)
-    return sent
+    return _Sent(recipients=batch.recipients, settled=settled, problem=_problem(settled))
 
 
 async def _record(session: AsyncSession, campaign_id: uuid.UUID, sent: _Sent) -> None:
-    results = list(sent.results)
-    if sent.duplicates:
+    """Record what the batch's sends came to; an error to retry on leaves its recipient
+    pending (the step's retry sends it)."""
+    results: list[repo.Result] = []
+    duplicates: list[tuple[repo.Recipient, SendOutcome]] = []
+    for recipient, item in zip(sent.recipients, sent.settled, strict=True):
+        if isinstance(item, Exception) and not isinstance(item, NoRecipient | TemplateError):
+            continue
+        result, outcome = _settled(campaign_id, recipient, item)
+        if outcome is not None and outcome.decision == "duplicate":
+            duplicates.append((recipient, outcome))
+        else:
+            results.append(result)
+    if duplicates:
         # An earlier attempt of this recipient (a run that crashed before recording
         # it) holds the key: what it did is what happened to the recipient.
         held = await repo.decisions_of(
-            session, [o.duplicate_of for _, o in sent.duplicates if o.duplicate_of is not None]
+            session, [o.duplicate_of for _, o in duplicates if o.duplicate_of is not None]
         )
-        for recipient, outcome in sent.duplicates:
+        for recipient, outcome in duplicates:
             decision = held.get(outcome.duplicate_of) if outcome.duplicate_of else None
             results.append(_result(recipient, outcome, decision or "duplicate"))
     await repo.record_results(session, campaign_id, results, _now())
 
 
 async def _read_ahead(
-    engine: AsyncEngine, campaign_id: uuid.UUID, after: repo.Recipient, limit: int
-) -> list[repo.Recipient] | None:
-    """The batch after ``after`` (None if it could not be read: the boundary reads it)."""
+    engine: AsyncEngine, campaign: Campaign, after: repo.Recipient, limit: int
+) -> _Batch | None:
+    """The batch after ``after``, its sends built (None if it could not be read: the
+    boundary reads it).
+
+    Read and built while the batch before is in the mailer, so neither the statement
+    nor the requests wait between two batches.
+    """
     if after.send_at is None:
         return None
     try:
         async with engine.connect() as conn:
-            return await repo.due_batch(conn, campaign_id, _now(), limit=limit, after=after)
+            recipients = await repo.due_batch(conn, campaign.id, _now(), limit=limit, after=after)
     except Exception:
         log.warning("reading a campaign's next batch ahead failed", exc_info=True)
         return None
+    return _batch(campaign, recipients)
 
 
 async def _nothing_due(
@@ -441,17 +509,28 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
         cap = batch_size(ctx.settings, campaign.throttle_per_second)
         lanes = ctx.settings.campaign_concurrency
         previous, rate = _paces.get(cid, (None, None))
-        limit = next_batch_size(cap, lanes, previous, rate)
-        batch = await repo.due_batch(session, cid, now, limit=limit)
-        if not batch:
-            return await _nothing_due(session, cid, workflow_id, now)
+        # The last step's read-ahead, still pending (only this run sends them, and it
+        # still owns the campaign): no read, and no walk of the index entries of the
+        # recipients already sent, on the path from one step to the next.
+        batch = _carried_batch(cid, workflow_id, campaign)
+        if batch is not None:
+            stages.carried += 1
+        else:
+            limit = next_batch_size(cap, lanes, previous, rate)
+            first = await repo.due_batch(session, cid, now, limit=limit)
+            if not first:
+                return await _nothing_due(session, cid, workflow_id, now)
+            batch = _batch(campaign, first)
     stages.lap("first read")
     recording: asyncio.Task[None] | None = None
     try:
         while True:
             # Sized by the last finished batch's rate: this one's is not known yet.
-            limit = next_batch_size(cap, lanes, len(batch), rate)
-            ahead = asyncio.ensure_future(_read_ahead(ctx.engine, cid, batch[-1], limit))
+            size = len(batch.recipients)
+            limit = next_batch_size(cap, lanes, size, rate)
+            ahead = asyncio.ensure_future(
+                _read_ahead(ctx.engine, campaign, batch.recipients[-1], limit)
+            )
             sending = time.perf_counter()
             try:
                 sent = await _send(ctx, campaign, batch)
@@ -459,10 +538,10 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             finally:
                 upcoming = await ahead
                 stages.lap("read ahead")
-            rate = len(batch) / max(time.perf_counter() - sending, 1e-6)
-            _paces[cid] = (len(batch), rate)
+            rate = size / max(time.perf_counter() - sending, 1e-6)
+            _paces[cid] = (size, rate)
             stages.batches += 1
-            stages.recipients += len(batch)
+            stages.recipients += size
             if recording is not None:
                 # The batch before: a failed record fails the step, whose retry finds
                 # both batches' recipients pending (and the mailer answers `duplicate`).
@@ -481,27 +560,35 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                 return {"state": "stopped"}
             if time.monotonic() - began >= STEP_SECONDS:
                 # DBOS checkpoints the step; the next one goes on from the recipients'
-                # status.
+                # status, starting with the batch read ahead (if this process runs it).
+                if upcoming is not None and upcoming.recipients:
+                    _carried[cid] = (workflow_id, _shape(campaign), upcoming)
                 return {"state": "more"}
-            if upcoming:
+            if upcoming is not None and upcoming.recipients:
                 batch = upcoming
                 continue
             # Read at the boundary (none read ahead, or the read failed): the recipients
             # just sent must have left `pending` first.
             done, recording = recording, None
             await done
-            limit = next_batch_size(cap, lanes, len(batch), rate)
+            limit = next_batch_size(cap, lanes, size, rate)
             now = _now()
             async with sessions() as session, session.begin():
-                batch = await repo.due_batch(session, cid, now, limit=limit)
-                if not batch:
+                recipients = await repo.due_batch(session, cid, now, limit=limit)
+                if not recipients:
                     return await _nothing_due(session, cid, workflow_id, now)
+            batch = _batch(campaign, recipients)
             stages.lap("record")
     finally:
         if recording is not None:
             # Every way out of the step waits for the last batch's record: the counts
             # are exact when the step ends, and no task outlives it.
-            await recording
+            try:
+                await recording
+            except BaseException:
+                # The step's retry starts from the recipients' status, not past them.
+                _carried.pop(cid, None)
+                raise
             stages.lap("record")
 
 
