@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from hogsend.core.contact import Contact
+from hogsend.core.slot_init import slot_init
 from hogsend.errors import HogsendError
 
 KeyKind = Literal["external", "email", "anonymous"]
@@ -174,6 +175,7 @@ class IdentityKey(NamedTuple):
         return f"{self.kind}:{self.value}"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
     """Who something is about: at least one of a user id, an email, an anonymous id.
@@ -343,6 +345,7 @@ def fold_properties(
     return merge_properties(folded, patch)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResolutionPlan:
     """What to do with an identity, given the live contacts its keys matched.
