@@ -344,7 +344,8 @@ def plain_input(
         if properties is None:
             properties = {}
         elif type(properties) is dict:
-            properties = dict(storable_object(properties))
+            # Not copied: nothing writes to it (page and screen copy it below).
+            properties = storable_object(properties)
         else:
             return None
         timestamp = get("timestamp")
@@ -365,10 +366,12 @@ def plain_input(
         title = event
     else:
         title = str(kind)
-        if name is not None:
-            properties["name"] = name
-        if category is not None:
-            properties["category"] = category
+        if name is not None or category is not None:
+            properties = dict(properties)
+            if name is not None:
+                properties["name"] = name
+            if category is not None:
+                properties["category"] = category
     when = timestamp
     if when is None and original is not None:
         sent = sent_at or batch_sent_at

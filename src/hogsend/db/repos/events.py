@@ -719,7 +719,9 @@ async def _ingest(
         # One encoder call checks every item's payloads (a call per item cost more than
         # the encoding); only a failure looks for the items at fault. The properties'
         # JSON is the claim's parameter as it is: encoding them twice was 4% of a batch.
-        payloads = payloads_json([dict(item.properties) for item in items])
+        payloads = payloads_json(
+            [p if type(p := item.properties) is dict else dict(p) for item in items]
+        )
         patches = [dict(item.contact_properties) for item in items if item.contact_properties]
         if patches:
             to_json(patches)
