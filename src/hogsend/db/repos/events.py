@@ -99,17 +99,22 @@ def random_uuids(n: int) -> list[uuid.UUID]:
     # The version and variant bits set on the integer, as ``UUID(version=4)`` does: the
     # ``bytes=`` constructor's own conversion and checks cost twice as much per id. The
     # two slots filled as ``UUID(int=...)`` fills them, without its argument checks.
+    # The slots are written through their descriptors (object.__setattr__ looks the
+    # name up first).
     ids = []
+    new, cls, from_bytes = _new_uuid, uuid.UUID, int.from_bytes
+    set_int, set_safe, unknown = _set_int, _set_is_safe, _UNKNOWN_SAFETY
     for i in range(0, 16 * n, 16):
-        value = _new_uuid(uuid.UUID)
-        _set(value, "int", int.from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
-        _set(value, "is_safe", _UNKNOWN_SAFETY)
+        value = new(cls)
+        set_int(value, from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
+        set_safe(value, unknown)
         ids.append(value)
     return ids
 
 
 _new_uuid = object.__new__
-_set = object.__setattr__
+_set_int = uuid.UUID.__dict__["int"].__set__
+_set_is_safe = uuid.UUID.__dict__["is_safe"].__set__
 _UNKNOWN_SAFETY = uuid.SafeUUID.unknown
 
 
