@@ -68,6 +68,8 @@ def slot_init(cls: type[T]) -> type[T]:
     source = f"def __init__(self, {star}{', '.join(signature)}):\n" + (
         "\n".join(body) or "    pass"
     )
+    # Generated code, as dataclasses generate theirs: a loop over the fields at call time
+    # would cost what this saves. Only the class's own field names go into the source.
     exec(source, namespace)
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"

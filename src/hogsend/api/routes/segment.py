@@ -702,13 +702,19 @@ async def segment_batch(request: Request) -> SegmentBatchAck:
         raise invalid_field(("body", "batch"), f"at most {limit} messages per batch")
     received_at = datetime.now(UTC)
     outcomes: list[EventInput | AliasInput | MessageError] = []
+    message_ids: list[object] = []
     for message in envelope.batch:
+        message_ids.append(message.get("messageId") if isinstance(message, dict) else None)
         try:
             outcomes.append(
                 to_input(message, None, batch_sent_at=envelope.sent_at, received_at=received_at)
             )
         except MessageError as exc:
             outcomes.append(exc)
+    # The parsed messages are not needed once mapped (the rejections need only their
+    # ids): let them go before the database work, so that the garbage collector does
+    # not walk every in-flight batch's messages (their context objects included).
+    del raw, envelope
     inputs = [o for o in outcomes if not isinstance(o, MessageError)]
     results = iter(await store_messages(request, inputs))
     rejections: list[SegmentRejection] = []
@@ -726,8 +732,7 @@ async def segment_batch(request: Request) -> SegmentBatchAck:
             else:
                 errors = [ItemError(field="message", message=result.reason or "not stored")]
         if errors is not None:
-            raw = envelope.batch[index]
-            message_id = raw.get("messageId") if isinstance(raw, dict) else None
+            message_id = message_ids[index]
             rejections.append(
                 SegmentRejection(
                     index=index,
