@@ -8,7 +8,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from hogsend.core.slot_init import slot_init
 
+
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Contact:
     """One person, as stored: identities, properties and timestamps.

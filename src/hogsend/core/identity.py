@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from hogsend.core.contact import Contact
+from hogsend.core.slot_init import slot_init
 from hogsend.errors import HogsendError
 
 KeyKind = Literal["external", "email", "anonymous"]
@@ -79,7 +80,8 @@ def normalize_id(value: str | None, *, field: str = "user_id") -> str | None:
         return None
     if len(value) > MAX_ID_LENGTH:
         raise IdentityError(field, f"is longer than {MAX_ID_LENGTH} characters")
-    if _has_control_characters(value):
+    # Printable ASCII (most ids) has no control characters: two C checks, no regex.
+    if not (value.isascii() and value.isprintable()) and _has_control_characters(value):
         raise IdentityError(field, "contains control characters")
     return value
 
@@ -174,6 +176,7 @@ class IdentityKey(NamedTuple):
         return f"{self.kind}:{self.value}"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Identity:
     """Who something is about: at least one of a user id, an email, an anonymous id.
@@ -194,30 +197,32 @@ class Identity:
     def __post_init__(self) -> None:
         # Written out per kind (absent keys skip their normaliser): every ingested
         # event builds an identity, most of them with a single key.
+        # The slots are written through their descriptors and the keys built as plain
+        # tuples of the named-tuple class: the same values for a fraction of the calls.
         keys: list[IdentityKey] = []
         user_id = self.user_id
         if user_id is not None:
             user_id = normalize_id(user_id, field="user_id")
-            object.__setattr__(self, "user_id", user_id)
+            _set_user_id(self, user_id)
             if user_id is not None:
-                keys.append(IdentityKey("external", user_id))
+                keys.append(_new_key(IdentityKey, ("external", user_id)))
         email = self.email
         if email is not None:
             email = normalize_email(email)
-            object.__setattr__(self, "email", email)
+            _set_email(self, email)
             if email is not None:
-                keys.append(IdentityKey("email", email))
+                keys.append(_new_key(IdentityKey, ("email", email)))
         anonymous_id = self.anonymous_id
         if anonymous_id is not None:
             anonymous_id = normalize_id(anonymous_id, field="anonymous_id")
-            object.__setattr__(self, "anonymous_id", anonymous_id)
+            _set_anonymous_id(self, anonymous_id)
             if anonymous_id is not None:
-                keys.append(IdentityKey("anonymous", anonymous_id))
+                keys.append(_new_key(IdentityKey, ("anonymous", anonymous_id)))
         if not keys:
             raise IdentityError(
                 "identity", "at least one of userId, email or anonymousId is needed"
             )
-        object.__setattr__(self, "_keys", tuple(keys))
+        _set_keys(self, tuple(keys))
 
     def get(self, kind: KeyKind) -> str | None:
         """The value given for one kind of key, if any."""
@@ -237,6 +242,13 @@ class Identity:
         """Equal for identities that name the same keys (emails compared case-insensitively)."""
         email = email_key(self.email) if self.email is not None else None
         return (self.user_id, email, self.anonymous_id)
+
+
+_new_key = tuple.__new__
+_set_user_id = Identity.__dict__["user_id"].__set__
+_set_email = Identity.__dict__["email"].__set__
+_set_anonymous_id = Identity.__dict__["anonymous_id"].__set__
+_set_keys = Identity.__dict__["_keys"].__set__
 
 
 def contact_value(contact: Contact, kind: KeyKind) -> str | None:
@@ -343,6 +355,7 @@ def fold_properties(
     return merge_properties(folded, patch)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResolutionPlan:
     """What to do with an identity, given the live contacts its keys matched.

@@ -9,12 +9,14 @@ from typing import Literal
 from uuid import UUID
 
 from hogsend.core.identity import Identity, IdentityConflict
+from hogsend.core.slot_init import slot_init
 
 IngestStatus = Literal["stored", "duplicate", "rejected"]
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 512
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventInput:
     """One event to ingest, already validated by whoever built it.
@@ -63,6 +65,7 @@ class EventInput:
             )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IngestResult:
     """What happened to one event.

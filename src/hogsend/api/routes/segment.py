@@ -344,7 +344,8 @@ def plain_input(
         if properties is None:
             properties = {}
         elif type(properties) is dict:
-            properties = dict(storable_object(properties))
+            # Not copied: nothing writes to it (page and screen copy it below).
+            properties = storable_object(properties)
         else:
             return None
         timestamp = get("timestamp")
@@ -365,10 +366,12 @@ def plain_input(
         title = event
     else:
         title = str(kind)
-        if name is not None:
-            properties["name"] = name
-        if category is not None:
-            properties["category"] = category
+        if name is not None or category is not None:
+            properties = dict(properties)
+            if name is not None:
+                properties["name"] = name
+            if category is not None:
+                properties["category"] = category
     when = timestamp
     if when is None and original is not None:
         sent = sent_at or batch_sent_at
@@ -699,13 +702,19 @@ async def segment_batch(request: Request) -> SegmentBatchAck:
         raise invalid_field(("body", "batch"), f"at most {limit} messages per batch")
     received_at = datetime.now(UTC)
     outcomes: list[EventInput | AliasInput | MessageError] = []
+    message_ids: list[object] = []
     for message in envelope.batch:
+        message_ids.append(message.get("messageId") if isinstance(message, dict) else None)
         try:
             outcomes.append(
                 to_input(message, None, batch_sent_at=envelope.sent_at, received_at=received_at)
             )
         except MessageError as exc:
             outcomes.append(exc)
+    # The parsed messages are not needed once mapped (the rejections need only their
+    # ids): let them go before the database work, so that the garbage collector does
+    # not walk every in-flight batch's messages (their context objects included).
+    del raw, envelope
     inputs = [o for o in outcomes if not isinstance(o, MessageError)]
     results = iter(await store_messages(request, inputs))
     rejections: list[SegmentRejection] = []
@@ -723,8 +732,7 @@ async def segment_batch(request: Request) -> SegmentBatchAck:
             else:
                 errors = [ItemError(field="message", message=result.reason or "not stored")]
         if errors is not None:
-            raw = envelope.batch[index]
-            message_id = raw.get("messageId") if isinstance(raw, dict) else None
+            message_id = message_ids[index]
             rejections.append(
                 SegmentRejection(
                     index=index,

@@ -199,7 +199,9 @@ def segment_time(value: object) -> datetime:
     """
     if type(value) is str and _PLAIN_TIME.fullmatch(value):
         try:
-            return _in_utc(datetime.fromisoformat(value))
+            parsed = datetime.fromisoformat(value)
+            # A ``Z`` (what the clients send) parses to UTC itself: nothing to convert.
+            return parsed if parsed.tzinfo is UTC else _in_utc(parsed)
         except (ValueError, PydanticCustomError):
             pass
     return _SEGMENT_TIME.validate_python(value)
