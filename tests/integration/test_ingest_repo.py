@@ -750,15 +750,18 @@ async def test_the_fast_path_losing_a_key_to_a_batch_writes_nothing(
 def fast_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The prepared ingest statement each fast-path call executed, in order."""
     used: list[str] = []
-    original = events_repo.fast_ingest_query
+    general, one_key = events_repo.fast_ingest_query, events_repo.one_key_query
 
-    def spy(conn: Any, names: list[str], bundle: str, statement: str = "") -> bytes:
-        used.append(statement or "hogsend_ingest_event")
-        if statement:
-            return original(conn, names, bundle, statement)
-        return original(conn, names, bundle)
+    def spy_general(conn: Any, names: list[str], bundle: str) -> bytes:
+        used.append("hogsend_ingest_event")
+        return general(conn, names, bundle)
 
-    monkeypatch.setattr(events_repo, "fast_ingest_query", spy)
+    def spy_one_key(conn: Any, kind: str, bundle: str) -> bytes:
+        used.append(f"hogsend_ingest_{kind}")
+        return one_key(conn, kind, bundle)
+
+    monkeypatch.setattr(events_repo, "fast_ingest_query", spy_general)
+    monkeypatch.setattr(events_repo, "one_key_query", spy_one_key)
     return used
 
 
@@ -936,3 +939,49 @@ async def test_the_fast_path_prepares_what_a_connection_lacks(
         "hogsend_ingest_external",
         "hogsend_ingest_locks",
     ]
+
+
+async def test_parallel_one_key_events_of_a_new_person_create_one_contact(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    # The one-key statement takes no advisory locks: the contact's unique index decides
+    # who creates it, and whoever lost stores nothing and takes the general path.
+    conns = [
+        await psycopg.AsyncConnection.connect(libpq_url(database_url), autocommit=True)
+        for _ in range(8)
+    ]
+    try:
+        items = [event(f"e{i}", user_id="racer", idempotency_key=f"r{i}") for i in range(8)]
+        fast = await asyncio.gather(
+            *(
+                ingest_event_fast(conn, item, now=T0)
+                for conn, item in zip(conns, items, strict=True)
+            )
+        )
+        results = [
+            r if r is not None else await one(sessions, i) for r, i in zip(fast, items, strict=True)
+        ]
+        # Same key again, all at once: one stored event, the rest its duplicates.
+        again = await asyncio.gather(
+            *(
+                ingest_event_fast(conn, event(user_id="racer", idempotency_key="same"), now=T0)
+                for conn in conns
+            )
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert [r.status for r in results] == ["stored"] * 8
+    assert len({r.contact_id for r in results}) == 1
+    settled = [
+        r if r is not None else await one(sessions, event(user_id="racer", idempotency_key="same"))
+        for r in again
+    ]
+    assert Counter(r.status for r in settled) == {"stored": 1, "duplicate": 7}
+    assert len({r.event_id for r in settled}) == 1
+    counts = await rows(
+        engine,
+        "SELECT (SELECT count(*) FROM contacts) AS c, (SELECT count(*) FROM user_events) AS e,"
+        " (SELECT count(*) FROM event_outbox) AS o",
+    )
+    assert counts == [{"c": 1, "e": 9, "o": 9}]
