@@ -744,3 +744,244 @@ async def test_the_fast_path_losing_a_key_to_a_batch_writes_nothing(
     assert await fast is None  # rolled back: the general path will find the duplicate
     assert await rows(engine, "SELECT id FROM contacts WHERE external_id = 'new'") == []
     assert raw_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+@pytest.fixture
+def fast_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The prepared ingest statement each fast-path call executed, in order."""
+    used: list[str] = []
+    general, one_key = events_repo.fast_ingest_query, events_repo.one_key_query
+
+    def spy_general(conn: Any, names: list[str], bundle: str) -> bytes:
+        used.append("hogsend_ingest_event")
+        return general(conn, names, bundle)
+
+    def spy_one_key(conn: Any, kind: str, bundle: str) -> bytes:
+        used.append(f"hogsend_ingest_{kind}")
+        return one_key(conn, kind, bundle)
+
+    monkeypatch.setattr(events_repo, "fast_ingest_query", spy_general)
+    monkeypatch.setattr(events_repo, "one_key_query", spy_one_key)
+    return used
+
+
+async def _contact(engine: AsyncEngine, contact_id: uuid.UUID | None) -> dict[str, Any]:
+    [row] = await rows(
+        engine,
+        "SELECT external_id, email, anonymous_id, properties, first_seen_at, last_seen_at,"
+        " updated_at, deleted_at FROM contacts WHERE id = :id",
+        id=contact_id,
+    )
+    return row
+
+
+async def test_one_key_events_follow_the_general_rules_in_their_own_statement(
+    raw_conn: psycopg.AsyncConnection[Any],
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    fast_statements: list[str],
+) -> None:
+    # A new userId creates its contact, keyed by the userId; the outbox row goes with it.
+    first = await ingest_event_fast(raw_conn, event(user_id=" u ", properties={"p": 1}), now=T0)
+    assert first is not None
+    assert (first.status, first.contact_key) == ("stored", "u")
+    created = await _contact(engine, first.contact_id)
+    assert created == {
+        "external_id": "u",
+        "email": None,
+        "anonymous_id": None,
+        "properties": {},
+        "first_seen_at": T0,
+        "last_seen_at": T0,
+        "updated_at": T0,
+        "deleted_at": None,
+    }
+    [stored] = await rows(
+        engine,
+        "SELECT e.id, e.contact_id, e.user_id, e.properties, e.source, o.contact_key, o.event"
+        " FROM user_events e JOIN event_outbox o ON o.event_id = e.id",
+    )
+    assert stored == {
+        "id": first.event_id,
+        "contact_id": first.contact_id,
+        "user_id": "u",
+        "properties": {"p": 1},
+        "source": "api",
+        "contact_key": "u",
+        "event": "clicked",
+    }
+
+    # The same userId matches: last seen moves in minute steps, updated_at does not.
+    soon = await ingest_event_fast(raw_conn, event(user_id="u"), now=T0 + timedelta(seconds=30))
+    later = await ingest_event_fast(raw_conn, event(user_id="u"), now=T0 + timedelta(minutes=2))
+    assert soon is not None
+    assert later is not None
+    assert soon.contact_id == later.contact_id == first.contact_id
+    after = await _contact(engine, first.contact_id)
+    assert (after["last_seen_at"], after["updated_at"]) == (T0 + timedelta(minutes=2), T0)
+
+    # An email alone: matched case-insensitively; such a contact is keyed by its id.
+    by_email = await ingest_event_fast(raw_conn, event(email="Ann@X.io"), now=T0)
+    again = await ingest_event_fast(raw_conn, event(email="ANN@x.io"), now=T0)
+    assert by_email is not None
+    assert again is not None
+    assert again.contact_id == by_email.contact_id
+    assert by_email.contact_key == again.contact_key == str(by_email.contact_id)
+    assert (await _contact(engine, by_email.contact_id))["email"] == "Ann@x.io"
+
+    # An anonymousId: keyed by it until the visitor is identified, then by the userId.
+    visitor = await ingest_event_fast(raw_conn, event(anonymous_id="a1"), now=T0)
+    assert visitor is not None
+    assert visitor.contact_key == "a1"
+    await one(sessions, event(user_id="known", anonymous_id="a1"))
+    identified = await ingest_event_fast(raw_conn, event(anonymous_id="a1"), now=T0)
+    assert identified is not None
+    assert (identified.contact_id, identified.contact_key) == (visitor.contact_id, "known")
+
+    # A repeated key: the original's ids, and nothing written or moved.
+    keyed = await ingest_event_fast(raw_conn, event(user_id="k", idempotency_key="dup"), now=T0)
+    before = await rows(engine, "SELECT count(*) AS n FROM user_events")
+    repeat = await ingest_event_fast(
+        raw_conn, event(anonymous_id="other", idempotency_key="dup"), now=T0 + timedelta(hours=1)
+    )
+    assert keyed is not None
+    assert repeat is not None
+    assert (repeat.status, repeat.event_id, repeat.contact_id, repeat.contact_key) == (
+        "duplicate",
+        keyed.event_id,
+        keyed.contact_id,
+        "k",
+    )
+    assert await rows(engine, "SELECT count(*) AS n FROM user_events") == before
+    assert await rows(engine, "SELECT id FROM contacts WHERE anonymous_id = 'other'") == []
+    assert (await _contact(engine, keyed.contact_id))["last_seen_at"] == T0
+
+    # Every one of them took a one-key statement; a property patch takes the general one.
+    assert set(fast_statements) == {
+        "hogsend_ingest_external",
+        "hogsend_ingest_email",
+        "hogsend_ingest_anonymous",
+    }
+    patched = await ingest_event_fast(
+        raw_conn, event(user_id="u", contact_properties={"tier": "gold"}), now=T0
+    )
+    assert patched is not None
+    assert fast_statements[-1] == "hogsend_ingest_event"
+    assert (await _contact(engine, first.contact_id))["properties"] == {"tier": "gold"}
+
+
+async def test_one_key_events_leave_aliases_and_freed_keys_to_the_rules(
+    raw_conn: psycopg.AsyncConnection[Any],
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    fast_statements: list[str],
+) -> None:
+    older = await one(sessions, event(user_id="u-a", email="a@x.io"), now=T0 - timedelta(days=1))
+    await one(sessions, event(user_id="u-b", email="b@x.io"))
+    await one(sessions, event(user_id="u-a", email="b@x.io"))  # merges u-b into u-a
+    count = "SELECT count(*) AS n FROM user_events"
+    # A key known only as an alias: nothing written here, the general path resolves it.
+    for item in (event(user_id="u-b"), event(email="B@x.io")):
+        before = await rows(engine, count)
+        assert await ingest_event_fast(raw_conn, item, now=T0) is None
+        assert await rows(engine, count) == before
+        assert (await one(sessions, item)).contact_id == older.contact_id
+    # A soft-deleted contact's key is free: the next event creates a new contact.
+    async with sessions() as session, session.begin():
+        await contacts_repo.soft_delete_contacts(session, Identity(user_id="u-a"))
+    fresh = await ingest_event_fast(raw_conn, event(user_id="u-a"), now=T0)
+    assert fresh is not None
+    assert fresh.status == "stored"
+    assert fresh.contact_id != older.contact_id
+    assert set(fast_statements) == {"hogsend_ingest_external", "hogsend_ingest_email"}
+
+
+async def test_a_one_key_event_waiting_on_a_contact_deleted_meanwhile_writes_nothing(
+    raw_conn: psycopg.AsyncConnection[Any],
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+) -> None:
+    # The contact is locked by a writer that takes no advisory lock and deletes it; the
+    # event, waiting on the row lock, then sees the deleted row and leaves it to the
+    # general path instead of creating a second contact for the key.
+    first = await one(sessions, event(user_id="gone"))
+    async with sessions() as deleting:
+        await deleting.begin()
+        await deleting.execute(
+            text("UPDATE contacts SET deleted_at = now() WHERE id = :id"),
+            {"id": first.contact_id},
+        )
+        fast = asyncio.create_task(ingest_event_fast(raw_conn, event(user_id="gone"), now=T0))
+        await wait_for_lock_waiter(engine)
+        await deleting.commit()
+    assert await fast is None
+    assert await rows(engine, "SELECT count(*) AS n FROM contacts") == [{"n": 1}]
+    assert await rows(engine, "SELECT count(*) AS n FROM user_events") == [{"n": 1}]
+    assert raw_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+async def test_the_fast_path_prepares_what_a_connection_lacks(
+    raw_conn: psycopg.AsyncConnection[Any],
+) -> None:
+    # A connection holding only some of the statements (say, a first use interrupted
+    # half-way) gets the others, instead of failing on the ones it has.
+    await raw_conn.execute(events_repo._PREPARE_LOCKS)
+    stored = await ingest_event_fast(raw_conn, event(user_id="u"), now=T0)
+    assert stored is not None
+    assert stored.status == "stored"
+    cursor = await raw_conn.execute(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'hogsend_ingest%' ORDER BY 1"
+    )
+    assert [name for (name,) in await cursor.fetchall()] == [
+        "hogsend_ingest_anonymous",
+        "hogsend_ingest_email",
+        "hogsend_ingest_event",
+        "hogsend_ingest_external",
+        "hogsend_ingest_locks",
+    ]
+
+
+async def test_parallel_one_key_events_of_a_new_person_create_one_contact(
+    database_url: str, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    # The one-key statement takes no advisory locks: the contact's unique index decides
+    # who creates it, and whoever lost stores nothing and takes the general path.
+    conns = [
+        await psycopg.AsyncConnection.connect(libpq_url(database_url), autocommit=True)
+        for _ in range(8)
+    ]
+    try:
+        items = [event(f"e{i}", user_id="racer", idempotency_key=f"r{i}") for i in range(8)]
+        fast = await asyncio.gather(
+            *(
+                ingest_event_fast(conn, item, now=T0)
+                for conn, item in zip(conns, items, strict=True)
+            )
+        )
+        results = [
+            r if r is not None else await one(sessions, i) for r, i in zip(fast, items, strict=True)
+        ]
+        # Same key again, all at once: one stored event, the rest its duplicates.
+        again = await asyncio.gather(
+            *(
+                ingest_event_fast(conn, event(user_id="racer", idempotency_key="same"), now=T0)
+                for conn in conns
+            )
+        )
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert [r.status for r in results] == ["stored"] * 8
+    assert len({r.contact_id for r in results}) == 1
+    settled = [
+        r if r is not None else await one(sessions, event(user_id="racer", idempotency_key="same"))
+        for r in again
+    ]
+    assert Counter(r.status for r in settled) == {"stored": 1, "duplicate": 7}
+    assert len({r.event_id for r in settled}) == 1
+    counts = await rows(
+        engine,
+        "SELECT (SELECT count(*) FROM contacts) AS c, (SELECT count(*) FROM user_events) AS e,"
+        " (SELECT count(*) FROM event_outbox) AS o",
+    )
+    assert counts == [{"c": 1, "e": 9, "o": 9}]
