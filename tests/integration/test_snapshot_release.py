@@ -81,13 +81,15 @@ async def test_a_workers_job_lock_holds_no_snapshot(database_url: str) -> None:
     seen: list[str | None] = []
     try:
         with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
-            # The lock's transaction is idle for most of each one-second interval.
+            # The lock's transaction is idle for most of each one-second interval. Only
+            # this test's database: other tests' servers share the Postgres cluster.
             for _ in range(100):
                 # Its last query is the release's own; the lock is what marks it.
                 rows = conn.execute(
                     "SELECT a.backend_xmin::text FROM pg_stat_activity a"
                     " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted"
-                    " WHERE a.state = 'idle in transaction'"
+                    " WHERE a.datname = current_database()"
+                    " AND a.state = 'idle in transaction'"
                     " AND a.application_name = 'dbos_transact'"
                 ).fetchall()
                 seen.extend(row[0] for row in rows)
