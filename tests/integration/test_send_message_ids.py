@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from hogsend.db import migrate
 from hogsend.db.engine import libpq_url
 from hogsend.db.repos import deliveries, sends
+from send_rows import queued_row
 
 
 async def _contact(engine: AsyncEngine, n: int) -> uuid.UUID:
@@ -33,27 +34,14 @@ async def _contact(engine: AsyncEngine, n: int) -> uuid.UUID:
 
 def _queued(send_id: uuid.UUID, contact_id: uuid.UUID, n: int) -> dict[str, Any]:
     """A decision row as the batch path writes it ahead of its provider call."""
-    return {
-        "id": str(send_id),
-        "contact_id": str(contact_id),
-        "user_id": f"u{n}",
-        "to_email": f"u{n}@example.com",
-        "from_email": "news@example.com",
-        "subject": "Hello",
-        "template_key": "welcome",
-        "category": "news",
-        "journey_id": None,
-        "journey_state_id": None,
-        "campaign_id": None,
-        "key": f"test:{send_id}",
-        "duplicate_of_id": None,
-        "redirected_to": None,
-        "status": "queued",
-        "decision": "queued",
-        "detail": None,
-        "kind": "campaign",
-        "error": None,
-    }
+    return queued_row(
+        send_id,
+        contact_id,
+        user_id=f"u{n}",
+        to_email=f"u{n}@example.com",
+        key=f"test:{send_id}",
+        category="news",
+    )
 
 
 async def _updates(conn: AsyncConnection) -> tuple[int, int]:

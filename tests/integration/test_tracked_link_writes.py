@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from hogsend.db import migrate
 from hogsend.db.engine import libpq_url
 from hogsend.db.repos import sends
+from send_rows import queued_row
 
 
 async def _contact(engine: AsyncEngine) -> uuid.UUID:
@@ -33,27 +34,7 @@ async def _contact(engine: AsyncEngine) -> uuid.UUID:
 
 def _queued(send_id: uuid.UUID, contact_id: uuid.UUID, n: int) -> dict[str, Any]:
     """A decision row as the batch path writes it ahead of its provider call."""
-    return {
-        "id": str(send_id),
-        "contact_id": str(contact_id),
-        "user_id": "l",
-        "to_email": "l@example.com",
-        "from_email": "news@example.com",
-        "subject": "Hello",
-        "template_key": "welcome",
-        "category": None,
-        "journey_id": None,
-        "journey_state_id": None,
-        "campaign_id": None,
-        "key": f"links:{n}",
-        "duplicate_of_id": None,
-        "redirected_to": None,
-        "status": "queued",
-        "decision": "queued",
-        "detail": None,
-        "kind": "campaign",
-        "error": None,
-    }
+    return queued_row(send_id, contact_id, user_id="l", to_email="l@example.com", key=f"links:{n}")
 
 
 async def test_links_leave_the_send_row_unlocked(engine: AsyncEngine) -> None:

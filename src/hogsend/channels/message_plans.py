@@ -227,6 +227,15 @@ class MessagePlans:
             key, real.subject, real.preheader, plan, (), link_tokens, send_id, opens
         )
 
+    def _cached_plan(self, plan_key: tuple[Any, ...]) -> tuple[bool, _Plan | None]:
+        """(found, plan) of ``plan_key`` in the cache (None: known to have no plan)."""
+        with self._lock:
+            found = plan_key in self._plans
+            plan = self._plans.get(plan_key)
+            if found:
+                self._plans.move_to_end(plan_key)
+        return found, plan
+
     def _plan_for(
         self,
         key: str,
@@ -239,11 +248,7 @@ class MessagePlans:
     ) -> _Plan | None:
         """The plan of ``source`` (from the cache, else built); None when it has none."""
         plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
-        with self._lock:
-            found = plan_key in self._plans
-            plan = self._plans.get(plan_key)
-            if found:
-                self._plans.move_to_end(plan_key)
+        found, plan = self._cached_plan(plan_key)
         if found:
             if values is not None:
                 self._count(key, hit=plan is not None)
@@ -447,11 +452,7 @@ class MessagePlans:
     ) -> _Plan | None:
         """:meth:`_plan_for` of a known rendering, the real output made only on a miss."""
         plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
-        with self._lock:
-            found = plan_key in self._plans
-            plan = self._plans.get(plan_key)
-            if found:
-                self._plans.move_to_end(plan_key)
+        found, plan = self._cached_plan(plan_key)
         if found:
             self._count(key, hit=plan is not None)
             return plan
