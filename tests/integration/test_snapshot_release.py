@@ -81,16 +81,22 @@ async def test_a_workers_job_lock_holds_no_snapshot(database_url: str) -> None:
     seen: list[str | None] = []
     try:
         with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+            # The hook is attached once DBOS has launched: the job thread's first
+            # transaction can begin a moment before it. Only later ones count.
+            hooked = conn.execute("SELECT clock_timestamp()").fetchone()
+            assert hooked is not None
             # The lock's transaction is idle for most of each one-second interval. Only
             # this test's database: other tests' servers share the Postgres cluster.
-            for _ in range(100):
+            for _ in range(200):
                 # Its last query is the release's own; the lock is what marks it.
                 rows = conn.execute(
                     "SELECT a.backend_xmin::text FROM pg_stat_activity a"
                     " JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' AND l.granted"
                     " WHERE a.datname = current_database()"
                     " AND a.state = 'idle in transaction'"
-                    " AND a.application_name = 'dbos_transact'"
+                    " AND a.xact_start > %s"
+                    " AND a.application_name = 'dbos_transact'",
+                    (hooked[0],),
                 ).fetchall()
                 seen.extend(row[0] for row in rows)
                 if len(seen) >= 3:

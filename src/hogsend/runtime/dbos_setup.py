@@ -95,7 +95,9 @@ def release_job_lock_snapshots(engine: Engine) -> None:
     Postgres could then prune no row version newer than that, and outcome updates of
     ``email_sends`` almost never stayed on their page (docs/database.md). A statement
     without parameters right after the lock goes over the simple protocol, which
-    replaces the portal; the lock stays, its snapshot goes.
+    replaces the portal; the lock stays, its snapshot goes. Attached once DBOS has
+    launched, so the job thread's first transaction (begun at launch) may still hold
+    one, for that one interval.
     """
 
     @event.listens_for(engine, "after_cursor_execute")
