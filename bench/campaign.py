@@ -307,47 +307,78 @@ async def _campaign(
     }
 
 
-def _provider_calls(worker: Any) -> list[tuple[float, float]]:
-    """Start and end of each call of the worker's SMTP provider from now on (the bench
-    clears the list when the send starts)."""
-    calls: list[tuple[float, float]] = []
+class _ProviderCalls:
+    """Running totals of the worker's SMTP provider calls, kept in constant memory.
+
+    The bench runs the worker in its own process and reports that process's RSS, so its
+    probe must not grow with the audience: a list of every call's times grew the RSS by
+    about 1.4 MB per 10,000 recipients. The calls run on one event loop, so starts and
+    ends arrive in time order and the totals are updated as they come.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every call so far (the bench calls it when the send starts)."""
+        self.began: float | None = None
+        self.last = 0.0
+        self.flying = 0
+        self.busy = 0.0
+        self.idle = 0.0
+        self.gaps = 0
+
+    def start(self) -> float:
+        """Note a call starting; returns its start time."""
+        now = time.perf_counter()
+        if self.began is None:
+            self.began = now
+        elif self.flying == 0:
+            # Nothing was in flight since the last edge: the provider sat idle.
+            self.idle += now - self.last
+            self.gaps += now - self.last > 0.005
+        self.flying += 1
+        self.last = now
+        return now
+
+    def end(self, began: float) -> None:
+        """Note the call started at ``began`` ending."""
+        now = time.perf_counter()
+        self.busy += now - began
+        self.flying -= 1
+        self.last = now
+
+
+def _provider_calls(worker: Any) -> _ProviderCalls:
+    """Totals of the worker's SMTP provider calls from now on (the bench clears them when
+    the send starts)."""
+    calls = _ProviderCalls()
     provider = worker._email_provider
     if provider is None or not hasattr(provider, "_send"):
         return calls
     send = provider._send
 
     async def timed(*args: Any) -> Any:
-        began = time.perf_counter()
+        began = calls.start()
         try:
             return await send(*args)
         finally:
-            calls.append((began, time.perf_counter()))
+            calls.end(began)
 
     provider._send = timed
     return calls
 
 
-def _occupancy(calls: list[tuple[float, float]], lanes: int) -> dict[str, Any]:
+def _occupancy(calls: _ProviderCalls, lanes: int) -> dict[str, Any]:
     """The provider's calls in flight on average as a share of ``lanes``, from the first
     call's start to the last one's end, and the time with none in flight (in total, and
     how many such gaps lasted over 5 ms: mostly the batch and step boundaries)."""
-    if not calls:
+    if calls.began is None:
         return {"provider_occupancy": None, "provider_idle_s": None, "provider_idle_gaps": 0}
-    began = min(start for start, _ in calls)
-    ended = max(end for _, end in calls)
-    busy = sum(end - start for start, end in calls)
-    edges = sorted([(start, 1) for start, _ in calls] + [(end, -1) for _, end in calls])
-    idle, gaps, flying, last = 0.0, 0, 0, began
-    for moment, step in edges:
-        if flying == 0:
-            idle += moment - last
-            gaps += moment - last > 0.005
-        flying += step
-        last = moment
     return {
-        "provider_occupancy": round(busy / (lanes * max(ended - began, 1e-9)), 3),
-        "provider_idle_s": round(idle, 3),
-        "provider_idle_gaps": gaps,
+        "provider_occupancy": round(calls.busy / (lanes * max(calls.last - calls.began, 1e-9)), 3),
+        "provider_idle_s": round(calls.idle, 3),
+        "provider_idle_gaps": calls.gaps,
     }
 
 
