@@ -203,9 +203,7 @@ class MessagePlans:
         known = self._known_rendering(key, variables, subject)
         if known is not None:
             slotted_output, real_of, values, head_of = known
-            plan = self._known_plan(
-                key, slotted_output, real_of, values, opens=opens, clicks=clicks
-            )
+            plan = self._plan_for(key, slotted_output, real_of, values, opens=opens, clicks=clicks)
             if plan is not None:
                 # Only the subject and preheader: the body comes from the plan.
                 subject_text, preheader = head_of(slotted_output)
@@ -215,12 +213,14 @@ class MessagePlans:
         real = templates.render_jinja(key, variables, subject=subject)
         slotted = self._value_slots(key, variables, real)
         if slotted is not None:
-            plan = self._plan_for(key, slotted[0], real, slotted[1], opens=opens, clicks=clicks)
+            plan = self._plan_for(
+                key, slotted[0], lambda: real, slotted[1], opens=opens, clicks=clicks
+            )
             if plan is not None:
                 return self._filled(
                     key, real.subject, real.preheader, plan, slotted[1], link_tokens, send_id, opens
                 )
-        plan = self._plan_for(key, real, real, None, opens=opens, clicks=clicks)
+        plan = self._plan_for(key, real, lambda: real, None, opens=opens, clicks=clicks)
         if plan is None:
             return None
         return self._filled(
@@ -240,13 +240,17 @@ class MessagePlans:
         self,
         key: str,
         source: JinjaOutput,
-        real: JinjaOutput,
+        real_of: Callable[[], JinjaOutput],
         values: tuple[str, ...] | None,
         *,
         opens: bool,
         clicks: bool,
     ) -> _Plan | None:
-        """The plan of ``source`` (from the cache, else built); None when it has none."""
+        """The plan of ``source`` (from the cache, else built); None when it has none.
+
+        ``real_of`` gives the real rendering ``source`` stands for, called only when a
+        new plan is checked against it (a known rendering makes it only then).
+        """
         plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
         found, plan = self._cached_plan(plan_key)
         if found:
@@ -256,7 +260,7 @@ class MessagePlans:
         finished = self._templates.finish(key, source)
         plan = self._plan(finished.html, finished.text, opens=opens, clicks=clicks)
         if plan is not None and values is not None:
-            plan = self._checked(key, source, real, values, plan)
+            plan = self._checked(key, source, real_of(), values, plan)
             self._count(key, hit=plan is not None)
         with self._lock:
             self._plans[plan_key] = plan
@@ -439,24 +443,6 @@ class MessagePlans:
             if len(self._known) > self._size:
                 self._known.popitem(last=False)
         return output, lambda: real, tuple(values), head
-
-    def _known_plan(
-        self,
-        key: str,
-        source: JinjaOutput,
-        real_of: Callable[[], JinjaOutput],
-        values: tuple[str, ...],
-        *,
-        opens: bool,
-        clicks: bool,
-    ) -> _Plan | None:
-        """:meth:`_plan_for` of a known rendering, the real output made only on a miss."""
-        plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
-        found, plan = self._cached_plan(plan_key)
-        if found:
-            self._count(key, hit=plan is not None)
-            return plan
-        return self._plan_for(key, source, real_of(), values, opens=opens, clicks=clicks)
 
     # -- value slots ---------------------------------------------------------------
 
