@@ -85,6 +85,18 @@ async def finished(env: Env, key: str, campaign_id: str, status: str = "sent") -
     return seen
 
 
+def _small_batch_worker(env: Env) -> Worker:
+    """A worker of its own that sends campaigns three recipients a batch, two at a time."""
+    settings = env.settings.model_copy(
+        update={
+            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
+            "campaign_batch_size": 3,
+            "campaign_concurrency": 2,
+        }
+    )
+    return Worker(env.app, settings)
+
+
 def recipients(sink: Sink) -> list[str]:
     return sorted(str(m["To"]) for m in sink.messages)
 
@@ -446,14 +458,7 @@ async def test_pipelined_batches_send_each_recipient_once_and_record_every_batch
             text("INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)"),
             {"c": quitter},
         )
-    settings = env.settings.model_copy(
-        update={
-            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
-            "campaign_batch_size": 3,
-            "campaign_concurrency": 2,
-        }
-    )
-    running = Worker(env.app, settings)
+    running = _small_batch_worker(env)
     await running.start()
     try:
         stages.reset()
@@ -494,14 +499,7 @@ async def test_steps_carry_their_read_ahead_and_still_send_each_recipient_once(
     monkeypatch.setattr(campaigns, "STEP_SECONDS", 0.0)
     for n in range(13):
         await new_contact(env.engine, f"stepped{n:02}@example.com")
-    settings = env.settings.model_copy(
-        update={
-            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
-            "campaign_batch_size": 3,
-            "campaign_concurrency": 2,
-        }
-    )
-    running = Worker(env.app, settings)
+    running = _small_batch_worker(env)
     await running.start()
     try:
         campaigns.stages.reset()
