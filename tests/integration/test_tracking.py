@@ -30,7 +30,7 @@ from hogsend.api.routes.tracking import PIXEL_GIF
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.core.identity import Identity
-from hogsend.core.tracking import sign_id
+from hogsend.core.tracking import SignedClick, link_id, sign_click, sign_id, verify_click
 from hogsend.db.engine import libpq_url, make_sessionmaker
 from hogsend.db.repos.contacts import soft_delete_contacts
 from hogsend.settings import Settings
@@ -56,7 +56,8 @@ def _free_port() -> int:
 
 @dataclass
 class Sink:
-    """Keeps every message, and how many tracked links its send had when it arrived."""
+    """Keeps every message, and how many links the set its click URLs name had stored
+    when it arrived (0: no click URL, or a set not stored)."""
 
     database_url: str
     messages: list[EmailMessage] = field(default_factory=list)
@@ -69,13 +70,19 @@ class Sink:
         assert isinstance(parsed, EmailMessage)
         # Read in another connection while the mailer waits for this reply: only what
         # the mailer committed before calling the provider is visible.
-        with psycopg.connect(libpq_url(self.database_url)) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM tracked_links WHERE email_send_id = %s",
-                (parsed["X-Hogsend-Send-Id"],),
-            ).fetchone()
-        assert row is not None
-        self.links_on_arrival.append(int(row[0]))
+        tokens = re.findall(r"/t/c/([A-Za-z0-9_-]+)", html_of(parsed))
+        stored = 0
+        if tokens:
+            signed = verify_click(tokens[0], SECRET.encode())
+            assert isinstance(signed, SignedClick)
+            assert str(signed.send_id) == parsed["X-Hogsend-Send-Id"]
+            with psycopg.connect(libpq_url(self.database_url)) as conn:
+                row = conn.execute(
+                    "SELECT cardinality(urls) FROM tracked_link_sets WHERE id = %s",
+                    (signed.link_set_id,),
+                ).fetchone()
+            stored = 0 if row is None else int(row[0])
+        self.links_on_arrival.append(stored)
         self.messages.append(parsed)
         return "250 Message accepted"
 
@@ -216,6 +223,7 @@ class Sent:
     message: EmailMessage
     clicks: dict[str, str]  # original URL -> click path
     pixel: str | None  # open path
+    link_set_id: uuid.UUID | None
 
 
 async def send(
@@ -241,19 +249,23 @@ async def send(
     assert outcome.decision == "sent"
     message = env.sink.messages[-1]
     html = html_of(message)
-    async with env.engine.connect() as conn:
-        rows = await conn.execute(
-            text("SELECT id, original_url FROM tracked_links WHERE email_send_id = :s"),
-            {"s": outcome.send_id},
-        )
-        recorded = {row.original_url: row.id for row in rows}
-    clicks = {}
-    for url, link_id in recorded.items():
-        path = f"/t/c/{sign_id('click', link_id, SECRET.encode())}"
-        assert f'href="{PUBLIC}{path}"' in html
-        clicks[url] = path
+    clicks: dict[str, str] = {}
+    link_set_id = None
+    for path in re.findall(rf'href="{re.escape(PUBLIC)}(/t/c/[^"]+)"', html):
+        signed = verify_click(path.removeprefix("/t/c/"), SECRET.encode())
+        assert isinstance(signed, SignedClick)
+        assert signed.send_id == outcome.send_id
+        assert link_set_id in (None, signed.link_set_id)  # one set per message
+        link_set_id = signed.link_set_id
+        async with env.engine.connect() as conn:
+            urls = await conn.scalar(
+                text("SELECT urls FROM tracked_link_sets WHERE id = :id"), {"id": link_set_id}
+            )
+        assert clicks.get(urls[signed.number], path) == path  # one link per distinct URL
+        clicks[urls[signed.number]] = path
     pixels = re.findall(rf'<img src="{re.escape(PUBLIC)}(/t/o/[^"]+)"', html)
-    return Sent(outcome.send_id, contact_id, message, clicks, pixels[0] if pixels else None)
+    pixel = pixels[0] if pixels else None
+    return Sent(outcome.send_id, contact_id, message, clicks, pixel, link_set_id)
 
 
 async def send_row(env: Env, send_id: uuid.UUID) -> dict[str, Any]:
@@ -378,13 +390,15 @@ async def test_a_click_redirects_to_the_recorded_url_and_the_first_emits_one_eve
     stored = await send_row(env, sent.send_id)
     assert (stored["click_count"], stored["clicked_at"]) == (3, stored["clicked_at"])
     assert len(await events_named(env, "email.clicked")) == 1
+    # per link: counted from the clicks, which name the set and the link's number
     per_link = await rows(
         env,
-        "SELECT original_url, click_count, first_clicked_at FROM tracked_links"
-        " WHERE email_send_id = :s",
+        "SELECT s.urls[c.link_number + 1] AS url, count(*) AS n FROM link_clicks c"
+        " JOIN tracked_link_sets s ON s.id = c.link_set_id"
+        " WHERE c.email_send_id = :s AND NOT c.is_bot GROUP BY 1",
         s=sent.send_id,
     )
-    assert {r["original_url"]: r["click_count"] for r in per_link} == {SALE: 2, ABOUT: 1}
+    assert {r["url"]: r["n"] for r in per_link} == {SALE: 2, ABOUT: 1}
     hits = await rows(env, "SELECT * FROM link_clicks WHERE email_send_id = :s", s=sent.send_id)
     assert len(hits) == 3
     assert all(not hit["is_bot"] and hit["user_agent"] == CHROME for hit in hits)
@@ -396,6 +410,8 @@ async def test_forged_or_tampered_tokens_get_404_and_write_nothing(env: Env) -> 
     await age(env.engine, sent.send_id)
     before = await counts(env)
     genuine = sent.clicks[SALE].removeprefix("/t/c/")
+    link_set_id = sent.link_set_id
+    assert link_set_id is not None
     flipped = genuine[:5] + ("A" if genuine[5] != "A" else "B") + genuine[6:]
     pixel_token = (sent.pixel or "").removeprefix("/t/o/")
     candidates = [
@@ -405,6 +421,13 @@ async def test_forged_or_tampered_tokens_get_404_and_write_nothing(env: Env) -> 
         pixel_token,  # an open token is not a click token
         sign_id("click", uuid.uuid4(), SECRET.encode()),  # genuine signature, no such link
         sign_id("click", uuid.uuid4(), b"another-key-another-key-another-key"),
+        # genuine signatures: a link number past the set's end, a set never stored,
+        # a send that does not exist
+        sign_click(sent.send_id, link_set_id, 2, SECRET.encode()),
+        sign_click(sent.send_id, link_set_id, 65535, SECRET.encode()),
+        sign_click(sent.send_id, uuid.uuid4(), 0, SECRET.encode()),
+        sign_click(uuid.uuid4(), link_set_id, 0, SECRET.encode()),
+        sign_click(sent.send_id, link_set_id, 0, b"another-key-another-key-another-key"),
         str(uuid.uuid4()),
         "x" * 43,
     ]
@@ -591,10 +614,6 @@ async def test_clicking_every_link_at_once_is_a_scanner_and_the_burst_is_relabel
     assert [(h["is_bot"], h["bot_reason"]) for h in hits] == [(True, "all_links")] * 2
     stored = await send_row(env, sent.send_id)
     assert stored["click_count"] == 0
-    links = await rows(
-        env, "SELECT click_count FROM tracked_links WHERE email_send_id = :s", s=sent.send_id
-    )
-    assert [link["click_count"] for link in links] == [0, 0]
 
 
 async def test_bot_hits_can_emit_events_when_asked(env: Env) -> None:
@@ -654,3 +673,85 @@ async def test_hits_past_the_hourly_cap_are_answered_but_not_stored(env: Env) ->
         )
         assert (await capped.get(sent.pixel, headers=human())).status_code == 200
     assert (await send_row(env, sent.send_id))["open_count"] == 3
+
+
+# --------------------------------------------------------------------------- link sets
+
+
+async def test_sends_sharing_a_link_set_each_get_their_own_clicks(env: Env) -> None:
+    ann = await send(env, "ann@example.com")
+    bob = await send(env, "bob@example.com")
+    # One stored set for both messages, different click URLs in each.
+    assert ann.link_set_id is not None
+    assert ann.link_set_id == bob.link_set_id
+    assert (await rows(env, "SELECT count(*) AS n FROM tracked_link_sets"))[0]["n"] == 1
+    assert ann.clicks[SALE] != bob.clicks[SALE]
+    for sent in (ann, bob):
+        await age(env.engine, sent.send_id)
+    response = await env.client.get(bob.clicks[SALE], headers=human())
+    assert response.headers["location"] == SALE
+    assert (await send_row(env, bob.send_id))["click_count"] == 1
+    assert (await send_row(env, ann.send_id))["click_count"] == 0
+    [event] = await events_named(env, "email.clicked")
+    assert event["contact_id"] == bob.contact_id
+    assert event["properties"]["sendId"] == str(bob.send_id)
+    assert event["properties"]["linkId"] == str(link_id(bob.send_id, 0))
+    await later(env.engine)
+    await env.client.get(ann.clicks[ABOUT], headers=human())
+    assert (await send_row(env, ann.send_id))["click_count"] == 1
+    assert (await send_row(env, bob.send_id))["click_count"] == 1
+    clicked = await events_named(env, "email.clicked")
+    assert [(e["contact_id"], e["properties"]["url"]) for e in clicked] == [
+        (bob.contact_id, SALE),
+        (ann.contact_id, ABOUT),
+    ]
+    hits = await rows(
+        env, "SELECT email_send_id, link_set_id, link_number FROM link_clicks ORDER BY clicked_at"
+    )
+    assert [(h["email_send_id"], h["link_number"]) for h in hits] == [
+        (bob.send_id, 0),
+        (ann.send_id, 1),
+    ]
+    assert {h["link_set_id"] for h in hits} == {ann.link_set_id}
+
+
+async def test_a_click_token_sent_before_link_sets_still_redirects_and_counts(env: Env) -> None:
+    sent = await send(env)
+    await age(env.engine, sent.send_id)
+    # Links as the mailer recorded them before migration 0017: a row per link, and a
+    # 43-character token naming the row.
+    async with env.engine.begin() as conn:
+        old_ids = [
+            (
+                await conn.execute(
+                    text(
+                        "INSERT INTO tracked_links (email_send_id, original_url)"
+                        " VALUES (:s, :u) RETURNING id"
+                    ),
+                    {"s": sent.send_id, "u": url},
+                )
+            ).scalar_one()
+            for url in (SALE, ABOUT)
+        ]
+    old_token = sign_id("click", old_ids[1], SECRET.encode())
+    assert len(old_token) == 43
+    response = await env.client.get(f"/t/c/{old_token}", headers=human())
+    assert (response.status_code, response.headers["location"]) == (302, ABOUT)
+    stored = await send_row(env, sent.send_id)
+    assert (stored["click_count"], stored["status"]) == (1, "clicked")
+    [event] = await events_named(env, "email.clicked")
+    assert event["contact_id"] == sent.contact_id
+    assert (event["properties"]["url"], event["properties"]["linkId"]) == (ABOUT, str(old_ids[1]))
+    [link] = await rows(env, "SELECT click_count FROM tracked_links WHERE id = :l", l=old_ids[1])
+    assert link["click_count"] == 1
+    [hit] = await rows(env, "SELECT tracked_link_id, link_set_id, link_number FROM link_clicks")
+    assert hit == {"tracked_link_id": old_ids[1], "link_set_id": None, "link_number": None}
+    # the all-links rule still sees every row of the message, and relabels the burst
+    await env.client.get(f"/t/c/{sign_id('click', old_ids[0], SECRET.encode())}", headers=human())
+    flagged = await rows(env, "SELECT is_bot, bot_reason FROM link_clicks")
+    assert [(h["is_bot"], h["bot_reason"]) for h in flagged] == [(True, "all_links")] * 2
+    links = await rows(
+        env, "SELECT click_count FROM tracked_links WHERE email_send_id = :s", s=sent.send_id
+    )
+    assert [link["click_count"] for link in links] == [0, 0]
+    assert (await send_row(env, sent.send_id))["click_count"] == 0

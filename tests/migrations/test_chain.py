@@ -39,6 +39,7 @@ TABLES = {
     "email_suppressions",
     "link_clicks",
     "outbox_messages",
+    "tracked_link_sets",
     "tracked_links",
     "webhook_receipts",
     # campaigns

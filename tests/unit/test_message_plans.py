@@ -6,6 +6,7 @@ own links, and renderings a plan cannot describe must fall back.
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ import pytest
 from hogsend.channels.message_plans import Composed, MessagePlans
 from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
-from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html, verify_id
+from hogsend.core.tracking import (
+    LinkSet,
+    SignedClick,
+    click_url,
+    open_url,
+    track_html,
+    verify_click,
+)
 
 BASE = "https://mail.example.test"
 SECRET = b"k" * 32
@@ -78,22 +86,20 @@ def direct(
     key: str,
     tokens: dict[str, str],
     send_id: uuid.UUID,
-    links: tuple[TrackedLink, ...],
+    links: LinkSet | None,
 ) -> tuple[str, str, str]:
-    """The message rendered with its real links and tracked with the same link ids."""
+    """The message rendered with its real links and tracked for the same send."""
     rendered = registry.render(
         key,
         contact=ADA,
         props={"days": 3},
         extra={name: PREFIXES[name] + token for name, token in tokens.items()},
     )
-    ids = iter(link.id for link in links)
     tracked = track_html(
         rendered.html,
-        click_url_of=lambda link_id: click_url(BASE, link_id, SECRET),
+        click_url_of=lambda links, number: click_url(BASE, send_id, links, number, SECRET),
         pixel_url=open_url(BASE, send_id, SECRET),
         skip=lambda url: url.startswith(UNTRACKED),
-        new_id=lambda: next(ids),
     )
     assert tracked.links == links
     return rendered.subject, tracked.html, rendered.text
@@ -115,7 +121,8 @@ def test_a_planned_message_is_the_directly_rendered_one(registry: TemplateRegist
             clicks=True,
         )
         assert composed is not None
-        assert [link.url for link in composed.links] == ["https://example.com/plans?x=1&y=2"]
+        assert composed.links is not None
+        assert composed.links.urls == ("https://example.com/plans?x=1&y=2",)
         subject, html, text = direct(registry, "offer", tokens, send_id, composed.links)
         assert composed.rendered.subject == subject == "An offer for Ada"
         assert composed.rendered.html == html
@@ -124,14 +131,17 @@ def test_a_planned_message_is_the_directly_rendered_one(registry: TemplateRegist
         assert f"token=pref.tok-{n}" in text
         assert 'style="color: #0969da;"' in html  # CSS inlined
         assert "Only 3 days left" in html  # preheader
-        click = html.split(f"{BASE}/t/c/")[1][:43]
-        assert verify_id("click", click, SECRET) == composed.links[0].id
+        click = html.split(f"{BASE}/t/c/")[1][:67]
+        assert verify_click(click, SECRET) == SignedClick(
+            send_id=send_id, link_set_id=composed.links.id, number=0
+        )
         assert open_url(BASE, send_id, SECRET) in html
 
 
-def test_each_message_gets_its_own_link_ids(registry: TemplateRegistry) -> None:
+def test_messages_share_a_link_set_and_own_their_tokens(registry: TemplateRegistry) -> None:
     planner = plans(registry)
-    ids: set[uuid.UUID] = set()
+    tokens: set[str] = set()
+    sets: set[LinkSet | None] = set()
     for _ in range(5):
         composed = planner.compose(
             "offer",
@@ -145,8 +155,11 @@ def test_each_message_gets_its_own_link_ids(registry: TemplateRegistry) -> None:
         )
         assert composed is not None
         assert "/t/o/" not in composed.rendered.html  # no pixel asked for
-        ids.update(link.id for link in composed.links)
-    assert len(ids) == 5
+        sets.add(composed.links)
+        tokens.update(re.findall(f'{BASE}/t/c/([^"]+)', composed.rendered.html))
+    # One set for all five (stored once), a click token of their own for each.
+    assert len(sets) == 1
+    assert len(tokens) == 5
 
 
 def test_untracked_and_transactional_messages(registry: TemplateRegistry) -> None:
@@ -162,7 +175,7 @@ def test_untracked_and_transactional_messages(registry: TemplateRegistry) -> Non
         clicks=False,
     )
     assert composed is not None
-    assert composed.links == ()
+    assert composed.links is None
     assert composed.rendered.subject == "A literal subject"
     assert 'href="https://example.com/plans?x=1&amp;y=2"' in composed.rendered.html
     assert "token=u1" in composed.rendered.html
@@ -265,7 +278,7 @@ def direct_for(
     contact: Contact,
     props: dict[str, object],
     send_id: uuid.UUID,
-    links: tuple[TrackedLink, ...],
+    links: LinkSet | None,
 ) -> tuple[str, str, str]:
     """``direct`` for any contact: rendered with real values, tracked with the same ids."""
     rendered = registry.render(
@@ -274,13 +287,11 @@ def direct_for(
         props=props,
         extra={name: PREFIXES[name] + "tok" for name in PREFIXES},
     )
-    ids = iter(link.id for link in links)
     tracked = track_html(
         rendered.html,
-        click_url_of=lambda link_id: click_url(BASE, link_id, SECRET),
+        click_url_of=lambda links, number: click_url(BASE, send_id, links, number, SECRET),
         pixel_url=open_url(BASE, send_id, SECRET),
         skip=lambda url: url.startswith(UNTRACKED),
-        new_id=lambda: next(ids),
     )
     assert tracked.links == links
     return rendered.subject, tracked.html, rendered.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -12,28 +11,31 @@ from hypothesis import strategies as st
 
 from hogsend.core import tracking
 from hogsend.core.tokens import InvalidToken
-from hogsend.core.tracking import TRACK_ATTRIBUTE, sign_id, track_html, verify_id
+from hogsend.core.tracking import (
+    TRACK_ATTRIBUTE,
+    SignedClick,
+    sign_click,
+    sign_id,
+    track_html,
+    verify_click,
+    verify_id,
+)
 
 SECRET = b"k" * 32
 BASE = "https://hs.example.test"
 
 
-def ids() -> Iterator[uuid.UUID]:
-    n = 0
-    while True:
-        n += 1
-        yield uuid.UUID(int=n)
-
-
 def rewrite(source: str, *, pixel: str | None = None, **kwargs: object) -> tracking.TrackedHtml:
-    counter = ids()
     return track_html(
         source,
-        click_url_of=lambda link_id: f"{BASE}/t/c/{link_id.int}",
+        click_url_of=lambda links, number: f"{BASE}/t/c/{number + 1}",
         pixel_url=pixel,
-        new_id=lambda: next(counter),
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def urls(result: tracking.TrackedHtml) -> list[str]:
+    return [] if result.links is None else list(result.links.urls)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -90,9 +92,79 @@ def test_malformed_tokens_are_refused(token: str) -> None:
 
 def test_urls() -> None:
     ident = uuid.uuid4()
-    opened, clicked = sign_id("open", ident, SECRET), sign_id("click", ident, SECRET)
+    links = tracking.link_set(("https://example.com/a", "https://example.com/b"))
+    opened, clicked = sign_id("open", ident, SECRET), sign_click(ident, links.id, 1, SECRET)
     assert tracking.open_url(BASE, ident, SECRET) == f"{BASE}/t/o/{opened}"
-    assert tracking.click_url(BASE, ident, SECRET) == f"{BASE}/t/c/{clicked}"
+    assert tracking.click_url(BASE, ident, links, 1, SECRET) == f"{BASE}/t/c/{clicked}"
+
+
+# --------------------------------------------------------------------------- click tokens
+
+
+@given(st.uuids(), st.uuids(), st.integers(min_value=0, max_value=tracking.MAX_LINKS - 1))
+def test_click_token_round_trip(send_id: uuid.UUID, set_id: uuid.UUID, number: int) -> None:
+    token = sign_click(send_id, set_id, number, SECRET)
+    assert len(token) == tracking.CLICK_TOKEN_LENGTH
+    assert verify_click(token, SECRET) == SignedClick(
+        send_id=send_id, link_set_id=set_id, number=number
+    )
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@given(
+    st.uuids(),
+    st.integers(min_value=0, max_value=tracking.CLICK_TOKEN_LENGTH - 1),
+    st.data(),
+)
+def test_changing_any_character_of_a_click_token_is_refused(
+    send_id: uuid.UUID, at: int, data: st.DataObject
+) -> None:
+    token = sign_click(send_id, uuid.uuid4(), 3, SECRET)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    other = data.draw(st.sampled_from([c for c in alphabet if c != token[at]]))
+    with pytest.raises(InvalidToken):
+        verify_click(token[:at] + other + token[at + 1 :], SECRET)
+
+
+def test_a_send_set_or_number_swapped_under_a_genuine_signature_is_refused() -> None:
+    send_id, set_id = uuid.uuid4(), uuid.uuid4()
+    genuine = base64.urlsafe_b64decode(sign_click(send_id, set_id, 1, SECRET) + "=")
+    for payload in (
+        uuid.uuid4().bytes + set_id.bytes + (1).to_bytes(2, "big"),  # another send
+        send_id.bytes + uuid.uuid4().bytes + (1).to_bytes(2, "big"),  # another set
+        send_id.bytes + set_id.bytes + (2).to_bytes(2, "big"),  # another link
+    ):
+        token = base64.urlsafe_b64encode(payload + genuine[34:]).decode().rstrip("=")
+        with pytest.raises(InvalidToken, match="signature"):
+            verify_click(token, SECRET)
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_click(sign_click(send_id, set_id, 1, b"x" * 32), SECRET)
+
+
+def test_a_click_token_from_before_link_sets_names_its_row() -> None:
+    row = uuid.uuid4()
+    assert verify_click(sign_id("click", row, SECRET), SECRET) == row
+    # ... and an open token of the same length is still no click token
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_click(sign_id("open", row, SECRET), SECRET)
+
+
+@pytest.mark.parametrize("token", ["", "x" * 66, "x" * 68, "!" * 67, "=" * 67])
+def test_malformed_click_tokens_are_refused(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        verify_click(token, SECRET)
+
+
+def test_a_link_set_is_named_by_its_urls_in_order() -> None:
+    a, b = "https://example.com/a", "https://example.com/b"
+    assert tracking.link_set((a, b)) == tracking.link_set((a, b))
+    assert tracking.link_set((a, b)).id != tracking.link_set((b, a)).id
+    # length-prefixed: no two lists concatenate to the same input
+    assert tracking.link_set(("ab", "c")).id != tracking.link_set(("a", "bc")).id
+    send_id = uuid.uuid4()
+    assert tracking.link_id(send_id, 0) == tracking.link_id(send_id, 0)
+    assert len({tracking.link_id(send_id, n) for n in range(100)}) == 100
+    assert tracking.link_id(send_id, 0) != tracking.link_id(uuid.uuid4(), 0)
 
 
 # --------------------------------------------------------------------------- rewrite
@@ -104,10 +176,8 @@ def test_http_links_are_rewritten_one_id_per_distinct_url() -> None:
         ' <a class="x" href="https://example.com/a" title="again">A again</a></p>'
     )
     result = rewrite(source)
-    assert [(link.id.int, link.url) for link in result.links] == [
-        (1, "https://example.com/a"),
-        (2, "http://example.com/b"),
-    ]
+    assert urls(result) == ["https://example.com/a", "http://example.com/b"]
+    assert result.links == tracking.link_set(("https://example.com/a", "http://example.com/b"))
     assert result.html == (
         f'<p><a href="{BASE}/t/c/1">A</a> <a href="{BASE}/t/c/2">B</a>'
         f' <a class="x" href="{BASE}/t/c/1" title="again">A again</a></p>'
@@ -122,7 +192,7 @@ def test_any_quoting_case_and_entities() -> None:
         '<area shape="rect" href="https://example.com/area" />'
     )
     result = rewrite(source)
-    assert [link.url for link in result.links] == [
+    assert urls(result) == [
         "https://example.com/q?a=1&b=2",  # what a browser would follow
         "https://example.com/bare",
         "https://example.com/spaced",
@@ -143,7 +213,7 @@ def test_what_is_left_alone() -> None:
         '<a href="https://hs.example.test/v1/email/one-click?token=x">unsubscribe</a>'
     )
     result = rewrite(source, skip=lambda url: url.startswith(f"{BASE}/v1/email/"))
-    assert result.links == ()
+    assert result.links is None
     assert result.html == source
 
 
@@ -157,7 +227,7 @@ def test_tags_in_raw_text_are_not_links_and_quoted_brackets_do_not_end_a_tag() -
         "<!-- unterminated <a href='https://example.com/comment'>"
     )
     result = rewrite(source)
-    assert [link.url for link in result.links] == [
+    assert urls(result) == [
         "https://example.com/gt",
         "https://example.com/nl",
         "https://example.com/odd",
@@ -176,14 +246,14 @@ def test_links_marked_off_stay_and_lose_the_marker() -> None:
         f'<a href="https://example.com/on" {TRACK_ATTRIBUTE}="on">on</a>'
     )
     result = rewrite(source)
-    assert [link.url for link in result.links] == ["https://example.com/on"]
+    assert urls(result) == ["https://example.com/on"]
     assert result.html == (
         f'<a href="https://example.com/reset?t=secret">reset</a><a href="{BASE}/t/c/1">on</a>'
     )
     # without click tracking the marker is still removed
     untracked = track_html(source, click_url_of=None, pixel_url=None)
     assert TRACK_ATTRIBUTE not in untracked.html
-    assert untracked.links == ()
+    assert untracked.links is None
 
 
 def test_other_attributes_keep_their_values() -> None:
@@ -202,7 +272,7 @@ def test_multiline_source_positions() -> None:
     source = '<html>\n<body>\n  <p>\n    <a\n      href="https://example.com/x"\n    >x</a>\n'
     source += '  </p>\n<a href="https://example.com/y">y</a>\n</body>\n</html>\n'
     result = rewrite(source)
-    assert [link.url for link in result.links] == ["https://example.com/x", "https://example.com/y"]
+    assert urls(result) == ["https://example.com/x", "https://example.com/y"]
     assert "example.com" not in result.html
     assert result.html.count("/t/c/") == 2
 
@@ -221,7 +291,7 @@ def test_pixel_goes_before_the_last_body_end_or_at_the_end() -> None:
 def test_no_click_tracking_leaves_links() -> None:
     source = '<a href="https://example.com/a">a</a>'
     result = track_html(source, click_url_of=None, pixel_url=f"{BASE}/t/o/x")
-    assert result.links == ()
+    assert result.links is None
     assert result.html.startswith(source)
 
 
@@ -229,8 +299,8 @@ def test_no_click_tracking_leaves_links() -> None:
 def test_arbitrary_input_never_breaks(source: str) -> None:
     result = rewrite(source, pixel=f"{BASE}/t/o/p")
     assert f"{BASE}/t/o/p" in result.html
-    for link in result.links:
-        assert tracking.is_trackable(link.url)
+    for url in urls(result):
+        assert tracking.is_trackable(url)
 
 
 def test_strip_open_pixel_removes_only_the_pixel() -> None:

@@ -65,7 +65,7 @@ from hogsend.core.mailer_gates import (
 from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import recipient_timezone
 from hogsend.core.templates import RenderedEmail
-from hogsend.core.tracking import TrackedLink
+from hogsend.core.tracking import LinkSet
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import events as events_repo
 from hogsend.db.repos import outbox as outbox_repo
@@ -807,7 +807,7 @@ class Mailer:
         who: _Recipient,
         list_id: str | None,
         now: datetime,
-    ) -> tuple[EmailProvider, OutgoingEmail, tuple[TrackedLink, ...]]:
+    ) -> tuple[EmailProvider, OutgoingEmail, LinkSet | None]:
         """Render, track and address one message without I/O (the batch path's step 2).
 
         Returns the provider to call, the message and the tracked links to record.
@@ -831,8 +831,8 @@ class Mailer:
         who: _Recipient,
         list_id: str | None,
         now: datetime,
-    ) -> tuple[RenderedEmail, dict[str, str] | None, tuple[TrackedLink, ...]]:
-        """Render and track one message (no I/O): (rendered, its links, tracked links).
+    ) -> tuple[RenderedEmail, dict[str, str] | None, LinkSet | None]:
+        """Render and track one message (no I/O): (rendered, its links, its link set).
 
         The rendered HTML is the tracked one. The links (``unsubscribe_url`` and
         ``preferences_url``) are None for a transactional message. Through a plan
@@ -875,7 +875,7 @@ class Mailer:
             extra=links or {},
         )
         if not (opens or clicks):
-            return rendered, links, ()
+            return rendered, links, None
         marked = tracking.tracked_html(
             settings=self.settings,
             secret=self._secret,
@@ -884,7 +884,7 @@ class Mailer:
             opens=opens,
             clicks=clicks,
         )
-        return dataclasses.replace(rendered, html=marked.html), links, tuple(marked.links)
+        return dataclasses.replace(rendered, html=marked.html), links, marked.links
 
     def _address(
         self,
@@ -973,23 +973,22 @@ class Mailer:
                     await outbox_repo.notify_outbox(session, self._notify)
 
     async def _record_links(
-        self, conn: AsyncConnection | None, send_id: uuid.UUID, links: tuple[TrackedLink, ...]
+        self, conn: AsyncConnection | None, send_id: uuid.UUID, links: LinkSet | None
     ) -> None:
-        """The tracking step's write: the links committed before the provider is called.
+        """The tracking step's write: the link set committed before the provider is called.
 
-        Committed without a WAL flush (``sends.insert_links_fast``): the outcome's
-        durable commit flushes them, and only a crash of Postgres itself loses them.
+        Committed without a WAL flush (``sends.insert_link_set_fast``): the outcome's
+        durable commit flushes it, and only a crash of Postgres itself loses it. A set
+        that another message stored writes nothing (the sets are content-addressed).
 
-        A crash after this commit and before the provider leaves unused links on an
-        attempt the next one takes over; one after the provider accepted leaves links
-        that resolve, whichever attempt the delivered copy belongs to.
+        A crash after this commit and before the provider leaves a set no message may
+        carry (harmless: sets are shared, a few rows); the click URLs of a delivered
+        copy name their own send, whichever attempt it belongs to, and resolve.
         """
-        if not links:
+        if links is None:
             return
         async with self._session(conn) as session, session.begin():
-            await sends.insert_links_fast(
-                session, send_id, [link.id for link in links], [link.url for link in links]
-            )
+            await sends.insert_link_set_fast(session, links)
 
     async def _already_accepted(
         self,

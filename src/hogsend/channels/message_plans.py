@@ -62,7 +62,7 @@ from hogsend.channels.template_reads import TemplateReads, analyse
 from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.templates import RenderedEmail
-from hogsend.core.tracking import TrackedLink, click_url, open_url, track_html
+from hogsend.core.tracking import LinkSet, click_url, open_url, track_html
 
 PLAN_CACHE_SIZE = 256
 """How many plans a mailer keeps (least recently used dropped first)."""
@@ -100,7 +100,7 @@ class _Filled:
 class _Plan:
     html: _Filled
     text: _Filled
-    link_urls: tuple[str, ...]
+    links: LinkSet | None
     opens: bool
     clicks: bool
 
@@ -111,11 +111,11 @@ class Composed:
 
     Attributes:
         rendered: subject, HTML (tracked), text, preheader and category.
-        links: the tracked links to record before the message is sent.
+        links: the tracked links to record before the message is sent (None: none).
     """
 
     rendered: RenderedEmail
-    links: tuple[TrackedLink, ...]
+    links: LinkSet | None
 
 
 class MessagePlans:
@@ -286,13 +286,14 @@ class MessagePlans:
             subject_filled = self._split(subject_text)
             if subject_filled is None:
                 return None
-        ids = tuple(uuid.uuid4() for _ in plan.link_urls)
         filling: dict[tuple[str, int], str] = {}
         for i, name in enumerate(self._names):
             if link_tokens is not None and name in link_tokens:
                 filling[(_LINK, i)] = link_tokens[name]
-        for i, link_id in enumerate(ids):
-            filling[(_CLICK, i)] = click_url(self._base, link_id, self._secret)
+        links = plan.links
+        if links is not None:
+            for i in range(len(links.urls)):
+                filling[(_CLICK, i)] = click_url(self._base, send_id, links, i, self._secret)
         if opens:
             filling[(_PIXEL, 0)] = open_url(self._base, send_id, self._secret)
         for i, value in enumerate(values):
@@ -313,10 +314,7 @@ class MessagePlans:
                 preheader=preheader,
                 category=self._templates.get(key).meta.category,
             ),
-            links=tuple(
-                TrackedLink(id=link_id, url=url)
-                for link_id, url in zip(ids, plan.link_urls, strict=True)
-            ),
+            links=links,
         )
 
     # -- known renderings: value slots without the real render --------------------
@@ -557,7 +555,7 @@ class MessagePlans:
         keep = _Keep({}, self._slot_text)
         if html != _fill(direct_plan.html, keep) or text != _fill(direct_plan.text, keep):
             return None
-        if direct_plan.link_urls != plan.link_urls:
+        if direct_plan.links != plan.links:
             return None
         return plan
 
@@ -570,13 +568,9 @@ class MessagePlans:
 
     def _plan(self, html: str, text: str, *, opens: bool, clicks: bool) -> _Plan | None:
         """Track ``html`` with slots for the click and pixel URLs; None if unplannable."""
-        counter = iter(range(1 << 30))
 
-        def new_id() -> uuid.UUID:
-            return uuid.UUID(int=next(counter))
-
-        def click_slot(link_id: uuid.UUID) -> str:
-            return self._slot_text(_CLICK, link_id.int)
+        def click_slot(links: LinkSet, number: int) -> str:
+            return self._slot_text(_CLICK, number)
 
         untracked = self._untracked
         tracked = track_html(
@@ -584,9 +578,9 @@ class MessagePlans:
             click_url_of=click_slot if clicks else None,
             pixel_url=self._slot_text(_PIXEL, 0) if opens else None,
             skip=lambda url: url.startswith(untracked),
-            new_id=new_id,
         )
-        if any(self._nonce in link.url for link in tracked.links):
+        links = tracked.links
+        if links is not None and any(self._nonce in url for url in links.urls):
             return None  # a tracked URL carrying a per-message value
         html_filled = self._split(tracked.html)
         text_filled = self._split(text)
@@ -595,7 +589,7 @@ class MessagePlans:
         return _Plan(
             html=html_filled,
             text=text_filled,
-            link_urls=tuple(link.url for link in tracked.links),
+            links=links,
             opens=opens,
             clicks=clicks,
         )

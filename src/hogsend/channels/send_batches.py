@@ -8,7 +8,7 @@ database work for the whole batch together:
 1. ``concurrency`` lanes each take the next request and hand it to a
    :class:`GroupCommit` that decides every request handed in meanwhile in one
    transaction: the addresses' locks, every gate's facts (one statement), rendering and
-   tracking, every decision row and every tracked link (one statement each), one commit.
+   tracking, every decision row and every new link set (one statement each), one commit.
    A message that goes out is committed with its links as ``queued`` before its
    provider call;
 2. the lane calls the provider;
@@ -50,6 +50,7 @@ from hogsend.core.identity import normalize_email
 from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import GateResult, decide
 from hogsend.core.send_windows import recipient_timezone
+from hogsend.core.tracking import LinkSet
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import sends
 from hogsend.errors import (
@@ -307,9 +308,8 @@ async def _decide(
     abandoned: list[uuid.UUID] = []
     deferred: list[tuple[SendRequest, uuid.UUID, GateResult]] = []
     going: list[_Going] = []
-    link_ids: list[uuid.UUID] = []
-    link_sends: list[uuid.UUID] = []
-    link_urls: list[str] = []
+    # A campaign's messages share their link set: each written once per batch.
+    link_sets: dict[uuid.UUID, LinkSet] = {}
     for (index, who, category, list_id), facts_stored in zip(people, stored, strict=True):
         request = requests[index]
         address = who.to_email.lower()
@@ -383,10 +383,8 @@ async def _decide(
                 "detail": dict(result.detail) or None,
             }
         )
-        for link in links:
-            link_ids.append(link.id)
-            link_sends.append(send_id)
-            link_urls.append(link.url)
+        if links is not None:
+            link_sets[links.id] = links
         going.append(
             _Going(
                 index=index,
@@ -403,7 +401,7 @@ async def _decide(
     await sends.insert_attempts(
         conn,
         rows,
-        list(zip(link_ids, link_sends, link_urls, strict=True)),
+        list(link_sets.values()),
         marked=[g.send_id for g in going if not g.started],
     )
     if deferred:

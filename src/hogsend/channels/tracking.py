@@ -2,9 +2,10 @@
 
 Sending (the mailer's tracking step, between render and the provider):
 :func:`tracked_html` rewrites the HTML part's links to signed click URLs and adds the
-open pixel; the mailer records each original URL in ``tracked_links`` and commits that
-before it calls the provider, so a delivered message never carries a link hogsend
-cannot resolve.
+open pixel; the mailer records the message's URLs as a link set in
+``tracked_link_sets`` (once per distinct set: a campaign's messages share one) and
+commits that before it calls the provider, so a delivered message never carries a link
+hogsend cannot resolve.
 
 Hits (the public ``/t/o/{token}`` and ``/t/c/{token}`` routes): :func:`record_open`
 and :func:`record_click` verify the token, lock the send, classify the hit
@@ -28,7 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from hogsend.core.bots import BotRules, Hit, Verdict, classify
 from hogsend.core.ingest import EventInput
 from hogsend.core.tokens import InvalidToken
-from hogsend.core.tracking import TrackedHtml, click_url, open_url, track_html, verify_id
+from hogsend.core.tracking import (
+    LinkSet,
+    SignedClick,
+    TrackedHtml,
+    click_url,
+    link_id,
+    open_url,
+    track_html,
+    verify_click,
+    verify_id,
+)
 from hogsend.db.repos import events as events_repo
 from hogsend.db.repos import outbox
 from hogsend.db.repos import tracking as tracking_repo
@@ -70,8 +81,8 @@ def tracked_html(
     base = settings.public_url
     untracked = tuple(base + path for path in UNTRACKED_PATHS)
 
-    def click_url_of(link_id: uuid.UUID) -> str:
-        return click_url(base, link_id, secret)
+    def click_url_of(links: LinkSet, number: int) -> str:
+        return click_url(base, send_id, links, number, secret)
 
     return track_html(
         html,
@@ -201,6 +212,33 @@ async def record_open(
     return HitOutcome(send_id=send.id, verdict=verdict, event_id=event_id)
 
 
+async def _clicked(
+    session: AsyncSession, signed: SignedClick | uuid.UUID
+) -> tuple[uuid.UUID, str, tracking_repo.ClickedLink, frozenset[uuid.UUID]] | None:
+    """(send id, URL, the link, every link of the message) a genuine token names.
+
+    None for a set or row that does not exist, or a link number past the set's end.
+    """
+    if isinstance(signed, uuid.UUID):  # a message sent before link sets (migration 0017)
+        row = await tracking_repo.get_link(session, signed)
+        if row is None:
+            return None
+        link = tracking_repo.ClickedLink(id=row.id, tracked_link_id=row.id)
+        links = await tracking_repo.message_link_ids(session, row.email_send_id)
+        return row.email_send_id, row.original_url, link, links
+    urls = await tracking_repo.link_set_urls(session, signed.link_set_id)
+    if urls is None or signed.number >= len(urls):
+        return None
+    send_id = signed.send_id
+    link = tracking_repo.ClickedLink(
+        id=link_id(send_id, signed.number),
+        link_set_id=signed.link_set_id,
+        link_number=signed.number,
+    )
+    links = frozenset(link_id(send_id, number) for number in range(len(urls)))
+    return send_id, urls[signed.number], link, links
+
+
 async def record_click(
     session: AsyncSession,
     *,
@@ -218,20 +256,20 @@ async def record_click(
     the request can change where a click goes.
     """
     try:
-        link_id = verify_id("click", token, secret)
+        signed = verify_click(token, secret)
     except InvalidToken:
         return None
-    link = await tracking_repo.get_link(session, link_id)
-    if link is None:
+    clicked = await _clicked(session, signed)
+    if clicked is None:
         return None
-    send = await tracking_repo.lock_send(session, link.email_send_id)
+    send_id, url, link, message_links = clicked
+    send = await tracking_repo.lock_send(session, send_id)
     if send is None:
         return None
     if _over_cap(send, settings):
-        return HitOutcome(send_id=send.id, verdict=OVER_CAP, url=link.original_url, stored=False)
+        return HitOutcome(send_id=send.id, verdict=OVER_CAP, url=url, stored=False)
     rules = bot_rules(settings)
     since = send.now - rules.all_links_span
-    message_links = await tracking_repo.message_link_ids(session, send.id)
     recent: tuple[tuple[uuid.UUID, datetime], ...] = ()
     if len(message_links) >= rules.all_links_min:
         recent = await tracking_repo.recent_clicks(session, send.id, since)
@@ -262,6 +300,6 @@ async def record_click(
     )
     event_id = None
     if _wants_event(verdict, first=send.clicked_at is None, settings=settings):
-        extra = {"url": link.original_url, "linkId": str(link.id)}
+        extra = {"url": url, "linkId": str(link.id)}
         event_id = await _emit(session, send, EMAIL_CLICKED, verdict, extra, notify)
-    return HitOutcome(send_id=send.id, verdict=verdict, event_id=event_id, url=link.original_url)
+    return HitOutcome(send_id=send.id, verdict=verdict, event_id=event_id, url=url)

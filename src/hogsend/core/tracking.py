@@ -1,22 +1,28 @@
-"""Open and click tracking without I/O: signed tracking ids and the HTML rewrite.
+"""Open and click tracking without I/O: signed tracking tokens and the HTML rewrite.
 
-A tracking token names one row (an ``email_sends`` id for the open pixel, a
-``tracked_links`` id for a click) and proves that hogsend minted it: it is the 16 bytes
-of the id followed by the first 16 bytes of HMAC-SHA256 over a per-kind tag and the id,
-base64url without padding (43 characters). The tag makes an open token useless as a
-click token and vice versa. Ids are random UUIDs, so the token is unguessable twice
-over, and the redirect target is never in the token: a click goes only to the URL
-recorded for the link when the message was sent.
+An open token names one ``email_sends`` row and proves that hogsend minted it: the 16
+bytes of the id followed by the first 16 bytes of HMAC-SHA256 over a per-kind tag and
+the id, base64url without padding (43 characters).
+
+A click token names one link of one message: the send's id, the id of the message's
+:class:`LinkSet` (its tracked URLs in order, stored once in ``tracked_link_sets`` for
+every message with the same URLs) and the link's number in it, followed by the MAC of
+all three (67 characters). The redirect target is never in the token: a click goes
+only to the URL the set recorded before the message was sent, and changing the send,
+the set or the number breaks the MAC. Click tokens made before migration 0017 are 43
+characters naming a ``tracked_links`` row, and still verify (:func:`verify_click`).
+Each kind has its own MAC tag, so no token stands in for another kind's.
 
 :func:`track_html` rewrites every ``http(s)`` ``href`` of ``<a>`` and ``<area>`` tags
-(parsed, so any quoting and entity-encoded URLs work) to a click URL, one link per
-distinct URL, and adds the open pixel before ``</body>``.
+(parsed, so any quoting and entity-encoded URLs work) to a click URL, one link number
+per distinct URL, and adds the open pixel before ``</body>``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import html as html_lib
 import re
@@ -37,11 +43,18 @@ TRACK_ATTRIBUTE = "data-hogsend-track"
 removed from the message either way)."""
 
 TOKEN_LENGTH = 43
+"""An open token's length (and a click token's from before migration 0017)."""
+CLICK_TOKEN_LENGTH = 67
+"""A click token's length: send id, link set id, link number (2 bytes) and the MAC."""
+MAX_LINKS = 1 << 16
+"""Distinct URLs tracked per message (a link number is 2 bytes); later ones stay as they are."""
 _MAC_BYTES = 16
 _TAGS: dict[TrackingKind, bytes] = {
     "open": b"hogsend.track.open:",
     "click": b"hogsend.track.click:",
 }
+_LINK_TAG = b"hogsend.track.link:"
+_CLICK_PAYLOAD = 16 + 16 + 2
 
 
 def _b64(data: bytes) -> str:
@@ -64,16 +77,7 @@ def verify_id(kind: TrackingKind, token: str, secret: bytes) -> uuid.UUID:
         InvalidToken: not a token of that kind signed with ``secret`` (any change to
             any character, another kind's token, another key, bad length or alphabet).
     """
-    if len(token) != TOKEN_LENGTH:
-        raise InvalidToken("malformed tracking token")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=")
-    except (binascii.Error, ValueError):
-        raise InvalidToken("malformed tracking token") from None
-    # The last character carries two spare bits: only the canonical spelling is valid,
-    # so exactly one string names each id.
-    if len(raw) != 16 + _MAC_BYTES or _b64(raw) != token:
-        raise InvalidToken("malformed tracking token")
+    raw = _decode(token, TOKEN_LENGTH, 16 + _MAC_BYTES)
     ident = uuid.UUID(bytes=raw[:16])
     # compare_digest: the time taken must not reveal how much of a forgery matched.
     if not hmac.compare_digest(raw[16:], _mac(kind, ident, secret)):
@@ -81,14 +85,107 @@ def verify_id(kind: TrackingKind, token: str, secret: bytes) -> uuid.UUID:
     return ident
 
 
+def _decode(token: str, length: int, size: int) -> bytes:
+    if len(token) != length:
+        raise InvalidToken("malformed tracking token")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-length % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed tracking token") from None
+    # The last character carries spare bits: only the canonical spelling is valid, so
+    # exactly one string names each id.
+    if len(raw) != size or _b64(raw) != token:
+        raise InvalidToken("malformed tracking token")
+    return raw
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSet:
+    """The tracked URLs of a message in order, named by their content.
+
+    Every message with the same URLs (a campaign's, a template's) shares one set, so
+    storing it once serves them all; a click token names the set and a link number.
+    """
+
+    id: uuid.UUID
+    urls: tuple[str, ...]
+
+
+def link_set(urls: tuple[str, ...]) -> LinkSet:
+    """The set of ``urls``: its id is the first 16 bytes of SHA-256 over them.
+
+    Each URL is length-prefixed, so no two lists hash the same input.
+    """
+    digest = hashlib.sha256()
+    for url in urls:
+        data = url.encode()
+        digest.update(len(data).to_bytes(4, "big"))
+        digest.update(data)
+    return LinkSet(id=uuid.UUID(bytes=digest.digest()[:16]), urls=urls)
+
+
+def link_id(send_id: uuid.UUID, number: int) -> uuid.UUID:
+    """The id of link ``number`` of one message (``linkId`` of ``email.clicked``).
+
+    Derived, not stored: one per link per message, as each link's row id was before
+    link sets.
+    """
+    return uuid.uuid5(send_id, str(number))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedClick:
+    """What a genuine click token names: link ``number`` of ``link_set_id``, in one send."""
+
+    send_id: uuid.UUID
+    link_set_id: uuid.UUID
+    number: int
+
+
+def _click_payload(send_id: uuid.UUID, link_set_id: uuid.UUID, number: int) -> bytes:
+    return send_id.bytes + link_set_id.bytes + number.to_bytes(2, "big")
+
+
+def sign_click(send_id: uuid.UUID, link_set_id: uuid.UUID, number: int, secret: bytes) -> str:
+    """The click token of link ``number`` of a set, in the message of ``send_id``."""
+    payload = _click_payload(send_id, link_set_id, number)
+    return _b64(payload + hmac_sha256(secret, _LINK_TAG + payload)[:_MAC_BYTES])
+
+
+def verify_click(token: str, secret: bytes) -> SignedClick | uuid.UUID:
+    """What a genuine click token names.
+
+    A :class:`SignedClick`, or for a token made before migration 0017 the id of its
+    ``tracked_links`` row. Whether the set has that many links is the caller's check.
+
+    Raises:
+        InvalidToken: not a click token signed with ``secret`` (as :func:`verify_id`).
+    """
+    if len(token) == TOKEN_LENGTH:
+        return verify_id("click", token, secret)
+    raw = _decode(token, CLICK_TOKEN_LENGTH, _CLICK_PAYLOAD + _MAC_BYTES)
+    payload = raw[:_CLICK_PAYLOAD]
+    if not hmac.compare_digest(
+        raw[_CLICK_PAYLOAD:], hmac_sha256(secret, _LINK_TAG + payload)[:_MAC_BYTES]
+    ):
+        raise InvalidToken("bad tracking token signature")
+    return SignedClick(
+        send_id=uuid.UUID(bytes=payload[:16]),
+        link_set_id=uuid.UUID(bytes=payload[16:32]),
+        number=int.from_bytes(payload[32:], "big"),
+    )
+
+
 def open_url(public_url: str, send_id: uuid.UUID, secret: bytes) -> str:
     """The open pixel's URL for one send."""
     return f"{public_url}{OPEN_PATH}{sign_id('open', send_id, secret)}"
 
 
-def click_url(public_url: str, link_id: uuid.UUID, secret: bytes) -> str:
-    """The click URL of one tracked link."""
-    return f"{public_url}{CLICK_PATH}{sign_id('click', link_id, secret)}"
+def click_url(
+    public_url: str, send_id: uuid.UUID, links: LinkSet, number: int, secret: bytes
+) -> str:
+    """The click URL of link ``number`` of ``links`` in the message of ``send_id``."""
+    return f"{public_url}{CLICK_PATH}{sign_click(send_id, links.id, number, secret)}"
 
 
 def is_trackable(url: str) -> bool:
@@ -98,24 +195,17 @@ def is_trackable(url: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TrackedLink:
-    """One distinct URL of a message and the id its click URL names."""
-
-    id: uuid.UUID
-    url: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class TrackedHtml:
     """A message's HTML after tracking, and the links to record before it is sent.
 
     Attributes:
         html: the HTML to send.
-        links: one entry per distinct rewritten URL, in order of first appearance.
+        links: the distinct rewritten URLs in order of first appearance (link number =
+            position); None when no link was rewritten.
     """
 
     html: str
-    links: tuple[TrackedLink, ...]
+    links: LinkSet | None
 
 
 # One pass finds link start tags, stepping over the parts of a document whose "<a"
@@ -167,25 +257,27 @@ def _pixel(url: str) -> str:
 def track_html(
     source: str,
     *,
-    click_url_of: Callable[[uuid.UUID], str] | None,
+    click_url_of: Callable[[LinkSet, int], str] | None,
     pixel_url: str | None,
     skip: Callable[[str], bool] = lambda url: False,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> TrackedHtml:
     """Rewrite the links of ``source`` and add the open pixel.
 
     Args:
         source: the rendered HTML part.
-        click_url_of: the click URL of a link id; None leaves every link as it is.
+        click_url_of: the click URL of a link number of the message's set; None leaves
+            every link as it is.
         pixel_url: the open pixel's URL; None adds no pixel.
         skip: URLs to leave alone (the unsubscribe and preference links).
-        new_id: makes the id of each distinct URL (random in production).
 
     Links inside HTML comments (Outlook's conditional blocks) are not seen and stay as
-    they are; so do non-http(s) links and any tag marked ``data-hogsend-track="off"``.
+    they are; so do non-http(s) links, any tag marked ``data-hogsend-track="off"`` and
+    distinct URLs past :data:`MAX_LINKS`.
     """
-    links: dict[str, TrackedLink] = {}
-    edits: list[tuple[int, int, str]] = []
+    numbers: dict[str, int] = {}
+    # (start, end, tag name, attributes, self-closing, (href index, link number) or None)
+    edits: list[tuple[int, int, str, list[tuple[str, str | None]], bool, tuple[int, int] | None]]
+    edits = []
     lowered = source.lower()
     if (click_url_of is not None and "href" in lowered) or TRACK_ATTRIBUTE in lowered:
         parser = _TagAttributes()
@@ -200,27 +292,32 @@ def track_html(
                 for key, value in attrs
             )
             attrs = [(key, value) for key, value in attrs if key != TRACK_ATTRIBUTE]
-            changed = marked
+            link: tuple[int, int] | None = None
             if click_url_of is not None and not off:
                 for index, (key, value) in enumerate(attrs):
                     if key != "href" or value is None:
                         continue
                     url = value.strip()  # browsers strip it too before following
                     if is_trackable(url) and not skip(url):
-                        link = links.get(url)
-                        if link is None:
-                            link = links[url] = TrackedLink(id=new_id(), url=url)
-                        attrs[index] = (key, click_url_of(link.id))
-                        changed = True
+                        number = numbers.get(url)
+                        if number is None and len(numbers) < MAX_LINKS:
+                            number = numbers[url] = len(numbers)
+                        if number is not None:
+                            link = (index, number)
                     break  # browsers follow the first href only
-            if changed:
+            if marked or link is not None:
                 name = tag[1:].split(None, 1)[0].split("/", 1)[0].rstrip(">")
-                rebuilt = _start_tag(name, attrs, tag.rstrip("> \t\r\n").endswith("/"))
-                edits.append((match.start(), match.end(), rebuilt))
+                closed = tag.rstrip("> \t\r\n").endswith("/")
+                edits.append((match.start(), match.end(), name, attrs, closed, link))
+    # The click URLs name the set, known once every link is found.
+    links = link_set(tuple(numbers)) if numbers else None
     out: list[str] = []
     position = 0
-    for start, end, replacement in edits:
-        out += [source[position:start], replacement]
+    for start, end, name, attrs, closed, link in edits:
+        if link is not None and links is not None and click_url_of is not None:
+            index, number = link
+            attrs[index] = ("href", click_url_of(links, number))
+        out += [source[position:start], _start_tag(name, attrs, closed)]
         position = end
     out.append(source[position:])
     result = "".join(out)
@@ -231,7 +328,7 @@ def track_html(
             result += pixel
         else:
             result = result[:body_end] + pixel + result[body_end:]
-    return TrackedHtml(html=result, links=tuple(links.values()))
+    return TrackedHtml(html=result, links=links)
 
 
 _OPEN_PIXEL = re.compile(

@@ -21,6 +21,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
+from hogsend.core.tracking import LinkSet
 from hogsend.db.engine import driver_connection
 from hogsend.db.repos.contacts import CONTACT_COLUMNS, rows_to_json, to_json
 
@@ -278,25 +279,24 @@ _INSERT_ATTEMPT_FAST = text(
 )
 
 
-async def insert_links_fast(
-    session: AsyncSession, send_id: uuid.UUID, ids: Sequence[uuid.UUID], urls: Sequence[str]
-) -> None:
-    """Record the tracked links of a ``queued`` attempt, committing without a WAL flush.
+async def insert_link_set_fast(session: AsyncSession, links: LinkSet) -> None:
+    """Record the link set of a ``queued`` attempt, committing without a WAL flush.
 
-    What ``hogsend.db.repos.tracking.insert_links`` writes, for the mailer's hot path:
-    the outcome's durable commit that follows flushes these rows too, and a crash of
-    our process in between (the usual one) loses nothing: the commit reached Postgres.
+    Content-addressed, so a set stored before (by any message with the same URLs) is
+    left as it is and the statement writes nothing. Committed without a flush for the
+    mailer's hot path: the outcome's durable commit that follows flushes the row too,
+    and a crash of our process in between (the usual one) loses nothing: the commit
+    reached Postgres.
     """
-    if ids:
-        await session.execute(_INSERT_LINKS_FAST, {"send_id": send_id, "ids": ids, "urls": urls})
+    await session.execute(_INSERT_LINK_SET_FAST, {"id": links.id, "urls": list(links.urls)})
 
 
-_INSERT_LINKS_FAST = text(
+_INSERT_LINK_SET_FAST = text(
     """
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v)
-    INSERT INTO tracked_links (id, email_send_id, original_url)
-    SELECT l.id, :send_id, l.url
-    FROM cfg, unnest(CAST(:ids AS uuid[]), CAST(:urls AS text[])) AS l(id, url)
+    INSERT INTO tracked_link_sets (id, urls)
+    SELECT CAST(:id AS uuid), CAST(:urls AS text[]) FROM cfg
+    ON CONFLICT (id) DO NOTHING
     """
 )
 
@@ -403,7 +403,8 @@ _ABANDON = text(
             AND id IN (SELECT email_send_id FROM marked)
         RETURNING id
     ), unused_links AS (
-        -- No foreign key cascades to them (migration 0016): the links go with their row.
+        -- Links recorded per message (before migration 0017) have no foreign key to
+        -- cascade (migration 0016): they go with their row. Link sets are shared: kept.
         DELETE FROM tracked_links WHERE email_send_id IN (SELECT id FROM never_started)
     )
     UPDATE email_sends SET decision = 'provider_error', status = 'failed',
@@ -927,13 +928,14 @@ async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> 
 async def insert_attempts(
     conn: AsyncConnection,
     rows: Sequence[dict[str, Any]],
-    links: Sequence[tuple[uuid.UUID, uuid.UUID, str]] = (),
+    link_sets: Sequence[LinkSet] = (),
     marked: Sequence[uuid.UUID] = (),
 ) -> None:
-    """Write many decision rows, and their tracked links, in one statement.
+    """Write many decision rows, and the link sets of their messages, in one statement.
 
-    Each row dict names its own ``id``; ``links`` are (link id, send id, URL) as
-    ``hogsend.db.repos.tracking.insert_links`` writes them.
+    Each row dict names its own ``id``; ``link_sets`` are those of the messages going
+    out, each once (a set stored before is left as it is, as
+    :func:`insert_link_set_fast`).
 
     The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
     ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
@@ -959,14 +961,13 @@ async def insert_attempts(
                 # Rows the mailer built (ids, strings, gate details): orjson, in C.
                 "rows": rows_to_json(list(rows)),
                 "marked": [str(m) for m in marked],
-                "link_ids": [link[0] for link in links],
-                "link_sends": [link[1] for link in links],
-                "link_urls": [link[2] for link in links],
+                "link_sets": rows_to_json(
+                    [{"id": str(links.id), "urls": links.urls} for links in link_sets]
+                ),
             },
         )
 
 
-# The links' foreign key is checked at the end of the statement, when the rows are in.
 _INSERT_ATTEMPTS = text(
     """
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
@@ -974,10 +975,12 @@ _INSERT_ATTEMPTS = text(
         INSERT INTO email_send_marks (email_send_id)
         SELECT unnest(CAST(:marked AS uuid[]))
     ),
-    links AS (
-        INSERT INTO tracked_links (id, email_send_id, original_url)
-        SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
-                             CAST(:link_urls AS text[]))
+    link_sets AS (
+        INSERT INTO tracked_link_sets (id, urls)
+        SELECT l.id, l.urls FROM jsonb_to_recordset(CAST(:link_sets AS jsonb)) AS l(
+            id uuid, urls text[]
+        )
+        ON CONFLICT (id) DO NOTHING
     )
     INSERT INTO email_sends (
         id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,

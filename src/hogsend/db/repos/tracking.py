@@ -1,27 +1,32 @@
 """Tracked links, open and click hits, and the engagement counters of ``email_sends``.
 
+A message's links are a set in ``tracked_link_sets`` (shared by every message with the
+same URLs, written by the mailer: ``hogsend.db.repos.sends``); messages sent before
+migration 0017 have a ``tracked_links`` row per link instead, still resolved here.
+
 Functions take the caller's session and never commit. A hit locks its send's row
 (:func:`lock_send`) for the rest of its transaction, so hits on one message are
 recorded one after another: the first-open and first-click stamps, the counters and
 the all-links check each see every earlier hit.
 
-Counters (``email_sends.open_count``/``click_count``, ``tracked_links.click_count``),
-the ``opened_at``/``clicked_at``/``first_clicked_at`` stamps and the status progression
-(sent → opened → clicked) count people only; every hit, people's and bots', is a row of
-``email_opens`` or ``link_clicks`` with ``is_bot`` and ``bot_reason``.
+Counters (``email_sends.open_count``/``click_count``, and ``tracked_links.click_count``
+for the links that have a row), the ``opened_at``/``clicked_at``/``first_clicked_at``
+stamps and the status progression (sent → opened → clicked) count people only; every
+hit, people's and bots', is a row of ``email_opens`` or ``link_clicks`` with ``is_bot``
+and ``bot_reason``. A shared set keeps no counter (one hot row for a whole campaign):
+its links' clicks are counted from ``link_clicks``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hogsend.core.tracking import TrackedLink
+from hogsend.core.tracking import link_id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,27 +55,25 @@ class TrackedSend:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredLink:
-    """A ``tracked_links`` row: where a click on it goes."""
+    """A ``tracked_links`` row (a message sent before migration 0017): where a click goes."""
 
     id: uuid.UUID
     email_send_id: uuid.UUID
     original_url: str
 
 
-async def insert_links(
-    session: AsyncSession, send_id: uuid.UUID, links: Sequence[TrackedLink]
-) -> None:
-    """Record the links of one message (ids chosen by the caller, URLs as sent)."""
-    if not links:
-        return
-    await session.execute(
-        text(
-            "INSERT INTO tracked_links (id, email_send_id, original_url)"
-            " SELECT l.id, :send_id, l.url"
-            " FROM unnest(CAST(:ids AS uuid[]), CAST(:urls AS text[])) AS l(id, url)"
-        ),
-        {"send_id": send_id, "ids": [link.id for link in links], "urls": [x.url for x in links]},
-    )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClickedLink:
+    """The link a click is recorded on: its ``tracked_links`` row, or its set and number.
+
+    Attributes:
+        id: the link's id (the row's, or ``hogsend.core.tracking.link_id`` of its number).
+    """
+
+    id: uuid.UUID
+    tracked_link_id: uuid.UUID | None = None
+    link_set_id: uuid.UUID | None = None
+    link_number: int | None = None
 
 
 async def lock_send(session: AsyncSession, send_id: uuid.UUID) -> TrackedSend | None:
@@ -107,8 +110,16 @@ async def get_link(session: AsyncSession, link_id: uuid.UUID) -> StoredLink | No
     return None if row is None else StoredLink(**row._mapping)
 
 
+async def link_set_urls(session: AsyncSession, link_set_id: uuid.UUID) -> tuple[str, ...] | None:
+    """The URLs of a link set in link-number order, if it exists."""
+    urls = await session.scalar(
+        text("SELECT urls FROM tracked_link_sets WHERE id = :id"), {"id": link_set_id}
+    )
+    return None if urls is None else tuple(urls)
+
+
 async def message_link_ids(session: AsyncSession, send_id: uuid.UUID) -> frozenset[uuid.UUID]:
-    """Every tracked link of one message."""
+    """Every ``tracked_links`` row of one message (sent before migration 0017)."""
     rows = await session.execute(
         text("SELECT id FROM tracked_links WHERE email_send_id = :s"), {"s": send_id}
     )
@@ -121,12 +132,14 @@ async def recent_clicks(
     """(link id, when) of the message's clicks since ``since``, people's and bots'."""
     rows = await session.execute(
         text(
-            "SELECT tracked_link_id, clicked_at FROM link_clicks"
+            "SELECT tracked_link_id, link_number, clicked_at FROM link_clicks"
             " WHERE email_send_id = :s AND clicked_at >= :since"
         ),
         {"s": send_id, "since": since},
     )
-    return tuple((row.tracked_link_id, row.clicked_at) for row in rows)
+    return tuple(
+        (row.tracked_link_id or link_id(send_id, row.link_number), row.clicked_at) for row in rows
+    )
 
 
 async def add_open(
@@ -175,21 +188,24 @@ async def add_open(
 async def add_click(
     session: AsyncSession,
     send: TrackedSend,
-    link: StoredLink,
+    link: ClickedLink,
     *,
     ip_address: str | None,
     user_agent: str | None,
     is_bot: bool,
     bot_reason: str | None,
 ) -> None:
-    """Record one click; a person's also counts on the link and the send, and moves status."""
+    """Record one click; a person's also counts on the send (and a link's row), moves status."""
     await session.execute(
         text(
-            "INSERT INTO link_clicks (tracked_link_id, email_send_id, ip_address, user_agent,"
-            " is_bot, bot_reason, clicked_at) VALUES (:l, :s, :ip, :ua, :bot, :reason, :at)"
+            "INSERT INTO link_clicks (tracked_link_id, link_set_id, link_number, email_send_id,"
+            " ip_address, user_agent, is_bot, bot_reason, clicked_at)"
+            " VALUES (:l, :set, :n, :s, :ip, :ua, :bot, :reason, :at)"
         ),
         {
-            "l": link.id,
+            "l": link.tracked_link_id,
+            "set": link.link_set_id,
+            "n": link.link_number,
             "s": send.id,
             "ip": ip_address,
             "ua": user_agent,
@@ -200,14 +216,15 @@ async def add_click(
     )
     if is_bot:
         return
-    await session.execute(
-        text(
-            "UPDATE tracked_links SET click_count = click_count + 1,"
-            " first_clicked_at = coalesce(first_clicked_at, :at), updated_at = :at"
-            " WHERE id = :l"
-        ),
-        {"l": link.id, "at": send.now},
-    )
+    if link.tracked_link_id is not None:
+        await session.execute(
+            text(
+                "UPDATE tracked_links SET click_count = click_count + 1,"
+                " first_clicked_at = coalesce(first_clicked_at, :at), updated_at = :at"
+                " WHERE id = :l"
+            ),
+            {"l": link.tracked_link_id, "at": send.now},
+        )
     await session.execute(
         text(
             """

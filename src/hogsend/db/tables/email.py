@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, Text, func, text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hogsend.db.tables.base import Base, Timestamps, uuid_pk
@@ -284,14 +284,30 @@ class WebhookReceipt(Base):
     received_at: Mapped[datetime] = mapped_column(server_default=func.now(), index=True)
 
 
-class TrackedLink(Timestamps, Base):
-    """One http(s) URL of one sent message; a click redirects only to ``original_url``.
+class TrackedLinkSet(Base):
+    """The tracked URLs of a message in order, stored once for every message that has them.
 
-    No foreign key to ``email_sends`` (migration 0016): the mailer writes a message's links
-    in the statement or transaction that writes its send row, and the one statement that
-    deletes sends (``sends.abandon``, attempts that never reached a provider) deletes
-    their links with them. The key's check cost a trigger query and a lock on the send's
-    row for every link of every message.
+    Content-addressed: ``id`` is the first 16 bytes of SHA-256 over the URLs
+    (``hogsend.core.tracking.link_set``), so a campaign's messages, or a template's
+    with the same links, share one row. A click token signs (send id, set id, link
+    number), so a click goes only to ``urls[number]`` and is counted on its own send
+    (migration 0017). Nothing deletes a set: any message may still carry it.
+    """
+
+    __tablename__ = "tracked_link_sets"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    urls: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class TrackedLink(Timestamps, Base):
+    """One http(s) URL of one message sent before migration 0017 (now: link sets).
+
+    Kept so that the click tokens of those messages (which name these rows) still
+    redirect and count. No foreign key to ``email_sends`` (migration 0016); the one
+    statement that deletes sends (``sends.abandon``, attempts that never reached a
+    provider) deletes their links with them.
     """
 
     __tablename__ = "tracked_links"
@@ -304,14 +320,29 @@ class TrackedLink(Timestamps, Base):
 
 
 class LinkClick(Base):
-    """One hit on a tracked link, flagged when it looks like a scanner rather than a person."""
+    """One hit on a tracked link, flagged when it looks like a scanner rather than a person.
+
+    The link is link ``link_number`` of the set ``link_set_id`` (the URL:
+    ``tracked_link_sets.urls[link_number + 1]``), or for a message sent before migration
+    0017 its ``tracked_links`` row: exactly one of the two.
+    """
 
     __tablename__ = "link_clicks"
+    __table_args__ = (
+        CheckConstraint(
+            "(tracked_link_id IS NULL) = (link_set_id IS NOT NULL)"
+            " AND (link_set_id IS NULL) = (link_number IS NULL)",
+            name="link",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = uuid_pk()
-    tracked_link_id: Mapped[uuid.UUID] = mapped_column(
+    tracked_link_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("tracked_links.id", ondelete="CASCADE"), index=True
     )
+    # No foreign key: sets are never deleted, and a check per click buys nothing.
+    link_set_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    link_number: Mapped[int | None] = mapped_column(Integer)
     email_send_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("email_sends.id", ondelete="CASCADE"), index=True
     )
