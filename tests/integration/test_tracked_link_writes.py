@@ -109,7 +109,7 @@ async def test_abandoning_a_send_that_never_started_deletes_its_old_links(
     assert list(await _sets(engine)) == [CAMPAIGN.id]
 
 
-def test_the_link_set_migration_keeps_old_links_and_its_downgrade_drops_set_clicks(
+def test_the_migration_keeps_old_links_and_its_downgrade_drops_set_clicks(
     empty_database_url: str,
 ) -> None:
     migrate.upgrade(empty_database_url, "0016_tracked_link_send_key")
