@@ -426,10 +426,15 @@ async def _mail_transaction(
     Each command is written on the connection's protocol and its reply read there, as
     aiosmtplib's ``execute_command`` does, without its per-command lock (the pool lends
     a connection to one send at a time), injection scan (the arguments are checked
-    above) and timer per reply: one deadline for the transaction, pushed back to
-    ``client.timeout`` from now before each command, bounds every reply as before. A
-    reply that times out, a lost connection and 421 close the connection, as
+    above) and timer per reply: one deadline for the transaction bounds every reply.
+    It is moved only when fewer than ``client.timeout`` seconds are left before a
+    command, and then to ``client.timeout`` plus a tenth of it (at most a second) from
+    now: each reply still gets its full timeout and at most that slack more, and a
+    transaction shorter than the slack sets its timer once instead of once per command.
+    A reply that times out, a lost connection and 421 close the connection, as
     ``execute_command`` does.
+    When the gate has already opened as the message is written, the message and its
+    ending line go out in one write.
     """
     protocol = client.protocol
     if protocol is None:
@@ -439,12 +444,16 @@ async def _mail_transaction(
         options += b" " + option.encode("ascii")
     loop = asyncio.get_running_loop()
     timeout = client.timeout
+    slack = min(timeout / 10, _DEADLINE_SLACK) if timeout is not None else 0.0
     try:
         async with asyncio.timeout(None) as deadline:
 
             async def reply(line: bytes) -> aiosmtplib.SMTPResponse:
                 if timeout is not None:
-                    deadline.reschedule(loop.time() + timeout)
+                    now = loop.time()
+                    when = deadline.when()
+                    if when is None or when < now + timeout:
+                        deadline.reschedule(now + timeout + slack)
                 protocol.write(line)
                 return await protocol.read_response()
 
@@ -466,7 +475,7 @@ async def _mail_transaction(
                 # aiosmtplib's data() does; most messages have none, so look first.
                 if data.startswith(b".") or b"\n." in data:
                     data = _LEADING_DOT.sub(b"..", data)
-                if gate is None:
+                if gate is None or _opened(gate):
                     response = await reply(data + b".\r\n")
                 else:
                     # The server accepts a message at its ending line: until then
@@ -511,6 +520,19 @@ async def _mail_transaction(
 
 # A line starting with a dot gets one more (RFC 5321 4.5.2), as aiosmtplib's data() does.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+_DEADLINE_SLACK = 1.0
+"""Most seconds a reply's deadline may lie past its timeout (see :func:`_mail_transaction`)."""
+
+
+def _opened(gate: Awaitable[bool]) -> bool:
+    """Whether ``gate`` is a future that has already given True (nothing to wait for)."""
+    return (
+        isinstance(gate, asyncio.Future)
+        and gate.done()
+        and not gate.cancelled()
+        and gate.exception() is None
+        and gate.result() is True
+    )
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:
