@@ -247,7 +247,9 @@ class SmtpProvider:
         username: AUTH user; no AUTH when None.
         password: AUTH password.
         pool_size: most connections open at once (and most concurrent sends).
-        timeout: seconds for connecting and for each command.
+        timeout: seconds for connecting and for each command (a reply in the mail
+            transaction may get up to a tenth more, at most a second: see
+            :func:`_mail_transaction`).
         tls_context: the SSL context (e.g. trusting a private CA); default: system CAs.
 
     Replies 4xx, lost connections and timeouts raise TransientProviderError; 5xx replies
