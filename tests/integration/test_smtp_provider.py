@@ -466,22 +466,26 @@ async def test_a_gate_already_open_lets_the_message_end_in_the_same_write(
     # ungated send. A gate still closed when the message is written costs a fifth.
     writes: list[bytes] = []
     write = aiosmtplib.protocol.SMTPProtocol.write
+    loop = asyncio.get_running_loop()
+    later: asyncio.Future[bool] = loop.create_future()
 
     def counted(self: aiosmtplib.protocol.SMTPProtocol, data: bytes) -> None:
         writes.append(data)
         write(self, data)
+        if later_sent and len(writes) == 4:
+            later.set_result(True)  # opened once the message is out, before its end
 
+    later_sent = False
     provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
     await provider.send(message(idempotency_key="connect"))
     monkeypatch.setattr(aiosmtplib.protocol.SMTPProtocol, "write", counted)
-    opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    opened: asyncio.Future[bool] = loop.create_future()
     opened.set_result(True)
     await provider.send_gated(message(idempotency_key="open"), opened)
     assert len(writes) == 4
     assert writes[-1].endswith(b"\r\n.\r\n")
     writes.clear()
-    later: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_later(0.05, later.set_result, True)
+    later_sent = True
     await provider.send_gated(message(idempotency_key="later"), later)
     assert len(writes) == 5
     assert writes[-1] == b".\r\n"
