@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+import aiosmtplib.protocol
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
@@ -456,6 +457,40 @@ async def test_a_gated_message_is_accepted_only_once_its_gate_opens(plain: Serve
     await provider.aclose()
     assert provider.connections_opened == 1
     assert len(plain.sink.messages) == 2
+
+
+async def test_a_gate_already_open_lets_the_message_end_in_the_same_write(
+    plain: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MAIL, RCPT, DATA, then the message with its ending line: four writes, as an
+    # ungated send. A gate still closed when the message is written costs a fifth.
+    writes: list[bytes] = []
+    write = aiosmtplib.protocol.SMTPProtocol.write
+    loop = asyncio.get_running_loop()
+    later: asyncio.Future[bool] = loop.create_future()
+
+    def counted(self: aiosmtplib.protocol.SMTPProtocol, data: bytes) -> None:
+        writes.append(data)
+        write(self, data)
+        if later_sent and len(writes) == 4:
+            later.set_result(True)  # opened once the message is out, before its end
+
+    later_sent = False
+    provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
+    await provider.send(message(idempotency_key="connect"))
+    monkeypatch.setattr(aiosmtplib.protocol.SMTPProtocol, "write", counted)
+    opened: asyncio.Future[bool] = loop.create_future()
+    opened.set_result(True)
+    await provider.send_gated(message(idempotency_key="open"), opened)
+    assert len(writes) == 4
+    assert writes[-1].endswith(b"\r\n.\r\n")
+    writes.clear()
+    later_sent = True
+    await provider.send_gated(message(idempotency_key="later"), later)
+    assert len(writes) == 5
+    assert writes[-1] == b".\r\n"
+    await provider.aclose()
+    assert len(plain.sink.messages) == 3
 
 
 @pytest.mark.parametrize("closing", ["false", "error"])

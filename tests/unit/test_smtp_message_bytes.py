@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
+import re
 from email.message import EmailMessage
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hogsend.channels.email.message import OutgoingEmail
-from hogsend.channels.email.smtp import build_mime, message_bytes
+from hogsend.channels.email.smtp import (
+    _address_header,
+    _header_line,
+    _headers,
+    build_mime,
+    message_bytes,
+)
 
 LONG_URL = "https://mail.example.test/v1/email/one-click?token=" + "x" * 300
 
@@ -282,3 +293,92 @@ def test_the_date_header_is_now() -> None:
         sent = parsedate_to_datetime(parsed["Date"]).timestamp()
         assert before <= sent <= after
         assert b" GMT\r\n" in data
+
+
+# -- the writer against the one it replaced ----------------------------------------------
+# Session 10 moved the parts to bytes (one encoding per part, the line limit counted in
+# octets directly). The writer below is the text-based one it replaced, kept here to
+# show that every message is written to the same bytes.
+
+
+def _reference_part(body: str, subtype: str, eight_bit: bool) -> list[str]:
+    if "\r" in body:
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not body.endswith("\n"):
+        body += "\n"
+    lines = body[:-1].split("\n")
+    longest = max(map(len, lines))
+    if "\x00" in body:
+        encoding = "quoted-printable"
+    elif body.isascii() and longest <= 998:
+        encoding = "7bit"
+    elif eight_bit and max(len(line.encode()) for line in lines) <= 998:
+        encoding = "8bit"
+    else:
+        encoding = "quoted-printable"
+    if encoding == "quoted-printable":
+        text = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")[:-1]
+    else:
+        text = body[:-1]
+    return [
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        f"Content-Transfer-Encoding: {encoding}",
+        "",
+        text.replace("\n", "\r\n"),
+    ]
+
+
+_ADDRESSES = ("From", "To", "Reply-To")
+
+
+def _reference_bytes(message: OutgoingEmail, boundary: str, eight_bit: bool) -> bytes:
+    lines = [
+        _header_line(name, _address_header(value) or "" if name in _ADDRESSES else value)
+        for name, value in _headers(message, message.message_id())
+    ]
+    lines.append("MIME-Version: 1.0")
+    parts = [(b, s) for b, s in ((message.text, "plain"), (message.html, "html")) if b is not None]
+    if len(parts) == 2:
+        lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+        lines.append("")
+        for body, subtype in parts:
+            lines.append(f"--{boundary}")
+            lines.extend(_reference_part(body, subtype, eight_bit))
+            lines.append("")
+        lines.append(f"--{boundary}--")
+    else:
+        lines.extend(_reference_part(parts[0][0], parts[0][1], eight_bit))
+    lines.append("")
+    return "\r\n".join(lines).encode("utf-8")
+
+
+# Pieces that move the writer's choices: line breaks of each kind, NUL, dots, the
+# quoted-printable escape, multibyte characters, and runs long enough to pass 998 octets.
+_PIECE = st.one_of(
+    st.text(alphabet="ab .=\t\r\n\x00\x0c\u2028é—😀", max_size=12),
+    st.builds(
+        lambda char, count: char * count,
+        st.sampled_from("xé—😀 "),
+        # Near 998 octets in each width (997, 998, 999 of x; 998 and 1,000 of é ...).
+        st.integers(0, 1100) | st.sampled_from([249, 250, 332, 333, 499, 500, 997, 998, 999]),
+    ),
+)
+_BODY = st.lists(_PIECE, max_size=6).map("".join)
+DATE = "Sun, 29 Nov 2026 21:30:00 GMT"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.none() | _BODY, html=st.none() | _BODY, eight_bit=st.booleans())
+def test_the_same_bytes_as_the_text_based_writer(
+    text: str | None, html: str | None, eight_bit: bool
+) -> None:
+    if text is None and html is None:
+        text = ""
+    message = sample(text=text, html=html)
+    # One Date for both writers (the clock may pass a second between them).
+    with mock.patch("hogsend.channels.email.smtp._date_header", return_value=DATE):
+        data = message_bytes(message, eight_bit=eight_bit)
+        assert data is not None
+        found = re.search(rb'boundary="([^"]+)"', data)
+        boundary = found.group(1).decode() if found else ""
+        assert data == _reference_bytes(message, boundary, eight_bit)

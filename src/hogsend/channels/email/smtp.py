@@ -101,21 +101,31 @@ def message_bytes(
         for body, sub in ((message.text, "plain"), (message.html, "html"))
         if body is not None
     ]
+    # Each part's body is encoded once, by _part; the text around it here.
+    pieces: list[bytes] = []
     if len(parts) == 2:
         boundary = f"=_{uuid.uuid4().hex}"
         lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
         lines.append("")
         for body, subtype in parts:
             lines.append(f"--{boundary}")
-            lines.extend(_part(body, subtype, eight_bit))
-            lines.append("")  # the body's last line break; the next CRLF is the boundary's
+            headers, text = _part(body, subtype, eight_bit)
+            lines.append(headers)
+            pieces.append("\r\n".join(lines).encode("utf-8"))
+            pieces.append(text)
+            # The body's last line break; the next CRLF is the boundary's.
+            lines = [""]
         lines.append(f"--{boundary}--")
     else:
         [(body, subtype)] = parts
-        lines.extend(_part(body, subtype, eight_bit))
+        headers, text = _part(body, subtype, eight_bit)
+        lines.append(headers)
+        pieces.append("\r\n".join(lines).encode("utf-8"))
+        pieces.append(text)
+        lines = []
     lines.append("")
-    # UTF-8 only for an 8bit part's text: everything else written above is ASCII.
-    return "\r\n".join(lines).encode("utf-8")
+    pieces.append("\r\n".join(lines).encode("utf-8"))
+    return b"\r\n".join(pieces)
 
 
 # A bare ASCII address, which formats as itself: the usual To, parsed without the
@@ -194,9 +204,12 @@ def _header_line(name: str, value: str) -> str:
     return "\r\n ".join(folded)
 
 
-def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
-    """One text part: its headers, a blank line, the body (7bit, 8bit or quoted-printable).
+def _part(body: str, subtype: str, eight_bit: bool = False) -> tuple[str, bytes]:
+    """One text part: its headers, and its body (7bit, 8bit or quoted-printable) as bytes.
 
+    The headers end with a line break (the caller's join with CRLF makes the blank line
+    after them); the body has CRLF line breaks, its last one left out (the same join
+    writes it).
     Line breaks are CR, LF or CRLF, as the ``email`` package reads them (not the other
     characters ``str.splitlines`` breaks at, such as a form feed or U+2028).
     """
@@ -204,44 +217,24 @@ def _part(body: str, subtype: str, eight_bit: bool = False) -> list[str]:
         body = body.replace("\r\n", "\n").replace("\r", "\n")
     if not body.endswith("\n"):
         body += "\n"
-    lines = body[:-1].split("\n")
-    longest = max(map(len, lines))
-    if "\x00" in body:
+    # Encoded once: the line limit is in octets, and the body goes out as these bytes.
+    octets = body.encode("utf-8")
+    if b"\x00" in octets:
         encoding = "quoted-printable"  # neither 7bit nor 8bit may carry a NUL
-    elif body.isascii() and longest <= _LONGEST_LINE:
-        encoding = "7bit"
-    elif eight_bit and _octets_fit(body, longest):
-        encoding = "8bit"
+    elif len(octets) <= _LONGEST_LINE or max(map(len, octets.split(b"\n"))) <= _LONGEST_LINE:
+        encoding = "7bit" if octets.isascii() else "8bit" if eight_bit else "quoted-printable"
     else:
         encoding = "quoted-printable"
     if encoding == "quoted-printable":
         # The body ends with a line break, so its encoding does too.
-        text = binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii")[:-1]
+        text = binascii.b2a_qp(octets, istext=True)[:-1]
     else:
-        text = body[:-1]
-    return [
-        f'Content-Type: text/{subtype}; charset="utf-8"',
-        f"Content-Transfer-Encoding: {encoding}",
-        "",
-        # One piece with its line breaks as CRLF: the caller joins pieces with CRLF.
-        text.replace("\n", "\r\n"),
-    ]
-
-
-def _octets_fit(body: str, longest: int) -> bool:
-    """Whether no line of ``body`` is longer than 998 octets in UTF-8.
-
-    ``longest``: the longest line in characters.
-    """
-    if longest * 4 <= _LONGEST_LINE:
-        return True  # a character is at most 4 octets
-    if longest > _LONGEST_LINE:
-        return False
-    # No line has more octets beyond one per character than the whole body has.
-    extra = len(body.encode("utf-8")) - len(body)
-    if longest + extra <= _LONGEST_LINE:
-        return True
-    return max(map(len, body.encode("utf-8").split(b"\n"))) <= _LONGEST_LINE
+        text = octets[:-1]
+    headers = (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        f"Content-Transfer-Encoding: {encoding}\r\n"
+    )
+    return headers, text.replace(b"\n", b"\r\n")
 
 
 class SmtpProvider:
@@ -254,7 +247,9 @@ class SmtpProvider:
         username: AUTH user; no AUTH when None.
         password: AUTH password.
         pool_size: most connections open at once (and most concurrent sends).
-        timeout: seconds for connecting and for each command.
+        timeout: seconds for connecting and for each command (a reply in the mail
+            transaction may get up to a tenth more, at most a second: see
+            :func:`_mail_transaction`).
         tls_context: the SSL context (e.g. trusting a private CA); default: system CAs.
 
     Replies 4xx, lost connections and timeouts raise TransientProviderError; 5xx replies
@@ -433,10 +428,15 @@ async def _mail_transaction(
     Each command is written on the connection's protocol and its reply read there, as
     aiosmtplib's ``execute_command`` does, without its per-command lock (the pool lends
     a connection to one send at a time), injection scan (the arguments are checked
-    above) and timer per reply: one deadline for the transaction, pushed back to
-    ``client.timeout`` from now before each command, bounds every reply as before. A
-    reply that times out, a lost connection and 421 close the connection, as
+    above) and timer per reply: one deadline for the transaction bounds every reply.
+    It is moved only when fewer than ``client.timeout`` seconds are left before a
+    command, and then to ``client.timeout`` plus a tenth of it (at most a second) from
+    now: each reply still gets its full timeout and at most that slack more, and a
+    transaction shorter than the slack sets its timer once instead of once per command.
+    A reply that times out, a lost connection and 421 close the connection, as
     ``execute_command`` does.
+    When the gate has already opened as the message is written, the message and its
+    ending line go out in one write.
     """
     protocol = client.protocol
     if protocol is None:
@@ -446,12 +446,16 @@ async def _mail_transaction(
         options += b" " + option.encode("ascii")
     loop = asyncio.get_running_loop()
     timeout = client.timeout
+    slack = min(timeout / 10, _DEADLINE_SLACK) if timeout is not None else 0.0
     try:
         async with asyncio.timeout(None) as deadline:
 
             async def reply(line: bytes) -> aiosmtplib.SMTPResponse:
                 if timeout is not None:
-                    deadline.reschedule(loop.time() + timeout)
+                    now = loop.time()
+                    when = deadline.when()
+                    if when is None or when < now + timeout:
+                        deadline.reschedule(now + timeout + slack)
                 protocol.write(line)
                 return await protocol.read_response()
 
@@ -473,7 +477,7 @@ async def _mail_transaction(
                 # aiosmtplib's data() does; most messages have none, so look first.
                 if data.startswith(b".") or b"\n." in data:
                     data = _LEADING_DOT.sub(b"..", data)
-                if gate is None:
+                if gate is None or _opened(gate):
                     response = await reply(data + b".\r\n")
                 else:
                     # The server accepts a message at its ending line: until then
@@ -518,6 +522,19 @@ async def _mail_transaction(
 
 # A line starting with a dot gets one more (RFC 5321 4.5.2), as aiosmtplib's data() does.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+_DEADLINE_SLACK = 1.0
+"""Most seconds a reply's deadline may lie past its timeout (see :func:`_mail_transaction`)."""
+
+
+def _opened(gate: Awaitable[bool]) -> bool:
+    """Whether ``gate`` is a future that has already given True (nothing to wait for)."""
+    return (
+        isinstance(gate, asyncio.Future)
+        and gate.done()
+        and not gate.cancelled()
+        and gate.exception() is None
+        and gate.result() is True
+    )
 
 
 def _classify(exc: BaseException, *, username: str | None = None) -> ProviderError:
