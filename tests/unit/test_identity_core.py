@@ -18,6 +18,7 @@ from hogsend.core.identity import (
     IdentityError,
     IdentityKey,
     ResolutionPlan,
+    checked_ids_identity,
     choose_survivor,
     contact_value,
     email_key,
@@ -278,6 +279,62 @@ def test_one_key_plans_as_the_general_rules_do() -> None:
     assert plan.action == "link"
     assert plan.target is aliased
     assert plan.attach == by_alias.keys
+
+
+_PLAN_VALUES = st.sampled_from(["u", "v", "a@x.io", "b@x.io", "w"])
+_PLAN_CONTACTS = [
+    contact(user_id="u", ident="00000000-0000-4000-8000-000000000001"),
+    contact(email="a@x.io", anonymous_id="w", ident="00000000-0000-4000-8000-000000000002"),
+    contact(user_id="v", email="b@x.io", ident="00000000-0000-4000-8000-000000000003"),
+    contact(anonymous_id="u", first_seen=None, ident="00000000-0000-4000-8000-000000000004"),
+]
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "user_id": st.sampled_from(["u", "v", "w"]),
+            "email": st.sampled_from(["a@x.io", "b@x.io"]),
+            "anonymous_id": st.sampled_from(["u", "w"]),
+        },
+    ).filter(bool),
+    st.dictionaries(
+        st.builds(IdentityKey, st.sampled_from(["external", "email", "anonymous"]), _PLAN_VALUES),
+        st.sampled_from(_PLAN_CONTACTS),
+        max_size=6,
+    ),
+)
+def test_a_plan_reads_only_its_own_keys_of_the_matches(
+    ids: dict[str, str], matches: dict[IdentityKey, Contact]
+) -> None:
+    # A batch hands every plan the whole lookup; the plan must be the one made from the
+    # identity's own share of it.
+    identity = Identity(**ids)
+    own = {k: matches[k] for k in identity.keys if k in matches}
+    assert plan_resolution(identity, matches) == plan_resolution(identity, own)
+
+
+@given(
+    st.one_of(st.none(), st.text(max_size=6)),
+    st.one_of(st.none(), st.text(max_size=6)),
+)
+def test_an_identity_of_checked_ids_is_the_identity_the_constructor_makes(
+    user_id: str | None, anonymous_id: str | None
+) -> None:
+    # Only ids that normalize_id leaves as they are may skip its checks.
+    try:
+        if normalize_id(user_id) != user_id or normalize_id(anonymous_id) != anonymous_id:
+            return
+    except IdentityError:
+        return
+    if user_id is None and anonymous_id is None:
+        return
+    checked = checked_ids_identity(user_id, anonymous_id)
+    made = Identity(user_id=user_id, anonymous_id=anonymous_id)
+    assert checked == made
+    assert checked.keys == made.keys
+    assert (checked.email, checked.signature, hash(checked)) == (None, made.signature, hash(made))
 
 
 def test_unknown_keys_fill_empty_slots_and_promote_the_key() -> None:

@@ -315,6 +315,11 @@ def test_a_plain_input_is_exactly_what_the_general_mapping_makes(
     mapped = _mapped(raw, kind)
     assert mapped is not None, "the plain path accepted a message the general path refuses"
     assert plain == mapped
+    # Identities compare by their ids only: their keys (what ingest looks up) too.
+    assert plain.identity is not None
+    assert isinstance(mapped, EventInput)
+    assert mapped.identity is not None
+    assert plain.identity.keys == mapped.identity.keys
     _assert_same_time(plain.occurred_at, mapped.occurred_at)
     # And to_input, which tries the plain path first, answers the same.
     assert to_input(raw, kind, batch_sent_at=_SENT, received_at=_RECEIVED) == mapped

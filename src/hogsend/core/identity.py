@@ -249,6 +249,35 @@ _set_user_id = Identity.__dict__["user_id"].__set__
 _set_email = Identity.__dict__["email"].__set__
 _set_anonymous_id = Identity.__dict__["anonymous_id"].__set__
 _set_keys = Identity.__dict__["_keys"].__set__
+_new_identity = object.__new__
+
+
+def checked_ids_identity(user_id: str | None, anonymous_id: str | None) -> Identity:
+    """``Identity(user_id=user_id, anonymous_id=anonymous_id)`` for ids already checked.
+
+    Each id given must be one :func:`normalize_id` returns unchanged (trimmed, not blank,
+    at most :data:`MAX_ID_LENGTH` characters, no control characters), and at least one
+    must be given: the caller has just checked that (the Segment route's plain path),
+    so the constructor's second pass over them is skipped, a seventh of that path's
+    CPU per message. tests/unit/test_plain_items.py holds both equal.
+    """
+    identity = _new_identity(Identity)
+    _set_user_id(identity, user_id)
+    _set_email(identity, None)
+    _set_anonymous_id(identity, anonymous_id)
+    if user_id is None:
+        _set_keys(identity, (_new_key(IdentityKey, ("anonymous", anonymous_id)),))
+    elif anonymous_id is None:
+        _set_keys(identity, (_new_key(IdentityKey, ("external", user_id)),))
+    else:
+        _set_keys(
+            identity,
+            (
+                _new_key(IdentityKey, ("external", user_id)),
+                _new_key(IdentityKey, ("anonymous", anonymous_id)),
+            ),
+        )
+    return identity
 
 
 def contact_value(contact: Contact, kind: KeyKind) -> str | None:
@@ -396,7 +425,8 @@ def plan_resolution(identity: Identity, matches: Mapping[IdentityKey, Contact]) 
     Args:
         identity: the keys given.
         matches: for each given key that is known, the live contact it resolves to
-            (directly or through an alias). Keys not in the mapping are unknown.
+            (directly or through an alias). Keys not in the mapping are unknown; other
+            keys in it are ignored (a batch passes one lookup for all its identities).
 
     Rules: no key known → create with every key. One contact → attach each unknown key
     whose slot is empty; an unknown key whose slot holds another value is a conflict.

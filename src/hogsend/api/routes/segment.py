@@ -52,7 +52,14 @@ from hogsend.api.schemas.segment import (
     plain_message,
     segment_time,
 )
-from hogsend.core.identity import Identity, IdentityError, normalize_email, normalize_id
+from hogsend.core.identity import (
+    MAX_ID_LENGTH,
+    Identity,
+    IdentityError,
+    checked_ids_identity,
+    normalize_email,
+    normalize_id,
+)
 from hogsend.core.ingest import MAX_IDEMPOTENCY_KEY_LENGTH, EventInput, IngestResult
 from hogsend.db.repos import contacts, events, outbox
 from hogsend.db.repos.api_keys import Principal
@@ -249,6 +256,9 @@ _PLAIN_TYPES: dict[object, SegmentType | None] = {
     kind: kind for kind in ("track", "identify", "alias", "page", "screen", "group")
 }
 _MAX_PLAIN_INT = 2**63
+# What both the model (SegmentId) and normalize_id accept, so that a plain id is stored
+# as it is (checked_ids_identity relies on it).
+_MAX_PLAIN_ID_LENGTH = min(MAX_SEGMENT_ID_LENGTH, MAX_ID_LENGTH)
 
 
 class _NotPlain(Exception):
@@ -259,7 +269,7 @@ def _plain_id(value: object) -> str | None:
     # What SegmentId and then normalize_id make of the usual ids: printable ASCII is
     # free of control characters, and its only whitespace to trim is the space.
     if type(value) is str:
-        if len(value) <= MAX_SEGMENT_ID_LENGTH and value.isascii() and value.isprintable():
+        if len(value) <= _MAX_PLAIN_ID_LENGTH and value.isascii() and value.isprintable():
             return value.strip(" ") or None
         raise _NotPlain
     if type(value) is int and -_MAX_PLAIN_INT < value < _MAX_PLAIN_INT:
@@ -383,7 +393,8 @@ def plain_input(
                 when = original
     return EventInput(
         name=title,
-        identity=Identity(user_id=user_id, anonymous_id=anonymous_id),
+        # The ids are what normalize_id makes of them already (_plain_id).
+        identity=checked_ids_identity(user_id, anonymous_id),
         properties=properties,
         idempotency_key=key,
         occurred_at=when,
