@@ -407,6 +407,11 @@ async def _decide(
         marked=[g.send_id for g in going if not g.started],
     )
     if deferred:
+        # The session must write in the transaction opened by hand and leave it open. It
+        # ends a transaction only if it began it, and the statements above went to the
+        # driver, past SQLAlchemy: begin SQLAlchemy's own first (no statement in autocommit).
+        if not conn.in_transaction():
+            await conn.begin()
         async with AsyncSession(bind=conn, expire_on_commit=False) as session:
             for request, send_id, result in deferred:
                 await _keep_deferred(session, request, send_id, result)

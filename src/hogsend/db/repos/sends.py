@@ -21,6 +21,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
+from hogsend.db import prepared
 from hogsend.db.engine import driver_connection
 from hogsend.db.repos.contacts import CONTACT_COLUMNS, rows_to_json, to_json
 
@@ -739,16 +740,16 @@ async def postpone_deferred(
 # The mailer's set-based path (hogsend.channels.send_batches): the same locks, facts and
 # rows as one attempt's, for many attempts in a handful of statements.
 
-_UNLOCK_KEYS = text(
-    "SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
-    " FROM unnest(CAST(:keys AS text[])) AS k) AS locks"
+_UNLOCK_KEYS = (
+    b"SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
+    b" hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    b" FROM unnest(CAST(%(keys)s AS text[])) AS k) AS locks"
 )
 
 
 async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
     """Release the keys' locks :func:`begin_and_read_contacts` took."""
-    await conn.execute(_UNLOCK_KEYS, {"keys": list(keys)})
+    await prepared.execute(conn, _UNLOCK_KEYS, {"keys": prepared.text_array(keys)})
 
 
 async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -778,13 +779,17 @@ async def begin_and_read_contacts(
     has one. Rows as :func:`contacts_by_id`'s (``.id``, ``.deleted_at``,
     ``._mapping``).
     """
-    literal_ids = Literal([str(i) for i in ids])
+    # Arrays as the text of their literals: quoting a list makes psycopg find a dumper
+    # for every element, in Python.
+    literal_ids = Literal(prepared.text_array(ids))
     parts: list[Composable] = [SQL("BEGIN")]
     if keys:
-        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(list(keys))))
+        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(prepared.text_array(keys))))
     if addresses is not None:
         parts.append(
-            _LOCK_CONTACT_ADDRESSES.format(ids=literal_ids, emails=Literal(list(addresses)))
+            _LOCK_CONTACT_ADDRESSES.format(
+                ids=literal_ids, emails=Literal(prepared.text_array(addresses))
+            )
         )
     parts.append(_CONTACTS.format(ids=literal_ids))
     driver = await driver_connection(conn)
@@ -848,48 +853,68 @@ class FactsQuery:
 async def read_facts_batch(
     conn: AsyncConnection, queries: Sequence[FactsQuery], *, since: datetime
 ) -> list[StoredFacts]:
-    """:func:`read_facts` for many attempts in one statement; one result per query, in order."""
+    """:func:`read_facts` for many attempts in one statement; one result per query, in order.
+
+    Run prepared on the driver connection (``hogsend.db.prepared``), in ``conn``'s
+    transaction.
+    """
     if not queries:
         return []
-    rows = await conn.execute(
+    rows = await prepared.fetch(
+        conn,
         _FACTS_BATCH,
         {
-            "keys": [q.idempotency_key for q in queries],
-            "contacts": [q.contact_id for q in queries],
-            "emails": [q.email for q in queries],
-            "lists": [q.list_id for q in queries],
-            "journeys": [q.journey_id for q in queries],
+            "keys": prepared.text_array([q.idempotency_key for q in queries]),
+            "contacts": prepared.text_array([q.contact_id for q in queries]),
+            "emails": prepared.text_array([q.email for q in queries]),
+            "lists": prepared.text_array([q.list_id for q in queries]),
+            "journeys": prepared.text_array([q.journey_id for q in queries]),
             "since": since,
-            "d": list(OUTGOING),
-            "exempt": list(CAP_EXEMPT_KINDS),
+            "d": _OUTGOING_ARRAY,
+            "exempt": _CAP_EXEMPT_ARRAY,
         },
     )
     found: list[StoredFacts | None] = [None] * len(queries)
-    for row in rows:
+    for (
+        n,
+        holder_id,
+        holder_decision,
+        holder_status,
+        holder_waiting,
+        suppressed,
+        suppression_reason,
+        unsubscribed_all,
+        list_choice,
+        journey_last_sent_at,
+        recent_sends,
+    ) in rows:
         holder = None
-        if row.holder_id is not None:
+        if holder_id is not None:
             holder = KeyHolder(
-                id=row.holder_id,
-                decision=row.holder_decision,
-                status=row.holder_status,
-                waiting=row.holder_waiting,
+                id=holder_id,
+                decision=holder_decision,
+                status=holder_status,
+                waiting=holder_waiting,
             )
-        found[row.n - 1] = StoredFacts(
+        found[n - 1] = StoredFacts(
             key_holder=holder,
-            suppressed=bool(row.suppressed),
-            suppression_reason=row.suppression_reason,
-            unsubscribed_all=bool(row.unsubscribed_all),
-            list_choice=row.list_choice,
-            journey_last_sent_at=row.journey_last_sent_at,
-            recent_sends=int(row.recent_sends or 0),
+            suppressed=bool(suppressed),
+            suppression_reason=suppression_reason,
+            unsubscribed_all=bool(unsubscribed_all),
+            list_choice=list_choice,
+            journey_last_sent_at=journey_last_sent_at,
+            recent_sends=int(recent_sends or 0),
         )
     assert all(item is not None for item in found)
     return [item for item in found if item is not None]
 
 
+_OUTGOING_ARRAY = prepared.text_array(OUTGOING)
+_CAP_EXEMPT_ARRAY = prepared.text_array(CAP_EXEMPT_KINDS)
+
 # _FACTS, one row per attempt: the same subqueries, correlated to the attempt's inputs.
-_FACTS_BATCH = text(
-    """
+# The columns in the order read_facts_batch unpacks them.
+_FACTS_BATCH = b"""
     SELECT
         q.n,
         holder.id AS holder_id, holder.decision AS holder_decision,
@@ -900,12 +925,13 @@ _FACTS_BATCH = text(
         (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
             AS list_choice,
         (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
-            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
+            AND decision = ANY(CAST(%(d)s AS text[]))) AS journey_last_sent_at,
         (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
-            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))
-            AND kind <> ALL(CAST(:exempt AS text[]))) AS recent_sends
-    FROM unnest(CAST(:keys AS text[]), CAST(:contacts AS uuid[]), CAST(:emails AS text[]),
-                CAST(:lists AS text[]), CAST(:journeys AS text[]))
+            AND created_at >= %(since)s AND decision = ANY(CAST(%(d)s AS text[]))
+            AND kind <> ALL(CAST(%(exempt)s AS text[]))) AS recent_sends
+    FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
+                CAST(%(emails)s AS text[]), CAST(%(lists)s AS text[]),
+                CAST(%(journeys)s AS text[]))
         WITH ORDINALITY AS q(k, c, e, l, j, n)
     LEFT JOIN LATERAL (
         SELECT id, decision, status, handoff IS NOT NULL AS waiting
@@ -915,7 +941,6 @@ _FACTS_BATCH = text(
         SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
     ) AS suppression ON true
     """
-)
 
 
 async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
@@ -953,31 +978,32 @@ async def insert_attempts(
     for a row closed at once, :func:`finish`).
     """
     if rows:
-        await conn.execute(
+        # Prepared on the driver connection (hogsend.db.prepared), in conn's transaction.
+        await prepared.execute(
+            conn,
             _INSERT_ATTEMPTS,
             {
                 # Rows the mailer built (ids, strings, gate details): orjson, in C.
                 "rows": rows_to_json(list(rows)),
-                "marked": [str(m) for m in marked],
-                "link_ids": [link[0] for link in links],
-                "link_sends": [link[1] for link in links],
-                "link_urls": [link[2] for link in links],
+                "marked": prepared.text_array(marked),
+                "link_ids": prepared.text_array([link[0] for link in links]),
+                "link_sends": prepared.text_array([link[1] for link in links]),
+                "link_urls": prepared.text_array([link[2] for link in links]),
             },
         )
 
 
 # The links' foreign key is checked at the end of the statement, when the rows are in.
-_INSERT_ATTEMPTS = text(
-    """
+_INSERT_ATTEMPTS = b"""
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
     marks AS (
         INSERT INTO email_send_marks (email_send_id)
-        SELECT unnest(CAST(:marked AS uuid[]))
+        SELECT unnest(CAST(%(marked)s AS uuid[]))
     ),
     links AS (
         INSERT INTO tracked_links (id, email_send_id, original_url)
-        SELECT * FROM unnest(CAST(:link_ids AS uuid[]), CAST(:link_sends AS uuid[]),
-                             CAST(:link_urls AS text[]))
+        SELECT * FROM unnest(CAST(%(link_ids)s AS uuid[]), CAST(%(link_sends)s AS uuid[]),
+                             CAST(%(link_urls)s AS text[]))
     )
     INSERT INTO email_sends (
         id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,
@@ -987,14 +1013,13 @@ _INSERT_ATTEMPTS = text(
     SELECT r.id, r.contact_id, r.user_id, r.to_email, r.to_email, r.from_email, r.subject,
         r.template_key, r.category, r.journey_id, r.journey_state_id, r.campaign_id, r.key,
         r.duplicate_of_id, r.redirected_to, r.status, r.decision, r.detail, r.kind, r.error
-    FROM cfg, jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+    FROM cfg, jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
         id uuid, contact_id uuid, user_id text, to_email text, from_email text,
         subject text, template_key text, category text, journey_id text,
         journey_state_id uuid, campaign_id uuid, key text, duplicate_of_id uuid,
         redirected_to text, status text, decision text, detail jsonb, kind text, error text
     )
     """
-)
 
 
 async def finish_and_log(
@@ -1027,7 +1052,10 @@ async def finish_and_log(
         them to ``ingest_batch``, which follows merges.
     """
     payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
-    missing = await conn.scalar(
+    # Prepared on the driver connection (hogsend.db.prepared): this runs for every few
+    # messages, and SQLAlchemy's execution cost more than the statement's values.
+    [(missing, _, _, _)] = await prepared.fetch(
+        conn,
         _FINISH_AND_LOG,
         {
             # Built by the mailer (ids, strings, UTC timestamps): orjson, in C.
@@ -1035,7 +1063,7 @@ async def finish_and_log(
             "events": rows_to_json(list(events)),
             "now": now,
             "notify": notify,
-            "starts": list(starts),
+            "starts": prepared.text_array(starts),
         },
     )
     return list(missing or [])
@@ -1048,10 +1076,9 @@ async def finish_and_log(
 # group's own ids is what the primary key answers, so each probe is an index lookup; and
 # its estimate (10 ids) does not depend on the parameters, so the server keeps one plan
 # instead of planning each call as it did with the ids passed as a separate array.
-_FINISH_AND_LOG = text(
-    """
+_FINISH_AND_LOG = b"""
     WITH r AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        SELECT * FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
             id uuid, decision text, ok boolean, detail jsonb, attempts int, provider text,
             message_id text, error text, subject text)
     ), done AS (
@@ -1075,10 +1102,10 @@ _FINISH_AND_LOG = text(
         SELECT r.message_id, coalesce(r.provider, ''), r.id
         FROM r JOIN done ON done.id = r.id WHERE r.message_id IS NOT NULL
     ), started AS (
-        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:starts AS uuid[]))
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(%(starts)s AS uuid[]))
         RETURNING email_send_id
     ), v AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
+        SELECT * FROM jsonb_to_recordset(CAST(%(events)s AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
             occurred_at timestamptz)
     ), live AS (
@@ -1089,15 +1116,15 @@ _FINISH_AND_LOG = text(
         INSERT INTO user_events (id, contact_id, user_id, event, properties,
                                  idempotency_key, source, occurred_at, received_at)
         SELECT id, contact_id, user_id, name, properties, key, source, occurred_at,
-               CAST(:now AS timestamptz)
+               CAST(%(now)s AS timestamptz)
         FROM live
         ON CONFLICT DO NOTHING
         RETURNING id, contact_id, user_id, event
     ), outbox AS (
         INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
                                   next_attempt_at)
-        SELECT id, contact_id, user_id, event, CAST(:now AS timestamptz),
-               CAST(:now AS timestamptz)
+        SELECT id, contact_id, user_id, event, CAST(%(now)s AS timestamptz),
+               CAST(%(now)s AS timestamptz)
         FROM ins
     )
     SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
@@ -1105,6 +1132,5 @@ _FINISH_AND_LOG = text(
            (SELECT count(*) FROM done) AS finished,
            (SELECT count(*) FROM started) AS started,
            (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
-                WHERE CAST(:notify AS boolean)) AS notified
+                WHERE CAST(%(notify)s AS boolean)) AS notified
     """
-)
