@@ -566,8 +566,16 @@ class SendRecord:
     kind: str = "transactional"
 
 
+# A sent row written by a batch stores its outcome detail without the keys that repeat
+# its columns (sends.finish_and_log): they are put back here, so every reader sees the
+# detail as written. jsonb orders keys the same whichever way the object was built.
+_DETAIL = (
+    "CASE WHEN decision IN ('sent', 'redirected') AND NOT decision_detail ? 'gate'"
+    " THEN jsonb_build_object('gate', decision, 'provider', provider, 'providerCalls', attempts)"
+    " || decision_detail ELSE decision_detail END AS decision_detail"
+)
 _COLUMNS = (
-    "id, created_at, updated_at, decision, status, decision_detail, to_email, from_email,"
+    f"id, created_at, updated_at, decision, status, {_DETAIL}, to_email, from_email,"
     " redirected_to, subject, template_key, category, journey_id, journey_state_id,"
     " campaign_id, duplicate_of_id, idempotency_key, provider, provider_message_id, attempts,"
     " last_error, sent_at, kind"
@@ -1051,7 +1059,7 @@ async def finish_and_log(
         erased since the decision): nothing was stored for them, and the caller hands
         them to ``ingest_batch``, which follows merges.
     """
-    payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
+    payload = [_outcome_row(row) for row in rows]
     # Prepared on the driver connection (hogsend.db.prepared): this runs for every few
     # messages, and SQLAlchemy's execution cost more than the statement's values.
     [(missing, _, _, _)] = await prepared.fetch(
@@ -1067,6 +1075,27 @@ async def finish_and_log(
         },
     )
     return list(missing or [])
+
+
+def _outcome_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as :data:`_FINISH_AND_LOG` takes it: ``ok``, and a sent row's detail
+    without the keys that repeat its own columns (put back by every read, ``_COLUMNS``)."""
+    ok = row["decision"] in ("sent", "redirected")
+    detail = row["detail"]
+    if (
+        ok
+        and detail
+        and all(key in detail for key in _REPEATED_IN_DETAIL)
+        and detail["gate"] == row["decision"]
+        and detail["provider"] == row["provider"]
+        and detail["providerCalls"] == row["attempts"]
+    ):
+        detail = {k: v for k, v in detail.items() if k not in _REPEATED_IN_DETAIL}
+    return {**row, "ok": ok, "detail": detail}
+
+
+_REPEATED_IN_DETAIL = ("gate", "provider", "providerCalls")
+"""A sent row's ``decision``, ``provider`` and ``attempts``, as its outcome detail names them."""
 
 
 # The planner takes any set-returning function for 100 rows, which (on a table of a few
