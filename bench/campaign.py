@@ -154,6 +154,11 @@ async def _campaign(
 
     for name in ("begin_and_lock_key", "begin_and_read_contacts"):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
+    # So do the prepared ones (hogsend.db.prepared): one statement each.
+    from hogsend.db import prepared
+
+    for name in ("execute", "fetch"):
+        setattr(prepared, name, _counted(getattr(prepared, name), count))
     calls = _provider_calls(worker)
     rss_at: dict[int, float] = {}
     pending_marks = _milestones(recipients, stop_after)

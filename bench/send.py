@@ -289,6 +289,11 @@ async def _mailer(
 
     for name in ("begin_and_lock_key", "begin_and_read_contacts"):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
+    # So do the prepared ones (hogsend.db.prepared): one statement each.
+    from hogsend.db import prepared
+
+    for name in ("execute", "fetch"):
+        setattr(prepared, name, _counted(getattr(prepared, name), count))
     provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
     mailer = Mailer(_app(), settings, engine, provider)
     failures: list[str] = []

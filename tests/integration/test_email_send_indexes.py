@@ -9,6 +9,7 @@ neighbours serve still finds an index, and that recording outcomes probes
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -106,13 +107,14 @@ def test_outcomes_probe_sends_and_contacts_by_key(conn: psycopg.Connection[Any])
     ]
     plan = _plan(
         conn,
-        sends._FINISH_AND_LOG.text,
+        # Prepared on the driver: psycopg's %(name)s placeholders, as _plan's :name ones.
+        re.sub(r"%\((\w+)\)s", r":\1", sends._FINISH_AND_LOG.decode()),
         {
             "rows": json.dumps(rows),
             "events": json.dumps(events),
             "now": datetime(2026, 1, 1, tzinfo=UTC),
             "notify": False,
-            "starts": [],
+            "starts": "{}",
         },
     )
     assert "Seq Scan on email_sends" not in plan, plan

@@ -114,6 +114,59 @@ async def test_batch_outcomes_stay_on_the_page_and_record_the_message_ids(
         assert other is None
 
 
+async def test_a_sent_rows_detail_leaves_out_its_columns_and_reads_back_whole(
+    engine: AsyncEngine,
+) -> None:
+    contacts = [await _contact(engine, n) for n in range(3)]
+    ids = [uuid.uuid4() for _ in contacts]
+    detail = {"gate": "sent", "provider": "smtp", "providerCalls": 2, "waitedSeconds": 0.5}
+    outcomes = [
+        {"decision": "sent", "detail": detail, "attempts": 2, "provider": "smtp"},
+        # Not what the row's columns say (a provider named differently): stored whole.
+        {"decision": "sent", "detail": detail, "attempts": 2, "provider": "resend"},
+        {
+            "decision": "provider_error",
+            "detail": {"gate": "provider_error", "provider": "smtp", "providerCalls": 1},
+            "attempts": 1,
+            "provider": "smtp",
+        },
+    ]
+    async with engine.connect() as conn, conn.begin():
+        await sends.insert_attempts(
+            conn, [_queued(i, c, n) for n, (i, c) in enumerate(zip(ids, contacts, strict=True))]
+        )
+        await sends.finish_and_log(
+            conn,
+            [
+                {"id": i, "message_id": None, "error": None, "subject": None, **outcome}
+                for i, outcome in zip(ids, outcomes, strict=True)
+            ],
+            [],
+            now=datetime.now(UTC),
+            notify=False,
+        )
+        stored = {
+            row.id: row.decision_detail
+            for row in await conn.execute(text("SELECT id, decision_detail FROM email_sends"))
+        }
+    assert stored[ids[0]] == {"waitedSeconds": 0.5}
+    assert stored[ids[1]] == detail
+    assert stored[ids[2]] == outcomes[2]["detail"]
+    # What the admin API, explain and Studio read: the detail as the mailer wrote it.
+    async with AsyncSession(engine) as session:
+        for send_id, outcome in zip(ids, outcomes, strict=True):
+            record = await sends.get_send(session, send_id)
+            assert record is not None
+            assert record.detail == outcome["detail"]
+        first = await sends.get_send(session, ids[0])
+        [listed] = (await sends.list_sends(session, contacts[0])).items
+    # In jsonb's own key order (by length, then bytes), as the whole detail was stored.
+    assert first is not None
+    assert first.detail is not None
+    assert list(first.detail) == ["gate", "provider", "providerCalls", "waitedSeconds"]
+    assert listed.detail == detail
+
+
 async def _single_attempt(session: AsyncSession, contact_id: uuid.UUID, key: str) -> uuid.UUID:
     """A ``queued`` attempt of the single-send path for contact ``u1``."""
     return await sends.insert_attempt(

@@ -405,6 +405,11 @@ async def _decide(
         marked=[g.send_id for g in going if not g.started],
     )
     if deferred:
+        # The session must write in the transaction opened by hand and leave it open. It
+        # ends a transaction only if it began it, and the statements above went to the
+        # driver, past SQLAlchemy: begin SQLAlchemy's own first (no statement in autocommit).
+        if not conn.in_transaction():
+            await conn.begin()
         async with AsyncSession(bind=conn, expire_on_commit=False) as session:
             for request, send_id, result in deferred:
                 await _keep_deferred(session, request, send_id, result)
@@ -514,6 +519,9 @@ async def _lanes(
     Decisions are written on ``conn`` (the connection holding the keys' locks) and
     outcomes on one more connection, both held for the whole batch: taking a pooled
     connection per group (and pinging it) cost more than the group's own statements.
+    A batch decided in one go (no chunk left after the first) records its outcomes on
+    ``conn`` too, idle by then: a coalesced batch of a few sends paid for a second
+    checkout (about 0.1 ms of CPU) as much as for a statement.
     """
     lanes = max(1, min(concurrency, len(batched)))
     # The first chunk feeds every lane at once; its attempts are written ready for the
@@ -559,8 +567,12 @@ async def _lanes(
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
-    async with mailer.engine.connect() as recorder:
-        await recorder.execution_options(isolation_level="AUTOCOMMIT")
+    async with contextlib.AsyncExitStack() as held:
+        recorder = conn
+        if chunks:
+            # Outcomes commit while later chunks are decided on conn: one more connection.
+            recorder = await held.enter_async_context(mailer.engine.connect())
+            await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
         async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
             await mailer._write_outcomes(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
 from hogsend.core.tracking import LinkSet
+from hogsend.db import prepared
 from hogsend.db.engine import driver_connection
 from hogsend.db.repos.contacts import CONTACT_COLUMNS, rows_to_json, to_json
 
@@ -566,8 +567,16 @@ class SendRecord:
     kind: str = "transactional"
 
 
+# A sent row written by a batch stores its outcome detail without the keys that repeat
+# its columns (sends.finish_and_log): they are put back here, so every reader sees the
+# detail as written. jsonb orders keys the same whichever way the object was built.
+_DETAIL = (
+    "CASE WHEN decision IN ('sent', 'redirected') AND NOT decision_detail ? 'gate'"
+    " THEN jsonb_build_object('gate', decision, 'provider', provider, 'providerCalls', attempts)"
+    " || decision_detail ELSE decision_detail END AS decision_detail"
+)
 _COLUMNS = (
-    "id, created_at, updated_at, decision, status, decision_detail, to_email, from_email,"
+    f"id, created_at, updated_at, decision, status, {_DETAIL}, to_email, from_email,"
     " redirected_to, subject, template_key, category, journey_id, journey_state_id,"
     " campaign_id, duplicate_of_id, idempotency_key, provider, provider_message_id, attempts,"
     " last_error, sent_at, kind"
@@ -740,16 +749,16 @@ async def postpone_deferred(
 # The mailer's set-based path (hogsend.channels.send_batches): the same locks, facts and
 # rows as one attempt's, for many attempts in a handful of statements.
 
-_UNLOCK_KEYS = text(
-    "SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
-    " FROM unnest(CAST(:keys AS text[])) AS k) AS locks"
+_UNLOCK_KEYS = (
+    b"SELECT count(pg_advisory_unlock(h)) FROM (SELECT DISTINCT"
+    b" hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    b" FROM unnest(CAST(%(keys)s AS text[])) AS k) AS locks"
 )
 
 
 async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
     """Release the keys' locks :func:`begin_and_read_contacts` took."""
-    await conn.execute(_UNLOCK_KEYS, {"keys": list(keys)})
+    await prepared.execute(conn, _UNLOCK_KEYS, {"keys": prepared.text_array(keys)})
 
 
 async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
@@ -779,13 +788,17 @@ async def begin_and_read_contacts(
     has one. Rows as :func:`contacts_by_id`'s (``.id``, ``.deleted_at``,
     ``._mapping``).
     """
-    literal_ids = Literal([str(i) for i in ids])
+    # Arrays as the text of their literals: quoting a list makes psycopg find a dumper
+    # for every element, in Python.
+    literal_ids = Literal(prepared.text_array(ids))
     parts: list[Composable] = [SQL("BEGIN")]
     if keys:
-        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(list(keys))))
+        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(prepared.text_array(keys))))
     if addresses is not None:
         parts.append(
-            _LOCK_CONTACT_ADDRESSES.format(ids=literal_ids, emails=Literal(list(addresses)))
+            _LOCK_CONTACT_ADDRESSES.format(
+                ids=literal_ids, emails=Literal(prepared.text_array(addresses))
+            )
         )
     parts.append(_CONTACTS.format(ids=literal_ids))
     driver = await driver_connection(conn)
@@ -849,48 +862,68 @@ class FactsQuery:
 async def read_facts_batch(
     conn: AsyncConnection, queries: Sequence[FactsQuery], *, since: datetime
 ) -> list[StoredFacts]:
-    """:func:`read_facts` for many attempts in one statement; one result per query, in order."""
+    """:func:`read_facts` for many attempts in one statement; one result per query, in order.
+
+    Run prepared on the driver connection (``hogsend.db.prepared``), in ``conn``'s
+    transaction.
+    """
     if not queries:
         return []
-    rows = await conn.execute(
+    rows = await prepared.fetch(
+        conn,
         _FACTS_BATCH,
         {
-            "keys": [q.idempotency_key for q in queries],
-            "contacts": [q.contact_id for q in queries],
-            "emails": [q.email for q in queries],
-            "lists": [q.list_id for q in queries],
-            "journeys": [q.journey_id for q in queries],
+            "keys": prepared.text_array([q.idempotency_key for q in queries]),
+            "contacts": prepared.text_array([q.contact_id for q in queries]),
+            "emails": prepared.text_array([q.email for q in queries]),
+            "lists": prepared.text_array([q.list_id for q in queries]),
+            "journeys": prepared.text_array([q.journey_id for q in queries]),
             "since": since,
-            "d": list(OUTGOING),
-            "exempt": list(CAP_EXEMPT_KINDS),
+            "d": _OUTGOING_ARRAY,
+            "exempt": _CAP_EXEMPT_ARRAY,
         },
     )
     found: list[StoredFacts | None] = [None] * len(queries)
-    for row in rows:
+    for (
+        n,
+        holder_id,
+        holder_decision,
+        holder_status,
+        holder_waiting,
+        suppressed,
+        suppression_reason,
+        unsubscribed_all,
+        list_choice,
+        journey_last_sent_at,
+        recent_sends,
+    ) in rows:
         holder = None
-        if row.holder_id is not None:
+        if holder_id is not None:
             holder = KeyHolder(
-                id=row.holder_id,
-                decision=row.holder_decision,
-                status=row.holder_status,
-                waiting=row.holder_waiting,
+                id=holder_id,
+                decision=holder_decision,
+                status=holder_status,
+                waiting=holder_waiting,
             )
-        found[row.n - 1] = StoredFacts(
+        found[n - 1] = StoredFacts(
             key_holder=holder,
-            suppressed=bool(row.suppressed),
-            suppression_reason=row.suppression_reason,
-            unsubscribed_all=bool(row.unsubscribed_all),
-            list_choice=row.list_choice,
-            journey_last_sent_at=row.journey_last_sent_at,
-            recent_sends=int(row.recent_sends or 0),
+            suppressed=bool(suppressed),
+            suppression_reason=suppression_reason,
+            unsubscribed_all=bool(unsubscribed_all),
+            list_choice=list_choice,
+            journey_last_sent_at=journey_last_sent_at,
+            recent_sends=int(recent_sends or 0),
         )
     assert all(item is not None for item in found)
     return [item for item in found if item is not None]
 
 
+_OUTGOING_ARRAY = prepared.text_array(OUTGOING)
+_CAP_EXEMPT_ARRAY = prepared.text_array(CAP_EXEMPT_KINDS)
+
 # _FACTS, one row per attempt: the same subqueries, correlated to the attempt's inputs.
-_FACTS_BATCH = text(
-    """
+# The columns in the order read_facts_batch unpacks them.
+_FACTS_BATCH = b"""
     SELECT
         q.n,
         holder.id AS holder_id, holder.decision AS holder_decision,
@@ -901,12 +934,13 @@ _FACTS_BATCH = text(
         (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
             AS list_choice,
         (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
-            AND decision = ANY(CAST(:d AS text[]))) AS journey_last_sent_at,
+            AND decision = ANY(CAST(%(d)s AS text[]))) AS journey_last_sent_at,
         (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
-            AND created_at >= :since AND decision = ANY(CAST(:d AS text[]))
-            AND kind <> ALL(CAST(:exempt AS text[]))) AS recent_sends
-    FROM unnest(CAST(:keys AS text[]), CAST(:contacts AS uuid[]), CAST(:emails AS text[]),
-                CAST(:lists AS text[]), CAST(:journeys AS text[]))
+            AND created_at >= %(since)s AND decision = ANY(CAST(%(d)s AS text[]))
+            AND kind <> ALL(CAST(%(exempt)s AS text[]))) AS recent_sends
+    FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
+                CAST(%(emails)s AS text[]), CAST(%(lists)s AS text[]),
+                CAST(%(journeys)s AS text[]))
         WITH ORDINALITY AS q(k, c, e, l, j, n)
     LEFT JOIN LATERAL (
         SELECT id, decision, status, handoff IS NOT NULL AS waiting
@@ -916,7 +950,6 @@ _FACTS_BATCH = text(
         SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
     ) AS suppression ON true
     """
-)
 
 
 async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
@@ -955,12 +988,14 @@ async def insert_attempts(
     for a row closed at once, :func:`finish`).
     """
     if rows:
-        await conn.execute(
+        # Prepared on the driver connection (hogsend.db.prepared), in conn's transaction.
+        await prepared.execute(
+            conn,
             _INSERT_ATTEMPTS,
             {
                 # Rows the mailer built (ids, strings, gate details): orjson, in C.
                 "rows": rows_to_json(list(rows)),
-                "marked": [str(m) for m in marked],
+                "marked": prepared.text_array(marked),
                 "link_sets": rows_to_json(
                     [{"id": str(links.id), "urls": links.urls} for links in link_sets]
                 ),
@@ -968,16 +1003,15 @@ async def insert_attempts(
         )
 
 
-_INSERT_ATTEMPTS = text(
-    """
+_INSERT_ATTEMPTS = b"""
     WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true) AS v),
     marks AS (
         INSERT INTO email_send_marks (email_send_id)
-        SELECT unnest(CAST(:marked AS uuid[]))
+        SELECT unnest(CAST(%(marked)s AS uuid[]))
     ),
     link_sets AS (
         INSERT INTO tracked_link_sets (id, urls)
-        SELECT l.id, l.urls FROM jsonb_to_recordset(CAST(:link_sets AS jsonb)) AS l(
+        SELECT l.id, l.urls FROM jsonb_to_recordset(CAST(%(link_sets)s AS jsonb)) AS l(
             id uuid, urls text[]
         )
         ON CONFLICT (id) DO NOTHING
@@ -990,14 +1024,13 @@ _INSERT_ATTEMPTS = text(
     SELECT r.id, r.contact_id, r.user_id, r.to_email, r.to_email, r.from_email, r.subject,
         r.template_key, r.category, r.journey_id, r.journey_state_id, r.campaign_id, r.key,
         r.duplicate_of_id, r.redirected_to, r.status, r.decision, r.detail, r.kind, r.error
-    FROM cfg, jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+    FROM cfg, jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
         id uuid, contact_id uuid, user_id text, to_email text, from_email text,
         subject text, template_key text, category text, journey_id text,
         journey_state_id uuid, campaign_id uuid, key text, duplicate_of_id uuid,
         redirected_to text, status text, decision text, detail jsonb, kind text, error text
     )
     """
-)
 
 
 async def finish_and_log(
@@ -1029,8 +1062,11 @@ async def finish_and_log(
         erased since the decision): nothing was stored for them, and the caller hands
         them to ``ingest_batch``, which follows merges.
     """
-    payload = [{**row, "ok": row["decision"] in ("sent", "redirected")} for row in rows]
-    missing = await conn.scalar(
+    payload = [_outcome_row(row) for row in rows]
+    # Prepared on the driver connection (hogsend.db.prepared): this runs for every few
+    # messages, and SQLAlchemy's execution cost more than the statement's values.
+    [(missing, _, _, _)] = await prepared.fetch(
+        conn,
         _FINISH_AND_LOG,
         {
             # Built by the mailer (ids, strings, UTC timestamps): orjson, in C.
@@ -1038,10 +1074,31 @@ async def finish_and_log(
             "events": rows_to_json(list(events)),
             "now": now,
             "notify": notify,
-            "starts": list(starts),
+            "starts": prepared.text_array(starts),
         },
     )
     return list(missing or [])
+
+
+def _outcome_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as :data:`_FINISH_AND_LOG` takes it: ``ok``, and a sent row's detail
+    without the keys that repeat its own columns (put back by every read, ``_COLUMNS``)."""
+    ok = row["decision"] in ("sent", "redirected")
+    detail = row["detail"]
+    if (
+        ok
+        and detail
+        and all(key in detail for key in _REPEATED_IN_DETAIL)
+        and detail["gate"] == row["decision"]
+        and detail["provider"] == row["provider"]
+        and detail["providerCalls"] == row["attempts"]
+    ):
+        detail = {k: v for k, v in detail.items() if k not in _REPEATED_IN_DETAIL}
+    return {**row, "ok": ok, "detail": detail}
+
+
+_REPEATED_IN_DETAIL = ("gate", "provider", "providerCalls")
+"""A sent row's ``decision``, ``provider`` and ``attempts``, as its outcome detail names them."""
 
 
 # The planner takes any set-returning function for 100 rows, which (on a table of a few
@@ -1051,10 +1108,9 @@ async def finish_and_log(
 # group's own ids is what the primary key answers, so each probe is an index lookup; and
 # its estimate (10 ids) does not depend on the parameters, so the server keeps one plan
 # instead of planning each call as it did with the ids passed as a separate array.
-_FINISH_AND_LOG = text(
-    """
+_FINISH_AND_LOG = b"""
     WITH r AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        SELECT * FROM jsonb_to_recordset(CAST(%(rows)s AS jsonb)) AS r(
             id uuid, decision text, ok boolean, detail jsonb, attempts int, provider text,
             message_id text, error text, subject text)
     ), done AS (
@@ -1078,10 +1134,10 @@ _FINISH_AND_LOG = text(
         SELECT r.message_id, coalesce(r.provider, ''), r.id
         FROM r JOIN done ON done.id = r.id WHERE r.message_id IS NOT NULL
     ), started AS (
-        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:starts AS uuid[]))
+        DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(%(starts)s AS uuid[]))
         RETURNING email_send_id
     ), v AS (
-        SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS v(
+        SELECT * FROM jsonb_to_recordset(CAST(%(events)s AS jsonb)) AS v(
             id uuid, contact_id uuid, name text, properties jsonb, key text, source text,
             occurred_at timestamptz)
     ), live AS (
@@ -1092,15 +1148,15 @@ _FINISH_AND_LOG = text(
         INSERT INTO user_events (id, contact_id, user_id, event, properties,
                                  idempotency_key, source, occurred_at, received_at)
         SELECT id, contact_id, user_id, name, properties, key, source, occurred_at,
-               CAST(:now AS timestamptz)
+               CAST(%(now)s AS timestamptz)
         FROM live
         ON CONFLICT DO NOTHING
         RETURNING id, contact_id, user_id, event
     ), outbox AS (
         INSERT INTO event_outbox (event_id, contact_id, contact_key, event, created_at,
                                   next_attempt_at)
-        SELECT id, contact_id, user_id, event, CAST(:now AS timestamptz),
-               CAST(:now AS timestamptz)
+        SELECT id, contact_id, user_id, event, CAST(%(now)s AS timestamptz),
+               CAST(%(now)s AS timestamptz)
         FROM ins
     )
     SELECT (SELECT array_agg(v.key) FROM v WHERE NOT EXISTS (
@@ -1108,6 +1164,5 @@ _FINISH_AND_LOG = text(
            (SELECT count(*) FROM done) AS finished,
            (SELECT count(*) FROM started) AS started,
            (SELECT count(pg_notify('hogsend_outbox', '')) FROM ins
-                WHERE CAST(:notify AS boolean)) AS notified
+                WHERE CAST(%(notify)s AS boolean)) AS notified
     """
-)
