@@ -67,6 +67,8 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
+Answered = Callable[[int, "SendOutcome"], None]
+"""Told (request index, outcome) as soon as an attempt's outcome is durable."""
 
 
 class GroupCommit(Generic[T]):
@@ -148,6 +150,7 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
+    answered: Answered | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -156,6 +159,9 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
+        answered: told each message that went out as soon as its outcome is committed
+            (before the batch ends and releases its keys' locks), so a waiting caller
+            can go on; each lane then commits on its own rather than with the others.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -191,6 +197,7 @@ async def send_batch(
                     concurrency,
                     before_send,
                     locked,
+                    answered,
                 )
             finally:
                 try:
@@ -228,8 +235,9 @@ async def _decide(
     *,
     started: int,
     keys: Sequence[str] = (),
-) -> list[_Going]:
-    """Step 1 of the module docstring, in ``conn``'s transaction (not committed).
+) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
+    """Step 1 of the module docstring, in ``conn``'s transaction: the attempts that go out,
+    and the write of every decision row and link (awaited next, then committed).
 
     The first ``started`` attempts that go out are written ready for their provider
     call; the others are marked (``marked`` of
@@ -285,7 +293,7 @@ async def _decide(
         who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
         people.append((index, who, category, request.list_id or category))
     if not people:
-        return []
+        return [], _nothing
     stored = await sends.read_facts_batch(
         conn,
         [
@@ -399,19 +407,26 @@ async def _decide(
                 started=ready,
             )
         )
-    await sends.abandon_many(conn, abandoned)
-    await sends.insert_attempts(
-        conn,
-        rows,
-        list(zip(link_ids, link_sends, link_urls, strict=True)),
-        marked=[g.send_id for g in going if not g.started],
-    )
-    if deferred:
-        async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-            for request, send_id, result in deferred:
-                await _keep_deferred(session, request, send_id, result)
-            await session.flush()
-    return going
+
+    async def write() -> None:
+        await sends.abandon_many(conn, abandoned)
+        await sends.insert_attempts(
+            conn,
+            rows,
+            list(zip(link_ids, link_sends, link_urls, strict=True)),
+            marked=[g.send_id for g in going if not g.started],
+        )
+        if deferred:
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                for request, send_id, result in deferred:
+                    await _keep_deferred(session, request, send_id, result)
+                await session.flush()
+
+    return going, write
+
+
+async def _nothing() -> None:
+    """The write of a decision that has no rows."""
 
 
 def _row(
@@ -502,6 +517,7 @@ async def _lanes(
     concurrency: int,
     before_send: BeforeSend | None,
     keys: Sequence[str],
+    answered: Answered | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -523,55 +539,96 @@ async def _lanes(
     first, rest = batched[:lanes], batched[lanes:]
     prestart = 0 if before_send is not None else lanes
 
-    async def decide_or_raise(
+    async def decide_unwritten(
         indexes: list[int], started: int = 0, keys: Sequence[str] = ()
-    ) -> list[_Going]:
+    ) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
         try:
-            going = await _decide(
+            return await _decide(
                 mailer, conn, requests, indexes, outcomes, single, started=started, keys=keys
             )
-            await sends.end_transaction(conn, commit=True)
         except BaseException:
             # The keys' session locks survive a rollback.
             await sends.end_transaction(conn, commit=False)
             raise
-        return going
+
+    async def write(rows: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await rows()
+            await sends.end_transaction(conn, commit=True)
+        except BaseException:
+            await sends.end_transaction(conn, commit=False)
+            raise
 
     def failed(indexes: list[int], exc: Exception) -> None:
         for index in indexes:
             if outcomes[index] is None and index not in single:
                 outcomes[index] = exc
 
-    async def decide(indexes: list[int]) -> list[_Going]:
-        try:
-            return await decide_or_raise(indexes)
-        except Exception as exc:
-            failed(indexes, exc)
-            return []
-
-    chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
-    feed = _Feed(decide, chunks)
-    feed.low = lanes
     try:
-        going = await decide_or_raise(first, prestart, keys)
+        going, rows = await decide_unwritten(first, prestart, keys)
     except Exception as exc:
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
         return
+
+    async def write_first() -> bool:
+        """Write and commit the first chunk's decisions; False (every request failed) if
+        that failed."""
+        try:
+            await write(rows)
+        except Exception as exc:
+            for index in first:
+                if index not in single:
+                    outcomes[index] = exc  # gated outcomes too: their rows are not written
+            failed(batched, exc)
+            return False
+        return True
+
+    # Without a throttle every attempt of the first chunk is ready for its provider
+    # call (``prestart``), and the lanes start those calls while the chunk's rows are
+    # written: the provider accepts a message only once they are committed (the gate).
+    first_written = asyncio.ensure_future(write_first())
+    if before_send is not None and not await first_written:
+        return
+
+    async def decide(indexes: list[int]) -> list[_Going]:
+        # The batch's connection is the first chunk's until its rows are committed.
+        if not await first_written:
+            return []
+        try:
+            going, rows = await decide_unwritten(indexes)
+            await write(rows)
+        except Exception as exc:
+            failed(indexes, exc)
+            return []
+        return going
+
+    chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
+    feed = _Feed(decide, chunks)
+    feed.low = lanes
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
     async with mailer.engine.connect() as recorder:
         await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
-        async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
+        async def record(items: list[tuple[tuple[int, Item] | None, uuid.UUID | None]]) -> None:
             await mailer._write_outcomes(
-                [item for item, _ in items if item is not None],
+                [done[1] for done, _ in items if done is not None],
                 recorder,
                 starts=[start for _, start in items if start is not None],
             )
+            if answered is not None:
+                # All of the commit's callers told at once, so that they resume (and
+                # hand in their next sends) together.
+                for done, _ in items:
+                    if done is not None:
+                        outcome = outcomes[done[0]]
+                        if outcome is not None and not isinstance(outcome, Exception):
+                            answered(done[0], outcome)
 
-        recorded: GroupCommit[tuple[Item | None, uuid.UUID | None]] = GroupCommit(record)
+        recorded: GroupCommit[tuple[tuple[int, Item] | None, uuid.UUID | None]]
+        recorded = GroupCommit(record)
 
         async def commit(done: tuple[int, Item] | None, attempt: _Going | None) -> bool:
             """Commit ``done``'s outcome and take ``attempt``'s mark off; False on failure."""
@@ -579,7 +636,7 @@ async def _lanes(
             if done is None and start is None:
                 return True
             try:
-                await recorded.submit((done[1] if done is not None else None, start))
+                await recorded.submit((done, start))
             except Exception as exc:
                 if done is not None:
                     outcomes[done[0]] = exc
@@ -610,6 +667,8 @@ async def _lanes(
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
             done: tuple[int, Item] | None = None
+            # A first-chunk attempt waits for its decision row's commit (write_first).
+            opening = first_written if attempt is not None and not first_written.done() else None
             while True:
                 if attempt is None:
                     if done is not None and before_send is not None:
@@ -624,7 +683,8 @@ async def _lanes(
                 # The commit of ``done`` (which also takes ``attempt``'s mark off) runs
                 # while the provider gets ``attempt`` ready: the provider lets it be
                 # accepted only once that commit succeeded (send_when's gate).
-                gate: asyncio.Future[bool] | None = None
+                gate: asyncio.Future[bool] | None = opening
+                opening = None
                 if done is not None or not attempt.started:
                     gate = asyncio.ensure_future(commit(done, attempt))
                 done = None
@@ -634,7 +694,7 @@ async def _lanes(
                 except Exception as exc:
                     delivered = exc
                 except BaseException:
-                    if gate is not None and not gate.done():
+                    if gate is not None and gate is not first_written and not gate.done():
                         gate.cancel()
                     raise
                 if gate is not None and not await gate:
@@ -652,8 +712,15 @@ async def _lanes(
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
             await asyncio.gather(*(lane(attempt) for attempt in starts))
+            # Written even when no lane waited for it (no attempt of it went out).
+            await first_written
         finally:
             await feed.close()
+            if not first_written.done():
+                # Interrupted: the connection is the batch's again only once it stopped.
+                first_written.cancel()
+                with contextlib.suppress(BaseException):
+                    await first_written
 
 
 class _Gated:
@@ -807,9 +874,17 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
+        def answered(index: int, outcome: SendOutcome) -> None:
+            done = batch[index][1]
+            if not done.done():
+                done.set_result(outcome)
+
         try:
             outcomes = await send_batch(
-                self._mailer, [request for request, _ in batch], concurrency=len(batch)
+                self._mailer,
+                [request for request, _ in batch],
+                concurrency=len(batch),
+                answered=answered,
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")
