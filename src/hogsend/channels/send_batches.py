@@ -151,6 +151,8 @@ async def send_batch(
     concurrency: int,
     before_send: BeforeSend | None = None,
     answered: Answered | None = None,
+    start: asyncio.Future[None] | None = None,
+    drained: Callable[[], None] | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -161,7 +163,14 @@ async def send_batch(
         before_send: awaited before each provider call (a throttle).
         answered: told each message that went out as soon as its outcome is committed
             (before the batch ends and releases its keys' locks), so a waiting caller
-            can go on; each lane then commits on its own rather than with the others.
+            can go on.
+        start: when given, the batch locks its keys and decides its first requests
+            (all marked, none ready for the provider) and calls no provider before this
+            future is done: a campaign prepares its next batch while the one before
+            ends. Cancel the batch instead of finishing the future to drop it (what it
+            decided stays marked: never sent).
+        drained: called once every request is decided and handed to a lane (the
+            batch's last provider calls are under way).
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -198,6 +207,8 @@ async def send_batch(
                     before_send,
                     locked,
                     answered,
+                    start,
+                    drained,
                 )
             finally:
                 try:
@@ -518,6 +529,8 @@ async def _lanes(
     before_send: BeforeSend | None,
     keys: Sequence[str],
     answered: Answered | None = None,
+    start: asyncio.Future[None] | None = None,
+    drained: Callable[[], None] | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -537,7 +550,7 @@ async def _lanes(
     # The first chunk feeds every lane at once; its attempts are written ready for the
     # provider (no mark to take off) unless a throttle may hold a lane before sending.
     first, rest = batched[:lanes], batched[lanes:]
-    prestart = 0 if before_send is not None else lanes
+    prestart = 0 if before_send is not None or start is not None else lanes
 
     async def decide_unwritten(
         indexes: list[int], started: int = 0, keys: Sequence[str] = ()
@@ -584,12 +597,16 @@ async def _lanes(
             return False
         return True
 
-    # Without a throttle every attempt of the first chunk is ready for its provider
-    # call (``prestart``), and the lanes start those calls while the chunk's rows are
-    # written: the provider accepts a message only once they are committed (the gate).
+    # Without a throttle or a start to wait for, every attempt of the first chunk is
+    # ready for its provider call (``prestart``), and the lanes start those calls while
+    # the chunk's rows are written: the provider accepts a message only once they are
+    # committed (the gate). Marked attempts wait for the commit: their marks must be
+    # in before a lane's commit can take one off.
     first_written = asyncio.ensure_future(write_first())
-    if before_send is not None and not await first_written:
+    if prestart == 0 and not await first_written:
         return
+    if start is not None:
+        await start
 
     async def decide(indexes: list[int]) -> list[_Going]:
         # The batch's connection is the first chunk's until its rows are committed.
@@ -649,6 +666,7 @@ async def _lanes(
         # when it ends: its outcomes wait for the last provider call and go in one
         # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
+        told_drained: list[bool] = []
         sending = lanes
         all_sent = asyncio.Event()
 
@@ -676,6 +694,9 @@ async def _lanes(
                         await commit(done, None)
                         done = None
                     attempt = await feed.take()
+                    if attempt is None and drained is not None and not told_drained:
+                        told_drained.append(True)
+                        drained()
                     if attempt is not None and before_send is not None:
                         await before_send()
                 if attempt is None:
