@@ -9,8 +9,9 @@ database work for the whole batch together:
    :class:`GroupCommit` that decides every request handed in meanwhile in one
    transaction: the addresses' locks, every gate's facts (one statement), rendering and
    tracking, every decision row and every tracked link (one statement each), one commit.
-   A message that goes out is committed with its links as ``queued`` before its
-   provider call;
+   A message that goes out is committed with its links as ``queued`` before the
+   provider accepts it (the first chunk's provider calls begin while it commits, and
+   the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
    :class:`GroupCommit` and waits for its commit before taking the next request.
