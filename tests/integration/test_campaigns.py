@@ -464,11 +464,13 @@ async def test_pipelined_batches_send_each_recipient_once_and_record_every_batch
         stages.reset()
         campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
         body = await finished(env, ingest_key, campaign_id)
-        batches = stages.batches
+        batches, prepared = stages.batches, stages.prepared
     finally:
         await running.stop()
 
     assert batches >= 5  # 15 recipients, at most 3 a batch
+    # The batches after the first were prepared while the one before ended.
+    assert prepared >= 3
     assert recipients(env.sink) == [f"piped{n:02}@example.com" for n in range(14)]
     assert (body["sentCount"], body["skippedCount"], body["pendingCount"]) == (14, 1, 0)
     assert body["skipReasons"] == {"unsubscribed": 1}

@@ -167,3 +167,38 @@ async def test_sends_without_a_key_or_contact_and_uncoalesced_sends(
     assert [unkeyed.decision, by_address.decision, alone.decision] == ["sent"] * 3
     rows = await fetch_all("SELECT decision FROM email_sends WHERE contact_id = :c", c=contact)
     assert len(rows) == 3
+
+
+async def test_a_coalesced_send_returns_once_its_outcome_is_committed_not_after_the_unlock(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch releases its keys after its callers have their (durable) outcomes; a
+    # second send of the same key waits for that release and is a duplicate.
+    from hogsend.db.repos import sends
+
+    people = [await new_contact(env.engine, f"u{n}@example.com") for n in range(3)]
+    release = asyncio.Event()
+    unlock = sends.unlock_keys
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await unlock(*args, **kwargs)
+
+    monkeypatch.setattr(sends, "unlock_keys", held)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"u:{c}")) for c in people)),
+        timeout=30,
+    )
+    assert [o.decision for o in outcomes] == ["sent"] * 3
+    rows = await fetch_all("SELECT decision FROM email_sends")
+    assert [r["decision"] for r in rows] == ["sent"] * 3  # committed before returning
+    again = asyncio.ensure_future(
+        env.mailer.send(news(people[0], idempotency_key=f"u:{people[0]}"))
+    )
+    await asyncio.sleep(0.1)
+    assert not again.done()  # the key is still the first batch's
+    release.set()
+    assert (await again).decision == "duplicate"
+    assert len(env.sink.messages) == 3

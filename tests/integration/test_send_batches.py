@@ -355,3 +355,79 @@ async def test_a_batch_decided_in_one_go_commits_its_outcomes_together(
     rows = await fetch_all("SELECT decision FROM email_sends")
     assert [r["decision"] for r in rows] == ["sent"] * 5
     assert len(env.sink.messages) == 5
+
+
+async def test_a_prepared_batch_sends_nothing_until_started_and_a_dropped_one_is_taken_over(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    # A campaign prepares its next batch while the one before ends: the keys locked and
+    # the first requests decided, marked, no provider call before ``start``.
+    people = [await new_contact(env.engine, f"prep{n}@example.com") for n in range(6)]
+    requests = [news(c, idempotency_key=f"prep:{c}") for c in people]
+    start: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    prepared = asyncio.ensure_future(env.mailer.send_batch(requests, concurrency=2, start=start))
+    while True:
+        marked = await fetch_all("SELECT count(*) AS n FROM email_send_marks")
+        if marked[0]["n"] == 2:  # the first chunk: one request per lane
+            break
+        assert not prepared.done(), prepared.result()
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert env.sink.messages == []
+    prepared.cancel()  # dropped: the run no longer owns its campaign
+    with pytest.raises(asyncio.CancelledError):
+        await prepared
+
+    # The keys were released, and the attempts decided ahead (never sent) give way.
+    drained: list[bool] = []
+    start = asyncio.get_running_loop().create_future()
+    again = asyncio.ensure_future(
+        env.mailer.send_batch(
+            requests, concurrency=2, start=start, drained=lambda: drained.append(True)
+        )
+    )
+    await asyncio.sleep(0.1)
+    assert env.sink.messages == []
+    start.set_result(None)
+    outcomes = await again
+    assert [o.decision for o in outcomes if not isinstance(o, Exception)] == ["sent"] * 6
+    assert drained == [True]
+    rows = await fetch_all("SELECT decision, count(*) AS n FROM email_sends GROUP BY decision")
+    assert {r["decision"]: r["n"] for r in rows} == {"sent": 6}
+    marks = await fetch_all("SELECT count(*) AS n FROM email_send_marks")
+    assert marks[0]["n"] == 0
+    assert sorted(m["To"] for m in env.sink.messages) == [f"prep{n}@example.com" for n in range(6)]
+
+
+async def test_a_failed_first_write_lets_no_message_be_accepted(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first chunk's provider calls begin while its decision rows are written; the
+    # write fails, so the server never accepts those messages.
+    from hogsend.db.repos import sends
+
+    people = [await new_contact(env.engine, f"w{n}@example.com") for n in range(3)]
+    written = sends.insert_attempts
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.05)  # the envelopes and bodies are on their way meanwhile
+        raise ConnectionError("the decision write failed")
+
+    monkeypatch.setattr(sends, "insert_attempts", failing)
+    outcomes = await env.mailer.send_batch(
+        [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
+    )
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    assert env.sink.messages == []
+    rows = await fetch_all("SELECT count(*) AS n FROM email_sends")
+    assert rows[0]["n"] == 0
+
+    monkeypatch.setattr(sends, "insert_attempts", written)
+    outcomes = await env.mailer.send_batch(
+        [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
+    )
+    assert [o.decision for o in outcomes if not isinstance(o, Exception)] == ["sent"] * 3
+    assert len(env.sink.messages) == 3

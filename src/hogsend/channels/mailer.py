@@ -456,6 +456,8 @@ class Mailer:
         *,
         concurrency: int,
         before_send: Callable[[], Awaitable[object]] | None = None,
+        start: asyncio.Future[None] | None = None,
+        drained: Callable[[], None] | None = None,
     ) -> list[SendOutcome | Exception]:
         """:meth:`send` for many requests, with the database work done set-based.
 
@@ -468,10 +470,20 @@ class Mailer:
             requests: the sends, each with its own idempotency key.
             concurrency: provider calls in flight at once.
             before_send: awaited before each provider call (a campaign's throttle).
+            start: no provider call before this future is done (the batch prepares
+                meanwhile); see :func:`~hogsend.channels.send_batches.send_batch`.
+            drained: called once every request is decided and handed to a lane.
         """
         from hogsend.channels.send_batches import send_batch
 
-        return await send_batch(self, requests, concurrency=concurrency, before_send=before_send)
+        return await send_batch(
+            self,
+            requests,
+            concurrency=concurrency,
+            before_send=before_send,
+            start=start,
+            drained=drained,
+        )
 
     async def _locked_attempt(self, request: SendRequest, *, later: bool) -> SendOutcome:
         self._templates.get(request.template)

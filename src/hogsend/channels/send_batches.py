@@ -9,8 +9,9 @@ database work for the whole batch together:
    :class:`GroupCommit` that decides every request handed in meanwhile in one
    transaction: the addresses' locks, every gate's facts (one statement), rendering and
    tracking, every decision row and every new link set (one statement each), one commit.
-   A message that goes out is committed with its links as ``queued`` before its
-   provider call;
+   A message that goes out is committed with its links as ``queued`` before the
+   provider accepts it (the first chunk's provider calls begin while it commits, and
+   the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
    :class:`GroupCommit` and waits for its commit before taking the next request.
@@ -68,6 +69,8 @@ T = TypeVar("T")
 Item = tuple[dict[str, Any], EventInput | None]
 """What :class:`GroupCommit` records for one attempt: its ``finish`` row and event."""
 BeforeSend = Callable[[], Awaitable[object]]
+Answered = Callable[[int, "SendOutcome"], None]
+"""Told (request index, outcome) as soon as an attempt's outcome is durable."""
 
 
 class GroupCommit(Generic[T]):
@@ -149,6 +152,9 @@ async def send_batch(
     *,
     concurrency: int,
     before_send: BeforeSend | None = None,
+    answered: Answered | None = None,
+    start: asyncio.Future[None] | None = None,
+    drained: Callable[[], None] | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -157,6 +163,16 @@ async def send_batch(
         requests: the sends; keys must differ (a repeated one is a ``duplicate``).
         concurrency: provider calls in flight at once.
         before_send: awaited before each provider call (a throttle).
+        answered: told each message that went out as soon as its outcome is committed
+            (before the batch ends and releases its keys' locks), so a waiting caller
+            can go on.
+        start: when given, the batch locks its keys and decides its first requests
+            (all marked, none ready for the provider) and calls no provider before this
+            future is done: a campaign prepares its next batch while the one before
+            ends. Cancel the batch instead of finishing the future to drop it (what it
+            decided stays marked: never sent).
+        drained: called once every request is decided and handed to a lane (the
+            batch's last provider calls are under way).
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -192,6 +208,9 @@ async def send_batch(
                     concurrency,
                     before_send,
                     locked,
+                    answered,
+                    start,
+                    drained,
                 )
             finally:
                 try:
@@ -229,8 +248,9 @@ async def _decide(
     *,
     started: int,
     keys: Sequence[str] = (),
-) -> list[_Going]:
-    """Step 1 of the module docstring, in ``conn``'s transaction (not committed).
+) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
+    """Step 1 of the module docstring, in ``conn``'s transaction: the attempts that go out,
+    and the write of every decision row and link (awaited next, then committed).
 
     The first ``started`` attempts that go out are written ready for their provider
     call; the others are marked (``marked`` of
@@ -286,7 +306,7 @@ async def _decide(
         who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
         people.append((index, who, category, request.list_id or category))
     if not people:
-        return []
+        return [], _nothing
     stored = await sends.read_facts_batch(
         conn,
         [
@@ -397,24 +417,32 @@ async def _decide(
                 started=ready,
             )
         )
-    await sends.abandon_many(conn, abandoned)
-    await sends.insert_attempts(
-        conn,
-        rows,
-        list(link_sets.values()),
-        marked=[g.send_id for g in going if not g.started],
-    )
-    if deferred:
-        # The session must write in the transaction opened by hand and leave it open. It
-        # ends a transaction only if it began it, and the statements above went to the
-        # driver, past SQLAlchemy: begin SQLAlchemy's own first (no statement in autocommit).
-        if not conn.in_transaction():
-            await conn.begin()
-        async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-            for request, send_id, result in deferred:
-                await _keep_deferred(session, request, send_id, result)
-            await session.flush()
-    return going
+
+    async def write() -> None:
+        await sends.abandon_many(conn, abandoned)
+        await sends.insert_attempts(
+            conn,
+            rows,
+            list(link_sets.values()),
+            marked=[g.send_id for g in going if not g.started],
+        )
+        if deferred:
+            # The session must write in the transaction opened by hand and leave it
+            # open. It ends a transaction only if it began it, and the statements above
+            # went to the driver, past SQLAlchemy: begin SQLAlchemy's own first (no
+            # statement in autocommit).
+            if not conn.in_transaction():
+                await conn.begin()
+            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
+                for request, send_id, result in deferred:
+                    await _keep_deferred(session, request, send_id, result)
+                await session.flush()
+
+    return going, write
+
+
+async def _nothing() -> None:
+    """The write of a decision that has no rows."""
 
 
 def _row(
@@ -505,6 +533,9 @@ async def _lanes(
     concurrency: int,
     before_send: BeforeSend | None,
     keys: Sequence[str],
+    answered: Answered | None = None,
+    start: asyncio.Future[None] | None = None,
+    drained: Callable[[], None] | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -527,43 +558,79 @@ async def _lanes(
     # The first chunk feeds every lane at once; its attempts are written ready for the
     # provider (no mark to take off) unless a throttle may hold a lane before sending.
     first, rest = batched[:lanes], batched[lanes:]
-    prestart = 0 if before_send is not None else lanes
+    prestart = 0 if before_send is not None or start is not None else lanes
 
-    async def decide_or_raise(
+    async def decide_unwritten(
         indexes: list[int], started: int = 0, keys: Sequence[str] = ()
-    ) -> list[_Going]:
+    ) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
         try:
-            going = await _decide(
+            return await _decide(
                 mailer, conn, requests, indexes, outcomes, single, started=started, keys=keys
             )
-            await sends.end_transaction(conn, commit=True)
         except BaseException:
             # The keys' session locks survive a rollback.
             await sends.end_transaction(conn, commit=False)
             raise
-        return going
+
+    async def write(rows: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await rows()
+            await sends.end_transaction(conn, commit=True)
+        except BaseException:
+            await sends.end_transaction(conn, commit=False)
+            raise
 
     def failed(indexes: list[int], exc: Exception) -> None:
         for index in indexes:
             if outcomes[index] is None and index not in single:
                 outcomes[index] = exc
 
-    async def decide(indexes: list[int]) -> list[_Going]:
-        try:
-            return await decide_or_raise(indexes)
-        except Exception as exc:
-            failed(indexes, exc)
-            return []
-
-    chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
-    feed = _Feed(decide, chunks)
-    feed.low = lanes
     try:
-        going = await decide_or_raise(first, prestart, keys)
+        going, rows = await decide_unwritten(first, prestart, keys)
     except Exception as exc:
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
         return
+
+    async def write_first() -> bool:
+        """Write and commit the first chunk's decisions; False (every request failed) if
+        that failed."""
+        try:
+            await write(rows)
+        except Exception as exc:
+            for index in first:
+                if index not in single:
+                    outcomes[index] = exc  # gated outcomes too: their rows are not written
+            failed(batched, exc)
+            return False
+        return True
+
+    # Without a throttle or a start to wait for, every attempt of the first chunk is
+    # ready for its provider call (``prestart``), and the lanes start those calls while
+    # the chunk's rows are written: the provider accepts a message only once they are
+    # committed (the gate). Marked attempts wait for the commit: their marks must be
+    # in before a lane's commit can take one off.
+    first_written = asyncio.ensure_future(write_first())
+    if prestart == 0 and not await first_written:
+        return
+    if start is not None:
+        await start
+
+    async def decide(indexes: list[int]) -> list[_Going]:
+        # The batch's connection is the first chunk's until its rows are committed.
+        if not await first_written:
+            return []
+        try:
+            going, rows = await decide_unwritten(indexes)
+            await write(rows)
+        except Exception as exc:
+            failed(indexes, exc)
+            return []
+        return going
+
+    chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
+    feed = _Feed(decide, chunks)
+    feed.low = lanes
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
 
@@ -574,14 +641,23 @@ async def _lanes(
             recorder = await held.enter_async_context(mailer.engine.connect())
             await recorder.execution_options(isolation_level="AUTOCOMMIT")
 
-        async def record(items: list[tuple[Item | None, uuid.UUID | None]]) -> None:
+        async def record(items: list[tuple[tuple[int, Item] | None, uuid.UUID | None]]) -> None:
             await mailer._write_outcomes(
-                [item for item, _ in items if item is not None],
+                [done[1] for done, _ in items if done is not None],
                 recorder,
                 starts=[start for _, start in items if start is not None],
             )
+            if answered is not None:
+                # All of the commit's callers told at once, so that they resume (and
+                # hand in their next sends) together.
+                for done, _ in items:
+                    if done is not None:
+                        outcome = outcomes[done[0]]
+                        if outcome is not None and not isinstance(outcome, Exception):
+                            answered(done[0], outcome)
 
-        recorded: GroupCommit[tuple[Item | None, uuid.UUID | None]] = GroupCommit(record)
+        recorded: GroupCommit[tuple[tuple[int, Item] | None, uuid.UUID | None]]
+        recorded = GroupCommit(record)
 
         async def commit(done: tuple[int, Item] | None, attempt: _Going | None) -> bool:
             """Commit ``done``'s outcome and take ``attempt``'s mark off; False on failure."""
@@ -589,7 +665,7 @@ async def _lanes(
             if done is None and start is None:
                 return True
             try:
-                await recorded.submit((done[1] if done is not None else None, start))
+                await recorded.submit((done, start))
             except Exception as exc:
                 if done is not None:
                     outcomes[done[0]] = exc
@@ -602,6 +678,7 @@ async def _lanes(
         # when it ends: its outcomes wait for the last provider call and go in one
         # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
+        told_drained: list[bool] = []
         sending = lanes
         all_sent = asyncio.Event()
 
@@ -620,6 +697,8 @@ async def _lanes(
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
             done: tuple[int, Item] | None = None
+            # A first-chunk attempt waits for its decision row's commit (write_first).
+            opening = first_written if attempt is not None and not first_written.done() else None
             while True:
                 if attempt is None:
                     if done is not None and before_send is not None:
@@ -627,6 +706,9 @@ async def _lanes(
                         await commit(done, None)
                         done = None
                     attempt = await feed.take()
+                    if attempt is None and drained is not None and not told_drained:
+                        told_drained.append(True)
+                        drained()
                     if attempt is not None and before_send is not None:
                         await before_send()
                 if attempt is None:
@@ -634,7 +716,8 @@ async def _lanes(
                 # The commit of ``done`` (which also takes ``attempt``'s mark off) runs
                 # while the provider gets ``attempt`` ready: the provider lets it be
                 # accepted only once that commit succeeded (send_when's gate).
-                gate: asyncio.Future[bool] | None = None
+                gate: asyncio.Future[bool] | None = opening
+                opening = None
                 if done is not None or not attempt.started:
                     gate = asyncio.ensure_future(commit(done, attempt))
                 done = None
@@ -644,7 +727,7 @@ async def _lanes(
                 except Exception as exc:
                     delivered = exc
                 except BaseException:
-                    if gate is not None and not gate.done():
+                    if gate is not None and gate is not first_written and not gate.done():
                         gate.cancel()
                     raise
                 if gate is not None and not await gate:
@@ -662,8 +745,15 @@ async def _lanes(
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
             await asyncio.gather(*(lane(attempt) for attempt in starts))
+            # Written even when no lane waited for it (no attempt of it went out).
+            await first_written
         finally:
             await feed.close()
+            if not first_written.done():
+                # Interrupted: the connection is the batch's again only once it stopped.
+                first_written.cancel()
+                with contextlib.suppress(BaseException):
+                    await first_written
 
 
 class _Gated:
@@ -817,9 +907,17 @@ class Coalescer:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[SendRequest, asyncio.Future[SendOutcome]]]) -> None:
+        def answered(index: int, outcome: SendOutcome) -> None:
+            done = batch[index][1]
+            if not done.done():
+                done.set_result(outcome)
+
         try:
             outcomes = await send_batch(
-                self._mailer, [request for request, _ in batch], concurrency=len(batch)
+                self._mailer,
+                [request for request, _ in batch],
+                concurrency=len(batch),
+                answered=answered,
             )
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the batch was interrupted")

@@ -36,6 +36,7 @@ import contextlib
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,6 +97,8 @@ class StageClock:
     recipients: int = 0
     carried: int = 0
     """Steps that began with the batch the step before read ahead (no read of their own)."""
+    prepared: int = 0
+    """Batches prepared in the mailer during the tail of the one before (see batch_step)."""
     _mark: tuple[float, float] | None = None
 
     def start(self) -> None:
@@ -114,7 +117,7 @@ class StageClock:
         """Forget everything measured so far."""
         self.wall.clear()
         self.cpu.clear()
-        self.batches = self.recipients = self.carried = 0
+        self.batches = self.recipients = self.carried = self.prepared = 0
         self._mark = None
 
 
@@ -396,7 +399,14 @@ class _Sent:
     problem: BaseException | None
 
 
-async def _send(ctx: _Context, campaign: Campaign, batch: _Batch) -> _Sent:
+async def _send(
+    ctx: _Context,
+    campaign: Campaign,
+    batch: _Batch,
+    *,
+    start: asyncio.Future[None] | None = None,
+    drained: Callable[[], None] | None = None,
+) -> _Sent:
     throttle = _throttle(campaign)
     # The batch path: every gate for the whole batch in one statement, the decision rows
     # in one, provider calls campaign_concurrency at a time (see channels.send_batches).
@@ -404,8 +414,43 @@ async def _send(ctx: _Context, campaign: Campaign, batch: _Batch) -> _Sent:
         batch.requests,
         concurrency=ctx.settings.campaign_concurrency,
         before_send=throttle.acquire if throttle is not None else None,
+        start=start,
+        drained=drained,
     )
     return _Sent(recipients=batch.recipients, settled=settled, problem=_problem(settled))
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch in the mailer: begun at once, or prepared during the tail of the one
+    before (keys locked, first requests decided) and sending once ``go`` is done."""
+
+    batch: _Batch
+    task: asyncio.Task[_Sent]
+    drained: asyncio.Event
+    go: asyncio.Future[None] | None
+    sending: float
+    """When its provider calls could begin (``perf_counter``), for its rate."""
+
+    def release(self) -> None:
+        """Let a prepared batch call the provider."""
+        assert self.go is not None
+        self.go.set_result(None)
+        self.sending = time.perf_counter()
+
+    async def drop(self) -> None:
+        """Stop a prepared batch before it sends: its keys unlock, its decided
+        attempts stay marked (never sent; the attempt taking a key over removes them)."""
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+def _begin(ctx: _Context, campaign: Campaign, batch: _Batch, *, prepared: bool) -> _InFlight:
+    drained = asyncio.Event()
+    go = asyncio.get_running_loop().create_future() if prepared else None
+    task = asyncio.create_task(_send(ctx, campaign, batch, start=go, drained=drained.set))
+    return _InFlight(batch, task, drained, go, time.perf_counter())
 
 
 async def _record(session: AsyncSession, campaign_id: uuid.UUID, sent: _Sent) -> None:
@@ -482,13 +527,15 @@ async def _owns(engine: AsyncEngine, campaign_id: uuid.UUID, workflow_id: str) -
 async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Send batches of due recipients and record them, for up to ``STEP_SECONDS``.
 
-    A pipeline of three, so the mailer is not kept waiting between batches: while
-    batch N is in the mailer, batch N+1 is read (keyset past N) and batch N-1's results
-    are recorded, each on a connection of its own. A batch is recorded only once
+    A pipeline, so the mailer is not kept waiting between batches: while batch N is
+    in the mailer, batch N+1 is read (keyset past N) and batch N-1's results are
+    recorded, each on a connection of its own; once N's last requests are handed to
+    its lanes, N+1 is prepared in the mailer (its keys locked, its first requests
+    decided and marked) without calling the provider. A batch is recorded only once
     ``send_batch`` returned for it (every decision row and outcome committed), and the
     step returns only once its last batch is recorded. Between two batches the one
     thing the mailer waits for is the ownership check (one statement): a pause, cancel
-    or takeover stops the run there.
+    or takeover stops the run there, and a prepared batch is dropped unsent.
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
@@ -523,22 +570,39 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             batch = _batch(campaign, first)
     stages.lap("first read")
     recording: asyncio.Task[None] | None = None
+    current = _begin(ctx, campaign, batch, prepared=False)
+    following: _InFlight | None = None
     try:
         while True:
+            batch = current.batch
             # Sized by the last finished batch's rate: this one's is not known yet.
             size = len(batch.recipients)
             limit = next_batch_size(cap, lanes, size, rate)
             ahead = asyncio.ensure_future(
                 _read_ahead(ctx.engine, campaign, batch.recipients[-1], limit)
             )
-            sending = time.perf_counter()
             try:
-                sent = await _send(ctx, campaign, batch)
+                drained = asyncio.ensure_future(current.drained.wait())
+                await asyncio.wait((current.task, drained), return_when=asyncio.FIRST_COMPLETED)
+                drained.cancel()
+                upcoming = await ahead
+                if (
+                    not current.task.done()
+                    and upcoming is not None
+                    and upcoming.recipients
+                    and time.monotonic() - began < STEP_SECONDS
+                ):
+                    # The batch's last provider calls are under way: the next one locks
+                    # its keys and decides its first sends meanwhile, and sends only
+                    # once this one ended and the run was found to still own the
+                    # campaign (below): the lanes never wait for its start.
+                    following = _begin(ctx, campaign, upcoming, prepared=True)
+                sent = await current.task
                 stages.lap("send")
             finally:
-                upcoming = await ahead
-                stages.lap("read ahead")
-            rate = size / max(time.perf_counter() - sending, 1e-6)
+                if not ahead.done():
+                    ahead.cancel()
+            rate = size / max(time.perf_counter() - current.sending, 1e-6)
             _paces[cid] = (size, rate)
             stages.batches += 1
             stages.recipients += size
@@ -558,6 +622,11 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             if not owns:
                 _forget(cid)
                 return {"state": "stopped"}
+            if following is not None:
+                current, following = following, None
+                current.release()
+                stages.prepared += 1
+                continue
             if time.monotonic() - began >= STEP_SECONDS:
                 # DBOS checkpoints the step; the next one goes on from the recipients'
                 # status, starting with the batch read ahead (if this process runs it).
@@ -565,7 +634,7 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                     _carried[cid] = (workflow_id, _shape(campaign), upcoming)
                 return {"state": "more"}
             if upcoming is not None and upcoming.recipients:
-                batch = upcoming
+                current = _begin(ctx, campaign, upcoming, prepared=False)
                 continue
             # Read at the boundary (none read ahead, or the read failed): the recipients
             # just sent must have left `pending` first.
@@ -577,9 +646,16 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                 recipients = await repo.due_batch(session, cid, now, limit=limit)
                 if not recipients:
                     return await _nothing_due(session, cid, workflow_id, now)
-            batch = _batch(campaign, recipients)
+            current = _begin(ctx, campaign, _batch(campaign, recipients), prepared=False)
             stages.lap("record")
     finally:
+        if following is not None:
+            # Stopped, failed or interrupted before the prepared batch could send.
+            await following.drop()
+        if not current.task.done():
+            current.task.cancel()
+            with contextlib.suppress(BaseException):
+                await current.task
         if recording is not None:
             # Every way out of the step waits for the last batch's record: the counts
             # are exact when the step ends, and no task outlives it.
