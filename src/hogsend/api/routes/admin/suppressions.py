@@ -148,7 +148,10 @@ _IMPORT_DOC: dict[str, Any] = {
         "required": True,
         "description": "A CSV file: `email[,reason[,note]]` per line, optional header.",
         "content": {
-            "text/csv": {"schema": {"type": "string"}},
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "email,reason,note\nann@example.com,manual,asked by phone\n",
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
