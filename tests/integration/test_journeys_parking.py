@@ -86,14 +86,25 @@ async def test_a_parked_sleep_and_a_parked_wait_hold_no_task_and_resume(env: Env
     assert _live_workflow_tasks() == baseline
     assert _subjects(env.sink) == ["Welcome"]  # the replay did not send again
 
-    await env.event("park.event", "pam", n=7)
-    # A run that is not parked does hold a task (the count above can see it).
-    await env.event("park.me", "pat")
+    # A run that is not parked does hold a task (the count above can see it). Both runs
+    # below hold theirs only while they send (then pam completes and pat parks in its
+    # sleep at once), a few milliseconds: look on every turn of the loop, not every
+    # 0.1 s as env.until does.
+    running_again = asyncio.Event()
 
-    async def running_again() -> bool:
-        return _live_workflow_tasks() > baseline
+    async def watch() -> None:
+        while not running_again.is_set():
+            if _live_workflow_tasks() > baseline:
+                running_again.set()
+            await asyncio.sleep(0)
 
-    await env.until(running_again)
+    watcher = asyncio.create_task(watch())
+    try:
+        await env.event("park.event", "pam", n=7)
+        await env.event("park.me", "pat")
+        await asyncio.wait_for(running_again.wait(), timeout=30)
+    finally:
+        watcher.cancel()
 
     async def completed() -> bool:
         runs = await env.runs("it-parked")
