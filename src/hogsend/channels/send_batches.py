@@ -678,7 +678,7 @@ async def _lanes(
         # when it ends: its outcomes wait for the last provider call and go in one
         # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
-        told_drained: list[bool] = []
+        told_drained = False
         sending = lanes
         all_sent = asyncio.Event()
 
@@ -696,6 +696,7 @@ async def _lanes(
 
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
+            nonlocal told_drained
             done: tuple[int, Item] | None = None
             # A first-chunk attempt waits for its decision row's commit (write_first).
             opening = first_written if attempt is not None and not first_written.done() else None
@@ -707,7 +708,7 @@ async def _lanes(
                         done = None
                     attempt = await feed.take()
                     if attempt is None and drained is not None and not told_drained:
-                        told_drained.append(True)
+                        told_drained = True
                         drained()
                     if attempt is not None and before_send is not None:
                         await before_send()

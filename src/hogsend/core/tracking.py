@@ -146,10 +146,14 @@ def _click_payload(send_id: uuid.UUID, link_set_id: uuid.UUID, number: int) -> b
     return send_id.bytes + link_set_id.bytes + number.to_bytes(2, "big")
 
 
+def _click_mac(payload: bytes, secret: bytes) -> bytes:
+    return hmac_sha256(secret, _LINK_TAG + payload)[:_MAC_BYTES]
+
+
 def sign_click(send_id: uuid.UUID, link_set_id: uuid.UUID, number: int, secret: bytes) -> str:
     """The click token of link ``number`` of a set, in the message of ``send_id``."""
     payload = _click_payload(send_id, link_set_id, number)
-    return _b64(payload + hmac_sha256(secret, _LINK_TAG + payload)[:_MAC_BYTES])
+    return _b64(payload + _click_mac(payload, secret))
 
 
 def verify_click(token: str, secret: bytes) -> SignedClick | uuid.UUID:
@@ -165,9 +169,7 @@ def verify_click(token: str, secret: bytes) -> SignedClick | uuid.UUID:
         return verify_id("click", token, secret)
     raw = _decode(token, CLICK_TOKEN_LENGTH, _CLICK_PAYLOAD + _MAC_BYTES)
     payload = raw[:_CLICK_PAYLOAD]
-    if not hmac.compare_digest(
-        raw[_CLICK_PAYLOAD:], hmac_sha256(secret, _LINK_TAG + payload)[:_MAC_BYTES]
-    ):
+    if not hmac.compare_digest(raw[_CLICK_PAYLOAD:], _click_mac(payload, secret)):
         raise InvalidToken("bad tracking token signature")
     return SignedClick(
         send_id=uuid.UUID(bytes=payload[:16]),

@@ -438,9 +438,10 @@ class _InFlight:
         self.go.set_result(None)
         self.sending = time.perf_counter()
 
-    async def drop(self) -> None:
-        """Stop a prepared batch before it sends: its keys unlock, its decided
-        attempts stay marked (never sent; the attempt taking a key over removes them)."""
+    async def stop(self) -> None:
+        """Stop the batch (nothing if it ended). A prepared one stops before it sends:
+        its keys unlock, its decided attempts stay marked (never sent; the attempt
+        taking a key over removes them)."""
         self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
@@ -651,11 +652,8 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     finally:
         if following is not None:
             # Stopped, failed or interrupted before the prepared batch could send.
-            await following.drop()
-        if not current.task.done():
-            current.task.cancel()
-            with contextlib.suppress(BaseException):
-                await current.task
+            await following.stop()
+        await current.stop()
         if recording is not None:
             # Every way out of the step waits for the last batch's record: the counts
             # are exact when the step ends, and no task outlives it.
