@@ -147,12 +147,17 @@ async def _campaign(
         statements += 1
 
     event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
-    # The two that open a transaction by hand go to the driver, past that event (counted
-    # as bench/send.py counts them for mailer_batch).
+    # Those that open a transaction by hand go to the driver, past that event (counted
+    # as bench/send.py counts them: a single attempt's pipelines one round trip each).
     from hogsend.db.repos import sends as sends_repo
     from hogsend.runtime.campaigns import stages
 
-    for name in ("begin_and_lock_key", "begin_and_read_contacts"):
+    for name in (
+        "begin_and_read_contacts",
+        "begin_and_read_attempt",
+        "write_attempt",
+        "finish_attempt",
+    ):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
     # So do the prepared ones (hogsend.db.prepared): one statement each.
     from hogsend.db import prepared

@@ -284,10 +284,16 @@ async def _mailer(
 
     # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
     event.listen(engine.sync_engine, "before_cursor_execute", count)
-    # The two that open a transaction by hand go to the driver, past that event.
+    # Those that open a transaction by hand go to the driver, past that event (a single
+    # attempt's pipelines, begin_and_read_attempt and the two after it, one round trip each).
     from hogsend.db.repos import sends as sends_repo
 
-    for name in ("begin_and_lock_key", "begin_and_read_contacts"):
+    for name in (
+        "begin_and_read_contacts",
+        "begin_and_read_attempt",
+        "write_attempt",
+        "finish_attempt",
+    ):
         setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
     # So do the prepared ones (hogsend.db.prepared): one statement each.
     from hogsend.db import prepared

@@ -12,9 +12,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from hogsend import Hogsend, define_list
 from hogsend.api import create_api
@@ -22,6 +23,7 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.core import tokens
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.db.repos import sends
 from hogsend.errors import NoRecipient
 from hogsend.settings import Settings
 from mail_sink import Sink
@@ -407,7 +409,12 @@ async def test_transient_451_is_retried_then_sent(env: Env, fetch_all: FetchAll)
     assert env.sleeps == [1.0]
     stored = await row(fetch_all, outcome.send_id)
     assert stored["attempts"] == 2
-    assert stored["decision_detail"]["providerCalls"] == 2
+    # A sent row's stored detail leaves out what its columns say; reads put it back.
+    async with AsyncSession(env.engine) as session:
+        record = await sends.get_send(session, outcome.send_id)
+    assert record is not None
+    assert record.detail is not None
+    assert record.detail["providerCalls"] == 2
     assert len(env.sink.messages) == 1
 
 
@@ -526,3 +533,72 @@ async def test_an_address_without_a_contact_and_a_contact_without_an_address(
         await env.mailer.send(news(contact_id))
     with pytest.raises(ValueError, match="contact_id or a to_email"):
         SendRequest(template="news")
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def lone(of: Env) -> Mailer:
+    """A mailer that sends every call on its own (no coalescing)."""
+    return Mailer(
+        of.app, of.settings, of.engine, of.mailer.provider, sleep=of.mailer._sleep, coalesce=False
+    )
+
+
+async def test_a_lone_send_makes_three_round_trips(
+    env: Env, fetch_all: FetchAll, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Locks, contact and facts; the decision row and its commit; the outcome with its
+    # event, its commit and the key's unlock: one pipeline each, nothing else.
+    contact_id = await new_contact(env.engine, "trips@example.com")
+    await lone(env).send(news(contact_id, idempotency_key="warm"))  # the pool connects
+    trips: list[str] = []
+    execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
+
+    async def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if cursor.connection._pipeline is None:
+            trips.append("statement")
+        return await execute(cursor, query, *args, **kwargs)
+
+    def piped(conn: Any) -> Any:
+        if conn._pipeline is None:
+            trips.append("pipeline")
+        return pipeline(conn)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
+    outcome = await lone(env).send(news(contact_id, idempotency_key="trips"))
+    monkeypatch.undo()
+    assert outcome.decision == "sent"
+    assert trips == ["pipeline"] * 3
+    events = await fetch_all(
+        "SELECT properties FROM user_events WHERE event = 'email.sent' AND contact_id = :c",
+        c=contact_id,
+    )
+    assert str(outcome.send_id) in {e["properties"]["sendId"] for e in events}
+
+
+async def test_a_lone_send_whose_decision_fails_to_commit_sends_nothing(
+    env: Env, fetch_all: FetchAll, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The provider gets the message ready while the decision row commits; it may accept
+    # it only once that commit succeeded.
+    contact_id = await new_contact(env.engine, "unwritten@example.com")
+    write = sends.write_attempt
+
+    async def failing(*args: Any, durable: bool, **kwargs: Any) -> None:
+        if not durable:
+            raise RuntimeError("the decision row was not written")
+        await write(*args, durable=durable, **kwargs)
+
+    monkeypatch.setattr(sends, "write_attempt", failing)
+    with pytest.raises(RuntimeError, match="not written"):
+        await lone(env).send(news(contact_id, idempotency_key="unwritten"))
+    monkeypatch.undo()
+    assert env.sink.messages == []
+    assert await fetch_all("SELECT id FROM email_sends WHERE contact_id = :c", c=contact_id) == []
+    again = await asyncio.wait_for(
+        lone(env).send(news(contact_id, idempotency_key="unwritten")), timeout=30
+    )
+    assert again.decision == "sent"  # the key was released
+    assert len(env.sink.messages) == 1

@@ -13,9 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.integration.test_mailer import (
     Env,
     FetchAll,
@@ -29,18 +28,21 @@ from hogsend.errors import NoRecipient, TemplateError
 
 
 @contextmanager
-def statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL statements ``engine`` runs inside the block."""
-    seen: list[str] = []
+def statements() -> Iterator[list[Any]]:
+    """The SQL statements the driver sends inside the block (SQLAlchemy's, those run on
+    the driver connection and those in pipelines alike)."""
+    seen: list[Any] = []
+    execute = psycopg.AsyncCursor.execute
 
-    def record(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        seen.append(sql)
+    async def record(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(query)
+        return await execute(cursor, query, *args, **kwargs)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    psycopg.AsyncCursor.execute = record  # type: ignore[method-assign, assignment]
     try:
         yield seen
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        psycopg.AsyncCursor.execute = execute  # type: ignore[method-assign]
 
 
 def plain_mailer(of: Env) -> Mailer:
@@ -55,11 +57,11 @@ async def test_concurrent_sends_share_transactions_and_keep_one_row_each(
 ) -> None:
     people = [await new_contact(env.engine, f"p{n}@example.com") for n in range(16)]
     alone, together = people[:8], people[8:]
-    with statements(env.engine) as one_by_one:
+    with statements() as one_by_one:
         solo = await asyncio.gather(
             *(plain_mailer(env).send(news(c, idempotency_key=f"solo:{c}")) for c in alone)
         )
-    with statements(env.engine) as shared:
+    with statements() as shared:
         coalesced = await asyncio.gather(
             *(env.mailer.send(news(c, idempotency_key=f"co:{c}")) for c in together)
         )

@@ -39,15 +39,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from hogsend.channels import tracking
-from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
+from hogsend.channels.email.message import (
+    EmailProvider,
+    GateClosed,
+    OutgoingEmail,
+    ProviderResult,
+)
 from hogsend.channels.message_plans import MessagePlans
-from hogsend.channels.send_batches import Coalescer
+from hogsend.channels.send_batches import Coalescer, _Gated
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -95,7 +99,6 @@ SEND_ID_HEADER = "X-Hogsend-Send-Id"
 EMAIL_SENT = "email.sent"
 """The event each message that went out to a contact emits (key ``email.sent:<send id>``)."""
 EVENT_SOURCE = "mailer"
-_BEGIN = text("BEGIN")
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
@@ -314,19 +317,21 @@ class _Recipient:
     address_locked: bool = False
 
 
-async def _recipient(session: AsyncSession, request: SendRequest) -> _Recipient:
+async def _recipient(
+    session: AsyncSession, request: SendRequest, found: sends.RecipientRow | None
+) -> _Recipient:
+    """Who ``request`` is about; ``found`` is its contact's row as read with the locks
+    (``sends.begin_and_read_attempt``), None without a ``contact_id``."""
     contact: Contact | None = None
     deleted = False
     address = normalize_email(request.to_email) if request.to_email is not None else None
     address_locked = False
     if request.contact_id is not None:
-        # The usual case (a live contact) in one statement that also takes the address lock.
-        found = await sends.lock_recipient(session, request.contact_id, address)
         if found is not None and found.address_locked:
-            contact, address_locked = contacts_repo.contact_from_row(found), True
+            contact, address_locked = contacts_repo.contact_from_row(cast(Any, found)), True
             address = address or contact.email
         elif found is not None and found.deleted_at is None:
-            contact = contacts_repo.contact_from_row(found)  # live, without an address
+            contact = contacts_repo.contact_from_row(cast(Any, found))  # live, no address
         else:
             contact = await contacts_repo.follow_contact(session, request.contact_id)
         if contact is None:
@@ -487,22 +492,19 @@ class Mailer:
 
     async def _locked_attempt(self, request: SendRequest, *, later: bool) -> SendOutcome:
         self._templates.get(request.template)
-        key = request.idempotency_key
-        if key is None:
-            return await self._attempt(request, None, later=later)
-        _, unlock = sends.lock_key_sql()
+        held = _HeldKey(request.idempotency_key)
         async with self.engine.connect() as conn:
-            # Autocommit: _attempt opens its transaction by hand, with the key's lock in the
-            # same round trip, and single statements later need no BEGIN and COMMIT.
+            # Autocommit: the attempt opens and ends its transactions by hand, each step a
+            # pipeline of statements (sends.begin_and_read_attempt and what follows it).
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
-                # Takes the key's lock first thing in its transaction (see _attempt).
-                return await self._attempt(request, conn, later=later)
+                return await self._attempt(request, conn, held, later=later)
             finally:
                 try:
-                    # One statement, no transaction around it: fewer round trips.
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.execute(unlock, {"key": key})
+                    # Whatever an error left open; nothing is sent when nothing is.
+                    await sends.end_transaction(conn, commit=False)
+                    if held.key is not None:
+                        await sends.unlock_key(conn, held.key)
                 except BaseException:
                     # Closing the connection is the other way to release the lock.
                     await conn.invalidate()
@@ -512,87 +514,129 @@ class Mailer:
         return AsyncSession(bind=conn if conn is not None else self.engine, expire_on_commit=False)
 
     async def _attempt(
-        self, request: SendRequest, conn: AsyncConnection | None, *, later: bool = False
+        self, request: SendRequest, conn: AsyncConnection, held: _HeldKey, *, later: bool
     ) -> SendOutcome:
+        """One attempt on ``conn`` (autocommit); ``held``: its key, until released.
+
+        The usual attempt (a live contact) makes three round trips: its locks, contact
+        and facts (``sends.begin_and_read_attempt``); its decision row and COMMIT, while
+        the provider gets the message ready (the message is accepted only once that
+        commit succeeded); its outcome, ``email.sent``, COMMIT and the key's unlock.
+        """
         template = self._templates.get(request.template)
         category = effective_category(request, template.meta.category)
         list_id = request.list_id or category
         now = self._clock()
-        test_to = self.settings.test_mode_recipient if self.settings.test_mode else None
-        async with self._session(conn) as session, session.begin():
-            if request.idempotency_key is not None:
-                # Session-level, so held past this commit until send() releases it; the
-                # reads below (READ COMMITTED) see whatever the previous holder wrote.
-                if conn is not None:
-                    await sends.begin_and_lock_key(conn, request.idempotency_key)
-                else:
-                    await session.execute(sends.LOCK_KEY, {"key": request.idempotency_key})
-            who = await _recipient(session, request)
-            if who.to_email and not who.address_locked:
-                await sends.lock_address(session, who.to_email)
-            facts, stored = await gather_facts(
-                session,
-                app=self.app,
-                settings=self.settings,
-                request=request,
-                contact_id=who.contact_id,
-                contact_deleted=who.deleted,
-                contact_timezone=recipient_timezone(who.contact),
-                to_email=who.to_email,
-                list_id=list_id,
-                now=now,
-            )
+        settings = self.settings
+        test_to = settings.test_mode_recipient if settings.test_mode else None
+        address = normalize_email(request.to_email) if request.to_email is not None else None
+        # Session-level, so the key's lock is held past this commit until the outcome; the
+        # facts (READ COMMITTED, read after the locks) see whatever its previous holder wrote.
+        found, stored = await sends.begin_and_read_attempt(
+            conn,
+            key=request.idempotency_key,
+            contact_id=request.contact_id,
+            email=address,
+            list_id=list_id,
+            journey_id=request.journey_id,
+            since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
+        )
+        # Off the usual path (a merged, deleted or erased contact, an address alone, an
+        # interrupted holder) statements go through a session, in the same transaction.
+        async with self._session(conn) as session:
+            who = await _recipient(session, request, found)
+            if stored is not None and who.address_locked:
+                facts = facts_from_stored(
+                    stored,
+                    app=self.app,
+                    settings=settings,
+                    request=request,
+                    contact_deleted=False,
+                    contact_timezone=recipient_timezone(who.contact),
+                    list_id=list_id,
+                    now=now,
+                )
+            else:
+                if who.to_email and not who.address_locked:
+                    await sends.lock_address(session, who.to_email)
+                facts, stored = await gather_facts(
+                    session,
+                    app=self.app,
+                    settings=settings,
+                    request=request,
+                    contact_id=who.contact_id,
+                    contact_deleted=who.deleted,
+                    contact_timezone=recipient_timezone(who.contact),
+                    to_email=who.to_email,
+                    list_id=list_id,
+                    now=now,
+                )
             holder = stored.key_holder
             if holder is not None and holder.decision == "queued" and not holder.waiting:
                 # We hold the key's lock, so its attempt is not running: its process died
                 # between queueing and recording the outcome. Take over, same key.
                 await sends.abandon(session, holder.id)
             result = _with_resend_note(request, decide(facts))
-            send_id = await sends.insert_attempt(
-                session,
-                decision=result.decision if not result.goes_out else "queued",
-                detail=dict(result.detail) or None,
-                contact_id=who.contact_id,
-                user_id=who.contact.key if who.contact is not None else None,
-                to_email=who.to_email,
-                from_email=request.from_email or self.settings.email_from,
-                subject=request.subject,
-                template_key=request.template,
-                category=category,
-                journey_id=request.journey_id,
-                journey_state_id=request.journey_state_id,
-                campaign_id=request.campaign_id,
-                idempotency_key=request.idempotency_key,
-                duplicate_of_id=result.duplicate_of,
-                redirected_to=test_to,
-                kind=request.kind,
-                handoff=(
+            send_id = uuid.uuid4()
+            gated = not result.goes_out
+            row: dict[str, Any] = {
+                "id": send_id,
+                "contact_id": who.contact_id,
+                "user_id": who.contact.key if who.contact is not None else None,
+                "to_email": who.to_email,
+                "from_email": request.from_email or settings.email_from,
+                "subject": request.subject,
+                "template_key": request.template,
+                "category": category,
+                "journey_id": request.journey_id,
+                "journey_state_id": request.journey_state_id,
+                "campaign_id": request.campaign_id,
+                "key": None if gated else request.idempotency_key,
+                "duplicate_of_id": result.duplicate_of,
+                "redirected_to": test_to,
+                "status": "skipped" if gated else "queued",
+                "decision": result.decision if gated else "queued",
+                "detail": dict(result.detail) or None,
+                "kind": request.kind,
+                "error": None,
+                "handoff": (
                     handoff_payload(request, result, list_id=list_id)
-                    if later and result.goes_out
+                    if later and not gated
                     else None
                 ),
-                # A row this call finishes itself needs no WAL flush of its own: the
-                # outcome's durable commit flushes it (see sends.insert_attempt).
-                durable=later or not result.goes_out,
-            )
-            if later and result.goes_out:
-                await sends.notify_handoff(session)
-            if result.decision == "deferred" and request.resend_when_open:
-                await _keep_deferred(session, request, send_id, result)
-        if later and result.goes_out:
-            return SendOutcome(send_id=send_id, decision="queued", detail=result.detail)
-        if not result.goes_out:
-            return SendOutcome(
+            }
+            if gated or later:
+                # Final (gated) or waiting for a worker: durable, written now.
+                deferred = None
+                if result.decision == "deferred" and request.resend_when_open:
+                    assert result.deferred_until is not None
+                    deferred = (result.deferred_until, _deferred_request(request, send_id))
+                await sends.write_attempt(
+                    conn, row, durable=True, notify_handoff=later and not gated, deferred=deferred
+                )
+                if later and not gated:
+                    return SendOutcome(send_id=send_id, decision="queued", detail=result.detail)
+                return SendOutcome(
+                    send_id=send_id,
+                    decision=result.decision,
+                    detail=result.detail,
+                    deferred_until=result.deferred_until,
+                    duplicate_of=result.duplicate_of,
+                )
+            assert who.contact_id is None or who.contact is not None
+            # Still in the session: closing it ends what it began, which must wait for the
+            # decision row's commit (_deliver writes it).
+            return await self._deliver(
+                request,
+                conn,
                 send_id=send_id,
-                decision=result.decision,
-                detail=result.detail,
-                deferred_until=result.deferred_until,
-                duplicate_of=result.duplicate_of,
+                result=result,
+                who=who,
+                list_id=list_id,
+                now=now,
+                decided=row,
+                held=held,
             )
-        assert who.contact_id is None or who.contact is not None
-        return await self._deliver(
-            request, conn, send_id=send_id, result=result, who=who, list_id=list_id, now=now
-        )
 
     # ------------------------------------------------------------------ hand-off
 
@@ -613,8 +657,10 @@ class Mailer:
         """
         lock, unlock = sends.lock_delivery_sql()
         async with self.engine.connect() as conn:
+            # Autocommit: each statement stands alone, and the outcome's pipeline
+            # (sends.finish_attempt) opens and commits its own transaction.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             locked = (await conn.execute(lock, {"id": str(send_id)})).scalar()
-            await conn.commit()
             if not locked:
                 return None
             try:
@@ -622,7 +668,6 @@ class Mailer:
             finally:
                 try:
                     await conn.execute(unlock, {"id": str(send_id)})
-                    await conn.commit()
                 except BaseException:
                     await conn.invalidate()
                     raise
@@ -718,37 +763,73 @@ class Mailer:
     async def _deliver(
         self,
         request: SendRequest,
-        conn: AsyncConnection | None,
+        conn: AsyncConnection,
         *,
         send_id: uuid.UUID,
         result: GateResult,
         who: _Recipient,
         list_id: str | None,
         now: datetime,
+        decided: dict[str, Any] | None = None,
+        held: _HeldKey | None = None,
     ) -> SendOutcome:
+        """Render, send and record an attempt that passed the gates.
+
+        ``decided``: its decision row, not yet written (the transaction that read its
+        facts is still open): written and committed with the message's links while the
+        provider gets the message ready, which it accepts only once that commit
+        succeeded. Without it (a hand-off) the row exists and the links are written
+        first. ``held``: the key, released with the outcome's commit.
+        """
         try:
             rendered, links, tracked = self._compose_parts(
                 request, send_id=send_id, who=who, list_id=list_id, now=now
             )
         except TemplateError as exc:
-            await self._finish(
-                conn,
-                send_id,
-                decision="provider_error",
-                detail={"gate": "provider_error", "stage": "render", "error": str(exc)},
-                attempts=0,
-                provider=None,
-                error=f"render: {exc}",
-            )
+            detail: dict[str, Any] = {
+                "gate": "provider_error",
+                "stage": "render",
+                "error": str(exc),
+            }
+            if decided is not None:
+                failed = {**decided, "status": "failed", "decision": "provider_error"}
+                failed.update(key=None, detail=detail, error=f"render: {exc}")
+                await sends.write_attempt(conn, failed, durable=True)
+            else:
+                await self._finish(
+                    conn,
+                    send_id,
+                    decision="provider_error",
+                    detail=detail,
+                    attempts=0,
+                    provider=None,
+                    error=f"render: {exc}",
+                )
             raise
-        await self._record_links(conn, send_id, tracked)
         provider, message = self._address(
             request, who, result, send_id, rendered, rendered.html, links
         )
+        calling: EmailProvider = provider
+        written: asyncio.Future[bool] | None = None
+        failure: list[Exception] = []
+        if decided is not None:
+            written = asyncio.ensure_future(_written(conn, decided, tracked, failure))
+            calling = _Gated(provider, written)
+        else:
+            await self._record_links(conn, send_id, tracked)
         to = message.to
         redirected = result.decision == "redirected"
         retries: list[dict[str, Any]] = []
-        accepted, calls, error = await self._call_provider(provider, message, retries)
+        try:
+            accepted, calls, error = await self._call_provider(calling, message, retries)
+        except GateClosed:
+            accepted, calls, error = None, 0, None
+        except BaseException:
+            if written is not None and not written.done():
+                written.cancel()  # the connection is invalidated on the way out
+            raise
+        if written is not None and not await written:
+            raise failure[0]  # nothing was written, so the provider accepted nothing
         if isinstance(error, ProviderAlreadyAccepted):
             return await self._already_accepted(
                 conn,
@@ -758,6 +839,7 @@ class Mailer:
                 calls=calls,
                 subject=rendered.subject,
                 sent_event=self._sent_event(request, send_id, who),
+                held=held,
             )
         if accepted is None:
             assert error is not None
@@ -780,6 +862,7 @@ class Mailer:
                 provider=provider.name,
                 error=str(error),
                 subject=rendered.subject,
+                held=held,
             )
             return SendOutcome(send_id=send_id, decision="provider_error", detail=detail)
         detail = {
@@ -802,6 +885,7 @@ class Mailer:
             message_id=accepted.message_id,
             subject=rendered.subject,
             sent_event=self._sent_event(request, send_id, who),
+            held=held,
         )
         return SendOutcome(
             send_id=send_id,
@@ -955,37 +1039,34 @@ class Mailer:
         """
         now = self._clock()
         events = [event for _, event in items if event is not None]
-        by_key = {event.idempotency_key: event for event in events}
         missing = await sends.finish_and_log(
             conn,
             [row for row, _ in items],
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "contact_id": event.contact_id,
-                    "name": event.name,
-                    "properties": dict(event.properties),
-                    "key": event.idempotency_key,
-                    "source": event.source,
-                    "occurred_at": event.occurred_at or now,
-                }
-                for event in events
-            ],
+            [_event_row(event, now) for event in events],
             now=now,
             notify=bool(events) and self._notify.due(),
             starts=starts,
         )
-        if missing:
-            # Contacts merged away since the decision: the general path follows them.
-            async with self._session(None) as session, session.begin():
-                stored = await events_repo.ingest_batch(
-                    session, [by_key[key] for key in missing], now=now
-                )
-                if any(item.status == "stored" for item in stored):
-                    await outbox_repo.notify_outbox(session, self._notify)
+        await self._ingest_missing(events, missing, now)
+
+    async def _ingest_missing(
+        self, events: list[EventInput], missing: list[str], now: datetime
+    ) -> None:
+        """Store the ``email.sent`` events ``finish_and_log`` left out (``missing`` keys):
+        their contacts were merged away since the decision, and the general path follows
+        them."""
+        if not missing:
+            return
+        by_key = {event.idempotency_key: event for event in events}
+        async with self._session(None) as session, session.begin():
+            stored = await events_repo.ingest_batch(
+                session, [by_key[key] for key in missing], now=now
+            )
+            if any(item.status == "stored" for item in stored):
+                await outbox_repo.notify_outbox(session, self._notify)
 
     async def _record_links(
-        self, conn: AsyncConnection | None, send_id: uuid.UUID, links: LinkSet | None
+        self, conn: AsyncConnection, send_id: uuid.UUID, links: LinkSet | None
     ) -> None:
         """The tracking step's write: the link set committed before the provider is called.
 
@@ -1004,7 +1085,7 @@ class Mailer:
 
     async def _already_accepted(
         self,
-        conn: AsyncConnection | None,
+        conn: AsyncConnection,
         send_id: uuid.UUID,
         *,
         result: GateResult,
@@ -1012,6 +1093,7 @@ class Mailer:
         calls: int,
         subject: str,
         sent_event: EventInput | None,
+        held: _HeldKey | None,
     ) -> SendOutcome:
         """The provider took this key before: an earlier attempt went out, so this one did.
 
@@ -1034,6 +1116,7 @@ class Mailer:
             provider=error.provider,
             subject=subject,
             sent_event=sent_event,
+            held=held,
         )
         return SendOutcome(send_id=send_id, decision=result.decision, detail=detail)
 
@@ -1080,7 +1163,7 @@ class Mailer:
 
     async def _finish(
         self,
-        conn: AsyncConnection | None,
+        conn: AsyncConnection,
         send_id: uuid.UUID,
         *,
         decision: str,
@@ -1091,38 +1174,39 @@ class Mailer:
         error: str | None = None,
         subject: str | None = None,
         sent_event: EventInput | None = None,
+        held: _HeldKey | None = None,
     ) -> None:
         """Record the outcome; for a message that went out to a contact, ``email.sent`` too.
 
-        The event is ingested in the outcome's transaction: a crash leaves either both
-        or neither, and the event's idempotency key (``email.sent:<send id>``) makes a
-        second recording of the same send store nothing.
+        One round trip (``sends.finish_attempt``): the outcome and the event in one
+        durable commit, so a crash leaves either both or neither (the event's key,
+        ``email.sent:<send id>``, makes a second recording store nothing); then the key
+        ``held``, released in the same pipeline.
         """
-        if conn is not None:
-            # sends.finish alone is one UPDATE, atomic by itself: autocommit spares the
-            # BEGIN and COMMIT round trips. With the event, the transaction is opened by
-            # hand, and the session's commit ends it.
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-        async with self._session(conn) as session, session.begin():
-            if conn is not None and sent_event is not None:
-                await session.execute(_BEGIN)
-            await sends.finish(
-                session,
-                send_id,
-                decision=decision,
-                detail=detail,
-                attempts=attempts,
-                provider=provider,
-                provider_message_id=message_id,
-                error=error,
-                subject=subject,
-            )
-            if sent_event is not None:
-                # The batch path takes no advisory lock (one round trip fewer): the key is
-                # this send's own, and its unique index settles any race.
-                [stored] = await events_repo.ingest_batch(session, [sent_event], now=self._clock())
-                if stored.status == "stored":
-                    await outbox_repo.notify_outbox(session, self._notify)
+        now = self._clock()
+        row = {
+            "id": send_id,
+            "decision": decision,
+            "detail": detail,
+            "attempts": attempts,
+            "provider": provider,
+            "message_id": message_id,
+            "error": error,
+            "subject": subject,
+        }
+        unlock = held.key if held is not None else None
+        missing = await sends.finish_attempt(
+            conn,
+            row,
+            None if sent_event is None else _event_row(sent_event, now),
+            now=now,
+            notify=sent_event is not None and self._notify.due(),
+            unlock=unlock,
+        )
+        if held is not None:
+            held.key = None  # released: nothing left for _locked_attempt to unlock
+        if sent_event is not None:
+            await self._ingest_missing([sent_event], missing, now)
 
     def _sent_event(
         self, request: SendRequest, send_id: uuid.UUID, who: _Recipient
@@ -1144,6 +1228,45 @@ class Mailer:
             occurred_at=self._clock(),
             source=EVENT_SOURCE,
         )
+
+
+class _HeldKey:
+    """An attempt's idempotency key while its session lock is held (None once released)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key
+
+
+def _event_row(event: EventInput, now: datetime) -> dict[str, Any]:
+    """An ``email.sent`` event as ``sends.finish_and_log`` stores it."""
+    return {
+        "id": uuid.uuid4(),
+        "contact_id": event.contact_id,
+        "name": event.name,
+        "properties": dict(event.properties),
+        "key": event.idempotency_key,
+        "source": event.source,
+        "occurred_at": event.occurred_at or now,
+    }
+
+
+async def _written(
+    conn: AsyncConnection,
+    row: dict[str, Any],
+    links: LinkSet | None,
+    failure: list[Exception],
+) -> bool:
+    """Write and commit a decision row that goes out, with its links: whether that worked
+    (its error appended to ``failure`` if not). The gate of its provider call."""
+    try:
+        # Committed without a WAL flush: the outcome's durable commit flushes it too.
+        await sends.write_attempt(conn, row, links, durable=False)
+    except Exception as exc:
+        failure.append(exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1307,12 +1430,17 @@ async def _keep_deferred(
 ) -> None:
     """Store a deferred request (in the decision row's transaction) for the sweep."""
     assert result.deferred_until is not None
-    if request.idempotency_key is None:
-        # A key makes the resend exactly-once even if the sweep dies around it.
-        request = dataclasses.replace(request, idempotency_key=f"{DEFERRED_KEY_PREFIX}{send_id}")
     await sends.insert_deferred(
         session,
         email_send_id=send_id,
         due_at=result.deferred_until,
-        request=request_record(request),
+        request=_deferred_request(request, send_id),
     )
+
+
+def _deferred_request(request: SendRequest, send_id: uuid.UUID) -> dict[str, Any]:
+    """What ``deferred_sends.request`` keeps of the request deferred as ``send_id``."""
+    if request.idempotency_key is None:
+        # A key makes the resend exactly-once even if the sweep dies around it.
+        request = dataclasses.replace(request, idempotency_key=f"{DEFERRED_KEY_PREFIX}{send_id}")
+    return request_record(request)

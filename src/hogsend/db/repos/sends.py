@@ -4,7 +4,9 @@ Functions take the caller's session and never commit. The mailer serialises atte
 that share an idempotency key with a session-level advisory lock
 (:func:`lock_key_sql`), and attempts to one address with a transaction-level one
 (:func:`lock_address`), so the duplicate check and the frequency-cap count see every
-earlier attempt.
+earlier attempt. One attempt's hot statements (:func:`begin_and_read_attempt`,
+:func:`write_attempt`, :func:`finish_attempt`) run prepared on the driver connection, a
+pipeline of them per round trip.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.sql import SQL, Composable, Literal
-from sqlalchemy import Row, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
@@ -53,45 +56,6 @@ async def lock_address(session: AsyncSession, email: str) -> None:
         text("SELECT pg_advisory_xact_lock(hashtextextended('hogsend.send-to:' || lower(:e), 0))"),
         {"e": email},
     )
-
-
-async def begin_and_lock_key(conn: AsyncConnection, key: str) -> None:
-    """Open a transaction and take :func:`lock_key_sql`'s lock, in one round trip.
-
-    ``conn`` must be in autocommit mode: the transaction is opened by hand, so the
-    session using ``conn`` next runs inside it and its commit sends ``COMMIT``. BEGIN
-    and the lock travel as one simple-protocol query (the key as a quoted literal),
-    which a parameterised statement cannot do.
-    """
-    driver = await driver_connection(conn)
-    await driver.execute(_BEGIN_LOCK_KEY.format(name=Literal(f"hogsend.send-key:{key}")))
-
-
-_BEGIN_LOCK_KEY = SQL("BEGIN; SELECT pg_advisory_lock(hashtextextended({name}, 0))")
-
-
-async def lock_recipient(
-    session: AsyncSession, contact_id: uuid.UUID, email: str | None
-) -> Row[Any] | None:
-    """The contact row (``CONTACT_COLUMNS``), with :func:`lock_address` taken when it is live.
-
-    One statement for what is otherwise two: the lock is on ``email``, else the
-    contact's own address. A deleted contact (merged away or erased) gets no lock:
-    the caller follows it and locks the address it ends up with.
-    """
-    return (await session.execute(_RECIPIENT, {"id": contact_id, "e": email})).first()
-
-
-_RECIPIENT = text(
-    f"""
-    SELECT {CONTACT_COLUMNS},
-        CASE WHEN deleted_at IS NULL AND coalesce(:e, email) IS NOT NULL THEN (
-            SELECT true FROM pg_advisory_xact_lock(
-                hashtextextended('hogsend.send-to:' || lower(coalesce(:e, email)), 0))
-        ) END AS address_locked
-    FROM contacts WHERE id = :id
-    """
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +158,243 @@ _FACTS = text(
     ) AS suppression ON true
     """
 )
+
+
+# --------------------------------------------------------------------------- one attempt
+# Mailer.send's statements for one attempt (hogsend.channels.mailer), prepared on the
+# driver connection (hogsend.db.prepared) and sent as a pipeline per step: the locks, the
+# contact and the facts in one round trip; the decision row and its commit in one; the
+# outcome, its event, the commit and the key's unlock in one. ``conn`` is in autocommit
+# mode, and these open and end their transactions by hand.
+
+
+async def begin_and_read_attempt(
+    conn: AsyncConnection,
+    *,
+    key: str | None,
+    contact_id: uuid.UUID | None,
+    email: str | None,
+    list_id: str | None,
+    journey_id: str | None,
+    since: datetime,
+) -> tuple[RecipientRow | None, StoredFacts | None]:
+    """Open a transaction, take the attempt's locks, read its contact and facts: one round trip.
+
+    In order: BEGIN; :func:`lock_key_sql`'s lock on ``key`` (session-level: held past
+    the commit, until :func:`finish_attempt` or :func:`unlock_key`); the contact
+    ``contact_id`` (``CONTACT_COLUMNS``) with :func:`lock_address` on ``email``, else its
+    own address, when it is live; then, in a statement of its own (its snapshot taken
+    after the locks), :func:`read_facts` for that contact and address. The transaction
+    stays open: :func:`write_attempt` ends it.
+
+    Returns:
+        The contact row (None when there is none) and the facts, which hold only when
+        the row is live and its address locked (``row.address_locked``): a deleted or
+        merged contact is followed by the caller, who locks and reads again. Without a
+        ``contact_id``, only BEGIN and the key's lock are sent: (None, None).
+    """
+    driver = await driver_connection(conn)
+    recipient: psycopg.AsyncCursor[dict[str, Any]] | None = None
+    facts: psycopg.AsyncCursor[Any] | None = None
+    async with driver.pipeline():
+        await driver.execute(b"BEGIN")
+        if key is not None:
+            await driver.execute(_LOCK_KEY, {"k": key}, prepare=True)
+        if contact_id is not None:
+            recipient = driver.cursor(row_factory=dict_row)
+            await recipient.execute(_RECIPIENT, {"id": contact_id, "e": email}, prepare=True)
+            facts = await driver.execute(
+                _FACTS_ONE,
+                {
+                    "k": key,
+                    "c": contact_id,
+                    "e": email,
+                    "l": list_id,
+                    "j": journey_id,
+                    "since": since,
+                    "d": _OUTGOING_ARRAY,
+                    "exempt": _CAP_EXEMPT_ARRAY,
+                },
+                prepare=True,
+            )
+    if recipient is None or facts is None:
+        return None, None
+    found = await recipient.fetchone()
+    row = None if found is None else RecipientRow(found)
+    [stored] = _stored_facts(await facts.fetchall())
+    return row, stored
+
+
+class RecipientRow:
+    """The contact row :func:`begin_and_read_attempt` read (``CONTACT_COLUMNS``, as
+    ``contact_from_row`` reads it) and whether its address is locked."""
+
+    __slots__ = ("_mapping", "address_locked", "deleted_at", "id")
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping
+        self.id: uuid.UUID = mapping["id"]
+        self.deleted_at: datetime | None = mapping["deleted_at"]
+        self.address_locked = bool(mapping["address_locked"])
+
+
+async def write_attempt(
+    conn: AsyncConnection,
+    row: dict[str, Any],
+    links: LinkSet | None = None,
+    *,
+    durable: bool,
+    notify_handoff: bool = False,
+    deferred: tuple[datetime, dict[str, Any]] | None = None,
+) -> None:
+    """Insert an attempt's decision row (and its message's link set) and COMMIT: one round trip.
+
+    Ends the transaction :func:`begin_and_read_attempt` opened (rolled back if this
+    fails). ``row`` has the keys of :func:`insert_attempts`'s rows plus ``handoff``.
+    ``durable=False`` commits without waiting for the WAL flush, as
+    :func:`insert_attempt`'s: only for a ``queued`` row whose outcome a durable commit
+    records next. ``notify_handoff`` wakes idle couriers at commit (a ``handoff`` row);
+    ``deferred`` (due at, request) is :func:`insert_deferred`'s, for a ``deferred`` row.
+    """
+    driver = await driver_connection(conn)
+    try:
+        async with driver.pipeline():
+            await driver.execute(
+                _WRITE_ATTEMPT,
+                {
+                    **row,
+                    "detail": None if row["detail"] is None else rows_to_json(row["detail"]),
+                    "handoff": None if row["handoff"] is None else to_json(row["handoff"]),
+                    "durable": durable,
+                    "link_set": None if links is None else links.id,
+                    "urls": None if links is None else prepared.text_array(links.urls),
+                },
+                prepare=True,
+            )
+            if notify_handoff:
+                await driver.execute(_NOTIFY_HANDOFF, prepare=True)
+            if deferred is not None:
+                due_at, request = deferred
+                await driver.execute(
+                    _INSERT_DEFERRED,
+                    {"send": row["id"], "due": due_at, "request": to_json(request)},
+                    prepare=True,
+                )
+            await driver.execute(b"COMMIT")
+    except BaseException:
+        await end_transaction(conn, commit=False)
+        raise
+
+
+async def finish_attempt(
+    conn: AsyncConnection,
+    row: dict[str, Any],
+    event: dict[str, Any] | None,
+    *,
+    now: datetime,
+    notify: bool,
+    unlock: str | None,
+) -> list[str]:
+    """:func:`finish_and_log` for one attempt, committed durably, then ``unlock``'s key
+    released: one round trip.
+
+    The unlock is sent after the COMMIT, in the same pipeline: a concurrent attempt
+    with the key, which waits for the lock, reads the committed outcome. When the
+    outcome fails to commit, the unlock is not sent (the caller releases the key).
+
+    Returns:
+        As :func:`finish_and_log`: the keys of events whose contact is no longer live.
+    """
+    query, params = finish_and_log_statement(
+        [row], [] if event is None else [event], now=now, notify=notify
+    )
+    driver = await driver_connection(conn)
+    async with driver.pipeline():
+        await driver.execute(b"BEGIN")
+        finished = await driver.execute(query, params, prepare=True)
+        await driver.execute(b"COMMIT")
+        if unlock is not None:
+            await driver.execute(_UNLOCK_KEY, {"k": unlock}, prepare=True)
+    [(missing, _, _, _)] = await finished.fetchall()
+    return list(missing or [])
+
+
+async def unlock_key(conn: AsyncConnection, key: str) -> None:
+    """Release :func:`begin_and_read_attempt`'s lock on ``key`` (autocommit)."""
+    await prepared.execute(conn, _UNLOCK_KEY, {"k": key})
+
+
+_KEY_HASH = b"hashtextextended('hogsend.send-key:' || CAST(%(k)s AS text), 0)"
+_LOCK_KEY = b"SELECT pg_advisory_lock(" + _KEY_HASH + b")"
+_UNLOCK_KEY = b"SELECT pg_advisory_unlock(" + _KEY_HASH + b")"
+_NOTIFY_HANDOFF = b"SELECT pg_notify('" + HANDOFF_CHANNEL.encode() + b"', '')"
+_INSERT_DEFERRED = (
+    b"INSERT INTO deferred_sends (email_send_id, due_at, request)"
+    b" VALUES (%(send)s, %(due)s, CAST(%(request)s AS jsonb))"
+)
+# The contact, and the address's lock when it is live: the lock on the caller's address,
+# else on the contact's own. A deleted contact (merged away or erased) gets no lock.
+_RECIPIENT = (
+    b"SELECT "
+    + CONTACT_COLUMNS.encode()
+    + b""",
+        CASE WHEN deleted_at IS NULL AND address IS NOT NULL THEN (
+            SELECT true FROM pg_advisory_xact_lock(
+                hashtextextended('hogsend.send-to:' || lower(address), 0))
+        ) END AS address_locked
+    FROM contacts, coalesce(CAST(%(e)s AS text), email) AS address
+    WHERE id = %(id)s
+    """
+)
+# _FACTS_BATCH for one attempt, its address the caller's or else the contact's own.
+_FACTS_ONE = b"""
+    SELECT
+        1,
+        holder.id, holder.decision, holder.status, holder.waiting,
+        suppression.suppressed, suppression.reason,
+        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = q.c),
+        (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l),
+        (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
+            AND decision = ANY(CAST(%(d)s AS text[]))),
+        (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
+            AND created_at >= %(since)s AND decision = ANY(CAST(%(d)s AS text[]))
+            AND kind <> ALL(CAST(%(exempt)s AS text[])))
+    FROM (
+        SELECT CAST(%(k)s AS text) AS k, CAST(%(c)s AS uuid) AS c,
+            coalesce(CAST(%(e)s AS text), (SELECT email FROM contacts WHERE id = %(c)s)) AS e,
+            CAST(%(l)s AS text) AS l, CAST(%(j)s AS text) AS j
+    ) AS q
+    LEFT JOIN LATERAL (
+        SELECT id, decision, status, handoff IS NOT NULL AS waiting
+        FROM email_sends WHERE idempotency_key = q.k
+    ) AS holder ON true
+    LEFT JOIN LATERAL (
+        SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
+    ) AS suppression ON true
+    """
+_WRITE_ATTEMPT = b"""
+    WITH link_set AS (
+        INSERT INTO tracked_link_sets (id, urls)
+        SELECT CAST(%(link_set)s AS uuid), CAST(%(urls)s AS text[])
+        WHERE CAST(%(link_set)s AS uuid) IS NOT NULL
+        ON CONFLICT (id) DO NOTHING
+    )
+    INSERT INTO email_sends (
+        id, contact_id, user_id, user_email, to_email, from_email, subject, template_key,
+        category, journey_id, journey_state_id, campaign_id, idempotency_key,
+        duplicate_of_id, redirected_to, status, decision, decision_detail, kind, last_error,
+        handoff
+    ) VALUES (
+        %(id)s, %(contact_id)s, %(user_id)s, %(to_email)s, %(to_email)s, %(from_email)s,
+        %(subject)s, %(template_key)s, %(category)s, %(journey_id)s, %(journey_state_id)s,
+        %(campaign_id)s, %(key)s, %(duplicate_of_id)s, %(redirected_to)s, %(status)s,
+        %(decision)s, CAST(%(detail)s AS jsonb), %(kind)s, %(error)s,
+        CAST(%(handoff)s AS jsonb)
+    )
+    -- The setting rides on the statement (one row, so evaluated once), before COMMIT.
+    RETURNING set_config('synchronous_commit', CASE WHEN %(durable)s
+        THEN current_setting('synchronous_commit') ELSE 'off' END, true)
+    """
 
 
 _GATED = ("duplicate", "skipped_deleted", "suppressed", "unsubscribed", "capped", "deferred")
@@ -779,7 +980,7 @@ async def begin_and_read_contacts(
 ) -> dict[uuid.UUID, Any]:
     """Open a transaction, take the batch's locks and read :func:`contacts_by_id`.
 
-    One round trip: ``conn`` must be in autocommit mode (as :func:`begin_and_lock_key`),
+    One round trip: ``conn`` must be in autocommit mode (as :func:`begin_and_read_attempt`),
     BEGIN, the locks and the read travel as one simple-protocol query (values as
     literals), and :func:`end_transaction` ends the transaction. The locks, each set
     in hash order (two batches sharing some cannot deadlock): :func:`lock_key_sql`'s on
@@ -883,7 +1084,12 @@ async def read_facts_batch(
             "exempt": _CAP_EXEMPT_ARRAY,
         },
     )
-    found: list[StoredFacts | None] = [None] * len(queries)
+    return _stored_facts(rows)
+
+
+def _stored_facts(rows: Sequence[tuple[Any, ...]]) -> list[StoredFacts]:
+    """The facts of :data:`_FACTS_BATCH`'s (or :data:`_FACTS_ONE`'s) rows, in query order."""
+    found: list[StoredFacts | None] = [None] * len(rows)
     for (
         n,
         holder_id,
@@ -1062,22 +1268,31 @@ async def finish_and_log(
         erased since the decision): nothing was stored for them, and the caller hands
         them to ``ingest_batch``, which follows merges.
     """
-    payload = [_outcome_row(row) for row in rows]
     # Prepared on the driver connection (hogsend.db.prepared): this runs for every few
     # messages, and SQLAlchemy's execution cost more than the statement's values.
-    [(missing, _, _, _)] = await prepared.fetch(
-        conn,
-        _FINISH_AND_LOG,
-        {
-            # Built by the mailer (ids, strings, UTC timestamps): orjson, in C.
-            "rows": rows_to_json(payload),
-            "events": rows_to_json(list(events)),
-            "now": now,
-            "notify": notify,
-            "starts": prepared.text_array(starts),
-        },
-    )
+    query, params = finish_and_log_statement(rows, events, now=now, notify=notify, starts=starts)
+    [(missing, _, _, _)] = await prepared.fetch(conn, query, params)
     return list(missing or [])
+
+
+def finish_and_log_statement(
+    rows: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    notify: bool,
+    starts: Sequence[uuid.UUID] = (),
+) -> tuple[bytes, dict[str, Any]]:
+    """:func:`finish_and_log`'s statement and values, for a caller that pipelines it."""
+    payload = [_outcome_row(row) for row in rows]
+    return _FINISH_AND_LOG, {
+        # Built by the mailer (ids, strings, UTC timestamps): orjson, in C.
+        "rows": rows_to_json(payload),
+        "events": rows_to_json(list(events)),
+        "now": now,
+        "notify": notify,
+        "starts": prepared.text_array(starts),
+    }
 
 
 def _outcome_row(row: dict[str, Any]) -> dict[str, Any]:
