@@ -55,6 +55,7 @@ from bench.send import CONCURRENCY, SENDS, WARMUP, _counted, _run_scenario, _sin
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
+from hogsend.runtime import event_loop
 
 RECIPIENTS = 100_000
 TEMPLATE = "trial-ending"
@@ -497,7 +498,8 @@ def _commits(conn: psycopg.Connection[Any]) -> int:
 
 
 def _campaign_main(port: int, url: str, options: tuple[Any, ...], out: Any) -> None:
-    out.put(asyncio.run(_campaign(port, url, *options)))
+    # The worker's event loop, as `hogsend worker` runs it.
+    out.put(event_loop.run(_campaign(port, url, *options)))
 
 
 def _run_campaign(port: int, url: str, *options: Any) -> dict[str, Any]:
