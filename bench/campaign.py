@@ -52,6 +52,7 @@ import psycopg
 
 from bench._server_cpu import postgres_cpu_reader_at
 from bench.send import CONCURRENCY, SENDS, WARMUP, _counted, _run_scenario, _sink
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
@@ -140,6 +141,8 @@ async def _campaign(
         # The email.sent events wait in the outbox for a dispatcher elsewhere: measured
         # is the sending, not the consumers of its events (bench/dispatcher.py is theirs).
         await worker.dispatcher.stop()
+    # The collector as `hogsend worker` tunes it once its worker started.
+    tune_garbage_collector()
     process = psutil.Process()
     statements = 0
 

@@ -51,6 +51,7 @@ from sqlalchemy import event
 
 from bench._server_cpu import postgres_cpu_reader
 from bench.auth import _percentile
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
@@ -247,6 +248,8 @@ async def _raw(
         finally:
             idle.append(client)
 
+    # The collector as `hogsend worker` tunes it once started (so the ceiling too).
+    tune_garbage_collector()
     await _drive(send, range(warmup))
     cpu, sink_cpu = time.process_time(), _sink_cpu(sink_pid)
     latencies, wall = await _drive(send, range(warmup, warmup + sends))
@@ -335,6 +338,8 @@ async def _mailer(
         # No per-send latency on this path: each send is reported at the mean.
         return [wall * CONCURRENCY / len(indexes)] * len(indexes), wall
 
+    # The collector as `hogsend worker` tunes it once started.
+    tune_garbage_collector()
     if batched:
         await send_batches(range(warmup))
         cpu, executed[0], sink_cpu = time.process_time(), 0, _sink_cpu(sink_pid)
