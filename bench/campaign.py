@@ -52,9 +52,11 @@ import psycopg
 
 from bench._server_cpu import postgres_cpu_reader_at
 from bench.send import CONCURRENCY, SENDS, WARMUP, _counted, _run_scenario, _sink
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
+from hogsend.runtime import event_loop
 
 RECIPIENTS = 100_000
 TEMPLATE = "trial-ending"
@@ -139,6 +141,8 @@ async def _campaign(
         # The email.sent events wait in the outbox for a dispatcher elsewhere: measured
         # is the sending, not the consumers of its events (bench/dispatcher.py is theirs).
         await worker.dispatcher.stop()
+    # The collector as `hogsend worker` tunes it once its worker started.
+    tune_garbage_collector()
     process = psutil.Process()
     statements = 0
 
@@ -502,7 +506,8 @@ def _commits(conn: psycopg.Connection[Any]) -> int:
 
 
 def _campaign_main(port: int, url: str, options: tuple[Any, ...], out: Any) -> None:
-    out.put(asyncio.run(_campaign(port, url, *options)))
+    # The worker's event loop, as `hogsend worker` runs it.
+    out.put(event_loop.run(_campaign(port, url, *options)))
 
 
 def _run_campaign(port: int, url: str, *options: Any) -> dict[str, Any]:

@@ -51,9 +51,11 @@ from sqlalchemy import event
 
 from bench._server_cpu import postgres_cpu_reader
 from bench.auth import _percentile
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
+from hogsend.runtime import event_loop
 
 SENDS = 4000
 WARMUP = 300
@@ -246,6 +248,8 @@ async def _raw(
         finally:
             idle.append(client)
 
+    # The collector as `hogsend worker` tunes it once started (so the ceiling too).
+    tune_garbage_collector()
     await _drive(send, range(warmup))
     cpu, sink_cpu = time.process_time(), _sink_cpu(sink_pid)
     latencies, wall = await _drive(send, range(warmup, warmup + sends))
@@ -340,6 +344,8 @@ async def _mailer(
         # No per-send latency on this path: each send is reported at the mean.
         return [wall * CONCURRENCY / len(indexes)] * len(indexes), wall
 
+    # The collector as `hogsend worker` tunes it once started.
+    tune_garbage_collector()
     if batched:
         await send_batches(range(warmup))
         cpu, executed[0], sink_cpu = time.process_time(), 0, _sink_cpu(sink_pid)
@@ -377,12 +383,13 @@ def _scenario_main(
     out: Any,
     sink_pid: int | None = None,
 ) -> None:
+    # Every scenario, the raw pool too, on the event loop `hogsend worker` runs on.
     if name == "raw":
-        out.put(asyncio.run(_raw(port, sends, warmup, sink_pid)))
+        out.put(event_loop.run(_raw(port, sends, warmup, sink_pid)))
     else:
         contact_ids = [uuid.UUID(i) for i in ids]
         batched = name == "mailer_batch"
-        out.put(asyncio.run(_mailer(port, url, contact_ids, sends, warmup, batched, sink_pid)))
+        out.put(event_loop.run(_mailer(port, url, contact_ids, sends, warmup, batched, sink_pid)))
 
 
 def _run_scenario(

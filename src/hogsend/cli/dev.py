@@ -7,7 +7,6 @@ stops gracefully and the embedded Postgres is shut down.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import api_keys, demo
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime import event_loop
 from hogsend.settings import Settings, load_settings
 
 SECRET_KEY_FILE = "secret_key"
@@ -112,7 +112,7 @@ def dev(
         assert settings.database_url is not None
         migrate.upgrade(settings.database_url)
         prepared = _DevPreparation(seed_demo=seed_demo)
-        asyncio.run(
+        event_loop.run(
             run_processes(
                 app,
                 settings,

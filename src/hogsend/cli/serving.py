@@ -30,6 +30,7 @@ from hogsend.cli.context import (
 from hogsend.db.engine import make_async_engine
 from hogsend.errors import ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime import event_loop
 from hogsend.settings import Settings
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def serve(ctx: typer.Context, host: HostOption = None, port: PortOption = None) 
     api_socket = bind_api_socket(settings.host, settings.port)
     with database(settings) as url:
         settings = server_settings(host=host, port=port, database_url=url)
-        asyncio.run(
+        event_loop.run(
             run_processes(
                 app,
                 settings,
@@ -217,7 +218,7 @@ def worker(ctx: typer.Context, host: HostOption = None, port: PortOption = None)
     app = load_user_app(resolve_app_path(cli_state(ctx), settings))
     with database(settings) as url:
         settings = server_settings(host=host, port=port, database_url=url)
-        asyncio.run(
+        event_loop.run(
             run_processes(
                 app,
                 settings,
