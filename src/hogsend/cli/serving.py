@@ -132,7 +132,9 @@ async def run_processes(
             yield
 
     assert settings.database_url is not None
-    engine = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_async_engine(
+        settings.database_url, pool_size=settings.db_pool_size, keep_overflow=True
+    )
     stop = asyncio.Event()
     server: Server | None = None
     worker: Worker | None = None
