@@ -246,10 +246,11 @@ _UPDATE_CONTACTS = text(
 
 _DELETE_UNUSED = text("DELETE FROM contacts WHERE id = ANY(CAST(:ids AS uuid[]))")
 
-# The batch's lookup savepoint (see _process), named apart from the session's own.
+# The batch's lookup savepoint (see _process), named apart from the session's own. It is
+# never released: it ends with the transaction, and a RELEASE was a round trip of its own
+# (a later batch in the same transaction opens another; a rollback goes to the latest).
 _SAVEPOINT = "SAVEPOINT hogsend_batch_lookup"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT hogsend_batch_lookup"
-_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT hogsend_batch_lookup"
 
 
 class _ClaimLost(Exception):
@@ -608,8 +609,6 @@ async def _process(
         first = None
         if driver is not None:
             await driver.execute(_ROLLBACK_TO_SAVEPOINT, prepare=False)
-    elif driver is not None:
-        await driver.execute(_RELEASE_SAVEPOINT, prepare=False)
 
     if slow:
         # All of their advisory locks at once, in hash order, before any row lock.
