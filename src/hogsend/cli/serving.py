@@ -86,8 +86,8 @@ def tune_garbage_collector() -> None:
     collections with the defaults took about a quarter of the API's CPU, full ones
     ~0.2 s each. A young collection walks what the requests in flight hold (50 batches
     of 500 events), whatever the threshold: at 50,000 they took 5-6% of the API's CPU
-    under the Segment load (about 30 ms each), at 200,000 about 2%, for 1-2 MB more RSS
-    (session 11). The price is garbage cycles living a little longer.
+    under the Segment load (about 30 ms each), at 200,000 about 2%, RSS within the
+    run-to-run spread (session 11). The price is garbage cycles living a little longer.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
