@@ -228,9 +228,14 @@ def _cpu_seconds() -> tuple[float, float]:
         if proc.info["name"] != "postgres" or not _PGDATA:
             continue
         with contextlib.suppress(psutil.Error):
-            if proc.cwd() == _PGDATA[0] or _PGDATA[0] in " ".join(proc.cmdline()):
+            command = proc.cmdline()
+            if proc.cwd() == _PGDATA[0] or _PGDATA[0] in " ".join(command):
                 times = proc.cpu_times()
                 pg += times.user + times.system
+                if "-D" in command:
+                    # The postmaster: what its exited children (backends closed during
+                    # the window) used, which the live processes' sum no longer holds.
+                    pg += times.children_user + times.children_system
     return api, pg
 
 

@@ -584,15 +584,20 @@ async def test_slow_path_failures_reject_only_that_item(
 ) -> None:
     await one(sessions, event(anonymous_id="a1"))
     await one(sessions, event(anonymous_id="a2"))
-    calls = iter(["race", "deadlock"])
+    await one(sessions, event(anonymous_id="a3"))
+    calls = iter(["race", "deadlock", "driver deadlock"])
 
     class Deadlock(Exception):
         sqlstate = "40P01"
 
     async def failing(*args: object, **kwargs: object) -> None:
-        if next(calls) == "race":
+        call = next(calls)
+        if call == "race":
             raise events_repo.ResolutionRace("still moving")
-        raise DBAPIError("UPDATE ...", {}, Deadlock())
+        if call == "deadlock":
+            raise DBAPIError("UPDATE ...", {}, Deadlock())
+        # A statement on the driver connection raises psycopg's error itself.
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
 
     monkeypatch.setattr(events_repo, "resolve_contact", failing)
     results = await batch(
@@ -600,10 +605,11 @@ async def test_slow_path_failures_reject_only_that_item(
         [
             event("x", anonymous_id="a1", user_id="u1"),
             event("y", anonymous_id="a2", user_id="u2"),
+            event("w", anonymous_id="a3", user_id="u3"),
             event("z", user_id="plain"),
         ],
     )
-    assert [r.status for r in results] == ["rejected", "rejected", "stored"]
+    assert [r.status for r in results] == ["rejected", "rejected", "rejected", "stored"]
 
     async def broken(*args: object, **kwargs: object) -> None:
         raise DBAPIError("UPDATE ...", {}, RuntimeError("disk on fire"))

@@ -11,8 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
+
+from hogsend.db.repos import events as events_repo
 
 RowCounts = Callable[[], Awaitable[dict[str, int]]]
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
@@ -334,3 +337,33 @@ async def test_message_ids_are_kept_apart_from_other_idempotency_keys(
     )
     assert found.json()["duplicate"] is True
     assert uuid.UUID(found.json()["eventId"]) != uuid.UUID(own.json()["eventId"])
+
+
+async def test_a_deadlock_on_the_driver_connection_retries_the_batch(
+    client: httpx.AsyncClient,
+    ingest_key: str,
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch's claim runs on the psycopg connection, so Postgres's deadlock arrives as
+    # psycopg's own error, not SQLAlchemy's wrapper: the transaction must still be retried.
+    claim = events_repo._claim
+    failures = iter([True])
+
+    async def deadlocking(*args: Any, **kwargs: Any) -> set[int]:
+        if next(failures, False):
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(events_repo, "_claim", deadlocking)
+    batch = {
+        "batch": [
+            {"type": "track", "event": "Opened", "userId": "u-1", "messageId": "dl-1"},
+            {"type": "track", "event": "Opened", "userId": "u-2", "messageId": "dl-2"},
+        ]
+    }
+    response = await client.post("/segment/v1/batch", json=batch, headers=basic(ingest_key))
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == 2
+    rows = await fetch_all("SELECT idempotency_key FROM user_events ORDER BY idempotency_key")
+    assert [r["idempotency_key"] for r in rows] == ["segment:dl-1", "segment:dl-2"]

@@ -101,7 +101,9 @@ def create_api(app: Hogsend, settings: Settings, *, engine: AsyncEngine | None =
         owned: AsyncEngine | None = None
         if api.state.engine is None:
             assert settings.database_url is not None
-            owned = make_async_engine(settings.database_url, pool_size=settings.db_pool_size)
+            owned = make_async_engine(
+                settings.database_url, pool_size=settings.db_pool_size, keep_overflow=True
+            )
             _attach_engine(api, settings, owned)
         pruner = asyncio.create_task(
             _prune_rate_limits(api, max(float(settings.rate_limit_window_seconds), 30.0))

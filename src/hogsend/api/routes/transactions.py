@@ -14,14 +14,13 @@ from typing import TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hogsend.api.deps import sessionmaker_of
 from hogsend.core.pagination import InvalidCursor
 from hogsend.db.repos import outbox
 from hogsend.db.repos.contacts import ResolutionRace
-from hogsend.db.repos.events import is_transient_error
+from hogsend.db.repos.events import DATABASE_ERRORS, is_transient_error
 from hogsend.errors import ServiceUnavailable
 
 T = TypeVar("T")
@@ -42,7 +41,7 @@ async def in_transaction(request: Request, work: Callable[[AsyncSession], Awaita
                 return await work(session)
         except ResolutionRace:
             continue
-        except DBAPIError as exc:
+        except DATABASE_ERRORS as exc:
             if not is_transient_error(exc):
                 raise
     raise ServiceUnavailable(
