@@ -35,11 +35,14 @@ server), ~10 s each after a 1 s warm-up, with the minimal asyncio HTTP/1.1 clien
 ``bench/auth.py`` extended to POST pre-built bodies (httpx would measure itself).
 Every request is distinct: users are drawn from a pool of 20,000, and idempotency keys
 and message ids are never repeated (``wrapped`` reports a connection that ran out of
-distinct bodies and repeated one). Run with ``python -m bench ingest``.
+distinct bodies and repeated one). Run with ``python -m bench ingest``;
+``python -m bench ingest --single`` runs only the single-event part (``insert``,
+``events``, ``events-nokey``, in that order on one fresh database, as in the full run).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -51,7 +54,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -539,8 +542,8 @@ async def _mint(url: str) -> str:
     return raw
 
 
-def run() -> dict[str, Any]:
-    """Measure every scenario; print a table; return the numbers."""
+def run(*, single_only: bool = False) -> dict[str, Any]:
+    """Measure every scenario (or the single-event ones); print a table; return the numbers."""
     load_before = os.getloadavg()
     server = TestPostgres()
     server.start()
@@ -577,6 +580,8 @@ def run() -> dict[str, Any]:
                 results[name] = asyncio.run(_load(base, probe, bodies, 202))
             results[name]["events_per_s"] = results[name]["req_per_s"]
         results["insert"]["events_per_s"] = results["insert"]["req_per_s"]
+        if single_only:
+            return _report(load_before, results)
         results["copy"] = asyncio.run(_copy_ceiling(url, COPY_CONNECTIONS, 50_000_000))
         results["copy-1conn"] = asyncio.run(_copy_ceiling(url, 1, 90_000_000))
         for name, headers in (("batch", bearer), ("segment", basic)):
@@ -603,7 +608,11 @@ def run() -> dict[str, Any]:
         results["events+dispatcher"]["events_per_s"] = results["events+dispatcher"]["req_per_s"]
     finally:
         server.stop()
+    return _report(load_before, results)
 
+
+def _report(load_before: tuple[float, float, float], results: dict[str, Any]) -> dict[str, Any]:
+    """Print the table of ``results`` and return what to keep (a partial run included)."""
     header = (
         f"{'scenario':<18}{'req/s':>9}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
         f"{'API CPU ms/ev':>15}{'PG CPU ms/ev':>14}"
@@ -617,31 +626,29 @@ def run() -> dict[str, Any]:
             f"{r['p99_ms']:>9}{r.get('errors', 0):>8}"
             f"{r.get('api_cpu_ms_per_event', '-'):>15}{r.get('pg_cpu_ms_per_event', '-'):>14}"
         )
-    drain = results["dispatcher-drain"]
-    print(
-        f"dispatcher, no consumers: {drain['rows_per_s']} rows/s draining"
-        f" {drain['pending_at_start']} stored rows ({drain['rows']} in {drain['seconds']} s)"
-    )
-    under = results["events+dispatcher"]
-    print(
-        f"under the events load ({under['req_per_s']} req/s): dispatched"
-        f" {under['dispatched_per_s']} rows/s, lag p50 {under['lag_p50_ms']} ms,"
-        f" p99 {under['lag_p99_ms']} ms, max {under['lag_max_ms']} ms,"
-        f" backlog max {under['max_backlog']}, drained {under['drain_after_s']} s after"
-    )
+    drain = results.get("dispatcher-drain")
+    if drain is not None:
+        print(
+            f"dispatcher, no consumers: {drain['rows_per_s']} rows/s draining"
+            f" {drain['pending_at_start']} stored rows ({drain['rows']} in {drain['seconds']} s)"
+        )
+    under = results.get("events+dispatcher")
+    if under is not None:
+        print(
+            f"under the events load ({under['req_per_s']} req/s): dispatched"
+            f" {under['dispatched_per_s']} rows/s, lag p50 {under['lag_p50_ms']} ms,"
+            f" p99 {under['lag_p99_ms']} ms, max {under['lag_max_ms']} ms,"
+            f" backlog max {under['max_backlog']}, drained {under['drain_after_s']} s after"
+        )
     ratios = {
-        "events_to_insert": round(
-            results["events"]["req_per_s"] / results["insert"]["req_per_s"], 3
-        ),
-        "events_nokey_to_insert": round(
-            results["events-nokey"]["req_per_s"] / results["insert"]["req_per_s"], 3
-        ),
-        "batch_to_copy": round(
-            results["batch"]["events_per_s"] / results["copy"]["events_per_s"], 3
-        ),
-        "segment_to_copy": round(
-            results["segment"]["events_per_s"] / results["copy"]["events_per_s"], 3
-        ),
+        name: round(results[ours]["events_per_s"] / results[ceiling]["events_per_s"], 3)
+        for name, ours, ceiling in (
+            ("events_to_insert", "events", "insert"),
+            ("events_nokey_to_insert", "events-nokey", "insert"),
+            ("batch_to_copy", "batch", "copy"),
+            ("segment_to_copy", "segment", "copy"),
+        )
+        if ours in results and ceiling in results
     }
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
@@ -661,3 +668,15 @@ def run() -> dict[str, Any]:
         "results": results,
         "ratios": ratios,
     }
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """``python -m bench ingest [--single]``."""
+    parser = argparse.ArgumentParser(prog="python -m bench ingest")
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="only the single-event scenarios (insert, events, events-nokey)",
+    )
+    options = parser.parse_args(argv)
+    return run(single_only=options.single)

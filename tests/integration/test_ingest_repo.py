@@ -991,3 +991,61 @@ async def test_parallel_one_key_events_of_a_new_person_create_one_contact(
         " (SELECT count(*) FROM event_outbox) AS o",
     )
     assert counts == [{"c": 1, "e": 9, "o": 9}]
+
+
+async def test_one_key_events_notify_the_outbox_only_when_stored_and_asked(
+    raw_conn: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(database_url), autocommit=True
+    ) as listener:
+        await listener.execute("LISTEN hogsend_outbox")
+        calls = [
+            (event(user_id="u", idempotency_key="a"), True, "stored"),
+            (event(user_id="u", idempotency_key="b"), False, "stored"),
+            (event(user_id="u", idempotency_key="a"), True, "duplicate"),
+            (event(email="new@example.com", idempotency_key="c"), True, "stored"),
+        ]
+        for item, notify, status in calls:
+            result = await ingest_event_fast(raw_conn, item, notify=notify, now=T0)
+            assert result is not None
+            assert result.status == status
+        # Notifications arrive in commit order: everything before the marker is ours.
+        await raw_conn.execute("NOTIFY hogsend_outbox, 'marker'")
+        payloads = []
+        async for notification in listener.notifies(timeout=10):
+            payloads.append(notification.payload)
+            if notification.payload == "marker":
+                break
+    assert payloads == ["", "", "marker"]
+
+
+@pytest.mark.parametrize("kind", ["external", "email", "anonymous"])
+async def test_one_key_statements_look_up_every_table_by_the_key(
+    raw_conn: psycopg.AsyncConnection[Any], kind: str
+) -> None:
+    # The plan a connection caches is built once, here on empty tables (a fresh
+    # database, the worst case): every lookup must still go through an index by the
+    # event's own key, never read a table or an index range it would then filter.
+    await events_repo._prepare_fast_statements(raw_conn)
+    await raw_conn.execute("SET plan_cache_mode = force_generic_plan")
+    await raw_conn.execute("SET enable_seqscan = off")  # as the query sets it
+    cursor = await raw_conn.execute(
+        f"EXPLAIN (FORMAT JSON) EXECUTE hogsend_ingest_{kind}('{{}}')", prepare=False
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    scans: list[dict[str, Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Relation Name" in node and node["Node Type"] != "ModifyTable":
+            scans.append(node)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(row[0][0]["Plan"])
+    lookups = {(n["Relation Name"], n["Node Type"], n.get("Index Cond", "")) for n in scans}
+    assert all("Index" in node_type for _, node_type, _ in lookups), lookups
+    [alias] = [cond for relation, _, cond in lookups if relation == "contact_aliases"]
+    assert "alias_kind" in alias
+    assert "alias_value" in alias

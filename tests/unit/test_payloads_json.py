@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import orjson
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hogsend.db.repos.contacts import to_json
-from hogsend.db.repos.events import payloads_json
+from hogsend.db.repos.events import bundle_json, payloads_json
 
 _FLAT_VALUE = st.one_of(
     st.none(), st.booleans(), st.integers(), st.text()
@@ -61,3 +62,34 @@ def test_what_the_standard_encoder_refuses_is_still_refused() -> None:
         payloads_json([{"a": object()}])
     with pytest.raises(TypeError):
         payloads_json([{"a": "x"}, {(1, 2): "tuple key"}])  # type: ignore[dict-item]
+
+
+_TEXT_OR_NONE = st.none() | st.text()
+
+
+@given(
+    payload=_PAYLOAD,
+    strings=st.lists(_TEXT_OR_NONE, min_size=5, max_size=5),
+    ids=st.lists(st.uuids(), min_size=2, max_size=2),
+    notify=st.booleans(),
+)
+def test_a_single_events_values_mean_the_same_whichever_encoder_writes_them(
+    payload: dict[str, object], strings: list[str | None], ids: list[uuid.UUID], notify: bool
+) -> None:
+    now, key, val, name, occurred_at = strings
+    bundle: dict[str, object] = {
+        "now": now,
+        "key": key,
+        "val": val,
+        "new_id": ids[0],
+        "event_id": ids[1],
+        "name": name,
+        "properties": payload,
+        "occurred_at": occurred_at,
+        "notify": notify,
+    }
+    written = bundle_json(bundle, payload)
+    assert _same_value(json.loads(written), json.loads(to_json(bundle)))
+    flat = all(type(v) in (str, int, bool, type(None)) for v in payload.values())
+    if not flat:
+        assert written == to_json(bundle)  # floats and nesting: the standard encoder
