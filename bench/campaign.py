@@ -142,7 +142,7 @@ async def _campaign(
         # is the sending, not the consumers of its events (bench/dispatcher.py is theirs).
         await worker.dispatcher.stop()
     # The collector as `hogsend worker` tunes it once its worker started.
-    tune_garbage_collector()
+    tune_garbage_collector(api=False)
     process = psutil.Process()
     statements = 0
 

@@ -249,7 +249,7 @@ async def _raw(
             idle.append(client)
 
     # The collector as `hogsend worker` tunes it once started (so the ceiling too).
-    tune_garbage_collector()
+    tune_garbage_collector(api=False)
     await _drive(send, range(warmup))
     cpu, sink_cpu = time.process_time(), _sink_cpu(sink_pid)
     latencies, wall = await _drive(send, range(warmup, warmup + sends))
@@ -345,7 +345,7 @@ async def _mailer(
         return [wall * CONCURRENCY / len(indexes)] * len(indexes), wall
 
     # The collector as `hogsend worker` tunes it once started.
-    tune_garbage_collector()
+    tune_garbage_collector(api=False)
     if batched:
         await send_batches(range(warmup))
         cpu, executed[0], sink_cpu = time.process_time(), 0, _sink_cpu(sink_pid)

@@ -74,11 +74,14 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-GC_THRESHOLDS = (200_000, 20, 100)
-"""Collector thresholds of a serving process (Python's defaults: 700, 10, 10)."""
+API_GC_THRESHOLDS = (200_000, 20, 100)
+"""Collector thresholds of a process that serves the API (Python's defaults: 700, 10, 10)."""
+
+WORKER_GC_THRESHOLDS = (50_000, 20, 100)
+"""Collector thresholds of a worker that serves no API: its RSS is held under 150 MB."""
 
 
-def tune_garbage_collector() -> None:
+def tune_garbage_collector(*, api: bool = True) -> None:
     """Fewer and cheaper garbage collections, for a long-running server process.
 
     Called once the app is built: ``gc.freeze()`` moves everything alive then (modules,
@@ -89,9 +92,12 @@ def tune_garbage_collector() -> None:
     of 500 events), whatever the threshold: at 50,000 they took 5-6% of the API's CPU
     under the Segment load (about 30 ms each), at 200,000 about 2%, RSS within the
     run-to-run spread (session 11). The price is garbage cycles living a little longer.
+
+    A worker alone (``api=False``) keeps 50,000: in bench/campaign.py 200,000 raised its
+    RSS from ~130 to ~152 MB, for no CPU it could measure (session 11).
     """
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*(API_GC_THRESHOLDS if api else WORKER_GC_THRESHOLDS))
 
 
 def build_api(app: Hogsend, settings: Settings, engine: AsyncEngine) -> FastAPI:
@@ -177,7 +183,7 @@ async def run_processes(
                 if done:
                     serving.result()  # re-raises a failed startup
                     return
-        tune_garbage_collector()
+        tune_garbage_collector(api=processes.api)
         if on_ready is not None and not stop.is_set():
             on_ready()
         if serving is not None:
