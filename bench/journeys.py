@@ -89,9 +89,11 @@ from psycopg.types.json import Jsonb
 
 from bench._server_cpu import postgres_cpu_reader
 from hogsend import Contact, Hogsend, JourneyContext, define_journey
+from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
+from hogsend.runtime import event_loop
 
 ENROLLS = 3_000
 LATENCY_RATE = 20
@@ -199,6 +201,8 @@ async def _worker(url: str, out: Any, stop: Any, snap: Any = None) -> None:
     started = time.perf_counter()
     worker = Worker(app, _settings(url), drain_seconds=1)
     await worker.start()
+    # The collector as `hogsend worker` tunes it once its worker started.
+    tune_garbage_collector(api=False)
     trips = _RoundTrips(worker.engine)
     out.put({"started_s": round(time.perf_counter() - started, 2), "rss_mb": _rss_mb()})
     if snap is not None:
@@ -217,7 +221,8 @@ def _answer_snapshots(snap: Any, out: Any, trips: _RoundTrips) -> None:
 
 
 def _worker_main(url: str, out: Any, stop: Any, snap: Any = None) -> None:
-    asyncio.run(_worker(url, out, stop, snap))
+    # On the event loop `hogsend worker` runs (uvloop), as the bare ceiling below.
+    event_loop.run(_worker(url, out, stop, snap))
 
 
 class WorkerProcess:
@@ -283,6 +288,7 @@ async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
 
     launch_dbos(_settings(url), url, registrations=[register])
     await declare_queues()
+    tune_garbage_collector(api=False)  # as the worker measured against it
     cpu = time.process_time()
     started = time.perf_counter()
     for n in range(count):
@@ -313,7 +319,7 @@ async def _bare(url: str, count: int, steps: int) -> dict[str, Any]:
 
 
 def _bare_main(url: str, count: int, steps: int, out: Any) -> None:
-    out.put(asyncio.run(_bare(url, count, steps)))
+    out.put(event_loop.run(_bare(url, count, steps)))
 
 
 def _in_process(target: Any, *args: Any) -> dict[str, Any]:
