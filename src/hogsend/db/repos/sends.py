@@ -346,24 +346,24 @@ _RECIPIENT = (
     WHERE id = %(id)s
     """
 )
-# _FACTS_BATCH for one attempt, its address the caller's or else the contact's own.
-_FACTS_ONE = b"""
-    SELECT
-        1,
-        holder.id, holder.decision, holder.status, holder.waiting,
-        suppression.suppressed, suppression.reason,
-        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = q.c),
-        (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l),
+# The gates' facts of one attempt ``q`` (k: idempotency key, c: contact, e: address,
+# l: list, j: journey), in the order read_facts_batch unpacks them after q's number;
+# _FACTS_ONE and _FACTS_BATCH put q together from their parameters.
+_FACTS_OF_Q = b"""
+        holder.id AS holder_id, holder.decision AS holder_decision,
+        holder.status AS holder_status, holder.waiting AS holder_waiting,
+        suppression.suppressed, suppression.reason AS suppression_reason,
+        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = q.c)
+            AS unsubscribed_all,
+        (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
+            AS list_choice,
         (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
-            AND decision = ANY(CAST(%(d)s AS text[]))),
+            AND decision = ANY(CAST(%(d)s AS text[]))) AS journey_last_sent_at,
         (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
             AND created_at >= %(since)s AND decision = ANY(CAST(%(d)s AS text[]))
-            AND kind <> ALL(CAST(%(exempt)s AS text[])))
-    FROM (
-        SELECT CAST(%(k)s AS text) AS k, CAST(%(c)s AS uuid) AS c,
-            coalesce(CAST(%(e)s AS text), (SELECT email FROM contacts WHERE id = %(c)s)) AS e,
-            CAST(%(l)s AS text) AS l, CAST(%(j)s AS text) AS j
-    ) AS q
+            AND kind <> ALL(CAST(%(exempt)s AS text[]))) AS recent_sends
+    """
+_FACTS_JOINS = b"""
     LEFT JOIN LATERAL (
         SELECT id, decision, status, handoff IS NOT NULL AS waiting
         FROM email_sends WHERE idempotency_key = q.k
@@ -372,6 +372,17 @@ _FACTS_ONE = b"""
         SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
     ) AS suppression ON true
     """
+# For one attempt, its address the caller's or else the contact's own.
+_FACTS_ONE = (
+    b"SELECT 1,"
+    + _FACTS_OF_Q
+    + b"""FROM (
+        SELECT CAST(%(k)s AS text) AS k, CAST(%(c)s AS uuid) AS c,
+            coalesce(CAST(%(e)s AS text), (SELECT email FROM contacts WHERE id = %(c)s)) AS e,
+            CAST(%(l)s AS text) AS l, CAST(%(j)s AS text) AS j
+    ) AS q"""
+    + _FACTS_JOINS
+)
 _WRITE_ATTEMPT = b"""
     WITH link_set AS (
         INSERT INTO tracked_link_sets (id, urls)
@@ -1127,35 +1138,16 @@ def _stored_facts(rows: Sequence[tuple[Any, ...]]) -> list[StoredFacts]:
 _OUTGOING_ARRAY = prepared.text_array(OUTGOING)
 _CAP_EXEMPT_ARRAY = prepared.text_array(CAP_EXEMPT_KINDS)
 
-# _FACTS, one row per attempt: the same subqueries, correlated to the attempt's inputs.
-# The columns in the order read_facts_batch unpacks them.
-_FACTS_BATCH = b"""
-    SELECT
-        q.n,
-        holder.id AS holder_id, holder.decision AS holder_decision,
-        holder.status AS holder_status, holder.waiting AS holder_waiting,
-        suppression.suppressed, suppression.reason AS suppression_reason,
-        (SELECT unsubscribed_all FROM email_preferences WHERE contact_id = q.c)
-            AS unsubscribed_all,
-        (SELECT subscribed FROM list_subscriptions WHERE contact_id = q.c AND list_id = q.l)
-            AS list_choice,
-        (SELECT max(created_at) FROM email_sends WHERE contact_id = q.c AND journey_id = q.j
-            AND decision = ANY(CAST(%(d)s AS text[]))) AS journey_last_sent_at,
-        (SELECT count(*) FROM email_sends WHERE lower(to_email) = lower(q.e)
-            AND created_at >= %(since)s AND decision = ANY(CAST(%(d)s AS text[]))
-            AND kind <> ALL(CAST(%(exempt)s AS text[]))) AS recent_sends
-    FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
+# One row per attempt, numbered in the order of the arrays.
+_FACTS_BATCH = (
+    b"SELECT q.n,"
+    + _FACTS_OF_Q
+    + b"""FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
                 CAST(%(emails)s AS text[]), CAST(%(lists)s AS text[]),
                 CAST(%(journeys)s AS text[]))
-        WITH ORDINALITY AS q(k, c, e, l, j, n)
-    LEFT JOIN LATERAL (
-        SELECT id, decision, status, handoff IS NOT NULL AS waiting
-        FROM email_sends WHERE idempotency_key = q.k
-    ) AS holder ON true
-    LEFT JOIN LATERAL (
-        SELECT suppressed, reason FROM email_suppressions WHERE lower(email) = lower(q.e)
-    ) AS suppression ON true
-    """
+        WITH ORDINALITY AS q(k, c, e, l, j, n)"""
+    + _FACTS_JOINS
+)
 
 
 async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
