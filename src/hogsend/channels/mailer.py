@@ -51,7 +51,7 @@ from hogsend.channels.email.message import (
     ProviderResult,
 )
 from hogsend.channels.message_plans import MessagePlans
-from hogsend.channels.send_batches import Coalescer, _Gated
+from hogsend.channels.send_batches import Coalescer, GatedProvider
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -814,7 +814,7 @@ class Mailer:
         failure: list[Exception] = []
         if decided is not None:
             written = asyncio.ensure_future(_written(conn, decided, tracked, failure))
-            calling = _Gated(provider, written)
+            calling = GatedProvider(provider, written)
         else:
             await self._record_links(conn, send_id, tracked)
         to = message.to

@@ -757,7 +757,7 @@ async def _lanes(
                     await first_written
 
 
-class _Gated:
+class GatedProvider:
     """``provider``, accepting a message only once ``gate`` gives True (``send_when``)."""
 
     def __init__(self, provider: EmailProvider, gate: asyncio.Future[bool]) -> None:
@@ -788,7 +788,7 @@ async def _deliver_one(
     provider, message = attempt.provider, attempt.message
     request, result, send_id = attempt.request, attempt.result, attempt.send_id
     retries: list[dict[str, Any]] = []
-    calling: EmailProvider = provider if gate is None else _Gated(provider, gate)
+    calling: EmailProvider = provider if gate is None else GatedProvider(provider, gate)
     accepted, calls, error = await mailer._call_provider(calling, message, retries)
     finish: dict[str, Any] = {
         "id": send_id,
