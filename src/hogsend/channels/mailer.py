@@ -51,7 +51,7 @@ from hogsend.channels.email.message import (
     ProviderResult,
 )
 from hogsend.channels.message_plans import MessagePlans
-from hogsend.channels.send_batches import Coalescer, GatedProvider
+from hogsend.channels.send_batches import Coalescer, GatedProvider, decision_row
 from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
@@ -579,32 +579,19 @@ class Mailer:
             result = _with_resend_note(request, decide(facts))
             send_id = uuid.uuid4()
             gated = not result.goes_out
-            row: dict[str, Any] = {
-                "id": send_id,
-                "contact_id": who.contact_id,
-                "user_id": who.contact.key if who.contact is not None else None,
-                "to_email": who.to_email,
-                "from_email": request.from_email or settings.email_from,
-                "subject": request.subject,
-                "template_key": request.template,
-                "category": category,
-                "journey_id": request.journey_id,
-                "journey_state_id": request.journey_state_id,
-                "campaign_id": request.campaign_id,
-                "key": None if gated else request.idempotency_key,
-                "duplicate_of_id": result.duplicate_of,
-                "redirected_to": test_to,
-                "status": "skipped" if gated else "queued",
-                "decision": result.decision if gated else "queued",
-                "detail": dict(result.detail) or None,
-                "kind": request.kind,
-                "error": None,
-                "handoff": (
+            row = decision_row(self, request, who, send_id, category, test_to)
+            row.update(
+                key=None if gated else request.idempotency_key,
+                duplicate_of_id=result.duplicate_of,
+                status="skipped" if gated else "queued",
+                decision=result.decision if gated else "queued",
+                detail=dict(result.detail) or None,
+                handoff=(
                     handoff_payload(request, result, list_id=list_id)
                     if later and not gated
                     else None
                 ),
-            }
+            )
             if gated or later:
                 # Final (gated) or waiting for a worker: durable, written now.
                 deferred = None

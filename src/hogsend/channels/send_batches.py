@@ -352,7 +352,7 @@ async def _decide(
         )
         result = _with_resend_note(request, decide(facts))
         send_id = uuid.uuid4()
-        row = _row(mailer, request, who, send_id, category, test_to)
+        row = decision_row(mailer, request, who, send_id, category, test_to)
         if not result.goes_out:
             rows.append(
                 {
@@ -445,7 +445,7 @@ async def _nothing() -> None:
     """The write of a decision that has no rows."""
 
 
-def _row(
+def decision_row(
     mailer: Mailer,
     request: SendRequest,
     who: _Recipient,
@@ -453,7 +453,7 @@ def _row(
     category: str | None,
     test_to: str | None,
 ) -> dict[str, Any]:
-    """The columns every decision row of the batch has (see ``sends.insert_attempts``)."""
+    """The columns every decision row has (see ``sends.insert_attempts``), a lone send's too."""
     return {
         "id": send_id,
         "contact_id": who.contact_id,
