@@ -167,53 +167,72 @@ async def test_a_sent_rows_detail_leaves_out_its_columns_and_reads_back_whole(
     assert listed.detail == detail
 
 
-async def _single_attempt(session: AsyncSession, contact_id: uuid.UUID, key: str) -> uuid.UUID:
-    """A ``queued`` attempt of the single-send path for contact ``u1``."""
-    return await sends.insert_attempt(
-        session,
-        decision="queued",
-        detail=None,
-        contact_id=contact_id,
-        user_id="u1",
-        to_email="u1@example.com",
-        from_email="news@example.com",
-        subject="Hi",
-        template_key="welcome",
-        category=None,
-        journey_id=None,
-        journey_state_id=None,
-        campaign_id=None,
-        idempotency_key=key,
-    )
+async def _single_outcome(
+    engine: AsyncEngine, contact_id: uuid.UUID, key: str, outcome: dict[str, Any]
+) -> tuple[uuid.UUID, tuple[int, int]]:
+    """An attempt of the lone-send path for contact ``u1``, as ``Mailer.send`` runs it: its
+    facts read with its locks, its ``queued`` row committed, then ``outcome`` recorded.
+
+    Returns its id and the ``email_sends`` rows updated, and HOT-updated, meanwhile.
+    """
+    send_id = uuid.uuid4()
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        before = await _flushed_updates(conn)
+        await sends.begin_and_read_attempt(
+            conn,
+            key=key,
+            contact_id=contact_id,
+            email=None,
+            list_id=None,
+            journey_id=None,
+            since=datetime.now(UTC),
+        )
+        row = {**_queued(send_id, contact_id, 1), "key": key, "handoff": None}
+        await sends.write_attempt(conn, row, durable=False)
+        await sends.finish_attempt(
+            conn,
+            {"id": str(send_id), "detail": None, "error": None, "subject": None, **outcome},
+            None,
+            now=datetime.now(UTC),
+            notify=False,
+            unlock=key,
+        )
+        after = await _flushed_updates(conn)
+    return send_id, (after[0] - before[0], after[1] - before[1])
+
+
+async def _flushed_updates(conn: AsyncConnection) -> tuple[int, int]:
+    """``email_sends`` rows updated, and HOT-updated, by committed transactions so far
+    (``conn`` autocommit; its own counts flushed first)."""
+    await conn.execute(text("SELECT pg_stat_force_next_flush()"))
+    await conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+    row = (
+        await conn.execute(
+            text(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE relname = 'email_sends'"
+            )
+        )
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 async def test_a_single_outcome_stays_on_the_page_and_records_the_message_id(
     engine: AsyncEngine,
 ) -> None:
     contact_id = await _contact(engine, 1)
-    async with AsyncSession(engine) as session, session.begin():
-        send_id = await _single_attempt(session, contact_id, "single:1")
-        await sends.finish(
-            session,
-            send_id,
-            decision="sent",
-            detail=None,
-            attempts=1,
-            provider="resend",
-            provider_message_id="re_123",
-        )
-        conn = await session.connection()
-        assert await _updates(conn) == (1, 1)
+    sent = {"decision": "sent", "attempts": 1, "provider": "resend", "message_id": "re_123"}
+    send_id, updates = await _single_outcome(engine, contact_id, "single:1", sent)
+    assert updates == (1, 1)
     async with AsyncSession(engine) as session:
         found = await deliveries.find_send(session, provider="resend", message_id="re_123")
         assert found is not None
         assert found.id == send_id
-        # A failed outcome has no message id: nothing to look up.
-        failed = await _single_attempt(session, contact_id, "single:2")
-        await sends.finish(
-            session, failed, decision="provider_error", detail=None, attempts=1, provider="resend"
-        )
-        await session.commit()
+    # A failed outcome has no message id: nothing to look up.
+    failed = {"decision": "provider_error", "attempts": 1, "provider": "resend", "message_id": None}
+    await _single_outcome(engine, contact_id, "single:2", failed)
+    async with AsyncSession(engine) as session:
         count = await session.scalar(text("SELECT count(*) FROM email_send_messages"))
     assert count == 1
 

@@ -1,12 +1,12 @@
 """Send attempts (``email_sends``): the facts the mailer's gates read, and its decision rows.
 
 Functions take the caller's session and never commit. The mailer serialises attempts
-that share an idempotency key with a session-level advisory lock
-(:func:`lock_key_sql`), and attempts to one address with a transaction-level one
-(:func:`lock_address`), so the duplicate check and the frequency-cap count see every
-earlier attempt. One attempt's hot statements (:func:`begin_and_read_attempt`,
-:func:`write_attempt`, :func:`finish_attempt`) run prepared on the driver connection, a
-pipeline of them per round trip.
+that share an idempotency key with a session-level advisory lock (taken by
+:func:`begin_and_read_attempt` and :func:`begin_and_read_contacts`), and attempts to one
+address with a transaction-level one (:func:`lock_address`), so the duplicate check and
+the frequency-cap count see every earlier attempt. One attempt's hot statements
+(:func:`begin_and_read_attempt`, :func:`write_attempt`, :func:`finish_attempt`) run
+prepared on the driver connection, a pipeline of them per round trip.
 """
 
 from __future__ import annotations
@@ -35,19 +35,6 @@ OUTGOING = ("queued", "sent", "redirected")
 CAP_EXEMPT_KINDS = ("transactional", "test")
 HANDOFF_CHANNEL = "hogsend_sends"
 """Channel of the ``NOTIFY`` a hand-off sends at commit, waking idle couriers."""
-
-LOCK_KEY = text("SELECT pg_advisory_lock(hashtextextended('hogsend.send-key:' || :key, 0))")
-UNLOCK_KEY = text("SELECT pg_advisory_unlock(hashtextextended('hogsend.send-key:' || :key, 0))")
-
-
-def lock_key_sql() -> tuple[Any, Any]:
-    """The statements taking and releasing the session-level lock on an idempotency key.
-
-    Session-level, not transaction-level: it is held across the provider call, so a
-    concurrent attempt with the same key waits and then sees the outcome. A process
-    that dies releases it with its connection.
-    """
-    return LOCK_KEY, UNLOCK_KEY
 
 
 async def lock_address(session: AsyncSession, email: str) -> None:
@@ -180,7 +167,7 @@ async def begin_and_read_attempt(
 ) -> tuple[RecipientRow | None, StoredFacts | None]:
     """Open a transaction, take the attempt's locks, read its contact and facts: one round trip.
 
-    In order: BEGIN; :func:`lock_key_sql`'s lock on ``key`` (session-level: held past
+    In order: BEGIN; the lock on ``key`` (session-level: held past
     the commit, until :func:`finish_attempt` or :func:`unlock_key`); the contact
     ``contact_id`` (``CONTACT_COLUMNS``) with :func:`lock_address` on ``email``, else its
     own address, when it is live; then, in a statement of its own (its snapshot taken
@@ -251,10 +238,12 @@ async def write_attempt(
 
     Ends the transaction :func:`begin_and_read_attempt` opened (rolled back if this
     fails). ``row`` has the keys of :func:`insert_attempts`'s rows plus ``handoff``.
-    ``durable=False`` commits without waiting for the WAL flush, as
-    :func:`insert_attempt`'s: only for a ``queued`` row whose outcome a durable commit
-    records next. ``notify_handoff`` wakes idle couriers at commit (a ``handoff`` row);
-    ``deferred`` (due at, request) is :func:`insert_deferred`'s, for a ``deferred`` row.
+    ``durable=False`` commits without waiting for the WAL flush (``synchronous_commit``
+    off for this transaction alone): only for a ``queued`` row whose outcome a durable
+    commit records next, which flushes this row's WAL too; only a crash of Postgres
+    itself (not of our process) in between loses it. ``notify_handoff`` wakes idle
+    couriers at commit (a ``handoff`` row); ``deferred`` (due at, request) is
+    :func:`insert_deferred`'s, for a ``deferred`` row.
     """
     driver = await driver_connection(conn)
     try:
@@ -408,90 +397,6 @@ _WRITE_ATTEMPT = b"""
     """
 
 
-_GATED = ("duplicate", "skipped_deleted", "suppressed", "unsubscribed", "capped", "deferred")
-
-
-async def insert_attempt(
-    session: AsyncSession,
-    *,
-    decision: str,
-    detail: dict[str, Any] | None,
-    contact_id: uuid.UUID | None,
-    user_id: str | None,
-    to_email: str,
-    from_email: str,
-    subject: str | None,
-    template_key: str | None,
-    category: str | None,
-    journey_id: str | None,
-    journey_state_id: uuid.UUID | None,
-    campaign_id: uuid.UUID | None,
-    idempotency_key: str | None,
-    duplicate_of_id: uuid.UUID | None = None,
-    redirected_to: str | None = None,
-    kind: str = "transactional",
-    handoff: dict[str, Any] | None = None,
-    durable: bool = True,
-) -> uuid.UUID:
-    """Write an attempt's decision row.
-
-    A gated decision is final (status ``skipped``, no key held); ``queued`` holds the
-    key while the message goes to the provider, and :func:`finish` records the outcome.
-    ``handoff`` (``queued`` only) is what a worker needs to deliver it later.
-
-    ``durable=False`` lets the transaction commit without waiting for its WAL flush
-    (``synchronous_commit = off`` for it alone). Only for a ``queued`` row whose outcome
-    a durable commit records next: that commit flushes this row's WAL too, and only a
-    crash of Postgres itself (not of our process) in between loses it; see
-    docs/email.md, "Benchmark".
-    """
-    gated = decision in _GATED
-    row_id: uuid.UUID | None = await session.scalar(
-        _INSERT_ATTEMPT if durable else _INSERT_ATTEMPT_FAST,
-        {
-            "contact_id": contact_id,
-            "user_id": user_id,
-            "to_email": to_email,
-            "from_email": from_email,
-            "subject": subject,
-            "template_key": template_key,
-            "category": category,
-            "journey_id": journey_id,
-            "journey_state_id": journey_state_id,
-            "campaign_id": campaign_id,
-            "key": None if gated else idempotency_key,
-            "duplicate_of_id": duplicate_of_id,
-            "redirected_to": redirected_to,
-            "status": "skipped" if gated else "queued",
-            "decision": decision,
-            "detail": None if detail is None else to_json(detail),
-            "kind": kind,
-            "handoff": None if handoff is None or gated else to_json(handoff),
-        },
-    )
-    assert row_id is not None
-    return row_id
-
-
-_INSERT_ATTEMPT_SQL = """
-            INSERT INTO email_sends (
-                contact_id, user_id, user_email, to_email, from_email, subject, template_key,
-                category, journey_id, journey_state_id, campaign_id, idempotency_key,
-                duplicate_of_id, redirected_to, status, decision, decision_detail, kind, handoff
-            ) VALUES (
-                :contact_id, :user_id, :to_email, :to_email, :from_email, :subject,
-                :template_key, :category, :journey_id, :journey_state_id, :campaign_id,
-                :key, :duplicate_of_id, :redirected_to, :status, :decision,
-                CAST(:detail AS jsonb), :kind, CAST(:handoff AS jsonb)
-            ) RETURNING id
-"""
-_INSERT_ATTEMPT = text(_INSERT_ATTEMPT_SQL)
-# The setting rides on the statement (one row, so evaluated once): no extra round trip.
-_INSERT_ATTEMPT_FAST = text(
-    _INSERT_ATTEMPT_SQL + ", set_config('synchronous_commit', 'off', true) AS async_commit"
-)
-
-
 async def insert_link_set_fast(session: AsyncSession, links: LinkSet) -> None:
     """Record the link set of a ``queued`` attempt, committing without a WAL flush.
 
@@ -514,71 +419,10 @@ _INSERT_LINK_SET_FAST = text(
 )
 
 
-async def finish(
-    session: AsyncSession,
-    send_id: uuid.UUID,
-    *,
-    decision: str,
-    detail: dict[str, Any] | None,
-    attempts: int,
-    provider: str | None,
-    provider_message_id: str | None = None,
-    error: str | None = None,
-    subject: str | None = None,
-) -> None:
-    """Record the provider's outcome on a ``queued`` attempt.
-
-    ``sent``/``redirected`` keep the idempotency key; ``provider_error`` releases it,
-    so a later retry of the same send can go out. A provider message id is also written
-    to ``email_send_messages``, where delivery reports look it up: indexed on
-    ``email_sends``, it would make this update change an indexed column, so it could
-    never stay on the row's page and every index of the table would take a new entry
-    per send (migration 0015).
-    """
-    ok = decision in ("sent", "redirected")
-    await session.execute(
-        text(
-            """
-            WITH done AS (
-            UPDATE email_sends SET
-                decision = :decision,
-                status = CASE WHEN :ok THEN 'sent' ELSE 'failed' END,
-                idempotency_key = CASE WHEN :ok THEN idempotency_key END,
-                decision_detail = CAST(:detail AS jsonb),
-                attempts = :attempts,
-                provider = :provider,
-                provider_message_id = :message_id,
-                last_error = :error,
-                subject = coalesce(:subject, subject),
-                sent_at = CASE WHEN :ok THEN now() END,
-                handoff = NULL,
-                updated_at = now()
-            WHERE id = :id
-            RETURNING id, provider, provider_message_id
-            )
-            INSERT INTO email_send_messages (message_id, provider, email_send_id)
-            SELECT provider_message_id, coalesce(provider, ''), id FROM done
-            WHERE provider_message_id IS NOT NULL
-            """
-        ),
-        {
-            "id": send_id,
-            "decision": decision,
-            "ok": ok,
-            "detail": None if detail is None else to_json(detail),
-            "attempts": attempts,
-            "provider": provider,
-            "message_id": provider_message_id,
-            "error": error,
-            "subject": subject,
-        },
-    )
-
-
 async def record_message_ids(session: AsyncSession, send_ids: Sequence[uuid.UUID]) -> None:
     """Make the provider message ids of sends written directly (demo data) findable.
 
-    What :func:`finish` writes to ``email_send_messages`` with an outcome, for rows
+    What :func:`finish_and_log` writes to ``email_send_messages`` with an outcome, for rows
     inserted whole; ids already there are left as they are.
     """
     await session.execute(_RECORD_MESSAGE_IDS, {"ids": [str(i) for i in send_ids]})
@@ -991,14 +835,15 @@ async def begin_and_read_contacts(
 ) -> dict[uuid.UUID, Any]:
     """Open a transaction, take the batch's locks and read :func:`contacts_by_id`.
 
-    One round trip: ``conn`` must be in autocommit mode (as :func:`begin_and_read_attempt`),
-    BEGIN, the locks and the read travel as one simple-protocol query (values as
-    literals), and :func:`end_transaction` ends the transaction. The locks, each set
-    in hash order (two batches sharing some cannot deadlock): :func:`lock_key_sql`'s on
-    ``keys``, held until :func:`unlock_keys`; with ``addresses`` (one per id, None for
-    the contact's own), :func:`lock_address` on the address of every live contact that
-    has one. Rows as :func:`contacts_by_id`'s (``.id``, ``.deleted_at``,
-    ``._mapping``).
+    One round trip: ``conn`` must be in autocommit mode (as
+    :func:`begin_and_read_attempt`), BEGIN, the locks and the read travel as one
+    simple-protocol query (values as literals), and :func:`end_transaction` ends the
+    transaction. The locks, each set in hash order (two batches sharing some cannot
+    deadlock): the session-level lock on each of ``keys`` (as
+    :func:`begin_and_read_attempt`'s), held until :func:`unlock_keys`; with
+    ``addresses`` (one per id, None for the contact's own), :func:`lock_address` on the
+    address of every live contact that has one. Rows as :func:`contacts_by_id`'s
+    (``.id``, ``.deleted_at``, ``._mapping``).
     """
     # Arrays as the text of their literals: quoting a list makes psycopg find a dumper
     # for every element, in Python.
@@ -1168,7 +1013,7 @@ async def insert_attempts(
     out, each once (a set stored before is left as it is, as
     :func:`insert_link_set_fast`).
 
-    The transaction commits without waiting for its WAL flush (as ``insert_attempt``'s
+    The transaction commits without waiting for its WAL flush (as :func:`write_attempt`'s
     ``durable=False``): the outcomes' durable commit that follows flushes these rows too.
     Only a crash of Postgres itself in between can lose them (the retry then sends as
     if first, with the same key: the at-least-once window of docs/email.md).
@@ -1182,8 +1027,8 @@ async def insert_attempts(
 
     Keys per row: id, contact_id, user_id, to_email, from_email, subject, template_key,
     category, journey_id, journey_state_id, campaign_id, key, duplicate_of_id,
-    redirected_to, status, decision, detail, kind, error (as :func:`insert_attempt` and,
-    for a row closed at once, :func:`finish`).
+    redirected_to, status, decision, detail, kind, error (as :func:`write_attempt`'s,
+    without ``handoff``).
     """
     if rows:
         # Prepared on the driver connection (hogsend.db.prepared), in conn's transaction.
@@ -1240,7 +1085,7 @@ async def finish_and_log(
     notify: bool,
     starts: Sequence[uuid.UUID] = (),
 ) -> list[str]:
-    """:func:`finish` for many attempts plus their ``email.sent`` events, in ONE statement.
+    """The outcomes of many attempts plus their ``email.sent`` events, in ONE statement.
 
     Run in autocommit mode it is one round trip and one (durable) commit: the outcomes,
     the events and their outbox rows are stored together or not at all. What
