@@ -553,12 +553,6 @@ async def due_handoffs(
     return [row.id for row in rows]
 
 
-async def pending_handoffs(session: AsyncSession) -> int:
-    """How many handed-off attempts wait for a worker."""
-    count = await session.scalar(text("SELECT count(*) FROM email_sends WHERE handoff IS NOT NULL"))
-    return int(count or 0)
-
-
 async def close_handoff(
     session: AsyncSession, send_id: uuid.UUID, *, decision: str, detail: dict[str, Any]
 ) -> None:
