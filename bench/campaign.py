@@ -157,7 +157,9 @@ async def _campaign(
     from hogsend.runtime.campaigns import stages
 
     for name in (
-        "begin_and_read_contacts",
+        "begin_and_read_batch",
+        "write_decisions",
+        "finish_and_unlock",
         "begin_and_read_attempt",
         "write_attempt",
         "finish_attempt",

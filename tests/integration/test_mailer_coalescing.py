@@ -171,36 +171,44 @@ async def test_sends_without_a_key_or_contact_and_uncoalesced_sends(
     assert len(rows) == 3
 
 
-async def test_a_coalesced_send_returns_once_its_outcome_is_committed_not_after_the_unlock(
+async def test_a_coalesced_batch_makes_three_round_trips_and_releases_its_keys_with_its_outcomes(
     env: Env,  # noqa: F811
     fetch_all: FetchAll,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The batch releases its keys after its callers have their (durable) outcomes; a
-    # second send of the same key waits for that release and is a duplicate.
-    from hogsend.db.repos import sends
-
+    # The locks, contacts and facts; the decision rows and their COMMIT; the outcomes
+    # with their events, their COMMIT and the keys' unlock: one pipeline each, nothing
+    # else. A caller returns with its outcome committed, and a second send of its key
+    # (which waited for the unlock) is a duplicate.
     people = [await new_contact(env.engine, f"u{n}@example.com") for n in range(3)]
-    release = asyncio.Event()
-    unlock = sends.unlock_keys
+    await env.mailer.send(news(people[0], idempotency_key="u:warm"))  # the pool connects
+    trips: list[str] = []
+    execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
 
-    async def held(*args: Any, **kwargs: Any) -> None:
-        await release.wait()
-        await unlock(*args, **kwargs)
+    async def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if cursor.connection._pipeline is None:
+            trips.append("statement")
+        return await execute(cursor, query, *args, **kwargs)
 
-    monkeypatch.setattr(sends, "unlock_keys", held)
+    def piped(conn: Any) -> Any:
+        if conn._pipeline is None:
+            trips.append("pipeline")
+        return pipeline(conn)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"u:{c}")) for c in people)),
         timeout=30,
     )
+    monkeypatch.undo()
     assert [o.decision for o in outcomes] == ["sent"] * 3
+    assert trips == ["pipeline"] * 3
     rows = await fetch_all("SELECT decision FROM email_sends")
-    assert [r["decision"] for r in rows] == ["sent"] * 3  # committed before returning
-    again = asyncio.ensure_future(
-        env.mailer.send(news(people[0], idempotency_key=f"u:{people[0]}"))
+    assert [r["decision"] for r in rows] == ["sent"] * 4  # committed before returning
+    again = await asyncio.wait_for(
+        env.mailer.send(news(people[0], idempotency_key=f"u:{people[0]}")), timeout=30
     )
-    await asyncio.sleep(0.1)
-    assert not again.done()  # the key is still the first batch's
-    release.set()
-    assert (await again).decision == "duplicate"
-    assert len(env.sink.messages) == 3
+    assert again.decision == "duplicate"
+    assert again.duplicate_of == outcomes[0].send_id
+    assert len(env.sink.messages) == 4

@@ -410,13 +410,13 @@ async def test_a_failed_first_write_lets_no_message_be_accepted(
     from hogsend.db.repos import sends
 
     people = [await new_contact(env.engine, f"w{n}@example.com") for n in range(3)]
-    written = sends.insert_attempts
+    written = sends.write_decisions
 
     async def failing(*args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(0.05)  # the envelopes and bodies are on their way meanwhile
         raise ConnectionError("the decision write failed")
 
-    monkeypatch.setattr(sends, "insert_attempts", failing)
+    monkeypatch.setattr(sends, "write_decisions", failing)
     outcomes = await env.mailer.send_batch(
         [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
     )
@@ -425,7 +425,7 @@ async def test_a_failed_first_write_lets_no_message_be_accepted(
     rows = await fetch_all("SELECT count(*) AS n FROM email_sends")
     assert rows[0]["n"] == 0
 
-    monkeypatch.setattr(sends, "insert_attempts", written)
+    monkeypatch.setattr(sends, "write_decisions", written)
     outcomes = await env.mailer.send_batch(
         [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
     )

@@ -32,14 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hogsend.channels.email.message import (
     EmailProvider,
@@ -196,9 +197,10 @@ async def send_batch(
             # Autocommit: the keys' session locks need no transaction around them (one
             # round trip each way); each decide group opens and ends its own by hand.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
+            released = False
             try:
                 # The keys' locks are taken with the first decision (one round trip less).
-                await _lanes(
+                released = await _lanes(
                     mailer,
                     conn,
                     requests,
@@ -215,7 +217,8 @@ async def send_batch(
             finally:
                 try:
                     await sends.end_transaction(conn, commit=False)
-                    await sends.unlock_keys(conn, locked)
+                    if not released:
+                        await sends.unlock_keys(conn, locked)
                 except BaseException:
                     # Closing the connection is the other way to release the locks.
                     await conn.invalidate()
@@ -249,8 +252,9 @@ async def _decide(
     started: int,
     keys: Sequence[str] = (),
 ) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
-    """Step 1 of the module docstring, in ``conn``'s transaction: the attempts that go out,
-    and the write of every decision row and link (awaited next, then committed).
+    """Step 1 of the module docstring, in a transaction opened on ``conn``: the attempts
+    that go out, and the write of every decision row and link with the transaction's
+    COMMIT (one round trip, awaited next; the caller rolls back if it fails).
 
     The first ``started`` attempts that go out are written ready for their provider
     call; the others are marked (``marked`` of
@@ -259,7 +263,7 @@ async def _decide(
     """
     from hogsend.channels.mailer import (
         SendOutcome,
-        _keep_deferred,
+        _deferred_request,
         _Recipient,
         _with_resend_note,
         effective_category,
@@ -269,21 +273,37 @@ async def _decide(
     settings = mailer.settings
     now = mailer._clock()
     # Opens the group's transaction (the caller ends it): the keys' and the addresses'
-    # locks and the contacts' read, in one round trip.
-    wanted: list[tuple[uuid.UUID, str | None]] = []
+    # locks, the contacts and every request's facts (its address the caller's, else the
+    # contact's own), in one round trip. Facts read for a request that turns out to go
+    # elsewhere (a contact merged away, an address refused) are not used.
+    queries: list[sends.FactsQuery] = []
     for index in batched:
         request = requests[index]
-        if request.contact_id is not None:
-            try:
-                to = normalize_email(request.to_email)
-            except Exception:
-                to = None  # refused below; the contact's own address is locked meanwhile
-            wanted.append((request.contact_id, to))
-    found = await sends.begin_and_read_contacts(
-        conn, [c for c, _ in wanted], addresses=[a for _, a in wanted], keys=keys
+        try:
+            to = normalize_email(request.to_email)
+        except Exception:
+            to = None  # refused below; the contact's own address is locked meanwhile
+        category = effective_category(
+            request, mailer._templates.get(request.template).meta.category
+        )
+        queries.append(
+            sends.FactsQuery(
+                idempotency_key=request.idempotency_key,
+                contact_id=request.contact_id,
+                email=to,
+                list_id=request.list_id or category,
+                journey_id=request.journey_id,
+            )
+        )
+    found, all_stored = await sends.begin_and_read_batch(
+        conn,
+        queries,
+        keys=keys,
+        since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
-    for index in batched:
+    stored: list[sends.StoredFacts] = []
+    for index, query, facts_stored in zip(batched, queries, all_stored, strict=True):
         request = requests[index]
         row = found.get(request.contact_id) if request.contact_id is not None else None
         if row is None or row.deleted_at is not None:
@@ -304,29 +324,16 @@ async def _decide(
             request, mailer._templates.get(request.template).meta.category
         )
         who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
-        people.append((index, who, category, request.list_id or category))
+        people.append((index, who, category, query.list_id))
+        stored.append(facts_stored)
     if not people:
-        return [], _nothing
-    stored = await sends.read_facts_batch(
-        conn,
-        [
-            sends.FactsQuery(
-                idempotency_key=requests[index].idempotency_key,
-                contact_id=who.contact_id,
-                email=who.to_email,
-                list_id=list_id,
-                journey_id=requests[index].journey_id,
-            )
-            for index, who, _, list_id in people
-        ],
-        since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
-    )
+        return [], functools.partial(sends.end_transaction, conn, commit=True)
     test_to = settings.test_mode_recipient if settings.test_mode else None
     # Attempts earlier in this batch count towards the cap like committed ones would.
     counted: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     abandoned: list[uuid.UUID] = []
-    deferred: list[tuple[SendRequest, uuid.UUID, GateResult]] = []
+    deferred: list[tuple[uuid.UUID, datetime, dict[str, Any]]] = []
     going: list[_Going] = []
     # A campaign's messages share their link set: each written once per batch.
     link_sets: dict[uuid.UUID, LinkSet] = {}
@@ -365,7 +372,11 @@ async def _decide(
                 }
             )
             if result.decision == "deferred" and request.resend_when_open:
-                deferred.append((request, send_id, result))
+                # Kept for the sweep, in the decision row's transaction.
+                assert result.deferred_until is not None
+                deferred.append(
+                    (send_id, result.deferred_until, _deferred_request(request, send_id))
+                )
             outcomes[index] = SendOutcome(
                 send_id=send_id,
                 decision=result.decision,
@@ -419,30 +430,16 @@ async def _decide(
         )
 
     async def write() -> None:
-        await sends.abandon_many(conn, abandoned)
-        await sends.insert_attempts(
+        await sends.write_decisions(
             conn,
             rows,
             list(link_sets.values()),
             marked=[g.send_id for g in going if not g.started],
+            abandoned=abandoned,
+            deferred=deferred,
         )
-        if deferred:
-            # The session must write in the transaction opened by hand and leave it
-            # open. It ends a transaction only if it began it, and the statements above
-            # went to the driver, past SQLAlchemy: begin SQLAlchemy's own first (no
-            # statement in autocommit).
-            if not conn.in_transaction():
-                await conn.begin()
-            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-                for request, send_id, result in deferred:
-                    await _keep_deferred(session, request, send_id, result)
-                await session.flush()
 
     return going, write
-
-
-async def _nothing() -> None:
-    """The write of a decision that has no rows."""
 
 
 def decision_row(
@@ -536,8 +533,11 @@ async def _lanes(
     answered: Answered | None = None,
     start: asyncio.Future[None] | None = None,
     drained: Callable[[], None] | None = None,
-) -> None:
+) -> bool:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
+
+    Returns whether the keys' locks were released (with the last outcomes, see
+    ``finish_together``); if not, the caller releases them.
 
     Decisions are made a chunk of requests at a time ahead of the lanes (one transaction
     per chunk). An attempt decided ahead is marked (``email_send_marks``) until a lane
@@ -574,8 +574,7 @@ async def _lanes(
 
     async def write(rows: Callable[[], Awaitable[None]]) -> None:
         try:
-            await rows()
-            await sends.end_transaction(conn, commit=True)
+            await rows()  # the decisions and their COMMIT
         except BaseException:
             await sends.end_transaction(conn, commit=False)
             raise
@@ -590,7 +589,7 @@ async def _lanes(
     except Exception as exc:
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
-        return
+        return False
 
     async def write_first() -> bool:
         """Write and commit the first chunk's decisions; False (every request failed) if
@@ -612,7 +611,7 @@ async def _lanes(
     # in before a lane's commit can take one off.
     first_written = asyncio.ensure_future(write_first())
     if prestart == 0 and not await first_written:
-        return
+        return False
     if start is not None:
         await start
 
@@ -676,23 +675,33 @@ async def _lanes(
 
         # A batch decided in one go (coalesced sends, a small batch) answers its callers
         # when it ends: its outcomes wait for the last provider call and go in one
-        # commit, rather than the first lane's alone and then the rest after it.
+        # commit, rather than the first lane's alone and then the rest after it; the
+        # keys' unlock rides in the same round trip, after that commit.
         together = not chunks and before_send is None
         told_drained = False
-        sending = lanes
-        all_sent = asyncio.Event()
 
-        async def lane(attempt: _Going | None) -> None:
-            nonlocal sending
-            try:
-                done = await send_all(attempt)
-            finally:
-                sending -= 1
-                if sending == 0:
-                    all_sent.set()
+        async def lane(attempt: _Going | None) -> tuple[int, Item] | None:
+            done = await send_all(attempt)
             if together:
-                await all_sent.wait()
+                return done  # recorded with the other lanes' (finish_together)
             await commit(done, None)
+            return None
+
+        async def finish_together(items: list[tuple[int, Item]]) -> bool:
+            """Commit the lanes' last outcomes and release the keys; False on failure."""
+            try:
+                # On conn, which holds the keys' locks (no chunk: the recorder is conn).
+                await mailer._write_outcomes([item for _, item in items], conn, unlock=keys)
+            except Exception as exc:
+                for index, _ in items:
+                    outcomes[index] = exc
+                return False
+            if answered is not None:
+                for index, _ in items:
+                    outcome = outcomes[index]
+                    if outcome is not None and not isinstance(outcome, Exception):
+                        answered(index, outcome)
+            return True
 
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
@@ -745,9 +754,13 @@ async def _lanes(
 
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
-            await asyncio.gather(*(lane(attempt) for attempt in starts))
+            last = await asyncio.gather(*(lane(attempt) for attempt in starts))
             # Written even when no lane waited for it (no attempt of it went out).
             await first_written
+            items = [done for done in last if done is not None]
+            if items:
+                return await finish_together(items)
+            return False
         finally:
             await feed.close()
             if not first_written.done():
