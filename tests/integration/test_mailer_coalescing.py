@@ -212,3 +212,40 @@ async def test_a_coalesced_batch_makes_three_round_trips_and_releases_its_keys_w
     assert again.decision == "duplicate"
     assert again.duplicate_of == outcomes[0].send_id
     assert len(env.sink.messages) == 4
+
+
+async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_keys(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The outcomes, their commit and the keys' unlock are one round trip; when the
+    # outcomes fail to commit, every caller of the batch gets the error and the batch
+    # still releases its keys (a later send of one takes the attempt over).
+    from hogsend.db.repos import sends
+
+    people = [await new_contact(env.engine, f"f{n}@example.com") for n in range(3)]
+
+    async def failing(*args: Any, **kwargs: Any) -> list[str]:
+        raise ConnectionError("the outcomes were not written")
+
+    monkeypatch.setattr(sends, "finish_and_unlock", failing)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(env.mailer.send(news(c, idempotency_key=f"f:{c}")) for c in people),
+            return_exceptions=True,
+        ),
+        timeout=30,
+    )
+    monkeypatch.undo()
+    assert all(isinstance(r, ConnectionError) for r in results)
+    rows = await fetch_all("SELECT decision FROM email_sends")
+    assert [r["decision"] for r in rows] == ["queued"] * 3  # accepted, outcome unknown
+    again = await asyncio.wait_for(
+        env.mailer.send(news(people[0], idempotency_key=f"f:{people[0]}")), timeout=30
+    )
+    assert again.decision == "sent"  # the key was released; the attempt taken over
+    rows = await fetch_all(
+        "SELECT decision FROM email_sends WHERE contact_id = :c ORDER BY created_at", c=people[0]
+    )
+    assert [r["decision"] for r in rows] == ["provider_error", "sent"]

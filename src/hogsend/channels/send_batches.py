@@ -7,14 +7,17 @@ database work for the whole batch together:
 0. the idempotency keys' session locks, all of them in hash order, for the whole batch;
 1. ``concurrency`` lanes each take the next request and hand it to a
    :class:`GroupCommit` that decides every request handed in meanwhile in one
-   transaction: the addresses' locks, every gate's facts (one statement), rendering and
-   tracking, every decision row and every new link set (one statement each), one commit.
-   A message that goes out is committed with its links as ``queued`` before the
-   provider accepts it (the first chunk's provider calls begin while it commits, and
-   the line that ends each message waits for the commit);
+   transaction of two round trips: the addresses' locks, the contacts and every gate's
+   facts (one pipeline, with the keys' locks for the batch's first group); rendering and
+   tracking; every decision row and every new link set (one statement) and the commit
+   (one pipeline). A message that goes out is committed with its links as ``queued``
+   before the provider accepts it (the first chunk's provider calls begin while it
+   commits, and the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
-   :class:`GroupCommit` and waits for its commit before taking the next request.
+   :class:`GroupCommit` and waits for its commit before taking the next request. A
+   batch decided in one go (coalesced sends) commits its lanes' outcomes together and
+   releases its keys in the same round trip, after that commit.
 
 So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
 ``concurrency`` attempts open (closed as interrupted by whichever attempt takes the

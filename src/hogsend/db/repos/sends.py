@@ -335,7 +335,7 @@ _RECIPIENT = (
     """
 )
 # The gates' facts of one attempt ``q`` (k: idempotency key, c: contact, e: address,
-# l: list, j: journey), in the order read_facts_batch unpacks them after q's number;
+# l: list, j: journey), in the order _stored_facts unpacks them after q's number;
 # _FACTS_ONE and _FACTS_BATCH put q together from their parameters.
 _FACTS_OF_Q = b"""
         holder.id AS holder_id, holder.decision AS holder_decision,
