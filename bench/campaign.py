@@ -159,7 +159,6 @@ async def _campaign(
     for name in (
         "begin_and_read_batch",
         "write_decisions",
-        "finish_and_unlock",
         "begin_and_read_attempt",
         "write_attempt",
         "finish_attempt",

@@ -171,17 +171,17 @@ async def test_sends_without_a_key_or_contact_and_uncoalesced_sends(
     assert len(rows) == 3
 
 
-async def test_a_coalesced_batch_makes_three_round_trips_and_releases_its_keys_with_its_outcomes(
+async def test_a_coalesced_batch_makes_three_round_trips_before_its_callers_return(
     env: Env,  # noqa: F811
-    fetch_all: FetchAll,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The locks, contacts and facts; the decision rows and their COMMIT; the outcomes
-    # with their events, their COMMIT and the keys' unlock: one pipeline each, nothing
-    # else. A caller returns with its outcome committed, and a second send of its key
-    # (which waited for the unlock) is a duplicate.
-    people = [await new_contact(env.engine, f"u{n}@example.com") for n in range(3)]
-    await env.mailer.send(news(people[0], idempotency_key="u:warm"))  # the pool connects
+    # The locks, contacts and facts: one pipeline; the decision rows and their COMMIT:
+    # one pipeline; the outcomes with their events (committed): one statement. The keys'
+    # unlock (one statement) follows the callers' answer.
+    people = [await new_contact(env.engine, f"t{n}@example.com") for n in range(3)]
+    await env.mailer.send(news(people[0], idempotency_key="t:warm"))  # the pool connects
+    for coalescer in env.mailer._coalescers.values():
+        await asyncio.gather(*coalescer._tasks)  # the warm-up batch's unlock, after its answer
     trips: list[str] = []
     execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
 
@@ -198,20 +198,14 @@ async def test_a_coalesced_batch_makes_three_round_trips_and_releases_its_keys_w
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
     monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
     outcomes = await asyncio.wait_for(
-        asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"u:{c}")) for c in people)),
+        asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"t:{c}")) for c in people)),
         timeout=30,
     )
+    answered = list(trips)
     monkeypatch.undo()
     assert [o.decision for o in outcomes] == ["sent"] * 3
-    assert trips == ["pipeline"] * 3
-    rows = await fetch_all("SELECT decision FROM email_sends")
-    assert [r["decision"] for r in rows] == ["sent"] * 4  # committed before returning
-    again = await asyncio.wait_for(
-        env.mailer.send(news(people[0], idempotency_key=f"u:{people[0]}")), timeout=30
-    )
-    assert again.decision == "duplicate"
-    assert again.duplicate_of == outcomes[0].send_id
-    assert len(env.sink.messages) == 4
+    assert answered[:3] == ["pipeline", "pipeline", "statement"]
+    assert answered[3:] in ([], ["statement"])  # the unlock, once sent
 
 
 async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_keys(
@@ -219,9 +213,8 @@ async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_key
     fetch_all: FetchAll,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The outcomes, their commit and the keys' unlock are one round trip; when the
-    # outcomes fail to commit, every caller of the batch gets the error and the batch
-    # still releases its keys (a later send of one takes the attempt over).
+    # When the outcomes fail to commit, every caller of the batch gets the error and the
+    # batch still releases its keys (a later send of one takes the attempt over).
     from hogsend.db.repos import sends
 
     people = [await new_contact(env.engine, f"f{n}@example.com") for n in range(3)]
@@ -229,7 +222,7 @@ async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_key
     async def failing(*args: Any, **kwargs: Any) -> list[str]:
         raise ConnectionError("the outcomes were not written")
 
-    monkeypatch.setattr(sends, "finish_and_unlock", failing)
+    monkeypatch.setattr(sends, "finish_and_log", failing)
     results = await asyncio.wait_for(
         asyncio.gather(
             *(env.mailer.send(news(c, idempotency_key=f"f:{c}")) for c in people),
@@ -249,3 +242,38 @@ async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_key
         "SELECT decision FROM email_sends WHERE contact_id = :c ORDER BY created_at", c=people[0]
     )
     assert [r["decision"] for r in rows] == ["provider_error", "sent"]
+
+
+async def test_a_coalesced_send_returns_once_its_outcome_is_committed_not_after_the_unlock(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The batch releases its keys after its callers have their (durable) outcomes; a
+    # second send of the same key waits for that release and is a duplicate.
+    from hogsend.db.repos import sends
+
+    people = [await new_contact(env.engine, f"u{n}@example.com") for n in range(3)]
+    release = asyncio.Event()
+    unlock = sends.unlock_keys
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        await release.wait()
+        await unlock(*args, **kwargs)
+
+    monkeypatch.setattr(sends, "unlock_keys", held)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"u:{c}")) for c in people)),
+        timeout=30,
+    )
+    assert [o.decision for o in outcomes] == ["sent"] * 3
+    rows = await fetch_all("SELECT decision FROM email_sends")
+    assert [r["decision"] for r in rows] == ["sent"] * 3  # committed before returning
+    again = asyncio.ensure_future(
+        env.mailer.send(news(people[0], idempotency_key=f"u:{people[0]}"))
+    )
+    await asyncio.sleep(0.1)
+    assert not again.done()  # the key is still the first batch's
+    release.set()
+    assert (await again).decision == "duplicate"
+    assert len(env.sink.messages) == 3

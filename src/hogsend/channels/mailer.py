@@ -1017,30 +1017,23 @@ class Mailer:
         items: list[OutcomeItem],
         conn: AsyncConnection,
         starts: Sequence[uuid.UUID] = (),
-        unlock: Sequence[str] = (),
     ) -> None:
         """Record many outcomes and their ``email.sent`` events: one statement, one commit.
 
         ``conn`` is in autocommit, held by the caller (a batch) for many such writes.
         ``starts``: attempts decided ahead that now go to the provider, marked so in the
-        same commit (see ``sends.finish_and_log``). ``unlock``: idempotency keys ``conn``
-        holds, released once the commit is done, in the same round trip
-        (``sends.finish_and_unlock``; not with ``starts``).
+        same commit (see ``sends.finish_and_log``).
         """
         now = self._clock()
         events = [event for _, event in items if event is not None]
-        rows = [row for row, _ in items]
-        event_rows = [_event_row(event, now) for event in events]
-        notify = bool(events) and self._notify.due()
-        if unlock:
-            assert not starts
-            missing = await sends.finish_and_unlock(
-                conn, rows, event_rows, now=now, notify=notify, keys=unlock
-            )
-        else:
-            missing = await sends.finish_and_log(
-                conn, rows, event_rows, now=now, notify=notify, starts=starts
-            )
+        missing = await sends.finish_and_log(
+            conn,
+            [row for row, _ in items],
+            [_event_row(event, now) for event in events],
+            now=now,
+            notify=bool(events) and self._notify.due(),
+            starts=starts,
+        )
         await self._ingest_missing(events, missing, now)
 
     async def _ingest_missing(

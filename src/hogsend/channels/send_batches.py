@@ -15,9 +15,7 @@ database work for the whole batch together:
    commits, and the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
-   :class:`GroupCommit` and waits for its commit before taking the next request. A
-   batch decided in one go (coalesced sends) commits its lanes' outcomes together and
-   releases its keys in the same round trip, after that commit.
+   :class:`GroupCommit` and waits for its commit before taking the next request.
 
 So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
 ``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
@@ -200,10 +198,9 @@ async def send_batch(
             # Autocommit: the keys' session locks need no transaction around them (one
             # round trip each way); each decide group opens and ends its own by hand.
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            released = False
             try:
                 # The keys' locks are taken with the first decision (one round trip less).
-                released = await _lanes(
+                await _lanes(
                     mailer,
                     conn,
                     requests,
@@ -220,8 +217,7 @@ async def send_batch(
             finally:
                 try:
                     await sends.end_transaction(conn, commit=False)
-                    if not released:
-                        await sends.unlock_keys(conn, locked)
+                    await sends.unlock_keys(conn, locked)
                 except BaseException:
                     # Closing the connection is the other way to release the locks.
                     await conn.invalidate()
@@ -536,11 +532,8 @@ async def _lanes(
     answered: Answered | None = None,
     start: asyncio.Future[None] | None = None,
     drained: Callable[[], None] | None = None,
-) -> bool:
+) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
-
-    Returns whether the keys' locks were released (with the last outcomes, see
-    ``finish_together``); if not, the caller releases them.
 
     Decisions are made a chunk of requests at a time ahead of the lanes (one transaction
     per chunk). An attempt decided ahead is marked (``email_send_marks``) until a lane
@@ -592,7 +585,7 @@ async def _lanes(
     except Exception as exc:
         # The keys may not be locked: nothing of this batch is decided.
         failed(batched, exc)
-        return False
+        return
 
     async def write_first() -> bool:
         """Write and commit the first chunk's decisions; False (every request failed) if
@@ -614,7 +607,7 @@ async def _lanes(
     # in before a lane's commit can take one off.
     first_written = asyncio.ensure_future(write_first())
     if prestart == 0 and not await first_written:
-        return False
+        return
     if start is not None:
         await start
 
@@ -678,33 +671,23 @@ async def _lanes(
 
         # A batch decided in one go (coalesced sends, a small batch) answers its callers
         # when it ends: its outcomes wait for the last provider call and go in one
-        # commit, rather than the first lane's alone and then the rest after it; the
-        # keys' unlock rides in the same round trip, after that commit.
+        # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
         told_drained = False
+        sending = lanes
+        all_sent = asyncio.Event()
 
-        async def lane(attempt: _Going | None) -> tuple[int, Item] | None:
-            done = await send_all(attempt)
-            if together:
-                return done  # recorded with the other lanes' (finish_together)
-            await commit(done, None)
-            return None
-
-        async def finish_together(items: list[tuple[int, Item]]) -> bool:
-            """Commit the lanes' last outcomes and release the keys; False on failure."""
+        async def lane(attempt: _Going | None) -> None:
+            nonlocal sending
             try:
-                # On conn, which holds the keys' locks (no chunk: the recorder is conn).
-                await mailer._write_outcomes([item for _, item in items], conn, unlock=keys)
-            except Exception as exc:
-                for index, _ in items:
-                    outcomes[index] = exc
-                return False
-            if answered is not None:
-                for index, _ in items:
-                    outcome = outcomes[index]
-                    if outcome is not None and not isinstance(outcome, Exception):
-                        answered(index, outcome)
-            return True
+                done = await send_all(attempt)
+            finally:
+                sending -= 1
+                if sending == 0:
+                    all_sent.set()
+            if together:
+                await all_sent.wait()
+            await commit(done, None)
 
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
@@ -757,13 +740,9 @@ async def _lanes(
 
         try:
             starts = [initial[i] if i < len(initial) else None for i in range(lanes)]
-            last = await asyncio.gather(*(lane(attempt) for attempt in starts))
+            await asyncio.gather(*(lane(attempt) for attempt in starts))
             # Written even when no lane waited for it (no attempt of it went out).
             await first_written
-            items = [done for done in last if done is not None]
-            if items:
-                return await finish_together(items)
-            return False
         finally:
             await feed.close()
             if not first_written.done():

@@ -831,12 +831,12 @@ async def begin_and_read_batch(
     go as one pipeline of prepared statements, and :func:`end_transaction` (or
     :func:`write_decisions`) ends the transaction. The locks, each set in hash order (two
     batches sharing some cannot deadlock): the session-level lock on each of ``keys`` (as
-    :func:`begin_and_read_attempt`'s), held until :func:`unlock_keys` (or
-    :func:`finish_and_unlock`); :func:`lock_address` on the address of every query's
-    contact that is live and has one (its ``email``, else the contact's own). Then, each
-    in a statement of its own so that its snapshot is taken after the locks, the
-    contacts (``CONTACT_COLUMNS``, deleted ones included; ``.id``, ``.deleted_at``,
-    ``._mapping``) and :func:`read_facts` for each query, in order.
+    :func:`begin_and_read_attempt`'s), held until :func:`unlock_keys`; :func:`lock_address`
+    on the address of every query's contact that is live and has one (its ``email``, else
+    the contact's own). Then, each in a statement of its own so that its snapshot is
+    taken after the locks, the contacts (``CONTACT_COLUMNS``, deleted ones included;
+    ``.id``, ``.deleted_at``, ``._mapping``) and :func:`read_facts` for each query, in
+    order.
 
     The facts hold only for a query whose contact is live (a deleted or merged one is
     followed by the caller elsewhere) and whose address is the one locked.
@@ -1134,33 +1134,6 @@ async def finish_and_log(
     # messages, and SQLAlchemy's execution cost more than the statement's values.
     query, params = finish_and_log_statement(rows, events, now=now, notify=notify, starts=starts)
     [(missing, _, _, _)] = await prepared.fetch(conn, query, params)
-    return list(missing or [])
-
-
-async def finish_and_unlock(
-    conn: AsyncConnection,
-    rows: Sequence[dict[str, Any]],
-    events: Sequence[dict[str, Any]],
-    *,
-    now: datetime,
-    notify: bool,
-    keys: Sequence[str],
-) -> list[str]:
-    """:func:`finish_and_log`, committed durably, then :func:`unlock_keys` of ``keys``: one
-    round trip (BEGIN, the statement, COMMIT and the unlock as one pipeline).
-
-    The unlock follows the COMMIT, so an attempt waiting for one of the keys reads the
-    committed outcome. When the outcome fails to commit, the unlock is not run (the
-    caller releases the keys). ``conn`` is in autocommit mode, with no transaction open.
-    """
-    query, params = finish_and_log_statement(rows, events, now=now, notify=notify)
-    driver = await driver_connection(conn)
-    async with driver.pipeline():
-        await driver.execute(b"BEGIN")
-        finished = await driver.execute(query, params, prepare=True)
-        await driver.execute(b"COMMIT")
-        await driver.execute(_UNLOCK_KEYS, {"keys": prepared.text_array(keys)}, prepare=True)
-    [(missing, _, _, _)] = await finished.fetchall()
     return list(missing or [])
 
 
