@@ -276,6 +276,7 @@ async def _decide(
     # contact's own), in one round trip. Facts read for a request that turns out to go
     # elsewhere (a contact merged away, an address refused) are not used.
     queries: list[sends.FactsQuery] = []
+    categories: list[str | None] = []
     for index in batched:
         request = requests[index]
         try:
@@ -285,6 +286,7 @@ async def _decide(
         category = effective_category(
             request, mailer._templates.get(request.template).meta.category
         )
+        categories.append(category)
         queries.append(
             sends.FactsQuery(
                 idempotency_key=request.idempotency_key,
@@ -302,7 +304,9 @@ async def _decide(
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
     stored: list[sends.StoredFacts] = []
-    for index, query, facts_stored in zip(batched, queries, all_stored, strict=True):
+    for index, query, category, facts_stored in zip(
+        batched, queries, categories, all_stored, strict=True
+    ):
         request = requests[index]
         row = found.get(request.contact_id) if request.contact_id is not None else None
         if row is None or row.deleted_at is not None:
@@ -319,9 +323,6 @@ async def _decide(
                 f"contact {request.contact_id} has no email address and no to_email"
             )
             continue
-        category = effective_category(
-            request, mailer._templates.get(request.template).meta.category
-        )
         who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
         people.append((index, who, category, query.list_id))
         stored.append(facts_stored)

@@ -241,8 +241,8 @@ async def write_attempt(
     off for this transaction alone): only for a ``queued`` row whose outcome a durable
     commit records next, which flushes this row's WAL too; only a crash of Postgres
     itself (not of our process) in between loses it. ``notify_handoff`` wakes idle
-    couriers at commit (a ``handoff`` row); ``deferred`` (due at, request) is
-    :func:`insert_deferred`'s, for a ``deferred`` row.
+    couriers at commit (a ``handoff`` row); ``deferred`` (due at, request): the
+    ``deferred_sends`` row that keeps a ``deferred`` row's request for the sweep.
     """
     driver = await driver_connection(conn)
     try:
@@ -735,25 +735,6 @@ class DeferredRecord:
     attempts: int
 
 
-async def insert_deferred(
-    session: AsyncSession,
-    *,
-    email_send_id: uuid.UUID,
-    due_at: datetime,
-    request: dict[str, Any],
-) -> uuid.UUID:
-    """Keep a deferred request until ``due_at``; written with its ``deferred`` row."""
-    row_id: uuid.UUID | None = await session.scalar(
-        text(
-            "INSERT INTO deferred_sends (email_send_id, due_at, request)"
-            " VALUES (:send, :due, CAST(:request AS jsonb)) RETURNING id"
-        ),
-        {"send": email_send_id, "due": due_at, "request": to_json(request)},
-    )
-    assert row_id is not None
-    return row_id
-
-
 async def due_deferred(session: AsyncSession, *, now: datetime, limit: int) -> list[DeferredRecord]:
     """Pending deferred sends due at ``now``, the longest waiting first."""
     rows = await session.execute(
@@ -1074,7 +1055,7 @@ async def write_decisions(
 
     Ends the transaction :func:`begin_and_read_batch` opened (rolled back if this
     fails): :func:`abandon` of the ``abandoned`` attempts, :func:`insert_attempts` of
-    ``rows``, ``link_sets`` and ``marked``, :func:`insert_deferred` of each ``deferred``
+    ``rows``, ``link_sets`` and ``marked``, the ``deferred_sends`` row of each ``deferred``
     (row id, due at, request), then COMMIT, without waiting for the WAL flush as
     :func:`insert_attempts` says.
     """
