@@ -157,7 +157,8 @@ async def _campaign(
     from hogsend.runtime.campaigns import stages
 
     for name in (
-        "begin_and_read_contacts",
+        "begin_and_read_batch",
+        "write_decisions",
         "begin_and_read_attempt",
         "write_attempt",
         "finish_attempt",

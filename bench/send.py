@@ -289,11 +289,13 @@ async def _mailer(
     # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     # Those that open a transaction by hand go to the driver, past that event (a single
-    # attempt's pipelines, begin_and_read_attempt and the two after it, one round trip each).
+    # attempt's pipelines, begin_and_read_attempt and the two after it, and a batch's,
+    # begin_and_read_batch and the two after it: one round trip each).
     from hogsend.db.repos import sends as sends_repo
 
     for name in (
-        "begin_and_read_contacts",
+        "begin_and_read_batch",
+        "write_decisions",
         "begin_and_read_attempt",
         "write_attempt",
         "finish_attempt",

@@ -171,6 +171,79 @@ async def test_sends_without_a_key_or_contact_and_uncoalesced_sends(
     assert len(rows) == 3
 
 
+async def test_a_coalesced_batch_makes_three_round_trips_before_its_callers_return(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The locks, contacts and facts: one pipeline; the decision rows and their COMMIT:
+    # one pipeline; the outcomes with their events (committed): one statement. The keys'
+    # unlock (one statement) follows the callers' answer.
+    people = [await new_contact(env.engine, f"t{n}@example.com") for n in range(3)]
+    await env.mailer.send(news(people[0], idempotency_key="t:warm"))  # the pool connects
+    for coalescer in env.mailer._coalescers.values():
+        await asyncio.gather(*coalescer._tasks)  # the warm-up batch's unlock, after its answer
+    trips: list[str] = []
+    execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
+
+    async def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if cursor.connection._pipeline is None:
+            trips.append("statement")
+        return await execute(cursor, query, *args, **kwargs)
+
+    def piped(conn: Any) -> Any:
+        if conn._pipeline is None:
+            trips.append("pipeline")
+        return pipeline(conn)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"t:{c}")) for c in people)),
+        timeout=30,
+    )
+    answered = list(trips)
+    monkeypatch.undo()
+    assert [o.decision for o in outcomes] == ["sent"] * 3
+    assert answered[:3] == ["pipeline", "pipeline", "statement"]
+    assert answered[3:] in ([], ["statement"])  # the unlock, once sent
+
+
+async def test_a_failed_outcome_commit_reaches_every_caller_and_releases_the_keys(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # When the outcomes fail to commit, every caller of the batch gets the error and the
+    # batch still releases its keys (a later send of one takes the attempt over).
+    from hogsend.db.repos import sends
+
+    people = [await new_contact(env.engine, f"f{n}@example.com") for n in range(3)]
+
+    async def failing(*args: Any, **kwargs: Any) -> list[str]:
+        raise ConnectionError("the outcomes were not written")
+
+    monkeypatch.setattr(sends, "finish_and_log", failing)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(env.mailer.send(news(c, idempotency_key=f"f:{c}")) for c in people),
+            return_exceptions=True,
+        ),
+        timeout=30,
+    )
+    monkeypatch.undo()
+    assert all(isinstance(r, ConnectionError) for r in results)
+    rows = await fetch_all("SELECT decision FROM email_sends")
+    assert [r["decision"] for r in rows] == ["queued"] * 3  # accepted, outcome unknown
+    again = await asyncio.wait_for(
+        env.mailer.send(news(people[0], idempotency_key=f"f:{people[0]}")), timeout=30
+    )
+    assert again.decision == "sent"  # the key was released; the attempt taken over
+    rows = await fetch_all(
+        "SELECT decision FROM email_sends WHERE contact_id = :c ORDER BY created_at", c=people[0]
+    )
+    assert [r["decision"] for r in rows] == ["provider_error", "sent"]
+
+
 async def test_a_coalesced_send_returns_once_its_outcome_is_committed_not_after_the_unlock(
     env: Env,  # noqa: F811
     fetch_all: FetchAll,

@@ -410,13 +410,13 @@ async def test_a_failed_first_write_lets_no_message_be_accepted(
     from hogsend.db.repos import sends
 
     people = [await new_contact(env.engine, f"w{n}@example.com") for n in range(3)]
-    written = sends.insert_attempts
+    written = sends.write_decisions
 
     async def failing(*args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(0.05)  # the envelopes and bodies are on their way meanwhile
         raise ConnectionError("the decision write failed")
 
-    monkeypatch.setattr(sends, "insert_attempts", failing)
+    monkeypatch.setattr(sends, "write_decisions", failing)
     outcomes = await env.mailer.send_batch(
         [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
     )
@@ -425,9 +425,42 @@ async def test_a_failed_first_write_lets_no_message_be_accepted(
     rows = await fetch_all("SELECT count(*) AS n FROM email_sends")
     assert rows[0]["n"] == 0
 
-    monkeypatch.setattr(sends, "insert_attempts", written)
+    monkeypatch.setattr(sends, "write_decisions", written)
     outcomes = await env.mailer.send_batch(
         [news(c, idempotency_key=f"w:{c}") for c in people], concurrency=3
     )
     assert [o.decision for o in outcomes if not isinstance(o, Exception)] == ["sent"] * 3
     assert len(env.sink.messages) == 3
+
+
+async def test_a_deferred_request_of_a_batch_is_kept_for_the_sweep_with_its_row(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    # The deferred request's row goes in the pipeline that writes and commits the
+    # batch's decision rows.
+    from datetime import UTC, datetime, time
+
+    from hogsend.core.send_windows import SendWindow
+
+    later = await new_contact(env.engine, "later@example.com", timezone="Europe/Paris")
+    now = await new_contact(env.engine, "now@example.com")
+    friday_night = datetime(2026, 3, 6, 20, 0, tzinfo=UTC)  # 21:00 in Paris
+    mailer = Mailer(
+        env.app, env.settings, env.engine, env.mailer.provider, clock=lambda: friday_night
+    )
+    window = SendWindow(start=time(9), end=time(17))
+    outcomes = await mailer.send_batch(
+        [
+            news(later, send_window=window, idempotency_key="d:later"),
+            news(now, idempotency_key="d:now"),
+        ],
+        concurrency=2,
+    )
+    decisions = [o.decision if not isinstance(o, Exception) else repr(o) for o in outcomes]
+    assert decisions == ["deferred", "sent"]
+    kept = await fetch_all("SELECT email_send_id, due_at, request FROM deferred_sends")
+    assert [(k["email_send_id"], k["due_at"]) for k in kept] == [
+        (outcomes[0].send_id, datetime(2026, 3, 7, 8, 0, tzinfo=UTC))  # type: ignore[union-attr]
+    ]
+    assert kept[0]["request"]["idempotency_key"] == "d:later"

@@ -89,9 +89,10 @@ async def test_abandoning_a_send_that_never_started_deletes_its_old_links(
                 text("INSERT INTO tracked_links (email_send_id, original_url) VALUES (:s, :u)"),
                 {"s": send_id, "u": url},
             )
+    async with AsyncSession(engine) as session, session.begin():
+        for send_id in (never, started):
+            await sends.abandon(session, send_id)
     async with engine.connect() as conn:
-        await sends.abandon_many(conn, [never, started])
-        await conn.commit()
         left = (
             await conn.execute(
                 text(

@@ -1412,19 +1412,6 @@ def _with_resend_note(request: SendRequest, result: GateResult) -> GateResult:
     return dataclasses.replace(result, detail={**result.detail, "resend": who})
 
 
-async def _keep_deferred(
-    session: AsyncSession, request: SendRequest, send_id: uuid.UUID, result: GateResult
-) -> None:
-    """Store a deferred request (in the decision row's transaction) for the sweep."""
-    assert result.deferred_until is not None
-    await sends.insert_deferred(
-        session,
-        email_send_id=send_id,
-        due_at=result.deferred_until,
-        request=_deferred_request(request, send_id),
-    )
-
-
 def _deferred_request(request: SendRequest, send_id: uuid.UUID) -> dict[str, Any]:
     """What ``deferred_sends.request`` keeps of the request deferred as ``send_id``."""
     if request.idempotency_key is None:

@@ -7,11 +7,12 @@ database work for the whole batch together:
 0. the idempotency keys' session locks, all of them in hash order, for the whole batch;
 1. ``concurrency`` lanes each take the next request and hand it to a
    :class:`GroupCommit` that decides every request handed in meanwhile in one
-   transaction: the addresses' locks, every gate's facts (one statement), rendering and
-   tracking, every decision row and every new link set (one statement each), one commit.
-   A message that goes out is committed with its links as ``queued`` before the
-   provider accepts it (the first chunk's provider calls begin while it commits, and
-   the line that ends each message waits for the commit);
+   transaction of two round trips: the addresses' locks, the contacts and every gate's
+   facts (one pipeline, with the keys' locks for the batch's first group); rendering and
+   tracking; every decision row and every new link set (one statement) and the commit
+   (one pipeline). A message that goes out is committed with its links as ``queued``
+   before the provider accepts it (the first chunk's provider calls begin while it
+   commits, and the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
    :class:`GroupCommit` and waits for its commit before taking the next request.
@@ -32,14 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from hogsend.channels.email.message import (
     EmailProvider,
@@ -249,8 +251,9 @@ async def _decide(
     started: int,
     keys: Sequence[str] = (),
 ) -> tuple[list[_Going], Callable[[], Awaitable[None]]]:
-    """Step 1 of the module docstring, in ``conn``'s transaction: the attempts that go out,
-    and the write of every decision row and link (awaited next, then committed).
+    """Step 1 of the module docstring, in a transaction opened on ``conn``: the attempts
+    that go out, and the write of every decision row and link with the transaction's
+    COMMIT (one round trip, awaited next; the caller rolls back if it fails).
 
     The first ``started`` attempts that go out are written ready for their provider
     call; the others are marked (``marked`` of
@@ -259,7 +262,7 @@ async def _decide(
     """
     from hogsend.channels.mailer import (
         SendOutcome,
-        _keep_deferred,
+        _deferred_request,
         _Recipient,
         _with_resend_note,
         effective_category,
@@ -269,21 +272,41 @@ async def _decide(
     settings = mailer.settings
     now = mailer._clock()
     # Opens the group's transaction (the caller ends it): the keys' and the addresses'
-    # locks and the contacts' read, in one round trip.
-    wanted: list[tuple[uuid.UUID, str | None]] = []
+    # locks, the contacts and every request's facts (its address the caller's, else the
+    # contact's own), in one round trip. Facts read for a request that turns out to go
+    # elsewhere (a contact merged away, an address refused) are not used.
+    queries: list[sends.FactsQuery] = []
+    categories: list[str | None] = []
     for index in batched:
         request = requests[index]
-        if request.contact_id is not None:
-            try:
-                to = normalize_email(request.to_email)
-            except Exception:
-                to = None  # refused below; the contact's own address is locked meanwhile
-            wanted.append((request.contact_id, to))
-    found = await sends.begin_and_read_contacts(
-        conn, [c for c, _ in wanted], addresses=[a for _, a in wanted], keys=keys
+        try:
+            to = normalize_email(request.to_email)
+        except Exception:
+            to = None  # refused below; the contact's own address is locked meanwhile
+        category = effective_category(
+            request, mailer._templates.get(request.template).meta.category
+        )
+        categories.append(category)
+        queries.append(
+            sends.FactsQuery(
+                idempotency_key=request.idempotency_key,
+                contact_id=request.contact_id,
+                email=to,
+                list_id=request.list_id or category,
+                journey_id=request.journey_id,
+            )
+        )
+    found, all_stored = await sends.begin_and_read_batch(
+        conn,
+        queries,
+        keys=keys,
+        since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
-    for index in batched:
+    stored: list[sends.StoredFacts] = []
+    for index, query, category, facts_stored in zip(
+        batched, queries, categories, all_stored, strict=True
+    ):
         request = requests[index]
         row = found.get(request.contact_id) if request.contact_id is not None else None
         if row is None or row.deleted_at is not None:
@@ -300,33 +323,17 @@ async def _decide(
                 f"contact {request.contact_id} has no email address and no to_email"
             )
             continue
-        category = effective_category(
-            request, mailer._templates.get(request.template).meta.category
-        )
         who = _Recipient(contact=contact, contact_id=contact.id, deleted=False, to_email=address)
-        people.append((index, who, category, request.list_id or category))
+        people.append((index, who, category, query.list_id))
+        stored.append(facts_stored)
     if not people:
-        return [], _nothing
-    stored = await sends.read_facts_batch(
-        conn,
-        [
-            sends.FactsQuery(
-                idempotency_key=requests[index].idempotency_key,
-                contact_id=who.contact_id,
-                email=who.to_email,
-                list_id=list_id,
-                journey_id=requests[index].journey_id,
-            )
-            for index, who, _, list_id in people
-        ],
-        since=now - timedelta(seconds=settings.frequency_cap_window_seconds),
-    )
+        return [], functools.partial(sends.end_transaction, conn, commit=True)
     test_to = settings.test_mode_recipient if settings.test_mode else None
     # Attempts earlier in this batch count towards the cap like committed ones would.
     counted: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     abandoned: list[uuid.UUID] = []
-    deferred: list[tuple[SendRequest, uuid.UUID, GateResult]] = []
+    deferred: list[tuple[uuid.UUID, datetime, dict[str, Any]]] = []
     going: list[_Going] = []
     # A campaign's messages share their link set: each written once per batch.
     link_sets: dict[uuid.UUID, LinkSet] = {}
@@ -365,7 +372,11 @@ async def _decide(
                 }
             )
             if result.decision == "deferred" and request.resend_when_open:
-                deferred.append((request, send_id, result))
+                # Kept for the sweep, in the decision row's transaction.
+                assert result.deferred_until is not None
+                deferred.append(
+                    (send_id, result.deferred_until, _deferred_request(request, send_id))
+                )
             outcomes[index] = SendOutcome(
                 send_id=send_id,
                 decision=result.decision,
@@ -419,30 +430,16 @@ async def _decide(
         )
 
     async def write() -> None:
-        await sends.abandon_many(conn, abandoned)
-        await sends.insert_attempts(
+        await sends.write_decisions(
             conn,
             rows,
             list(link_sets.values()),
             marked=[g.send_id for g in going if not g.started],
+            abandoned=abandoned,
+            deferred=deferred,
         )
-        if deferred:
-            # The session must write in the transaction opened by hand and leave it
-            # open. It ends a transaction only if it began it, and the statements above
-            # went to the driver, past SQLAlchemy: begin SQLAlchemy's own first (no
-            # statement in autocommit).
-            if not conn.in_transaction():
-                await conn.begin()
-            async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-                for request, send_id, result in deferred:
-                    await _keep_deferred(session, request, send_id, result)
-                await session.flush()
 
     return going, write
-
-
-async def _nothing() -> None:
-    """The write of a decision that has no rows."""
 
 
 def decision_row(
@@ -574,8 +571,7 @@ async def _lanes(
 
     async def write(rows: Callable[[], Awaitable[None]]) -> None:
         try:
-            await rows()
-            await sends.end_transaction(conn, commit=True)
+            await rows()  # the decisions and their COMMIT
         except BaseException:
             await sends.end_transaction(conn, commit=False)
             raise

@@ -10,7 +10,7 @@ flags (each dumped in C), arrays given as the text of an array literal
 (:func:`text_array`), and its rows plain tuples.
 
 It runs in whatever the connection is in: a transaction SQLAlchemy began, one opened by
-hand (``sends.begin_and_read_contacts``), or autocommit. A psycopg error is raised as
+hand (``sends.begin_and_read_batch``), or autocommit. A psycopg error is raised as
 it is (``psycopg.Error``), not wrapped in SQLAlchemy's ``DBAPIError``.
 """
 

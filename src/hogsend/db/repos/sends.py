@@ -2,7 +2,7 @@
 
 Functions take the caller's session and never commit. The mailer serialises attempts
 that share an idempotency key with a session-level advisory lock (taken by
-:func:`begin_and_read_attempt` and :func:`begin_and_read_contacts`), and attempts to one
+:func:`begin_and_read_attempt` and :func:`begin_and_read_batch`), and attempts to one
 address with a transaction-level one (:func:`lock_address`), so the duplicate check and
 the frequency-cap count see every earlier attempt. One attempt's hot statements
 (:func:`begin_and_read_attempt`, :func:`write_attempt`, :func:`finish_attempt`) run
@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.sql import SQL, Composable, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -242,8 +241,8 @@ async def write_attempt(
     off for this transaction alone): only for a ``queued`` row whose outcome a durable
     commit records next, which flushes this row's WAL too; only a crash of Postgres
     itself (not of our process) in between loses it. ``notify_handoff`` wakes idle
-    couriers at commit (a ``handoff`` row); ``deferred`` (due at, request) is
-    :func:`insert_deferred`'s, for a ``deferred`` row.
+    couriers at commit (a ``handoff`` row); ``deferred`` (due at, request): the
+    ``deferred_sends`` row that keeps a ``deferred`` row's request for the sweep.
     """
     driver = await driver_connection(conn)
     try:
@@ -336,7 +335,7 @@ _RECIPIENT = (
     """
 )
 # The gates' facts of one attempt ``q`` (k: idempotency key, c: contact, e: address,
-# l: list, j: journey), in the order read_facts_batch unpacks them after q's number;
+# l: list, j: journey), in the order _stored_facts unpacks them after q's number;
 # _FACTS_ONE and _FACTS_BATCH put q together from their parameters.
 _FACTS_OF_Q = b"""
         holder.id AS holder_id, holder.decision AS holder_decision,
@@ -449,8 +448,7 @@ async def abandon(session: AsyncSession, send_id: uuid.UUID) -> None:
     await session.execute(_ABANDON, {"ids": [send_id]})
 
 
-_ABANDON = text(
-    """
+_ABANDON_SQL = """
     WITH marked AS (
         DELETE FROM email_send_marks WHERE email_send_id = ANY(CAST(:ids AS uuid[]))
         RETURNING email_send_id
@@ -472,7 +470,9 @@ _ABANDON = text(
     WHERE id = ANY(CAST(:ids AS uuid[])) AND decision = 'queued' AND handoff IS NULL
         AND id NOT IN (SELECT email_send_id FROM marked)
     """
-)
+_ABANDON = text(_ABANDON_SQL)
+# The same, prepared on the driver connection (write_decisions' pipeline).
+_ABANDON_PREPARED = _ABANDON_SQL.replace(":ids", "%(ids)s").encode()
 
 
 # --------------------------------------------------------------------------- hand-off
@@ -729,25 +729,6 @@ class DeferredRecord:
     attempts: int
 
 
-async def insert_deferred(
-    session: AsyncSession,
-    *,
-    email_send_id: uuid.UUID,
-    due_at: datetime,
-    request: dict[str, Any],
-) -> uuid.UUID:
-    """Keep a deferred request until ``due_at``; written with its ``deferred`` row."""
-    row_id: uuid.UUID | None = await session.scalar(
-        text(
-            "INSERT INTO deferred_sends (email_send_id, due_at, request)"
-            " VALUES (:send, :due, CAST(:request AS jsonb)) RETURNING id"
-        ),
-        {"send": email_send_id, "due": due_at, "request": to_json(request)},
-    )
-    assert row_id is not None
-    return row_id
-
-
 async def due_deferred(session: AsyncSession, *, now: datetime, limit: int) -> list[DeferredRecord]:
     """Pending deferred sends due at ``now``, the longest waiting first."""
     rows = await session.execute(
@@ -807,62 +788,66 @@ _UNLOCK_KEYS = (
 
 
 async def unlock_keys(conn: AsyncConnection, keys: Sequence[str]) -> None:
-    """Release the keys' locks :func:`begin_and_read_contacts` took."""
+    """Release the keys' locks :func:`begin_and_read_batch` took."""
     await prepared.execute(conn, _UNLOCK_KEYS, {"keys": prepared.text_array(keys)})
 
 
-async def contacts_by_id(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Any]:
-    """The contact rows (``CONTACT_COLUMNS``) of ``ids`` that exist, deleted ones included."""
-    rows = await conn.execute(
-        text(f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE id = ANY(CAST(:ids AS uuid[]))"),
-        {"ids": list(ids)},
-    )
-    return {row.id: row for row in rows}
-
-
-async def begin_and_read_contacts(
+async def begin_and_read_batch(
     conn: AsyncConnection,
-    ids: Sequence[uuid.UUID],
+    queries: Sequence[FactsQuery],
     *,
-    addresses: Sequence[str | None] | None = None,
     keys: Sequence[str] = (),
-) -> dict[uuid.UUID, Any]:
-    """Open a transaction, take the batch's locks and read :func:`contacts_by_id`.
+    since: datetime,
+) -> tuple[dict[uuid.UUID, Any], list[StoredFacts]]:
+    """Open a transaction, take a batch's locks, read its contacts and every gate's facts.
 
     One round trip: ``conn`` must be in autocommit mode (as
-    :func:`begin_and_read_attempt`), BEGIN, the locks and the read travel as one
-    simple-protocol query (values as literals), and :func:`end_transaction` ends the
-    transaction. The locks, each set in hash order (two batches sharing some cannot
-    deadlock): the session-level lock on each of ``keys`` (as
-    :func:`begin_and_read_attempt`'s), held until :func:`unlock_keys`; with
-    ``addresses`` (one per id, None for the contact's own), :func:`lock_address` on the
-    address of every live contact that has one. Rows as :func:`contacts_by_id`'s
-    (``.id``, ``.deleted_at``, ``._mapping``).
+    :func:`begin_and_read_attempt`); BEGIN, the locks, the contacts' read and the facts'
+    go as one pipeline of prepared statements, and :func:`end_transaction` (or
+    :func:`write_decisions`) ends the transaction. The locks, each set in hash order (two
+    batches sharing some cannot deadlock): the session-level lock on each of ``keys`` (as
+    :func:`begin_and_read_attempt`'s), held until :func:`unlock_keys`; :func:`lock_address`
+    on the address of every query's contact that is live and has one (its ``email``, else
+    the contact's own). Then, each in a statement of its own so that its snapshot is
+    taken after the locks, the contacts (``CONTACT_COLUMNS``, deleted ones included;
+    ``.id``, ``.deleted_at``, ``._mapping``) and :func:`read_facts` for each query, in
+    order.
+
+    The facts hold only for a query whose contact is live (a deleted or merged one is
+    followed by the caller elsewhere) and whose address is the one locked.
     """
-    # Arrays as the text of their literals: quoting a list makes psycopg find a dumper
-    # for every element, in Python.
-    literal_ids = Literal(prepared.text_array(ids))
-    parts: list[Composable] = [SQL("BEGIN")]
-    if keys:
-        parts.append(_LOCK_KEYS_LITERAL.format(keys=Literal(prepared.text_array(keys))))
-    if addresses is not None:
-        parts.append(
-            _LOCK_CONTACT_ADDRESSES.format(
-                ids=literal_ids, emails=Literal(prepared.text_array(addresses))
-            )
-        )
-    parts.append(_CONTACTS.format(ids=literal_ids))
+    contact_ids = prepared.text_array([q.contact_id for q in queries])
+    emails = prepared.text_array([q.email for q in queries])
     driver = await driver_connection(conn)
-    async with driver.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SQL("; ").join(parts))
-        for _ in parts[1:]:
-            cur.nextset()
-        rows = await cur.fetchall()
-    return {row["id"]: _ContactRow(row) for row in rows}
+    async with driver.pipeline():
+        await driver.execute(b"BEGIN")
+        if keys:
+            await driver.execute(_LOCK_KEYS, {"keys": prepared.text_array(keys)}, prepare=True)
+        await driver.execute(
+            _LOCK_CONTACT_ADDRESSES, {"ids": contact_ids, "emails": emails}, prepare=True
+        )
+        contacts = driver.cursor(row_factory=dict_row)
+        await contacts.execute(_CONTACTS, {"ids": contact_ids}, prepare=True)
+        facts = await driver.execute(
+            _FACTS_BATCH,
+            {
+                "keys": prepared.text_array([q.idempotency_key for q in queries]),
+                "contacts": contact_ids,
+                "emails": emails,
+                "lists": prepared.text_array([q.list_id for q in queries]),
+                "journeys": prepared.text_array([q.journey_id for q in queries]),
+                "since": since,
+                "d": _OUTGOING_ARRAY,
+                "exempt": _CAP_EXEMPT_ARRAY,
+            },
+            prepare=True,
+        )
+    found = {row["id"]: _ContactRow(row) for row in await contacts.fetchall()}
+    return found, _stored_facts(await facts.fetchall())
 
 
 async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
-    """COMMIT (or ROLLBACK) what :func:`begin_and_read_contacts` opened; none open: nothing."""
+    """COMMIT (or ROLLBACK) what :func:`begin_and_read_batch` opened; none open: nothing."""
     driver = await driver_connection(conn)
     if commit:
         await driver.commit()
@@ -870,21 +855,25 @@ async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
         await driver.rollback()
 
 
-_CONTACTS = SQL(
-    "SELECT " + CONTACT_COLUMNS + " FROM contacts WHERE id = ANY(CAST({ids} AS uuid[]))"
+_CONTACTS = (
+    b"SELECT "
+    + CONTACT_COLUMNS.encode()
+    + b" FROM contacts WHERE id = ANY(CAST(%(ids)s AS uuid[]))"
 )
-_LOCK_KEYS_LITERAL = SQL(
-    "SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-key:' || k, 0) AS h"
-    " FROM unnest(CAST({keys} AS text[])) AS k ORDER BY h) AS locks"
+_LOCK_KEYS = (
+    b"SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
+    b" hashtextextended('hogsend.send-key:' || k, 0) AS h"
+    b" FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY h) AS locks"
 )
-# Before the read: the facts statement that follows takes a snapshot after the locks.
-_LOCK_CONTACT_ADDRESSES = SQL(
-    "SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
-    " hashtextextended('hogsend.send-to:' || lower(coalesce(q.e, c.email)), 0) AS h"
-    " FROM unnest(CAST({ids} AS uuid[]), CAST({emails} AS text[])) AS q(id, e)"
-    " JOIN contacts c ON c.id = q.id AND c.deleted_at IS NULL"
-    " WHERE coalesce(q.e, c.email) IS NOT NULL ORDER BY h) AS locks"
+# The contacts found by their primary key (``c.id = ANY``), whatever the plan makes of
+# the unnest.
+_LOCK_CONTACT_ADDRESSES = (
+    b"SELECT count(pg_advisory_xact_lock(h)) FROM (SELECT DISTINCT"
+    b" hashtextextended('hogsend.send-to:' || lower(coalesce(q.e, c.email)), 0) AS h"
+    b" FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(emails)s AS text[])) AS q(id, e)"
+    b" JOIN contacts c ON c.id = q.id AND c.deleted_at IS NULL"
+    b" AND c.id = ANY(CAST(%(ids)s AS uuid[]))"
+    b" WHERE coalesce(q.e, c.email) IS NOT NULL ORDER BY h) AS locks"
 )
 
 
@@ -901,40 +890,14 @@ class _ContactRow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FactsQuery:
-    """One attempt's inputs to :func:`read_facts_batch` (see :func:`read_facts`)."""
+    """One attempt's inputs to :func:`begin_and_read_batch` (see :func:`read_facts`)."""
 
     idempotency_key: str | None
     contact_id: uuid.UUID | None
-    email: str
+    email: str | None
+    """None: the contact's own address."""
     list_id: str | None
     journey_id: str | None
-
-
-async def read_facts_batch(
-    conn: AsyncConnection, queries: Sequence[FactsQuery], *, since: datetime
-) -> list[StoredFacts]:
-    """:func:`read_facts` for many attempts in one statement; one result per query, in order.
-
-    Run prepared on the driver connection (``hogsend.db.prepared``), in ``conn``'s
-    transaction.
-    """
-    if not queries:
-        return []
-    rows = await prepared.fetch(
-        conn,
-        _FACTS_BATCH,
-        {
-            "keys": prepared.text_array([q.idempotency_key for q in queries]),
-            "contacts": prepared.text_array([q.contact_id for q in queries]),
-            "emails": prepared.text_array([q.email for q in queries]),
-            "lists": prepared.text_array([q.list_id for q in queries]),
-            "journeys": prepared.text_array([q.journey_id for q in queries]),
-            "since": since,
-            "d": _OUTGOING_ARRAY,
-            "exempt": _CAP_EXEMPT_ARRAY,
-        },
-    )
-    return _stored_facts(rows)
 
 
 def _stored_facts(rows: Sequence[tuple[Any, ...]]) -> list[StoredFacts]:
@@ -977,22 +940,21 @@ def _stored_facts(rows: Sequence[tuple[Any, ...]]) -> list[StoredFacts]:
 _OUTGOING_ARRAY = prepared.text_array(OUTGOING)
 _CAP_EXEMPT_ARRAY = prepared.text_array(CAP_EXEMPT_KINDS)
 
-# One row per attempt, numbered in the order of the arrays.
+# One row per attempt, numbered in the order of the arrays; an address not given is the
+# contact's own (read in the statement, as _FACTS_ONE does).
 _FACTS_BATCH = (
     b"SELECT q.n,"
     + _FACTS_OF_Q
-    + b"""FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
+    + b"""FROM (
+        SELECT u.k, u.c, coalesce(u.e, (SELECT email FROM contacts WHERE id = u.c)) AS e,
+            u.l, u.j, u.n
+        FROM unnest(CAST(%(keys)s AS text[]), CAST(%(contacts)s AS uuid[]),
                 CAST(%(emails)s AS text[]), CAST(%(lists)s AS text[]),
                 CAST(%(journeys)s AS text[]))
-        WITH ORDINALITY AS q(k, c, e, l, j, n)"""
+            WITH ORDINALITY AS u(k, c, e, l, j, n)
+    ) AS q"""
     + _FACTS_JOINS
 )
-
-
-async def abandon_many(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
-    """:func:`abandon` for several interrupted attempts at once."""
-    if send_ids:
-        await conn.execute(_ABANDON, {"ids": list(send_ids)})
 
 
 async def insert_attempts(
@@ -1027,17 +989,21 @@ async def insert_attempts(
     if rows:
         # Prepared on the driver connection (hogsend.db.prepared), in conn's transaction.
         await prepared.execute(
-            conn,
-            _INSERT_ATTEMPTS,
-            {
-                # Rows the mailer built (ids, strings, gate details): orjson, in C.
-                "rows": rows_to_json(list(rows)),
-                "marked": prepared.text_array(marked),
-                "link_sets": rows_to_json(
-                    [{"id": str(links.id), "urls": links.urls} for links in link_sets]
-                ),
-            },
+            conn, _INSERT_ATTEMPTS, _insert_attempts_params(rows, link_sets, marked)
         )
+
+
+def _insert_attempts_params(
+    rows: Sequence[dict[str, Any]], link_sets: Sequence[LinkSet], marked: Sequence[uuid.UUID]
+) -> dict[str, str]:
+    return {
+        # Rows the mailer built (ids, strings, gate details): orjson, in C.
+        "rows": rows_to_json(list(rows)),
+        "marked": prepared.text_array(marked),
+        "link_sets": rows_to_json(
+            [{"id": str(links.id), "urls": links.urls} for links in link_sets]
+        ),
+    }
 
 
 _INSERT_ATTEMPTS = b"""
@@ -1068,6 +1034,46 @@ _INSERT_ATTEMPTS = b"""
         redirected_to text, status text, decision text, detail jsonb, kind text, error text
     )
     """
+
+
+async def write_decisions(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    link_sets: Sequence[LinkSet] = (),
+    *,
+    marked: Sequence[uuid.UUID] = (),
+    abandoned: Sequence[uuid.UUID] = (),
+    deferred: Sequence[tuple[uuid.UUID, datetime, dict[str, Any]]] = (),
+) -> None:
+    """A batch's decisions and COMMIT, in one round trip (one pipeline).
+
+    Ends the transaction :func:`begin_and_read_batch` opened (rolled back if this
+    fails): :func:`abandon` of the ``abandoned`` attempts, :func:`insert_attempts` of
+    ``rows``, ``link_sets`` and ``marked``, the ``deferred_sends`` row of each ``deferred``
+    (row id, due at, request), then COMMIT, without waiting for the WAL flush as
+    :func:`insert_attempts` says.
+    """
+    driver = await driver_connection(conn)
+    try:
+        async with driver.pipeline():
+            if abandoned:
+                await driver.execute(
+                    _ABANDON_PREPARED, {"ids": prepared.text_array(abandoned)}, prepare=True
+                )
+            if rows:
+                await driver.execute(
+                    _INSERT_ATTEMPTS, _insert_attempts_params(rows, link_sets, marked), prepare=True
+                )
+            for send_id, due_at, request in deferred:
+                await driver.execute(
+                    _INSERT_DEFERRED,
+                    {"send": send_id, "due": due_at, "request": to_json(request)},
+                    prepare=True,
+                )
+            await driver.execute(b"COMMIT")
+    except BaseException:
+        await end_transaction(conn, commit=False)
+        raise
 
 
 async def finish_and_log(
