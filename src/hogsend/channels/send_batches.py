@@ -16,7 +16,8 @@ database work for the whole batch together:
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
    :class:`GroupCommit` and waits for its commit before taking the next request.
 
-So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
+So a lane never has more than one ``queued`` row unrecorded (consecutive batches that
+share their lanes through ``slots`` count as one): a kill leaves at most
 ``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
 key over), and at most that many accepted messages unrecorded (the at-least-once
 window, docs/email.md, "Performance"), while the database sees about two transactions

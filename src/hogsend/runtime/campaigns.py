@@ -16,10 +16,11 @@ A run (:func:`campaign_run`) is::
                (resumable: it continues after the highest contact already copied)
     loop       steps of batches (each step sends for up to ``STEP_SECONDS``): send
                the due pending recipients through the mailer (throttle, provider
-               pacing, every gate and decision row) while the next batch is read; at
-               each boundary, one transaction moves the batch out of ``pending`` and
-               into the counters (one statement) and checks the run still owns the
-               campaign (paused, cancelled or superseded runs stop there)
+               pacing, every gate and decision row) while the next batch is read and
+               prepared; as a batch's last requests reach its lanes, check the run
+               still owns the campaign (paused, cancelled or superseded runs stop
+               there) and let the next batch take the lanes over; once a batch ended,
+               one transaction moves it out of ``pending`` and into the counters
     wait       with recipients due later (``localTime``), a durable sleep
     finish     ``sent``
 
@@ -545,15 +546,16 @@ async def _owns(engine: AsyncEngine, campaign_id: uuid.UUID, workflow_id: str) -
 async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Send batches of due recipients and record them, for up to ``STEP_SECONDS``.
 
-    A pipeline, so the mailer is not kept waiting between batches: while batch N is
-    in the mailer, batch N+1 is read (keyset past N) and batch N-1's results are
-    recorded, each on a connection of its own; once N's last requests are handed to
-    its lanes, N+1 is prepared in the mailer (its keys locked, its first requests
-    decided and marked) without calling the provider. A batch is recorded only once
-    ``send_batch`` returned for it (every decision row and outcome committed), and the
-    step returns only once its last batch is recorded. Between two batches the one
-    thing the mailer waits for is the ownership check (one statement): a pause, cancel
-    or takeover stops the run there, and a prepared batch is dropped unsent.
+    A pipeline, so the provider's lanes are not kept waiting between batches: while
+    batch N is in the mailer, batch N+1 is read (keyset past N) and prepared in the
+    mailer (its keys locked, its first requests decided and marked, no provider call),
+    and batch N-1's results are recorded, each on a connection of its own. Once N's
+    last request is with a lane (past the throttle), the ownership check runs (one
+    statement): a pause, cancel or takeover stops the run there and N+1 is dropped
+    unsent; otherwise N+1 is let go and takes over each of the lanes (``slots``) as
+    N's last calls end. A batch is recorded only once ``send_batch`` returned for it
+    (every decision row and outcome committed), and the step returns only once its
+    last batch is recorded.
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
