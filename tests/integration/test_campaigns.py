@@ -7,6 +7,7 @@ reached the aiosmtpd sink and what the campaign reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -524,3 +525,109 @@ async def test_steps_carry_their_read_ahead_and_still_send_each_recipient_once(
             )
         ).scalar()
     assert decisions == 13  # one decision row per recipient
+
+
+class _Calls:
+    """Wraps a worker's SMTP provider: counts its calls in flight, and lets a test act
+    when the ``nth`` call starts (before it goes to the server)."""
+
+    def __init__(self, worker: Worker, on_start: Callable[[int], Any]) -> None:
+        provider: Any = worker._email_provider
+        self._send = provider._send
+        provider._send = self.send
+        self.on_start = on_start
+        self.started = self.flying = self.most = self.accepted = 0
+
+    async def send(self, message: Any, gate: Any) -> Any:
+        self.started += 1
+        self.flying += 1
+        self.most = max(self.most, self.flying)
+        try:
+            await self.on_start(self.started)
+            result = await self._send(message, gate)
+            self.accepted += 1
+            return result
+        finally:
+            self.flying -= 1
+
+
+async def test_the_next_batch_takes_each_lane_over_as_the_batch_before_frees_it(
+    env: Env, ingest_key: str
+) -> None:
+    # Batches of 3, 2 lanes. The third call is the first batch's last request: held, the
+    # other lane goes on with the next batch's requests instead of waiting for it (and
+    # the two batches never have more than 2 calls in flight together).
+    for n in range(9):
+        await new_contact(env.engine, f"lane{n}@example.com")
+    running = _small_batch_worker(env)
+    await running.start()
+    next_batch_sent = asyncio.Event()
+    sent_while_held: list[int] = []
+
+    async def hold_the_third(nth: int) -> None:
+        if nth == 3:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(next_batch_sent.wait(), 5)
+            sent_while_held.append(calls.accepted - 2)
+        elif nth >= 6 and not sent_while_held:
+            next_batch_sent.set()  # calls 4 and 5 ended, and the 6th started
+
+    calls = _Calls(running, hold_the_third)
+    try:
+        campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
+        body = await finished(env, ingest_key, campaign_id)
+    finally:
+        await running.stop()
+
+    assert sent_while_held[0] >= 2
+    assert calls.most <= 2
+    assert recipients(env.sink) == [f"lane{n}@example.com" for n in range(9)]
+    assert (body["sentCount"], body["pendingCount"]) == (9, 0)
+
+
+async def test_a_pause_after_a_batch_drained_lets_the_next_batch_go_and_no_more(
+    env: Env, ingest_key: str, writer_key: str
+) -> None:
+    # The run checks it still owns the campaign when a batch's last request is handed to
+    # its lanes, and lets the next batch go then. A pause requested after that check,
+    # during the batch's last call (here: once the next batch's first call started),
+    # stops the run after the next batch: 3 + 3 sent of 9, the third batch not. Resumed,
+    # the rest go out, each once.
+    for n in range(9):
+        await new_contact(env.engine, f"paused{n}@example.com")
+    running = _small_batch_worker(env)
+    await running.start()
+    ids: list[str] = []
+    fourth, paused = asyncio.Event(), asyncio.Event()
+
+    async def pause_during_the_third(nth: int) -> None:
+        if nth == 3:  # the first batch's last request
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fourth.wait(), 5)
+            answer = await env.client.post(
+                f"/v1/campaigns/{ids[0]}/pause", headers=bearer(writer_key)
+            )
+            assert answer.status_code == 200, answer.text
+            paused.set()
+        elif nth == 4:  # the second batch's first: it goes on once the pause is in
+            fourth.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(paused.wait(), 5)
+
+    _Calls(running, pause_during_the_third)
+    try:
+        ids.append(await create(env, ingest_key, {"list": "newsletter", "template": "news"}))
+        await until(lambda: paused.is_set())
+        await asyncio.sleep(2.0)
+        body = await fetch(env, ingest_key, ids[0])
+        assert len(env.sink.messages) == 6
+        assert (body["status"], body["sentCount"], body["pendingCount"]) == ("paused", 6, 3)
+        resumed = await env.client.post(
+            f"/v1/campaigns/{ids[0]}/resume", headers=bearer(writer_key)
+        )
+        assert resumed.status_code == 200, resumed.text
+        body = await finished(env, ingest_key, ids[0])
+    finally:
+        await running.stop()
+    assert recipients(env.sink) == [f"paused{n}@example.com" for n in range(9)]
+    assert (body["sentCount"], body["pendingCount"]) == (9, 0)

@@ -362,14 +362,15 @@ async def test_a_prepared_batch_sends_nothing_until_started_and_a_dropped_one_is
     fetch_all: FetchAll,
 ) -> None:
     # A campaign prepares its next batch while the one before ends: the keys locked and
-    # the first requests decided, marked, no provider call before ``start``.
+    # the first two chunks decided (one request per lane, then up to DECIDE_CHUNK),
+    # marked, no provider call before ``start``.
     people = [await new_contact(env.engine, f"prep{n}@example.com") for n in range(6)]
     requests = [news(c, idempotency_key=f"prep:{c}") for c in people]
     start: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     prepared = asyncio.ensure_future(env.mailer.send_batch(requests, concurrency=2, start=start))
     while True:
         marked = await fetch_all("SELECT count(*) AS n FROM email_send_marks")
-        if marked[0]["n"] == 2:  # the first chunk: one request per lane
+        if marked[0]["n"] == 6:  # two lanes' first requests, then the other four
             break
         assert not prepared.done(), prepared.result()
         await asyncio.sleep(0.01)

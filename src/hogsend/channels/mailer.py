@@ -463,6 +463,7 @@ class Mailer:
         before_send: Callable[[], Awaitable[object]] | None = None,
         start: asyncio.Future[None] | None = None,
         drained: Callable[[], None] | None = None,
+        slots: asyncio.Semaphore | None = None,
     ) -> list[SendOutcome | Exception]:
         """:meth:`send` for many requests, with the database work done set-based.
 
@@ -477,7 +478,10 @@ class Mailer:
             before_send: awaited before each provider call (a campaign's throttle).
             start: no provider call before this future is done (the batch prepares
                 meanwhile); see :func:`~hogsend.channels.send_batches.send_batch`.
-            drained: called once every request is decided and handed to a lane.
+            drained: called once every request is decided, handed to a lane and past
+                ``before_send``.
+            slots: provider lanes shared with the batches before and after this one
+                (a campaign's next batch takes each lane over as this one frees it).
         """
         from hogsend.channels.send_batches import send_batch
 
@@ -488,6 +492,7 @@ class Mailer:
             before_send=before_send,
             start=start,
             drained=drained,
+            slots=slots,
         )
 
     async def _locked_attempt(self, request: SendRequest, *, later: bool) -> SendOutcome:

@@ -17,7 +17,8 @@ database work for the whole batch together:
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
    :class:`GroupCommit` and waits for its commit before taking the next request.
 
-So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
+So a lane never has more than one ``queued`` row unrecorded (consecutive batches that
+share their lanes through ``slots`` count as one): a kill leaves at most
 ``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
 key over), and at most that many accepted messages unrecorded (the at-least-once
 window, docs/email.md, "Performance"), while the database sees about two transactions
@@ -157,6 +158,7 @@ async def send_batch(
     answered: Answered | None = None,
     start: asyncio.Future[None] | None = None,
     drained: Callable[[], None] | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> list[SendOutcome | Exception]:
     """One attempt per request; per request its outcome or the exception ``send`` raises.
 
@@ -173,8 +175,14 @@ async def send_batch(
             future is done: a campaign prepares its next batch while the one before
             ends. Cancel the batch instead of finishing the future to drop it (what it
             decided stays marked: never sent).
-        drained: called once every request is decided and handed to a lane (the
-            batch's last provider calls are under way).
+        drained: called once every request is decided, handed to a lane and past
+            ``before_send`` (the batch's last provider calls are under way).
+        slots: provider lanes shared with the batches before and after this one (at
+            least ``concurrency`` of them): each of this batch's lanes holds one from
+            before its first provider call until its last outcome is committed. So a
+            batch started while the one before still sends takes each lane over as
+            that one frees it, and together they never have more than the semaphore's
+            count of messages between the provider and their committed outcome.
     """
     outcomes: list[SendOutcome | Exception | None] = [None] * len(requests)
     batched: list[int] = []
@@ -213,6 +221,7 @@ async def send_batch(
                     answered,
                     start,
                     drained,
+                    slots,
                 )
             finally:
                 try:
@@ -223,7 +232,8 @@ async def send_batch(
                     await conn.invalidate()
                     raise
     if single:
-        gate = asyncio.Semaphore(concurrency)
+        # One by one after the lanes: a lane's slot each (the batch after may be sending).
+        gate = slots if slots is not None else asyncio.Semaphore(concurrency)
 
         async def one(index: int) -> None:
             async with gate:
@@ -478,7 +488,7 @@ class _Feed:
     """The attempts that go out, in request order, decided a chunk at a time ahead of need.
 
     The first chunk is decided before the lanes start; the next one is decided (in a
-    task of its own, on the batch's connection) as soon as fewer than ``low`` decided
+    task of its own, on the batch's connection) as soon as no more than ``low`` decided
     attempts wait, so the lanes seldom wait for a decision.
     """
 
@@ -500,11 +510,15 @@ class _Feed:
         finally:
             self._task = None
 
+    def ahead(self) -> None:
+        """Start deciding the next chunk if no more than ``low`` decided attempts wait."""
+        if len(self._ready) <= self.low and self._task is None and self._chunks:
+            self._task = asyncio.ensure_future(self._fill())
+
     async def take(self) -> _Going | None:
         """The next attempt to send; None when every request was decided and taken."""
         while True:
-            if len(self._ready) <= self.low and self._task is None and self._chunks:
-                self._task = asyncio.ensure_future(self._fill())
+            self.ahead()
             if self._ready:
                 return self._ready.popleft()
             if self._task is None:
@@ -533,6 +547,7 @@ async def _lanes(
     answered: Answered | None = None,
     start: asyncio.Future[None] | None = None,
     drained: Callable[[], None] | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> None:
     """``concurrency`` lanes; each takes the next decided attempt, sends it, records it.
 
@@ -609,8 +624,6 @@ async def _lanes(
     first_written = asyncio.ensure_future(write_first())
     if prestart == 0 and not await first_written:
         return
-    if start is not None:
-        await start
 
     async def decide(indexes: list[int]) -> list[_Going]:
         # The batch's connection is the first chunk's until its rows are committed.
@@ -626,9 +639,22 @@ async def _lanes(
 
     chunks = [rest[i : i + DECIDE_CHUNK] for i in range(0, len(rest), DECIDE_CHUNK)]
     feed = _Feed(decide, chunks)
-    feed.low = lanes
+    # A chunk's decision (a few round trips, and rendering its messages) can take longer
+    # than the lanes take to send a few attempts: started while a chunk's worth still
+    # waits, it is ready before they run out (lanes waiting for a decision left the
+    # provider idle two or three times per campaign batch).
+    feed.low = max(lanes, DECIDE_CHUNK)
     initial = [g for g in going if g.started]
     feed.extend([g for g in going if not g.started])
+    # The next chunk is decided (and marked) while the first one's calls start, or while
+    # a prepared batch waits: the lanes do not run dry after their first attempts.
+    feed.ahead()
+    if start is not None:
+        try:
+            await start
+        except BaseException:
+            await feed.close()
+            raise
 
     async with contextlib.AsyncExitStack() as held:
         recorder = conn
@@ -674,25 +700,35 @@ async def _lanes(
         # when it ends: its outcomes wait for the last provider call and go in one
         # commit, rather than the first lane's alone and then the rest after it.
         together = not chunks and before_send is None
-        told_drained = False
+        told_drained = emptied = False
+        throttled = 0  # lanes holding an attempt, waiting for before_send
         sending = lanes
         all_sent = asyncio.Event()
 
         async def lane(attempt: _Going | None) -> None:
             nonlocal sending
-            try:
-                done = await send_all(attempt)
-            finally:
-                sending -= 1
-                if sending == 0:
-                    all_sent.set()
-            if together:
-                await all_sent.wait()
-            await commit(done, None)
+            # Held from the lane's first provider call to its last outcome's commit.
+            async with slots if slots is not None else contextlib.nullcontext():
+                try:
+                    done = await send_all(attempt)
+                finally:
+                    sending -= 1
+                    if sending == 0:
+                        all_sent.set()
+                if together:
+                    await all_sent.wait()
+                await commit(done, None)
+
+        def tell_drained() -> None:
+            # Every attempt taken and past the throttle: the last calls are under way.
+            nonlocal told_drained
+            if emptied and throttled == 0 and drained is not None and not told_drained:
+                told_drained = True
+                drained()
 
         async def send_all(attempt: _Going | None) -> tuple[int, Item] | None:
             """Send until the feed is empty; the last outcome, not yet committed."""
-            nonlocal told_drained
+            nonlocal emptied, throttled
             done: tuple[int, Item] | None = None
             # A first-chunk attempt waits for its decision row's commit (write_first).
             opening = first_written if attempt is not None and not first_written.done() else None
@@ -703,11 +739,14 @@ async def _lanes(
                         await commit(done, None)
                         done = None
                     attempt = await feed.take()
-                    if attempt is None and drained is not None and not told_drained:
-                        told_drained = True
-                        drained()
                     if attempt is not None and before_send is not None:
-                        await before_send()
+                        throttled += 1
+                        try:
+                            await before_send()
+                        finally:
+                            throttled -= 1
+                    emptied = emptied or attempt is None
+                    tell_drained()
                 if attempt is None:
                     return done
                 # The commit of ``done`` (which also takes ``attempt``'s mark off) runs

@@ -16,10 +16,11 @@ A run (:func:`campaign_run`) is::
                (resumable: it continues after the highest contact already copied)
     loop       steps of batches (each step sends for up to ``STEP_SECONDS``): send
                the due pending recipients through the mailer (throttle, provider
-               pacing, every gate and decision row) while the next batch is read; at
-               each boundary, one transaction moves the batch out of ``pending`` and
-               into the counters (one statement) and checks the run still owns the
-               campaign (paused, cancelled or superseded runs stop there)
+               pacing, every gate and decision row) while the next batch is read and
+               prepared; as a batch's last requests reach its lanes, check the run
+               still owns the campaign (paused, cancelled or superseded runs stop
+               there) and let the next batch take the lanes over; once a batch ended,
+               one transaction moves it out of ``pending`` and into the counters
     wait       with recipients due later (``localTime``), a durable sleep
     finish     ``sent``
 
@@ -404,6 +405,7 @@ async def _send(
     campaign: Campaign,
     batch: _Batch,
     *,
+    slots: asyncio.Semaphore,
     start: asyncio.Future[None] | None = None,
     drained: Callable[[], None] | None = None,
 ) -> _Sent:
@@ -416,6 +418,7 @@ async def _send(
         before_send=throttle.acquire if throttle is not None else None,
         start=start,
         drained=drained,
+        slots=slots,
     )
     return _Sent(recipients=batch.recipients, settled=settled, problem=_problem(settled))
 
@@ -432,11 +435,22 @@ class _InFlight:
     sending: float
     """When its provider calls could begin (``perf_counter``), for its rate."""
 
+    @property
+    def released(self) -> bool:
+        """Whether the batch may call the provider (begun at once, or let go)."""
+        return self.go is None or self.go.done()
+
     def release(self) -> None:
-        """Let a prepared batch call the provider."""
+        """Let a prepared batch call the provider (each of its lanes as one of the
+        batch before frees its slot)."""
         assert self.go is not None
         self.go.set_result(None)
         self.sending = time.perf_counter()
+
+    async def settle(self) -> None:
+        """Wait for the batch to end, without stopping it (its errors are its outcomes'
+        and the step's retry's)."""
+        await asyncio.wait((self.task,))
 
     async def stop(self) -> None:
         """Stop the batch (nothing if it ended). A prepared one stops before it sends:
@@ -447,10 +461,14 @@ class _InFlight:
             await self.task
 
 
-def _begin(ctx: _Context, campaign: Campaign, batch: _Batch, *, prepared: bool) -> _InFlight:
+def _begin(
+    ctx: _Context, campaign: Campaign, batch: _Batch, slots: asyncio.Semaphore, *, prepared: bool
+) -> _InFlight:
     drained = asyncio.Event()
     go = asyncio.get_running_loop().create_future() if prepared else None
-    task = asyncio.create_task(_send(ctx, campaign, batch, start=go, drained=drained.set))
+    task = asyncio.create_task(
+        _send(ctx, campaign, batch, slots=slots, start=go, drained=drained.set)
+    )
     return _InFlight(batch, task, drained, go, time.perf_counter())
 
 
@@ -528,15 +546,16 @@ async def _owns(engine: AsyncEngine, campaign_id: uuid.UUID, workflow_id: str) -
 async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
     """Send batches of due recipients and record them, for up to ``STEP_SECONDS``.
 
-    A pipeline, so the mailer is not kept waiting between batches: while batch N is
-    in the mailer, batch N+1 is read (keyset past N) and batch N-1's results are
-    recorded, each on a connection of its own; once N's last requests are handed to
-    its lanes, N+1 is prepared in the mailer (its keys locked, its first requests
-    decided and marked) without calling the provider. A batch is recorded only once
-    ``send_batch`` returned for it (every decision row and outcome committed), and the
-    step returns only once its last batch is recorded. Between two batches the one
-    thing the mailer waits for is the ownership check (one statement): a pause, cancel
-    or takeover stops the run there, and a prepared batch is dropped unsent.
+    A pipeline, so the provider's lanes are not kept waiting between batches: while
+    batch N is in the mailer, batch N+1 is read (keyset past N) and prepared in the
+    mailer (its keys locked, its first requests decided and marked, no provider call),
+    and batch N-1's results are recorded, each on a connection of its own. Once N's
+    last request is with a lane (past the throttle), the ownership check runs (one
+    statement): a pause, cancel or takeover stops the run there and N+1 is dropped
+    unsent; otherwise N+1 is let go and takes over each of the lanes (``slots``) as
+    N's last calls end. A batch is recorded only once ``send_batch`` returned for it
+    (every decision row and outcome committed), and the step returns only once its
+    last batch is recorded.
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
@@ -571,7 +590,10 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             batch = _batch(campaign, first)
     stages.lap("first read")
     recording: asyncio.Task[None] | None = None
-    current = _begin(ctx, campaign, batch, prepared=False)
+    # The provider lanes, shared by the step's batches: a batch let go while the one
+    # before still sends takes each lane over as that one frees it.
+    slots = asyncio.Semaphore(lanes)
+    current = _begin(ctx, campaign, batch, slots, prepared=False)
     following: _InFlight | None = None
     try:
         while True:
@@ -582,22 +604,38 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
             ahead = asyncio.ensure_future(
                 _read_ahead(ctx.engine, campaign, batch.recipients[-1], limit)
             )
+            # Whether the run still owns the campaign, when checked as this batch drained.
+            owns: bool | None = None
             try:
-                drained = asyncio.ensure_future(current.drained.wait())
-                await asyncio.wait((current.task, drained), return_when=asyncio.FIRST_COMPLETED)
-                drained.cancel()
                 upcoming = await ahead
                 if (
-                    not current.task.done()
-                    and upcoming is not None
+                    upcoming is not None
                     and upcoming.recipients
                     and time.monotonic() - began < STEP_SECONDS
                 ):
-                    # The batch's last provider calls are under way: the next one locks
-                    # its keys and decides its first sends meanwhile, and sends only
-                    # once this one ended and the run was found to still own the
-                    # campaign (below): the lanes never wait for its start.
-                    following = _begin(ctx, campaign, upcoming, prepared=True)
+                    # Prepared while this batch sends: the next one locks its keys and
+                    # decides its first sends (marked, no provider call) meanwhile.
+                    following = _begin(ctx, campaign, upcoming, slots, prepared=True)
+                drained = asyncio.ensure_future(current.drained.wait())
+                await asyncio.wait((current.task, drained), return_when=asyncio.FIRST_COMPLETED)
+                drained.cancel()
+                if following is not None and not current.task.done():
+                    # The batch's last requests are with its lanes, past the throttle:
+                    # the run's ownership is checked now (a pause, cancel or takeover
+                    # stops the run here). Let go, the next batch takes each lane over
+                    # as this one's last calls end: the lanes never wait for the boundary.
+                    try:
+                        owns = await _owns(ctx.engine, cid, workflow_id)
+                    except Exception:
+                        # The step fails and its retry starts from the recipients'
+                        # status; the calls under way end rather than being cut off.
+                        await current.settle()
+                        raise
+                    if owns:
+                        following.release()
+                    else:
+                        await following.stop()
+                        following = None
                 sent = await current.task
                 stages.lap("send")
             finally:
@@ -618,14 +656,19 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                 await _record_batch(ctx.engine, cid, sent)
                 raise sent.problem
             recording = asyncio.create_task(_record_batch(ctx.engine, cid, sent))
-            owns = await _owns(ctx.engine, cid, workflow_id)
-            stages.lap("owner check")
+            if owns is None:
+                # Not checked as the batch drained (it ended first, or no batch was
+                # prepared): checked at the boundary.
+                owns = await _owns(ctx.engine, cid, workflow_id)
+                stages.lap("owner check")
             if not owns:
                 _forget(cid)
                 return {"state": "stopped"}
             if following is not None:
+                # Let go as this batch drained (sending already), or now.
+                if not following.released:
+                    following.release()
                 current, following = following, None
-                current.release()
                 stages.prepared += 1
                 continue
             if time.monotonic() - began >= STEP_SECONDS:
@@ -635,7 +678,7 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                     _carried[cid] = (workflow_id, _shape(campaign), upcoming)
                 return {"state": "more"}
             if upcoming is not None and upcoming.recipients:
-                current = _begin(ctx, campaign, upcoming, prepared=False)
+                current = _begin(ctx, campaign, upcoming, slots, prepared=False)
                 continue
             # Read at the boundary (none read ahead, or the read failed): the recipients
             # just sent must have left `pending` first.
@@ -647,8 +690,14 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
                 recipients = await repo.due_batch(session, cid, now, limit=limit)
                 if not recipients:
                     return await _nothing_due(session, cid, workflow_id, now)
-            current = _begin(ctx, campaign, _batch(campaign, recipients), prepared=False)
+            current = _begin(ctx, campaign, _batch(campaign, recipients), slots, prepared=False)
             stages.lap("record")
+    except Exception:
+        # The step fails (its retry starts from the recipients' status): a batch already
+        # sending is let end, not cut off between the provider and its outcome's commit.
+        if following is not None and following.released:
+            await following.settle()
+        raise
     finally:
         if following is not None:
             # Stopped, failed or interrupted before the prepared batch could send.
