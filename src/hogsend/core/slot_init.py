@@ -1,4 +1,4 @@
-"""A faster ``__init__`` for the frozen, slotted dataclasses ingest builds per event.
+"""A faster ``__init__`` for the frozen, slotted dataclasses built per event or per message.
 
 A frozen dataclass's generated ``__init__`` writes each field through
 ``object.__setattr__`` (a global, an attribute lookup and a call per field): for
