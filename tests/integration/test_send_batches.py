@@ -181,6 +181,32 @@ async def test_group_commit_shares_writes_and_reports_failures() -> None:
     assert writes[-1] == [14]
 
 
+async def test_group_commit_caller_cancelled_while_waiting_leaves_the_rest_written() -> None:
+    writes: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def write(items: list[str]) -> None:
+        writes.append(items)
+        if items == ["a"]:
+            await release.wait()
+
+    group: GroupCommit[str] = GroupCommit(write)
+    first = asyncio.ensure_future(group.submit("a"))
+    await asyncio.sleep(0.01)  # "a" is being written
+    second = asyncio.ensure_future(group.submit("b"))
+    third = asyncio.ensure_future(group.submit("c"))
+    await asyncio.sleep(0.01)
+    second.cancel()  # the first turn after "a" would have been its
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, third), 5)
+    assert second.cancelled()
+    # The cancelled caller's item is written with the others, by the next in line.
+    assert writes == [["a"], ["b", "c"]]
+    await asyncio.wait_for(group.submit("d"), 5)
+    assert writes[-1] == ["d"]
+
+
 class _Stalling:
     """A provider that sends ``sends`` messages, then never answers again (a hung process)."""
 

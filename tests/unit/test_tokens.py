@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,8 +71,8 @@ def test_malformed(bad: str) -> None:
 
 
 def _signed(payload: bytes) -> str:
-    encoded = tokens._b64(payload)
-    return f"{encoded}.{tokens._b64(tokens._signature(encoded, SECRET))}"
+    encoded = tokens.b64url(payload)
+    return f"{encoded}.{tokens.b64url(tokens._signature(encoded, SECRET))}"
 
 
 @pytest.mark.parametrize(
@@ -101,3 +103,29 @@ def test_hmac_sha256_is_the_standard_hmac(secret: bytes) -> None:
         assert tokens.hmac_sha256(secret, data) == hmac.digest(secret, data, "sha256")
     # The cached key states are copied, never advanced: a second call is the same.
     assert tokens.hmac_sha256(secret, b"again") == tokens.hmac_sha256(secret, b"again")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("unsubscribe", "c-1", "ann@example.com", "newsletter", 1_800_000_000),
+        ("preferences", None, None, None, 0),
+        ("unsubscribe", 'q"uote\\slash', "tab\there\nnew\rline\x00\x1f\x7f", "ünï©ødé ☃ 𝄞", -5),
+        ("unsubscribe", "\ud800 lone surrogate", "</script>&<>", "", 2**70),
+        ("unsubscribe", "c", "e", "l", True),  # a bool is written by the encoder: true
+        ("unsubscribe", 12, "e", None, 3),  # a number where a string belongs: the encoder's
+    ],
+)
+def test_payload_is_what_the_json_encoder_writes(values: tuple[object, ...]) -> None:
+    purpose, contact_id, email, list_id, expires_at = values
+    expected = json.dumps(
+        {"p": purpose, "c": contact_id, "e": email, "l": list_id, "x": expires_at},
+        separators=(",", ":"),
+    )
+    assert tokens._payload_json(*values) == expected  # type: ignore[arg-type]
+
+
+def test_b64url_is_urlsafe_base64_without_padding() -> None:
+    for size in range(70):
+        data = bytes((n * 37 + size) % 256 for n in range(size))
+        assert tokens.b64url(data) == base64.urlsafe_b64encode(data).decode().rstrip("=")

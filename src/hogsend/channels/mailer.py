@@ -68,6 +68,7 @@ from hogsend.core.mailer_gates import (
 )
 from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import recipient_timezone
+from hogsend.core.slot_init import slot_init
 from hogsend.core.templates import RenderedEmail
 from hogsend.core.tracking import LinkSet
 from hogsend.db.repos import contacts as contacts_repo
@@ -108,6 +109,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendRequest:
     """One message to send, as every sender describes it.
@@ -168,6 +170,7 @@ class SendRequest:
             raise ValueError("a send needs a contact_id or a to_email")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendOutcome:
     """What became of one attempt.
@@ -308,6 +311,7 @@ def facts_from_stored(
     )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Recipient:
     contact: Contact | None

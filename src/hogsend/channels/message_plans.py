@@ -61,6 +61,7 @@ from hogsend.channels.template_reads import Path as ReadPath
 from hogsend.channels.template_reads import TemplateReads, analyse
 from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
+from hogsend.core.slot_init import slot_init
 from hogsend.core.templates import RenderedEmail
 from hogsend.core.tracking import LinkSet, click_url, open_url, track_html
 
@@ -105,6 +106,7 @@ class _Plan:
     clicks: bool
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Composed:
     """One message's parts, finished and tracked.
@@ -692,12 +694,13 @@ def _in_text_only(html: str, marker: str) -> bool:
 
 
 def _fill(filled: _Filled, values: Mapping[tuple[str, int], str]) -> str:
+    literals = filled.literals
     if not filled.slots:
-        return filled.literals[0]
-    out = [filled.literals[0]]
-    for slot, literal in zip(filled.slots, filled.literals[1:], strict=True):
-        out.append(values[slot])
-        out.append(literal)
+        return literals[0]
+    # Literals and values interleaved by slice assignment (in C), not appended in turn.
+    out = [""] * (2 * len(literals) - 1)
+    out[0::2] = literals
+    out[1::2] = [values[slot] for slot in filled.slots]
     return "".join(out)
 
 

@@ -80,57 +80,95 @@ class GroupCommit(Generic[T]):
     """Writes items handed in concurrently, many per transaction, each caller waiting.
 
     No background task: the first caller that finds no write running writes everything
-    pending (its own item included) and the others wait for it; whoever finds the
-    write done and its own item still pending writes next. So one transaction carries
-    what piled up while the previous one ran.
+    pending (its own item included) and the others wait for it. When a write ends with
+    items handed in meanwhile, the first of their callers still waiting is given the
+    turn and writes them all. So one transaction carries what piled up while the
+    previous one ran.
+
+    Each caller waits on its own future only (no ``asyncio.wait`` per item: it was the
+    larger part of a group's cost in the sending process). A cancelled caller's item is
+    still written with the others; if the turn was its, it passes the turn on.
     """
 
     def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
         self._write = write
-        self._pending: list[tuple[T, asyncio.Future[None]]] = []
-        # Done when the running write ends: a plain future, so waiting on it costs no task.
-        self._running: asyncio.Future[None] | None = None
+        self._pending: list[_Handed[T]] = []
+        self._writing = False
 
     async def submit(self, item: T) -> None:
         """Return once ``item`` is written; raise what its write raised."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, done))
-        yielded = False
-        while not done.done():
-            if self._running is None:
-                if not yielded:
-                    yielded = True
-                    # Let callers started at the same time (lanes, coalesced sends) hand
-                    # theirs in first: one write instead of a lone item, then the rest.
-                    await asyncio.sleep(0)
-                    if done.done() or self._running is not None:
-                        continue
-                await self._write_pending()
-            else:
-                # Wait for the running write to end (or for it to have carried our item);
-                # asyncio.wait leaves both futures alone if this caller is cancelled.
-                await asyncio.wait((done, self._running), return_when=asyncio.FIRST_COMPLETED)
-        done.result()
+        loop = asyncio.get_running_loop()
+        handed = _Handed(item, loop.create_future())
+        self._pending.append(handed)
+        try:
+            if not self._writing:
+                # Let callers started at the same time (lanes, coalesced sends) hand
+                # theirs in first: one write instead of a lone item, then the rest.
+                await asyncio.sleep(0)
+            while True:
+                told = handed.told
+                if not told.done():
+                    if not self._writing:
+                        # Not taken by a write that ended (it would have told), and none
+                        # runs: ours is pending. A write takes every pending item.
+                        await self._write_pending()
+                    else:
+                        # Told when the running write (or a later one) carried ours, or
+                        # when the turn to write is ours.
+                        await told
+                    continue
+                if told.result() is not _TURN:  # raises the write's error
+                    return
+                handed.told = loop.create_future()
+        except BaseException:
+            if not self._writing:
+                self._pass_turn()  # the turn may have been this caller's
+            raise
 
     async def _write_pending(self) -> None:
-        running = self._running = asyncio.get_running_loop().create_future()
+        self._writing = True
         batch, self._pending = self._pending, []
         try:
-            await self._write([item for item, _ in batch])
+            await self._write([handed.item for handed in batch])
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else RuntimeError("the write was interrupted")
-            for _, done in batch:
-                done.set_exception(error)
+            for handed in batch:
+                if not handed.told.done():
+                    handed.told.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        handed.told.exception()  # retrieved: the caller is going away
             if not isinstance(exc, Exception):
-                for _, done in batch:
-                    done.exception()  # retrieved: the caller that owns it is going away
                 raise
         else:
-            for _, done in batch:
-                done.set_result(None)
+            for handed in batch:
+                if not handed.told.done():  # done: its caller was cancelled
+                    handed.told.set_result(_WRITTEN)
         finally:
-            self._running = None
-            running.set_result(None)
+            self._writing = False
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """Wake the first caller still waiting on a pending item to write them all."""
+        for handed in self._pending:
+            if not handed.told.done():
+                handed.told.set_result(_TURN)
+                return
+
+
+_WRITTEN = object()
+"""A :class:`GroupCommit` caller's item is written."""
+_TURN = object()
+"""A :class:`GroupCommit` caller is to write the pending items (the write before ended)."""
+
+
+class _Handed(Generic[T]):
+    """An item handed to a :class:`GroupCommit` and the future its caller is told on."""
+
+    __slots__ = ("item", "told")
+
+    def __init__(self, item: T, told: asyncio.Future[object]) -> None:
+        self.item = item
+        self.told = told
 
 
 @dataclass(slots=True, kw_only=True)

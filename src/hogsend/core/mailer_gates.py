@@ -31,6 +31,7 @@ from uuid import UUID
 
 # SendWindow lives with the other window code; re-exported for the mailer's imports.
 from hogsend.core.send_windows import SendWindow as SendWindow
+from hogsend.core.slot_init import slot_init
 
 Decision = Literal[
     "duplicate",
@@ -63,6 +64,7 @@ GATED: frozenset[Decision] = frozenset(GATE_ORDER) - {"redirected"}
 TRANSACTIONAL_CATEGORY = "transactional"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendFacts:
     """Everything the gates look at, read in one transaction.
@@ -111,6 +113,7 @@ class SendFacts:
     test_mode: bool = False
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GateResult:
     """The decision, the facts behind it (for ``decision_detail``) and, if deferred, until when."""

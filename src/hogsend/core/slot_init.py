@@ -1,4 +1,4 @@
-"""A faster ``__init__`` for the frozen, slotted dataclasses ingest builds per event.
+"""A faster ``__init__`` for the frozen, slotted dataclasses built per event or per message.
 
 A frozen dataclass's generated ``__init__`` writes each field through
 ``object.__setattr__`` (a global, an attribute lookup and a call per field): for
@@ -6,6 +6,8 @@ A frozen dataclass's generated ``__init__`` writes each field through
 dataclass. A batch event builds five such objects (its input, identity, contact, plan
 and result), and their constructors were about a fifth of the API's CPU per event of
 ``POST /segment/v1/batch`` (sampled in process, bench/ingest.py's bodies).
+The mailer builds about a dozen per message (its request, facts, gate result, message,
+provider result and outcome), so they use it too.
 
 :func:`slot_init` gives such a class an ``__init__`` with the same keyword-only
 signature, defaults, default factories and ``__post_init__`` call, that writes each

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hogsend.core.slot_init import slot_init
 from hogsend.errors import TemplateError
 
 TemplateFormat = Literal["html", "mjml"]
@@ -76,6 +77,7 @@ class EmailTemplate:
         return self.meta.category
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RenderedEmail:
     """A template rendered for one recipient: ready for tracking, headers and a provider."""

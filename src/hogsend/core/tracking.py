@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Literal
 
-from hogsend.core.tokens import InvalidToken, hmac_sha256
+from hogsend.core.tokens import InvalidToken, b64url, hmac_sha256
 
 TrackingKind = Literal["open", "click"]
 
@@ -57,17 +57,13 @@ _LINK_TAG = b"hogsend.track.link:"
 _CLICK_PAYLOAD = 16 + 16 + 2
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
 def _mac(kind: TrackingKind, ident: uuid.UUID, secret: bytes) -> bytes:
     return hmac_sha256(secret, _TAGS[kind] + ident.bytes)[:_MAC_BYTES]
 
 
 def sign_id(kind: TrackingKind, ident: uuid.UUID, secret: bytes) -> str:
     """The token of ``ident`` for ``kind`` under ``secret``."""
-    return _b64(ident.bytes + _mac(kind, ident, secret))
+    return b64url(ident.bytes + _mac(kind, ident, secret))
 
 
 def verify_id(kind: TrackingKind, token: str, secret: bytes) -> uuid.UUID:
@@ -94,7 +90,7 @@ def _decode(token: str, length: int, size: int) -> bytes:
         raise InvalidToken("malformed tracking token") from None
     # The last character carries spare bits: only the canonical spelling is valid, so
     # exactly one string names each id.
-    if len(raw) != size or _b64(raw) != token:
+    if len(raw) != size or b64url(raw) != token:
         raise InvalidToken("malformed tracking token")
     return raw
 
@@ -153,7 +149,7 @@ def _click_mac(payload: bytes, secret: bytes) -> bytes:
 def sign_click(send_id: uuid.UUID, link_set_id: uuid.UUID, number: int, secret: bytes) -> str:
     """The click token of link ``number`` of a set, in the message of ``send_id``."""
     payload = _click_payload(send_id, link_set_id, number)
-    return _b64(payload + _click_mac(payload, secret))
+    return b64url(payload + _click_mac(payload, secret))
 
 
 def verify_click(token: str, secret: bytes) -> SignedClick | uuid.UUID:

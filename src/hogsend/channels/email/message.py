@@ -10,7 +10,10 @@ from email.utils import make_msgid, parseaddr
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
+from hogsend.core.slot_init import slot_init
 
+
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutgoingEmail:
     """One fully rendered message for one recipient.
@@ -54,6 +57,7 @@ class OutgoingEmail:
         return f"<{digest}@{domain}>"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProviderResult:
     """A provider accepted a message.

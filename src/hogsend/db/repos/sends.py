@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
+from hogsend.core.slot_init import slot_init
 from hogsend.core.tracking import LinkSet
 from hogsend.db import prepared
 from hogsend.db.engine import driver_connection
@@ -44,6 +45,7 @@ async def lock_address(session: AsyncSession, email: str) -> None:
     )
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeyHolder:
     """The attempt holding an idempotency key."""
@@ -55,6 +57,7 @@ class KeyHolder:
     """A ``queued`` attempt handed off to a worker: pending, not interrupted."""
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredFacts:
     """What the database says about a prospective send (see ``SendFacts``)."""
@@ -888,6 +891,7 @@ class _ContactRow:
         self.deleted_at: datetime | None = mapping["deleted_at"]
 
 
+@slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FactsQuery:
     """One attempt's inputs to :func:`begin_and_read_batch` (see :func:`read_facts`)."""
