@@ -14,7 +14,9 @@ database work for the whole batch together:
    the line that ends each message waits for the commit);
 2. the lane calls the provider;
 3. the lane hands the outcome (and the ``email.sent`` event) to the mailer's outcome
-   :class:`GroupCommit` and waits for its commit before taking the next request.
+   :class:`GroupCommit` and waits for its commit before taking the next request (in a
+   batch decided a chunk at a time, each write first waits for the other sending
+   lanes' outcomes, :data:`OUTCOME_HOLD` at most: one write per round of lanes).
 
 So a lane never has more than one ``queued`` row unrecorded: a kill leaves at most
 ``concurrency`` attempts open (closed as interrupted by whichever attempt takes the
