@@ -207,6 +207,78 @@ async def test_group_commit_caller_cancelled_while_waiting_leaves_the_rest_writt
     assert writes[-1] == ["d"]
 
 
+async def test_group_commit_waits_for_items_on_their_way_and_no_longer_than_its_hold() -> None:
+    writes: list[list[int]] = []
+
+    async def write(items: list[int]) -> None:
+        writes.append(items)
+
+    # Four callers, one handing in every 10 ms: told that more are coming, the first
+    # write waits for all four instead of writing the first alone.
+    group: GroupCommit[int] = GroupCommit(write, more=lambda pending: pending < 4, hold=5.0)
+
+    async def late(n: int) -> None:
+        await asyncio.sleep(n * 0.01)
+        await group.submit(n)
+
+    await asyncio.gather(*(late(n) for n in range(4)))
+    assert writes == [[0, 1, 2, 3]]
+
+    # Items that never come: the write waits ``hold`` and then writes what it has.
+    waiting: GroupCommit[int] = GroupCommit(write, more=lambda pending: True, hold=0.05)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await waiting.submit(9)
+    assert 0.05 <= loop.time() - began < 2
+    assert writes[-1] == [9]
+
+
+class _Staggered:
+    """A provider whose answers come back at different times, by message (0 to 9 ms)."""
+
+    name = "smtp"
+
+    def __init__(self, inner: EmailProvider) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def send(self, message: OutgoingEmail) -> ProviderResult:
+        self.calls += 1
+        await asyncio.sleep((self.calls % 4) * 0.003)
+        return await self.inner.send(message)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to release."""
+
+
+async def test_a_long_batch_commits_one_outcome_group_per_round_of_lanes(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A batch decided a chunk at a time, without a throttle (a campaign's): lanes answer
+    # at different times, and each outcome write waits for every sending lane's outcome
+    # (the hold made long here, so a loaded machine cannot split a round), rather than
+    # committing whichever two or three came back during the write before.
+    from hogsend.channels import send_batches
+
+    monkeypatch.setattr(send_batches, "OUTCOME_HOLD", 1.0)
+    people = [await new_contact(env.engine, f"round{n}@example.com") for n in range(24)]
+    mailer = _CountingWrites(env.app, env.settings, env.engine, _Staggered(env.mailer.provider))
+    outcomes = await mailer.send_batch(
+        [news(c, idempotency_key=f"round:{c}") for c in people], concurrency=4
+    )
+    assert [o.decision for o in outcomes if not isinstance(o, Exception)] == ["sent"] * 24
+    assert sum(mailer.writes) == 24
+    # Rounds of four; the lanes that finish first leave the last rounds smaller.
+    assert len(mailer.writes) <= 24 // 4 + 2, mailer.writes
+    rows = await fetch_all("SELECT decision, count(*) AS n FROM email_sends GROUP BY decision")
+    assert {r["decision"]: r["n"] for r in rows} == {"sent": 24}
+    marks = await fetch_all("SELECT count(*) AS n FROM email_send_marks")
+    assert marks[0]["n"] == 0
+    assert len(env.sink.messages) == 24
+
+
 class _Stalling:
     """A provider that sends ``sends`` messages, then never answers again (a hung process)."""
 
@@ -491,3 +563,64 @@ async def test_a_deferred_request_of_a_batch_is_kept_for_the_sweep_with_its_row(
         (outcomes[0].send_id, datetime(2026, 3, 7, 8, 0, tzinfo=UTC))  # type: ignore[union-attr]
     ]
     assert kept[0]["request"]["idempotency_key"] == "d:later"
+
+
+async def test_group_commit_under_random_arrivals_cancels_and_failures_writes_each_item_once() -> (
+    None
+):
+    import random
+
+    for seed in range(60):
+        rng = random.Random(seed)
+        written: list[int] = []
+
+        async def write(items: list[int], rng: random.Random = rng) -> None:
+            await asyncio.sleep(rng.random() * 0.002)
+            if rng.random() < 0.1 and 1000 not in items:
+                raise ValueError("unlucky")
+            written.extend(items)
+
+        more = (lambda pending: pending < 3) if seed % 2 else None
+        group: GroupCommit[int] = GroupCommit(write, more=more, hold=0.001)
+
+        async def caller(n: int, rng: random.Random = rng) -> str:
+            await asyncio.sleep(rng.random() * 0.01)
+            try:
+                await group.submit(n)
+            except ValueError:
+                return "failed"
+            return "written"
+
+        tasks = [asyncio.ensure_future(caller(n)) for n in range(40)]
+        loop = asyncio.get_running_loop()
+        for task in rng.sample(tasks, 12):  # cancelled at any moment: waiting, told, writing
+            loop.call_later(rng.random() * 0.015, task.cancel)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        await asyncio.wait_for(group.submit(1000), 5)  # never wedged
+        assert len(written) == len(set(written)), seed  # nothing written twice
+        for n, result in enumerate(results):
+            if result == "written":
+                assert n in written, (seed, n)
+            elif result == "failed":
+                assert n not in written, (seed, n)
+
+
+async def test_group_commit_a_caller_cancelled_holding_the_turn_passes_it_on() -> None:
+    writes: list[list[str]] = []
+    tasks: dict[str, asyncio.Future[None]] = {}
+
+    async def write(items: list[str]) -> None:
+        writes.append(items)
+        if items == ["a"]:
+            await asyncio.sleep(0.01)  # "b" and "c" are handed in meanwhile
+            # Runs once this write has ended and given "b" the turn, before "b" wakes.
+            asyncio.get_running_loop().call_soon(tasks["b"].cancel)
+
+    group: GroupCommit[str] = GroupCommit(write)
+    first = asyncio.ensure_future(group.submit("a"))
+    await asyncio.sleep(0.001)  # "a" is being written
+    tasks["b"] = asyncio.ensure_future(group.submit("b"))
+    third = asyncio.ensure_future(group.submit("c"))
+    await asyncio.wait_for(asyncio.gather(first, third), 5)
+    assert tasks["b"].cancelled()
+    assert writes == [["a"], ["b", "c"]]  # the cancelled caller's item written by "c"
