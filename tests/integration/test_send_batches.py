@@ -565,44 +565,48 @@ async def test_a_deferred_request_of_a_batch_is_kept_for_the_sweep_with_its_row(
     assert kept[0]["request"]["idempotency_key"] == "d:later"
 
 
+async def _random_round(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    written: list[int] = []
+
+    async def write(items: list[int]) -> None:
+        await asyncio.sleep(rng.random() * 0.002)
+        if rng.random() < 0.1 and 1000 not in items:
+            raise ValueError("unlucky")
+        written.extend(items)
+
+    more = (lambda pending: pending < 3) if seed % 2 else None
+    group: GroupCommit[int] = GroupCommit(write, more=more, hold=0.001)
+
+    async def caller(n: int) -> str:
+        await asyncio.sleep(rng.random() * 0.01)
+        try:
+            await group.submit(n)
+        except ValueError:
+            return "failed"
+        return "written"
+
+    tasks = [asyncio.ensure_future(caller(n)) for n in range(40)]
+    loop = asyncio.get_running_loop()
+    for task in rng.sample(tasks, 12):  # cancelled at any moment: waiting, told, writing
+        loop.call_later(rng.random() * 0.015, task.cancel)
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    await asyncio.wait_for(group.submit(1000), 5)  # never wedged
+    assert len(written) == len(set(written)), seed  # nothing written twice
+    for n, result in enumerate(results):
+        if result == "written":
+            assert n in written, (seed, n)
+        elif result == "failed":
+            assert n not in written, (seed, n)
+
+
 async def test_group_commit_under_random_arrivals_cancels_and_failures_writes_each_item_once() -> (
     None
 ):
-    import random
-
     for seed in range(60):
-        rng = random.Random(seed)
-        written: list[int] = []
-
-        async def write(items: list[int], rng: random.Random = rng) -> None:
-            await asyncio.sleep(rng.random() * 0.002)
-            if rng.random() < 0.1 and 1000 not in items:
-                raise ValueError("unlucky")
-            written.extend(items)
-
-        more = (lambda pending: pending < 3) if seed % 2 else None
-        group: GroupCommit[int] = GroupCommit(write, more=more, hold=0.001)
-
-        async def caller(n: int, rng: random.Random = rng) -> str:
-            await asyncio.sleep(rng.random() * 0.01)
-            try:
-                await group.submit(n)
-            except ValueError:
-                return "failed"
-            return "written"
-
-        tasks = [asyncio.ensure_future(caller(n)) for n in range(40)]
-        loop = asyncio.get_running_loop()
-        for task in rng.sample(tasks, 12):  # cancelled at any moment: waiting, told, writing
-            loop.call_later(rng.random() * 0.015, task.cancel)
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        await asyncio.wait_for(group.submit(1000), 5)  # never wedged
-        assert len(written) == len(set(written)), seed  # nothing written twice
-        for n, result in enumerate(results):
-            if result == "written":
-                assert n in written, (seed, n)
-            elif result == "failed":
-                assert n not in written, (seed, n)
+        await _random_round(seed)
 
 
 async def test_group_commit_a_caller_cancelled_holding_the_turn_passes_it_on() -> None:
