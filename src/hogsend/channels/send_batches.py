@@ -812,18 +812,21 @@ async def _lanes(
         together = not chunks and before_send is None
         told_drained = emptied = False
         throttled = 0  # lanes holding an attempt, waiting for before_send
-        sending = lanes
+        sending = 0  # lanes holding their slot and not done sending (``more`` counts them)
+        unfinished = lanes
         all_sent = asyncio.Event()
 
         async def lane(attempt: _Going | None) -> None:
-            nonlocal sending
+            nonlocal sending, unfinished
             # Held from the lane's first provider call to its last outcome's commit.
             async with slots if slots is not None else contextlib.nullcontext():
+                sending += 1
                 try:
                     done = await send_all(attempt)
                 finally:
                     sending -= 1
-                    if sending == 0:
+                    unfinished -= 1
+                    if unfinished == 0:
                         all_sent.set()
                 if together:
                     await all_sent.wait()
