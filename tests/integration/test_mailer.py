@@ -538,20 +538,10 @@ async def test_an_address_without_a_contact_and_a_contact_without_an_address(
 # --------------------------------------------------------------------------- round trips
 
 
-def lone(of: Env) -> Mailer:
-    """A mailer that sends every call on its own (no coalescing)."""
-    return Mailer(
-        of.app, of.settings, of.engine, of.mailer.provider, sleep=of.mailer._sleep, coalesce=False
-    )
-
-
-async def test_a_lone_send_makes_three_round_trips(
-    env: Env, fetch_all: FetchAll, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Locks, contact and facts; the decision row and its commit; the outcome with its
-    # event, its commit and the key's unlock: one pipeline each, nothing else.
-    contact_id = await new_contact(env.engine, "trips@example.com")
-    await lone(env).send(news(contact_id, idempotency_key="warm"))  # the pool connects
+def count_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The round trips to Postgres from now on, in order, until ``monkeypatch.undo()``:
+    "statement" for one sent on its own, "pipeline" for a pipeline (its statements
+    together)."""
     trips: list[str] = []
     execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
 
@@ -567,6 +557,24 @@ async def test_a_lone_send_makes_three_round_trips(
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
     monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
+    return trips
+
+
+def lone(of: Env) -> Mailer:
+    """A mailer that sends every call on its own (no coalescing)."""
+    return Mailer(
+        of.app, of.settings, of.engine, of.mailer.provider, sleep=of.mailer._sleep, coalesce=False
+    )
+
+
+async def test_a_lone_send_makes_three_round_trips(
+    env: Env, fetch_all: FetchAll, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Locks, contact and facts; the decision row and its commit; the outcome with its
+    # event, its commit and the key's unlock: one pipeline each, nothing else.
+    contact_id = await new_contact(env.engine, "trips@example.com")
+    await lone(env).send(news(contact_id, idempotency_key="warm"))  # the pool connects
+    trips = count_round_trips(monkeypatch)
     outcome = await lone(env).send(news(contact_id, idempotency_key="trips"))
     monkeypatch.undo()
     assert outcome.decision == "sent"

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.test_mailer import (
     Env,
     FetchAll,
+    count_round_trips,
     env,  # noqa: F401 - fixture
     new_contact,
     news,
@@ -182,21 +183,7 @@ async def test_a_coalesced_batch_makes_three_round_trips_before_its_callers_retu
     await env.mailer.send(news(people[0], idempotency_key="t:warm"))  # the pool connects
     for coalescer in env.mailer._coalescers.values():
         await asyncio.gather(*coalescer._tasks)  # the warm-up batch's unlock, after its answer
-    trips: list[str] = []
-    execute, pipeline = psycopg.AsyncCursor.execute, psycopg.AsyncConnection.pipeline
-
-    async def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if cursor.connection._pipeline is None:
-            trips.append("statement")
-        return await execute(cursor, query, *args, **kwargs)
-
-    def piped(conn: Any) -> Any:
-        if conn._pipeline is None:
-            trips.append("pipeline")
-        return pipeline(conn)
-
-    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
-    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", piped)
+    trips = count_round_trips(monkeypatch)
     outcomes = await asyncio.wait_for(
         asyncio.gather(*(env.mailer.send(news(c, idempotency_key=f"t:{c}")) for c in people)),
         timeout=30,
