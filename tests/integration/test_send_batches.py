@@ -477,8 +477,13 @@ async def test_a_prepared_batch_sends_nothing_until_started_and_a_dropped_one_is
     prepared.cancel()  # dropped: the run no longer owns its campaign
     with pytest.raises(asyncio.CancelledError):
         await prepared
+    # What it decided ahead is gone, as if never decided (no `queued` row is left).
+    rows = await fetch_all("SELECT count(*) AS n FROM email_sends")
+    assert rows[0]["n"] == 0
+    marks = await fetch_all("SELECT count(*) AS n FROM email_send_marks")
+    assert marks[0]["n"] == 0
 
-    # The keys were released, and the attempts decided ahead (never sent) give way.
+    # The keys were released; the same requests are decided afresh.
     drained: list[bool] = []
     start = asyncio.get_running_loop().create_future()
     again = asyncio.ensure_future(

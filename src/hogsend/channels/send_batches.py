@@ -623,6 +623,10 @@ class _Feed:
                 return None
             await asyncio.shield(self._task)
 
+    def waiting(self) -> list[uuid.UUID]:
+        """The decided attempts no lane has taken (each still marked)."""
+        return [going.send_id for going in self._ready]
+
     async def close(self) -> None:
         """Stop a decision still running (the batch is ending: its connection goes)."""
         task = self._task
@@ -752,6 +756,13 @@ async def _lanes(
             await start
         except BaseException:
             await feed.close()
+            # Dropped before it was let go (a pause, cancel or takeover): nothing it
+            # decided reached a provider, and it still holds the keys. Its attempts go as
+            # if never decided: a cancelled campaign leaves none `queued`, a resumed run
+            # decides them afresh. Left for the attempt that takes a key over if this
+            # fails (as after a crash).
+            with contextlib.suppress(Exception):
+                await sends.discard_never_sent(conn, feed.waiting())
             raise
 
     async with contextlib.AsyncExitStack() as held:

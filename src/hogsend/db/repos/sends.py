@@ -474,6 +474,16 @@ _ABANDON_SQL = """
         AND id NOT IN (SELECT email_send_id FROM marked)
     """
 _ABANDON = text(_ABANDON_SQL)
+
+
+async def discard_never_sent(conn: AsyncConnection, send_ids: Sequence[uuid.UUID]) -> None:
+    """Remove attempts decided ahead (marked) that no provider call ever took, with their
+    marks and links, as if never decided: a batch dropped before it was let go, while it
+    still holds their keys' locks. ``conn`` is in autocommit mode (one statement)."""
+    if send_ids:
+        await conn.execute(_ABANDON, {"ids": list(send_ids)})
+
+
 # The same, prepared on the driver connection (write_decisions' pipeline).
 _ABANDON_PREPARED = _ABANDON_SQL.replace(":ids", "%(ids)s").encode()
 
