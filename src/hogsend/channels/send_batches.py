@@ -267,8 +267,10 @@ async def send_batch(
         start: when given, the batch locks its keys and decides its first requests
             (all marked, none ready for the provider) and calls no provider before this
             future is done: a campaign prepares its next batch while the one before
-            ends. Cancel the batch instead of finishing the future to drop it (what it
-            decided stays marked: never sent).
+            ends. Cancel the batch instead of finishing the future to drop it: what it
+            decided (never sent) is removed before its keys unlock (stopped while its
+            first decisions were still being written, or if the removal fails, they
+            stay marked for the attempt that takes a key over, as after a crash).
         drained: called once every request is decided, handed to a lane and past
             ``before_send`` (the batch's last provider calls are under way).
         slots: provider lanes shared with the batches before and after this one (at

@@ -454,8 +454,7 @@ class _InFlight:
 
     async def stop(self) -> None:
         """Stop the batch (nothing if it ended). A prepared one stops before it sends:
-        its keys unlock, its decided attempts stay marked (never sent; the attempt
-        taking a key over removes them)."""
+        its decided attempts (never sent) are removed and its keys unlock."""
         self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
