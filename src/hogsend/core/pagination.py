@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from hogsend.core.tokens import b64url, unb64url
 from hogsend.errors import HogsendError
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ class Page(Generic[T]):
 def encode_cursor(*parts: str) -> str:
     """An opaque, URL-safe cursor holding the sort key of the last row of a page."""
     raw = json.dumps(list(parts), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return b64url(raw)
 
 
 def decode_cursor(cursor: str, arity: int) -> list[str]:
@@ -45,7 +45,7 @@ def decode_cursor(cursor: str, arity: int) -> list[str]:
     if len(cursor) > MAX_CURSOR_LENGTH:
         raise InvalidCursor("cursor is too long")
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = unb64url(cursor)
         parts = json.loads(raw)
     except (binascii.Error, ValueError) as exc:
         raise InvalidCursor("cursor is not valid") from exc

@@ -64,7 +64,12 @@ def b64url(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).decode().rstrip("=")
 
 
-def _unb64(text: str) -> bytes:
+def unb64url(text: str) -> bytes:
+    """The bytes of :func:`b64url`'s ``text`` (padding put back).
+
+    Raises:
+        binascii.Error: ``text`` is not base64url.
+    """
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
@@ -173,14 +178,14 @@ def verify(token: str, secret: bytes, *, purpose: Purpose, now: datetime) -> Tok
         raise InvalidToken("malformed token")
     encoded, signature = token.split(".")
     try:
-        given = _unb64(signature)
+        given = unb64url(signature)
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed token") from None
     # compare_digest: the time taken must not reveal how much of a forgery matched.
     if not hmac.compare_digest(given, _signature(encoded, secret)):
         raise InvalidToken("bad token signature")
     try:
-        payload = json.loads(_unb64(encoded))
+        payload = json.loads(unb64url(encoded))
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed token payload") from None
     if not isinstance(payload, dict) or payload.get("p") not in PURPOSES:

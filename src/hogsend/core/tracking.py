@@ -20,7 +20,6 @@ per distinct URL, and adds the open pixel before ``</body>``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Literal
 
-from hogsend.core.tokens import InvalidToken, b64url, hmac_sha256
+from hogsend.core.tokens import InvalidToken, b64url, hmac_sha256, unb64url
 
 TrackingKind = Literal["open", "click"]
 
@@ -85,7 +84,7 @@ def _decode(token: str, length: int, size: int) -> bytes:
     if len(token) != length:
         raise InvalidToken("malformed tracking token")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-length % 4))
+        raw = unb64url(token)
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed tracking token") from None
     # The last character carries spare bits: only the canonical spelling is valid, so
