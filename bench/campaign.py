@@ -51,7 +51,14 @@ import psutil
 import psycopg
 
 from bench._server_cpu import postgres_cpu_reader_at
-from bench.send import CONCURRENCY, SENDS, WARMUP, _counted, _run_scenario, _sink
+from bench.send import (
+    CONCURRENCY,
+    SENDS,
+    WARMUP,
+    _run_scenario,
+    _sink,
+    count_driver_statements,
+)
 from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
@@ -151,24 +158,10 @@ async def _campaign(
         statements += 1
 
     event.listen(worker.engine.sync_engine, "before_cursor_execute", count)
-    # Those that open a transaction by hand go to the driver, past that event (counted
-    # as bench/send.py counts them: a single attempt's pipelines one round trip each).
-    from hogsend.db.repos import sends as sends_repo
+    # And what goes to the driver past that event, counted as bench/send.py counts it.
+    count_driver_statements(count)
     from hogsend.runtime.campaigns import stages
 
-    for name in (
-        "begin_and_read_batch",
-        "write_decisions",
-        "begin_and_read_attempt",
-        "write_attempt",
-        "finish_attempt",
-    ):
-        setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
-    # So do the prepared ones (hogsend.db.prepared): one statement each.
-    from hogsend.db import prepared
-
-    for name in ("execute", "fetch"):
-        setattr(prepared, name, _counted(getattr(prepared, name), count))
     calls = _provider_calls(worker)
     rss_at: dict[int, float] = {}
     pending_marks = _milestones(recipients, stop_after)

@@ -288,24 +288,7 @@ async def _mailer(
 
     # Statements sent to Postgres (each a round trip; pool pings and COMMITs not counted).
     event.listen(engine.sync_engine, "before_cursor_execute", count)
-    # Those that open a transaction by hand go to the driver, past that event (a single
-    # attempt's pipelines, begin_and_read_attempt and the two after it, and a batch's,
-    # begin_and_read_batch and the two after it: one round trip each).
-    from hogsend.db.repos import sends as sends_repo
-
-    for name in (
-        "begin_and_read_batch",
-        "write_decisions",
-        "begin_and_read_attempt",
-        "write_attempt",
-        "finish_attempt",
-    ):
-        setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
-    # So do the prepared ones (hogsend.db.prepared): one statement each.
-    from hogsend.db import prepared
-
-    for name in ("execute", "fetch"):
-        setattr(prepared, name, _counted(getattr(prepared, name), count))
+    count_driver_statements(count)
     provider = SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=CONCURRENCY)
     mailer = Mailer(_app(), settings, engine, provider)
     failures: list[str] = []
@@ -373,6 +356,27 @@ def _counted(
         return await statement(*args, **kwargs)
 
     return counted
+
+
+def count_driver_statements(count: Callable[..., None]) -> None:
+    """Call ``count`` for what goes to the driver, past SQLAlchemy's cursor event: the
+    pipelines that open a transaction by hand (a single attempt's
+    ``begin_and_read_attempt`` and the two after it, a batch's ``begin_and_read_batch``
+    and ``write_decisions``: one round trip each) and the prepared statements
+    (``hogsend.db.prepared``: one each). For this process, from now on."""
+    from hogsend.db import prepared
+    from hogsend.db.repos import sends as sends_repo
+
+    for name in (
+        "begin_and_read_batch",
+        "write_decisions",
+        "begin_and_read_attempt",
+        "write_attempt",
+        "finish_attempt",
+    ):
+        setattr(sends_repo, name, _counted(getattr(sends_repo, name), count))
+    for name in ("execute", "fetch"):
+        setattr(prepared, name, _counted(getattr(prepared, name), count))
 
 
 def _scenario_main(
