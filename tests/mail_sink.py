@@ -42,6 +42,17 @@ class Sink:
 
     messages: list[EmailMessage] = field(default_factory=list)
     script: list[str] = field(default_factory=list)
+    # Offer PIPELINING (RFC 2920), as Postfix, Exim, Amazon SES and Gmail do, so the
+    # provider's pipelined transaction is what the tests exercise.
+    pipelining: bool = True
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
@@ -17,6 +18,7 @@ import trustme
 from aiosmtpd.controller import Controller
 
 from hogsend.channels.email import OutgoingEmail, PacedProvider, ProviderResult, SmtpProvider
+from hogsend.channels.email import smtp as smtp_module
 from hogsend.channels.email.message import GateClosed, send_when
 from hogsend.errors import PermanentProviderError, TransientProviderError
 from mail_sink import SecuredServer, free_port, secured_sink
@@ -33,6 +35,23 @@ class Sink:
     tls_sessions: list[bool] = field(default_factory=list)
     # Per message: MAIL FROM, its options, RCPT TO and the DATA's length in bytes.
     envelopes: list[tuple[str, list[str], list[str], int]] = field(default_factory=list)
+    # Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix, Exim and SES do.
+    pipelining: bool = False
+    quits: int = 0
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_QUIT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        self.quits += 1
+        return "221 Bye"
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -71,9 +90,10 @@ class Server:
     client_tls: ssl.SSLContext | None = None
 
 
-@pytest.fixture
-def plain() -> Iterator[Server]:
-    sink = Sink()
+@pytest.fixture(params=["sequential", "pipelining"])
+def plain(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A plain server; every test using it runs with and without PIPELINING offered."""
+    sink = Sink(pipelining=request.param == "pipelining")
     controller = Controller(sink, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield Server(sink, controller.port)
@@ -87,7 +107,8 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def starttls(ca: trustme.CA) -> Iterator[SecuredServer]:
-    yield from secured_sink(Sink(), ca, "starttls")
+    # Pipelining over TLS: the pipeline takes over the TLS transport.
+    yield from secured_sink(Sink(pipelining=True), ca, "starttls")
 
 
 def message(to: str = "ada@example.com", **overrides: Any) -> OutgoingEmail:
@@ -196,6 +217,8 @@ async def test_pool_reuses_connections(plain: Server) -> None:
     await provider.aclose()
     assert len(plain.sink.messages) == 5
     assert provider.connections_opened == 1
+    # Closing says QUIT on the connection, whether or not it pipelined.
+    assert plain.sink.quits == 1
     assert len({peer for peer, _ in plain.sink.messages}) == 1
 
 
@@ -263,7 +286,7 @@ async def test_server_refuses_plain_when_starttls_is_required(starttls: SecuredS
 @pytest.fixture
 def implicit_tls(ca: trustme.CA) -> Iterator[SecuredServer]:
     """Port-465 style: TLS from the first byte, then AUTH."""
-    yield from secured_sink(Sink(), ca, "implicit")
+    yield from secured_sink(Sink(pipelining=True), ca, "implicit")
 
 
 async def test_implicit_tls_with_auth(implicit_tls: SecuredServer) -> None:
@@ -464,30 +487,38 @@ async def test_a_gate_already_open_lets_the_message_end_in_the_same_write(
 ) -> None:
     # MAIL, RCPT, DATA, then the message with its ending line: four writes, as an
     # ungated send. A gate still closed when the message is written costs a fifth.
+    # With PIPELINING offered, MAIL, RCPT and DATA share one write: two and three.
+    envelope_writes = 1 if plain.sink.pipelining else 3
     writes: list[bytes] = []
-    write = aiosmtplib.protocol.SMTPProtocol.write
     loop = asyncio.get_running_loop()
     later: asyncio.Future[bool] = loop.create_future()
 
-    def counted(self: aiosmtplib.protocol.SMTPProtocol, data: bytes) -> None:
-        writes.append(data)
-        write(self, data)
-        if later_sent and len(writes) == 4:
-            later.set_result(True)  # opened once the message is out, before its end
+    def counting(write: Any) -> Any:
+        def counted(self: Any, data: bytes) -> None:
+            writes.append(data)
+            write(self, data)
+            if later_sent and len(writes) == envelope_writes + 1:
+                later.set_result(True)  # opened once the message is out, before its end
+
+        return counted
 
     later_sent = False
     provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
     await provider.send(message(idempotency_key="connect"))
-    monkeypatch.setattr(aiosmtplib.protocol.SMTPProtocol, "write", counted)
+    for cls in (aiosmtplib.protocol.SMTPProtocol, smtp_module._Pipeline):
+        monkeypatch.setattr(cls, "write", counting(cls.write))
     opened: asyncio.Future[bool] = loop.create_future()
     opened.set_result(True)
     await provider.send_gated(message(idempotency_key="open"), opened)
-    assert len(writes) == 4
+    assert len(writes) == envelope_writes + 1
+    if plain.sink.pipelining:
+        assert writes[0].startswith(b"MAIL FROM:<hello@acme.test>")
+        assert writes[0].endswith(b"\r\nRCPT TO:<ada@example.com>\r\nDATA\r\n")
     assert writes[-1].endswith(b"\r\n.\r\n")
     writes.clear()
     later_sent = True
     await provider.send_gated(message(idempotency_key="later"), later)
-    assert len(writes) == 5
+    assert len(writes) == envelope_writes + 2
     assert writes[-1] == b".\r\n"
     await provider.aclose()
     assert len(plain.sink.messages) == 3
@@ -570,3 +601,146 @@ async def test_send_when_waits_for_the_gate_with_a_provider_that_cannot_stage() 
     with pytest.raises(GateClosed):
         await send_when(Plain(), message(), closed)
     assert sent == ["ada@example.com"]
+
+
+# --------------------------------------------------------------------------- pipelining
+
+
+@dataclass
+class Scripted:
+    """A TCP server speaking just enough SMTP, with replies chosen per test.
+
+    It offers PIPELINING and answers each command line from ``replies`` (by its first
+    word), recording what it was sent; after a reply starting ``421`` it hangs up.
+    """
+
+    replies: dict[str, str]
+    received: list[bytes] = field(default_factory=list)
+    port: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 scripted\r\n")
+        in_data = False
+        while line := await reader.readline():
+            self.received.append(line)
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(b"250 accepted\r\n")
+                continue
+            verb = line.split(b" ")[0].split(b":")[0].strip().upper().decode()
+            if verb == "EHLO":
+                writer.write(b"250-scripted\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                continue
+            answer = self.replies.get(verb, "354 go ahead" if verb == "DATA" else "250 ok")
+            writer.write(answer.encode() + b"\r\n")
+            if verb == "DATA" and answer.startswith("354"):
+                in_data = True
+            if answer.startswith("421") or verb == "QUIT":
+                await writer.drain()
+                writer.close()
+                return
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def scripted(replies: dict[str, str]) -> AsyncIterator[Scripted]:
+    script = Scripted(replies)
+    server = await asyncio.start_server(script.serve, "127.0.0.1", 0)
+    script.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield script
+
+
+async def test_a_354_after_a_refused_recipient_closes_the_connection() -> None:
+    # A server that accepts the pipelined DATA although it refused the only recipient
+    # would take whatever came next as the message: the connection must go.
+    async with scripted({"RCPT": "550 no such user", "DATA": "354 go ahead"}) as server:
+        provider = SmtpProvider(host="127.0.0.1", port=server.port, tls="none", pool_size=1)
+        with pytest.raises(PermanentProviderError) as info:
+            await provider.send(message(to="ada@example.com"))
+        assert info.value.status == 550
+        envelope = (b"MAIL FROM", b"RCPT TO")
+        assert len([line for line in server.received if line.split(b":")[0] in envelope]) == 2
+        # Nothing of the message was written after the 354, and no RSET either.
+        assert not any(line.startswith((b"Subject", b"RSET")) for line in server.received)
+        server.replies.clear()
+        await provider.send(message(to="grace@example.com"))
+        await provider.aclose()
+        assert provider.connections_opened == 2
+
+
+async def test_a_refused_sender_is_reported_with_its_own_code() -> None:
+    # The group's later replies (503: no sender, no recipient) are not the error.
+    refusals = {"MAIL": "553 sender not allowed", "RCPT": "503 need MAIL", "DATA": "503 no"}
+    async with scripted(refusals) as server:
+        provider = SmtpProvider(host="127.0.0.1", port=server.port, tls="none", pool_size=1)
+        with pytest.raises(PermanentProviderError) as info:
+            await provider.send(message())
+        assert info.value.status == 553
+        # MAIL, RCPT and DATA went out together, before any reply.
+        verbs = [line.split(b" ")[0].split(b":")[0].strip() for line in server.received]
+        assert verbs[verbs.index(b"MAIL") :][:3] == [b"MAIL", b"RCPT", b"DATA"]
+        server.replies.clear()
+        await provider.send(message(to="grace@example.com"))
+        await provider.aclose()
+        # A failed connection is never reused (the provider's rule, pipelining or not).
+        assert provider.connections_opened == 2
+        assert server.received[-1] == b"QUIT\r\n"
+
+
+async def test_a_421_that_hangs_up_mid_group_is_reported_as_421() -> None:
+    # The server refuses MAIL with 421 and closes before answering RCPT and DATA: the
+    # error carries the 421 (the pacer backs off on it), not a bare lost connection.
+    async with scripted({"MAIL": "421 too busy, try later"}) as server:
+        provider = SmtpProvider(host="127.0.0.1", port=server.port, tls="none", pool_size=1)
+        with pytest.raises(TransientProviderError) as info:
+            await provider.send(message())
+        assert info.value.status == 421
+        server.replies.clear()
+        await provider.send(message(to="grace@example.com"))
+        await provider.aclose()
+        assert provider.connections_opened == 2
+
+
+async def test_replies_split_and_joined_anyhow_pair_with_their_commands() -> None:
+    # The pipeline's parser against replies arriving a byte at a time or all at once,
+    # multi-line ones included.
+    inner = aiosmtplib.protocol.SMTPProtocol()
+    transport = _NullTransport(inner)
+    pipeline = smtp_module._Pipeline(inner)
+    wire = b"250-first\r\n250 second\r\n251 forwarded\r\n354 go\r\n"
+    for chunk in [wire[i : i + 1] for i in range(len(wire))]:
+        pipeline.data_received(chunk)
+    pipeline.data_received(wire)
+    first, forwarded, go = await pipeline.read(3)
+    assert (first.code, first.message) == (250, "first\nsecond")
+    assert (forwarded.code, go.code) == (251, 354)
+    assert [r.code for r in await pipeline.read(3)] == [250, 251, 354]
+    pipeline.data_received(b"25x nonsense\r\n")
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="Malformed"):
+        await pipeline.read()
+    assert transport.closed
+
+
+class _NullTransport(asyncio.Transport):
+    def __init__(self, protocol: asyncio.BaseProtocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.closed = False
+        protocol.connection_made(self)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Nothing listens."""
