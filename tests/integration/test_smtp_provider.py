@@ -617,6 +617,9 @@ class Scripted:
     replies: dict[str, str]
     received: list[bytes] = field(default_factory=list)
     port: int = 0
+    # Hang up after accepting a message (a server dropping an idle connection).
+    hang_up_after_message: bool = False
+    accepted: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted\r\n")
@@ -626,7 +629,12 @@ class Scripted:
             if in_data:
                 if line == b".\r\n":
                     in_data = False
+                    self.accepted += 1
                     writer.write(b"250 accepted\r\n")
+                    if self.hang_up_after_message:
+                        await writer.drain()
+                        writer.close()
+                        return
                 continue
             verb = line.split(b" ")[0].split(b":")[0].strip().upper().decode()
             if verb == "EHLO":
@@ -744,3 +752,17 @@ class _NullTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Nothing listens."""
+
+
+async def test_a_pipelining_connection_the_server_dropped_is_replaced_once() -> None:
+    async with scripted({}) as server:
+        server.hang_up_after_message = True
+        provider = SmtpProvider(host="127.0.0.1", port=server.port, tls="none", pool_size=1)
+        await provider.send(message())
+        await asyncio.sleep(0.05)  # the hang-up arrives while the connection is idle
+        await provider.send(message(to="grace@example.com"))
+        # And when the next send is already writing as the hang-up arrives.
+        await provider.send(message(to="alan@example.com"))
+        await provider.aclose()
+        assert server.accepted == 3
+        assert provider.connections_opened == 3
