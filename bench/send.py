@@ -12,6 +12,8 @@ own so that its RSS is its own, run one after the other with the same concurrenc
   transaction, which pipelines MAIL, RCPT and DATA (RFC 2920) as the sink offers
   PIPELINING: the cost of the wire protocol the mailer speaks, from Python. The
   target ratio is against ``raw`` (aiosmtplib never pipelines); both are printed.
+* ``raw_after``: ``raw`` once more, after the mailer's scenarios. The ratios are
+  against the mean of ``raw`` and ``raw_after`` (:func:`raw_ceiling`).
 * ``mailer``: ``Mailer.send`` of the quickstart's ``trial-ending`` template (a layout,
   CSS inlined, preheader, props validated by its pydantic model) as a marketing send
   with an idempotency key, per contact: the key lock, the gates' facts and the decision
@@ -65,7 +67,9 @@ SENDS = 4000
 WARMUP = 300
 CONCURRENCY = 8
 BATCH = 500
-SCENARIOS = ("raw", "raw_pipelined", "mailer", "mailer_batch")
+SCENARIOS = ("raw", "raw_pipelined", "mailer", "mailer_batch", "raw_after")
+"""In this order. ``raw_after`` is ``raw`` again: the ceiling is the mean of the two runs
+around the mailer's (this machine's speed drifts by up to half within minutes)."""
 TEMPLATE = "trial-ending"
 PROPS = {"days_left": 3, "ends_on": "March 14", "plan": "Pro"}
 TARGET_RATIO = 0.8
@@ -421,7 +425,7 @@ def _scenario_main(
     sink_pid: int | None = None,
 ) -> None:
     # Every scenario, the raw pool too, on the event loop `hogsend worker` runs on.
-    if name in ("raw", "raw_pipelined"):
+    if name in ("raw", "raw_pipelined", "raw_after"):
         pipelined = name == "raw_pipelined"
         out.put(event_loop.run(_raw(port, sends, warmup, sink_pid, pipelined)))
     else:
@@ -504,8 +508,9 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         finally:
             server.stop()
 
-    ratio = results["mailer"]["sends_per_s"] / results["raw"]["sends_per_s"]
-    batch_ratio = results["mailer_batch"]["sends_per_s"] / results["raw"]["sends_per_s"]
+    ceiling = raw_ceiling(results["raw"], results["raw_after"])
+    ratio = results["mailer"]["sends_per_s"] / ceiling
+    batch_ratio = results["mailer_batch"]["sends_per_s"] / ceiling
     print(
         f"\n{sends:,} sends after {warmup} warm-up, {CONCURRENCY} in flight, "
         f"template {TEMPLATE!r}, aiosmtpd sink in its own process, durable Postgres"
@@ -522,6 +527,7 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         )
     pipelined = results["raw_pipelined"]["sends_per_s"]
     verdict = "meets" if ratio >= TARGET_RATIO else "below"
+    print(f"raw ceiling: {ceiling:,.1f} sends/s, the mean of raw and raw_after")
     print(f"mailer / raw = {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
     print(f"mailer_batch / raw = {batch_ratio:.2f}")
     print(
@@ -536,6 +542,8 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         "sink": "aiosmtpd in its own process, counting",
         "postgres": "embedded, durable commits (fsync on)",
         "target_ratio": TARGET_RATIO,
+        # Against the mean of the raw runs before and after the mailer's.
+        "raw_ceiling_sends_per_s": round(ceiling, 1),
         "ratio_mailer_to_raw": round(ratio, 3),
         "ratio_mailer_batch_to_raw": round(batch_ratio, 3),
         # Against the provider's own pipelined transaction on pre-rendered bytes: the
@@ -549,6 +557,16 @@ def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
         "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "results": results,
     }
+
+
+def raw_ceiling(before: dict[str, Any], after: dict[str, Any]) -> float:
+    """The raw pool's sends/s as the mean of a run before and a run after the measured one.
+
+    On this class of machine the same raw run moves by up to half between minutes (other
+    tenants): bracketing the measured scenario and taking the mean keeps a ratio from
+    resting on one lucky or unlucky ceiling. Both runs are reported.
+    """
+    return (float(before["sends_per_s"]) + float(after["sends_per_s"])) / 2
 
 
 def main(argv: list[str]) -> dict[str, Any]:
