@@ -32,8 +32,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class OffersPipelining:
+    """An aiosmtpd handler whose EHLO reply offers PIPELINING while ``pipelining`` is set."""
+
+    pipelining: bool
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 @dataclass
-class Sink:
+class Sink(OffersPipelining):
     """Keeps every message; answers DATA from ``script`` first (e.g. a 451), then 250.
 
     Each kept message carries the envelope recipients in ``X-Test-Envelope-To``, because
@@ -45,14 +59,6 @@ class Sink:
     # Offer PIPELINING (RFC 2920), as Postfix, Exim, Amazon SES and Gmail do, so the
     # provider's pipelined transaction is what the tests exercise.
     pipelining: bool = True
-
-    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        if not self.pipelining:
-            return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any

@@ -21,14 +21,14 @@ from hogsend.channels.email import OutgoingEmail, PacedProvider, ProviderResult,
 from hogsend.channels.email import smtp as smtp_module
 from hogsend.channels.email.message import GateClosed, send_when
 from hogsend.errors import PermanentProviderError, TransientProviderError
-from mail_sink import SecuredServer, free_port, secured_sink
+from mail_sink import OffersPipelining, SecuredServer, free_port, secured_sink
 
 # The implicit-TLS server requires AUTH without aiosmtpd knowing its socket is TLS.
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
 
 @dataclass
-class Sink:
+class Sink(OffersPipelining):
     """An aiosmtpd handler that keeps every message and refuses chosen recipients."""
 
     messages: list[tuple[tuple[str, int], EmailMessage]] = field(default_factory=list)
@@ -38,14 +38,6 @@ class Sink:
     # Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix, Exim and SES do.
     pipelining: bool = False
     quits: int = 0
-
-    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        if not self.pipelining:
-            return responses
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_QUIT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any
