@@ -482,30 +482,14 @@ async def _mail_transaction(
             try:
                 if pipeline is not None:
                     extend()
-                    pipeline.write(mail + rcpt + b"DATA\r\n")
-                    try:
-                        sent, received, response = await pipeline.read(3)
-                    except aiosmtplib.SMTPServerDisconnected:
-                        # A server going away answers the command it refuses (421)
-                        # and hangs up: that answer is the error to report.
-                        early = pipeline.unread()
-                        if early:
-                            _check_sender(early[0], sender)
-                        if len(early) > 1:
-                            _check_recipient(early[1], to)
-                        raise
-                    if response.code == SMTPStatus.start_input and (
-                        sent.code != SMTPStatus.completed
-                        or received.code not in (SMTPStatus.completed, SMTPStatus.will_forward)
-                    ):
-                        client.close()  # it waits for a message we will not send
+                    sent, received, response = await _pipelined_envelope(
+                        client, pipeline, mail + rcpt, sender, to
+                    )
+                    _check_sender(sent, sender)
+                    _check_recipient(received, to)
                 else:
-                    sent = await reply(mail)
-                _check_sender(sent, sender)
-                if pipeline is None:
-                    received = await reply(rcpt)
-                _check_recipient(received, to)
-                if pipeline is None:
+                    _check_sender(await reply(mail), sender)
+                    _check_recipient(await reply(rcpt), to)
                     response = await reply(b"DATA\r\n")
                 if response.code != SMTPStatus.start_input:
                     raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -518,10 +502,7 @@ async def _mail_transaction(
                 else:
                     # The server accepts a message at its ending line: until then
                     # nothing is delivered. Closed unfinished when the gate says no.
-                    if pipeline is not None:
-                        pipeline.write(data)
-                    else:
-                        protocol.write(data)
+                    (pipeline or protocol).write(data)
                     deadline.reschedule(None)
                     try:
                         go = await gate
@@ -558,6 +539,30 @@ async def _mail_transaction(
             with contextlib.suppress(ConnectionError, aiosmtplib.SMTPException):
                 await client.rset()
         raise
+
+
+async def _pipelined_envelope(
+    client: aiosmtplib.SMTP, pipeline: _Pipeline, envelope: bytes, sender: str, to: str
+) -> list[aiosmtplib.SMTPResponse]:
+    """MAIL and RCPT (``envelope``) and DATA in one write; their three replies, in order."""
+    pipeline.write(envelope + b"DATA\r\n")
+    try:
+        sent, received, response = await pipeline.read(3)
+    except aiosmtplib.SMTPServerDisconnected:
+        # A server going away answers the command it refuses (421) and hangs up: that
+        # answer is the error to report.
+        early = pipeline.unread()
+        if early:
+            _check_sender(early[0], sender)
+        if len(early) > 1:
+            _check_recipient(early[1], to)
+        raise
+    if response.code == SMTPStatus.start_input and (
+        sent.code != SMTPStatus.completed
+        or received.code not in (SMTPStatus.completed, SMTPStatus.will_forward)
+    ):
+        client.close()  # it waits for a message we will not send
+    return [sent, received, response]
 
 
 def _check_sender(response: aiosmtplib.SMTPResponse, sender: str) -> None:
