@@ -27,6 +27,7 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer, SendRequest, signing_secret
 from hogsend.channels.send_batches import GroupCommit
+from hogsend.core.identity import IdentityError
 from hogsend.core.tracking import SignedClick, verify_click
 from hogsend.errors import NoRecipient
 
@@ -146,6 +147,28 @@ async def test_transactional_sends_in_a_batch_skip_the_marketing_gates(
     assert (marketing.decision, transactional.decision) == ("unsubscribed", "sent")
     [message] = env.sink.messages
     assert message["List-Unsubscribe"] is None
+
+
+async def test_a_batch_sends_to_each_requests_own_address_and_refuses_a_broken_one(
+    env: Env,  # noqa: F811
+    fetch_all: FetchAll,
+) -> None:
+    own = await new_contact(env.engine, "own@example.com")
+    moved = await new_contact(env.engine, "old@example.com")
+    broken = await new_contact(env.engine, "broken@example.com")
+    outcomes = await env.mailer.send_batch(
+        [
+            news(own, idempotency_key="to:own", to_email="  "),
+            news(moved, idempotency_key="to:moved", to_email=" New@Example.COM "),
+            news(broken, idempotency_key="to:broken", to_email="two@@example.com"),
+        ],
+        concurrency=3,
+    )
+    assert isinstance(outcomes[2], IdentityError)
+    assert [o.decision for o in outcomes[:2] if not isinstance(o, Exception)] == ["sent", "sent"]
+    assert sorted(m["To"] for m in env.sink.messages) == ["New@example.com", "own@example.com"]
+    # A refused address gets no decision row (as Mailer.send, which raises it).
+    assert await fetch_all("SELECT id FROM email_sends WHERE contact_id = :c", c=broken) == []
 
 
 async def test_a_provider_error_releases_the_key(env: Env, fetch_all: FetchAll) -> None:  # noqa: F811

@@ -383,12 +383,18 @@ async def _decide(
     # elsewhere (a contact merged away, an address refused) are not used.
     queries: list[sends.FactsQuery] = []
     categories: list[str | None] = []
+    # Each request's own address normalized once (a campaign gives every one), or why
+    # it was refused.
+    given: list[str | Exception | None] = []
     for index in batched:
         request = requests[index]
         try:
             to = normalize_email(request.to_email)
-        except Exception:
+        except Exception as exc:
             to = None  # refused below; the contact's own address is locked meanwhile
+            given.append(exc)
+        else:
+            given.append(to)
         category = effective_category(
             request, mailer._templates.get(request.template).meta.category
         )
@@ -410,8 +416,8 @@ async def _decide(
     )
     people: list[tuple[int, _Recipient, str | None, str | None]] = []
     stored: list[sends.StoredFacts] = []
-    for index, query, category, facts_stored in zip(
-        batched, queries, categories, all_stored, strict=True
+    for index, query, category, facts_stored, to_given in zip(
+        batched, queries, categories, all_stored, given, strict=True
     ):
         request = requests[index]
         row = found.get(request.contact_id) if request.contact_id is not None else None
@@ -419,11 +425,10 @@ async def _decide(
             single.append(index)  # merged away or erased: the single path follows it
             continue
         contact = contacts_repo.contact_from_row(row)
-        try:
-            address = normalize_email(request.to_email) or contact.email
-        except Exception as exc:
-            outcomes[index] = exc
+        if isinstance(to_given, Exception):
+            outcomes[index] = to_given
             continue
+        address = to_given or contact.email
         if address is None:
             outcomes[index] = NoRecipient(
                 f"contact {request.contact_id} has no email address and no to_email"

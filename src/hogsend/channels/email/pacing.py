@@ -123,6 +123,10 @@ class PacedProvider:
                     raise
                 self.bucket.pause(delay)
                 continue
+            if waited == 0 and attempt == result.attempts:
+                # Neither held back nor retried (the usual case): nothing to add, and no
+                # copy of the result per message.
+                return result
             return dataclasses.replace(
                 result, waited_seconds=result.waited_seconds + waited, attempts=attempt
             )
