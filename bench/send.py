@@ -24,7 +24,8 @@ own so that its RSS is its own, run one after the other with the same concurrenc
   (``send_batches.Coalescer``), as any concurrent callers' are.
 * ``mailer_batch``: ``Mailer.send_batch`` in chunks of ``BATCH`` (the campaign path).
 
-Each sends ``WARMUP`` messages, then ``SENDS`` timed ones, ``CONCURRENCY`` in flight.
+Each sends ``WARMUP`` messages, then ``SENDS`` timed ones, ``CONCURRENCY`` in flight
+(8; ``HOGSEND_BENCH_CONCURRENCY=16 python -m bench send`` for another count).
 Latency is one ``send`` call (for ``raw``: one ``sendmail``). The mailer scenarios
 also report the SQL statements per send (round trips to Postgres). RSS is the
 scenario process's resident memory at the end, and its peak. Every message must reach
@@ -65,7 +66,9 @@ from hogsend.runtime import event_loop
 
 SENDS = 4000
 WARMUP = 300
-CONCURRENCY = 8
+CONCURRENCY = int(os.environ.get("HOGSEND_BENCH_CONCURRENCY", "8"))
+"""Sends in flight and SMTP connections, on every side alike (raw pools, mailer, campaign
+lanes). The environment variable reaches the scenario processes too."""
 BATCH = 500
 SCENARIOS = ("raw", "raw_pipelined", "mailer", "mailer_batch", "raw_after")
 """In this order. ``raw_after`` is ``raw`` again: the ceiling is the mean of the two runs
