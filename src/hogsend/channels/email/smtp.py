@@ -482,11 +482,7 @@ async def _mail_transaction(
             try:
                 if pipeline is not None:
                     extend()
-                    sent, received, response = await _pipelined_envelope(
-                        client, pipeline, mail + rcpt, sender, to
-                    )
-                    _check_sender(sent, sender)
-                    _check_recipient(received, to)
+                    response = await _pipelined_envelope(client, pipeline, mail + rcpt, sender, to)
                 else:
                     _check_sender(await reply(mail), sender)
                     _check_recipient(await reply(rcpt), to)
@@ -543,8 +539,11 @@ async def _mail_transaction(
 
 async def _pipelined_envelope(
     client: aiosmtplib.SMTP, pipeline: _Pipeline, envelope: bytes, sender: str, to: str
-) -> list[aiosmtplib.SMTPResponse]:
-    """MAIL and RCPT (``envelope``) and DATA in one write; their three replies, in order."""
+) -> aiosmtplib.SMTPResponse:
+    """MAIL and RCPT (``envelope``) and DATA in one write; the reply to DATA.
+
+    Raises what ``sendmail`` raises for a refused sender or recipient.
+    """
     pipeline.write(envelope + b"DATA\r\n")
     try:
         sent, received, response = await pipeline.read(3)
@@ -557,12 +556,14 @@ async def _pipelined_envelope(
         if len(early) > 1:
             _check_recipient(early[1], to)
         raise
-    if response.code == SMTPStatus.start_input and (
-        sent.code != SMTPStatus.completed
-        or received.code not in (SMTPStatus.completed, SMTPStatus.will_forward)
-    ):
-        client.close()  # it waits for a message we will not send
-    return [sent, received, response]
+    try:
+        _check_sender(sent, sender)
+        _check_recipient(received, to)
+    except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientsRefused):
+        if response.code == SMTPStatus.start_input:
+            client.close()  # it waits for a message we will not send
+        raise
+    return response
 
 
 def _check_sender(response: aiosmtplib.SMTPResponse, sender: str) -> None:
