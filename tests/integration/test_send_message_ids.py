@@ -260,3 +260,39 @@ def test_the_migration_copies_existing_message_ids(empty_database_url: str) -> N
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_email_sends_provider_message_id'"
         ).fetchone()
         assert index is not None
+
+
+async def test_a_rounds_outcomes_stay_on_the_page_of_a_whole_chunk(engine: AsyncEngine) -> None:
+    # A campaign writes a chunk's decision rows in one statement, so they fill pages up
+    # to the fillfactor; its lanes then record a round of outcomes (8 by default) in one
+    # statement, each row growing by its detail and message id. The pages must keep
+    # room for that round (migration 0018): a version that cannot stay writes an entry
+    # in every index of the table.
+    ids = [uuid.uuid4() for _ in range(40)]
+    async with engine.connect() as conn, conn.begin():
+        await sends.insert_attempts(
+            conn, [_queued(i, uuid.uuid4(), n) for n, i in enumerate(ids)], marked=ids
+        )
+        round_ = ids[:8]
+        outcomes = [
+            {
+                "id": str(i),
+                "decision": "sent",
+                "detail": {
+                    "gate": "sent",
+                    "provider": "smtp",
+                    "providerCalls": 1,
+                    "waitedSeconds": 0.0,
+                },
+                "attempts": 1,
+                "provider": "smtp",
+                "message_id": f"<{i}@mail.example.com>",
+                "error": None,
+                "subject": "Hello",
+            }
+            for i in round_
+        ]
+        await sends.finish_and_log(
+            conn, outcomes, [], now=datetime.now(UTC), notify=False, starts=round_
+        )
+        assert await _updates(conn) == (8, 8)

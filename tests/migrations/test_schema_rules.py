@@ -238,7 +238,7 @@ def test_migration_matches_the_tables_exactly(database_url: str, empty_database_
     assert from_migration["indexes"] == from_tables["indexes"]
     assert from_migration["constraints"] == from_tables["constraints"]
     assert from_migration["options"] == from_tables["options"]
-    assert ("email_sends", "fillfactor=90") in from_migration["options"]
+    assert ("email_sends", "fillfactor=50") in from_migration["options"]
 
 
 @pytest.mark.parametrize("table", ["event_outbox", "journey_logs", "import_errors"])
