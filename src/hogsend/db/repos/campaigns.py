@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from hogsend.core.conditions.model import Condition
+from hogsend.db import prepared
 from hogsend.db.conditions import matching_contacts
 from hogsend.db.tables.campaigns import Campaign
 from hogsend.db.tables.contacts import Contact as ContactRow
@@ -522,10 +523,12 @@ async def record_results(
         {
             "id": campaign_id,
             "now": now,
-            "contacts": [str(r.contact_id) for r in results],
-            "statuses": [r.status for r in results],
-            "reasons": [r.reason for r in results],
-            "sends": [str(r.email_send_id) if r.email_send_id else None for r in results],
+            # Array literals built by orjson (hogsend.db.prepared.text_array): psycopg
+            # dumps a list element by element in Python, for every recipient of a batch.
+            "contacts": prepared.text_array([r.contact_id for r in results]),
+            "statuses": prepared.text_array([r.status for r in results]),
+            "reasons": prepared.text_array([r.reason for r in results]),
+            "sends": prepared.text_array([r.email_send_id for r in results]),
             "cursor": json.dumps({"lastContactId": str(results[-1].contact_id)}),
         },
     )
