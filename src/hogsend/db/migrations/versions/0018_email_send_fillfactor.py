@@ -6,12 +6,12 @@ index entry) when the page has room for the new version. A campaign writes a chu
 decision rows in one statement, so they fill each page up to the fillfactor, and its
 lanes then record their outcomes a round at a time (8 by default) in one statement:
 the versions of one statement cannot make room for each other, and each outcome adds
-its detail and message id (about 330 → 450 bytes a row). At ``fillfactor = 90``
+its detail and message id (about 330 to 450 bytes a row). At ``fillfactor = 90``
 (migration 0014) 42% of the campaign benchmark's outcome updates left their page and
 wrote an entry in each of the table's six or seven indexes; at 50, 1%.
 
-The cost is space: a page holds about 11 sent rows instead of about 15 (the heap
-about 36% larger; with its indexes, which no longer take those entries, about 20%).
+The cost is space: a page holds about 11 sent rows instead of 13 to 15 (measured:
+the heap 22-35% larger; with its indexes, which no longer take those entries, 8-17%).
 Applies to pages written from now on; existing pages keep their rows as they are.
 
 Revision ID: 0018_email_send_fillfactor
