@@ -11,7 +11,7 @@ its detail and message id (about 330 to 450 bytes a row). At ``fillfactor = 90``
 wrote an entry in each of the table's six or seven indexes; at 50, 1%.
 
 The cost is space: a page holds about 11 sent rows instead of 13 to 15 (measured:
-the heap 22-35% larger; with its indexes, which no longer take those entries, 8-17%).
+the heap 21-35% larger; with its indexes, which no longer take those entries, 8-18%).
 Applies to pages written from now on; existing pages keep their rows as they are.
 
 Revision ID: 0018_email_send_fillfactor
