@@ -6,14 +6,17 @@ own links, and renderings a plan cannot describe must fall back.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hogsend.channels.message_plans import Composed, MessagePlans
+from hogsend.channels.message_plans import FILES_CHECKED_EVERY, Composed, MessagePlans
 from hogsend.channels.templates import JinjaOutput, TemplateRegistry
 from hogsend.core.contact import Contact
 from hogsend.core.tracking import (
@@ -70,7 +73,9 @@ def registry(tmp_path: Path) -> TemplateRegistry:
     return TemplateRegistry(tmp_path)
 
 
-def plans(registry: TemplateRegistry, size: int = 16) -> MessagePlans:
+def plans(
+    registry: TemplateRegistry, size: int = 16, clock: Callable[[], float] = time.monotonic
+) -> MessagePlans:
     return MessagePlans(
         registry,
         public_url=BASE,
@@ -78,6 +83,7 @@ def plans(registry: TemplateRegistry, size: int = 16) -> MessagePlans:
         link_prefixes=PREFIXES,
         untracked=UNTRACKED,
         size=size,
+        clock=clock,
     )
 
 
@@ -511,21 +517,90 @@ def test_a_value_that_cannot_be_compared_renders_the_usual_way(reads: TemplateRe
         assert "".join(f"<li>{item}</li>" for item in items) in composed.rendered.html
 
 
-def test_an_edited_template_is_read_again(tmp_path: Path) -> None:
-    import os
+class Clock:
+    """Monotonic seconds that move only when a test says so."""
 
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def edit(path: Path, text: str) -> None:
+    """Rewrite ``path`` with a visibly newer modification time."""
+    path.write_text(text)
+    stat = path.stat()
+    os.utime(path, (stat.st_atime + 10, stat.st_mtime + 10))
+
+
+def test_an_edited_template_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "edited.html"
     path.write_text("{#---\nsubject: Hi\n---#}\n<p>Hello {{ contact.properties.first_name }}</p>\n")
     registry = TemplateRegistry(tmp_path)
-    planner = plans(registry)
+    clock = Clock()
+    planner = plans(registry, clock=clock)
     for n in range(2):
         composed, _ = compose_props(planner, "edited", person(f"Ada{n}", n), {})
         assert f"Hello Ada{n}" in composed.rendered.html
-    path.write_text(
-        "{#---\nsubject: Hi\n---#}\n<p>Goodbye {{ contact.properties.first_name }}</p>\n"
-    )
-    stat = path.stat()
-    os.utime(path, (stat.st_atime + 10, stat.st_mtime + 10))  # a visibly newer file
+    edit(path, "{#---\nsubject: Hi\n---#}\n<p>Goodbye {{ contact.properties.first_name }}</p>\n")
+    clock.now += FILES_CHECKED_EVERY
     composed, _ = compose_props(planner, "edited", person("Bob", 9), {})
     assert "Goodbye Bob" in composed.rendered.html
     assert "Hello" not in composed.rendered.html
+
+
+def test_template_files_are_not_looked_at_for_every_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hello.html").write_text(
+        "{#---\nsubject: Hi\n---#}\n<p>Hello {{ contact.properties.first_name }}</p>\n"
+    )
+    clock = Clock()
+    planner = plans(TemplateRegistry(tmp_path), clock=clock)
+    compose_props(planner, "hello", person("Ada", 0), {})  # analysed and rendered
+    looks: list[str] = []
+    getmtime = os.path.getmtime
+
+    def counted(path: Any) -> float:
+        looks.append(str(path))
+        return getmtime(path)
+
+    monkeypatch.setattr(os.path, "getmtime", counted)
+    for n in range(1, 20):
+        composed, _ = compose_props(planner, "hello", person(f"Ada{n}", n), {})
+        assert f"Hello Ada{n}" in composed.rendered.html
+    assert looks == []  # known renderings within the second: no stat at all
+    clock.now += FILES_CHECKED_EVERY
+    compose_props(planner, "hello", person("Bob", 99), {})
+    assert len(looks) == 1  # one look per file once the second is over
+
+
+def test_a_file_edited_within_the_second_never_mixes_versions(tmp_path: Path) -> None:
+    # Files are looked at once a second, but a new known rendering is kept only when they
+    # are unchanged after rendering: the old version's analysis (which never saw
+    # props.gold) must not file the new version's rendering under its key.
+    path = tmp_path / "offer.html"
+    path.write_text(
+        "{#---\nsubject: Hi\n---#}\n"
+        "<p>{% if props.vip %}VIP {% endif %}Hello {{ contact.properties.first_name }}</p>\n"
+    )
+    registry = TemplateRegistry(tmp_path)
+    clock = Clock()
+    planner = plans(registry, clock=clock)
+    composed, _ = compose_props(planner, "offer", person("Ada", 0), {"vip": False})
+    assert "<p>Hello Ada</p>" in composed.rendered.html
+    edit(
+        path,
+        "{#---\nsubject: Hi\n---#}\n<p>{% if props.vip %}VIP {% endif %}"
+        "{% if props.gold %}GOLD {% endif %}Hello {{ contact.properties.first_name }}</p>\n",
+    )
+    cases = [
+        ({"vip": True, "gold": True}, "<p>VIP GOLD Hello Bea</p>"),
+        ({"vip": True, "gold": False}, "<p>VIP Hello Bea</p>"),
+        ({"vip": True, "gold": True}, "<p>VIP GOLD Hello Bea</p>"),
+        ({"vip": False, "gold": False}, "<p>Hello Bea</p>"),
+    ]
+    for n, (props, expected) in enumerate(cases, start=1):
+        composed, _ = compose_props(planner, "offer", person("Bea", n), props)
+        assert expected in composed.rendered.html, props

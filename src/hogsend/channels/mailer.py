@@ -56,6 +56,7 @@ from hogsend.channels.send_batches import Item as OutcomeItem
 from hogsend.core import tokens
 from hogsend.core.contact import Contact
 from hogsend.core.identity import IdentityKey, normalize_email
+from hogsend.core.ids import new_uuid4
 from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import (
     TRANSACTIONAL_CATEGORY,
@@ -586,7 +587,7 @@ class Mailer:
                 # between queueing and recording the outcome. Take over, same key.
                 await sends.abandon(session, holder.id)
             result = _with_resend_note(request, decide(facts))
-            send_id = uuid.uuid4()
+            send_id = new_uuid4()
             gated = not result.goes_out
             row = decision_row(self, request, who, send_id, category, test_to)
             row.update(
@@ -1210,17 +1211,18 @@ class Mailer:
         """The ``email.sent`` event of a message that went out, when a contact got it."""
         if who.contact_id is None:
             return None  # an address nobody holds: no contact to hang the event on
+        sent = str(send_id)  # once: both the property and the key carry it
         return EventInput(
             name=EMAIL_SENT,
             contact_id=who.contact_id,
             properties={
-                "sendId": str(send_id),
+                "sendId": sent,
                 "templateKey": request.template,
                 "journeyId": request.journey_id,
                 "campaignId": str(request.campaign_id) if request.campaign_id else None,
                 "kind": request.kind,
             },
-            idempotency_key=f"{EMAIL_SENT}:{send_id}",
+            idempotency_key=f"{EMAIL_SENT}:{sent}",
             occurred_at=self._clock(),
             source=EVENT_SOURCE,
         )
@@ -1238,7 +1240,7 @@ class _HeldKey:
 def _event_row(event: EventInput, now: datetime) -> dict[str, Any]:
     """An ``email.sent`` event as ``sends.finish_and_log`` stores it."""
     return {
-        "id": uuid.uuid4(),
+        "id": new_uuid4(),
         "contact_id": event.contact_id,
         "name": event.name,
         "properties": dict(event.properties),

@@ -53,6 +53,7 @@ from hogsend.channels.email.message import (
     send_when,
 )
 from hogsend.core.identity import normalize_email
+from hogsend.core.ids import new_uuid4
 from hogsend.core.ingest import EventInput
 from hogsend.core.mailer_gates import GateResult, decide
 from hogsend.core.send_windows import recipient_timezone
@@ -469,7 +470,7 @@ async def _decide(
             now=now,
         )
         result = _with_resend_note(request, decide(facts))
-        send_id = uuid.uuid4()
+        send_id = new_uuid4()
         row = decision_row(mailer, request, who, send_id, category, test_to)
         if not result.goes_out:
             rows.append(

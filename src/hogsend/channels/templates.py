@@ -147,6 +147,12 @@ class TemplateRegistry:
             self._finished.clear()
 
     def _scanned(self) -> _Scan:
+        # Read without the lock once scanned (a message asks several times): the
+        # reference is swapped whole, so this sees the old scan or the new one, as a
+        # caller ordered just before or after a concurrent refresh would.
+        scan = self._scan
+        if scan is not None:
+            return scan
         with self._lock:
             if self._scan is None:
                 self._scan = self._read_directory()
