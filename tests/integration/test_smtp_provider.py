@@ -474,27 +474,23 @@ async def test_a_gated_message_is_accepted_only_once_its_gate_opens(plain: Serve
     assert len(plain.sink.messages) == 2
 
 
-async def test_a_gate_already_open_lets_the_message_end_in_the_same_write(
+async def test_the_message_and_its_ending_line_go_out_in_one_write_after_the_gate(
     plain: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # MAIL, RCPT, DATA, then the message with its ending line: four writes, as an
-    # ungated send. A gate still closed when the message is written costs a fifth.
-    # With PIPELINING offered, MAIL, RCPT and DATA share one write: two and three.
+    # MAIL, RCPT and DATA in three writes (one with PIPELINING offered), then the
+    # message with its ending line in one, whether the gate was open already or
+    # opens while the envelope's replies are in: nothing of the message before it.
     envelope_writes = 1 if plain.sink.pipelining else 3
     writes: list[bytes] = []
     loop = asyncio.get_running_loop()
-    later: asyncio.Future[bool] = loop.create_future()
 
     def counting(write: Any) -> Any:
         def counted(self: Any, data: bytes) -> None:
             writes.append(data)
             write(self, data)
-            if later_sent and len(writes) == envelope_writes + 1:
-                later.set_result(True)  # opened once the message is out, before its end
 
         return counted
 
-    later_sent = False
     provider = SmtpProvider(host="127.0.0.1", port=plain.port, tls="none", pool_size=1)
     await provider.send(message(idempotency_key="connect"))
     for cls in (aiosmtplib.protocol.SMTPProtocol, smtp_module._Pipeline):
@@ -506,12 +502,21 @@ async def test_a_gate_already_open_lets_the_message_end_in_the_same_write(
     if plain.sink.pipelining:
         assert writes[0].startswith(b"MAIL FROM:<hello@acme.test>")
         assert writes[0].endswith(b"\r\nRCPT TO:<ada@example.com>\r\nDATA\r\n")
+    assert writes[-1].startswith(b"From: Acme <hello@acme.test>\r\n")
     assert writes[-1].endswith(b"\r\n.\r\n")
     writes.clear()
-    later_sent = True
-    await provider.send_gated(message(idempotency_key="later"), later)
-    assert len(writes) == envelope_writes + 2
-    assert writes[-1] == b".\r\n"
+    later: asyncio.Future[bool] = loop.create_future()
+    sending = asyncio.ensure_future(provider.send_gated(message(idempotency_key="later"), later))
+    # The envelope's replies come in well within this; the message waits for the gate.
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        assert len(writes) <= envelope_writes
+    assert len(writes) == envelope_writes
+    later.set_result(True)
+    await sending
+    assert len(writes) == envelope_writes + 1
+    assert writes[-1].startswith(b"From: Acme <hello@acme.test>\r\n")
+    assert writes[-1].endswith(b"\r\n.\r\n")
     await provider.aclose()
     assert len(plain.sink.messages) == 3
 
@@ -611,6 +616,8 @@ class Scripted:
     port: int = 0
     # Hang up after accepting a message (a server dropping an idle connection).
     hang_up_after_message: bool = False
+    # Seconds before the reply to each message's ending line.
+    acceptance_delay: float = 0.0
     accepted: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -621,6 +628,7 @@ class Scripted:
             if in_data:
                 if line == b".\r\n":
                     in_data = False
+                    await asyncio.sleep(self.acceptance_delay)
                     self.accepted += 1
                     writer.write(b"250 accepted\r\n")
                     if self.hang_up_after_message:
@@ -758,3 +766,38 @@ async def test_a_pipelining_connection_the_server_dropped_is_replaced_once() -> 
         await provider.aclose()
         assert server.accepted == 3
         assert provider.connections_opened == 3
+
+
+async def test_each_reply_has_its_own_timeout_and_the_gate_is_not_timed() -> None:
+    # One timer per connection, moved lazily: it must neither cut a reply short because
+    # an earlier reply set it, nor count the wait for the gate, nor let a silent
+    # server hold a send forever.
+    async with scripted({}) as server:
+        provider = SmtpProvider(
+            host="127.0.0.1", port=server.port, tls="none", pool_size=1, timeout=1.0
+        )
+        loop = asyncio.get_running_loop()
+
+        async def gated(key: str, opens_after: float, reply_after: float) -> ProviderResult:
+            server.acceptance_delay = reply_after
+            gate: asyncio.Future[bool] = loop.create_future()
+            loop.call_later(opens_after, gate.set_result, True)
+            return await provider.send_gated(message(idempotency_key=key), gate)
+
+        await provider.send(message(idempotency_key="connect"))
+        # The envelope's reply sets the timer for 1.0 s; the message's reply, asked for
+        # at 0.6 s, comes at 1.4 s: within its own second.
+        await gated("rearmed", opens_after=0.6, reply_after=0.8)
+        # A gate slower than the timeout, then a reply within it.
+        await gated("slow-gate", opens_after=1.2, reply_after=0.5)
+        assert server.accepted == 3
+        assert provider.connections_opened == 1
+        started = loop.time()
+        with pytest.raises(TransientProviderError, match="Timed out"):
+            await gated("silent", opens_after=0.0, reply_after=5.0)
+        assert loop.time() - started < 4.0
+        server.acceptance_delay = 0.0
+        await provider.send(message(idempotency_key="after"))
+        await provider.aclose()
+        # The connection that timed out is not reused.
+        assert provider.connections_opened == 2
