@@ -603,7 +603,8 @@ class _Pipeline(asyncio.Protocol):
     connection fails with ``SMTPReadTimeoutError`` and closes. One timer per connection
     enforces that lazily: a read only moves the deadline, and the timer, when it fires,
     times the read out if the deadline has passed and is set again for the deadline if
-    not (a timer per reply, set and cancelled, cost as much CPU as the rest of a reply).
+    not (an ``asyncio.timeout`` per transaction, rescheduled per reply, was about 3% of
+    the campaign worker's main thread).
     """
 
     def __init__(
