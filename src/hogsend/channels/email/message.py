@@ -111,8 +111,8 @@ async def send_when(
     """Send ``message``, letting the provider accept it only once ``gate`` gives True.
 
     A provider with a ``send_gated(message, gate)`` method does what it can before
-    awaiting ``gate`` (SMTP: the envelope, up to the server's go-ahead for the
-    message); any other is called after. ``gate`` must be awaitable more than once (a future
+    awaiting ``gate`` (SMTP: the envelope and the message, all but the line that ends
+    it); any other is called after. ``gate`` must be awaitable more than once (a future
     or task). The batch path's lanes gate each message on the commit of the lane's
     previous outcome, so the provider's round trips overlap that commit while a lane
     still never has more than one accepted message unrecorded.

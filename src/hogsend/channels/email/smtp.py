@@ -367,9 +367,9 @@ class SmtpProvider:
     async def send_gated(self, message: OutgoingEmail, gate: Awaitable[bool]) -> ProviderResult:
         """:meth:`send`, the server accepting the message only once ``gate`` gives True.
 
-        ``MAIL``, ``RCPT`` and ``DATA`` go out at once; the message and the line ending
-        it (after which the server has accepted it) wait for ``gate``. When it gives
-        False the connection is closed with the transaction unfinished, which the
+        ``MAIL``, ``RCPT``, ``DATA`` and the message go out at once; the line ending the
+        message (after which the server has accepted it) waits for ``gate``. When it
+        gives False the connection is closed with the message unfinished, which the
         server discards, and :class:`~hogsend.channels.email.message.GateClosed` is
         raised. See :func:`~hogsend.channels.email.message.send_when`.
         """
@@ -431,8 +431,8 @@ async def _transmit(
 
     Written for this connection: 8bit parts where the server offers ``8BITMIME``
     (:func:`message_bytes`), through the ``email`` package where an address is not
-    ASCII. With a ``gate``, the direct transaction waits for it before the message;
-    the other ways wait for it before they start.
+    ASCII. With a ``gate``, the direct transaction waits for it before the message's
+    last line; the other ways wait for it before they start.
     """
     eight_bit = client.supports_extension("8bitmime")
     data = message_bytes(message, message_id=message_id, eight_bit=eight_bit)
@@ -483,14 +483,12 @@ async def _mail_transaction(
     lock (the pool lends a connection to one send at a time) and injection scan (the
     arguments are checked above).
 
-    The message and its ending line go out in one write, after ``gate`` has given True:
-    the server accepts a message at its ending line, so nothing is delivered before
-    the gate opens, and the message waiting with its ending line saves a write (a
-    system call and a wakeup of the server) per message. A reply that times out, a
-    lost connection and 421 close the connection, as ``execute_command`` does; so does
-    a 354 to a pipelined DATA whose MAIL or RCPT was refused (the server would take
-    what follows as the message), and a gate that does not open (the server discards
-    the unfinished transaction).
+    With a ``gate``, only the line ending the message waits for it; when the gate has
+    already opened as the message is written, the message and its ending line go out
+    in one write. A reply that times out, a lost connection and 421 close the
+    connection, as ``execute_command`` does; so does a 354 to a pipelined DATA whose
+    MAIL or RCPT was refused (the server would take what follows as the message), and
+    a gate that does not open (the server discards the unfinished message).
     """
     pipeline = _Pipeline.on(client)
     options = b" SIZE=%d" % len(data) if client.supports_extension("size") else b""
@@ -511,7 +509,13 @@ async def _mail_transaction(
         # data() does; most messages have none, so look first.
         if data.startswith(b".") or b"\n." in data:
             data = _LEADING_DOT.sub(b"..", data)
-        if gate is not None and not _opened(gate):
+        if gate is None or _opened(gate):
+            response = await pipeline.exchange(data + b".\r\n")
+        else:
+            # The server accepts a message at its ending line: until then nothing is
+            # delivered, so the message travels (and the server reads it) while the
+            # gate is awaited. Closed unfinished when the gate says no.
+            pipeline.write(data)
             try:
                 go = await gate
             except BaseException:
@@ -520,7 +524,7 @@ async def _mail_transaction(
             if not go:
                 client.close()
                 raise GateClosed()
-        response = await pipeline.exchange(data + b".\r\n")
+            response = await pipeline.exchange(b".\r\n")
         if response.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
