@@ -611,6 +611,8 @@ class Scripted:
     port: int = 0
     # Hang up after accepting a message (a server dropping an idle connection).
     hang_up_after_message: bool = False
+    # Seconds before the reply to each message's ending line.
+    acceptance_delay: float = 0.0
     accepted: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -621,6 +623,7 @@ class Scripted:
             if in_data:
                 if line == b".\r\n":
                     in_data = False
+                    await asyncio.sleep(self.acceptance_delay)
                     self.accepted += 1
                     writer.write(b"250 accepted\r\n")
                     if self.hang_up_after_message:
@@ -758,3 +761,38 @@ async def test_a_pipelining_connection_the_server_dropped_is_replaced_once() -> 
         await provider.aclose()
         assert server.accepted == 3
         assert provider.connections_opened == 3
+
+
+async def test_each_reply_has_its_own_timeout_and_the_gate_is_not_timed() -> None:
+    # One timer per connection, moved lazily: it must neither cut a reply short because
+    # an earlier reply set it, nor count the wait for the gate, nor let a silent
+    # server hold a send forever.
+    async with scripted({}) as server:
+        provider = SmtpProvider(
+            host="127.0.0.1", port=server.port, tls="none", pool_size=1, timeout=1.0
+        )
+        loop = asyncio.get_running_loop()
+
+        async def gated(key: str, opens_after: float, reply_after: float) -> ProviderResult:
+            server.acceptance_delay = reply_after
+            gate: asyncio.Future[bool] = loop.create_future()
+            loop.call_later(opens_after, gate.set_result, True)
+            return await provider.send_gated(message(idempotency_key=key), gate)
+
+        await provider.send(message(idempotency_key="connect"))
+        # The envelope's reply sets the timer for 1.0 s; the message's reply, asked for
+        # at 0.6 s, comes at 1.4 s: within its own second.
+        await gated("rearmed", opens_after=0.6, reply_after=0.8)
+        # A gate slower than the timeout, then a reply within it.
+        await gated("slow-gate", opens_after=1.2, reply_after=0.5)
+        assert server.accepted == 3
+        assert provider.connections_opened == 1
+        started = loop.time()
+        with pytest.raises(TransientProviderError, match="Timed out"):
+            await gated("silent", opens_after=0.0, reply_after=5.0)
+        assert loop.time() - started < 4.0
+        server.acceptance_delay = 0.0
+        await provider.send(message(idempotency_key="after"))
+        await provider.aclose()
+        # The connection that timed out is not reused.
+        assert provider.connections_opened == 2

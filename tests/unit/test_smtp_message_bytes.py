@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from hogsend.channels.email.message import OutgoingEmail
 from hogsend.channels.email.smtp import (
     _address_header,
+    _boundary,
     _header_line,
     _headers,
     build_mime,
     message_bytes,
 )
+from hogsend.core.ids import _BATCH
 
 LONG_URL = "https://mail.example.test/v1/email/one-click?token=" + "x" * 300
 
@@ -382,3 +384,15 @@ def test_the_same_bytes_as_the_text_based_writer(
         found = re.search(rb'boundary="([^"]+)"', data)
         boundary = found.group(1).decode() if found else ""
         assert data == _reference_bytes(message, boundary, eight_bit)
+
+
+def test_boundaries_are_random_and_never_repeat_across_batches() -> None:
+    # More than one batch of random bytes: the refill must not start over.
+    boundaries = [_boundary() for _ in range(3 * _BATCH + 5)]
+    assert len(set(boundaries)) == len(boundaries)
+    assert all(re.fullmatch(r"=_[0-9a-f]{32}", b) for b in boundaries)
+    written = [message_bytes(sample()) or b"" for _ in range(2)]
+    found = [re.search(rb'boundary="(=_[0-9a-f]{32})"', data) for data in written]
+    assert found[0] is not None
+    assert found[1] is not None
+    assert found[0].group(1) != found[1].group(1)
