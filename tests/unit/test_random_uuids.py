@@ -6,7 +6,7 @@ import copy
 import pickle
 import uuid
 
-from hogsend.db.repos.events import random_uuids
+from hogsend.core.ids import random_uuids
 
 
 def test_every_id_is_a_distinct_rfc_4122_version_4_uuid() -> None:

@@ -1,4 +1,5 @@
-"""Random (version 4) UUIDs for rows made per message, drawn in bulk.
+"""Random (version 4) UUIDs drawn in bulk: several at once (:func:`random_uuids`, a
+batch of events) or one at a time from a drawn batch (:func:`new_uuid4`, per message).
 
 ``uuid.uuid4()`` reads 16 bytes from ``os.urandom`` (a system call) and builds the
 UUID through ``UUID.__init__`` (its argument checks and two guarded attribute
@@ -19,25 +20,39 @@ import uuid
 from collections.abc import Iterator
 
 _BATCH = 256
-"""Ids per ``os.urandom`` call."""
-# Clear the four version bits and the two variant bits, then set version 4, RFC 4122
-# variant: what UUID(bytes=..., version=4) does to its integer.
-_KEEP = ~((0xF000 << 64) | (0xC000 << 48))
-_VERSION_4 = (4 << 76) | (0x8000 << 48)
-# UUID is slotted and refuses attribute writes; its slots' own descriptors do not.
+"""Ids :func:`new_uuid4` draws per ``os.urandom`` call."""
+
+
+def random_uuids(n: int) -> list[uuid.UUID]:
+    """``n`` random (version 4) UUIDs, like :func:`uuid.uuid4`, from one ``os.urandom``.
+
+    For a caller that needs several at once (a batch of events); :func:`new_uuid4`
+    hands them out one at a time.
+    """
+    data = os.urandom(16 * n)
+    # The version and variant bits set on the integer, as ``UUID(version=4)`` does: the
+    # ``bytes=`` constructor's own conversion and checks cost twice as much per id. The
+    # two slots filled as ``UUID(int=...)`` fills them, without its argument checks.
+    # The slots are written through their descriptors (UUID refuses attribute writes).
+    ids = []
+    new, cls, from_bytes = _new_uuid, uuid.UUID, int.from_bytes
+    set_int, set_safe, unknown = _set_int, _set_is_safe, _UNKNOWN_SAFETY
+    for i in range(0, 16 * n, 16):
+        value = new(cls)
+        set_int(value, from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
+        set_safe(value, unknown)
+        ids.append(value)
+    return ids
+
+
+_new_uuid = object.__new__
 _set_int = uuid.UUID.__dict__["int"].__set__
 _set_is_safe = uuid.UUID.__dict__["is_safe"].__set__
-
-
-def _batch() -> Iterator[uuid.UUID]:
-    raw = os.urandom(16 * _BATCH)
-    made: list[uuid.UUID] = []
-    for start in range(0, 16 * _BATCH, 16):
-        made_id = object.__new__(uuid.UUID)
-        _set_int(made_id, int.from_bytes(raw[start : start + 16], "big") & _KEEP | _VERSION_4)
-        _set_is_safe(made_id, uuid.SafeUUID.unknown)
-        made.append(made_id)
-    return iter(made)
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
+# Clear the four version bits and the two variant bits, then set version 4, RFC 4122
+# variant: what UUID(bytes=..., version=4) does to its integer.
+_V4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
+_V4_SET = (4 << 76) | (0x8000 << 48)
 
 
 _pending: Iterator[uuid.UUID] = iter(())
@@ -50,7 +65,7 @@ def new_uuid4() -> uuid.UUID:
     # same id; two that both find it empty each take a batch of their own.
     made = next(_pending, None)
     if made is None:
-        _pending = _batch()
+        _pending = iter(random_uuids(_BATCH))
         made = next(_pending)
     return made
 

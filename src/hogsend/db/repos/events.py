@@ -24,7 +24,6 @@ is deleted again.
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -47,6 +46,7 @@ from hogsend.core.identity import (
     merge_properties,
     plan_resolution,
 )
+from hogsend.core.ids import random_uuids
 from hogsend.core.ingest import EventInput, IngestResult
 from hogsend.core.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, page_of
 from hogsend.db import prepared
@@ -93,39 +93,6 @@ def is_transient_error(exc: BaseException) -> bool:
                 return True
         current = current.__cause__
     return False
-
-
-def random_uuids(n: int) -> list[uuid.UUID]:
-    """``n`` random (version 4) UUIDs, like :func:`uuid.uuid4`, from one ``os.urandom``.
-
-    ``uuid4()`` reads the kernel's random source once per id; for a batch of events that
-    system call was the largest single cost of the request (py-spy).
-    """
-    data = os.urandom(16 * n)
-    # The version and variant bits set on the integer, as ``UUID(version=4)`` does: the
-    # ``bytes=`` constructor's own conversion and checks cost twice as much per id. The
-    # two slots filled as ``UUID(int=...)`` fills them, without its argument checks.
-    # The slots are written through their descriptors (object.__setattr__ looks the
-    # name up first).
-    ids = []
-    new, cls, from_bytes = _new_uuid, uuid.UUID, int.from_bytes
-    set_int, set_safe, unknown = _set_int, _set_is_safe, _UNKNOWN_SAFETY
-    for i in range(0, 16 * n, 16):
-        value = new(cls)
-        set_int(value, from_bytes(data[i : i + 16]) & _V4_CLEAR | _V4_SET)
-        set_safe(value, unknown)
-        ids.append(value)
-    return ids
-
-
-_new_uuid = object.__new__
-_set_int = uuid.UUID.__dict__["int"].__set__
-_set_is_safe = uuid.UUID.__dict__["is_safe"].__set__
-_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
-
-
-_V4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)
-_V4_SET = (4 << 76) | (0x8000 << 48)
 
 
 def idempotency_lock_name(key: str) -> str:
