@@ -29,8 +29,9 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + normalize_url(url)[len("postgresql+psycopg://") :]
 
 
-PING_AFTER_IDLE_SECONDS = 2.0
-"""A pooled connection idle at least this long is pinged before it is handed out."""
+REFRESH_AFTER_SECONDS = 2.0
+"""A pooled connection last refreshed at least this long ago is refreshed as it is handed
+out: its cached query plans dropped (``DISCARD PLANS``), which also checks it is alive."""
 
 
 def make_async_engine(url: str, *, pool_size: int = 10, keep_overflow: bool = False) -> AsyncEngine:
@@ -42,9 +43,9 @@ def make_async_engine(url: str, *, pool_size: int = 10, keep_overflow: bool = Fa
     about as many connections as the pool holds, so overflow connections were opened
     and closed two to four times a second (each a connect in the API, a new Postgres
     backend, and its statements prepared again: 2% of the API's samples under the
-    Segment load were in connecting). Connections are pinged on checkout only when they
-    sat in the pool for :data:`PING_AFTER_IDLE_SECONDS` or more (see
-    :func:`ping_when_idle`).
+    Segment load were in connecting). A connection is refreshed on checkout once
+    :data:`REFRESH_AFTER_SECONDS` passed since its last refresh (see
+    :func:`refresh_on_checkout`).
     """
     engine = create_async_engine(
         normalize_url(url),
@@ -52,40 +53,62 @@ def make_async_engine(url: str, *, pool_size: int = 10, keep_overflow: bool = Fa
         max_overflow=0 if keep_overflow else pool_size,
         pool_recycle=1800,
     )
-    ping_when_idle(engine.sync_engine)
+    refresh_on_checkout(engine.sync_engine)
     return engine
 
 
-def ping_when_idle(engine: Engine, *, after_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
-    """Ping a pooled connection on checkout when it was idle ``after_seconds`` or more.
+def refresh_on_checkout(engine: Engine, *, after_seconds: float = REFRESH_AFTER_SECONDS) -> None:
+    """Refresh a pooled connection on checkout once ``after_seconds`` passed since its
+    last refresh (or its opening): ``DISCARD PLANS``, one round trip.
 
-    What SQLAlchemy's ``pool_pre_ping`` does, but not for a connection returned a moment
-    ago: under load every checkout found one, and its ping was a round trip of its own
-    (three per journey run, bench/journeys.py). A connection dropped while idle (a
-    restarted server, a proxy's idle timeout) has sat in the pool; one that fails
+    Why the plans: psycopg prepares a statement run a few times on a connection (and
+    ``hogsend.db.prepared`` at once), and after five runs Postgres keeps one generic plan
+    for it, costed on the table sizes of that moment, until an ``ANALYZE`` of a table it
+    reads (autovacuum's, a minute or more later). A plan made while a table was nearly
+    empty scans the whole table, and keeps doing so as the table grows: on a fresh
+    database, 15,000 batch sends through one pool tripled Postgres's statement time per
+    send (docs/database.md, "Cached plans of a growing table"). Dropped every few
+    seconds, each plan is made again for the tables as they are.
+
+    Why it is also the ping: a connection dropped while idle (a restarted server, a
+    proxy's idle timeout) has sat in the pool at least this long since its last
+    refresh, so the refresh finds it dead and the pool opens another (what SQLAlchemy's
+    ``pool_pre_ping`` does, without a round trip on every checkout: under load every
+    checkout found one, three per journey run, bench/journeys.py). One that fails
     anyway fails its statement, which invalidates the pool (SQLAlchemy's disconnect
     handling) like any error of a connection lost mid-use.
     """
     from sqlalchemy import event
     from sqlalchemy.exc import DisconnectionError
 
-    dialect = engine.dialect
-
-    @event.listens_for(engine, "checkin")
-    def _returned(dbapi_connection: Any, record: Any) -> None:
-        record.info["hogsend_returned_at"] = time.monotonic()
-
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        returned = record.info.get("hogsend_returned_at")
-        # A connection never returned was just opened: nothing to check.
-        if returned is None or time.monotonic() - returned < after_seconds:
+    def _refresh(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        now = time.monotonic()
+        last = record.info.get("hogsend_refreshed_at")
+        # A connection never refreshed was just opened: no plans yet, and alive.
+        if last is not None and now - last < after_seconds:
             return
-        try:
-            dialect.do_ping(dbapi_connection)
-        except Exception as exc:
-            # The pool drops this connection and checks out another.
-            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+        if last is not None:
+            try:
+                _discard_plans(dbapi_connection)
+            except Exception as exc:
+                # The pool drops this connection and checks out another.
+                raise DisconnectionError(f"pooled connection failed its refresh: {exc}") from exc
+        record.info["hogsend_refreshed_at"] = now
+
+
+def _discard_plans(dbapi_connection: Any) -> None:
+    # In autocommit, as SQLAlchemy's psycopg ping: no transaction left open on checkout.
+    before = dbapi_connection.autocommit
+    if not before:
+        dbapi_connection.autocommit = True
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("DISCARD PLANS")
+    finally:
+        cursor.close()
+        if not before and not dbapi_connection.closed:
+            dbapi_connection.autocommit = before
 
 
 def make_sync_engine(url: str) -> Engine:
