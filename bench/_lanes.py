@@ -27,17 +27,14 @@ from __future__ import annotations
 import itertools
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from bench import send as bench_send
+from bench._database import migrated_database
 from hogsend.channels.email import smtp
-from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.runtime import event_loop
 
 SENDS = 3000
@@ -116,19 +113,12 @@ def run(sends: int = SENDS) -> dict[str, Any]:
     stamps: dict[int, list[Stamp]] = defaultdict(list)
     writes: list[tuple[float, int]] = []
     _instrument(stamps, writes)
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-            url = server.create_database("bench_lanes")
-            migrate.upgrade(url)
-            ids = bench_send._contacts(url, WARMUP + sends)
-            with bench_send._sink() as (port, _, _):
-                result = event_loop.run(
-                    bench_send._mailer(port, url, ids, sends, WARMUP, True, bench_send._SINK_PID[0])
-                )
-        finally:
-            server.stop()
+    with migrated_database("bench_lanes") as (_, url):
+        ids = bench_send._contacts(url, WARMUP + sends)
+        with bench_send._sink() as (port, _, _):
+            result = event_loop.run(
+                bench_send._mailer(port, url, ids, sends, WARMUP, True, bench_send._SINK_PID[0])
+            )
     steps = _steps(stamps)
     print(
         f"\nsend_batch: {sends:,} sends after {WARMUP} warm-up, "

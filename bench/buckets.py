@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from sqlalchemy import text
 
+from bench._database import migrated_database
 from bench._server_cpu import postgres_cpu_reader
 from hogsend import Hogsend, define_bucket, where
 from hogsend.core.definitions import BucketDefinition
@@ -250,21 +251,14 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for n in sizes:
         load_before = _load()
-        with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-            server = EmbeddedPostgres(Path(tmp), database="postgres")
-            server.start()
-            try:
-                url = server.create_database("bench_buckets")
-                migrate.upgrade(url)
-                print(f"  {n:,} contacts: generating ...", flush=True)
-                events, gen_s = _generate(url, n)
-                print(
-                    f"  {n:,} contacts, {events:,} events in {gen_s:.1f} s; measuring ...",
-                    flush=True,
-                )
-                measured = asyncio.run(_measure(url, n, postgres_cpu_reader(server)))
-            finally:
-                server.stop()
+        with migrated_database("bench_buckets") as (server, url):
+            print(f"  {n:,} contacts: generating ...", flush=True)
+            events, gen_s = _generate(url, n)
+            print(
+                f"  {n:,} contacts, {events:,} events in {gen_s:.1f} s; measuring ...",
+                flush=True,
+            )
+            measured = asyncio.run(_measure(url, n, postgres_cpu_reader(server)))
         measured["contacts"] = n
         measured["events"] = events
         measured["generate_s"] = round(gen_s, 1)

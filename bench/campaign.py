@@ -45,7 +45,6 @@ import multiprocessing as mp
 import queue
 import resource
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -55,6 +54,7 @@ from typing import Any
 import psutil
 import psycopg
 
+from bench._database import migrated_database
 from bench._server_cpu import postgres_cpu_reader_at
 from bench.send import (
     CONCURRENCY,
@@ -66,8 +66,6 @@ from bench.send import (
     raw_ceiling,
 )
 from hogsend.cli.serving import tune_garbage_collector
-from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
 from hogsend.runtime import event_loop
 
@@ -538,45 +536,38 @@ def run(
     batch: int = BATCH,
 ) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-            url = server.create_database("bench_campaign")
-            migrate.upgrade(url)
-            started = time.perf_counter()
-            _contacts(url, recipients)
-            copy_s = time.perf_counter() - started
-            with _sink() as (port, counter, _):
-                ceilings = provider == "smtp" and not campaign_only
-                raw = _run_scenario("raw", port, url, []) if ceilings else None
-                pipelined = _run_scenario("raw_pipelined", port, url, []) if ceilings else None
-                before = counter.value
-                campaign = _run_campaign(
-                    port,
-                    url,
-                    recipients,
-                    provider,
-                    dispatcher,
-                    stop_after,
-                    profile,
-                    batch,
-                    server.pgdata,
-                )
-                arrived = counter.value - before
-                mailer = raw_after = None
-                if ceilings:
-                    # The mailer's own ceiling (Mailer.send_batch alone, bench/send.py's
-                    # mailer_batch) to contacts outside the campaign: campaign / mailer is
-                    # what the campaign loop adds on top of the mailer.
-                    # A partial run compares with as many sends as it made (a slow box).
-                    sends = min(SENDS, stop_after or SENDS)
-                    warmup = min(WARMUP, sends // 10)
-                    ids = _extra_contacts(url, sends + warmup)
-                    mailer = _run_scenario("mailer_batch", port, url, ids, sends, warmup)
-                    raw_after = _run_scenario("raw", port, url, [])
-        finally:
-            server.stop()
+    with migrated_database("bench_campaign") as (server, url):
+        started = time.perf_counter()
+        _contacts(url, recipients)
+        copy_s = time.perf_counter() - started
+        with _sink() as (port, counter, _):
+            ceilings = provider == "smtp" and not campaign_only
+            raw = _run_scenario("raw", port, url, []) if ceilings else None
+            pipelined = _run_scenario("raw_pipelined", port, url, []) if ceilings else None
+            before = counter.value
+            campaign = _run_campaign(
+                port,
+                url,
+                recipients,
+                provider,
+                dispatcher,
+                stop_after,
+                profile,
+                batch,
+                server.pgdata,
+            )
+            arrived = counter.value - before
+            mailer = raw_after = None
+            if ceilings:
+                # The mailer's own ceiling (Mailer.send_batch alone, bench/send.py's
+                # mailer_batch) to contacts outside the campaign: campaign / mailer is
+                # what the campaign loop adds on top of the mailer.
+                # A partial run compares with as many sends as it made (a slow box).
+                sends = min(SENDS, stop_after or SENDS)
+                warmup = min(WARMUP, sends // 10)
+                ids = _extra_contacts(url, sends + warmup)
+                mailer = _run_scenario("mailer_batch", port, url, ids, sends, warmup)
+                raw_after = _run_scenario("raw", port, url, [])
     # A partial run's worker stops mid-batch: messages of that batch may have arrived.
     short = arrived < campaign["sent"] if campaign["partial"] else arrived != recipients
     if provider == "smtp" and short:

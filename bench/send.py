@@ -42,25 +42,22 @@ import multiprocessing as mp
 import os
 import resource
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as MpEvent
-from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 from sqlalchemy import event
 
+from bench._database import migrated_database
 from bench._server_cpu import postgres_cpu_reader
 from bench.auth import _percentile
 from hogsend.cli.serving import tune_garbage_collector
-from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
 from hogsend.runtime import event_loop
 
@@ -480,36 +477,27 @@ def _contacts(url: str, count: int) -> list[uuid.UUID]:
 def run(sends: int = SENDS, warmup: int = WARMUP) -> dict[str, Any]:
     """Measure both scenarios into one sink; print the table; return the numbers."""
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-            url = server.create_database("bench_send")
-            migrate.upgrade(url)
-            ids = _contacts(url, warmup + sends)
-            postgres_cpu = postgres_cpu_reader(server)
-            with _sink() as (port, counter, size):
-                results: dict[str, dict[str, Any]] = {}
-                for name in SCENARIOS:
-                    before, bytes_before = counter.value, size.value
-                    print(f"  {name} ...", flush=True)
-                    pg_before = postgres_cpu()
-                    results[name] = _run_scenario(name, port, url, ids, sends, warmup)
-                    # Postgres's CPU over the scenario's warm-up and timed sends alike
-                    # (its server outlives the scenario process): the database's cost.
-                    results[name]["postgres_cpu_ms_per_send"] = round(
-                        (postgres_cpu() - pg_before) / (warmup + sends) * 1000, 3
-                    )
-                    received = counter.value - before
-                    if received != warmup + sends:
-                        raise RuntimeError(f"{name}: the sink got {received} messages")
-                    results[name]["sink_received"] = received
-                    # Same template, same headers: the two sides must carry alike messages.
-                    results[name]["mean_message_bytes"] = round(
-                        (size.value - bytes_before) / received
-                    )
-        finally:
-            server.stop()
+    with migrated_database("bench_send") as (server, url):
+        ids = _contacts(url, warmup + sends)
+        postgres_cpu = postgres_cpu_reader(server)
+        with _sink() as (port, counter, size):
+            results: dict[str, dict[str, Any]] = {}
+            for name in SCENARIOS:
+                before, bytes_before = counter.value, size.value
+                print(f"  {name} ...", flush=True)
+                pg_before = postgres_cpu()
+                results[name] = _run_scenario(name, port, url, ids, sends, warmup)
+                # Postgres's CPU over the scenario's warm-up and timed sends alike
+                # (its server outlives the scenario process): the database's cost.
+                results[name]["postgres_cpu_ms_per_send"] = round(
+                    (postgres_cpu() - pg_before) / (warmup + sends) * 1000, 3
+                )
+                received = counter.value - before
+                if received != warmup + sends:
+                    raise RuntimeError(f"{name}: the sink got {received} messages")
+                results[name]["sink_received"] = received
+                # Same template, same headers: the two sides must carry alike messages.
+                results[name]["mean_message_bytes"] = round((size.value - bytes_before) / received)
 
     ceiling = raw_ceiling(results["raw"], results["raw_after"])
     ratio = results["mailer"]["sends_per_s"] / ceiling

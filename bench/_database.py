@@ -1,0 +1,27 @@
+"""The database every benchmark starts from: its own embedded Postgres, migrated."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hogsend.db import migrate
+from hogsend.db.embedded import EmbeddedPostgres
+
+
+@contextmanager
+def migrated_database(name: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """(server, url) of database ``name`` at the migration head, on an embedded Postgres
+    of its own in a temporary directory (durable commits, as in production); the server
+    is stopped and its files removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), database="postgres")
+        server.start()
+        try:
+            url = server.create_database(name)
+            migrate.upgrade(url)
+            yield server, url
+        finally:
+            server.stop()
