@@ -367,6 +367,7 @@ async def test_campaign_funnel_and_list(env: Env) -> None:
         ("/v1/admin/metrics/campaigns/not-a-uuid/funnel", {}, "path.id"),
         ("/v1/admin/event-search", {"property": "no-equals-sign"}, "query.property"),
         ("/v1/admin/event-search", {"property": 'k="\\u0000"'}, "query.property"),
+        ("/v1/admin/event-search", {"property": "k=a\x00b"}, "query.property"),
         ("/v1/admin/event-search", {"limit": "0"}, "query.limit"),
     ],
 )
