@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -182,3 +183,28 @@ async def test_openapi_documents_the_problem_format(client: httpx.AsyncClient) -
     health = document["paths"]["/v1/health"]["get"]
     assert "security" not in health
     assert "401" not in health["responses"]
+
+
+def _patterns(node: object) -> list[str]:
+    """Every ``pattern`` of a string schema anywhere in an OpenAPI document."""
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
+
+
+async def test_no_documented_pattern_lets_a_nul_character_through(
+    client: httpx.AsyncClient,
+) -> None:
+    # Postgres text holds no NUL, so the API refuses it everywhere; a field's own pattern
+    # replaces the NUL-free one of its type and must refuse it too, or the schema allows
+    # what the API answers with 422 (event search's `property` did).
+    document = (await client.get("/openapi.json")).json()
+    patterns = _patterns(document)
+    assert patterns
+    probes = ["\x00", "a\x00", "\x00a", "k=\x00", "k=a\x00b", "a b\x00"]
+    for pattern in patterns:
+        matched = [probe for probe in probes if re.fullmatch(pattern, probe)]
+        assert not matched, (pattern, matched)
