@@ -12,16 +12,28 @@ from hogsend.db.embedded import EmbeddedPostgres
 
 
 @contextmanager
-def migrated_database(name: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
-    """(server, url) of database ``name`` at the migration head, on an embedded Postgres
-    of its own in a temporary directory (durable commits, as in production); the server
-    is stopped and its files removed on exit."""
+def embedded_server() -> Iterator[EmbeddedPostgres]:
+    """An embedded Postgres of its own in a temporary directory (durable commits, as in
+    production); stopped and its files removed on exit."""
     with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
         server = EmbeddedPostgres(Path(tmp), database="postgres")
         server.start()
         try:
-            url = server.create_database(name)
-            migrate.upgrade(url)
-            yield server, url
+            yield server
         finally:
             server.stop()
+
+
+def migrated(server: EmbeddedPostgres, name: str) -> str:
+    """The URL of a new database ``name`` on ``server``, at the migration head."""
+    url = server.create_database(name)
+    migrate.upgrade(url)
+    return url
+
+
+@contextmanager
+def migrated_database(name: str) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """(server, url) of database ``name`` at the migration head, on an
+    :func:`embedded_server` of its own."""
+    with embedded_server() as server:
+        yield server, migrated(server, name)

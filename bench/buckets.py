@@ -34,23 +34,20 @@ import multiprocessing as mp
 import os
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from sqlalchemy import text
 
-from bench._database import migrated_database
+from bench._database import embedded_server, migrated, migrated_database
 from bench._server_cpu import postgres_cpu_reader
 from hogsend import Hogsend, define_bucket, where
 from hogsend.core.definitions import BucketDefinition
-from hogsend.db import migrate
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url, make_async_engine
 from hogsend.runtime.reconcile import BucketSweeper
@@ -330,18 +327,13 @@ def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
 def _server(*, commit_timestamps: bool = False) -> Iterator[EmbeddedPostgres]:
     """A fresh embedded Postgres with durable commits; optionally recording commit times
     (``track_commit_timestamp``, which needs a restart to take effect)."""
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-            if commit_timestamps:
-                with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
-                    conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
-                server.stop()
-                server.start()
-            yield server
-        finally:
+    with embedded_server() as server:
+        if commit_timestamps:
+            with psycopg.connect(libpq_url(server.url), autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET track_commit_timestamp = on")
             server.stop()
+            server.start()
+        yield server
 
 
 def _latency_child(
@@ -584,8 +576,7 @@ def measure_latency(
     out: dict[str, Any] = {}
     for label, overrides in settings_variants.items():
         with _server(commit_timestamps=True) as server:
-            url = server.create_database("bench_latency")
-            migrate.upgrade(url)
+            url = migrated(server, "bench_latency")
             _generate(url, LATENCY_CONTACTS, now=datetime.now(UTC))
             asyncio.run(_backfill_all(url))
             print(

@@ -50,7 +50,7 @@ from typing import Any
 
 import psycopg
 
-from hogsend.db import migrate
+from bench._database import embedded_server, migrated
 from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
 from hogsend.db.repos.outbox import NotifyThrottle
@@ -84,24 +84,11 @@ SELECT id, contact_id, %(key)s, 'tick' FROM e
 # -- setup -----------------------------------------------------------------------------
 
 
-@contextmanager
-def _server() -> Iterator[EmbeddedPostgres]:
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
 _databases = iter(range(1_000_000))
 
 
 def _fresh(server: EmbeddedPostgres) -> str:
-    url = server.create_database(f"bench_dispatcher_{next(_databases)}")
-    migrate.upgrade(url)
-    return url
+    return migrated(server, f"bench_dispatcher_{next(_databases)}")
 
 
 def _load(url: str) -> float:
@@ -476,7 +463,7 @@ def run() -> dict[str, Any]:
     throughput: dict[str, dict[str, Any]] = {}
     lag: dict[str, dict[str, Any]] = {}
     copy_rates: list[float] = []
-    with _server() as server:
+    with embedded_server() as server:
         scenarios: list[tuple[str, Any]] = [
             ("raw x1", lambda url: _raw(url, 1)),
             ("raw x2", lambda url: _raw(url, 2)),

@@ -29,22 +29,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from sqlalchemy import event as sa_event
 
+from bench._database import embedded_server, migrated
 from bench._server_cpu import postgres_cpu_reader
 from hogsend import Hogsend
 from hogsend.core.contact_imports import ImportRow, prepare
-from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url, make_async_engine, make_sessionmaker
 from hogsend.db.repos import imports as repo
 from hogsend.runtime import imports as runtime
@@ -155,35 +152,27 @@ def run(rows: int = ROWS, sample: int = SAMPLE, *, reimport: int = REIMPORT_ROWS
         "file_bytes": len(body),
         "chunk_rows": runtime.CHUNK_ROWS,
     }
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
+    with embedded_server() as server:
         db_cpu = postgres_cpu_reader(server)
+        url = migrated(server, "bench_ceiling")
+        result["ceiling_copy"] = _ceiling(url, rows)
+        print(f"  COPY ceiling: {result['ceiling_copy']}", flush=True)
+        url = migrated(server, "bench_import")
+        result["import"] = asyncio.run(_import(url, body, db_cpu))
+        print(f"  import: {result['import']}", flush=True)
+        if reimport:
+            again = body if reimport >= rows else _csv(reimport)
+            result["reimport"] = asyncio.run(_import(url, again, db_cpu))
+            print(f"  re-import: {result['reimport']}", flush=True)
+        url = migrated(server, "bench_row_by_row")
+        small = _csv(sample)
+        bulk = runtime._import_bulk
+        runtime._import_bulk = _all_slow
         try:
-            url = server.create_database("bench_ceiling")
-            migrate.upgrade(url)
-            result["ceiling_copy"] = _ceiling(url, rows)
-            print(f"  COPY ceiling: {result['ceiling_copy']}", flush=True)
-            url = server.create_database("bench_import")
-            migrate.upgrade(url)
-            result["import"] = asyncio.run(_import(url, body, db_cpu))
-            print(f"  import: {result['import']}", flush=True)
-            if reimport:
-                again = body if reimport >= rows else _csv(reimport)
-                result["reimport"] = asyncio.run(_import(url, again, db_cpu))
-                print(f"  re-import: {result['reimport']}", flush=True)
-            url = server.create_database("bench_row_by_row")
-            migrate.upgrade(url)
-            small = _csv(sample)
-            bulk = runtime._import_bulk
-            runtime._import_bulk = _all_slow
-            try:
-                result["row_by_row_sample"] = asyncio.run(_import(url, small, db_cpu))
-            finally:
-                runtime._import_bulk = bulk
-            print(f"  row by row ({sample:,} rows): {result['row_by_row_sample']}", flush=True)
+            result["row_by_row_sample"] = asyncio.run(_import(url, small, db_cpu))
         finally:
-            server.stop()
+            runtime._import_bulk = bulk
+        print(f"  row by row ({sample:,} rows): {result['row_by_row_sample']}", flush=True)
     ceiling = result["ceiling_copy"]["rows_per_s"]
     result["ratio_import_to_copy"] = round(result["import"]["rows_per_s"] / ceiling, 3)
     result["ratio_import_to_row_by_row"] = round(

@@ -74,24 +74,21 @@ import multiprocessing as mp
 import os
 import signal
 import statistics
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench._database import embedded_server, migrated
 from bench._server_cpu import postgres_cpu_reader
 from hogsend import Contact, Hogsend, JourneyContext, define_journey
 from hogsend.cli.serving import tune_garbage_collector
-from hogsend.db import migrate
-from hogsend.db.embedded import EmbeddedPostgres
 from hogsend.db.engine import libpq_url
 from hogsend.runtime import event_loop
 
@@ -1040,73 +1037,62 @@ def run(argv: Sequence[str] = ()) -> dict[str, Any]:
     options = _options(argv)
     load = os.getloadavg()
     result: dict[str, Any] = {"load_avg_at_start": [round(x, 2) for x in load]}
-    with tempfile.TemporaryDirectory(prefix="hogsend-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), database="postgres")
-        server.start()
-        try:
-
-            def database(name: str) -> str:
-                url = server.create_database(name)
-                migrate.upgrade(url)
-                return url
-
-            if "throughput" not in options.skip:
-                bare = _in_process(_bare_main, database("bench_bare"), options.enrolls, 1)
-                bare3 = _in_process(_bare_main, database("bench_bare3"), options.enrolls, 3)
-                enroll = _enroll_part(database("bench_enroll"), options.enrolls)
-                ratio = round(enroll["per_s"] / bare["per_s"], 2)
-                result |= {
-                    "bare": bare,
-                    "bare_three_steps": bare3,
-                    "enroll": enroll,
-                    "ratio": ratio,
-                    "ratio_to_three_steps": round(enroll["per_s"] / bare3["per_s"], 2),
-                }
-                print(f"bare DBOS one-step   {bare['per_s']:>8} workflows/s ({options.enrolls:,})")
-                print(f"bare DBOS 3 steps    {bare3['per_s']:>8} workflows/s")
-                print(f"enrollments          {enroll['per_s']:>8} runs/s completed")
-                print(f"ratio                {ratio:>8} (target >= {TARGET_RATIO})")
-            if "latency" not in options.skip:
-                latency = _latency_part(
-                    database("bench_latency"), options.latency_rate, options.latency_seconds
-                )
-                result["latency"] = latency
-                first = latency["first_step_ms"]
-                print(
-                    f"event -> first step  p50 {first['p50']} ms  p99 {first['p99']} ms "
-                    f"at {options.latency_rate}/s (target p99 < {TARGET_P99_MS} ms)"
-                )
-                warm = latency["warmup"]
-                print(
-                    f"  warm-up (a fresh worker's first {warm['events']} events, not counted)"
-                    f" p50 {warm['first_step_ms']['p50']} ms  max {warm['first_step_ms']['max']} ms"
-                )
-            if options.parked:
-                parked = _parked_part(
-                    database("bench_parked"),
-                    options.parked,
-                    options.wake,
-                    options.sample,
-                    options.wake_workers,
-                    postgres_cpu_reader(server),
-                )
-                result["parked"] = parked
-                print(
-                    f"parked {parked['parked']:,}: created {parked['create_per_s']}/s, "
-                    f"RSS {parked['rss_mb_parked']} MB, {parked['tasks_parked']} live tasks "
-                    f"(target < {TARGET_RSS_MB} MB)"
-                )
-                print(
-                    f"restart: graceful {parked['restart_graceful_s']} s, after SIGKILL "
-                    f"{parked['restart_after_sigkill_s']} s, "
-                    f"RSS {parked['rss_mb_after_restart']} MB"
-                )
-                print(
-                    f"wake {parked['wake']:,} due together: {parked['wake_s']} s "
-                    f"(target < {TARGET_WAKE_S} s)"
-                )
-        finally:
-            server.stop()
+    with embedded_server() as server:
+        if "throughput" not in options.skip:
+            bare = _in_process(_bare_main, migrated(server, "bench_bare"), options.enrolls, 1)
+            bare3 = _in_process(_bare_main, migrated(server, "bench_bare3"), options.enrolls, 3)
+            enroll = _enroll_part(migrated(server, "bench_enroll"), options.enrolls)
+            ratio = round(enroll["per_s"] / bare["per_s"], 2)
+            result |= {
+                "bare": bare,
+                "bare_three_steps": bare3,
+                "enroll": enroll,
+                "ratio": ratio,
+                "ratio_to_three_steps": round(enroll["per_s"] / bare3["per_s"], 2),
+            }
+            print(f"bare DBOS one-step   {bare['per_s']:>8} workflows/s ({options.enrolls:,})")
+            print(f"bare DBOS 3 steps    {bare3['per_s']:>8} workflows/s")
+            print(f"enrollments          {enroll['per_s']:>8} runs/s completed")
+            print(f"ratio                {ratio:>8} (target >= {TARGET_RATIO})")
+        if "latency" not in options.skip:
+            latency = _latency_part(
+                migrated(server, "bench_latency"), options.latency_rate, options.latency_seconds
+            )
+            result["latency"] = latency
+            first = latency["first_step_ms"]
+            print(
+                f"event -> first step  p50 {first['p50']} ms  p99 {first['p99']} ms "
+                f"at {options.latency_rate}/s (target p99 < {TARGET_P99_MS} ms)"
+            )
+            warm = latency["warmup"]
+            print(
+                f"  warm-up (a fresh worker's first {warm['events']} events, not counted)"
+                f" p50 {warm['first_step_ms']['p50']} ms  max {warm['first_step_ms']['max']} ms"
+            )
+        if options.parked:
+            parked = _parked_part(
+                migrated(server, "bench_parked"),
+                options.parked,
+                options.wake,
+                options.sample,
+                options.wake_workers,
+                postgres_cpu_reader(server),
+            )
+            result["parked"] = parked
+            print(
+                f"parked {parked['parked']:,}: created {parked['create_per_s']}/s, "
+                f"RSS {parked['rss_mb_parked']} MB, {parked['tasks_parked']} live tasks "
+                f"(target < {TARGET_RSS_MB} MB)"
+            )
+            print(
+                f"restart: graceful {parked['restart_graceful_s']} s, after SIGKILL "
+                f"{parked['restart_after_sigkill_s']} s, "
+                f"RSS {parked['rss_mb_after_restart']} MB"
+            )
+            print(
+                f"wake {parked['wake']:,} due together: {parked['wake_s']} s "
+                f"(target < {TARGET_WAKE_S} s)"
+            )
     result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = {
         "ratio": TARGET_RATIO,
