@@ -217,29 +217,19 @@ def _rendered_once() -> tuple[str, str, str]:
     return rendered.subject, rendered.html, rendered.text
 
 
-async def _raw(
-    port: int,
-    sends: int = SENDS,
-    warmup: int = WARMUP,
-    sink_pid: int | None = None,
-    pipelined: bool = False,
-) -> dict[str, Any]:
-    import aiosmtplib
+def prerendered(count: int) -> list[bytes]:
+    """``count`` messages of the template (to ``user<i>@example.com``), as bytes.
 
+    Flattened up front so that a raw side's clock sees nothing but SMTP. Written as the
+    mailer's SMTP provider writes them for this sink (it offers 8BITMIME: 8bit parts), so
+    both sides hand the sink alike messages.
+    """
     from hogsend.channels.email.message import OutgoingEmail
-    from hogsend.channels.email.smtp import (
-        _give_back,
-        _mail_transaction,
-        envelope_sender,
-        message_bytes,
-    )
+    from hogsend.channels.email.smtp import message_bytes
 
     subject, html, text = _rendered_once()
-    # Flattened to bytes up front: the clock sees nothing but SMTP. Written as the
-    # mailer's SMTP provider writes them for this sink (it offers 8BITMIME: 8bit parts),
-    # so both sides hand the sink alike messages.
     messages: list[bytes] = []
-    for i in range(warmup + sends):
+    for i in range(count):
         data = message_bytes(
             OutgoingEmail(
                 from_email=FROM,
@@ -258,6 +248,21 @@ async def _raw(
         )
         assert data is not None
         messages.append(data)
+    return messages
+
+
+async def _raw(
+    port: int,
+    sends: int = SENDS,
+    warmup: int = WARMUP,
+    sink_pid: int | None = None,
+    pipelined: bool = False,
+) -> dict[str, Any]:
+    import aiosmtplib
+
+    from hogsend.channels.email.smtp import _give_back, _mail_transaction, envelope_sender
+
+    messages = prerendered(warmup + sends)
     options = [] if messages[0].isascii() else ["BODY=8BITMIME"]
     idle: list[aiosmtplib.SMTP] = []
     for _ in range(CONCURRENCY):
