@@ -34,11 +34,10 @@ remaining gaps are", reads a run.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
@@ -225,24 +224,12 @@ def _scenario_main(
     out.put(result)
 
 
-def _in_process(target: Callable[..., None], *args: Any) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    process = ctx.Process(target=target, args=(*args, out, bench_send._SINK_PID[0]))
-    process.start()
-    result: dict[str, Any] = out.get(timeout=600)
-    process.join(30)
-    if process.exitcode != 0:
-        raise RuntimeError(f"{args[0]} exited with {process.exitcode}")
-    return result
-
-
 def run(sends: int = SENDS, rounds: int = ROUNDS, warmup: int = WARMUP) -> None:
     """Each scenario ``rounds`` times, in turn; a line per run and the ratios."""
     with migrated_database("bench_floor") as (server, url):
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             conn.execute(_TABLE)
-        ids = [str(i) for i in bench_send._contacts(url, warmup + sends)]
+        ids = bench_send._contacts(url, warmup + sends)
         postgres_cpu = postgres_cpu_reader(server)
         with bench_send._sink() as (port, counter, _):
             print(
@@ -257,7 +244,9 @@ def run(sends: int = SENDS, rounds: int = ROUNDS, warmup: int = WARMUP) -> None:
                 results: dict[str, dict[str, Any]] = {}
                 for name in SCENARIOS:
                     before, pg_before = counter.value, postgres_cpu()
-                    result = _in_process(_scenario_main, name, port, url, ids, sends, warmup)
+                    result = bench_send._run_scenario(
+                        name, port, url, ids, sends, warmup, main=_scenario_main
+                    )
                     result["pg_ms"] = (postgres_cpu() - pg_before) / (warmup + sends) * 1000
                     if counter.value - before != warmup + sends:
                         raise RuntimeError(f"{name}: the sink got {counter.value - before}")

@@ -446,11 +446,14 @@ def _run_scenario(
     ids: list[uuid.UUID],
     sends: int = SENDS,
     warmup: int = WARMUP,
+    main: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
+    """Scenario ``name`` in a process of its own (``main``, default this module's
+    ``_scenario_main``, called with its arguments and the queue to put its result on)."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     process = ctx.Process(
-        target=_scenario_main,
+        target=main or _scenario_main,
         args=(name, port, url, [str(i) for i in ids], sends, warmup, out, _SINK_PID[0]),
     )
     process.start()
