@@ -14,14 +14,17 @@ embedded Postgres (durable commits), the sink of :mod:`bench.send` and its
   DATA in one write), no database.
 * ``durable_batch``: ``pipelined`` with a narrow decision row per message written ahead
   in chunks of 64 (one INSERT and commit each) and its outcome an UPDATE of it,
-  group-committed by hogsend's :class:`~hogsend.channels.send_batches.GroupCommit`; a
-  message's ending line waits for the commit of its lane's previous outcome.
+  group-committed by hogsend's :class:`~hogsend.channels.send_batches.GroupCommit`,
+  which gathers every sending lane's outcome into one write as the mailer's long batches
+  do; a message's ending line waits for the commit of its lane's previous outcome.
 * ``durable_events``: ``durable_batch`` whose outcome statement also stores an
   ``email.sent`` event and its outbox row in the real ``user_events`` and
   ``event_outbox`` tables, for a real contact, as the mailer's outcome statement does.
 * ``durable_single``: the floor of one send at a time: each message's decision row is
   committed before its envelope goes out (group-committed across the lanes, as
-  concurrent ``Mailer.send`` calls may share a transaction), then as ``durable_batch``.
+  concurrent ``Mailer.send`` calls may share a transaction), then as ``durable_batch``
+  but with outcomes written as they come (coalesced sends answer each caller at its
+  commit).
 
 Each line gives sends/s, the ratio, the scenario process's CPU, the sink's and
 Postgres's per message, the median latency of one message and the outcomes per write.
@@ -109,7 +112,7 @@ async def _durable(
     import aiosmtplib
 
     from hogsend.channels.email.smtp import _give_back, _mail_transaction, envelope_sender
-    from hogsend.channels.send_batches import GroupCommit
+    from hogsend.channels.send_batches import OUTCOME_HOLD, GroupCommit
 
     total = warmup + sends
     messages = bench_send.prerendered(total)
@@ -134,7 +137,18 @@ async def _durable(
     async def decide(indexes: list[int]) -> None:
         await decision_conn.execute(_DECIDE, (keys(indexes),), prepare=True)
 
-    outcomes: GroupCommit[int] = GroupCommit(finish)
+    sending = [0]  # lanes not done with the range
+
+    def more(pending: int) -> bool:
+        return pending < sending[0]
+
+    # As the mailer's long batches: an outcome write waits (OUTCOME_HOLD at most) for
+    # every sending lane's outcome. Coalesced single sends answer callers per commit,
+    # so the single scenario writes what is pending at once, as they do.
+    gathering = mode != "durable_single"
+    outcomes: GroupCommit[int] = GroupCommit(
+        finish, more=more if gathering else None, hold=OUTCOME_HOLD
+    )
     decisions: GroupCommit[int] = GroupCommit(decide)
     decided_up_to = [0]
     ahead = asyncio.Lock()
@@ -166,6 +180,16 @@ async def _durable(
         pending = iter(indexes)
 
         async def lane(client: aiosmtplib.SMTP) -> None:
+            sending[0] += 1
+            try:
+                last = await send_all(client)
+            finally:
+                sending[0] -= 1
+            if last is not None:
+                await last
+
+        async def send_all(client: aiosmtplib.SMTP) -> asyncio.Task[bool] | None:
+            """Send until the range is taken; the last outcome's commit, under way."""
             previous: asyncio.Task[bool] | None = None
             for index in pending:
                 started = time.perf_counter()
@@ -176,8 +200,7 @@ async def _durable(
                 )
                 previous = asyncio.ensure_future(committed(index))
                 latencies.append(time.perf_counter() - started)
-            if previous is not None:
-                await previous
+            return previous
 
         started = time.perf_counter()
         await asyncio.gather(*(lane(client) for client in clients))
