@@ -40,7 +40,6 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
@@ -111,7 +110,7 @@ async def _durable(
 ) -> dict[str, Any]:
     import aiosmtplib
 
-    from hogsend.channels.email.smtp import _give_back, _mail_transaction, envelope_sender
+    from hogsend.channels.email.smtp import _mail_transaction, envelope_sender
     from hogsend.channels.send_batches import OUTCOME_HOLD, GroupCommit
 
     total = warmup + sends
@@ -168,15 +167,9 @@ async def _durable(
         await outcomes.submit(index)
         return True
 
-    clients: list[aiosmtplib.SMTP] = []
-    for _ in range(bench_send.CONCURRENCY):
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-        await client.connect()
-        await client.ehlo()
-        clients.append(client)
     latencies: list[float] = []
 
-    async def drive(indexes: range) -> float:
+    async def drive(clients: list[aiosmtplib.SMTP], indexes: range) -> float:
         pending = iter(indexes)
 
         async def lane(client: aiosmtplib.SMTP) -> None:
@@ -194,9 +187,8 @@ async def _durable(
             for index in pending:
                 started = time.perf_counter()
                 await decided(index)
-                gate: Awaitable[bool] | None = previous
                 await _mail_transaction(
-                    client, sender, f"user{index}@example.com", messages[index], options, gate
+                    client, sender, f"user{index}@example.com", messages[index], options, previous
                 )
                 previous = asyncio.ensure_future(committed(index))
                 latencies.append(time.perf_counter() - started)
@@ -207,11 +199,12 @@ async def _durable(
         return time.perf_counter() - started
 
     tune_garbage_collector(api=False)
-    await drive(range(warmup))
-    latencies.clear()
-    writes[0] = 0
-    cpu, sink_cpu = time.process_time(), bench_send._sink_cpu(sink_pid)
-    wall = await drive(range(warmup, total))
+    async with bench_send.sink_clients(port) as clients:
+        await drive(clients, range(warmup))
+        latencies.clear()
+        writes[0] = 0
+        cpu, sink_cpu = time.process_time(), bench_send._sink_cpu(sink_pid)
+        wall = await drive(clients, range(warmup, total))
     result = bench_send._summary(
         sorted(latencies),
         wall,
@@ -219,9 +212,6 @@ async def _durable(
         bench_send._sink_cpu(sink_pid) - sink_cpu,
     )
     result["outcomes_per_write"] = round(sends / max(writes[0], 1), 2)
-    for client in clients:
-        _give_back(client)
-        await client.quit()
     await outcome_conn.close()
     await decision_conn.close()
     return result

@@ -44,11 +44,11 @@ import resource
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as MpEvent
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import psycopg
@@ -60,6 +60,9 @@ from bench.auth import _percentile
 from hogsend.cli.serving import tune_garbage_collector
 from hogsend.db.engine import libpq_url
 from hogsend.runtime import event_loop
+
+if TYPE_CHECKING:
+    import aiosmtplib
 
 SENDS = 4000
 WARMUP = 300
@@ -251,6 +254,26 @@ def prerendered(count: int) -> list[bytes]:
     return messages
 
 
+@asynccontextmanager
+async def sink_clients(port: int) -> AsyncIterator[list[aiosmtplib.SMTP]]:
+    """``CONCURRENCY`` aiosmtplib connections to the sink on ``port``, greeted; each
+    handed back to aiosmtplib's protocol and closed with QUIT on exit."""
+    import aiosmtplib
+
+    from hogsend.channels.email.smtp import _give_back
+
+    clients: list[aiosmtplib.SMTP] = []
+    for _ in range(CONCURRENCY):
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await client.connect()
+        await client.ehlo()
+        clients.append(client)
+    yield clients
+    for client in clients:
+        _give_back(client)
+        await client.quit()
+
+
 async def _raw(
     port: int,
     sends: int = SENDS,
@@ -258,45 +281,34 @@ async def _raw(
     sink_pid: int | None = None,
     pipelined: bool = False,
 ) -> dict[str, Any]:
-    import aiosmtplib
-
-    from hogsend.channels.email.smtp import _give_back, _mail_transaction, envelope_sender
+    from hogsend.channels.email.smtp import _mail_transaction, envelope_sender
 
     messages = prerendered(warmup + sends)
     options = [] if messages[0].isascii() else ["BODY=8BITMIME"]
-    idle: list[aiosmtplib.SMTP] = []
-    for _ in range(CONCURRENCY):
-        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
-        await client.connect()
-        await client.ehlo()
-        idle.append(client)
     sender = envelope_sender(FROM)
+    async with sink_clients(port) as idle:
 
-    async def send(index: int) -> None:
-        client = idle.pop()
-        try:
-            if pipelined:
-                # The SMTP provider's own transaction: MAIL, RCPT and DATA in one write.
-                await _mail_transaction(
-                    client, sender, f"user{index}@example.com", messages[index], options
-                )
-            else:
-                await client.sendmail(
-                    FROM, [f"user{index}@example.com"], messages[index], mail_options=options
-                )
-        finally:
-            idle.append(client)
+        async def send(index: int) -> None:
+            client = idle.pop()
+            try:
+                if pipelined:
+                    # The SMTP provider's own transaction: MAIL, RCPT and DATA in one write.
+                    await _mail_transaction(
+                        client, sender, f"user{index}@example.com", messages[index], options
+                    )
+                else:
+                    await client.sendmail(
+                        FROM, [f"user{index}@example.com"], messages[index], mail_options=options
+                    )
+            finally:
+                idle.append(client)
 
-    # The collector as `hogsend worker` tunes it once started (so the ceiling too).
-    tune_garbage_collector(api=False)
-    await _drive(send, range(warmup))
-    cpu, sink_cpu = time.process_time(), _sink_cpu(sink_pid)
-    latencies, wall = await _drive(send, range(warmup, warmup + sends))
-    result = _summary(latencies, wall, time.process_time() - cpu, _sink_cpu(sink_pid) - sink_cpu)
-    for client in idle:
-        _give_back(client)
-        await client.quit()
-    return result
+        # The collector as `hogsend worker` tunes it once started (so the ceiling too).
+        tune_garbage_collector(api=False)
+        await _drive(send, range(warmup))
+        cpu, sink_cpu = time.process_time(), _sink_cpu(sink_pid)
+        latencies, wall = await _drive(send, range(warmup, warmup + sends))
+        return _summary(latencies, wall, time.process_time() - cpu, _sink_cpu(sink_pid) - sink_cpu)
 
 
 async def _mailer(
