@@ -332,6 +332,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest accepted body of a batch request (events and Segment batches).",
     )
+    import_max_body_bytes: int = Field(
+        default=104_857_600,
+        ge=1024,
+        description="Largest contact-import upload (POST /v1/admin/imports), decompressed.",
+    )
     batch_max_events: int = Field(
         default=1000, ge=1, le=100_000, description="Most events or messages in one batch request."
     )

@@ -284,3 +284,36 @@ async def test_json_lines_import(
     assert job["format"] == "jsonl"
     assert (job["processedRows"], job["failedRows"], job["createdContacts"]) == (3, 1, 2)
     assert job["errors"] == [{"line": 2, "reason": "expected a JSON object"}]
+
+
+async def test_imports_have_their_own_upload_limit(
+    settings: Settings, app: Hogsend, engine: AsyncEngine, writer: dict[str, str]
+) -> None:
+    # A contact export outgrows an API batch: the import route is bounded by
+    # HOGSEND_IMPORT_MAX_BODY_BYTES, not by the batch routes' limit.
+    rows = "".join(f"person{i}@example.com\n" for i in range(200))
+    body = "email\n" + rows  # about 5 KB
+    bounded = settings.model_copy(
+        update={"batch_max_body_bytes": 2048, "import_max_body_bytes": len(body) + 100}
+    )
+    api = create_api(app, bounded, engine=engine)
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            accepted = await upload(client, writer, body, dryRun="true")
+            assert accepted.status_code == 200, accepted.text
+            assert accepted.json()["totalRows"] == 200
+            too_large = await upload(client, writer, body + "x" * 200)
+            assert too_large.status_code == 413, too_large.text
+            assert too_large.headers["content-type"].startswith("application/problem+json")
+            # The batch routes keep their own, smaller limit.
+            batch = await client.post(
+                "/v1/events/batch",
+                content=b'{"batch": [' + b" " * 3000 + b"]}",
+                headers=writer | {"Content-Type": "application/json"},
+            )
+            assert batch.status_code == 413, batch.text
+    finally:
+        await api.state.driver_pool.close()
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM import_jobs"))).scalar() == 0

@@ -46,7 +46,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin: imports"])
 
 _JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 _UPLOAD_DOC: dict[str, Any] = {
-    MAX_BODY_BYTES_EXTRA: "batch_max_body_bytes",
+    # A contact export is often far larger than an API batch (1M contacts: about 45 MB).
+    MAX_BODY_BYTES_EXTRA: "import_max_body_bytes",
     "requestBody": {
         "required": True,
         "description": "The file: CSV with a header line, or JSON lines (send those as "
