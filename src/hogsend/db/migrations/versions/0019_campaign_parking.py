@@ -51,7 +51,8 @@ def downgrade() -> None:
     # A parked campaign goes back to waiting: the next claim starts its run, which
     # sleeps until its recipients are due, as before this revision.
     op.execute(
-        "UPDATE campaigns SET status = 'queued', updated_at = now() WHERE resume_at IS NOT NULL"
+        "UPDATE campaigns SET status = 'queued', resume_at = NULL, updated_at = now()"
+        " WHERE resume_at IS NOT NULL"
     )
     op.drop_index("ix_campaigns_resume_at", table_name="campaigns")
     op.drop_constraint(op.f(_CHECK), "campaigns", type_="check")
