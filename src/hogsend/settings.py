@@ -21,6 +21,10 @@ LogFormat = Literal["json", "console"]
 Environment = Literal["dev", "test", "prod"]
 
 _DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://")
+CAMPAIGN_STALE_MIN_SECONDS = 60.0
+"""The least ``campaign_stale_seconds``: above a healthy run's longest stretch without
+recording progress (``hogsend.runtime.campaigns``: a ``MAX_WAIT_SECONDS`` sleep, a
+``STEP_SECONDS`` batch step and its last batch), with room for a slow database."""
 
 
 def _default_worker_id() -> str:
@@ -221,8 +225,8 @@ class Settings(BaseSettings):
     )
     campaign_stale_seconds: float = Field(
         default=900.0,
-        gt=0,
-        description="A sending campaign without progress this long is handed to another run.",
+        description="A sending campaign without progress this long is handed to another run "
+        f"(at least {CAMPAIGN_STALE_MIN_SECONDS:.0f}).",
     )
     import_stale_seconds: float = Field(
         default=300.0,
@@ -397,6 +401,18 @@ class Settings(BaseSettings):
         if not value.startswith(_DATABASE_SCHEMES):
             raise ValueError(
                 "must be a Postgres URL such as postgresql://user:pass@host:5432/dbname"
+            )
+        return value
+
+    @field_validator("campaign_stale_seconds")
+    @classmethod
+    def _check_campaign_stale_seconds(cls, value: float) -> float:
+        if value < CAMPAIGN_STALE_MIN_SECONDS:
+            raise ValueError(
+                f"must be at least {CAMPAIGN_STALE_MIN_SECONDS:.0f} seconds: a healthy "
+                "campaign run can go 30 s without recording progress (a durable sleep "
+                "until recipients' local send times) or a 5 s batch step plus its last "
+                "batch, and a shorter value would hand it to a second run"
             )
         return value
 

@@ -631,3 +631,316 @@ async def test_a_pause_after_a_batch_drained_lets_the_next_batch_go_and_no_more(
         await running.stop()
     assert recipients(env.sink) == [f"paused{n}@example.com" for n in range(9)]
     assert (body["sentCount"], body["pendingCount"]) == (9, 0)
+
+
+# ------------------------------------------------------------------ parked campaigns
+
+
+def _hours_ahead(hours: int) -> str:
+    """A ``localTime`` that falls this many hours from now for recipients in UTC."""
+    return (datetime.now(UTC) + timedelta(hours=hours)).strftime("%H:%M")
+
+
+async def _row(env: Env, campaign_id: str) -> Any:
+    async with env.engine.connect() as conn:
+        return (
+            await conn.execute(
+                text(
+                    "SELECT c.status, c.workflow_id, c.resume_at, c.snapshot_at, c.send_at,"
+                    " (SELECT min(send_at) FROM campaign_recipients r"
+                    "  WHERE r.campaign_id = c.id AND r.status = 'pending') AS due"
+                    " FROM campaigns c WHERE c.id = :c"
+                ),
+                {"c": campaign_id},
+            )
+        ).one()
+
+
+async def _parked(env: Env, campaign_id: str) -> Any:
+    """Wait until the campaign is parked: mid-send, no run owning it, a resume time."""
+    seen: list[Any] = []
+
+    async def parked() -> bool:
+        seen[:] = [await _row(env, campaign_id)]
+        row = seen[0]
+        return bool(row.status == "sending" and row.workflow_id is None and row.resume_at)
+
+    await until(parked)
+    return seen[0]
+
+
+async def _runs(campaign_id: str) -> list[Any]:
+    """The DBOS runs of the campaign, oldest first."""
+    from dbos import DBOS
+
+    from hogsend.runtime.campaigns import WORKFLOW_NAME
+
+    return await DBOS.list_workflows_async(
+        name=WORKFLOW_NAME, workflow_id_prefix=f"hogsend.campaign:{campaign_id}:"
+    )
+
+
+async def _ended_runs(campaign_id: str) -> list[tuple[str, Any]]:
+    """(status, output) of the campaign's DBOS runs once none is still going (a run
+    commits its last campaign update a moment before DBOS records it ended)."""
+    seen: list[Any] = []
+
+    async def ended() -> bool:
+        seen[:] = await _runs(campaign_id)
+        return all(r.status not in ("PENDING", "ENQUEUED") for r in seen)
+
+    await until(ended)
+    return [(r.status, r.output) for r in seen]
+
+
+async def _campaign_slots_held() -> list[Any]:
+    """Campaign runs holding (or waiting for) a slot of the campaigns queue."""
+    from dbos import DBOS
+
+    from hogsend.runtime.queues import CAMPAIGNS
+
+    return await DBOS.list_workflows_async(
+        status=["PENDING", "ENQUEUED"], queue_name=CAMPAIGNS.name
+    )
+
+
+async def _due_now(env: Env, *campaign_ids: str, seconds: float = 1.0) -> None:
+    """Bring the parked campaigns' time: their pending recipients are due in ``seconds``
+    and their resume time has passed (what the clock would do by the next day)."""
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE campaign_recipients SET send_at = now() + make_interval(secs => :s)"
+                " WHERE campaign_id = ANY(CAST(:ids AS uuid[])) AND status = 'pending'"
+            ),
+            {"ids": list(campaign_ids), "s": seconds},
+        )
+        await conn.execute(
+            text(
+                "UPDATE campaigns SET resume_at = now()"
+                " WHERE id = ANY(CAST(:ids AS uuid[])) AND resume_at IS NOT NULL"
+            ),
+            {"ids": list(campaign_ids)},
+        )
+
+
+async def test_local_time_campaigns_due_later_park_and_free_the_queue_for_others(
+    env: Env, worker: Worker, ingest_key: str
+) -> None:
+    # Two localTime campaigns whose recipients are due hours from now: as many as the
+    # worker runs campaigns at once (2). Asleep in their runs, they would hold both
+    # slots and the plain campaign would never run; parked, they hold none.
+    from hogsend.runtime.campaigns import RESUME_LEAD_SECONDS
+
+    for n in range(2):
+        await new_contact(env.engine, f"early{n}@example.com", properties='{"plan": "a"}')
+        await new_contact(
+            env.engine, f"owl{n}@example.com", properties='{"plan": "b"}', timezone="UTC"
+        )
+    for n in range(3):
+        await new_contact(env.engine, f"now{n}@example.com", properties='{"plan": "now"}')
+
+    def plan(name: str) -> dict[str, Any]:
+        return {"type": "property", "property": "plan", "op": "equals", "value": name}
+
+    local = _hours_ahead(3)
+    send_at = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+    first = await create(
+        env,
+        ingest_key,
+        {
+            "criteria": plan("a"),
+            "template": "news",
+            "localTime": local,
+            "sendAt": send_at.isoformat(),
+        },
+    )
+    second = await create(
+        env, ingest_key, {"criteria": plan("b"), "template": "news"} | {"localTime": local}
+    )
+    for campaign_id in (first, second):
+        row = await _parked(env, campaign_id)
+        assert row.snapshot_at is not None
+        assert row.due > datetime.now(UTC) + timedelta(hours=2)
+        assert row.resume_at == row.due - timedelta(seconds=RESUME_LEAD_SECONDS)
+        body = await fetch(env, ingest_key, campaign_id)
+        assert body["status"] == "sending"
+        assert datetime.fromisoformat(body["resumeAt"]) == row.resume_at
+        assert (body["totalRecipients"], body["pendingCount"], body["sentCount"]) == (2, 2, 0)
+    # The campaign's own sendAt is what it was created with, not the resume time.
+    assert datetime.fromisoformat((await fetch(env, ingest_key, first))["sendAt"]) == send_at
+    assert (await fetch(env, ingest_key, second))["sendAt"] is None
+    # Each ended its run: nothing holds or waits for a campaigns slot.
+    for campaign_id in (first, second):
+        assert await _ended_runs(campaign_id) == [("SUCCESS", "parked")]
+    assert await _campaign_slots_held() == []
+
+    plain = await create(env, ingest_key, {"criteria": plan("now"), "template": "news"})
+    body = await finished(env, ingest_key, plain)
+    assert body["sentCount"] == 3
+    assert recipients(env.sink) == ["now0@example.com", "now1@example.com", "now2@example.com"]
+    # Nobody claimed the parked campaigns before their resume time.
+    for campaign_id in (first, second):
+        row = await _row(env, campaign_id)
+        assert (row.status, row.workflow_id) == ("sending", None)
+        assert len(await _runs(campaign_id)) == 1
+
+    await _due_now(env, first, second)
+    for campaign_id in (first, second):
+        body = await finished(env, ingest_key, campaign_id)
+        assert (body["sentCount"], body["pendingCount"], body["resumeAt"]) == (2, 0, None)
+        # One new run, from the pending recipients (the snapshot was not taken again).
+        assert await _ended_runs(campaign_id) == [
+            ("SUCCESS", "parked"),
+            ("SUCCESS", "sent"),
+        ]
+    assert recipients(env.sink) == sorted(
+        [f"now{n}@example.com" for n in range(3)]
+        + [f"early{n}@example.com" for n in range(2)]
+        + [f"owl{n}@example.com" for n in range(2)]
+    )
+    async with env.engine.connect() as conn:
+        early = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM campaign_recipients"
+                    " WHERE campaign_id = ANY(CAST(:ids AS uuid[])) AND sent_at < send_at"
+                ),
+                {"ids": [first, second]},
+            )
+        ).scalar()
+        decisions = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM email_sends WHERE campaign_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"ids": [first, second]},
+            )
+        ).scalar()
+    assert early == 0  # nobody went before their time
+    assert decisions == 4  # one decision row per recipient
+
+
+async def test_a_parked_campaign_pauses_resumes_and_cancels_and_is_never_reaped(
+    env: Env, worker: Worker, ingest_key: str, writer_key: str
+) -> None:
+    for n in range(3):
+        await new_contact(env.engine, f"parked{n}@example.com")
+    body = {"list": "newsletter", "template": "news", "localTime": _hours_ahead(5)}
+    campaign_id = await create(env, ingest_key, body)
+    await _parked(env, campaign_id)
+
+    # Parked for long with no progress is not stuck: the reaper leaves it alone.
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE campaigns SET last_progress_at = now() - interval '1 day' WHERE id = :c"),
+            {"c": campaign_id},
+        )
+    async with make_sessionmaker(env.engine)() as session, session.begin():
+        assert await repo.reap_stale(session, datetime.now(UTC), timedelta(minutes=1)) == []
+
+    paused = await env.client.post(f"/v1/campaigns/{campaign_id}/pause", headers=bearer(writer_key))
+    assert paused.status_code == 200, paused.text
+    assert (paused.json()["status"], paused.json()["resumeAt"]) == ("paused", None)
+    resumed = await env.client.post(
+        f"/v1/campaigns/{campaign_id}/resume", headers=bearer(writer_key)
+    )
+    assert resumed.status_code == 200, resumed.text
+    # Resumed before its recipients are due: a new run parks it again, sending nothing.
+    row = await _parked(env, campaign_id)
+    assert row.resume_at > datetime.now(UTC) + timedelta(hours=4)
+    assert await _ended_runs(campaign_id) == [("SUCCESS", "parked")] * 2
+    body_now = await fetch(env, ingest_key, campaign_id)
+    assert (body_now["status"], body_now["sentCount"], body_now["pendingCount"]) == (
+        "sending",
+        0,
+        3,
+    )
+    assert env.sink.messages == []
+
+    await _due_now(env, campaign_id)
+    sent = await finished(env, ingest_key, campaign_id)
+    assert sent["sentCount"] == 3
+    assert recipients(env.sink) == [f"parked{n}@example.com" for n in range(3)]
+
+    # Cancelled while parked: no run starts, not even once its time has come.
+    env.sink.messages.clear()
+    second = await create(env, ingest_key, body)
+    await _parked(env, second)
+    cancelled = await env.client.post(f"/v1/campaigns/{second}/cancel", headers=bearer(writer_key))
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["status"], cancelled.json()["resumeAt"]) == ("cancelled", None)
+    await _due_now(env, second, seconds=0)
+    await asyncio.sleep(1.5)  # fifteen scheduler rounds
+    assert (await fetch(env, ingest_key, second))["status"] == "cancelled"
+    assert len(await _runs(second)) == 1
+    assert env.sink.messages == []
+
+
+async def test_the_scheduler_reaps_a_dead_run_and_a_new_run_sends_every_pending_recipient_once(
+    env: Env, worker: Worker, ingest_key: str
+) -> None:
+    # A campaign mid-send whose run is gone (its worker died for good): two recipients
+    # recorded, four pending, no progress for an hour, owned by a run no worker has.
+    for n in range(6):
+        await new_contact(env.engine, f"orphan{n}@example.com")
+    sessions = make_sessionmaker(env.engine)
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        campaign, _ = await repo.create_campaign(
+            session,
+            name="orphaned",
+            status="sending",
+            audience_kind="list",
+            audience={"id": "newsletter"},
+            template_key="news",
+            started_at=now - timedelta(hours=1),
+        )
+        audience = repo.Audience(kind="list", list_id="newsletter", default_opt_in=True)
+        await repo.snapshot_page(
+            session, campaign.id, audience, start=now, local_time=None, now=now
+        )
+        await repo.finish_snapshot(session, campaign.id, now)
+        done = await repo.due_batch(session, campaign.id, now, limit=2)
+        await repo.record_results(
+            session,
+            campaign.id,
+            [repo.Result(contact_id=r.contact_id, status="sent") for r in done],
+            now,
+        )
+        await session.execute(
+            text(
+                "UPDATE campaigns SET workflow_id = :w,"
+                " last_progress_at = now() - interval '1 hour' WHERE id = :c"
+            ),
+            {"w": f"hogsend.campaign:{campaign.id}:dead", "c": campaign.id},
+        )
+    campaign_id = str(campaign.id)
+    body = await finished(env, ingest_key, campaign_id)
+    assert body["error"].startswith("resumed by the reaper")
+    assert (body["sentCount"], body["pendingCount"], body["totalRecipients"]) == (6, 0, 6)
+    expected = sorted({f"orphan{n}@example.com" for n in range(6)} - {r.email for r in done})
+    assert len(expected) == 4
+    assert recipients(env.sink) == expected  # each pending recipient once, nobody else
+    assert await _ended_runs(campaign_id) == [("SUCCESS", "sent")]
+    async with env.engine.connect() as conn:
+        keys = (
+            await conn.execute(
+                text("SELECT idempotency_key FROM email_sends WHERE campaign_id = :c"),
+                {"c": campaign_id},
+            )
+        ).scalars()
+        assert sorted(keys) == sorted(
+            f"campaign:{campaign_id}:{r}"
+            for r in set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT contact_id FROM campaign_recipients"
+                            " WHERE campaign_id = :c AND email_send_id IS NOT NULL"
+                        ),
+                        {"c": campaign_id},
+                    )
+                ).scalars()
+            )
+        )

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from hogsend.errors import ConfigurationError
-from hogsend.settings import Settings, load_settings
+from hogsend.settings import CAMPAIGN_STALE_MIN_SECONDS, Settings, load_settings
 
 SECRET = "s" * 32
 
@@ -60,6 +60,24 @@ def test_several_problems_are_reported_together() -> None:
 def test_stale_seconds_must_exceed_heartbeat() -> None:
     message = _error(env="dev", heartbeat_seconds=30, worker_stale_seconds=10)
     assert "HOGSEND_WORKER_STALE_SECONDS" in message
+
+
+def test_campaign_stale_seconds_has_a_lower_bound_that_names_why() -> None:
+    for too_short in (0, 1, 59.9):
+        message = _error(env="dev", campaign_stale_seconds=too_short)
+        assert "HOGSEND_CAMPAIGN_STALE_SECONDS" in message
+        assert "at least 60 seconds" in message
+        assert "second run" in message
+    assert load_settings(env="dev", campaign_stale_seconds=60).campaign_stale_seconds == 60
+
+
+def test_campaign_stale_minimum_exceeds_a_healthy_runs_quiet_stretches() -> None:
+    # A run records progress at least every sleep and every batch; the reaper must not
+    # take a campaign from a run that is only between two of those.
+    from hogsend.runtime import campaigns
+
+    quiet = max(campaigns.MAX_WAIT_SECONDS, campaigns.STEP_SECONDS + campaigns.BATCH_SECONDS)
+    assert 2 * quiet <= CAMPAIGN_STALE_MIN_SECONDS
 
 
 def test_valid_settings_and_derived_values() -> None:

@@ -3,12 +3,14 @@
 Every worker runs a :class:`CampaignScheduler`, which loops every
 ``campaign_poll_seconds``::
 
-    claim   waiting campaigns that are due (``sendAt`` passed), naming one new run each
-            (``FOR UPDATE SKIP LOCKED``: workers never claim the same row), and enqueue
-            that run on the ``campaigns`` queue before the claim commits
+    claim   waiting campaigns that are due (``sendAt`` passed) and parked ones whose
+            resume time passed, naming one new run each (``FOR UPDATE SKIP LOCKED``:
+            workers never claim the same row), and enqueue that run on the
+            ``campaigns`` queue before the claim commits
     reap    under a cluster-wide advisory lock (one reaper at a time): ``sending``
-            campaigns without progress for ``campaign_stale_seconds`` go back to
-            ``queued`` without an owner, once per stall; the next claim starts one run
+            campaigns owned by a run without progress for ``campaign_stale_seconds``
+            go back to ``queued`` without an owner, once per stall; the next claim
+            starts one run
 
 A run (:func:`campaign_run`) is::
 
@@ -21,7 +23,12 @@ A run (:func:`campaign_run`) is::
                still owns the campaign (paused, cancelled or superseded runs stop
                there) and let the next batch take the lanes over; once a batch ended,
                one transaction moves it out of ``pending`` and into the counters
-    wait       with recipients due later (``localTime``), a durable sleep
+    wait       with recipients due later (``localTime``) but within
+               ``MAX_WAIT_SECONDS``, a durable sleep
+    park       with every pending recipient due later than that, let go of the campaign
+               (still ``sending``, no owning run, a resume time ``RESUME_LEAD_SECONDS``
+               before they are due) and end: a sleeping run would hold a slot of the
+               small ``campaigns`` queue for up to a day; the claim starts the next run
     finish     ``sent``
 
 The cursor is the recipients' status, so a resumed, recovered or reaped run continues
@@ -66,7 +73,12 @@ STEP_SECONDS = 5.0
 batch boundary still records its batch and checks the run owns the campaign)."""
 MAX_WAIT_SECONDS = 30.0
 """Longest durable sleep between looks at a campaign waiting for local send times, so a
-pause or cancel is seen within this long."""
+pause or cancel is seen within this long; with the next recipients due later than
+this, the run parks instead (see :func:`repo.park`)."""
+RESUME_LEAD_SECONDS = 15.0
+"""How long before a parked campaign's next recipients are due its next run is started:
+enough for the scheduler's poll and the queue's pick-up, so they go at their time (the
+run sleeps the rest). Below ``MAX_WAIT_SECONDS``, so that run does not park again."""
 
 SENT = ("sent", "redirected")
 FAILED = ("provider_error",)
@@ -524,8 +536,23 @@ async def _nothing_due(
         await repo.finish(session, campaign_id, workflow_id, now)
         _forget(campaign_id)
         return {"state": "sent"}
+    wait = (due - now).total_seconds()
+    if wait > MAX_WAIT_SECONDS:
+        # Parked rather than asleep: a sleeping run holds its slot of the campaigns
+        # queue (a few in the cluster) until the recipients are due.
+        _forget(campaign_id)
+        resume_at = due - timedelta(seconds=RESUME_LEAD_SECONDS)
+        if not await repo.park(session, campaign_id, workflow_id, resume_at=resume_at, now=now):
+            return {"state": "stopped"}
+        log.info(
+            "campaign parked until its next recipients are due",
+            campaign_id=str(campaign_id),
+            due=due.isoformat(),
+            resume_at=resume_at.isoformat(),
+        )
+        return {"state": "parked"}
     await repo.touch(session, campaign_id, now)
-    return {"state": "wait", "seconds": max((due - now).total_seconds(), 0.05)}
+    return {"state": "wait", "seconds": max(wait, 0.05)}
 
 
 async def _record_batch(engine: AsyncEngine, campaign_id: uuid.UUID, sent: _Sent) -> None:
@@ -558,8 +585,10 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
 
     Returns:
         ``{"state": "more"}`` to go on, ``{"state": "wait", "seconds": s}`` when the
-        next recipients are due later, ``{"state": "sent"}`` when done, or
-        ``{"state": "stopped"}`` when the run no longer owns the campaign.
+        next recipients are due within ``MAX_WAIT_SECONDS``, ``{"state": "parked"}``
+        when they are due later (the campaign let go, see :func:`_nothing_due`),
+        ``{"state": "sent"}`` when done, or ``{"state": "stopped"}`` when the run no
+        longer owns the campaign.
     """
     ctx = _ctx()
     stages.lap("between steps")
@@ -719,16 +748,20 @@ async def batch_step(campaign_id: str, workflow_id: str) -> dict[str, Any]:
 
 @DBOS.workflow(name=WORKFLOW_NAME)
 async def campaign_run(campaign_id: str, workflow_id: str) -> str:
-    """One run of a campaign: snapshot, then batches until sent or stopped."""
+    """One run of a campaign: snapshot (skipped once done: a run after a park, a pause
+    or a reap starts from the pending recipients), then batches until sent, parked or
+    stopped."""
     ready = await snapshot_step(campaign_id, workflow_id)
     if ready["state"] == "stopped":
         return "stopped"
     while True:
         step = await batch_step(campaign_id, workflow_id)
         state = str(step["state"])
-        if state in ("sent", "stopped"):
+        if state in ("sent", "parked", "stopped"):
             return state
         if state == "wait":
+            # Bounded here too: a run recovered from before parking existed may replay
+            # a step's recorded wait of hours.
             await DBOS.sleep_async(min(float(step["seconds"]), MAX_WAIT_SECONDS))
 
 

@@ -105,6 +105,10 @@ class CampaignOut(ApiModel):
     created_at: datetime
     started_at: datetime | None
     snapshot_at: datetime | None
+    resume_at: datetime | None = Field(
+        description="While a sending campaign waits for recipients due later (`localTime`)"
+        " with no run in progress: when a worker takes it up again; null otherwise."
+    )
     paused_at: datetime | None
     completed_at: datetime | None
     cancelled_at: datetime | None
@@ -134,6 +138,7 @@ def campaign_out(row: Campaign) -> CampaignOut:
         created_at=row.created_at,
         started_at=row.started_at,
         snapshot_at=row.snapshot_at,
+        resume_at=row.resume_at,
         paused_at=row.paused_at,
         completed_at=row.completed_at,
         cancelled_at=row.cancelled_at,

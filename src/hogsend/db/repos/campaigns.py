@@ -4,7 +4,9 @@ A campaign moves ``queued``/``scheduled`` → ``sending`` → ``sent``, with ``p
 ``cancelled`` and ``failed`` on the side. The worker's scheduler claims a due campaign
 and names the one run that owns it (``workflow_id``); every step of that run checks it
 still owns the row, so a run that was superseded (reaped, paused and resumed) stops at
-its next batch boundary instead of racing the new one.
+its next batch boundary instead of racing the new one. A run whose pending recipients
+are all due later parks the campaign (:func:`park`): still ``sending``, owned by no
+run, with a ``resume_at`` at which the claim starts the next run.
 
 The snapshot (``campaign_recipients``) is written set-based, ``INSERT … SELECT`` in
 keyset pages of contact ids, and the send loop's durable cursor is the recipients'
@@ -139,8 +141,9 @@ async def control(
     """Pause, resume or cancel a campaign.
 
     Pausing and cancelling only flip the row: the running step sees it at its batch
-    boundary. Resuming clears the owning run, so the scheduler starts a new one that
-    continues from the recipients still pending.
+    boundary (a parked campaign has no run to stop). Resuming clears the owning run, so
+    the scheduler starts a new one that continues from the recipients still pending,
+    each sent when due.
 
     Returns:
         The campaign (None if unknown) and whether the action applied to its status.
@@ -152,7 +155,9 @@ async def control(
     result = await session.execute(
         update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.status.in_(allowed))
-        .values(status=target, updated_at=now, **stamps)
+        # A parked campaign's resume time goes: paused or cancelled, no claim may start
+        # it; resumed, it is claimed at once and its new run parks again if nobody is due.
+        .values(status=target, updated_at=now, resume_at=None, **stamps)
         .returning(Campaign.id)
     )
     changed = result.scalar() is not None
@@ -176,7 +181,8 @@ async def status_of(session: AsyncSession, campaign_id: uuid.UUID) -> str | None
 async def claim_due(
     session: AsyncSession, now: datetime, *, limit: int
 ) -> list[tuple[uuid.UUID, str]]:
-    """Claim waiting campaigns that are due, naming a new owning run for each.
+    """Claim campaigns that are due, naming a new owning run for each: waiting ones
+    whose ``sendAt`` passed, and parked ones (see :func:`park`) whose resume time did.
 
     The rows stay locked until the caller commits, so the run (enqueued before the
     commit) waits on :func:`owned` until the claim is visible.
@@ -184,13 +190,16 @@ async def claim_due(
     Returns:
         (campaign id, workflow id) for each claimed campaign.
     """
+    waiting = Campaign.status.in_(WAITING) & (
+        Campaign.send_at.is_(None) | (Campaign.send_at <= now)
+    )
+    # Only a parked campaign has a resume time (a check constraint), and only parked
+    # campaigns are in the partial index on it.
+    parked = Campaign.resume_at <= now
     ids = list(
         await session.scalars(
             select(Campaign.id)
-            .where(
-                Campaign.status.in_(WAITING),
-                (Campaign.send_at.is_(None)) | (Campaign.send_at <= now),
-            )
+            .where(waiting | parked)
             .order_by(Campaign.created_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -207,11 +216,41 @@ async def claim_due(
                 workflow_id=workflow_id,
                 started_at=func.coalesce(Campaign.started_at, now),
                 last_progress_at=now,
+                resume_at=None,
                 updated_at=now,
             )
         )
         claimed.append((campaign_id, workflow_id))
     return claimed
+
+
+async def park(
+    session: AsyncSession,
+    campaign_id: uuid.UUID,
+    workflow_id: str,
+    *,
+    resume_at: datetime,
+    now: datetime,
+) -> bool:
+    """Let go of a campaign whose pending recipients are all due later, if
+    ``workflow_id`` still owns it; whether it did.
+
+    The campaign stays ``sending`` (it is mid-send) with no owning run, so it holds no
+    slot of the ``campaigns`` queue while it waits, and the reaper (which looks only at
+    owned campaigns) leaves it alone; :func:`claim_due` starts its next run at
+    ``resume_at``.
+    """
+    result = await session.execute(
+        update(Campaign)
+        .where(
+            Campaign.id == campaign_id,
+            Campaign.status == "sending",
+            Campaign.workflow_id == workflow_id,
+        )
+        .values(workflow_id=None, resume_at=resume_at, last_progress_at=now, updated_at=now)
+        .returning(Campaign.id)
+    )
+    return result.scalar() is not None
 
 
 async def owned(session: AsyncSession, campaign_id: uuid.UUID, workflow_id: str) -> Campaign | None:
@@ -254,13 +293,18 @@ async def reap_stale(session: AsyncSession, now: datetime, stale: timedelta) -> 
     the round). The compare-and-set on ``status``/``last_progress_at`` means a campaign
     is reaped once per stall: it goes back to ``queued`` without an owner, the old run
     (if it is only slow, not dead) stops at its next batch boundary, and the scheduler
-    starts exactly one new run.
+    starts exactly one new run. A parked campaign (no owning run) is never stuck: the
+    claim starts its run when it is due.
     """
     if not await session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _REAPER_LOCK}):
         return []
     result = await session.execute(
         update(Campaign)
-        .where(Campaign.status == "sending", Campaign.last_progress_at < now - stale)
+        .where(
+            Campaign.status == "sending",
+            Campaign.workflow_id.is_not(None),
+            Campaign.last_progress_at < now - stale,
+        )
         .values(
             status="queued",
             workflow_id=None,

@@ -54,6 +54,9 @@ class Campaign(Timestamps, Base):
     failed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     last_progress_at: Mapped[datetime | None]
+    # While parked (``sending``, no owning run: every pending recipient is due later),
+    # when the scheduler starts the next run; NULL otherwise.
+    resume_at: Mapped[datetime | None]
     created_by: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
@@ -71,6 +74,12 @@ class Campaign(Timestamps, Base):
             "last_progress_at",
             postgresql_where=text("status = 'sending'"),
         ),
+        # The scheduler's claim looks for parked campaigns whose resume time passed.
+        Index(
+            "ix_campaigns_resume_at",
+            "resume_at",
+            postgresql_where=text("resume_at IS NOT NULL"),
+        ),
         CheckConstraint(
             "status IN ('queued','scheduled','sending','paused','sent','cancelled','failed')",
             name="status_known",
@@ -84,6 +93,11 @@ class Campaign(Timestamps, Base):
         ),
         CheckConstraint(
             "throttle_per_second IS NULL OR throttle_per_second > 0", name="throttle_positive"
+        ),
+        # Only a parked campaign has a resume time: still sending, no run owns it.
+        CheckConstraint(
+            "resume_at IS NULL OR (status = 'sending' AND workflow_id IS NULL)",
+            name="resume_at_parked",
         ),
     )
 
