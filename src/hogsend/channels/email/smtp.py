@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 from email.header import Header
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from typing import Literal, cast
 
@@ -41,7 +42,9 @@ def build_mime(message: OutgoingEmail) -> EmailMessage:
     for name, value in message.headers.items():
         if name.lower() in _OWN_HEADERS:
             continue
-        mime[name] = value
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} may not contain a line break")
+        mime[name] = _Folded(name, value) if value.isascii() else value
     if message.text is not None:
         mime.set_content(message.text, subtype="plain", charset="utf-8")
         if message.html is not None:
@@ -49,6 +52,28 @@ def build_mime(message: OutgoingEmail) -> EmailMessage:
     elif message.html is not None:
         mime.set_content(message.html, subtype="html", charset="utf-8")
     return mime
+
+
+class _Folded(str):
+    """A header value the ``email`` package writes folded as :func:`message_bytes` does.
+
+    Its own folding turns a word longer than a line (the URLs of ``List-Unsubscribe``)
+    into RFC 2047 encoded words, which no mailbox provider decodes in a header of URIs;
+    :func:`_header_line` folds at spaces only. The package takes a value with a ``name``
+    and a ``fold`` for a header object of its own, stored and written as is.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Folded:
+        folded = super().__new__(cls, value)
+        folded.name = name
+        return folded
+
+    def fold(self, *, policy: Policy) -> str:
+        """The header line, folded, with the policy's line ends."""
+        line = _header_line(self.name, str(self))
+        return line.replace("\r\n", policy.linesep) + policy.linesep
 
 
 _ADDRESS_HEADERS = frozenset({"from", "to", "reply-to"})
