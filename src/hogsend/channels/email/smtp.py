@@ -305,7 +305,8 @@ class SmtpProvider:
         timeout: seconds for connecting and for each command's reply.
         tls_context: the SSL context (e.g. trusting a private CA); default: system CAs.
 
-    Replies 4xx, lost connections and timeouts raise TransientProviderError; 5xx replies
+    Replies 4xx, lost connections and timeouts raise TransientProviderError (``throttled``
+    for 421 and 45x, which pause every send of a ``PacedProvider``); 5xx replies
     (535: bad credentials) and setups no retry can fix (no STARTTLS or AUTH on the
     server, an unverifiable certificate, TLS to a plain port) raise
     PermanentProviderError. A connection that failed is closed, never reused.
@@ -816,7 +817,17 @@ def _classify(exc: BaseException, *, username: str | None = None) -> ProviderErr
             provider="smtp",
         )
     label = f"SMTP {code}: {text}" if code is not None else f"SMTP connection: {text}"
-    return TransientProviderError(label, provider="smtp", status=code)
+    return TransientProviderError(
+        label, provider="smtp", status=code, throttled=code is not None and _throttles(code)
+    )
+
+
+def _throttles(code: int) -> bool:
+    """Whether a reply says the server wants fewer messages for a while, not this one
+    refused: 421 (service not available, too many connections) and the 45x replies
+    (450 mailbox or rate limit busy, 451 local error or "try later", 452 insufficient
+    storage or too many messages, 454 temporary TLS or AUTH failure ...)."""
+    return code == SMTPStatus.domain_unavailable or 450 <= code < 460
 
 
 def _needs_new_settings(exc: BaseException) -> bool:
