@@ -140,6 +140,8 @@ class TransientProviderError(ProviderError):
 
     Attributes:
         retry_after: seconds the provider asked us to wait, when it said.
+        throttled: the provider said to slow down (HTTP 429, SMTP 421 or 45x), so every
+            send to it should pause, not only this message's (see ``PacedProvider``).
     """
 
     code = "provider-transient"
@@ -151,9 +153,11 @@ class TransientProviderError(ProviderError):
         provider: str,
         status: int | None = None,
         retry_after: float | None = None,
+        throttled: bool = False,
     ) -> None:
         super().__init__(message, provider=provider, status=status)
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class PermanentProviderError(ProviderError):

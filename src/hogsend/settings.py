@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hogsend.core.identity import IdentityError, normalize_email
 from hogsend.core.webhook_signatures import decode_secret
 from hogsend.errors import ConfigurationError
 
@@ -96,6 +97,10 @@ class Settings(BaseSettings):
     )
     email_rate_per_second: float = Field(
         default=0.0, ge=0, description="Most messages per second to the provider (0 = no limit)."
+    )
+    unsubscribe_mailto: str | None = Field(
+        default=None,
+        description="Address List-Unsubscribe also offers as a mailto: URI; unset: only https.",
     )
     resend_webhook_secret: SecretStr | None = Field(
         default=None, description="Svix signing secret of the Resend webhook."
@@ -422,6 +427,20 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _check_unsubscribe_mailto(cls, value: str | None) -> str | None:
+        try:
+            address = normalize_email(value)
+        except IdentityError as exc:
+            raise ValueError(
+                f"must be an address such as unsubscribe@example.com ({exc.reason})"
+            ) from None
+        if address is not None and not address.isascii():
+            # It goes into a header as a URI: only ASCII survives there unencoded.
+            raise ValueError("must be an ASCII email address")
+        return address
 
     @field_validator("resend_webhook_secret", "generic_webhook_secret")
     @classmethod

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import httpx
 import psycopg
@@ -20,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from hogsend import Hogsend, define_list
 from hogsend.api import create_api
 from hogsend.channels.email import SmtpProvider
-from hogsend.channels.mailer import Mailer, SendRequest
+from hogsend.channels.mailer import Mailer, SendOutcome, SendRequest
 from hogsend.core import tokens
 from hogsend.core.mailer_gates import SendWindow
 from hogsend.db.repos import sends
@@ -167,6 +169,78 @@ async def test_sent_with_well_formed_unsubscribe_headers(env: Env, fetch_all: Fe
     html = message.get_body(("html",))
     assert html is not None
     assert header[1:-1] in html.get_content().replace("&amp;", "&")
+    assert unsubscribe_uris(header) == [header[1:-1]]  # no mailto: unless configured
+
+
+MAILTO = "unsubscribe+lists@mail.example.test"
+
+
+def unsubscribe_uris(header: str) -> list[str]:
+    """The URIs of a List-Unsubscribe value: ``<uri>``, comma-separated (RFC 2369)."""
+    uris = re.findall(r"<([^<>]*)>", header)
+    assert header == ", ".join(f"<{uri}>" for uri in uris)
+    return uris
+
+
+def check_unsubscribe_uris(message: EmailMessage, *, mailto: str | None) -> None:
+    """The one-click URL, then (with ``mailto``) a mailto: URI with the same token."""
+    uris = unsubscribe_uris(message["List-Unsubscribe"])
+    one_click = urlparse(uris[0])
+    assert f"{one_click.scheme}://{one_click.netloc}{one_click.path}" == (
+        f"{PUBLIC}/v1/email/one-click"
+    )
+    [token] = parse_qs(one_click.query)["token"]
+    claims = tokens.verify(token, SECRET.encode(), purpose="unsubscribe", now=datetime.now(UTC))
+    assert claims.email == message["To"]
+    if mailto is None:
+        assert len(uris) == 1
+        return
+    assert len(uris) == 2
+    by_mail = urlparse(uris[1])
+    assert by_mail.scheme == "mailto"
+    assert unquote(by_mail.path) == mailto
+    assert parse_qs(by_mail.query) == {"subject": [f"unsubscribe {token}"]}
+
+
+async def test_list_unsubscribe_adds_a_mailto_when_configured_on_both_paths(
+    env: Env,
+) -> None:
+    settings = env.settings.model_copy(update={"unsubscribe_mailto": MAILTO})
+    single = Mailer(env.app, settings, env.engine, env.mailer.provider, coalesce=False)
+    ann = await new_contact(env.engine, "ann@example.com")
+    assert (await single.send(news(ann, idempotency_key="k-mailto"))).decision == "sent"
+    [message] = env.sink.messages
+    check_unsubscribe_uris(message, mailto=MAILTO)
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+    batch = Mailer(env.app, settings, env.engine, env.mailer.provider)
+    people = [await new_contact(env.engine, f"b{i}@example.com") for i in range(3)]
+    outcomes = await batch.send_batch(
+        [news(c, idempotency_key=f"k-mailto:{c}") for c in people], concurrency=2
+    )
+    assert [o.decision for o in outcomes if isinstance(o, SendOutcome)] == ["sent"] * 3
+    for message in env.sink.messages[1:]:
+        check_unsubscribe_uris(message, mailto=MAILTO)
+
+    # Not configured: the one-click URL alone, on the batch path too.
+    plain = await new_contact(env.engine, "plain@example.com")
+    [outcome] = await env.mailer.send_batch([news(plain, idempotency_key="k-plain")], concurrency=1)
+    assert isinstance(outcome, SendOutcome)
+    assert outcome.decision == "sent"
+    check_unsubscribe_uris(env.sink.messages[-1], mailto=None)
+
+    # Transactional mail carries neither.
+    assert (await single.send(receipt(ann))).decision == "sent"
+    assert env.sink.messages[-1]["List-Unsubscribe"] is None
+
+
+def test_the_mailto_address_is_percent_encoded_in_the_uri(env: Env) -> None:
+    odd = "a%b/c?d#e&f=g@example.com"
+    settings = env.settings.model_copy(update={"unsubscribe_mailto": odd})
+    mailer = Mailer(env.app, settings, env.engine, env.mailer.provider)
+    assert mailer._unsubscribe_mailto == (
+        ", <mailto:a%25b%2Fc%3Fd%23e%26f%3Dg@example.com?subject=unsubscribe%20"
+    )
 
 
 async def test_transactional_mail_has_no_unsubscribe_header(env: Env) -> None:

@@ -1,14 +1,18 @@
 """SMTP failures as the decision log records them: real aiosmtpd, real Postgres.
 
 Transient replies (421, 450) are retried with back-off and every wait is recorded in the
-row; a refused login is final at once, with a message that names the settings to fix.
+row; behind pacing, they pause every send to the server. A refused login is final at
+once, with a message that names the settings to fix.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +22,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hogsend import Hogsend
-from hogsend.channels.email import SmtpProvider
+from hogsend.channels.email import PacedProvider, SmtpProvider
 from hogsend.channels.mailer import Mailer, SendRequest
 from hogsend.settings import Settings
-from mail_sink import SecuredServer, Sink, secured_sink
+from mail_sink import SecuredServer, Sink, running_sink, secured_sink
 
 FetchAll = Callable[..., Awaitable[list[dict[str, Any]]]]
 
@@ -174,3 +178,118 @@ async def test_a_wrong_password_is_final_at_once(
     )
     assert again.decision == "sent"
     assert len(server.sink.messages) == 1
+
+
+@dataclass
+class Timed(Sink):
+    """A sink noting when each transaction began (its MAIL) and when it refused one.
+
+    It answers a message it accepts only after ``busy`` seconds, as a loaded server
+    does, so that the lanes sending alongside a refused message are still at the server
+    when the refusal arrives, and begin their next messages well after it.
+    """
+
+    busy: float = 0.25
+    began: dict[str, float] = field(default_factory=dict)  # by X-Hogsend-Send-Id
+    mails: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.began = time.monotonic()
+        self.mails.append(envelope.began)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any
+    ) -> str:
+        if self.script:
+            self.refused.append(time.monotonic())
+            return self.script.pop(0)
+        reply = await super().handle_DATA(server, session, envelope)
+        self.began[self.messages[-1]["X-Hogsend-Send-Id"]] = envelope.began
+        await asyncio.sleep(self.busy)
+        return reply
+
+
+PAUSE = 0.6
+"""The paced provider's first back-off in the test below (the default is 1 s)."""
+
+
+async def test_a_throttling_server_pauses_every_send_and_the_rows_record_the_wait(
+    tmp_path: Path, engine: AsyncEngine, database_url: str, fetch_all: FetchAll
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "receipt.html").write_text(
+        "{#---\nsubject: Your receipt\ncategory: transactional\n---#}\n<p>Paid</p>\n"
+    )
+    settings = Settings(env="test", database_url=database_url, secret_key="k" * 40)
+    sleeps: list[float] = []
+
+    async def record_sleep(seconds: float) -> None:
+        sleeps.append(seconds)  # the mailer's own back-off: not slept, pacing's pause is
+
+    def receipts(prefix: str, count: int) -> list[SendRequest]:
+        return [
+            SendRequest(
+                template="receipt",
+                to_email=f"{prefix}{i}@example.com",
+                idempotency_key=f"{prefix}{i}",
+            )
+            for i in range(count)
+        ]
+
+    handler = Timed()
+    with contextlib.contextmanager(running_sink)(handler) as (_, port):
+        provider = PacedProvider(
+            SmtpProvider(host="127.0.0.1", port=port, tls="none", pool_size=4),
+            throttle_backoff=PAUSE,
+        )
+        mailer = Mailer(
+            Hogsend(templates=templates), settings, engine, provider, sleep=record_sleep
+        )
+        try:
+            # Four connections open, so the four lanes below start together.
+            await mailer.send_batch(receipts("warm", 4), concurrency=4)
+            handler.script.append("421 4.7.0 Too many connections, slow down")
+            start = len(handler.messages)
+            outcomes = await mailer.send_batch(receipts("p", 10), concurrency=4)
+        finally:
+            await provider.aclose()
+
+    # Every message went, the refused one on the mailer's retry.
+    assert [getattr(o, "decision", o) for o in outcomes] == ["sent"] * 10
+    assert len(handler.messages) - start == 10
+    assert sleeps == [1.0]
+    [refused_at] = handler.refused
+    # The other lanes were held: none began a message from shortly after the 421 (the
+    # transactions begun alongside the refused one may reach the server a little after
+    # it) until the pause was over.
+    assert not [t for t in handler.mails if refused_at + 0.1 < t < refused_at + PAUSE - 0.02]
+
+    rows = await fetch_all(
+        "SELECT id, attempts, decision_detail FROM email_sends WHERE to_email LIKE 'p%'"
+    )
+    assert len(rows) == 10
+    [retried] = [r for r in rows if "retries" in r["decision_detail"]]
+    assert retried["attempts"] == 2
+    assert retried["decision_detail"]["retries"] == [
+        {
+            "status": 421,
+            "error": "SMTP 421: 4.7.0 Too many connections, slow down",
+            "waitSeconds": 1.0,
+        }
+    ]
+    # Each row records what its message waited: the retried one and the next message of
+    # each other lane waited out the rest of the pause, and began after it.
+    held = [r for r in rows if r["decision_detail"]["waitedSeconds"] > 0]
+    assert retried in held
+    assert len(held) >= 2  # 4 (three lanes' next messages) unless the machine stalls
+    for row in held:
+        assert handler.began[str(row["id"])] >= refused_at + PAUSE - 0.02
+        assert row["decision_detail"]["waitedSeconds"] <= PAUSE + 0.05
+    assert retried["decision_detail"]["waitedSeconds"] >= PAUSE - 0.1

@@ -113,6 +113,7 @@ async def test_429_is_transient_with_retry_after(base_url: str) -> None:
     await provider.aclose()
     assert info.value.status == 429
     assert info.value.retry_after == 7
+    assert info.value.throttled
 
 
 async def test_500_is_transient(base_url: str) -> None:
@@ -122,6 +123,7 @@ async def test_500_is_transient(base_url: str) -> None:
     await provider.aclose()
     assert info.value.status == 500
     assert info.value.retry_after is None
+    assert not info.value.throttled
 
 
 async def test_422_is_permanent(base_url: str) -> None:

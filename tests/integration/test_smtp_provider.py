@@ -232,6 +232,7 @@ async def test_4xx_is_transient(plain: Server, code: int) -> None:
     with pytest.raises(TransientProviderError) as info:
         await provider.send(message(to=f"reply{code}@example.com"))
     assert info.value.status == code
+    assert info.value.throttled  # a PacedProvider pauses every send on it
     # The failed connection is dropped; the next send opens a fresh one and works.
     await provider.send(message())
     await provider.aclose()
@@ -249,8 +250,9 @@ async def test_5xx_is_permanent(plain: Server, code: int) -> None:
 
 async def test_unreachable_server_is_transient() -> None:
     provider = SmtpProvider(host="127.0.0.1", port=free_port(), tls="none", timeout=5)
-    with pytest.raises(TransientProviderError, match="connection"):
+    with pytest.raises(TransientProviderError, match="connection") as info:
         await provider.send(message())
+    assert not info.value.throttled  # nothing said to slow down: retried, no pause
 
 
 async def test_starttls_with_auth(starttls: SecuredServer) -> None:
@@ -700,6 +702,7 @@ async def test_a_421_that_hangs_up_mid_group_is_reported_as_421() -> None:
         with pytest.raises(TransientProviderError) as info:
             await provider.send(message())
         assert info.value.status == 421
+        assert info.value.throttled
         server.replies.clear()
         await provider.send(message(to="grace@example.com"))
         await provider.aclose()

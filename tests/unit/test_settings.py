@@ -57,6 +57,28 @@ def test_several_problems_are_reported_together() -> None:
     assert "HOGSEND_DATABASE_URL" in message
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("mailto:unsub@example.com", "characters like"),
+        ("Lists <unsub@example.com>", "whitespace"),
+        ("unsub@", "nothing after the @"),
+        ("désabonner@example.com", "ASCII"),
+    ],
+)
+def test_the_unsubscribe_mailto_must_be_a_plain_address(value: str, reason: str) -> None:
+    message = _error(env="dev", unsubscribe_mailto=value)
+    assert "HOGSEND_UNSUBSCRIBE_MAILTO" in message
+    assert reason in message
+
+
+def test_the_unsubscribe_mailto_is_normalised_and_optional() -> None:
+    assert load_settings(env="dev").unsubscribe_mailto is None
+    assert load_settings(env="dev", unsubscribe_mailto=" ").unsubscribe_mailto is None
+    given = load_settings(env="dev", unsubscribe_mailto=" Unsub@Lists.Example.COM ")
+    assert given.unsubscribe_mailto == "Unsub@lists.example.com"
+
+
 def test_stale_seconds_must_exceed_heartbeat() -> None:
     message = _error(env="dev", heartbeat_seconds=30, worker_stale_seconds=10)
     assert "HOGSEND_WORKER_STALE_SECONDS" in message

@@ -10,6 +10,7 @@ from email.message import EmailMessage
 from unittest import mock
 
 import pytest
+from aiosmtplib.email import flatten_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -123,6 +124,31 @@ def test_header_injection_is_refused() -> None:
         message_bytes(sample(subject="Hi\r\nBcc: victim@example.com"))
     with pytest.raises(ValueError, match="line break"):
         message_bytes(sample(headers={"X-Extra": "a\nb"}))
+
+
+def test_the_stdlib_path_refuses_header_injection_too() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        build_mime(sample(headers={"X-Extra": "a\r\nBcc: victim@example.com"}))
+
+
+def test_the_stdlib_path_folds_list_unsubscribe_without_encoded_words() -> None:
+    # A non-ASCII address goes through build_mime and aiosmtplib's flattening; the
+    # email package alone would write the long URIs as RFC 2047 encoded words, which
+    # mailbox providers do not decode in List-Unsubscribe.
+    both = f"<{LONG_URL}>, <mailto:unsubscribe@quickstart.test?subject=unsubscribe%20{'y' * 300}>"
+    message = sample(to="zoë@exämple.com", headers={"List-Unsubscribe": both})
+    data = flatten_message(build_mime(message), utf8=True)
+    assert b"=?" not in data.split(b"\r\n\r\n")[0]
+    lines = data.split(b"\r\n")
+    assert all(len(line) <= 998 for line in lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith(b"List-Unsubscribe:"))
+    assert lines[at] == f"List-Unsubscribe: <{LONG_URL}>,".encode()
+    assert lines[at + 1].startswith(b" <mailto:")
+    assert parse(data)["List-Unsubscribe"] == both
+    # The same lines as the direct writer's.
+    direct = message_bytes(sample(headers={"List-Unsubscribe": both}))
+    assert direct is not None
+    assert b"\r\n".join(lines[at : at + 2]) in direct
 
 
 def test_several_reply_to_addresses() -> None:

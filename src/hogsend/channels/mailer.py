@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any, Literal, cast
+from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -101,6 +102,10 @@ SEND_ID_HEADER = "X-Hogsend-Send-Id"
 EMAIL_SENT = "email.sent"
 """The event each message that went out to a contact emits (key ``email.sent:<send id>``)."""
 EVENT_SOURCE = "mailer"
+# What may stay as is in a mailto: URI's address, beside the unreserved characters
+# quote() never encodes (RFC 6068's "some-delims" an address can hold); "%", "/", "?",
+# "#", "&", "=" ... are percent-encoded.
+_MAILTO_SAFE = "!$'*+@"
 # Outside prod (where a secret key is required) links are signed with this well-known
 # key so `hogsend dev` works out of the box; such links prove nothing.
 _DEV_SECRET = b"hogsend-insecure-development-key-do-not-use-in-prod"
@@ -419,6 +424,15 @@ class Mailer:
             "unsubscribe_url": f"{base}{ONE_CLICK_PATH}?token=",
             "preferences_url": f"{base}{PREFERENCES_PATH}?token=",
         }
+        # RFC 2369's mailto: form after the one-click URL, when an address is configured:
+        # its constant part, written once; each message adds its token and a ">".
+        mailto = settings.unsubscribe_mailto
+        self._unsubscribe_mailto = (
+            None
+            if mailto is None
+            else f", <mailto:{quote(mailto, safe=_MAILTO_SAFE)}?subject=unsubscribe%20"
+        )
+        self._token_at = len(self._link_prefixes["unsubscribe_url"])
         self._plans = MessagePlans(
             self._templates,
             public_url=base,
@@ -992,12 +1006,21 @@ class Mailer:
         """The provider to call and the message to give it.
 
         Every message names its send (``X-Hogsend-Send-Id``); a marketing one (``links``
-        given) carries RFC 8058 one-click unsubscribe headers; in test mode it goes to the
-        test recipient (or the outbox) with the real address in a header.
+        given) carries RFC 8058 one-click unsubscribe headers (and a ``mailto:`` form, RFC
+        2369, when ``HOGSEND_UNSUBSCRIBE_MAILTO`` is set); in test mode it goes to the test
+        recipient (or the outbox) with the real address in a header.
         """
         headers = {SEND_ID_HEADER: str(send_id)}
         if links is not None:
-            headers["List-Unsubscribe"] = f"<{links['unsubscribe_url']}>"
+            url = links["unsubscribe_url"]
+            mailto = self._unsubscribe_mailto
+            if mailto is None:
+                headers["List-Unsubscribe"] = f"<{url}>"
+            else:
+                # The URL is its prefix and the token (_link_prefixes); the mail to the
+                # unsubscribe address carries that signed token in its subject. A token
+                # is base64url and a dot, unreserved in a URI: nothing to percent-encode.
+                headers["List-Unsubscribe"] = f"<{url}>{mailto}{url[self._token_at :]}>"
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         provider = self.provider
         to = who.to_email

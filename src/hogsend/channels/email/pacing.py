@@ -52,8 +52,8 @@ class TokenBucket:
     async def acquire(self) -> float:
         """Take one token, sleeping if needed; returns the seconds waited."""
         waited = 0.0
-        pause = self._paused_until - self._clock()
-        if pause > 0:
+        # Looked at again after each sleep: a pause may be extended meanwhile.
+        while (pause := self._paused_until - self._clock()) > 0:
             await self._sleep(pause)
             waited += pause
         if self.rate == 0:
@@ -74,9 +74,15 @@ class PacedProvider:
 
     When the provider raises TransientProviderError with a ``retry_after`` of at most
     ``max_backoff`` seconds, every send through this wrapper pauses for that long and
-    the message is tried again, up to ``max_retries`` times; other errors propagate at
-    once (the mailer schedules its own retries). The result's ``waited_seconds`` and
-    ``attempts`` say what pacing did, for the decision row.
+    the message is tried again, up to ``max_retries`` times. When it says to slow down
+    without saying for how long (``throttled``: SMTP 421 or 45x, HTTP 429), every send
+    pauses for a back-off of ``throttle_backoff`` seconds, doubled each time the
+    provider throttles again after a pause, up to ``max_throttle_backoff``, and back to
+    ``throttle_backoff`` once a message sent after the latest pause is accepted; the
+    error propagates (the mailer retries that message with its own back-off, and its
+    next call waits out the pause). Other errors propagate at once. The result's
+    ``waited_seconds`` (rate limit and pauses) and ``attempts`` say what pacing did,
+    for the decision row.
     """
 
     def __init__(
@@ -86,14 +92,25 @@ class PacedProvider:
         rate_per_second: float = 0.0,
         max_retries: int = 3,
         max_backoff: float = 60.0,
+        throttle_backoff: float = 1.0,
+        max_throttle_backoff: float = 30.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
+        if not 0 < throttle_backoff <= max_throttle_backoff:
+            raise ValueError("throttle_backoff must be positive and at most max_throttle_backoff")
         self.inner = inner
         self.name = inner.name
         self.bucket = TokenBucket(rate_per_second, clock=clock, sleep=sleep)
         self.max_retries = max_retries
         self.max_backoff = max_backoff
+        self.throttle_backoff = throttle_backoff
+        self.max_throttle_backoff = max_throttle_backoff
+        self._next_backoff = throttle_backoff
+        # Back-offs started so far. A call made before the latest one started tells
+        # nothing new: a throttle answer to it is part of the same episode (no longer
+        # pause), its acceptance does not show the provider recovered (no reset).
+        self._backoffs = 0
 
     async def send(self, message: OutgoingEmail) -> ProviderResult:
         """Send through the bucket, backing off as the provider asks."""
@@ -112,6 +129,7 @@ class PacedProvider:
         while True:
             attempt += 1
             waited += await self.bucket.acquire()
+            backoffs = self._backoffs
             try:
                 if gate is None:
                     result = await self.inner.send(message)
@@ -119,10 +137,14 @@ class PacedProvider:
                     result = await send_when(self.inner, message, gate)
             except TransientProviderError as exc:
                 delay = exc.retry_after
-                if delay is None or delay > self.max_backoff or attempt > self.max_retries:
-                    raise
-                self.bucket.pause(delay)
-                continue
+                if delay is not None and delay <= self.max_backoff and attempt <= self.max_retries:
+                    self.bucket.pause(delay)
+                    continue
+                if exc.throttled and backoffs == self._backoffs:
+                    self._back_off()
+                raise
+            if backoffs == self._backoffs and self._next_backoff != self.throttle_backoff:
+                self._next_backoff = self.throttle_backoff  # accepting again
             if waited == 0 and attempt == result.attempts:
                 # Neither held back nor retried (the usual case): nothing to add, and no
                 # copy of the result per message.
@@ -130,6 +152,13 @@ class PacedProvider:
             return dataclasses.replace(
                 result, waited_seconds=result.waited_seconds + waited, attempts=attempt
             )
+
+    def _back_off(self) -> None:
+        """Pause every send for the current back-off; the next one is twice as long."""
+        delay = self._next_backoff
+        self._next_backoff = min(delay * 2, self.max_throttle_backoff)
+        self._backoffs += 1
+        self.bucket.pause(delay)
 
     async def aclose(self) -> None:
         """Close the wrapped provider."""

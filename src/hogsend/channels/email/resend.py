@@ -24,10 +24,10 @@ class ResendProvider:
         transport: an httpx transport to use instead of the network (for fakes).
 
     429, 5xx and network errors raise TransientProviderError (``retry_after`` from the
-    ``Retry-After`` header when sent); other 4xx raise PermanentProviderError, except
-    409 ``concurrent_idempotent_requests``, which is transient, and 409
-    ``invalid_idempotent_request`` (the key went out before, with another body), which
-    raises ProviderAlreadyAccepted.
+    ``Retry-After`` header when sent; a 429 is ``throttled``); other 4xx raise
+    PermanentProviderError, except 409 ``concurrent_idempotent_requests``, which is
+    transient, and 409 ``invalid_idempotent_request`` (the key went out before, with
+    another body), which raises ProviderAlreadyAccepted.
     """
 
     name = "resend"
@@ -103,6 +103,7 @@ class ResendProvider:
                 provider=self.name,
                 status=status,
                 retry_after=_retry_after(response.headers.get("Retry-After")),
+                throttled=status == 429,
             )
         raise PermanentProviderError(text.strip(), provider=self.name, status=status)
 

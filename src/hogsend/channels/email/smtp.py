@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 from email.header import Header
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from typing import Literal, cast
 
@@ -41,7 +42,9 @@ def build_mime(message: OutgoingEmail) -> EmailMessage:
     for name, value in message.headers.items():
         if name.lower() in _OWN_HEADERS:
             continue
-        mime[name] = value
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} may not contain a line break")
+        mime[name] = _Folded(name, value) if value.isascii() else value
     if message.text is not None:
         mime.set_content(message.text, subtype="plain", charset="utf-8")
         if message.html is not None:
@@ -49,6 +52,28 @@ def build_mime(message: OutgoingEmail) -> EmailMessage:
     elif message.html is not None:
         mime.set_content(message.html, subtype="html", charset="utf-8")
     return mime
+
+
+class _Folded(str):
+    """A header value the ``email`` package writes folded as :func:`message_bytes` does.
+
+    Its own folding turns a word longer than a line (the URLs of ``List-Unsubscribe``)
+    into RFC 2047 encoded words, which no mailbox provider decodes in a header of URIs;
+    :func:`_header_line` folds at spaces only. The package takes a value with a ``name``
+    and a ``fold`` for a header object of its own, stored and written as is.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Folded:
+        folded = super().__new__(cls, value)
+        folded.name = name
+        return folded
+
+    def fold(self, *, policy: Policy) -> str:
+        """The header line, folded, with the policy's line ends."""
+        line = _header_line(self.name, str(self))
+        return line.replace("\r\n", policy.linesep) + policy.linesep
 
 
 _ADDRESS_HEADERS = frozenset({"from", "to", "reply-to"})
@@ -280,7 +305,8 @@ class SmtpProvider:
         timeout: seconds for connecting and for each command's reply.
         tls_context: the SSL context (e.g. trusting a private CA); default: system CAs.
 
-    Replies 4xx, lost connections and timeouts raise TransientProviderError; 5xx replies
+    Replies 4xx, lost connections and timeouts raise TransientProviderError (``throttled``
+    for 421 and 45x, which pause every send of a ``PacedProvider``); 5xx replies
     (535: bad credentials) and setups no retry can fix (no STARTTLS or AUTH on the
     server, an unverifiable certificate, TLS to a plain port) raise
     PermanentProviderError. A connection that failed is closed, never reused.
@@ -791,7 +817,17 @@ def _classify(exc: BaseException, *, username: str | None = None) -> ProviderErr
             provider="smtp",
         )
     label = f"SMTP {code}: {text}" if code is not None else f"SMTP connection: {text}"
-    return TransientProviderError(label, provider="smtp", status=code)
+    return TransientProviderError(
+        label, provider="smtp", status=code, throttled=code is not None and _throttles(code)
+    )
+
+
+def _throttles(code: int) -> bool:
+    """Whether a reply says the server wants fewer messages for a while, not this one
+    refused: 421 (service not available, too many connections) and the 45x replies
+    (450 mailbox or rate limit busy, 451 local error or "try later", 452 insufficient
+    storage or too many messages, 454 temporary TLS or AUTH failure ...)."""
+    return code == SMTPStatus.domain_unavailable or 450 <= code < 460
 
 
 def _needs_new_settings(exc: BaseException) -> bool:
