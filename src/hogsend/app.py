@@ -265,6 +265,13 @@ class Hogsend:
                 )
         return problems
 
+    def warnings(self) -> list[Problem]:
+        """What ``hogsend check`` points out without failing (the templates whose
+        non-transactional messages get the standard preference footer)."""
+        if self.templates is None or not self.templates.directory.is_dir():
+            return []
+        return [Problem(where=p.where, message=p.message) for p in self.templates.warnings()]
+
 
 def _is_condition(value: object) -> bool:
     return isinstance(value, CONDITION_TYPES)

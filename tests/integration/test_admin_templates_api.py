@@ -96,8 +96,13 @@ async def test_preview_renders_without_writing(env: Env, admin_key: str) -> None
     body = examples.json()
     assert body["subject"] == "Welcome, Ada"
     assert body["preheader"] == "Glad you came"
-    assert body["text"] == "Hi Ada (text)\n"
+    # No link in the template: the preview shows the standard footer a marketing send gets.
+    footer = (
+        "Manage your email preferences or unsubscribe: https://example.com/preferences?preview=1"
+    )
+    assert body["text"] == f"Hi Ada (text)\n\n{footer}\n"
     assert "Hi Ada" in body["html"]
+    assert "https://example.com/preferences?preview=1" in body["html"]
     assert body["props"] == {"name": "Ada"}
 
     given = await env.client.get(
@@ -113,7 +118,7 @@ async def test_preview_renders_without_writing(env: Env, admin_key: str) -> None
         headers=bearer(admin_key),
     )
     assert text.headers["content-type"].startswith("text/plain")
-    assert text.text == "Hi Linus (text)\n"
+    assert text.text == f"Hi Linus (text)\n\n{footer}\n"
 
     contact_id = await new_contact(env.engine, "real@example.com")
     before["contacts"] += 1
@@ -125,6 +130,14 @@ async def test_preview_renders_without_writing(env: Env, admin_key: str) -> None
     assert "for real@example.com" in for_contact.json()["html"]
     news = await env.client.get("/v1/admin/templates/news/preview", headers=bearer(admin_key))
     assert "https://example.com/unsubscribe?preview=1" in news.json()["html"]
+    assert "preferences?preview=1" not in news.json()["html"]  # it shows a link: no footer
+    receipt = await env.client.get(
+        "/v1/admin/templates/receipt/preview",
+        params={"props": b64({"amount": 1})},
+        headers=bearer(admin_key),
+    )
+    assert receipt.status_code == 200, receipt.text
+    assert "preferences?preview=1" not in receipt.json()["text"]  # transactional: none
     assert await counts(env.engine) == before
 
 

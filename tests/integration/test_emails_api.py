@@ -405,6 +405,80 @@ async def test_a_list_category_makes_it_a_marketing_send(
     ]
 
 
+async def test_any_other_category_is_a_marketing_send_to_it_with_its_unsubscribes(
+    env: Env, ingest_key: str
+) -> None:
+    registry = env.app.templates
+    assert registry is not None
+    # The quickstart's win-back in small: a marketing category no list registers.
+    (registry.directory / "win-back.html").write_text(
+        "{#---\nsubject: We miss you\ncategory: marketing\n---#}\n"
+        "<html><body><p>Come back</p></body></html>\n"
+    )
+    registry.refresh()
+    everything = await new_contact(env.engine, "all@example.com", external_id="u-all")
+    category = await new_contact(env.engine, "cat@example.com", external_id="u-cat")
+    await new_contact(env.engine, "stays@example.com", external_id="u-stays")
+    await execute(
+        env.engine,
+        "INSERT INTO email_preferences (contact_id, unsubscribed_all, unsubscribed_at)"
+        " VALUES (:c, true, now())",
+        c=everything,
+    )
+    await execute(
+        env.engine,
+        "INSERT INTO list_subscriptions (contact_id, list_id, subscribed)"
+        " VALUES (:c, 'marketing', false)",
+        c=category,
+    )
+
+    async def post(user: str, **fields: Any) -> str:
+        response = await env.client.post(
+            "/v1/emails", json={"userId": user, **fields}, headers=bearer(ingest_key)
+        )
+        assert response.status_code == 202, response.text
+        status = response.json()["status"]
+        assert isinstance(status, str)
+        return status
+
+    # The template's category, then the body's on a template without one.
+    assert await post("u-all", template="win-back") == "unsubscribed"
+    assert await post("u-cat", template="win-back") == "unsubscribed"
+    assert await post("u-cat", template="welcome", props={"name": "C"}, category="marketing") == (
+        "unsubscribed"
+    )
+    # No category (or `transactional`): transactional, so the unsubscribes do not apply.
+    assert await post("u-all", template="welcome", props={"name": "A"}) == "queued"
+    assert await post("u-cat", template="welcome", props={"name": "B"}) == "queued"
+    assert await post("u-stays", template="win-back") == "queued"
+    await env.deliver()
+    by_to: dict[str, list[Any]] = {}
+    for message in env.sink.messages:
+        by_to.setdefault(message["To"], []).append(message)
+    assert sorted(by_to) == ["all@example.com", "cat@example.com", "stays@example.com"]
+    for address in ("all@example.com", "cat@example.com"):
+        [message] = by_to[address]
+        assert message["List-Unsubscribe"] is None
+        assert "/v1/email/preferences" not in message.get_body(("html",)).get_content()
+    [marketing] = by_to["stays@example.com"]
+    assert marketing["List-Unsubscribe"].startswith(f"<{PUBLIC}/v1/email/one-click?")
+    assert marketing["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The template shows no link, so the standard footer carries the preference centre.
+    assert f"{PUBLIC}/v1/email/preferences?token=" in marketing.get_body(("html",)).get_content()
+    kinds = {
+        (r["to_email"], r["template_key"], r["decision"]): r["kind"]
+        for r in await send_rows(env.engine)
+    }
+    assert kinds == {
+        ("all@example.com", "win-back", "unsubscribed"): "campaign",
+        ("cat@example.com", "win-back", "unsubscribed"): "campaign",
+        ("cat@example.com", "welcome", "unsubscribed"): "campaign",
+        ("all@example.com", "welcome", "sent"): "transactional",
+        ("cat@example.com", "welcome", "sent"): "transactional",
+        ("stays@example.com", "win-back", "sent"): "campaign",
+    }
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -89,6 +89,12 @@ async def gap(contact: Contact, ctx: JourneyContext) -> None:
     await ctx.enroll("it-slow", contact)
 
 
+@define_journey(id="it-billing", name="Billing", trigger="billing.test", entry_limit="unlimited")
+async def billing(contact: Contact, ctx: JourneyContext) -> None:
+    await ctx.send_email(template="receipt")  # category: transactional
+    await ctx.send_email(template="welcome")
+
+
 @define_journey(id="it-lookback", name="Lookback", trigger="lb.start", entry_limit="unlimited")
 async def lookback(contact: Contact, ctx: JourneyContext) -> None:
     before = await ctx.wait_for_event(
@@ -110,6 +116,9 @@ def _templates(directory: Path) -> Path:
     )
     (directory / "nudge.html").write_text(
         "{#---\nsubject: Try it\ncategory: onboarding\n---#}\n<p>Nudge</p>\n"
+    )
+    (directory / "receipt.html").write_text(
+        "{#---\nsubject: Receipt\ncategory: transactional\n---#}\n<p>Paid</p>\n"
     )
     return directory
 
@@ -217,7 +226,7 @@ async def env(
     mint_key: Callable[..., Any],
 ) -> AsyncIterator[Env]:
     async for built in _env(
-        tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap, lookback]
+        tmp_path, engine, database_url, sink, mint_key, [welcome, slow, gap, lookback, billing]
     ):
         yield built
 
@@ -525,6 +534,36 @@ async def test_history_suppress_gap_and_enroll(env: Env) -> None:
     # ctx.enroll started the other journey for the same contact.
     [slow_run] = await env.until(lambda: env.runs("it-slow"))
     assert slow_run["contact_id"] == run["contact_id"]
+
+
+async def test_a_journeys_transactional_template_is_transactional_mail(env: Env) -> None:
+    await env.event("account.opened", "bill")
+    [contact] = await env.rows("SELECT id FROM contacts WHERE email = 'bill@example.com'")
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO email_preferences (contact_id, unsubscribed_all) VALUES (:c, true)"),
+            {"c": contact["id"]},
+        )
+    await env.event("billing.test", "bill")
+
+    async def completed() -> bool:
+        runs = await env.runs("it-billing")
+        return bool(runs) and runs[0]["status"] == "completed"
+
+    await env.until(completed)
+    sends = await env.rows(
+        "SELECT template_key, kind, decision FROM email_sends WHERE journey_id = 'it-billing'"
+        " ORDER BY created_at"
+    )
+    # The receipt reaches a contact unsubscribed from everything; the welcome does not.
+    assert [(s["template_key"], s["kind"], s["decision"]) for s in sends] == [
+        ("receipt", "transactional", "sent"),
+        ("welcome", "journey", "unsubscribed"),
+    ]
+    [message] = env.sink.messages
+    assert message["Subject"] == "Receipt"
+    assert message["List-Unsubscribe"] is None
+    assert "/v1/email/preferences" not in message.get_body(("html",)).get_content()
 
 
 async def test_wait_for_event_lookback_finds_an_earlier_matching_event(env: Env) -> None:

@@ -252,6 +252,85 @@ async def test_transactional_mail_has_no_unsubscribe_header(env: Env) -> None:
     assert message["List-Unsubscribe-Post"] is None
 
 
+# --------------------------------------------------------------------------- standard footer
+
+FOOTER_WORDS = "Manage your email preferences or unsubscribe"
+
+
+def add_linkless_template(env: Env) -> None:
+    """``promo``: a marketing template whose files (it and its layout) show no link."""
+    directory = env.app.template_dir
+    assert directory is not None
+    (directory / "_plain.html").write_text(
+        "<html><head><title>Promo</title></head>"
+        "<body>{% block body %}{% endblock %}</body></html>\n"
+    )
+    (directory / "promo.html").write_text(
+        "{#---\nsubject: Sale\ncategory: marketing\n---#}\n"
+        '{% extends "_plain.html" %}{% block body %}<p>Half price, {{ contact.email }}</p>'
+        "{% endblock %}\n"
+    )
+    assert env.app.templates is not None
+    env.app.templates.refresh()
+
+
+def preference_links(message: Any) -> tuple[list[str], str]:
+    """The preference-centre links of a message's HTML part, and its text part."""
+    html = message.get_body(("html",)).get_content()
+    text_part = message.get_body(("plain",)).get_content()
+    hrefs = [h.replace("&amp;", "&") for h in re.findall(r'href="([^"]+)"', html)]
+    return [h for h in hrefs if "/v1/email/preferences" in h], text_part
+
+
+@pytest.mark.parametrize("keyed", [True, False], ids=["coalesced", "lone"])
+async def test_a_marketing_template_without_links_gets_the_preference_footer(
+    env: Env, database_url: str, keyed: bool
+) -> None:
+    add_linkless_template(env)
+    contact_id = await new_contact(env.engine, "promo@example.com")
+    outcome = await env.mailer.send(
+        SendRequest(
+            template="promo",
+            contact_id=contact_id,
+            kind="campaign",
+            idempotency_key="k-promo" if keyed else None,
+        )
+    )
+    assert outcome.decision == "sent"
+    [message] = env.sink.messages
+    [link], text_part = preference_links(message)
+    html = message.get_body(("html",)).get_content()
+    assert html.index(FOOTER_WORDS) < html.index("</body>")
+    assert f"{FOOTER_WORDS}: {link}" in text_part
+    url = urlparse(link)
+    assert f"{url.scheme}://{url.netloc}{url.path}" == f"{PUBLIC}/v1/email/preferences"
+    api = create_api(env.app, api_settings(database_url, secret_key=SECRET), engine=env.engine)
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        page = await client.get(f"{url.path}?{url.query}")
+    await api.state.driver_pool.close()
+    assert page.status_code == 200, page.text
+    assert "promo@example.com" in page.text
+
+
+async def test_a_template_showing_a_link_gets_no_footer_and_transactional_mail_none(
+    env: Env,
+) -> None:
+    add_linkless_template(env)
+    contact_id = await new_contact(env.engine, "nofooter@example.com")
+    shown = await env.mailer.send(news(contact_id, idempotency_key="k-news"))
+    transactional = await env.mailer.send(
+        SendRequest(template="promo", contact_id=contact_id, idempotency_key="k-tx")
+    )
+    assert (shown.decision, transactional.decision) == ("sent", "sent")
+    for message in env.sink.messages:
+        links, text_part = preference_links(message)
+        html = message.get_body(("html",)).get_content()
+        assert links == []
+        assert FOOTER_WORDS not in html
+        assert FOOTER_WORDS not in text_part
+
+
 # --------------------------------------------------------------------------- duplicates
 
 

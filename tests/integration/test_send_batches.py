@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 from tests.integration.test_mailer import (
+    FOOTER_WORDS,
+    SECRET,
     Env,
     FetchAll,
+    add_linkless_template,
     env,  # noqa: F401 - fixture
     execute,
     new_contact,
     news,
+    preference_links,
     receipt,
 )
 
@@ -27,6 +33,7 @@ from hogsend.channels.email import SmtpProvider
 from hogsend.channels.email.message import EmailProvider, OutgoingEmail, ProviderResult
 from hogsend.channels.mailer import Mailer, SendRequest, signing_secret
 from hogsend.channels.send_batches import GroupCommit
+from hogsend.core import tokens
 from hogsend.core.identity import IdentityError
 from hogsend.core.tracking import SignedClick, verify_click
 from hogsend.errors import NoRecipient
@@ -147,6 +154,33 @@ async def test_transactional_sends_in_a_batch_skip_the_marketing_gates(
     assert (marketing.decision, transactional.decision) == ("unsubscribed", "sent")
     [message] = env.sink.messages
     assert message["List-Unsubscribe"] is None
+
+
+async def test_a_batch_footers_each_linkless_marketing_message_with_its_own_link(
+    env: Env,  # noqa: F811
+) -> None:
+    add_linkless_template(env)
+    people = [await new_contact(env.engine, f"batch{i}@example.com") for i in range(3)]
+    requests = [
+        SendRequest(template="promo", contact_id=c, kind="campaign", idempotency_key=f"f:{c}")
+        for c in people
+    ]
+    requests.append(news(people[0], idempotency_key="f:news"))
+    requests.append(SendRequest(template="promo", contact_id=people[1], idempotency_key="f:tx"))
+    outcomes = await env.mailer.send_batch(requests, concurrency=2)
+    assert [getattr(o, "decision", o) for o in outcomes] == ["sent"] * 5
+    footered: dict[str, str] = {}
+    for message in env.sink.messages:
+        links, text_part = preference_links(message)
+        if message["Subject"] != "Sale" or message["List-Unsubscribe"] is None:
+            assert (links, FOOTER_WORDS in text_part) == ([], False)  # news, transactional
+            continue
+        [link] = links
+        assert f"{FOOTER_WORDS}: {link}" in text_part
+        [token] = parse_qs(urlparse(link).query)["token"]
+        claims = tokens.verify(token, SECRET.encode(), purpose="preferences", now=datetime.now(UTC))
+        footered[message["To"]] = str(claims.contact_id)
+    assert footered == {f"batch{i}@example.com": str(c) for i, c in enumerate(people)}
 
 
 async def test_a_batch_sends_to_each_requests_own_address_and_refuses_a_broken_one(

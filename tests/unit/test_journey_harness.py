@@ -265,6 +265,19 @@ class TestSuppressGap:
         assert (capped.template, capped.decision) == ("second", "capped")
         assert capped.detail["rule"] == "journey_suppress"
 
+    async def test_a_transactional_template_reaches_an_unsubscribed_contact(
+        self, tmp_path: Path
+    ) -> None:
+        for key, category in (("first", "transactional"), ("second", "news"), ("third", "news")):
+            (tmp_path / f"{key}.html").write_text(
+                f"{{#---\nsubject: {key}\ncategory: {category}\n---#}}<p>{key}</p>"
+            )
+        h = JourneyHarness(double, templates=tmp_path, unsubscribed=True)
+        await h.start(ada())
+        await h.run_until_done()
+        assert [e.template for e in h.sent_emails] == ["first"]
+        assert [a.decision for a in h.send_attempts] == ["sent", "unsubscribed", "unsubscribed"]
+
     async def test_unsubscribed_contacts_get_nothing(self) -> None:
         h = JourneyHarness(double, unsubscribed=True)
         await h.start(ada())

@@ -338,3 +338,75 @@ def test_cli_lists_and_previews_quickstart_templates(tmp_path: Path) -> None:
     unknown = run("templates", "preview", "welcom")
     assert unknown.returncode == 1
     assert "did you mean 'welcome'" in unknown.stderr
+
+
+# --------------------------------------------------------------------------- standard footer
+
+URL = "https://mail.example.test/v1/email/preferences?token=abc"
+
+
+def test_a_linkless_template_gets_the_footer_before_body_end_in_both_parts(
+    directory: Path,
+) -> None:
+    registry = TemplateRegistry(directory)
+    props = {"plan": "Pro", "note": "n"}
+    rendered = registry.render("welcome", contact=ADA, props=props, footer=URL)
+    assert rendered.html.count(URL) == 1
+    assert rendered.html.index(URL) < rendered.html.index("</body>")
+    assert rendered.text.endswith(f"Manage your email preferences or unsubscribe: {URL}\n")
+    # Transactional (no footer URL): nothing added.
+    plain = registry.render("welcome", contact=ADA, props=props)
+    assert "preferences" not in plain.html + plain.text
+    # A written text part gets it too.
+    assert registry.render(
+        "plain", contact=ADA, props={"greeting": "hi"}, footer=URL
+    ).text.endswith(f": {URL}\n")
+
+
+def test_a_link_anywhere_in_the_layout_chain_means_no_footer(tmp_path: Path) -> None:
+    (tmp_path / "_base.html").write_text(
+        "<html><body>{% block body %}{% endblock %}{% include 'parts/_foot.html' %}</body></html>"
+    )
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "_foot.html").write_text(
+        '{% if unsubscribe_url is defined %}<a href="{{ unsubscribe_url }}">Bye</a>{% endif %}'
+    )
+    (tmp_path / "_middle.html").write_text('{% extends "_base.html" %}')
+    (tmp_path / "deep.html").write_text(
+        '{#---\nsubject: Deep\n---#}{% extends "_middle.html" %}{% block body %}Hi{% endblock %}'
+    )
+    (tmp_path / "deep.txt").write_text("Hi, no link here\n")
+    registry = TemplateRegistry(tmp_path)
+    footer = registry.auto_footer("deep")
+    assert (footer.html, footer.text) == (False, True)
+    rendered = registry.render(
+        "deep",
+        contact=ADA,
+        extra={"unsubscribe_url": "https://u", "preferences_url": URL},
+        footer=URL,
+    )
+    assert URL not in rendered.html
+    assert rendered.text.endswith(f": {URL}\n")
+    [warning] = registry.warnings()
+    assert warning.where == "template deep"
+    assert "text part" in warning.message
+
+
+def test_mjml_templates_get_the_footer_in_the_compiled_html(tmp_path: Path) -> None:
+    (tmp_path / "news.mjml").write_text(
+        "{#---\nsubject: N\ncategory: news\n---#}"
+        "<mjml><mj-body><mj-section><mj-column><mj-text>Hello</mj-text>"
+        "</mj-column></mj-section></mj-body></mjml>"
+    )
+    (tmp_path / "receipt.html").write_text(
+        "{#---\nsubject: R\ncategory: transactional\n---#}<p>Paid</p>"
+    )
+    registry = TemplateRegistry(tmp_path)
+    rendered = registry.render("news", contact=ADA, footer=URL)
+    assert rendered.html.count(URL) == 1
+    assert rendered.html.index(URL) < rendered.html.lower().rindex("</body>")
+    # Warned about: news (a transactional template is sent without such links).
+    assert [w.where for w in registry.warnings()] == ["template news"]
+    app = Hogsend(templates=registry)
+    assert app.check() == []
+    assert [str(w) for w in app.warnings()] == [f"template news: {registry.warnings()[0].message}"]

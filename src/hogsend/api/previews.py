@@ -3,7 +3,9 @@
 ``POST /v1/emails`` renders once before it hands a send to a worker, so a template that
 cannot be rendered with the given props is a 422 now rather than a ``provider_error``
 later; the admin preview and test-send routes render the same way. Links the mailer
-signs per recipient (``unsubscribe_url``, ``preferences_url``) are placeholders here.
+signs per recipient (``unsubscribe_url``, ``preferences_url``) are placeholders here,
+and a template that shows neither gets the standard footer with the placeholder (as a
+marketing send would), unless it is marked ``category: transactional``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from hogsend.api.routes.transactions import invalid_field
 from hogsend.channels.templates import TemplateRegistry
 from hogsend.core.contact import Contact
+from hogsend.core.mailer_gates import TRANSACTIONAL_CATEGORY
 from hogsend.core.templates import EmailTemplate, RenderedEmail
 from hogsend.errors import TemplateError, TemplateNotFound, TemplatePropsError
 
@@ -79,6 +82,12 @@ def render_or_422(
             props=props,
             subject=subject,
             extra=PREVIEW_LINKS if marketing else None,
+            # A preview shows the standard footer where a marketing send gets it.
+            footer=(
+                PREVIEW_LINKS["preferences_url"]
+                if marketing and registry.get(key).meta.category != TRANSACTIONAL_CATEGORY
+                else None
+            ),
         )
     except TemplatePropsError as exc:
         raise RequestValidationError(

@@ -980,6 +980,7 @@ class Mailer:
             props=request.props,
             subject=request.subject,
             extra=links or {},
+            footer=links["preferences_url"] if links is not None else None,
         )
         if not (opens or clicks):
             return rendered, links, None
@@ -1325,7 +1326,8 @@ async def explain(
     ``template`` alone: a send of it (transactional when its category is
     ``transactional``, else campaign-style to its category); ``journey`` alone: that
     journey's next message (its ``suppress`` gap); both: that journey sending that
-    template; neither: any non-transactional email at all. Writes nothing.
+    template (transactional too for a ``transactional`` template, see
+    ``journey_send_kind``); neither: any non-transactional email at all. Writes nothing.
 
     Raises:
         TemplateNotFound: unknown template.
@@ -1343,7 +1345,7 @@ async def explain(
         if app.templates is None:
             raise TemplateNotFound("the app has no templates", key=template)
         meta = app.templates.get(template).meta
-        if journey is None and meta.category == TRANSACTIONAL_CATEGORY:
+        if meta.category == TRANSACTIONAL_CATEGORY:
             kind = "transactional"
         category = meta.category
     request = SendRequest(

@@ -139,7 +139,8 @@ class MessagePlans:
         public_url: ``HOGSEND_PUBLIC_URL`` (links and tracking URLs start with it).
         secret: the key signing tracking ids.
         link_prefixes: per extra template variable (``unsubscribe_url`` ...), its URL
-            up to the per-message token.
+            up to the per-message token; ``preferences_url``'s also links the standard
+            footer of a template that shows neither link (``TemplateRegistry.auto_footer``).
         untracked: URL prefixes never rewritten to click URLs.
         size: how many plans to keep.
         clock: monotonic seconds (when the template files were last checked).
@@ -170,6 +171,7 @@ class MessagePlans:
             name: f"{prefix}{self._slot_text(_LINK, i)}"
             for i, (name, prefix) in enumerate(link_prefixes.items())
         }
+        self._footer = self._placeholders.get("preferences_url")
         self._value_marker = f"hs{self._nonce}{_VALUE}"
         self._value_slot = re.compile(f"hs{self._nonce}{_VALUE}(\\d+)z")
         self._plans: OrderedDict[tuple[Any, ...], _Plan | None] = OrderedDict()
@@ -210,16 +212,22 @@ class MessagePlans:
             TemplateError: rendering failed (as ``TemplateRegistry.render``).
         """
         templates = self._templates
+        marketing = link_tokens is not None
         variables = templates.variables(
             key,
             contact=contact,
             props=props,
-            extra=self._placeholders if link_tokens is not None else None,
+            extra=self._placeholders if marketing else None,
         )
+        # A marketing message's standard footer (if its template needs one) links to
+        # the preference centre through the same slot as ``preferences_url``.
+        footer = self._footer if marketing else None
         known = self._known_rendering(key, variables, subject)
         if known is not None:
             slotted_output, real_of, values, head_of = known
-            plan = self._plan_for(key, slotted_output, real_of, values, opens=opens, clicks=clicks)
+            plan = self._plan_for(
+                key, slotted_output, real_of, values, opens=opens, clicks=clicks, footer=footer
+            )
             if plan is not None:
                 # Only the subject and preheader: the body comes from the plan.
                 subject_text, preheader = head_of(slotted_output)
@@ -230,13 +238,21 @@ class MessagePlans:
         slotted = self._value_slots(key, variables, real)
         if slotted is not None:
             plan = self._plan_for(
-                key, slotted[0], lambda: real, slotted[1], opens=opens, clicks=clicks
+                key,
+                slotted[0],
+                lambda: real,
+                slotted[1],
+                opens=opens,
+                clicks=clicks,
+                footer=footer,
             )
             if plan is not None:
                 return self._filled(
                     key, real.subject, real.preheader, plan, slotted[1], link_tokens, send_id, opens
                 )
-        plan = self._plan_for(key, real, lambda: real, None, opens=opens, clicks=clicks)
+        plan = self._plan_for(
+            key, real, lambda: real, None, opens=opens, clicks=clicks, footer=footer
+        )
         if plan is None:
             return None
         return self._filled(
@@ -261,22 +277,24 @@ class MessagePlans:
         *,
         opens: bool,
         clicks: bool,
+        footer: str | None,
     ) -> _Plan | None:
         """The plan of ``source`` (from the cache, else built); None when it has none.
 
         ``real_of`` gives the real rendering ``source`` stands for, called only when a
         new plan is checked against it (a known rendering makes it only then).
+        ``footer``: the standard footer's URL (with its slot) for a marketing message.
         """
-        plan_key = (key, source.body, source.preheader, source.written, opens, clicks)
+        plan_key = (key, source.body, source.preheader, source.written, opens, clicks, footer)
         found, plan = self._cached_plan(plan_key)
         if found:
             if values is not None:
                 self._count(key, hit=plan is not None)
             return plan
-        finished = self._templates.finish(key, source)
+        finished = self._templates.finish(key, source, footer=footer)
         plan = self._plan(finished.html, finished.text, opens=opens, clicks=clicks)
         if plan is not None and values is not None:
-            plan = self._checked(key, source, real_of(), values, plan)
+            plan = self._checked(key, source, real_of(), values, plan, footer)
             self._count(key, hit=plan is not None)
         with self._lock:
             self._plans[plan_key] = plan
@@ -564,6 +582,7 @@ class MessagePlans:
         real: JinjaOutput,
         values: tuple[str, ...],
         plan: _Plan,
+        footer: str | None,
     ) -> _Plan | None:
         """``plan`` if its value slots stand where the finishing steps cannot see them.
 
@@ -572,7 +591,7 @@ class MessagePlans:
         """
         if not _in_text_only(source.body, self._value_marker):
             return None
-        direct = self._templates.finish(key, real)
+        direct = self._templates.finish(key, real, footer=footer)
         filling = {(_VALUE, i): value for i, value in enumerate(values)}
         # Only value slots are filled: the link, click and pixel slots stay on both sides.
         html = _fill(plan.html, _Keep(filling, self._slot_text))

@@ -8,7 +8,9 @@ block (see :mod:`hogsend.core.templates`) and may ``{% extends "_layout.html" %}
 
 Rendering, in order: validate props (pydantic model, if registered) → render the
 subject and preheader → render the body (MJML compiled to HTML) → derive the text
-part unless a ``.txt`` exists → insert the hidden preheader → inline the CSS.
+part unless a ``.txt`` exists → add the standard preference footer where it is due
+(see :meth:`TemplateRegistry.auto_footer`) → insert the hidden preheader → inline the
+CSS.
 
 The directory is read lazily, on first use, so building a registry at import time
 touches no file.
@@ -32,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from hogsend.channels.plaintext import html_to_text
 from hogsend.core.contact import Contact
+from hogsend.core.mailer_gates import TRANSACTIONAL_CATEGORY
 from hogsend.core.templates import (
     EmailTemplate,
     RenderedEmail,
@@ -46,6 +49,9 @@ _BODY_SUFFIXES: dict[str, TemplateFormat] = {".html": "html", ".mjml": "mjml"}
 _BODY_TAG = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 FINISHED_CACHE_SIZE = 256
 """How many finished bodies :meth:`TemplateRegistry.render` keeps (see ``_finish``)."""
+LINK_VARIABLES = frozenset({"preferences_url", "unsubscribe_url"})
+"""The variables through which a template shows a non-transactional message's own links."""
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +69,24 @@ class JinjaOutput:
     preheader: str | None
     body: str
     written: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AutoFooter:
+    """Which parts of a template's non-transactional messages get the standard footer.
+
+    A part gets it when its file, with its layouts, includes and imports, never names
+    ``preferences_url`` or ``unsubscribe_url``: every such message then still carries a
+    link to the preference centre. A derived text part follows the HTML.
+    """
+
+    html: bool
+    text: bool
+
+    @property
+    def any(self) -> bool:
+        """Whether some part gets the footer."""
+        return self.html or self.text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,6 +141,9 @@ class TemplateRegistry:
         # fixed placeholders, see hogsend.channels.message_plans).
         self._finished: OrderedDict[tuple[str, ...] | tuple[str | None, ...], tuple[str, str]]
         self._finished = OrderedDict()
+        # Per template key: which parts get the standard footer (read from the syntax
+        # trees once per scan, like the metadata; see auto_footer).
+        self._footers: dict[str, AutoFooter] = {}
 
     def __repr__(self) -> str:
         return f"TemplateRegistry({str(self.directory)!r})"
@@ -145,6 +172,7 @@ class TemplateRegistry:
         with self._lock:
             self._scan = None
             self._finished.clear()
+            self._footers = {}
 
     def _scanned(self) -> _Scan:
         # Read without the lock once scanned (a message asks several times): the
@@ -230,6 +258,54 @@ class TemplateRegistry:
     def preview_props(self, key: str) -> dict[str, Any]:
         """The example props of ``key`` (empty when none were given)."""
         return dict(self.examples.get(key, {}))
+
+    def auto_footer(self, key: str) -> AutoFooter:
+        """Which parts of ``key``'s non-transactional messages get the standard footer.
+
+        Decided once per template (until :meth:`refresh`) from the syntax trees of its
+        files and of every layout, include and import they name, not per message: a
+        part whose files never name ``preferences_url`` or ``unsubscribe_url`` gets a
+        short footer linking to the preference centre. A file that cannot be read or
+        parsed counts as naming neither (rendering it fails anyway).
+
+        Raises:
+            TemplateNotFound: unknown key.
+        """
+        footers = self._footers
+        found = footers.get(key)
+        if found is not None:
+            return found
+        template = self.get(key)
+        html = not _names_links(self.environment, template.source)
+        text = html
+        if template.text_source is not None:
+            text = not _names_links(self.environment, template.text_source)
+        found = footers[key] = AutoFooter(html=html, text=text)
+        return found
+
+    def warnings(self) -> list[TemplateProblem]:
+        """What ``hogsend check`` points out without failing: the templates whose
+        non-transactional messages get the standard preference footer (none of their
+        files shows ``preferences_url`` or ``unsubscribe_url``)."""
+        found: list[TemplateProblem] = []
+        for template in self.templates():
+            if template.meta.category == TRANSACTIONAL_CATEGORY:
+                continue  # sent as transactional mail, which carries no such links
+            parts = self.auto_footer(template.key)
+            if not parts.any:
+                continue
+            which = {(True, True): "HTML and text parts", (True, False): "HTML part"}.get(
+                (parts.html, parts.text), "text part"
+            )
+            found.append(
+                TemplateProblem(
+                    where=f"template {template.key}",
+                    message=f"its {which} never show preferences_url or unsubscribe_url; "
+                    "non-transactional sends get the standard footer linking to the "
+                    "preference centre",
+                )
+            )
+        return found
 
     # -- checking ----------------------------------------------------------------------
 
@@ -343,6 +419,7 @@ class TemplateRegistry:
         props: Mapping[str, Any] | None = None,
         subject: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        footer: str | None = None,
     ) -> RenderedEmail:
         """Render template ``key`` for ``contact``.
 
@@ -353,6 +430,9 @@ class TemplateRegistry:
             subject: a literal subject replacing the template's (not a template).
             extra: variables the engine adds (``unsubscribe_url``, ``preferences_url``
                 ...), not validated by the props model.
+            footer: a non-transactional message's preference-centre URL: the parts
+                that show neither link get the standard footer with it
+                (:meth:`auto_footer`). None for a transactional message.
 
         Raises:
             TemplateNotFound: unknown key.
@@ -363,7 +443,7 @@ class TemplateRegistry:
         output = self.render_jinja(
             key, self.variables(key, contact=contact, props=props, extra=extra), subject=subject
         )
-        return self.finish(key, output)
+        return self.finish(key, output, footer=footer)
 
     def variables(
         self,
@@ -413,15 +493,17 @@ class TemplateRegistry:
             written = self._render_file(key, template.text_source, variables)
         return JinjaOutput(subject=subject, preheader=preheader, body=body, written=written)
 
-    def finish(self, key: str, output: JinjaOutput) -> RenderedEmail:
-        """The second stage of :meth:`render`: MJML, text part, preheader, inlined CSS.
+    def finish(self, key: str, output: JinjaOutput, *, footer: str | None = None) -> RenderedEmail:
+        """The second stage of :meth:`render`: MJML, text part, footer, preheader, inlined CSS.
+
+        ``footer``: as for :meth:`render`.
 
         Raises:
             TemplateNotFound: unknown key.
             TemplateError: MJML or CSS that does not compile.
         """
         template = self.get(key)
-        body, text = self._finish(template, output.body, output.preheader, output.written)
+        body, text = self._finish(template, output.body, output.preheader, output.written, footer)
         return RenderedEmail(
             key=key,
             subject=output.subject,
@@ -432,14 +514,20 @@ class TemplateRegistry:
         )
 
     def _finish(
-        self, template: EmailTemplate, body: str, preheader: str | None, written: str | None
+        self,
+        template: EmailTemplate,
+        body: str,
+        preheader: str | None,
+        written: str | None,
+        footer: str | None,
     ) -> tuple[str, str]:
-        """(HTML, text) from Jinja's output: MJML, text part, preheader, inlined CSS.
+        """(HTML, text) from Jinja's output: MJML, text part, footer, preheader, inlined CSS.
 
-        A pure function of its arguments (and ``inline_css``), so the last
-        :data:`FINISHED_CACHE_SIZE` results are kept: the same output is finished once.
+        A pure function of its arguments (and ``inline_css`` and the template's files),
+        so the last :data:`FINISHED_CACHE_SIZE` results are kept: the same output is
+        finished once.
         """
-        cache_key = (template.key, template.format, body, preheader, written)
+        cache_key = (template.key, template.format, body, preheader, written, footer)
         with self._lock:
             cached = self._finished.get(cache_key)
             if cached is not None:
@@ -449,6 +537,12 @@ class TemplateRegistry:
         if template.format == "mjml":
             body = _mjml_to_html(key, body)
         text = written.strip() + "\n" if written is not None else html_to_text(body)
+        if footer is not None:
+            parts = self.auto_footer(key)
+            if parts.text:
+                text = f"{text}\n{FOOTER_TEXT}: {footer}\n"
+            if parts.html:
+                body = _insert_footer(body, footer)
         if preheader:
             body = _insert_preheader(body, preheader)
         if self.inline_css and template.format == "html":
@@ -533,6 +627,52 @@ def _summarise(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
     )
+
+
+FOOTER_TEXT = "Manage your email preferences or unsubscribe"
+"""The words of the standard footer (its link's text in HTML, before the URL in text)."""
+
+
+def _names_links(env: jinja2.Environment, name: str) -> bool:
+    """Whether file ``name``, or a file it extends, includes or imports (and so on),
+    names ``preferences_url`` or ``unsubscribe_url`` as a variable."""
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            assert env.loader is not None
+            source, _, _ = env.loader.get_source(env, current)
+            tree = env.parse(source, current)
+        except jinja2.TemplateError:
+            continue  # check() reports it, and rendering fails
+        if LINK_VARIABLES & jinja2.meta.find_undeclared_variables(tree):
+            return True
+        # A name built at render time (None here) cannot be followed: its links are
+        # not counted, so the footer errs towards a second link, never none.
+        pending.extend(
+            ref for ref in jinja2.meta.find_referenced_templates(tree) if ref is not None
+        )
+    return False
+
+
+def _insert_footer(html: str, url: str) -> str:
+    from markupsafe import escape
+
+    # Plain and small, inline-styled: it must read well inside any layout.
+    block = (
+        '<p style="margin:24px 0 0;font-size:12px;line-height:1.5;color:#6b7280;'
+        f'text-align:center"><a href="{escape(url)}" style="color:#6b7280">'
+        f"{FOOTER_TEXT}</a></p>"
+    )
+    ends = list(_BODY_END.finditer(html))
+    if not ends:
+        return html + block
+    at = ends[-1].start()
+    return html[:at] + block + html[at:]
 
 
 def _insert_preheader(html: str, preheader: str) -> str:

@@ -99,7 +99,7 @@ def dev(
     state = cli_state(ctx)
     path = resolve_app_path(state, settings, default=DEV_DEFAULT_APP)
     app = load_user_app(path, bundled_default=path == DEV_DEFAULT_APP and not state.app_path)
-    for problem in app.check():
+    for problem in (*app.check(), *app.warnings()):
         typer.secho(f"warning: {problem}", fg="yellow", err=True)
     api_socket = bind_api_socket(settings.host, settings.port)
 

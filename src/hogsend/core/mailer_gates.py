@@ -64,6 +64,17 @@ GATED: frozenset[Decision] = frozenset(GATE_ORDER) - {"redirected"}
 TRANSACTIONAL_CATEGORY = "transactional"
 
 
+def journey_send_kind(template_category: str | None) -> SendKind:
+    """The kind of a journey's send of a template with ``template_category``.
+
+    A template marked ``category: transactional`` (a receipt, a payment notice) is
+    transactional mail whoever sends it: from a journey too it reaches a contact who
+    unsubscribed from marketing, is neither capped nor counted by the cap, and carries
+    no unsubscribe links. Any other template is a ``journey`` send.
+    """
+    return "transactional" if template_category == TRANSACTIONAL_CATEGORY else "journey"
+
+
 @slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendFacts:

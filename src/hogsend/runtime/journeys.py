@@ -56,14 +56,14 @@ from hogsend.core.enrollment import (
 from hogsend.core.entry_rules import Refusal, entry_ordinal, entry_refusal
 from hogsend.core.identifiers import durable_name
 from hogsend.core.journey_context import JourneyHistory, When
-from hogsend.core.mailer_gates import SendWindow
+from hogsend.core.mailer_gates import SendWindow, journey_send_kind
 from hogsend.core.reactions import all_journeys
 from hogsend.db.engine import make_sessionmaker
 from hogsend.db.repos import buckets as buckets_repo
 from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import enrollments as enrollments_repo
 from hogsend.db.repos import journeys as repo
-from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient
+from hogsend.errors import ConfigurationError, JourneyExit, NoRecipient, TemplateNotFound
 from hogsend.runtime import due_wake, replay, step_records
 from hogsend.runtime.dbos_setup import DBOS_SCHEMA
 from hogsend.runtime.divergence import Divergence, record_divergence
@@ -1077,7 +1077,7 @@ class DurableJourneyContext:
                     contact_id=self.contact.id,
                     props=dict(props or {}),
                     subject=subject,
-                    kind="journey",
+                    kind=journey_send_kind(_template_category(self.runtime.app, template)),
                     journey_id=self.definition.id,
                     journey_state_id=self.state_id,
                     suppress_gap=self.definition.suppress,
@@ -1331,3 +1331,14 @@ def journey_consumers(
 ) -> tuple[JourneyExits, JourneyWakeups, JourneyTriggers]:
     """The journey consumers in their fixed order: exits → wake-ups → triggers."""
     return (JourneyExits(runtime), JourneyWakeups(runtime), JourneyTriggers(runtime))
+
+
+def _template_category(app: Hogsend, key: str) -> str | None:
+    """The category template ``key`` declares (None for an unknown key: the mailer
+    refuses it when the send is made)."""
+    if app.templates is None:
+        return None
+    try:
+        return app.templates.get(key).meta.category
+    except TemplateNotFound:
+        return None

@@ -38,7 +38,7 @@ from hogsend.core.entry_rules import (
     after_entry,
     entry_refusal,
 )
-from hogsend.core.mailer_gates import Decision, SendFacts, decide
+from hogsend.core.mailer_gates import Decision, SendFacts, decide, journey_send_kind
 from hogsend.core.reactions import all_journeys
 from hogsend.core.send_windows import (
     ResolvedTimezone,
@@ -346,7 +346,8 @@ class JourneyHarness:
         start_at: the virtual clock's first instant (default: Monday 2026-01-05 09:00 UTC).
         default_timezone: the app's default recipient zone (after the contact's own).
         unsubscribed: the contact unsubscribed from all non-transactional email
-            (every send is then ``unsubscribed``, as in the mailer).
+            (every send but one of a ``category: transactional`` template is then
+            ``unsubscribed``, as in the mailer).
         history: events the contact had before the test starts.
 
     All driving methods are coroutines; call them from an async test.
@@ -691,14 +692,16 @@ class JourneyHarness:
         contact = self.contact
         if contact.email is None:
             raise NoRecipient(f"contact {contact.id} has no email address")
+        category = None
         if self._templates is not None:
-            self._templates.get(template)  # an unknown key fails the run before any gate
+            # An unknown key fails the run before any gate.
+            category = self._templates.get(template).meta.category
         while True:
             self._check_live()
             result = decide(
                 SendFacts(
                     now=self._now,
-                    kind="journey",
+                    kind=journey_send_kind(category),
                     unsubscribed_all=self._unsubscribed,
                     journey_last_sent_at=self._last_sent_at,
                     suppress_gap=self.journey.suppress,

@@ -69,13 +69,16 @@ async def _recipient(request: Request, body: EmailIn) -> tuple[Contact | None, s
     return contact, contact.email
 
 
-def _kind(request: Request, body: EmailIn, template_category: str | None) -> SendKind:
-    """``campaign`` (a marketing send) when the category names a list, else transactional."""
+def _kind(body: EmailIn, template_category: str | None) -> SendKind:
+    """Transactional without a category (given, else the template's) or with
+    ``transactional``; any other category makes it a marketing send (``campaign``),
+    gated as the mailer gates every send to a category (a list's or not), so an
+    unsubscribe from it or from everything holds here too. ``skipPreferenceCheck``
+    makes it transactional."""
     category = body.category or template_category
     if body.skip_preference_check or category in (None, TRANSACTIONAL_CATEGORY):
         return "transactional"
-    lists = {item.id for item in hogsend_of(request).lists}
-    return "campaign" if category in lists else "transactional"
+    return "campaign"
 
 
 async def _accepted(request: Request, outcome: SendOutcome) -> EmailAccepted:
@@ -125,8 +128,10 @@ async def send_email(
     The gates run now (suppression always applies; transactional sends are exempt from
     unsubscribes and the frequency cap and carry no List-Unsubscribe header) and the
     decision row is written; a send that passed them is `queued` and a worker delivers
-    it within moments. A category naming one of your lists makes it a marketing send to
-    that list instead: unsubscribes and the cap apply and it carries List-Unsubscribe.
+    it within moments. A send is transactional without a category (the body's, else the
+    template's) or with `transactional`; any other category makes it a marketing send to
+    that list or category: the global unsubscribe, the one from that list or category
+    and the cap apply, and it carries List-Unsubscribe and a preference-centre link.
     A repeated idempotency key answers with the original send and sends nothing.
     """
     if body.to is None and body.user_id is None:
@@ -142,7 +147,7 @@ async def send_email(
     registry = hogsend_of(request).templates
     template = find_template(registry, body.template, ("body", "template"))
     assert registry is not None
-    kind = _kind(request, body, template.category)
+    kind = _kind(body, template.category)
     contact, address = await _recipient(request, body)
     render_or_422(
         registry,

@@ -160,14 +160,15 @@ class EmailIn(ApiModel):
     )
     category: Category | None = Field(
         default=None,
-        description="Default: the template's. A category naming one of your lists makes "
-        "this a marketing send to that list (see docs/email.md).",
+        description="Default: the template's. Without one, or `transactional`, the send "
+        "is transactional; any other category makes it a marketing send to that list or "
+        "category (see docs/email.md).",
     )
     idempotency_key: IdempotencyKey | None = None
     skip_preference_check: bool = Field(
         default=False,
-        description="Needs a `full-admin` key: treat the send as transactional even when "
-        "its category is a list. Suppressed addresses are never sent to.",
+        description="Needs a `full-admin` key: treat the send as transactional whatever "
+        "its category. Suppressed addresses are never sent to.",
     )
 
     @field_validator("to")
