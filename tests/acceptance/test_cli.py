@@ -89,6 +89,8 @@ def test_check_lists_problems_and_exits_1(harness: Any, broken_project: Path) ->
     assert any("journey welcome" in line and "'no-such-template'" in line for line in lines)
     assert any("journey win-back" in line and "bucket:entered:lapsed" in line for line in lines)
     assert "2 problem(s) found" in result.stderr
+    # Not a problem: its template shows no preference link, so it gets the standard footer.
+    assert "warning: template welcome: its HTML and text parts never show" in result.stderr
 
 
 def test_duplicate_ids_fail_to_load_with_exit_2(harness: Any, broken_project: Path) -> None:

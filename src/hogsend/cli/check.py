@@ -10,11 +10,12 @@ from hogsend.cli.context import cli_state, load_user_app, one_off_settings, reso
 def check(ctx: typer.Context) -> None:
     """Validate the app: unique kebab-case ids, known templates, valid criteria.
 
-    Warnings (templates that get the standard preference footer) do not fail it."""
+    Warnings (templates that get the standard preference footer) go to stderr and do
+    not fail it."""
     app = load_user_app(resolve_app_path(cli_state(ctx), one_off_settings()))
     problems = app.check()
     for warning in app.warnings():
-        typer.echo(f"warning: {warning}")
+        typer.echo(f"warning: {warning}", err=True)
     for problem in problems:
         typer.echo(str(problem))
     if problems:
