@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from hogsend.core.conditions.model import Condition
 from hogsend.db import prepared
@@ -242,11 +243,7 @@ async def park(
     """
     result = await session.execute(
         update(Campaign)
-        .where(
-            Campaign.id == campaign_id,
-            Campaign.status == "sending",
-            Campaign.workflow_id == workflow_id,
-        )
+        .where(*_run_owns(campaign_id, workflow_id))
         .values(workflow_id=None, resume_at=resume_at, last_progress_at=now, updated_at=now)
         .returning(Campaign.id)
     )
@@ -284,6 +281,15 @@ async def still_owned(conn: AsyncConnection, campaign_id: uuid.UUID, workflow_id
         {"id": campaign_id, "workflow": workflow_id},
     )
     return bool(found)
+
+
+def _run_owns(campaign_id: uuid.UUID, workflow_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The campaign is sending and ``workflow_id`` is its run: what a run's own writes require."""
+    return (
+        Campaign.id == campaign_id,
+        Campaign.status == "sending",
+        Campaign.workflow_id == workflow_id,
+    )
 
 
 async def reap_stale(session: AsyncSession, now: datetime, stale: timedelta) -> list[uuid.UUID]:
@@ -593,11 +599,7 @@ async def finish(
     """Mark the campaign ``sent`` if ``workflow_id`` still owns it; whether it did."""
     result = await session.execute(
         update(Campaign)
-        .where(
-            Campaign.id == campaign_id,
-            Campaign.status == "sending",
-            Campaign.workflow_id == workflow_id,
-        )
+        .where(*_run_owns(campaign_id, workflow_id))
         .values(status="sent", completed_at=now, last_progress_at=now, updated_at=now)
         .returning(Campaign.id)
     )
