@@ -7,18 +7,15 @@ one in a header, and is recorded as ``redirected``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_campaigns import create, finished
+from test_campaigns import _small_batch_worker, create, finished
 from test_emails_api import Env, _env, new_contact
 
-from hogsend.runtime.worker import Worker
 from mail_sink import Sink
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,21 +37,12 @@ async def env(
         yield built
 
 
-async def test_a_test_mode_campaign_redirects_every_recipient(
-    env: Env, ingest_key: str, mint_key: Any
-) -> None:
+async def test_a_test_mode_campaign_redirects_every_recipient(env: Env, ingest_key: str) -> None:
     people = [f"reader{n}@example.com" for n in range(7)]
     for address in people:
         await new_contact(env.engine, address)
     # Small batches, two lanes: several batches go through send_batch's lanes.
-    settings = env.settings.model_copy(
-        update={
-            "worker_id": f"campaigns-{uuid.uuid4().hex[:6]}",
-            "campaign_batch_size": 3,
-            "campaign_concurrency": 2,
-        }
-    )
-    worker = Worker(env.app, settings)
+    worker = _small_batch_worker(env)
     await worker.start()
     try:
         campaign_id = await create(env, ingest_key, {"list": "newsletter", "template": "news"})
