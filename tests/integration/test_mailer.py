@@ -24,7 +24,9 @@ from hogsend.api import create_api
 from hogsend.channels.email import SmtpProvider
 from hogsend.channels.mailer import Mailer, SendOutcome, SendRequest
 from hogsend.core import tokens
+from hogsend.core.identity import Identity
 from hogsend.core.mailer_gates import SendWindow
+from hogsend.db.repos import contacts as contacts_repo
 from hogsend.db.repos import sends
 from hogsend.errors import NoRecipient
 from hogsend.settings import Settings
@@ -666,6 +668,67 @@ async def test_admin_sends_and_explain(env: Env, database_url: str, mint_key: Mi
         assert anything.json()["wouldSend"] is True
         unknown = await client.get(f"/v1/admin/contacts/{uuid.uuid4()}/sends", headers=headers)
         assert unknown.status_code == 404
+    await api.state.driver_pool.close()
+
+
+async def test_explain_and_sends_of_deleted_erased_and_merged_contacts(
+    env: Env, database_url: str, mint_key: MintKey
+) -> None:
+    """A contact deleted or erased still has its attempts listed and an attempt now is
+    explained as `skipped_deleted` (as the mailer would decide it); one merged away is
+    answered for its survivor, which is named. Only an id no contact had is a 404."""
+    deleted = await new_contact(env.engine, "deleted@example.com", external_id="u-deleted")
+    erased = await new_contact(env.engine, "erased@example.com", external_id="u-erased")
+    loser = await new_contact(env.engine, "loser@example.com", external_id="u-loser")
+    survivor = await new_contact(env.engine, "survivor@example.com", external_id="u-survivor")
+    for contact_id in (deleted, erased, loser, survivor):
+        assert (await env.mailer.send(news(contact_id))).decision == "sent"
+    async with AsyncSession(env.engine) as session, session.begin():
+        await contacts_repo.soft_delete_contacts(session, Identity(user_id="u-deleted"))
+        await contacts_repo.soft_delete_contacts(session, Identity(user_id="u-erased"), erase=True)
+        merged = await contacts_repo.merge_contacts(session, [survivor, loser])
+    assert merged is not None
+    kept = merged.contact_id
+    gone = loser if kept == survivor else survivor
+    api = create_api(env.app, api_settings(database_url, secret_key=SECRET), engine=env.engine)
+    headers = {"Authorization": f"Bearer {await mint_key('admin:read')}"}
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+        async def get(contact_id: uuid.UUID, what: str) -> dict[str, Any]:
+            response = await client.get(
+                f"/v1/admin/contacts/{contact_id}/{what}",
+                params={"template": "news"},
+                headers=headers,
+            )
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        for contact_id in (deleted, erased):
+            why = await get(contact_id, "explain")
+            assert (why["wouldSend"], why["decision"]) == (False, "skipped_deleted")
+            assert why["facts"]["contactDeleted"] is True
+            assert why["mergedInto"] is None
+            assert [r["decision"] for r in why["recent"]] == ["sent"]
+            listed = await get(contact_id, "sends")
+            assert [s["decision"] for s in listed["sends"]] == ["sent"]
+            assert listed["mergedInto"] is None
+        # The erased contact's attempt is listed with its address blanked.
+        assert (await get(erased, "sends"))["sends"][0]["toEmail"] == ""
+
+        why = await get(gone, "explain")
+        assert (why["wouldSend"], why["decision"], why["mergedInto"]) == (True, "sent", str(kept))
+        listed = await get(gone, "sends")
+        assert listed["mergedInto"] == str(kept)
+        assert len(listed["sends"]) == 2  # both contacts' attempts, moved to the survivor
+        live = await get(kept, "explain")
+        assert (live["decision"], live["mergedInto"]) == ("sent", None)
+
+        for what in ("sends", "explain"):
+            unknown = await client.get(f"/v1/admin/contacts/{uuid.uuid4()}/{what}", headers=headers)
+            assert unknown.status_code == 404
+            assert unknown.headers["content-type"] == "application/problem+json"
     await api.state.driver_pool.close()
 
 

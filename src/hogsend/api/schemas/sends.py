@@ -104,6 +104,10 @@ class SendAttemptPage(ApiModel):
 
     sends: list[SendAttemptOut]
     next_cursor: str | None
+    merged_into: UUID | None = Field(
+        default=None,
+        description="The contact asked about was merged into this one: these are its attempts.",
+    )
 
 
 class ExplainQuery(ApiModel):
@@ -177,4 +181,9 @@ class ExplainOut(ApiModel):
     facts: ExplainFacts
     recent: list[SendAttemptOut] = Field(
         description="The latest attempts for this template or journey, newest first."
+    )
+    merged_into: UUID | None = Field(
+        default=None,
+        description="The contact asked about was merged into this one, which is what a send "
+        "to it would address: the explanation is this contact's.",
     )

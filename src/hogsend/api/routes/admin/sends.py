@@ -13,7 +13,6 @@ from fastapi import APIRouter, Query, Request
 from hogsend.api.auth import require_scope
 from hogsend.api.deps import DbSession, hogsend_of, settings_of
 from hogsend.api.errors import problem_responses
-from hogsend.api.routes.admin.contacts import _live
 from hogsend.api.routes.transactions import invalid_cursor
 from hogsend.api.schemas.sends import (
     ExplainOut,
@@ -24,11 +23,31 @@ from hogsend.api.schemas.sends import (
     send_attempt_out,
 )
 from hogsend.channels.mailer import explain
+from hogsend.core.contact import Contact
 from hogsend.core.pagination import InvalidCursor
-from hogsend.db.repos import sends
+from hogsend.db.repos import contacts, sends
 from hogsend.errors import NotFound, TemplateNotFound
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: contacts"])
+
+
+async def _addressed(session: DbSession, id: UUID) -> tuple[Contact, UUID | None]:
+    """The contact a send to ``id`` addresses, as the mailer finds it, and the survivor's id
+    when ``id`` was merged into another.
+
+    A contact merged away stands for its survivor (its history moved there); a deleted or
+    erased one stands for itself, so that its attempts can still be listed and an attempt
+    now is explained as ``skipped_deleted``. Only an id no contact ever had is not found.
+    """
+    contact = await contacts.get_contact(session, id, include_deleted=True)
+    if contact is None:
+        raise NotFound(f"contact {id} does not exist")
+    if contact.deleted_at is None:
+        return contact, None
+    survivor = await contacts.follow_contact(session, id)
+    if survivor is None or survivor.id == contact.id:
+        return contact, None
+    return survivor, survivor.id
 
 
 @router.get(
@@ -42,8 +61,10 @@ async def contact_sends(
 ) -> SendAttemptPage:
     """Every attempt to email the contact, newest first, each with its decision (`sent`,
     `duplicate`, `suppressed`, `unsubscribed`, `capped`, `deferred` ...) and the facts
-    behind it; optionally only those of one template or journey."""
-    contact = await _live(session, id)
+    behind it; optionally only those of one template or journey. A deleted or erased
+    contact's attempts are listed too; for a contact merged into another, the survivor's
+    (its attempts moved there), with `mergedInto` set."""
+    contact, merged_into = await _addressed(session, id)
     try:
         page = await sends.list_sends(
             session,
@@ -56,7 +77,9 @@ async def contact_sends(
     except InvalidCursor as exc:
         raise invalid_cursor(exc) from None
     return SendAttemptPage(
-        sends=[send_attempt_out(r) for r in page.items], next_cursor=page.next_cursor
+        sends=[send_attempt_out(r) for r in page.items],
+        next_cursor=page.next_cursor,
+        merged_into=merged_into,
     )
 
 
@@ -73,9 +96,10 @@ async def explain_send(
     (suppression, unsubscribes, list polarity, journey gap, frequency cap, test mode) and
     returns the decision an attempt made now would get, plus the latest attempts for that
     template or journey. Both given: that journey sending that template; neither: any
-    non-transactional email. Writes nothing. 404 for an unknown contact, template or
-    journey."""
-    contact = await _live(session, id)
+    non-transactional email. A deleted or erased contact gets `skipped_deleted`, as a send
+    would; a contact merged into another is explained as its survivor (`mergedInto`).
+    Writes nothing. 404 for an unknown contact, template or journey."""
+    contact, merged_into = await _addressed(session, id)
     try:
         result = await explain(
             session,
@@ -96,4 +120,5 @@ async def explain_send(
         deferred_until=result.deferred_until,
         facts=explain_facts_out(result.facts),
         recent=[send_attempt_out(r) for r in result.recent],
+        merged_into=merged_into,
     )
