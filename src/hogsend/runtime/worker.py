@@ -30,6 +30,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -360,17 +361,32 @@ class Worker:
                 log.warning("heartbeat failed", exc_info=True)
 
 
+REPEATED_SIGNAL_SECONDS = 1.0
+"""A stop signal this soon after the first is the same request delivered twice, not a
+second one: ``timeout`` and shells signal the whole process group while a parent such
+as ``make`` passes its own signal on to its child as well."""
+
+
 def install_stop_handlers(on_stop: Callable[[], None]) -> None:
-    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once."""
+    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once.
+
+    A signal within :data:`REPEATED_SIGNAL_SECONDS` of the first is ignored: it is the
+    first one delivered again (to the process group and by a parent), and exiting on it
+    would skip the graceful stop, leaving `hogsend dev`'s embedded Postgres running.
+    """
     loop = asyncio.get_running_loop()
-    seen: list[int] = []
+    first: list[float] = []
 
     def handle(signum: int) -> None:
-        if seen:
-            log.warning("second signal: exiting without a graceful stop")
+        name = signal.Signals(signum).name
+        if first and time.monotonic() - first[0] < REPEATED_SIGNAL_SECONDS:
+            log.info("stop signal repeated; already stopping", signal=name)
+            return
+        if first:
+            log.warning("second signal: exiting without a graceful stop", signal=name)
             os._exit(128 + signum)
-        seen.append(signum)
-        log.info("stop signal received", signal=signal.Signals(signum).name)
+        first.append(time.monotonic())
+        log.info("stop signal received", signal=name)
         on_stop()
 
     for signum in STOP_SIGNALS:
