@@ -275,6 +275,15 @@ def test_one_off_commands_start_and_stop_embedded_postgres(harness: Any, tmp_pat
         assert "no keys" in listed.stdout
         assert harness.postmaster_pid(data_dir) is not None
         server.stop()
+
+        # An immediate stop (a forced exit of hogsend dev) leaves no process behind, and
+        # the next start recovers the cluster.
+        server.start()
+        server.stop(immediate=True)
+        assert harness.processes_of(data_dir) == []
+        again = harness.run_cli("keys", "list", env=env)
+        assert again.returncode == 0, again.stderr
+        assert harness.processes_of(data_dir) == []
     finally:
         harness.kill_data_dir(data_dir)
 

@@ -18,10 +18,14 @@ from hogsend.runtime.worker import REPEATED_SIGNAL_SECONDS
 CHILD = """
 import asyncio, sys
 from hogsend.runtime import event_loop
-from hogsend.runtime.worker import install_stop_handlers
+from hogsend.runtime.worker import at_forced_exit, install_stop_handlers
 
 async def main() -> None:
     stop = asyncio.Event()
+    at_forced_exit(lambda: print("first hook", flush=True))
+    at_forced_exit(lambda: print("last hook", flush=True))
+    forgotten = at_forced_exit(lambda: print("forgotten hook", flush=True))
+    forgotten()
     install_stop_handlers(stop.set)
     print("ready", flush=True)
     await stop.wait()
@@ -55,7 +59,7 @@ def test_a_signal_delivered_twice_at_once_still_stops_gracefully(tmp_path: Path)
     assert "already stopping" in out
 
 
-def test_a_second_signal_later_exits_at_once(tmp_path: Path) -> None:
+def test_a_second_signal_later_exits_at_once_after_the_hooks(tmp_path: Path) -> None:
     child = _started(tmp_path)
     child.send_signal(signal.SIGINT)
     time.sleep(REPEATED_SIGNAL_SECONDS + 0.3)
@@ -64,3 +68,6 @@ def test_a_second_signal_later_exits_at_once(tmp_path: Path) -> None:
     assert child.returncode == 128 + signal.SIGINT, out
     assert "stopped gracefully" not in out
     assert "exiting without a graceful stop" in out
+    # The at_forced_exit hooks ran before the exit, the last registered first.
+    assert out.index("last hook") < out.index("first hook")
+    assert "forgotten hook" not in out

@@ -7,8 +7,10 @@ stops gracefully and the embedded Postgres is shut down.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -104,10 +106,15 @@ def dev(
     api_socket = bind_api_socket(settings.host, settings.port)
 
     server: EmbeddedPostgres | None = None
+    forget: Callable[[], None] = _nothing
     if settings.database_url is None:
         server = EmbeddedPostgres(settings.data_dir)
         url = server.start()
         settings = dev_settings(host=host, port=port, data_dir=data_dir, database_url=url)
+        from hogsend.runtime.worker import at_forced_exit  # the worker's imports, when run
+
+        # A second Ctrl+C exits without the graceful stop: not without Postgres.
+        forget = at_forced_exit(functools.partial(server.stop, immediate=True))
     try:
         assert settings.database_url is not None
         migrate.upgrade(settings.database_url)
@@ -123,8 +130,13 @@ def dev(
             )
         )
     finally:
+        forget()
         if server is not None:
             server.stop()
+
+
+def _nothing() -> None:
+    """Nothing to forget (no embedded Postgres)."""
 
 
 class _DevPreparation:

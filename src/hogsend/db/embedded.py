@@ -158,13 +158,18 @@ class EmbeddedPostgres:
         log.info("embedded postgres ready", port=self.port, pgdata=str(self.pgdata), reused=reused)
         return self.url
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown); a no-op if it is not running."""
+    def stop(self, *, immediate: bool = False) -> None:
+        """Stop the server (fast shutdown); a no-op if it is not running.
+
+        ``immediate``: without a checkpoint or waiting for clients (a forced exit); the
+        next start recovers from the WAL, losing nothing committed.
+        """
         lock = PostmasterLock.read(self.pgdata)
         if lock is None or not _is_postmaster_of(lock.pid, self.pgdata):
             return
+        mode = "immediate" if immediate else "fast"
         try:
-            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"])
+            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30", "stop"])
         except DatabaseError:
             self._clear_leftovers()
         self.port = None

@@ -367,8 +367,19 @@ second one: ``timeout`` and shells signal the whole process group while a parent
 as ``make`` passes its own signal on to its child as well."""
 
 
+_FORCED_EXIT_HOOKS: list[Callable[[], None]] = []
+
+
+def at_forced_exit(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` (quick, blocking) before a second stop signal exits the process, which
+    skips every ``finally``; returns the function that takes it off again."""
+    _FORCED_EXIT_HOOKS.append(hook)
+    return lambda: _FORCED_EXIT_HOOKS.remove(hook)
+
+
 def install_stop_handlers(on_stop: Callable[[], None]) -> None:
-    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once.
+    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once (after
+    the :func:`at_forced_exit` hooks).
 
     A signal within :data:`REPEATED_SIGNAL_SECONDS` of the first is ignored: it is the
     first one delivered again (to the process group and by a parent), and exiting on it
@@ -384,6 +395,9 @@ def install_stop_handlers(on_stop: Callable[[], None]) -> None:
             return
         if first:
             log.warning("second signal: exiting without a graceful stop", signal=name)
+            for hook in reversed(_FORCED_EXIT_HOOKS):
+                with contextlib.suppress(Exception):
+                    hook()
             os._exit(128 + signum)
         first.append(time.monotonic())
         log.info("stop signal received", signal=name)
