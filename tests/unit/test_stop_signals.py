@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from hogsend.runtime.worker import REPEATED_SIGNAL_SECONDS
+from hogsend.runtime.stop_signals import REPEATED_SIGNAL_SECONDS
 
 CHILD = """
 import asyncio, sys
 from hogsend.runtime import event_loop
-from hogsend.runtime.worker import at_forced_exit, install_stop_handlers
+from hogsend.runtime.stop_signals import at_forced_exit, install_stop_handlers
 
 async def main() -> None:
     stop = asyncio.Event()

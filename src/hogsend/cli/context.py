@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from hogsend.db.embedded import EmbeddedPostgres, PostmasterLock
 from hogsend.db.engine import AsyncSession, make_async_engine, make_sessionmaker
 from hogsend.errors import AppLoadError, ConfigurationError
 from hogsend.logs import configure_logging
+from hogsend.runtime.stop_signals import at_forced_exit
 from hogsend.settings import Settings, load_settings
 
 DEV_DEFAULT_APP = "examples.quickstart.app:app"
@@ -126,11 +128,24 @@ def database(settings: Settings) -> Iterator[str]:
     already_running = postgres_running(settings.data_dir)
     server = EmbeddedPostgres(settings.data_dir)
     url = server.start()
+    # `hogsend serve` exits at once on a second stop signal: not without this server.
+    forget = nothing if already_running else stop_on_forced_exit(server)
     try:
         yield url
     finally:
+        forget()
         if not already_running:
             server.stop()
+
+
+def stop_on_forced_exit(server: EmbeddedPostgres) -> Callable[[], None]:
+    """Have a forced exit (a second stop signal, which skips every ``finally``) take
+    ``server`` down too, in immediate mode; returns the function that undoes this."""
+    return at_forced_exit(functools.partial(server.stop, immediate=True))
+
+
+def nothing() -> None:
+    """Nothing to undo."""
 
 
 T = TypeVar("T")

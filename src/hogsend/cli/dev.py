@@ -7,7 +7,6 @@ stops gracefully and the embedded Postgres is shut down.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import sys
 from collections.abc import Callable
@@ -22,8 +21,10 @@ from hogsend.cli.context import (
     DEV_DEFAULT_APP,
     cli_state,
     load_user_app,
+    nothing,
     resolve_app_path,
     settings_overrides,
+    stop_on_forced_exit,
 )
 from hogsend.cli.serving import (
     HostOption,
@@ -106,15 +107,13 @@ def dev(
     api_socket = bind_api_socket(settings.host, settings.port)
 
     server: EmbeddedPostgres | None = None
-    forget: Callable[[], None] = _nothing
+    forget: Callable[[], None] = nothing
     if settings.database_url is None:
         server = EmbeddedPostgres(settings.data_dir)
         url = server.start()
         settings = dev_settings(host=host, port=port, data_dir=data_dir, database_url=url)
-        from hogsend.runtime.worker import at_forced_exit  # the worker's imports, when run
-
         # A second Ctrl+C exits without the graceful stop: not without Postgres.
-        forget = at_forced_exit(functools.partial(server.stop, immediate=True))
+        forget = stop_on_forced_exit(server)
     try:
         assert settings.database_url is not None
         migrate.upgrade(settings.database_url)
@@ -133,10 +132,6 @@ def dev(
         forget()
         if server is not None:
             server.stop()
-
-
-def _nothing() -> None:
-    """Nothing to forget (no embedded Postgres)."""
 
 
 class _DevPreparation:

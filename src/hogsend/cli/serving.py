@@ -132,7 +132,8 @@ async def run_processes(
     """
     import uvicorn
 
-    from hogsend.runtime.worker import Worker, install_stop_handlers, remove_stop_handlers
+    from hogsend.runtime.stop_signals import install_stop_handlers, remove_stop_handlers
+    from hogsend.runtime.worker import Worker
 
     class Server(uvicorn.Server):
         """uvicorn without its own signal handling: our handler stops server and worker."""

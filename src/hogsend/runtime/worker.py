@@ -28,10 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -63,12 +61,11 @@ from hogsend.runtime.journeys import ExitSweep, JourneyRuntime, ParkWaker, journ
 from hogsend.runtime.queues import declare_queues
 from hogsend.runtime.reconcile import BucketSweeper
 from hogsend.runtime.retention import RetentionSweep
+from hogsend.runtime.stop_signals import install_stop_handlers, remove_stop_handlers
 from hogsend.runtime.takeover import Takeover
 from hogsend.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Worker:
@@ -359,56 +356,3 @@ class Worker:
                 # A database blip must not kill the worker; a long one makes it look
                 # dead to /v1/health, which is the truth.
                 log.warning("heartbeat failed", exc_info=True)
-
-
-REPEATED_SIGNAL_SECONDS = 1.0
-"""A stop signal this soon after the first is the same request delivered twice, not a
-second one: ``timeout`` and shells signal the whole process group while a parent such
-as ``make`` passes its own signal on to its child as well."""
-
-
-_FORCED_EXIT_HOOKS: list[Callable[[], None]] = []
-
-
-def at_forced_exit(hook: Callable[[], None]) -> Callable[[], None]:
-    """Run ``hook`` (quick, blocking) before a second stop signal exits the process, which
-    skips every ``finally``; returns the function that takes it off again."""
-    _FORCED_EXIT_HOOKS.append(hook)
-    return lambda: _FORCED_EXIT_HOOKS.remove(hook)
-
-
-def install_stop_handlers(on_stop: Callable[[], None]) -> None:
-    """Call ``on_stop`` on the first SIGTERM/SIGINT; a second one exits at once (after
-    the :func:`at_forced_exit` hooks).
-
-    A signal within :data:`REPEATED_SIGNAL_SECONDS` of the first is ignored: it is the
-    first one delivered again (to the process group and by a parent), and exiting on it
-    would skip the graceful stop, leaving `hogsend dev`'s embedded Postgres running.
-    """
-    loop = asyncio.get_running_loop()
-    first: list[float] = []
-
-    def handle(signum: int) -> None:
-        name = signal.Signals(signum).name
-        if first and time.monotonic() - first[0] < REPEATED_SIGNAL_SECONDS:
-            log.info("stop signal repeated; already stopping", signal=name)
-            return
-        if first:
-            log.warning("second signal: exiting without a graceful stop", signal=name)
-            for hook in reversed(_FORCED_EXIT_HOOKS):
-                with contextlib.suppress(Exception):
-                    hook()
-            os._exit(128 + signum)
-        first.append(time.monotonic())
-        log.info("stop signal received", signal=name)
-        on_stop()
-
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, handle, signum)
-
-
-def remove_stop_handlers() -> None:
-    """Undo :func:`install_stop_handlers` on the running loop."""
-    loop = asyncio.get_running_loop()
-    for signum in STOP_SIGNALS:
-        loop.remove_signal_handler(signum)
