@@ -128,24 +128,27 @@ def database(settings: Settings) -> Iterator[str]:
     already_running = postgres_running(settings.data_dir)
     server = EmbeddedPostgres(settings.data_dir)
     url = server.start()
-    # `hogsend serve` exits at once on a second stop signal: not without this server.
-    forget = nothing if already_running else stop_on_forced_exit(server)
     try:
-        yield url
+        # `hogsend serve` exits at once on a second stop signal: not without this server.
+        with down_on_forced_exit(None if already_running else server):
+            yield url
     finally:
-        forget()
         if not already_running:
             server.stop()
 
 
-def stop_on_forced_exit(server: EmbeddedPostgres) -> Callable[[], None]:
-    """Have a forced exit (a second stop signal, which skips every ``finally``) take
-    ``server`` down too, in immediate mode; returns the function that undoes this."""
-    return at_forced_exit(functools.partial(server.stop, immediate=True))
-
-
-def nothing() -> None:
-    """Nothing to undo."""
+@contextlib.contextmanager
+def down_on_forced_exit(server: EmbeddedPostgres | None) -> Iterator[None]:
+    """Meanwhile, a forced exit (a second stop signal, which skips every ``finally``)
+    takes ``server`` down too, in immediate mode. None: nothing to take down."""
+    if server is None:
+        yield
+        return
+    forget = at_forced_exit(functools.partial(server.stop, immediate=True))
+    try:
+        yield
+    finally:
+        forget()
 
 
 T = TypeVar("T")

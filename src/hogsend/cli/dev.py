@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +19,10 @@ from hogsend.app import Hogsend
 from hogsend.cli.context import (
     DEV_DEFAULT_APP,
     cli_state,
+    down_on_forced_exit,
     load_user_app,
-    nothing,
     resolve_app_path,
     settings_overrides,
-    stop_on_forced_exit,
 )
 from hogsend.cli.serving import (
     HostOption,
@@ -107,29 +105,27 @@ def dev(
     api_socket = bind_api_socket(settings.host, settings.port)
 
     server: EmbeddedPostgres | None = None
-    forget: Callable[[], None] = nothing
     if settings.database_url is None:
         server = EmbeddedPostgres(settings.data_dir)
         url = server.start()
         settings = dev_settings(host=host, port=port, data_dir=data_dir, database_url=url)
-        # A second Ctrl+C exits without the graceful stop: not without Postgres.
-        forget = stop_on_forced_exit(server)
     try:
-        assert settings.database_url is not None
-        migrate.upgrade(settings.database_url)
-        prepared = _DevPreparation(seed_demo=seed_demo)
-        event_loop.run(
-            run_processes(
-                app,
-                settings,
-                Processes(api=True, worker=True),
-                api_socket=api_socket,
-                before_start=prepared.run,
-                on_ready=lambda: _print_banner(app, settings, server, prepared),
+        # A second Ctrl+C exits without the graceful stop: not without Postgres.
+        with down_on_forced_exit(server):
+            assert settings.database_url is not None
+            migrate.upgrade(settings.database_url)
+            prepared = _DevPreparation(seed_demo=seed_demo)
+            event_loop.run(
+                run_processes(
+                    app,
+                    settings,
+                    Processes(api=True, worker=True),
+                    api_socket=api_socket,
+                    before_start=prepared.run,
+                    on_ready=lambda: _print_banner(app, settings, server, prepared),
+                )
             )
-        )
     finally:
-        forget()
         if server is not None:
             server.stop()
 
