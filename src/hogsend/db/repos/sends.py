@@ -829,9 +829,11 @@ async def begin_and_read_batch(
     The facts hold only for a query whose contact is live (a deleted or merged one is
     followed by the caller elsewhere) and whose address is the one locked.
     """
+    driver = await driver_connection(conn)
+    if len(queries) == 1:
+        return await _begin_and_read_one(driver, queries[0], keys=keys, since=since)
     contact_ids = prepared.text_array([q.contact_id for q in queries])
     emails = prepared.text_array([q.email for q in queries])
-    driver = await driver_connection(conn)
     async with driver.pipeline():
         await driver.execute(b"BEGIN")
         if keys:
@@ -859,6 +861,49 @@ async def begin_and_read_batch(
     return found, _stored_facts(await facts.fetchall())
 
 
+async def _begin_and_read_one(
+    driver: psycopg.AsyncConnection[Any],
+    query: FactsQuery,
+    *,
+    keys: Sequence[str],
+    since: datetime,
+) -> tuple[dict[uuid.UUID, Any], list[StoredFacts]]:
+    """:func:`begin_and_read_batch` for one query, with statements of scalar parameters.
+
+    The batch statements read arrays, so Postgres plans them for each call: its generic
+    plan assumes ten elements, which costs more than one, and a custom plan of the facts
+    costs ten times their execution. These are planned once per connection, as a lone
+    ``Mailer.send`` (a journey's step, a transactional request) needs.
+    """
+    async with driver.pipeline():
+        await driver.execute(b"BEGIN")
+        if len(keys) == 1:
+            await driver.execute(_LOCK_KEY, {"k": keys[0]}, prepare=True)
+        elif keys:
+            await driver.execute(_LOCK_KEYS, {"keys": prepared.text_array(keys)}, prepare=True)
+        await driver.execute(
+            _LOCK_CONTACT_ADDRESS, {"id": query.contact_id, "e": query.email}, prepare=True
+        )
+        contacts = driver.cursor(row_factory=dict_row)
+        await contacts.execute(_CONTACT, {"id": query.contact_id}, prepare=True)
+        facts = await driver.execute(
+            _FACTS_ONE,
+            {
+                "k": query.idempotency_key,
+                "c": query.contact_id,
+                "e": query.email,
+                "l": query.list_id,
+                "j": query.journey_id,
+                "since": since,
+                "d": _OUTGOING_ARRAY,
+                "exempt": _CAP_EXEMPT_ARRAY,
+            },
+            prepare=True,
+        )
+    found = {row["id"]: _ContactRow(row) for row in await contacts.fetchall()}
+    return found, _stored_facts(await facts.fetchall())
+
+
 async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
     """COMMIT (or ROLLBACK) what :func:`begin_and_read_batch` opened; none open: nothing."""
     driver = await driver_connection(conn)
@@ -873,6 +918,7 @@ _CONTACTS = (
     + CONTACT_COLUMNS.encode()
     + b" FROM contacts WHERE id = ANY(CAST(%(ids)s AS uuid[]))"
 )
+_CONTACT = b"SELECT " + CONTACT_COLUMNS.encode() + b" FROM contacts WHERE id = %(id)s"
 _LOCK_KEYS = (
     b"SELECT count(pg_advisory_lock(h)) FROM (SELECT DISTINCT"
     b" hashtextextended('hogsend.send-key:' || k, 0) AS h"
@@ -887,6 +933,14 @@ _LOCK_CONTACT_ADDRESSES = (
     b" JOIN contacts c ON c.id = q.id AND c.deleted_at IS NULL"
     b" AND c.id = ANY(CAST(%(ids)s AS uuid[]))"
     b" WHERE coalesce(q.e, c.email) IS NOT NULL ORDER BY h) AS locks"
+)
+
+# _LOCK_CONTACT_ADDRESSES for one contact.
+_LOCK_CONTACT_ADDRESS = (
+    b"SELECT count(pg_advisory_xact_lock(hashtextextended('hogsend.send-to:'"
+    b" || lower(coalesce(CAST(%(e)s AS text), email)), 0)))"
+    b" FROM contacts WHERE id = %(id)s AND deleted_at IS NULL"
+    b" AND coalesce(CAST(%(e)s AS text), email) IS NOT NULL"
 )
 
 
