@@ -144,7 +144,7 @@ async def run_processes(
 
     assert settings.database_url is not None
     engine = make_async_engine(
-        settings.database_url, pool_size=settings.db_pool_size, keep_overflow=processes.api
+        settings.database_url, pool_size=settings.db_pool_size, keep_overflow=True
     )
     stop = asyncio.Event()
     server: Server | None = None

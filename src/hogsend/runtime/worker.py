@@ -140,8 +140,9 @@ class Worker:
         """Launch DBOS, declare queues, close registration and start heartbeating."""
         configure_logging(self.settings)
         if self._engine is None:
+            # Connections kept open, overflow ones too: see make_async_engine.
             self._engine = make_async_engine(
-                self.database_url, pool_size=self.settings.db_pool_size
+                self.database_url, pool_size=self.settings.db_pool_size, keep_overflow=True
             )
         registrations = list(self.registrations)
         if self.app.journeys or any(b.reactions for b in self.app.buckets):
