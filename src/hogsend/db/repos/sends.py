@@ -829,21 +829,64 @@ async def begin_and_read_batch(
     The facts hold only for a query whose contact is live (a deleted or merged one is
     followed by the caller elsewhere) and whose address is the one locked.
     """
+    lock_keys, lock_addresses, read_contacts, read_facts = _batch_reads(queries, keys, since)
     driver = await driver_connection(conn)
-    if len(queries) == 1:
-        return await _begin_and_read_one(driver, queries[0], keys=keys, since=since)
-    contact_ids = prepared.text_array([q.contact_id for q in queries])
-    emails = prepared.text_array([q.email for q in queries])
     async with driver.pipeline():
         await driver.execute(b"BEGIN")
-        if keys:
-            await driver.execute(_LOCK_KEYS, {"keys": prepared.text_array(keys)}, prepare=True)
-        await driver.execute(
-            _LOCK_CONTACT_ADDRESSES, {"ids": contact_ids, "emails": emails}, prepare=True
-        )
+        if lock_keys is not None:
+            await driver.execute(*lock_keys, prepare=True)
+        await driver.execute(*lock_addresses, prepare=True)
         contacts = driver.cursor(row_factory=dict_row)
-        await contacts.execute(_CONTACTS, {"ids": contact_ids}, prepare=True)
-        facts = await driver.execute(
+        await contacts.execute(*read_contacts, prepare=True)
+        facts = await driver.execute(*read_facts, prepare=True)
+    found = {row["id"]: _ContactRow(row) for row in await contacts.fetchall()}
+    return found, _stored_facts(await facts.fetchall())
+
+
+_Statement = tuple[bytes, dict[str, Any]]
+
+
+def _batch_reads(
+    queries: Sequence[FactsQuery], keys: Sequence[str], since: datetime
+) -> tuple[_Statement | None, _Statement, _Statement, _Statement]:
+    """:func:`begin_and_read_batch`'s statements: the keys' lock (None without keys), the
+    addresses' lock, the contacts and the facts.
+
+    For one query, statements of scalar parameters. The batch statements read arrays,
+    and Postgres's generic plan of those assumes ten elements, which costs more than
+    one: for a lone ``Mailer.send`` (a journey's step, a transactional request) it made
+    a custom plan on every call, and planning the facts took ten times their execution.
+    The scalar ones are planned a few times per connection.
+    """
+    gates = {"since": since, "d": _OUTGOING_ARRAY, "exempt": _CAP_EXEMPT_ARRAY}
+    lock_keys: _Statement | None = None
+    if len(keys) == 1:
+        lock_keys = (_LOCK_KEY, {"k": keys[0]})
+    elif keys:
+        lock_keys = (_LOCK_KEYS, {"keys": prepared.text_array(keys)})
+    if len(queries) == 1:
+        [q] = queries
+        facts = {
+            "k": q.idempotency_key,
+            "c": q.contact_id,
+            "e": q.email,
+            "l": q.list_id,
+            "j": q.journey_id,
+            **gates,
+        }
+        return (
+            lock_keys,
+            (_LOCK_CONTACT_ADDRESS, {"id": q.contact_id, "e": q.email}),
+            (_CONTACT, {"id": q.contact_id}),
+            (_FACTS_ONE, facts),
+        )
+    contact_ids = prepared.text_array([q.contact_id for q in queries])
+    emails = prepared.text_array([q.email for q in queries])
+    return (
+        lock_keys,
+        (_LOCK_CONTACT_ADDRESSES, {"ids": contact_ids, "emails": emails}),
+        (_CONTACTS, {"ids": contact_ids}),
+        (
             _FACTS_BATCH,
             {
                 "keys": prepared.text_array([q.idempotency_key for q in queries]),
@@ -851,57 +894,10 @@ async def begin_and_read_batch(
                 "emails": emails,
                 "lists": prepared.text_array([q.list_id for q in queries]),
                 "journeys": prepared.text_array([q.journey_id for q in queries]),
-                "since": since,
-                "d": _OUTGOING_ARRAY,
-                "exempt": _CAP_EXEMPT_ARRAY,
+                **gates,
             },
-            prepare=True,
-        )
-    found = {row["id"]: _ContactRow(row) for row in await contacts.fetchall()}
-    return found, _stored_facts(await facts.fetchall())
-
-
-async def _begin_and_read_one(
-    driver: psycopg.AsyncConnection[Any],
-    query: FactsQuery,
-    *,
-    keys: Sequence[str],
-    since: datetime,
-) -> tuple[dict[uuid.UUID, Any], list[StoredFacts]]:
-    """:func:`begin_and_read_batch` for one query, with statements of scalar parameters.
-
-    The batch statements read arrays, so Postgres plans them for each call: its generic
-    plan assumes ten elements, which costs more than one, and a custom plan of the facts
-    costs ten times their execution. These are planned once per connection, as a lone
-    ``Mailer.send`` (a journey's step, a transactional request) needs.
-    """
-    async with driver.pipeline():
-        await driver.execute(b"BEGIN")
-        if len(keys) == 1:
-            await driver.execute(_LOCK_KEY, {"k": keys[0]}, prepare=True)
-        elif keys:
-            await driver.execute(_LOCK_KEYS, {"keys": prepared.text_array(keys)}, prepare=True)
-        await driver.execute(
-            _LOCK_CONTACT_ADDRESS, {"id": query.contact_id, "e": query.email}, prepare=True
-        )
-        contacts = driver.cursor(row_factory=dict_row)
-        await contacts.execute(_CONTACT, {"id": query.contact_id}, prepare=True)
-        facts = await driver.execute(
-            _FACTS_ONE,
-            {
-                "k": query.idempotency_key,
-                "c": query.contact_id,
-                "e": query.email,
-                "l": query.list_id,
-                "j": query.journey_id,
-                "since": since,
-                "d": _OUTGOING_ARRAY,
-                "exempt": _CAP_EXEMPT_ARRAY,
-            },
-            prepare=True,
-        )
-    found = {row["id"]: _ContactRow(row) for row in await contacts.fetchall()}
-    return found, _stored_facts(await facts.fetchall())
+        ),
+    )
 
 
 async def end_transaction(conn: AsyncConnection, *, commit: bool) -> None:
