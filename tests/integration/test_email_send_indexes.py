@@ -210,7 +210,8 @@ async def test_one_attempt_reads_its_facts_with_plans_made_once(
         async with engine.connect() as one_conn:
             await one_conn.execution_options(isolation_level="AUTOCOMMIT")
             for round_ in range(8):
-                query = queries[round_ % len(queries)]
+                index = round_ % len(queries)
+                query = queries[index]
                 key = f"plans:{round_}"
                 found, facts = await sends.begin_and_read_batch(
                     one_conn, [query], keys=[key], since=since
@@ -219,7 +220,6 @@ async def test_one_attempt_reads_its_facts_with_plans_made_once(
                 # at a rollback.
                 await sends.end_transaction(one_conn, commit=True)
                 await sends.unlock_keys(one_conn, [key])
-                index = round_ % len(queries)
                 assert facts == [together[1][index]]
                 assert facts[0].key_holder is not None
                 assert facts[0].recent_sends == 1
